@@ -1,0 +1,34 @@
+//! `cml export`: write a drawn problem instance to a JSON file.
+
+use crate::problem;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// Problem name: quadratic, ridge or logistic.
+    #[arg(long)]
+    problem: String,
+    /// Seed of the random draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output file (written whole or not at all).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn run(args: ExportArgs) -> crate::Result<()> {
+    let p = problem::build(&args.problem, args.seed)?;
+    let mut file = p.to_instance();
+    file.seed = Some(args.seed);
+    file.write(&args.out)?;
+    let dims = p.dims();
+    println!(
+        "wrote {} instance (seed {}, {} fast parameters, {} meta-parameters) to {}",
+        p.name(),
+        args.seed,
+        dims.phi,
+        dims.theta,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! The `cml` command line: one module per subcommand.
+
+mod export;
+mod grad;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cml",
+    version,
+    about = "A testbed for the contrastive meta-learning rule"
+)]
+#[command(allow_negative_numbers = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Estimate the meta-gradient of one problem instance and compare it with the exact one.
+    Grad(grad::GradArgs),
+    /// Write a problem instance (every array and scalar it is built from) to a JSON file.
+    Export(export::ExportArgs),
+}
+
+/// Parses the arguments, runs the command, and maps errors to exit code 1 (usage errors: 2).
+pub fn run() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    let result = match cli.command {
+        Command::Grad(args) => grad::run(args),
+        Command::Export(args) => export::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A step budget from the command line: a whole number >= 1.
+fn step_budget(name: &str, value: i64) -> crate::Result<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v >= 1)
+        .ok_or_else(|| {
+            crate::CmlError::invalid(name, value, "a step budget must be a whole number >= 1")
+        })
+}

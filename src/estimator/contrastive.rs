@@ -1,0 +1,129 @@
+//! The contrastive meta-learning rule (MATH.md §2).
+//!
+//! With `g(b) = d_theta L_b(phi^_b, theta)` taken at the end point of the phase run on
+//! `L_b = L_in + b L_out`, each variant is a finite-difference stencil of `g` at multiples of
+//! `beta`: `estimate = sum_k w_k g(m_k beta) / beta`. Only first derivatives are used.
+//!
+//! Convention for the direct term: `g(b)` contains `b d_theta L_out(phi^_b)`, so the direct
+//! term is taken inside the nudged phases (at `phi^_beta`, or averaged over `phi^_{+-beta}`
+//! for the symmetric variant), not at `phi^_0`. The two choices differ by `O(beta)`.
+
+use super::{Estimate, MetaGradientEstimator};
+use crate::error::{CmlError, Result};
+use crate::inner::{GdParams, gradient_descent};
+use crate::linalg::{Vector, to_dvector};
+use crate::oracle::Oracle;
+use crate::problem::BilevelProblem;
+use candle_core::Tensor;
+
+/// Which finite difference of `g` estimates `F'(0)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Variant {
+    /// `(g(beta) - g(0)) / beta`; error `O(beta)`.
+    Standard,
+    /// `(g(beta) - g(-beta)) / (2 beta)`; error `O(beta^2)`.
+    Symmetric,
+    /// `(-3/2 g(0) + 2 g(beta) - 1/2 g(2 beta)) / beta`; error `O(beta^2)`.
+    SecondOrderForward,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 3] = [
+        Variant::Standard,
+        Variant::Symmetric,
+        Variant::SecondOrderForward,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Standard => "standard",
+            Variant::Symmetric => "symmetric",
+            Variant::SecondOrderForward => "second-order-forward",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|v| v.name() == s)
+            .ok_or_else(|| CmlError::UnknownName {
+                kind: "contrastive variant".into(),
+                name: s.into(),
+                allowed: Self::ALL.map(Variant::name).join(", "),
+            })
+    }
+
+    /// `(m_k, w_k)`: phase at `m_k beta`, weight `w_k` (MATH.md §2 table).
+    pub fn stencil(self) -> &'static [(f64, f64)] {
+        match self {
+            Variant::Standard => &[(0.0, -1.0), (1.0, 1.0)],
+            Variant::Symmetric => &[(-1.0, -0.5), (1.0, 0.5)],
+            Variant::SecondOrderForward => &[(0.0, -1.5), (1.0, 2.0), (2.0, -0.5)],
+        }
+    }
+}
+
+/// Parameters of the contrastive estimator.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Contrastive {
+    pub variant: Variant,
+    /// Nudging strength; non-zero and finite.
+    pub beta: f64,
+    /// The free phase, from the problem's initial `phi`.
+    pub free: GdParams,
+    /// Each nudged phase, from the free-phase solution.
+    pub nudged: GdParams,
+}
+
+impl Contrastive {
+    pub fn validate(&self) -> Result<()> {
+        if !self.beta.is_finite() || self.beta == 0.0 {
+            return Err(CmlError::invalid(
+                "beta",
+                self.beta,
+                "the nudging strength must be finite and non-zero (the estimate divides by beta)",
+            ));
+        }
+        self.free.validate("free phase")?;
+        self.nudged.validate("nudged phase")
+    }
+}
+
+impl MetaGradientEstimator for Contrastive {
+    fn describe(&self) -> String {
+        format!("contrastive {} (beta = {})", self.variant.name(), self.beta)
+    }
+
+    fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
+        self.validate()?;
+        let oracle = Oracle::new(problem);
+        let free = gradient_descent(
+            &oracle,
+            &problem.initial_phi(theta)?,
+            theta,
+            0.0,
+            &self.free,
+            "free phase",
+        )?;
+        let mut phases = vec![free.info.clone()];
+        let mut gradient = Vector::zeros(problem.dims().theta);
+        for &(multiple, weight) in self.variant.stencil() {
+            let g = if multiple == 0.0 {
+                free.gradients.theta.clone()
+            } else {
+                let b = multiple * self.beta;
+                let name = format!("nudged phase (beta = {b})");
+                let nudged = gradient_descent(&oracle, &free.phi, theta, b, &self.nudged, &name)?;
+                phases.push(nudged.info);
+                nudged.gradients.theta
+            };
+            gradient += to_dvector(&g)? * (weight / self.beta);
+        }
+        Ok(Estimate {
+            gradient,
+            cost: oracle.cost(),
+            phases,
+        })
+    }
+}

@@ -1,0 +1,21 @@
+//! `cml`: a testbed for the contrastive meta-learning rule (Zucchet et al., NeurIPS 2022).
+//!
+//! The contrastive estimator runs the inner learning process twice, a free phase on the inner
+//! loss and a nudged phase on the inner loss plus `beta` times the outer loss, and estimates the
+//! meta-gradient from the difference of the meta-parameter partial derivatives at the two end
+//! points. This crate runs it beside exact references computed by Candle autodiff.
+//! Formulas: `../shared/MATH.md` (section numbers in comments refer to it).
+
+pub mod autodiff;
+pub mod cli;
+pub mod error;
+pub mod estimator;
+pub mod ground_truth;
+pub mod inner;
+pub mod io;
+pub mod linalg;
+pub mod oracle;
+pub mod problem;
+pub mod rng;
+
+pub use error::{CmlError, Result};

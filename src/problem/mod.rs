@@ -1,0 +1,140 @@
+//! Bilevel problems (MATH.md §1): an inner loss `L_in(phi, theta)`, an outer loss
+//! `L_out(phi, theta)`, the initial fast parameters, and what is known about curvature.
+//!
+//! `phi` and `theta` are flat 1-D f64 tensors; a structured model unflattens them itself.
+
+pub mod instance;
+pub mod quadratic;
+pub mod weight_decay;
+
+use crate::error::{CmlError, Result};
+use crate::linalg::Vector;
+use candle_core::Tensor;
+pub use instance::InstanceFile;
+pub use quadratic::{Quadratic, QuadraticSpec};
+pub use weight_decay::{DataLoss, WeightDecay, WeightDecaySpec};
+
+/// Sizes of the fast and meta-parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Dims {
+    pub phi: usize,
+    pub theta: usize,
+}
+
+/// Curvature of a phase loss `L_beta = L_in + beta L_out` in `phi`, valid for every `phi`:
+/// `strong_convexity <= eigenvalues of d2_{phi phi} L_beta <= smoothness`.
+/// Exact for quadratic losses, bounds otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Curvature {
+    pub strong_convexity: f64,
+    pub smoothness: f64,
+}
+
+/// A bilevel problem instance. Losses return scalar tensors so Candle can differentiate them.
+pub trait BilevelProblem: Send + Sync {
+    /// The registry name (`quadratic`, `ridge`, `logistic`, ...).
+    fn name(&self) -> &'static str;
+    fn dims(&self) -> Dims;
+    fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor>;
+    fn outer_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor>;
+    /// Where the free phase starts; may depend on `theta`.
+    fn initial_phi(&self, theta: &Tensor) -> Result<Tensor>;
+    /// The meta-parameters stored with the instance, where meta-gradients are evaluated.
+    fn theta(&self) -> &Tensor;
+    /// Curvature of `L_beta` over all `phi`, where known.
+    fn curvature(&self, _theta: &Tensor, _beta: f64) -> Result<Option<Curvature>> {
+        Ok(None)
+    }
+    /// Closed-form phase solutions and meta-gradient, where they exist.
+    fn closed_form(&self) -> Option<&dyn ClosedForm> {
+        None
+    }
+    /// Every array and scalar the instance is built from.
+    fn to_instance(&self) -> InstanceFile;
+}
+
+/// Problems with closed-form solutions (MATH.md §5), used as independent references.
+pub trait ClosedForm {
+    /// `phi*_beta = argmin_phi L_in + beta L_out`.
+    fn phase_solution(&self, theta: &Vector, beta: f64) -> Result<Vector>;
+    /// `dJ/dtheta` at `phi*_0`.
+    fn meta_gradient(&self, theta: &Vector) -> Result<Vector>;
+}
+
+/// The phase loss `L_beta = L_in + beta L_out` (MATH.md §2) as a differentiable function.
+pub fn phase_loss(
+    problem: &dyn BilevelProblem,
+    beta: f64,
+) -> impl Fn(&Tensor, &Tensor) -> candle_core::Result<Tensor> + '_ {
+    move |phi, theta| {
+        let inner = problem.inner_loss(phi, theta)?;
+        if beta == 0.0 {
+            Ok(inner)
+        } else {
+            inner + (problem.outer_loss(phi, theta)? * beta)?
+        }
+    }
+}
+
+/// The problems `cml` can draw at random from a seed.
+pub const PROBLEM_NAMES: &[&str] = &["quadratic", "ridge", "logistic"];
+
+/// Draws the named problem with default sizes from `seed`.
+pub fn build(name: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
+    Ok(match name {
+        "quadratic" => Box::new(Quadratic::random(&QuadraticSpec::default(), seed)?),
+        "ridge" => Box::new(WeightDecay::random(
+            &WeightDecaySpec::new(DataLoss::Squared),
+            seed,
+        )?),
+        "logistic" => Box::new(WeightDecay::random(
+            &WeightDecaySpec::new(DataLoss::Logistic),
+            seed,
+        )?),
+        _ => {
+            return Err(CmlError::UnknownName {
+                kind: "problem".into(),
+                name: name.into(),
+                allowed: format!(
+                    "{} or the path of an instance file (.json)",
+                    PROBLEM_NAMES.join(", ")
+                ),
+            });
+        }
+    })
+}
+
+/// Rebuilds a problem from an instance file's contents.
+pub fn from_instance(file: &InstanceFile, source_name: &str) -> Result<Box<dyn BilevelProblem>> {
+    let reader = file.reader(source_name);
+    Ok(match file.problem.as_str() {
+        "quadratic" => Box::new(Quadratic::from_instance(reader)?),
+        "ridge" => Box::new(WeightDecay::from_instance(reader, DataLoss::Squared)?),
+        "logistic" => Box::new(WeightDecay::from_instance(reader, DataLoss::Logistic)?),
+        other => {
+            return Err(CmlError::Instance {
+                source_name: source_name.into(),
+                reason: format!(
+                    "unknown problem '{other}'; allowed are {}",
+                    PROBLEM_NAMES.join(", ")
+                ),
+            });
+        }
+    })
+}
+
+/// A problem named on the command line: a registry name, or the path of an instance file.
+pub fn resolve(spec: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
+    let path = std::path::Path::new(spec);
+    if spec.ends_with(".json") || path.is_file() {
+        let file = InstanceFile::read(path)?;
+        from_instance(&file, spec)
+    } else {
+        build(spec, seed)
+    }
+}
+
+/// Matrix-vector product of a 2-D tensor with a 1-D tensor.
+pub(crate) fn matvec(m: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
+    m.matmul(&v.unsqueeze(1)?)?.squeeze(1)
+}
