@@ -69,13 +69,19 @@ pub fn solve_phase(
         // Backtracking on the loss keeps Newton globally convergent on convex, non-quadratic
         // losses; the full step is taken near the solution.
         let slope = g.dot(&step);
+        // Near the solution the decrease `slope / 2` drops below the rounding of the loss and
+        // the loss can no longer judge a step: take the full one.
+        if slope <= 1e-10 * (1.0 + d.gradients.loss.abs()) {
+            phi -= &step;
+            continue;
+        }
         let mut t = 1.0;
         loop {
             let trial = &phi - &step * t;
             let loss = oracle
                 .phase_gradients(&to_tensor(&trial)?, theta, beta)?
                 .loss;
-            if loss <= d.gradients.loss - 1e-4 * t * slope || t < 1e-8 || slope.abs() < 1e-300 {
+            if loss <= d.gradients.loss - 1e-4 * t * slope || t < 1e-8 {
                 phi = trial;
                 break;
             }

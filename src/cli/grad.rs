@@ -69,6 +69,8 @@ struct GradReport {
 }
 
 pub fn run(args: GradArgs) -> crate::Result<()> {
+    // The exact reference needs second derivatives: fail before any work if they are off.
+    crate::autodiff::ensure_second_order()?;
     let free = GdParams {
         step_size: args.free_step_size,
         max_steps: step_budget("free phase step budget", args.free_steps)?,

@@ -62,6 +62,20 @@ impl Variant {
             Variant::SecondOrderForward => &[(0.0, -1.5), (1.0, 2.0), (2.0, -0.5)],
         }
     }
+
+    /// `sum_k w_k g(m_k beta) / beta`, with `g(b)` supplied by the caller: from gradient-descent
+    /// phases in the estimator, from exact or perturbed phase solutions in tests and theory.
+    pub fn combine(self, beta: f64, mut g: impl FnMut(f64) -> Result<Vector>) -> Result<Vector> {
+        let mut estimate: Option<Vector> = None;
+        for &(multiple, weight) in self.stencil() {
+            let term = g(multiple * beta)? * (weight / beta);
+            estimate = Some(match estimate {
+                Some(e) => e + term,
+                None => term,
+            });
+        }
+        Ok(estimate.expect("every stencil has at least two points"))
+    }
 }
 
 /// Parameters of the contrastive estimator.
@@ -107,19 +121,15 @@ impl MetaGradientEstimator for Contrastive {
             "free phase",
         )?;
         let mut phases = vec![free.info.clone()];
-        let mut gradient = Vector::zeros(problem.dims().theta);
-        for &(multiple, weight) in self.variant.stencil() {
-            let g = if multiple == 0.0 {
-                free.gradients.theta.clone()
-            } else {
-                let b = multiple * self.beta;
-                let name = format!("nudged phase (beta = {b})");
-                let nudged = gradient_descent(&oracle, &free.phi, theta, b, &self.nudged, &name)?;
-                phases.push(nudged.info);
-                nudged.gradients.theta
-            };
-            gradient += to_dvector(&g)? * (weight / self.beta);
-        }
+        let gradient = self.variant.combine(self.beta, |b| {
+            if b == 0.0 {
+                return to_dvector(&free.gradients.theta);
+            }
+            let name = format!("nudged phase (beta = {b})");
+            let nudged = gradient_descent(&oracle, &free.phi, theta, b, &self.nudged, &name)?;
+            phases.push(nudged.info);
+            to_dvector(&nudged.gradients.theta)
+        })?;
         Ok(Estimate {
             gradient,
             cost: oracle.cost(),

@@ -1,0 +1,34 @@
+//! Helpers shared by the integration tests: independent references (finite differences).
+#![allow(dead_code)]
+
+use candle_core::Tensor;
+use cml::linalg::{to_dvector, to_tensor, Vector};
+use cml::rng::{normal_vector, seeded};
+
+pub const PROBLEMS: [&str; 3] = ["quadratic", "ridge", "logistic"];
+
+/// Central difference `(f(x + h e_j) - f(x - h e_j)) / 2h` for every coordinate `j`.
+pub fn central_difference(f: impl Fn(&Vector) -> f64, x: &Vector, h: f64) -> Vector {
+    Vector::from_fn(x.len(), |j, _| {
+        let mut up = x.clone();
+        let mut down = x.clone();
+        up[j] += h;
+        down[j] -= h;
+        (f(&up) - f(&down)) / (2.0 * h)
+    })
+}
+
+/// `x + scale * N(0, I)`, seeded.
+pub fn perturbed(x: &Tensor, scale: f64, seed: u64) -> Tensor {
+    let v = to_dvector(x).unwrap();
+    to_tensor(&(&v + normal_vector(&mut seeded(seed), v.len()) * scale)).unwrap()
+}
+
+/// A seeded random unit vector.
+pub fn unit(len: usize, seed: u64) -> Vector {
+    normal_vector(&mut seeded(seed), len).normalize()
+}
+
+pub fn rel(a: &Vector, b: &Vector) -> f64 {
+    (a - b).norm() / b.norm()
+}
