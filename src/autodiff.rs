@@ -50,7 +50,10 @@ pub fn ensure_second_order() -> Result<()> {
 
 fn second_derivative_of_x4_at_1() -> Result<Option<f64>> {
     let x = Var::new(&[1.0f64], &candle_core::Device::Cpu)?;
-    let y = x.as_tensor().powf(4.0)?.sum_all()?;
+    // A chain of products, not `powf`: powf's local derivative 4 x^3 keeps its own graph, so
+    // it would pass even with detaching on. Detached, the chain gives 4 (CANDLE.md).
+    let x1 = x.as_tensor();
+    let y = (((x1 * x1)? * x1)? * x1)?.sum_all()?;
     let g = y.backward()?.get(x.as_tensor()).cloned();
     let Some(g) = g else { return Ok(None) };
     let h = g.sum_all()?.backward()?.get(x.as_tensor()).cloned();

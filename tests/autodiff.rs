@@ -3,10 +3,12 @@
 
 mod common;
 
-use cml::autodiff::{dense_second_derivatives, ensure_second_order, gradients, hvp_and_mixed, LossFn};
-use cml::linalg::{to_dvector, to_tensor, Vector};
-use cml::problem::{build, phase_loss, BilevelProblem, Quadratic, QuadraticSpec};
-use common::{perturbed, rel, unit, PROBLEMS};
+use cml::autodiff::{
+    LossFn, dense_second_derivatives, ensure_second_order, gradients, hvp_and_mixed,
+};
+use cml::linalg::{Vector, to_dvector, to_tensor};
+use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec, build, phase_loss};
+use common::{PROBLEMS, perturbed, rel, unit};
 
 #[test]
 fn second_order_mode_is_on_under_cargo() {
@@ -16,7 +18,13 @@ fn second_order_mode_is_on_under_cargo() {
 /// `d/dh grad f(phi + h v)` at `h = 0` is `(H v, M v)`: the phi part is the HVP and the theta
 /// part the mixed product (mixed partials commute). Central differences of the autodiff
 /// gradient are an independent path to both.
-fn check_products(f: &LossFn, phi: &candle_core::Tensor, theta: &candle_core::Tensor, v: &Vector, what: &str) {
+fn check_products(
+    f: &LossFn,
+    phi: &candle_core::Tensor,
+    theta: &candle_core::Tensor,
+    v: &Vector,
+    what: &str,
+) {
     let (hv, mv) = hvp_and_mixed(f, phi, theta, &to_tensor(v).unwrap()).unwrap();
     let (hv, mv) = (to_dvector(&hv).unwrap(), to_dvector(&mv).unwrap());
     let h = 1e-5;
@@ -25,12 +33,24 @@ fn check_products(f: &LossFn, phi: &candle_core::Tensor, theta: &candle_core::Te
     let (up, down) = (at(h), at(-h));
     let fd_hv = (to_dvector(&up.phi).unwrap() - to_dvector(&down.phi).unwrap()) / (2.0 * h);
     let fd_mv = (to_dvector(&up.theta).unwrap() - to_dvector(&down.theta).unwrap()) / (2.0 * h);
-    assert!(rel(&hv, &fd_hv) < 1e-6, "{what}: HVP rel. error {:.3e}", rel(&hv, &fd_hv));
+    assert!(
+        rel(&hv, &fd_hv) < 1e-6,
+        "{what}: HVP rel. error {:.3e}",
+        rel(&hv, &fd_hv)
+    );
     // The mixed product of L_out is zero where L_out's theta-dependence is separable.
     if fd_mv.norm() > 1e-9 {
-        assert!(rel(&mv, &fd_mv) < 1e-6, "{what}: mixed rel. error {:.3e}", rel(&mv, &fd_mv));
+        assert!(
+            rel(&mv, &fd_mv) < 1e-6,
+            "{what}: mixed rel. error {:.3e}",
+            rel(&mv, &fd_mv)
+        );
     } else {
-        assert!(mv.norm() < 1e-9, "{what}: mixed product {:.3e} should vanish", mv.norm());
+        assert!(
+            mv.norm() < 1e-9,
+            "{what}: mixed product {:.3e} should vanish",
+            mv.norm()
+        );
     }
 }
 
@@ -43,9 +63,27 @@ fn hvp_and_mixed_products_match_finite_differences_on_every_problem() {
         let phi = perturbed(&p.initial_phi(&theta).unwrap(), 1.0, 12);
         let v = unit(p.dims().phi, 13);
         let pr: &dyn BilevelProblem = p.as_ref();
-        check_products(&|a: &_, b: &_| pr.inner_loss(a, b), &phi, &theta, &v, &format!("{name} inner"));
-        check_products(&|a: &_, b: &_| pr.outer_loss(a, b), &phi, &theta, &v, &format!("{name} outer"));
-        check_products(&phase_loss(pr, -0.3), &phi, &theta, &v, &format!("{name} phase beta=-0.3"));
+        check_products(
+            &|a: &_, b: &_| pr.inner_loss(a, b),
+            &phi,
+            &theta,
+            &v,
+            &format!("{name} inner"),
+        );
+        check_products(
+            &|a: &_, b: &_| pr.outer_loss(a, b),
+            &phi,
+            &theta,
+            &v,
+            &format!("{name} outer"),
+        );
+        check_products(
+            &phase_loss(pr, -0.3),
+            &phi,
+            &theta,
+            &v,
+            &format!("{name} phase beta=-0.3"),
+        );
     }
 }
 
@@ -59,8 +97,14 @@ fn dense_second_derivatives_agree_with_single_products() {
         let d = dense_second_derivatives(&f, &phi, &theta).unwrap();
         let v = unit(p.dims().phi, 9);
         let (hv, mv) = hvp_and_mixed(&f, &phi, &theta, &to_tensor(&v).unwrap()).unwrap();
-        assert!(rel(&(&d.hessian * &v), &to_dvector(&hv).unwrap()) < 1e-12, "{name}");
-        assert!(rel(&(&d.mixed * &v), &to_dvector(&mv).unwrap()) < 1e-12, "{name}");
+        assert!(
+            rel(&(&d.hessian * &v), &to_dvector(&hv).unwrap()) < 1e-12,
+            "{name}"
+        );
+        assert!(
+            rel(&(&d.mixed * &v), &to_dvector(&mv).unwrap()) < 1e-12,
+            "{name}"
+        );
     }
 }
 

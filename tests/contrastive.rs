@@ -5,11 +5,11 @@
 mod common;
 
 use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
-use cml::ground_truth::{exact_meta_gradient, solve_phase, NewtonParams};
+use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
 use cml::inner::GdParams;
-use cml::linalg::{to_dvector, Vector};
+use cml::linalg::{Vector, to_dvector};
 use cml::oracle::Oracle;
-use cml::problem::{build, BilevelProblem};
+use cml::problem::{BilevelProblem, build};
 use common::PROBLEMS;
 
 /// The variant's stencil applied to `g(b) = d_theta L_b(phi*_b)` with every phase solved by
@@ -30,7 +30,9 @@ fn exact_phase_estimate(p: &dyn BilevelProblem, variant: Variant, beta: f64) -> 
 fn halving_beta_halves_the_standard_error_and_quarters_the_second_order_errors() {
     for name in PROBLEMS {
         let p = build(name, 1).unwrap();
-        let exact = exact_meta_gradient(p.as_ref(), p.theta()).unwrap().meta_gradient;
+        let exact = exact_meta_gradient(p.as_ref(), p.theta())
+            .unwrap()
+            .meta_gradient;
         for (variant, betas, expected) in [
             (Variant::Standard, [4e-3, 2e-3, 1e-3], 1.8..=2.2),
             (Variant::Symmetric, [4e-2, 2e-2, 1e-2], 3.5..=4.5),
@@ -61,7 +63,11 @@ fn the_first_order_term_of_the_standard_error_matches_the_closed_form_slope() {
     let p: &dyn BilevelProblem = &q;
     let m = q.matrices();
     let theta = to_dvector(p.theta()).unwrap();
-    let phi0 = p.closed_form().unwrap().phase_solution(&theta, 0.0).unwrap();
+    let phi0 = p
+        .closed_form()
+        .unwrap()
+        .phase_solution(&theta, 0.0)
+        .unwrap();
     let a_inv = m.a.clone().try_inverse().unwrap();
     let g = m.cm.transpose() * m.cm;
     let d1 = &a_inv * (m.cm.transpose() * m.d - &g * &phi0);
@@ -71,7 +77,10 @@ fn the_first_order_term_of_the_standard_error_matches_the_closed_form_slope() {
     let beta = 1e-4;
     let error = exact_phase_estimate(p, Variant::Standard, beta) - exact;
     let predicted = &f2 * (beta / 2.0);
-    assert!((&error - &predicted).norm() < 1e-3 * predicted.norm(), "{error} vs {predicted}");
+    assert!(
+        (&error - &predicted).norm() < 1e-3 * predicted.norm(),
+        "{error} vs {predicted}"
+    );
 }
 
 #[test]
@@ -81,7 +90,9 @@ fn with_gradient_descent_phases_the_error_falls_as_the_step_budget_grows() {
     let beta = 1e-3;
     for name in PROBLEMS {
         let p = build(name, 4).unwrap();
-        let exact = exact_meta_gradient(p.as_ref(), p.theta()).unwrap().meta_gradient;
+        let exact = exact_meta_gradient(p.as_ref(), p.theta())
+            .unwrap()
+            .meta_gradient;
         for variant in Variant::ALL {
             let floor = (exact_phase_estimate(p.as_ref(), variant, beta) - &exact).norm();
             // The two error terms are vectors and can partly cancel, so near the floor the error
@@ -90,16 +101,37 @@ fn with_gradient_descent_phases_the_error_falls_as_the_step_budget_grows() {
             let errors: Vec<f64> = [10, 20, 40, 80, 160, 320, 640]
                 .iter()
                 .map(|&steps| {
-                    let phase = GdParams { step_size: None, max_steps: steps, tolerance: 0.0 };
-                    let est = Contrastive { variant, beta, free: phase, nudged: phase };
+                    let phase = GdParams {
+                        step_size: None,
+                        max_steps: steps,
+                        tolerance: 0.0,
+                    };
+                    let est = Contrastive {
+                        variant,
+                        beta,
+                        free: phase,
+                        nudged: phase,
+                    };
                     (est.estimate(p.as_ref(), p.theta()).unwrap().gradient - &exact).norm()
                 })
                 .collect();
-            let what = format!("{name} {}: errors {errors:?}, floor {floor:.3e}", variant.name());
+            let what = format!(
+                "{name} {}: errors {errors:?}, floor {floor:.3e}",
+                variant.name()
+            );
             let reached = errors.iter().position(|&e| near_floor(e)).expect(&what);
-            assert!(errors[..=reached].windows(2).all(|w| w[1] < w[0]), "{what}: not falling");
-            assert!(errors[reached..].iter().all(|&e| near_floor(e)), "{what}: left the floor");
-            assert!(errors[0] > 10.0 * floor, "{what}: the smallest budget should be far from the floor");
+            assert!(
+                errors[..=reached].windows(2).all(|w| w[1] < w[0]),
+                "{what}: not falling"
+            );
+            assert!(
+                errors[reached..].iter().all(|&e| near_floor(e)),
+                "{what}: left the floor"
+            );
+            assert!(
+                errors[0] > 10.0 * floor,
+                "{what}: the smallest budget should be far from the floor"
+            );
         }
     }
 }
@@ -110,9 +142,18 @@ fn a_well_converged_estimate_equals_the_exact_phase_estimate() {
     // the estimate agree to delta / beta.
     for name in PROBLEMS {
         let p = build(name, 6).unwrap();
-        let phase = GdParams { step_size: None, max_steps: 100_000, tolerance: 1e-12 };
+        let phase = GdParams {
+            step_size: None,
+            max_steps: 100_000,
+            tolerance: 1e-12,
+        };
         for variant in Variant::ALL {
-            let est = Contrastive { variant, beta: 1e-2, free: phase, nudged: phase };
+            let est = Contrastive {
+                variant,
+                beta: 1e-2,
+                free: phase,
+                nudged: phase,
+            };
             let e = est.estimate(p.as_ref(), p.theta()).unwrap();
             assert!(e.phases.iter().all(|ph| ph.converged));
             let reference = exact_phase_estimate(p.as_ref(), variant, 1e-2);
@@ -125,13 +166,31 @@ fn a_well_converged_estimate_equals_the_exact_phase_estimate() {
 #[test]
 fn costs_count_every_gradient_evaluation_of_every_phase() {
     let p = build("quadratic", 0).unwrap();
-    let phase = GdParams { step_size: None, max_steps: 25, tolerance: 0.0 };
-    for (variant, nudged_phases) in [(Variant::Standard, 1), (Variant::Symmetric, 2), (Variant::SecondOrderForward, 2)] {
-        let e = Contrastive { variant, beta: 0.1, free: phase, nudged: phase }.estimate(p.as_ref(), p.theta()).unwrap();
+    let phase = GdParams {
+        step_size: None,
+        max_steps: 25,
+        tolerance: 0.0,
+    };
+    for (variant, nudged_phases) in [
+        (Variant::Standard, 1),
+        (Variant::Symmetric, 2),
+        (Variant::SecondOrderForward, 2),
+    ] {
+        let e = Contrastive {
+            variant,
+            beta: 0.1,
+            free: phase,
+            nudged: phase,
+        }
+        .estimate(p.as_ref(), p.theta())
+        .unwrap();
         // 25 steps need 26 gradient evaluations (the last one gives g(beta) and the final norm).
         assert_eq!(e.phases.len(), 1 + nudged_phases);
         assert_eq!(e.cost.gradient_evaluations, 26 * (1 + nudged_phases));
-        assert_eq!(e.cost.second_order_products, 0, "the rule uses no second derivatives");
+        assert_eq!(
+            e.cost.second_order_products, 0,
+            "the rule uses no second derivatives"
+        );
     }
 }
 
@@ -139,7 +198,12 @@ fn costs_count_every_gradient_evaluation_of_every_phase() {
 fn beta_zero_nan_and_infinity_are_errors() {
     let p = build("quadratic", 0).unwrap();
     for beta in [0.0, f64::NAN, f64::INFINITY] {
-        let est = Contrastive { variant: Variant::Standard, beta, free: GdParams::default(), nudged: GdParams::default() };
+        let est = Contrastive {
+            variant: Variant::Standard,
+            beta,
+            free: GdParams::default(),
+            nudged: GdParams::default(),
+        };
         let err = est.estimate(p.as_ref(), p.theta()).unwrap_err().to_string();
         assert!(err.contains("invalid beta"), "{err}");
     }
@@ -148,8 +212,17 @@ fn beta_zero_nan_and_infinity_are_errors() {
 #[test]
 fn a_diverging_step_size_is_an_error_naming_the_step() {
     let p = build("quadratic", 0).unwrap(); // smoothness 10: step 0.5 > 2/10 diverges
-    let free = GdParams { step_size: Some(0.5), max_steps: 100, tolerance: 0.0 };
-    let est = Contrastive { variant: Variant::Standard, beta: 0.1, free, nudged: GdParams::default() };
+    let free = GdParams {
+        step_size: Some(0.5),
+        max_steps: 100,
+        tolerance: 0.0,
+    };
+    let est = Contrastive {
+        variant: Variant::Standard,
+        beta: 0.1,
+        free,
+        nudged: GdParams::default(),
+    };
     let err = est.estimate(p.as_ref(), p.theta()).unwrap_err().to_string();
     assert!(err.contains("free phase diverged at step"), "{err}");
     assert!(err.contains("step size 0.5"), "{err}");

@@ -3,10 +3,10 @@
 
 mod common;
 
-use cml::ground_truth::{exact_meta_gradient, solve_phase, NewtonParams};
-use cml::linalg::{to_dvector, to_tensor, Vector};
+use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
+use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{build, BilevelProblem};
+use cml::problem::{BilevelProblem, build};
 use common::{central_difference, rel};
 
 #[test]
@@ -18,11 +18,22 @@ fn newton_phase_solutions_match_the_closed_form() {
             let closed = p.closed_form().unwrap();
             for beta in [0.0, 0.5, -0.05] {
                 let oracle = Oracle::new(p.as_ref());
-                let (phi, info) =
-                    solve_phase(&oracle, &p.initial_phi(&theta).unwrap(), &theta, beta, NewtonParams::default()).unwrap();
-                let exact = closed.phase_solution(&to_dvector(&theta).unwrap(), beta).unwrap();
+                let (phi, info) = solve_phase(
+                    &oracle,
+                    &p.initial_phi(&theta).unwrap(),
+                    &theta,
+                    beta,
+                    NewtonParams::default(),
+                )
+                .unwrap();
+                let exact = closed
+                    .phase_solution(&to_dvector(&theta).unwrap(), beta)
+                    .unwrap();
                 let err = rel(&to_dvector(&phi).unwrap(), &exact);
-                assert!(err < 1e-12, "{name} seed {seed} beta {beta}: {err:.3e} ({info:?})");
+                assert!(
+                    err < 1e-12,
+                    "{name} seed {seed} beta {beta}: {err:.3e} ({info:?})"
+                );
             }
         }
     }
@@ -35,7 +46,11 @@ fn exact_implicit_meta_gradient_matches_the_closed_form() {
             let p = build(name, seed).unwrap();
             let theta = p.theta().clone();
             let truth = exact_meta_gradient(p.as_ref(), &theta).unwrap();
-            let closed = p.closed_form().unwrap().meta_gradient(&to_dvector(&theta).unwrap()).unwrap();
+            let closed = p
+                .closed_form()
+                .unwrap()
+                .meta_gradient(&to_dvector(&theta).unwrap())
+                .unwrap();
             let err = rel(&truth.meta_gradient, &closed);
             assert!(err < 1e-10, "{name} seed {seed}: rel. error {err:.3e}");
         }
@@ -46,8 +61,18 @@ fn exact_implicit_meta_gradient_matches_the_closed_form() {
 fn meta_objective(p: &dyn BilevelProblem, theta: &Vector) -> f64 {
     let theta = to_tensor(theta).unwrap();
     let oracle = Oracle::new(p);
-    let (phi, _) = solve_phase(&oracle, &p.initial_phi(&theta).unwrap(), &theta, 0.0, NewtonParams::default()).unwrap();
-    p.outer_loss(&phi, &theta).unwrap().to_scalar::<f64>().unwrap()
+    let (phi, _) = solve_phase(
+        &oracle,
+        &p.initial_phi(&theta).unwrap(),
+        &theta,
+        0.0,
+        NewtonParams::default(),
+    )
+    .unwrap();
+    p.outer_loss(&phi, &theta)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
 }
 
 #[test]
@@ -57,7 +82,11 @@ fn exact_implicit_meta_gradient_matches_finite_differences_on_logistic_regressio
         let theta = p.theta().clone();
         let truth = exact_meta_gradient(p.as_ref(), &theta).unwrap();
         // h = 1e-5: truncation ~h^2 J''' ~ 1e-10, rounding ~1e-16 / h ~ 1e-11.
-        let fd = central_difference(|t| meta_objective(p.as_ref(), t), &to_dvector(&theta).unwrap(), 1e-5);
+        let fd = central_difference(
+            |t| meta_objective(p.as_ref(), t),
+            &to_dvector(&theta).unwrap(),
+            1e-5,
+        );
         let err = rel(&truth.meta_gradient, &fd);
         assert!(err < 1e-6, "seed {seed}: rel. error {err:.3e}");
     }
@@ -70,6 +99,10 @@ fn exact_meta_gradient_of_the_quadratic_includes_the_direct_term() {
     let p = build("quadratic", 7).unwrap();
     let theta = p.theta().clone();
     let truth = exact_meta_gradient(p.as_ref(), &theta).unwrap();
-    let fd = central_difference(|t| meta_objective(p.as_ref(), t), &to_dvector(&theta).unwrap(), 1e-5);
+    let fd = central_difference(
+        |t| meta_objective(p.as_ref(), t),
+        &to_dvector(&theta).unwrap(),
+        1e-5,
+    );
     assert!(rel(&truth.meta_gradient, &fd) < 1e-8);
 }

@@ -23,22 +23,22 @@ pub struct GradArgs {
     #[arg(long, default_value = "standard")]
     variant: String,
     /// Nudging strength beta (non-zero).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true)]
     beta: f64,
     /// Free-phase step budget.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
     free_steps: i64,
     /// Step budget of each nudged phase.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, allow_hyphen_values = true)]
     nudged_steps: i64,
     /// Free-phase step size (default: 1 / smoothness of the inner loss).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     free_step_size: Option<f64>,
     /// Nudged-phase step size (default: 1 / smoothness of the nudged loss).
-    #[arg(long)]
+    #[arg(long, allow_hyphen_values = true)]
     nudged_step_size: Option<f64>,
     /// Stop a phase once its gradient norm is at most this.
-    #[arg(long, default_value_t = 1e-12)]
+    #[arg(long, default_value_t = 1e-12, allow_hyphen_values = true)]
     tolerance: f64,
     /// Seed of the problem draw (ignored for instance files).
     #[arg(long, default_value_t = 0)]

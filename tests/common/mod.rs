@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use candle_core::Tensor;
-use cml::linalg::{to_dvector, to_tensor, Vector};
+use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::rng::{normal_vector, seeded};
 
 pub const PROBLEMS: [&str; 3] = ["quadratic", "ridge", "logistic"];

@@ -1,0 +1,221 @@
+//! The `cml` binary: real output, and bad input as clear errors with a non-zero exit code.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cml(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with exit code 1, a message containing every needle, no panic and no stdout.
+fn assert_clean_error(o: &Output, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        o.stdout.is_empty(),
+        "printed a result: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
+}
+
+#[test]
+fn grad_prints_estimate_exact_error_and_costs_as_json() {
+    let o = cml(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--beta",
+        "0.001",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let rel = v["relative_error"].as_f64().unwrap();
+    // Converged phases, standard variant: error ~ A beta, far below 1 and above rounding.
+    assert!(rel > 1e-6 && rel < 1e-2, "{rel}");
+    assert_eq!(v["phases"].as_array().unwrap().len(), 2);
+    assert_eq!(v["cost"]["second_order_products"].as_u64(), Some(0));
+    assert_eq!(v["estimate"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn second_order_mode_off_is_an_error_not_a_number() {
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["grad", "--problem", "quadratic"])
+        .env("CANDLE_GRAD_DO_NOT_DETACH", "0")
+        .output()
+        .unwrap();
+    assert_clean_error(
+        &o,
+        &[
+            "second-order autodiff is off",
+            "CANDLE_GRAD_DO_NOT_DETACH=1",
+        ],
+    );
+}
+
+#[test]
+fn bad_numbers_are_clear_errors() {
+    for (args, needles) in [
+        (vec!["--beta", "0"], vec!["invalid beta = 0", "non-zero"]),
+        (vec!["--beta", "NaN"], vec!["invalid beta = NaN"]),
+        (
+            vec!["--free-steps", "0"],
+            vec!["invalid free phase step budget = 0", ">= 1"],
+        ),
+        (
+            vec!["--nudged-steps", "-3"],
+            vec!["invalid nudged phase step budget = -3"],
+        ),
+        (
+            vec!["--free-step-size", "1.0"],
+            vec!["free phase diverged at step", "step size 1"],
+        ),
+        (
+            vec!["--variant", "backwards"],
+            vec!["unknown contrastive variant 'backwards'", "symmetric"],
+        ),
+        (
+            vec!["--estimator", "magic"],
+            vec!["unknown estimator 'magic'", "contrastive"],
+        ),
+    ] {
+        let mut all = vec!["grad", "--problem", "quadratic"];
+        all.extend(args);
+        assert_clean_error(&cml(&all), &needles);
+    }
+    assert_clean_error(
+        &cml(&["grad", "--problem", "nosuch"]),
+        &["unknown problem 'nosuch'", "quadratic, ridge, logistic"],
+    );
+}
+
+fn exported(dir: &Path, name: &str) -> serde_json::Value {
+    let path = dir.join(format!("{name}.json"));
+    let o = cml(&[
+        "export",
+        "--problem",
+        name,
+        "--seed",
+        "3",
+        "--out",
+        path.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn grad_on_file(dir: &Path, value: &serde_json::Value) -> Output {
+    let path = dir.join("edited.json");
+    std::fs::write(&path, serde_json::to_string(value).unwrap()).unwrap();
+    cml(&["grad", "--problem", path.to_str().unwrap(), "--json"])
+}
+
+#[test]
+fn an_exported_instance_gives_the_same_numbers_as_the_seed_it_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["quadratic", "ridge", "logistic"] {
+        let file = exported(dir.path(), name);
+        let from_file = grad_on_file(dir.path(), &file);
+        let from_seed = cml(&["grad", "--problem", name, "--seed", "3", "--json"]);
+        let pick = |o: &Output| {
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            (v["estimate"].clone(), v["exact"].clone())
+        };
+        assert_eq!(pick(&from_file), pick(&from_seed), "{name}");
+    }
+}
+
+#[test]
+fn bad_instance_files_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = exported(dir.path(), "quadratic");
+
+    let mut nan = good.clone();
+    nan["arrays"][1]["values"][2] = serde_json::Value::Null;
+    assert_clean_error(
+        &grad_on_file(dir.path(), &nan),
+        &["array 'B' holds NaN at index 2", "finite"],
+    );
+
+    let mut shape = good.clone();
+    shape["arrays"][1]["shape"] = serde_json::json!([9, 5]);
+    shape["arrays"][1]["values"] = serde_json::json!(vec![0.5; 45]);
+    assert_clean_error(
+        &grad_on_file(dir.path(), &shape),
+        &["array 'B' has shape [9, 5], expected [10, any]"],
+    );
+
+    let mut count = good.clone();
+    count["arrays"][2]["values"] = serde_json::json!([1.0, 2.0]);
+    assert_clean_error(
+        &grad_on_file(dir.path(), &count),
+        &["array 'c' has shape [10]", "holds 2 values"],
+    );
+
+    let mut stray = good.clone();
+    stray["scalars"]["gama"] = serde_json::json!(0.1);
+    assert_clean_error(
+        &grad_on_file(dir.path(), &stray),
+        &["unknown entries [\"gama\"]"],
+    );
+
+    let mut indefinite = good.clone();
+    let n = 10;
+    indefinite["arrays"][0]["values"] = serde_json::json!(
+        (0..n * n)
+            .map(|i| if i == 0 {
+                -1.0
+            } else if i % (n + 1) == 0 {
+                1.0
+            } else {
+                0.0
+            })
+            .collect::<Vec<f64>>()
+    );
+    assert_clean_error(
+        &grad_on_file(dir.path(), &indefinite),
+        &["'A' must be positive definite"],
+    );
+
+    let garbage = dir.path().join("garbage.json");
+    std::fs::write(&garbage, "{ not json").unwrap();
+    assert_clean_error(
+        &cml(&["grad", "--problem", garbage.to_str().unwrap()]),
+        &["not a valid instance file"],
+    );
+
+    let missing = dir.path().join("missing.json");
+    assert_clean_error(
+        &cml(&["grad", "--problem", missing.to_str().unwrap()]),
+        &["cannot read instance file", "missing.json"],
+    );
+}
+
+#[test]
+fn export_to_an_unwritable_path_is_an_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "x").unwrap();
+    let target = blocker.join("inside.json"); // a folder that is a file
+    let o = cml(&[
+        "export",
+        "--problem",
+        "ridge",
+        "--out",
+        target.to_str().unwrap(),
+    ]);
+    assert_clean_error(&o, &["cannot create the folder of"]);
+    assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "x");
+}
