@@ -41,9 +41,7 @@ pub fn ensure_second_order() -> Result<()> {
         Ok(())
     } else {
         Err(CmlError::SecondOrderOff {
-            measured: measured.map_or("nothing (the gradient had no graph)".into(), |v| {
-                v.to_string()
-            }),
+            measured: measured.map_or("nothing (the gradient had no graph)".into(), |v| v.to_string()),
         })
     }
 }
@@ -112,12 +110,7 @@ pub fn gradients(f: &LossFn, phi: &Tensor, theta: &Tensor) -> Result<Gradients> 
 
 /// Hessian-vector product `d2_{phi phi} f v` and mixed product `d2_{theta phi} f v`
 /// (the gradient in `theta` of `<d_phi f, v>`), from one double-backward pass.
-pub fn hvp_and_mixed(
-    f: &LossFn,
-    phi: &Tensor,
-    theta: &Tensor,
-    v: &Tensor,
-) -> Result<(Tensor, Tensor)> {
+pub fn hvp_and_mixed(f: &LossFn, phi: &Tensor, theta: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
     ensure_second_order()?;
     let tape = Tape::record(f, phi, theta)?;
     let g_phi = Tape::grad_of(&tape.loss.backward()?, &tape.phi)?;
@@ -139,11 +132,7 @@ pub struct SecondDerivatives {
     pub gradients: Gradients,
 }
 
-pub fn dense_second_derivatives(
-    f: &LossFn,
-    phi: &Tensor,
-    theta: &Tensor,
-) -> Result<SecondDerivatives> {
+pub fn dense_second_derivatives(f: &LossFn, phi: &Tensor, theta: &Tensor) -> Result<SecondDerivatives> {
     ensure_second_order()?;
     let tape = Tape::record(f, phi, theta)?;
     let store = tape.loss.backward()?;
@@ -172,4 +161,12 @@ pub fn dense_second_derivatives(
             theta: g_theta.detach(),
         },
     })
+}
+
+/// Vector-Jacobian product `(dy/dtheta)^T a` of a vector function `y(theta)` (first order);
+/// zero when `y` does not depend on `theta`.
+pub fn vjp(y: &dyn Fn(&Tensor) -> candle_core::Result<Tensor>, theta: &Tensor, a: &Tensor) -> Result<Tensor> {
+    let leaf = Var::from_tensor(theta)?;
+    let out = (y(leaf.as_tensor())? * a)?.sum_all()?;
+    Ok(Tape::grad_of(&out.backward()?, &leaf)?.detach())
 }

@@ -66,11 +66,7 @@ pub type Result<T> = std::result::Result<T, CmlError>;
 
 impl CmlError {
     /// Shorthand for [`CmlError::InvalidParameter`].
-    pub fn invalid(
-        name: impl Into<String>,
-        value: impl ToString,
-        allowed: impl Into<String>,
-    ) -> Self {
+    pub fn invalid(name: impl Into<String>, value: impl ToString, allowed: impl Into<String>) -> Self {
         CmlError::InvalidParameter {
             name: name.into(),
             value: value.to_string(),

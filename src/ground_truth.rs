@@ -2,6 +2,7 @@
 //! and the exact implicit meta-gradient of MATH.md §1/§4 at them.
 
 use crate::error::{CmlError, Result};
+use crate::estimator::implicit::{LinearSolver, implicit_meta_gradient};
 use crate::linalg::{Vector, norm, spd_solve, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
@@ -78,9 +79,7 @@ pub fn solve_phase(
         let mut t = 1.0;
         loop {
             let trial = &phi - &step * t;
-            let loss = oracle
-                .phase_gradients(&to_tensor(&trial)?, theta, beta)?
-                .loss;
+            let loss = oracle.phase_gradients(&to_tensor(&trial)?, theta, beta)?.loss;
             if loss <= d.gradients.loss - 1e-4 * t * slope || t < 1e-8 {
                 phi = trial;
                 break;
@@ -118,18 +117,10 @@ fn finish(
     ))
 }
 
-/// The implicit meta-gradient at a given `phi` (MATH.md §4, dense solve):
-/// `d_theta L_out - d2_{theta phi} L_in H^{-1} d_phi L_out`, `H = d2_{phi phi} L_in`.
-/// Exact when `phi = phi*`; with an inexact `phi` its error is `O(||phi - phi*||)`.
+/// The implicit meta-gradient at a given `phi` with a dense solve (MATH.md §4). Exact when
+/// `phi = phi*`; with an inexact `phi` its error is `O(||phi - phi*||)`.
 pub fn implicit_at(oracle: &Oracle, phi: &Tensor, theta: &Tensor) -> Result<Vector> {
-    let second = oracle.phase_second_derivatives(phi, theta, 0.0)?;
-    let outer = oracle.outer_gradients(phi, theta)?;
-    let v = spd_solve(
-        &second.hessian,
-        &to_dvector(&outer.phi)?,
-        "the inner Hessian d2_{phi phi} L_in",
-    )?;
-    Ok(to_dvector(&outer.theta)? - &second.mixed * v)
+    Ok(implicit_meta_gradient(oracle, phi, theta, LinearSolver::Dense)?.0)
 }
 
 /// The exact meta-gradient and the Newton-solved `phi*` it was taken at.

@@ -94,6 +94,20 @@ pub fn gradient_descent(
     params: &GdParams,
     phase: &str,
 ) -> Result<PhaseSolution> {
+    gradient_descent_observed(oracle, phi0, theta, beta, params, phase, &mut |_| {})
+}
+
+/// [`gradient_descent`] with an observer that sees every iterate `phi_k` a step is taken from
+/// (`k = 0 .. steps - 1`), e.g. to store them for backpropagation through the steps.
+pub fn gradient_descent_observed(
+    oracle: &Oracle,
+    phi0: &Tensor,
+    theta: &Tensor,
+    beta: f64,
+    params: &GdParams,
+    phase: &str,
+    observer: &mut dyn FnMut(&Tensor),
+) -> Result<PhaseSolution> {
     params.validate(phase)?;
     let curvature = oracle.problem().curvature(theta, beta)?;
     let step_size = match (params.step_size, curvature) {
@@ -156,6 +170,7 @@ pub fn gradient_descent(
                 info,
             });
         }
+        observer(&phi);
         phi = (&phi - (&g.phi * step_size)?)?;
         previous_loss = g.loss;
         step += 1;

@@ -19,11 +19,7 @@ pub fn to_tensor(v: &Vector) -> Result<Tensor> {
 /// A dense matrix as a 2-D f64 tensor (row-major).
 pub fn matrix_to_tensor(m: &DMatrix<f64>) -> Result<Tensor> {
     let rows: Vec<f64> = m.transpose().as_slice().to_vec();
-    Ok(Tensor::from_vec(
-        rows,
-        (m.nrows(), m.ncols()),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_vec(rows, (m.nrows(), m.ncols()), &Device::Cpu)?)
 }
 
 /// Euclidean norm of a tensor.

@@ -9,10 +9,13 @@ use std::cell::Cell;
 
 /// Work done, in common units. One second-order product is one double-backward pass
 /// (a Hessian-vector product and the mixed product come out of the same pass).
+/// `floats_kept` is a memory proxy: the most floats of state (iterates, adjoints, solver
+/// vectors, dense matrices) the method had to keep alive at once, as the method declares them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Cost {
     pub gradient_evaluations: usize,
     pub second_order_products: usize,
+    pub floats_kept: usize,
 }
 
 impl Cost {
@@ -24,9 +27,11 @@ impl Cost {
 impl std::ops::Add for Cost {
     type Output = Cost;
     fn add(self, o: Cost) -> Cost {
+        // Work adds up; memory is a peak.
         Cost {
             gradient_evaluations: self.gradient_evaluations + o.gradient_evaluations,
             second_order_products: self.second_order_products + o.second_order_products,
+            floats_kept: self.floats_kept.max(o.floats_kept),
         }
     }
 }
@@ -59,8 +64,30 @@ impl<'p> Oracle<'p> {
             c + Cost {
                 gradient_evaluations: gradients,
                 second_order_products: products,
+                floats_kept: 0,
             },
         );
+    }
+
+    /// Records that `floats` floats of state are alive at once now.
+    pub fn keep_alive(&self, floats: usize) {
+        let c = self.cost.get();
+        self.cost.set(Cost {
+            floats_kept: c.floats_kept.max(floats),
+            ..c
+        });
+    }
+
+    /// `(d phi_init / d theta)^T a`, the pull-back of `a` through the initial fast parameters
+    /// (zero when they do not depend on `theta`): one gradient evaluation.
+    pub fn initial_phi_vjp(&self, theta: &Tensor, a: &Tensor) -> Result<Tensor> {
+        self.charge(1, 0);
+        let p = self.problem;
+        autodiff::vjp(
+            &|theta: &Tensor| p.initial_phi(theta).map_err(candle_core::Error::wrap),
+            theta,
+            a,
+        )
     }
 
     /// `L_beta`, `d_phi L_beta`, `d_theta L_beta` at `(phi, theta)`: one gradient evaluation.
@@ -81,12 +108,7 @@ impl<'p> Oracle<'p> {
     }
 
     /// `d2_{phi phi} L_in v` and `d2_{theta phi} L_in v`: one second-order product.
-    pub fn inner_hvp_and_mixed(
-        &self,
-        phi: &Tensor,
-        theta: &Tensor,
-        v: &Tensor,
-    ) -> Result<(Tensor, Tensor)> {
+    pub fn inner_hvp_and_mixed(&self, phi: &Tensor, theta: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         self.charge(0, 1);
         autodiff::hvp_and_mixed(&phase_loss(self.problem, 0.0), phi, theta, v)
     }

@@ -3,9 +3,7 @@
 
 mod common;
 
-use cml::autodiff::{
-    LossFn, dense_second_derivatives, ensure_second_order, gradients, hvp_and_mixed,
-};
+use cml::autodiff::{LossFn, dense_second_derivatives, ensure_second_order, gradients, hvp_and_mixed};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec, build, phase_loss};
 use common::{PROBLEMS, perturbed, rel, unit};
@@ -101,10 +99,7 @@ fn dense_second_derivatives_agree_with_single_products() {
             rel(&(&d.hessian * &v), &to_dvector(&hv).unwrap()) < 1e-12,
             "{name}"
         );
-        assert!(
-            rel(&(&d.mixed * &v), &to_dvector(&mv).unwrap()) < 1e-12,
-            "{name}"
-        );
+        assert!(rel(&(&d.mixed * &v), &to_dvector(&mv).unwrap()) < 1e-12, "{name}");
     }
 }
 

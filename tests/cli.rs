@@ -31,14 +31,7 @@ fn assert_clean_error(o: &Output, needles: &[&str]) {
 
 #[test]
 fn grad_prints_estimate_exact_error_and_costs_as_json() {
-    let o = cml(&[
-        "grad",
-        "--problem",
-        "quadratic",
-        "--beta",
-        "0.001",
-        "--json",
-    ]);
+    let o = cml(&["grad", "--problem", "quadratic", "--beta", "0.001", "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let rel = v["relative_error"].as_f64().unwrap();
@@ -58,10 +51,7 @@ fn second_order_mode_off_is_an_error_not_a_number() {
         .unwrap();
     assert_clean_error(
         &o,
-        &[
-            "second-order autodiff is off",
-            "CANDLE_GRAD_DO_NOT_DETACH=1",
-        ],
+        &["second-order autodiff is off", "CANDLE_GRAD_DO_NOT_DETACH=1"],
     );
 }
 
@@ -166,10 +156,7 @@ fn bad_instance_files_are_clear_errors() {
 
     let mut stray = good.clone();
     stray["scalars"]["gama"] = serde_json::json!(0.1);
-    assert_clean_error(
-        &grad_on_file(dir.path(), &stray),
-        &["unknown entries [\"gama\"]"],
-    );
+    assert_clean_error(&grad_on_file(dir.path(), &stray), &["unknown entries [\"gama\"]"]);
 
     let mut indefinite = good.clone();
     let n = 10;
@@ -209,13 +196,7 @@ fn export_to_an_unwritable_path_is_an_error_and_writes_nothing() {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "x").unwrap();
     let target = blocker.join("inside.json"); // a folder that is a file
-    let o = cml(&[
-        "export",
-        "--problem",
-        "ridge",
-        "--out",
-        target.to_str().unwrap(),
-    ]);
+    let o = cml(&["export", "--problem", "ridge", "--out", target.to_str().unwrap()]);
     assert_clean_error(&o, &["cannot create the folder of"]);
     assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "x");
 }

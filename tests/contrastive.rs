@@ -30,9 +30,7 @@ fn exact_phase_estimate(p: &dyn BilevelProblem, variant: Variant, beta: f64) -> 
 fn halving_beta_halves_the_standard_error_and_quarters_the_second_order_errors() {
     for name in PROBLEMS {
         let p = build(name, 1).unwrap();
-        let exact = exact_meta_gradient(p.as_ref(), p.theta())
-            .unwrap()
-            .meta_gradient;
+        let exact = exact_meta_gradient(p.as_ref(), p.theta()).unwrap().meta_gradient;
         for (variant, betas, expected) in [
             (Variant::Standard, [4e-3, 2e-3, 1e-3], 1.8..=2.2),
             (Variant::Symmetric, [4e-2, 2e-2, 1e-2], 3.5..=4.5),
@@ -63,11 +61,7 @@ fn the_first_order_term_of_the_standard_error_matches_the_closed_form_slope() {
     let p: &dyn BilevelProblem = &q;
     let m = q.matrices();
     let theta = to_dvector(p.theta()).unwrap();
-    let phi0 = p
-        .closed_form()
-        .unwrap()
-        .phase_solution(&theta, 0.0)
-        .unwrap();
+    let phi0 = p.closed_form().unwrap().phase_solution(&theta, 0.0).unwrap();
     let a_inv = m.a.clone().try_inverse().unwrap();
     let g = m.cm.transpose() * m.cm;
     let d1 = &a_inv * (m.cm.transpose() * m.d - &g * &phi0);
@@ -90,9 +84,7 @@ fn with_gradient_descent_phases_the_error_falls_as_the_step_budget_grows() {
     let beta = 1e-3;
     for name in PROBLEMS {
         let p = build(name, 4).unwrap();
-        let exact = exact_meta_gradient(p.as_ref(), p.theta())
-            .unwrap()
-            .meta_gradient;
+        let exact = exact_meta_gradient(p.as_ref(), p.theta()).unwrap().meta_gradient;
         for variant in Variant::ALL {
             let floor = (exact_phase_estimate(p.as_ref(), variant, beta) - &exact).norm();
             // The two error terms are vectors and can partly cancel, so near the floor the error
@@ -115,10 +107,7 @@ fn with_gradient_descent_phases_the_error_falls_as_the_step_budget_grows() {
                     (est.estimate(p.as_ref(), p.theta()).unwrap().gradient - &exact).norm()
                 })
                 .collect();
-            let what = format!(
-                "{name} {}: errors {errors:?}, floor {floor:.3e}",
-                variant.name()
-            );
+            let what = format!("{name} {}: errors {errors:?}, floor {floor:.3e}", variant.name());
             let reached = errors.iter().position(|&e| near_floor(e)).expect(&what);
             assert!(
                 errors[..=reached].windows(2).all(|w| w[1] < w[0]),

@@ -26,9 +26,7 @@ fn newton_phase_solutions_match_the_closed_form() {
                     NewtonParams::default(),
                 )
                 .unwrap();
-                let exact = closed
-                    .phase_solution(&to_dvector(&theta).unwrap(), beta)
-                    .unwrap();
+                let exact = closed.phase_solution(&to_dvector(&theta).unwrap(), beta).unwrap();
                 let err = rel(&to_dvector(&phi).unwrap(), &exact);
                 assert!(
                     err < 1e-12,
@@ -69,10 +67,7 @@ fn meta_objective(p: &dyn BilevelProblem, theta: &Vector) -> f64 {
         NewtonParams::default(),
     )
     .unwrap();
-    p.outer_loss(&phi, &theta)
-        .unwrap()
-        .to_scalar::<f64>()
-        .unwrap()
+    p.outer_loss(&phi, &theta).unwrap().to_scalar::<f64>().unwrap()
 }
 
 #[test]

@@ -25,8 +25,7 @@ fn gradient_descent_reports_a_certified_distance_that_bounds_the_true_one() {
                     tolerance: 0.0,
                 };
                 let sol = gradient_descent(&oracle, &phi0, &theta, beta, &params, "phase").unwrap();
-                let (star, _) =
-                    solve_phase(&oracle, &phi0, &theta, beta, NewtonParams::default()).unwrap();
+                let (star, _) = solve_phase(&oracle, &phi0, &theta, beta, NewtonParams::default()).unwrap();
                 let distance = norm(&(&sol.phi - &star).unwrap()).unwrap();
                 let certified = sol.info.certified_distance.expect("curvature known");
                 assert!(

@@ -1,11 +1,9 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
-use super::step_budget;
-use crate::estimator::{
-    Contrastive, Estimate, ImplicitDense, MetaGradientEstimator, Variant, unknown_estimator,
-};
+use super::estimator_args::EstimatorArgs;
+use crate::estimator::{Estimate, MetaGradientEstimator};
 use crate::ground_truth::{GroundTruth, exact_meta_gradient};
-use crate::inner::{GdInfo, GdParams};
+use crate::inner::GdInfo;
 use crate::linalg::{cosine, relative_error};
 use crate::oracle::Cost;
 use crate::problem;
@@ -16,30 +14,8 @@ pub struct GradArgs {
     /// Problem name (quadratic, ridge, logistic) or the path of an instance file (.json).
     #[arg(long)]
     problem: String,
-    /// Estimator: contrastive, or implicit (dense solve at the free phase's end point).
-    #[arg(long, default_value = "contrastive")]
-    estimator: String,
-    /// Contrastive variant: standard, symmetric or second-order-forward.
-    #[arg(long, default_value = "standard")]
-    variant: String,
-    /// Nudging strength beta (non-zero).
-    #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true)]
-    beta: f64,
-    /// Free-phase step budget.
-    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
-    free_steps: i64,
-    /// Step budget of each nudged phase.
-    #[arg(long, default_value_t = 500, allow_hyphen_values = true)]
-    nudged_steps: i64,
-    /// Free-phase step size (default: 1 / smoothness of the inner loss).
-    #[arg(long, allow_hyphen_values = true)]
-    free_step_size: Option<f64>,
-    /// Nudged-phase step size (default: 1 / smoothness of the nudged loss).
-    #[arg(long, allow_hyphen_values = true)]
-    nudged_step_size: Option<f64>,
-    /// Stop a phase once its gradient norm is at most this.
-    #[arg(long, default_value_t = 1e-12, allow_hyphen_values = true)]
-    tolerance: f64,
+    #[command(flatten)]
+    estimator: EstimatorArgs,
     /// Seed of the problem draw (ignored for instance files).
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -61,6 +37,7 @@ struct GradReport {
     absolute_error: f64,
     cosine: f64,
     cost: Cost,
+    linear_residual: Option<f64>,
     phases: Vec<GdInfo>,
     newton_iterations: usize,
     newton_grad_norm: f64,
@@ -71,30 +48,8 @@ struct GradReport {
 pub fn run(args: GradArgs) -> crate::Result<()> {
     // The exact reference needs second derivatives: fail before any work if they are off.
     crate::autodiff::ensure_second_order()?;
-    let free = GdParams {
-        step_size: args.free_step_size,
-        max_steps: step_budget("free phase step budget", args.free_steps)?,
-        tolerance: args.tolerance,
-    };
-    let nudged = GdParams {
-        step_size: args.nudged_step_size,
-        max_steps: step_budget("nudged phase step budget", args.nudged_steps)?,
-        tolerance: args.tolerance,
-    };
-    let estimator: Box<dyn MetaGradientEstimator> = match args.estimator.as_str() {
-        "contrastive" => {
-            let c = Contrastive {
-                variant: Variant::parse(&args.variant)?,
-                beta: args.beta,
-                free,
-                nudged,
-            };
-            c.validate()?;
-            Box::new(c)
-        }
-        "implicit" => Box::new(ImplicitDense { free }),
-        other => return Err(unknown_estimator(other)),
-    };
+    let spec = args.estimator.spec()?;
+    let estimator = spec.estimator();
     let p = problem::resolve(&args.problem, args.seed)?;
     let theta = p.theta().clone();
 
@@ -108,7 +63,7 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     let report = report(
         &args,
         p.as_ref(),
-        estimator.as_ref(),
+        estimator,
         estimate,
         truth,
         seconds_estimate,
@@ -146,6 +101,7 @@ fn report(
         estimate: estimate.gradient.iter().copied().collect(),
         exact: truth.meta_gradient.iter().copied().collect(),
         cost: estimate.cost,
+        linear_residual: estimate.linear_residual,
         phases: estimate.phases,
         newton_iterations: truth.newton.iterations,
         newton_grad_norm: truth.newton.grad_norm,
@@ -190,9 +146,12 @@ fn print_text(r: &GradReport) {
     println!("rel. error  {:.3e}", r.relative_error);
     println!("cosine      {:.12}", r.cosine);
     println!(
-        "cost        {} gradient evaluations, {} second-order products",
-        r.cost.gradient_evaluations, r.cost.second_order_products
+        "cost        {} gradient evaluations, {} second-order products, {} floats kept",
+        r.cost.gradient_evaluations, r.cost.second_order_products, r.cost.floats_kept
     );
+    if let Some(res) = r.linear_residual {
+        println!("residual    ||H v - d_phi L_out|| = {res:.3e}");
+    }
     println!(
         "time        estimate {:.3} s, exact {:.3} s",
         r.seconds_estimate, r.seconds_exact

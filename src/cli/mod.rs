@@ -1,5 +1,6 @@
 //! The `cml` command line: one module per subcommand.
 
+mod estimator_args;
 mod export;
 mod grad;
 
@@ -46,14 +47,4 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// A step budget from the command line: a whole number >= 1.
-fn step_budget(name: &str, value: i64) -> crate::Result<usize> {
-    usize::try_from(value)
-        .ok()
-        .filter(|&v| v >= 1)
-        .ok_or_else(|| {
-            crate::CmlError::invalid(name, value, "a step budget must be a whole number >= 1")
-        })
 }

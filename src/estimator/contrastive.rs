@@ -29,11 +29,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    pub const ALL: [Variant; 3] = [
-        Variant::Standard,
-        Variant::Symmetric,
-        Variant::SecondOrderForward,
-    ];
+    pub const ALL: [Variant; 3] = [Variant::Standard, Variant::Symmetric, Variant::SecondOrderForward];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -120,6 +116,12 @@ impl MetaGradientEstimator for Contrastive {
             &self.free,
             "free phase",
         )?;
+        // The free solution is kept through the nudged phases, beside the current iterate, its
+        // gradient, and the running estimate with g(0).
+        oracle.keep_alive(3 * problem.dims().phi + 3 * problem.dims().theta);
+        // The free solution is kept through the nudged phases, beside the current iterate, its
+        // gradient, and the running estimate with g(0).
+        oracle.keep_alive(3 * problem.dims().phi + 3 * problem.dims().theta);
         let mut phases = vec![free.info.clone()];
         let gradient = self.variant.combine(self.beta, |b| {
             if b == 0.0 {
@@ -134,6 +136,8 @@ impl MetaGradientEstimator for Contrastive {
             gradient,
             cost: oracle.cost(),
             phases,
+            adapted_phi: free.phi,
+            linear_residual: None,
         })
     }
 }

@@ -1,25 +1,83 @@
-//! Implicit differentiation with a dense solve (MATH.md §4) at the free phase's end point.
-//! Exact when the free phase is; its error is `O(delta)` in the free phase's distance.
+//! Implicit differentiation (MATH.md §4) at the free phase's end point `phi^_0`:
+//! `dJ/dtheta ~ d_theta L_out - d2_{theta phi} L_in v` with `H v = d_phi L_out`, `H = d2_{phi phi} L_in`.
+//! The linear system is solved exactly (dense Cholesky) or approximately (conjugate gradient,
+//! Neumann series, or T1-T2's `H ~ I`). The error is `O(delta)` in the free phase's distance
+//! plus the linear solver's error.
 
 use super::{Estimate, MetaGradientEstimator};
-use crate::error::Result;
-use crate::ground_truth::implicit_at;
+use crate::error::{CmlError, Result};
 use crate::inner::{GdParams, gradient_descent};
+use crate::linalg::{Vector, spd_solve, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
 use candle_core::Tensor;
 
+/// How `H v = b` is solved.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "solver", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum LinearSolver {
+    /// Dense Hessian from `n` Hessian-vector products, Cholesky solve.
+    Dense,
+    /// `steps` conjugate-gradient iterations from `v = 0`, one HVP each.
+    ConjugateGradient { steps: usize },
+    /// `v = alpha sum_{j=0}^{steps} (I - alpha H)^j b`, one HVP per term after the first;
+    /// converges when `0 < alpha < 2 / L`, at rate `max_i |1 - alpha lambda_i|`.
+    /// `alpha = None` takes `1 / L` from the problem's known smoothness.
+    Neumann { steps: usize, alpha: Option<f64> },
+    /// T1-T2: `H` replaced by the identity, `v = b`.
+    Identity,
+}
+
+impl LinearSolver {
+    pub fn describe(&self) -> String {
+        match self {
+            LinearSolver::Dense => "implicit (dense solve)".into(),
+            LinearSolver::ConjugateGradient { steps } => format!("implicit CG ({steps} steps)"),
+            LinearSolver::Neumann {
+                steps,
+                alpha: Some(a),
+            } => format!("implicit Neumann ({steps} terms, alpha = {a})"),
+            LinearSolver::Neumann { steps, alpha: None } => {
+                format!("implicit Neumann ({steps} terms, alpha = 1/L)")
+            }
+            LinearSolver::Identity => "T1-T2 (H = I)".into(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        match *self {
+            LinearSolver::ConjugateGradient { steps } | LinearSolver::Neumann { steps, .. } if steps == 0 => {
+                Err(CmlError::invalid(
+                    "solver steps",
+                    steps,
+                    "the linear solver needs at least 1 step",
+                ))
+            }
+            LinearSolver::Neumann {
+                alpha: Some(alpha), ..
+            } if !(alpha.is_finite() && alpha > 0.0) => Err(CmlError::invalid(
+                "Neumann alpha",
+                alpha,
+                "alpha must be finite and > 0 (below 2 / L for the series to converge)",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct ImplicitDense {
+pub struct Implicit {
+    pub solver: LinearSolver,
     pub free: GdParams,
 }
 
-impl MetaGradientEstimator for ImplicitDense {
+impl MetaGradientEstimator for Implicit {
     fn describe(&self) -> String {
-        "implicit (dense solve)".into()
+        self.solver.describe()
     }
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
+        self.solver.validate()?;
         let oracle = Oracle::new(problem);
         let free = gradient_descent(
             &oracle,
@@ -29,11 +87,103 @@ impl MetaGradientEstimator for ImplicitDense {
             &self.free,
             "free phase",
         )?;
-        let gradient = implicit_at(&oracle, &free.phi, theta)?;
+        let (gradient, residual) = implicit_meta_gradient(&oracle, &free.phi, theta, self.solver)?;
         Ok(Estimate {
             gradient,
             cost: oracle.cost(),
             phases: vec![free.info],
+            adapted_phi: free.phi,
+            linear_residual: Some(residual),
         })
     }
+}
+
+/// The implicit meta-gradient at `phi` with the given solver, and the solver's residual
+/// `||H v - d_phi L_out||`.
+pub fn implicit_meta_gradient(
+    oracle: &Oracle,
+    phi: &Tensor,
+    theta: &Tensor,
+    solver: LinearSolver,
+) -> Result<(Vector, f64)> {
+    let n = oracle.problem().dims().phi;
+    let m = oracle.problem().dims().theta;
+    let outer = oracle.outer_gradients(phi, theta)?;
+    let b = to_dvector(&outer.phi)?;
+    let direct = to_dvector(&outer.theta)?;
+    if solver == LinearSolver::Dense {
+        let d = oracle.phase_second_derivatives(phi, theta, 0.0)?;
+        oracle.keep_alive(n * n + m * n + 2 * n + m);
+        let v = spd_solve(&d.hessian, &b, "the inner Hessian d2_{phi phi} L_in")?;
+        let residual = (&d.hessian * &v - &b).norm();
+        return Ok((direct - &d.mixed * v, residual));
+    }
+    let hvp = |v: &Vector| -> Result<Vector> {
+        to_dvector(&oracle.inner_hvp_and_mixed(phi, theta, &to_tensor(v)?)?.0)
+    };
+    let v = match solver {
+        LinearSolver::Identity => b.clone(),
+        LinearSolver::ConjugateGradient { steps } => {
+            oracle.keep_alive(4 * n + m); // v, r, p, Hp
+            conjugate_gradient(hvp, &b, steps)?
+        }
+        LinearSolver::Neumann { steps, alpha } => {
+            let alpha = match alpha {
+                Some(a) => a,
+                None => match oracle.problem().curvature(theta, 0.0)? {
+                    Some(c) if c.smoothness > 0.0 => 1.0 / c.smoothness,
+                    _ => {
+                        return Err(CmlError::invalid(
+                            "Neumann alpha",
+                            "none",
+                            "this problem's smoothness is unknown, so alpha must be given (below 2 / L)",
+                        ));
+                    }
+                },
+            };
+            oracle.keep_alive(3 * n + m); // v, term, H term
+            let mut term = b.clone();
+            let mut v = &b * alpha;
+            for _ in 0..steps {
+                term -= hvp(&term)? * alpha;
+                v += &term * alpha;
+            }
+            v
+        }
+        LinearSolver::Dense => unreachable!("handled above"),
+    };
+    // One more double backward gives the mixed product and, from the same pass, `H v` for
+    // the true residual.
+    let (hv, mv) = oracle.inner_hvp_and_mixed(phi, theta, &to_tensor(&v)?)?;
+    let residual = (to_dvector(&hv)? - &b).norm();
+    Ok((direct - to_dvector(&mv)?, residual))
+}
+
+/// `steps` iterations of conjugate gradient on `H v = b` from `v = 0` (H symmetric positive
+/// definite); stops early on an exactly zero residual.
+fn conjugate_gradient(hvp: impl Fn(&Vector) -> Result<Vector>, b: &Vector, steps: usize) -> Result<Vector> {
+    let mut v = Vector::zeros(b.len());
+    let mut r = b.clone();
+    let mut p = r.clone();
+    let mut rr = r.dot(&r);
+    for _ in 0..steps {
+        if rr == 0.0 {
+            break;
+        }
+        let hp = hvp(&p)?;
+        let curvature = p.dot(&hp);
+        if curvature <= 0.0 {
+            return Err(CmlError::NotPositiveDefinite {
+                what: "the inner Hessian d2_{phi phi} L_in".into(),
+                reason: format!("conjugate gradient met a direction of curvature {curvature:.3e}"),
+            });
+        }
+        let step = rr / curvature;
+        v += &p * step;
+        r -= &hp * step;
+        let rr_next = r.dot(&r);
+        p = &r + &p * (rr_next / rr);
+        rr = rr_next;
+    }
+    Ok(v)
 }

@@ -1,17 +1,22 @@
 //! Meta-gradient estimators. Each takes a problem and `theta` and returns an [`Estimate`]:
 //! the meta-gradient estimate, what it cost, and a report of every inner phase it ran.
+//! An estimator is a value ([`EstimatorSpec`]): a name plus its parameters.
 
 pub mod contrastive;
+pub mod first_order;
 pub mod implicit;
+pub mod unrolled;
 
 use crate::error::{CmlError, Result};
-use crate::inner::GdInfo;
+use crate::inner::{GdInfo, GdParams};
 use crate::linalg::Vector;
 use crate::oracle::Cost;
 use crate::problem::BilevelProblem;
 use candle_core::Tensor;
 pub use contrastive::{Contrastive, Variant};
-pub use implicit::ImplicitDense;
+pub use first_order::{FirstOrder, FirstOrderRule};
+pub use implicit::{Implicit, LinearSolver};
+pub use unrolled::Unrolled;
 
 /// An estimate of `dJ/dtheta` and its price.
 #[derive(Debug, Clone)]
@@ -20,22 +25,149 @@ pub struct Estimate {
     pub cost: Cost,
     /// Every gradient-descent phase run, in order (free phase first).
     pub phases: Vec<GdInfo>,
+    /// The adapted fast parameters (the free phase's end point, or `phi_K` when unrolled).
+    pub adapted_phi: Tensor,
+    /// `||H v - d_phi L_out||` of the implicit estimators' linear solve.
+    pub linear_residual: Option<f64>,
 }
 
-/// A meta-gradient estimator: a value holding its parameters.
+/// A meta-gradient estimator.
 pub trait MetaGradientEstimator {
     /// A short description with the parameters, e.g. `contrastive standard (beta = 0.001)`.
     fn describe(&self) -> String;
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate>;
 }
 
-/// The estimator names the command line accepts.
-pub const ESTIMATOR_NAMES: &[&str] = &["contrastive", "implicit"];
+/// Choosing an estimator: a name plus parameters, from the command line or a config.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "estimator", rename_all = "kebab-case")]
+pub enum EstimatorSpec {
+    Contrastive(Contrastive),
+    Implicit(Implicit),
+    Unrolled(Unrolled),
+    FirstOrder(FirstOrder),
+}
 
-pub fn unknown_estimator(name: &str) -> CmlError {
-    CmlError::UnknownName {
-        kind: "estimator".into(),
-        name: name.into(),
-        allowed: ESTIMATOR_NAMES.join(", "),
+/// Every parameter any estimator takes; each name uses the ones it needs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EstimatorParams {
+    pub variant: Variant,
+    pub beta: f64,
+    pub free: GdParams,
+    pub nudged: GdParams,
+    /// CG iterations or Neumann terms.
+    pub solver_steps: usize,
+    pub neumann_alpha: Option<f64>,
+    /// Steps walked back by truncated BPTT.
+    pub truncation: usize,
+}
+
+/// The estimator names, with what each is.
+pub const ESTIMATORS: &[(&str, &str)] = &[
+    (
+        "contrastive",
+        "the contrastive rule (variant, beta, free and nudged phases)",
+    ),
+    (
+        "implicit",
+        "implicit differentiation, dense solve at the free solution",
+    ),
+    (
+        "cg",
+        "implicit differentiation, conjugate gradient with solver-steps iterations",
+    ),
+    (
+        "neumann",
+        "implicit differentiation, Neumann series with solver-steps terms",
+    ),
+    (
+        "t1t2",
+        "implicit differentiation with the Hessian replaced by the identity",
+    ),
+    ("bptt", "backpropagation through all free-phase steps"),
+    (
+        "tbptt",
+        "backpropagation through the last `truncation` free-phase steps",
+    ),
+    ("fomaml", "first-order MAML"),
+    ("reptile", "Reptile"),
+];
+
+impl EstimatorSpec {
+    pub fn from_name(name: &str, p: &EstimatorParams) -> Result<Self> {
+        let implicit = |solver| EstimatorSpec::Implicit(Implicit { solver, free: p.free });
+        let spec = match name {
+            "contrastive" => EstimatorSpec::Contrastive(Contrastive {
+                variant: p.variant,
+                beta: p.beta,
+                free: p.free,
+                nudged: p.nudged,
+            }),
+            "implicit" => implicit(LinearSolver::Dense),
+            "cg" => implicit(LinearSolver::ConjugateGradient {
+                steps: p.solver_steps,
+            }),
+            "neumann" => implicit(LinearSolver::Neumann {
+                steps: p.solver_steps,
+                alpha: p.neumann_alpha,
+            }),
+            "t1t2" => implicit(LinearSolver::Identity),
+            "bptt" => EstimatorSpec::Unrolled(Unrolled {
+                inner: p.free,
+                truncation: None,
+            }),
+            "tbptt" => EstimatorSpec::Unrolled(Unrolled {
+                inner: p.free,
+                truncation: Some(p.truncation),
+            }),
+            "fomaml" => EstimatorSpec::FirstOrder(FirstOrder {
+                rule: FirstOrderRule::FirstOrderMaml,
+                free: p.free,
+            }),
+            "reptile" => EstimatorSpec::FirstOrder(FirstOrder {
+                rule: FirstOrderRule::Reptile,
+                free: p.free,
+            }),
+            _ => {
+                return Err(CmlError::UnknownName {
+                    kind: "estimator".into(),
+                    name: name.into(),
+                    allowed: ESTIMATORS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+                });
+            }
+        };
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks every parameter before any work is done.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            EstimatorSpec::Contrastive(c) => c.validate(),
+            EstimatorSpec::Implicit(i) => {
+                i.solver.validate()?;
+                i.free.validate("free phase")
+            }
+            EstimatorSpec::Unrolled(u) => {
+                if u.truncation == Some(0) {
+                    return Err(CmlError::invalid(
+                        "truncation",
+                        0,
+                        "truncated BPTT needs at least 1 step",
+                    ));
+                }
+                u.inner.validate("inner loop")
+            }
+            EstimatorSpec::FirstOrder(f) => f.free.validate("free phase"),
+        }
+    }
+
+    pub fn estimator(&self) -> &dyn MetaGradientEstimator {
+        match self {
+            EstimatorSpec::Contrastive(e) => e,
+            EstimatorSpec::Implicit(e) => e,
+            EstimatorSpec::Unrolled(e) => e,
+            EstimatorSpec::FirstOrder(e) => e,
+        }
     }
 }

@@ -86,12 +86,7 @@ impl InstanceFile {
     }
 
     pub fn push_matrix(&mut self, name: &str, m: &DMatrix<f64>) {
-        let values = m
-            .transpose()
-            .as_slice()
-            .iter()
-            .map(|&x| FiniteOrNot(x))
-            .collect();
+        let values = m.transpose().as_slice().iter().map(|&x| FiniteOrNot(x)).collect();
         self.arrays.push(NamedArray {
             name: name.into(),
             shape: vec![m.nrows(), m.ncols()],
@@ -120,10 +115,7 @@ impl InstanceFile {
             ))
         })?;
         if file.format != FORMAT {
-            return Err(err(format!(
-                "format is '{}', expected '{FORMAT}'",
-                file.format
-            )));
+            return Err(err(format!("format is '{}', expected '{FORMAT}'", file.format)));
         }
         if file.version != VERSION {
             return Err(err(format!(
@@ -212,25 +204,16 @@ impl InstanceReader<'_> {
 
     fn array(&mut self, name: &str) -> Result<&NamedArray> {
         self.used.insert(name.into());
-        self.file
-            .arrays
-            .iter()
-            .find(|a| a.name == name)
-            .ok_or_else(|| {
-                self.error(format!(
-                    "array '{name}' is missing (problem '{}')",
-                    self.file.problem
-                ))
-            })
+        self.file.arrays.iter().find(|a| a.name == name).ok_or_else(|| {
+            self.error(format!(
+                "array '{name}' is missing (problem '{}')",
+                self.file.problem
+            ))
+        })
     }
 
     /// A matrix; `rows` / `cols` given as `Some` must match.
-    pub fn matrix(
-        &mut self,
-        name: &str,
-        rows: Option<usize>,
-        cols: Option<usize>,
-    ) -> Result<DMatrix<f64>> {
+    pub fn matrix(&mut self, name: &str, rows: Option<usize>, cols: Option<usize>) -> Result<DMatrix<f64>> {
         let a = self.array(name)?.clone();
         let ok = a.shape.len() == 2
             && rows.is_none_or(|r| a.shape[0] == r)
@@ -258,10 +241,7 @@ impl InstanceReader<'_> {
                 len.map_or("any".to_string(), |n| n.to_string())
             )));
         }
-        Ok(Vector::from_iterator(
-            a.shape[0],
-            a.values.iter().map(|x| x.0),
-        ))
+        Ok(Vector::from_iterator(a.shape[0], a.values.iter().map(|x| x.0)))
     }
 
     pub fn scalar(&mut self, name: &str) -> Result<f64> {

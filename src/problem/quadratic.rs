@@ -92,11 +92,7 @@ impl Quadratic {
             ));
         }
         if !(gamma >= 0.0 && gamma.is_finite()) {
-            return Err(CmlError::invalid(
-                "gamma",
-                gamma,
-                "need a finite gamma >= 0",
-            ));
+            return Err(CmlError::invalid("gamma", gamma, "need a finite gamma >= 0"));
         }
         let mut rng = seeded(seed);
         let q = normal_matrix(&mut rng, n, n).qr().q();
@@ -154,17 +150,11 @@ impl Quadratic {
         let a = r.matrix("A", None, None)?;
         let n = a.nrows();
         if a.ncols() != n {
-            return Err(r.error(format!(
-                "array 'A' must be square, it is {}x{}",
-                n,
-                a.ncols()
-            )));
+            return Err(r.error(format!("array 'A' must be square, it is {}x{}", n, a.ncols())));
         }
         let asym = (&a - a.transpose()).amax();
         if asym > 1e-12 * a.amax().max(1.0) {
-            return Err(r.error(format!(
-                "array 'A' must be symmetric; max |A - A^T| = {asym:.3e}"
-            )));
+            return Err(r.error(format!("array 'A' must be symmetric; max |A - A^T| = {asym:.3e}")));
         }
         let (mu, _) = spectrum_bounds(&a);
         if mu <= 0.0 {

@@ -140,15 +140,7 @@ impl WeightDecay {
             p,
             (0..p).map(|_| spec.log_decay + spec.log_decay_spread * normal(&mut rng)),
         );
-        Self::from_parts(
-            spec.loss,
-            x_train,
-            y_train,
-            x_val,
-            y_val,
-            theta,
-            Vector::zeros(p),
-        )
+        Self::from_parts(spec.loss, x_train, y_train, x_val, y_val, theta, Vector::zeros(p))
     }
 
     fn from_parts(
@@ -184,16 +176,12 @@ impl WeightDecay {
         let x_train = r.matrix("x_train", None, None)?;
         let p = x_train.ncols();
         if x_train.nrows() == 0 || p == 0 {
-            return Err(r.error(
-                "array 'x_train' is empty; need at least one example and one feature".into(),
-            ));
+            return Err(r.error("array 'x_train' is empty; need at least one example and one feature".into()));
         }
         let y_train = r.vector("y_train", Some(x_train.nrows()))?;
         let x_val = r.matrix("x_val", None, Some(p))?;
         if x_val.nrows() == 0 {
-            return Err(
-                r.error("array 'x_val' is empty; need at least one validation example".into())
-            );
+            return Err(r.error("array 'x_val' is empty; need at least one validation example".into()));
         }
         let y_val = r.vector("y_val", Some(x_val.nrows()))?;
         let theta = r.vector("theta", Some(p))?;
@@ -298,13 +286,9 @@ impl ClosedForm for WeightDecay {
         let h = Self::gram(&self.x_train)
             + DMatrix::from_diagonal(&theta.map(f64::exp))
             + Self::gram(&self.x_val) * beta;
-        let rhs = self.x_train.transpose() * &self.y_train / n
-            + self.x_val.transpose() * &self.y_val * (beta / nv);
-        spd_solve(
-            &h,
-            &rhs,
-            &format!("the ridge phase Hessian at beta = {beta}"),
-        )
+        let rhs =
+            self.x_train.transpose() * &self.y_train / n + self.x_val.transpose() * &self.y_val * (beta / nv);
+        spd_solve(&h, &rhs, &format!("the ridge phase Hessian at beta = {beta}"))
     }
 
     /// `d2_{theta_i phi_j} L_in = delta_ij exp(theta_i) phi_i`, so MATH.md §1 gives

@@ -1,0 +1,72 @@
+//! The estimator flags shared by `grad`, `train` and `sweep`.
+
+use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
+use crate::inner::GdParams;
+use crate::{CmlError, Result};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct EstimatorArgs {
+    /// Estimator: contrastive, implicit (dense solve), cg, neumann, t1t2, bptt, tbptt, fomaml, reptile.
+    #[arg(long, default_value = "contrastive")]
+    pub estimator: String,
+    /// Contrastive variant: standard, symmetric or second-order-forward.
+    #[arg(long, default_value = "standard")]
+    pub variant: String,
+    /// Nudging strength beta (non-zero).
+    #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true)]
+    pub beta: f64,
+    /// Free-phase step budget (the K of bptt and tbptt).
+    #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
+    pub free_steps: i64,
+    /// Step budget of each nudged phase.
+    #[arg(long, default_value_t = 500, allow_hyphen_values = true)]
+    pub nudged_steps: i64,
+    /// Free-phase step size (default: 1 / smoothness of the inner loss, where known).
+    #[arg(long, allow_hyphen_values = true)]
+    pub free_step_size: Option<f64>,
+    /// Nudged-phase step size (default: 1 / smoothness of the nudged loss, where known).
+    #[arg(long, allow_hyphen_values = true)]
+    pub nudged_step_size: Option<f64>,
+    /// Stop a phase once its gradient norm is at most this (0: run the whole budget).
+    #[arg(long, default_value_t = 1e-12, allow_hyphen_values = true)]
+    pub tolerance: f64,
+    /// Conjugate-gradient iterations, or Neumann terms.
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
+    pub solver_steps: i64,
+    /// Neumann step alpha (default: 1 / smoothness of the inner loss, where known).
+    #[arg(long, allow_hyphen_values = true)]
+    pub neumann_alpha: Option<f64>,
+    /// Steps walked back by tbptt.
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
+    pub truncation: i64,
+}
+
+/// A count from the command line: a whole number >= 1.
+pub fn at_least_one(name: &str, value: i64) -> Result<usize> {
+    usize::try_from(value)
+        .ok()
+        .filter(|&v| v >= 1)
+        .ok_or_else(|| CmlError::invalid(name, value, "must be a whole number >= 1"))
+}
+
+impl EstimatorArgs {
+    pub fn spec(&self) -> Result<EstimatorSpec> {
+        let phase = |name: &str, steps, step_size| -> Result<GdParams> {
+            Ok(GdParams {
+                step_size,
+                max_steps: at_least_one(&format!("{name} step budget"), steps)?,
+                tolerance: self.tolerance,
+            })
+        };
+        let params = EstimatorParams {
+            variant: Variant::parse(&self.variant)?,
+            beta: self.beta,
+            free: phase("free phase", self.free_steps, self.free_step_size)?,
+            nudged: phase("nudged phase", self.nudged_steps, self.nudged_step_size)?,
+            solver_steps: at_least_one("solver steps", self.solver_steps)?,
+            neumann_alpha: self.neumann_alpha,
+            truncation: at_least_one("truncation", self.truncation)?,
+        };
+        EstimatorSpec::from_name(&self.estimator, &params)
+    }
+}

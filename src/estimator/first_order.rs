@@ -1,0 +1,59 @@
+//! First-order baselines for meta-parameters that are an initialisation (MATH.md §4), biased by
+//! design. Both pull a vector back through `phi_init(theta)`, so on problems whose initial fast
+//! parameters do not depend on `theta` only the direct term remains.
+//!
+//! - first-order MAML: `d_theta L_out(phi^_0) + (d phi_init / d theta)^T d_phi L_out(phi^_0)`,
+//!   i.e. BPTT with the Jacobian of the inner loop replaced by the identity;
+//! - Reptile: `(d phi_init / d theta)^T (phi_init - phi^_0)`, the step from the initialisation
+//!   to the adapted parameters, used as a descent direction.
+
+use super::{Estimate, MetaGradientEstimator};
+use crate::error::Result;
+use crate::inner::{GdParams, gradient_descent};
+use crate::linalg::to_dvector;
+use crate::oracle::Oracle;
+use crate::problem::BilevelProblem;
+use candle_core::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FirstOrderRule {
+    FirstOrderMaml,
+    Reptile,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct FirstOrder {
+    pub rule: FirstOrderRule,
+    pub free: GdParams,
+}
+
+impl MetaGradientEstimator for FirstOrder {
+    fn describe(&self) -> String {
+        match self.rule {
+            FirstOrderRule::FirstOrderMaml => "first-order MAML".into(),
+            FirstOrderRule::Reptile => "Reptile".into(),
+        }
+    }
+
+    fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
+        let oracle = Oracle::new(problem);
+        let phi_init = problem.initial_phi(theta)?;
+        let free = gradient_descent(&oracle, &phi_init, theta, 0.0, &self.free, "free phase")?;
+        oracle.keep_alive(3 * problem.dims().phi + problem.dims().theta);
+        let gradient = match self.rule {
+            FirstOrderRule::FirstOrderMaml => {
+                let outer = oracle.outer_gradients(&free.phi, theta)?;
+                (outer.theta + oracle.initial_phi_vjp(theta, &outer.phi)?)?
+            }
+            FirstOrderRule::Reptile => oracle.initial_phi_vjp(theta, &(&phi_init - &free.phi)?)?,
+        };
+        Ok(Estimate {
+            gradient: to_dvector(&gradient)?,
+            cost: oracle.cost(),
+            phases: vec![free.info],
+            adapted_phi: free.phi,
+            linear_residual: None,
+        })
+    }
+}
