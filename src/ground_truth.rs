@@ -3,7 +3,7 @@
 
 use crate::error::{CmlError, Result};
 use crate::estimator::implicit::{LinearSolver, implicit_meta_gradient};
-use crate::linalg::{Vector, norm, spd_solve, to_dvector, to_tensor};
+use crate::linalg::{Vector, norm, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
 use candle_core::Tensor;
@@ -16,7 +16,7 @@ pub struct NewtonParams {
 
 impl Default for NewtonParams {
     fn default() -> Self {
-        NewtonParams { max_iterations: 50 }
+        NewtonParams { max_iterations: 100 }
     }
 }
 
@@ -56,16 +56,12 @@ pub fn solve_phase(
         }
         // At machine precision the gradient stops shrinking quadratically: stop there.
         if grad_norm > 0.5 * previous_grad_norm && grad_norm <= 1e-8 * g0.max(1.0) {
-            return finish(phi, grad_norm, g0, iteration, what);
+            return finish(phi, &d.hessian, grad_norm, g0, iteration, what);
         }
         previous_grad_norm = grad_norm;
-        let step = spd_solve(
-            &d.hessian,
-            &g,
-            &format!("the Hessian of L_beta (beta = {beta}) at Newton iteration {iteration}"),
-        )?;
+        let step = damped_newton_step(&d.hessian, &g);
         if grad_norm == 0.0 || step.norm() <= 4.0 * f64::EPSILON * (1.0 + phi.norm()) {
-            return finish(phi, grad_norm, g0, iteration, what);
+            return finish(phi, &d.hessian, grad_norm, g0, iteration, what);
         }
         // Backtracking on the loss keeps Newton globally convergent on convex, non-quadratic
         // losses; the full step is taken near the solution.
@@ -93,8 +89,24 @@ pub fn solve_phase(
     })
 }
 
+/// Solves `(H + tau I) p = g` with the smallest `tau` in `0, 1e-8 s, 1e-7 s, ...` (`s` the
+/// Hessian's scale) that makes the matrix positive definite: plain Newton near a minimum, a
+/// descent direction where the loss is not convex (non-convex models far from their minimum).
+fn damped_newton_step(h: &nalgebra::DMatrix<f64>, g: &Vector) -> Vector {
+    let scale = h.amax().max(1e-300);
+    let mut tau = 0.0;
+    loop {
+        let shifted = h + nalgebra::DMatrix::identity(h.nrows(), h.ncols()) * tau;
+        if let Some(chol) = shifted.cholesky() {
+            return chol.solve(g);
+        }
+        tau = if tau == 0.0 { 1e-8 * scale } else { tau * 10.0 };
+    }
+}
+
 fn finish(
     phi: Vector,
+    hessian: &nalgebra::DMatrix<f64>,
     grad_norm: f64,
     g0: f64,
     iterations: usize,
@@ -106,6 +118,16 @@ fn finish(
         return Err(CmlError::NotConverged {
             what,
             reason: format!("stalled at gradient norm {grad_norm:.3e} (started at {g0:.3e})"),
+        });
+    }
+    // A stationary point with an indefinite Hessian is a saddle, not a phase solution.
+    if hessian.clone().cholesky().is_none() {
+        return Err(CmlError::NotPositiveDefinite {
+            what: format!("the Hessian at the stationary point found by {what}"),
+            reason: format!(
+                "smallest eigenvalue {:.3e}: a saddle point, not a strict local minimum",
+                hessian.clone().symmetric_eigenvalues().min()
+            ),
         });
     }
     Ok((

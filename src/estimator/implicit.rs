@@ -122,7 +122,10 @@ pub fn implicit_meta_gradient(
         to_dvector(&oracle.inner_hvp_and_mixed(phi, theta, &to_tensor(v)?)?.0)
     };
     let v = match solver {
-        LinearSolver::Identity => b.clone(),
+        LinearSolver::Identity => {
+            oracle.keep_alive(2 * n + m); // v = b, H v
+            b.clone()
+        }
         LinearSolver::ConjugateGradient { steps } => {
             oracle.keep_alive(4 * n + m); // v, r, p, Hp
             conjugate_gradient(hvp, &b, steps)?

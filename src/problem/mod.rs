@@ -9,6 +9,7 @@ pub mod weight_decay;
 
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
+use crate::model::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use candle_core::Tensor;
 pub use instance::InstanceFile;
 pub use quadratic::{Quadratic, QuadraticSpec};
@@ -77,7 +78,10 @@ pub fn phase_loss(
 }
 
 /// The problems `cml` can draw at random from a seed.
-pub const PROBLEM_NAMES: &[&str] = &["quadratic", "ridge", "logistic"];
+pub const PROBLEM_NAMES: &[&str] = &["quadratic", "ridge", "logistic", "synapse", "modulation"];
+
+/// Support and query points per task of the registry's few-shot problems.
+pub const DEFAULT_SHOTS: usize = 10;
 
 /// Draws the named problem with default sizes from `seed`.
 pub fn build(name: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
@@ -89,6 +93,12 @@ pub fn build(name: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
         )?),
         "logistic" => Box::new(WeightDecay::random(
             &WeightDecaySpec::new(DataLoss::Logistic),
+            seed,
+        )?),
+        "synapse" => Box::new(Synapse::random(&SynapseSpec::default(), DEFAULT_SHOTS, seed)?),
+        "modulation" => Box::new(Modulation::random(
+            &ModulationSpec::default(),
+            DEFAULT_SHOTS,
             seed,
         )?),
         _ => {
@@ -111,6 +121,8 @@ pub fn from_instance(file: &InstanceFile, source_name: &str) -> Result<Box<dyn B
         "quadratic" => Box::new(Quadratic::from_instance(reader)?),
         "ridge" => Box::new(WeightDecay::from_instance(reader, DataLoss::Squared)?),
         "logistic" => Box::new(WeightDecay::from_instance(reader, DataLoss::Logistic)?),
+        "synapse" => Box::new(Synapse::from_instance(reader)?),
+        "modulation" => Box::new(Modulation::from_instance(reader)?),
         other => {
             return Err(CmlError::Instance {
                 source_name: source_name.into(),

@@ -1,0 +1,115 @@
+//! A tanh multilayer perceptron whose parameters live in one flat vector, so that any slice
+//! of them can be a fast or a meta-parameter.
+
+use crate::error::{CmlError, Result};
+use crate::linalg::Vector;
+use crate::rng::{Rng, normal};
+use candle_core::Tensor;
+
+/// Layer sizes `[in, hidden..., out]`. Parameters are stored layer by layer: the weight
+/// matrix `(fan_in x fan_out)` row-major, then the bias `(fan_out)`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Mlp {
+    pub sizes: Vec<usize>,
+}
+
+/// Where one layer's parameters sit in the flat vector.
+#[derive(Debug, Clone, Copy)]
+pub struct Layer {
+    pub offset: usize,
+    pub fan_in: usize,
+    pub fan_out: usize,
+}
+
+impl Layer {
+    pub fn len(&self) -> usize {
+        self.fan_in * self.fan_out + self.fan_out
+    }
+
+    pub fn weight(&self, params: &Tensor) -> candle_core::Result<Tensor> {
+        params
+            .narrow(0, self.offset, self.fan_in * self.fan_out)?
+            .reshape((self.fan_in, self.fan_out))
+    }
+
+    pub fn bias(&self, params: &Tensor) -> candle_core::Result<Tensor> {
+        params.narrow(0, self.offset + self.fan_in * self.fan_out, self.fan_out)
+    }
+
+    /// `x W + b` for a batch `x` of shape `(N, fan_in)`.
+    pub fn affine(&self, params: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        x.matmul(&self.weight(params)?)?
+            .broadcast_add(&self.bias(params)?)
+    }
+}
+
+impl Mlp {
+    pub fn new(sizes: Vec<usize>) -> Result<Self> {
+        if sizes.len() < 2 || sizes.contains(&0) {
+            return Err(CmlError::invalid(
+                "network sizes",
+                format!("{sizes:?}"),
+                "need at least an input and an output size, each at least 1 (e.g. 1-40-40-1)",
+            ));
+        }
+        Ok(Mlp { sizes })
+    }
+
+    /// Parses `1-40-40-1`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let sizes: std::result::Result<Vec<usize>, _> = s.split('-').map(str::parse).collect();
+        let sizes = sizes.map_err(|_| {
+            CmlError::invalid("network sizes", s, "layer sizes joined by '-', e.g. 1-40-40-1")
+        })?;
+        Self::new(sizes)
+    }
+
+    pub fn layers(&self) -> Vec<Layer> {
+        let mut offset = 0;
+        self.sizes
+            .windows(2)
+            .map(|w| {
+                let layer = Layer {
+                    offset,
+                    fan_in: w[0],
+                    fan_out: w[1],
+                };
+                offset += layer.len();
+                layer
+            })
+            .collect()
+    }
+
+    pub fn param_count(&self) -> usize {
+        self.layers().iter().map(Layer::len).sum()
+    }
+
+    /// tanh on every hidden layer, linear output; `x` is `(N, in)`, the result `(N, out)`.
+    pub fn forward(&self, params: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let layers = self.layers();
+        let mut h = x.clone();
+        for (i, layer) in layers.iter().enumerate() {
+            h = layer.affine(params, &h)?;
+            if i + 1 < layers.len() {
+                h = h.tanh()?;
+            }
+        }
+        Ok(h)
+    }
+
+    /// Weights `N(0, 1 / fan_in)`, biases zero.
+    pub fn init(&self, rng: &mut Rng) -> Vector {
+        let mut v = Vec::with_capacity(self.param_count());
+        for layer in self.layers() {
+            let scale = 1.0 / (layer.fan_in as f64).sqrt();
+            v.extend((0..layer.fan_in * layer.fan_out).map(|_| scale * normal(rng)));
+            v.extend(std::iter::repeat_n(0.0, layer.fan_out));
+        }
+        Vector::from_vec(v)
+    }
+}
+
+/// Mean squared error `1/N sum (prediction - target)^2` (no factor 1/2).
+pub fn mse(prediction: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
+    (prediction - target)?.sqr()?.mean_all()
+}

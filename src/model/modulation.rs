@@ -1,0 +1,225 @@
+//! The dual system / modulation model (MATH.md §5): a primary tanh MLP with slow, meta-learned
+//! weights `W_l, b_l`, whose hidden units are modulated by fast per-task gains `a_l` and shifts
+//! `s_l`, with a fast linear readout `(r, r_0)`:
+//!
+//! `h_l = tanh((h_{l-1} W_l + b_l) * a_l + s_l)`, `y = h_L r + r_0`,
+//! `L_in  = MSE(support) + lambda/2 ||phi - phi_init||^2`, `L_out = MSE(query)`,
+//! `phi = (a_1, s_1, ..., a_L, s_L, r, r_0)`, `theta = (W, b, phi_init)`.
+//!
+//! `L_out` depends on the slow weights directly, so the direct term `d_theta L_out` is part of
+//! the meta-gradient. Initial values: gains 1, shifts 0, readout `N(0, 1/h_L)`, bias 0.
+
+use super::mlp::{Layer, Mlp, mse};
+use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task};
+use crate::error::{CmlError, Result};
+use crate::linalg::{Vector, to_dvector, to_tensor};
+use crate::problem::instance::InstanceReader;
+use crate::problem::{BilevelProblem, Dims, InstanceFile};
+use crate::rng::{Rng, normal, seeded};
+use candle_core::Tensor;
+
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModulationSpec {
+    /// The primary network `[in, hidden..., out]`; its hidden layers are slow, the readout fast.
+    pub net: Mlp,
+    /// Strength `lambda` of the pull toward `phi_init`.
+    pub strength: f64,
+}
+
+impl Default for ModulationSpec {
+    fn default() -> Self {
+        ModulationSpec {
+            net: Mlp {
+                sizes: vec![1, 40, 40, 1],
+            },
+            strength: 1.0,
+        }
+    }
+}
+
+/// Where each piece sits: slow hidden layers in `theta[..slow_len]`; gains, shifts and the
+/// readout in `phi` (and their initial values in `theta[slow_len..]`).
+#[derive(Debug, Clone)]
+struct Layout {
+    hidden: Vec<Layer>,
+    readout: Layer,
+    slow_len: usize,
+    fast_len: usize,
+}
+
+impl Layout {
+    fn new(net: &Mlp) -> Result<Self> {
+        let mut layers = net.layers();
+        if layers.len() < 2 {
+            return Err(CmlError::invalid(
+                "modulation network sizes",
+                format!("{:?}", net.sizes),
+                "the modulation model needs at least one hidden layer (e.g. 1-40-40-1)",
+            ));
+        }
+        let last = layers.pop().expect("at least two layers");
+        let slow_len: usize = layers.iter().map(Layer::len).sum();
+        let gains_len: usize = 2 * layers.iter().map(|l| l.fan_out).sum::<usize>();
+        let readout = Layer {
+            offset: gains_len,
+            fan_in: last.fan_in,
+            fan_out: last.fan_out,
+        };
+        Ok(Layout {
+            slow_len,
+            fast_len: gains_len + readout.len(),
+            hidden: layers,
+            readout,
+        })
+    }
+
+    /// Gains and shifts of hidden layer `l` in `phi`.
+    fn modulation(&self, phi: &Tensor, l: usize) -> candle_core::Result<(Tensor, Tensor)> {
+        let offset: usize = 2 * self.hidden[..l].iter().map(|h| h.fan_out).sum::<usize>();
+        let width = self.hidden[l].fan_out;
+        Ok((
+            phi.narrow(0, offset, width)?,
+            phi.narrow(0, offset + width, width)?,
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Modulation {
+    spec: ModulationSpec,
+    layout: Layout,
+    task: SinusoidTask,
+    data: TaskTensors,
+    theta: Tensor,
+}
+
+impl ModulationSpec {
+    pub fn initial_theta(&self, rng: &mut Rng) -> Result<Vector> {
+        let layout = Layout::new(&self.net)?;
+        if !(self.strength.is_finite() && self.strength > 0.0) {
+            return Err(CmlError::invalid(
+                "modulation strength",
+                self.strength,
+                "lambda must be finite and > 0",
+            ));
+        }
+        let full = self.net.init(rng);
+        let mut v: Vec<f64> = full.as_slice()[..layout.slow_len].to_vec();
+        for h in &layout.hidden {
+            v.extend(std::iter::repeat_n(1.0, h.fan_out));
+            v.extend(std::iter::repeat_n(0.0, h.fan_out));
+        }
+        let scale = 1.0 / (layout.readout.fan_in as f64).sqrt();
+        v.extend((0..layout.readout.fan_in * layout.readout.fan_out).map(|_| scale * normal(rng)));
+        v.extend(std::iter::repeat_n(0.0, layout.readout.fan_out));
+        Ok(Vector::from_vec(v))
+    }
+}
+
+impl Modulation {
+    pub fn new(spec: ModulationSpec, task: SinusoidTask, theta: &Vector) -> Result<Self> {
+        let layout = Layout::new(&spec.net)?;
+        let expected = layout.slow_len + layout.fast_len;
+        if theta.len() != expected {
+            return Err(CmlError::invalid(
+                "modulation theta length",
+                theta.len(),
+                format!("(W, b, phi_init) for this network has {expected} entries"),
+            ));
+        }
+        let data = TaskTensors::new(&task)?;
+        Ok(Modulation {
+            spec,
+            layout,
+            task,
+            data,
+            theta: to_tensor(theta)?,
+        })
+    }
+
+    pub fn random(spec: &ModulationSpec, shots: usize, seed: u64) -> Result<Self> {
+        let mut rng = seeded(seed);
+        let theta = spec.initial_theta(&mut rng)?;
+        let task = SinusoidTask::sample(&mut rng, shots)?;
+        Self::new(spec.clone(), task, &theta)
+    }
+
+    pub fn task(&self) -> &SinusoidTask {
+        &self.task
+    }
+
+    /// Predictions with slow weights from `theta` and fast parameters `phi`, inputs `(N, 1)`.
+    pub fn predict(&self, phi: &Tensor, theta: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let mut h = x.clone();
+        for (l, layer) in self.layout.hidden.iter().enumerate() {
+            let (gain, shift) = self.layout.modulation(phi, l)?;
+            h = layer
+                .affine(theta, &h)?
+                .broadcast_mul(&gain)?
+                .broadcast_add(&shift)?
+                .tanh()?;
+        }
+        self.layout.readout.affine(phi, &h)
+    }
+
+    fn phi_init(&self, theta: &Tensor) -> candle_core::Result<Tensor> {
+        theta.narrow(0, self.layout.slow_len, self.layout.fast_len)
+    }
+
+    pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
+        let sizes = r.vector("sizes", None)?;
+        let net = Mlp::new(sizes.iter().map(|&s| s as usize).collect())?;
+        let strength = r.scalar("strength")?;
+        let task = read_task(&mut r)?;
+        let theta = r.vector("theta", None)?;
+        r.finish()?;
+        Self::new(ModulationSpec { net, strength }, task, &theta)
+    }
+}
+
+impl BilevelProblem for Modulation {
+    fn name(&self) -> &'static str {
+        "modulation"
+    }
+
+    fn dims(&self) -> Dims {
+        Dims {
+            phi: self.layout.fast_len,
+            theta: self.layout.slow_len + self.layout.fast_len,
+        }
+    }
+
+    fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
+        let fit = mse(
+            &self.predict(phi, theta, &self.data.x_support)?,
+            &self.data.y_support,
+        )?;
+        let pull = (phi - self.phi_init(theta)?)?.sqr()?.sum_all()?;
+        fit + (pull * (0.5 * self.spec.strength))?
+    }
+
+    fn outer_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
+        mse(&self.predict(phi, theta, &self.data.x_query)?, &self.data.y_query)
+    }
+
+    fn initial_phi(&self, theta: &Tensor) -> Result<Tensor> {
+        Ok(self.phi_init(theta)?)
+    }
+
+    fn theta(&self) -> &Tensor {
+        &self.theta
+    }
+
+    fn to_instance(&self) -> InstanceFile {
+        let mut f = InstanceFile::new(self.name(), None);
+        let sizes = Vector::from_iterator(
+            self.spec.net.sizes.len(),
+            self.spec.net.sizes.iter().map(|&s| s as f64),
+        );
+        f.push_vector("sizes", &sizes);
+        f.push_scalar("strength", self.spec.strength);
+        push_task(&mut f, &self.task);
+        f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
+        f
+    }
+}

@@ -1,0 +1,104 @@
+//! Few-shot sinusoid regression (MATH.md §5): `y = amplitude * sin(x + phase)`,
+//! amplitude ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5], K support and K query points.
+
+use crate::error::{CmlError, Result};
+use crate::linalg::Vector;
+use crate::rng::Rng;
+use candle_core::{Device, Tensor};
+use rand::Rng as _;
+
+#[derive(Debug, Clone)]
+pub struct SinusoidTask {
+    pub amplitude: f64,
+    pub phase: f64,
+    pub x_support: Vector,
+    pub y_support: Vector,
+    pub x_query: Vector,
+    pub y_query: Vector,
+}
+
+impl SinusoidTask {
+    /// Draws amplitude, phase, then the K support and K query inputs, in that order.
+    pub fn sample(rng: &mut Rng, shots: usize) -> Result<Self> {
+        if shots == 0 {
+            return Err(CmlError::invalid(
+                "shots",
+                0,
+                "a task needs at least 1 support and 1 query point",
+            ));
+        }
+        let amplitude = rng.random_range(0.1..5.0);
+        let phase = rng.random_range(0.0..std::f64::consts::PI);
+        let mut xs = |n| Vector::from_iterator(n, (0..n).map(|_| rng.random_range(-5.0..5.0)));
+        let x_support = xs(shots);
+        let x_query = xs(shots);
+        let f = |x: &Vector| x.map(|x| amplitude * (x + phase).sin());
+        Ok(SinusoidTask {
+            amplitude,
+            phase,
+            y_support: f(&x_support),
+            y_query: f(&x_query),
+            x_support,
+            x_query,
+        })
+    }
+
+    /// The target function at arbitrary inputs (for plots).
+    pub fn target(&self, x: f64) -> f64 {
+        self.amplitude * (x + self.phase).sin()
+    }
+}
+
+/// A column `(N, 1)` tensor.
+pub fn column(v: &Vector) -> Result<Tensor> {
+    Ok(Tensor::from_slice(v.as_slice(), (v.len(), 1), &Device::Cpu)?)
+}
+
+/// A task's data as column tensors, ready for the losses.
+#[derive(Debug, Clone)]
+pub struct TaskTensors {
+    pub x_support: Tensor,
+    pub y_support: Tensor,
+    pub x_query: Tensor,
+    pub y_query: Tensor,
+}
+
+impl TaskTensors {
+    pub fn new(task: &SinusoidTask) -> Result<Self> {
+        Ok(TaskTensors {
+            x_support: column(&task.x_support)?,
+            y_support: column(&task.y_support)?,
+            x_query: column(&task.x_query)?,
+            y_query: column(&task.y_query)?,
+        })
+    }
+}
+
+/// Writes a task's arrays (and its amplitude and phase, for the record) into an instance.
+pub fn push_task(file: &mut crate::problem::InstanceFile, task: &SinusoidTask) {
+    file.push_vector("x_support", &task.x_support);
+    file.push_vector("y_support", &task.y_support);
+    file.push_vector("x_query", &task.x_query);
+    file.push_vector("y_query", &task.y_query);
+    file.push_scalar("amplitude", task.amplitude);
+    file.push_scalar("phase", task.phase);
+}
+
+/// Reads back what [`push_task`] wrote.
+pub fn read_task(r: &mut crate::problem::instance::InstanceReader) -> Result<SinusoidTask> {
+    let x_support = r.vector("x_support", None)?;
+    let y_support = r.vector("y_support", Some(x_support.len()))?;
+    let x_query = r.vector("x_query", None)?;
+    let y_query = r.vector("y_query", Some(x_query.len()))?;
+    if x_support.is_empty() || x_query.is_empty() {
+        return Err(r.error("a task needs at least one support and one query point".into()));
+    }
+    Ok(SinusoidTask {
+        amplitude: r.scalar("amplitude")?,
+        phase: r.scalar("phase")?,
+        x_support,
+        y_support,
+        x_query,
+        y_query,
+    })
+}

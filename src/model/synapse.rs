@@ -1,0 +1,185 @@
+//! The complex synapse (MATH.md §5): every weight of an MLP has a fast value `phi_i`, a
+//! consolidated value `omega_i` and a strength `lambda_i = exp(rho_i)`:
+//!
+//! `L_in  = MSE(support; phi) + 1/2 sum_i lambda_i (phi_i - omega_i)^2`,
+//! `L_out = MSE(query; phi)`, `theta = (omega, rho)`, the free phase starts at `phi = omega`.
+//!
+//! `rho` is one per synapse or a single scalar shared by all. MSE is the plain mean of squared
+//! errors (no 1/2).
+
+use super::mlp::{Mlp, mse};
+use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task};
+use crate::error::{CmlError, Result};
+use crate::linalg::{Vector, to_dvector, to_tensor};
+use crate::problem::instance::InstanceReader;
+use crate::problem::{BilevelProblem, Dims, InstanceFile};
+use crate::rng::{Rng, seeded};
+use candle_core::Tensor;
+
+/// The model's shape and initial meta-parameters.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SynapseSpec {
+    pub net: Mlp,
+    /// One strength per synapse (`true`) or one shared scalar.
+    pub per_synapse: bool,
+    /// Initial strength `lambda` (so `rho = ln lambda`).
+    pub strength: f64,
+}
+
+impl Default for SynapseSpec {
+    fn default() -> Self {
+        SynapseSpec {
+            net: Mlp {
+                sizes: vec![1, 40, 40, 1],
+            },
+            per_synapse: true,
+            strength: 1.0,
+        }
+    }
+}
+
+impl SynapseSpec {
+    pub fn rho_len(&self) -> usize {
+        if self.per_synapse {
+            self.net.param_count()
+        } else {
+            1
+        }
+    }
+
+    /// `omega` from the MLP initialisation, `rho = ln(strength)`.
+    pub fn initial_theta(&self, rng: &mut Rng) -> Result<Vector> {
+        if !(self.strength.is_finite() && self.strength > 0.0) {
+            return Err(CmlError::invalid(
+                "synapse strength",
+                self.strength,
+                "lambda must be finite and > 0",
+            ));
+        }
+        let omega = self.net.init(rng);
+        let rho = Vector::from_element(self.rho_len(), self.strength.ln());
+        Ok(Vector::from_iterator(
+            omega.len() + rho.len(),
+            omega.iter().chain(rho.iter()).copied(),
+        ))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Synapse {
+    spec: SynapseSpec,
+    task: SinusoidTask,
+    data: TaskTensors,
+    theta: Tensor,
+}
+
+impl Synapse {
+    pub fn new(spec: SynapseSpec, task: SinusoidTask, theta: &Vector) -> Result<Self> {
+        let expected = spec.net.param_count() + spec.rho_len();
+        if theta.len() != expected {
+            return Err(CmlError::invalid(
+                "synapse theta length",
+                theta.len(),
+                format!("(omega, rho) for this network has {expected} entries"),
+            ));
+        }
+        let data = TaskTensors::new(&task)?;
+        Ok(Synapse {
+            spec,
+            task,
+            data,
+            theta: to_tensor(theta)?,
+        })
+    }
+
+    /// A seeded draw: initial meta-parameters, then one task with `shots` support/query points.
+    pub fn random(spec: &SynapseSpec, shots: usize, seed: u64) -> Result<Self> {
+        let mut rng = seeded(seed);
+        let theta = spec.initial_theta(&mut rng)?;
+        let task = SinusoidTask::sample(&mut rng, shots)?;
+        Self::new(spec.clone(), task, &theta)
+    }
+
+    pub fn task(&self) -> &SinusoidTask {
+        &self.task
+    }
+
+    fn omega<'t>(&self, theta: &'t Tensor) -> candle_core::Result<Tensor> {
+        theta.narrow(0, 0, self.spec.net.param_count())
+    }
+
+    /// `lambda = exp(rho)`.
+    pub fn strengths(&self, theta: &Tensor) -> candle_core::Result<Tensor> {
+        theta
+            .narrow(0, self.spec.net.param_count(), self.spec.rho_len())?
+            .exp()
+    }
+
+    /// Predictions of the network with weights `phi` at inputs `x` `(N, 1)`.
+    pub fn predict(&self, phi: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.spec.net.forward(phi, x)
+    }
+
+    pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
+        let sizes = r.vector("sizes", None)?;
+        let net = Mlp::new(sizes.iter().map(|&s| s as usize).collect())?;
+        let per_synapse = r.scalar("per_synapse")? != 0.0;
+        let task = read_task(&mut r)?;
+        let spec = SynapseSpec {
+            net,
+            per_synapse,
+            strength: 1.0,
+        };
+        let theta = r.vector("theta", Some(spec.net.param_count() + spec.rho_len()))?;
+        r.finish()?;
+        Self::new(spec, task, &theta)
+    }
+}
+
+impl BilevelProblem for Synapse {
+    fn name(&self) -> &'static str {
+        "synapse"
+    }
+
+    fn dims(&self) -> Dims {
+        let p = self.spec.net.param_count();
+        Dims {
+            phi: p,
+            theta: p + self.spec.rho_len(),
+        }
+    }
+
+    fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
+        let fit = mse(&self.predict(phi, &self.data.x_support)?, &self.data.y_support)?;
+        let pull = (phi - self.omega(theta)?)?
+            .sqr()?
+            .broadcast_mul(&self.strengths(theta)?)?
+            .sum_all()?;
+        fit + (pull * 0.5)?
+    }
+
+    fn outer_loss(&self, phi: &Tensor, _theta: &Tensor) -> candle_core::Result<Tensor> {
+        mse(&self.predict(phi, &self.data.x_query)?, &self.data.y_query)
+    }
+
+    fn initial_phi(&self, theta: &Tensor) -> Result<Tensor> {
+        Ok(self.omega(theta)?)
+    }
+
+    fn theta(&self) -> &Tensor {
+        &self.theta
+    }
+
+    fn to_instance(&self) -> InstanceFile {
+        let mut f = InstanceFile::new(self.name(), None);
+        let sizes = Vector::from_iterator(
+            self.spec.net.sizes.len(),
+            self.spec.net.sizes.iter().map(|&s| s as f64),
+        );
+        f.push_vector("sizes", &sizes);
+        f.push_scalar("per_synapse", f64::from(u8::from(self.spec.per_synapse)));
+        push_task(&mut f, &self.task);
+        f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
+        f
+    }
+}
