@@ -142,7 +142,7 @@ fn finish(
 /// The implicit meta-gradient at a given `phi` with a dense solve (MATH.md §4). Exact when
 /// `phi = phi*`; with an inexact `phi` its error is `O(||phi - phi*||)`.
 pub fn implicit_at(oracle: &Oracle, phi: &Tensor, theta: &Tensor) -> Result<Vector> {
-    Ok(implicit_meta_gradient(oracle, phi, theta, LinearSolver::Dense)?.0)
+    Ok(implicit_meta_gradient(oracle, phi, theta, LinearSolver::Dense)?.gradient)
 }
 
 /// The exact meta-gradient and the Newton-solved `phi*` it was taken at.

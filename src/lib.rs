@@ -14,6 +14,7 @@ pub mod ground_truth;
 pub mod inner;
 pub mod io;
 pub mod linalg;
+pub mod meta_training;
 pub mod model;
 pub mod oracle;
 pub mod problem;

@@ -13,6 +13,14 @@ pub fn seeded(seed: u64) -> Rng {
     ChaCha8Rng::seed_from_u64(seed)
 }
 
+/// An independent stream of the same seed: one per purpose (initialisation, training tasks,
+/// held-out tasks), so that changing how many draws one purpose makes leaves the others alone.
+pub fn stream(seed: u64, purpose: u64) -> Rng {
+    let mut rng = seeded(seed);
+    rng.set_stream(purpose);
+    rng
+}
+
 pub fn normal(rng: &mut Rng) -> f64 {
     StandardNormal.sample(rng)
 }

@@ -3,6 +3,7 @@
 mod estimator_args;
 mod export;
 mod grad;
+mod train;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +26,8 @@ enum Command {
     Grad(grad::GradArgs),
     /// Write a problem instance (every array and scalar it is built from) to a JSON file.
     Export(export::ExportArgs),
+    /// Meta-train the synapse or modulation model on few-shot sinusoid regression.
+    Train(train::TrainArgs),
 }
 
 /// Parses the arguments, runs the command, and maps errors to exit code 1 (usage errors: 2).
@@ -39,6 +42,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Grad(args) => grad::run(args),
         Command::Export(args) => export::run(args),
+        Command::Train(args) => train::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -138,6 +138,7 @@ impl MetaGradientEstimator for Contrastive {
             phases,
             adapted_phi: free.phi,
             linear_residual: None,
+            warnings: Vec::new(),
         })
     }
 }

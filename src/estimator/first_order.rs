@@ -54,6 +54,7 @@ impl MetaGradientEstimator for FirstOrder {
             phases: vec![free.info],
             adapted_phi: free.phi,
             linear_residual: None,
+            warnings: Vec::new(),
         })
     }
 }

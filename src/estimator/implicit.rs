@@ -87,25 +87,35 @@ impl MetaGradientEstimator for Implicit {
             &self.free,
             "free phase",
         )?;
-        let (gradient, residual) = implicit_meta_gradient(&oracle, &free.phi, theta, self.solver)?;
+        let solution = implicit_meta_gradient(&oracle, &free.phi, theta, self.solver)?;
         Ok(Estimate {
-            gradient,
+            gradient: solution.gradient,
             cost: oracle.cost(),
             phases: vec![free.info],
             adapted_phi: free.phi,
-            linear_residual: Some(residual),
+            linear_residual: Some(solution.residual),
+            warnings: solution.warning.into_iter().collect(),
         })
     }
 }
 
-/// The implicit meta-gradient at `phi` with the given solver, and the solver's residual
-/// `||H v - d_phi L_out||`.
+/// What an implicit solve produced.
+#[derive(Debug, Clone)]
+pub struct ImplicitSolution {
+    pub gradient: Vector,
+    /// `||H v - d_phi L_out||`.
+    pub residual: f64,
+    /// Set when the solver had to stop early for a reason the user must know.
+    pub warning: Option<String>,
+}
+
+/// The implicit meta-gradient at `phi` with the given solver.
 pub fn implicit_meta_gradient(
     oracle: &Oracle,
     phi: &Tensor,
     theta: &Tensor,
     solver: LinearSolver,
-) -> Result<(Vector, f64)> {
+) -> Result<ImplicitSolution> {
     let n = oracle.problem().dims().phi;
     let m = oracle.problem().dims().theta;
     let outer = oracle.outer_gradients(phi, theta)?;
@@ -116,11 +126,16 @@ pub fn implicit_meta_gradient(
         oracle.keep_alive(n * n + m * n + 2 * n + m);
         let v = spd_solve(&d.hessian, &b, "the inner Hessian d2_{phi phi} L_in")?;
         let residual = (&d.hessian * &v - &b).norm();
-        return Ok((direct - &d.mixed * v, residual));
+        return Ok(ImplicitSolution {
+            gradient: direct - &d.mixed * v,
+            residual,
+            warning: None,
+        });
     }
     let hvp = |v: &Vector| -> Result<Vector> {
         to_dvector(&oracle.inner_hvp_and_mixed(phi, theta, &to_tensor(v)?)?.0)
     };
+    let mut warning = None;
     let v = match solver {
         LinearSolver::Identity => {
             oracle.keep_alive(2 * n + m); // v = b, H v
@@ -128,7 +143,9 @@ pub fn implicit_meta_gradient(
         }
         LinearSolver::ConjugateGradient { steps } => {
             oracle.keep_alive(4 * n + m); // v, r, p, Hp
-            conjugate_gradient(hvp, &b, steps)?
+            let (v, w) = conjugate_gradient(hvp, &b, steps)?;
+            warning = w;
+            v
         }
         LinearSolver::Neumann { steps, alpha } => {
             let alpha = match alpha {
@@ -159,27 +176,38 @@ pub fn implicit_meta_gradient(
     // the true residual.
     let (hv, mv) = oracle.inner_hvp_and_mixed(phi, theta, &to_tensor(&v)?)?;
     let residual = (to_dvector(&hv)? - &b).norm();
-    Ok((direct - to_dvector(&mv)?, residual))
+    Ok(ImplicitSolution {
+        gradient: direct - to_dvector(&mv)?,
+        residual,
+        warning,
+    })
 }
 
-/// `steps` iterations of conjugate gradient on `H v = b` from `v = 0` (H symmetric positive
-/// definite); stops early on an exactly zero residual.
-fn conjugate_gradient(hvp: impl Fn(&Vector) -> Result<Vector>, b: &Vector, steps: usize) -> Result<Vector> {
+/// `steps` iterations of conjugate gradient on `H v = b` from `v = 0`; stops early on an
+/// exactly zero residual. Where `H` is not positive definite (a non-convex inner loss away
+/// from its minimum) it stops at the first direction of non-positive curvature, as truncated
+/// CG does, and says so: the solve is then only partial.
+fn conjugate_gradient(
+    hvp: impl Fn(&Vector) -> Result<Vector>,
+    b: &Vector,
+    steps: usize,
+) -> Result<(Vector, Option<String>)> {
     let mut v = Vector::zeros(b.len());
     let mut r = b.clone();
     let mut p = r.clone();
     let mut rr = r.dot(&r);
-    for _ in 0..steps {
+    for iteration in 0..steps {
         if rr == 0.0 {
             break;
         }
         let hp = hvp(&p)?;
         let curvature = p.dot(&hp);
         if curvature <= 0.0 {
-            return Err(CmlError::NotPositiveDefinite {
-                what: "the inner Hessian d2_{phi phi} L_in".into(),
-                reason: format!("conjugate gradient met a direction of curvature {curvature:.3e}"),
-            });
+            let warning = format!(
+                "conjugate gradient stopped at iteration {iteration} of {steps}: direction of curvature \
+                 {curvature:.3e} <= 0, the inner Hessian is not positive definite at the free solution"
+            );
+            return Ok((v, Some(warning)));
         }
         let step = rr / curvature;
         v += &p * step;
@@ -188,5 +216,5 @@ fn conjugate_gradient(hvp: impl Fn(&Vector) -> Result<Vector>, b: &Vector, steps
         p = &r + &p * (rr_next / rr);
         rr = rr_next;
     }
-    Ok(v)
+    Ok((v, None))
 }

@@ -29,6 +29,8 @@ pub struct Estimate {
     pub adapted_phi: Tensor,
     /// `||H v - d_phi L_out||` of the implicit estimators' linear solve.
     pub linear_residual: Option<f64>,
+    /// Conditions under which the estimate may be wrong (printed by the command line).
+    pub warnings: Vec<String>,
 }
 
 /// A meta-gradient estimator.

@@ -77,6 +77,7 @@ impl MetaGradientEstimator for Unrolled {
             phases: vec![end.info],
             adapted_phi: end.phi,
             linear_residual: None,
+            warnings: Vec::new(),
         })
     }
 }

@@ -1,0 +1,293 @@
+//! Meta-training on few-shot sinusoid regression: sample a meta-batch of tasks, average the
+//! per-task meta-gradient estimates, update `theta` with Adam (candle-nn's), and evaluate on a
+//! fixed set of held-out tasks.
+
+use crate::error::{CmlError, Result};
+use crate::estimator::EstimatorSpec;
+use crate::inner::{GdParams, gradient_descent};
+use crate::linalg::{Vector, to_dvector, to_tensor};
+use crate::model::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
+use crate::oracle::{Cost, Oracle};
+use crate::problem::BilevelProblem;
+use crate::rng::stream;
+use candle_core::Var;
+use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
+use std::time::Instant;
+
+/// Which model is meta-learned.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "model", rename_all = "kebab-case")]
+pub enum ModelSpec {
+    Synapse(SynapseSpec),
+    Modulation(ModulationSpec),
+}
+
+impl ModelSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ModelSpec::Synapse(_) => "synapse",
+            ModelSpec::Modulation(_) => "modulation",
+        }
+    }
+
+    pub fn initial_theta(&self, rng: &mut crate::rng::Rng) -> Result<Vector> {
+        match self {
+            ModelSpec::Synapse(s) => s.initial_theta(rng),
+            ModelSpec::Modulation(s) => s.initial_theta(rng),
+        }
+    }
+
+    /// The bilevel problem of one task at meta-parameters `theta`.
+    pub fn problem(&self, task: SinusoidTask, theta: &Vector) -> Result<Box<dyn BilevelProblem>> {
+        Ok(match self {
+            ModelSpec::Synapse(s) => Box::new(Synapse::new(s.clone(), task, theta)?),
+            ModelSpec::Modulation(s) => Box::new(Modulation::new(s.clone(), task, theta)?),
+        })
+    }
+}
+
+/// Everything a meta-training run depends on.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TrainConfig {
+    pub model: ModelSpec,
+    /// Support and query points per task.
+    pub shots: usize,
+    pub estimator: EstimatorSpec,
+    pub meta_steps: usize,
+    pub meta_batch: usize,
+    /// Adam's learning rate (betas 0.9, 0.999, eps 1e-8, no weight decay).
+    pub meta_lr: f64,
+    /// Held-out tasks, fixed for the whole run.
+    pub eval_tasks: usize,
+    /// Evaluate every this many meta-steps (and at the first and last).
+    pub eval_every: usize,
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (name, v) in [
+            ("shots", self.shots),
+            ("meta_steps", self.meta_steps),
+            ("meta_batch", self.meta_batch),
+            ("eval_tasks", self.eval_tasks),
+            ("eval_every", self.eval_every),
+        ] {
+            if v == 0 {
+                return Err(CmlError::invalid(name, v, "must be a whole number >= 1"));
+            }
+        }
+        if !(self.meta_lr.is_finite() && self.meta_lr > 0.0) {
+            return Err(CmlError::invalid(
+                "meta_lr",
+                self.meta_lr,
+                "must be finite and > 0",
+            ));
+        }
+        self.estimator.validate()
+    }
+
+    /// The inner loop used to adapt to a held-out task: the estimator's free phase.
+    fn adaptation(&self) -> GdParams {
+        match &self.estimator {
+            EstimatorSpec::Contrastive(c) => c.free,
+            EstimatorSpec::Implicit(i) => i.free,
+            EstimatorSpec::Unrolled(u) => u.inner,
+            EstimatorSpec::FirstOrder(f) => f.free,
+        }
+    }
+}
+
+/// Meta-test query loss, mean over the held-out tasks.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Evaluation {
+    /// At `phi_init(theta)`, without adaptation.
+    pub before: f64,
+    /// After the free phase on the task's support set.
+    pub after: f64,
+}
+
+/// One meta-step's log line.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct MetaStep {
+    /// 0 is the initialisation (evaluation only); 1.. are updates.
+    pub step: usize,
+    /// Mean query loss of the meta-batch at the adapted parameters (before this update).
+    pub meta_train_loss: Option<f64>,
+    pub evaluation: Option<Evaluation>,
+    pub estimate_norm: Option<f64>,
+    /// Summed over the meta-batch.
+    pub cost: Cost,
+    /// How many of the meta-batch's estimates came with a warning (e.g. truncated CG).
+    pub warnings: usize,
+    pub wall_seconds: f64,
+}
+
+pub struct TrainResult {
+    pub theta: Vector,
+    pub steps: Vec<MetaStep>,
+}
+
+/// Stream numbers for [`stream`].
+const INIT: u64 = 0;
+const TRAIN_TASKS: u64 = 1;
+const EVAL_TASKS: u64 = 2;
+
+/// Runs meta-training; `observer` sees every log line as it is made.
+pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Result<TrainResult> {
+    config.validate()?;
+    let clock = Instant::now();
+    let theta0 = config.model.initial_theta(&mut stream(config.seed, INIT))?;
+    let mut task_rng = stream(config.seed, TRAIN_TASKS);
+    let mut eval_rng = stream(config.seed, EVAL_TASKS);
+    let held_out: Vec<SinusoidTask> = (0..config.eval_tasks)
+        .map(|_| SinusoidTask::sample(&mut eval_rng, config.shots))
+        .collect::<Result<_>>()?;
+
+    let theta = Var::from_tensor(&to_tensor(&theta0)?)?;
+    let mut adam = AdamW::new(
+        vec![theta.clone()],
+        ParamsAdamW {
+            lr: config.meta_lr,
+            weight_decay: 0.0,
+            ..Default::default()
+        },
+    )?;
+    let mut steps = Vec::with_capacity(config.meta_steps + 1);
+
+    let first = MetaStep {
+        step: 0,
+        meta_train_loss: None,
+        evaluation: Some(evaluate(config, &held_out, &theta0)?),
+        estimate_norm: None,
+        cost: Cost::default(),
+        warnings: 0,
+        wall_seconds: clock.elapsed().as_secs_f64(),
+    };
+    observer(&first);
+    steps.push(first);
+
+    for step in 1..=config.meta_steps {
+        let current = to_dvector(theta.as_tensor())?;
+        let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
+            .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
+            .collect::<Result<_>>()?;
+        let results = for_each_task(&tasks, |task| {
+            let problem = config.model.problem(task.clone(), &current)?;
+            let estimate = config
+                .estimator
+                .estimator()
+                .estimate(problem.as_ref(), problem.theta())?;
+            let loss = problem
+                .outer_loss(&estimate.adapted_phi, problem.theta())?
+                .to_scalar::<f64>()?;
+            Ok((
+                estimate.gradient,
+                estimate.cost,
+                loss,
+                !estimate.warnings.is_empty(),
+            ))
+        })
+        .map_err(|e| at_step(e, step))?;
+        let batch = config.meta_batch as f64;
+        let mut mean = Vector::zeros(current.len());
+        let mut cost = Cost::default();
+        let mut loss = 0.0;
+        let mut warnings = 0;
+        for (g, c, l, warned) in results {
+            warnings += usize::from(warned);
+            mean += g / batch;
+            cost = cost + c;
+            loss += l / batch;
+        }
+        if mean.iter().any(|x| !x.is_finite()) {
+            return Err(at_step(
+                CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),
+                step,
+            ));
+        }
+        // Adam reads gradients from a GradStore: the gradient of <theta, mean> is `mean`.
+        adam.backward_step(&(theta.as_tensor() * to_tensor(&mean)?)?.sum_all()?)?;
+        let evaluate_now = step % config.eval_every == 0 || step == config.meta_steps;
+        let evaluation = if evaluate_now {
+            Some(evaluate(config, &held_out, &to_dvector(theta.as_tensor())?)?)
+        } else {
+            None
+        };
+        let line = MetaStep {
+            step,
+            meta_train_loss: Some(loss),
+            evaluation,
+            estimate_norm: Some(mean.norm()),
+            cost,
+            warnings,
+            wall_seconds: clock.elapsed().as_secs_f64(),
+        };
+        observer(&line);
+        steps.push(line);
+    }
+    Ok(TrainResult {
+        theta: to_dvector(theta.as_tensor())?,
+        steps,
+    })
+}
+
+fn at_step(e: CmlError, step: usize) -> CmlError {
+    CmlError::NotConverged {
+        what: format!("meta-step {step}"),
+        reason: e.to_string(),
+    }
+}
+
+/// Mean query loss over the held-out tasks, before and after adaptation.
+pub fn evaluate(config: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) -> Result<Evaluation> {
+    let losses = for_each_task(tasks, |task| {
+        let problem = config.model.problem(task.clone(), theta)?;
+        let theta = problem.theta();
+        let phi_init = problem.initial_phi(theta)?;
+        let before = problem.outer_loss(&phi_init, theta)?.to_scalar::<f64>()?;
+        let adapted = gradient_descent(
+            &Oracle::new(problem.as_ref()),
+            &phi_init,
+            theta,
+            0.0,
+            &config.adaptation(),
+            "adaptation",
+        )?;
+        let after = problem.outer_loss(&adapted.phi, theta)?.to_scalar::<f64>()?;
+        Ok((before, after))
+    })?;
+    let n = tasks.len() as f64;
+    Ok(Evaluation {
+        before: losses.iter().map(|l| l.0).sum::<f64>() / n,
+        after: losses.iter().map(|l| l.1).sum::<f64>() / n,
+    })
+}
+
+/// Runs `f` on every task, split over the available cores; results keep the tasks' order, so
+/// the outcome does not depend on the number of threads.
+pub fn for_each_task<T: Send>(
+    tasks: &[SinusoidTask],
+    f: impl Fn(&SinusoidTask) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tasks.len())
+        .max(1);
+    let chunk = tasks.len().div_ceil(threads);
+    let parts: Vec<Result<Vec<T>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = tasks
+            .chunks(chunk)
+            .map(|c| s.spawn(|| c.iter().map(&f).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a task thread panicked"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(tasks.len());
+    for part in parts {
+        out.extend(part?);
+    }
+    Ok(out)
+}
