@@ -24,7 +24,8 @@ pub struct EstimatorArgs {
     /// Free-phase step size (default: 1 / smoothness of the inner loss, where known).
     #[arg(long, allow_hyphen_values = true)]
     pub free_step_size: Option<f64>,
-    /// Nudged-phase step size (default: 1 / smoothness of the nudged loss, where known).
+    /// Nudged-phase step size (default: the free-phase step size if given, else 1 / smoothness
+    /// of the nudged loss, where known).
     #[arg(long, allow_hyphen_values = true)]
     pub nudged_step_size: Option<f64>,
     /// Stop a phase once its gradient norm is at most this (0: run the whole budget).
@@ -62,7 +63,8 @@ impl EstimatorArgs {
             variant: Variant::parse(&self.variant)?,
             beta: self.beta,
             free: phase("free phase", self.free_steps, self.free_step_size)?,
-            nudged: phase("nudged phase", self.nudged_steps, self.nudged_step_size)?,
+            // A nudged phase without its own step size takes the free phase's.
+            nudged: phase("nudged phase", self.nudged_steps, self.nudged_step_size.or(self.free_step_size))?,
             solver_steps: at_least_one("solver steps", self.solver_steps)?,
             neumann_alpha: self.neumann_alpha,
             truncation: at_least_one("truncation", self.truncation)?,

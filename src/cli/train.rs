@@ -73,7 +73,6 @@ impl TrainArgs {
         };
         let mut est = self.estimator.clone();
         est.free_step_size.get_or_insert(DEFAULT_MODEL_STEP_SIZE);
-        est.nudged_step_size = est.nudged_step_size.or(est.free_step_size);
         let config = TrainConfig {
             model,
             shots: at_least_one("shots", self.shots)?,
