@@ -10,6 +10,7 @@ pub mod autodiff;
 pub mod cli;
 pub mod error;
 pub mod estimator;
+pub mod fit;
 pub mod ground_truth;
 pub mod inner;
 pub mod io;
@@ -17,7 +18,10 @@ pub mod linalg;
 pub mod meta_training;
 pub mod model;
 pub mod oracle;
+pub mod parallel;
 pub mod problem;
 pub mod rng;
+pub mod sweep;
+pub mod theory;
 
 pub use error::{CmlError, Result};

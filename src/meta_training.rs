@@ -8,6 +8,7 @@ use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::oracle::{Cost, Oracle};
+use crate::parallel::map_in_order;
 use crate::problem::BilevelProblem;
 use crate::rng::stream;
 use candle_core::Var;
@@ -172,7 +173,7 @@ pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Resul
         let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
             .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
             .collect::<Result<_>>()?;
-        let results = for_each_task(&tasks, |task| {
+        let results = map_in_order(&tasks, |task| {
             let problem = config.model.problem(task.clone(), &current)?;
             let estimate = config
                 .estimator
@@ -241,7 +242,7 @@ fn at_step(e: CmlError, step: usize) -> CmlError {
 
 /// Mean query loss over the held-out tasks, before and after adaptation.
 pub fn evaluate(config: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) -> Result<Evaluation> {
-    let losses = for_each_task(tasks, |task| {
+    let losses = map_in_order(tasks, |task| {
         let problem = config.model.problem(task.clone(), theta)?;
         let theta = problem.theta();
         let phi_init = problem.initial_phi(theta)?;
@@ -262,32 +263,4 @@ pub fn evaluate(config: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) ->
         before: losses.iter().map(|l| l.0).sum::<f64>() / n,
         after: losses.iter().map(|l| l.1).sum::<f64>() / n,
     })
-}
-
-/// Runs `f` on every task, split over the available cores; results keep the tasks' order, so
-/// the outcome does not depend on the number of threads.
-pub fn for_each_task<T: Send>(
-    tasks: &[SinusoidTask],
-    f: impl Fn(&SinusoidTask) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(tasks.len())
-        .max(1);
-    let chunk = tasks.len().div_ceil(threads);
-    let parts: Vec<Result<Vec<T>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = tasks
-            .chunks(chunk)
-            .map(|c| s.spawn(|| c.iter().map(&f).collect()))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a task thread panicked"))
-            .collect()
-    });
-    let mut out = Vec::with_capacity(tasks.len());
-    for part in parts {
-        out.extend(part?);
-    }
-    Ok(out)
 }

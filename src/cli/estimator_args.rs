@@ -64,7 +64,11 @@ impl EstimatorArgs {
             beta: self.beta,
             free: phase("free phase", self.free_steps, self.free_step_size)?,
             // A nudged phase without its own step size takes the free phase's.
-            nudged: phase("nudged phase", self.nudged_steps, self.nudged_step_size.or(self.free_step_size))?,
+            nudged: phase(
+                "nudged phase",
+                self.nudged_steps,
+                self.nudged_step_size.or(self.free_step_size),
+            )?,
             solver_steps: at_least_one("solver steps", self.solver_steps)?,
             neumann_alpha: self.neumann_alpha,
             truncation: at_least_one("truncation", self.truncation)?,

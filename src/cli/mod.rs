@@ -3,6 +3,7 @@
 mod estimator_args;
 mod export;
 mod grad;
+mod sweep;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -28,6 +29,8 @@ enum Command {
     Export(export::ExportArgs),
     /// Meta-train the synapse or modulation model on few-shot sinusoid regression.
     Train(train::TrainArgs),
+    /// Run a grid of estimator settings against the exact meta-gradient and fit slopes.
+    Sweep(sweep::SweepArgs),
 }
 
 /// Parses the arguments, runs the command, and maps errors to exit code 1 (usage errors: 2).
@@ -43,6 +46,7 @@ pub fn run() -> ExitCode {
         Command::Grad(args) => grad::run(args),
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
+        Command::Sweep(args) => sweep::run_cli(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

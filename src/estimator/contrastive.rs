@@ -119,10 +119,8 @@ impl MetaGradientEstimator for Contrastive {
         // The free solution is kept through the nudged phases, beside the current iterate, its
         // gradient, and the running estimate with g(0).
         oracle.keep_alive(3 * problem.dims().phi + 3 * problem.dims().theta);
-        // The free solution is kept through the nudged phases, beside the current iterate, its
-        // gradient, and the running estimate with g(0).
-        oracle.keep_alive(3 * problem.dims().phi + 3 * problem.dims().theta);
         let mut phases = vec![free.info.clone()];
+        let mut phase_points = vec![free.phi.clone()];
         let gradient = self.variant.combine(self.beta, |b| {
             if b == 0.0 {
                 return to_dvector(&free.gradients.theta);
@@ -130,12 +128,14 @@ impl MetaGradientEstimator for Contrastive {
             let name = format!("nudged phase (beta = {b})");
             let nudged = gradient_descent(&oracle, &free.phi, theta, b, &self.nudged, &name)?;
             phases.push(nudged.info);
+            phase_points.push(nudged.phi);
             to_dvector(&nudged.gradients.theta)
         })?;
         Ok(Estimate {
             gradient,
             cost: oracle.cost(),
             phases,
+            phase_points,
             adapted_phi: free.phi,
             linear_residual: None,
             warnings: Vec::new(),

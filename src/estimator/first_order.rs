@@ -52,6 +52,7 @@ impl MetaGradientEstimator for FirstOrder {
             gradient: to_dvector(&gradient)?,
             cost: oracle.cost(),
             phases: vec![free.info],
+            phase_points: vec![free.phi.clone()],
             adapted_phi: free.phi,
             linear_residual: None,
             warnings: Vec::new(),

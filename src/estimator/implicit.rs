@@ -92,6 +92,7 @@ impl MetaGradientEstimator for Implicit {
             gradient: solution.gradient,
             cost: oracle.cost(),
             phases: vec![free.info],
+            phase_points: vec![free.phi.clone()],
             adapted_phi: free.phi,
             linear_residual: Some(solution.residual),
             warnings: solution.warning.into_iter().collect(),

@@ -25,6 +25,8 @@ pub struct Estimate {
     pub cost: Cost,
     /// Every gradient-descent phase run, in order (free phase first).
     pub phases: Vec<GdInfo>,
+    /// The end point of every phase in `phases`, in the same order.
+    pub phase_points: Vec<Tensor>,
     /// The adapted fast parameters (the free phase's end point, or `phi_K` when unrolled).
     pub adapted_phi: Tensor,
     /// `||H v - d_phi L_out||` of the implicit estimators' linear solve.

@@ -75,6 +75,7 @@ impl MetaGradientEstimator for Unrolled {
             gradient: to_dvector(&gradient)?,
             cost: oracle.cost(),
             phases: vec![end.info],
+            phase_points: vec![end.phi.clone()],
             adapted_phi: end.phi,
             linear_residual: None,
             warnings: Vec::new(),

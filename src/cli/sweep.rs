@@ -1,0 +1,186 @@
+//! `cml sweep`: run a grid of settings against the exact meta-gradient, write a tidy CSV, and
+//! print slope fits against theory and the cheapest setting per accuracy.
+
+use crate::estimator::Variant;
+use crate::fit::{cheapest, fit_delta, fit_variant};
+use crate::io::write_atomically;
+use crate::sweep::{Budget, CSV_HEADER, SweepConfig, parse_log_range, parse_shard, run};
+use crate::{CmlError, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    /// Problem name or instance file.
+    #[arg(long)]
+    problem: String,
+    /// Comma-separated seeds.
+    #[arg(long, default_value = "0")]
+    seeds: String,
+    /// Comma-separated estimators: contrastive, implicit, cg, neumann, t1t2, bptt, tbptt, fomaml, reptile.
+    #[arg(long, default_value = "contrastive")]
+    estimators: String,
+    /// Comma-separated contrastive variants.
+    #[arg(long, default_value = "standard,symmetric")]
+    variants: String,
+    /// Nudging strengths LO:HI:N, log-spaced.
+    #[arg(long, default_value = "1e-6:1e-1:21")]
+    betas: String,
+    /// Comma-separated step budgets (each phase runs exactly this many steps).
+    #[arg(long, conflicts_with = "tolerances")]
+    steps: Option<String>,
+    /// Comma-separated gradient-norm tolerances (instead of --steps).
+    #[arg(long, conflicts_with = "deltas")]
+    tolerances: Option<String>,
+    /// Comma-separated distances: place every phase at exactly this distance from its
+    /// Newton-solved solution, in independent random directions (instead of learning).
+    #[arg(long, conflicts_with = "steps")]
+    deltas: Option<String>,
+    /// Comma-separated CG iterations / Neumann terms / truncated-BPTT steps.
+    #[arg(long, default_value = "10")]
+    solver_steps: String,
+    /// Inner step size (default: 1 / smoothness, where known).
+    #[arg(long, allow_hyphen_values = true)]
+    step_size: Option<f64>,
+    /// Step cap for tolerance budgets.
+    #[arg(long, default_value_t = 100_000)]
+    max_steps: usize,
+    /// Run only part i/n of the grid (contiguous blocks: shards concatenate to the full sweep).
+    #[arg(long, default_value = "0/1")]
+    shard: String,
+    /// Output CSV.
+    #[arg(long, default_value = "sweep.csv")]
+    out: PathBuf,
+}
+
+fn list<T: std::str::FromStr>(name: &str, s: &str, allowed: &str) -> Result<Vec<T>> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<T>()
+                .map_err(|_| CmlError::invalid(name, x, allowed))
+        })
+        .collect()
+}
+
+impl SweepArgs {
+    pub fn config(&self) -> Result<SweepConfig> {
+        let budgets = match (&self.steps, &self.tolerances) {
+            _ if self.deltas.is_some() => list::<f64>(
+                "deltas",
+                self.deltas.as_deref().unwrap_or_default(),
+                "numbers >= 0, comma-separated",
+            )?
+            .into_iter()
+            .map(Budget::Delta)
+            .collect(),
+            (Some(s), None) => list::<i64>("steps", s, "whole numbers >= 1, comma-separated")?
+                .into_iter()
+                .map(|n| super::estimator_args::at_least_one("steps", n).map(Budget::Steps))
+                .collect::<Result<_>>()?,
+            (None, Some(t)) => list::<f64>("tolerances", t, "numbers > 0, comma-separated")?
+                .into_iter()
+                .map(Budget::Tolerance)
+                .collect(),
+            _ => vec![Budget::Steps(100), Budget::Steps(200), Budget::Steps(400)],
+        };
+        Ok(SweepConfig {
+            problem: self.problem.clone(),
+            seeds: list("seeds", &self.seeds, "whole numbers, comma-separated")?,
+            estimators: self.estimators.split(',').map(|s| s.trim().to_string()).collect(),
+            variants: self
+                .variants
+                .split(',')
+                .map(|s| Variant::parse(s.trim()))
+                .collect::<Result<_>>()?,
+            betas: parse_log_range(&self.betas)?,
+            budgets,
+            solver_steps: list::<i64>("solver steps", &self.solver_steps, "whole numbers >= 1")?
+                .into_iter()
+                .map(|n| super::estimator_args::at_least_one("solver steps", n))
+                .collect::<Result<_>>()?,
+            step_size: self.step_size,
+            max_steps: self.max_steps,
+        })
+    }
+}
+
+pub fn run_cli(args: SweepArgs) -> Result<()> {
+    crate::autodiff::ensure_second_order()?;
+    let config = args.config()?;
+    config.validate()?;
+    let shard = parse_shard(&args.shard)?;
+    let total = config.grid().len();
+    let bar = ProgressBar::new(((shard.0 + 1) * total / shard.1 - shard.0 * total / shard.1) as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {elapsed} elapsed, ETA {eta}")
+            .expect("template"),
+    );
+    let rows = run(&config, shard, &|| bar.inc(1))?;
+    bar.finish_and_clear();
+    let mut csv = format!("{CSV_HEADER}\n");
+    for r in &rows {
+        csv.push_str(&r.csv());
+        csv.push('\n');
+    }
+    write_atomically(&args.out, csv.as_bytes())?;
+    println!(
+        "wrote {} rows (shard {}) to {}",
+        rows.len(),
+        args.shard,
+        args.out.display()
+    );
+
+    if config.estimators.iter().any(|e| e == "contrastive") {
+        println!("\nslopes on log-log axes, measured (theory)");
+        println!(
+            "variant               error~beta right   error~beta left   best beta~delta   best error~delta"
+        );
+        let show = |v: Option<f64>, t: f64| {
+            format!(
+                "{:>7} ({:+.2})",
+                v.map_or("n/a".into(), |v| format!("{v:+.2}")),
+                t
+            )
+        };
+        for &v in &config.variants {
+            let f = fit_variant(&rows, v);
+            println!(
+                "{:<21} {:<18} {:<17} {:<17} {}",
+                f.variant,
+                show(f.right, f.theory[0]),
+                show(f.left, f.theory[1]),
+                show(f.best_beta_vs_delta, f.theory[2]),
+                show(f.best_error_vs_delta, f.theory[3])
+            );
+        }
+    }
+    for e in config.estimators.iter().filter(|e| *e != "contrastive") {
+        if let Some(f) = fit_delta(&rows, e) {
+            println!(
+                "{e:<21} error~delta slope {} (implicit theory +1), smallest relative error {:.3e}",
+                f.slope.map_or("n/a".into(), |s| format!("{s:+.2}")),
+                f.floor
+            );
+        }
+    }
+    for threshold in [1e-3, 1e-6] {
+        println!(
+            "\ncheapest setting reaching relative error {threshold:e} (gradient evaluations + products)"
+        );
+        for (label, row) in cheapest(&rows, threshold) {
+            match row {
+                Some(r) => println!(
+                    "{label:<32} {:>8}  (free steps {}, beta {}, solver steps {}, rel. error {:.2e})",
+                    r.total_cost(),
+                    r.free_steps,
+                    r.beta.map_or("-".into(), |b| format!("{b:.2e}")),
+                    r.solver_steps.map_or("-".into(), |k| k.to_string()),
+                    r.rel_error
+                ),
+                None => println!("{label:<32} not reached"),
+            }
+        }
+    }
+    Ok(())
+}

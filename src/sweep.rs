@@ -1,0 +1,408 @@
+//! Sweeps: a grid of estimator settings run against the exact meta-gradient, one tidy row per
+//! run. Grid points run in parallel; rows come out in grid order, and `shard i/n` runs the
+//! i-th contiguous block of the grid, so shards concatenate to the full sweep.
+
+use crate::error::{CmlError, Result};
+use crate::estimator::implicit::implicit_meta_gradient;
+use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
+use crate::ground_truth::{NewtonParams, distance_to_phase_solution, exact_meta_gradient, solve_phase};
+use crate::inner::GdParams;
+use crate::linalg::{Vector, cosine, relative_error, to_dvector, to_tensor};
+use crate::oracle::Oracle;
+use crate::parallel::map_in_order_with_progress;
+use crate::problem::{self, BilevelProblem};
+use crate::rng::{normal_vector, stream};
+use candle_core::Tensor;
+
+/// How long the inner phases run.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub enum Budget {
+    /// A fixed number of steps for the free and every nudged phase (no early stop).
+    Steps(usize),
+    /// Run until the gradient norm is at most this (within `max_steps`).
+    Tolerance(f64),
+    /// No learning: every phase is placed at exactly this distance from its Newton-solved
+    /// solution, in an independent random direction (the model of MATH.md §3). Contrastive and
+    /// implicit estimators only; cost columns then count the Newton solves.
+    Delta(f64),
+}
+
+/// Everything a sweep runs.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SweepConfig {
+    /// A problem name or an instance file.
+    pub problem: String,
+    pub seeds: Vec<u64>,
+    /// `contrastive` (one run per variant and beta) or any other estimator name.
+    pub estimators: Vec<String>,
+    pub variants: Vec<Variant>,
+    pub betas: Vec<f64>,
+    pub budgets: Vec<Budget>,
+    /// CG iterations / Neumann terms / truncated-BPTT steps; one run per value.
+    pub solver_steps: Vec<usize>,
+    /// Inner step size (`None`: `1 / L` where known).
+    pub step_size: Option<f64>,
+    /// Step cap for tolerance budgets.
+    pub max_steps: usize,
+}
+
+/// One grid point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridPoint {
+    pub seed: u64,
+    pub estimator: String,
+    pub variant: Option<Variant>,
+    pub beta: Option<f64>,
+    pub budget: Budget,
+    pub solver_steps: Option<usize>,
+}
+
+/// One run's results: a CSV row.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SweepRow {
+    pub problem: String,
+    pub seed: u64,
+    pub estimator: String,
+    pub variant: String,
+    pub beta: Option<f64>,
+    pub free_steps: usize,
+    pub nudged_steps: Option<usize>,
+    pub tolerance: f64,
+    pub solver_steps: Option<usize>,
+    /// `max_phases ||phi^_b - phi*_b||`, `phi*_b` by Newton.
+    pub measured_delta: f64,
+    /// `max_phases ||grad|| / mu_b`, where `mu_b` is known.
+    pub certified_delta: Option<f64>,
+    pub abs_error: f64,
+    pub rel_error: f64,
+    pub cosine: f64,
+    pub gradient_evaluations: usize,
+    pub second_order_products: usize,
+    pub floats_kept: usize,
+}
+
+pub const CSV_HEADER: &str = "problem,seed,estimator,variant,beta,free_steps,nudged_steps,tolerance,solver_steps,measured_delta,certified_delta,abs_error,rel_error,cosine,gradient_evaluations,second_order_products,floats_kept";
+
+impl SweepRow {
+    pub fn csv(&self) -> String {
+        let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:e}"));
+        let u = |v: Option<usize>| v.map_or(String::new(), |v| v.to_string());
+        format!(
+            "{},{},{},{},{},{},{},{:e},{},{:e},{},{:e},{:e},{:e},{},{},{}",
+            self.problem,
+            self.seed,
+            self.estimator,
+            self.variant,
+            f(self.beta),
+            self.free_steps,
+            u(self.nudged_steps),
+            self.tolerance,
+            u(self.solver_steps),
+            self.measured_delta,
+            f(self.certified_delta),
+            self.abs_error,
+            self.rel_error,
+            self.cosine,
+            self.gradient_evaluations,
+            self.second_order_products,
+            self.floats_kept
+        )
+    }
+
+    /// Total work: gradient evaluations plus second-order products.
+    pub fn total_cost(&self) -> usize {
+        self.gradient_evaluations + self.second_order_products
+    }
+}
+
+/// Parses `i/n` (0-based shard `i` of `n`).
+pub fn parse_shard(s: &str) -> Result<(usize, usize)> {
+    let bad = || CmlError::invalid("shard", s, "i/n with 0 <= i < n, e.g. 0/4");
+    let (i, n) = s.split_once('/').ok_or_else(bad)?;
+    let (i, n): (usize, usize) = (
+        i.trim().parse().map_err(|_| bad())?,
+        n.trim().parse().map_err(|_| bad())?,
+    );
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Parses `LO:HI:N`: `N` values spaced evenly in log between `LO` and `HI` (both > 0).
+pub fn parse_log_range(s: &str) -> Result<Vec<f64>> {
+    let bad = || {
+        CmlError::invalid(
+            "betas",
+            s,
+            "LO:HI:N with 0 < LO <= HI and N >= 1, e.g. 1e-4:1e-1:13",
+        )
+    };
+    let parts: Vec<&str> = s.split(':').collect();
+    let [lo, hi, n] = parts.as_slice() else {
+        return Err(bad());
+    };
+    let (lo, hi): (f64, f64) = (lo.parse().map_err(|_| bad())?, hi.parse().map_err(|_| bad())?);
+    let n: usize = n.parse().map_err(|_| bad())?;
+    if !(lo > 0.0 && hi >= lo && hi.is_finite()) || n == 0 {
+        return Err(bad());
+    }
+    Ok((0..n)
+        .map(|i| {
+            if n == 1 {
+                lo
+            } else {
+                lo * (hi / lo).powf(i as f64 / (n - 1) as f64)
+            }
+        })
+        .collect())
+}
+
+impl SweepConfig {
+    pub fn validate(&self) -> Result<()> {
+        let nonempty = |name: &str, len: usize| {
+            if len == 0 {
+                Err(CmlError::invalid(name, "an empty list", "at least one value"))
+            } else {
+                Ok(())
+            }
+        };
+        nonempty("seeds", self.seeds.len())?;
+        nonempty("estimators", self.estimators.len())?;
+        nonempty("budgets", self.budgets.len())?;
+        if self.estimators.iter().any(|e| e == "contrastive") {
+            nonempty("variants", self.variants.len())?;
+            nonempty("betas", self.betas.len())?;
+        }
+        for &b in &self.betas {
+            if !b.is_finite() || b == 0.0 {
+                return Err(CmlError::invalid("beta", b, "finite and non-zero"));
+            }
+        }
+        for budget in &self.budgets {
+            match *budget {
+                Budget::Steps(0) => return Err(CmlError::invalid("steps", 0, "a step budget must be >= 1")),
+                Budget::Tolerance(t) if !(t.is_finite() && t > 0.0) => {
+                    return Err(CmlError::invalid("tolerance", t, "finite and > 0"));
+                }
+                Budget::Delta(d) if !(d.is_finite() && d >= 0.0) => {
+                    return Err(CmlError::invalid("delta", d, "finite and >= 0"));
+                }
+                _ => {}
+            }
+        }
+        // Every name and parameter is checked once before any work.
+        for point in self.grid() {
+            self.spec(&point)?;
+        }
+        Ok(())
+    }
+
+    /// The grid in its fixed order: seed, budget, estimator (variant, beta | solver steps).
+    pub fn grid(&self) -> Vec<GridPoint> {
+        let mut grid = Vec::new();
+        for &seed in &self.seeds {
+            for &budget in &self.budgets {
+                for estimator in &self.estimators {
+                    let point = |variant, beta, solver_steps| GridPoint {
+                        seed,
+                        estimator: estimator.clone(),
+                        variant,
+                        beta,
+                        budget,
+                        solver_steps,
+                    };
+                    match estimator.as_str() {
+                        "contrastive" => {
+                            for &v in &self.variants {
+                                for &b in &self.betas {
+                                    grid.push(point(Some(v), Some(b), None));
+                                }
+                            }
+                        }
+                        "cg" | "neumann" | "tbptt" => {
+                            for &k in &self.solver_steps {
+                                grid.push(point(None, None, Some(k)));
+                            }
+                        }
+                        _ => grid.push(point(None, None, None)),
+                    }
+                }
+            }
+        }
+        grid
+    }
+
+    fn phase(&self, budget: Budget) -> GdParams {
+        match budget {
+            Budget::Steps(n) => GdParams {
+                step_size: self.step_size,
+                max_steps: n,
+                tolerance: 0.0,
+            },
+            Budget::Tolerance(t) => GdParams {
+                step_size: self.step_size,
+                max_steps: self.max_steps,
+                tolerance: t,
+            },
+            Budget::Delta(_) => GdParams {
+                step_size: self.step_size,
+                max_steps: 1,
+                tolerance: 0.0,
+            },
+        }
+    }
+
+    fn spec(&self, p: &GridPoint) -> Result<EstimatorSpec> {
+        let phase = self.phase(p.budget);
+        let k = p.solver_steps.unwrap_or(10);
+        let params = EstimatorParams {
+            variant: p.variant.unwrap_or(Variant::Standard),
+            beta: p.beta.unwrap_or(1.0),
+            free: phase,
+            nudged: phase,
+            solver_steps: k,
+            neumann_alpha: None,
+            truncation: k,
+        };
+        EstimatorSpec::from_name(&p.estimator, &params)
+    }
+}
+
+/// Runs the grid points of `shard` (`(0, 1)`: all), calling `done` after each.
+pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)) -> Result<Vec<SweepRow>> {
+    config.validate()?;
+    let grid = config.grid();
+    let (i, n) = shard;
+    let points = &grid[i * grid.len() / n..(i + 1) * grid.len() / n];
+    // The exact reference once per seed, for the seeds this shard needs.
+    let mut seeds: Vec<u64> = points.iter().map(|p| p.seed).collect();
+    seeds.dedup();
+    let references = seeds
+        .iter()
+        .map(|&seed| {
+            let p = problem::resolve(&config.problem, seed)?;
+            let exact = exact_meta_gradient(p.as_ref(), p.theta())?.meta_gradient;
+            Ok((seed, (p, exact)))
+        })
+        .collect::<Result<std::collections::BTreeMap<u64, (Box<dyn BilevelProblem>, Vector)>>>()?;
+    map_in_order_with_progress(
+        points,
+        |point| {
+            let (p, exact) = &references[&point.seed];
+            run_point(config, point, p.as_ref(), exact)
+        },
+        done,
+    )
+}
+
+fn run_point(
+    config: &SweepConfig,
+    point: &GridPoint,
+    p: &dyn BilevelProblem,
+    exact: &Vector,
+) -> Result<SweepRow> {
+    let spec = config.spec(point)?;
+    if let Budget::Delta(delta) = point.budget {
+        return run_perturbed(point, &spec, delta, p, exact);
+    }
+    let theta = p.theta();
+    let estimate = spec.estimator().estimate(p, theta)?;
+    let mut measured_delta: f64 = 0.0;
+    for (info, phi) in estimate.phases.iter().zip(&estimate.phase_points) {
+        measured_delta = measured_delta.max(distance_to_phase_solution(p, phi, theta, info.beta)?);
+    }
+    let certified_delta = estimate
+        .phases
+        .iter()
+        .map(|ph| ph.certified_distance)
+        .try_fold(0.0f64, |acc, d| d.map(|d| acc.max(d)));
+    let phase = config.phase(point.budget);
+    Ok(SweepRow {
+        problem: p.name().into(),
+        seed: point.seed,
+        estimator: point.estimator.clone(),
+        variant: point
+            .variant
+            .map_or_else(|| point.estimator.clone(), |v| v.name().to_string()),
+        beta: point.beta,
+        free_steps: estimate.phases[0].steps,
+        nudged_steps: estimate.phases.get(1).map(|ph| ph.steps),
+        tolerance: phase.tolerance,
+        solver_steps: point.solver_steps,
+        measured_delta,
+        certified_delta,
+        abs_error: (&estimate.gradient - exact).norm(),
+        rel_error: relative_error(&estimate.gradient, exact),
+        cosine: cosine(&estimate.gradient, exact),
+        gradient_evaluations: estimate.cost.gradient_evaluations,
+        second_order_products: estimate.cost.second_order_products,
+        floats_kept: estimate.cost.floats_kept,
+    })
+}
+
+/// A grid point with phases at exactly `delta` from their solutions (see [`Budget::Delta`]).
+fn run_perturbed(
+    point: &GridPoint,
+    spec: &EstimatorSpec,
+    delta: f64,
+    p: &dyn BilevelProblem,
+    exact: &Vector,
+) -> Result<SweepRow> {
+    let theta = p.theta();
+    let oracle = Oracle::new(p);
+    let start = p.initial_phi(theta)?;
+    let (free, _) = solve_phase(&oracle, &start, theta, 0.0, NewtonParams::default())?;
+    // One independent direction per phase, fixed by the seed, beta and the phase's place.
+    let mut phase_index = 0;
+    let mut perturbed = |b: f64| -> Result<Tensor> {
+        let (star, _) = if b == 0.0 {
+            (free.clone(), None)
+        } else {
+            solve_phase(&oracle, &free, theta, b, NewtonParams::default()).map(|(s, i)| (s, Some(i)))?
+        };
+        let purpose = (point.beta.unwrap_or(0.0).to_bits() ^ b.to_bits()).rotate_left(7) ^ phase_index;
+        phase_index += 1;
+        let mut rng = stream(point.seed, purpose);
+        let u = normal_vector(&mut rng, p.dims().phi).normalize();
+        Ok((star + to_tensor(&(u * delta))?)?)
+    };
+    let gradient = match spec {
+        EstimatorSpec::Contrastive(c) => c.variant.combine(c.beta, |b| {
+            let phi = perturbed(b)?;
+            to_dvector(&oracle.phase_gradients(&phi, theta, b)?.theta)
+        })?,
+        EstimatorSpec::Implicit(i) => {
+            implicit_meta_gradient(&oracle, &perturbed(0.0)?, theta, i.solver)?.gradient
+        }
+        _ => {
+            return Err(CmlError::invalid(
+                "estimator with a delta budget",
+                &point.estimator,
+                "delta budgets apply to contrastive and implicit estimators (implicit, cg, neumann, t1t2)",
+            ));
+        }
+    };
+    let cost = oracle.cost();
+    Ok(SweepRow {
+        problem: p.name().into(),
+        seed: point.seed,
+        estimator: point.estimator.clone(),
+        variant: point
+            .variant
+            .map_or_else(|| point.estimator.clone(), |v| v.name().to_string()),
+        beta: point.beta,
+        free_steps: 0,
+        nudged_steps: None,
+        tolerance: 0.0,
+        solver_steps: point.solver_steps,
+        measured_delta: delta,
+        certified_delta: None,
+        abs_error: (&gradient - exact).norm(),
+        rel_error: relative_error(&gradient, exact),
+        cosine: cosine(&gradient, exact),
+        gradient_evaluations: cost.gradient_evaluations,
+        second_order_products: cost.second_order_products,
+        floats_kept: cost.floats_kept,
+    })
+}

@@ -1,0 +1,209 @@
+//! The error bound of MATH.md §3, checked as an inequality on random quadratic instances (where
+//! every constant is computable), and the inner loop's convergence guarantees.
+
+mod common;
+
+use cml::estimator::Variant;
+use cml::ground_truth::exact_meta_gradient;
+use cml::inner::{GdParams, gradient_descent};
+use cml::linalg::{Vector, norm, to_dvector, to_tensor};
+use cml::oracle::Oracle;
+use cml::problem::{BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
+use cml::rng::{normal_vector, seeded};
+use cml::theory::QuadraticTheory;
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+
+fn spec() -> impl Strategy<Value = QuadraticSpec> {
+    (
+        2usize..12,
+        1usize..6,
+        1usize..8,
+        0.1f64..2.0,
+        1.0f64..20.0,
+        0.0f64..1.0,
+    )
+        .prop_map(|(n, m, k, mu, cond, gamma)| QuadraticSpec {
+            phi_dim: n,
+            theta_dim: m,
+            outer_dim: k,
+            mu,
+            smoothness: mu * cond,
+            gamma,
+        })
+}
+
+fn config() -> ProptestConfig {
+    ProptestConfig {
+        cases: 64,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    }
+}
+
+/// `g(b) = d_theta L_b(phi, theta)` by autodiff at the given phase point.
+fn g(q: &Quadratic, phi: &Vector, b: f64) -> Vector {
+    let oracle = Oracle::new(q);
+    to_dvector(
+        &oracle
+            .phase_gradients(&to_tensor(phi).unwrap(), q.theta(), b)
+            .unwrap()
+            .theta,
+    )
+    .unwrap()
+}
+
+/// The estimate with every phase at `phi*_b + delta * direction(k, b)`.
+fn estimate(q: &Quadratic, variant: Variant, beta: f64, perturb: impl Fn(usize, f64) -> Vector) -> Vector {
+    let theta = to_dvector(q.theta()).unwrap();
+    let mut k = 0;
+    variant
+        .combine(beta, |b| {
+            let phi = q.phase_solution(&theta, b)? + perturb(k, b);
+            k += 1;
+            Ok(g(q, &phi, b))
+        })
+        .unwrap()
+}
+
+/// Rounding in `(g(beta) - g(0)) / beta`: a few ulps of `g` over `beta`.
+fn rounding(q: &Quadratic, beta: f64) -> f64 {
+    let theta = to_dvector(q.theta()).unwrap();
+    1e3 * f64::EPSILON * g(q, &q.phase_solution(&theta, 0.0).unwrap(), 0.0).norm().max(1.0) / beta.abs()
+}
+
+/// The estimate with each phase moved by `delta` along the direction that moves
+/// `g(b) = -B^T phi + ...` most (B's top left singular vector), with signs chosen so that every
+/// phase's contribution adds up and aligns with the truncation error: the worst case.
+fn worst_direction_estimate(
+    q: &Quadratic,
+    variant: Variant,
+    beta: f64,
+    delta: f64,
+    exact: &Vector,
+) -> Vector {
+    let b_matrix = q.matrices().b.clone();
+    let n = b_matrix.nrows();
+    let svd = b_matrix.clone().svd(true, false);
+    let top = svd.u.unwrap().column(svd.singular_values.imax()).into_owned();
+    let truncation = estimate(q, variant, beta, |_, _| Vector::zeros(n)) - exact;
+    let sigma = if truncation.dot(&(b_matrix.transpose() * &top)) >= 0.0 {
+        -1.0
+    } else {
+        1.0
+    };
+    let stencil = variant.stencil();
+    estimate(q, variant, beta, |k, _| {
+        &top * (sigma * stencil[k].1.signum() * delta)
+    })
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn exact_phases_obey_the_truncation_bound(s in spec(), seed in any::<u64>(), frac in 0.01f64..1.0, negative in any::<bool>()) {
+        let q = Quadratic::random(&s, seed).unwrap();
+        let theory = QuadraticTheory::new(&q, &to_dvector(q.theta()).unwrap()).unwrap();
+        let beta = frac * theory.constants().beta_max().min(1.0) * if negative { -1.0 } else { 1.0 };
+        let exact = q.meta_gradient(&to_dvector(q.theta()).unwrap()).unwrap();
+        for variant in Variant::ALL {
+            let err = (estimate(&q, variant, beta, |_, _| Vector::zeros(s.phi_dim)) - &exact).norm();
+            let bound = theory.bound(variant, beta, 0.0).total();
+            prop_assert!(err <= bound * (1.0 + 1e-9) + rounding(&q, beta),
+                "{}: error {err:.3e} > bound {bound:.3e} at beta {beta:.3e}", variant.name());
+        }
+    }
+
+    #[test]
+    fn phases_at_distance_delta_obey_the_full_bound(s in spec(), seed in any::<u64>(), frac in 0.01f64..1.0, log_delta in -9.0f64..-2.0) {
+        let q = Quadratic::random(&s, seed).unwrap();
+        let theta = to_dvector(q.theta()).unwrap();
+        let theory = QuadraticTheory::new(&q, &theta).unwrap();
+        let beta = frac * theory.constants().beta_max().min(1.0);
+        let delta = 10f64.powf(log_delta);
+        let exact = q.meta_gradient(&theta).unwrap();
+        for variant in Variant::ALL {
+            let bound = theory.bound(variant, beta, delta).total();
+            let slack = rounding(&q, beta);
+            // Random directions, independent per phase.
+            let random = estimate(&q, variant, beta, |k, _| normal_vector(&mut seeded(seed ^ k as u64), s.phi_dim).normalize() * delta);
+            let err = (random - &exact).norm();
+            prop_assert!(err <= bound * (1.0 + 1e-9) + slack, "{} random: {err:.3e} > {bound:.3e}", variant.name());
+            let err = (worst_direction_estimate(&q, variant, beta, delta, &exact) - &exact).norm();
+            prop_assert!(err <= bound * (1.0 + 1e-9) + slack, "{} worst: {err:.3e} > {bound:.3e}", variant.name());
+        }
+    }
+
+    #[test]
+    fn gradient_descent_contracts_as_theory_says(s in spec(), seed in any::<u64>(), frac in -1.0f64..1.0, steps in 1usize..200) {
+        let q = Quadratic::random(&s, seed).unwrap();
+        let theta = to_dvector(q.theta()).unwrap();
+        let theory = QuadraticTheory::new(&q, &theta).unwrap();
+        let beta = frac * theory.constants().beta_max().min(1.0);
+        let c = q.curvature(q.theta(), beta).unwrap().unwrap();
+        let star = to_tensor(&q.phase_solution(&theta, beta).unwrap()).unwrap();
+        let phi0 = q.initial_phi(q.theta()).unwrap();
+        let params = GdParams { step_size: Some(1.0 / c.smoothness), max_steps: steps, tolerance: 0.0 };
+        let sol = gradient_descent(&Oracle::new(&q), &phi0, q.theta(), beta, &params, "phase").unwrap();
+        let distance = norm(&(&sol.phi - &star).unwrap()).unwrap();
+        let start = norm(&(&phi0 - &star).unwrap()).unwrap();
+        let rate = (1.0 - c.strong_convexity / c.smoothness).powi(steps as i32);
+        prop_assert!(distance <= rate * start * (1.0 + 1e-9) + 1e-12, "{distance:.3e} > {rate:.3e} * {start:.3e}");
+        prop_assert!(distance <= sol.info.grad_norm / c.strong_convexity * (1.0 + 1e-9) + 1e-14);
+    }
+}
+
+#[test]
+fn the_closed_form_f_matches_the_meta_gradient_and_finite_differences_of_itself() {
+    // F'(0) is the meta-gradient (MATH.md §2); F'' and F''' are the derivatives of F' (checked by
+    // central differences of the diagonalised closed form).
+    for seed in 0..5 {
+        let q = Quadratic::random(&QuadraticSpec::default(), seed).unwrap();
+        let theta = to_dvector(q.theta()).unwrap();
+        let t = QuadraticTheory::new(&q, &theta).unwrap();
+        let exact = exact_meta_gradient(&q, q.theta()).unwrap().meta_gradient;
+        assert!((t.derivative(1, 0.0) - &exact).norm() < 1e-10 * exact.norm());
+        let h = 1e-5;
+        for k in 1..3 {
+            let fd = (t.derivative(k, 0.03 + h) - t.derivative(k, 0.03 - h)) / (2.0 * h);
+            let next = t.derivative(k + 1, 0.03);
+            assert!((fd - &next).norm() < 1e-6 * next.norm(), "seed {seed} order {k}");
+        }
+    }
+}
+
+#[test]
+fn report_how_tight_the_bound_is_in_the_worst_direction() {
+    // Printed with `cargo test --release --test theory -- --nocapture`: observed / bound at
+    // delta = 1e-6 over 64 seeded instances, for beta at the predicted best and at 10x it.
+    for variant in Variant::ALL {
+        let mut ratios = Vec::new();
+        for seed in 0..64u64 {
+            let q = Quadratic::random(&QuadraticSpec::default(), seed).unwrap();
+            let theta = to_dvector(q.theta()).unwrap();
+            let t = QuadraticTheory::new(&q, &theta).unwrap();
+            let exact = q.meta_gradient(&theta).unwrap();
+            let delta = 1e-6;
+            let (best, _) = t.best(variant, delta);
+            for beta in [best, 10.0 * best] {
+                let worst = worst_direction_estimate(&q, variant, beta, delta, &exact);
+                let ratio = (worst - &exact).norm() / t.bound(variant, beta, delta).total();
+                assert!(
+                    ratio <= 1.0 + 1e-9,
+                    "{} seed {seed}: ratio {ratio}",
+                    variant.name()
+                );
+                ratios.push(ratio);
+            }
+        }
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "bound tightness (observed / bound), {:<21} worst direction, delta 1e-6: min {:.3} median {:.3} max {:.3}",
+            variant.name(),
+            ratios[0],
+            ratios[ratios.len() / 2],
+            ratios[ratios.len() - 1]
+        );
+    }
+}
