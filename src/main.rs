@@ -10,5 +10,11 @@ fn main() -> ExitCode {
             unsafe { std::env::set_var(key, value) };
         }
     }
+    // Die quietly on a closed pipe (`cml sweep ... | head`) instead of panicking in println.
+    // SAFETY: restores the default disposition of one signal before any thread exists.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     cml::cli::run()
 }
