@@ -26,6 +26,8 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
     /// Median measured delta over the curve.
     pub delta: f64,
+    /// The free phase's step budget (0 for phases placed at delta).
+    pub free_steps: usize,
 }
 
 impl Curve {
@@ -83,6 +85,7 @@ pub fn curves(rows: &[SweepRow], variant: Variant) -> Vec<Curve> {
             Curve {
                 points,
                 delta: deltas[deltas.len() / 2],
+                free_steps: g[0].free_steps,
             }
         })
         .collect()

@@ -7,6 +7,16 @@ use std::path::Path;
 /// Writes `bytes` to a temporary file in the target's folder (created as needed), then renames
 /// it over `path`: readers see the old file or the new one, never half of one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_with(path, bytes, || Ok(()))
+}
+
+/// [`write_atomically`] with a hook run between writing the temporary file and renaming it:
+/// an error there stands for a crash mid-write (tests use it to show the old file survives).
+pub fn write_atomically_with(
+    path: &Path,
+    bytes: &[u8],
+    before_rename: impl FnOnce() -> std::io::Result<()>,
+) -> Result<()> {
     let io_err = |action, source| CmlError::Io {
         action,
         path: path.into(),
@@ -26,6 +36,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
+        before_rename()?;
         std::fs::rename(&tmp, path)
     })();
     if let Err(e) = result {

@@ -6,10 +6,12 @@
 //! points. This crate runs it beside exact references computed by Candle autodiff.
 //! Formulas: `../shared/MATH.md` (section numbers in comments refer to it).
 
+pub mod adam;
 pub mod autodiff;
 pub mod cli;
 pub mod error;
 pub mod estimator;
+pub mod figures;
 pub mod fit;
 pub mod ground_truth;
 pub mod inner;

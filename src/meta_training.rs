@@ -2,17 +2,16 @@
 //! per-task meta-gradient estimates, update `theta` with Adam (candle-nn's), and evaluate on a
 //! fixed set of held-out tasks.
 
+use crate::adam::Adam;
 use crate::error::{CmlError, Result};
 use crate::estimator::EstimatorSpec;
 use crate::inner::{GdParams, gradient_descent};
-use crate::linalg::{Vector, to_dvector, to_tensor};
+use crate::linalg::{Vector, to_dvector};
 use crate::model::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::oracle::{Cost, Oracle};
 use crate::parallel::map_in_order;
 use crate::problem::BilevelProblem;
 use crate::rng::stream;
-use candle_core::Var;
-use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use std::time::Instant;
 
 /// Which model is meta-learned.
@@ -36,6 +35,26 @@ impl ModelSpec {
             ModelSpec::Synapse(s) => s.initial_theta(rng),
             ModelSpec::Modulation(s) => s.initial_theta(rng),
         }
+    }
+
+    /// The network's predictions at inputs `x` with fast parameters `phi` (and, for the
+    /// modulation model, the slow weights in `theta`).
+    pub fn predict(
+        &self,
+        task: &SinusoidTask,
+        theta: &Vector,
+        phi: &candle_core::Tensor,
+        x: &Vector,
+    ) -> Result<Vector> {
+        let xs = crate::model::sinusoid::column(x)?;
+        let out = match self {
+            ModelSpec::Synapse(s) => s.net.forward(phi, &xs)?,
+            ModelSpec::Modulation(s) => {
+                let m = Modulation::new(s.clone(), task.clone(), theta)?;
+                m.predict(phi, m.theta(), &xs)?
+            }
+        };
+        to_dvector(&out)
     }
 
     /// The bilevel problem of one task at meta-parameters `theta`.
@@ -100,7 +119,7 @@ impl TrainConfig {
 }
 
 /// Meta-test query loss, mean over the held-out tasks.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Evaluation {
     /// At `phi_init(theta)`, without adaptation.
     pub before: f64,
@@ -109,7 +128,7 @@ pub struct Evaluation {
 }
 
 /// One meta-step's log line.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MetaStep {
     /// 0 is the initialisation (evaluation only); 1.. are updates.
     pub step: usize,
@@ -121,12 +140,38 @@ pub struct MetaStep {
     pub cost: Cost,
     /// How many of the meta-batch's estimates came with a warning (e.g. truncated CG).
     pub warnings: usize,
+    /// Seconds since this process started the run (not reproducible; kept out of train.csv).
     pub wall_seconds: f64,
 }
 
 pub struct TrainResult {
     pub theta: Vector,
     pub steps: Vec<MetaStep>,
+    /// Set when the run stopped early at a request (the last completed meta-step).
+    pub interrupted_at: Option<usize>,
+}
+
+/// Everything needed to continue a run exactly where it stopped.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct TrainState {
+    /// Meta-steps completed.
+    pub step: usize,
+    pub theta: Vec<f64>,
+    pub adam: Adam,
+    /// Position in the training-task stream (a u128, as text for JSON).
+    pub task_stream_position: String,
+    /// Every log line so far.
+    pub log: Vec<MetaStep>,
+}
+
+/// How a run is driven from outside: resumed, checkpointed, stopped.
+pub struct Control<'a> {
+    pub resume: Option<TrainState>,
+    /// Call `checkpoint` every this many meta-steps (0: never), and when stopping early.
+    pub checkpoint_every: usize,
+    pub checkpoint: &'a mut dyn FnMut(&TrainState) -> Result<()>,
+    /// Asked after every meta-step; `true` stops the run there.
+    pub stop: &'a dyn Fn(usize) -> bool,
 }
 
 /// Stream numbers for [`stream`].
@@ -136,43 +181,67 @@ const EVAL_TASKS: u64 = 2;
 
 /// Runs meta-training; `observer` sees every log line as it is made.
 pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Result<TrainResult> {
+    let mut no_checkpoint = |_: &TrainState| Ok(());
+    let mut control = Control {
+        resume: None,
+        checkpoint_every: 0,
+        checkpoint: &mut no_checkpoint,
+        stop: &|_| false,
+    };
+    train_with(config, &mut control, observer)
+}
+
+/// [`train`], resumable: from `control.resume` if given, checkpointing as asked.
+pub fn train_with(
+    config: &TrainConfig,
+    control: &mut Control,
+    observer: &mut dyn FnMut(&MetaStep),
+) -> Result<TrainResult> {
     config.validate()?;
     let clock = Instant::now();
-    let theta0 = config.model.initial_theta(&mut stream(config.seed, INIT))?;
+    let held_out = held_out_tasks(config)?;
     let mut task_rng = stream(config.seed, TRAIN_TASKS);
-    let mut eval_rng = stream(config.seed, EVAL_TASKS);
-    let held_out: Vec<SinusoidTask> = (0..config.eval_tasks)
-        .map(|_| SinusoidTask::sample(&mut eval_rng, config.shots))
-        .collect::<Result<_>>()?;
-
-    let theta = Var::from_tensor(&to_tensor(&theta0)?)?;
-    let mut adam = AdamW::new(
-        vec![theta.clone()],
-        ParamsAdamW {
-            lr: config.meta_lr,
-            weight_decay: 0.0,
-            ..Default::default()
-        },
-    )?;
-    let mut steps = Vec::with_capacity(config.meta_steps + 1);
-
-    let first = MetaStep {
-        step: 0,
-        meta_train_loss: None,
-        evaluation: Some(evaluate(config, &held_out, &theta0)?),
-        estimate_norm: None,
-        cost: Cost::default(),
-        warnings: 0,
-        wall_seconds: clock.elapsed().as_secs_f64(),
+    let (mut theta, mut adam, mut steps) = match control.resume.take() {
+        Some(state) => {
+            let position: u128 = state.task_stream_position.parse().map_err(|_| {
+                CmlError::invalid(
+                    "checkpoint task_stream_position",
+                    &state.task_stream_position,
+                    "a whole number",
+                )
+            })?;
+            task_rng.set_word_pos(position);
+            (Vector::from_vec(state.theta), state.adam, state.log)
+        }
+        None => {
+            let theta0 = config.model.initial_theta(&mut stream(config.seed, INIT))?;
+            let adam = Adam::new(config.meta_lr, theta0.len());
+            let first = MetaStep {
+                step: 0,
+                meta_train_loss: None,
+                evaluation: Some(evaluate(config, &held_out, &theta0)?),
+                estimate_norm: None,
+                cost: Cost::default(),
+                warnings: 0,
+                wall_seconds: clock.elapsed().as_secs_f64(),
+            };
+            observer(&first);
+            (theta0, adam, vec![first])
+        }
     };
-    observer(&first);
-    steps.push(first);
-
-    for step in 1..=config.meta_steps {
-        let current = to_dvector(theta.as_tensor())?;
+    let done = steps.last().map_or(0, |s| s.step);
+    let state = |theta: &Vector, adam: &Adam, rng: &crate::rng::Rng, steps: &[MetaStep], step| TrainState {
+        step,
+        theta: theta.iter().copied().collect(),
+        adam: adam.clone(),
+        task_stream_position: rng.get_word_pos().to_string(),
+        log: steps.to_vec(),
+    };
+    for step in done + 1..=config.meta_steps {
         let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
             .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
             .collect::<Result<_>>()?;
+        let current = theta.clone();
         let results = map_in_order(&tasks, |task| {
             let problem = config.model.problem(task.clone(), &current)?;
             let estimate = config
@@ -191,7 +260,7 @@ pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Resul
         })
         .map_err(|e| at_step(e, step))?;
         let batch = config.meta_batch as f64;
-        let mut mean = Vector::zeros(current.len());
+        let mut mean = Vector::zeros(theta.len());
         let mut cost = Cost::default();
         let mut loss = 0.0;
         let mut warnings = 0;
@@ -207,11 +276,10 @@ pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Resul
                 step,
             ));
         }
-        // Adam reads gradients from a GradStore: the gradient of <theta, mean> is `mean`.
-        adam.backward_step(&(theta.as_tensor() * to_tensor(&mean)?)?.sum_all()?)?;
+        adam.update(&mut theta, &mean);
         let evaluate_now = step % config.eval_every == 0 || step == config.meta_steps;
         let evaluation = if evaluate_now {
-            Some(evaluate(config, &held_out, &to_dvector(theta.as_tensor())?)?)
+            Some(evaluate(config, &held_out, &theta)?)
         } else {
             None
         };
@@ -226,10 +294,22 @@ pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Resul
         };
         observer(&line);
         steps.push(line);
+        let stop = step < config.meta_steps && (control.stop)(step);
+        if stop || (control.checkpoint_every > 0 && step % control.checkpoint_every == 0) {
+            (control.checkpoint)(&state(&theta, &adam, &task_rng, &steps, step))?;
+        }
+        if stop {
+            return Ok(TrainResult {
+                theta,
+                steps,
+                interrupted_at: Some(step),
+            });
+        }
     }
     Ok(TrainResult {
-        theta: to_dvector(theta.as_tensor())?,
+        theta,
         steps,
+        interrupted_at: None,
     })
 }
 
@@ -240,24 +320,51 @@ fn at_step(e: CmlError, step: usize) -> CmlError {
     }
 }
 
-/// Mean query loss over the held-out tasks, before and after adaptation.
-pub fn evaluate(config: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) -> Result<Evaluation> {
-    let losses = map_in_order(tasks, |task| {
+/// Query loss of each task before and after adaptation (the estimator's free phase).
+pub fn evaluate_per_task(
+    config: &TrainConfig,
+    tasks: &[SinusoidTask],
+    theta: &Vector,
+) -> Result<Vec<(f64, f64)>> {
+    map_in_order(tasks, |task| {
         let problem = config.model.problem(task.clone(), theta)?;
         let theta = problem.theta();
-        let phi_init = problem.initial_phi(theta)?;
-        let before = problem.outer_loss(&phi_init, theta)?.to_scalar::<f64>()?;
-        let adapted = gradient_descent(
-            &Oracle::new(problem.as_ref()),
-            &phi_init,
-            theta,
-            0.0,
-            &config.adaptation(),
-            "adaptation",
-        )?;
-        let after = problem.outer_loss(&adapted.phi, theta)?.to_scalar::<f64>()?;
+        let before = problem
+            .outer_loss(&problem.initial_phi(theta)?, theta)?
+            .to_scalar::<f64>()?;
+        let after = problem
+            .outer_loss(&adapt(config, problem.as_ref())?, theta)?
+            .to_scalar::<f64>()?;
         Ok((before, after))
-    })?;
+    })
+}
+
+/// The fast parameters after adapting to a task: the estimator's free phase from `phi_init`.
+pub fn adapt(config: &TrainConfig, problem: &dyn BilevelProblem) -> Result<candle_core::Tensor> {
+    let theta = problem.theta();
+    let phi_init = problem.initial_phi(theta)?;
+    Ok(gradient_descent(
+        &Oracle::new(problem),
+        &phi_init,
+        theta,
+        0.0,
+        &config.adaptation(),
+        "adaptation",
+    )?
+    .phi)
+}
+
+/// The held-out tasks of a run (the same for every estimator with the same seed and shots).
+pub fn held_out_tasks(config: &TrainConfig) -> Result<Vec<SinusoidTask>> {
+    let mut eval_rng = stream(config.seed, EVAL_TASKS);
+    (0..config.eval_tasks)
+        .map(|_| SinusoidTask::sample(&mut eval_rng, config.shots))
+        .collect()
+}
+
+/// Mean query loss over the held-out tasks, before and after adaptation.
+pub fn evaluate(config: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) -> Result<Evaluation> {
+    let losses = evaluate_per_task(config, tasks, theta)?;
     let n = tasks.len() as f64;
     Ok(Evaluation {
         before: losses.iter().map(|l| l.0).sum::<f64>() / n,

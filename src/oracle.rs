@@ -11,7 +11,7 @@ use std::cell::Cell;
 /// (a Hessian-vector product and the mixed product come out of the same pass).
 /// `floats_kept` is a memory proxy: the most floats of state (iterates, adjoints, solver
 /// vectors, dense matrices) the method had to keep alive at once, as the method declares them.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Cost {
     pub gradient_evaluations: usize,
     pub second_order_products: usize,

@@ -42,6 +42,8 @@ pub struct SweepConfig {
     pub solver_steps: Vec<usize>,
     /// Inner step size (`None`: `1 / L` where known).
     pub step_size: Option<f64>,
+    /// Neumann step (`None`: `1 / L` where known).
+    pub neumann_alpha: Option<f64>,
     /// Step cap for tolerance budgets.
     pub max_steps: usize,
 }
@@ -262,7 +264,7 @@ impl SweepConfig {
             free: phase,
             nudged: phase,
             solver_steps: k,
-            neumann_alpha: None,
+            neumann_alpha: self.neumann_alpha,
             truncation: k,
         };
         EstimatorSpec::from_name(&p.estimator, &params)

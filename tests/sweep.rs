@@ -26,6 +26,7 @@ fn config(
         budgets,
         solver_steps: vec![10],
         step_size: None,
+        neumann_alpha: None,
         max_steps: 100_000,
     }
 }

@@ -42,15 +42,21 @@ pub struct SweepArgs {
     /// Inner step size (default: 1 / smoothness, where known).
     #[arg(long, allow_hyphen_values = true)]
     step_size: Option<f64>,
+    /// Neumann step alpha (default: 1 / smoothness, where known).
+    #[arg(long, allow_hyphen_values = true)]
+    neumann_alpha: Option<f64>,
     /// Step cap for tolerance budgets.
     #[arg(long, default_value_t = 100_000)]
     max_steps: usize,
     /// Run only part i/n of the grid (contiguous blocks: shards concatenate to the full sweep).
     #[arg(long, default_value = "0/1")]
     shard: String,
-    /// Output CSV.
+    /// Output CSV (the effective config goes beside it, as OUT.config.json).
     #[arg(long, default_value = "sweep.csv")]
     out: PathBuf,
+    /// A TOML file of flags (keys are the flag names); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 fn list<T: std::str::FromStr>(name: &str, s: &str, allowed: &str) -> Result<Vec<T>> {
@@ -100,6 +106,7 @@ impl SweepArgs {
                 .map(|n| super::estimator_args::at_least_one("solver steps", n))
                 .collect::<Result<_>>()?,
             step_size: self.step_size,
+            neumann_alpha: self.neumann_alpha,
             max_steps: self.max_steps,
         })
     }
@@ -110,6 +117,14 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
     let config = args.config()?;
     config.validate()?;
     let shard = parse_shard(&args.shard)?;
+    let effective = serde_json::json!({ "sweep": &config, "shard": &args.shard });
+    let config_path = args.out.with_extension("config.json");
+    write_atomically(
+        &config_path,
+        serde_json::to_string_pretty(&effective)
+            .expect("config")
+            .as_bytes(),
+    )?;
     let total = config.grid().len();
     let bar = ProgressBar::new(((shard.0 + 1) * total / shard.1 - shard.0 * total / shard.1) as u64);
     bar.set_style(

@@ -2,12 +2,14 @@
 
 use super::estimator_args::{EstimatorArgs, at_least_one};
 use crate::io::write_atomically;
-use crate::meta_training::{MetaStep, ModelSpec, TrainConfig, train};
+use crate::meta_training::{Control, MetaStep, ModelSpec, TrainConfig, TrainState, train_with};
 use crate::model::{Mlp, ModulationSpec, SynapseSpec};
 use crate::{CmlError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
@@ -42,9 +44,21 @@ pub struct TrainArgs {
     eval_every: i64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Output folder: train.csv, timing.csv, config.json, theta.json.
+    /// Output folder: train.csv, timing.csv, config.json, theta.json, checkpoint.json.
     #[arg(long, default_value = "runs/train")]
     out: PathBuf,
+    /// Write a checkpoint every this many meta-steps (0: only when interrupted).
+    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
+    checkpoint_every: i64,
+    /// Continue from OUT/checkpoint.json (the config must be the same).
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this meta-step as if interrupted (for testing resumption).
+    #[arg(long, hide = true)]
+    stop_after: Option<usize>,
+    /// A TOML file of flags (keys are the flag names); flags on the command line override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 /// Inner step size when the model's smoothness is unknown and none is given.
@@ -108,26 +122,100 @@ pub fn csv_row(s: &MetaStep) -> String {
     )
 }
 
+const CHECKPOINT_FORMAT: &str = "cml-checkpoint";
+
+/// The checkpoint file: the effective config and the state to continue from.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Checkpoint {
+    format: String,
+    config: serde_json::Value,
+    state: TrainState,
+}
+
+fn read_checkpoint(path: &Path, config: &serde_json::Value) -> Result<TrainState> {
+    let text = std::fs::read_to_string(path).map_err(|source| CmlError::Io {
+        action: "cannot read checkpoint (nothing to resume?)",
+        path: path.into(),
+        source,
+    })?;
+    let err = |reason: String| CmlError::Instance {
+        source_name: path.display().to_string(),
+        reason,
+    };
+    let c: Checkpoint =
+        serde_json::from_str(&text).map_err(|e| err(format!("not a valid checkpoint: {e}")))?;
+    if c.format != CHECKPOINT_FORMAT {
+        return Err(err(format!(
+            "format is '{}', expected '{CHECKPOINT_FORMAT}'",
+            c.format
+        )));
+    }
+    if &c.config != config {
+        let differing: Vec<String> = config
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| c.config.get(k.as_str()) != Some(v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        return Err(err(format!(
+            "the checkpoint was written with a different config ({} differs); resume with the same flags",
+            differing.join(", ")
+        )));
+    }
+    Ok(c.state)
+}
+
 pub fn run(args: TrainArgs) -> Result<()> {
     crate::autodiff::ensure_second_order()?;
     let config = args.config()?;
+    let checkpoint_every = usize::try_from(args.checkpoint_every)
+        .map_err(|_| CmlError::invalid("checkpoint every", args.checkpoint_every, "a whole number >= 0"))?;
     let out = &args.out;
+    let config_value = serde_json::to_value(&config).expect("config serialises");
+    let checkpoint_path = out.join("checkpoint.json");
+    let resume = if args.resume {
+        Some(read_checkpoint(&checkpoint_path, &config_value)?)
+    } else {
+        None
+    };
     // Fail on an unwritable folder before any work.
     write_atomically(
         &out.join("config.json"),
         serde_json::to_string_pretty(&config).expect("config").as_bytes(),
     )?;
 
+    // Ctrl-C asks the loop to stop after the current meta-step, with a checkpoint.
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = interrupted.clone();
+    let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+    let stop_after = args.stop_after;
+    let stop = move |step: usize| interrupted.load(Ordering::SeqCst) || stop_after == Some(step);
+
     let bar = ProgressBar::new(config.meta_steps as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} meta-steps, {elapsed} elapsed, ETA {eta} {msg}")
             .expect("template"),
     );
-    let mut csv = format!("{CSV_HEADER}\n");
-    let mut timing = String::from("step,wall_seconds\n");
-    let result = train(&config, &mut |s| {
-        let _ = writeln!(csv, "{}", csv_row(s));
-        let _ = writeln!(timing, "{},{:.6}", s.step, s.wall_seconds);
+    bar.set_position(resume.as_ref().map_or(0, |s| s.step as u64));
+    let mut write_checkpoint = |state: &TrainState| -> Result<()> {
+        let c = Checkpoint {
+            format: CHECKPOINT_FORMAT.into(),
+            config: config_value.clone(),
+            state: state.clone(),
+        };
+        write_atomically(
+            &checkpoint_path,
+            serde_json::to_string(&c).expect("checkpoint").as_bytes(),
+        )
+    };
+    let mut control = Control {
+        resume,
+        checkpoint_every,
+        checkpoint: &mut write_checkpoint,
+        stop: &stop,
+    };
+    let result = train_with(&config, &mut control, &mut |s| {
         if let Some(e) = s.evaluation {
             bar.set_message(format!("meta-test loss {:.4} -> {:.4}", e.before, e.after));
         }
@@ -137,8 +225,22 @@ pub fn run(args: TrainArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let result = result?;
+    let mut csv = format!("{CSV_HEADER}\n");
+    let mut timing = String::from("step,wall_seconds\n");
+    for s in &result.steps {
+        let _ = writeln!(csv, "{}", csv_row(s));
+        let _ = writeln!(timing, "{},{:.6}", s.step, s.wall_seconds);
+    }
     write_atomically(&out.join("train.csv"), csv.as_bytes())?;
     write_atomically(&out.join("timing.csv"), timing.as_bytes())?;
+    if let Some(step) = result.interrupted_at {
+        eprintln!(
+            "interrupted after meta-step {step} of {}; checkpoint written to {}; continue with the same flags and --resume",
+            config.meta_steps,
+            checkpoint_path.display()
+        );
+        std::process::exit(130);
+    }
     let theta: Vec<f64> = result.theta.iter().copied().collect();
     write_atomically(
         &out.join("theta.json"),

@@ -1,0 +1,137 @@
+//! `cml figures`: every figure and table of the write-up, from the same code paths as `sweep`
+//! and `train`. Each figure is written as PNG and SVG beside the CSV it was drawn from; each
+//! table as Markdown under `paper/`; the write-up `paper/README.md` is generated from the same
+//! numbers, so none of its numbers can go stale.
+
+mod compute;
+pub mod plot;
+mod theory;
+mod training;
+mod writeup;
+
+use crate::error::{CmlError, Result};
+use crate::io::write_atomically;
+use std::path::{Path, PathBuf};
+
+/// Where and how much.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub out: PathBuf,
+    pub paper: PathBuf,
+    /// Smaller grids, fewer seeds and steps; the same code paths.
+    pub quick: bool,
+    pub seed: u64,
+}
+
+/// The jobs `--only` can name, in the order they run.
+pub const JOBS: &[(&str, &str)] = &[
+    (
+        "theory",
+        "error vs beta (quadratic, complex synapse), best beta and error vs delta, slopes table",
+    ),
+    (
+        "compute",
+        "error vs compute for every estimator on a complex-synapse problem, cheapest-setting table",
+    ),
+    (
+        "training",
+        "meta-training curves and example tasks for both models, final-loss table",
+    ),
+    ("cost", "time and floats kept per meta-gradient vs K, cost table"),
+];
+
+/// Everything the write-up quotes, filled in by the jobs that ran.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub theory: Option<theory::TheoryResults>,
+    pub compute: Option<compute::ComputeResults>,
+    pub training: Option<training::TrainingResults>,
+    pub cost: Option<compute::CostResults>,
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<Results> {
+    crate::autodiff::ensure_second_order()?;
+    if let Some(name) = only {
+        if !JOBS.iter().any(|(n, _)| *n == name) {
+            return Err(CmlError::UnknownName {
+                kind: "figure job".into(),
+                name: name.into(),
+                allowed: JOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+            });
+        }
+    }
+    plot::register_font()?;
+    let wanted = |name: &str| only.is_none_or(|o| o == name);
+    let mut results = Results::default();
+    if wanted("theory") {
+        log("theory: sweeps over beta and delta");
+        results.theory = Some(theory::run(settings, &mut results.files)?);
+    }
+    if wanted("compute") {
+        log("compute: every estimator against its cost");
+        results.compute = Some(compute::run_compute(settings, &mut results.files)?);
+    }
+    if wanted("training") {
+        log("training: meta-training both models with every estimator");
+        results.training = Some(training::run(settings, &mut results.files)?);
+    }
+    if wanted("cost") {
+        log("cost: time and memory as the inner loop grows");
+        results.cost = Some(compute::run_cost(settings, &mut results.files)?);
+    }
+    if only.is_none() {
+        let path = settings.paper.join("README.md");
+        write_atomically(&path, writeup::render(settings, &results).as_bytes())?;
+        results.files.push(path);
+    }
+    Ok(results)
+}
+
+/// Writes a CSV (header plus rows) whole or not at all, and records it.
+pub(crate) fn write_csv(path: &Path, header: &str, rows: &[String], files: &mut Vec<PathBuf>) -> Result<()> {
+    let mut text = format!("{header}\n");
+    for r in rows {
+        text.push_str(r);
+        text.push('\n');
+    }
+    write_atomically(path, text.as_bytes())?;
+    files.push(path.to_path_buf());
+    Ok(())
+}
+
+/// Writes a Markdown table under `paper/` and records it.
+pub(crate) fn write_table(
+    settings: &Settings,
+    name: &str,
+    text: &str,
+    files: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let path = settings.paper.join(name);
+    write_atomically(&path, text.as_bytes())?;
+    files.push(path);
+    Ok(())
+}
+
+/// Saves a figure as PNG and SVG and records both.
+pub(crate) fn save(
+    settings: &Settings,
+    name: &str,
+    figure: &plot::Figure,
+    files: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let stem = settings.out.join(name);
+    figure.save(&stem)?;
+    files.push(stem.with_extension("png"));
+    files.push(stem.with_extension("svg"));
+    Ok(())
+}
+
+/// A number for a table: 3 significant digits.
+pub(crate) fn num(v: f64) -> String {
+    if v == 0.0 || (1e-2..1e4).contains(&v.abs()) {
+        format!("{v:.3}")
+    } else {
+        format!("{v:.2e}")
+    }
+}

@@ -1,0 +1,395 @@
+//! Error versus nudging strength and versus phase precision (MATH.md §3): the quadratic problem
+//! (every constant known) and a small complex-synapse MLP.
+
+use super::plot::{Figure, Panel, Series, Style};
+use super::{Settings, save, write_csv, write_table};
+use crate::error::Result;
+use crate::estimator::Variant;
+use crate::fit::{DeltaFit, VariantFit, curves, fit_delta, fit_variant};
+use crate::ground_truth::exact_meta_gradient;
+use crate::linalg::{spectrum_bounds, to_dvector};
+use crate::model::{Mlp, Synapse, SynapseSpec};
+use crate::problem::{BilevelProblem, Quadratic, QuadraticSpec, phase_loss};
+use crate::sweep::{self, Budget, CSV_HEADER, SweepConfig, SweepRow};
+use crate::theory::{QuadraticTheory, theory_slopes};
+use std::path::PathBuf;
+
+/// One fitted variant: problem, how the phases were made inexact, the fit.
+#[derive(Debug, Clone)]
+pub struct FitRow {
+    pub problem: String,
+    pub phases: String,
+    pub fit: VariantFit,
+}
+
+#[derive(Debug, Clone)]
+pub struct TheoryResults {
+    pub fits: Vec<FitRow>,
+    pub implicit: Option<DeltaFit>,
+    pub t1t2: Option<DeltaFit>,
+    /// The complex-synapse instance's curvature at the initial point and at `phi*`.
+    pub synapse_min_eigenvalue: f64,
+}
+
+const VARIANTS: [Variant; 2] = [Variant::Standard, Variant::Symmetric];
+
+fn config(
+    problem: &str,
+    settings: &Settings,
+    estimators: &[&str],
+    budgets: Vec<Budget>,
+    step_size: Option<f64>,
+) -> SweepConfig {
+    let n = if settings.quick { 15 } else { 29 };
+    SweepConfig {
+        problem: problem.into(),
+        seeds: vec![settings.seed],
+        estimators: estimators.iter().map(|s| s.to_string()).collect(),
+        variants: VARIANTS.to_vec(),
+        betas: sweep::parse_log_range(&format!("1e-8:1e-1:{n}")).expect("a valid range"),
+        budgets,
+        solver_steps: vec![10],
+        step_size,
+        neumann_alpha: None,
+        max_steps: 100_000,
+    }
+}
+
+fn deltas(settings: &Settings) -> Vec<Budget> {
+    let d: &[f64] = if settings.quick {
+        &[1e-10, 1e-8, 1e-6]
+    } else {
+        &[1e-10, 1e-9, 1e-8, 1e-7, 1e-6]
+    };
+    d.iter().map(|&d| Budget::Delta(d)).collect()
+}
+
+/// The small complex synapse of the figures and its inner-loop settings: 1-4-4-1, 5 shots,
+/// `lambda = 20` per synapse (strongly convex where it is used, checked below).
+pub fn synapse_instance(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<(PathBuf, f64, f64, f64)> {
+    let spec = SynapseSpec {
+        net: Mlp::parse("1-4-4-1")?,
+        per_synapse: true,
+        strength: 20.0,
+    };
+    let p = Synapse::random(&spec, 5, settings.seed + 2)?;
+    let theta = p.theta().clone();
+    let star = exact_meta_gradient(&p, &theta)?.phi_star;
+    let (mut mu, mut smooth) = (f64::INFINITY, 0.0f64);
+    for point in [p.initial_phi(&theta)?, star] {
+        let h = crate::autodiff::dense_second_derivatives(&phase_loss(&p, 0.0), &point, &theta)?.hessian;
+        let (lo, hi) = spectrum_bounds(&h);
+        (mu, smooth) = (mu.min(lo), smooth.max(hi));
+    }
+    let path = settings.out.join("synapse_instance.json");
+    p.to_instance().write(&path)?;
+    files.push(path.clone());
+    Ok((path, mu, smooth, 0.5 / smooth))
+}
+
+fn error_panel(rows: &[SweepRow], variant: Variant, title: &str) -> Panel {
+    let mut panel = Panel::new(
+        title,
+        "nudging strength beta",
+        "|estimate - dJ/dtheta|",
+        true,
+        true,
+    );
+    let cs = curves(rows, variant);
+    for (i, c) in cs.iter().enumerate() {
+        let label = match c.free_steps {
+            0 => format!("delta = {:.0e}", c.delta),
+            t => format!("T = {t}, delta = {:.0e}", c.delta),
+        };
+        panel
+            .series
+            .push(Series::new(label, c.points.clone(), i, Style::LinePoints));
+    }
+    // Theory slopes, anchored at the ends of the curve with the largest delta.
+    if let Some(c) = cs.iter().max_by(|a, b| a.delta.total_cmp(&b.delta)) {
+        let [right, left, _, _] = theory_slopes(variant);
+        let (b1, e1) = *c.points.last().expect("non-empty");
+        let right_line = vec![(b1 / 100.0, e1 * 100f64.powf(-right)), (b1, e1)];
+        panel.series.push(Series::new(
+            format!("slope {right:+}"),
+            right_line,
+            6,
+            Style::Dashed,
+        ));
+        let (b0, e0) = c.points[0];
+        let left_line = vec![(b0, e0), (b0 * 100.0, e0 * 100f64.powf(left))];
+        panel.series.push(Series::new(
+            format!("slope {left:+}"),
+            left_line,
+            6,
+            Style::Dashed,
+        ));
+    }
+    panel
+}
+
+fn fit_rows(problem: &str, phases: &str, rows: &[SweepRow]) -> Vec<FitRow> {
+    VARIANTS
+        .iter()
+        .map(|&v| FitRow {
+            problem: problem.into(),
+            phases: phases.into(),
+            fit: fit_variant(rows, v),
+        })
+        .collect()
+}
+
+fn csv(rows: &[SweepRow]) -> Vec<String> {
+    rows.iter().map(SweepRow::csv).collect()
+}
+
+pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResults> {
+    let steps: &[usize] = if settings.quick {
+        &[50, 110, 170]
+    } else {
+        &[50, 80, 110, 140, 170]
+    };
+    let gd = sweep::run(
+        &config(
+            "quadratic",
+            settings,
+            &["contrastive"],
+            steps.iter().map(|&s| Budget::Steps(s)).collect(),
+            None,
+        ),
+        (0, 1),
+        &|| {},
+    )?;
+    let placed = sweep::run(
+        &config(
+            "quadratic",
+            settings,
+            &["contrastive", "implicit", "t1t2"],
+            deltas(settings),
+            None,
+        ),
+        (0, 1),
+        &|| {},
+    )?;
+    let mut all = gd.clone();
+    all.extend(placed.iter().cloned());
+    write_csv(
+        &settings.out.join("error_vs_beta_quadratic.csv"),
+        CSV_HEADER,
+        &csv(&all),
+        files,
+    )?;
+    let mut panels = Vec::new();
+    for v in VARIANTS {
+        panels.push(error_panel(
+            &gd,
+            v,
+            &format!("quadratic, {}: gradient-descent phases", v.name()),
+        ));
+    }
+    for v in VARIANTS {
+        panels.push(error_panel(
+            &placed,
+            v,
+            &format!("quadratic, {}: phases placed at delta", v.name()),
+        ));
+    }
+    save(
+        settings,
+        "error_vs_beta_quadratic",
+        &Figure { panels, columns: 2 },
+        files,
+    )?;
+    let mut fits = fit_rows("quadratic", "gradient descent", &gd);
+    fits.extend(fit_rows("quadratic", "placed at delta", &placed));
+
+    // The complex synapse.
+    let (instance, mu, smooth, step) = synapse_instance(settings, files)?;
+    let kappa = smooth / mu;
+    let syn_steps: Vec<usize> = (if settings.quick {
+        vec![10, 22, 34]
+    } else {
+        vec![10, 16, 22, 28, 34]
+    })
+    .into_iter()
+    .map(|k| (k as f64 * kappa) as usize)
+    .collect();
+    let problem = instance.to_string_lossy().into_owned();
+    let syn_gd = sweep::run(
+        &config(
+            &problem,
+            settings,
+            &["contrastive"],
+            syn_steps.iter().map(|&s| Budget::Steps(s)).collect(),
+            Some(step),
+        ),
+        (0, 1),
+        &|| {},
+    )?;
+    let syn_placed = sweep::run(
+        &config(&problem, settings, &["contrastive"], deltas(settings), None),
+        (0, 1),
+        &|| {},
+    )?;
+    let mut all = syn_gd.clone();
+    all.extend(syn_placed.iter().cloned());
+    write_csv(
+        &settings.out.join("error_vs_beta_synapse.csv"),
+        CSV_HEADER,
+        &csv(&all),
+        files,
+    )?;
+    let mut panels = Vec::new();
+    for v in VARIANTS {
+        panels.push(error_panel(
+            &syn_gd,
+            v,
+            &format!("complex synapse, {}: gradient descent", v.name()),
+        ));
+    }
+    for v in VARIANTS {
+        panels.push(error_panel(
+            &syn_placed,
+            v,
+            &format!("complex synapse, {}: placed at delta", v.name()),
+        ));
+    }
+    save(
+        settings,
+        "error_vs_beta_synapse",
+        &Figure { panels, columns: 2 },
+        files,
+    )?;
+    fits.extend(fit_rows("complex synapse", "gradient descent", &syn_gd));
+    fits.extend(fit_rows("complex synapse", "placed at delta", &syn_placed));
+
+    best_beta_figure(settings, &placed, files)?;
+    write_table(settings, "slopes.md", &slopes_table(&fits), files)?;
+    Ok(TheoryResults {
+        fits,
+        implicit: fit_delta(&placed, "implicit"),
+        t1t2: fit_delta(&placed, "t1t2"),
+        synapse_min_eigenvalue: mu,
+    })
+}
+
+/// Best beta and best error against delta, measured and predicted by the bound, and the
+/// implicit estimators' error against delta.
+fn best_beta_figure(settings: &Settings, placed: &[SweepRow], files: &mut Vec<PathBuf>) -> Result<()> {
+    let q = Quadratic::random(&QuadraticSpec::default(), settings.seed)?;
+    let theory = QuadraticTheory::new(&q, &to_dvector(q.theta())?)?;
+    let mut beta_panel = Panel::new(
+        "best beta vs delta (quadratic)",
+        "phase precision delta",
+        "best beta",
+        true,
+        true,
+    );
+    let mut error_panel = Panel::new(
+        "best error vs delta (quadratic)",
+        "phase precision delta",
+        "best |error|",
+        true,
+        true,
+    );
+    let mut rows = Vec::new();
+    for (i, v) in VARIANTS.into_iter().enumerate() {
+        let mut measured = Vec::new();
+        let mut predicted = Vec::new();
+        for c in curves(placed, v) {
+            let (b, e) = c.minimum();
+            let (pb, pe) = theory.best(v, c.delta);
+            rows.push(format!("{},{:e},{b:e},{e:e},{pb:e},{pe:e}", v.name(), c.delta));
+            measured.push((c.delta, b, e));
+            predicted.push((c.delta, pb, pe));
+        }
+        beta_panel.series.push(Series::new(
+            format!("{} measured", v.name()),
+            measured.iter().map(|m| (m.0, m.1)).collect(),
+            i,
+            Style::LinePoints,
+        ));
+        beta_panel.series.push(Series::new(
+            format!("{} bound's optimum", v.name()),
+            predicted.iter().map(|m| (m.0, m.1)).collect(),
+            i,
+            Style::Dashed,
+        ));
+        error_panel.series.push(Series::new(
+            format!("{} measured", v.name()),
+            measured.iter().map(|m| (m.0, m.2)).collect(),
+            i,
+            Style::LinePoints,
+        ));
+        error_panel.series.push(Series::new(
+            format!("{} bound at optimum", v.name()),
+            predicted.iter().map(|m| (m.0, m.2)).collect(),
+            i,
+            Style::Dashed,
+        ));
+    }
+    let mut implicit_panel = Panel::new(
+        "implicit estimators vs delta (quadratic)",
+        "phase precision delta",
+        "|estimate - dJ/dtheta|",
+        true,
+        true,
+    );
+    for (i, name) in ["implicit", "t1t2"].into_iter().enumerate() {
+        let mut pts: Vec<(f64, f64)> = placed
+            .iter()
+            .filter(|r| r.estimator == name)
+            .map(|r| (r.measured_delta, r.abs_error))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let label = if name == "implicit" {
+            "implicit (dense), slope +1 in theory"
+        } else {
+            "T1-T2: a floor"
+        };
+        implicit_panel
+            .series
+            .push(Series::new(label, pts, i + 2, Style::LinePoints));
+    }
+    write_csv(
+        &settings.out.join("best_beta_vs_delta.csv"),
+        "variant,delta,best_beta,best_error,bound_best_beta,bound_best_error",
+        &rows,
+        files,
+    )?;
+    save(
+        settings,
+        "best_beta_vs_delta",
+        &Figure {
+            panels: vec![beta_panel, error_panel, implicit_panel],
+            columns: 3,
+        },
+        files,
+    )
+}
+
+fn slopes_table(fits: &[FitRow]) -> String {
+    let mut t = String::from(
+        "# Slopes on log-log axes against theory\n\n\
+         Generated by `cml figures`. Measured slope (theory in parentheses).\n\n\
+         | problem | phases | variant | error vs beta, right | error vs beta, left | best beta vs delta | best error vs delta |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for r in fits {
+        let f = &r.fit;
+        let cell = |m: Option<f64>, th: f64| {
+            format!("{} ({:+.2})", m.map_or("n/a".into(), |m| format!("{m:+.2}")), th)
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.problem,
+            r.phases,
+            f.variant,
+            cell(f.right, f.theory[0]),
+            cell(f.left, f.theory[1]),
+            cell(f.best_beta_vs_delta, f.theory[2]),
+            cell(f.best_error_vs_delta, f.theory[3])
+        ));
+    }
+    t
+}

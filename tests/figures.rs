@@ -1,0 +1,122 @@
+//! `cml figures --quick`: every expected file, readable, with the expected shape; and the same
+//! seed gives the same CSVs.
+
+use std::path::Path;
+use std::process::Command;
+
+fn figures_quick(dir: &Path) {
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--out"])
+        .arg(dir.join("figures"))
+        .arg("--paper")
+        .arg(dir.join("paper"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// Expected CSVs with their columns and data rows under `--quick` (derived from its settings):
+/// - error_vs_beta_quadratic: 3 step budgets x 2 variants x 15 betas, plus 3 deltas x
+///   (2 variants x 15 betas + implicit + t1t2) = 90 + 96;
+/// - error_vs_beta_synapse: 90 (steps) + 90 (deltas);
+/// - best_beta_vs_delta: 2 variants x 3 deltas;
+/// - error_vs_compute: 3 budgets x (2 variants x 6 betas + implicit + 2 cg + 2 neumann + t1t2 +
+///   bptt + 2 tbptt) = 3 x 21;
+/// - meta_training: 2 models x 6 estimators x 2 seeds x 3 evaluations (steps 0, 2, 4);
+/// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
+/// - cost_vs_k(_seconds): 3 K x 3 estimators.
+const CSVS: &[(&str, usize, usize)] = &[
+    ("error_vs_beta_quadratic", 17, 186),
+    ("error_vs_beta_synapse", 17, 180),
+    ("best_beta_vs_delta", 6, 6),
+    ("error_vs_compute", 17, 63),
+    ("meta_training", 6, 72),
+    ("sinusoid_examples", 7, 808),
+    ("cost_vs_k", 4, 9),
+    ("cost_vs_k_seconds", 3, 9),
+];
+
+const PNGS: &[&str] = &[
+    "error_vs_beta_quadratic",
+    "error_vs_beta_synapse",
+    "best_beta_vs_delta",
+    "error_vs_compute",
+    "meta_training",
+    "sinusoid_examples",
+    "cost_vs_k",
+];
+
+const TABLES: &[&str] = &[
+    "slopes.md",
+    "cheapest.md",
+    "final_loss.md",
+    "cost.md",
+    "README.md",
+];
+
+#[test]
+fn quick_figures_write_every_file_and_the_same_seed_gives_the_same_csvs() {
+    let a = tempfile::tempdir().unwrap();
+    figures_quick(a.path());
+    let figs = a.path().join("figures");
+    for (name, columns, rows) in CSVS {
+        let text = std::fs::read_to_string(figs.join(format!("{name}.csv"))).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len() - 1, *rows, "{name}: data rows");
+        for l in &lines {
+            assert_eq!(l.split(',').count(), *columns, "{name}: {l}");
+        }
+    }
+    for name in PNGS {
+        let file = std::fs::File::open(figs.join(format!("{name}.png"))).unwrap();
+        let mut reader = png::Decoder::new(std::io::BufReader::new(file))
+            .read_info()
+            .unwrap();
+        let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut buf).unwrap();
+        assert!(
+            info.width >= 600 && info.height >= 400,
+            "{name}: {}x{}",
+            info.width,
+            info.height
+        );
+        // Ink: lines, points and text cover a good share of the canvas.
+        let ink = buf[..info.buffer_size()]
+            .chunks(3)
+            .filter(|p| p.iter().any(|&c| c < 200))
+            .count();
+        assert!(ink > 5000, "{name}: only {ink} non-white pixels");
+        let svg = std::fs::read_to_string(figs.join(format!("{name}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("<text"), "{name}.svg");
+    }
+    for t in TABLES {
+        let text = std::fs::read_to_string(a.path().join("paper").join(t)).unwrap();
+        assert!(text.lines().count() > 5, "{t} is nearly empty");
+    }
+
+    let b = tempfile::tempdir().unwrap();
+    figures_quick(b.path());
+    for (name, _, _) in CSVS.iter().filter(|(n, _, _)| !n.ends_with("_seconds")) {
+        let read = |d: &Path| std::fs::read(d.join("figures").join(format!("{name}.csv"))).unwrap();
+        assert!(
+            read(a.path()) == read(b.path()),
+            "{name}.csv differs between two runs with the same seed"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_figure_job_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", "pictures", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("unknown figure job 'pictures'") && err.contains("theory, compute, training, cost"),
+        "{err}"
+    );
+}
