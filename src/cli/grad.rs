@@ -1,6 +1,7 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
 use super::estimator_args::EstimatorArgs;
+use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdInfo;
 use crate::linalg::{cosine, relative_error};
@@ -63,8 +64,11 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     let theta = p.theta().clone();
 
     let clock = Instant::now();
-    let estimate = estimator.estimate(p.as_ref(), &theta)?;
+    let mut estimate = estimator.estimate(p.as_ref(), &theta)?;
     let seconds_estimate = clock.elapsed().as_secs_f64();
+    if let (EstimatorSpec::Contrastive(c), Some(q)) = (&spec, p.as_quadratic()) {
+        estimate.warnings.extend(beta_warning(q, c, &estimate)?);
+    }
     let exact = if args.no_exact {
         None
     } else {
@@ -165,4 +169,24 @@ fn print_text(r: &GradReport) {
         ),
         None => println!("time        estimate {:.3} s", r.seconds_estimate),
     }
+}
+
+/// On the quadratic problem the bound's constants are known: flag a `beta` more than ten times
+/// away from the bound's best for the largest certified phase distance.
+fn beta_warning(q: &crate::problem::Quadratic, c: &Contrastive, e: &Estimate) -> crate::Result<Option<String>> {
+    let delta = e.phases.iter().filter_map(|p| p.certified_distance).fold(0.0f64, f64::max);
+    if delta == 0.0 {
+        return Ok(None);
+    }
+    let theta = crate::problem::BilevelProblem::theta(q);
+    let theory = crate::theory::QuadraticTheory::new(q, &crate::linalg::to_dvector(theta)?)?;
+    let (best, error) = theory.best(c.variant, delta);
+    let ratio = c.beta.abs() / best;
+    Ok((!(0.1..=10.0).contains(&ratio)).then(|| {
+        format!(
+            "beta = {} is {ratio:.1e} times the bound's best beta {best:.2e} for the certified phase distance \
+             {delta:.2e} (best bound there {error:.2e})",
+            c.beta
+        )
+    }))
 }

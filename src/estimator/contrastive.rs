@@ -131,7 +131,7 @@ impl MetaGradientEstimator for Contrastive {
             phase_points.push(nudged.phi);
             to_dvector(&nudged.gradients.theta)
         })?;
-        Ok(Estimate {
+        let mut estimate = Estimate {
             gradient,
             cost: oracle.cost(),
             phases,
@@ -139,6 +139,8 @@ impl MetaGradientEstimator for Contrastive {
             adapted_phi: free.phi,
             linear_residual: None,
             warnings: Vec::new(),
-        })
+        };
+        estimate.warn_unconverged(|i| if i == 0 { self.free.tolerance } else { self.nudged.tolerance });
+        Ok(estimate)
     }
 }

@@ -88,7 +88,7 @@ impl MetaGradientEstimator for Implicit {
             "free phase",
         )?;
         let solution = implicit_meta_gradient(&oracle, &free.phi, theta, self.solver)?;
-        Ok(Estimate {
+        let mut estimate = Estimate {
             gradient: solution.gradient,
             cost: oracle.cost(),
             phases: vec![free.info],
@@ -96,7 +96,9 @@ impl MetaGradientEstimator for Implicit {
             adapted_phi: free.phi,
             linear_residual: Some(solution.residual),
             warnings: solution.warning.into_iter().collect(),
-        })
+        };
+        estimate.warn_unconverged(|_| self.free.tolerance);
+        Ok(estimate)
     }
 }
 

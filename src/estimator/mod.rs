@@ -35,6 +35,27 @@ pub struct Estimate {
     pub warnings: Vec<String>,
 }
 
+impl Estimate {
+    /// Warns about every phase stopped by its step budget above its (non-zero) tolerance: the
+    /// estimate is then taken at an inexact phase, off by up to the certified distance.
+    pub fn warn_unconverged(&mut self, tolerances: impl Fn(usize) -> f64) {
+        for (i, ph) in self.phases.iter().enumerate() {
+            let tol = tolerances(i);
+            if tol > 0.0 && !ph.converged {
+                let bound = ph.certified_distance.map_or("unknown (no known strong convexity)".into(), |d| format!("<= {d:.3e}"));
+                self.warnings.push(format!(
+                    "{} (beta = {}) stopped at its budget of {} steps with |grad| = {:.3e} above its tolerance {tol:e}; \
+                     distance to its solution {bound}",
+                    if i == 0 { "the free phase" } else { "a nudged phase" },
+                    ph.beta,
+                    ph.steps,
+                    ph.grad_norm
+                ));
+            }
+        }
+    }
+}
+
 /// A meta-gradient estimator.
 pub trait MetaGradientEstimator {
     /// A short description with the parameters, e.g. `contrastive standard (beta = 0.001)`.

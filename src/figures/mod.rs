@@ -9,6 +9,8 @@ mod theory;
 mod training;
 mod writeup;
 
+pub use training::figure_training_config;
+
 use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use std::path::{Path, PathBuf};

@@ -90,6 +90,18 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     })
 }
 
+/// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`).
+pub fn figure_training_config(quick: bool, seed: u64, model: &str, estimator: &str) -> Result<TrainConfig> {
+    let settings = Settings { out: PathBuf::new(), paper: PathBuf::new(), quick, seed };
+    let net = if quick { Mlp::parse("1-8-8-1")? } else { Mlp::parse("1-40-40-1")? };
+    let model = models(&net).into_iter().find(|m| m.name() == model).ok_or_else(|| crate::CmlError::UnknownName {
+        kind: "model".into(),
+        name: model.into(),
+        allowed: "synapse, modulation".into(),
+    })?;
+    config(&settings, model, estimator, seed)
+}
+
 fn mean_ci(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;

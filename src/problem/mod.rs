@@ -50,6 +50,10 @@ pub trait BilevelProblem: Send + Sync {
     fn closed_form(&self) -> Option<&dyn ClosedForm> {
         None
     }
+    /// The quadratic problem, whose error-bound constants are all computable (`theory`).
+    fn as_quadratic(&self) -> Option<&Quadratic> {
+        None
+    }
     /// Every array and scalar the instance is built from.
     fn to_instance(&self) -> InstanceFile;
 }

@@ -257,6 +257,10 @@ impl BilevelProblem for Quadratic {
         Some(self)
     }
 
+    fn as_quadratic(&self) -> Option<&Quadratic> {
+        Some(self)
+    }
+
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_matrix("A", &self.a);
