@@ -33,6 +33,7 @@ fn phase(k: usize) -> GdParams {
 }
 
 fn primitives(c: &mut Criterion) {
+    cml::tune_allocator();
     let mut g = c.benchmark_group("primitives");
     for sizes in SIZES {
         let p = synapse(sizes);

@@ -108,6 +108,20 @@ pub fn gradients(f: &LossFn, phi: &Tensor, theta: &Tensor) -> Result<Gradients> 
     })
 }
 
+/// Loss value and `d_phi f` only: `theta` enters as a constant, so the backward pass skips it.
+/// The returned `theta` gradient is zero.
+pub fn phi_gradient(f: &LossFn, phi: &Tensor, theta: &Tensor) -> Result<Gradients> {
+    let leaf = Var::from_tensor(phi)?;
+    let theta = theta.detach();
+    let loss = f(leaf.as_tensor(), &theta)?.sum_all()?;
+    let store = loss.backward()?;
+    Ok(Gradients {
+        loss: loss.to_scalar::<f64>()?,
+        phi: Tape::grad_of(&store, &leaf)?.detach(),
+        theta: theta.zeros_like()?,
+    })
+}
+
 /// Hessian-vector product `d2_{phi phi} f v` and mixed product `d2_{theta phi} f v`
 /// (the gradient in `theta` of `<d_phi f, v>`), from one double-backward pass.
 pub fn hvp_and_mixed(f: &LossFn, phi: &Tensor, theta: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {

@@ -131,7 +131,13 @@ pub fn gradient_descent_observed(
     let mut increases = 0;
     let mut step = 0;
     loop {
-        let g = oracle.phase_gradients(&phi, theta, beta)?;
+        // The meta-parameter gradient is needed only at the end point: on the last step of the
+        // budget it comes with this evaluation, after an early stop it costs one more.
+        let g = if step == params.max_steps {
+            oracle.phase_gradients(&phi, theta, beta)?
+        } else {
+            oracle.phase_phi_gradient(&phi, theta, beta)?
+        };
         let grad_norm = norm(&g.phi)?;
         if !g.loss.is_finite() || !grad_norm.is_finite() {
             return Err(CmlError::Diverged {
@@ -175,11 +181,16 @@ pub fn gradient_descent_observed(
                 certified_distance,
                 converged,
             };
-            return Ok(PhaseSolution {
-                phi,
-                gradients: g,
-                info,
-            });
+            let gradients = if step == params.max_steps {
+                g
+            } else {
+                oracle.phase_gradients(&phi, theta, beta)?
+            };
+            let info = GdInfo {
+                gradient_evaluations: oracle.cost().gradient_evaluations - start,
+                ..info
+            };
+            return Ok(PhaseSolution { phi, gradients, info });
         }
         observer(&phi);
         phi = (&phi - (&g.phi * step_size)?)?;

@@ -16,5 +16,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+    cml::tune_allocator();
     cml::cli::run()
 }

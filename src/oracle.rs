@@ -96,6 +96,13 @@ impl<'p> Oracle<'p> {
         autodiff::gradients(&phase_loss(self.problem, beta), phi, theta)
     }
 
+    /// `L_beta` and `d_phi L_beta` only (`theta` held constant, its gradient left at zero): one
+    /// gradient evaluation, cheaper than [`Oracle::phase_gradients`] when `theta` is large.
+    pub fn phase_phi_gradient(&self, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<Gradients> {
+        self.charge(1, 0);
+        autodiff::phi_gradient(&phase_loss(self.problem, beta), phi, theta)
+    }
+
     /// `L_out` and its partial derivatives: one gradient evaluation.
     pub fn outer_gradients(&self, phi: &Tensor, theta: &Tensor) -> Result<Gradients> {
         self.charge(1, 0);

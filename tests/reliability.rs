@@ -375,12 +375,31 @@ fn the_shipped_training_configs_are_the_figures_runs() {
     let dir = tempfile::tempdir().unwrap();
     for model in ["synapse", "modulation"] {
         for estimator in ["contrastive", "cg", "bptt", "fomaml", "reptile", "t1t2"] {
-            let file = format!("{}/configs/train_{model}_{estimator}.toml", env!("CARGO_MANIFEST_DIR"));
+            let file = format!(
+                "{}/configs/train_{model}_{estimator}.toml",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let out = dir.path().join(format!("{model}_{estimator}"));
-            let o = cml(&["train", "--config", &file, "--meta-steps", "1", "--eval-tasks", "1", "--meta-batch", "1", "--out", out.to_str().unwrap()]);
+            let o = cml(&[
+                "train",
+                "--config",
+                &file,
+                "--meta-steps",
+                "1",
+                "--eval-tasks",
+                "1",
+                "--meta-batch",
+                "1",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
             assert!(o.status.success(), "{file}: {}", stderr(&o));
-            let mut shipped: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
-            let mut figure = serde_json::to_value(cml::figures::figure_training_config(false, 0, model, estimator).unwrap()).unwrap();
+            let mut shipped: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+            let mut figure = serde_json::to_value(
+                cml::figures::figure_training_config(false, 0, model, estimator).unwrap(),
+            )
+            .unwrap();
             for v in [&mut shipped, &mut figure] {
                 for key in ["meta_steps", "eval_tasks", "meta_batch"] {
                     v.as_object_mut().unwrap().remove(key);
@@ -398,25 +417,65 @@ fn the_shipped_sweep_config_reproduces_the_figure_data() {
     let root = env!("CARGO_MANIFEST_DIR");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("steps.csv");
-    let o = cml(&["sweep", "--config", &format!("{root}/configs/sweep_quadratic_steps.toml"), "--out", out.to_str().unwrap()]);
+    let o = cml(&[
+        "sweep",
+        "--config",
+        &format!("{root}/configs/sweep_quadratic_steps.toml"),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let ours = std::fs::read_to_string(&out).unwrap();
     let figure = std::fs::read_to_string(format!("{root}/figures/error_vs_beta_quadratic.csv")).unwrap();
     let n = ours.lines().count();
     assert!(n > 100);
-    assert_eq!(ours.lines().collect::<Vec<_>>(), figure.lines().take(n).collect::<Vec<_>>());
+    assert_eq!(
+        ours.lines().collect::<Vec<_>>(),
+        figure.lines().take(n).collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn unconverged_phases_and_a_far_beta_are_flagged() {
-    let o = cml(&["grad", "--problem", "quadratic", "--free-steps", "20", "--tolerance", "1e-6", "--json"]);
+    let o = cml(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--free-steps",
+        "20",
+        "--tolerance",
+        "1e-6",
+        "--json",
+    ]);
     assert!(o.status.success());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let warnings = v["warnings"].as_array().unwrap();
-    assert!(warnings.iter().any(|w| w.as_str().unwrap().contains("the free phase (beta = 0) stopped at its budget of 20 steps")), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("the free phase (beta = 0) stopped at its budget of 20 steps")),
+        "{warnings:?}"
+    );
     assert!(stderr(&o).contains("warning: the free phase"));
-    let far = cml(&["grad", "--problem", "quadratic", "--beta", "1e-6", "--tolerance", "0", "--free-steps", "50", "--nudged-steps", "50"]);
-    assert!(stderr(&far).contains("times the bound's best beta"), "{}", stderr(&far));
+    let far = cml(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--beta",
+        "1e-6",
+        "--tolerance",
+        "0",
+        "--free-steps",
+        "50",
+        "--nudged-steps",
+        "50",
+    ]);
+    assert!(
+        stderr(&far).contains("times the bound's best beta"),
+        "{}",
+        stderr(&far)
+    );
     // Converged phases (delta ~ 1e-12): the bound's best beta is about 1e-6.
     let fine = cml(&["grad", "--problem", "quadratic", "--beta", "1e-6"]);
     assert!(!stderr(&fine).contains("warning"), "{}", stderr(&fine));

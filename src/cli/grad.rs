@@ -173,8 +173,16 @@ fn print_text(r: &GradReport) {
 
 /// On the quadratic problem the bound's constants are known: flag a `beta` more than ten times
 /// away from the bound's best for the largest certified phase distance.
-fn beta_warning(q: &crate::problem::Quadratic, c: &Contrastive, e: &Estimate) -> crate::Result<Option<String>> {
-    let delta = e.phases.iter().filter_map(|p| p.certified_distance).fold(0.0f64, f64::max);
+fn beta_warning(
+    q: &crate::problem::Quadratic,
+    c: &Contrastive,
+    e: &Estimate,
+) -> crate::Result<Option<String>> {
+    let delta = e
+        .phases
+        .iter()
+        .filter_map(|p| p.certified_distance)
+        .fold(0.0f64, f64::max);
     if delta == 0.0 {
         return Ok(None);
     }

@@ -140,7 +140,13 @@ impl MetaGradientEstimator for Contrastive {
             linear_residual: None,
             warnings: Vec::new(),
         };
-        estimate.warn_unconverged(|i| if i == 0 { self.free.tolerance } else { self.nudged.tolerance });
+        estimate.warn_unconverged(|i| {
+            if i == 0 {
+                self.free.tolerance
+            } else {
+                self.nudged.tolerance
+            }
+        });
         Ok(estimate)
     }
 }

@@ -42,7 +42,11 @@ impl Estimate {
         for (i, ph) in self.phases.iter().enumerate() {
             let tol = tolerances(i);
             if tol > 0.0 && !ph.converged {
-                let bound = ph.certified_distance.map_or("unknown (no known strong convexity)".into(), |d| format!("<= {d:.3e}"));
+                let bound = ph
+                    .certified_distance
+                    .map_or("unknown (no known strong convexity)".into(), |d| {
+                        format!("<= {d:.3e}")
+                    });
                 self.warnings.push(format!(
                     "{} (beta = {}) stopped at its budget of {} steps with |grad| = {:.3e} above its tolerance {tol:e}; \
                      distance to its solution {bound}",

@@ -50,6 +50,8 @@ pub struct Results {
     pub training: Option<training::TrainingResults>,
     pub cost: Option<compute::CostResults>,
     pub files: Vec<PathBuf>,
+    /// Wall time of the jobs, quoted in the write-up.
+    pub elapsed_seconds: Option<f64>,
 }
 
 pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<Results> {
@@ -64,6 +66,7 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
         }
     }
     plot::register_font()?;
+    let clock = std::time::Instant::now();
     let wanted = |name: &str| only.is_none_or(|o| o == name);
     let mut results = Results::default();
     if wanted("theory") {
@@ -82,6 +85,7 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
         log("cost: time and memory as the inner loop grows");
         results.cost = Some(compute::run_cost(settings, &mut results.files)?);
     }
+    results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
     if only.is_none() {
         let path = settings.paper.join("README.md");
         write_atomically(&path, writeup::render(settings, &results).as_bytes())?;

@@ -163,18 +163,20 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             fig("sinusoid_examples")
         ));
         for f in &t.finals {
-            let verdict = if f.mean + f.ci95 < f.initial_mean {
-                "below the untrained initialisation"
+            let verdict = if f.improvement - f.improvement_ci95 > 0.0 {
+                "lower than the untrained initialisation on the same tasks"
             } else {
-                "not clearly below the untrained initialisation"
+                "not clearly lower than the untrained initialisation"
             };
             s.push_str(&format!(
-                "- {}, {}: {} ± {} (untrained {}), {verdict}.\n",
+                "- {}, {}: {} ± {} (untrained {}); paired improvement {} ± {}: {verdict}.\n",
                 f.model,
                 f.estimator,
                 num(f.mean),
                 num(f.ci95),
-                num(f.initial_mean)
+                num(f.initial_mean),
+                num(f.improvement),
+                num(f.improvement_ci95)
             ));
         }
         s.push('\n');
@@ -198,13 +200,16 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             ));
         }
     }
+    if let Some(secs) = r.elapsed_seconds {
+        s.push_str(&format!("This run took {secs:.0} s on a 2-core machine.\n\n"));
+    }
     s.push_str(
         "## 5. Not reproduced here\n\n\
          - Image data sets (Omniglot, miniImageNet, CIFAR-10, MNIST): the project's machines reach only package\n\
            registries, so the few-shot experiments use sinusoid regression.\n\
          - The recurrent spiking network with e-prop as inner rule (§5.4) and the wheel bandit (§5.5).\n\
          - The meta-optimisation of per-parameter weight decay on a real data set (§5.2) is not in this run.\n\n\
-         ## Regenerate\n\n    cargo run --release -- figures            # everything (under 20 minutes on 2 cores)\n    \
+         ## Regenerate\n\n    cargo run --release -- figures            # everything\n    \
          cargo run --release -- figures --quick    # the same code paths, smaller\n",
     );
     s
