@@ -320,7 +320,35 @@ fn run_point(
         .map(|ph| ph.certified_distance)
         .try_fold(0.0f64, |acc, d| d.map(|d| acc.max(d)));
     let phase = config.phase(point.budget);
-    Ok(SweepRow {
+    let inner = Inner {
+        free_steps: estimate.phases[0].steps,
+        nudged_steps: estimate.phases.get(1).map(|ph| ph.steps),
+        tolerance: phase.tolerance,
+        measured_delta,
+        certified_delta,
+    };
+    Ok(row(point, p, inner, &estimate.gradient, exact, estimate.cost))
+}
+
+/// How inexact the phases of one run were.
+struct Inner {
+    free_steps: usize,
+    nudged_steps: Option<usize>,
+    tolerance: f64,
+    measured_delta: f64,
+    certified_delta: Option<f64>,
+}
+
+/// One CSV row from a run's estimate.
+fn row(
+    point: &GridPoint,
+    p: &dyn BilevelProblem,
+    inner: Inner,
+    gradient: &Vector,
+    exact: &Vector,
+    cost: crate::oracle::Cost,
+) -> SweepRow {
+    SweepRow {
         problem: p.name().into(),
         seed: point.seed,
         estimator: point.estimator.clone(),
@@ -328,19 +356,19 @@ fn run_point(
             .variant
             .map_or_else(|| point.estimator.clone(), |v| v.name().to_string()),
         beta: point.beta,
-        free_steps: estimate.phases[0].steps,
-        nudged_steps: estimate.phases.get(1).map(|ph| ph.steps),
-        tolerance: phase.tolerance,
+        free_steps: inner.free_steps,
+        nudged_steps: inner.nudged_steps,
+        tolerance: inner.tolerance,
         solver_steps: point.solver_steps,
-        measured_delta,
-        certified_delta,
-        abs_error: (&estimate.gradient - exact).norm(),
-        rel_error: relative_error(&estimate.gradient, exact),
-        cosine: cosine(&estimate.gradient, exact),
-        gradient_evaluations: estimate.cost.gradient_evaluations,
-        second_order_products: estimate.cost.second_order_products,
-        floats_kept: estimate.cost.floats_kept,
-    })
+        measured_delta: inner.measured_delta,
+        certified_delta: inner.certified_delta,
+        abs_error: (gradient - exact).norm(),
+        rel_error: relative_error(gradient, exact),
+        cosine: cosine(gradient, exact),
+        gradient_evaluations: cost.gradient_evaluations,
+        second_order_products: cost.second_order_products,
+        floats_kept: cost.floats_kept,
+    }
 }
 
 /// A grid point with phases at exactly `delta` from their solutions (see [`Budget::Delta`]).
@@ -385,26 +413,12 @@ fn run_perturbed(
             ));
         }
     };
-    let cost = oracle.cost();
-    Ok(SweepRow {
-        problem: p.name().into(),
-        seed: point.seed,
-        estimator: point.estimator.clone(),
-        variant: point
-            .variant
-            .map_or_else(|| point.estimator.clone(), |v| v.name().to_string()),
-        beta: point.beta,
+    let inner = Inner {
         free_steps: 0,
         nudged_steps: None,
         tolerance: 0.0,
-        solver_steps: point.solver_steps,
         measured_delta: delta,
         certified_delta: None,
-        abs_error: (&gradient - exact).norm(),
-        rel_error: relative_error(&gradient, exact),
-        cosine: cosine(&gradient, exact),
-        gradient_evaluations: cost.gradient_evaluations,
-        second_order_products: cost.second_order_products,
-        floats_kept: cost.floats_kept,
-    })
+    };
+    Ok(row(point, p, inner, &gradient, exact, oracle.cost()))
 }

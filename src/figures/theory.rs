@@ -143,125 +143,86 @@ fn csv(rows: &[SweepRow]) -> Vec<String> {
     rows.iter().map(SweepRow::csv).collect()
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResults> {
-    let steps: &[usize] = if settings.quick {
-        &[50, 110, 170]
-    } else {
-        &[50, 80, 110, 140, 170]
-    };
+/// The two sweeps behind one error-vs-beta figure, gradient-descent phases of the given step
+/// budgets and phases placed at delta: writes `NAME.csv` and the figure, returns the fits and
+/// the placed rows.
+#[allow(clippy::too_many_arguments)]
+fn error_vs_beta(
+    settings: &Settings,
+    files: &mut Vec<PathBuf>,
+    problem: &str,
+    label: &str,
+    name: &str,
+    steps: &[usize],
+    step_size: Option<f64>,
+    placed_estimators: &[&str],
+) -> Result<(Vec<FitRow>, Vec<SweepRow>)> {
+    let budgets = steps.iter().map(|&s| Budget::Steps(s)).collect();
     let gd = sweep::run(
-        &config(
-            "quadratic",
-            settings,
-            &["contrastive"],
-            steps.iter().map(|&s| Budget::Steps(s)).collect(),
-            None,
-        ),
+        &config(problem, settings, &["contrastive"], budgets, step_size),
         (0, 1),
         &|| {},
     )?;
     let placed = sweep::run(
-        &config(
-            "quadratic",
-            settings,
-            &["contrastive", "implicit", "t1t2"],
-            deltas(settings),
-            None,
-        ),
+        &config(problem, settings, placed_estimators, deltas(settings), None),
         (0, 1),
         &|| {},
     )?;
     let mut all = gd.clone();
     all.extend(placed.iter().cloned());
     write_csv(
-        &settings.out.join("error_vs_beta_quadratic.csv"),
+        &settings.out.join(format!("{name}.csv")),
         CSV_HEADER,
         &csv(&all),
         files,
     )?;
     let mut panels = Vec::new();
-    for v in VARIANTS {
-        panels.push(error_panel(
-            &gd,
-            v,
-            &format!("quadratic, {}: gradient-descent phases", v.name()),
-        ));
+    for (rows, phases) in [(&gd, "gradient descent"), (&placed, "placed at delta")] {
+        for v in VARIANTS {
+            panels.push(error_panel(rows, v, &format!("{label}, {}: {phases}", v.name())));
+        }
     }
-    for v in VARIANTS {
-        panels.push(error_panel(
-            &placed,
-            v,
-            &format!("quadratic, {}: phases placed at delta", v.name()),
-        ));
-    }
-    save(
-        settings,
-        "error_vs_beta_quadratic",
-        &Figure { panels, columns: 2 },
-        files,
-    )?;
-    let mut fits = fit_rows("quadratic", "gradient descent", &gd);
-    fits.extend(fit_rows("quadratic", "placed at delta", &placed));
+    save(settings, name, &Figure { panels, columns: 2 }, files)?;
+    let mut fits = fit_rows(label, "gradient descent", &gd);
+    fits.extend(fit_rows(label, "placed at delta", &placed));
+    Ok((fits, placed))
+}
 
-    // The complex synapse.
-    let (instance, mu, smooth, step) = synapse_instance(settings, files)?;
-    let kappa = smooth / mu;
-    let syn_steps: Vec<usize> = (if settings.quick {
-        vec![10, 22, 34]
+pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResults> {
+    let steps: &[usize] = if settings.quick {
+        &[50, 110, 170]
     } else {
-        vec![10, 16, 22, 28, 34]
-    })
-    .into_iter()
-    .map(|k| (k as f64 * kappa) as usize)
-    .collect();
-    let problem = instance.to_string_lossy().into_owned();
-    let syn_gd = sweep::run(
-        &config(
-            &problem,
-            settings,
-            &["contrastive"],
-            syn_steps.iter().map(|&s| Budget::Steps(s)).collect(),
-            Some(step),
-        ),
-        (0, 1),
-        &|| {},
-    )?;
-    let syn_placed = sweep::run(
-        &config(&problem, settings, &["contrastive"], deltas(settings), None),
-        (0, 1),
-        &|| {},
-    )?;
-    let mut all = syn_gd.clone();
-    all.extend(syn_placed.iter().cloned());
-    write_csv(
-        &settings.out.join("error_vs_beta_synapse.csv"),
-        CSV_HEADER,
-        &csv(&all),
-        files,
-    )?;
-    let mut panels = Vec::new();
-    for v in VARIANTS {
-        panels.push(error_panel(
-            &syn_gd,
-            v,
-            &format!("complex synapse, {}: gradient descent", v.name()),
-        ));
-    }
-    for v in VARIANTS {
-        panels.push(error_panel(
-            &syn_placed,
-            v,
-            &format!("complex synapse, {}: placed at delta", v.name()),
-        ));
-    }
-    save(
+        &[50, 80, 110, 140, 170]
+    };
+    let (mut fits, placed) = error_vs_beta(
         settings,
-        "error_vs_beta_synapse",
-        &Figure { panels, columns: 2 },
         files,
+        "quadratic",
+        "quadratic",
+        "error_vs_beta_quadratic",
+        steps,
+        None,
+        &["contrastive", "implicit", "t1t2"],
     )?;
-    fits.extend(fit_rows("complex synapse", "gradient descent", &syn_gd));
-    fits.extend(fit_rows("complex synapse", "placed at delta", &syn_placed));
+    // The complex synapse: budgets in units of its condition number.
+    let (instance, mu, smooth, step) = synapse_instance(settings, files)?;
+    let multiples: &[f64] = if settings.quick {
+        &[10.0, 22.0, 34.0]
+    } else {
+        &[10.0, 16.0, 22.0, 28.0, 34.0]
+    };
+    let syn_steps: Vec<usize> = multiples.iter().map(|k| (k * smooth / mu) as usize).collect();
+    let (syn_fits, _) = error_vs_beta(
+        settings,
+        files,
+        &instance.to_string_lossy(),
+        "complex synapse",
+        "error_vs_beta_synapse",
+        &syn_steps,
+        Some(step),
+        &["contrastive"],
+    )?;
+    fits.extend(syn_fits);
 
     best_beta_figure(settings, &placed, files)?;
     write_table(settings, "slopes.md", &slopes_table(&fits), files)?;

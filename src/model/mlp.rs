@@ -84,6 +84,23 @@ impl Mlp {
         self.layers().iter().map(Layer::len).sum()
     }
 
+    /// The layer sizes as an instance-file vector.
+    pub fn sizes_vector(&self) -> Vector {
+        Vector::from_iterator(self.sizes.len(), self.sizes.iter().map(|&s| s as f64))
+    }
+
+    /// Reads back what [`Mlp::sizes_vector`] wrote.
+    pub fn from_sizes_vector(v: &Vector) -> Result<Self> {
+        if v.iter().any(|&s| s < 1.0 || s.fract() != 0.0 || s > 1e6) {
+            return Err(CmlError::invalid(
+                "network sizes",
+                format!("{:?}", v.as_slice()),
+                "whole numbers from 1 to 1e6",
+            ));
+        }
+        Self::new(v.iter().map(|&s| s as usize).collect())
+    }
+
     /// tanh on every hidden layer, linear output; `x` is `(N, in)`, the result `(N, out)`.
     pub fn forward(&self, params: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
         let layers = self.layers();

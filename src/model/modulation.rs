@@ -167,8 +167,7 @@ impl Modulation {
     }
 
     pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
-        let sizes = r.vector("sizes", None)?;
-        let net = Mlp::new(sizes.iter().map(|&s| s as usize).collect())?;
+        let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
         let strength = r.scalar("strength")?;
         let task = read_task(&mut r)?;
         let theta = r.vector("theta", None)?;
@@ -212,11 +211,7 @@ impl BilevelProblem for Modulation {
 
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
-        let sizes = Vector::from_iterator(
-            self.spec.net.sizes.len(),
-            self.spec.net.sizes.iter().map(|&s| s as f64),
-        );
-        f.push_vector("sizes", &sizes);
+        f.push_vector("sizes", &self.spec.net.sizes_vector());
         f.push_scalar("strength", self.spec.strength);
         push_task(&mut f, &self.task);
         f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));

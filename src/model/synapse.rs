@@ -121,8 +121,7 @@ impl Synapse {
     }
 
     pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
-        let sizes = r.vector("sizes", None)?;
-        let net = Mlp::new(sizes.iter().map(|&s| s as usize).collect())?;
+        let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
         let per_synapse = r.scalar("per_synapse")? != 0.0;
         let task = read_task(&mut r)?;
         let spec = SynapseSpec {
@@ -172,11 +171,7 @@ impl BilevelProblem for Synapse {
 
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
-        let sizes = Vector::from_iterator(
-            self.spec.net.sizes.len(),
-            self.spec.net.sizes.iter().map(|&s| s as f64),
-        );
-        f.push_vector("sizes", &sizes);
+        f.push_vector("sizes", &self.spec.net.sizes_vector());
         f.push_scalar("per_synapse", f64::from(u8::from(self.spec.per_synapse)));
         push_task(&mut f, &self.task);
         f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
