@@ -24,7 +24,8 @@ fn figures_quick(dir: &Path) {
 ///   bptt + 2 tbptt) = 3 x 21;
 /// - meta_training: 2 models x 6 estimators x 2 seeds x 3 evaluations (steps 0, 2, 4);
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
-/// - cost_vs_k(_seconds): 3 K x 3 estimators.
+/// - cost_vs_k(_seconds): 3 K x 3 estimators;
+/// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines.
 const CSVS: &[(&str, usize, usize)] = &[
     ("error_vs_beta_quadratic", 17, 186),
     ("error_vs_beta_synapse", 17, 180),
@@ -34,6 +35,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
     ("cost_vs_k_seconds", 3, 9),
+    ("weight_decay", 4, 18),
 ];
 
 const PNGS: &[&str] = &[
@@ -44,12 +46,14 @@ const PNGS: &[&str] = &[
     "meta_training",
     "sinusoid_examples",
     "cost_vs_k",
+    "weight_decay",
 ];
 
 const TABLES: &[&str] = &[
     "slopes.md",
     "cheapest.md",
     "final_loss.md",
+    "weight_decay.md",
     "cost.md",
     "README.md",
 ];
@@ -116,7 +120,8 @@ fn an_unknown_figure_job_is_a_clear_error() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("unknown figure job 'pictures'") && err.contains("theory, compute, training, cost"),
+        err.contains("unknown figure job 'pictures'")
+            && err.contains("theory, compute, training, cost, weight-decay"),
         "{err}"
     );
 }

@@ -15,7 +15,7 @@ pub struct FiguresArgs {
     /// Smaller grids, fewer seeds (same code paths).
     #[arg(long)]
     quick: bool,
-    /// Run one job only: theory, compute, training, cost (the write-up needs all).
+    /// Run one job only: theory, compute, training, cost, weight-decay (the write-up needs all).
     #[arg(long)]
     only: Option<String>,
     #[arg(long, default_value_t = 0)]

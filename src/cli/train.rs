@@ -198,7 +198,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             .expect("template"),
     );
     bar.set_position(resume.as_ref().map_or(0, |s| s.step as u64));
+    // Checkpoints written and the time they took (reported in the summary).
+    let mut checkpoints = (0usize, 0.0f64);
     let mut write_checkpoint = |state: &TrainState| -> Result<()> {
+        let clock = std::time::Instant::now();
         let c = Checkpoint {
             format: CHECKPOINT_FORMAT.into(),
             config: config_value.clone(),
@@ -207,7 +210,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
         write_atomically(
             &checkpoint_path,
             serde_json::to_string(&c).expect("checkpoint").as_bytes(),
-        )
+        )?;
+        checkpoints = (checkpoints.0 + 1, checkpoints.1 + clock.elapsed().as_secs_f64());
+        Ok(())
     };
     let mut control = Control {
         resume,
@@ -247,6 +252,14 @@ pub fn run(args: TrainArgs) -> Result<()> {
         serde_json::to_string(&theta).expect("theta").as_bytes(),
     )?;
     summary(&config, &result.steps, result.theta.len(), out);
+    if checkpoints.0 > 0 {
+        println!(
+            "checkpoints {} written to {}, {:.1} ms each on average",
+            checkpoints.0,
+            checkpoint_path.display(),
+            1e3 * checkpoints.1 / checkpoints.0 as f64
+        );
+    }
     Ok(())
 }
 

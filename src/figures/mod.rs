@@ -7,6 +7,7 @@ mod compute;
 pub mod plot;
 mod theory;
 mod training;
+mod weight_decay;
 mod writeup;
 
 pub use training::figure_training_config;
@@ -40,6 +41,10 @@ pub const JOBS: &[(&str, &str)] = &[
         "meta-training curves and example tasks for both models, final-loss table",
     ),
     ("cost", "time and floats kept per meta-gradient vs K, cost table"),
+    (
+        "weight-decay",
+        "per-parameter weight decay learned on the diabetes data set, test-loss table",
+    ),
 ];
 
 /// Everything the write-up quotes, filled in by the jobs that ran.
@@ -49,6 +54,7 @@ pub struct Results {
     pub compute: Option<compute::ComputeResults>,
     pub training: Option<training::TrainingResults>,
     pub cost: Option<compute::CostResults>,
+    pub weight_decay: Option<weight_decay::WeightDecayResults>,
     pub files: Vec<PathBuf>,
     /// Wall time of the jobs, quoted in the write-up.
     pub elapsed_seconds: Option<f64>,
@@ -84,6 +90,10 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
     if wanted("cost") {
         log("cost: time and memory as the inner loop grows");
         results.cost = Some(compute::run_cost(settings, &mut results.files)?);
+    }
+    if wanted("weight-decay") {
+        log("weight-decay: per-parameter weight decay on a real data set");
+        results.weight_decay = Some(weight_decay::run(settings, &mut results.files)?);
     }
     results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
     if only.is_none() {

@@ -165,11 +165,13 @@ fn transform(v: f64, log: bool) -> f64 {
 
 fn axis_label(v: f64, log: bool) -> String {
     if !log {
-        return if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-2) {
-            format!("{v:.0e}")
-        } else {
-            format!("{v}")
-        };
+        if v.abs() >= 1e4 || (v != 0.0 && v.abs() < 1e-2) {
+            return format!("{v:.0e}");
+        }
+        // Four decimals at most, trailing zeros dropped: 0.29000000000000004 reads 0.29.
+        let s = format!("{v:.4}");
+        let s = s.trim_end_matches('0').trim_end_matches('.');
+        return if s == "-0" { "0".into() } else { s.to_string() };
     }
     if (v - v.round()).abs() < 1e-9 {
         format!("1e{}", v.round() as i64)

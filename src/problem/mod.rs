@@ -5,6 +5,7 @@
 
 pub mod instance;
 pub mod quadratic;
+pub mod regularised_mlp;
 pub mod weight_decay;
 
 use crate::error::{CmlError, Result};
@@ -13,6 +14,7 @@ use crate::model::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use candle_core::Tensor;
 pub use instance::InstanceFile;
 pub use quadratic::{Quadratic, QuadraticSpec};
+pub use regularised_mlp::RegularisedMlp;
 pub use weight_decay::{DataLoss, WeightDecay, WeightDecaySpec};
 
 /// Sizes of the fast and meta-parameters.

@@ -1,0 +1,174 @@
+//! Per-parameter weight decay on a small network (the paper's meta-optimisation, §5.2, in
+//! miniature; MATH.md §5):
+//!
+//! `L_in  = 1/2 MSE(train; phi) + 1/2 sum_i exp(theta_i) phi_i^2`,
+//! `L_out = 1/2 MSE(validation; phi)`,
+//!
+//! a tanh MLP on a regression data set, one weight-decay strength per parameter. A held-out test
+//! split measures what meta-learning the strengths bought.
+
+use super::instance::InstanceFile;
+use super::{BilevelProblem, Dims};
+use crate::error::{CmlError, Result};
+use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
+use crate::model::mlp::Mlp;
+use crate::rng::{Rng, seeded};
+use candle_core::{Device, Tensor};
+use nalgebra::DMatrix;
+use rand::seq::SliceRandom;
+
+/// One split of a regression data set.
+#[derive(Debug, Clone)]
+pub struct Split {
+    pub x: DMatrix<f64>,
+    pub y: Vector,
+    tx: Tensor,
+    ty: Tensor,
+}
+
+impl Split {
+    fn new(x: DMatrix<f64>, y: Vector) -> Result<Self> {
+        if x.nrows() == 0 || x.nrows() != y.len() {
+            return Err(CmlError::invalid(
+                "data split",
+                format!("{} rows, {} targets", x.nrows(), y.len()),
+                "as many targets as rows, at least one",
+            ));
+        }
+        let tx = matrix_to_tensor(&x)?;
+        let ty = Tensor::from_slice(y.as_slice(), (y.len(), 1), &Device::Cpu)?;
+        Ok(Split { x, y, tx, ty })
+    }
+
+    /// `1/2 MSE` of the network with parameters `phi`.
+    pub fn half_mse(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Tensor> {
+        (net.forward(phi, &self.tx)? - &self.ty)?.sqr()?.mean_all()? * 0.5
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RegularisedMlp {
+    pub net: Mlp,
+    pub train: Split,
+    pub validation: Split,
+    pub test: Split,
+    phi_init: Tensor,
+    theta: Tensor,
+}
+
+impl RegularisedMlp {
+    /// Standardises features and targets (statistics of the whole set), shuffles the rows with
+    /// `seed`, splits them into train / validation / test of the given sizes (the rest is
+    /// dropped), draws the initial weights, and starts every strength at `decay`.
+    pub fn from_data(
+        x: &DMatrix<f64>,
+        y: &Vector,
+        sizes: (usize, usize, usize),
+        hidden: usize,
+        decay: f64,
+        seed: u64,
+    ) -> Result<Self> {
+        let (n_train, n_val, n_test) = sizes;
+        if n_train + n_val + n_test > x.nrows() || n_train == 0 || n_val == 0 || n_test == 0 {
+            return Err(CmlError::invalid(
+                "split sizes",
+                format!("{sizes:?}"),
+                format!("positive sizes summing to at most the {} rows", x.nrows()),
+            ));
+        }
+        let standardise = |v: Vec<f64>| {
+            let n = v.len() as f64;
+            let mean = v.iter().sum::<f64>() / n;
+            let sd = (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / n)
+                .sqrt()
+                .max(1e-12);
+            v.into_iter().map(move |a| (a - mean) / sd)
+        };
+        let mut xs = x.clone();
+        for j in 0..x.ncols() {
+            let col: Vec<f64> = standardise(x.column(j).iter().copied().collect()).collect();
+            xs.set_column(j, &Vector::from_vec(col));
+        }
+        let ys = Vector::from_iterator(y.len(), standardise(y.iter().copied().collect()));
+        let mut rng: Rng = seeded(seed);
+        let mut order: Vec<usize> = (0..x.nrows()).collect();
+        order.shuffle(&mut rng);
+        let take = |from: usize, n: usize| -> Result<Split> {
+            let rows = &order[from..from + n];
+            Split::new(
+                DMatrix::from_fn(n, x.ncols(), |i, j| xs[(rows[i], j)]),
+                Vector::from_fn(n, |i, _| ys[rows[i]]),
+            )
+        };
+        let net = Mlp::new(vec![x.ncols(), hidden, 1])?;
+        let phi_init = net.init(&mut rng);
+        let theta = Vector::from_element(phi_init.len(), decay.ln());
+        Ok(RegularisedMlp {
+            train: take(0, n_train)?,
+            validation: take(n_train, n_val)?,
+            test: take(n_train + n_val, n_test)?,
+            phi_init: to_tensor(&phi_init)?,
+            theta: to_tensor(&theta)?,
+            net,
+        })
+    }
+
+    /// The diabetes data set (441 patients as shipped, 10 features, disease progression after a year),
+    /// from the `linfa-datasets` crate: 147 / 147 / 147 rows, a 10-16-1 network.
+    pub fn diabetes(decay: f64, seed: u64) -> Result<Self> {
+        let d = linfa_datasets::diabetes();
+        let (n, p) = (d.records.nrows(), d.records.ncols());
+        let x = DMatrix::from_row_iterator(n, p, d.records.iter().copied());
+        let y = Vector::from_iterator(n, d.targets.iter().copied());
+        Self::from_data(&x, &y, (147, 147, 147), 16, decay, seed)
+    }
+
+    /// `1/2 MSE` on the test split at `phi`.
+    pub fn test_loss(&self, phi: &Tensor) -> Result<f64> {
+        Ok(self.test.half_mse(&self.net, phi)?.to_scalar::<f64>()?)
+    }
+}
+
+impl BilevelProblem for RegularisedMlp {
+    fn name(&self) -> &'static str {
+        "regularised-mlp"
+    }
+
+    fn dims(&self) -> Dims {
+        let p = self.net.param_count();
+        Dims { phi: p, theta: p }
+    }
+
+    fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
+        let decay = (theta.exp()? * phi.sqr()?)?.sum_all()? * 0.5;
+        self.train.half_mse(&self.net, phi)? + decay?
+    }
+
+    fn outer_loss(&self, phi: &Tensor, _theta: &Tensor) -> candle_core::Result<Tensor> {
+        self.validation.half_mse(&self.net, phi)
+    }
+
+    fn initial_phi(&self, _theta: &Tensor) -> Result<Tensor> {
+        Ok(self.phi_init.clone())
+    }
+
+    fn theta(&self) -> &Tensor {
+        &self.theta
+    }
+
+    fn to_instance(&self) -> InstanceFile {
+        let mut f = InstanceFile::new(self.name(), None);
+        f.push_vector("sizes", &self.net.sizes_vector());
+        for (name, s) in [
+            ("train", &self.train),
+            ("validation", &self.validation),
+            ("test", &self.test),
+        ] {
+            f.push_matrix(&format!("x_{name}"), &s.x);
+            f.push_vector(&format!("y_{name}"), &s.y);
+        }
+        f.push_vector("phi_init", &to_dvector(&self.phi_init).expect("a vector"));
+        f.push_vector("theta", &to_dvector(&self.theta).expect("a vector"));
+        f
+    }
+}
