@@ -199,6 +199,12 @@ pub fn render(settings: &Settings, r: &Results) -> String {
                 cm.0, cm.1, bp.0, bp.1
             ));
         }
+        s.push_str(
+            "Floats kept count the state each method declares; the bytes the process really allocates, the\n\
+             time targets and the ratio of an inner step to JAX's are measured by `cargo bench --bench memory`\n\
+             (not part of this run: timings on a shared machine are not reproducible); the README's Performance\n\
+             section gives its last results.\n\n",
+        );
     }
     if let Some(w) = &r.weight_decay {
         s.push_str(&format!(
