@@ -37,14 +37,14 @@ impl GdParams {
                 "a step budget must be a whole number >= 1",
             ));
         }
-        if let Some(lr) = self.step_size {
-            if !(lr.is_finite() && lr > 0.0) {
-                return Err(CmlError::invalid(
-                    format!("{phase} step size"),
-                    lr,
-                    "a step size must be finite and > 0",
-                ));
-            }
+        if let Some(lr) = self.step_size
+            && !(lr.is_finite() && lr > 0.0)
+        {
+            return Err(CmlError::invalid(
+                format!("{phase} step size"),
+                lr,
+                "a step size must be finite and > 0",
+            ));
         }
         if !(self.tolerance.is_finite() && self.tolerance >= 0.0) {
             return Err(CmlError::invalid(

@@ -62,14 +62,14 @@ pub struct Results {
 
 pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<Results> {
     crate::autodiff::ensure_second_order()?;
-    if let Some(name) = only {
-        if !JOBS.iter().any(|(n, _)| *n == name) {
-            return Err(CmlError::UnknownName {
-                kind: "figure job".into(),
-                name: name.into(),
-                allowed: JOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-            });
-        }
+    if let Some(name) = only
+        && !JOBS.iter().any(|(n, _)| *n == name)
+    {
+        return Err(CmlError::UnknownName {
+            kind: "figure job".into(),
+            name: name.into(),
+            allowed: JOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
+        });
     }
     plot::register_font()?;
     let clock = std::time::Instant::now();

@@ -22,6 +22,8 @@ pub struct Layer {
 }
 
 impl Layer {
+    /// Number of parameters of the layer (weights and biases).
+    #[allow(clippy::len_without_is_empty)] // a layer always has parameters
     pub fn len(&self) -> usize {
         self.fan_in * self.fan_out + self.fan_out
     }

@@ -104,7 +104,7 @@ impl Synapse {
         &self.task
     }
 
-    fn omega<'t>(&self, theta: &'t Tensor) -> candle_core::Result<Tensor> {
+    fn omega(&self, theta: &Tensor) -> candle_core::Result<Tensor> {
         theta.narrow(0, 0, self.spec.net.param_count())
     }
 
