@@ -93,7 +93,6 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         true,
     );
     let mut labels: Vec<String> = rows.iter().map(label).collect();
-    labels.dedup();
     labels.sort();
     labels.dedup();
     for (i, l) in labels.iter().enumerate() {
