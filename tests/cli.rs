@@ -1,32 +1,19 @@
 //! The `cml` binary: real output, and bad input as clear errors with a non-zero exit code.
 
+mod common;
+
+use common::{assert_error, cml, stderr};
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn cml(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cml"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Fails with exit code 1, a message containing every needle, no panic and no stdout.
 fn assert_clean_error(o: &Output, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(1), "exit code; stderr: {err}");
-    assert!(!err.contains("panicked"), "{err}");
+    assert_error(o, 1, needles);
     assert!(
         o.stdout.is_empty(),
         "printed a result: {}",
         String::from_utf8_lossy(&o.stdout)
     );
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
 }
 
 #[test]

@@ -1,33 +1,16 @@
 //! Reliability: configs, determinism, safe outputs, resumable training, and bad input as clear
 //! errors (message and exit code, no panic, nothing half-written).
 
+mod common;
+
 use candle_core::{Tensor, Var};
 use candle_nn::optim::{AdamW, Optimizer, ParamsAdamW};
 use cml::adam::Adam;
 use cml::linalg::{Vector, to_dvector, to_tensor};
+use common::{assert_error, cml, stderr};
 use proptest::prelude::*;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn cml(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_cml"))
-        .args(args)
-        .output()
-        .expect("binary runs")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn assert_error(o: &Output, code: i32, needles: &[&str]) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(code), "exit code; stderr: {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-}
+use std::process::Output;
 
 #[test]
 fn our_adam_is_candle_nn_adamw_without_weight_decay() {

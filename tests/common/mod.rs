@@ -4,6 +4,7 @@
 use candle_core::Tensor;
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::rng::{normal_vector, seeded};
+use std::process::{Command, Output};
 
 pub const PROBLEMS: [&str; 3] = ["quadratic", "ridge", "logistic"];
 
@@ -31,4 +32,26 @@ pub fn unit(len: usize, seed: u64) -> Vector {
 
 pub fn rel(a: &Vector, b: &Vector) -> f64 {
     (a - b).norm() / b.norm()
+}
+
+/// Runs the `cml` binary built for the tests.
+pub fn cml(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(args)
+        .output()
+        .expect("binary runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Fails with exit code `code` and a message containing every needle, without a panic.
+pub fn assert_error(o: &Output, code: i32, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "exit code; stderr: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    for n in needles {
+        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
+    }
 }
