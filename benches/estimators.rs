@@ -31,6 +31,7 @@ fn phase(k: usize) -> GdParams {
         step_size: Some(0.005),
         max_steps: k,
         tolerance: 0.0,
+        ..GdParams::default()
     }
 }
 

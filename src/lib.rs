@@ -9,6 +9,7 @@
 pub mod adam;
 pub mod autodiff;
 pub mod cli;
+pub mod engine;
 pub mod error;
 pub mod estimator;
 pub mod figures;

@@ -2,6 +2,7 @@
 //! can be compared per unit of work (gradient evaluations, second-order products).
 
 use crate::autodiff::{self, Gradients, SecondDerivatives};
+use crate::engine::{FirstOrderPhase, Workspace};
 use crate::error::Result;
 use crate::problem::{BilevelProblem, phase_loss};
 use candle_core::Tensor;
@@ -101,6 +102,21 @@ impl<'p> Oracle<'p> {
     pub fn phase_phi_gradient(&self, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<Gradients> {
         self.charge(1, 0);
         autodiff::phi_gradient(&phase_loss(self.problem, beta), phi, theta)
+    }
+
+    /// The fast engine's `L_beta`, `d_phi L_beta` (and `d_theta L_beta` into `grad_theta` when
+    /// given), see [`FirstOrderPhase::phase_gradient`]: one gradient evaluation.
+    pub fn fast_phase_gradient(
+        &self,
+        model: &dyn FirstOrderPhase,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        grad_phi: &mut [f64],
+        grad_theta: Option<&mut [f64]>,
+    ) -> f64 {
+        self.charge(1, 0);
+        model.phase_gradient(workspace, phi, beta, grad_phi, grad_theta)
     }
 
     /// `L_out` and its partial derivatives: one gradient evaluation.

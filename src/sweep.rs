@@ -241,16 +241,19 @@ impl SweepConfig {
                 step_size: self.step_size,
                 max_steps: n,
                 tolerance: 0.0,
+                ..GdParams::default()
             },
             Budget::Tolerance(t) => GdParams {
                 step_size: self.step_size,
                 max_steps: self.max_steps,
                 tolerance: t,
+                ..GdParams::default()
             },
             Budget::Delta(_) => GdParams {
                 step_size: self.step_size,
                 max_steps: 1,
                 tolerance: 0.0,
+                ..GdParams::default()
             },
         }
     }

@@ -97,6 +97,7 @@ fn with_gradient_descent_phases_the_error_falls_as_the_step_budget_grows() {
                         step_size: None,
                         max_steps: steps,
                         tolerance: 0.0,
+                        ..GdParams::default()
                     };
                     let est = Contrastive {
                         variant,
@@ -135,6 +136,7 @@ fn a_well_converged_estimate_equals_the_exact_phase_estimate() {
             step_size: None,
             max_steps: 100_000,
             tolerance: 1e-12,
+            ..GdParams::default()
         };
         for variant in Variant::ALL {
             let est = Contrastive {
@@ -159,6 +161,7 @@ fn costs_count_every_gradient_evaluation_of_every_phase() {
         step_size: None,
         max_steps: 25,
         tolerance: 0.0,
+        ..GdParams::default()
     };
     for (variant, nudged_phases) in [
         (Variant::Standard, 1),
@@ -205,6 +208,7 @@ fn a_diverging_step_size_is_an_error_naming_the_step() {
         step_size: Some(0.5),
         max_steps: 100,
         tolerance: 0.0,
+        ..GdParams::default()
     };
     let est = Contrastive {
         variant: Variant::Standard,

@@ -22,6 +22,7 @@ fn gd(steps: usize, tolerance: f64) -> GdParams {
         step_size: None,
         max_steps: steps,
         tolerance,
+        ..GdParams::default()
     }
 }
 
@@ -30,6 +31,7 @@ fn fixed(step_size: f64, steps: usize, tolerance: f64) -> GdParams {
         step_size: Some(step_size),
         max_steps: steps,
         tolerance,
+        ..GdParams::default()
     }
 }
 

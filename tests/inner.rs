@@ -23,6 +23,7 @@ fn gradient_descent_reports_a_certified_distance_that_bounds_the_true_one() {
                     step_size: None,
                     max_steps: steps,
                     tolerance: 0.0,
+                    ..GdParams::default()
                 };
                 let sol = gradient_descent(&oracle, &phi0, &theta, beta, &params, "phase").unwrap();
                 let (star, _) = solve_phase(&oracle, &phi0, &theta, beta, NewtonParams::default()).unwrap();
@@ -53,6 +54,7 @@ fn gradient_descent_stops_at_its_tolerance() {
         step_size: None,
         max_steps: 100_000,
         tolerance: 1e-8,
+        ..GdParams::default()
     };
     let sol = gradient_descent(
         &oracle,
@@ -79,6 +81,7 @@ fn zero_step_budget_and_bad_step_sizes_are_errors() {
                 step_size: None,
                 max_steps: 0,
                 tolerance: 0.0,
+                ..GdParams::default()
             },
             "step budget = 0",
         ),
@@ -87,6 +90,7 @@ fn zero_step_budget_and_bad_step_sizes_are_errors() {
                 step_size: Some(-1.0),
                 max_steps: 5,
                 tolerance: 0.0,
+                ..GdParams::default()
             },
             "step size = -1",
         ),
@@ -95,6 +99,7 @@ fn zero_step_budget_and_bad_step_sizes_are_errors() {
                 step_size: Some(f64::NAN),
                 max_steps: 5,
                 tolerance: 0.0,
+                ..GdParams::default()
             },
             "step size = NaN",
         ),

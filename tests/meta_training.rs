@@ -11,6 +11,7 @@ fn config(model: ModelSpec, estimator: &str) -> TrainConfig {
         step_size: Some(0.005),
         max_steps: 100,
         tolerance: 0.0,
+        ..GdParams::default()
     };
     let params = EstimatorParams {
         variant: Variant::Symmetric,

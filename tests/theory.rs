@@ -144,7 +144,7 @@ proptest! {
         let c = q.curvature(q.theta(), beta).unwrap().unwrap();
         let star = to_tensor(&q.phase_solution(&theta, beta).unwrap()).unwrap();
         let phi0 = q.initial_phi(q.theta()).unwrap();
-        let params = GdParams { step_size: Some(1.0 / c.smoothness), max_steps: steps, tolerance: 0.0 };
+        let params = GdParams { step_size: Some(1.0 / c.smoothness), max_steps: steps, tolerance: 0.0, ..GdParams::default() };
         let sol = gradient_descent(&Oracle::new(&q), &phi0, q.theta(), beta, &params, "phase").unwrap();
         let distance = norm(&(&sol.phi - &star).unwrap()).unwrap();
         let start = norm(&(&phi0 - &star).unwrap()).unwrap();

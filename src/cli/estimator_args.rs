@@ -1,5 +1,6 @@
 //! The estimator flags shared by `grad`, `train` and `sweep`.
 
+use crate::engine::Engine;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::{CmlError, Result};
@@ -40,6 +41,10 @@ pub struct EstimatorArgs {
     /// Steps walked back by tbptt.
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub truncation: i64,
+    /// Inner-loop gradients: auto (the fast hand-derived path where the problem has one: synapse,
+    /// modulation, the weight-decay MLP), candle (autodiff, the reference) or fast.
+    #[arg(long, default_value = "auto")]
+    pub engine: String,
 }
 
 /// A count from the command line: a whole number >= 1.
@@ -52,11 +57,13 @@ pub fn at_least_one(name: &str, value: i64) -> Result<usize> {
 
 impl EstimatorArgs {
     pub fn spec(&self) -> Result<EstimatorSpec> {
+        let engine = Engine::parse(&self.engine)?;
         let phase = |name: &str, steps, step_size| -> Result<GdParams> {
             Ok(GdParams {
                 step_size,
                 max_steps: at_least_one(&format!("{name} step budget"), steps)?,
                 tolerance: self.tolerance,
+                engine,
             })
         };
         let params = EstimatorParams {

@@ -181,6 +181,7 @@ pub fn run_cost(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CostRes
             step_size: Some(0.005),
             max_steps: k,
             tolerance: 0.0,
+            ..GdParams::default()
         };
         let specs = [
             (

@@ -67,6 +67,7 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
         step_size: Some(0.003),
         max_steps: free_steps,
         tolerance: 0.0,
+        ..GdParams::default()
     };
     let params = EstimatorParams {
         variant: Variant::Symmetric,

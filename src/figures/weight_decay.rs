@@ -39,6 +39,7 @@ fn phase(steps: usize) -> GdParams {
         step_size: Some(0.1),
         max_steps: steps,
         tolerance: 0.0,
+        ..GdParams::default()
     }
 }
 

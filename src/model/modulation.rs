@@ -10,7 +10,10 @@
 //! the meta-gradient. Initial values: gains 1, shifts 0, readout `N(0, 1/h_L)`, bias 0.
 
 use super::mlp::{Layer, Mlp, mse};
-use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task};
+use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
+use super::synapse::{check_len, no_kernel};
+use crate::engine::mlp::{MlpBuffers, MlpKernel};
+use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::problem::instance::InstanceReader;
@@ -91,6 +94,8 @@ pub struct Modulation {
     task: SinusoidTask,
     data: TaskTensors,
     theta: Tensor,
+    /// The fast path's kernel (a network of one input and one output, as the tasks need).
+    kernel: Option<MlpKernel>,
 }
 
 impl ModulationSpec {
@@ -128,12 +133,14 @@ impl Modulation {
             ));
         }
         let data = TaskTensors::new(&task)?;
+        let kernel = scalar_regression(&spec.net).then(|| task.mse_kernel(&spec.net));
         Ok(Modulation {
             spec,
             layout,
             task,
             data,
             theta: to_tensor(theta)?,
+            kernel,
         })
     }
 
@@ -205,6 +212,10 @@ impl BilevelProblem for Modulation {
         Ok(self.phi_init(theta)?)
     }
 
+    fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
+        self.kernel.as_ref().map(|_| self as &dyn FirstOrderPhase)
+    }
+
     fn theta(&self) -> &Tensor {
         &self.theta
     }
@@ -216,5 +227,76 @@ impl BilevelProblem for Modulation {
         push_task(&mut f, &self.task);
         f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
         f
+    }
+}
+
+/// The fast path's buffers at one `theta = (W, b, phi_init)`.
+struct ModulationWorkspace {
+    buffers: MlpBuffers,
+    /// The whole network's parameters in [`Mlp`] layout: the slow hidden layers from `theta`,
+    /// the readout copied from `phi` at each step.
+    net: Vec<f64>,
+    net_grad: Vec<f64>,
+    phi_init: Vec<f64>,
+}
+
+impl FirstOrderPhase for Modulation {
+    fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
+        let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
+        let Layout { slow_len, fast_len, .. } = self.layout;
+        check_len("modulation theta", theta.len(), slow_len + fast_len)?;
+        let mut net = vec![0.0; self.spec.net.param_count()];
+        net[..slow_len].copy_from_slice(&theta[..slow_len]);
+        Ok(Box::new(ModulationWorkspace {
+            buffers: kernel.buffers(),
+            net_grad: vec![0.0; net.len()],
+            net,
+            phi_init: theta[slow_len..].to_vec(),
+        }))
+    }
+
+    /// `L_beta = MSE_s + beta MSE_q + lambda/2 ||phi - phi_init||^2`: the network's gradient
+    /// gives the gains, shifts and readout (in `phi`) and the slow weights (in `theta`);
+    /// the pull adds `lambda d` to `d_phi` and gives `d_{phi_init} = -lambda d`.
+    fn phase_gradient(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        grad_phi: &mut [f64],
+        grad_theta: Option<&mut [f64]>,
+    ) -> f64 {
+        let ws = downcast::<ModulationWorkspace>(workspace);
+        let kernel = self.kernel.as_ref().expect("a workspace exists only with a kernel");
+        let slow_len = self.layout.slow_len;
+        let gains_len = self.layout.readout.offset;
+        ws.net[slow_len..].copy_from_slice(&phi[gains_len..]);
+        // The slow weights' gradient is needed only for d_theta; the readout's always.
+        let first = if grad_theta.is_some() { 0 } else { self.layout.hidden.len() };
+        let (g_modulation, g_readout) = grad_phi.split_at_mut(gains_len);
+        let fit = kernel.loss_and_gradient(
+            &mut ws.buffers,
+            &ws.net,
+            Some(&phi[..gains_len]),
+            beta,
+            &mut ws.net_grad,
+            first,
+            Some(g_modulation),
+        );
+        g_readout.copy_from_slice(&ws.net_grad[slow_len..]);
+        let lambda = self.spec.strength;
+        let mut pull = 0.0;
+        for i in 0..phi.len() {
+            let d = phi[i] - ws.phi_init[i];
+            pull += d * d;
+            grad_phi[i] += lambda * d;
+        }
+        if let Some(gt) = grad_theta {
+            gt[..slow_len].copy_from_slice(&ws.net_grad[..slow_len]);
+            for (g, (p, p0)) in gt[slow_len..].iter_mut().zip(phi.iter().zip(&ws.phi_init)) {
+                *g = -(lambda * (p - p0));
+            }
+        }
+        fit + pull * (0.5 * lambda)
     }
 }

@@ -49,6 +49,28 @@ impl SinusoidTask {
     }
 }
 
+impl SinusoidTask {
+    /// The engine's kernel of a 1-input, 1-output network on this task: mean squared error
+    /// (no 1/2) on the support rows for `L_in` and on the query rows for `L_out`.
+    pub fn mse_kernel(&self, net: &crate::model::Mlp) -> crate::engine::mlp::MlpKernel {
+        let (ns, nq) = (self.x_support.len(), self.x_query.len());
+        let cat = |a: &Vector, b: &Vector| a.iter().chain(b.iter()).copied().collect::<Vec<f64>>();
+        crate::engine::mlp::MlpKernel::new(
+            net,
+            cat(&self.x_support, &self.x_query),
+            cat(&self.y_support, &self.y_query),
+            ns,
+            1.0 / ns as f64,
+            1.0 / nq as f64,
+        )
+    }
+}
+
+/// Whether `net` maps one input to one output, as a sinusoid task needs.
+pub fn scalar_regression(net: &crate::model::Mlp) -> bool {
+    net.sizes.first() == Some(&1) && net.sizes.last() == Some(&1)
+}
+
 /// A column `(N, 1)` tensor.
 pub fn column(v: &Vector) -> Result<Tensor> {
     Ok(Tensor::from_slice(v.as_slice(), (v.len(), 1), &Device::Cpu)?)

@@ -8,7 +8,9 @@
 //! errors (no 1/2).
 
 use super::mlp::{Mlp, mse};
-use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task};
+use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
+use crate::engine::mlp::{MlpBuffers, MlpKernel};
+use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::problem::instance::InstanceReader;
@@ -71,6 +73,8 @@ pub struct Synapse {
     task: SinusoidTask,
     data: TaskTensors,
     theta: Tensor,
+    /// The fast path's kernel (a network of one input and one output, as the tasks need).
+    kernel: Option<MlpKernel>,
 }
 
 impl Synapse {
@@ -84,11 +88,13 @@ impl Synapse {
             ));
         }
         let data = TaskTensors::new(&task)?;
+        let kernel = scalar_regression(&spec.net).then(|| task.mse_kernel(&spec.net));
         Ok(Synapse {
             spec,
             task,
             data,
             theta: to_tensor(theta)?,
+            kernel,
         })
     }
 
@@ -165,6 +171,10 @@ impl BilevelProblem for Synapse {
         Ok(self.omega(theta)?)
     }
 
+    fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
+        self.kernel.as_ref().map(|_| self as &dyn FirstOrderPhase)
+    }
+
     fn theta(&self) -> &Tensor {
         &self.theta
     }
@@ -176,5 +186,84 @@ impl BilevelProblem for Synapse {
         push_task(&mut f, &self.task);
         f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
         f
+    }
+}
+
+/// The fast path's buffers at one `theta = (omega, rho)`.
+struct SynapseWorkspace {
+    buffers: MlpBuffers,
+    omega: Vec<f64>,
+    /// `lambda = exp(rho)`, one per synapse or one shared.
+    lambda: Vec<f64>,
+}
+
+impl FirstOrderPhase for Synapse {
+    fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
+        let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
+        let p = self.spec.net.param_count();
+        check_len("synapse theta", theta.len(), p + self.spec.rho_len())?;
+        Ok(Box::new(SynapseWorkspace {
+            buffers: kernel.buffers(),
+            omega: theta[..p].to_vec(),
+            lambda: theta[p..].iter().map(|r| r.exp()).collect(),
+        }))
+    }
+
+    /// `L_beta = MSE_s + beta MSE_q + 1/2 sum_i lambda_i d_i^2` with `d = phi - omega`:
+    /// `d_phi` adds `lambda d` to the network's gradient; `d_omega = -lambda d`,
+    /// `d_rho_i = 1/2 lambda_i d_i^2` (summed over synapses when `rho` is shared).
+    fn phase_gradient(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        grad_phi: &mut [f64],
+        grad_theta: Option<&mut [f64]>,
+    ) -> f64 {
+        let ws = downcast::<SynapseWorkspace>(workspace);
+        let kernel = self.kernel.as_ref().expect("a workspace exists only with a kernel");
+        let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, grad_phi, 0, None);
+        let shared = ws.lambda.len() == 1;
+        let mut pull = 0.0;
+        match grad_theta {
+            None => {
+                for i in 0..phi.len() {
+                    let lam = ws.lambda[if shared { 0 } else { i }];
+                    let d = phi[i] - ws.omega[i];
+                    pull += lam * (d * d);
+                    grad_phi[i] += lam * d;
+                }
+            }
+            Some(gt) => {
+                let (g_omega, g_rho) = gt.split_at_mut(phi.len());
+                g_rho.fill(0.0);
+                for i in 0..phi.len() {
+                    let k = if shared { 0 } else { i };
+                    let lam = ws.lambda[k];
+                    let d = phi[i] - ws.omega[i];
+                    pull += lam * (d * d);
+                    grad_phi[i] += lam * d;
+                    g_omega[i] = -(lam * d);
+                    g_rho[k] += 0.5 * (lam * (d * d));
+                }
+            }
+        }
+        fit + 0.5 * pull
+    }
+}
+
+pub(crate) fn no_kernel() -> CmlError {
+    CmlError::invalid(
+        "engine",
+        "fast",
+        "the fast path needs a network of 1 input and 1 output (e.g. 1-40-40-1); use --engine candle",
+    )
+}
+
+pub(crate) fn check_len(what: &str, got: usize, expected: usize) -> Result<()> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(CmlError::invalid(what, got, format!("{expected} entries")))
     }
 }

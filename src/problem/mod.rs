@@ -48,6 +48,10 @@ pub trait BilevelProblem: Send + Sync {
     fn curvature(&self, _theta: &Tensor, _beta: f64) -> Result<Option<Curvature>> {
         Ok(None)
     }
+    /// The hand-derived first-order path (the fast engine), where the problem has one.
+    fn first_order(&self) -> Option<&dyn crate::engine::FirstOrderPhase> {
+        None
+    }
     /// Closed-form phase solutions and meta-gradient, where they exist.
     fn closed_form(&self) -> Option<&dyn ClosedForm> {
         None

@@ -11,6 +11,8 @@ use super::instance::InstanceFile;
 use super::{BilevelProblem, Dims};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
+use crate::engine::mlp::{MlpBuffers, MlpKernel};
+use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::model::mlp::Mlp;
 use crate::rng::{Rng, seeded};
 use candle_core::{Device, Tensor};
@@ -54,6 +56,8 @@ pub struct RegularisedMlp {
     pub test: Split,
     phi_init: Tensor,
     theta: Tensor,
+    /// The fast path's kernel: `1/2 MSE` on the training rows, then the validation rows.
+    kernel: MlpKernel,
 }
 
 impl RegularisedMlp {
@@ -103,9 +107,11 @@ impl RegularisedMlp {
         let net = Mlp::new(vec![x.ncols(), hidden, 1])?;
         let phi_init = net.init(&mut rng);
         let theta = Vector::from_element(phi_init.len(), decay.ln());
+        let (train, validation) = (take(0, n_train)?, take(n_train, n_val)?);
         Ok(RegularisedMlp {
-            train: take(0, n_train)?,
-            validation: take(n_train, n_val)?,
+            kernel: half_mse_kernel(&net, &train, &validation),
+            train,
+            validation,
             test: take(n_train + n_val, n_test)?,
             phi_init: to_tensor(&phi_init)?,
             theta: to_tensor(&theta)?,
@@ -152,6 +158,10 @@ impl BilevelProblem for RegularisedMlp {
         Ok(self.phi_init.clone())
     }
 
+    fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
+        Some(self)
+    }
+
     fn theta(&self) -> &Tensor {
         &self.theta
     }
@@ -170,5 +180,65 @@ impl BilevelProblem for RegularisedMlp {
         f.push_vector("phi_init", &to_dvector(&self.phi_init).expect("a vector"));
         f.push_vector("theta", &to_dvector(&self.theta).expect("a vector"));
         f
+    }
+}
+
+/// The engine's kernel of `1/2 MSE` (a mean over rows of one output) on the training rows for
+/// `L_in` and the validation rows for `L_out`.
+fn half_mse_kernel(net: &Mlp, train: &Split, validation: &Split) -> MlpKernel {
+    // nalgebra stores columns first; the kernel wants rows.
+    let rows = |m: &DMatrix<f64>| m.transpose().as_slice().to_vec();
+    let x: Vec<f64> = [rows(&train.x), rows(&validation.x)].concat();
+    let t: Vec<f64> = train.y.iter().chain(validation.y.iter()).copied().collect();
+    let (nt, nv) = (train.y.len() as f64, validation.y.len() as f64);
+    MlpKernel::new(net, x, t, train.y.len(), 0.5 / nt, 0.5 / nv)
+}
+
+/// The fast path's buffers at one `theta`: the decay strengths `exp(theta)`.
+struct DecayWorkspace {
+    buffers: MlpBuffers,
+    decay: Vec<f64>,
+}
+
+impl FirstOrderPhase for RegularisedMlp {
+    fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
+        if theta.len() != self.net.param_count() {
+            return Err(CmlError::invalid(
+                "weight-decay theta length",
+                theta.len(),
+                format!("one strength per parameter, {}", self.net.param_count()),
+            ));
+        }
+        Ok(Box::new(DecayWorkspace {
+            buffers: self.kernel.buffers(),
+            decay: theta.iter().map(|t| t.exp()).collect(),
+        }))
+    }
+
+    /// `L_beta = 1/2 MSE_train + beta 1/2 MSE_val + 1/2 sum_i exp(theta_i) phi_i^2`:
+    /// `d_phi` adds `exp(theta) phi`; `d_theta_i = 1/2 exp(theta_i) phi_i^2`.
+    fn phase_gradient(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        grad_phi: &mut [f64],
+        grad_theta: Option<&mut [f64]>,
+    ) -> f64 {
+        let ws = downcast::<DecayWorkspace>(workspace);
+        let fit = self
+            .kernel
+            .loss_and_gradient(&mut ws.buffers, phi, None, beta, grad_phi, 0, None);
+        let mut decay = 0.0;
+        for i in 0..phi.len() {
+            decay += ws.decay[i] * (phi[i] * phi[i]);
+            grad_phi[i] += ws.decay[i] * phi[i];
+        }
+        if let Some(gt) = grad_theta {
+            for i in 0..phi.len() {
+                gt[i] = 0.5 * (ws.decay[i] * (phi[i] * phi[i]));
+            }
+        }
+        fit + 0.5 * decay
     }
 }

@@ -1,0 +1,79 @@
+//! The fast first-order engine (docs/ENGINE.md): hand-derived gradients of a phase loss
+//! `L_beta = L_in + beta L_out` on preallocated buffers, for the inner loops, which the
+//! contrastive rule needs only first derivatives for. Candle autodiff stays the reference and
+//! the engine of every second-order quantity; property tests check this path against it.
+//!
+//! A problem gets the fast path by implementing [`FirstOrderPhase`]: a workspace for one phase
+//! (meta-parameters fixed), and the phase loss with its gradients into caller buffers.
+
+pub mod matmul;
+pub mod mlp;
+pub mod tanh;
+
+use crate::error::{CmlError, Result};
+use std::any::Any;
+
+/// Which implementation computes inner-loop gradients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Engine {
+    /// The fast path where the problem has one, Candle otherwise.
+    #[default]
+    Auto,
+    /// Candle autodiff everywhere (the reference).
+    Candle,
+    /// The fast path; an error on a problem without one.
+    Fast,
+}
+
+impl Engine {
+    pub const ALL: [Engine; 3] = [Engine::Auto, Engine::Candle, Engine::Fast];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Engine::Auto => "auto",
+            Engine::Candle => "candle",
+            Engine::Fast => "fast",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|e| e.name() == s)
+            .ok_or_else(|| CmlError::UnknownName {
+                kind: "engine".into(),
+                name: s.into(),
+                allowed: Self::ALL.map(Engine::name).join(", "),
+            })
+    }
+}
+
+/// A model's buffers for one phase: whatever its [`FirstOrderPhase`] implementation needs,
+/// allocated once by [`FirstOrderPhase::workspace`] and reused by every step.
+pub type Workspace = Box<dyn Any + Send>;
+
+/// A phase loss with hand-derived first derivatives (a capability of a bilevel problem).
+pub trait FirstOrderPhase: Send + Sync {
+    /// Buffers for phases at meta-parameters `theta` (fixed during a phase, so anything that
+    /// depends on `theta` alone, such as `exp(rho)`, is computed here once).
+    fn workspace(&self, theta: &[f64]) -> Result<Workspace>;
+
+    /// Returns `L_beta(phi, theta)`, writes `d_phi L_beta` into `grad_phi`, and `d_theta L_beta`
+    /// into `grad_theta` when given. No heap allocation.
+    fn phase_gradient(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        grad_phi: &mut [f64],
+        grad_theta: Option<&mut [f64]>,
+    ) -> f64;
+}
+
+/// The workspace of a model, checked to be the one its `workspace` made.
+pub fn downcast<T: 'static>(workspace: &mut Workspace) -> &mut T {
+    workspace
+        .downcast_mut::<T>()
+        .expect("a workspace is used only with the model that made it")
+}
