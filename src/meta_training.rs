@@ -9,7 +9,7 @@ use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_dvector};
 use crate::model::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::oracle::{Cost, Oracle};
-use crate::parallel::map_in_order;
+use crate::parallel::{available_threads, map_in_order, map_in_order_on};
 use crate::problem::BilevelProblem;
 use crate::rng::stream;
 use std::time::Instant;
@@ -241,35 +241,9 @@ pub fn train_with(
         let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
             .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
             .collect::<Result<_>>()?;
-        let current = theta.clone();
-        let results = map_in_order(&tasks, |task| {
-            let problem = config.model.problem(task.clone(), &current)?;
-            let estimate = config
-                .estimator
-                .estimator()
-                .estimate(problem.as_ref(), problem.theta())?;
-            let loss = problem
-                .outer_loss(&estimate.adapted_phi, problem.theta())?
-                .to_scalar::<f64>()?;
-            Ok((
-                estimate.gradient,
-                estimate.cost,
-                loss,
-                !estimate.warnings.is_empty(),
-            ))
-        })
-        .map_err(|e| at_step(e, step))?;
-        let batch = config.meta_batch as f64;
-        let mut mean = Vector::zeros(theta.len());
-        let mut cost = Cost::default();
-        let mut loss = 0.0;
-        let mut warnings = 0;
-        for (g, c, l, warned) in results {
-            warnings += usize::from(warned);
-            mean += g / batch;
-            cost = cost + c;
-            loss += l / batch;
-        }
+        let batch = meta_batch_gradient(config, &tasks, &theta, available_threads())
+            .map_err(|e| at_step(e, step))?;
+        let MetaBatch { mean, cost, loss, warnings } = batch;
         if mean.iter().any(|x| !x.is_finite()) {
             return Err(at_step(
                 CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),
@@ -311,6 +285,65 @@ pub fn train_with(
         steps,
         interrupted_at: None,
     })
+}
+
+/// A meta-batch's averaged estimate and what it cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetaBatch {
+    /// Mean of the per-task meta-gradient estimates.
+    pub mean: Vector,
+    /// Summed over the tasks.
+    pub cost: Cost,
+    /// Mean query loss at the adapted parameters.
+    pub loss: f64,
+    /// How many tasks' estimates came with a warning.
+    pub warnings: usize,
+}
+
+/// The meta-gradient of a meta-batch at `theta`: one estimate per task on up to `threads`
+/// workers (each building its own problem and buffers), averaged in the tasks' order, so the
+/// result is the same bits whatever the thread count.
+pub fn meta_batch_gradient(
+    config: &TrainConfig,
+    tasks: &[SinusoidTask],
+    theta: &Vector,
+    threads: usize,
+) -> Result<MetaBatch> {
+    let results = map_in_order_on(
+        threads,
+        tasks,
+        |task| {
+            let problem = config.model.problem(task.clone(), theta)?;
+            let estimate = config
+                .estimator
+                .estimator()
+                .estimate(problem.as_ref(), problem.theta())?;
+            let loss = problem
+                .outer_loss(&estimate.adapted_phi, problem.theta())?
+                .to_scalar::<f64>()?;
+            Ok((
+                estimate.gradient,
+                estimate.cost,
+                loss,
+                !estimate.warnings.is_empty(),
+            ))
+        },
+        &|| {},
+    )?;
+    let n = tasks.len() as f64;
+    let mut batch = MetaBatch {
+        mean: Vector::zeros(theta.len()),
+        cost: Cost::default(),
+        loss: 0.0,
+        warnings: 0,
+    };
+    for (g, c, l, warned) in results {
+        batch.warnings += usize::from(warned);
+        batch.mean += g / n;
+        batch.cost = batch.cost + c;
+        batch.loss += l / n;
+    }
+    Ok(batch)
 }
 
 fn at_step(e: CmlError, step: usize) -> CmlError {

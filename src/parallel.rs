@@ -14,12 +14,27 @@ pub fn map_in_order_with_progress<I: Sync, T: Send>(
     f: impl Fn(&I) -> Result<T> + Sync,
     done: &(dyn Fn() + Sync),
 ) -> Result<Vec<T>> {
+    map_in_order_on(available_threads(), items, f, done)
+}
+
+/// The number of cores this process may use.
+pub fn available_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// [`map_in_order_with_progress`] on at most `threads` worker threads (at least one). Each
+/// worker runs a contiguous chunk of items, so every item is computed by the same code whatever
+/// the count, and the results come back in the items' order.
+pub fn map_in_order_on<I: Sync, T: Send>(
+    threads: usize,
+    items: &[I],
+    f: impl Fn(&I) -> Result<T> + Sync,
+    done: &(dyn Fn() + Sync),
+) -> Result<Vec<T>> {
     if items.is_empty() {
         return Ok(Vec::new());
     }
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(items.len());
+    let threads = threads.clamp(1, items.len());
     let chunk = items.len().div_ceil(threads);
     let parts: Vec<Result<Vec<T>>> = std::thread::scope(|s| {
         let handles: Vec<_> = items

@@ -4,8 +4,8 @@
 //! `2x = k ln 2 + r` with `|r| <= ln 2 / 2`, so `expm1(2x) = 2^k expm1(r) + (2^k - 1)`, and
 //! `expm1(r)` is a degree-13 Taylor polynomial (truncation below 1e-17 relative on that
 //! interval). For `k = 0` the second term is exactly zero, so small arguments keep full
-//! relative accuracy (no `1 - 2 / (e^{2x} + 1)` cancellation). Arguments are clamped to
-//! `|x| <= 20`, where `tanh` is 1 to double precision.
+//! relative accuracy (no `1 - 2 / (e^{2x} + 1)` cancellation). It is computed on `|x|`, clamped
+//! to 20 (where `tanh` is 1 to double precision), and the sign put back, so it is exactly odd.
 //!
 //! The loop has no branches and builds `2^k` from bits, so the compiler vectorises it. On x86-64
 //! a copy compiled for AVX2 is chosen at run time; both copies use the same operations in the
@@ -38,7 +38,9 @@ const C: [f64; 12] = [
 
 #[inline(always)]
 fn tanh_one(x: f64) -> f64 {
-    let y = 2.0 * x.clamp(-CLAMP, CLAMP);
+    // tanh is odd; on |x| the quotient e / (e + 2) has e >= 0, where it passes on at most the
+    // relative error of e (d ln(e / (e + 2)) / d ln e = 2 / (e + 2) <= 1).
+    let y = 2.0 * x.abs().min(CLAMP);
     let t = y * INV_LN2 + ROUND_MAGIC;
     let k = t - ROUND_MAGIC;
     let r = (y - k * LN2_HI) - k * LN2_LO;
@@ -51,7 +53,7 @@ fn tanh_one(x: f64) -> f64 {
     // field gives 2^k.
     let two_k = f64::from_bits(t.to_bits().wrapping_add(1023) << 52);
     let e = two_k * p + (two_k - 1.0);
-    e / (e + 2.0)
+    (e / (e + 2.0)).copysign(x)
 }
 
 #[inline(always)]
@@ -67,7 +69,8 @@ fn tanh_avx2(xs: &mut [f64]) {
     tanh_loop(xs)
 }
 
-/// Replaces every element by its hyperbolic tangent (within a few ulp of `f64::tanh`).
+/// Replaces every element by its hyperbolic tangent (within 2 ulp of `f64::tanh`, measured in
+/// `tests/engine.rs` over [-25, 25]).
 pub fn tanh_in_place(xs: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {

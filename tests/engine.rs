@@ -1,0 +1,275 @@
+//! The fast first-order engine against Candle autodiff: the phase loss and both partial
+//! derivatives of every network model on random sizes, data, `theta`, `phi` and `beta` of either
+//! sign; whole estimates through both engines; the vectorised tanh against `f64::tanh`; and the
+//! meta-batch's independence of the thread count.
+
+use approx::assert_relative_eq;
+use cml::autodiff::gradients;
+use cml::engine::{Engine, tanh};
+use cml::estimator::{
+    Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
+    Variant,
+};
+use cml::inner::GdParams;
+use cml::linalg::{Vector, to_dvector, to_tensor};
+use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
+use cml::model::{Mlp, Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
+use cml::problem::{BilevelProblem, RegularisedMlp, phase_loss};
+use cml::rng::{normal_vector, seeded};
+use nalgebra::DMatrix;
+use proptest::prelude::*;
+use rand::Rng as _;
+
+/// Agreement asked of the two engines on one evaluation: each entry within 1e-12 relative, or
+/// within 1e-12 of the vector's largest entry (an entry that is zero up to cancellation has no
+/// relative accuracy in either engine).
+const ONE_EVALUATION: f64 = 1e-12;
+
+fn assert_vectors_agree(fast: &[f64], candle: &Vector, tol: f64, what: &str) {
+    let fast = Vector::from_column_slice(fast);
+    let scale = candle.amax().max(f64::MIN_POSITIVE);
+    assert!(
+        approx::relative_eq!(fast, *candle, epsilon = tol * scale, max_relative = tol),
+        "{what}: fast path differs from Candle autodiff by {:.3e} (max entry {scale:.3e})",
+        (&fast - candle).amax()
+    );
+}
+
+/// Evaluates `L_beta` and its gradients at `(phi, theta)` by both engines and compares them,
+/// with and without the `theta` gradient (the inner loop asks for it only at a phase's end).
+fn check_against_candle(problem: &dyn BilevelProblem, phi: &Vector, theta: &Vector, beta: f64) {
+    let candle = gradients(&phase_loss(problem, beta), &to_tensor(phi).unwrap(), &to_tensor(theta).unwrap()).unwrap();
+    let fast_model = problem.first_order().expect("every network model has a fast path");
+    let mut ws = fast_model.workspace(theta.as_slice()).unwrap();
+    let (mut g_phi, mut g_theta) = (vec![f64::NAN; phi.len()], vec![f64::NAN; theta.len()]);
+    let loss = fast_model.phase_gradient(&mut ws, phi.as_slice(), beta, &mut g_phi, Some(&mut g_theta));
+    assert_relative_eq!(loss, candle.loss, max_relative = ONE_EVALUATION);
+    assert_vectors_agree(&g_phi, &to_dvector(&candle.phi).unwrap(), ONE_EVALUATION, "d phi");
+    assert_vectors_agree(&g_theta, &to_dvector(&candle.theta).unwrap(), ONE_EVALUATION, "d theta");
+    // The phi-only evaluation (reusing the workspace, as a phase does) gives the same numbers.
+    let mut g_phi_only = vec![f64::NAN; phi.len()];
+    let loss_only = fast_model.phase_gradient(&mut ws, phi.as_slice(), beta, &mut g_phi_only, None);
+    assert_eq!(loss_only, loss);
+    assert_eq!(g_phi_only, g_phi);
+}
+
+/// Hidden layer sizes `[in=1, h..., out=1]`, one to three hidden layers of 1 to 12 units.
+fn sinusoid_net() -> impl Strategy<Value = Mlp> {
+    prop::collection::vec(1usize..=12, 1..=3).prop_map(|hidden| {
+        let mut sizes = vec![1];
+        sizes.extend(hidden);
+        sizes.push(1);
+        Mlp::new(sizes).unwrap()
+    })
+}
+
+fn beta() -> impl Strategy<Value = f64> {
+    // Either sign, and exactly zero (the free phase, which skips the query rows).
+    prop_oneof![Just(0.0), -3.0..3.0f64]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn synapse_fast_path_equals_candle_autodiff(
+        net in sinusoid_net(), shots in 1usize..=8, per_synapse: bool, beta in beta(), seed: u64,
+    ) {
+        let spec = SynapseSpec { net: net.clone(), per_synapse, strength: 1.0 };
+        let mut rng = seeded(seed);
+        let mut theta = spec.initial_theta(&mut rng).unwrap();
+        let p = net.param_count();
+        // Strengths exp(rho) from e^-2 to e^2, one per synapse or shared.
+        for r in theta.as_mut_slice()[p..].iter_mut() {
+            *r = rng.random_range(-2.0..2.0);
+        }
+        let task = SinusoidTask::sample(&mut rng, shots).unwrap();
+        let phi = Vector::from_column_slice(&theta.as_slice()[..p]) + normal_vector(&mut rng, p) * 0.3;
+        let problem = Synapse::new(spec, task, &theta).unwrap();
+        check_against_candle(&problem, &phi, &theta, beta);
+    }
+
+    #[test]
+    fn modulation_fast_path_equals_candle_autodiff(
+        net in sinusoid_net(), shots in 1usize..=8, strength in 0.1..10.0f64, beta in beta(), seed: u64,
+    ) {
+        prop_assume!(net.sizes.len() >= 3); // the model needs a hidden layer
+        let spec = ModulationSpec { net, strength };
+        let mut rng = seeded(seed);
+        let theta0 = spec.initial_theta(&mut rng).unwrap();
+        // Every slow weight and initial fast value moved off its initialisation (gains not 1).
+        let theta = &theta0 + normal_vector(&mut rng, theta0.len()) * 0.3;
+        let task = SinusoidTask::sample(&mut rng, shots).unwrap();
+        let problem = Modulation::new(spec, task, &theta).unwrap();
+        let n = problem.dims().phi;
+        let phi = to_dvector(&problem.initial_phi(&to_tensor(&theta).unwrap()).unwrap()).unwrap()
+            + normal_vector(&mut rng, n) * 0.3;
+        check_against_candle(&problem, &phi, &theta, beta);
+    }
+
+    #[test]
+    fn weight_decay_mlp_fast_path_equals_candle_autodiff(
+        features in 1usize..=6, hidden in 1usize..=10, rows in (1usize..=12, 1usize..=12),
+        beta in beta(), seed: u64,
+    ) {
+        let mut rng = seeded(seed);
+        let (n_train, n_val) = rows;
+        let n = n_train + n_val + 1;
+        let x = DMatrix::from_fn(n, features, |_, _| rng.random_range(-2.0..2.0));
+        let y = normal_vector(&mut rng, n);
+        let problem = RegularisedMlp::from_data(&x, &y, (n_train, n_val, 1), hidden, 0.1, seed).unwrap();
+        let dims = problem.dims();
+        let theta = Vector::from_fn(dims.theta, |_, _| rng.random_range(-4.0..2.0));
+        let phi = normal_vector(&mut rng, dims.phi);
+        check_against_candle(&problem, &phi, &theta, beta);
+    }
+}
+
+#[test]
+fn vectorised_tanh_is_within_four_ulp_of_the_standard_library() {
+    // Error budget (docs/ENGINE.md §2): expm1's polynomial and the sum 2^k p + (2^k - 1) carry
+    // about 2 ulp, the quotient e / (e + 2) adds 2 roundings of 1/2 ulp and passes e's error on
+    // at most once; the reference itself is within 1 ulp. So 4 ulp, not a fitted number.
+    // A dense sweep of [-25, 25] (past the clamp at 20), plus tiny arguments where tanh(x) ~ x.
+    let mut xs: Vec<f64> = (-500_000..=500_000).map(|i| i as f64 * 5e-5).collect();
+    xs.extend((1..300).flat_map(|k| {
+        let x = 10f64.powf(-(k as f64) / 10.0);
+        [x, -x]
+    }));
+    let mut fast = xs.clone();
+    cml::engine::tanh::tanh_in_place(&mut fast);
+    let mut worst = (0u64, 0.0);
+    for (&x, &t) in xs.iter().zip(&fast) {
+        assert_eq!(t, tanh::tanh(x), "the slice and scalar forms differ at {x}");
+        let reference = x.tanh();
+        let ulps = (t.to_bits() as i64 - reference.to_bits() as i64).unsigned_abs();
+        if ulps > worst.0 {
+            worst = (ulps, x);
+        }
+    }
+    assert!(worst.0 <= 4, "tanh is {} ulp off f64::tanh at x = {}", worst.0, worst.1);
+    assert_eq!(tanh::tanh(0.0), 0.0);
+    assert_eq!(tanh::tanh(1e3), 1.0);
+    assert_eq!(tanh::tanh(-1e3), -1.0);
+}
+
+fn phases(engine: Engine, free_steps: usize, nudged_steps: usize, step_size: f64) -> (GdParams, GdParams) {
+    let free = GdParams {
+        step_size: Some(step_size),
+        max_steps: free_steps,
+        tolerance: 0.0,
+        engine,
+    };
+    (free, GdParams { max_steps: nudged_steps, ..free })
+}
+
+/// The estimators whose inner loops run on the chosen engine, at that engine.
+fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
+    let (free, nudged) = phases(engine, 200, 60, step_size);
+    let mut specs: Vec<EstimatorSpec> = Variant::ALL
+        .into_iter()
+        .map(|variant| EstimatorSpec::Contrastive(Contrastive { variant, beta: 0.05, free, nudged }))
+        .collect();
+    specs.extend(
+        [FirstOrderRule::FirstOrderMaml, FirstOrderRule::Reptile]
+            .map(|rule| EstimatorSpec::FirstOrder(FirstOrder { rule, free })),
+    );
+    // Candle second-order products at a free solution found by either engine.
+    specs.push(EstimatorSpec::Implicit(Implicit { solver: LinearSolver::ConjugateGradient { steps: 5 }, free }));
+    specs
+}
+
+/// Every estimator through the fast path equals the same estimator through Candle to 1e-10
+/// relative (hundreds of steps compound rounding differences of one evaluation, ~1e-15).
+fn check_whole_estimates(problem: &dyn BilevelProblem, step_size: f64, zero_first_order: bool) {
+    let theta = problem.theta();
+    for (fast, candle) in estimators(Engine::Fast, step_size).iter().zip(estimators(Engine::Candle, step_size)) {
+        let what = fast.estimator().describe();
+        let a = fast.estimator().estimate(problem, theta).unwrap();
+        let b = candle.estimator().estimate(problem, theta).unwrap();
+        assert_eq!(a.cost, b.cost, "{what}: both engines are charged the same work");
+        assert_eq!(a.phases.len(), b.phases.len());
+        let is_first_order = matches!(fast, EstimatorSpec::FirstOrder(_));
+        if is_first_order && zero_first_order {
+            // theta does not set the initialisation here, so both are zero by construction.
+            assert_eq!(a.gradient.amax(), 0.0, "{what}");
+            assert_eq!(b.gradient.amax(), 0.0, "{what}");
+            continue;
+        }
+        assert!(b.gradient.amax() > 0.0, "{what}: a zero estimate compares nothing");
+        let err = cml::linalg::relative_error(&a.gradient, &b.gradient);
+        assert!(err <= 1e-10, "{what}: fast and Candle estimates differ by {err:.3e} relative");
+    }
+}
+
+#[test]
+fn every_estimate_on_the_synapse_is_the_same_through_both_engines() {
+    let spec = SynapseSpec { net: Mlp::parse("1-8-8-1").unwrap(), per_synapse: true, strength: 1.0 };
+    check_whole_estimates(&Synapse::random(&spec, 10, 3).unwrap(), 0.01, false);
+}
+
+#[test]
+fn every_estimate_on_the_modulation_model_is_the_same_through_both_engines() {
+    let spec = ModulationSpec { net: Mlp::parse("1-8-8-1").unwrap(), strength: 1.0 };
+    check_whole_estimates(&Modulation::random(&spec, 10, 3).unwrap(), 0.01, false);
+}
+
+#[test]
+fn every_estimate_on_the_weight_decay_mlp_is_the_same_through_both_engines() {
+    let mut rng = seeded(5);
+    let x: DMatrix<f64> = DMatrix::from_fn(40, 3, |_, _| rng.random_range(-2.0..2.0));
+    let y = Vector::from_fn(40, |i, _| x[(i, 0)].sin() + 0.1 * x[(i, 1)]);
+    let problem = RegularisedMlp::from_data(&x, &y, (15, 15, 10), 6, 0.05, 5).unwrap();
+    check_whole_estimates(&problem, 0.1, true);
+}
+
+#[test]
+fn forcing_the_fast_engine_on_a_problem_without_one_is_a_clear_error() {
+    let problem = cml::problem::build("quadratic", 0).unwrap();
+    let (free, _) = phases(Engine::Fast, 10, 10, 0.01);
+    let err = FirstOrder { rule: FirstOrderRule::Reptile, free }
+        .estimate(problem.as_ref(), problem.theta())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("engine") && err.contains("candle"), "{err}");
+}
+
+#[test]
+fn a_meta_batch_gives_the_same_bits_on_one_two_and_three_threads() {
+    let (free, nudged) = phases(Engine::Auto, 60, 20, 0.005);
+    for model in [
+        ModelSpec::Synapse(SynapseSpec { net: Mlp::parse("1-12-12-1").unwrap(), per_synapse: true, strength: 1.0 }),
+        ModelSpec::Modulation(ModulationSpec { net: Mlp::parse("1-12-12-1").unwrap(), strength: 1.0 }),
+    ] {
+        let config = TrainConfig {
+            model: model.clone(),
+            shots: 10,
+            estimator: EstimatorSpec::Contrastive(Contrastive { variant: Variant::Symmetric, beta: 0.1, free, nudged }),
+            meta_steps: 1,
+            meta_batch: 7,
+            meta_lr: 0.01,
+            eval_tasks: 1,
+            eval_every: 1,
+            seed: 0,
+        };
+        let mut rng = seeded(11);
+        let tasks: Vec<SinusoidTask> = (0..7).map(|_| SinusoidTask::sample(&mut rng, 10).unwrap()).collect();
+        let theta = model.initial_theta(&mut seeded(2)).unwrap();
+        let one = meta_batch_gradient(&config, &tasks, &theta, 1).unwrap();
+        assert!(one.mean.amax() > 0.0);
+        for threads in [2, 3] {
+            let many = meta_batch_gradient(&config, &tasks, &theta, threads).unwrap();
+            assert_eq!(many, one, "{threads} threads changed the meta-batch result");
+        }
+    }
+}
+
+#[test]
+fn the_engine_is_chosen_automatically_and_by_name() {
+    assert_eq!(Engine::default(), Engine::Auto);
+    for e in Engine::ALL {
+        assert_eq!(Engine::parse(e.name()).unwrap(), e);
+    }
+    let err = Engine::parse("jax").unwrap_err().to_string();
+    assert!(err.contains("jax") && err.contains("auto, candle, fast"), "{err}");
+}
