@@ -1,25 +1,48 @@
-//! Dense products for the engine's layers, by the `gemm` crate (the one Candle uses), on
-//! row-major buffers. One thread: tasks, not products, are what runs in parallel.
+//! Dense products for the engine's layers, by `nano-gemm` (the small-matrix kernels of the
+//! author of `gemm` and `faer`). A [`Product`] is planned once per shape, when a phase's buffers
+//! are made; running it allocates nothing (a general GEMM call packs its operands into freshly
+//! allocated buffers, which for 10 x 40 x 40 products costs more than the arithmetic).
+//!
+//! Matrices are strided views; the engine keeps every buffer row-major, and plans each product
+//! in the transposed, column-major form `C^T = B^T A^T` where that gives unit-stride operands.
 
-/// A row-major matrix view: `rows x cols`, element `(i, j)` at `data[i * row_stride + j * col_stride]`.
+/// A read-only strided matrix: element `(i, j)` at `data[i * row_stride + j * col_stride]`.
 #[derive(Clone, Copy)]
 pub struct View<'a> {
-    pub data: &'a [f64],
-    pub rows: usize,
-    pub cols: usize,
-    row_stride: isize,
-    col_stride: isize,
+    data: &'a [f64],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+/// A writable strided matrix (see [`View`]).
+pub struct ViewMut<'a> {
+    data: &'a mut [f64],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+/// The largest index a `rows x cols` view with these strides touches, plus one.
+fn extent(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
+    if rows == 0 || cols == 0 {
+        0
+    } else {
+        (rows - 1) * row_stride + (cols - 1) * col_stride + 1
+    }
 }
 
 impl<'a> View<'a> {
-    /// The first `rows * cols` entries of `data` as a row-major `rows x cols` matrix.
-    pub fn new(data: &'a [f64], rows: usize, cols: usize) -> Self {
+    /// `data` read as a row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a [f64], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols, "matrix view out of bounds");
         View {
             data,
             rows,
             cols,
-            row_stride: cols as isize,
+            row_stride: cols,
             col_stride: 1,
         }
     }
@@ -36,34 +59,98 @@ impl<'a> View<'a> {
     }
 }
 
-/// `c = a b`, with `c` row-major `a.rows x b.cols` (overwritten).
-pub fn matmul(a: View, b: View, c: &mut [f64]) {
-    assert_eq!(a.cols, b.rows, "inner dimensions of a product must agree");
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    assert!(c.len() >= m * n, "product output out of bounds");
-    // SAFETY: every pointer stays within its slice for the given shapes and strides (checked
-    // above and in `View::new`); `c` does not alias `a` or `b` (it is a unique borrow).
-    unsafe {
-        gemm::gemm(
+impl<'a> ViewMut<'a> {
+    /// `data` written as a row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a mut [f64], rows: usize, cols: usize) -> Self {
+        assert!(data.len() >= rows * cols, "matrix view out of bounds");
+        ViewMut {
+            data,
+            rows,
+            cols,
+            row_stride: cols,
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose, without copying.
+    pub fn t(self) -> Self {
+        ViewMut {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+}
+
+/// A planned product `C = A B` of an `m x k` and a `k x n` matrix.
+#[derive(Clone, Copy)]
+pub struct Product {
+    plan: nano_gemm::Plan<f64>,
+    m: usize,
+    k: usize,
+    n: usize,
+    /// Planned for unit row strides of `A` and `C` (the kernels' fast case).
+    column_major: bool,
+}
+
+// SAFETY: a plan holds function pointers and pointers to static masks, nothing thread-bound.
+unsafe impl Send for Product {}
+unsafe impl Sync for Product {}
+
+impl std::fmt::Debug for Product {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Product({} x {} x {})", self.m, self.k, self.n)
+    }
+}
+
+impl Product {
+    /// Plans `C = A B` for `A` of `m x k` and `B` of `k x n`; `column_major` promises that `A`
+    /// and `C` will have unit row strides.
+    pub fn new(m: usize, k: usize, n: usize, column_major: bool) -> Self {
+        Product {
+            plan: nano_gemm::Plan::new_f64_impl(m, n, k, column_major),
             m,
-            n,
             k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a.col_stride,
-            a.row_stride,
-            b.data.as_ptr(),
-            b.col_stride,
-            b.row_stride,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
+            n,
+            column_major,
+        }
+    }
+
+    /// `c = a b` (overwritten). Panics on shapes or strides other than planned, and on views out
+    /// of their slices' bounds, which would be a bug in the engine.
+    pub fn run(&self, a: View, b: View, c: ViewMut) {
+        assert_eq!((a.rows, a.cols, b.rows, b.cols), (self.m, self.k, self.k, self.n), "unplanned shape");
+        assert_eq!((c.rows, c.cols), (self.m, self.n), "unplanned output shape");
+        if self.column_major {
+            assert!(a.row_stride == 1 && c.row_stride == 1, "planned for unit row strides");
+        }
+        assert!(extent(a.rows, a.cols, a.row_stride, a.col_stride) <= a.data.len());
+        assert!(extent(b.rows, b.cols, b.row_stride, b.col_stride) <= b.data.len());
+        assert!(extent(c.rows, c.cols, c.row_stride, c.col_stride) <= c.data.len());
+        // SAFETY: shapes match the plan and every view stays inside its slice (checked above);
+        // `c` is a unique borrow, so it aliases neither input. With alpha = 0 the old contents
+        // of `c` are not used.
+        unsafe {
+            self.plan.execute_unchecked(
+                self.m,
+                self.n,
+                self.k,
+                c.data.as_mut_ptr(),
+                c.row_stride as isize,
+                c.col_stride as isize,
+                a.data.as_ptr(),
+                a.row_stride as isize,
+                a.col_stride as isize,
+                b.data.as_ptr(),
+                b.row_stride as isize,
+                b.col_stride as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+            )
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! `dW_l = h_{l-1}^T dZ_l`, `db_l = sum_i dZ_l`, `dH_{l-1} = dZ_l W_l^T`,
 //! `dU_{l-1} = dH_{l-1} * (1 - h_{l-1}^2)`, `da = sum_i dU * z`, `ds = sum_i dU`, `dZ = dU * a`.
 
-use super::matmul::{View, matmul};
+use super::matmul::{Product, View, ViewMut};
 use super::tanh::tanh_in_place;
 use crate::model::mlp::{Layer, Mlp};
 
@@ -29,15 +29,41 @@ pub struct MlpKernel {
     query_weight: f64,
 }
 
-/// Activations and back-propagated errors of one pass, sized for all rows.
+/// The planned products of one layer at one row count (each in column-major form, see
+/// [`super::matmul`]): `Z^T = W^T H^T`, `dW^T = dZ^T H`, `dH^T = W dZ^T`.
+#[derive(Debug, Clone, Copy)]
+struct LayerProducts {
+    forward: Product,
+    weight_gradient: Product,
+    backward: Product,
+}
+
+impl LayerProducts {
+    fn new(layer: &Layer, rows: usize) -> Self {
+        let (fi, fo) = (layer.fan_in, layer.fan_out);
+        LayerProducts {
+            forward: Product::new(fo, fi, rows, true),
+            weight_gradient: Product::new(fo, rows, fi, true),
+            // W as the left factor from its transposed copy, which has unit row stride.
+            backward: Product::new(fi, fo, rows, true),
+        }
+    }
+}
+
+/// Activations and back-propagated errors of one pass, sized for all rows, and the products
+/// planned for the free phase's rows (support only) and the nudged phases' (all).
 #[derive(Debug, Clone)]
 pub struct MlpBuffers {
+    free_products: Vec<LayerProducts>,
+    nudged_products: Vec<LayerProducts>,
     /// `h[0]` is the input, `h[l + 1]` the output of layer `l`.
     h: Vec<Vec<f64>>,
     /// `z_l` of modulated hidden layers (needed for the gains' gradient).
     z: Vec<Vec<f64>>,
     /// `dZ_l` per layer.
     dz: Vec<Vec<f64>>,
+    /// `W_l^T`, row-major, for the backward product (a copy is cheaper than a strided product).
+    wt: Vec<Vec<f64>>,
 }
 
 impl MlpKernel {
@@ -79,8 +105,11 @@ impl MlpKernel {
         h.extend(self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]));
         debug_assert_eq!(h[0].len(), rows * d_in);
         MlpBuffers {
+            free_products: self.layers.iter().map(|l| LayerProducts::new(l, self.n_support)).collect(),
+            nudged_products: self.layers.iter().map(|l| LayerProducts::new(l, rows)).collect(),
             z: self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect(),
             dz: self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect(),
+            wt: self.layers.iter().map(|l| vec![0.0; l.fan_in * l.fan_out]).collect(),
             h,
         }
     }
@@ -106,6 +135,11 @@ impl MlpKernel {
         } else {
             self.n_support + self.n_query
         };
+        let products = if beta == 0.0 {
+            &buf.free_products
+        } else {
+            &buf.nudged_products
+        };
         let last = self.layers.len() - 1;
         let mut mod_offset = 0;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -114,7 +148,11 @@ impl MlpKernel {
             let out = &mut after[0][..rows * fo];
             let w = &params[layer.offset..layer.offset + fi * fo];
             let b = &params[layer.offset + fi * fo..layer.offset + layer.len()];
-            matmul(View::new(&before[l], rows, fi), View::new(w, fi, fo), out);
+            products[l].forward.run(
+                View::row_major(w, fi, fo).t(),
+                View::row_major(&before[l], rows, fi).t(),
+                ViewMut::row_major(out, rows, fo).t(),
+            );
             for row in out.chunks_exact_mut(fo) {
                 for (o, bj) in row.iter_mut().zip(b) {
                     *o += bj;
@@ -164,7 +202,11 @@ impl MlpKernel {
             if l >= first_weight_grad {
                 let g = &mut grad[layer.offset..layer.offset + layer.len()];
                 let (gw, gb) = g.split_at_mut(fi * fo);
-                matmul(View::new(&buf.h[l], rows, fi).t(), View::new(dz, rows, fo), gw);
+                products[l].weight_gradient.run(
+                    View::row_major(dz, rows, fo).t(),
+                    View::row_major(&buf.h[l], rows, fi),
+                    ViewMut::row_major(gw, fi, fo).t(),
+                );
                 gb.fill(0.0);
                 for row in dz.chunks_exact(fo) {
                     for (g, d) in gb.iter_mut().zip(row) {
@@ -177,8 +219,18 @@ impl MlpKernel {
             }
             // Back through layer l to the previous hidden layer's output, then its tanh.
             let w = &params[layer.offset..layer.offset + fi * fo];
+            let wt = &mut buf.wt[l];
+            for (i, w_row) in w.chunks_exact(fo).enumerate() {
+                for (j, &v) in w_row.iter().enumerate() {
+                    wt[j * fi + i] = v;
+                }
+            }
             let prev = &mut dz_before[l - 1][..rows * fi];
-            matmul(View::new(dz, rows, fo), View::new(w, fi, fo).t(), prev);
+            products[l].backward.run(
+                View::row_major(wt, fo, fi).t(),
+                View::row_major(dz, rows, fo).t(),
+                ViewMut::row_major(prev, rows, fi).t(),
+            );
             let h = &buf.h[l][..rows * fi];
             for (d, hv) in prev.iter_mut().zip(h) {
                 *d *= 1.0 - hv * hv;

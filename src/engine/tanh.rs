@@ -8,8 +8,9 @@
 //! to 20 (where `tanh` is 1 to double precision), and the sign put back, so it is exactly odd.
 //!
 //! The loop has no branches and builds `2^k` from bits, so the compiler vectorises it. On x86-64
-//! a copy compiled for AVX2 is chosen at run time; both copies use the same operations in the
-//! same order (no fused multiply-add), so they give identical bits.
+//! a copy compiled for AVX2 and FMA is chosen at run time. Both copies use the same operations in
+//! the same order, with fused multiply-adds (exactly rounded in hardware and in the portable
+//! copy's software `fma`, which is slower), so they give identical bits.
 
 /// `2^52 + 2^51`: adding it rounds a float of magnitude below 2^51 to an integer that can be
 /// read off the low mantissa bits.
@@ -46,13 +47,13 @@ fn tanh_one(x: f64) -> f64 {
     let r = (y - k * LN2_HI) - k * LN2_LO;
     let mut q = C[11];
     for &c in C[..11].iter().rev() {
-        q = q * r + c;
+        q = q.mul_add(r, c);
     }
-    let p = r + (r * r) * q; // expm1(r)
+    let p = (r * r).mul_add(q, r); // expm1(r)
     // The low bits of t hold k (two's complement, |k| <= 58); shifting k + 1023 into the exponent
     // field gives 2^k.
     let two_k = f64::from_bits(t.to_bits().wrapping_add(1023) << 52);
-    let e = two_k * p + (two_k - 1.0);
+    let e = two_k.mul_add(p, two_k - 1.0);
     (e / (e + 2.0)).copysign(x)
 }
 
@@ -64,7 +65,7 @@ fn tanh_loop(xs: &mut [f64]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn tanh_avx2(xs: &mut [f64]) {
     tanh_loop(xs)
 }
@@ -73,8 +74,8 @@ fn tanh_avx2(xs: &mut [f64]) {
 /// `tests/engine.rs` over [-25, 25]).
 pub fn tanh_in_place(xs: &mut [f64]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, checked just above.
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, checked just above.
         unsafe { tanh_avx2(xs) };
         return;
     }

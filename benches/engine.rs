@@ -1,0 +1,233 @@
+//! The fast first-order engine against Candle and against JAX, measured side by side in one
+//! run; heap allocations per inner step; meta-batch throughput on 1 and 2 threads.
+//!
+//!     taskset -c 0 cargo bench --bench engine            # one core, as the ratios assume
+//!     cargo bench --bench engine                         # both cores (for the throughput)
+//!     cargo bench --bench engine -- --quick              # fewer repeats
+//!
+//! The JAX side runs `benches/jax_contrastive.py` when `python3 -c 'import jax'` works and is
+//! skipped with a message otherwise. Every ratio printed is of times measured in this run.
+
+use cml::engine::Engine;
+use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Variant};
+use cml::inner::{GdParams, gradient_descent};
+use cml::linalg::{Vector, relative_error};
+use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
+use cml::model::{Mlp, SinusoidTask, Synapse, SynapseSpec};
+use cml::oracle::Oracle;
+use cml::problem::BilevelProblem;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+struct Counting;
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator and only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// The workload: 1000 free steps, 2 x 250 nudged steps, step size 0.005, tolerance 0.
+const FREE: usize = 1000;
+const NUDGED: usize = 250;
+const STEP_SIZE: f64 = 0.005;
+const BETA: f64 = 0.01;
+
+fn phase(steps: usize, engine: Engine) -> GdParams {
+    GdParams {
+        step_size: Some(STEP_SIZE),
+        max_steps: steps,
+        tolerance: 0.0,
+        engine,
+    }
+}
+
+fn symmetric(engine: Engine) -> Contrastive {
+    Contrastive {
+        variant: Variant::Symmetric,
+        beta: BETA,
+        free: phase(FREE, engine),
+        nudged: phase(NUDGED, engine),
+    }
+}
+
+/// `cml export --problem synapse --seed 7` with other sizes: a seeded draw of the model.
+fn synapse(sizes: &str, shots: usize) -> Synapse {
+    let spec = SynapseSpec {
+        net: Mlp::parse(sizes).unwrap(),
+        per_synapse: true,
+        strength: 1.0,
+    };
+    Synapse::random(&spec, shots, 7).unwrap()
+}
+
+/// Best of `repeats` wall times of `f`, and its last output.
+fn best_of<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
+    let mut best = f64::INFINITY;
+    let mut out = None;
+    for _ in 0..repeats {
+        let clock = Instant::now();
+        let o = f();
+        best = best.min(clock.elapsed().as_secs_f64());
+        out = Some(o);
+    }
+    (best, out.expect("at least one repeat"))
+}
+
+/// The JAX time and estimate for the same instance and estimator, or why there is none.
+fn jax(p: &Synapse, repeats: usize) -> Result<(f64, Vector), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("instance.json");
+    p.to_instance().write(&path).map_err(|e| e.to_string())?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_contrastive.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .arg(&path)
+        .args([FREE, NUDGED].map(|s| s.to_string()))
+        .args([STEP_SIZE, BETA].map(|s| s.to_string()))
+        .arg(repeats.to_string())
+        .output()
+        .map_err(|e| format!("python3 could not be started: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
+        return Err(why.unwrap_or_else(|| format!("the JAX script failed: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    let field = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    let seconds: f64 = field("jax_seconds ").and_then(|s| s.parse().ok()).ok_or("no jax_seconds line")?;
+    let estimate: Vec<f64> = field("estimate ")
+        .ok_or("no estimate line")?
+        .split_whitespace()
+        .map(|v| v.parse().map_err(|_| format!("bad number {v}")))
+        .collect::<Result<_, _>>()?;
+    Ok((seconds, Vector::from_vec(estimate)))
+}
+
+fn side_by_side(quick: bool) {
+    let repeats = if quick { 3 } else { 10 };
+    println!(
+        "one symmetric contrastive meta-gradient: {FREE} free + 2 x {NUDGED} nudged steps, step size {STEP_SIZE}, beta {BETA}"
+    );
+    println!(
+        "{:<24} {:>12} {:>12} {:>12} {:>10} {:>10} {:>14}",
+        "instance (seed 7)", "fast ms", "candle ms", "jax ms", "fast/jax", "fast/cand", "|fast-jax|/|jax|"
+    );
+    for (sizes, shots) in [("1-40-40-1", 10), ("1-70-70-1", 10), ("1-40-40-1", 64)] {
+        let p = synapse(sizes, shots);
+        let (t_fast, fast) = best_of(repeats, || symmetric(Engine::Fast).estimate(&p, p.theta()).unwrap());
+        let (t_candle, candle) =
+            best_of(repeats.min(3), || symmetric(Engine::Candle).estimate(&p, p.theta()).unwrap());
+        assert!(relative_error(&fast.gradient, &candle.gradient) < 1e-9, "the engines disagree");
+        let label = format!("{sizes}, {shots} shots");
+        match jax(&p, repeats) {
+            Ok((t_jax, estimate)) => println!(
+                "{label:<24} {:>12.2} {:>12.2} {:>12.2} {:>10.2} {:>10.3} {:>14.1e}",
+                t_fast * 1e3,
+                t_candle * 1e3,
+                t_jax * 1e3,
+                t_fast / t_jax,
+                t_fast / t_candle,
+                relative_error(&fast.gradient, &estimate)
+            ),
+            Err(why) => {
+                println!(
+                    "{label:<24} {:>12.2} {:>12.2} {:>12} {:>10} {:>10.3}",
+                    t_fast * 1e3,
+                    t_candle * 1e3,
+                    "-",
+                    "-",
+                    t_fast / t_candle
+                );
+                println!("  JAX: {why}");
+            }
+        }
+        let steps = (FREE + 1 + 2 * (NUDGED + 1)) as f64;
+        println!(
+            "  per gradient step: fast {:.2} us, candle {:.2} us",
+            t_fast / steps * 1e6,
+            t_candle / steps * 1e6
+        );
+    }
+}
+
+/// Heap allocations of one phase of `k` steps.
+fn allocations(p: &dyn BilevelProblem, k: usize, engine: Engine) -> usize {
+    let theta = p.theta();
+    let phi = p.initial_phi(theta).unwrap();
+    let oracle = Oracle::new(p);
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    gradient_descent(&oracle, &phi, theta, BETA, &phase(k, engine), "bench").unwrap();
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+fn allocations_per_step() {
+    println!("\nheap allocations per inner step (a phase of 2K steps minus one of K, over K; 1-40-40-1, nudged)");
+    let p = synapse("1-40-40-1", 10);
+    for engine in [Engine::Fast, Engine::Candle] {
+        allocations(&p, 10, engine); // one-time allocations (thread-locals, gemm's buffers)
+        let (k1, k2) = (500, 1000);
+        let (a1, a2) = (allocations(&p, k1, engine), allocations(&p, k2, engine));
+        println!(
+            "  {:<7} {a1} allocations for {k1} steps, {a2} for {k2}: {:.3} per step",
+            engine.name(),
+            (a2 as f64 - a1 as f64) / (k2 - k1) as f64
+        );
+    }
+}
+
+fn throughput(quick: bool) {
+    let batch = 32;
+    println!("\nmeta-batch of {batch} tasks (symmetric contrastive, 1-40-40-1, 10 shots, {FREE} + 2 x {NUDGED} steps)");
+    let threads = cml::parallel::available_threads();
+    if threads < 2 {
+        println!("  only {threads} core available (taskset?): run without taskset for the 2-thread figure");
+    }
+    let model = ModelSpec::Synapse(SynapseSpec::default());
+    let mut rng = cml::rng::seeded(1);
+    let tasks: Vec<SinusoidTask> = (0..batch).map(|_| SinusoidTask::sample(&mut rng, 10).unwrap()).collect();
+    let theta = model.initial_theta(&mut cml::rng::seeded(0)).unwrap();
+    let config = TrainConfig {
+        model,
+        shots: 10,
+        estimator: EstimatorSpec::Contrastive(symmetric(Engine::Auto)),
+        meta_steps: 1,
+        meta_batch: batch,
+        meta_lr: 1e-3,
+        eval_tasks: 1,
+        eval_every: 1,
+        seed: 0,
+    };
+    let repeats = if quick { 1 } else { 3 };
+    let mut rates = Vec::new();
+    for t in [1, 2.min(threads)] {
+        let (secs, _) = best_of(repeats, || meta_batch_gradient(&config, &tasks, &theta, t).unwrap());
+        let rate = batch as f64 / secs;
+        println!("  {t} thread(s): {rate:.1} tasks/s");
+        rates.push(rate);
+    }
+    println!("  2 threads / 1 thread: {:.2}x (target >= 1.8)", rates[1] / rates[0]);
+}
+
+fn main() {
+    // cargo bench passes `--bench`; our own flag is --quick.
+    let quick = std::env::args().any(|a| a == "--quick");
+    cml::tune_allocator();
+    side_by_side(quick);
+    allocations_per_step();
+    throughput(quick);
+}
