@@ -43,9 +43,22 @@ fn primitives(c: &mut Criterion) {
         let theta = p.theta().clone();
         let phi = p.initial_phi(&theta).unwrap();
         let oracle = Oracle::new(&p);
+        // The same step on the fast first-order engine (docs/ENGINE.md): buffers made once.
+        let fast = p.first_order().unwrap();
+        let mut ws = fast.workspace(&theta.to_vec1::<f64>().unwrap()).unwrap();
+        let mut phi_fast = phi.to_vec1::<f64>().unwrap();
+        let mut grad = vec![0.0; phi_fast.len()];
+        g.bench_function(BenchmarkId::new("inner_gradient_step_fast", sizes), |b| {
+            b.iter(|| {
+                fast.phase_gradient(&mut ws, &phi_fast, 0.0, &mut grad, None);
+                for (p, g) in phi_fast.iter_mut().zip(&grad) {
+                    *p -= 1e-9 * g; // a tiny step, so that the point stays put over the run
+                }
+            })
+        });
         g.bench_function(BenchmarkId::new("inner_gradient_step", sizes), |b| {
             b.iter(|| {
-                // As inside the inner loop: the fast-parameter gradient only.
+                // As inside the inner loop on Candle: the fast-parameter gradient only.
                 let gr = oracle.phase_phi_gradient(&phi, &theta, 0.0).unwrap();
                 (&phi - (gr.phi * 0.005).unwrap()).unwrap()
             })
