@@ -6,40 +6,19 @@
 //! Matrices are strided views; the engine keeps every buffer row-major, and plans each product
 //! in the transposed, column-major form `C^T = B^T A^T` where that gives unit-stride operands.
 
-/// A read-only strided matrix: element `(i, j)` at `data[i * row_stride + j * col_stride]`.
+/// The shape and strides of a matrix: element `(i, j)` at `i * row_stride + j * col_stride`.
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    data: &'a [f64],
+struct Layout {
     rows: usize,
     cols: usize,
     row_stride: usize,
     col_stride: usize,
 }
 
-/// A writable strided matrix (see [`View`]).
-pub struct ViewMut<'a> {
-    data: &'a mut [f64],
-    rows: usize,
-    cols: usize,
-    row_stride: usize,
-    col_stride: usize,
-}
-
-/// The largest index a `rows x cols` view with these strides touches, plus one.
-fn extent(rows: usize, cols: usize, row_stride: usize, col_stride: usize) -> usize {
-    if rows == 0 || cols == 0 {
-        0
-    } else {
-        (rows - 1) * row_stride + (cols - 1) * col_stride + 1
-    }
-}
-
-impl<'a> View<'a> {
-    /// `data` read as a row-major `rows x cols` matrix.
-    pub fn row_major(data: &'a [f64], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols, "matrix view out of bounds");
-        View {
-            data,
+impl Layout {
+    fn row_major(len: usize, rows: usize, cols: usize) -> Self {
+        assert!(len >= rows * cols, "matrix view out of bounds");
+        Layout {
             rows,
             cols,
             row_stride: cols,
@@ -47,13 +26,51 @@ impl<'a> View<'a> {
         }
     }
 
-    /// The transpose, without copying.
-    pub fn t(self) -> Self {
-        View {
+    fn t(self) -> Self {
+        Layout {
             rows: self.cols,
             cols: self.rows,
             row_stride: self.col_stride,
             col_stride: self.row_stride,
+        }
+    }
+
+    /// The largest index the view touches, plus one.
+    fn extent(&self) -> usize {
+        if self.rows == 0 || self.cols == 0 {
+            0
+        } else {
+            (self.rows - 1) * self.row_stride + (self.cols - 1) * self.col_stride + 1
+        }
+    }
+}
+
+/// A read-only strided matrix over a slice.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    data: &'a [f64],
+    layout: Layout,
+}
+
+/// A writable strided matrix over a slice.
+pub struct ViewMut<'a> {
+    data: &'a mut [f64],
+    layout: Layout,
+}
+
+impl<'a> View<'a> {
+    /// `data` read as a row-major `rows x cols` matrix.
+    pub fn row_major(data: &'a [f64], rows: usize, cols: usize) -> Self {
+        View {
+            layout: Layout::row_major(data.len(), rows, cols),
+            data,
+        }
+    }
+
+    /// The transpose, without copying.
+    pub fn t(self) -> Self {
+        View {
+            layout: self.layout.t(),
             ..self
         }
     }
@@ -62,24 +79,17 @@ impl<'a> View<'a> {
 impl<'a> ViewMut<'a> {
     /// `data` written as a row-major `rows x cols` matrix.
     pub fn row_major(data: &'a mut [f64], rows: usize, cols: usize) -> Self {
-        assert!(data.len() >= rows * cols, "matrix view out of bounds");
         ViewMut {
+            layout: Layout::row_major(data.len(), rows, cols),
             data,
-            rows,
-            cols,
-            row_stride: cols,
-            col_stride: 1,
         }
     }
 
     /// The transpose, without copying.
     pub fn t(self) -> Self {
         ViewMut {
-            rows: self.cols,
-            cols: self.rows,
-            row_stride: self.col_stride,
-            col_stride: self.row_stride,
-            ..self
+            layout: self.layout.t(),
+            data: self.data,
         }
     }
 }
@@ -121,14 +131,13 @@ impl Product {
     /// `c = a b` (overwritten). Panics on shapes or strides other than planned, and on views out
     /// of their slices' bounds, which would be a bug in the engine.
     pub fn run(&self, a: View, b: View, c: ViewMut) {
-        assert_eq!((a.rows, a.cols, b.rows, b.cols), (self.m, self.k, self.k, self.n), "unplanned shape");
-        assert_eq!((c.rows, c.cols), (self.m, self.n), "unplanned output shape");
+        let (la, lb, lc) = (a.layout, b.layout, c.layout);
+        assert_eq!((la.rows, la.cols, lb.rows, lb.cols), (self.m, self.k, self.k, self.n), "unplanned shape");
+        assert_eq!((lc.rows, lc.cols), (self.m, self.n), "unplanned output shape");
         if self.column_major {
-            assert!(a.row_stride == 1 && c.row_stride == 1, "planned for unit row strides");
+            assert!(la.row_stride == 1 && lc.row_stride == 1, "planned for unit row strides");
         }
-        assert!(extent(a.rows, a.cols, a.row_stride, a.col_stride) <= a.data.len());
-        assert!(extent(b.rows, b.cols, b.row_stride, b.col_stride) <= b.data.len());
-        assert!(extent(c.rows, c.cols, c.row_stride, c.col_stride) <= c.data.len());
+        assert!(la.extent() <= a.data.len() && lb.extent() <= b.data.len() && lc.extent() <= c.data.len());
         // SAFETY: shapes match the plan and every view stays inside its slice (checked above);
         // `c` is a unique borrow, so it aliases neither input. With alpha = 0 the old contents
         // of `c` are not used.
@@ -138,14 +147,14 @@ impl Product {
                 self.n,
                 self.k,
                 c.data.as_mut_ptr(),
-                c.row_stride as isize,
-                c.col_stride as isize,
+                lc.row_stride as isize,
+                lc.col_stride as isize,
                 a.data.as_ptr(),
-                a.row_stride as isize,
-                a.col_stride as isize,
+                la.row_stride as isize,
+                la.col_stride as isize,
                 b.data.as_ptr(),
-                b.row_stride as isize,
-                b.col_stride as isize,
+                lb.row_stride as isize,
+                lb.col_stride as isize,
                 0.0,
                 1.0,
                 false,

@@ -29,6 +29,27 @@ pub struct MlpKernel {
     query_weight: f64,
 }
 
+/// Where [`MlpKernel::loss_and_gradient`] writes the gradients.
+pub struct MlpGradients<'a> {
+    /// The network parameters' gradient (laid out as [`Mlp`]), for layers `first_layer..`;
+    /// earlier layers' entries are left as they were (a model that does not need them skips them).
+    pub params: &'a mut [f64],
+    pub first_layer: usize,
+    /// The modulation's gradient; required when the network is modulated.
+    pub modulation: Option<&'a mut [f64]>,
+}
+
+impl<'a> MlpGradients<'a> {
+    /// Every layer's weight gradient, no modulation.
+    pub fn all(params: &'a mut [f64]) -> Self {
+        MlpGradients {
+            params,
+            first_layer: 0,
+            modulation: None,
+        }
+    }
+}
+
 /// The planned products of one layer at one row count (each in column-major form, see
 /// [`super::matmul`]): `Z^T = W^T H^T`, `dW^T = dZ^T H`, `dH^T = W dZ^T`.
 #[derive(Debug, Clone, Copy)]
@@ -115,19 +136,21 @@ impl MlpKernel {
     }
 
     /// Data loss of the phase with nudging strength `beta`, `L_in + beta L_out` restricted to
-    /// the squared errors, and its gradients: in the network parameters `params` (laid out as
-    /// [`Mlp`]) into `grad` for layers `first_weight_grad..` (earlier layers' entries are left
-    /// as they were), and in the modulation `(a_1, s_1, a_2, s_2, ...)` into `grad_modulation`.
+    /// the squared errors, at network parameters `params` (laid out as [`Mlp`]) and hidden-layer
+    /// modulation `(a_1, s_1, a_2, s_2, ...)`, with its gradients written into `out`.
     pub fn loss_and_gradient(
         &self,
         buf: &mut MlpBuffers,
         params: &[f64],
         modulation: Option<&[f64]>,
         beta: f64,
-        grad: &mut [f64],
-        first_weight_grad: usize,
-        mut grad_modulation: Option<&mut [f64]>,
+        out: MlpGradients,
     ) -> f64 {
+        let MlpGradients {
+            params: grad,
+            first_layer: first_weight_grad,
+            modulation: mut grad_modulation,
+        } = out;
         // The query rows take part only in nudged phases (as `L_in + beta L_out` with beta = 0
         // never evaluates `L_out`).
         let rows = if beta == 0.0 {

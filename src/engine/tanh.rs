@@ -15,8 +15,10 @@
 /// `2^52 + 2^51`: adding it rounds a float of magnitude below 2^51 to an integer that can be
 /// read off the low mantissa bits.
 const ROUND_MAGIC: f64 = 6_755_399_441_055_744.0;
-const LN2_HI: f64 = 6.931_471_803_691_238_2e-1;
-const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
+/// `ln 2 = LN2_HI + LN2_LO`, the high part with 32 trailing zero bits, so `k LN2_HI` is exact for
+/// the `|k| <= 58` that occur here (Cody and Waite's reduction).
+const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
 const INV_LN2: f64 = std::f64::consts::LOG2_E;
 /// Beyond this `|tanh(x)|` rounds to 1 (`1 - tanh(20) ~ 8e-18`).
 const CLAMP: f64 = 20.0;

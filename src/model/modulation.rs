@@ -12,7 +12,7 @@
 use super::mlp::{Layer, Mlp, mse};
 use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
 use super::synapse::{check_len, no_kernel};
-use crate::engine::mlp::{MlpBuffers, MlpKernel};
+use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
@@ -279,9 +279,11 @@ impl FirstOrderPhase for Modulation {
             &ws.net,
             Some(&phi[..gains_len]),
             beta,
-            &mut ws.net_grad,
-            first,
-            Some(g_modulation),
+            MlpGradients {
+                params: &mut ws.net_grad,
+                first_layer: first,
+                modulation: Some(g_modulation),
+            },
         );
         g_readout.copy_from_slice(&ws.net_grad[slow_len..]);
         let lambda = self.spec.strength;

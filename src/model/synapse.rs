@@ -9,7 +9,7 @@
 
 use super::mlp::{Mlp, mse};
 use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
-use crate::engine::mlp::{MlpBuffers, MlpKernel};
+use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
@@ -222,7 +222,7 @@ impl FirstOrderPhase for Synapse {
     ) -> f64 {
         let ws = downcast::<SynapseWorkspace>(workspace);
         let kernel = self.kernel.as_ref().expect("a workspace exists only with a kernel");
-        let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, grad_phi, 0, None);
+        let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
         let shared = ws.lambda.len() == 1;
         let mut pull = 0.0;
         match grad_theta {
