@@ -76,6 +76,8 @@ pub struct GdInfo {
     pub certified_distance: Option<f64>,
     /// Whether the tolerance was reached within the budget.
     pub converged: bool,
+    /// The engine that computed the gradients (`fast` or `candle`).
+    pub engine: Engine,
 }
 
 /// The end point of a phase and the gradients there (`gradients.theta` is `g(beta)`).
@@ -120,6 +122,8 @@ pub fn gradient_descent_observed(
 
 /// One phase's iterate and the gradient last evaluated there, on one engine.
 trait Iterate {
+    /// Which engine this is.
+    fn engine(&self) -> Engine;
     /// Evaluates `L_beta` and `d_phi L_beta` (and `d_theta L_beta` when `with_theta`) at the
     /// current point; returns the loss and `||d_phi L_beta||`.
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)>;
@@ -140,6 +144,10 @@ struct CandleIterate<'a, 'p> {
 }
 
 impl Iterate for CandleIterate<'_, '_> {
+    fn engine(&self) -> Engine {
+        Engine::Candle
+    }
+
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)> {
         let g = if with_theta {
             self.oracle.phase_gradients(&self.phi, self.theta, self.beta)?
@@ -181,6 +189,10 @@ struct FastIterate<'a, 'p> {
 }
 
 impl Iterate for FastIterate<'_, '_> {
+    fn engine(&self) -> Engine {
+        Engine::Fast
+    }
+
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)> {
         let grad_theta = with_theta.then_some(&mut self.grad_theta[..]);
         self.loss = self.oracle.fast_phase_gradient(
@@ -337,6 +349,7 @@ fn run_gradient_descent(
                 loss,
                 certified_distance,
                 converged,
+                engine: it.engine(),
             };
             let (phi, gradients) = it.finish()?;
             return Ok(PhaseSolution { phi, gradients, info });

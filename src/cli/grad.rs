@@ -130,19 +130,20 @@ fn print_text(r: &GradReport) {
         r.problem, r.phi_dim, r.theta_dim
     );
     println!("estimator   {}", r.estimator);
-    println!("phase       beta         steps   |grad|      certified delta  loss");
+    println!("phase       beta         steps   |grad|      certified delta  loss              engine");
     for (i, ph) in r.phases.iter().enumerate() {
         let certified = ph
             .certified_distance
             .map_or("unknown".to_string(), |d| format!("{d:.3e}"));
         println!(
-            "{:<11} {:<+12.4e} {:<7} {:<11.3e} {:<16} {:.10e}",
+            "{:<11} {:<+12.4e} {:<7} {:<11.3e} {:<16} {:<17.10e} {}",
             if i == 0 { "free" } else { "nudged" },
             ph.beta,
             ph.steps,
             ph.grad_norm,
             certified,
-            ph.loss
+            ph.loss,
+            ph.engine.name()
         );
     }
     println!("estimate    {}", vector(&r.estimate));
