@@ -50,6 +50,10 @@ pub enum CmlError {
         allowed: String,
     },
 
+    /// An estimator whose assumptions do not hold for the problem.
+    #[error("estimator does not apply: {reason}; pass --allow-inapplicable to run it anyway (with a warning)")]
+    Inapplicable { reason: String },
+
     /// Reading or writing a file failed.
     #[error("{action} {path}: {source}")]
     Io {

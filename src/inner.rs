@@ -6,12 +6,15 @@ use crate::engine::{Engine, FirstOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::norm;
 use crate::oracle::Oracle;
+use crate::smoothness;
 use candle_core::{Device, Tensor};
 
 /// Gradient-descent settings of one phase.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct GdParams {
-    /// Step size; `None` takes `1 / L_beta` from the problem's known smoothness.
+    /// Step size; `None` takes `1 / L_beta` from the problem's known smoothness, or, where it is
+    /// unknown, `1 / (2 L_hat)` with `L_hat` from power iteration at the phase's start
+    /// (docs/STEP_SIZE.md).
     pub step_size: Option<f64>,
     /// Step budget (at least 1).
     pub max_steps: usize,
@@ -61,12 +64,55 @@ impl GdParams {
     }
 }
 
+/// How a phase's step size was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "rule", rename_all = "kebab-case")]
+pub enum StepSizeRule {
+    /// Set by the user.
+    Given,
+    /// `1 / L_beta` from the problem's known smoothness bound.
+    InverseSmoothness { smoothness: f64 },
+    /// `1 / (safety L_hat)`, `L_hat` the largest curvature at the start point by power iteration.
+    PowerIteration {
+        largest_curvature: f64,
+        iterations: usize,
+        safety: f64,
+    },
+}
+
+impl StepSizeRule {
+    pub fn describe(&self) -> String {
+        match self {
+            StepSizeRule::Given => "given".into(),
+            StepSizeRule::InverseSmoothness { smoothness } => format!("1 / L with L = {smoothness:.4e} (known)"),
+            StepSizeRule::PowerIteration {
+                largest_curvature,
+                iterations,
+                safety,
+            } => format!(
+                "1 / ({safety} L^) with L^ = {largest_curvature:.4e} (power iteration, {iterations} Hessian-vector products)"
+            ),
+        }
+    }
+}
+
+/// Rises of the loss during a phase that stayed below the divergence threshold.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct LossRises {
+    /// Steps at which the loss rose above the previous step's by more than rounding.
+    pub count: usize,
+    /// The largest rise, and the step it happened at.
+    pub largest: f64,
+    pub at_step: usize,
+}
+
 /// What happened in one phase.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GdInfo {
     /// The phase's nudging strength (`0` for the free phase).
     pub beta: f64,
     pub step_size: f64,
+    pub step_size_rule: StepSizeRule,
     pub steps: usize,
     pub gradient_evaluations: usize,
     /// `||d_phi L_beta||` at the returned point.
@@ -78,6 +124,8 @@ pub struct GdInfo {
     pub converged: bool,
     /// The engine that computed the gradients (`fast` or `candle`).
     pub engine: Engine,
+    /// Where the loss went up without diverging (`None`: it never rose beyond rounding).
+    pub loss_rises: Option<LossRises>,
 }
 
 /// The end point of a phase and the gradients there (`gradients.theta` is `g(beta)`).
@@ -88,11 +136,67 @@ pub struct PhaseSolution {
     pub info: GdInfo,
 }
 
-/// A relative loss increase above this is divergence, not rounding.
-const LOSS_GROWTH_TOLERANCE: f64 = 1e-8;
-/// This many increases in a row is divergence even below the starting loss. Isolated small
-/// increases happen on non-convex losses where the step is near 2 / (local curvature).
-const GROWTH_PATIENCE: usize = 10;
+/// Divergence: the loss exceeds its start by more than this fraction of its scale,
+/// `max(|L_0|, L_0 - min_k L_k, 1e-12)` (docs/STEP_SIZE.md). A blow-up grows geometrically and
+/// crosses it within a few steps; a non-convex phase's small late rises stay far below it.
+pub const DIVERGENCE_MARGIN: f64 = 0.1;
+/// A rise smaller than this, relative to `max(|L|, 1)`, is rounding, not a rise.
+const ROUNDING: f64 = 1e-12;
+
+/// Watches a phase's losses: divergence is an error, smaller rises are recorded.
+#[derive(Debug, Clone)]
+pub struct DivergenceRule {
+    start: f64,
+    lowest: f64,
+    previous: f64,
+    rises: Option<LossRises>,
+}
+
+impl DivergenceRule {
+    pub fn new(start: f64) -> Self {
+        DivergenceRule {
+            start,
+            lowest: start,
+            previous: start,
+            rises: None,
+        }
+    }
+
+    /// Takes the loss at `step`; `Err` with the reason when the phase has diverged.
+    pub fn observe(&mut self, step: usize, loss: f64) -> std::result::Result<(), String> {
+        if !loss.is_finite() {
+            return Err(format!("the loss is {loss}"));
+        }
+        let scale = self.start.abs().max(self.start - self.lowest).max(1e-12);
+        if loss > self.start + DIVERGENCE_MARGIN * scale {
+            return Err(format!(
+                "the loss grew to {loss:.6e}, more than {DIVERGENCE_MARGIN} x {scale:.3e} above its start {:.6e} \
+                 ({:.6e} a step before)",
+                self.start, self.previous
+            ));
+        }
+        let rise = loss - self.previous;
+        if rise > ROUNDING * loss.abs().max(1.0) {
+            let r = self.rises.get_or_insert(LossRises {
+                count: 0,
+                largest: rise,
+                at_step: step,
+            });
+            r.count += 1;
+            if rise > r.largest {
+                r.largest = rise;
+                r.at_step = step;
+            }
+        }
+        self.lowest = self.lowest.min(loss);
+        self.previous = loss;
+        Ok(())
+    }
+
+    pub fn rises(&self) -> Option<LossRises> {
+        self.rises
+    }
+}
 
 /// Runs gradient descent on `L_beta` from `phi0`.
 pub fn gradient_descent(
@@ -286,49 +390,60 @@ fn run_gradient_descent(
 ) -> Result<PhaseSolution> {
     params.validate(phase)?;
     let curvature = oracle.problem().curvature(theta, beta)?;
-    let step_size = match (params.step_size, curvature) {
-        (Some(lr), _) => lr,
-        (None, Some(c)) if c.smoothness > 0.0 && c.smoothness.is_finite() => 1.0 / c.smoothness,
+    let start = oracle.cost().gradient_evaluations;
+    let (step_size, step_size_rule) = match (params.step_size, curvature) {
+        (Some(lr), _) => (lr, StepSizeRule::Given),
+        (None, Some(c)) if c.smoothness > 0.0 && c.smoothness.is_finite() => (
+            1.0 / c.smoothness,
+            StepSizeRule::InverseSmoothness {
+                smoothness: c.smoothness,
+            },
+        ),
         _ => {
-            return Err(CmlError::invalid(
-                format!("{phase} step size"),
-                "none",
-                "this problem's smoothness is unknown, so a step size must be given",
-            ));
+            let e = smoothness::estimate(oracle, phi0, theta, beta)?;
+            if !(e.largest_curvature > 0.0) {
+                return Err(CmlError::invalid(
+                    format!("{phase} step size"),
+                    "none",
+                    "the curvature at the phase's start is zero, so no default step size can be derived; give one",
+                ));
+            }
+            (
+                1.0 / (smoothness::SAFETY * e.largest_curvature),
+                StepSizeRule::PowerIteration {
+                    largest_curvature: e.largest_curvature,
+                    iterations: e.iterations,
+                    safety: smoothness::SAFETY,
+                },
+            )
         }
     };
-    let start = oracle.cost().gradient_evaluations;
     let mut it = iterate(oracle, phi0, theta, beta, params.engine)?;
-    let mut start_loss = f64::NAN;
-    let mut previous_loss = f64::INFINITY;
-    let mut increases = 0;
+    let mut rule: Option<DivergenceRule> = None;
     let mut step = 0;
     loop {
         // The meta-parameter gradient is needed only at the end point: on the last step of the
         // budget it comes with this evaluation, after an early stop it costs one more.
         let (loss, grad_norm) = it.evaluate(step == params.max_steps)?;
-        if !loss.is_finite() || !grad_norm.is_finite() {
+        let watch = rule.get_or_insert_with(|| DivergenceRule::new(loss));
+        let verdict = if grad_norm.is_finite() {
+            watch.observe(step, loss)
+        } else {
+            Err(format!("the gradient norm is {grad_norm}"))
+        };
+        if let Err(reason) = verdict {
+            let flag = if phase.starts_with("nudged") {
+                "--nudged-step-size (--step-size in cml sweep)"
+            } else {
+                "--free-step-size (--step-size in cml sweep)"
+            };
             return Err(CmlError::Diverged {
                 phase: phase.into(),
                 step,
                 reason: format!(
-                    "loss {loss} and gradient norm {grad_norm} are not finite (step size {step_size})"
-                ),
-            });
-        }
-        if step == 0 {
-            start_loss = loss;
-        }
-        increases = if loss > previous_loss { increases + 1 } else { 0 };
-        let above_start = loss > start_loss + LOSS_GROWTH_TOLERANCE * start_loss.abs().max(1.0);
-        if above_start || increases >= GROWTH_PATIENCE {
-            return Err(CmlError::Diverged {
-                phase: phase.into(),
-                step,
-                reason: format!(
-                    "the loss grew to {loss:.6e} (from {start_loss:.6e} at the start, {previous_loss:.6e} a step \
-                     before); step size {step_size} is too large (gradient descent needs a step size below \
-                     2 / smoothness)"
+                    "{reason}; step size {step_size} ({}) is too large: gradient descent needs a step \
+                     size below 2 / smoothness; set a smaller one with {flag}",
+                    step_size_rule.describe()
                 ),
             });
         }
@@ -343,6 +458,7 @@ fn run_gradient_descent(
             let info = GdInfo {
                 beta,
                 step_size,
+                step_size_rule,
                 steps: step,
                 gradient_evaluations: oracle.cost().gradient_evaluations - start,
                 grad_norm,
@@ -350,6 +466,7 @@ fn run_gradient_descent(
                 certified_distance,
                 converged,
                 engine: it.engine(),
+                loss_rises: rule.as_ref().and_then(DivergenceRule::rises),
             };
             let (phi, gradients) = it.finish()?;
             return Ok(PhaseSolution { phi, gradients, info });
@@ -358,7 +475,6 @@ fn run_gradient_descent(
             it.observe(observer)?;
         }
         it.step(step_size)?;
-        previous_loss = loss;
         step += 1;
     }
 }

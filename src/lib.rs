@@ -24,6 +24,7 @@ pub mod oracle;
 pub mod parallel;
 pub mod problem;
 pub mod rng;
+pub mod smoothness;
 pub mod sweep;
 pub mod theory;
 

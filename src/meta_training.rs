@@ -287,6 +287,17 @@ pub fn train_with(
     })
 }
 
+/// Refuses (or, with `allow`, returns as a warning) an estimator that does not apply to the
+/// model (see [`EstimatorSpec::inapplicable`]), judged on one task at the initial `theta`.
+pub fn check_applicable(config: &TrainConfig, allow: bool) -> Result<Option<String>> {
+    let theta = config.model.initial_theta(&mut stream(config.seed, INIT))?;
+    let task = SinusoidTask::sample(&mut stream(config.seed, TRAIN_TASKS), config.shots)?;
+    let problem = config.model.problem(task, &theta)?;
+    config
+        .estimator
+        .check_applicable(problem.as_ref(), problem.theta(), allow)
+}
+
 /// A meta-batch's averaged estimate and what it cost.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetaBatch {

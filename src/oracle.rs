@@ -136,6 +136,12 @@ impl<'p> Oracle<'p> {
         autodiff::hvp_and_mixed(&phase_loss(self.problem, 0.0), phi, theta, v)
     }
 
+    /// `d2_{phi phi} L_beta v`: one second-order product.
+    pub fn phase_hvp(&self, phi: &Tensor, theta: &Tensor, beta: f64, v: &Tensor) -> Result<Tensor> {
+        self.charge(0, 1);
+        Ok(autodiff::hvp_and_mixed(&phase_loss(self.problem, beta), phi, theta, v)?.0)
+    }
+
     /// Dense Hessian and mixed matrix of `L_beta`: one product per fast parameter
     /// (the gradient on the same graph comes with them).
     pub fn phase_second_derivatives(

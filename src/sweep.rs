@@ -48,6 +48,22 @@ pub struct SweepConfig {
     pub max_steps: usize,
 }
 
+impl SweepConfig {
+    /// Refuses (or, with `allow`, lists as warnings) the estimators that do not apply to the
+    /// sweep's problem (see [`EstimatorSpec::inapplicable`]), before any work.
+    pub fn check_applicable(&self, allow: bool) -> Result<Vec<String>> {
+        let mut warnings = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for point in self.grid() {
+            if seen.insert(point.estimator.clone()) {
+                let p = problem::resolve(&self.problem, point.seed)?;
+                warnings.extend(self.spec(&point)?.check_applicable(p.as_ref(), p.theta(), allow)?);
+            }
+        }
+        Ok(warnings)
+    }
+}
+
 /// One grid point.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GridPoint {
@@ -258,7 +274,7 @@ impl SweepConfig {
         }
     }
 
-    fn spec(&self, p: &GridPoint) -> Result<EstimatorSpec> {
+    pub fn spec(&self, p: &GridPoint) -> Result<EstimatorSpec> {
         let phase = self.phase(p.budget);
         let k = p.solver_steps.unwrap_or(10);
         let params = EstimatorParams {

@@ -150,7 +150,12 @@ proptest! {
         let start = norm(&(&phi0 - &star).unwrap()).unwrap();
         let rate = (1.0 - c.strong_convexity / c.smoothness).powi(steps as i32);
         prop_assert!(distance <= rate * start * (1.0 + 1e-9) + 1e-12, "{distance:.3e} > {rate:.3e} * {start:.3e}");
-        prop_assert!(distance <= sol.info.grad_norm / c.strong_convexity * (1.0 + 1e-9) + 1e-14);
+        // The certificate holds in exact arithmetic; the computed iterate and the closed-form
+        // solution each carry rounding of a few ulp of |phi*| (a case with |phi*| = 53 and the
+        // bound at 5e-15 measured a distance of 1.6e-14), hence the floor 4 eps |phi*|.
+        let floor = 4.0 * f64::EPSILON * norm(&star).unwrap();
+        prop_assert!(distance <= sol.info.grad_norm / c.strong_convexity * (1.0 + 1e-9) + 1e-14 + floor,
+            "{distance:.3e} vs {:.3e}", sol.info.grad_norm / c.strong_convexity);
     }
 }
 

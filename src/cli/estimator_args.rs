@@ -22,11 +22,13 @@ pub struct EstimatorArgs {
     /// Step budget of each nudged phase.
     #[arg(long, default_value_t = 500, allow_hyphen_values = true)]
     pub nudged_steps: i64,
-    /// Free-phase step size (default: 1 / smoothness of the inner loss, where known).
+    /// Free-phase step size. Default: 1 / L where the problem bounds the smoothness L (quadratic,
+    /// ridge, logistic); elsewhere (synapse, modulation) 1 / (2 L^), L^ the largest curvature at the
+    /// phase's start by power iteration; cml train: 0.005.
     #[arg(long, allow_hyphen_values = true)]
     pub free_step_size: Option<f64>,
-    /// Nudged-phase step size (default: the free-phase step size if given, else 1 / smoothness
-    /// of the nudged loss, where known).
+    /// Nudged-phase step size. Default: the free-phase step size if one is given (cml train:
+    /// 0.005), else chosen for the nudged loss as for the free phase.
     #[arg(long, allow_hyphen_values = true)]
     pub nudged_step_size: Option<f64>,
     /// Stop a phase once its gradient norm is at most this (0: run the whole budget).
@@ -35,7 +37,8 @@ pub struct EstimatorArgs {
     /// Conjugate-gradient iterations, or Neumann terms.
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     pub solver_steps: i64,
-    /// Neumann step alpha (default: 1 / smoothness of the inner loss, where known).
+    /// Neumann step alpha. Default: 1 / L where the smoothness L is known, else 1 / (2 L^) with L^
+    /// by power iteration at the free solution.
     #[arg(long, allow_hyphen_values = true)]
     pub neumann_alpha: Option<f64>,
     /// Steps walked back by tbptt.
@@ -45,6 +48,10 @@ pub struct EstimatorArgs {
     /// modulation, the weight-decay MLP), candle (autodiff, the reference) or fast.
     #[arg(long, default_value = "auto")]
     pub engine: String,
+    /// Run an estimator whose assumptions do not hold for the problem (e.g. first-order MAML where
+    /// theta does not set the initialisation), with a warning instead of an error.
+    #[arg(long)]
+    pub allow_inapplicable: bool,
 }
 
 /// A count from the command line: a whole number >= 1.

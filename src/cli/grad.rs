@@ -63,8 +63,10 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     let p = problem::resolve(&args.problem, args.seed)?;
     let theta = p.theta().clone();
 
+    let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;
     let clock = Instant::now();
     let mut estimate = estimator.estimate(p.as_ref(), &theta)?;
+    estimate.warnings.extend(inapplicable);
     let seconds_estimate = clock.elapsed().as_secs_f64();
     if let (EstimatorSpec::Contrastive(c), Some(q)) = (&spec, p.as_quadratic()) {
         estimate.warnings.extend(beta_warning(q, c, &estimate)?);
@@ -144,6 +146,14 @@ fn print_text(r: &GradReport) {
             certified,
             ph.loss,
             ph.engine.name()
+        );
+    }
+    for (i, ph) in r.phases.iter().enumerate() {
+        println!(
+            "{:<11} {:.4e} = {}",
+            if i == 0 { "step size" } else { "" },
+            ph.step_size,
+            ph.step_size_rule.describe()
         );
     }
     println!("estimate    {}", vector(&r.estimate));

@@ -14,6 +14,9 @@ pub struct SweepArgs {
     /// Problem name or instance file.
     #[arg(long)]
     problem: String,
+    /// Run estimators whose assumptions do not hold for the problem, with a warning.
+    #[arg(long)]
+    allow_inapplicable: bool,
     /// Comma-separated seeds.
     #[arg(long, default_value = "0")]
     seeds: String,
@@ -39,10 +42,12 @@ pub struct SweepArgs {
     /// Comma-separated CG iterations / Neumann terms / truncated-BPTT steps.
     #[arg(long, default_value = "10")]
     solver_steps: String,
-    /// Inner step size (default: 1 / smoothness, where known).
+    /// Inner step size. Default: 1 / L where the smoothness L is known, else 1 / (2 L^) with L^ by
+    /// power iteration at each phase's start.
     #[arg(long, allow_hyphen_values = true)]
     step_size: Option<f64>,
-    /// Neumann step alpha (default: 1 / smoothness, where known).
+    /// Neumann step alpha. Default: 1 / L where the smoothness L is known, else 1 / (2 L^) with L^
+    /// by power iteration at the free solution.
     #[arg(long, allow_hyphen_values = true)]
     neumann_alpha: Option<f64>,
     /// Step cap for tolerance budgets.
@@ -116,6 +121,9 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
     crate::autodiff::ensure_second_order()?;
     let config = args.config()?;
     config.validate()?;
+    for w in config.check_applicable(args.allow_inapplicable)? {
+        eprintln!("warning: {w}");
+    }
     let shard = parse_shard(&args.shard)?;
     let effective = serde_json::json!({ "sweep": &config, "shard": &args.shard });
     let config_path = args.out.with_extension("config.json");

@@ -169,6 +169,9 @@ fn read_checkpoint(path: &Path, config: &serde_json::Value) -> Result<TrainState
 pub fn run(args: TrainArgs) -> Result<()> {
     crate::autodiff::ensure_second_order()?;
     let config = args.config()?;
+    if let Some(w) = crate::meta_training::check_applicable(&config, args.estimator.allow_inapplicable)? {
+        eprintln!("warning: {w}");
+    }
     let checkpoint_every = usize::try_from(args.checkpoint_every)
         .map_err(|_| CmlError::invalid("checkpoint every", args.checkpoint_every, "a whole number >= 0"))?;
     let out = &args.out;

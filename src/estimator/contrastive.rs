@@ -140,7 +140,7 @@ impl MetaGradientEstimator for Contrastive {
             linear_residual: None,
             warnings: Vec::new(),
         };
-        estimate.warn_unconverged(|i| {
+        estimate.add_phase_warnings(|i| {
             if i == 0 {
                 self.free.tolerance
             } else {

@@ -48,7 +48,7 @@ impl MetaGradientEstimator for FirstOrder {
             }
             FirstOrderRule::Reptile => oracle.initial_phi_vjp(theta, &(&phi_init - &free.phi)?)?,
         };
-        Ok(Estimate {
+        let mut estimate = Estimate {
             gradient: to_dvector(&gradient)?,
             cost: oracle.cost(),
             phases: vec![free.info],
@@ -56,6 +56,9 @@ impl MetaGradientEstimator for FirstOrder {
             adapted_phi: free.phi,
             linear_residual: None,
             warnings: Vec::new(),
-        })
+        };
+        // The first-order rules do not assume a converged inner loop: only rises are worth a word.
+        estimate.add_phase_warnings(|_| 0.0);
+        Ok(estimate)
     }
 }

@@ -10,6 +10,7 @@ use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, spd_solve, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
+use crate::smoothness;
 use candle_core::Tensor;
 
 /// How `H v = b` is solved.
@@ -97,7 +98,7 @@ impl MetaGradientEstimator for Implicit {
             linear_residual: Some(solution.residual),
             warnings: solution.warning.into_iter().collect(),
         };
-        estimate.warn_unconverged(|_| self.free.tolerance);
+        estimate.add_phase_warnings(|_| self.free.tolerance);
         Ok(estimate)
     }
 }
@@ -127,7 +128,17 @@ pub fn implicit_meta_gradient(
     if solver == LinearSolver::Dense {
         let d = oracle.phase_second_derivatives(phi, theta, 0.0)?;
         oracle.keep_alive(n * n + m * n + 2 * n + m);
-        let v = spd_solve(&d.hessian, &b, "the inner Hessian d2_{phi phi} L_in")?;
+        let v = spd_solve(&d.hessian, &b, "the inner Hessian d2_{phi phi} L_in").map_err(|e| match e {
+            CmlError::NotPositiveDefinite { what, reason } => CmlError::NotPositiveDefinite {
+                what,
+                reason: format!(
+                    "{reason}; the dense implicit solve needs a strongly convex inner loss at the free solution: \
+                     a larger --strength (cml train: the pull toward theta), more --free-steps, or --estimator cg, which stops \
+                     at negative curvature with a warning"
+                ),
+            },
+            other => other,
+        })?;
         let residual = (&d.hessian * &v - &b).norm();
         return Ok(ImplicitSolution {
             gradient: direct - &d.mixed * v,
@@ -155,12 +166,17 @@ pub fn implicit_meta_gradient(
                 Some(a) => a,
                 None => match oracle.problem().curvature(theta, 0.0)? {
                     Some(c) if c.smoothness > 0.0 => 1.0 / c.smoothness,
+                    // Unknown smoothness: power iteration at the free solution (docs/STEP_SIZE.md).
                     _ => {
-                        return Err(CmlError::invalid(
-                            "Neumann alpha",
-                            "none",
-                            "this problem's smoothness is unknown, so alpha must be given (below 2 / L)",
-                        ));
+                        let e = smoothness::estimate(oracle, phi, theta, 0.0)?;
+                        if !(e.largest_curvature > 0.0) {
+                            return Err(CmlError::invalid(
+                                "Neumann alpha",
+                                "none",
+                                "the inner Hessian is zero at the free solution; give --neumann-alpha",
+                            ));
+                        }
+                        1.0 / (smoothness::SAFETY * e.largest_curvature)
                     }
                 },
             };

@@ -36,10 +36,12 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    /// Warns about every phase stopped by its step budget above its (non-zero) tolerance: the
-    /// estimate is then taken at an inexact phase, off by up to the certified distance.
-    pub fn warn_unconverged(&mut self, tolerances: impl Fn(usize) -> f64) {
+    /// Warns about every phase stopped by its step budget above its (non-zero) tolerance (the
+    /// estimate is then taken at an inexact phase, off by up to the certified distance), and
+    /// about every phase whose loss rose without diverging.
+    pub fn add_phase_warnings(&mut self, tolerances: impl Fn(usize) -> f64) {
         for (i, ph) in self.phases.iter().enumerate() {
+            let which = if i == 0 { "the free phase" } else { "a nudged phase" };
             let tol = tolerances(i);
             if tol > 0.0 && !ph.converged {
                 let bound = ph
@@ -48,14 +50,69 @@ impl Estimate {
                         format!("<= {d:.3e}")
                     });
                 self.warnings.push(format!(
-                    "{} (beta = {}) stopped at its budget of {} steps with |grad| = {:.3e} above its tolerance {tol:e}; \
+                    "{which} (beta = {}) stopped at its budget of {} steps with |grad| = {:.3e} above its tolerance {tol:e}; \
                      distance to its solution {bound}",
-                    if i == 0 { "the free phase" } else { "a nudged phase" },
-                    ph.beta,
-                    ph.steps,
-                    ph.grad_norm
+                    ph.beta, ph.steps, ph.grad_norm
                 ));
             }
+            if let Some(r) = ph.loss_rises {
+                self.warnings.push(format!(
+                    "{which} (beta = {}): the loss rose at {} of {} steps, by at most {:.3e} (at step {}), ending at \
+                     {:.6e}; below the divergence threshold, but the step size {} may be near 2 / curvature",
+                    ph.beta, r.count, ph.steps, r.largest, r.at_step, ph.loss, ph.step_size
+                ));
+            }
+        }
+    }
+}
+
+/// Fast parameters above which the dense implicit solve is refused: its Hessian alone is
+/// `n^2` floats (134 MB at 4096), built from `n` Hessian-vector products, then an `O(n^3)`
+/// Cholesky factorisation. CG or Neumann need only products.
+pub const DENSE_SOLVE_LIMIT: usize = 4096;
+
+impl EstimatorSpec {
+    /// Why this estimator does not apply to `problem` at `theta`, if it does not (README,
+    /// "When each estimator applies").
+    pub fn inapplicable(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Option<String>> {
+        let n = problem.dims().phi;
+        Ok(match self {
+            EstimatorSpec::FirstOrder(f) => {
+                // theta sets the initialisation iff the pull-back through phi_init(theta) is not
+                // identically zero; a generic vector tells.
+                let probe = crate::linalg::to_tensor(&crate::rng::normal_vector(&mut crate::rng::seeded(1), n))?;
+                let pulled = crate::oracle::Oracle::new(problem).initial_phi_vjp(theta, &probe)?;
+                let zero = crate::linalg::to_dvector(&pulled)?.iter().all(|&x| x == 0.0);
+                zero.then(|| {
+                    format!(
+                        "{} estimates the gradient with respect to an initialisation, but on the {} problem \
+                         theta does not set the initial fast parameters: its estimate is zero (or the direct term \
+                         alone) by construction",
+                        f.describe(),
+                        problem.name()
+                    )
+                })
+            }
+            EstimatorSpec::Implicit(i) if i.solver == LinearSolver::Dense && n > DENSE_SOLVE_LIMIT => Some(format!(
+                "the dense implicit solve forms the {n} x {n} inner Hessian ({n} Hessian-vector products, \
+                 {:.0} MB, an O(n^3) factorisation); above {DENSE_SOLVE_LIMIT} fast parameters use cg or neumann",
+                (n * n * 8) as f64 / 1e6
+            )),
+            _ => None,
+        })
+    }
+
+    /// [`EstimatorSpec::inapplicable`] as a refusal, or with `allow` as a warning to report.
+    pub fn check_applicable(
+        &self,
+        problem: &dyn BilevelProblem,
+        theta: &Tensor,
+        allow: bool,
+    ) -> Result<Option<String>> {
+        match self.inapplicable(problem, theta)? {
+            None => Ok(None),
+            Some(reason) if allow => Ok(Some(format!("{reason} (run anyway: --allow-inapplicable)"))),
+            Some(reason) => Err(CmlError::Inapplicable { reason }),
         }
     }
 }
