@@ -6,6 +6,7 @@ use crate::engine::{Engine, FirstOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::norm;
 use crate::oracle::Oracle;
+use crate::problem::Curvature;
 use crate::smoothness;
 use candle_core::{Device, Tensor};
 
@@ -73,10 +74,12 @@ pub enum StepSizeRule {
     /// `1 / L_beta` from the problem's known smoothness bound.
     InverseSmoothness { smoothness: f64 },
     /// `1 / (safety L_hat)`, `L_hat` the largest curvature at the start point by power iteration.
+    /// `halvings` counts restarts after a divergence, each with half the step.
     PowerIteration {
         largest_curvature: f64,
         iterations: usize,
         safety: f64,
+        halvings: usize,
     },
 }
 
@@ -89,8 +92,18 @@ impl StepSizeRule {
                 largest_curvature,
                 iterations,
                 safety,
+                halvings: 0,
             } => format!(
                 "1 / ({safety} L^) with L^ = {largest_curvature:.4e} (power iteration, {iterations} Hessian-vector products)"
+            ),
+            StepSizeRule::PowerIteration {
+                largest_curvature,
+                iterations,
+                safety,
+                halvings,
+            } => format!(
+                "1 / ({safety} L^ 2^{halvings}) with L^ = {largest_curvature:.4e} (power iteration, {iterations} \
+                 Hessian-vector products; halved {halvings} times after the phase diverged)"
             ),
         }
     }
@@ -210,8 +223,12 @@ pub fn gradient_descent(
     run_gradient_descent(oracle, phi0, theta, beta, params, phase, None)
 }
 
-/// [`gradient_descent`] with an observer that sees every iterate `phi_k` a step is taken from
-/// (`k = 0 .. steps - 1`), e.g. to store them for backpropagation through the steps.
+/// Sees `(k, phi_k)` for every iterate a step is taken from.
+pub type IterateObserver<'a> = dyn FnMut(usize, &Tensor) + 'a;
+
+/// [`gradient_descent`] with an observer that sees every iterate `phi_k` a step is taken from,
+/// with its index `k = 0 .. steps - 1`, e.g. to store them for backpropagation through the steps.
+/// A phase restarted with a halved default step size (docs/STEP_SIZE.md) starts again at `k = 0`.
 pub fn gradient_descent_observed(
     oracle: &Oracle,
     phi0: &Tensor,
@@ -219,7 +236,7 @@ pub fn gradient_descent_observed(
     beta: f64,
     params: &GdParams,
     phase: &str,
-    observer: &mut dyn FnMut(&Tensor),
+    observer: &mut dyn FnMut(usize, &Tensor),
 ) -> Result<PhaseSolution> {
     run_gradient_descent(oracle, phi0, theta, beta, params, phase, Some(observer))
 }
@@ -233,7 +250,7 @@ trait Iterate {
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)>;
     /// `phi <- phi - step_size d_phi L_beta`.
     fn step(&mut self, step_size: f64) -> Result<()>;
-    fn observe(&self, observer: &mut dyn FnMut(&Tensor)) -> Result<()>;
+    fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()>;
     /// The current point and the gradients last evaluated with `with_theta`.
     fn finish(self: Box<Self>) -> Result<(Tensor, Gradients)>;
 }
@@ -269,8 +286,8 @@ impl Iterate for CandleIterate<'_, '_> {
         Ok(())
     }
 
-    fn observe(&self, observer: &mut dyn FnMut(&Tensor)) -> Result<()> {
-        observer(&self.phi);
+    fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()> {
+        observer(step, &self.phi);
         Ok(())
     }
 
@@ -318,8 +335,8 @@ impl Iterate for FastIterate<'_, '_> {
         Ok(())
     }
 
-    fn observe(&self, observer: &mut dyn FnMut(&Tensor)) -> Result<()> {
-        observer(&Tensor::from_slice(&self.phi, self.phi.len(), &Device::Cpu)?);
+    fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()> {
+        observer(step, &Tensor::from_slice(&self.phi, self.phi.len(), &Device::Cpu)?);
         Ok(())
     }
 
@@ -386,12 +403,12 @@ fn run_gradient_descent(
     beta: f64,
     params: &GdParams,
     phase: &str,
-    mut observer: Option<&mut dyn FnMut(&Tensor)>,
+    mut observer: Option<&mut IterateObserver>,
 ) -> Result<PhaseSolution> {
     params.validate(phase)?;
     let curvature = oracle.problem().curvature(theta, beta)?;
     let start = oracle.cost().gradient_evaluations;
-    let (step_size, step_size_rule) = match (params.step_size, curvature) {
+    let (mut step_size, mut step_size_rule) = match (params.step_size, curvature) {
         (Some(lr), _) => (lr, StepSizeRule::Given),
         (None, Some(c)) if c.smoothness > 0.0 && c.smoothness.is_finite() => (
             1.0 / c.smoothness,
@@ -400,81 +417,137 @@ fn run_gradient_descent(
             },
         ),
         _ => {
-            let e = smoothness::estimate(oracle, phi0, theta, beta)?;
-            if !(e.largest_curvature > 0.0) {
-                return Err(CmlError::invalid(
-                    format!("{phase} step size"),
-                    "none",
-                    "the curvature at the phase's start is zero, so no default step size can be derived; give one",
-                ));
-            }
+            let (step, e) = smoothness::default_step(oracle, phi0, theta, beta, &format!("{phase} step size"))?;
             (
-                1.0 / (smoothness::SAFETY * e.largest_curvature),
+                step,
                 StepSizeRule::PowerIteration {
                     largest_curvature: e.largest_curvature,
                     iterations: e.iterations,
                     safety: smoothness::SAFETY,
+                    halvings: 0,
                 },
             )
         }
     };
-    let mut it = iterate(oracle, phi0, theta, beta, params.engine)?;
-    let mut rule: Option<DivergenceRule> = None;
-    let mut step = 0;
     loop {
-        // The meta-parameter gradient is needed only at the end point: on the last step of the
-        // budget it comes with this evaluation, after an early stop it costs one more.
-        let (loss, grad_norm) = it.evaluate(step == params.max_steps)?;
-        let watch = rule.get_or_insert_with(|| DivergenceRule::new(loss));
-        let verdict = if grad_norm.is_finite() {
-            watch.observe(step, loss)
-        } else {
-            Err(format!("the gradient norm is {grad_norm}"))
+        let run = Descent {
+            oracle,
+            phi0,
+            theta,
+            beta,
+            params,
+            phase,
+            step_size,
+            step_size_rule,
+            curvature,
+            start,
         };
-        if let Err(reason) = verdict {
-            let flag = if phase.starts_with("nudged") {
-                "--nudged-step-size (--step-size in cml sweep)"
-            } else {
-                "--free-step-size (--step-size in cml sweep)"
-            };
-            return Err(CmlError::Diverged {
-                phase: phase.into(),
-                step,
-                reason: format!(
-                    "{reason}; step size {step_size} ({}) is too large: gradient descent needs a step \
-                     size below 2 / smoothness; set a smaller one with {flag}",
-                    step_size_rule.describe()
-                ),
-            });
-        }
-        let converged = grad_norm <= params.tolerance;
-        if converged || step == params.max_steps {
-            if step != params.max_steps {
-                it.evaluate(true)?;
+        match run.run(&mut observer) {
+            // A default from the curvature at the start can be too long for a non-convex path:
+            // halve it and start the phase again (docs/STEP_SIZE.md).
+            Err(CmlError::Diverged { .. })
+                if matches!(step_size_rule, StepSizeRule::PowerIteration { halvings, .. } if halvings < MAX_HALVINGS) =>
+            {
+                step_size /= 2.0;
+                if let StepSizeRule::PowerIteration { halvings, .. } = &mut step_size_rule {
+                    *halvings += 1;
+                }
             }
-            let certified_distance = curvature
-                .filter(|c| c.strong_convexity > 0.0)
-                .map(|c| grad_norm / c.strong_convexity);
-            let info = GdInfo {
-                beta,
-                step_size,
-                step_size_rule,
-                steps: step,
-                gradient_evaluations: oracle.cost().gradient_evaluations - start,
-                grad_norm,
-                loss,
-                certified_distance,
-                converged,
-                engine: it.engine(),
-                loss_rises: rule.as_ref().and_then(DivergenceRule::rises),
+            other => return other,
+        }
+    }
+}
+
+/// Restarts with a halved default step size before a divergence is an error.
+pub const MAX_HALVINGS: usize = 6;
+
+/// One run of gradient descent at a fixed step size.
+struct Descent<'a, 'p> {
+    oracle: &'a Oracle<'p>,
+    phi0: &'a Tensor,
+    theta: &'a Tensor,
+    beta: f64,
+    params: &'a GdParams,
+    phase: &'a str,
+    step_size: f64,
+    step_size_rule: StepSizeRule,
+    curvature: Option<Curvature>,
+    /// Gradient evaluations charged before the phase (its first attempt) began.
+    start: usize,
+}
+
+impl Descent<'_, '_> {
+    fn run(&self, observer: &mut Option<&mut IterateObserver>) -> Result<PhaseSolution> {
+        let Descent {
+            oracle,
+            phi0,
+            theta,
+            beta,
+            params,
+            phase,
+            step_size,
+            step_size_rule,
+            curvature,
+            start,
+        } = *self;
+        let mut it = iterate(oracle, phi0, theta, beta, params.engine)?;
+        let mut rule: Option<DivergenceRule> = None;
+        let mut step = 0;
+        loop {
+            // The meta-parameter gradient is needed only at the end point: on the last step of
+            // the budget it comes with this evaluation, after an early stop it costs one more.
+            let (loss, grad_norm) = it.evaluate(step == params.max_steps)?;
+            let watch = rule.get_or_insert_with(|| DivergenceRule::new(loss));
+            let verdict = if grad_norm.is_finite() {
+                watch.observe(step, loss)
+            } else {
+                Err(format!("the gradient norm is {grad_norm}"))
             };
-            let (phi, gradients) = it.finish()?;
-            return Ok(PhaseSolution { phi, gradients, info });
+            if let Err(reason) = verdict {
+                let flag = if phase.starts_with("nudged") {
+                    "--nudged-step-size (--step-size in cml sweep)"
+                } else {
+                    "--free-step-size (--step-size in cml sweep)"
+                };
+                return Err(CmlError::Diverged {
+                    phase: phase.into(),
+                    step,
+                    reason: format!(
+                        "{reason}; step size {step_size} ({}) is too large: gradient descent needs a step \
+                         size below 2 / smoothness; set a smaller one with {flag}",
+                        step_size_rule.describe()
+                    ),
+                });
+            }
+            let converged = grad_norm <= params.tolerance;
+            if converged || step == params.max_steps {
+                if step != params.max_steps {
+                    it.evaluate(true)?;
+                }
+                let certified_distance = curvature
+                    .filter(|c| c.strong_convexity > 0.0)
+                    .map(|c| grad_norm / c.strong_convexity);
+                let info = GdInfo {
+                    beta,
+                    step_size,
+                    step_size_rule,
+                    steps: step,
+                    gradient_evaluations: oracle.cost().gradient_evaluations - start,
+                    grad_norm,
+                    loss,
+                    certified_distance,
+                    converged,
+                    engine: it.engine(),
+                    loss_rises: rule.as_ref().and_then(DivergenceRule::rises),
+                };
+                let (phi, gradients) = it.finish()?;
+                return Ok(PhaseSolution { phi, gradients, info });
+            }
+            if let Some(observer) = observer.as_deref_mut() {
+                it.observe(step, observer)?;
+            }
+            it.step(step_size)?;
+            step += 1;
         }
-        if let Some(observer) = observer.as_deref_mut() {
-            it.observe(observer)?;
-        }
-        it.step(step_size)?;
-        step += 1;
     }
 }

@@ -64,3 +64,23 @@ pub fn estimate(oracle: &Oracle, phi: &Tensor, theta: &Tensor, beta: f64) -> Res
         iterations: POWER_ITERATIONS,
     })
 }
+
+/// The default step `1 / (SAFETY L_hat)` for `L_beta` at `(phi, theta)`, with its estimate;
+/// `what` names the setting in the error when the curvature there is zero.
+pub fn default_step(
+    oracle: &Oracle,
+    phi: &Tensor,
+    theta: &Tensor,
+    beta: f64,
+    what: &str,
+) -> Result<(f64, SmoothnessEstimate)> {
+    let e = estimate(oracle, phi, theta, beta)?;
+    if e.largest_curvature <= 0.0 {
+        return Err(CmlError::invalid(
+            what,
+            "none",
+            "the curvature at this point is zero, so no default can be derived from it; give one",
+        ));
+    }
+    Ok((1.0 / (SAFETY * e.largest_curvature), e))
+}

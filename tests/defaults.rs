@@ -5,7 +5,7 @@
 use approx::assert_relative_eq;
 use cml::autodiff::dense_second_derivatives;
 use cml::estimator::{
-    EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
+    EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver,
 };
 use cml::inner::{DivergenceRule, GdParams, StepSizeRule, gradient_descent};
 use cml::model::{Mlp, Modulation, ModulationSpec, Synapse, SynapseSpec};
@@ -61,7 +61,7 @@ fn without_a_step_size_a_network_phase_uses_power_iteration_and_says_so() {
     let oracle = Oracle::new(&p);
     let params = GdParams { max_steps: 200, tolerance: 0.0, ..GdParams::default() };
     let sol = gradient_descent(&oracle, &p.initial_phi(theta).unwrap(), theta, 0.0, &params, "free phase").unwrap();
-    let StepSizeRule::PowerIteration { largest_curvature, iterations, safety } = sol.info.step_size_rule else {
+    let StepSizeRule::PowerIteration { largest_curvature, iterations, safety, halvings: 0 } = sol.info.step_size_rule else {
         panic!("expected the power-iteration rule, got {:?}", sol.info.step_size_rule);
     };
     assert_eq!(safety, smoothness::SAFETY);
@@ -70,6 +70,33 @@ fn without_a_step_size_a_network_phase_uses_power_iteration_and_says_so() {
     assert_eq!(oracle.cost().second_order_products, iterations);
     let start = cml::problem::phase_loss(&p, 0.0)(&p.initial_phi(theta).unwrap(), theta).unwrap();
     assert!(sol.info.loss < start.to_scalar::<f64>().unwrap());
+}
+
+#[test]
+fn a_default_step_that_diverges_on_the_way_is_halved_and_reported() {
+    // Network curvature grows along the path, so 1 / (2 L^) from the start can diverge later
+    // (the default `cml train --model synapse` met this). Find such a draw among the first seeds.
+    let params = GdParams { max_steps: 1000, tolerance: 0.0, ..GdParams::default() };
+    let found = (0..40u64).find_map(|seed| {
+        let p = Synapse::random(&SynapseSpec::default(), 10, seed).unwrap();
+        let theta = p.theta().clone();
+        let phi0 = p.initial_phi(&theta).unwrap();
+        let sol = gradient_descent(&Oracle::new(&p), &phi0, &theta, 0.0, &params, "free phase").unwrap();
+        match sol.info.step_size_rule {
+            StepSizeRule::PowerIteration { largest_curvature, halvings, .. } if halvings > 0 => {
+                Some((p, phi0, sol, largest_curvature, halvings))
+            }
+            _ => None,
+        }
+    });
+    let (p, phi0, sol, l_hat, halvings) = found.expect("some draw needs a halved step");
+    let theta = p.theta();
+    assert_relative_eq!(sol.info.step_size, 1.0 / (2.0 * l_hat * 2f64.powi(halvings as i32)), max_relative = 1e-15);
+    // The step one halving earlier does diverge (checked independently, as a given step size).
+    let longer = GdParams { step_size: Some(2.0 * sol.info.step_size), ..params };
+    let err = gradient_descent(&Oracle::new(&p), &phi0, theta, 0.0, &longer, "free phase").unwrap_err();
+    assert!(err.to_string().contains("diverged"), "{err}");
+    assert!(sol.info.loss.is_finite());
 }
 
 #[test]

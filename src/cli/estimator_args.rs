@@ -24,11 +24,11 @@ pub struct EstimatorArgs {
     pub nudged_steps: i64,
     /// Free-phase step size. Default: 1 / L where the problem bounds the smoothness L (quadratic,
     /// ridge, logistic); elsewhere (synapse, modulation) 1 / (2 L^), L^ the largest curvature at the
-    /// phase's start by power iteration; cml train: 0.005.
+    /// phase's start by power iteration.
     #[arg(long, allow_hyphen_values = true)]
     pub free_step_size: Option<f64>,
-    /// Nudged-phase step size. Default: the free-phase step size if one is given (cml train:
-    /// 0.005), else chosen for the nudged loss as for the free phase.
+    /// Nudged-phase step size. Default: the free-phase step size if one is given, else chosen
+    /// for the nudged loss as for the free phase.
     #[arg(long, allow_hyphen_values = true)]
     pub nudged_step_size: Option<f64>,
     /// Stop a phase once its gradient norm is at most this (0: run the whole budget).

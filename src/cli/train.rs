@@ -61,9 +61,6 @@ pub struct TrainArgs {
     config: Option<PathBuf>,
 }
 
-/// Inner step size when the model's smoothness is unknown and none is given.
-pub const DEFAULT_MODEL_STEP_SIZE: f64 = 0.005;
-
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
         let net = Mlp::parse(&self.net)?;
@@ -85,8 +82,9 @@ impl TrainArgs {
                 });
             }
         };
-        let mut est = self.estimator.clone();
-        est.free_step_size.get_or_insert(DEFAULT_MODEL_STEP_SIZE);
+        // Without a step size every phase takes 1 / (2 L^) at its start (docs/STEP_SIZE.md): the
+        // curvature grows as meta-training raises the strengths, so a fixed default diverges.
+        let est = self.estimator.clone();
         let config = TrainConfig {
             model,
             shots: at_least_one("shots", self.shots)?,

@@ -168,15 +168,7 @@ pub fn implicit_meta_gradient(
                     Some(c) if c.smoothness > 0.0 => 1.0 / c.smoothness,
                     // Unknown smoothness: power iteration at the free solution (docs/STEP_SIZE.md).
                     _ => {
-                        let e = smoothness::estimate(oracle, phi, theta, 0.0)?;
-                        if !(e.largest_curvature > 0.0) {
-                            return Err(CmlError::invalid(
-                                "Neumann alpha",
-                                "none",
-                                "the inner Hessian is zero at the free solution; give --neumann-alpha",
-                            ));
-                        }
-                        1.0 / (smoothness::SAFETY * e.largest_curvature)
+                        smoothness::default_step(oracle, phi, theta, 0.0, "Neumann alpha")?.0
                     }
                 },
             };

@@ -47,7 +47,10 @@ impl MetaGradientEstimator for Unrolled {
             0.0,
             &self.inner,
             "inner loop",
-            &mut |phi| {
+            &mut |k, phi| {
+                if k == 0 {
+                    iterates.clear(); // a restarted phase (halved default step) begins again
+                }
                 if iterates.len() == keep {
                     iterates.pop_front();
                 }
