@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// Problem name: quadratic, ridge or logistic.
+    /// Problem name: quadratic, ridge, logistic, synapse or modulation.
     #[arg(long)]
     problem: String,
     /// Seed of the random draw.
