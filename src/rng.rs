@@ -21,6 +21,21 @@ pub fn stream(seed: u64, purpose: u64) -> Rng {
     rng
 }
 
+/// SplitMix64's finaliser: a bijection of 64-bit words whose every output bit depends on every
+/// input bit.
+fn splitmix64(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A hash of several words, each folded in through SplitMix64, so that different tuples give
+/// unrelated values (unlike an XOR of them, where `x ^ x` cancels).
+pub fn hash_words(words: &[u64]) -> u64 {
+    words.iter().fold(0x6a09_e667_f3bc_c908, |h, &w| splitmix64(h ^ splitmix64(w)))
+}
+
 pub fn normal(rng: &mut Rng) -> f64 {
     StandardNormal.sample(rng)
 }

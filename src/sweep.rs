@@ -391,6 +391,15 @@ fn row(
 }
 
 /// A grid point with phases at exactly `delta` from their solutions (see [`Budget::Delta`]).
+/// The unit direction along which a phase is placed at distance `delta` from its solution: a
+/// seeded draw from a stream named by a hash of `(delta, beta, b, phase)`, so that every phase
+/// of every grid point gets its own (an XOR of the words gave every nudged phase `b = +-beta`
+/// the same stream at every `beta` and `delta`).
+pub fn placed_direction(seed: u64, delta: f64, beta: f64, b: f64, phase: u64, n: usize) -> Vector {
+    let purpose = crate::rng::hash_words(&[delta.to_bits(), beta.to_bits(), b.to_bits(), phase]);
+    normal_vector(&mut stream(seed, purpose), n).normalize()
+}
+
 fn run_perturbed(
     point: &GridPoint,
     spec: &EstimatorSpec,
@@ -410,10 +419,8 @@ fn run_perturbed(
         } else {
             solve_phase(&oracle, &free, theta, b, NewtonParams::default()).map(|(s, i)| (s, Some(i)))?
         };
-        let purpose = (point.beta.unwrap_or(0.0).to_bits() ^ b.to_bits()).rotate_left(7) ^ phase_index;
+        let u = placed_direction(point.seed, delta, point.beta.unwrap_or(0.0), b, phase_index, p.dims().phi);
         phase_index += 1;
-        let mut rng = stream(point.seed, purpose);
-        let u = normal_vector(&mut rng, p.dims().phi).normalize();
         Ok((star + to_tensor(&(u * delta))?)?)
     };
     let gradient = match spec {

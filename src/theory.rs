@@ -2,9 +2,10 @@
 //!
 //! `standard:  ||est - dJ|| <= A |beta| + 2K delta / |beta| + C delta`, `A = 1/2 sup ||F''||`;
 //! `symmetric: ||est - dJ|| <= A3 beta^2 + K delta / |beta| + C delta`, `A3 = 1/6 sup ||F'''||`;
-//! second-order forward (derived the same way, by Taylor's theorem with integral remainder on
-//! `-3/2 F(0) + 2 F(beta) - 1/2 F(2 beta)`, and the stencil's `sum |w_k| = 4`):
-//! `||est - dJ|| <= sup_[0, 2 beta] ||F'''|| beta^2 + 4K delta / |beta| + C delta`.
+//! second-order forward (docs/THEORY.md §1: Taylor's theorem with integral remainder on
+//! `-3/2 F(0) + 2 F(beta) - 1/2 F(2 beta)`; the remainder kernel has one sign on `[0, 2 beta]`
+//! and integrates to `beta^3 / 3`; the stencil's `sum |w_k| = 4` and `sum |w_k m_k| = 3`):
+//! `||est - dJ|| <= 1/3 sup_[0, 2 beta] ||F'''|| beta^2 + 4K delta / |beta| + 3C delta`.
 //! The sups are over `|b| <= |beta|` (over `[0, 2 beta]` for second-order forward).
 //! For the quadratic problem `F(b) = d_theta L_b(phi*_b, theta)` is rational in `b` and every
 //! constant is computed exactly here.
@@ -43,6 +44,13 @@ impl BoundConstants {
     /// `sum_k |w_k| K`: how strongly a phase error `delta` moves the estimate, times `beta`.
     pub fn delta_coefficient(&self, variant: Variant) -> f64 {
         variant.stencil().iter().map(|(_, w)| w.abs()).sum::<f64>() * self.mixed_norm
+    }
+
+    /// `sum_k |w_k m_k| C`: the direct term `b d_theta L_out(phi_b)` inside `g(b)` moves by at most
+    /// `|m_k beta| C delta` at phase `k`, weighted by `|w_k| / |beta|` (1 for standard and
+    /// symmetric, 3 for second-order forward).
+    pub fn direct_coefficient(&self, variant: Variant) -> f64 {
+        variant.stencil().iter().map(|(m, w)| (m * w).abs()).sum::<f64>() * self.direct_lipschitz
     }
 }
 
@@ -184,13 +192,15 @@ impl QuadraticTheory {
         best
     }
 
-    /// The truncation coefficient (`A`, `A3`, or second-order forward's `sup ||F'''||`) at `beta`.
+    /// The truncation coefficient (`A`, `A3`, or second-order forward's `1/3 sup ||F'''||`) at `beta`.
     pub fn truncation_coefficient(&self, variant: Variant, beta: f64) -> f64 {
         let b = beta.abs();
         match variant {
             Variant::Standard => 0.5 * self.sup_norm(2, -b, b),
             Variant::Symmetric => self.sup_norm(3, -b, b) / 6.0,
-            Variant::SecondOrderForward => self.sup_norm(3, (2.0 * beta).min(0.0), (2.0 * beta).max(0.0)),
+            Variant::SecondOrderForward => {
+                self.sup_norm(3, (2.0 * beta).min(0.0), (2.0 * beta).max(0.0)) / 3.0
+            }
         }
     }
 
@@ -201,7 +211,7 @@ impl QuadraticTheory {
             truncation: self.truncation_coefficient(variant, beta)
                 * beta.abs().powi(truncation_order(variant)),
             delta_term: c.delta_coefficient(variant) * delta / beta.abs(),
-            direct_term: c.direct_lipschitz * delta,
+            direct_term: c.direct_coefficient(variant) * delta,
         }
     }
 
@@ -214,7 +224,7 @@ impl QuadraticTheory {
             variant,
             a,
             c.delta_coefficient(variant),
-            c.direct_lipschitz,
+            c.direct_coefficient(variant),
             delta,
         )
     }

@@ -167,3 +167,26 @@ fn shards_concatenate_to_the_full_sweep() {
     }
     assert_eq!(full.len(), 2 * (2 * 4 + 1 + 1));
 }
+
+#[test]
+fn every_placed_phase_gets_its_own_direction() {
+    use cml::sweep::placed_direction;
+    // The old seed, (beta ^ b).rotate_left(7) ^ phase, was the same for the nudged phase b = beta
+    // at every beta and every delta: directions that must be independent were identical.
+    let n = 20;
+    let base = placed_direction(0, 1e-8, 1e-3, 1e-3, 1, n);
+    for (delta, beta, b, phase) in [
+        (1e-8, 1e-2, 1e-2, 1),  // another beta, same place in the stencil
+        (1e-6, 1e-3, 1e-3, 1),  // another delta
+        (1e-8, 1e-3, -1e-3, 0), // the other nudged phase
+        (1e-8, 1e-3, 0.0, 0),   // the free phase
+    ] {
+        let other = placed_direction(0, delta, beta, b, phase, n);
+        // Independent unit vectors in 20 dimensions: |cos| is about 0.2; equal ones give 1.
+        assert!(base.dot(&other).abs() < 0.9, "{delta} {beta} {b} {phase}: cos {}", base.dot(&other));
+    }
+    // The same arguments give the same direction (a seed fixes every draw).
+    assert_eq!(base, placed_direction(0, 1e-8, 1e-3, 1e-3, 1, n));
+    assert_eq!(cml::rng::hash_words(&[1, 2]), cml::rng::hash_words(&[1, 2]));
+    assert_ne!(cml::rng::hash_words(&[1, 2]), cml::rng::hash_words(&[2, 1]));
+}

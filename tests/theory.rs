@@ -179,6 +179,49 @@ fn the_closed_form_f_matches_the_meta_gradient_and_finite_differences_of_itself(
 }
 
 #[test]
+fn with_exact_phases_and_small_beta_the_truncation_bound_is_tight() {
+    // As beta -> 0 the truncation error is c_p |F^(p+1)(0)| |beta|^p with c = 1/2 (standard),
+    // 1/6 (symmetric) and 1/3 (second-order forward: the one-signed remainder kernel integrates to
+    // beta^3 / 3), and the bound's sups shrink to |F^(p+1)(0)|: the ratio error / bound tends to 1.
+    // A constant inflated by 3 (second-order forward's former `sup ||F'''||`) fails at 1/3.
+    for seed in 0..8u64 {
+        let q = Quadratic::random(&QuadraticSpec::default(), seed).unwrap();
+        let theta = to_dvector(q.theta()).unwrap();
+        let t = QuadraticTheory::new(&q, &theta).unwrap();
+        let exact = q.meta_gradient(&theta).unwrap();
+        let beta = 1e-3 * t.constants().beta_max().min(1.0);
+        for variant in Variant::ALL {
+            let err = (estimate(&q, variant, beta, |_, _| Vector::zeros(q.dims().phi)) - &exact).norm();
+            let bound = t.bound(variant, beta, 0.0).total();
+            let ratio = err / bound;
+            assert!(
+                (0.9..=1.0 + 1e-6).contains(&ratio),
+                "{} seed {seed}: error / bound = {ratio:.4} (error {err:.3e}, bound {bound:.3e})",
+                variant.name()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_direct_term_coefficient_is_the_stencils_sum_of_weights_times_multiples() {
+    // g(b) holds b d_theta L_out(phi_b): a phase error delta moves it by |m_k beta| C delta, weighted
+    // |w_k| / |beta|: 1 x C (standard: |1 x 1|), 1 x C (symmetric: 1/2 + 1/2), 3 x C (second-order
+    // forward: |2 x 1| + |-1/2 x 2|).
+    let c = cml::theory::BoundConstants {
+        mu: 1.0,
+        smoothness: 1.0,
+        mixed_norm: 1.0,
+        outer_lipschitz: 1.0,
+        direct_lipschitz: 2.0,
+    };
+    assert_eq!(c.direct_coefficient(Variant::Standard), 2.0);
+    assert_eq!(c.direct_coefficient(Variant::Symmetric), 2.0);
+    assert_eq!(c.direct_coefficient(Variant::SecondOrderForward), 6.0);
+    assert_eq!(c.delta_coefficient(Variant::SecondOrderForward), 4.0);
+}
+
+#[test]
 fn report_how_tight_the_bound_is_in_the_worst_direction() {
     // Printed with `cargo test --release --test theory -- --nocapture`: observed / bound at
     // delta = 1e-6 over 64 seeded instances, for beta at the predicted best and at 10x it.
