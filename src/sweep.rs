@@ -97,16 +97,18 @@ pub struct SweepRow {
     pub gradient_evaluations: usize,
     pub second_order_products: usize,
     pub floats_kept: usize,
+    /// `||d_phi L_in||` at the Newton-solved `phi*` of the exact reference.
+    pub reference_grad_norm: f64,
 }
 
-pub const CSV_HEADER: &str = "problem,seed,estimator,variant,beta,free_steps,nudged_steps,tolerance,solver_steps,measured_delta,certified_delta,abs_error,rel_error,cosine,gradient_evaluations,second_order_products,floats_kept";
+pub const CSV_HEADER: &str = "problem,seed,estimator,variant,beta,free_steps,nudged_steps,tolerance,solver_steps,measured_delta,certified_delta,abs_error,rel_error,cosine,gradient_evaluations,second_order_products,floats_kept,reference_grad_norm";
 
 impl SweepRow {
     pub fn csv(&self) -> String {
         let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:e}"));
         let u = |v: Option<usize>| v.map_or(String::new(), |v| v.to_string());
         format!(
-            "{},{},{},{},{},{},{},{:e},{},{:e},{},{:e},{:e},{:e},{},{},{}",
+            "{},{},{},{},{},{},{},{:e},{},{:e},{},{:e},{:e},{:e},{},{},{},{:e}",
             self.problem,
             self.seed,
             self.estimator,
@@ -123,7 +125,8 @@ impl SweepRow {
             self.cosine,
             self.gradient_evaluations,
             self.second_order_products,
-            self.floats_kept
+            self.floats_kept,
+            self.reference_grad_norm
         )
     }
 
@@ -303,29 +306,68 @@ pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)
         .iter()
         .map(|&seed| {
             let p = problem::resolve(&config.problem, seed)?;
-            let exact = exact_meta_gradient(p.as_ref(), p.theta())?.meta_gradient;
-            Ok((seed, (p, exact)))
+            let truth = exact_meta_gradient(p.as_ref(), p.theta())?;
+            check_reference_precision(config, p.as_ref(), seed, truth.newton.grad_norm)?;
+            let reference = Reference {
+                exact: truth.meta_gradient,
+                grad_norm: truth.newton.grad_norm,
+            };
+            Ok((seed, (p, reference)))
         })
-        .collect::<Result<std::collections::BTreeMap<u64, (Box<dyn BilevelProblem>, Vector)>>>()?;
+        .collect::<Result<std::collections::BTreeMap<u64, (Box<dyn BilevelProblem>, Reference)>>>()?;
     map_in_order_with_progress(
         points,
         |point| {
-            let (p, exact) = &references[&point.seed];
-            run_point(config, point, p.as_ref(), exact)
+            let (p, reference) = &references[&point.seed];
+            run_point(config, point, p.as_ref(), reference)
         },
         done,
     )
+}
+
+/// The exact meta-gradient of one seed's instance, and how precisely its `phi*` was solved.
+struct Reference {
+    exact: Vector,
+    grad_norm: f64,
+}
+
+/// Placed-at-`delta` phases are measured against Newton's `phi*`: its own distance to the true
+/// solution (`||grad|| / mu`, or `||grad||` where `mu` is unknown) must be at least 100x below
+/// the smallest `delta`, or the smallest rows measure the reference, not the estimator.
+fn check_reference_precision(config: &SweepConfig, p: &dyn BilevelProblem, seed: u64, grad_norm: f64) -> Result<()> {
+    let smallest = config
+        .budgets
+        .iter()
+        .filter_map(|b| if let Budget::Delta(d) = b { Some(*d) } else { None })
+        .fold(f64::INFINITY, f64::min);
+    if !smallest.is_finite() {
+        return Ok(());
+    }
+    let mu = p.curvature(p.theta(), 0.0)?.map_or(1.0, |c| c.strong_convexity);
+    let distance = grad_norm / mu;
+    if distance > smallest / 100.0 {
+        return Err(CmlError::invalid(
+            "smallest delta",
+            smallest,
+            format!(
+                "the exact reference of seed {seed} is solved only to {distance:.3e} (Newton's final |grad| {grad_norm:.3e}), \
+                 and a delta must be at least 100x that; use deltas >= {:.1e}",
+                100.0 * distance
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn run_point(
     config: &SweepConfig,
     point: &GridPoint,
     p: &dyn BilevelProblem,
-    exact: &Vector,
+    reference: &Reference,
 ) -> Result<SweepRow> {
     let spec = config.spec(point)?;
     if let Budget::Delta(delta) = point.budget {
-        return run_perturbed(point, &spec, delta, p, exact);
+        return run_perturbed(point, &spec, delta, p, reference);
     }
     let theta = p.theta();
     let estimate = spec.estimator().estimate(p, theta)?;
@@ -346,7 +388,7 @@ fn run_point(
         measured_delta,
         certified_delta,
     };
-    Ok(row(point, p, inner, &estimate.gradient, exact, estimate.cost))
+    Ok(row(point, p, inner, &estimate.gradient, reference, estimate.cost))
 }
 
 /// How inexact the phases of one run were.
@@ -364,9 +406,10 @@ fn row(
     p: &dyn BilevelProblem,
     inner: Inner,
     gradient: &Vector,
-    exact: &Vector,
+    reference: &Reference,
     cost: crate::oracle::Cost,
 ) -> SweepRow {
+    let exact = &reference.exact;
     SweepRow {
         problem: p.name().into(),
         seed: point.seed,
@@ -387,6 +430,7 @@ fn row(
         gradient_evaluations: cost.gradient_evaluations,
         second_order_products: cost.second_order_products,
         floats_kept: cost.floats_kept,
+        reference_grad_norm: reference.grad_norm,
     }
 }
 
@@ -405,7 +449,7 @@ fn run_perturbed(
     spec: &EstimatorSpec,
     delta: f64,
     p: &dyn BilevelProblem,
-    exact: &Vector,
+    reference: &Reference,
 ) -> Result<SweepRow> {
     let theta = p.theta();
     let oracle = Oracle::new(p);
@@ -446,5 +490,5 @@ fn run_perturbed(
         measured_delta: delta,
         certified_delta: None,
     };
-    Ok(row(point, p, inner, &gradient, exact, oracle.cost()))
+    Ok(row(point, p, inner, &gradient, reference, oracle.cost()))
 }

@@ -190,3 +190,18 @@ fn every_placed_phase_gets_its_own_direction() {
     assert_eq!(cml::rng::hash_words(&[1, 2]), cml::rng::hash_words(&[1, 2]));
     assert_ne!(cml::rng::hash_words(&[1, 2]), cml::rng::hash_words(&[2, 1]));
 }
+
+#[test]
+fn a_delta_below_the_references_precision_is_refused_and_rows_report_it() {
+    // Newton ends at |grad| around 1e-15 on the quadratic (mu = 1): a delta of 1e-16 cannot be
+    // told from the reference's own error; 1e-10 can.
+    let c = config("quadratic", &["implicit"], &[Variant::Standard], "1e-2:1e-1:2", vec![Budget::Delta(1e-16)]);
+    let err = run(&c, (0, 1), &|| {}).unwrap_err().to_string();
+    assert!(err.contains("smallest delta") && err.contains("100x"), "{err}");
+    let c = config("quadratic", &["implicit"], &[Variant::Standard], "1e-2:1e-1:2", vec![Budget::Delta(1e-10)]);
+    for r in sweep(&c) {
+        assert!(r.reference_grad_norm.is_finite());
+        assert!(r.reference_grad_norm <= 1e-12, "{r:?}");
+        assert!(r.csv().ends_with(&format!("{:e}", r.reference_grad_norm)));
+    }
+}

@@ -255,3 +255,56 @@ fn report_how_tight_the_bound_is_in_the_worst_direction() {
         );
     }
 }
+
+/// The symmetric estimate's error with warm-started gradient-descent phases (docs/THEORY.md §2),
+/// in closed form on the quadratic: with `M_b = I - alpha H_b`, `H_b = A + b C^T C`, a free phase
+/// of `t0` steps ends at `phi*_0 + e0`, and a nudged phase of `t` steps from there ends at
+/// `phi*_b + M_b^t (phi*_0 + e0 - phi*_b)`. As `beta -> 0`,
+/// `(g(beta) - g(-beta)) / (2 beta) - F'(0) -> -B^T d/db [M_b^t (phi*_0 + e0 - phi*_b)]_{b=0}
+///  = -B^T (-alpha sum_j M^j C^T C M^(t-1-j) e0 - M^t phi*'(0))`: independent of beta.
+fn symmetric_gd_floor(q: &Quadratic, alpha: f64, t0: usize, t: usize) -> Vector {
+    let m = q.matrices();
+    let theta = to_dvector(q.theta()).unwrap();
+    let n = m.a.nrows();
+    let ctc = m.cm.transpose() * m.cm;
+    let star0 = q.phase_solution(&theta, 0.0).unwrap();
+    let iter = nalgebra::DMatrix::<f64>::identity(n, n) - m.a * alpha;
+    let phi_init = to_dvector(&q.initial_phi(q.theta()).unwrap()).unwrap();
+    let e0 = iter.pow(t0 as u32) * (&phi_init - &star0);
+    // phi*'(0) = A^{-1} (C^T d - C^T C phi*_0), from (A + b C^T C) phi*_b = r + b C^T d.
+    let dstar = m.a.clone().cholesky().unwrap().solve(&(m.cm.transpose() * m.d - &ctc * &star0));
+    let mut dm_e0 = Vector::zeros(n);
+    for j in 0..t {
+        dm_e0 += iter.pow(j as u32) * (&ctc * (iter.pow((t - 1 - j) as u32) * &e0)) * (-alpha);
+    }
+    -(m.b.transpose() * (dm_e0 - iter.pow(t as u32) * dstar))
+}
+
+#[test]
+fn warm_started_symmetric_phases_leave_a_beta_independent_floor() {
+    use cml::estimator::{Contrastive, MetaGradientEstimator};
+    for seed in 0..4u64 {
+        let q = Quadratic::random(&QuadraticSpec::default(), seed).unwrap();
+        let theta = to_dvector(q.theta()).unwrap();
+        let exact = q.meta_gradient(&theta).unwrap();
+        let alpha = 1.0 / q.curvature(q.theta(), 0.0).unwrap().unwrap().smoothness;
+        let (t0, t) = (40, 30);
+        let floor = symmetric_gd_floor(&q, alpha, t0, t);
+        let mut errors = Vec::new();
+        for beta in [1e-3, 1e-4, 1e-5] {
+            let phase = |steps| GdParams { step_size: Some(alpha), max_steps: steps, tolerance: 0.0, ..GdParams::default() };
+            let c = Contrastive { variant: Variant::Symmetric, beta, free: phase(t0), nudged: phase(t) };
+            let e = c.estimate(&q, q.theta()).unwrap().gradient - &exact;
+            // The floor predicts the error vector itself, not only its size; beta^2 terms and
+            // rounding (~1e-16 / beta) are far below it here.
+            let gap = (&e - &floor).norm() / floor.norm();
+            assert!(gap < 1e-3, "seed {seed} beta {beta}: error {:.4e}, predicted floor {:.4e}, gap {gap:.2e}", e.norm(), floor.norm());
+            errors.push(e.norm());
+        }
+        // Flat in beta: the delta / beta side of the bound does not appear.
+        assert!(errors[0] / errors[2] < 1.01 && errors[2] / errors[0] < 1.01, "seed {seed}: {errors:?}");
+        // And it shrinks with the nudged budget at the contraction rate (the floor, not 1/beta).
+        let longer = symmetric_gd_floor(&q, alpha, t0, t + 20);
+        assert!(longer.norm() < floor.norm(), "seed {seed}");
+    }
+}
