@@ -187,3 +187,30 @@ fn export_to_an_unwritable_path_is_an_error_and_writes_nothing() {
     assert_clean_error(&o, &["cannot create the folder of"]);
     assert_eq!(std::fs::read_to_string(&blocker).unwrap(), "x");
 }
+
+#[test]
+fn grad_reports_the_seed_an_instance_file_was_drawn_with() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("r7.json");
+    let path = path.to_str().unwrap();
+    assert!(common::cml(&["export", "--problem", "ridge", "--seed", "7", "--out", path]).status.success());
+    // --seed is ignored for a file; the report carries the file's seed, 7, not the flag's default 0.
+    let o = common::cml(&["grad", "--problem", path, "--json"]);
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["seed"], 7);
+}
+
+#[test]
+fn a_quick_figures_run_never_writes_over_the_committed_outputs() {
+    // Without --out and --paper, --quick writes to figures-quick/ and figures-quick/paper/.
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", "cost"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(dir.path().join("figures-quick/cost_vs_k.csv").is_file());
+    assert!(dir.path().join("figures-quick/paper/cost.md").is_file());
+    assert!(!dir.path().join("figures").exists() && !dir.path().join("paper").exists());
+}

@@ -6,12 +6,13 @@ use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct FiguresArgs {
-    /// Folder for the figures (PNG, SVG) and their CSVs.
-    #[arg(long, default_value = "figures")]
-    out: PathBuf,
-    /// Folder for the tables and the write-up.
-    #[arg(long, default_value = "paper")]
-    paper: PathBuf,
+    /// Folder for the figures (PNG, SVG) and their CSVs [default: figures; with --quick,
+    /// figures-quick, so that a quick run never overwrites the committed full-run outputs].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Folder for the tables and the write-up [default: paper; with --quick, OUT/paper].
+    #[arg(long)]
+    paper: Option<PathBuf>,
     /// Smaller grids, fewer seeds (same code paths).
     #[arg(long)]
     quick: bool,
@@ -23,9 +24,15 @@ pub struct FiguresArgs {
 }
 
 pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
+    let out = args
+        .out
+        .unwrap_or_else(|| PathBuf::from(if args.quick { "figures-quick" } else { "figures" }));
+    let paper = args
+        .paper
+        .unwrap_or_else(|| if args.quick { out.join("paper") } else { PathBuf::from("paper") });
     let settings = Settings {
-        out: args.out,
-        paper: args.paper,
+        out,
+        paper,
         quick: args.quick,
         seed: args.seed,
     };

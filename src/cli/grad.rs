@@ -30,7 +30,8 @@ pub struct GradArgs {
 #[derive(serde::Serialize)]
 struct GradReport {
     problem: String,
-    seed: u64,
+    /// The draw's seed, or the instance file's (`null` for a file written without one).
+    seed: Option<u64>,
     phi_dim: usize,
     theta_dim: usize,
     estimator: String,
@@ -61,6 +62,8 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     let spec = args.estimator.spec()?;
     let estimator = spec.estimator();
     let p = problem::resolve(&args.problem, args.seed)?;
+    // An instance file carries the seed it was drawn with (or none); the flag is ignored then.
+    let seed = problem::instance_seed(&args.problem, args.seed)?;
     let theta = p.theta().clone();
 
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;
@@ -88,7 +91,7 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     };
     let report = GradReport {
         problem: p.name().into(),
-        seed: args.seed,
+        seed,
         phi_dim: p.dims().phi,
         theta_dim: p.dims().theta,
         estimator: estimator.describe(),

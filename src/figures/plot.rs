@@ -9,8 +9,9 @@ use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// Okabe-Ito, without yellow (too pale on white).
-pub const PALETTE: [RGBColor; 7] = [
+/// Okabe-Ito without yellow (too pale on white), then a dark red and a grey, so that the nine
+/// estimators of a figure each get their own colour.
+pub const PALETTE: [RGBColor; 9] = [
     RGBColor(0, 114, 178),
     RGBColor(213, 94, 0),
     RGBColor(0, 158, 115),
@@ -18,6 +19,8 @@ pub const PALETTE: [RGBColor; 7] = [
     RGBColor(86, 180, 233),
     RGBColor(230, 159, 0),
     RGBColor(0, 0, 0),
+    RGBColor(136, 34, 51),
+    RGBColor(119, 119, 119),
 ];
 
 /// Values are floored here before a log axis, so exact zeros stay on the chart.
@@ -270,27 +273,49 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
             Style::Points => {}
         }
         if matches!(s.style, Style::Points | Style::LinePoints) {
-            chart
-                .draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))
-                .map_err(plot_error)?;
+            for &p in &pts {
+                draw_marker(&chart.plotting_area(), p, s.color, color)?;
+            }
         }
     }
     draw_legend(&legend_area, &panel.series)
+}
+
+/// A point marker: circle, triangle and cross in turn, so that neighbouring series differ in
+/// shape as well as colour.
+fn draw_marker<DB: DrawingBackend, CT: plotters::coord::CoordTranslate>(
+    area: &DrawingArea<DB, CT>,
+    p: CT::From,
+    index: usize,
+    color: RGBColor,
+) -> Result<()> {
+    match index % 3 {
+        0 => area.draw(&Circle::new(p, 3, color.filled())),
+        1 => area.draw(&TriangleMarker::new(p, 4, color.filled())),
+        _ => area.draw(&Cross::new(p, 4, color.stroke_width(2))),
+    }
+    .map_err(plot_error)
 }
 
 fn draw_legend<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, series: &[Series]) -> Result<()> {
     let mut y = 40;
     for s in series.iter().filter(|s| !s.label.is_empty()) {
         let color = PALETTE[s.color % PALETTE.len()];
-        let line = match s.style {
-            Style::Dashed => color.stroke_width(1),
-            _ => color.stroke_width(2),
-        };
-        area.draw(&PathElement::new(vec![(6, y), (30, y)], line))
-            .map_err(plot_error)?;
+        match s.style {
+            // Dashed in the legend as in the plot: two dashes.
+            Style::Dashed => {
+                for (a, b) in [(6, 14), (20, 28)] {
+                    area.draw(&PathElement::new(vec![(a, y), (b, y)], color.stroke_width(1)))
+                        .map_err(plot_error)?;
+                }
+            }
+            Style::Points => {}
+            _ => area
+                .draw(&PathElement::new(vec![(6, y), (30, y)], color.stroke_width(2)))
+                .map_err(plot_error)?,
+        }
         if matches!(s.style, Style::Points | Style::LinePoints) {
-            area.draw(&Circle::new((18, y), 3, color.filled()))
-                .map_err(plot_error)?;
+            draw_marker(area, (18, y), s.color, color)?;
         }
         area.draw(&Text::new(s.label.clone(), (36, y - 7), (FONT, 13)))
             .map_err(plot_error)?;

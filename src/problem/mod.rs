@@ -156,6 +156,17 @@ pub fn resolve(spec: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
     }
 }
 
+/// The seed a problem named on the command line was drawn with: `seed` for a registry name, the
+/// file's own (if it has one) for an instance file.
+pub fn instance_seed(spec: &str, seed: u64) -> Result<Option<u64>> {
+    let path = std::path::Path::new(spec);
+    if spec.ends_with(".json") || path.is_file() {
+        Ok(InstanceFile::read(path)?.seed)
+    } else {
+        Ok(Some(seed))
+    }
+}
+
 /// Matrix-vector product of a 2-D tensor with a 1-D tensor.
 pub(crate) fn matvec(m: &Tensor, v: &Tensor) -> candle_core::Result<Tensor> {
     m.matmul(&v.unsqueeze(1)?)?.squeeze(1)
