@@ -469,6 +469,7 @@ fn run_perturbed(
     };
     let gradient = match spec {
         EstimatorSpec::Contrastive(c) => c.variant.combine(c.beta, |b| {
+            let b = c.variant.phase_beta(b);
             let phi = perturbed(b)?;
             to_dvector(&oracle.phase_gradients(&phi, theta, b)?.theta)
         })?,

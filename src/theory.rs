@@ -76,6 +76,8 @@ pub fn truncation_order(variant: Variant) -> i32 {
     match variant {
         Variant::Standard => 1,
         Variant::Symmetric | Variant::SecondOrderForward => 2,
+        // Biased by -F'(0)/2: the error does not vanish with beta.
+        Variant::ReferenceCodeSymmetric => 0,
     }
 }
 
@@ -93,7 +95,10 @@ pub fn best_beta(variant: Variant, a: f64, b: f64, c: f64, delta: f64) -> (f64, 
 pub fn theory_slopes(variant: Variant) -> [f64; 4] {
     match truncation_order(variant) {
         1 => [1.0, -1.0, 0.5, 0.5],
-        _ => [2.0, -1.0, 1.0 / 3.0, 2.0 / 3.0],
+        2 => [2.0, -1.0, 1.0 / 3.0, 2.0 / 3.0],
+        // A bias independent of beta: flat on the right, and neither the best beta nor the best
+        // error improves as delta shrinks.
+        _ => [0.0, -1.0, 0.0, 0.0],
     }
 }
 
@@ -200,6 +205,11 @@ impl QuadraticTheory {
             Variant::Symmetric => self.sup_norm(3, -b, b) / 6.0,
             Variant::SecondOrderForward => {
                 self.sup_norm(3, (2.0 * beta).min(0.0), (2.0 * beta).max(0.0)) / 3.0
+            }
+            // (F(beta) - F(0)) / (2 beta) - F'(0) = -F'(0)/2 + (1 / 2 beta) int_0^beta (F' - F'(0)):
+            // at most ||F'(0)|| / 2 + sup ||F''|| |beta| / 4 (order 0: the coefficient of beta^0).
+            Variant::ReferenceCodeSymmetric => {
+                0.5 * self.derivative(1, 0.0).norm() + 0.25 * self.sup_norm(2, beta.min(0.0), beta.max(0.0)) * b
             }
         }
     }

@@ -220,3 +220,28 @@ fn a_diverging_step_size_is_an_error_naming_the_step() {
     assert!(err.contains("free phase diverged at step"), "{err}");
     assert!(err.contains("step size 0.5"), "{err}");
 }
+
+#[test]
+fn the_reference_codes_symmetric_rule_estimates_half_the_meta_gradient() {
+    // Its -beta phase drops the outer loss, so with converged phases it returns
+    // (F(beta) - F(0)) / (2 beta) = F'(0) / 2 + O(beta): relative error 1/2, and half of the
+    // standard (forward-difference) estimate up to rounding (docs/THEORY.md §3).
+    let p = build("quadratic", 1).unwrap();
+    let theta = to_dvector(p.theta()).unwrap();
+    let exact = p.closed_form().unwrap().meta_gradient(&theta).unwrap();
+    let phase = GdParams { tolerance: 1e-12, max_steps: 100_000, ..GdParams::default() };
+    let run = |variant| {
+        Contrastive { variant, beta: 1e-4, free: phase, nudged: phase }
+            .estimate(p.as_ref(), p.theta())
+            .unwrap()
+    };
+    let defect = run(Variant::ReferenceCodeSymmetric);
+    let standard = run(Variant::Standard);
+    let rel = cml::linalg::relative_error(&defect.gradient, &exact);
+    assert!((rel - 0.5).abs() < 1e-3, "relative error {rel}");
+    assert!(cml::linalg::relative_error(&(&defect.gradient * 2.0), &standard.gradient) < 1e-6);
+    // It ran a phase at beta = 0 (the dropped outer loss), not at -beta.
+    assert_eq!(defect.phases.iter().map(|ph| ph.beta).collect::<Vec<_>>(), vec![0.0, 0.0, 1e-4]);
+    assert_eq!(Variant::parse("reference-code-symmetric").unwrap(), Variant::ReferenceCodeSymmetric);
+    assert!(!Variant::ALL.contains(&Variant::ReferenceCodeSymmetric));
+}

@@ -10,7 +10,8 @@ pub struct EstimatorArgs {
     /// Estimator: contrastive, implicit (dense solve), cg, neumann, t1t2, bptt, tbptt, fomaml, reptile.
     #[arg(long, default_value = "contrastive")]
     pub estimator: String,
-    /// Contrastive variant: standard, symmetric or second-order-forward.
+    /// Contrastive variant: standard, symmetric or second-order-forward (reference-code-symmetric:
+    /// an ablation reproducing the authors' code, whose -beta phase drops the outer loss).
     #[arg(long, default_value = "standard")]
     pub variant: String,
     /// Nudging strength beta (non-zero).

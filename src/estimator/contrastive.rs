@@ -26,27 +26,41 @@ pub enum Variant {
     Symmetric,
     /// `(-3/2 g(0) + 2 g(beta) - 1/2 g(2 beta)) / beta`; error `O(beta^2)`.
     SecondOrderForward,
+    /// An ablation, not an estimator to use: the authors' PyTorch code never adds the outer loss
+    /// in its `-beta` phase, which then minimises `L_in` alone from the free solution, so its
+    /// "symmetric" estimate is `(g(beta) - g_0) / (2 beta)`, half a forward difference, biased by
+    /// `-F'(0) / 2` (docs/THEORY.md §3). Kept to measure what that defect does.
+    ReferenceCodeSymmetric,
 }
 
 impl Variant {
+    /// The estimators (the error bound applies to each).
     pub const ALL: [Variant; 3] = [Variant::Standard, Variant::Symmetric, Variant::SecondOrderForward];
+    /// Every name `parse` accepts: the estimators and the reference code's defect.
+    pub const NAMED: [Variant; 4] = [
+        Variant::Standard,
+        Variant::Symmetric,
+        Variant::SecondOrderForward,
+        Variant::ReferenceCodeSymmetric,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Variant::Standard => "standard",
             Variant::Symmetric => "symmetric",
             Variant::SecondOrderForward => "second-order-forward",
+            Variant::ReferenceCodeSymmetric => "reference-code-symmetric",
         }
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        Self::ALL
+        Self::NAMED
             .into_iter()
             .find(|v| v.name() == s)
             .ok_or_else(|| CmlError::UnknownName {
                 kind: "contrastive variant".into(),
                 name: s.into(),
-                allowed: Self::ALL.map(Variant::name).join(", "),
+                allowed: Self::NAMED.map(Variant::name).join(", "),
             })
     }
 
@@ -56,6 +70,16 @@ impl Variant {
             Variant::Standard => &[(0.0, -1.0), (1.0, 1.0)],
             Variant::Symmetric => &[(-1.0, -0.5), (1.0, 0.5)],
             Variant::SecondOrderForward => &[(0.0, -1.5), (1.0, 2.0), (2.0, -0.5)],
+            Variant::ReferenceCodeSymmetric => &[(-1.0, -0.5), (1.0, 0.5)],
+        }
+    }
+
+    /// The nudging strength the phase asked for at `b` really runs with: `b`, except in the
+    /// reference code's defect, whose negative phase drops the outer loss (runs at 0).
+    pub fn phase_beta(self, b: f64) -> f64 {
+        match self {
+            Variant::ReferenceCodeSymmetric if b < 0.0 => 0.0,
+            _ => b,
         }
     }
 
@@ -125,6 +149,9 @@ impl MetaGradientEstimator for Contrastive {
             if b == 0.0 {
                 return to_dvector(&free.gradients.theta);
             }
+            // The reference code's defect runs its -beta phase on L_in alone (a fresh phase
+            // from the free solution, as that code does).
+            let b = self.variant.phase_beta(b);
             let name = format!("nudged phase (beta = {b})");
             let nudged = gradient_descent(&oracle, &free.phi, theta, b, &self.nudged, &name)?;
             phases.push(nudged.info);

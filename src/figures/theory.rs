@@ -29,6 +29,9 @@ pub struct TheoryResults {
     pub t1t2: Option<DeltaFit>,
     /// The complex-synapse instance's curvature at the initial point and at `phi*`.
     pub synapse_min_eigenvalue: f64,
+    /// The reference code's defect beside the correct rules: per variant, the median relative
+    /// error over the betas of the ablation figure.
+    pub ablation: Vec<(Variant, f64)>,
 }
 
 const VARIANTS: [Variant; 2] = [Variant::Standard, Variant::Symmetric];
@@ -226,12 +229,51 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResult
 
     best_beta_figure(settings, &placed, files)?;
     write_table(settings, "slopes.md", &slopes_table(&fits), files)?;
+    let ablation = reference_code_ablation(settings, files)?;
     Ok(TheoryResults {
         fits,
         implicit: fit_delta(&placed, "implicit"),
         t1t2: fit_delta(&placed, "t1t2"),
         synapse_min_eigenvalue: mu,
+        ablation,
     })
+}
+
+/// The authors' code's "symmetric" rule, whose `-beta` phase drops the outer loss, beside the
+/// correct rules on the quadratic with converged gradient-descent phases (`|grad| <= 1e-12`), so
+/// that only the rule differs: `reference_code_ablation.csv` and its figure.
+fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Vec<(Variant, f64)>> {
+    let variants = [Variant::Standard, Variant::Symmetric, Variant::ReferenceCodeSymmetric];
+    let n = if settings.quick { 7 } else { 13 };
+    let c = SweepConfig {
+        variants: variants.to_vec(),
+        betas: sweep::parse_log_range(&format!("1e-4:1e-1:{n}")).expect("a valid range"),
+        ..config("quadratic", settings, &["contrastive"], vec![Budget::Tolerance(1e-12)], None)
+    };
+    let rows = sweep::run(&c, (0, 1), &|| {})?;
+    write_csv(&settings.out.join("reference_code_ablation.csv"), CSV_HEADER, &csv(&rows), files)?;
+    let mut panel = Panel::new(
+        "the reference code's symmetric rule (quadratic, converged phases)",
+        "nudging strength beta",
+        "relative error",
+        true,
+        true,
+    );
+    let mut medians = Vec::new();
+    for (i, v) in variants.into_iter().enumerate() {
+        let mut pts: Vec<(f64, f64)> = rows
+            .iter()
+            .filter(|r| r.variant == v.name())
+            .filter_map(|r| Some((r.beta?, r.rel_error)))
+            .collect();
+        pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut errors: Vec<f64> = pts.iter().map(|p| p.1).collect();
+        errors.sort_by(f64::total_cmp);
+        medians.push((v, errors[errors.len() / 2]));
+        panel.series.push(Series::new(v.name(), pts, i, Style::LinePoints));
+    }
+    save(settings, "reference_code_ablation", &Figure { panels: vec![panel], columns: 1 }, files)?;
+    Ok(medians)
 }
 
 /// Best beta and best error against delta, measured and predicted by the bound, and the

@@ -114,6 +114,7 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             ));
         }
         s.push_str(&symmetric_floor_sentence(&t.fits));
+        s.push_str(&ablation_sentence(&t.ablation, &fig("reference_code_ablation")));
     }
     s.push_str("## 4. Experiments\n\n");
     if let Some(c) = &r.compute {
@@ -335,5 +336,34 @@ fn symmetric_floor_sentence(fits: &[crate::figures::theory::FitRow]) -> String {
          docs/THEORY.md §2). The bound's `delta / beta` is the worst case, reached with independent phase errors\n\
          (the placed-at-`delta` rows).\n\n",
         parts.join("; ")
+    )
+}
+
+/// The reference code's defect against the correct rules, from the measured median relative
+/// errors. Its estimate is `(g(beta) - g_0) / (2 beta)`, half a forward difference, so its
+/// relative error should sit near 1/2 whatever `beta` (docs/THEORY.md §3); the verdict takes a
+/// margin of 0.05 around 1/2.
+fn ablation_sentence(ablation: &[(crate::estimator::Variant, f64)], figure: &str) -> String {
+    if ablation.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = ablation.iter().map(|(v, e)| format!("{} {e:.3e}", v.name())).collect();
+    let defect = ablation
+        .iter()
+        .find(|(v, _)| *v == crate::estimator::Variant::ReferenceCodeSymmetric)
+        .map(|(_, e)| *e);
+    let verdict = match defect {
+        Some(e) if (e - 0.5).abs() <= 0.05 => format!(
+            "the defect's error is {e:.3}, within 0.05 of the 1/2 that half a forward difference predicts: it estimates \
+             half the meta-gradient at every `beta`"
+        ),
+        Some(e) => format!("the defect's error is {e:.3}, not the predicted 1/2 (within 0.05)"),
+        None => "the defect was not run".into(),
+    };
+    format!(
+        "![reference code ablation]({figure})\n\n*The authors' PyTorch code runs its `-beta` phase without the outer loss\n\
+         (`reference-code-symmetric`), beside the correct rules, on the quadratic with converged phases.*\n\n\
+         Median relative error over `beta` in [1e-4, 1e-1]: {}; {verdict}.\n\n",
+        list.join(", ")
     )
 }
