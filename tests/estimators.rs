@@ -437,10 +437,29 @@ fn every_estimator_name_builds_and_reports_its_cost() {
         neumann_alpha: None,
         truncation: 7,
     };
-    for (name, _) in cml::estimator::ESTIMATORS {
+    // Which estimator ran, told by its description and its second-order products (ridge has 8
+    // fast parameters; the free phase takes 300 steps; solver steps 5, truncation 7): a swap of
+    // two names (cg and neumann, say) fails here.
+    let expected: [(&str, &str, usize); 9] = [
+        ("contrastive", "contrastive symmetric", 0),
+        ("implicit", "dense solve", 8),
+        ("cg", "CG (5 steps)", 6),
+        ("neumann", "Neumann (5 terms", 6),
+        ("t1t2", "T1-T2", 1),
+        ("bptt", "BPTT (K = 300)", 300),
+        ("tbptt", "last 7 of K = 300", 7),
+        ("fomaml", "first-order MAML", 0),
+        ("reptile", "Reptile", 0),
+    ];
+    assert_eq!(cml::estimator::ESTIMATORS.len(), expected.len());
+    for ((name, _), (want, describes, products)) in cml::estimator::ESTIMATORS.iter().zip(expected) {
+        assert_eq!(*name, want);
         let spec = EstimatorSpec::from_name(name, &params).unwrap();
+        let described = spec.estimator().describe();
+        assert!(described.contains(describes), "{name} runs as {described:?}");
         let e = spec.estimator().estimate(p.as_ref(), p.theta()).unwrap();
         assert!(e.gradient.iter().all(|x| x.is_finite()), "{name}");
+        assert_eq!(e.cost.second_order_products, products, "{name}: {:?}", e.cost);
         assert!(
             e.cost.gradient_evaluations >= 301 && e.cost.floats_kept > 0,
             "{name}: {:?}",
@@ -454,4 +473,22 @@ fn every_estimator_name_builds_and_reports_its_cost() {
         err.contains("unknown estimator 'magic'") && err.contains("tbptt"),
         "{err}"
     );
+}
+
+#[test]
+fn the_gradient_descent_contrastive_estimator_matches_the_exact_meta_gradient_on_both_networks() {
+    // The estimator users run (gradient-descent phases, default power-iteration step sizes, the
+    // fast engine), not a Newton-phase stand-in, against the implicit meta-gradient at Newton's
+    // phi*. Strength 20 makes L_in strongly convex there (as in the slope tests). Phases stop at
+    // |grad| <= 1e-10, so delta <= 1e-10 / mu; with beta = 1e-3 the symmetric bound is
+    // A3 beta^2 + K delta / beta, about 1e-6 + 1e-7 relative: 1e-4 leaves room for constants.
+    let phase = GdParams { tolerance: 1e-10, max_steps: 200_000, ..GdParams::default() };
+    let contrastive = Contrastive { variant: Variant::Symmetric, beta: 1e-3, free: phase, nudged: phase };
+    for p in [&small_synapse(true, 20.0, 2) as &dyn BilevelProblem, &small_modulation(20.0, 2)] {
+        let exact = exact_meta_gradient(p, p.theta()).unwrap().meta_gradient;
+        let e = contrastive.estimate(p, p.theta()).unwrap();
+        assert!(e.phases.iter().all(|ph| ph.converged), "{}: {:?}", p.name(), e.phases);
+        let rel = cml::linalg::relative_error(&e.gradient, &exact);
+        assert!(rel < 1e-4, "{}: relative error {rel:.3e}", p.name());
+    }
 }

@@ -27,6 +27,7 @@ fn figures_quick(dir: &Path) {
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
 /// - reference_code_ablation: 3 variants x 7 betas.
+///
 /// Sweep rows have 18 columns (the last is the reference's Newton gradient norm).
 const CSVS: &[(&str, usize, usize)] = &[
     ("error_vs_beta_quadratic", 18, 186),

@@ -274,7 +274,7 @@ fn draw_panel<DB: DrawingBackend>(area: &DrawingArea<DB, Shift>, panel: &Panel) 
         }
         if matches!(s.style, Style::Points | Style::LinePoints) {
             for &p in &pts {
-                draw_marker(&chart.plotting_area(), p, s.color, color)?;
+                draw_marker(chart.plotting_area(), p, s.color, color)?;
             }
         }
     }

@@ -178,26 +178,31 @@ pub fn render(settings: &Settings, r: &Results) -> String {
         s.push('\n');
     }
     if let Some(c) = &r.cost {
-        let floats = |name: &str| -> Option<(usize, usize)> {
+        // Growth is judged between the two largest K (a fixed overhead dominates small K).
+        let floats = |name: &str| -> Option<(usize, usize, usize, usize, usize, usize)> {
             let rows: Vec<_> = c.rows.iter().filter(|r| r.estimator == name).collect();
-            Some((rows.first()?.floats_kept, rows.last()?.floats_kept))
+            let n = rows.len();
+            let (a, b) = (rows.get(n.checked_sub(2)?)?, rows.last()?);
+            Some((rows.first()?.k, rows.first()?.floats_kept, a.k, a.floats_kept, b.k, b.floats_kept))
         };
-        let kmin = c.rows.first().map_or(0, |r| r.k);
-        let kmax = c.rows.last().map_or(0, |r| r.k);
         s.push_str(&format!(
             "### 4.3 Cost as the inner loop grows\n\n![cost vs K]({})\n\n",
             fig("cost_vs_k")
         ));
         if let (Some(cm), Some(bp)) = (floats("contrastive"), floats("bptt")) {
             s.push_str(&format!(
-                "From K = {kmin} to K = {kmax} inner steps, the floats of state the contrastive rule declares go from {} to {} \
-                 ({}), BPTT's from {} to {} ({}). Times: [cost.md](cost.md).\n\n",
+                "From K = {} to K = {} inner steps, the floats of state the contrastive rule declares go from {} to {}, \
+                 BPTT's from {} to {}; between K = {} and {}: contrastive {}, BPTT {}. Times: [cost.md](cost.md).\n\n",
                 cm.0,
+                cm.4,
                 cm.1,
-                growth_verdict(kmin, kmax, cm.0, cm.1),
-                bp.0,
+                cm.5,
                 bp.1,
-                growth_verdict(kmin, kmax, bp.0, bp.1)
+                bp.5,
+                cm.2,
+                cm.4,
+                growth_verdict(cm.2, cm.4, cm.3, cm.5),
+                growth_verdict(bp.2, bp.4, bp.3, bp.5)
             ));
         }
         s.push_str(&measured_memory(&settings.out));
@@ -288,22 +293,27 @@ fn measured_memory(out: &std::path::Path) -> String {
             Some((f.first()?.to_string(), f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
         })
         .collect();
+    // (K, bytes) at the smallest and the two largest K.
     let span = |name: &str| {
         let r: Vec<_> = rows.iter().filter(|r| r.0 == name).collect();
-        Some((r.first()?.1, r.last()?.1, r.first()?.2, r.last()?.2))
+        let n = r.len();
+        Some(((r.first()?.1, r.first()?.2), (r.get(n.checked_sub(2)?)?.1, r.get(n - 2)?.2), (r.last()?.1, r.last()?.2)))
     };
     match (span("contrastive"), span("bptt")) {
-        (Some(c), Some(b)) => format!(
+        (Some((c0, c1, c2)), Some((b0, b1, b2))) => format!(
             "Measured by the counting-allocator bench (`cargo bench --bench memory`, `memory_vs_k.csv`), peak bytes per \
-             meta-gradient on the 1-40-40-1 synapse: contrastive {} to {} from K = {} to {} ({}); BPTT {} to {} ({}).\n\n",
-            c.2,
-            c.3,
-            c.0,
-            c.1,
-            growth_verdict(c.0, c.1, c.2, c.3),
-            b.2,
-            b.3,
-            growth_verdict(b.0, b.1, b.2, b.3)
+             meta-gradient on the 1-40-40-1 synapse from K = {} to {}: contrastive {} to {}, BPTT {} to {}; between K = {} \
+             and {}: contrastive {}, BPTT {}.\n\n",
+            c0.0,
+            c2.0,
+            c0.1,
+            c2.1,
+            b0.1,
+            b2.1,
+            c1.0,
+            c2.0,
+            growth_verdict(c1.0, c2.0, c1.1, c2.1),
+            growth_verdict(b1.0, b2.0, b1.1, b2.1)
         ),
         _ => "Measured memory: `memory_vs_k.csv` lacks the contrastive or BPTT rows.\n\n".into(),
     }
