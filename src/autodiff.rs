@@ -1,6 +1,6 @@
 //! First- and second-order derivatives of a scalar loss `f(phi, theta)` by Candle autodiff.
 //!
-//! Second derivatives need Candle's keep-the-graph mode (`../shared/CANDLE.md`): every
+//! Second derivatives need Candle's keep-the-graph mode (docs/CANDLE.md): every
 //! second-order entry point here calls [`ensure_second_order`] first, so that a detached
 //! build returns an error instead of silently wrong numbers.
 
@@ -49,7 +49,7 @@ pub fn ensure_second_order() -> Result<()> {
 fn second_derivative_of_x4_at_1() -> Result<Option<f64>> {
     let x = Var::new(&[1.0f64], &candle_core::Device::Cpu)?;
     // A chain of products, not `powf`: powf's local derivative 4 x^3 keeps its own graph, so
-    // it would pass even with detaching on. Detached, the chain gives 4 (CANDLE.md).
+    // it would pass even with detaching on. Detached, the chain gives 4 (docs/CANDLE.md).
     let x1 = x.as_tensor();
     let y = (((x1 * x1)? * x1)? * x1)?.sum_all()?;
     let g = y.backward()?.get(x.as_tensor()).cloned();

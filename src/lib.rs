@@ -4,7 +4,7 @@
 //! loss and a nudged phase on the inner loss plus `beta` times the outer loss, and estimates the
 //! meta-gradient from the difference of the meta-parameter partial derivatives at the two end
 //! points. This crate runs it beside exact references computed by Candle autodiff.
-//! Formulas: `../shared/MATH.md` (section numbers in comments refer to it).
+//! Formulas: docs/MATH.md (section numbers in comments refer to it).
 
 pub mod adam;
 pub mod autodiff;
@@ -31,8 +31,8 @@ pub mod theory;
 pub use error::{CmlError, Result};
 
 /// Keeps glibc from mapping and unmapping every buffer over 128 KiB on each tensor op (the
-/// default thresholds): measured 1.4x faster inner steps on the complex synapse (CANDLE.md
-/// reports 3.6x on larger HVPs). The same as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`,
+/// default thresholds): measured 1.4x faster Candle inner steps on the complex synapse
+/// (docs/CANDLE.md). The same as `GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`,
 /// set from inside the process. A no-op off glibc.
 pub fn tune_allocator() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

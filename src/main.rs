@@ -2,7 +2,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     // Second derivatives need Candle's keep-the-graph mode, and small ops are far faster on a
-    // one-thread pool (../shared/CANDLE.md). An explicit setting by the user wins, so that
+    // one-thread pool (docs/CANDLE.md). An explicit setting by the user wins, so that
     // `CANDLE_GRAD_DO_NOT_DETACH=0` can be used to check the mode guard.
     for (key, value) in [("CANDLE_GRAD_DO_NOT_DETACH", "1"), ("RAYON_NUM_THREADS", "1")] {
         if std::env::var_os(key).is_none() {

@@ -2,7 +2,7 @@
 //! `theta -> L_out(phi_K(theta), theta)` for the `K` gradient steps actually taken,
 //! `phi_{k+1} = phi_k - alpha d_phi L_in(phi_k, theta)`, `phi_0 = phi_init(theta)`.
 //!
-//! Manual reverse loop (CANDLE.md): store the iterates' values, then walk back with one double
+//! Manual reverse loop (docs/CANDLE.md): store the iterates' values, then walk back with one double
 //! backward per step, carrying the adjoint `a`:
 //! `dtheta -= alpha d2_{theta phi} L_in(phi_k) a`, `a -= alpha d2_{phi phi} L_in(phi_k) a`.
 //! O(K) time; memory is the stored iterates. Truncated BPTT walks back only the last `k` steps

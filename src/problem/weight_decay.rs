@@ -46,7 +46,7 @@ impl DataLoss {
             DataLoss::Squared => (z - y)?.sqr()?.mean_all()? * 0.5,
             DataLoss::Logistic => {
                 // softplus(z) = relu(z) + log(1 + exp(-|z|)): never overflows, and its double
-                // backward is exact (CANDLE.md; checked against finite differences in tests).
+                // backward is exact (docs/CANDLE.md; checked against finite differences in tests).
                 let softplus = (z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
                 (softplus - (y * z)?)?.mean_all()
             }
