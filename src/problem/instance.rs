@@ -111,7 +111,7 @@ impl InstanceFile {
         };
         let file: InstanceFile = serde_json::from_str(text).map_err(|e| {
             err(format!(
-                "not a valid instance file ({e}); expected the JSON layout documented in docs/PROBLEMS.md ("The instance file")"
+                "not a valid instance file ({e}); expected the JSON layout documented in docs/PROBLEMS.md, section \"The instance file\""
             ))
         })?;
         if file.format != FORMAT {
