@@ -5,6 +5,7 @@ use crate::autodiff::Gradients;
 use crate::engine::{Engine, FirstOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::norm;
+use crate::optimizer::{ADAM_DEFAULT_STEP, Optimizer, OptimizerState};
 use crate::oracle::Oracle;
 use crate::problem::Curvature;
 use crate::smoothness;
@@ -23,6 +24,8 @@ pub struct GdParams {
     pub tolerance: f64,
     /// Which implementation computes the gradients (the same numbers up to rounding).
     pub engine: Engine,
+    /// The update rule (gradient descent by default); a fresh state for every phase.
+    pub optimizer: Optimizer,
 }
 
 impl Default for GdParams {
@@ -32,12 +35,14 @@ impl Default for GdParams {
             max_steps: 1000,
             tolerance: 0.0,
             engine: Engine::Auto,
+            optimizer: Optimizer::GradientDescent,
         }
     }
 }
 
 impl GdParams {
     pub fn validate(&self, phase: &str) -> Result<()> {
+        self.optimizer.validate()?;
         if self.max_steps == 0 {
             return Err(CmlError::invalid(
                 format!("{phase} step budget"),
@@ -73,6 +78,8 @@ pub enum StepSizeRule {
     Given,
     /// `1 / L_beta` from the problem's known smoothness bound.
     InverseSmoothness { smoothness: f64 },
+    /// Adam's usual 1e-3 (its steps are scaled per coordinate, so curvature does not set it).
+    AdamDefault,
     /// `1 / (safety L_hat)`, `L_hat` the largest curvature at the start point by power iteration.
     /// `halvings` counts restarts after a divergence, each with half the step.
     PowerIteration {
@@ -87,6 +94,7 @@ impl StepSizeRule {
     pub fn describe(&self) -> String {
         match self {
             StepSizeRule::Given => "given".into(),
+            StepSizeRule::AdamDefault => format!("Adam's default {ADAM_DEFAULT_STEP}"),
             StepSizeRule::InverseSmoothness { smoothness } => format!("1 / L with L = {smoothness:.4e} (known)"),
             StepSizeRule::PowerIteration {
                 largest_curvature,
@@ -250,6 +258,8 @@ trait Iterate {
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)>;
     /// `phi <- phi - step_size d_phi L_beta`.
     fn step(&mut self, step_size: f64) -> Result<()>;
+    /// One update by `state`'s rule with the gradient last evaluated.
+    fn update(&mut self, state: &mut OptimizerState, step_size: f64) -> Result<()>;
     fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()>;
     /// The current point and the gradients last evaluated with `with_theta`.
     fn finish(self: Box<Self>) -> Result<(Tensor, Gradients)>;
@@ -283,6 +293,15 @@ impl Iterate for CandleIterate<'_, '_> {
     fn step(&mut self, step_size: f64) -> Result<()> {
         let g = self.gradients.as_ref().expect("a step follows an evaluation");
         self.phi = (&self.phi - (&g.phi * step_size)?)?;
+        Ok(())
+    }
+
+    fn update(&mut self, state: &mut OptimizerState, step_size: f64) -> Result<()> {
+        // The reference engine's other rules go through plain vectors (not a hot path).
+        let g = self.gradients.as_ref().expect("an update follows an evaluation");
+        let mut phi = self.phi.to_vec1::<f64>()?;
+        state.apply(&mut phi, &g.phi.to_vec1::<f64>()?, step_size);
+        self.phi = Tensor::from_vec(phi, self.phi.dims1()?, &Device::Cpu)?;
         Ok(())
     }
 
@@ -332,6 +351,11 @@ impl Iterate for FastIterate<'_, '_> {
         for (p, g) in self.phi.iter_mut().zip(&self.grad_phi) {
             *p -= g * step_size;
         }
+        Ok(())
+    }
+
+    fn update(&mut self, state: &mut OptimizerState, step_size: f64) -> Result<()> {
+        state.apply(&mut self.phi, &self.grad_phi, step_size);
         Ok(())
     }
 
@@ -410,6 +434,9 @@ fn run_gradient_descent(
     let start = oracle.cost().gradient_evaluations;
     let (mut step_size, mut step_size_rule) = match (params.step_size, curvature) {
         (Some(lr), _) => (lr, StepSizeRule::Given),
+        (None, _) if matches!(params.optimizer, Optimizer::Adam { .. }) => {
+            (ADAM_DEFAULT_STEP, StepSizeRule::AdamDefault)
+        }
         (None, Some(c)) if c.smoothness > 0.0 && c.smoothness.is_finite() => (
             1.0 / c.smoothness,
             StepSizeRule::InverseSmoothness {
@@ -491,6 +518,8 @@ impl Descent<'_, '_> {
             start,
         } = *self;
         let mut it = iterate(oracle, phi0, theta, beta, params.engine)?;
+        // A fresh optimiser state for every phase (and every restart of one).
+        let mut optimizer = OptimizerState::new(params.optimizer, phi0.dims1()?);
         let mut rule: Option<DivergenceRule> = None;
         let mut step = 0;
         loop {
@@ -546,7 +575,11 @@ impl Descent<'_, '_> {
             if let Some(observer) = observer.as_deref_mut() {
                 it.observe(step, observer)?;
             }
-            it.step(step_size)?;
+            if params.optimizer == Optimizer::GradientDescent {
+                it.step(step_size)?;
+            } else {
+                it.update(&mut optimizer, step_size)?;
+            }
             step += 1;
         }
     }

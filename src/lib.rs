@@ -20,6 +20,7 @@ pub mod io;
 pub mod linalg;
 pub mod meta_training;
 pub mod model;
+pub mod optimizer;
 pub mod oracle;
 pub mod parallel;
 pub mod problem;

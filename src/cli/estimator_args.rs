@@ -1,6 +1,7 @@
 //! The estimator flags shared by `grad`, `train` and `sweep`.
 
 use crate::engine::Engine;
+use crate::optimizer::Optimizer;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::{CmlError, Result};
@@ -49,6 +50,15 @@ pub struct EstimatorArgs {
     /// modulation, the weight-decay MLP), candle (autodiff, the reference) or fast.
     #[arg(long, default_value = "auto")]
     pub engine: String,
+    /// Free-phase optimiser: gd, momentum, nesterov or adam (PyTorch's rules; docs/STEP_SIZE.md).
+    #[arg(long, default_value = "gd")]
+    pub free_optimizer: String,
+    /// Nudged-phase optimiser (a fresh state for each nudged phase): gd, momentum, nesterov or adam.
+    #[arg(long, default_value = "gd")]
+    pub nudged_optimizer: String,
+    /// Momentum of the momentum and nesterov optimisers.
+    #[arg(long, default_value_t = 0.9, allow_hyphen_values = true)]
+    pub momentum: f64,
     /// Run an estimator whose assumptions do not hold for the problem (e.g. first-order MAML where
     /// theta does not set the initialisation), with a warning instead of an error.
     #[arg(long)]
@@ -66,23 +76,25 @@ pub fn at_least_one(name: &str, value: i64) -> Result<usize> {
 impl EstimatorArgs {
     pub fn spec(&self) -> Result<EstimatorSpec> {
         let engine = Engine::parse(&self.engine)?;
-        let phase = |name: &str, steps, step_size| -> Result<GdParams> {
+        let phase = |name: &str, steps, step_size, optimizer: &str| -> Result<GdParams> {
             Ok(GdParams {
                 step_size,
                 max_steps: at_least_one(&format!("{name} step budget"), steps)?,
                 tolerance: self.tolerance,
                 engine,
+                optimizer: Optimizer::from_name(optimizer, self.momentum)?,
             })
         };
         let params = EstimatorParams {
             variant: Variant::parse(&self.variant)?,
             beta: self.beta,
-            free: phase("free phase", self.free_steps, self.free_step_size)?,
+            free: phase("free phase", self.free_steps, self.free_step_size, &self.free_optimizer)?,
             // A nudged phase without its own step size takes the free phase's.
             nudged: phase(
                 "nudged phase",
                 self.nudged_steps,
                 self.nudged_step_size.or(self.free_step_size),
+                &self.nudged_optimizer,
             )?,
             solver_steps: at_least_one("solver steps", self.solver_steps)?,
             neumann_alpha: self.neumann_alpha,

@@ -235,6 +235,15 @@ impl EstimatorSpec {
                 i.free.validate("free phase")
             }
             EstimatorSpec::Unrolled(u) => {
+                // The reverse loop differentiates phi_{k+1} = phi_k - alpha grad L_in(phi_k).
+                if u.inner.optimizer != crate::optimizer::Optimizer::GradientDescent {
+                    return Err(CmlError::invalid(
+                        "inner optimizer of bptt / tbptt",
+                        u.inner.optimizer.name(),
+                        "backpropagation through the inner loop is implemented for gradient-descent steps; \
+                         use --free-optimizer gd",
+                    ));
+                }
                 if u.truncation == Some(0) {
                     return Err(CmlError::invalid(
                         "truncation",
