@@ -7,8 +7,9 @@ use crate::error::Result;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
-use crate::meta_training::{ModelSpec, TrainConfig, adapt, evaluate_per_task, held_out_tasks, train};
-use crate::model::{Mlp, ModulationSpec, SynapseSpec};
+use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, evaluate_per_task, train_with};
+use crate::model::{Mlp, ModulationSpec, SinusoidTask, SynapseSpec};
+use crate::optimizer::Optimizer;
 use std::path::PathBuf;
 
 /// The estimators compared, with the name shown.
@@ -21,27 +22,57 @@ pub const ESTIMATORS: [(&str, &str); 6] = [
     ("t1t2", "T1-T2"),
 ];
 
-/// Final meta-test loss after adaptation of one model and estimator, over tasks and seeds.
+/// Final meta-test loss after adaptation of one model and estimator: per seed, the mean query
+/// MSE over the test tasks at the checkpoint the validation tasks chose; then over seeds.
 #[derive(Debug, Clone)]
 pub struct FinalLoss {
     pub model: String,
     pub estimator: String,
+    /// One value per seed.
+    pub per_seed: Vec<f64>,
     pub mean: f64,
-    /// Half-width of the 95% interval of the mean (1.96 standard errors over task x seed).
+    /// Half-width of the 95% t-interval of the mean over seeds.
     pub ci95: f64,
-    /// The same at the untrained initialisation.
+    /// The untrained initialisation on the same test tasks, mean over seeds.
     pub initial_mean: f64,
-    /// Paired over the same tasks: mean of (untrained - trained) and its 95% half-width.
+    /// Paired over seeds: mean of (untrained - trained) and its 95% t-interval half-width.
     pub improvement: f64,
     pub improvement_ci95: f64,
-    pub samples: usize,
+    /// Meta-steps chosen by the validation tasks, per seed.
+    pub chosen_steps: Vec<usize>,
+    /// Wall seconds per meta-step, mean over seeds (not reproducible; the table only).
+    pub seconds_per_meta_step: f64,
+}
+
+/// A difference in final loss between two estimators of one model, paired over seeds.
+#[derive(Debug, Clone)]
+pub struct PairedDifference {
+    pub model: String,
+    pub first: String,
+    pub second: String,
+    /// Mean over seeds of (first - second) and its 95% t-interval half-width.
+    pub mean: f64,
+    pub ci95: f64,
+}
+
+impl PairedDifference {
+    /// Whether the interval excludes zero.
+    pub fn differs(&self) -> bool {
+        self.mean.abs() > self.ci95
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct TrainingResults {
     pub finals: Vec<FinalLoss>,
+    pub differences: Vec<PairedDifference>,
     pub meta_steps: usize,
+    pub meta_batch: usize,
+    pub free_steps: usize,
+    pub nudged_steps: usize,
     pub seeds: usize,
+    pub test_tasks: usize,
+    pub validation_tasks: usize,
     pub net: String,
 }
 
@@ -60,21 +91,34 @@ fn models(net: &Mlp) -> Vec<ModelSpec> {
 }
 
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
-    let (free_steps, meta_steps, batch) = if settings.quick { (30, 4, 2) } else { (100, 40, 4) };
-    // 0.003 stays below 2 / curvature as meta-training sharpens the networks (0.005 diverged
-    // at meta-step 49 of a 60-step run).
+    // Full run: the largest scale that fits the 30-minute budget of `cml figures` on 2 cores
+    // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
+    // meta-steps; the write-up gives the differences and what the paper's budget would cost).
+    let (free_steps, nudged_steps, meta_steps, batch) = if settings.quick { (30, 8, 4, 2) } else { (300, 60, 300, 10) };
+    // Nesterov momentum 0.9, lr 0.003: stable for curvature up to about 1.36 / 0.003 = 450, which
+    // the networks stay below as meta-training sharpens them (0.005 with plain gradient descent
+    // diverged at meta-step 49 of a 60-step run). A fresh optimiser for every phase.
     let phase = GdParams {
         step_size: Some(0.003),
         max_steps: free_steps,
+        tolerance: 0.0,
+        optimizer: Optimizer::Nesterov { momentum: 0.9 },
+        ..GdParams::default()
+    };
+    // MAML-style BPTT: a short loop of plain SGD steps, backpropagated through, which is also
+    // how it adapts at test time.
+    let short = GdParams {
+        step_size: Some(0.01),
+        max_steps: if settings.quick { 5 } else { 10 },
         tolerance: 0.0,
         ..GdParams::default()
     };
     let params = EstimatorParams {
         variant: Variant::Symmetric,
         beta: 0.05,
-        free: phase,
+        free: if estimator == "bptt" { short } else { phase },
         nudged: GdParams {
-            max_steps: free_steps / 4,
+            max_steps: nudged_steps,
             ..phase
         },
         solver_steps: 10,
@@ -89,9 +133,41 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
         meta_batch: batch,
         meta_lr: 2e-3,
         eval_tasks: if settings.quick { 4 } else { 20 },
-        eval_every: if settings.quick { 2 } else { 10 },
+        eval_every: if settings.quick { 2 } else { 30 },
         seed,
     })
+}
+
+/// Held-out tasks: the validation tasks that choose the checkpoint, and the test tasks that
+/// measure it, from streams of their own (the training loop's held-out stream draws the curves).
+fn validation_and_test_tasks(settings: &Settings, seed: u64) -> Result<(Vec<SinusoidTask>, Vec<SinusoidTask>)> {
+    let (n_val, n_test) = if settings.quick { (4, 6) } else { (50, 200) };
+    let draw = |purpose: u64, n: usize| -> Result<Vec<SinusoidTask>> {
+        let mut rng = crate::rng::stream(seed, purpose);
+        (0..n).map(|_| SinusoidTask::sample(&mut rng, 10)).collect()
+    };
+    Ok((draw(VALIDATION_TASKS, n_val)?, draw(TEST_TASKS, n_test)?))
+}
+
+/// Stream numbers of the figure's own held-out tasks (the training loop uses 0 to 2).
+const VALIDATION_TASKS: u64 = 3;
+const TEST_TASKS: u64 = 4;
+
+/// Student's t quantile t(0.975, df) for the small numbers of seeds used here.
+fn t975(df: usize) -> f64 {
+    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    T.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
+}
+
+/// Mean over seeds and the half-width of its 95% t-interval (seeds are the independent units).
+fn seed_mean_ci(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    if values.len() < 2 {
+        return (mean, f64::NAN);
+    }
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    (mean, t975(values.len() - 1) * (var / n).sqrt())
 }
 
 /// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`).
@@ -118,17 +194,6 @@ pub fn figure_training_config(quick: bool, seed: u64, model: &str, estimator: &s
     config(&settings, model, estimator, seed)
 }
 
-fn mean_ci(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = if values.len() > 1 {
-        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
-    } else {
-        0.0
-    };
-    (mean, 1.96 * (var / n).sqrt())
-}
-
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResults> {
     let net = if settings.quick {
         Mlp::parse("1-8-8-1")?
@@ -138,7 +203,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
     let seeds: Vec<u64> = if settings.quick {
         vec![settings.seed, settings.seed + 1]
     } else {
-        (0..3).map(|i| settings.seed + i).collect()
+        (0..5).map(|i| settings.seed + i).collect()
     };
     let mut curve_rows = Vec::new();
     let mut finals = Vec::new();
@@ -156,12 +221,35 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         );
         for (i, (name, shown)) in ESTIMATORS.iter().enumerate() {
             let mut per_seed: Vec<Vec<(f64, f64)>> = Vec::new();
-            let mut final_losses = Vec::new();
-            let mut initial_losses = Vec::new();
+            let (mut finals_per_seed, mut initial_per_seed, mut chosen, mut seconds) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
             for &seed in &seeds {
                 let c = config(settings, model.clone(), name, seed)?;
                 meta_steps = c.meta_steps;
-                let run = train(&c, &mut |_| {})?;
+                let (validation, test) = validation_and_test_tasks(settings, seed)?;
+                let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
+                // The validation tasks choose the checkpoint, as the paper's code does: every
+                // evaluation step, keep theta if its validation loss after adaptation is the lowest.
+                let mean_after = |theta: &Vector, tasks: &[SinusoidTask]| -> Result<f64> {
+                    let l = evaluate_per_task(&c, tasks, theta)?;
+                    Ok(l.iter().map(|x| x.1).sum::<f64>() / l.len() as f64)
+                };
+                let mut best = (mean_after(&theta0, &validation)?, 0usize, theta0.clone());
+                let mut keep_best = |state: &TrainState| -> Result<()> {
+                    let theta = Vector::from_vec(state.theta.clone());
+                    let v = mean_after(&theta, &validation)?;
+                    if v < best.0 {
+                        best = (v, state.step, theta);
+                    }
+                    Ok(())
+                };
+                let mut control = Control {
+                    resume: None,
+                    checkpoint_every: c.eval_every,
+                    checkpoint: &mut keep_best,
+                    stop: &|_| false,
+                };
+                let run = train_with(&c, &mut control, &mut |_| {})?;
+                seconds += run.steps.last().map_or(0.0, |s| s.wall_seconds) / c.meta_steps as f64 / seeds.len() as f64;
                 let mut curve = Vec::new();
                 for s in &run.steps {
                     if let Some(e) = s.evaluation {
@@ -176,20 +264,15 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                     }
                 }
                 per_seed.push(curve);
-                let tasks = held_out_tasks(&c)?;
-                let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
-                initial_losses.extend(evaluate_per_task(&c, &tasks, &theta0)?.into_iter().map(|l| l.1));
-                final_losses.extend(
-                    evaluate_per_task(&c, &tasks, &run.theta)?
-                        .into_iter()
-                        .map(|l| l.1),
-                );
+                finals_per_seed.push(mean_after(&best.2, &test)?);
+                initial_per_seed.push(mean_after(&theta0, &test)?);
+                chosen.push(best.1);
                 if *name == "contrastive" && seed == settings.seed {
                     examples(
                         &c,
-                        &tasks,
+                        &test,
                         &theta0,
-                        &run.theta,
+                        &best.2,
                         &mut example_panels,
                         &mut example_rows,
                     )?;
@@ -212,23 +295,21 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
             let mut s = Series::new(*shown, mean, i, Style::LinePoints);
             s.band = band;
             panel.series.push(s);
-            let (m, ci) = mean_ci(&final_losses);
-            let (m0, _) = mean_ci(&initial_losses);
-            let paired: Vec<f64> = initial_losses
-                .iter()
-                .zip(&final_losses)
-                .map(|(a, b)| a - b)
-                .collect();
-            let (improvement, improvement_ci95) = mean_ci(&paired);
+            let (m, ci) = seed_mean_ci(&finals_per_seed);
+            let (m0, _) = seed_mean_ci(&initial_per_seed);
+            let paired: Vec<f64> = initial_per_seed.iter().zip(&finals_per_seed).map(|(a, b)| a - b).collect();
+            let (improvement, improvement_ci95) = seed_mean_ci(&paired);
             finals.push(FinalLoss {
                 model: model.name().into(),
                 estimator: shown.to_string(),
+                per_seed: finals_per_seed,
                 mean: m,
                 ci95: ci,
                 initial_mean: m0,
                 improvement,
                 improvement_ci95,
-                samples: final_losses.len(),
+                chosen_steps: chosen,
+                seconds_per_meta_step: seconds,
             });
         }
         panels.push(panel);
@@ -256,23 +337,31 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         files,
     )?;
 
+    let net_name = net.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-");
+    let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
+    let (free_steps, nudged_steps) = match &probe.estimator {
+        EstimatorSpec::Contrastive(c) => (c.free.max_steps, c.nudged.max_steps),
+        _ => (0, 0),
+    };
+    let (n_val, n_test) = {
+        let (v, t) = validation_and_test_tasks(settings, settings.seed)?;
+        (v.len(), t.len())
+    };
     let mut table = format!(
         "# Final meta-test loss after adaptation\n\n\
-         Generated by `cml figures`: network {}, 10 shots, {} meta-steps, {} seeds; query MSE on the held-out\n\
-         tasks after the free phase, mean with a 95% interval (1.96 standard errors over task x seed).\n\n\
-         The improvement is paired over the same tasks (untrained minus meta-trained loss).\n\n\
-         | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | samples |\n|---|---|---|---|---|---|---|\n",
-        net.sizes
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join("-"),
-        meta_steps,
-        seeds.len()
+         Generated by `cml figures`: network {net_name}, 10 shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
+         SGD-Nesterov (momentum 0.9, lr 0.003), {free_steps} free and {nudged_steps} nudged steps (BPTT: 10 plain SGD steps, lr 0.01).\n\
+         Per seed: query MSE after adaptation, mean over {n_test} test tasks, at the checkpoint with the lowest loss on\n\
+         {n_val} validation tasks (evaluated every {} meta-steps). Mean over seeds with a 95% t-interval; the improvement\n\
+         over the untrained initialisation is paired over seeds. Seconds per meta-step: wall time on 2 cores (not reproducible).\n\n\
+         | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | per seed | chosen meta-steps | s / meta-step |\n|---|---|---|---|---|---|---|---|---|\n",
+        probe.meta_batch,
+        seeds.len(),
+        probe.eval_every
     );
     for f in &finals {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | ± {} | {} ± {} | {} |\n",
+            "| {} | {} | {} | {} | ± {} | {} ± {} | {} | {} | {:.3} |\n",
             f.model,
             f.estimator,
             num(f.initial_mean),
@@ -280,20 +369,54 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
             num(f.ci95),
             num(f.improvement),
             num(f.improvement_ci95),
-            f.samples
+            f.per_seed.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "),
+            f.chosen_steps.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
+            f.seconds_per_meta_step
+        ));
+    }
+    // Every pair of estimators of a model, paired over seeds.
+    let mut differences = Vec::new();
+    for (i, a) in finals.iter().enumerate() {
+        for b in finals.iter().skip(i + 1).filter(|b| b.model == a.model) {
+            let d: Vec<f64> = a.per_seed.iter().zip(&b.per_seed).map(|(x, y)| x - y).collect();
+            let (mean, ci95) = seed_mean_ci(&d);
+            differences.push(PairedDifference {
+                model: a.model.clone(),
+                first: a.estimator.clone(),
+                second: b.estimator.clone(),
+                mean,
+                ci95,
+            });
+        }
+    }
+    table.push_str(
+        "\n## Differences between estimators, paired over seeds\n\n\
+         Mean of (first - second) final loss over seeds, 95% t-interval; \"differs\" where the interval excludes 0.\n\n\
+         | model | first | second | difference | 95% interval | verdict |\n|---|---|---|---|---|---|\n",
+    );
+    for d in &differences {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | ± {} | {} |\n",
+            d.model,
+            d.first,
+            d.second,
+            num(d.mean),
+            num(d.ci95),
+            if d.differs() { "differs" } else { "not distinguishable" }
         ));
     }
     write_table(settings, "final_loss.md", &table, files)?;
     Ok(TrainingResults {
         finals,
+        differences,
         meta_steps,
+        meta_batch: probe.meta_batch,
+        free_steps,
+        nudged_steps,
         seeds: seeds.len(),
-        net: net
-            .sizes
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>()
-            .join("-"),
+        test_tasks: n_test,
+        validation_tasks: n_val,
+        net: net_name,
     })
 }
 
@@ -301,7 +424,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
 /// initial and the meta-trained meta-parameters.
 fn examples(
     c: &TrainConfig,
-    tasks: &[crate::model::SinusoidTask],
+    tasks: &[SinusoidTask],
     theta0: &Vector,
     trained: &Vector,
     panels: &mut Vec<Panel>,
