@@ -13,17 +13,11 @@ use std::process::Output;
 
 const PROBLEMS: [&str; 5] = ["quadratic", "ridge", "logistic", "synapse", "modulation"];
 const MODELS: [&str; 2] = ["synapse", "modulation"];
-const ESTIMATORS: [&str; 9] = [
-    "contrastive",
-    "implicit",
-    "cg",
-    "neumann",
-    "t1t2",
-    "bptt",
-    "tbptt",
-    "fomaml",
-    "reptile",
-];
+/// Every estimator name of the registry.
+const ESTIMATORS: [&str; 9] = {
+    let e = cml::estimator::ESTIMATORS;
+    [e[0].0, e[1].0, e[2].0, e[3].0, e[4].0, e[5].0, e[6].0, e[7].0, e[8].0]
+};
 
 /// The linear problems, where theta does not set the initialisation (docs/STEP_SIZE.md §3).
 fn refused(problem: &str, estimator: &str) -> bool {

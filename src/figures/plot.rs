@@ -329,6 +329,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_nine_estimators_of_a_figure_get_nine_colours() {
+        // error_vs_compute draws 8-9 series with colour index i; with 7 colours BPTT (0) and
+        // truncated BPTT (7) shared one.
+        for i in 0..9 {
+            for j in 0..i {
+                assert_ne!(PALETTE[i % PALETTE.len()], PALETTE[j % PALETTE.len()], "series {j} and {i}");
+            }
+        }
+    }
+
+    #[test]
     fn the_bundled_font_draws_text_without_system_fonts() {
         // Text drawn with the registered font leaves dark pixels on a white canvas; with no font
         // the ab_glyph backend draws nothing.

@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
-use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, evaluate_per_task, train_with};
+use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, train_with};
 use crate::model::{Mlp, ModulationSpec, SinusoidTask, SynapseSpec};
 use crate::optimizer::Optimizer;
 use std::path::PathBuf;
@@ -42,6 +42,9 @@ pub struct FinalLoss {
     pub chosen_steps: Vec<usize>,
     /// Wall seconds per meta-step, mean over seeds (not reproducible; the table only).
     pub seconds_per_meta_step: f64,
+    /// Runs that stopped early because an inner phase diverged (seed and last meta-step), and
+    /// test tasks whose adaptation diverged (scored at their loss before adaptation).
+    pub diverged: Vec<String>,
 }
 
 /// A difference in final loss between two estimators of one model, paired over seeds.
@@ -95,20 +98,22 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
     // meta-steps; the write-up gives the differences and what the paper's budget would cost).
     let (free_steps, nudged_steps, meta_steps, batch) = if settings.quick { (30, 8, 4, 2) } else { (300, 60, 300, 10) };
-    // Nesterov momentum 0.9, lr 0.003: stable for curvature up to about 1.36 / 0.003 = 450, which
-    // the networks stay below as meta-training sharpens them (0.005 with plain gradient descent
-    // diverged at meta-step 49 of a 60-step run). A fresh optimiser for every phase.
+    // Nesterov momentum 0.9 is stable for curvature below about 1.36 / lr. Meta-training sharpens
+    // the networks: lr 0.003 (curvature up to 450) diverged in a nudged phase at meta-step 104 of
+    // the synapse run; lr 0.001 allows 1360. A fresh optimiser for every phase.
     let phase = GdParams {
-        step_size: Some(0.003),
+        step_size: Some(0.001),
         max_steps: free_steps,
         tolerance: 0.0,
         optimizer: Optimizer::Nesterov { momentum: 0.9 },
         ..GdParams::default()
     };
     // MAML-style BPTT: a short loop of plain SGD steps, backpropagated through, which is also
-    // how it adapts at test time.
+    // how it adapts at test time. MAML's usual lr 0.01 diverged at meta-step 72 of the synapse
+    // run (curvature above 2 / 0.01 = 200); 0.003 allows 667 and lasted to meta-step 203: BPTT
+    // through few steps learns to sharpen the loss, and such a run stops where it diverges.
     let short = GdParams {
-        step_size: Some(0.01),
+        step_size: Some(0.003),
         max_steps: if settings.quick { 5 } else { 10 },
         tolerance: 0.0,
         ..GdParams::default()
@@ -222,6 +227,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         for (i, (name, shown)) in ESTIMATORS.iter().enumerate() {
             let mut per_seed: Vec<Vec<(f64, f64)>> = Vec::new();
             let (mut finals_per_seed, mut initial_per_seed, mut chosen, mut seconds) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
+            let mut diverged = Vec::new();
             for &seed in &seeds {
                 let c = config(settings, model.clone(), name, seed)?;
                 meta_steps = c.meta_steps;
@@ -230,8 +236,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                 // The validation tasks choose the checkpoint, as the paper's code does: every
                 // evaluation step, keep theta if its validation loss after adaptation is the lowest.
                 let mean_after = |theta: &Vector, tasks: &[SinusoidTask]| -> Result<f64> {
-                    let l = evaluate_per_task(&c, tasks, theta)?;
-                    Ok(l.iter().map(|x| x.1).sum::<f64>() / l.len() as f64)
+                    Ok(scored_after_adaptation(&c, tasks, theta)?.0)
                 };
                 let mut best = (mean_after(&theta0, &validation)?, 0usize, theta0.clone());
                 let mut keep_best = |state: &TrainState| -> Result<()> {
@@ -248,10 +253,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                     checkpoint: &mut keep_best,
                     stop: &|_| false,
                 };
-                let run = train_with(&c, &mut control, &mut |_| {})?;
-                seconds += run.steps.last().map_or(0.0, |s| s.wall_seconds) / c.meta_steps as f64 / seeds.len() as f64;
+                // The curve is collected as it is made, so that a run that diverges keeps it.
                 let mut curve = Vec::new();
-                for s in &run.steps {
+                let mut last = (0usize, 0.0f64);
+                let outcome = train_with(&c, &mut control, &mut |s| {
+                    last = (s.step, s.wall_seconds);
                     if let Some(e) = s.evaluation {
                         curve.push((s.step as f64, e.after));
                         curve_rows.push(format!(
@@ -262,9 +268,21 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                             e.after
                         ));
                     }
+                });
+                // Meta-training can sharpen a network until a fixed inner step size diverges.
+                // The run then stops there, and the validation-chosen checkpoint (from before
+                // the divergence) is what gets tested; the table says which runs stopped.
+                if let Err(e) = outcome {
+                    diverged.push(format!("seed {seed} after meta-step {}", last.0));
+                    log_divergence(model.name(), name, seed, &e);
                 }
+                seconds += last.1 / last.0.max(1) as f64 / seeds.len() as f64;
                 per_seed.push(curve);
-                finals_per_seed.push(mean_after(&best.2, &test)?);
+                let (final_loss, failed) = scored_after_adaptation(&c, &test, &best.2)?;
+                finals_per_seed.push(final_loss);
+                if failed > 0 {
+                    diverged.push(format!("seed {seed}: adaptation diverged on {failed} of {} test tasks", test.len()));
+                }
                 initial_per_seed.push(mean_after(&theta0, &test)?);
                 chosen.push(best.1);
                 if *name == "contrastive" && seed == settings.seed {
@@ -278,12 +296,12 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                     )?;
                 }
             }
-            // Mean and min-max spread over seeds at each evaluated step.
-            let steps: Vec<f64> = per_seed[0].iter().map(|p| p.0).collect();
+            // Mean and min-max spread at each evaluated step, over the seeds that reached it.
+            let longest = per_seed.iter().max_by_key(|c| c.len()).cloned().unwrap_or_default();
             let mut mean = Vec::new();
             let mut band = Vec::new();
-            for (j, &x) in steps.iter().enumerate() {
-                let ys: Vec<f64> = per_seed.iter().map(|c| c[j].1).collect();
+            for (j, &(x, _)) in longest.iter().enumerate() {
+                let ys: Vec<f64> = per_seed.iter().filter_map(|c| c.get(j).map(|p| p.1)).collect();
                 let m = ys.iter().sum::<f64>() / ys.len() as f64;
                 mean.push((x, m));
                 band.push((
@@ -310,6 +328,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                 improvement_ci95,
                 chosen_steps: chosen,
                 seconds_per_meta_step: seconds,
+                diverged,
             });
         }
         panels.push(panel);
@@ -350,18 +369,21 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
     let mut table = format!(
         "# Final meta-test loss after adaptation\n\n\
          Generated by `cml figures`: network {net_name}, 10 shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
-         SGD-Nesterov (momentum 0.9, lr 0.003), {free_steps} free and {nudged_steps} nudged steps (BPTT: 10 plain SGD steps, lr 0.01).\n\
+         SGD-Nesterov (momentum 0.9, lr 0.001), {free_steps} free and {nudged_steps} nudged steps (BPTT: 10 plain SGD steps, lr 0.003).\n\
          Per seed: query MSE after adaptation, mean over {n_test} test tasks, at the checkpoint with the lowest loss on\n\
          {n_val} validation tasks (evaluated every {} meta-steps). Mean over seeds with a 95% t-interval; the improvement\n\
          over the untrained initialisation is paired over seeds. Seconds per meta-step: wall time on 2 cores (not reproducible).\n\n\
-         | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | per seed | chosen meta-steps | s / meta-step |\n|---|---|---|---|---|---|---|---|---|\n",
+         A run whose inner phase diverged stops there; its checkpoint is still the validation-chosen one\n\
+         (from before the divergence), and the last column names it. A validation or test task whose adaptation\n\
+         diverges scores its loss before adaptation (leaving it out would flatter the method); the last column counts them.\n\n\
+         | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | per seed | chosen meta-steps | s / meta-step | stopped early |\n|---|---|---|---|---|---|---|---|---|---|\n",
         probe.meta_batch,
         seeds.len(),
         probe.eval_every
     );
     for f in &finals {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | ± {} | {} ± {} | {} | {} | {:.3} |\n",
+            "| {} | {} | {} | {} | ± {} | {} ± {} | {} | {} | {:.3} | {} |\n",
             f.model,
             f.estimator,
             num(f.initial_mean),
@@ -371,7 +393,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
             num(f.improvement_ci95),
             f.per_seed.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "),
             f.chosen_steps.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
-            f.seconds_per_meta_step
+            f.seconds_per_meta_step,
+            if f.diverged.is_empty() { "none".to_string() } else { f.diverged.join("; ") }
         ));
     }
     // Every pair of estimators of a model, paired over seeds.
@@ -492,4 +515,30 @@ fn examples(
         panels.push(panel);
     }
     Ok(())
+}
+
+/// Mean query loss after adaptation over `tasks`, and how many adaptations diverged. A task
+/// whose adaptation diverges scores its loss before adaptation (at `phi_init`): no adaptation
+/// was possible, and leaving the task out would flatter the method.
+fn scored_after_adaptation(c: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) -> Result<(f64, usize)> {
+    let scores = crate::parallel::map_in_order(tasks, |task| {
+        let problem = c.model.problem(task.clone(), theta)?;
+        let theta = problem.theta();
+        let before = problem.outer_loss(&problem.initial_phi(theta)?, theta)?.to_scalar::<f64>()?;
+        match adapt(c, problem.as_ref()) {
+            Ok(phi) => Ok((problem.outer_loss(&phi, theta)?.to_scalar::<f64>()?, false)),
+            Err(crate::CmlError::Diverged { .. }) => Ok((before, true)),
+            Err(e) => Err(e),
+        }
+    })?;
+    let n = scores.len() as f64;
+    Ok((
+        scores.iter().map(|s| s.0).sum::<f64>() / n,
+        scores.iter().filter(|s| s.1).count(),
+    ))
+}
+
+/// Says on stderr which run stopped and why (the table records that it did).
+fn log_divergence(model: &str, estimator: &str, seed: u64, e: &crate::CmlError) {
+    eprintln!("note: {model} / {estimator} / seed {seed} stopped: {e}");
 }

@@ -172,8 +172,13 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             } else {
                 "not distinguishable from the untrained initialisation"
             };
+            let stopped = if f.diverged.is_empty() {
+                String::new()
+            } else {
+                format!(" (an inner phase diverged and stopped the run: {})", f.diverged.join("; "))
+            };
             s.push_str(&format!(
-                "- {}, {}: {} ± {} (untrained {}); paired improvement {} ± {}: {verdict}.\n",
+                "- {}, {}: {} ± {} (untrained {}); paired improvement {} ± {}: {verdict}{stopped}.\n",
                 f.model,
                 f.estimator,
                 num(f.mean),
