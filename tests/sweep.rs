@@ -223,3 +223,61 @@ fn a_delta_below_the_references_precision_is_refused_and_rows_report_it() {
         assert!(r.csv().ends_with(&format!("{:e}", r.reference_grad_norm)));
     }
 }
+
+#[test]
+fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
+    // The job-array script run by hand (the variables Slurm would set), then `cml sweep-merge`,
+    // against one unsharded run of the same config.
+    let dir = tempfile::tempdir().unwrap();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let config = dir.path().join("sweep.toml");
+    std::fs::write(
+        &config,
+        "problem = \"quadratic\"\nestimators = \"contrastive,implicit\"\nvariants = \"standard,symmetric\"\nbetas = \"1e-4:1e-1:7\"\nsteps = [40, 80]\n",
+    )
+    .unwrap();
+    let cml = env!("CARGO_BIN_EXE_cml");
+    let whole = dir.path().join("whole.csv");
+    let o = std::process::Command::new(cml)
+        .args(["sweep", "--config", config.to_str().unwrap(), "--out", whole.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shards = dir.path().join("shards");
+    for id in 0..3 {
+        let o = std::process::Command::new("bash")
+            .arg(format!("{root}/scripts/slurm_sweep.sh"))
+            .args([config.to_str().unwrap(), shards.to_str().unwrap()])
+            .env("SLURM_ARRAY_TASK_ID", id.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", "3")
+            .env("CML", cml)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "task {id}: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    let shard = |i: usize| shards.join(format!("shard_{i}.csv")).to_str().unwrap().to_string();
+    let merged = dir.path().join("merged.csv");
+    // Shards given out of order are put in order.
+    let o = std::process::Command::new(cml)
+        .args(["sweep-merge", "--out", merged.to_str().unwrap(), &shard(2), &shard(0), &shard(1)])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&whole).unwrap());
+    // A missing shard, and a shard of another sweep, are refused by name.
+    let o = std::process::Command::new(cml)
+        .args(["sweep-merge", "--out", merged.to_str().unwrap(), &shard(0), &shard(1)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("exactly once"), "{err}");
+    let other = shards.join("shard_1.config.json");
+    let text = std::fs::read_to_string(&other).unwrap().replace("quadratic", "ridge");
+    std::fs::write(&other, text).unwrap();
+    let o = std::process::Command::new(cml)
+        .args(["sweep-merge", "--out", merged.to_str().unwrap(), &shard(0), &shard(1), &shard(2)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr).to_string();
+    assert!(!o.status.success() && err.contains("same sweep config"), "{err}");
+}

@@ -6,6 +6,7 @@ mod export;
 mod figures;
 mod grad;
 mod sweep;
+mod sweep_merge;
 mod train;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -33,6 +34,8 @@ enum Command {
     Train(train::TrainArgs),
     /// Run a grid of estimator settings against the exact meta-gradient and fit slopes.
     Sweep(sweep::SweepArgs),
+    /// Merge the shards of one sweep (`cml sweep --shard i/n`) into the unsharded sweep's CSV.
+    SweepMerge(sweep_merge::SweepMergeArgs),
     /// Regenerate every figure, table and the write-up (the main job).
     Figures(figures::FiguresArgs),
 }
@@ -76,6 +79,7 @@ pub fn run() -> ExitCode {
         Command::Export(args) => export::run(args),
         Command::Train(args) => train::run(args),
         Command::Sweep(args) => sweep::run_cli(args),
+        Command::SweepMerge(args) => sweep_merge::run(args),
         Command::Figures(args) => figures::run_cli(args),
     };
     match result {
