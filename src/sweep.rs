@@ -295,6 +295,17 @@ impl SweepConfig {
 
 /// Runs the grid points of `shard` (`(0, 1)`: all), calling `done` after each.
 pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)) -> Result<Vec<SweepRow>> {
+    run_on(config, shard, &|seed| problem::resolve(&config.problem, seed), done)
+}
+
+/// [`run`] on problems the caller builds, one per seed: a problem defined outside the crate gets
+/// sweeps too (`config.problem` is then only a label; rows carry the problem's `name()`).
+pub fn run_on(
+    config: &SweepConfig,
+    shard: (usize, usize),
+    build: &dyn Fn(u64) -> Result<Box<dyn BilevelProblem>>,
+    done: &(dyn Fn() + Sync),
+) -> Result<Vec<SweepRow>> {
     config.validate()?;
     let grid = config.grid();
     let (i, n) = shard;
@@ -305,7 +316,7 @@ pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)
     let references = seeds
         .iter()
         .map(|&seed| {
-            let p = problem::resolve(&config.problem, seed)?;
+            let p = build(seed)?;
             let truth = exact_meta_gradient(p.as_ref(), p.theta())?;
             check_reference_precision(config, p.as_ref(), seed, truth.newton.grad_norm)?;
             let reference = Reference {
