@@ -107,10 +107,14 @@ fn jax(p: &Synapse, repeats: usize) -> Result<(f64, Vector), String> {
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
-        return Err(why.unwrap_or_else(|| format!("the JAX script failed: {}", String::from_utf8_lossy(&out.stderr))));
+        return Err(
+            why.unwrap_or_else(|| format!("the JAX script failed: {}", String::from_utf8_lossy(&out.stderr)))
+        );
     }
     let field = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-    let seconds: f64 = field("jax_seconds ").and_then(|s| s.parse().ok()).ok_or("no jax_seconds line")?;
+    let seconds: f64 = field("jax_seconds ")
+        .and_then(|s| s.parse().ok())
+        .ok_or("no jax_seconds line")?;
     let estimate: Vec<f64> = field("estimate ")
         .ok_or("no estimate line")?
         .split_whitespace()
@@ -130,10 +134,16 @@ fn side_by_side(quick: bool) {
     );
     for (sizes, shots) in [("1-40-40-1", 10), ("1-70-70-1", 10), ("1-40-40-1", 64)] {
         let p = synapse(sizes, shots);
-        let (t_fast, fast) = best_of(repeats, || symmetric(Engine::Fast).estimate(&p, p.theta()).unwrap());
-        let (t_candle, candle) =
-            best_of(repeats.min(3), || symmetric(Engine::Candle).estimate(&p, p.theta()).unwrap());
-        assert!(relative_error(&fast.gradient, &candle.gradient) < 1e-9, "the engines disagree");
+        let (t_fast, fast) = best_of(repeats, || {
+            symmetric(Engine::Fast).estimate(&p, p.theta()).unwrap()
+        });
+        let (t_candle, candle) = best_of(repeats.min(3), || {
+            symmetric(Engine::Candle).estimate(&p, p.theta()).unwrap()
+        });
+        assert!(
+            relative_error(&fast.gradient, &candle.gradient) < 1e-9,
+            "the engines disagree"
+        );
         let label = format!("{sizes}, {shots} shots");
         match jax(&p, repeats) {
             Ok((t_jax, estimate)) => println!(
@@ -177,7 +187,9 @@ fn allocations(p: &dyn BilevelProblem, k: usize, engine: Engine) -> usize {
 }
 
 fn allocations_per_step() {
-    println!("\nheap allocations per inner step (a phase of 2K steps minus one of K, over K; 1-40-40-1, nudged)");
+    println!(
+        "\nheap allocations per inner step (a phase of 2K steps minus one of K, over K; 1-40-40-1, nudged)"
+    );
     let p = synapse("1-40-40-1", 10);
     for engine in [Engine::Fast, Engine::Candle] {
         allocations(&p, 10, engine); // one-time allocations (thread-locals, gemm's buffers)
@@ -193,14 +205,18 @@ fn allocations_per_step() {
 
 fn throughput(quick: bool) {
     let batch = 32;
-    println!("\nmeta-batch of {batch} tasks (symmetric contrastive, 1-40-40-1, 10 shots, {FREE} + 2 x {NUDGED} steps)");
+    println!(
+        "\nmeta-batch of {batch} tasks (symmetric contrastive, 1-40-40-1, 10 shots, {FREE} + 2 x {NUDGED} steps)"
+    );
     let threads = cml::parallel::available_threads();
     if threads < 2 {
         println!("  only {threads} core available (taskset?): run without taskset for the 2-thread figure");
     }
     let model = ModelSpec::Synapse(SynapseSpec::default());
     let mut rng = cml::rng::seeded(1);
-    let tasks: Vec<SinusoidTask> = (0..batch).map(|_| SinusoidTask::sample(&mut rng, 10).unwrap()).collect();
+    let tasks: Vec<SinusoidTask> = (0..batch)
+        .map(|_| SinusoidTask::sample(&mut rng, 10).unwrap())
+        .collect();
     let theta = model.initial_theta(&mut cml::rng::seeded(0)).unwrap();
     let config = TrainConfig {
         model,
@@ -216,12 +232,17 @@ fn throughput(quick: bool) {
     let repeats = if quick { 1 } else { 3 };
     let mut rates = Vec::new();
     for t in [1, 2.min(threads)] {
-        let (secs, _) = best_of(repeats, || meta_batch_gradient(&config, &tasks, &theta, t).unwrap());
+        let (secs, _) = best_of(repeats, || {
+            meta_batch_gradient(&config, &tasks, &theta, t).unwrap()
+        });
         let rate = batch as f64 / secs;
         println!("  {t} thread(s): {rate:.1} tasks/s");
         rates.push(rate);
     }
-    println!("  2 threads / 1 thread: {:.2}x (target >= 1.8)", rates[1] / rates[0]);
+    println!(
+        "  2 threads / 1 thread: {:.2}x (target >= 1.8)",
+        rates[1] / rates[0]
+    );
 }
 
 fn main() {

@@ -41,7 +41,14 @@ impl TunedRidge {
         };
         let (x, x_t, y) = split(30)?;
         let (_, x_val, y_val) = split(30)?;
-        Ok(TunedRidge { x, x_t, y, x_val, y_val, theta: to_tensor(&Vector::from_element(5, -1.0))? })
+        Ok(TunedRidge {
+            x,
+            x_t,
+            y,
+            x_val,
+            y_val,
+            theta: to_tensor(&Vector::from_element(5, -1.0))?,
+        })
     }
 }
 
@@ -76,7 +83,10 @@ impl BilevelProblem for TunedRidge {
         let lambda = to_dvector(theta)?.map(f64::exp);
         let gram = self.x.transpose() * &self.x / self.x.nrows() as f64;
         let e = gram.symmetric_eigenvalues();
-        Ok(Some(Curvature { strong_convexity: e.min() + lambda.min(), smoothness: 1.5 * (e.max() + lambda.max()) }))
+        Ok(Some(Curvature {
+            strong_convexity: e.min() + lambda.min(),
+            smoothness: 1.5 * (e.max() + lambda.max()),
+        }))
     }
     fn to_instance(&self) -> InstanceFile {
         InstanceFile::new(self.name(), None)
@@ -87,7 +97,11 @@ fn run() -> cml::Result<()> {
     let problem = TunedRidge::random(0)?;
     let exact = exact_meta_gradient(&problem, problem.theta())?.meta_gradient;
     println!("exact meta-gradient dJ/dtheta, first entry: {:+.6e}", exact[0]);
-    let phase = GdParams { tolerance: 1e-12, max_steps: 100_000, ..GdParams::default() };
+    let phase = GdParams {
+        tolerance: 1e-12,
+        max_steps: 100_000,
+        ..GdParams::default()
+    };
     let params = EstimatorParams {
         variant: Variant::Symmetric,
         beta: 1e-3,
@@ -104,7 +118,11 @@ fn run() -> cml::Result<()> {
             continue;
         }
         let e = spec.estimator().estimate(&problem, problem.theta())?;
-        println!("{name:<12} first entry {:+.6e}  relative error {:.2e}", e.gradient[0], relative_error(&e.gradient, &exact));
+        println!(
+            "{name:<12} first entry {:+.6e}  relative error {:.2e}",
+            e.gradient[0],
+            relative_error(&e.gradient, &exact)
+        );
     }
     // A sweep with phases placed at distance delta, on problems this program builds per seed.
     let config = SweepConfig {
@@ -119,8 +137,16 @@ fn run() -> cml::Result<()> {
         neumann_alpha: None,
         max_steps: 100_000,
     };
-    let rows = run_on(&config, (0, 1), &|seed| Ok(Box::new(TunedRidge::random(seed)?)), &|| {})?;
-    println!("\nsweep: {} rows; slopes on log-log axes, measured (theory)", rows.len());
+    let rows = run_on(
+        &config,
+        (0, 1),
+        &|seed| Ok(Box::new(TunedRidge::random(seed)?)),
+        &|| {},
+    )?;
+    println!(
+        "\nsweep: {} rows; slopes on log-log axes, measured (theory)",
+        rows.len()
+    );
     for variant in [Variant::Standard, Variant::Symmetric] {
         let f = fit_variant(&rows, variant);
         let measured = [f.right, f.left, f.best_beta_vs_delta, f.best_error_vs_delta];
@@ -131,9 +157,14 @@ fn run() -> cml::Result<()> {
             .collect();
         println!("{:<10} {}", variant.name(), shown.join("  "));
         for (m, t) in measured.iter().zip(f.theory) {
-            let m = m.ok_or_else(|| cml::CmlError::invalid("slope", "missing", "enough points on each side"))?;
+            let m =
+                m.ok_or_else(|| cml::CmlError::invalid("slope", "missing", "enough points on each side"))?;
             if (m - t).abs() > 0.15 {
-                return Err(cml::CmlError::invalid("slope", m, format!("within 0.15 of theory {t}")));
+                return Err(cml::CmlError::invalid(
+                    "slope",
+                    m,
+                    format!("within 0.15 of theory {t}"),
+                ));
             }
         }
     }

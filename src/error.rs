@@ -51,7 +51,9 @@ pub enum CmlError {
     },
 
     /// An estimator whose assumptions do not hold for the problem.
-    #[error("estimator does not apply: {reason}; pass --allow-inapplicable to run it anyway (with a warning)")]
+    #[error(
+        "estimator does not apply: {reason}; pass --allow-inapplicable to run it anyway (with a warning)"
+    )]
     Inapplicable { reason: String },
 
     /// Reading or writing a file failed.

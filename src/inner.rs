@@ -95,7 +95,9 @@ impl StepSizeRule {
         match self {
             StepSizeRule::Given => "given".into(),
             StepSizeRule::AdamDefault => format!("Adam's default {ADAM_DEFAULT_STEP}"),
-            StepSizeRule::InverseSmoothness { smoothness } => format!("1 / L with L = {smoothness:.4e} (known)"),
+            StepSizeRule::InverseSmoothness { smoothness } => {
+                format!("1 / L with L = {smoothness:.4e} (known)")
+            }
             StepSizeRule::PowerIteration {
                 largest_curvature,
                 iterations,
@@ -360,7 +362,10 @@ impl Iterate for FastIterate<'_, '_> {
     }
 
     fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()> {
-        observer(step, &Tensor::from_slice(&self.phi, self.phi.len(), &Device::Cpu)?);
+        observer(
+            step,
+            &Tensor::from_slice(&self.phi, self.phi.len(), &Device::Cpu)?,
+        );
         Ok(())
     }
 
@@ -444,7 +449,8 @@ fn run_gradient_descent(
             },
         ),
         _ => {
-            let (step, e) = smoothness::default_step(oracle, phi0, theta, beta, &format!("{phase} step size"))?;
+            let (step, e) =
+                smoothness::default_step(oracle, phi0, theta, beta, &format!("{phase} step size"))?;
             (
                 step,
                 StepSizeRule::PowerIteration {
@@ -472,8 +478,7 @@ fn run_gradient_descent(
         match run.run(&mut observer) {
             // A default from the curvature at the start can be too long for a non-convex path:
             // halve it and start the phase again (docs/STEP_SIZE.md).
-            Err(CmlError::Diverged { .. })
-                if matches!(step_size_rule, StepSizeRule::PowerIteration { halvings, .. } if halvings < MAX_HALVINGS) =>
+            Err(CmlError::Diverged { .. }) if matches!(step_size_rule, StepSizeRule::PowerIteration { halvings, .. } if halvings < MAX_HALVINGS) =>
             {
                 step_size /= 2.0;
                 if let StepSizeRule::PowerIteration { halvings, .. } = &mut step_size_rule {

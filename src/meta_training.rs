@@ -241,9 +241,14 @@ pub fn train_with(
         let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
             .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
             .collect::<Result<_>>()?;
-        let batch = meta_batch_gradient(config, &tasks, &theta, available_threads())
-            .map_err(|e| at_step(e, step))?;
-        let MetaBatch { mean, cost, loss, warnings } = batch;
+        let batch =
+            meta_batch_gradient(config, &tasks, &theta, available_threads()).map_err(|e| at_step(e, step))?;
+        let MetaBatch {
+            mean,
+            cost,
+            loss,
+            warnings,
+        } = batch;
         if mean.iter().any(|x| !x.is_finite()) {
             return Err(at_step(
                 CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),

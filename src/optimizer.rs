@@ -80,13 +80,21 @@ impl Optimizer {
         match *self {
             Optimizer::GradientDescent => Ok(()),
             Optimizer::Momentum { momentum } | Optimizer::Nesterov { momentum } => unit("momentum", momentum),
-            Optimizer::Adam { beta1, beta2, epsilon } => {
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
                 unit("Adam beta1", beta1)?;
                 unit("Adam beta2", beta2)?;
                 if epsilon.is_finite() && epsilon > 0.0 {
                     Ok(())
                 } else {
-                    Err(CmlError::invalid("Adam epsilon", epsilon, "must be finite and > 0"))
+                    Err(CmlError::invalid(
+                        "Adam epsilon",
+                        epsilon,
+                        "must be finite and > 0",
+                    ))
                 }
             }
         }
@@ -144,7 +152,11 @@ impl OptimizerState {
                     *p -= lr * (gi + momentum * *v);
                 }
             }
-            Optimizer::Adam { beta1, beta2, epsilon } => {
+            Optimizer::Adam {
+                beta1,
+                beta2,
+                epsilon,
+            } => {
                 let c1 = 1.0 - beta1.powi(self.steps);
                 let c2 = 1.0 - beta2.powi(self.steps);
                 for (((p, m), s), gi) in phi.iter_mut().zip(&mut self.first).zip(&mut self.second).zip(g) {

@@ -33,7 +33,9 @@ fn splitmix64(mut z: u64) -> u64 {
 /// A hash of several words, each folded in through SplitMix64, so that different tuples give
 /// unrelated values (unlike an XOR of them, where `x ^ x` cancels).
 pub fn hash_words(words: &[u64]) -> u64 {
-    words.iter().fold(0x6a09_e667_f3bc_c908, |h, &w| splitmix64(h ^ splitmix64(w)))
+    words
+        .iter()
+        .fold(0x6a09_e667_f3bc_c908, |h, &w| splitmix64(h ^ splitmix64(w)))
 }
 
 pub fn normal(rng: &mut Rng) -> f64 {

@@ -57,7 +57,10 @@ impl SweepConfig {
         for point in self.grid() {
             if seen.insert(point.estimator.clone()) {
                 let p = problem::resolve(&self.problem, point.seed)?;
-                warnings.extend(self.spec(&point)?.check_applicable(p.as_ref(), p.theta(), allow)?);
+                warnings.extend(
+                    self.spec(&point)?
+                        .check_applicable(p.as_ref(), p.theta(), allow)?,
+                );
             }
         }
         Ok(warnings)
@@ -295,7 +298,12 @@ impl SweepConfig {
 
 /// Runs the grid points of `shard` (`(0, 1)`: all), calling `done` after each.
 pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)) -> Result<Vec<SweepRow>> {
-    run_on(config, shard, &|seed| problem::resolve(&config.problem, seed), done)
+    run_on(
+        config,
+        shard,
+        &|seed| problem::resolve(&config.problem, seed),
+        done,
+    )
 }
 
 /// [`run`] on problems the caller builds, one per seed: a problem defined outside the crate gets
@@ -345,7 +353,12 @@ struct Reference {
 /// Placed-at-`delta` phases are measured against Newton's `phi*`: its own distance to the true
 /// solution (`||grad|| / mu`, or `||grad||` where `mu` is unknown) must be at least 100x below
 /// the smallest `delta`, or the smallest rows measure the reference, not the estimator.
-fn check_reference_precision(config: &SweepConfig, p: &dyn BilevelProblem, seed: u64, grad_norm: f64) -> Result<()> {
+fn check_reference_precision(
+    config: &SweepConfig,
+    p: &dyn BilevelProblem,
+    seed: u64,
+    grad_norm: f64,
+) -> Result<()> {
     let smallest = config
         .budgets
         .iter()
@@ -474,7 +487,14 @@ fn run_perturbed(
         } else {
             solve_phase(&oracle, &free, theta, b, NewtonParams::default()).map(|(s, i)| (s, Some(i)))?
         };
-        let u = placed_direction(point.seed, delta, point.beta.unwrap_or(0.0), b, phase_index, p.dims().phi);
+        let u = placed_direction(
+            point.seed,
+            delta,
+            point.beta.unwrap_or(0.0),
+            b,
+            phase_index,
+            p.dims().phi,
+        );
         phase_index += 1;
         Ok((star + to_tensor(&(u * delta))?)?)
     };

@@ -209,7 +209,8 @@ impl QuadraticTheory {
             // (F(beta) - F(0)) / (2 beta) - F'(0) = -F'(0)/2 + (1 / 2 beta) int_0^beta (F' - F'(0)):
             // at most ||F'(0)|| / 2 + sup ||F''|| |beta| / 4 (order 0: the coefficient of beta^0).
             Variant::ReferenceCodeSymmetric => {
-                0.5 * self.derivative(1, 0.0).norm() + 0.25 * self.sup_norm(2, beta.min(0.0), beta.max(0.0)) * b
+                0.5 * self.derivative(1, 0.0).norm()
+                    + 0.25 * self.sup_norm(2, beta.min(0.0), beta.max(0.0)) * b
             }
         }
     }

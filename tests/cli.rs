@@ -29,7 +29,10 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
     let q = cml::problem::Quadratic::random(&cml::problem::QuadraticSpec::default(), 0).unwrap();
     let theory = cml::theory::QuadraticTheory::new(&q, &cml::linalg::to_dvector(q.theta()).unwrap()).unwrap();
     let predicted = 0.001 / 2.0 * theory.derivative(2, 0.0).norm() / theory.derivative(1, 0.0).norm();
-    assert!((rel / predicted - 1.0).abs() < 0.1, "relative error {rel:.4e}, predicted {predicted:.4e}");
+    assert!(
+        (rel / predicted - 1.0).abs() < 0.1,
+        "relative error {rel:.4e}, predicted {predicted:.4e}"
+    );
     assert_eq!(v["phases"].as_array().unwrap().len(), 2);
     assert_eq!(v["cost"]["second_order_products"].as_u64(), Some(0));
     assert_eq!(v["estimate"].as_array().unwrap().len(), 5);
@@ -199,7 +202,11 @@ fn grad_reports_the_seed_an_instance_file_was_drawn_with() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("r7.json");
     let path = path.to_str().unwrap();
-    assert!(common::cml(&["export", "--problem", "ridge", "--seed", "7", "--out", path]).status.success());
+    assert!(
+        common::cml(&["export", "--problem", "ridge", "--seed", "7", "--out", path])
+            .status
+            .success()
+    );
     // --seed is ignored for a file; the report carries the file's seed, 7, not the flag's default 0.
     let o = common::cml(&["grad", "--problem", path, "--json"]);
     let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

@@ -229,11 +229,20 @@ fn the_reference_codes_symmetric_rule_estimates_half_the_meta_gradient() {
     let p = build("quadratic", 1).unwrap();
     let theta = to_dvector(p.theta()).unwrap();
     let exact = p.closed_form().unwrap().meta_gradient(&theta).unwrap();
-    let phase = GdParams { tolerance: 1e-12, max_steps: 100_000, ..GdParams::default() };
+    let phase = GdParams {
+        tolerance: 1e-12,
+        max_steps: 100_000,
+        ..GdParams::default()
+    };
     let run = |variant| {
-        Contrastive { variant, beta: 1e-4, free: phase, nudged: phase }
-            .estimate(p.as_ref(), p.theta())
-            .unwrap()
+        Contrastive {
+            variant,
+            beta: 1e-4,
+            free: phase,
+            nudged: phase,
+        }
+        .estimate(p.as_ref(), p.theta())
+        .unwrap()
     };
     let defect = run(Variant::ReferenceCodeSymmetric);
     let standard = run(Variant::Standard);
@@ -241,7 +250,13 @@ fn the_reference_codes_symmetric_rule_estimates_half_the_meta_gradient() {
     assert!((rel - 0.5).abs() < 1e-3, "relative error {rel}");
     assert!(cml::linalg::relative_error(&(&defect.gradient * 2.0), &standard.gradient) < 1e-6);
     // It ran a phase at beta = 0 (the dropped outer loss), not at -beta.
-    assert_eq!(defect.phases.iter().map(|ph| ph.beta).collect::<Vec<_>>(), vec![0.0, 0.0, 1e-4]);
-    assert_eq!(Variant::parse("reference-code-symmetric").unwrap(), Variant::ReferenceCodeSymmetric);
+    assert_eq!(
+        defect.phases.iter().map(|ph| ph.beta).collect::<Vec<_>>(),
+        vec![0.0, 0.0, 1e-4]
+    );
+    assert_eq!(
+        Variant::parse("reference-code-symmetric").unwrap(),
+        Variant::ReferenceCodeSymmetric
+    );
     assert!(!Variant::ALL.contains(&Variant::ReferenceCodeSymmetric));
 }

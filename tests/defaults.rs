@@ -4,9 +4,7 @@
 
 use approx::assert_relative_eq;
 use cml::autodiff::dense_second_derivatives;
-use cml::estimator::{
-    EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver,
-};
+use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver};
 use cml::inner::{DivergenceRule, GdParams, StepSizeRule, gradient_descent};
 use cml::model::{Mlp, Modulation, ModulationSpec, Synapse, SynapseSpec};
 use cml::oracle::Oracle;
@@ -29,8 +27,17 @@ fn power_iteration_finds_the_known_smoothness_of_the_quadratic_from_below() {
     let theta = p.theta();
     let known = p.curvature(theta, 0.0).unwrap().unwrap().smoothness;
     assert_relative_eq!(known, 10.0, max_relative = 1e-12);
-    let e = smoothness::estimate(&Oracle::new(p.as_ref()), &p.initial_phi(theta).unwrap(), theta, 0.0).unwrap();
-    assert!(e.largest_curvature <= known * (1.0 + 1e-12), "{e:?} above L = {known}");
+    let e = smoothness::estimate(
+        &Oracle::new(p.as_ref()),
+        &p.initial_phi(theta).unwrap(),
+        theta,
+        0.0,
+    )
+    .unwrap();
+    assert!(
+        e.largest_curvature <= known * (1.0 + 1e-12),
+        "{e:?} above L = {known}"
+    );
     // The default step 1 / (2 L^) is stable while L^ > L / 4; power iteration does far better.
     assert!(e.largest_curvature >= 0.8 * known, "{e:?} far below L = {known}");
 }
@@ -38,13 +45,23 @@ fn power_iteration_finds_the_known_smoothness_of_the_quadratic_from_below() {
 #[test]
 fn power_iteration_on_the_network_models_matches_the_dense_spectrum() {
     let net = Mlp::parse("1-8-8-1").unwrap();
-    let synapse = Synapse::random(&SynapseSpec { net: net.clone(), per_synapse: true, strength: 1.0 }, 10, 4).unwrap();
+    let synapse = Synapse::random(
+        &SynapseSpec {
+            net: net.clone(),
+            per_synapse: true,
+            strength: 1.0,
+        },
+        10,
+        4,
+    )
+    .unwrap();
     let modulation = Modulation::random(&ModulationSpec { net, strength: 1.0 }, 10, 4).unwrap();
     for p in [&synapse as &dyn BilevelProblem, &modulation] {
         for beta in [0.0, 0.5, -0.5] {
             let exact = dense_largest_curvature(p, beta);
             let theta = p.theta();
-            let e = smoothness::estimate(&Oracle::new(p), &p.initial_phi(theta).unwrap(), theta, beta).unwrap();
+            let e =
+                smoothness::estimate(&Oracle::new(p), &p.initial_phi(theta).unwrap(), theta, beta).unwrap();
             assert!(
                 e.largest_curvature <= exact * (1.0 + 1e-9) && e.largest_curvature >= 0.5 * exact,
                 "{}: power iteration {e:?}, dense {exact}",
@@ -59,13 +76,38 @@ fn without_a_step_size_a_network_phase_uses_power_iteration_and_says_so() {
     let p = Synapse::random(&SynapseSpec::default(), 10, 0).unwrap();
     let theta = p.theta();
     let oracle = Oracle::new(&p);
-    let params = GdParams { max_steps: 200, tolerance: 0.0, ..GdParams::default() };
-    let sol = gradient_descent(&oracle, &p.initial_phi(theta).unwrap(), theta, 0.0, &params, "free phase").unwrap();
-    let StepSizeRule::PowerIteration { largest_curvature, iterations, safety, halvings: 0 } = sol.info.step_size_rule else {
-        panic!("expected the power-iteration rule, got {:?}", sol.info.step_size_rule);
+    let params = GdParams {
+        max_steps: 200,
+        tolerance: 0.0,
+        ..GdParams::default()
+    };
+    let sol = gradient_descent(
+        &oracle,
+        &p.initial_phi(theta).unwrap(),
+        theta,
+        0.0,
+        &params,
+        "free phase",
+    )
+    .unwrap();
+    let StepSizeRule::PowerIteration {
+        largest_curvature,
+        iterations,
+        safety,
+        halvings: 0,
+    } = sol.info.step_size_rule
+    else {
+        panic!(
+            "expected the power-iteration rule, got {:?}",
+            sol.info.step_size_rule
+        );
     };
     assert_eq!(safety, smoothness::SAFETY);
-    assert_relative_eq!(sol.info.step_size, 1.0 / (safety * largest_curvature), max_relative = 1e-15);
+    assert_relative_eq!(
+        sol.info.step_size,
+        1.0 / (safety * largest_curvature),
+        max_relative = 1e-15
+    );
     // Every Hessian-vector product is charged; the loss went down.
     assert_eq!(oracle.cost().second_order_products, iterations);
     let start = cml::problem::phase_loss(&p, 0.0)(&p.initial_phi(theta).unwrap(), theta).unwrap();
@@ -76,24 +118,37 @@ fn without_a_step_size_a_network_phase_uses_power_iteration_and_says_so() {
 fn a_default_step_that_diverges_on_the_way_is_halved_and_reported() {
     // Network curvature grows along the path, so 1 / (2 L^) from the start can diverge later
     // (the default `cml train --model synapse` met this). Find such a draw among the first seeds.
-    let params = GdParams { max_steps: 1000, tolerance: 0.0, ..GdParams::default() };
+    let params = GdParams {
+        max_steps: 1000,
+        tolerance: 0.0,
+        ..GdParams::default()
+    };
     let found = (0..40u64).find_map(|seed| {
         let p = Synapse::random(&SynapseSpec::default(), 10, seed).unwrap();
         let theta = p.theta().clone();
         let phi0 = p.initial_phi(&theta).unwrap();
         let sol = gradient_descent(&Oracle::new(&p), &phi0, &theta, 0.0, &params, "free phase").unwrap();
         match sol.info.step_size_rule {
-            StepSizeRule::PowerIteration { largest_curvature, halvings, .. } if halvings > 0 => {
-                Some((p, phi0, sol, largest_curvature, halvings))
-            }
+            StepSizeRule::PowerIteration {
+                largest_curvature,
+                halvings,
+                ..
+            } if halvings > 0 => Some((p, phi0, sol, largest_curvature, halvings)),
             _ => None,
         }
     });
     let (p, phi0, sol, l_hat, halvings) = found.expect("some draw needs a halved step");
     let theta = p.theta();
-    assert_relative_eq!(sol.info.step_size, 1.0 / (2.0 * l_hat * 2f64.powi(halvings as i32)), max_relative = 1e-15);
+    assert_relative_eq!(
+        sol.info.step_size,
+        1.0 / (2.0 * l_hat * 2f64.powi(halvings as i32)),
+        max_relative = 1e-15
+    );
     // The step one halving earlier does diverge (checked independently, as a given step size).
-    let longer = GdParams { step_size: Some(2.0 * sol.info.step_size), ..params };
+    let longer = GdParams {
+        step_size: Some(2.0 * sol.info.step_size),
+        ..params
+    };
     let err = gradient_descent(&Oracle::new(&p), &phi0, theta, 0.0, &longer, "free phase").unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
     assert!(sol.info.loss.is_finite());
@@ -104,14 +159,34 @@ fn a_step_size_far_above_two_over_l_is_divergence_naming_the_flag() {
     // Quadratic with L = 10: a step of 0.5 multiplies the top mode by |1 - 5| = 4 each step.
     let p = build("quadratic", 0).unwrap();
     let theta = p.theta();
-    let params = GdParams { step_size: Some(0.5), max_steps: 100, tolerance: 0.0, ..GdParams::default() };
-    let err = gradient_descent(&Oracle::new(p.as_ref()), &p.initial_phi(theta).unwrap(), theta, 0.0, &params, "free phase")
-        .unwrap_err()
-        .to_string();
+    let params = GdParams {
+        step_size: Some(0.5),
+        max_steps: 100,
+        tolerance: 0.0,
+        ..GdParams::default()
+    };
+    let err = gradient_descent(
+        &Oracle::new(p.as_ref()),
+        &p.initial_phi(theta).unwrap(),
+        theta,
+        0.0,
+        &params,
+        "free phase",
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("free phase diverged at step"), "{err}");
     assert!(err.contains("--free-step-size"), "{err}");
     // Geometric growth by 16x per step in the loss crosses the 10% line within a few steps.
-    let step: usize = err.split("at step ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
+    let step: usize = err
+        .split("at step ")
+        .nth(1)
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(step <= 5, "{err}");
 }
 
@@ -149,7 +224,13 @@ fn the_divergence_line_is_ten_percent_of_the_loss_scale_above_the_start() {
 }
 
 fn first_order(rule: FirstOrderRule) -> EstimatorSpec {
-    EstimatorSpec::FirstOrder(FirstOrder { rule, free: GdParams { max_steps: 20, ..GdParams::default() } })
+    EstimatorSpec::FirstOrder(FirstOrder {
+        rule,
+        free: GdParams {
+            max_steps: 20,
+            ..GdParams::default()
+        },
+    })
 }
 
 #[test]
@@ -158,8 +239,14 @@ fn first_order_rules_are_refused_where_theta_does_not_set_the_initialisation() {
         let p = build(name, 0).unwrap();
         for rule in [FirstOrderRule::FirstOrderMaml, FirstOrderRule::Reptile] {
             let spec = first_order(rule);
-            let err = spec.check_applicable(p.as_ref(), p.theta(), false).unwrap_err().to_string();
-            assert!(err.contains("initialisation") && err.contains("--allow-inapplicable"), "{err}");
+            let err = spec
+                .check_applicable(p.as_ref(), p.theta(), false)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("initialisation") && err.contains("--allow-inapplicable"),
+                "{err}"
+            );
             let warning = spec.check_applicable(p.as_ref(), p.theta(), true).unwrap();
             assert!(warning.is_some_and(|w| w.contains(name)));
             // And indeed: Reptile's estimate there is exactly zero.
@@ -172,17 +259,28 @@ fn first_order_rules_are_refused_where_theta_does_not_set_the_initialisation() {
     for name in ["synapse", "modulation"] {
         let p = build(name, 0).unwrap();
         for rule in [FirstOrderRule::FirstOrderMaml, FirstOrderRule::Reptile] {
-            assert_eq!(first_order(rule).inapplicable(p.as_ref(), p.theta()).unwrap(), None, "{name}");
+            assert_eq!(
+                first_order(rule).inapplicable(p.as_ref(), p.theta()).unwrap(),
+                None,
+                "{name}"
+            );
         }
     }
 }
 
 #[test]
 fn the_dense_implicit_solve_is_refused_above_its_size_limit() {
-    let wide = SynapseSpec { net: Mlp::parse("1-70-70-1").unwrap(), per_synapse: true, strength: 1.0 };
+    let wide = SynapseSpec {
+        net: Mlp::parse("1-70-70-1").unwrap(),
+        per_synapse: true,
+        strength: 1.0,
+    };
     let p = Synapse::random(&wide, 10, 0).unwrap();
     assert!(p.dims().phi > cml::estimator::DENSE_SOLVE_LIMIT);
-    let dense = EstimatorSpec::Implicit(Implicit { solver: LinearSolver::Dense, free: GdParams::default() });
+    let dense = EstimatorSpec::Implicit(Implicit {
+        solver: LinearSolver::Dense,
+        free: GdParams::default(),
+    });
     let reason = dense.inapplicable(&p, p.theta()).unwrap().expect("refused");
     assert!(reason.contains("5181") && reason.contains("cg"), "{reason}");
     let cg = EstimatorSpec::Implicit(Implicit {

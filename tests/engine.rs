@@ -38,14 +38,26 @@ fn assert_vectors_agree(fast: &[f64], candle: &Vector, tol: f64, what: &str) {
 /// Evaluates `L_beta` and its gradients at `(phi, theta)` by both engines and compares them,
 /// with and without the `theta` gradient (the inner loop asks for it only at a phase's end).
 fn check_against_candle(problem: &dyn BilevelProblem, phi: &Vector, theta: &Vector, beta: f64) {
-    let candle = gradients(&phase_loss(problem, beta), &to_tensor(phi).unwrap(), &to_tensor(theta).unwrap()).unwrap();
-    let fast_model = problem.first_order().expect("every network model has a fast path");
+    let candle = gradients(
+        &phase_loss(problem, beta),
+        &to_tensor(phi).unwrap(),
+        &to_tensor(theta).unwrap(),
+    )
+    .unwrap();
+    let fast_model = problem
+        .first_order()
+        .expect("every network model has a fast path");
     let mut ws = fast_model.workspace(theta.as_slice()).unwrap();
     let (mut g_phi, mut g_theta) = (vec![f64::NAN; phi.len()], vec![f64::NAN; theta.len()]);
     let loss = fast_model.phase_gradient(&mut ws, phi.as_slice(), beta, &mut g_phi, Some(&mut g_theta));
     assert_relative_eq!(loss, candle.loss, max_relative = ONE_EVALUATION);
     assert_vectors_agree(&g_phi, &to_dvector(&candle.phi).unwrap(), ONE_EVALUATION, "d phi");
-    assert_vectors_agree(&g_theta, &to_dvector(&candle.theta).unwrap(), ONE_EVALUATION, "d theta");
+    assert_vectors_agree(
+        &g_theta,
+        &to_dvector(&candle.theta).unwrap(),
+        ONE_EVALUATION,
+        "d theta",
+    );
     // The phi-only evaluation (reusing the workspace, as a phase does) gives the same numbers.
     let mut g_phi_only = vec![f64::NAN; phi.len()];
     let loss_only = fast_model.phase_gradient(&mut ws, phi.as_slice(), beta, &mut g_phi_only, None);
@@ -147,7 +159,12 @@ fn vectorised_tanh_is_within_four_ulp_of_the_standard_library() {
             worst = (ulps, x);
         }
     }
-    assert!(worst.0 <= 4, "tanh is {} ulp off f64::tanh at x = {}", worst.0, worst.1);
+    assert!(
+        worst.0 <= 4,
+        "tanh is {} ulp off f64::tanh at x = {}",
+        worst.0,
+        worst.1
+    );
     assert_eq!(tanh::tanh(0.0), 0.0);
     assert_eq!(tanh::tanh(1e3), 1.0);
     assert_eq!(tanh::tanh(-1e3), -1.0);
@@ -161,7 +178,13 @@ fn phases(engine: Engine, free_steps: usize, nudged_steps: usize, step_size: f64
         engine,
         optimizer: Default::default(),
     };
-    (free, GdParams { max_steps: nudged_steps, ..free })
+    (
+        free,
+        GdParams {
+            max_steps: nudged_steps,
+            ..free
+        },
+    )
 }
 
 /// The estimators whose inner loops run on the chosen engine, at that engine.
@@ -169,14 +192,24 @@ fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
     let (free, nudged) = phases(engine, 200, 60, step_size);
     let mut specs: Vec<EstimatorSpec> = Variant::ALL
         .into_iter()
-        .map(|variant| EstimatorSpec::Contrastive(Contrastive { variant, beta: 0.05, free, nudged }))
+        .map(|variant| {
+            EstimatorSpec::Contrastive(Contrastive {
+                variant,
+                beta: 0.05,
+                free,
+                nudged,
+            })
+        })
         .collect();
     specs.extend(
         [FirstOrderRule::FirstOrderMaml, FirstOrderRule::Reptile]
             .map(|rule| EstimatorSpec::FirstOrder(FirstOrder { rule, free })),
     );
     // Candle second-order products at a free solution found by either engine.
-    specs.push(EstimatorSpec::Implicit(Implicit { solver: LinearSolver::ConjugateGradient { steps: 5 }, free }));
+    specs.push(EstimatorSpec::Implicit(Implicit {
+        solver: LinearSolver::ConjugateGradient { steps: 5 },
+        free,
+    }));
     specs
 }
 
@@ -184,7 +217,10 @@ fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
 /// relative (hundreds of steps compound rounding differences of one evaluation, ~1e-15).
 fn check_whole_estimates(problem: &dyn BilevelProblem, step_size: f64, zero_first_order: bool) {
     let theta = problem.theta();
-    for (fast, candle) in estimators(Engine::Fast, step_size).iter().zip(estimators(Engine::Candle, step_size)) {
+    for (fast, candle) in estimators(Engine::Fast, step_size)
+        .iter()
+        .zip(estimators(Engine::Candle, step_size))
+    {
         let what = fast.estimator().describe();
         let a = fast.estimator().estimate(problem, theta).unwrap();
         let b = candle.estimator().estimate(problem, theta).unwrap();
@@ -197,21 +233,34 @@ fn check_whole_estimates(problem: &dyn BilevelProblem, step_size: f64, zero_firs
             assert_eq!(b.gradient.amax(), 0.0, "{what}");
             continue;
         }
-        assert!(b.gradient.amax() > 0.0, "{what}: a zero estimate compares nothing");
+        assert!(
+            b.gradient.amax() > 0.0,
+            "{what}: a zero estimate compares nothing"
+        );
         let err = cml::linalg::relative_error(&a.gradient, &b.gradient);
-        assert!(err <= 1e-10, "{what}: fast and Candle estimates differ by {err:.3e} relative");
+        assert!(
+            err <= 1e-10,
+            "{what}: fast and Candle estimates differ by {err:.3e} relative"
+        );
     }
 }
 
 #[test]
 fn every_estimate_on_the_synapse_is_the_same_through_both_engines() {
-    let spec = SynapseSpec { net: Mlp::parse("1-8-8-1").unwrap(), per_synapse: true, strength: 1.0 };
+    let spec = SynapseSpec {
+        net: Mlp::parse("1-8-8-1").unwrap(),
+        per_synapse: true,
+        strength: 1.0,
+    };
     check_whole_estimates(&Synapse::random(&spec, 10, 3).unwrap(), 0.01, false);
 }
 
 #[test]
 fn every_estimate_on_the_modulation_model_is_the_same_through_both_engines() {
-    let spec = ModulationSpec { net: Mlp::parse("1-8-8-1").unwrap(), strength: 1.0 };
+    let spec = ModulationSpec {
+        net: Mlp::parse("1-8-8-1").unwrap(),
+        strength: 1.0,
+    };
     check_whole_estimates(&Modulation::random(&spec, 10, 3).unwrap(), 0.01, false);
 }
 
@@ -228,10 +277,13 @@ fn every_estimate_on_the_weight_decay_mlp_is_the_same_through_both_engines() {
 fn forcing_the_fast_engine_on_a_problem_without_one_is_a_clear_error() {
     let problem = cml::problem::build("quadratic", 0).unwrap();
     let (free, _) = phases(Engine::Fast, 10, 10, 0.01);
-    let err = FirstOrder { rule: FirstOrderRule::Reptile, free }
-        .estimate(problem.as_ref(), problem.theta())
-        .unwrap_err()
-        .to_string();
+    let err = FirstOrder {
+        rule: FirstOrderRule::Reptile,
+        free,
+    }
+    .estimate(problem.as_ref(), problem.theta())
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("engine") && err.contains("candle"), "{err}");
 }
 
@@ -239,13 +291,25 @@ fn forcing_the_fast_engine_on_a_problem_without_one_is_a_clear_error() {
 fn a_meta_batch_gives_the_same_bits_on_one_two_and_three_threads() {
     let (free, nudged) = phases(Engine::Auto, 60, 20, 0.005);
     for model in [
-        ModelSpec::Synapse(SynapseSpec { net: Mlp::parse("1-12-12-1").unwrap(), per_synapse: true, strength: 1.0 }),
-        ModelSpec::Modulation(ModulationSpec { net: Mlp::parse("1-12-12-1").unwrap(), strength: 1.0 }),
+        ModelSpec::Synapse(SynapseSpec {
+            net: Mlp::parse("1-12-12-1").unwrap(),
+            per_synapse: true,
+            strength: 1.0,
+        }),
+        ModelSpec::Modulation(ModulationSpec {
+            net: Mlp::parse("1-12-12-1").unwrap(),
+            strength: 1.0,
+        }),
     ] {
         let config = TrainConfig {
             model: model.clone(),
             shots: 10,
-            estimator: EstimatorSpec::Contrastive(Contrastive { variant: Variant::Symmetric, beta: 0.1, free, nudged }),
+            estimator: EstimatorSpec::Contrastive(Contrastive {
+                variant: Variant::Symmetric,
+                beta: 0.1,
+                free,
+                nudged,
+            }),
             meta_steps: 1,
             meta_batch: 7,
             meta_lr: 0.01,
@@ -254,7 +318,9 @@ fn a_meta_batch_gives_the_same_bits_on_one_two_and_three_threads() {
             seed: 0,
         };
         let mut rng = seeded(11);
-        let tasks: Vec<SinusoidTask> = (0..7).map(|_| SinusoidTask::sample(&mut rng, 10).unwrap()).collect();
+        let tasks: Vec<SinusoidTask> = (0..7)
+            .map(|_| SinusoidTask::sample(&mut rng, 10).unwrap())
+            .collect();
         let theta = model.initial_theta(&mut seeded(2)).unwrap();
         let one = meta_batch_gradient(&config, &tasks, &theta, 1).unwrap();
         assert!(one.mean.amax() > 0.0);

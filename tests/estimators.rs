@@ -482,12 +482,29 @@ fn the_gradient_descent_contrastive_estimator_matches_the_exact_meta_gradient_on
     // phi*. Strength 20 makes L_in strongly convex there (as in the slope tests). Phases stop at
     // |grad| <= 1e-10, so delta <= 1e-10 / mu; with beta = 1e-3 the symmetric bound is
     // A3 beta^2 + K delta / beta, about 1e-6 + 1e-7 relative: 1e-4 leaves room for constants.
-    let phase = GdParams { tolerance: 1e-10, max_steps: 200_000, ..GdParams::default() };
-    let contrastive = Contrastive { variant: Variant::Symmetric, beta: 1e-3, free: phase, nudged: phase };
-    for p in [&small_synapse(true, 20.0, 2) as &dyn BilevelProblem, &small_modulation(20.0, 2)] {
+    let phase = GdParams {
+        tolerance: 1e-10,
+        max_steps: 200_000,
+        ..GdParams::default()
+    };
+    let contrastive = Contrastive {
+        variant: Variant::Symmetric,
+        beta: 1e-3,
+        free: phase,
+        nudged: phase,
+    };
+    for p in [
+        &small_synapse(true, 20.0, 2) as &dyn BilevelProblem,
+        &small_modulation(20.0, 2),
+    ] {
         let exact = exact_meta_gradient(p, p.theta()).unwrap().meta_gradient;
         let e = contrastive.estimate(p, p.theta()).unwrap();
-        assert!(e.phases.iter().all(|ph| ph.converged), "{}: {:?}", p.name(), e.phases);
+        assert!(
+            e.phases.iter().all(|ph| ph.converged),
+            "{}: {:?}",
+            p.name(),
+            e.phases
+        );
         let rel = cml::linalg::relative_error(&e.gradient, &exact);
         assert!(rel < 1e-4, "{}: relative error {rel:.3e}", p.name());
     }

@@ -110,7 +110,10 @@ fn quick_figures_write_every_file_and_the_same_seed_gives_the_same_csvs() {
         let claim = format!("- quadratic, placed at delta, {variant}: **agrees**");
         assert!(writeup.contains(&claim), "missing {claim:?}");
     }
-    assert!(writeup.contains("within 0.05 of the 1/2"), "the ablation's verdict");
+    assert!(
+        writeup.contains("within 0.05 of the 1/2"),
+        "the ablation's verdict"
+    );
 
     let b = tempfile::tempdir().unwrap();
     figures_quick(b.path());

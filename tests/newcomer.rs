@@ -16,7 +16,9 @@ const MODELS: [&str; 2] = ["synapse", "modulation"];
 /// Every estimator name of the registry.
 const ESTIMATORS: [&str; 9] = {
     let e = cml::estimator::ESTIMATORS;
-    [e[0].0, e[1].0, e[2].0, e[3].0, e[4].0, e[5].0, e[6].0, e[7].0, e[8].0]
+    [
+        e[0].0, e[1].0, e[2].0, e[3].0, e[4].0, e[5].0, e[6].0, e[7].0, e[8].0,
+    ]
 };
 
 /// The linear problems, where theta does not set the initialisation (docs/STEP_SIZE.md §3).
@@ -28,7 +30,10 @@ fn refused(problem: &str, estimator: &str) -> bool {
 fn judge(what: &str, o: &Output) -> String {
     let out = String::from_utf8_lossy(&o.stdout);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!err.contains("panicked") && !out.contains("panicked"), "{what}: panic\n{err}");
+    assert!(
+        !err.contains("panicked") && !out.contains("panicked"),
+        "{what}: panic\n{err}"
+    );
     for text in [&out, &err] {
         assert!(
             !text.contains("NaN") && !text.contains(" nan") && !text.contains(" inf"),
@@ -38,21 +43,42 @@ fn judge(what: &str, o: &Output) -> String {
     if o.status.success() {
         "ok".into()
     } else {
-        let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("{what}: no error line\n{err}"));
-        assert!(line.contains("--"), "{what}: the error names no flag that fixes it: {line}");
+        let line = err
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_else(|| panic!("{what}: no error line\n{err}"));
+        assert!(
+            line.contains("--"),
+            "{what}: the error names no flag that fixes it: {line}"
+        );
         format!("refused: {}", &line[7..])
     }
 }
 
 /// A `cml grad --json` report: every number finite, and a zero estimate only with a warning.
 fn check_grad_report(what: &str, o: &Output) {
-    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{what}: {e}"));
-    let estimate: Vec<f64> = report["estimate"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
-    assert!(!estimate.is_empty() && estimate.iter().all(|x| x.is_finite()), "{what}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{what}: {e}"));
+    let estimate: Vec<f64> = report["estimate"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(
+        !estimate.is_empty() && estimate.iter().all(|x| x.is_finite()),
+        "{what}"
+    );
     let warned = !report["warnings"].as_array().unwrap().is_empty();
-    assert!(estimate.iter().any(|&x| x != 0.0) || warned, "{what}: an identically zero estimate without a warning");
+    assert!(
+        estimate.iter().any(|&x| x != 0.0) || warned,
+        "{what}: an identically zero estimate without a warning"
+    );
     for ph in report["phases"].as_array().unwrap() {
-        assert!(ph["loss"].as_f64().unwrap().is_finite() && ph["step_size"].as_f64().unwrap() > 0.0, "{what}");
+        assert!(
+            ph["loss"].as_f64().unwrap().is_finite() && ph["step_size"].as_f64().unwrap() > 0.0,
+            "{what}"
+        );
     }
 }
 
@@ -94,7 +120,15 @@ fn grad_runs_or_refuses_for_every_problem_and_estimator() {
         }
     }
     // Refused runs go through with the flag, and say why in a warning.
-    let o = cml(&["grad", "--problem", "ridge", "--estimator", "reptile", "--allow-inapplicable", "--json"]);
+    let o = cml(&[
+        "grad",
+        "--problem",
+        "ridge",
+        "--estimator",
+        "reptile",
+        "--allow-inapplicable",
+        "--json",
+    ]);
     assert_eq!(judge("reptile allowed", &o), "ok");
     check_grad_report("reptile allowed", &o);
     table(&rows);
@@ -108,7 +142,17 @@ fn export_writes_every_problem_and_grad_reads_it_back() {
         let path = path.to_str().unwrap();
         let o = cml(&["export", "--problem", problem, "--out", path]);
         assert_eq!(judge(problem, &o), "ok");
-        let back = cml(&["grad", "--problem", path, "--no-exact", "--free-steps", "20", "--nudged-steps", "5", "--json"]);
+        let back = cml(&[
+            "grad",
+            "--problem",
+            path,
+            "--no-exact",
+            "--free-steps",
+            "20",
+            "--nudged-steps",
+            "5",
+            "--json",
+        ]);
         assert_eq!(judge(problem, &back), "ok");
         check_grad_report(problem, &back);
     }
@@ -121,7 +165,17 @@ fn train_runs_every_model_and_estimator_and_its_defaults_learn() {
     for model in MODELS {
         for estimator in ESTIMATORS {
             let out = dir.path().join(format!("{model}-{estimator}"));
-            let args = ["train", "--model", model, "--estimator", estimator, "--meta-steps", "2", "--out", out.to_str().unwrap()];
+            let args = [
+                "train",
+                "--model",
+                model,
+                "--estimator",
+                estimator,
+                "--meta-steps",
+                "2",
+                "--out",
+                out.to_str().unwrap(),
+            ];
             let what = format!("train --model {model} --estimator {estimator} --meta-steps 2");
             let o = cml(&args);
             let outcome = judge(&what, &o);
@@ -130,7 +184,10 @@ fn train_runs_every_model_and_estimator_and_its_defaults_learn() {
                 assert_eq!(csv.lines().count(), 4, "{what}: header and steps 0, 1, 2");
             } else {
                 // The dense solve meets an indefinite inner Hessian at default strength.
-                assert!(estimator == "implicit" && indefinite(&outcome), "{what}: {outcome}");
+                assert!(
+                    estimator == "implicit" && indefinite(&outcome),
+                    "{what}: {outcome}"
+                );
             }
             rows.push((what, outcome));
         }
@@ -145,8 +202,14 @@ fn train_runs_every_model_and_estimator_and_its_defaults_learn() {
             .filter_map(|l| l.split(',').nth(3).and_then(|v| v.parse().ok()))
             .collect();
         let (first, last) = (after[0], *after.last().unwrap());
-        assert!(last < first, "{model}: held-out loss after adaptation {first} -> {last}");
-        rows.push((format!("train --model {model} (defaults)"), format!("ok, held-out loss {first:.3} -> {last:.3}")));
+        assert!(
+            last < first,
+            "{model}: held-out loss after adaptation {first} -> {last}"
+        );
+        rows.push((
+            format!("train --model {model} (defaults)"),
+            format!("ok, held-out loss {first:.3} -> {last:.3}"),
+        ));
     }
     table(&rows);
 }
@@ -168,7 +231,11 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
     // The default synapse's exact reference and per-phase distances are Newton solves on 1761
     // parameters (about 7 s per grid point); the sweep runs the same model on a 1-8-8-1 network.
     let small = cml::model::Synapse::random(
-        &cml::model::SynapseSpec { net: cml::model::Mlp::parse("1-8-8-1").unwrap(), per_synapse: true, strength: 1.0 },
+        &cml::model::SynapseSpec {
+            net: cml::model::Mlp::parse("1-8-8-1").unwrap(),
+            per_synapse: true,
+            strength: 1.0,
+        },
         10,
         0,
     )
@@ -177,18 +244,37 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
     small.to_instance().write(&small_path).unwrap();
     let mut rows = Vec::new();
     for problem in PROBLEMS {
-        let source = if problem == "synapse" { small_path.to_str().unwrap().to_string() } else { problem.to_string() };
+        let source = if problem == "synapse" {
+            small_path.to_str().unwrap().to_string()
+        } else {
+            problem.to_string()
+        };
         for estimator in ESTIMATORS {
             let out = dir.path().join(format!("{problem}-{estimator}.csv"));
             let args = [
-                "sweep", "--problem", &source, "--estimators", estimator, "--betas", "1e-2:1e-1:2", "--variants",
-                "symmetric", "--steps", "30", "--out", out.to_str().unwrap(),
+                "sweep",
+                "--problem",
+                &source,
+                "--estimators",
+                estimator,
+                "--betas",
+                "1e-2:1e-1:2",
+                "--variants",
+                "symmetric",
+                "--steps",
+                "30",
+                "--out",
+                out.to_str().unwrap(),
             ];
             let what = format!("sweep --problem {problem} --estimators {estimator} (2 points)");
             let o = cml(&args);
             let outcome = judge(&what, &o);
             let network_dense = MODELS.contains(&problem) && estimator == "implicit" && indefinite(&outcome);
-            assert_eq!(outcome != "ok", refused(problem, estimator) || network_dense, "{what}: {outcome}");
+            assert_eq!(
+                outcome != "ok",
+                refused(problem, estimator) || network_dense,
+                "{what}: {outcome}"
+            );
             if o.status.success() {
                 check_sweep_csv(&what, &out);
             }
@@ -211,7 +297,10 @@ fn the_default_synapse_grad_reports_how_its_step_sizes_were_chosen() {
     let o = cml(&["grad", "--problem", "synapse", "--no-exact"]);
     assert_eq!(judge("grad synapse", &o), "ok");
     let out = String::from_utf8_lossy(&o.stdout);
-    assert!(out.contains("step size") && out.contains("power iteration"), "{out}");
+    assert!(
+        out.contains("step size") && out.contains("power iteration"),
+        "{out}"
+    );
     let p = cml::problem::build("synapse", 0).unwrap();
     assert!(out.contains(&format!("{} fast", p.dims().phi)), "{out}");
 }

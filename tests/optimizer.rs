@@ -11,7 +11,11 @@ use cml::optimizer::{Optimizer, OptimizerState};
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, build};
 
-const ADAM: Optimizer = Optimizer::Adam { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 };
+const ADAM: Optimizer = Optimizer::Adam {
+    beta1: 0.9,
+    beta2: 0.999,
+    epsilon: 1e-8,
+};
 
 /// Two updates of a single coordinate from phi = 1 with gradients 2 then 1, step 0.1.
 fn two_steps(rule: Optimizer) -> (f64, f64) {
@@ -40,7 +44,11 @@ fn each_rule_takes_the_steps_computed_by_hand() {
     let (a, b) = two_steps(ADAM);
     let first = 1.0 - 0.1 * 2.0 / (2.0 + 1e-8);
     assert_relative_eq!(a, first, max_relative = 1e-15);
-    assert_relative_eq!(b, first - 0.1 * (0.28 / 0.19) / ((0.004996f64 / 0.001999).sqrt() + 1e-8), max_relative = 1e-12);
+    assert_relative_eq!(
+        b,
+        first - 0.1 * (0.28 / 0.19) / ((0.004996f64 / 0.001999).sqrt() + 1e-8),
+        max_relative = 1e-12
+    );
 }
 
 #[test]
@@ -52,19 +60,38 @@ fn bad_optimizer_settings_are_clear_errors() {
 }
 
 fn phase(optimizer: Optimizer, engine: Engine, steps: usize) -> GdParams {
-    GdParams { step_size: Some(if optimizer == ADAM { 1e-3 } else { 0.01 }), max_steps: steps, tolerance: 0.0, engine, optimizer }
+    GdParams {
+        step_size: Some(if optimizer == ADAM { 1e-3 } else { 0.01 }),
+        max_steps: steps,
+        tolerance: 0.0,
+        engine,
+        optimizer,
+    }
 }
 
 #[test]
 fn every_rule_gives_the_same_estimate_on_both_engines() {
-    let spec = SynapseSpec { net: Mlp::parse("1-6-6-1").unwrap(), per_synapse: true, strength: 1.0 };
+    let spec = SynapseSpec {
+        net: Mlp::parse("1-6-6-1").unwrap(),
+        per_synapse: true,
+        strength: 1.0,
+    };
     let p = Synapse::random(&spec, 10, 1).unwrap();
-    for rule in [Optimizer::Momentum { momentum: 0.9 }, Optimizer::Nesterov { momentum: 0.9 }, ADAM] {
+    for rule in [
+        Optimizer::Momentum { momentum: 0.9 },
+        Optimizer::Nesterov { momentum: 0.9 },
+        ADAM,
+    ] {
         let est = |engine| {
-            Contrastive { variant: Variant::Symmetric, beta: 0.05, free: phase(rule, engine, 150), nudged: phase(rule, engine, 40) }
-                .estimate(&p, p.theta())
-                .unwrap()
-                .gradient
+            Contrastive {
+                variant: Variant::Symmetric,
+                beta: 0.05,
+                free: phase(rule, engine, 150),
+                nudged: phase(rule, engine, 40),
+            }
+            .estimate(&p, p.theta())
+            .unwrap()
+            .gradient
         };
         let (fast, candle) = (est(Engine::Fast), est(Engine::Candle));
         let err = cml::linalg::relative_error(&fast, &candle);
@@ -79,9 +106,30 @@ fn every_nudged_phase_starts_with_a_fresh_optimizer_state() {
     let p = build("quadratic", 0).unwrap();
     let theta = p.theta();
     let oracle = Oracle::new(p.as_ref());
-    let free = gradient_descent(&oracle, &p.initial_phi(theta).unwrap(), theta, 0.0, &phase(ADAM, Engine::Auto, 300), "free phase").unwrap();
-    let nudged = gradient_descent(&oracle, &free.phi, theta, 0.1, &phase(ADAM, Engine::Auto, 1), "nudged phase").unwrap();
-    let moved = (&nudged.phi - &free.phi).unwrap().abs().unwrap().to_vec1::<f64>().unwrap();
+    let free = gradient_descent(
+        &oracle,
+        &p.initial_phi(theta).unwrap(),
+        theta,
+        0.0,
+        &phase(ADAM, Engine::Auto, 300),
+        "free phase",
+    )
+    .unwrap();
+    let nudged = gradient_descent(
+        &oracle,
+        &free.phi,
+        theta,
+        0.1,
+        &phase(ADAM, Engine::Auto, 1),
+        "nudged phase",
+    )
+    .unwrap();
+    let moved = (&nudged.phi - &free.phi)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .to_vec1::<f64>()
+        .unwrap();
     for m in moved {
         assert_relative_eq!(m, 1e-3, max_relative = 1e-5);
     }
@@ -96,19 +144,45 @@ fn momentum_reaches_a_tolerance_in_fewer_steps_than_gradient_descent() {
     let theta = p.theta();
     let (r, polyak) = (10f64.sqrt(), 4.0 / (10f64.sqrt() + 1.0).powi(2));
     let steps = |optimizer, step: f64| {
-        let params = GdParams { step_size: Some(step), max_steps: 10_000, tolerance: 1e-10, optimizer, ..GdParams::default() };
-        let sol = gradient_descent(&Oracle::new(p.as_ref()), &p.initial_phi(theta).unwrap(), theta, 0.0, &params, "free phase").unwrap();
+        let params = GdParams {
+            step_size: Some(step),
+            max_steps: 10_000,
+            tolerance: 1e-10,
+            optimizer,
+            ..GdParams::default()
+        };
+        let sol = gradient_descent(
+            &Oracle::new(p.as_ref()),
+            &p.initial_phi(theta).unwrap(),
+            theta,
+            0.0,
+            &params,
+            "free phase",
+        )
+        .unwrap();
         assert!(sol.info.converged);
         sol.info.steps
     };
     let momentum = ((r - 1.0) / (r + 1.0)).powi(2);
-    let (gd, heavy) = (steps(Optimizer::GradientDescent, 0.1), steps(Optimizer::Momentum { momentum }, polyak));
+    let (gd, heavy) = (
+        steps(Optimizer::GradientDescent, 0.1),
+        steps(Optimizer::Momentum { momentum }, polyak),
+    );
     assert!(heavy * 2 < gd, "momentum {heavy} steps, gradient descent {gd}");
 }
 
 #[test]
 fn bptt_refuses_a_rule_it_cannot_differentiate() {
-    let spec = EstimatorSpec::Unrolled(Unrolled { inner: GdParams { optimizer: ADAM, ..GdParams::default() }, truncation: None });
+    let spec = EstimatorSpec::Unrolled(Unrolled {
+        inner: GdParams {
+            optimizer: ADAM,
+            ..GdParams::default()
+        },
+        truncation: None,
+    });
     let err = spec.validate().unwrap_err().to_string();
-    assert!(err.contains("adam") && err.contains("--free-optimizer gd"), "{err}");
+    assert!(
+        err.contains("adam") && err.contains("--free-optimizer gd"),
+        "{err}"
+    );
 }

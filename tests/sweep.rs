@@ -78,8 +78,17 @@ fn warm_started_symmetric_phases_show_the_flat_floor_not_delta_over_beta() {
     // docs/THEORY.md §2: with gradient-descent phases of equal budgets from the free solution,
     // the symmetric error is flat on the small-beta side (slope 0, not -1) and the best error
     // falls like delta (slope 1, not 2/3).
-    let budgets = [50, 80, 110, 140, 170].iter().map(|&s| Budget::Steps(s)).collect();
-    let rows = sweep(&config("quadratic", &["contrastive"], &[Variant::Symmetric], "1e-8:1e-1:29", budgets));
+    let budgets = [50, 80, 110, 140, 170]
+        .iter()
+        .map(|&s| Budget::Steps(s))
+        .collect();
+    let rows = sweep(&config(
+        "quadratic",
+        &["contrastive"],
+        &[Variant::Symmetric],
+        "1e-8:1e-1:29",
+        budgets,
+    ));
     let f = fit_variant(&rows, Variant::Symmetric);
     let (left, best) = (f.left.unwrap(), f.best_error_vs_delta.unwrap());
     assert!(left.abs() <= 0.15, "left slope {left}");
@@ -108,7 +117,13 @@ fn phases_at_distance_delta_give_both_variants_their_theory_slopes() {
         assert_slopes(&rows, Variant::Symmetric, 0.15, problem);
         // Second-order forward reaches 2 beta, where the beta^3 term bends the right side above
         // beta ~ 1e-2 (slope 1.82 on [.., 1e-1]): its grid stops at 1e-2.
-        let sof = sweep(&config(problem, &["contrastive"], &[Variant::SecondOrderForward], "1e-8:1e-2:25", deltas()));
+        let sof = sweep(&config(
+            problem,
+            &["contrastive"],
+            &[Variant::SecondOrderForward],
+            "1e-8:1e-2:25",
+            deltas(),
+        ));
         assert_slopes(&sof, Variant::SecondOrderForward, 0.15, problem);
         let implicit = fit_delta(&rows, "implicit").unwrap();
         assert!(
@@ -201,7 +216,11 @@ fn every_placed_phase_gets_its_own_direction() {
     ] {
         let other = placed_direction(0, delta, beta, b, phase, n);
         // Independent unit vectors in 20 dimensions: |cos| is about 0.2; equal ones give 1.
-        assert!(base.dot(&other).abs() < 0.9, "{delta} {beta} {b} {phase}: cos {}", base.dot(&other));
+        assert!(
+            base.dot(&other).abs() < 0.9,
+            "{delta} {beta} {b} {phase}: cos {}",
+            base.dot(&other)
+        );
     }
     // The same arguments give the same direction (a seed fixes every draw).
     assert_eq!(base, placed_direction(0, 1e-8, 1e-3, 1e-3, 1, n));
@@ -213,10 +232,22 @@ fn every_placed_phase_gets_its_own_direction() {
 fn a_delta_below_the_references_precision_is_refused_and_rows_report_it() {
     // Newton ends at |grad| around 1e-15 on the quadratic (mu = 1): a delta of 1e-16 cannot be
     // told from the reference's own error; 1e-10 can.
-    let c = config("quadratic", &["implicit"], &[Variant::Standard], "1e-2:1e-1:2", vec![Budget::Delta(1e-16)]);
+    let c = config(
+        "quadratic",
+        &["implicit"],
+        &[Variant::Standard],
+        "1e-2:1e-1:2",
+        vec![Budget::Delta(1e-16)],
+    );
     let err = run(&c, (0, 1), &|| {}).unwrap_err().to_string();
     assert!(err.contains("smallest delta") && err.contains("100x"), "{err}");
-    let c = config("quadratic", &["implicit"], &[Variant::Standard], "1e-2:1e-1:2", vec![Budget::Delta(1e-10)]);
+    let c = config(
+        "quadratic",
+        &["implicit"],
+        &[Variant::Standard],
+        "1e-2:1e-1:2",
+        vec![Budget::Delta(1e-10)],
+    );
     for r in sweep(&c) {
         assert!(r.reference_grad_norm.is_finite());
         assert!(r.reference_grad_norm <= 1e-12, "{r:?}");
@@ -239,7 +270,13 @@ fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
     let cml = env!("CARGO_BIN_EXE_cml");
     let whole = dir.path().join("whole.csv");
     let o = std::process::Command::new(cml)
-        .args(["sweep", "--config", config.to_str().unwrap(), "--out", whole.to_str().unwrap()])
+        .args([
+            "sweep",
+            "--config",
+            config.to_str().unwrap(),
+            "--out",
+            whole.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -253,29 +290,61 @@ fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
             .env("CML", cml)
             .output()
             .unwrap();
-        assert!(o.status.success(), "task {id}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "task {id}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
-    let shard = |i: usize| shards.join(format!("shard_{i}.csv")).to_str().unwrap().to_string();
+    let shard = |i: usize| {
+        shards
+            .join(format!("shard_{i}.csv"))
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
     let merged = dir.path().join("merged.csv");
     // Shards given out of order are put in order.
     let o = std::process::Command::new(cml)
-        .args(["sweep-merge", "--out", merged.to_str().unwrap(), &shard(2), &shard(0), &shard(1)])
+        .args([
+            "sweep-merge",
+            "--out",
+            merged.to_str().unwrap(),
+            &shard(2),
+            &shard(0),
+            &shard(1),
+        ])
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&whole).unwrap());
     // A missing shard, and a shard of another sweep, are refused by name.
     let o = std::process::Command::new(cml)
-        .args(["sweep-merge", "--out", merged.to_str().unwrap(), &shard(0), &shard(1)])
+        .args([
+            "sweep-merge",
+            "--out",
+            merged.to_str().unwrap(),
+            &shard(0),
+            &shard(1),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success() && err.contains("exactly once"), "{err}");
     let other = shards.join("shard_1.config.json");
-    let text = std::fs::read_to_string(&other).unwrap().replace("quadratic", "ridge");
+    let text = std::fs::read_to_string(&other)
+        .unwrap()
+        .replace("quadratic", "ridge");
     std::fs::write(&other, text).unwrap();
     let o = std::process::Command::new(cml)
-        .args(["sweep-merge", "--out", merged.to_str().unwrap(), &shard(0), &shard(1), &shard(2)])
+        .args([
+            "sweep-merge",
+            "--out",
+            merged.to_str().unwrap(),
+            &shard(0),
+            &shard(1),
+            &shard(2),
+        ])
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr).to_string();

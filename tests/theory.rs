@@ -272,7 +272,11 @@ fn symmetric_gd_floor(q: &Quadratic, alpha: f64, t0: usize, t: usize) -> Vector 
     let phi_init = to_dvector(&q.initial_phi(q.theta()).unwrap()).unwrap();
     let e0 = iter.pow(t0 as u32) * (&phi_init - &star0);
     // phi*'(0) = A^{-1} (C^T d - C^T C phi*_0), from (A + b C^T C) phi*_b = r + b C^T d.
-    let dstar = m.a.clone().cholesky().unwrap().solve(&(m.cm.transpose() * m.d - &ctc * &star0));
+    let dstar =
+        m.a.clone()
+            .cholesky()
+            .unwrap()
+            .solve(&(m.cm.transpose() * m.d - &ctc * &star0));
     let mut dm_e0 = Vector::zeros(n);
     for j in 0..t {
         dm_e0 += iter.pow(j as u32) * (&ctc * (iter.pow((t - 1 - j) as u32) * &e0)) * (-alpha);
@@ -292,17 +296,35 @@ fn warm_started_symmetric_phases_leave_a_beta_independent_floor() {
         let floor = symmetric_gd_floor(&q, alpha, t0, t);
         let mut errors = Vec::new();
         for beta in [1e-3, 1e-4, 1e-5] {
-            let phase = |steps| GdParams { step_size: Some(alpha), max_steps: steps, tolerance: 0.0, ..GdParams::default() };
-            let c = Contrastive { variant: Variant::Symmetric, beta, free: phase(t0), nudged: phase(t) };
+            let phase = |steps| GdParams {
+                step_size: Some(alpha),
+                max_steps: steps,
+                tolerance: 0.0,
+                ..GdParams::default()
+            };
+            let c = Contrastive {
+                variant: Variant::Symmetric,
+                beta,
+                free: phase(t0),
+                nudged: phase(t),
+            };
             let e = c.estimate(&q, q.theta()).unwrap().gradient - &exact;
             // The floor predicts the error vector itself, not only its size; beta^2 terms and
             // rounding (~1e-16 / beta) are far below it here.
             let gap = (&e - &floor).norm() / floor.norm();
-            assert!(gap < 1e-3, "seed {seed} beta {beta}: error {:.4e}, predicted floor {:.4e}, gap {gap:.2e}", e.norm(), floor.norm());
+            assert!(
+                gap < 1e-3,
+                "seed {seed} beta {beta}: error {:.4e}, predicted floor {:.4e}, gap {gap:.2e}",
+                e.norm(),
+                floor.norm()
+            );
             errors.push(e.norm());
         }
         // Flat in beta: the delta / beta side of the bound does not appear.
-        assert!(errors[0] / errors[2] < 1.01 && errors[2] / errors[0] < 1.01, "seed {seed}: {errors:?}");
+        assert!(
+            errors[0] / errors[2] < 1.01 && errors[2] / errors[0] < 1.01,
+            "seed {seed}: {errors:?}"
+        );
         // And it shrinks with the nudged budget at the contraction rate (the floor, not 1/beta).
         let longer = symmetric_gd_floor(&q, alpha, t0, t + 20);
         assert!(longer.norm() < floor.norm(), "seed {seed}");

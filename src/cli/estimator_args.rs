@@ -1,9 +1,9 @@
 //! The estimator flags shared by `grad`, `train` and `sweep`.
 
 use crate::engine::Engine;
-use crate::optimizer::Optimizer;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
+use crate::optimizer::Optimizer;
 use crate::{CmlError, Result};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -88,7 +88,12 @@ impl EstimatorArgs {
         let params = EstimatorParams {
             variant: Variant::parse(&self.variant)?,
             beta: self.beta,
-            free: phase("free phase", self.free_steps, self.free_step_size, &self.free_optimizer)?,
+            free: phase(
+                "free phase",
+                self.free_steps,
+                self.free_step_size,
+                &self.free_optimizer,
+            )?,
             // A nudged phase without its own step size takes the free phase's.
             nudged: phase(
                 "nudged phase",

@@ -27,9 +27,13 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
     let out = args
         .out
         .unwrap_or_else(|| PathBuf::from(if args.quick { "figures-quick" } else { "figures" }));
-    let paper = args
-        .paper
-        .unwrap_or_else(|| if args.quick { out.join("paper") } else { PathBuf::from("paper") });
+    let paper = args.paper.unwrap_or_else(|| {
+        if args.quick {
+            out.join("paper")
+        } else {
+            PathBuf::from("paper")
+        }
+    });
     let settings = Settings {
         out,
         paper,

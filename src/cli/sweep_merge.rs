@@ -31,17 +31,30 @@ fn read_shard(csv: &Path) -> Result<Shard> {
         source,
     };
     let meta_path = csv.with_extension("config.json");
-    let meta: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&meta_path).map_err(|e| io("read", &meta_path, e))?,
-    )
-    .map_err(|e| CmlError::invalid("shard config", meta_path.display(), format!("JSON written by cml sweep ({e})")))?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta_path).map_err(|e| io("read", &meta_path, e))?)
+            .map_err(|e| {
+                CmlError::invalid(
+                    "shard config",
+                    meta_path.display(),
+                    format!("JSON written by cml sweep ({e})"),
+                )
+            })?;
     let shard = meta["shard"].as_str().ok_or_else(|| {
-        CmlError::invalid("shard config", meta_path.display(), "an object with \"sweep\" and \"shard\" (written by cml sweep)")
+        CmlError::invalid(
+            "shard config",
+            meta_path.display(),
+            "an object with \"sweep\" and \"shard\" (written by cml sweep)",
+        )
     })?;
     let (index, count) = parse_shard(shard)?;
     let text = std::fs::read_to_string(csv).map_err(|e| io("read", csv, e))?;
     let rows = text.strip_prefix(&format!("{CSV_HEADER}\n")).ok_or_else(|| {
-        CmlError::invalid("shard CSV", csv.display(), "a CSV written by this version of cml sweep (its header differs)")
+        CmlError::invalid(
+            "shard CSV",
+            csv.display(),
+            "a CSV written by this version of cml sweep (its header differs)",
+        )
     })?;
     Ok(Shard {
         index,

@@ -132,10 +132,17 @@ impl Product {
     /// of their slices' bounds, which would be a bug in the engine.
     pub fn run(&self, a: View, b: View, c: ViewMut) {
         let (la, lb, lc) = (a.layout, b.layout, c.layout);
-        assert_eq!((la.rows, la.cols, lb.rows, lb.cols), (self.m, self.k, self.k, self.n), "unplanned shape");
+        assert_eq!(
+            (la.rows, la.cols, lb.rows, lb.cols),
+            (self.m, self.k, self.k, self.n),
+            "unplanned shape"
+        );
         assert_eq!((lc.rows, lc.cols), (self.m, self.n), "unplanned output shape");
         if self.column_major {
-            assert!(la.row_stride == 1 && lc.row_stride == 1, "planned for unit row strides");
+            assert!(
+                la.row_stride == 1 && lc.row_stride == 1,
+                "planned for unit row strides"
+            );
         }
         assert!(la.extent() <= a.data.len() && lb.extent() <= b.data.len() && lc.extent() <= c.data.len());
         // SAFETY: shapes match the plan and every view stays inside its slice (checked above);

@@ -126,11 +126,19 @@ impl MlpKernel {
         h.extend(self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]));
         debug_assert_eq!(h[0].len(), rows * d_in);
         MlpBuffers {
-            free_products: self.layers.iter().map(|l| LayerProducts::new(l, self.n_support)).collect(),
+            free_products: self
+                .layers
+                .iter()
+                .map(|l| LayerProducts::new(l, self.n_support))
+                .collect(),
             nudged_products: self.layers.iter().map(|l| LayerProducts::new(l, rows)).collect(),
             z: self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect(),
             dz: self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect(),
-            wt: self.layers.iter().map(|l| vec![0.0; l.fan_in * l.fan_out]).collect(),
+            wt: self
+                .layers
+                .iter()
+                .map(|l| vec![0.0; l.fan_in * l.fan_out])
+                .collect(),
             h,
         }
     }
@@ -185,7 +193,10 @@ impl MlpKernel {
                 break;
             }
             if let Some(m) = modulation {
-                let (gain, shift) = (&m[mod_offset..mod_offset + fo], &m[mod_offset + fo..mod_offset + 2 * fo]);
+                let (gain, shift) = (
+                    &m[mod_offset..mod_offset + fo],
+                    &m[mod_offset + fo..mod_offset + 2 * fo],
+                );
                 buf.z[l][..rows * fo].copy_from_slice(out);
                 for row in out.chunks_exact_mut(fo) {
                     for ((o, a), s) in row.iter_mut().zip(gain).zip(shift) {

@@ -167,9 +167,7 @@ pub fn implicit_meta_gradient(
                 None => match oracle.problem().curvature(theta, 0.0)? {
                     Some(c) if c.smoothness > 0.0 => 1.0 / c.smoothness,
                     // Unknown smoothness: power iteration at the free solution (docs/STEP_SIZE.md).
-                    _ => {
-                        smoothness::default_step(oracle, phi, theta, 0.0, "Neumann alpha")?.0
-                    }
+                    _ => smoothness::default_step(oracle, phi, theta, 0.0, "Neumann alpha")?.0,
                 },
             };
             oracle.keep_alive(3 * n + m); // v, term, H term

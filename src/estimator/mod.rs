@@ -41,7 +41,11 @@ impl Estimate {
     /// about every phase whose loss rose without diverging.
     pub fn add_phase_warnings(&mut self, tolerances: impl Fn(usize) -> f64) {
         for (i, ph) in self.phases.iter().enumerate() {
-            let which = if i == 0 { "the free phase" } else { "a nudged phase" };
+            let which = if i == 0 {
+                "the free phase"
+            } else {
+                "a nudged phase"
+            };
             let tol = tolerances(i);
             if tol > 0.0 && !ph.converged {
                 let bound = ph
@@ -80,7 +84,8 @@ impl EstimatorSpec {
             EstimatorSpec::FirstOrder(f) => {
                 // theta sets the initialisation iff the pull-back through phi_init(theta) is not
                 // identically zero; a generic vector tells.
-                let probe = crate::linalg::to_tensor(&crate::rng::normal_vector(&mut crate::rng::seeded(1), n))?;
+                let probe =
+                    crate::linalg::to_tensor(&crate::rng::normal_vector(&mut crate::rng::seeded(1), n))?;
                 let pulled = crate::oracle::Oracle::new(problem).initial_phi_vjp(theta, &probe)?;
                 let zero = crate::linalg::to_dvector(&pulled)?.iter().all(|&x| x == 0.0);
                 zero.then(|| {
@@ -93,11 +98,13 @@ impl EstimatorSpec {
                     )
                 })
             }
-            EstimatorSpec::Implicit(i) if i.solver == LinearSolver::Dense && n > DENSE_SOLVE_LIMIT => Some(format!(
-                "the dense implicit solve forms the {n} x {n} inner Hessian ({n} Hessian-vector products, \
+            EstimatorSpec::Implicit(i) if i.solver == LinearSolver::Dense && n > DENSE_SOLVE_LIMIT => {
+                Some(format!(
+                    "the dense implicit solve forms the {n} x {n} inner Hessian ({n} Hessian-vector products, \
                  {:.0} MB, an O(n^3) factorisation); above {DENSE_SOLVE_LIMIT} fast parameters use cg or neumann",
-                (n * n * 8) as f64 / 1e6
-            )),
+                    (n * n * 8) as f64 / 1e6
+                ))
+            }
             _ => None,
         })
     }

@@ -334,7 +334,11 @@ mod tests {
         // truncated BPTT (7) shared one.
         for i in 0..9 {
             for j in 0..i {
-                assert_ne!(PALETTE[i % PALETTE.len()], PALETTE[j % PALETTE.len()], "series {j} and {i}");
+                assert_ne!(
+                    PALETTE[i % PALETTE.len()],
+                    PALETTE[j % PALETTE.len()],
+                    "series {j} and {i}"
+                );
             }
         }
     }

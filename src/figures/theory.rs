@@ -243,15 +243,30 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResult
 /// correct rules on the quadratic with converged gradient-descent phases (`|grad| <= 1e-12`), so
 /// that only the rule differs: `reference_code_ablation.csv` and its figure.
 fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Vec<(Variant, f64)>> {
-    let variants = [Variant::Standard, Variant::Symmetric, Variant::ReferenceCodeSymmetric];
+    let variants = [
+        Variant::Standard,
+        Variant::Symmetric,
+        Variant::ReferenceCodeSymmetric,
+    ];
     let n = if settings.quick { 7 } else { 13 };
     let c = SweepConfig {
         variants: variants.to_vec(),
         betas: sweep::parse_log_range(&format!("1e-4:1e-1:{n}")).expect("a valid range"),
-        ..config("quadratic", settings, &["contrastive"], vec![Budget::Tolerance(1e-12)], None)
+        ..config(
+            "quadratic",
+            settings,
+            &["contrastive"],
+            vec![Budget::Tolerance(1e-12)],
+            None,
+        )
     };
     let rows = sweep::run(&c, (0, 1), &|| {})?;
-    write_csv(&settings.out.join("reference_code_ablation.csv"), CSV_HEADER, &csv(&rows), files)?;
+    write_csv(
+        &settings.out.join("reference_code_ablation.csv"),
+        CSV_HEADER,
+        &csv(&rows),
+        files,
+    )?;
     let mut panel = Panel::new(
         "the reference code's symmetric rule (quadratic, converged phases)",
         "nudging strength beta",
@@ -270,9 +285,19 @@ fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Res
         let mut errors: Vec<f64> = pts.iter().map(|p| p.1).collect();
         errors.sort_by(f64::total_cmp);
         medians.push((v, errors[errors.len() / 2]));
-        panel.series.push(Series::new(v.name(), pts, i, Style::LinePoints));
+        panel
+            .series
+            .push(Series::new(v.name(), pts, i, Style::LinePoints));
     }
-    save(settings, "reference_code_ablation", &Figure { panels: vec![panel], columns: 1 }, files)?;
+    save(
+        settings,
+        "reference_code_ablation",
+        &Figure {
+            panels: vec![panel],
+            columns: 1,
+        },
+        files,
+    )?;
     Ok(medians)
 }
 

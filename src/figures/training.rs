@@ -97,7 +97,11 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     // Full run: the largest scale that fits the 30-minute budget of `cml figures` on 2 cores
     // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
     // meta-steps; the write-up gives the differences and what the paper's budget would cost).
-    let (free_steps, nudged_steps, meta_steps, batch) = if settings.quick { (30, 8, 4, 2) } else { (300, 60, 300, 10) };
+    let (free_steps, nudged_steps, meta_steps, batch) = if settings.quick {
+        (30, 8, 4, 2)
+    } else {
+        (300, 60, 300, 10)
+    };
     // Nesterov momentum 0.9 is stable for curvature below about 1.36 / lr. Meta-training sharpens
     // the networks: lr 0.003 (curvature up to 450) diverged in a nudged phase at meta-step 104 of
     // the synapse run; lr 0.001 allows 1360. A fresh optimiser for every phase.
@@ -145,7 +149,10 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
 
 /// Held-out tasks: the validation tasks that choose the checkpoint, and the test tasks that
 /// measure it, from streams of their own (the training loop's held-out stream draws the curves).
-fn validation_and_test_tasks(settings: &Settings, seed: u64) -> Result<(Vec<SinusoidTask>, Vec<SinusoidTask>)> {
+fn validation_and_test_tasks(
+    settings: &Settings,
+    seed: u64,
+) -> Result<(Vec<SinusoidTask>, Vec<SinusoidTask>)> {
     let (n_val, n_test) = if settings.quick { (4, 6) } else { (50, 200) };
     let draw = |purpose: u64, n: usize| -> Result<Vec<SinusoidTask>> {
         let mut rng = crate::rng::stream(seed, purpose);
@@ -160,7 +167,9 @@ const TEST_TASKS: u64 = 4;
 
 /// Student's t quantile t(0.975, df) for the small numbers of seeds used here.
 fn t975(df: usize) -> f64 {
-    const T: [f64; 10] = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228];
+    const T: [f64; 10] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    ];
     T.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
 }
 
@@ -226,7 +235,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         );
         for (i, (name, shown)) in ESTIMATORS.iter().enumerate() {
             let mut per_seed: Vec<Vec<(f64, f64)>> = Vec::new();
-            let (mut finals_per_seed, mut initial_per_seed, mut chosen, mut seconds) = (Vec::new(), Vec::new(), Vec::new(), 0.0);
+            let (mut finals_per_seed, mut initial_per_seed, mut chosen, mut seconds) =
+                (Vec::new(), Vec::new(), Vec::new(), 0.0);
             let mut diverged = Vec::new();
             for &seed in &seeds {
                 let c = config(settings, model.clone(), name, seed)?;
@@ -281,7 +291,10 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                 let (final_loss, failed) = scored_after_adaptation(&c, &test, &best.2)?;
                 finals_per_seed.push(final_loss);
                 if failed > 0 {
-                    diverged.push(format!("seed {seed}: adaptation diverged on {failed} of {} test tasks", test.len()));
+                    diverged.push(format!(
+                        "seed {seed}: adaptation diverged on {failed} of {} test tasks",
+                        test.len()
+                    ));
                 }
                 initial_per_seed.push(mean_after(&theta0, &test)?);
                 chosen.push(best.1);
@@ -297,7 +310,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                 }
             }
             // Mean and min-max spread at each evaluated step, over the seeds that reached it.
-            let longest = per_seed.iter().max_by_key(|c| c.len()).cloned().unwrap_or_default();
+            let longest = per_seed
+                .iter()
+                .max_by_key(|c| c.len())
+                .cloned()
+                .unwrap_or_default();
             let mut mean = Vec::new();
             let mut band = Vec::new();
             for (j, &(x, _)) in longest.iter().enumerate() {
@@ -315,7 +332,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
             panel.series.push(s);
             let (m, ci) = seed_mean_ci(&finals_per_seed);
             let (m0, _) = seed_mean_ci(&initial_per_seed);
-            let paired: Vec<f64> = initial_per_seed.iter().zip(&finals_per_seed).map(|(a, b)| a - b).collect();
+            let paired: Vec<f64> = initial_per_seed
+                .iter()
+                .zip(&finals_per_seed)
+                .map(|(a, b)| a - b)
+                .collect();
             let (improvement, improvement_ci95) = seed_mean_ci(&paired);
             finals.push(FinalLoss {
                 model: model.name().into(),
@@ -356,7 +377,12 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         files,
     )?;
 
-    let net_name = net.sizes.iter().map(|s| s.to_string()).collect::<Vec<_>>().join("-");
+    let net_name = net
+        .sizes
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()
+        .join("-");
     let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
     let (free_steps, nudged_steps) = match &probe.estimator {
         EstimatorSpec::Contrastive(c) => (c.free.max_steps, c.nudged.max_steps),
@@ -392,9 +418,17 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
             num(f.improvement),
             num(f.improvement_ci95),
             f.per_seed.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "),
-            f.chosen_steps.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
+            f.chosen_steps
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
             f.seconds_per_meta_step,
-            if f.diverged.is_empty() { "none".to_string() } else { f.diverged.join("; ") }
+            if f.diverged.is_empty() {
+                "none".to_string()
+            } else {
+                f.diverged.join("; ")
+            }
         ));
     }
     // Every pair of estimators of a model, paired over seeds.
@@ -425,7 +459,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
             d.second,
             num(d.mean),
             num(d.ci95),
-            if d.differs() { "differs" } else { "not distinguishable" }
+            if d.differs() {
+                "differs"
+            } else {
+                "not distinguishable"
+            }
         ));
     }
     write_table(settings, "final_loss.md", &table, files)?;
@@ -524,7 +562,9 @@ fn scored_after_adaptation(c: &TrainConfig, tasks: &[SinusoidTask], theta: &Vect
     let scores = crate::parallel::map_in_order(tasks, |task| {
         let problem = c.model.problem(task.clone(), theta)?;
         let theta = problem.theta();
-        let before = problem.outer_loss(&problem.initial_phi(theta)?, theta)?.to_scalar::<f64>()?;
+        let before = problem
+            .outer_loss(&problem.initial_phi(theta)?, theta)?
+            .to_scalar::<f64>()?;
         match adapt(c, problem.as_ref()) {
             Ok(phi) => Ok((problem.outer_loss(&phi, theta)?.to_scalar::<f64>()?, false)),
             Err(crate::CmlError::Diverged { .. }) => Ok((before, true)),

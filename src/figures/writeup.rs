@@ -175,7 +175,10 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             let stopped = if f.diverged.is_empty() {
                 String::new()
             } else {
-                format!(" (an inner phase diverged and stopped the run: {})", f.diverged.join("; "))
+                format!(
+                    " (an inner phase diverged and stopped the run: {})",
+                    f.diverged.join("; ")
+                )
             };
             s.push_str(&format!(
                 "- {}, {}: {} ± {} (untrained {}); paired improvement {} ± {}: {verdict}{stopped}.\n",
@@ -192,7 +195,16 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             .differences
             .iter()
             .filter(|d| d.differs())
-            .map(|d| format!("{}: {} vs {} ({} ± {})", d.model, d.first, d.second, num(d.mean), num(d.ci95)))
+            .map(|d| {
+                format!(
+                    "{}: {} vs {} ({} ± {})",
+                    d.model,
+                    d.first,
+                    d.second,
+                    num(d.mean),
+                    num(d.ci95)
+                )
+            })
             .collect();
         s.push_str(&format!(
             "\nPairs of estimators whose final losses differ (paired over seeds, 95% interval excluding 0; {} of {} pairs): {}.\n\n\
@@ -214,7 +226,14 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             let rows: Vec<_> = c.rows.iter().filter(|r| r.estimator == name).collect();
             let n = rows.len();
             let (a, b) = (rows.get(n.checked_sub(2)?)?, rows.last()?);
-            Some((rows.first()?.k, rows.first()?.floats_kept, a.k, a.floats_kept, b.k, b.floats_kept))
+            Some((
+                rows.first()?.k,
+                rows.first()?.floats_kept,
+                a.k,
+                a.floats_kept,
+                b.k,
+                b.floats_kept,
+            ))
         };
         s.push_str(&format!(
             "### 4.3 Cost as the inner loop grows\n\n![cost vs K]({})\n\n",
@@ -261,8 +280,17 @@ pub fn render(settings: &Settings, r: &Results) -> String {
         // a stated margin of the fixed decay's test loss.
         let margin = DECAY_MARGIN * w.fixed.test.abs();
         let names = |keep: &dyn Fn(f64) -> bool| {
-            let v: Vec<&str> = w.finals.iter().filter(|(_, l)| keep(l.test)).map(|(n, _)| n.as_str()).collect();
-            if v.is_empty() { "none".to_string() } else { v.join(", ") }
+            let v: Vec<&str> = w
+                .finals
+                .iter()
+                .filter(|(_, l)| keep(l.test))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
         };
         s.push_str(&format!(
             ".\nOn this one split and seed, lower than the fixed decay on test by more than {:.0}% of it: {}; higher by more \
@@ -321,14 +349,22 @@ fn measured_memory(out: &std::path::Path) -> String {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            Some((f.first()?.to_string(), f.get(1)?.parse().ok()?, f.get(2)?.parse().ok()?))
+            Some((
+                f.first()?.to_string(),
+                f.get(1)?.parse().ok()?,
+                f.get(2)?.parse().ok()?,
+            ))
         })
         .collect();
     // (K, bytes) at the smallest and the two largest K.
     let span = |name: &str| {
         let r: Vec<_> = rows.iter().filter(|r| r.0 == name).collect();
         let n = r.len();
-        Some(((r.first()?.1, r.first()?.2), (r.get(n.checked_sub(2)?)?.1, r.get(n - 2)?.2), (r.last()?.1, r.last()?.2)))
+        Some((
+            (r.first()?.1, r.first()?.2),
+            (r.get(n.checked_sub(2)?)?.1, r.get(n - 2)?.2),
+            (r.last()?.1, r.last()?.2),
+        ))
     };
     match (span("contrastive"), span("bptt")) {
         (Some((c0, c1, c2)), Some((b0, b1, b2))) => format!(
@@ -363,9 +399,16 @@ fn symmetric_floor_sentence(fits: &[crate::figures::theory::FitRow]) -> String {
     let parts: Vec<String> = gd
         .iter()
         .map(|r| match r.fit.left {
-            Some(l) if l.abs() <= 0.15 => format!("{}: flat (left slope {l:+.2}, within 0.15 of 0)", r.problem),
-            Some(l) if (l + 1.0).abs() <= 0.15 => format!("{}: the bound's -1 (left slope {l:+.2})", r.problem),
-            Some(l) => format!("{}: left slope {l:+.2}, between the floor's 0 and the bound's -1", r.problem),
+            Some(l) if l.abs() <= 0.15 => {
+                format!("{}: flat (left slope {l:+.2}, within 0.15 of 0)", r.problem)
+            }
+            Some(l) if (l + 1.0).abs() <= 0.15 => {
+                format!("{}: the bound's -1 (left slope {l:+.2})", r.problem)
+            }
+            Some(l) => format!(
+                "{}: left slope {l:+.2}, between the floor's 0 and the bound's -1",
+                r.problem
+            ),
             None => format!("{}: left slope not measurable", r.problem),
         })
         .collect();
@@ -388,7 +431,10 @@ fn ablation_sentence(ablation: &[(crate::estimator::Variant, f64)], figure: &str
     if ablation.is_empty() {
         return String::new();
     }
-    let list: Vec<String> = ablation.iter().map(|(v, e)| format!("{} {e:.3e}", v.name())).collect();
+    let list: Vec<String> = ablation
+        .iter()
+        .map(|(v, e)| format!("{} {e:.3e}", v.name()))
+        .collect();
     let defect = ablation
         .iter()
         .find(|(v, _)| *v == crate::estimator::Variant::ReferenceCodeSymmetric)

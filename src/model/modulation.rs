@@ -243,7 +243,9 @@ struct ModulationWorkspace {
 impl FirstOrderPhase for Modulation {
     fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
         let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
-        let Layout { slow_len, fast_len, .. } = self.layout;
+        let Layout {
+            slow_len, fast_len, ..
+        } = self.layout;
         check_len("modulation theta", theta.len(), slow_len + fast_len)?;
         let mut net = vec![0.0; self.spec.net.param_count()];
         net[..slow_len].copy_from_slice(&theta[..slow_len]);
@@ -267,12 +269,19 @@ impl FirstOrderPhase for Modulation {
         grad_theta: Option<&mut [f64]>,
     ) -> f64 {
         let ws = downcast::<ModulationWorkspace>(workspace);
-        let kernel = self.kernel.as_ref().expect("a workspace exists only with a kernel");
+        let kernel = self
+            .kernel
+            .as_ref()
+            .expect("a workspace exists only with a kernel");
         let slow_len = self.layout.slow_len;
         let gains_len = self.layout.readout.offset;
         ws.net[slow_len..].copy_from_slice(&phi[gains_len..]);
         // The slow weights' gradient is needed only for d_theta; the readout's always.
-        let first = if grad_theta.is_some() { 0 } else { self.layout.hidden.len() };
+        let first = if grad_theta.is_some() {
+            0
+        } else {
+            self.layout.hidden.len()
+        };
         let (g_modulation, g_readout) = grad_phi.split_at_mut(gains_len);
         let fit = kernel.loss_and_gradient(
             &mut ws.buffers,

@@ -221,7 +221,10 @@ impl FirstOrderPhase for Synapse {
         grad_theta: Option<&mut [f64]>,
     ) -> f64 {
         let ws = downcast::<SynapseWorkspace>(workspace);
-        let kernel = self.kernel.as_ref().expect("a workspace exists only with a kernel");
+        let kernel = self
+            .kernel
+            .as_ref()
+            .expect("a workspace exists only with a kernel");
         let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
         let shared = ws.lambda.len() == 1;
         let mut pull = 0.0;

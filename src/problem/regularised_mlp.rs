@@ -9,10 +9,10 @@
 
 use super::instance::InstanceFile;
 use super::{BilevelProblem, Dims};
-use crate::error::{CmlError, Result};
-use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
+use crate::error::{CmlError, Result};
+use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
 use crate::model::mlp::Mlp;
 use crate::rng::{Rng, seeded};
 use candle_core::{Device, Tensor};
@@ -226,9 +226,9 @@ impl FirstOrderPhase for RegularisedMlp {
         grad_theta: Option<&mut [f64]>,
     ) -> f64 {
         let ws = downcast::<DecayWorkspace>(workspace);
-        let fit = self
-            .kernel
-            .loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
+        let fit =
+            self.kernel
+                .loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
         let mut decay = 0.0;
         for i in 0..phi.len() {
             decay += ws.decay[i] * (phi[i] * phi[i]);
