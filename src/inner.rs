@@ -437,7 +437,7 @@ fn run_gradient_descent(
     params.validate(phase)?;
     let curvature = oracle.problem().curvature(theta, beta)?;
     let start = oracle.cost().gradient_evaluations;
-    let (mut step_size, mut step_size_rule) = match (params.step_size, curvature) {
+    let (step_size, step_size_rule) = match (params.step_size, curvature) {
         (Some(lr), _) => (lr, StepSizeRule::Given),
         (None, _) if matches!(params.optimizer, Optimizer::Adam { .. }) => {
             (ADAM_DEFAULT_STEP, StepSizeRule::AdamDefault)
@@ -462,26 +462,26 @@ fn run_gradient_descent(
             )
         }
     };
+    let mut run = Descent {
+        oracle,
+        phi0,
+        theta,
+        beta,
+        params,
+        phase,
+        step_size,
+        step_size_rule,
+        curvature,
+        start,
+    };
     loop {
-        let run = Descent {
-            oracle,
-            phi0,
-            theta,
-            beta,
-            params,
-            phase,
-            step_size,
-            step_size_rule,
-            curvature,
-            start,
-        };
         match run.run(&mut observer) {
             // A default from the curvature at the start can be too long for a non-convex path:
             // halve it and start the phase again (docs/STEP_SIZE.md).
-            Err(CmlError::Diverged { .. }) if matches!(step_size_rule, StepSizeRule::PowerIteration { halvings, .. } if halvings < MAX_HALVINGS) =>
+            Err(CmlError::Diverged { .. }) if matches!(run.step_size_rule, StepSizeRule::PowerIteration { halvings, .. } if halvings < MAX_HALVINGS) =>
             {
-                step_size /= 2.0;
-                if let StepSizeRule::PowerIteration { halvings, .. } = &mut step_size_rule {
+                run.step_size /= 2.0;
+                if let StepSizeRule::PowerIteration { halvings, .. } = &mut run.step_size_rule {
                     *halvings += 1;
                 }
             }
@@ -512,19 +512,15 @@ impl Descent<'_, '_> {
     fn run(&self, observer: &mut Option<&mut IterateObserver>) -> Result<PhaseSolution> {
         let Descent {
             oracle,
-            phi0,
-            theta,
-            beta,
             params,
             phase,
             step_size,
             step_size_rule,
-            curvature,
-            start,
+            ..
         } = *self;
-        let mut it = iterate(oracle, phi0, theta, beta, params.engine)?;
+        let mut it = iterate(oracle, self.phi0, self.theta, self.beta, params.engine)?;
         // A fresh optimiser state for every phase (and every restart of one).
-        let mut optimizer = OptimizerState::new(params.optimizer, phi0.dims1()?);
+        let mut optimizer = OptimizerState::new(params.optimizer, self.phi0.dims1()?);
         let mut rule: Option<DivergenceRule> = None;
         let mut step = 0;
         loop {
@@ -558,15 +554,16 @@ impl Descent<'_, '_> {
                 if step != params.max_steps {
                     it.evaluate(true)?;
                 }
-                let certified_distance = curvature
+                let certified_distance = self
+                    .curvature
                     .filter(|c| c.strong_convexity > 0.0)
                     .map(|c| grad_norm / c.strong_convexity);
                 let info = GdInfo {
-                    beta,
+                    beta: self.beta,
                     step_size,
                     step_size_rule,
                     steps: step,
-                    gradient_evaluations: oracle.cost().gradient_evaluations - start,
+                    gradient_evaluations: oracle.cost().gradient_evaluations - self.start,
                     grad_norm,
                     loss,
                     certified_distance,

@@ -1,6 +1,8 @@
 //! Small sweeps inside the test suite: the measured slopes of the error against theory
 //! (MATH.md §3), and sharding.
 
+mod common;
+
 use cml::autodiff::dense_second_derivatives;
 use cml::estimator::Variant;
 use cml::fit::{fit_delta, fit_variant};
@@ -269,16 +271,13 @@ fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
     .unwrap();
     let cml = env!("CARGO_BIN_EXE_cml");
     let whole = dir.path().join("whole.csv");
-    let o = std::process::Command::new(cml)
-        .args([
-            "sweep",
-            "--config",
-            config.to_str().unwrap(),
-            "--out",
-            whole.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let o = common::cml(&[
+        "sweep",
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        whole.to_str().unwrap(),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let shards = dir.path().join("shards");
     for id in 0..3 {
@@ -305,30 +304,24 @@ fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
     };
     let merged = dir.path().join("merged.csv");
     // Shards given out of order are put in order.
-    let o = std::process::Command::new(cml)
-        .args([
-            "sweep-merge",
-            "--out",
-            merged.to_str().unwrap(),
-            &shard(2),
-            &shard(0),
-            &shard(1),
-        ])
-        .output()
-        .unwrap();
+    let o = common::cml(&[
+        "sweep-merge",
+        "--out",
+        merged.to_str().unwrap(),
+        &shard(2),
+        &shard(0),
+        &shard(1),
+    ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(std::fs::read(&merged).unwrap(), std::fs::read(&whole).unwrap());
     // A missing shard, and a shard of another sweep, are refused by name.
-    let o = std::process::Command::new(cml)
-        .args([
-            "sweep-merge",
-            "--out",
-            merged.to_str().unwrap(),
-            &shard(0),
-            &shard(1),
-        ])
-        .output()
-        .unwrap();
+    let o = common::cml(&[
+        "sweep-merge",
+        "--out",
+        merged.to_str().unwrap(),
+        &shard(0),
+        &shard(1),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success() && err.contains("exactly once"), "{err}");
     let other = shards.join("shard_1.config.json");
@@ -336,17 +329,14 @@ fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
         .unwrap()
         .replace("quadratic", "ridge");
     std::fs::write(&other, text).unwrap();
-    let o = std::process::Command::new(cml)
-        .args([
-            "sweep-merge",
-            "--out",
-            merged.to_str().unwrap(),
-            &shard(0),
-            &shard(1),
-            &shard(2),
-        ])
-        .output()
-        .unwrap();
+    let o = common::cml(&[
+        "sweep-merge",
+        "--out",
+        merged.to_str().unwrap(),
+        &shard(0),
+        &shard(1),
+        &shard(2),
+    ]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success() && err.contains("same sweep config"), "{err}");
 }
