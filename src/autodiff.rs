@@ -135,6 +135,17 @@ pub fn hvp_and_mixed(f: &LossFn, phi: &Tensor, theta: &Tensor, v: &Tensor) -> Re
     ))
 }
 
+/// Transposed mixed product `d2_{phi theta} f u` (the gradient in `phi` of `<d_theta f, u>`, a
+/// vector over `phi`), from one double-backward pass: with [`hvp_and_mixed`] it gives both
+/// products of the mixed matrix, so power iteration can find its norm.
+pub fn mixed_transpose_product(f: &LossFn, phi: &Tensor, theta: &Tensor, u: &Tensor) -> Result<Tensor> {
+    ensure_second_order()?;
+    let tape = Tape::record(f, phi, theta)?;
+    let g_theta = Tape::grad_of(&tape.loss.backward()?, &tape.theta)?;
+    let store = (g_theta * u)?.sum_all()?.backward()?;
+    Ok(Tape::grad_of(&store, &tape.phi)?.detach())
+}
+
 /// Dense second derivatives at one point: the Hessian `H = d2_{phi phi} f` (n x n) and the
 /// mixed matrix `M = d2_{theta phi} f` (m x n, so that `M v` is the mixed product).
 /// Costs n double-backward passes (one per unit vector), all on one gradient graph.

@@ -11,6 +11,7 @@ pub mod autodiff;
 pub mod cli;
 pub mod engine;
 pub mod error;
+pub mod error_bar;
 pub mod estimator;
 pub mod figures;
 pub mod fit;

@@ -109,12 +109,7 @@ impl TrainConfig {
 
     /// The inner loop used to adapt to a held-out task: the estimator's free phase.
     fn adaptation(&self) -> GdParams {
-        match &self.estimator {
-            EstimatorSpec::Contrastive(c) => c.free,
-            EstimatorSpec::Implicit(i) => i.free,
-            EstimatorSpec::Unrolled(u) => u.inner,
-            EstimatorSpec::FirstOrder(f) => f.free,
-        }
+        self.estimator.free_phase()
     }
 }
 

@@ -142,6 +142,25 @@ impl<'p> Oracle<'p> {
         Ok(autodiff::hvp_and_mixed(&phase_loss(self.problem, beta), phi, theta, v)?.0)
     }
 
+    /// `d2_{theta phi} L_beta v` (over `theta`): one second-order product.
+    pub fn phase_mixed_product(&self, phi: &Tensor, theta: &Tensor, beta: f64, v: &Tensor) -> Result<Tensor> {
+        self.charge(0, 1);
+        Ok(autodiff::hvp_and_mixed(&phase_loss(self.problem, beta), phi, theta, v)?.1)
+    }
+
+    /// `d2_{phi theta} L_beta u` (over `phi`), the transposed mixed product: one second-order
+    /// product.
+    pub fn phase_mixed_transpose_product(
+        &self,
+        phi: &Tensor,
+        theta: &Tensor,
+        beta: f64,
+        u: &Tensor,
+    ) -> Result<Tensor> {
+        self.charge(0, 1);
+        autodiff::mixed_transpose_product(&phase_loss(self.problem, beta), phi, theta, u)
+    }
+
     /// Dense Hessian and mixed matrix of `L_beta`: one product per fast parameter
     /// (the gradient on the same graph comes with them).
     pub fn phase_second_derivatives(

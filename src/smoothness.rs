@@ -84,3 +84,114 @@ pub fn default_step(
     }
     Ok((1.0 / (SAFETY * e.largest_curvature), e))
 }
+
+/// Lanczos iterations at most for the smallest curvature; each is one Hessian-vector product.
+pub const LANCZOS_ITERATIONS: usize = 60;
+
+/// What Lanczos found about the bottom of the spectrum of `d2_{phi phi} L_beta` at one point.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct SmallestCurvature {
+    /// The smallest Ritz value. It is never below the smallest eigenvalue and converges to it
+    /// from above, so a distance `||grad|| / value` built on it can be too small when Lanczos
+    /// stopped early (docs/ERROR_BAR.md).
+    pub value: f64,
+    /// `||H y - value y||` for the Ritz vector `y`: an eigenvalue lies within this of `value`.
+    pub residual: f64,
+    /// Hessian-vector products spent.
+    pub iterations: usize,
+}
+
+/// The smallest eigenvalue of `d2_{phi phi} L_beta` at `(phi, theta)` by Lanczos with full
+/// reorthogonalisation from a fixed seeded start, stopped once the Ritz pair's residual is at
+/// most `1e-6` of the largest Ritz value's magnitude, the Krylov space is exhausted, or after
+/// [`LANCZOS_ITERATIONS`] products.
+pub fn smallest_curvature(
+    oracle: &Oracle,
+    phi: &Tensor,
+    theta: &Tensor,
+    beta: f64,
+) -> Result<SmallestCurvature> {
+    let n = phi.dims1()?;
+    let limit = LANCZOS_ITERATIONS.min(n);
+    let mut basis: Vec<crate::linalg::Vector> = vec![normal_vector(&mut seeded(0x1a2c), n).normalize()];
+    let (mut alphas, mut betas) = (Vec::new(), Vec::new());
+    loop {
+        let j = basis.len() - 1;
+        let mut w = to_dvector(&oracle.phase_hvp(phi, theta, beta, &to_tensor(&basis[j])?)?)?;
+        if !w.iter().all(|x| x.is_finite()) {
+            return Err(CmlError::invalid(
+                "curvature estimate",
+                "a non-finite Hessian-vector product",
+                "a phase end point where the loss has finite second derivatives",
+            ));
+        }
+        alphas.push(basis[j].dot(&w));
+        // Full reorthogonalisation (twice is enough) keeps the Ritz values free of ghosts.
+        for _ in 0..2 {
+            for q in &basis {
+                w.axpy(-q.dot(&w), q, 1.0);
+            }
+        }
+        let next = w.norm();
+        let k = alphas.len();
+        let t = nalgebra::DMatrix::from_fn(k, k, |r, c| match r.abs_diff(c) {
+            0 => alphas[r],
+            1 => betas[r.min(c)],
+            _ => 0.0,
+        });
+        let eig = nalgebra::SymmetricEigen::new(t);
+        let (at, &value) = eig
+            .eigenvalues
+            .iter()
+            .enumerate()
+            .min_by(|a, b| a.1.total_cmp(b.1))
+            .expect("at least one Ritz value");
+        let residual = next * eig.eigenvectors[(k - 1, at)].abs();
+        let scale = eig.eigenvalues.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        if k == limit || residual <= 1e-6 * scale || next <= 1e-14 * scale.max(f64::MIN_POSITIVE) {
+            return Ok(SmallestCurvature {
+                value,
+                residual,
+                iterations: k,
+            });
+        }
+        betas.push(next);
+        basis.push(w / next);
+    }
+}
+
+/// The spectral norm of the mixed matrix `d2_{theta phi} L_beta` at `(phi, theta)`, by power
+/// iteration on `M^T M` (two second-order products per iteration): it bounds how far `g(beta)`
+/// moves per unit distance of the phase's end point from its solution. A lower bound that
+/// converges to the norm, returned with the products spent.
+pub fn mixed_norm(oracle: &Oracle, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<(f64, usize)> {
+    let n = phi.dims1()?;
+    let mut v = normal_vector(&mut seeded(0x3b1d), n).normalize();
+    let mut previous = f64::NAN;
+    for iteration in 1..=POWER_ITERATIONS {
+        let mv = oracle.phase_mixed_product(phi, theta, beta, &to_tensor(&v)?)?;
+        let norm = crate::linalg::norm(&mv)?;
+        if !norm.is_finite() {
+            return Err(CmlError::invalid(
+                "mixed-derivative norm",
+                norm,
+                "a phase end point where the loss has finite second derivatives",
+            ));
+        }
+        if norm == 0.0 {
+            return Ok((0.0, 2 * iteration - 1));
+        }
+        let converged = (norm - previous).abs() <= RELATIVE_CHANGE * norm;
+        previous = norm;
+        if converged {
+            return Ok((norm, 2 * iteration - 1));
+        }
+        let back = to_dvector(&oracle.phase_mixed_transpose_product(phi, theta, beta, &mv)?)?;
+        let back_norm = back.norm();
+        if back_norm == 0.0 {
+            return Ok((norm, 2 * iteration));
+        }
+        v = back / back_norm;
+    }
+    Ok((previous, 2 * POWER_ITERATIONS))
+}

@@ -15,9 +15,10 @@ pub struct EstimatorArgs {
     /// an ablation reproducing the authors' code, whose -beta phase drops the outer loss).
     #[arg(long, default_value = "standard")]
     pub variant: String,
-    /// Nudging strength beta (non-zero).
-    #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true)]
-    pub beta: f64,
+    /// Nudging strength beta (non-zero), or `auto`: chosen by pilot phases to minimise the
+    /// estimate's error bar (docs/ERROR_BAR.md).
+    #[arg(long, default_value = "1e-3", allow_hyphen_values = true)]
+    pub beta: BetaArg,
     /// Free-phase step budget (the K of bptt and tbptt).
     #[arg(long, default_value_t = 1000, allow_hyphen_values = true)]
     pub free_steps: i64,
@@ -65,6 +66,26 @@ pub struct EstimatorArgs {
     pub allow_inapplicable: bool,
 }
 
+/// `--beta`: a number, or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BetaArg {
+    Value(f64),
+    Auto,
+}
+
+impl std::str::FromStr for BetaArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "auto" {
+            return Ok(BetaArg::Auto);
+        }
+        s.parse::<f64>()
+            .map(BetaArg::Value)
+            .map_err(|_| format!("'{s}' is neither a number nor auto"))
+    }
+}
+
 /// A count from the command line: a whole number >= 1.
 pub fn at_least_one(name: &str, value: i64) -> Result<usize> {
     usize::try_from(value)
@@ -87,7 +108,11 @@ impl EstimatorArgs {
         };
         let params = EstimatorParams {
             variant: Variant::parse(&self.variant)?,
-            beta: self.beta,
+            // `auto` starts its pilots from `error_bar::AUTO_START` (set by `with_auto_beta`).
+            beta: match self.beta {
+                BetaArg::Value(b) => b,
+                BetaArg::Auto => crate::error_bar::AUTO_START,
+            },
             free: phase(
                 "free phase",
                 self.free_steps,
@@ -105,6 +130,10 @@ impl EstimatorArgs {
             neumann_alpha: self.neumann_alpha,
             truncation: at_least_one("truncation", self.truncation)?,
         };
-        EstimatorSpec::from_name(&self.estimator, &params)
+        let spec = EstimatorSpec::from_name(&self.estimator, &params)?;
+        match self.beta {
+            BetaArg::Value(_) => Ok(spec),
+            BetaArg::Auto => spec.with_auto_beta(),
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
 use super::estimator_args::EstimatorArgs;
+use crate::error_bar::{ErrorBar, estimate_with_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdInfo;
@@ -22,6 +23,10 @@ pub struct GradArgs {
     /// Skip the exact reference (Newton on the dense Hessian): for large models, timing only.
     #[arg(long)]
     no_exact: bool,
+    /// Skip the contrastive estimate's error bar (it costs the stencil's phases at 2 beta and a
+    /// few dozen second-order products per phase; docs/ERROR_BAR.md).
+    #[arg(long)]
+    no_error_bar: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -39,6 +44,8 @@ struct GradReport {
     cost: Cost,
     phases: Vec<GdInfo>,
     linear_residual: Option<f64>,
+    /// How far the estimate may be from the meta-gradient (contrastive estimates).
+    error_bar: Option<ErrorBar>,
     warnings: Vec<String>,
     seconds_estimate: f64,
     exact: Option<Comparison>,
@@ -51,6 +58,8 @@ struct Comparison {
     relative_error: f64,
     absolute_error: f64,
     cosine: f64,
+    /// Whether the error bar is at least the absolute error (`null` without a bar).
+    within_error_bar: Option<bool>,
     newton_iterations: usize,
     newton_grad_norm: f64,
     seconds_exact: f64,
@@ -68,7 +77,12 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
 
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;
     let clock = Instant::now();
-    let mut estimate = estimator.estimate(p.as_ref(), &theta)?;
+    let mut estimate = match &spec {
+        EstimatorSpec::Contrastive(c) if !args.no_error_bar => {
+            estimate_with_error_bar(c, p.as_ref(), &theta)?
+        }
+        _ => estimator.estimate(p.as_ref(), &theta)?,
+    };
     estimate.warnings.extend(inapplicable);
     let seconds_estimate = clock.elapsed().as_secs_f64();
     if let (EstimatorSpec::Contrastive(c), Some(q)) = (&spec, p.as_quadratic()) {
@@ -79,9 +93,11 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     } else {
         let clock = Instant::now();
         let truth = exact_meta_gradient(p.as_ref(), &theta)?;
+        let absolute_error = (&estimate.gradient - &truth.meta_gradient).norm();
         Some(Comparison {
             relative_error: relative_error(&estimate.gradient, &truth.meta_gradient),
-            absolute_error: (&estimate.gradient - &truth.meta_gradient).norm(),
+            absolute_error,
+            within_error_bar: estimate.error_bar.as_ref().map(|b| absolute_error <= b.bar),
             cosine: cosine(&estimate.gradient, &truth.meta_gradient),
             exact: truth.meta_gradient.iter().copied().collect(),
             newton_iterations: truth.newton.iterations,
@@ -99,6 +115,7 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
         cost: estimate.cost,
         phases: estimate.phases,
         linear_residual: estimate.linear_residual,
+        error_bar: estimate.error_bar,
         warnings: estimate.warnings,
         seconds_estimate,
         exact,
@@ -160,6 +177,23 @@ fn print_text(r: &GradReport) {
         );
     }
     println!("estimate    {}", vector(&r.estimate));
+    if let Some(bar) = &r.error_bar {
+        if let Some(pilots) = &bar.auto_beta {
+            let tried: Vec<String> = pilots
+                .iter()
+                .map(|p| match p.bar {
+                    Some(b) => format!("{:.2e} (bar {b:.2e})", p.beta),
+                    None => format!("{:.2e} (phases diverged)", p.beta),
+                })
+                .collect();
+            println!("beta auto   chose {:.4e}; pilots {}", bar.beta, tried.join(", "));
+        }
+        println!("error bar   {}", bar.describe());
+        println!(
+            "            (the bar cost {} gradient evaluations and {} second-order products)",
+            bar.extra_cost.gradient_evaluations, bar.extra_cost.second_order_products
+        );
+    }
     if let Some(c) = &r.exact {
         println!("exact       {}", vector(&c.exact));
         println!(
@@ -167,6 +201,14 @@ fn print_text(r: &GradReport) {
             c.newton_iterations, c.newton_grad_norm
         );
         println!("rel. error  {:.3e}", c.relative_error);
+        match c.within_error_bar {
+            Some(within) => println!(
+                "abs. error  {:.3e} ({} the error bar)",
+                c.absolute_error,
+                if within { "within" } else { "OUTSIDE" }
+            ),
+            None => println!("abs. error  {:.3e}", c.absolute_error),
+        }
         println!("cosine      {:.12}", c.cosine);
     }
     println!(

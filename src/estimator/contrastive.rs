@@ -10,7 +10,7 @@
 
 use super::{Estimate, MetaGradientEstimator};
 use crate::error::{CmlError, Result};
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, PhaseSolution, gradient_descent};
 use crate::linalg::{Vector, to_dvector};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
@@ -132,48 +132,126 @@ impl MetaGradientEstimator for Contrastive {
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.validate()?;
         let oracle = Oracle::new(problem);
+        let mut runs = PhaseRuns::start(self, &oracle, theta)?;
+        let gradient = runs.estimate(self.beta)?;
+        Ok(runs.finish(gradient, oracle.cost()))
+    }
+}
+
+/// The phases of contrastive estimates at one `theta`: the free phase, run once, and every
+/// nudged phase run so far, so that stencils at several nudging strengths (the error bar's
+/// `beta` and `2 beta`, the pilots of `--beta auto`) share them.
+pub struct PhaseRuns<'o, 'p> {
+    rule: Contrastive,
+    oracle: &'o Oracle<'p>,
+    theta: &'o Tensor,
+    free: PhaseSolution,
+    /// `(b, solution)` in the order run, `b` the strength the stencil asked for.
+    nudged: Vec<(f64, PhaseSolution)>,
+}
+
+impl<'o, 'p> PhaseRuns<'o, 'p> {
+    /// Runs the free phase of `rule` from the problem's initial `phi`.
+    pub fn start(rule: &Contrastive, oracle: &'o Oracle<'p>, theta: &'o Tensor) -> Result<Self> {
+        let problem = oracle.problem();
         let free = gradient_descent(
-            &oracle,
+            oracle,
             &problem.initial_phi(theta)?,
             theta,
             0.0,
-            &self.free,
+            &rule.free,
             "free phase",
         )?;
         // The free solution is kept through the nudged phases, beside the current iterate, its
         // gradient, and the running estimate with g(0).
         oracle.keep_alive(3 * problem.dims().phi + 3 * problem.dims().theta);
-        let mut phases = vec![free.info.clone()];
-        let mut phase_points = vec![free.phi.clone()];
-        let gradient = self.variant.combine(self.beta, |b| {
-            if b == 0.0 {
-                return to_dvector(&free.gradients.theta);
+        Ok(PhaseRuns {
+            rule: *rule,
+            oracle,
+            theta,
+            free,
+            nudged: Vec::new(),
+        })
+    }
+
+    /// The end point of the phase the stencil asks for at `b` (the free phase at `b = 0`),
+    /// run now if it has not been.
+    pub fn solution(&mut self, b: f64) -> Result<&PhaseSolution> {
+        if b == 0.0 {
+            return Ok(&self.free);
+        }
+        let at = match self.nudged.iter().position(|(done, _)| *done == b) {
+            Some(at) => at,
+            None => {
+                // The reference code's defect runs its -beta phase on L_in alone (a fresh phase
+                // from the free solution, as that code does).
+                let run = self.rule.variant.phase_beta(b);
+                let name = format!("nudged phase (beta = {run})");
+                let nudged = gradient_descent(
+                    self.oracle,
+                    &self.free.phi,
+                    self.theta,
+                    run,
+                    &self.rule.nudged,
+                    &name,
+                )?;
+                self.nudged.push((b, nudged));
+                self.nudged.len() - 1
             }
-            // The reference code's defect runs its -beta phase on L_in alone (a fresh phase
-            // from the free solution, as that code does).
-            let b = self.variant.phase_beta(b);
-            let name = format!("nudged phase (beta = {b})");
-            let nudged = gradient_descent(&oracle, &free.phi, theta, b, &self.nudged, &name)?;
-            phases.push(nudged.info);
-            phase_points.push(nudged.phi);
-            to_dvector(&nudged.gradients.theta)
-        })?;
+        };
+        Ok(&self.nudged[at].1)
+    }
+
+    pub fn rule(&self) -> &Contrastive {
+        &self.rule
+    }
+
+    pub fn oracle(&self) -> &'o Oracle<'p> {
+        self.oracle
+    }
+
+    pub fn theta(&self) -> &'o Tensor {
+        self.theta
+    }
+
+    /// The rule's stencil at nudging strength `beta`, running the phases it still needs.
+    pub fn estimate(&mut self, beta: f64) -> Result<Vector> {
+        let variant = self.rule.variant;
+        variant.combine(beta, |b| to_dvector(&self.solution(b)?.gradients.theta))
+    }
+
+    /// Gradient evaluations of the free phase and of the stencil's phases at `beta` (those run).
+    pub fn stencil_gradient_evaluations(&self, beta: f64) -> usize {
+        let mut total = self.free.info.gradient_evaluations;
+        for &(multiple, _) in self.rule.variant.stencil() {
+            let b = multiple * beta;
+            if let Some((_, s)) = self.nudged.iter().find(|(done, _)| b != 0.0 && *done == b) {
+                total += s.info.gradient_evaluations;
+            }
+        }
+        total
+    }
+
+    /// The estimate `gradient` with every phase run so far, charged `cost`.
+    pub fn finish(self, gradient: Vector, cost: crate::oracle::Cost) -> Estimate {
+        let mut phases = vec![self.free.info];
+        let mut phase_points = vec![self.free.phi.clone()];
+        for (_, s) in self.nudged {
+            phases.push(s.info);
+            phase_points.push(s.phi);
+        }
         let mut estimate = Estimate {
             gradient,
-            cost: oracle.cost(),
+            cost,
             phases,
             phase_points,
-            adapted_phi: free.phi,
+            adapted_phi: self.free.phi,
             linear_residual: None,
             warnings: Vec::new(),
+            error_bar: None,
         };
-        estimate.add_phase_warnings(|i| {
-            if i == 0 {
-                self.free.tolerance
-            } else {
-                self.nudged.tolerance
-            }
-        });
-        Ok(estimate)
+        let (free, nudged) = (self.rule.free.tolerance, self.rule.nudged.tolerance);
+        estimate.add_phase_warnings(|i| if i == 0 { free } else { nudged });
+        estimate
     }
 }

@@ -56,6 +56,7 @@ impl MetaGradientEstimator for FirstOrder {
             adapted_phi: free.phi,
             linear_residual: None,
             warnings: Vec::new(),
+            error_bar: None,
         };
         // The first-order rules do not assume a converged inner loop: only rises are worth a word.
         estimate.add_phase_warnings(|_| 0.0);

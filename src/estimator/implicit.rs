@@ -97,6 +97,7 @@ impl MetaGradientEstimator for Implicit {
             adapted_phi: free.phi,
             linear_residual: Some(solution.residual),
             warnings: solution.warning.into_iter().collect(),
+            error_bar: None,
         };
         estimate.add_phase_warnings(|_| self.free.tolerance);
         Ok(estimate)

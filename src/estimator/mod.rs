@@ -33,6 +33,9 @@ pub struct Estimate {
     pub linear_residual: Option<f64>,
     /// Conditions under which the estimate may be wrong (printed by the command line).
     pub warnings: Vec<String>,
+    /// How far the estimate may be from the meta-gradient, where it was estimated (contrastive
+    /// estimates; docs/ERROR_BAR.md).
+    pub error_bar: Option<crate::error_bar::ErrorBar>,
 }
 
 impl Estimate {
@@ -136,6 +139,8 @@ pub trait MetaGradientEstimator {
 #[serde(tag = "estimator", rename_all = "kebab-case")]
 pub enum EstimatorSpec {
     Contrastive(Contrastive),
+    /// The contrastive rule with `beta` chosen by its error bar (`--beta auto`).
+    ContrastiveAutoBeta(crate::error_bar::AutoBeta),
     Implicit(Implicit),
     Unrolled(Unrolled),
     FirstOrder(FirstOrder),
@@ -233,10 +238,41 @@ impl EstimatorSpec {
         Ok(spec)
     }
 
+    /// The contrastive rule with `beta` chosen by its error bar instead of given (`--beta auto`).
+    pub fn with_auto_beta(self) -> Result<Self> {
+        match self {
+            EstimatorSpec::Contrastive(c) => {
+                let auto = EstimatorSpec::ContrastiveAutoBeta(crate::error_bar::AutoBeta::new(c));
+                auto.validate()?;
+                Ok(auto)
+            }
+            other => Err(CmlError::invalid(
+                "beta",
+                "auto",
+                format!(
+                    "beta auto chooses the nudging strength of the contrastive estimator; {} takes no beta",
+                    other.estimator().describe()
+                ),
+            )),
+        }
+    }
+
+    /// The free phase's parameters (the inner loop of the unrolled estimators).
+    pub fn free_phase(&self) -> GdParams {
+        match self {
+            EstimatorSpec::Contrastive(c) => c.free,
+            EstimatorSpec::ContrastiveAutoBeta(a) => a.rule.free,
+            EstimatorSpec::Implicit(i) => i.free,
+            EstimatorSpec::Unrolled(u) => u.inner,
+            EstimatorSpec::FirstOrder(f) => f.free,
+        }
+    }
+
     /// Checks every parameter before any work is done.
     pub fn validate(&self) -> Result<()> {
         match self {
             EstimatorSpec::Contrastive(c) => c.validate(),
+            EstimatorSpec::ContrastiveAutoBeta(a) => a.validate(),
             EstimatorSpec::Implicit(i) => {
                 i.solver.validate()?;
                 i.free.validate("free phase")
@@ -267,6 +303,7 @@ impl EstimatorSpec {
     pub fn estimator(&self) -> &dyn MetaGradientEstimator {
         match self {
             EstimatorSpec::Contrastive(e) => e,
+            EstimatorSpec::ContrastiveAutoBeta(e) => e,
             EstimatorSpec::Implicit(e) => e,
             EstimatorSpec::Unrolled(e) => e,
             EstimatorSpec::FirstOrder(e) => e,

@@ -82,6 +82,7 @@ impl MetaGradientEstimator for Unrolled {
             adapted_phi: end.phi,
             linear_residual: None,
             warnings: Vec::new(),
+            error_bar: None,
         };
         // BPTT differentiates the steps taken, converged or not: only rises are worth a word.
         estimate.add_phase_warnings(|_| 0.0);

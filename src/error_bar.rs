@@ -1,0 +1,361 @@
+//! How wrong a contrastive estimate is, estimated from the estimate's own phases, and the
+//! nudging strength chosen to make it small (`--beta auto`). docs/ERROR_BAR.md derives both and
+//! says when they fail.
+//!
+//! The error of the estimate at `beta` splits as in MATH.md §3 into a truncation part (the
+//! stencil's finite-difference error with exact phases, `~ a |beta|^p`) and a phase-precision
+//! part (each phase's end point `phi^_b` is off its solution by `delta_b`, which moves
+//! `g(b) = d_theta L_b(phi^_b)` by at most `||d2_{theta phi} L_b|| delta_b`). The bar is
+//!
+//! `bar = SAFETY ||est(2 beta) - est(beta)|| / (2^p - 1) + sum_k |w_k| K_k delta_k / |beta|`,
+//!
+//! Richardson's estimate of the truncation part (first derivatives only: the stencil again at
+//! `2 beta`), with a safety factor, plus the phase-precision bound with `K_k` and `delta_k`
+//! measured at each phase's end point.
+
+use crate::error::{CmlError, Result};
+use crate::estimator::contrastive::PhaseRuns;
+use crate::estimator::{Contrastive, Estimate, MetaGradientEstimator};
+use crate::linalg::Vector;
+use crate::oracle::{Cost, Oracle};
+use crate::problem::BilevelProblem;
+use crate::smoothness;
+use crate::theory::truncation_order;
+use candle_core::Tensor;
+
+/// The Richardson difference estimates the truncation error to leading order; the factor covers
+/// the next order and noise that happens to cancel it (docs/ERROR_BAR.md §2).
+pub const RICHARDSON_SAFETY: f64 = 2.0;
+
+/// Where a phase's distance to its solution came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DistanceSource {
+    /// `||grad|| / mu` with the problem's own strong-convexity bound: a certificate.
+    Certified,
+    /// `||grad|| / mu^` with `mu^` the smallest Ritz value of the phase Hessian at the end point
+    /// (Lanczos): an estimate, first order in the distance.
+    Lanczos,
+    /// The phase Hessian at the end point has a non-positive eigenvalue (Lanczos): the end point
+    /// is no certified neighbourhood of a strict minimum, and the bar is unbounded.
+    NotPositiveDefinite,
+}
+
+/// One phase of the stencil: how far it may be from its solution and how much that moves `g`.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct PhaseDistance {
+    /// The strength the phase ran with.
+    pub beta: f64,
+    /// Its stencil weight `w_k`.
+    pub weight: f64,
+    pub grad_norm: f64,
+    /// `mu` (certified) or `mu^` (Lanczos).
+    pub strong_convexity: f64,
+    pub source: DistanceSource,
+    /// `delta_k = ||grad|| / mu` (infinite when not positive definite).
+    pub distance: f64,
+    /// `K_k = ||d2_{theta phi} L_b||` at the end point (power iteration).
+    pub mixed_norm: f64,
+}
+
+/// The error bar of one contrastive estimate.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ErrorBar {
+    /// The estimate's nudging strength.
+    pub beta: f64,
+    /// `truncation + phase_precision`: the estimated bound on `||estimate - dJ/dtheta||`
+    /// (infinite when a phase's distance is unbounded).
+    pub bar: f64,
+    /// `RICHARDSON_SAFETY * richardson_gap / (2^p - 1)`.
+    pub truncation: f64,
+    /// `||est(2 beta) - est(beta)||`.
+    pub richardson_gap: f64,
+    /// `p`: the truncation error's order in `beta`.
+    pub order: i32,
+    /// `sum_k |w_k| K_k delta_k / |beta|`.
+    pub phase_precision: f64,
+    pub phases: Vec<PhaseDistance>,
+    /// Gradient evaluations and second-order products spent on the bar (and the pilots of
+    /// `--beta auto`) beyond the estimate itself.
+    pub extra_cost: Cost,
+    /// The pilot rounds of `--beta auto`, when `beta` was chosen.
+    pub auto_beta: Option<Vec<PilotRound>>,
+}
+
+impl ErrorBar {
+    /// One line: the bar, its parts and where the distances came from.
+    pub fn describe(&self) -> String {
+        let sources: Vec<&str> = self
+            .phases
+            .iter()
+            .map(|p| match p.source {
+                DistanceSource::Certified => "certified",
+                DistanceSource::Lanczos => "Lanczos",
+                DistanceSource::NotPositiveDefinite => "not positive definite",
+            })
+            .collect();
+        let bar = if self.bar.is_finite() {
+            format!("{:.3e}", self.bar)
+        } else {
+            "unbounded".into()
+        };
+        format!(
+            "{bar} = truncation {:.3e} (Richardson, beta vs 2 beta, x{RICHARDSON_SAFETY}) + phase precision {:.3e} \
+             (distances: {})",
+            self.truncation,
+            self.phase_precision,
+            sources.join(", ")
+        )
+    }
+}
+
+fn cost_since(now: Cost, before: Cost) -> Cost {
+    Cost {
+        gradient_evaluations: now.gradient_evaluations - before.gradient_evaluations,
+        second_order_products: now.second_order_products - before.second_order_products,
+        floats_kept: now.floats_kept,
+    }
+}
+
+/// The error bar of `estimate`, the stencil of `runs` at `beta` (docs/ERROR_BAR.md §1-3); runs
+/// the stencil's phases at `2 beta` it still needs.
+pub fn error_bar_at(runs: &mut PhaseRuns, beta: f64, estimate: &Vector) -> Result<ErrorBar> {
+    let variant = runs.rule().variant;
+    let order = truncation_order(variant);
+    if order == 0 {
+        return Err(CmlError::invalid(
+            "contrastive variant",
+            variant.name(),
+            "an error bar needs a truncation error that vanishes with beta; the reference code's ablation is \
+             biased by -F'(0)/2 at every beta",
+        ));
+    }
+    let before = runs.oracle().cost();
+    let doubled = runs.estimate(2.0 * beta)?;
+    let richardson_gap = (&doubled - estimate).norm();
+    let truncation = RICHARDSON_SAFETY * richardson_gap / (2f64.powi(order) - 1.0);
+    let mut phases = Vec::new();
+    for &(multiple, weight) in variant.stencil() {
+        phases.push(phase_distance(runs, multiple * beta, weight)?);
+    }
+    let phase_precision = phases
+        .iter()
+        .map(|p| {
+            if p.weight == 0.0 {
+                0.0
+            } else {
+                p.weight.abs() * p.mixed_norm * p.distance
+            }
+        })
+        .sum::<f64>()
+        / beta.abs();
+    Ok(ErrorBar {
+        beta,
+        bar: truncation + phase_precision,
+        truncation,
+        richardson_gap,
+        order,
+        phase_precision,
+        phases,
+        extra_cost: cost_since(runs.oracle().cost(), before),
+        auto_beta: None,
+    })
+}
+
+/// `delta_k` and `K_k` at the end point of the stencil's phase at `b`.
+fn phase_distance(runs: &mut PhaseRuns, b: f64, weight: f64) -> Result<PhaseDistance> {
+    let (oracle, theta) = (runs.oracle(), runs.theta());
+    let solution = runs.solution(b)?;
+    let (phi, run, grad_norm) = (solution.phi.clone(), solution.info.beta, solution.info.grad_norm);
+    let certified = oracle
+        .problem()
+        .curvature(theta, run)?
+        .map(|c| c.strong_convexity)
+        .filter(|&mu| mu > 0.0);
+    let (strong_convexity, source) = match certified {
+        Some(mu) => (mu, DistanceSource::Certified),
+        None => {
+            let lowest = smoothness::smallest_curvature(oracle, &phi, theta, run)?;
+            if lowest.value > 0.0 {
+                (lowest.value, DistanceSource::Lanczos)
+            } else {
+                (lowest.value, DistanceSource::NotPositiveDefinite)
+            }
+        }
+    };
+    let distance = match source {
+        DistanceSource::NotPositiveDefinite => f64::INFINITY,
+        _ => grad_norm / strong_convexity,
+    };
+    let (mixed_norm, _) = smoothness::mixed_norm(oracle, &phi, theta, run)?;
+    Ok(PhaseDistance {
+        beta: run,
+        weight,
+        grad_norm,
+        strong_convexity,
+        source,
+        distance,
+        mixed_norm,
+    })
+}
+
+/// The contrastive estimate of `rule` at its `beta`, with its error bar in
+/// [`Estimate::error_bar`]; the estimate's cost includes the bar's.
+pub fn estimate_with_error_bar(
+    rule: &Contrastive,
+    problem: &dyn BilevelProblem,
+    theta: &Tensor,
+) -> Result<Estimate> {
+    rule.validate()?;
+    let oracle = Oracle::new(problem);
+    let mut runs = PhaseRuns::start(rule, &oracle, theta)?;
+    let gradient = runs.estimate(rule.beta)?;
+    let bar = error_bar_at(&mut runs, rule.beta, &gradient)?;
+    let mut estimate = runs.finish(gradient, oracle.cost());
+    estimate.error_bar = Some(bar);
+    Ok(estimate)
+}
+
+/// Where `--beta auto` starts: a pilot strength; the rounds move it by up to [`MAX_MOVE`] each.
+pub const AUTO_START: f64 = 1e-2;
+/// The largest factor one pilot round moves `beta` by.
+pub const MAX_MOVE: f64 = 1e3;
+/// Pilot rounds at most.
+pub const AUTO_ROUNDS: usize = 5;
+
+/// One pilot of `--beta auto`: the bar at one `beta`, or why the phases failed there.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PilotRound {
+    pub beta: f64,
+    pub bar: Option<f64>,
+    pub truncation: Option<f64>,
+    pub phase_precision: Option<f64>,
+    pub failure: Option<String>,
+}
+
+/// The contrastive rule with `beta` chosen to minimise its error bar (docs/ERROR_BAR.md §4).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct AutoBeta {
+    /// The rule; its `beta` is the first pilot.
+    pub rule: Contrastive,
+    pub rounds: usize,
+}
+
+impl AutoBeta {
+    pub fn new(rule: Contrastive) -> Self {
+        AutoBeta {
+            rule: Contrastive {
+                beta: AUTO_START,
+                ..rule
+            },
+            rounds: AUTO_ROUNDS,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.rule.validate()?;
+        if self.rounds == 0 {
+            return Err(CmlError::invalid("auto-beta rounds", 0, "at least 1 pilot round"));
+        }
+        if truncation_order(self.rule.variant) == 0 {
+            return Err(CmlError::invalid(
+                "contrastive variant",
+                self.rule.variant.name(),
+                "beta auto minimises an error bar, which the reference code's ablation (biased at every beta) \
+                 does not have; use standard, symmetric or second-order-forward",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The next pilot: the minimiser of `T (beta / beta_k)^p + D beta_k / beta`, the bar's parts at
+/// `beta_k` extrapolated (truncation `~ beta^p`, phase precision `~ 1 / beta` with the distances
+/// held fixed), moved by at most [`MAX_MOVE`].
+pub fn next_pilot(beta: f64, truncation: f64, phase_precision: f64, order: i32) -> f64 {
+    let factor = if truncation == 0.0 {
+        MAX_MOVE
+    } else if phase_precision == 0.0 {
+        1.0 / MAX_MOVE
+    } else {
+        (phase_precision / (f64::from(order) * truncation)).powf(1.0 / f64::from(order + 1))
+    };
+    beta * factor.clamp(1.0 / MAX_MOVE, MAX_MOVE)
+}
+
+impl MetaGradientEstimator for AutoBeta {
+    fn describe(&self) -> String {
+        format!("contrastive {} (beta = auto)", self.rule.variant.name())
+    }
+
+    fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
+        self.validate()?;
+        let oracle = Oracle::new(problem);
+        let mut runs = PhaseRuns::start(&self.rule, &oracle, theta)?;
+        let mut pilots: Vec<PilotRound> = Vec::new();
+        let mut best: Option<(Vector, ErrorBar)> = None;
+        let mut first_failure = None;
+        let mut beta = self.rule.beta;
+        for _ in 0..self.rounds {
+            let round = runs
+                .estimate(beta)
+                .and_then(|est| error_bar_at(&mut runs, beta, &est).map(|bar| (est, bar)));
+            let next = match round {
+                Ok((est, bar)) => {
+                    pilots.push(PilotRound {
+                        beta,
+                        bar: Some(bar.bar),
+                        truncation: Some(bar.truncation),
+                        phase_precision: Some(bar.phase_precision),
+                        failure: None,
+                    });
+                    // An unbounded phase-precision part is unbounded at every beta.
+                    let stop = !bar.bar.is_finite();
+                    let next = next_pilot(beta, bar.truncation, bar.phase_precision, bar.order);
+                    if best.as_ref().is_none_or(|(_, b)| bar.bar < b.bar) {
+                        best = Some((est, bar));
+                    }
+                    if stop {
+                        break;
+                    }
+                    next
+                }
+                // A pilot too strong for the phases to converge: try weaker nudging.
+                Err(e @ CmlError::Diverged { .. }) => {
+                    pilots.push(PilotRound {
+                        beta,
+                        bar: None,
+                        truncation: None,
+                        phase_precision: None,
+                        failure: Some(e.to_string()),
+                    });
+                    first_failure.get_or_insert(e);
+                    beta / 10.0
+                }
+                Err(e) => return Err(e),
+            };
+            // Converged: the next pilot is within a factor 2 of one already run.
+            if pilots
+                .iter()
+                .any(|p| (next / p.beta).abs().ln().abs() < 2f64.ln())
+            {
+                break;
+            }
+            beta = next;
+        }
+        let Some((gradient, mut bar)) = best else {
+            return Err(first_failure.expect("every round failed, so one failure was kept"));
+        };
+        // The pilots beyond the chosen estimate's own phases are the price of choosing.
+        let chosen_phases = runs.stencil_gradient_evaluations(bar.beta);
+        let total = oracle.cost();
+        bar.extra_cost = Cost {
+            gradient_evaluations: total.gradient_evaluations - chosen_phases,
+            ..total
+        };
+        bar.auto_beta = Some(pilots);
+        let mut estimate = runs.finish(gradient, total);
+        estimate.error_bar = Some(bar);
+        Ok(estimate)
+    }
+}
