@@ -220,6 +220,8 @@ pub fn estimate_with_error_bar(
 pub const AUTO_START: f64 = 1e-2;
 /// The largest factor one pilot round moves `beta` by.
 pub const MAX_MOVE: f64 = 1e3;
+/// Pilots stop once the next is within this factor of one already run.
+pub const STOP_FACTOR: f64 = 1.25;
 /// Pilot rounds at most.
 pub const AUTO_ROUNDS: usize = 5;
 

@@ -1,0 +1,291 @@
+//! The error bar of contrastive estimates (docs/ERROR_BAR.md) against independent references:
+//! the closed-form meta-gradient of the quadratic, dense second derivatives by Candle autodiff
+//! (their eigenvalues and singular values by nalgebra), and the bound constants of `theory`.
+
+mod common;
+
+use approx::assert_relative_eq;
+use cml::error_bar::{AutoBeta, DistanceSource, RICHARDSON_SAFETY, estimate_with_error_bar};
+use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
+use cml::inner::GdParams;
+use cml::linalg::{to_dvector, to_tensor};
+use cml::oracle::Oracle;
+use cml::problem::{self, BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
+use cml::rng::seeded;
+use cml::smoothness::{mixed_norm, smallest_curvature};
+use cml::theory::QuadraticTheory;
+use common::{assert_error, cml as run_cml, unit};
+use rand::Rng;
+
+fn phase(tolerance: f64) -> GdParams {
+    GdParams {
+        max_steps: 200_000,
+        tolerance,
+        ..GdParams::default()
+    }
+}
+
+fn rule(variant: Variant, beta: f64, tolerance: f64) -> Contrastive {
+    Contrastive {
+        variant,
+        beta,
+        free: phase(tolerance),
+        nudged: phase(tolerance),
+    }
+}
+
+/// Random quadratic instances over the ranges the theory tests use.
+fn quadratics(count: u64) -> Vec<Quadratic> {
+    let mut rng = seeded(0xe44b);
+    (0..count)
+        .map(|seed| {
+            let mu = rng.random_range(0.1..2.0);
+            let spec = QuadraticSpec {
+                phi_dim: rng.random_range(2..12),
+                theta_dim: rng.random_range(1..6),
+                outer_dim: rng.random_range(1..8),
+                mu,
+                smoothness: mu * rng.random_range(1.0..20.0),
+                gamma: rng.random_range(0.0..1.0),
+            };
+            Quadratic::random(&spec, seed).unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn lanczos_finds_the_smallest_eigenvalue_of_the_dense_hessian() {
+    // The reference: every eigenvalue of the dense Hessian (n double-backward passes), by
+    // nalgebra's symmetric eigensolver. Lanczos sees only Hessian-vector products.
+    for name in ["quadratic", "logistic", "modulation"] {
+        let p = problem::build(name, 3).unwrap();
+        let theta = p.theta().clone();
+        let oracle = Oracle::new(p.as_ref());
+        let phi = common::perturbed(&p.initial_phi(&theta).unwrap(), 0.1, 5);
+        for beta in [0.0, 0.3] {
+            let dense = oracle
+                .phase_second_derivatives(&phi, &theta, beta)
+                .unwrap()
+                .hessian;
+            let lowest = dense.symmetric_eigenvalues().min();
+            let lanczos = smallest_curvature(&oracle, &phi, &theta, beta).unwrap();
+            assert_relative_eq!(lanczos.value, lowest, max_relative = 1e-6, epsilon = 1e-9);
+            // Ritz values never fall below the spectrum.
+            assert!(lanczos.value >= lowest - 1e-9 * lowest.abs().max(1.0), "{name}");
+        }
+    }
+}
+
+#[test]
+fn mixed_products_and_their_norm_match_the_dense_mixed_matrix() {
+    // `M = d2_{theta phi} L_beta` densely (one double backward per fast parameter); the oracle's
+    // products must be `M v` and `M^T u`, and power iteration must find `||M||` (largest singular
+    // value) from below.
+    for name in ["ridge", "logistic", "modulation"] {
+        let p = problem::build(name, 2).unwrap();
+        let theta = p.theta().clone();
+        let oracle = Oracle::new(p.as_ref());
+        let phi = common::perturbed(&p.initial_phi(&theta).unwrap(), 0.1, 9);
+        let beta = 0.2;
+        let m = oracle.phase_second_derivatives(&phi, &theta, beta).unwrap().mixed;
+        let v = unit(p.dims().phi, 1);
+        let u = unit(p.dims().theta, 2);
+        let mv = to_dvector(
+            &oracle
+                .phase_mixed_product(&phi, &theta, beta, &to_tensor(&v).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        let mtu = to_dvector(
+            &oracle
+                .phase_mixed_transpose_product(&phi, &theta, beta, &to_tensor(&u).unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            (&mv - &m * &v).norm() <= 1e-10 * (&m * &v).norm().max(1e-300),
+            "{name}"
+        );
+        assert!(
+            (&mtu - m.transpose() * &u).norm() <= 1e-10 * (m.transpose() * &u).norm(),
+            "{name}"
+        );
+        let largest = m.clone().singular_values().max();
+        let (estimate, _) = mixed_norm(&oracle, &phi, &theta, beta).unwrap();
+        assert!(
+            estimate <= largest * (1.0 + 1e-10),
+            "{name}: {estimate} > {largest}"
+        );
+        assert_relative_eq!(estimate, largest, max_relative = 1e-2);
+    }
+}
+
+#[test]
+fn on_the_quadratic_the_bar_uses_the_exact_constants() {
+    // The phase-precision part is `sum |w_k| K delta_k / beta` with `K = ||B||` (the quadratic's
+    // mixed matrix is constant) and certified distances `||grad|| / mu_beta`; theory computes
+    // `K` and `mu` from the matrices directly.
+    for q in quadratics(6) {
+        let theta = to_dvector(q.theta()).unwrap();
+        let constants = QuadraticTheory::new(&q, &theta).unwrap().constants();
+        let e = estimate_with_error_bar(&rule(Variant::Symmetric, 1e-2, 1e-6), &q, q.theta()).unwrap();
+        let bar = e.error_bar.unwrap();
+        for ph in &bar.phases {
+            assert_eq!(ph.source, DistanceSource::Certified);
+            assert_relative_eq!(ph.mixed_norm, constants.mixed_norm, max_relative = 1e-2);
+            assert!(ph.mixed_norm <= constants.mixed_norm * (1.0 + 1e-10));
+            let mu = q.curvature(q.theta(), ph.beta).unwrap().unwrap().strong_convexity;
+            assert_relative_eq!(ph.distance, ph.grad_norm / mu, max_relative = 1e-12);
+        }
+    }
+}
+
+#[test]
+fn with_exact_phases_the_bar_is_the_safety_factor_times_the_truncation_error() {
+    // Phases solved to 1e-13: the error is the stencil's truncation alone, `a beta^p + O(beta^(p+1))`,
+    // and Richardson's difference recovers it to leading order, so bar / error -> SAFETY as
+    // beta -> 0. The error is measured against the closed-form meta-gradient.
+    for q in quadratics(4) {
+        let theta = to_dvector(q.theta()).unwrap();
+        let exact = q.meta_gradient(&theta).unwrap();
+        for variant in Variant::ALL {
+            let beta = if variant == Variant::Standard { 1e-4 } else { 1e-3 };
+            let e = estimate_with_error_bar(&rule(variant, beta, 1e-13), &q, q.theta()).unwrap();
+            let error = (&e.gradient - &exact).norm();
+            let bar = e.error_bar.unwrap();
+            assert_relative_eq!(bar.truncation / error, RICHARDSON_SAFETY, max_relative = 0.05);
+            // The precondition of the ratio: the phase part (a bound, ~ K 1e-13 / (mu beta)) is
+            // under 1% of the truncation part, so the 5% comparison sees truncation alone.
+            assert!(bar.phase_precision < 1e-2 * bar.truncation, "{}", variant.name());
+        }
+    }
+}
+
+#[test]
+fn the_bar_covers_the_true_error_on_random_quadratics() {
+    // Coverage, as the issue asks: over random instances, strengths up to the strong-convexity
+    // limit mu / (2 l), phase precisions from loose to exact and every variant, the true error
+    // (closed form) is below the bar in at least 90% of cases, and the bar is at most 10 times
+    // the error in the median case.
+    let mut covered = 0usize;
+    let mut ratios = Vec::new();
+    for q in quadratics(20) {
+        let theta = to_dvector(q.theta()).unwrap();
+        let exact = q.meta_gradient(&theta).unwrap();
+        let beta_max = QuadraticTheory::new(&q, &theta).unwrap().constants().beta_max();
+        for variant in Variant::ALL {
+            for beta in [1e-4, 1e-3, 1e-2, 1e-1].map(|b: f64| b.min(beta_max / 2.0)) {
+                for tolerance in [1e-3, 1e-6, 1e-10] {
+                    let e = estimate_with_error_bar(&rule(variant, beta, tolerance), &q, q.theta()).unwrap();
+                    let error = (&e.gradient - &exact).norm();
+                    let bar = e.error_bar.unwrap().bar;
+                    covered += usize::from(error <= bar);
+                    ratios.push(bar / error);
+                }
+            }
+        }
+    }
+    let coverage = covered as f64 / ratios.len() as f64;
+    ratios.sort_by(f64::total_cmp);
+    let median = ratios[ratios.len() / 2];
+    assert!(coverage >= 0.9, "coverage {coverage}");
+    assert!(median <= 10.0, "median bar / error {median}");
+}
+
+#[test]
+fn beta_auto_lands_near_the_bounds_optimum() {
+    // On the quadratic every constant of MATH.md §3 is known, so the bound's best strength
+    // `beta* = (B delta / (p A))^(1/(p+1))` is computed exactly (`theory`), with `delta` the largest
+    // certified phase distance of the run. `--beta auto` sees only its phases; its choice must
+    // be within a factor 4 of beta*, and its true error (closed form) within 3 times the true
+    // error of the same rule run at beta*. Phases solved to 1e-8 make the error V-shaped.
+    for q in quadratics(6) {
+        let theta = to_dvector(q.theta()).unwrap();
+        let exact = q.meta_gradient(&theta).unwrap();
+        let theory = QuadraticTheory::new(&q, &theta).unwrap();
+        for variant in [Variant::Standard, Variant::Symmetric] {
+            let base = rule(variant, 1e-3, 1e-8);
+            let auto = AutoBeta::new(base).estimate(&q, q.theta()).unwrap();
+            let bar = auto.error_bar.as_ref().unwrap();
+            let delta = bar.phases.iter().map(|p| p.distance).fold(0.0, f64::max);
+            let (best, _) = theory.best(variant, delta);
+            let at_best = Contrastive { beta: best, ..base }
+                .estimate(&q, q.theta())
+                .unwrap();
+            let (auto_error, best_error) = (
+                (&auto.gradient - &exact).norm(),
+                (&at_best.gradient - &exact).norm(),
+            );
+            let what = format!(
+                "{}: auto beta {:.3e} error {auto_error:.3e}; bound's optimum {best:.3e} error {best_error:.3e}",
+                variant.name(),
+                bar.beta
+            );
+            assert!((0.25..=4.0).contains(&(bar.beta / best)), "{what}");
+            assert!(auto_error <= 3.0 * best_error, "{what}");
+            assert!(auto_error <= bar.bar, "{what}");
+        }
+    }
+}
+
+#[test]
+fn beta_auto_runs_on_every_problem_from_the_command_line() {
+    for name in ["quadratic", "ridge", "logistic", "synapse", "modulation"] {
+        let mut args = vec!["grad", "--problem", name, "--beta", "auto", "--json"];
+        if matches!(name, "synapse") {
+            // The exact reference (a dense 1761 x 1761 Hessian) is what costs here.
+            args.push("--no-exact");
+        }
+        let out = run_cml(&args);
+        assert!(out.status.success(), "{name}: {}", common::stderr(&out));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let bar = &report["error_bar"];
+        assert!(bar["bar"].as_f64().is_some_and(|b| b > 0.0), "{name}: {bar}");
+        let pilots = bar["auto_beta"].as_array().unwrap();
+        assert!(!pilots.is_empty());
+        let chosen = bar["beta"].as_f64().unwrap();
+        assert!(pilots.iter().any(|p| p["beta"].as_f64() == Some(chosen)));
+        if name != "synapse" {
+            assert_eq!(
+                report["exact"]["within_error_bar"],
+                serde_json::Value::Bool(true),
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn beta_auto_is_refused_where_it_means_nothing() {
+    assert_error(
+        &run_cml(&[
+            "grad",
+            "--problem",
+            "quadratic",
+            "--estimator",
+            "cg",
+            "--beta",
+            "auto",
+        ]),
+        1,
+        &["beta = auto", "takes no beta"],
+    );
+    assert_error(
+        &run_cml(&[
+            "grad",
+            "--problem",
+            "quadratic",
+            "--variant",
+            "reference-code-symmetric",
+            "--beta",
+            "auto",
+        ]),
+        1,
+        &["reference-code-symmetric", "biased at every beta"],
+    );
+    assert_error(
+        &run_cml(&["grad", "--problem", "quadratic", "--beta", "often"]),
+        2,
+        &["'often' is neither a number nor auto"],
+    );
+}
