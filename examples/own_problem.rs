@@ -136,6 +136,7 @@ fn run() -> cml::Result<()> {
         step_size: None,
         neumann_alpha: None,
         max_steps: 100_000,
+        error_bars: true,
     };
     let rows = run_on(
         &config,

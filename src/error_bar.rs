@@ -200,7 +200,8 @@ fn phase_distance(runs: &mut PhaseRuns, b: f64, weight: f64) -> Result<PhaseDist
 }
 
 /// The contrastive estimate of `rule` at its `beta`, with its error bar in
-/// [`Estimate::error_bar`]; the estimate's cost includes the bar's.
+/// [`Estimate::error_bar`]. The estimate's cost is its own; the bar's is in
+/// [`ErrorBar::extra_cost`], and its phases at `2 beta` follow the estimate's in the report.
 pub fn estimate_with_error_bar(
     rule: &Contrastive,
     problem: &dyn BilevelProblem,
@@ -210,8 +211,9 @@ pub fn estimate_with_error_bar(
     let oracle = Oracle::new(problem);
     let mut runs = PhaseRuns::start(rule, &oracle, theta)?;
     let gradient = runs.estimate(rule.beta)?;
+    let cost = oracle.cost();
     let bar = error_bar_at(&mut runs, rule.beta, &gradient)?;
-    let mut estimate = runs.finish(gradient, oracle.cost());
+    let mut estimate = runs.finish(gradient, cost);
     estimate.error_bar = Some(bar);
     Ok(estimate)
 }

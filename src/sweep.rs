@@ -46,6 +46,9 @@ pub struct SweepConfig {
     pub neumann_alpha: Option<f64>,
     /// Step cap for tolerance budgets.
     pub max_steps: usize,
+    /// Give every contrastive row learnt by phases its error bar (docs/ERROR_BAR.md); the bar's
+    /// own cost goes to its columns, not to the estimate's.
+    pub error_bars: bool,
 }
 
 impl SweepConfig {
@@ -102,16 +105,21 @@ pub struct SweepRow {
     pub floats_kept: usize,
     /// `||d_phi L_in||` at the Newton-solved `phi*` of the exact reference.
     pub reference_grad_norm: f64,
+    /// The contrastive estimate's error bar (infinite: unbounded), where computed.
+    pub error_bar: Option<f64>,
+    /// What the bar cost beyond the estimate.
+    pub error_bar_gradient_evaluations: Option<usize>,
+    pub error_bar_second_order_products: Option<usize>,
 }
 
-pub const CSV_HEADER: &str = "problem,seed,estimator,variant,beta,free_steps,nudged_steps,tolerance,solver_steps,measured_delta,certified_delta,abs_error,rel_error,cosine,gradient_evaluations,second_order_products,floats_kept,reference_grad_norm";
+pub const CSV_HEADER: &str = "problem,seed,estimator,variant,beta,free_steps,nudged_steps,tolerance,solver_steps,measured_delta,certified_delta,abs_error,rel_error,cosine,gradient_evaluations,second_order_products,floats_kept,reference_grad_norm,error_bar,error_bar_gradient_evaluations,error_bar_second_order_products";
 
 impl SweepRow {
     pub fn csv(&self) -> String {
         let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:e}"));
         let u = |v: Option<usize>| v.map_or(String::new(), |v| v.to_string());
         format!(
-            "{},{},{},{},{},{},{},{:e},{},{:e},{},{:e},{:e},{:e},{},{},{},{:e}",
+            "{},{},{},{},{},{},{},{:e},{},{:e},{},{:e},{:e},{:e},{},{},{},{:e},{},{},{}",
             self.problem,
             self.seed,
             self.estimator,
@@ -129,7 +137,10 @@ impl SweepRow {
             self.gradient_evaluations,
             self.second_order_products,
             self.floats_kept,
-            self.reference_grad_norm
+            self.reference_grad_norm,
+            f(self.error_bar),
+            u(self.error_bar_gradient_evaluations),
+            u(self.error_bar_second_order_products),
         )
     }
 
@@ -394,13 +405,23 @@ fn run_point(
         return run_perturbed(point, &spec, delta, p, reference);
     }
     let theta = p.theta();
-    let estimate = spec.estimator().estimate(p, theta)?;
+    let (estimate, own_phases) = match &spec {
+        EstimatorSpec::Contrastive(c) if config.error_bars && crate::theory::truncation_order(c.variant) > 0 => {
+            // The free phase, then the stencil's nudged phases at beta; those at 2 beta follow.
+            let own = 1 + c.variant.stencil().iter().filter(|(m, _)| *m != 0.0).count();
+            (crate::error_bar::estimate_with_error_bar(c, p, theta)?, own)
+        }
+        _ => {
+            let e = spec.estimator().estimate(p, theta)?;
+            let all = e.phases.len();
+            (e, all)
+        }
+    };
     let mut measured_delta: f64 = 0.0;
-    for (info, phi) in estimate.phases.iter().zip(&estimate.phase_points) {
+    for (info, phi) in estimate.phases.iter().zip(&estimate.phase_points).take(own_phases) {
         measured_delta = measured_delta.max(distance_to_phase_solution(p, phi, theta, info.beta)?);
     }
-    let certified_delta = estimate
-        .phases
+    let certified_delta = estimate.phases[..own_phases]
         .iter()
         .map(|ph| ph.certified_distance)
         .try_fold(0.0f64, |acc, d| d.map(|d| acc.max(d)));
@@ -412,7 +433,12 @@ fn run_point(
         measured_delta,
         certified_delta,
     };
-    Ok(row(point, p, inner, &estimate.gradient, reference, estimate.cost))
+    let bar = estimate.error_bar.as_ref();
+    let mut row = row(point, p, inner, &estimate.gradient, reference, estimate.cost);
+    row.error_bar = bar.map(|b| b.bar);
+    row.error_bar_gradient_evaluations = bar.map(|b| b.extra_cost.gradient_evaluations);
+    row.error_bar_second_order_products = bar.map(|b| b.extra_cost.second_order_products);
+    Ok(row)
 }
 
 /// How inexact the phases of one run were.
@@ -455,6 +481,9 @@ fn row(
         second_order_products: cost.second_order_products,
         floats_kept: cost.floats_kept,
         reference_grad_norm: reference.grad_norm,
+        error_bar: None,
+        error_bar_gradient_evaluations: None,
+        error_bar_second_order_products: None,
     }
 }
 

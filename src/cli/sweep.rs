@@ -53,6 +53,10 @@ pub struct SweepArgs {
     /// Step cap for tolerance budgets.
     #[arg(long, default_value_t = 100_000)]
     max_steps: usize,
+    /// Skip the error bar of contrastive rows (it costs the stencil's phases at 2 beta and a few
+    /// dozen second-order products per phase; docs/ERROR_BAR.md).
+    #[arg(long)]
+    no_error_bar: bool,
     /// Run only part i/n of the grid (contiguous blocks: shards concatenate to the full sweep).
     #[arg(long, default_value = "0/1")]
     shard: String,
@@ -113,6 +117,7 @@ impl SweepArgs {
             step_size: self.step_size,
             neumann_alpha: self.neumann_alpha,
             max_steps: self.max_steps,
+            error_bars: !self.no_error_bar,
         })
     }
 }

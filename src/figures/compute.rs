@@ -75,6 +75,7 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         step_size: Some(step),
         neumann_alpha: Some(step),
         max_steps: 100_000,
+        error_bars: false,
     };
     let rows = sweep::run(&config, (0, 1), &|| {})?;
     write_csv(

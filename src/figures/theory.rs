@@ -55,6 +55,7 @@ fn config(
         step_size,
         neumann_alpha: None,
         max_steps: 100_000,
+        error_bars: false,
     }
 }
 
