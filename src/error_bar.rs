@@ -224,6 +224,8 @@ pub const AUTO_START: f64 = 1e-2;
 pub const MAX_MOVE: f64 = 1e3;
 /// Pilots stop once the next is within this factor of one already run.
 pub const STOP_FACTOR: f64 = 1.25;
+/// Meta-training re-chooses `beta` every this many meta-steps by default.
+pub const AUTO_RECHOOSE_EVERY: usize = 50;
 /// Pilot rounds at most.
 pub const AUTO_ROUNDS: usize = 5;
 
@@ -243,6 +245,9 @@ pub struct AutoBeta {
     /// The rule; its `beta` is the first pilot.
     pub rule: Contrastive,
     pub rounds: usize,
+    /// Meta-training: choose `beta` again every this many meta-steps, on the meta-batch's first
+    /// task; between choices every task runs the rule at the last chosen `beta`.
+    pub rechoose_every: usize,
 }
 
 impl AutoBeta {
@@ -253,13 +258,26 @@ impl AutoBeta {
                 ..rule
             },
             rounds: AUTO_ROUNDS,
+            rechoose_every: AUTO_RECHOOSE_EVERY,
         }
+    }
+
+    /// The rule at a chosen strength.
+    pub fn at(&self, beta: f64) -> Contrastive {
+        Contrastive { beta, ..self.rule }
     }
 
     pub fn validate(&self) -> Result<()> {
         self.rule.validate()?;
         if self.rounds == 0 {
             return Err(CmlError::invalid("auto-beta rounds", 0, "at least 1 pilot round"));
+        }
+        if self.rechoose_every == 0 {
+            return Err(CmlError::invalid(
+                "beta-every",
+                0,
+                "beta auto is chosen again every N >= 1 meta-steps",
+            ));
         }
         if truncation_order(self.rule.variant) == 0 {
             return Err(CmlError::invalid(

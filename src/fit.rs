@@ -178,8 +178,8 @@ pub fn fit_delta(rows: &[SweepRow], estimator: &str) -> Option<DeltaFit> {
 pub fn cheapest(rows: &[SweepRow], threshold: f64) -> BTreeMap<String, Option<SweepRow>> {
     let mut out: BTreeMap<String, Option<SweepRow>> = BTreeMap::new();
     for r in rows {
-        let label = if r.estimator == "contrastive" {
-            format!("contrastive {}", r.variant)
+        let label = if r.estimator.starts_with("contrastive") {
+            format!("{} {}", r.estimator, r.variant)
         } else {
             r.estimator.clone()
         };

@@ -4,7 +4,7 @@
 
 use crate::adam::Adam;
 use crate::error::{CmlError, Result};
-use crate::estimator::EstimatorSpec;
+use crate::estimator::{EstimatorSpec, MetaGradientEstimator};
 use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_dvector};
 use crate::model::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
@@ -135,6 +135,9 @@ pub struct MetaStep {
     pub cost: Cost,
     /// How many of the meta-batch's estimates came with a warning (e.g. truncated CG).
     pub warnings: usize,
+    /// The nudging strength the contrastive rule ran with (with `--beta auto`, the last choice).
+    #[serde(default)]
+    pub beta: Option<f64>,
     /// Seconds since this process started the run (not reproducible; kept out of train.csv).
     pub wall_seconds: f64,
 }
@@ -157,6 +160,9 @@ pub struct TrainState {
     pub task_stream_position: String,
     /// Every log line so far.
     pub log: Vec<MetaStep>,
+    /// With `--beta auto`: the strength chosen last.
+    #[serde(default)]
+    pub chosen_beta: Option<f64>,
 }
 
 /// How a run is driven from outside: resumed, checkpointed, stopped.
@@ -196,7 +202,7 @@ pub fn train_with(
     let clock = Instant::now();
     let held_out = held_out_tasks(config)?;
     let mut task_rng = stream(config.seed, TRAIN_TASKS);
-    let (mut theta, mut adam, mut steps) = match control.resume.take() {
+    let (mut theta, mut adam, mut steps, mut chosen_beta) = match control.resume.take() {
         Some(state) => {
             let position: u128 = state.task_stream_position.parse().map_err(|_| {
                 CmlError::invalid(
@@ -206,7 +212,12 @@ pub fn train_with(
                 )
             })?;
             task_rng.set_word_pos(position);
-            (Vector::from_vec(state.theta), state.adam, state.log)
+            (
+                Vector::from_vec(state.theta),
+                state.adam,
+                state.log,
+                state.chosen_beta,
+            )
         }
         None => {
             let theta0 = config.model.initial_theta(&mut stream(config.seed, INIT))?;
@@ -218,32 +229,57 @@ pub fn train_with(
                 estimate_norm: None,
                 cost: Cost::default(),
                 warnings: 0,
+                beta: None,
                 wall_seconds: clock.elapsed().as_secs_f64(),
             };
             observer(&first);
-            (theta0, adam, vec![first])
+            (theta0, adam, vec![first], None)
         }
     };
     let done = steps.last().map_or(0, |s| s.step);
-    let state = |theta: &Vector, adam: &Adam, rng: &crate::rng::Rng, steps: &[MetaStep], step| TrainState {
-        step,
-        theta: theta.iter().copied().collect(),
-        adam: adam.clone(),
-        task_stream_position: rng.get_word_pos().to_string(),
-        log: steps.to_vec(),
-    };
+    let state =
+        |theta: &Vector, adam: &Adam, rng: &crate::rng::Rng, steps: &[MetaStep], step, chosen| TrainState {
+            step,
+            theta: theta.iter().copied().collect(),
+            adam: adam.clone(),
+            task_stream_position: rng.get_word_pos().to_string(),
+            log: steps.to_vec(),
+            chosen_beta: chosen,
+        };
     for step in done + 1..=config.meta_steps {
         let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
             .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
             .collect::<Result<_>>()?;
-        let batch =
-            meta_batch_gradient(config, &tasks, &theta, available_threads()).map_err(|e| at_step(e, step))?;
+        // `--beta auto`: choose on the first task every `rechoose_every` steps, then run the
+        // whole batch at the chosen strength (docs/ERROR_BAR.md §4).
+        let mut choice_cost = Cost::default();
+        let step_config = match &config.estimator {
+            EstimatorSpec::ContrastiveAutoBeta(auto) => {
+                if chosen_beta.is_none() || (step - 1) % auto.rechoose_every == 0 {
+                    let problem = config.model.problem(tasks[0].clone(), &theta)?;
+                    let choice = auto
+                        .estimate(problem.as_ref(), problem.theta())
+                        .map_err(|e| at_step(e, step))?;
+                    choice_cost = choice.cost;
+                    chosen_beta = choice.error_bar.map(|b| b.beta);
+                }
+                let beta = chosen_beta.expect("chosen above");
+                std::borrow::Cow::Owned(TrainConfig {
+                    estimator: EstimatorSpec::Contrastive(auto.at(beta)),
+                    ..config.clone()
+                })
+            }
+            _ => std::borrow::Cow::Borrowed(config),
+        };
+        let batch = meta_batch_gradient(&step_config, &tasks, &theta, available_threads())
+            .map_err(|e| at_step(e, step))?;
         let MetaBatch {
             mean,
             cost,
             loss,
             warnings,
         } = batch;
+        let cost = cost + choice_cost;
         if mean.iter().any(|x| !x.is_finite()) {
             return Err(at_step(
                 CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),
@@ -264,13 +300,17 @@ pub fn train_with(
             estimate_norm: Some(mean.norm()),
             cost,
             warnings,
+            beta: match &step_config.estimator {
+                EstimatorSpec::Contrastive(c) => Some(c.beta),
+                _ => None,
+            },
             wall_seconds: clock.elapsed().as_secs_f64(),
         };
         observer(&line);
         steps.push(line);
         let stop = step < config.meta_steps && (control.stop)(step);
         if stop || (control.checkpoint_every > 0 && step % control.checkpoint_every == 0) {
-            (control.checkpoint)(&state(&theta, &adam, &task_rng, &steps, step))?;
+            (control.checkpoint)(&state(&theta, &adam, &task_rng, &steps, step, chosen_beta))?;
         }
         if stop {
             return Ok(TrainResult {

@@ -81,6 +81,10 @@ pub struct GridPoint {
     pub solver_steps: Option<usize>,
 }
 
+/// The sweep's name for the contrastive rule with `beta` chosen by its error bar (`--beta auto`):
+/// one row per variant, whose `beta` column is the chosen strength.
+pub const AUTO_BETA: &str = "contrastive-auto";
+
 /// One run's results: a CSV row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SweepRow {
@@ -209,6 +213,9 @@ impl SweepConfig {
             nonempty("variants", self.variants.len())?;
             nonempty("betas", self.betas.len())?;
         }
+        if self.estimators.iter().any(|e| e == AUTO_BETA) {
+            nonempty("variants", self.variants.len())?;
+        }
         for &b in &self.betas {
             if !b.is_finite() || b == 0.0 {
                 return Err(CmlError::invalid("beta", b, "finite and non-zero"));
@@ -255,6 +262,11 @@ impl SweepConfig {
                                 }
                             }
                         }
+                        AUTO_BETA => {
+                            for &v in &self.variants {
+                                grid.push(point(Some(v), None, None));
+                            }
+                        }
                         "cg" | "neumann" | "tbptt" => {
                             for &k in &self.solver_steps {
                                 grid.push(point(None, None, Some(k)));
@@ -296,13 +308,16 @@ impl SweepConfig {
         let k = p.solver_steps.unwrap_or(10);
         let params = EstimatorParams {
             variant: p.variant.unwrap_or(Variant::Standard),
-            beta: p.beta.unwrap_or(1.0),
+            beta: p.beta.unwrap_or(crate::error_bar::AUTO_START),
             free: phase,
             nudged: phase,
             solver_steps: k,
             neumann_alpha: self.neumann_alpha,
             truncation: k,
         };
+        if p.estimator == AUTO_BETA {
+            return EstimatorSpec::from_name("contrastive", &params)?.with_auto_beta();
+        }
         EstimatorSpec::from_name(&p.estimator, &params)
     }
 }
@@ -406,7 +421,9 @@ fn run_point(
     }
     let theta = p.theta();
     let (estimate, own_phases) = match &spec {
-        EstimatorSpec::Contrastive(c) if config.error_bars && crate::theory::truncation_order(c.variant) > 0 => {
+        EstimatorSpec::Contrastive(c)
+            if config.error_bars && crate::theory::truncation_order(c.variant) > 0 =>
+        {
             // The free phase, then the stencil's nudged phases at beta; those at 2 beta follow.
             let own = 1 + c.variant.stencil().iter().filter(|(m, _)| *m != 0.0).count();
             (crate::error_bar::estimate_with_error_bar(c, p, theta)?, own)
@@ -418,7 +435,12 @@ fn run_point(
         }
     };
     let mut measured_delta: f64 = 0.0;
-    for (info, phi) in estimate.phases.iter().zip(&estimate.phase_points).take(own_phases) {
+    for (info, phi) in estimate
+        .phases
+        .iter()
+        .zip(&estimate.phase_points)
+        .take(own_phases)
+    {
         measured_delta = measured_delta.max(distance_to_phase_solution(p, phi, theta, info.beta)?);
     }
     let certified_delta = estimate.phases[..own_phases]
@@ -435,6 +457,9 @@ fn run_point(
     };
     let bar = estimate.error_bar.as_ref();
     let mut row = row(point, p, inner, &estimate.gradient, reference, estimate.cost);
+    if point.estimator == AUTO_BETA {
+        row.beta = bar.map(|b| b.beta);
+    }
     row.error_bar = bar.map(|b| b.bar);
     row.error_bar_gradient_evaluations = bar.map(|b| b.extra_cost.gradient_evaluations);
     row.error_bar_second_order_products = bar.map(|b| b.extra_cost.second_order_products);

@@ -38,7 +38,12 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
     assert_eq!(v["phases"][2]["beta"].as_f64(), Some(0.002));
     // The estimate itself is first order; the bar's second-order products are its own.
     assert_eq!(v["cost"]["second_order_products"].as_u64(), Some(0));
-    assert!(v["error_bar"]["extra_cost"]["second_order_products"].as_u64().unwrap() > 0);
+    assert!(
+        v["error_bar"]["extra_cost"]["second_order_products"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert_eq!(v["estimate"].as_array().unwrap().len(), 5);
 }
 

@@ -289,3 +289,105 @@ fn beta_auto_is_refused_where_it_means_nothing() {
         &["'often' is neither a number nor auto"],
     );
 }
+
+/// `cml train --beta auto` on a small synapse network, 4 meta-steps of 2 tasks.
+fn train_auto(out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec![
+        "train",
+        "--model",
+        "synapse",
+        "--net",
+        "1-8-8-1",
+        "--variant",
+        "symmetric",
+        "--beta",
+        "auto",
+        "--beta-every",
+        "2",
+        "--free-steps",
+        "200",
+        "--nudged-steps",
+        "50",
+        "--meta-steps",
+        "4",
+        "--meta-batch",
+        "2",
+        "--eval-tasks",
+        "4",
+        "--checkpoint-every",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run_cml(&args)
+}
+
+#[test]
+fn train_rechooses_beta_every_n_meta_steps_and_resumes_with_the_choice() {
+    let dir = tempfile::tempdir().unwrap();
+    let (whole, parts) = (dir.path().join("whole"), dir.path().join("parts"));
+    let o = train_auto(&whole, &[]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let csv = std::fs::read_to_string(whole.join("train.csv")).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let column = header.iter().position(|&h| h == "beta").unwrap();
+    let betas: Vec<f64> = csv
+        .lines()
+        .skip(2)
+        .map(|l| l.split(',').nth(column).unwrap().parse().unwrap())
+        .collect();
+    // Chosen at meta-steps 1 and 3 (every 2), held in between.
+    assert_eq!(betas.len(), 4);
+    assert_eq!(betas[0], betas[1]);
+    assert_eq!(betas[2], betas[3]);
+    assert!(betas.iter().all(|b| b.is_finite() && *b > 0.0), "{betas:?}");
+    // Interrupted after step 2 and resumed: the choice made at step 1 is not needed again, and
+    // the step-3 choice is made from the same theta, so the log is the same bytes.
+    let stopped = train_auto(&parts, &["--stop-after", "2"]);
+    assert_eq!(stopped.status.code(), Some(130), "{}", common::stderr(&stopped));
+    let resumed = train_auto(&parts, &["--resume"]);
+    assert!(resumed.status.success(), "{}", common::stderr(&resumed));
+    assert_eq!(
+        std::fs::read(whole.join("train.csv")).unwrap(),
+        std::fs::read(parts.join("train.csv")).unwrap()
+    );
+}
+
+#[test]
+fn a_sweep_row_per_variant_carries_the_chosen_beta_and_its_bar() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("auto.csv");
+    let o = run_cml(&[
+        "sweep",
+        "--problem",
+        "quadratic",
+        "--seeds",
+        "0,1",
+        "--estimators",
+        "contrastive-auto",
+        "--variants",
+        "standard,symmetric",
+        "--tolerances",
+        "1e-8",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let csv = std::fs::read_to_string(&out).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|&h| h == name).unwrap();
+    let rows: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 4, "2 seeds x 2 variants");
+    for r in rows {
+        assert_eq!(r[col("estimator")], "contrastive-auto");
+        let beta: f64 = r[col("beta")].parse().unwrap();
+        let (error, bar): (f64, f64) = (
+            r[col("abs_error")].parse().unwrap(),
+            r[col("error_bar")].parse().unwrap(),
+        );
+        // The chosen strength is a pilot's, not the starting 0.01 left unchanged by a no-op.
+        assert!(beta > 0.0 && beta < 1e-2, "{beta}");
+        assert!(error <= bar, "{error} > {bar}");
+    }
+}

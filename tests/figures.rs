@@ -26,20 +26,26 @@ fn figures_quick(dir: &Path) {
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
-/// - reference_code_ablation: 3 variants x 7 betas.
+/// - reference_code_ablation: 3 variants x 7 betas;
+/// - error_bar_calibration: 5 problems x 1 seed x 2 variants x 3 betas x 3 tolerances (none of
+///   the quick cases diverges);
+/// - beta_auto: 5 problems x 1 seed x 2 variants.
 ///
-/// Sweep rows have 18 columns (the last is the reference's Newton gradient norm).
+/// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
+/// two costs).
 const CSVS: &[(&str, usize, usize)] = &[
-    ("error_vs_beta_quadratic", 18, 186),
-    ("error_vs_beta_synapse", 18, 180),
+    ("error_vs_beta_quadratic", 21, 186),
+    ("error_vs_beta_synapse", 21, 180),
     ("best_beta_vs_delta", 6, 6),
-    ("error_vs_compute", 18, 63),
-    ("reference_code_ablation", 18, 21),
+    ("error_vs_compute", 21, 63),
+    ("reference_code_ablation", 21, 21),
     ("meta_training", 6, 72),
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
     ("cost_vs_k_seconds", 3, 9),
     ("weight_decay", 4, 18),
+    ("error_bar_calibration", 12, 90),
+    ("beta_auto", 11, 10),
 ];
 
 const PNGS: &[&str] = &[
@@ -52,6 +58,7 @@ const PNGS: &[&str] = &[
     "cost_vs_k",
     "weight_decay",
     "reference_code_ablation",
+    "error_bar_calibration",
 ];
 
 const TABLES: &[&str] = &[
@@ -60,6 +67,7 @@ const TABLES: &[&str] = &[
     "final_loss.md",
     "weight_decay.md",
     "cost.md",
+    "error_bar.md",
     "README.md",
 ];
 

@@ -4,7 +4,7 @@
 use crate::estimator::Variant;
 use crate::fit::{cheapest, fit_delta, fit_variant};
 use crate::io::write_atomically;
-use crate::sweep::{Budget, CSV_HEADER, SweepConfig, parse_log_range, parse_shard, run};
+use crate::sweep::{AUTO_BETA, Budget, CSV_HEADER, SweepConfig, parse_log_range, parse_shard, run};
 use crate::{CmlError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -20,7 +20,8 @@ pub struct SweepArgs {
     /// Comma-separated seeds.
     #[arg(long, default_value = "0")]
     seeds: String,
-    /// Comma-separated estimators: contrastive, implicit, cg, neumann, t1t2, bptt, tbptt, fomaml, reptile.
+    /// Comma-separated estimators: contrastive, implicit, cg, neumann, t1t2, bptt, tbptt, fomaml, reptile,
+    /// and contrastive-auto (beta chosen by the error bar; its beta column is the choice).
     #[arg(long, default_value = "contrastive")]
     estimators: String,
     /// Comma-separated contrastive variants.
@@ -183,7 +184,22 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
             );
         }
     }
-    for e in config.estimators.iter().filter(|e| *e != "contrastive") {
+    for r in rows.iter().filter(|r| r.estimator == AUTO_BETA) {
+        println!(
+            "{AUTO_BETA} {:<10} seed {} tolerance {:.0e}: chose beta {}, abs. error {:.3e}, error bar {}",
+            r.variant,
+            r.seed,
+            r.tolerance,
+            r.beta.map_or("-".into(), |b| format!("{b:.3e}")),
+            r.abs_error,
+            r.error_bar.map_or("-".into(), |b| format!("{b:.3e}"))
+        );
+    }
+    for e in config
+        .estimators
+        .iter()
+        .filter(|e| *e != "contrastive" && *e != AUTO_BETA)
+    {
         if let Some(f) = fit_delta(&rows, e) {
             println!(
                 "{e:<21} error~delta slope {} (implicit theory +1), smallest relative error {:.3e}",

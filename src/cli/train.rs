@@ -42,6 +42,10 @@ pub struct TrainArgs {
     eval_tasks: i64,
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     eval_every: i64,
+    /// With `--beta auto`: choose beta again every this many meta-steps, on the meta-batch's first
+    /// task (docs/ERROR_BAR.md §4).
+    #[arg(long, default_value_t = crate::error_bar::AUTO_RECHOOSE_EVERY as i64, allow_hyphen_values = true)]
+    beta_every: i64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Output folder: train.csv, timing.csv, config.json, theta.json, checkpoint.json.
@@ -84,11 +88,15 @@ impl TrainArgs {
         };
         // Without a step size every phase takes 1 / (2 L^) at its start (docs/STEP_SIZE.md): the
         // curvature grows as meta-training raises the strengths, so a fixed default diverges.
-        let est = self.estimator.clone();
+        let mut estimator = self.estimator.spec()?;
+        let beta_every = at_least_one("beta every", self.beta_every)?;
+        if let crate::estimator::EstimatorSpec::ContrastiveAutoBeta(auto) = &mut estimator {
+            auto.rechoose_every = beta_every;
+        }
         let config = TrainConfig {
             model,
             shots: at_least_one("shots", self.shots)?,
-            estimator: est.spec()?,
+            estimator,
             meta_steps: at_least_one("meta steps", self.meta_steps)?,
             meta_batch: at_least_one("meta batch", self.meta_batch)?,
             meta_lr: self.meta_lr,
@@ -101,13 +109,13 @@ impl TrainArgs {
     }
 }
 
-pub const CSV_HEADER: &str = "step,meta_train_loss,test_loss_before,test_loss_after,estimate_norm,gradient_evaluations,second_order_products,floats_kept,warnings";
+pub const CSV_HEADER: &str = "step,meta_train_loss,test_loss_before,test_loss_after,estimate_norm,gradient_evaluations,second_order_products,floats_kept,warnings,beta";
 
 /// One CSV row; empty fields where a step has no value (no evaluation at that step).
 pub fn csv_row(s: &MetaStep) -> String {
     let opt = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:e}"));
     format!(
-        "{},{},{},{},{},{},{},{},{}",
+        "{},{},{},{},{},{},{},{},{},{}",
         s.step,
         opt(s.meta_train_loss),
         opt(s.evaluation.map(|e| e.before)),
@@ -116,7 +124,8 @@ pub fn csv_row(s: &MetaStep) -> String {
         s.cost.gradient_evaluations,
         s.cost.second_order_products,
         s.cost.floats_kept,
-        s.warnings
+        s.warnings,
+        opt(s.beta)
     )
 }
 

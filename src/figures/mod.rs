@@ -4,6 +4,7 @@
 //! numbers, so none of its numbers can go stale.
 
 mod compute;
+mod error_bar;
 pub mod plot;
 mod theory;
 mod training;
@@ -45,6 +46,10 @@ pub const JOBS: &[(&str, &str)] = &[
         "weight-decay",
         "per-parameter weight decay learned on the diabetes data set, test-loss table",
     ),
+    (
+        "error-bar",
+        "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
+    ),
 ];
 
 /// Everything the write-up quotes, filled in by the jobs that ran.
@@ -55,6 +60,7 @@ pub struct Results {
     pub training: Option<training::TrainingResults>,
     pub cost: Option<compute::CostResults>,
     pub weight_decay: Option<weight_decay::WeightDecayResults>,
+    pub error_bar: Option<error_bar::CalibrationResults>,
     pub files: Vec<PathBuf>,
     /// Wall time of the jobs, quoted in the write-up.
     pub elapsed_seconds: Option<f64>,
@@ -94,6 +100,10 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
     if wanted("weight-decay") {
         log("weight-decay: per-parameter weight decay on a real data set");
         results.weight_decay = Some(weight_decay::run(settings, &mut results.files)?);
+    }
+    if wanted("error-bar") {
+        log("error-bar: the error bar's calibration and beta auto");
+        results.error_bar = Some(error_bar::run(settings, &mut results.files)?);
     }
     results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
     if only.is_none() {

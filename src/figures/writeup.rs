@@ -304,6 +304,9 @@ pub fn render(settings: &Settings, r: &Results) -> String {
             DECAY_MARGIN * 100.0
         ));
     }
+    if let Some(e) = &r.error_bar {
+        s.push_str(&error_bar_section(e, &fig("error_bar_calibration")));
+    }
     if let Some(secs) = r.elapsed_seconds {
         s.push_str(&format!("This run took {secs:.0} s on a 2-core machine.\n\n"));
     }
@@ -316,6 +319,50 @@ pub fn render(settings: &Settings, r: &Results) -> String {
          ## Regenerate\n\n    cargo run --release -- figures            # everything\n    \
          cargo run --release -- figures --quick    # the same code paths, smaller\n",
     );
+    s
+}
+
+/// The error bar's calibration (docs/ERROR_BAR.md), with the issue's targets as verdicts.
+fn error_bar_section(e: &super::error_bar::CalibrationResults, figure: &str) -> String {
+    let t = &e.total;
+    let verdict = |ok: bool| if ok { "meets" } else { "misses" };
+    let mut s = format!(
+        "### 4.5 How wrong is a contrastive estimate? Its error bar, calibrated
+
+![error bar calibration]({figure})
+
+         *Left: the error bar of each contrastive estimate (Richardson's difference between the stencils at `beta` and
+         `2 beta`, times 2, plus the phase-precision bound `sum |w_k| K_k delta_k / |beta|`; docs/ERROR_BAR.md) against
+         its true error, on {} random instance(s) of each problem at several `beta` and phase precisions. Points above
+         the dashed diagonal are covered. Right: the error at the strength `--beta auto` chose against the best error
+         on a grid of 13 strengths.*
+
+         Over {} cases ([error_bar.md](error_bar.md)): coverage {} (the target is at least 0.9: {}), median bar / error
+         {} (the target is at most 10: {}).",
+        e.seeds,
+        t.cases,
+        num(t.coverage),
+        verdict(t.coverage >= 0.9),
+        num(t.median_ratio),
+        verdict(t.median_ratio <= 10.0)
+    );
+    for r in &e.rows {
+        s.push_str(&format!(
+            " {}: coverage {}, median ratio {};",
+            r.problem,
+            num(r.coverage),
+            num(r.median_ratio)
+        ));
+    }
+    s.push_str(&format!(
+        "\n`--beta auto` over {} runs: median error / grid's best {}, within 3x of the grid's best in a fraction {}
+         of runs, at {} times the gradient evaluations of one estimate at the chosen strength (its pilots share the
+         free phase).\n\n",
+        t.auto_runs,
+        num(t.auto_median_ratio),
+        num(t.auto_within_3x),
+        num(t.auto_cost_ratio)
+    ));
     s
 }
 

@@ -1,0 +1,407 @@
+//! Calibration of the contrastive estimate's error bar (docs/ERROR_BAR.md): on random instances
+//! of every problem, at several nudging strengths and phase precisions, the bar against the true
+//! error (exact meta-gradient by Newton and a dense solve); and `--beta auto` against the best
+//! strength of a grid.
+
+use super::plot::{Figure, Panel, Series, Style};
+use super::{Settings, num, save, write_csv, write_table};
+use crate::error::{CmlError, Result};
+use crate::error_bar::{AutoBeta, DistanceSource, estimate_with_error_bar};
+use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
+use crate::ground_truth::exact_meta_gradient;
+use crate::inner::GdParams;
+use crate::linalg::Vector;
+use crate::parallel::map_in_order;
+use crate::problem;
+use std::path::PathBuf;
+
+/// The problems calibrated, in table order.
+const PROBLEMS: [&str; 5] = ["quadratic", "ridge", "logistic", "synapse", "modulation"];
+const VARIANTS: [Variant; 2] = [Variant::Standard, Variant::Symmetric];
+/// Phase precisions: gradient-norm tolerances, from loose to tight.
+const TOLERANCES: [f64; 3] = [1e-3, 1e-5, 1e-8];
+const BETAS: [f64; 3] = [1e-3, 1e-2, 1e-1];
+/// The strengths `--beta auto` is compared with: 13 from 1e-6 to 1.
+fn grid() -> Vec<f64> {
+    (0..13).map(|i| 10f64.powf(-6.0 + 0.5 * f64::from(i))).collect()
+}
+/// The precision of the `--beta auto` comparison.
+const AUTO_TOLERANCE: f64 = 1e-8;
+
+/// One calibration case.
+#[derive(Debug, Clone)]
+struct Case {
+    problem: &'static str,
+    seed: u64,
+    variant: Variant,
+    beta: f64,
+    tolerance: f64,
+    error: f64,
+    bar: f64,
+    truncation: f64,
+    phase_precision: f64,
+    source: &'static str,
+    bar_gradient_evaluations: usize,
+    bar_second_order_products: usize,
+}
+
+/// `--beta auto` on one instance beside the grid.
+#[derive(Debug, Clone)]
+struct AutoCase {
+    problem: &'static str,
+    seed: u64,
+    variant: Variant,
+    chosen: f64,
+    error: f64,
+    bar: f64,
+    /// The grid's best strength and its true error.
+    best_beta: f64,
+    best_error: f64,
+    /// Gradient evaluations of the auto run, and of one plain estimate at the chosen strength.
+    gradient_evaluations: usize,
+    plain_gradient_evaluations: usize,
+    second_order_products: usize,
+}
+
+/// Per problem: coverage and sharpness of the bar, and how `--beta auto` did.
+#[derive(Debug, Clone)]
+pub struct CalibrationRow {
+    pub problem: String,
+    pub cases: usize,
+    /// Fraction of cases with the true error at most the bar.
+    pub coverage: f64,
+    /// Median of bar / true error.
+    pub median_ratio: f64,
+    /// Cases with an unbounded bar (not positive definite at a phase end point).
+    pub unbounded: usize,
+    /// `--beta auto`: runs, and median of (error at the chosen beta) / (best error on the grid).
+    pub auto_runs: usize,
+    pub auto_median_ratio: f64,
+    /// Fraction of auto runs within 3x of the grid's best error.
+    pub auto_within_3x: f64,
+    /// Mean gradient evaluations of an auto run over those of one estimate at its beta.
+    pub auto_cost_ratio: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CalibrationResults {
+    pub rows: Vec<CalibrationRow>,
+    /// Over every problem.
+    pub total: CalibrationRow,
+    pub seeds: usize,
+}
+
+fn phase(tolerance: f64, quick: bool) -> GdParams {
+    GdParams {
+        max_steps: if quick { 20_000 } else { 100_000 },
+        tolerance,
+        ..GdParams::default()
+    }
+}
+
+fn rule(variant: Variant, beta: f64, tolerance: f64, quick: bool) -> Contrastive {
+    Contrastive {
+        variant,
+        beta,
+        free: phase(tolerance, quick),
+        nudged: phase(tolerance, quick),
+    }
+}
+
+fn source_name(bar: &crate::error_bar::ErrorBar) -> &'static str {
+    let sources: Vec<DistanceSource> = bar.phases.iter().map(|p| p.source).collect();
+    if sources.contains(&DistanceSource::NotPositiveDefinite) {
+        "not-positive-definite"
+    } else if sources.contains(&DistanceSource::Lanczos) {
+        "lanczos"
+    } else {
+        "certified"
+    }
+}
+
+/// Every case of one instance: the bar at each strength and precision, then auto on the grid.
+fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>, Vec<AutoCase>)> {
+    let p = problem::build(problem, seed)?;
+    let theta = p.theta().clone();
+    let exact = exact_meta_gradient(p.as_ref(), &theta)?.meta_gradient;
+    let error = |g: &Vector| (g - &exact).norm();
+    let mut cases = Vec::new();
+    for variant in VARIANTS {
+        for beta in BETAS {
+            for tolerance in TOLERANCES {
+                // A strength too large for the phases to converge is not a case of the bar.
+                let e =
+                    match estimate_with_error_bar(&rule(variant, beta, tolerance, quick), p.as_ref(), &theta)
+                    {
+                        Err(CmlError::Diverged { .. }) => continue,
+                        other => other?,
+                    };
+                let bar = e.error_bar.as_ref().expect("estimated with its bar");
+                cases.push(Case {
+                    problem,
+                    seed,
+                    variant,
+                    beta,
+                    tolerance,
+                    error: error(&e.gradient),
+                    bar: bar.bar,
+                    truncation: bar.truncation,
+                    phase_precision: bar.phase_precision,
+                    source: source_name(bar),
+                    bar_gradient_evaluations: bar.extra_cost.gradient_evaluations,
+                    bar_second_order_products: bar.extra_cost.second_order_products,
+                });
+            }
+        }
+    }
+    let mut autos = Vec::new();
+    for variant in VARIANTS {
+        let base = rule(variant, 1e-3, AUTO_TOLERANCE, quick);
+        let auto = AutoBeta::new(base).estimate(p.as_ref(), &theta)?;
+        let bar = auto.error_bar.as_ref().expect("auto reports its bar");
+        let mut best = (f64::NAN, f64::INFINITY);
+        for beta in grid() {
+            match (Contrastive { beta, ..base }).estimate(p.as_ref(), &theta) {
+                Ok(e) if error(&e.gradient) < best.1 => best = (beta, error(&e.gradient)),
+                Ok(_) | Err(CmlError::Diverged { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let plain = Contrastive {
+            beta: bar.beta,
+            ..base
+        }
+        .estimate(p.as_ref(), &theta)?;
+        autos.push(AutoCase {
+            problem,
+            seed,
+            variant,
+            chosen: bar.beta,
+            error: error(&auto.gradient),
+            bar: bar.bar,
+            best_beta: best.0,
+            best_error: best.1,
+            gradient_evaluations: auto.cost.gradient_evaluations,
+            plain_gradient_evaluations: plain.cost.gradient_evaluations,
+            second_order_products: auto.cost.second_order_products,
+        });
+    }
+    Ok((cases, autos))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+fn summarise(name: &str, cases: &[&Case], autos: &[&AutoCase]) -> CalibrationRow {
+    let n = cases.len().max(1) as f64;
+    let covered = cases.iter().filter(|c| c.error <= c.bar).count() as f64;
+    let ratios: Vec<f64> = autos.iter().map(|a| a.error / a.best_error).collect();
+    CalibrationRow {
+        problem: name.into(),
+        cases: cases.len(),
+        coverage: covered / n,
+        median_ratio: median(cases.iter().map(|c| c.bar / c.error).collect()),
+        unbounded: cases.iter().filter(|c| !c.bar.is_finite()).count(),
+        auto_runs: autos.len(),
+        auto_median_ratio: median(ratios.clone()),
+        auto_within_3x: ratios.iter().filter(|&&r| r <= 3.0).count() as f64 / autos.len().max(1) as f64,
+        auto_cost_ratio: autos
+            .iter()
+            .map(|a| a.gradient_evaluations as f64 / a.plain_gradient_evaluations as f64)
+            .sum::<f64>()
+            / autos.len().max(1) as f64,
+    }
+}
+
+pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationResults> {
+    let seeds: u64 = if settings.quick { 1 } else { 4 };
+    let units: Vec<(&'static str, u64)> = PROBLEMS
+        .iter()
+        .flat_map(|&p| (0..seeds).map(move |s| (p, settings.seed + s)))
+        .collect();
+    let results = map_in_order(&units, |&(p, seed)| calibrate(p, seed, settings.quick))?;
+    let cases: Vec<Case> = results.iter().flat_map(|(c, _)| c.clone()).collect();
+    let autos: Vec<AutoCase> = results.iter().flat_map(|(_, a)| a.clone()).collect();
+
+    let case_rows: Vec<String> = cases
+        .iter()
+        .map(|c| {
+            format!(
+                "{},{},{},{:e},{:e},{:e},{:e},{:e},{:e},{},{},{}",
+                c.problem,
+                c.seed,
+                c.variant.name(),
+                c.beta,
+                c.tolerance,
+                c.error,
+                c.bar,
+                c.truncation,
+                c.phase_precision,
+                c.source,
+                c.bar_gradient_evaluations,
+                c.bar_second_order_products
+            )
+        })
+        .collect();
+    write_csv(
+        &settings.out.join("error_bar_calibration.csv"),
+        "problem,seed,variant,beta,tolerance,abs_error,error_bar,truncation,phase_precision,distances,bar_gradient_evaluations,bar_second_order_products",
+        &case_rows,
+        files,
+    )?;
+    let auto_rows: Vec<String> = autos
+        .iter()
+        .map(|a| {
+            format!(
+                "{},{},{},{:e},{:e},{:e},{:e},{:e},{},{},{}",
+                a.problem,
+                a.seed,
+                a.variant.name(),
+                a.chosen,
+                a.error,
+                a.bar,
+                a.best_beta,
+                a.best_error,
+                a.gradient_evaluations,
+                a.plain_gradient_evaluations,
+                a.second_order_products
+            )
+        })
+        .collect();
+    write_csv(
+        &settings.out.join("beta_auto.csv"),
+        "problem,seed,variant,chosen_beta,abs_error,error_bar,grid_best_beta,grid_best_error,gradient_evaluations,plain_gradient_evaluations,second_order_products",
+        &auto_rows,
+        files,
+    )?;
+
+    let rows: Vec<CalibrationRow> = PROBLEMS
+        .iter()
+        .map(|&name| {
+            let c: Vec<&Case> = cases.iter().filter(|c| c.problem == name).collect();
+            let a: Vec<&AutoCase> = autos.iter().filter(|a| a.problem == name).collect();
+            summarise(name, &c, &a)
+        })
+        .collect();
+    let total = summarise(
+        "all",
+        &cases.iter().collect::<Vec<_>>(),
+        &autos.iter().collect::<Vec<_>>(),
+    );
+    let mut table = format!(
+        "Error bar of the contrastive estimate against the true error (`cml figures --only error-bar`; {seeds} seed(s) per problem, \
+         variants standard and symmetric, beta in {BETAS:?}, phase tolerances {TOLERANCES:?}; `--beta auto` at tolerance \
+         {AUTO_TOLERANCE:e} against the best of 13 strengths from 1e-6 to 1).\n\n\
+         | problem | cases | coverage | median bar / error | unbounded | auto runs | auto error / grid best (median) | auto within 3x | auto cost / one estimate |\n\
+         |---|---|---|---|---|---|---|---|---|\n"
+    );
+    for r in rows.iter().chain(std::iter::once(&total)) {
+        table.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.problem,
+            r.cases,
+            num(r.coverage),
+            num(r.median_ratio),
+            r.unbounded,
+            r.auto_runs,
+            num(r.auto_median_ratio),
+            num(r.auto_within_3x),
+            num(r.auto_cost_ratio)
+        ));
+    }
+    write_table(settings, "error_bar.md", &table, files)?;
+
+    let mut scatter = Panel::new(
+        "error bar against the true error",
+        "|estimate - dJ/dtheta|",
+        "error bar",
+        true,
+        true,
+    );
+    for (i, &name) in PROBLEMS.iter().enumerate() {
+        let points: Vec<(f64, f64)> = cases
+            .iter()
+            .filter(|c| c.problem == name && c.bar.is_finite() && c.error > 0.0)
+            .map(|c| (c.error, c.bar))
+            .collect();
+        scatter.series.push(Series::new(name, points, i, Style::Points));
+    }
+    let (lo, hi) = cases
+        .iter()
+        .filter(|c| c.bar.is_finite() && c.error > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), c| {
+            (lo.min(c.error).min(c.bar), hi.max(c.error).max(c.bar))
+        });
+    if lo < hi {
+        scatter.series.push(Series::new(
+            "bar = error",
+            vec![(lo, lo), (hi, hi)],
+            6,
+            Style::Dashed,
+        ));
+        scatter.series.push(Series::new(
+            "bar = 10 x error",
+            vec![(lo, 10.0 * lo), (hi / 10.0, hi)],
+            7,
+            Style::Dashed,
+        ));
+    }
+    let mut auto_panel = Panel::new(
+        "beta auto against the grid's best",
+        "grid's best error",
+        "error at the chosen beta",
+        true,
+        true,
+    );
+    for (i, &name) in PROBLEMS.iter().enumerate() {
+        let points: Vec<(f64, f64)> = autos
+            .iter()
+            .filter(|a| a.problem == name && a.best_error > 0.0)
+            .map(|a| (a.best_error, a.error))
+            .collect();
+        auto_panel
+            .series
+            .push(Series::new(name, points, i, Style::Points));
+    }
+    let (lo, hi) = autos
+        .iter()
+        .filter(|a| a.best_error > 0.0)
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), a| {
+            (lo.min(a.best_error), hi.max(a.error).max(a.best_error))
+        });
+    if lo < hi {
+        auto_panel
+            .series
+            .push(Series::new("equal", vec![(lo, lo), (hi, hi)], 6, Style::Dashed));
+        auto_panel.series.push(Series::new(
+            "3 x",
+            vec![(lo, 3.0 * lo), (hi / 3.0, hi)],
+            7,
+            Style::Dashed,
+        ));
+    }
+    save(
+        settings,
+        "error_bar_calibration",
+        &Figure {
+            panels: vec![scatter, auto_panel],
+            columns: 2,
+        },
+        files,
+    )?;
+    Ok(CalibrationResults {
+        rows,
+        total,
+        seeds: seeds as usize,
+    })
+}
