@@ -333,7 +333,12 @@ impl MetaGradientEstimator for AutoBeta {
                     });
                     // An unbounded phase-precision part is unbounded at every beta.
                     let stop = !bar.bar.is_finite();
-                    let next = next_pilot(beta, bar.truncation, bar.phase_precision, bar.order);
+                    let next = match &best {
+                        // Worse than the best pilot: the extrapolation from here is not to be
+                        // trusted; bisect (in log beta) towards the best instead.
+                        Some((_, b)) if bar.bar >= b.bar => (beta * b.beta).sqrt(),
+                        _ => next_pilot(beta, bar.truncation, bar.phase_precision, bar.order),
+                    };
                     if best.as_ref().is_none_or(|(_, b)| bar.bar < b.bar) {
                         best = Some((est, bar));
                     }
@@ -356,10 +361,11 @@ impl MetaGradientEstimator for AutoBeta {
                 }
                 Err(e) => return Err(e),
             };
-            // Converged: the next pilot is within a factor 2 of one already run.
+            // Converged: the next pilot is within a factor 1.25 of one already run (near the
+            // optimum the bar changes by under 5% over that factor; docs/ERROR_BAR.md §4).
             if pilots
                 .iter()
-                .any(|p| (next / p.beta).abs().ln().abs() < 2f64.ln())
+                .any(|p| (next / p.beta).abs().ln().abs() < STOP_FACTOR.ln())
             {
                 break;
             }
