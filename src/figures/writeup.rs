@@ -326,44 +326,36 @@ pub fn render(settings: &Settings, r: &Results) -> String {
 fn error_bar_section(e: &super::error_bar::CalibrationResults, figure: &str) -> String {
     let t = &e.total;
     let verdict = |ok: bool| if ok { "meets" } else { "misses" };
-    let mut s = format!(
-        "### 4.5 How wrong is a contrastive estimate? Its error bar, calibrated
-
-![error bar calibration]({figure})
-
-         *Left: the error bar of each contrastive estimate (Richardson's difference between the stencils at `beta` and
-         `2 beta`, times 2, plus the phase-precision bound `sum |w_k| K_k delta_k / |beta|`; docs/ERROR_BAR.md) against
-         its true error, on {} random instance(s) of each problem at several `beta` and phase precisions. Points above
-         the dashed diagonal are covered. Right: the error at the strength `--beta auto` chose against the best error
-         on a grid of 13 strengths.*
-
-         Over {} cases ([error_bar.md](error_bar.md)): coverage {} (the target is at least 0.9: {}), median bar / error
-         {} (the target is at most 10: {}).",
+    let per_problem: Vec<String> = e
+        .rows
+        .iter()
+        .map(|r| format!("{} {} / {}", r.problem, num(r.coverage), num(r.median_ratio)))
+        .collect();
+    format!(
+        "### 4.5 How wrong is a contrastive estimate? Its error bar, calibrated\n\n\
+         ![error bar calibration]({figure})\n\n\
+         *Left: the error bar of each contrastive estimate (Richardson's difference between the stencils at `beta`\n\
+         and `2 beta`, times 2, plus the phase-precision bound `sum |w_k| K_k delta_k / |beta|`; docs/ERROR_BAR.md)\n\
+         against its true error, on {} random instance(s) of each problem at several `beta` and phase precisions.\n\
+         Points above the dashed diagonal are covered. Right: the error at the strength `--beta auto` chose against\n\
+         the best error on a grid of 13 strengths.*\n\n\
+         Over {} cases ([error_bar.md](error_bar.md)): coverage {} (target at least 0.9: {}), median bar / error {}\n\
+         (target at most 10: {}); per problem, coverage / median ratio: {}. `--beta auto` over {} runs: median\n\
+         error / grid's best {} (target at most 3: {}), within 3x of the grid's best in a fraction {} of runs, at\n\
+         {} times the gradient evaluations of one estimate at the chosen strength (the pilots share the free phase).\n\n",
         e.seeds,
         t.cases,
         num(t.coverage),
         verdict(t.coverage >= 0.9),
         num(t.median_ratio),
-        verdict(t.median_ratio <= 10.0)
-    );
-    for r in &e.rows {
-        s.push_str(&format!(
-            " {}: coverage {}, median ratio {};",
-            r.problem,
-            num(r.coverage),
-            num(r.median_ratio)
-        ));
-    }
-    s.push_str(&format!(
-        "\n`--beta auto` over {} runs: median error / grid's best {}, within 3x of the grid's best in a fraction {}
-         of runs, at {} times the gradient evaluations of one estimate at the chosen strength (its pilots share the
-         free phase).\n\n",
+        verdict(t.median_ratio <= 10.0),
+        per_problem.join("; "),
         t.auto_runs,
         num(t.auto_median_ratio),
+        verdict(t.auto_median_ratio <= 3.0),
         num(t.auto_within_3x),
         num(t.auto_cost_ratio)
-    ));
-    s
+    )
 }
 
 /// The relative margin, of the fixed decay's test loss, that a single-split difference must exceed.
