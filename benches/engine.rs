@@ -13,9 +13,10 @@ use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Variant}
 use cml::inner::{GdParams, gradient_descent};
 use cml::linalg::{Vector, relative_error};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
-use cml::model::{Mlp, SinusoidTask, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::BilevelProblem;
+use cml::problem::{SinusoidTask, Synapse, SynapseSpec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};

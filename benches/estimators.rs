@@ -6,9 +6,10 @@
 use cml::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
 use cml::inner::GdParams;
 use cml::linalg::{Vector, to_tensor};
-use cml::model::{Mlp, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::BilevelProblem;
+use cml::problem::{Synapse, SynapseSpec};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::time::Duration;
 

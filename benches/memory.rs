@@ -8,10 +8,11 @@
 
 use cml::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
 use cml::inner::{GdParams, gradient_descent};
-use cml::model::{Mlp, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::parallel::map_in_order;
 use cml::problem::BilevelProblem;
+use cml::problem::{Synapse, SynapseSpec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;

@@ -2,7 +2,7 @@
 //! and the exact implicit meta-gradient of MATH.md §1/§4 at them.
 
 use crate::error::{CmlError, Result};
-use crate::estimator::implicit::{LinearSolver, implicit_meta_gradient};
+use crate::implicit_function::{LinearSolver, implicit_meta_gradient};
 use crate::linalg::{Vector, norm, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;

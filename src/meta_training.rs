@@ -7,10 +7,10 @@ use crate::error::{CmlError, Result};
 use crate::estimator::{EstimatorSpec, MetaGradientEstimator};
 use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_dvector};
-use crate::model::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::oracle::{Cost, Oracle};
 use crate::parallel::{available_threads, map_in_order, map_in_order_on};
 use crate::problem::BilevelProblem;
+use crate::problem::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::rng::stream;
 use std::time::Instant;
 
@@ -46,7 +46,7 @@ impl ModelSpec {
         phi: &candle_core::Tensor,
         x: &Vector,
     ) -> Result<Vector> {
-        let xs = crate::model::sinusoid::column(x)?;
+        let xs = crate::problem::sinusoid::column(x)?;
         let out = match self {
             ModelSpec::Synapse(s) => s.net.forward(phi, &xs)?,
             ModelSpec::Modulation(s) => {

@@ -3,9 +3,9 @@
 //! i-th contiguous block of the grid, so shards concatenate to the full sweep.
 
 use crate::error::{CmlError, Result};
-use crate::estimator::implicit::implicit_meta_gradient;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::ground_truth::{NewtonParams, distance_to_phase_solution, exact_meta_gradient, solve_phase};
+use crate::implicit_function::implicit_meta_gradient;
 use crate::inner::GdParams;
 use crate::linalg::{Vector, cosine, relative_error, to_dvector, to_tensor};
 use crate::oracle::Oracle;
@@ -308,7 +308,7 @@ impl SweepConfig {
         let k = p.solver_steps.unwrap_or(10);
         let params = EstimatorParams {
             variant: p.variant.unwrap_or(Variant::Standard),
-            beta: p.beta.unwrap_or(crate::error_bar::AUTO_START),
+            beta: p.beta.unwrap_or(crate::estimator::error_bar::AUTO_START),
             free: phase,
             nudged: phase,
             solver_steps: k,
@@ -421,12 +421,13 @@ fn run_point(
     }
     let theta = p.theta();
     let (estimate, own_phases) = match &spec {
-        EstimatorSpec::Contrastive(c)
-            if config.error_bars && crate::theory::truncation_order(c.variant) > 0 =>
-        {
+        EstimatorSpec::Contrastive(c) if config.error_bars && c.variant.truncation_order() > 0 => {
             // The free phase, then the stencil's nudged phases at beta; those at 2 beta follow.
             let own = 1 + c.variant.stencil().iter().filter(|(m, _)| *m != 0.0).count();
-            (crate::error_bar::estimate_with_error_bar(c, p, theta)?, own)
+            (
+                crate::estimator::error_bar::estimate_with_error_bar(c, p, theta)?,
+                own,
+            )
         }
         _ => {
             let e = spec.estimator().estimate(p, theta)?;

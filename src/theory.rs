@@ -71,14 +71,10 @@ impl Bound {
     }
 }
 
-/// The order of the truncation term in `beta` (1 standard, 2 the others).
+/// The order of the truncation term in `beta` (1 standard, 2 the others, 0 the reference code's
+/// defect): [`Variant::truncation_order`].
 pub fn truncation_order(variant: Variant) -> i32 {
-    match variant {
-        Variant::Standard => 1,
-        Variant::Symmetric | Variant::SecondOrderForward => 2,
-        // Biased by -F'(0)/2: the error does not vanish with beta.
-        Variant::ReferenceCodeSymmetric => 0,
-    }
+    variant.truncation_order()
 }
 
 /// Predicted best `beta` and best error for a truncation coefficient `a` (error `a |beta|^p`),

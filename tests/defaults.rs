@@ -6,9 +6,10 @@ use approx::assert_relative_eq;
 use cml::autodiff::dense_second_derivatives;
 use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver};
 use cml::inner::{DivergenceRule, GdParams, StepSizeRule, gradient_descent};
-use cml::model::{Mlp, Modulation, ModulationSpec, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, build, phase_loss};
+use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use cml::smoothness;
 
 /// Largest eigenvalue magnitude of the phase loss's Hessian, from the dense matrix.

@@ -13,8 +13,9 @@ use cml::estimator::{
 use cml::inner::GdParams;
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
-use cml::model::{Mlp, Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::problem::{BilevelProblem, RegularisedMlp, phase_loss};
+use cml::problem::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use cml::rng::{normal_vector, seeded};
 use nalgebra::DMatrix;
 use proptest::prelude::*;

@@ -5,7 +5,7 @@
 mod common;
 
 use approx::assert_relative_eq;
-use cml::error_bar::{AutoBeta, DistanceSource, RICHARDSON_SAFETY, estimate_with_error_bar};
+use cml::estimator::error_bar::{AutoBeta, DistanceSource, RICHARDSON_SAFETY, estimate_with_error_bar};
 use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::inner::GdParams;
 use cml::linalg::{to_dvector, to_tensor};

@@ -11,9 +11,10 @@ use cml::estimator::{
 use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
 use cml::inner::{GdParams, gradient_descent};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
-use cml::model::{Mlp, Modulation, ModulationSpec, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec, build};
+use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use common::{central_difference, unit};
 use nalgebra::DMatrix;
 

@@ -4,7 +4,8 @@
 use cml::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use cml::inner::GdParams;
 use cml::meta_training::{ModelSpec, TrainConfig, train};
-use cml::model::{Mlp, ModulationSpec, SynapseSpec};
+use cml::model::Mlp;
+use cml::problem::{ModulationSpec, SynapseSpec};
 
 fn config(model: ModelSpec, estimator: &str) -> TrainConfig {
     let phase = GdParams {

@@ -239,8 +239,8 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
     let dir = tempfile::tempdir().unwrap();
     // The default synapse's exact reference and per-phase distances are Newton solves on 1761
     // parameters (about 7 s per grid point); the sweep runs the same model on a 1-8-8-1 network.
-    let small = cml::model::Synapse::random(
-        &cml::model::SynapseSpec {
+    let small = cml::problem::Synapse::random(
+        &cml::problem::SynapseSpec {
             net: cml::model::Mlp::parse("1-8-8-1").unwrap(),
             per_synapse: true,
             strength: 1.0,

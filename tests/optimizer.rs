@@ -6,10 +6,11 @@ use approx::assert_relative_eq;
 use cml::engine::Engine;
 use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Unrolled, Variant};
 use cml::inner::{GdParams, gradient_descent};
-use cml::model::{Mlp, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::optimizer::{Optimizer, OptimizerState};
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, build};
+use cml::problem::{Synapse, SynapseSpec};
 
 const ADAM: Optimizer = Optimizer::Adam {
     beta1: 0.9,

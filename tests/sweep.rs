@@ -8,8 +8,9 @@ use cml::estimator::Variant;
 use cml::fit::{fit_delta, fit_variant};
 use cml::ground_truth::exact_meta_gradient;
 use cml::linalg::spectrum_bounds;
-use cml::model::{Mlp, Synapse, SynapseSpec};
+use cml::model::Mlp;
 use cml::problem::{BilevelProblem, phase_loss};
+use cml::problem::{Synapse, SynapseSpec};
 use cml::sweep::{Budget, SweepConfig, SweepRow, parse_log_range, run};
 
 fn config(

@@ -111,7 +111,7 @@ impl EstimatorArgs {
             // `auto` starts its pilots from `error_bar::AUTO_START` (set by `with_auto_beta`).
             beta: match self.beta {
                 BetaArg::Value(b) => b,
-                BetaArg::Auto => crate::error_bar::AUTO_START,
+                BetaArg::Auto => crate::estimator::error_bar::AUTO_START,
             },
             free: phase(
                 "free phase",

@@ -1,7 +1,7 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
 use super::estimator_args::EstimatorArgs;
-use crate::error_bar::{ErrorBar, estimate_with_error_bar};
+use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdInfo;

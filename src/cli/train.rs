@@ -3,7 +3,8 @@
 use super::estimator_args::{EstimatorArgs, at_least_one};
 use crate::io::write_atomically;
 use crate::meta_training::{Control, MetaStep, ModelSpec, TrainConfig, TrainState, train_with};
-use crate::model::{Mlp, ModulationSpec, SynapseSpec};
+use crate::model::Mlp;
+use crate::problem::{ModulationSpec, SynapseSpec};
 use crate::{CmlError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;
@@ -44,7 +45,7 @@ pub struct TrainArgs {
     eval_every: i64,
     /// With `--beta auto`: choose beta again every this many meta-steps, on the meta-batch's first
     /// task (docs/ERROR_BAR.md §4).
-    #[arg(long, default_value_t = crate::error_bar::AUTO_RECHOOSE_EVERY as i64, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = crate::estimator::error_bar::AUTO_RECHOOSE_EVERY as i64, allow_hyphen_values = true)]
     beta_every: i64,
     #[arg(long, default_value_t = 0)]
     seed: u64,

@@ -74,6 +74,16 @@ impl Variant {
         }
     }
 
+    /// The order of the truncation error in `beta`: 1 standard, 2 symmetric and second-order
+    /// forward, 0 for the reference code's defect (biased by `-F'(0)/2` at every `beta`).
+    pub fn truncation_order(self) -> i32 {
+        match self {
+            Variant::Standard => 1,
+            Variant::Symmetric | Variant::SecondOrderForward => 2,
+            Variant::ReferenceCodeSymmetric => 0,
+        }
+    }
+
     /// The nudging strength the phase asked for at `b` really runs with: `b`, except in the
     /// reference code's defect, whose negative phase drops the outer loss (runs at 0).
     pub fn phase_beta(self, b: f64) -> f64 {

@@ -3,6 +3,7 @@
 //! An estimator is a value ([`EstimatorSpec`]): a name plus its parameters.
 
 pub mod contrastive;
+pub mod error_bar;
 pub mod first_order;
 pub mod implicit;
 pub mod unrolled;
@@ -35,7 +36,7 @@ pub struct Estimate {
     pub warnings: Vec<String>,
     /// How far the estimate may be from the meta-gradient, where it was estimated (contrastive
     /// estimates; docs/ERROR_BAR.md).
-    pub error_bar: Option<crate::error_bar::ErrorBar>,
+    pub error_bar: Option<error_bar::ErrorBar>,
 }
 
 impl Estimate {
@@ -140,7 +141,7 @@ pub trait MetaGradientEstimator {
 pub enum EstimatorSpec {
     Contrastive(Contrastive),
     /// The contrastive rule with `beta` chosen by its error bar (`--beta auto`).
-    ContrastiveAutoBeta(crate::error_bar::AutoBeta),
+    ContrastiveAutoBeta(error_bar::AutoBeta),
     Implicit(Implicit),
     Unrolled(Unrolled),
     FirstOrder(FirstOrder),
@@ -242,7 +243,7 @@ impl EstimatorSpec {
     pub fn with_auto_beta(self) -> Result<Self> {
         match self {
             EstimatorSpec::Contrastive(c) => {
-                let auto = EstimatorSpec::ContrastiveAutoBeta(crate::error_bar::AutoBeta::new(c));
+                let auto = EstimatorSpec::ContrastiveAutoBeta(error_bar::AutoBeta::new(c));
                 auto.validate()?;
                 Ok(auto)
             }

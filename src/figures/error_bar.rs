@@ -6,7 +6,7 @@
 use super::plot::{Figure, Panel, Series, Style};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
-use crate::error_bar::{AutoBeta, DistanceSource, estimate_with_error_bar};
+use crate::estimator::error_bar::{AutoBeta, DistanceSource, estimate_with_error_bar};
 use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdParams;
@@ -108,7 +108,7 @@ fn rule(variant: Variant, beta: f64, tolerance: f64, quick: bool) -> Contrastive
     }
 }
 
-fn source_name(bar: &crate::error_bar::ErrorBar) -> &'static str {
+fn source_name(bar: &crate::estimator::error_bar::ErrorBar) -> &'static str {
     let sources: Vec<DistanceSource> = bar.phases.iter().map(|p| p.source).collect();
     if sources.contains(&DistanceSource::NotPositiveDefinite) {
         "not-positive-definite"

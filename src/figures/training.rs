@@ -8,8 +8,9 @@ use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
 use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, train_with};
-use crate::model::{Mlp, ModulationSpec, SinusoidTask, SynapseSpec};
+use crate::model::Mlp;
 use crate::optimizer::Optimizer;
+use crate::problem::{ModulationSpec, SinusoidTask, SynapseSpec};
 use std::path::PathBuf;
 
 /// The estimators compared, with the name shown.

@@ -1,12 +1,7 @@
-//! The paper's models of how a brain could meta-learn, as bilevel problems on few-shot
-//! sinusoid regression (MATH.md §5).
+//! Network building blocks shared by the problems: the tanh MLP, its flat parameter layout and
+//! its losses. The bilevel problems built on it (complex synapse, modulation, the weight-decay
+//! MLP) live in `problem/`.
 
 pub mod mlp;
-pub mod modulation;
-pub mod sinusoid;
-pub mod synapse;
 
 pub use mlp::Mlp;
-pub use modulation::{Modulation, ModulationSpec};
-pub use sinusoid::SinusoidTask;
-pub use synapse::{Synapse, SynapseSpec};

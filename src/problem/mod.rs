@@ -4,17 +4,22 @@
 //! `phi` and `theta` are flat 1-D f64 tensors; a structured model unflattens them itself.
 
 pub mod instance;
+pub mod modulation;
 pub mod quadratic;
 pub mod regularised_mlp;
+pub mod sinusoid;
+pub mod synapse;
 pub mod weight_decay;
 
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
-use crate::model::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use candle_core::Tensor;
 pub use instance::InstanceFile;
+pub use modulation::{Modulation, ModulationSpec};
 pub use quadratic::{Quadratic, QuadraticSpec};
 pub use regularised_mlp::RegularisedMlp;
+pub use sinusoid::SinusoidTask;
+pub use synapse::{Synapse, SynapseSpec};
 pub use weight_decay::{DataLoss, WeightDecay, WeightDecaySpec};
 
 /// Sizes of the fast and meta-parameters.

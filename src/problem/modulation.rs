@@ -9,15 +9,15 @@
 //! `L_out` depends on the slow weights directly, so the direct term `d_theta L_out` is part of
 //! the meta-gradient. Initial values: gains 1, shifts 0, readout `N(0, 1/h_L)`, bias 0.
 
-use super::mlp::{Layer, Mlp, mse};
+use super::instance::InstanceReader;
 use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
 use super::synapse::{check_len, no_kernel};
+use super::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::problem::instance::InstanceReader;
-use crate::problem::{BilevelProblem, Dims, InstanceFile};
+use crate::model::mlp::{Layer, Mlp, mse};
 use crate::rng::{Rng, normal, seeded};
 use candle_core::Tensor;
 

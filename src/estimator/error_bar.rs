@@ -13,14 +13,13 @@
 //! `2 beta`), with a safety factor, plus the phase-precision bound with `K_k` and `delta_k`
 //! measured at each phase's end point.
 
+use super::contrastive::PhaseRuns;
+use super::{Contrastive, Estimate, MetaGradientEstimator};
 use crate::error::{CmlError, Result};
-use crate::estimator::contrastive::PhaseRuns;
-use crate::estimator::{Contrastive, Estimate, MetaGradientEstimator};
 use crate::linalg::Vector;
 use crate::oracle::{Cost, Oracle};
 use crate::problem::BilevelProblem;
 use crate::smoothness;
-use crate::theory::truncation_order;
 use candle_core::Tensor;
 
 /// The Richardson difference estimates the truncation error to leading order; the factor covers
@@ -121,7 +120,7 @@ fn cost_since(now: Cost, before: Cost) -> Cost {
 /// the stencil's phases at `2 beta` it still needs.
 pub fn error_bar_at(runs: &mut PhaseRuns, beta: f64, estimate: &Vector) -> Result<ErrorBar> {
     let variant = runs.rule().variant;
-    let order = truncation_order(variant);
+    let order = variant.truncation_order();
     if order == 0 {
         return Err(CmlError::invalid(
             "contrastive variant",
@@ -279,7 +278,7 @@ impl AutoBeta {
                 "beta auto is chosen again every N >= 1 meta-steps",
             ));
         }
-        if truncation_order(self.rule.variant) == 0 {
+        if self.rule.variant.truncation_order() == 0 {
             return Err(CmlError::invalid(
                 "contrastive variant",
                 self.rule.variant.name(),

@@ -7,14 +7,14 @@
 //! `rho` is one per synapse or a single scalar shared by all. MSE is the plain mean of squared
 //! errors (no 1/2).
 
-use super::mlp::{Mlp, mse};
+use super::instance::InstanceReader;
 use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
+use super::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::problem::instance::InstanceReader;
-use crate::problem::{BilevelProblem, Dims, InstanceFile};
+use crate::model::mlp::{Mlp, mse};
 use crate::rng::{Rng, seeded};
 use candle_core::Tensor;
 
