@@ -8,12 +8,13 @@
 //! `L_out(w) = 1/(2m) ||X_v w - y_v||^2`, starting from `w = 0`.
 
 use candle_core::{Device, Tensor};
-use cml::estimator::{ESTIMATORS, EstimatorParams, EstimatorSpec, Variant};
+use cml::estimator::{EstimatorParams, Variant};
 use cml::fit::fit_variant;
 use cml::ground_truth::exact_meta_gradient;
 use cml::inner::GdParams;
 use cml::linalg::{Vector, matrix_to_tensor, relative_error, to_dvector, to_tensor};
 use cml::problem::{BilevelProblem, Curvature, Dims, InstanceFile};
+use cml::registry::ESTIMATORS;
 use cml::rng::{normal_matrix, normal_vector, seeded};
 use cml::sweep::{Budget, SweepConfig, parse_log_range, run_on};
 use nalgebra::DMatrix;
@@ -111,8 +112,9 @@ fn run() -> cml::Result<()> {
         neumann_alpha: None,
         truncation: 10,
     };
-    for (name, _) in ESTIMATORS {
-        let spec = EstimatorSpec::from_name(name, &params)?;
+    for entry in ESTIMATORS {
+        let name = entry.name;
+        let spec = cml::registry::estimator(name, &params)?;
         if let Some(reason) = spec.inapplicable(&problem, problem.theta())? {
             println!("{name:<12} does not apply: {reason}");
             continue;

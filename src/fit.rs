@@ -63,7 +63,7 @@ pub fn curves(rows: &[SweepRow], variant: Variant) -> Vec<Curve> {
     {
         // One curve per seed and budget (steps, tolerance, or placed delta).
         let delta_key = if r.free_steps == 0 {
-            r.measured_delta.to_bits()
+            r.measured_delta.map_or(u64::MAX, f64::to_bits)
         } else {
             0
         };
@@ -80,11 +80,11 @@ pub fn curves(rows: &[SweepRow], variant: Variant) -> Vec<Curve> {
                 .map(|r| (r.beta.expect("contrastive rows have beta").abs(), r.abs_error))
                 .collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            let mut deltas: Vec<f64> = g.iter().map(|r| r.measured_delta).collect();
+            let mut deltas: Vec<f64> = g.iter().filter_map(|r| r.measured_delta).collect();
             deltas.sort_by(f64::total_cmp);
             Curve {
                 points,
-                delta: deltas[deltas.len() / 2],
+                delta: deltas.get(deltas.len() / 2).copied().unwrap_or(f64::NAN),
                 free_steps: g[0].free_steps,
             }
         })
@@ -163,8 +163,9 @@ pub fn fit_delta(rows: &[SweepRow], estimator: &str) -> Option<DeltaFit> {
     }
     let pts: Vec<(f64, f64)> = rows
         .iter()
-        .filter(|r| r.measured_delta > 0.0 && r.abs_error > 0.0)
-        .map(|r| (r.measured_delta.ln(), r.abs_error.ln()))
+        .filter_map(|r| r.measured_delta.map(|d| (d, r.abs_error)))
+        .filter(|&(d, e)| d > 0.0 && e > 0.0)
+        .map(|(d, e)| (d.ln(), e.ln()))
         .collect();
     Some(DeltaFit {
         estimator: estimator.into(),

@@ -26,6 +26,7 @@ pub mod optimizer;
 pub mod oracle;
 pub mod parallel;
 pub mod problem;
+pub mod registry;
 pub mod rng;
 pub mod smoothness;
 pub mod sweep;

@@ -10,7 +10,7 @@ use crate::inner::GdParams;
 use crate::linalg::{Vector, cosine, relative_error, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order_with_progress;
-use crate::problem::{self, BilevelProblem};
+use crate::problem::BilevelProblem;
 use crate::rng::{normal_vector, stream};
 use candle_core::Tensor;
 
@@ -59,7 +59,7 @@ impl SweepConfig {
         let mut seen = std::collections::BTreeSet::new();
         for point in self.grid() {
             if seen.insert(point.estimator.clone()) {
-                let p = problem::resolve(&self.problem, point.seed)?;
+                let p = crate::registry::resolve_problem(&self.problem, point.seed)?;
                 warnings.extend(
                     self.spec(&point)?
                         .check_applicable(p.as_ref(), p.theta(), allow)?,
@@ -81,9 +81,9 @@ pub struct GridPoint {
     pub solver_steps: Option<usize>,
 }
 
-/// The sweep's name for the contrastive rule with `beta` chosen by its error bar (`--beta auto`):
-/// one row per variant, whose `beta` column is the chosen strength.
-pub const AUTO_BETA: &str = "contrastive-auto";
+/// The contrastive rule with `beta` chosen by its error bar (`--beta auto`) runs one row per
+/// variant, whose `beta` column is the chosen strength.
+pub use crate::registry::CONTRASTIVE_AUTO as AUTO_BETA;
 
 /// One run's results: a CSV row.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -98,7 +98,9 @@ pub struct SweepRow {
     pub tolerance: f64,
     pub solver_steps: Option<usize>,
     /// `max_phases ||phi^_b - phi*_b||`, `phi*_b` by Newton.
-    pub measured_delta: f64,
+    /// Empty where Newton cannot find a phase's solution from its end point (a phase loss that
+    /// is not convex there).
+    pub measured_delta: Option<f64>,
     /// `max_phases ||grad|| / mu_b`, where `mu_b` is known.
     pub certified_delta: Option<f64>,
     pub abs_error: f64,
@@ -123,7 +125,7 @@ impl SweepRow {
         let f = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:e}"));
         let u = |v: Option<usize>| v.map_or(String::new(), |v| v.to_string());
         format!(
-            "{},{},{},{},{},{},{},{:e},{},{:e},{},{:e},{:e},{:e},{},{},{},{:e},{},{},{}",
+            "{},{},{},{},{},{},{},{:e},{},{},{},{:e},{:e},{:e},{},{},{},{:e},{},{},{}",
             self.problem,
             self.seed,
             self.estimator,
@@ -133,7 +135,7 @@ impl SweepRow {
             u(self.nudged_steps),
             self.tolerance,
             u(self.solver_steps),
-            self.measured_delta,
+            f(self.measured_delta),
             f(self.certified_delta),
             self.abs_error,
             self.rel_error,
@@ -315,10 +317,7 @@ impl SweepConfig {
             neumann_alpha: self.neumann_alpha,
             truncation: k,
         };
-        if p.estimator == AUTO_BETA {
-            return EstimatorSpec::from_name("contrastive", &params)?.with_auto_beta();
-        }
-        EstimatorSpec::from_name(&p.estimator, &params)
+        crate::registry::estimator(&p.estimator, &params)
     }
 }
 
@@ -327,7 +326,7 @@ pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)
     run_on(
         config,
         shard,
-        &|seed| problem::resolve(&config.problem, seed),
+        &|seed| crate::registry::resolve_problem(&config.problem, seed),
         done,
     )
 }
@@ -420,38 +419,48 @@ fn run_point(
         return run_perturbed(point, &spec, delta, p, reference);
     }
     let theta = p.theta();
-    let (estimate, own_phases) = match &spec {
+    let estimate = match &spec {
         EstimatorSpec::Contrastive(c) if config.error_bars && c.variant.truncation_order() > 0 => {
-            // The free phase, then the stencil's nudged phases at beta; those at 2 beta follow.
-            let own = 1 + c.variant.stencil().iter().filter(|(m, _)| *m != 0.0).count();
-            (
-                crate::estimator::error_bar::estimate_with_error_bar(c, p, theta)?,
-                own,
-            )
+            crate::estimator::error_bar::estimate_with_error_bar(c, p, theta)?
         }
-        _ => {
-            let e = spec.estimator().estimate(p, theta)?;
-            let all = e.phases.len();
-            (e, all)
-        }
+        _ => spec.estimator().estimate(p, theta)?,
     };
-    let mut measured_delta: f64 = 0.0;
-    for (info, phi) in estimate
-        .phases
-        .iter()
-        .zip(&estimate.phase_points)
-        .take(own_phases)
-    {
-        measured_delta = measured_delta.max(distance_to_phase_solution(p, phi, theta, info.beta)?);
+    // The estimate's own phases: with an error bar, the free phase and the stencil at the
+    // estimate's beta (not the bar's phases at 2 beta, nor the pilots of beta auto, which may
+    // run where the phase loss is not convex).
+    let own: Vec<usize> = match (&spec, &estimate.error_bar) {
+        (EstimatorSpec::Contrastive(c), Some(bar))
+        | (
+            EstimatorSpec::ContrastiveAutoBeta(crate::estimator::error_bar::AutoBeta { rule: c, .. }),
+            Some(bar),
+        ) => {
+            let wanted: Vec<f64> = c.variant.stencil().iter().map(|(m, _)| m * bar.beta).collect();
+            (0..estimate.phases.len())
+                .filter(|&i| i == 0 || wanted.contains(&estimate.phases[i].beta))
+                .collect()
+        }
+        _ => (0..estimate.phases.len()).collect(),
+    };
+    let mut measured_delta = Some(0.0f64);
+    for &i in &own {
+        let (info, phi) = (&estimate.phases[i], &estimate.phase_points[i]);
+        match distance_to_phase_solution(p, phi, theta, info.beta) {
+            Ok(d) => measured_delta = measured_delta.map(|m| m.max(d)),
+            // No solution near the end point to measure against: the column stays empty.
+            Err(CmlError::NotConverged { .. } | CmlError::NotPositiveDefinite { .. }) => {
+                measured_delta = None
+            }
+            Err(e) => return Err(e),
+        }
     }
-    let certified_delta = estimate.phases[..own_phases]
+    let certified_delta = own
         .iter()
-        .map(|ph| ph.certified_distance)
+        .map(|&i| estimate.phases[i].certified_distance)
         .try_fold(0.0f64, |acc, d| d.map(|d| acc.max(d)));
     let phase = config.phase(point.budget);
     let inner = Inner {
         free_steps: estimate.phases[0].steps,
-        nudged_steps: estimate.phases.get(1).map(|ph| ph.steps),
+        nudged_steps: own.get(1).map(|&i| estimate.phases[i].steps),
         tolerance: phase.tolerance,
         measured_delta,
         certified_delta,
@@ -472,7 +481,7 @@ struct Inner {
     free_steps: usize,
     nudged_steps: Option<usize>,
     tolerance: f64,
-    measured_delta: f64,
+    measured_delta: Option<f64>,
     certified_delta: Option<f64>,
 }
 
@@ -574,7 +583,7 @@ fn run_perturbed(
         free_steps: 0,
         nudged_steps: None,
         tolerance: 0.0,
-        measured_delta: delta,
+        measured_delta: Some(delta),
         certified_delta: None,
     };
     Ok(row(point, p, inner, &gradient, reference, oracle.cost()))

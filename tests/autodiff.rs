@@ -5,7 +5,8 @@ mod common;
 
 use cml::autodiff::{LossFn, dense_second_derivatives, ensure_second_order, gradients, hvp_and_mixed};
 use cml::linalg::{Vector, to_dvector, to_tensor};
-use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec, build, phase_loss};
+use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec, phase_loss};
+use cml::registry::draw_problem as build;
 use common::{PROBLEMS, perturbed, rel, unit};
 
 #[test]

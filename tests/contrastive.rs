@@ -9,7 +9,8 @@ use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
 use cml::inner::GdParams;
 use cml::linalg::{Vector, to_dvector};
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, build};
+use cml::problem::BilevelProblem;
+use cml::registry::draw_problem as build;
 use common::PROBLEMS;
 
 /// The variant's stencil applied to `g(b) = d_theta L_b(phi*_b)` with every phase solved by

@@ -8,8 +8,9 @@ use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, Linear
 use cml::inner::{DivergenceRule, GdParams, StepSizeRule, gradient_descent};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, build, phase_loss};
+use cml::problem::{BilevelProblem, phase_loss};
 use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};
+use cml::registry::draw_problem as build;
 use cml::smoothness;
 
 /// Largest eigenvalue magnitude of the phase loss's Hessian, from the dense matrix.

@@ -276,7 +276,7 @@ fn every_estimate_on_the_weight_decay_mlp_is_the_same_through_both_engines() {
 
 #[test]
 fn forcing_the_fast_engine_on_a_problem_without_one_is_a_clear_error() {
-    let problem = cml::problem::build("quadratic", 0).unwrap();
+    let problem = cml::registry::draw_problem("quadratic", 0).unwrap();
     let (free, _) = phases(Engine::Fast, 10, 10, 0.01);
     let err = FirstOrder {
         rule: FirstOrderRule::Reptile,

@@ -10,7 +10,7 @@ use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::inner::GdParams;
 use cml::linalg::{to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{self, BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
+use cml::problem::{BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
 use cml::rng::seeded;
 use cml::smoothness::{mixed_norm, smallest_curvature};
 use cml::theory::QuadraticTheory;
@@ -58,7 +58,7 @@ fn lanczos_finds_the_smallest_eigenvalue_of_the_dense_hessian() {
     // The reference: every eigenvalue of the dense Hessian (n double-backward passes), by
     // nalgebra's symmetric eigensolver. Lanczos sees only Hessian-vector products.
     for name in ["quadratic", "logistic", "modulation"] {
-        let p = problem::build(name, 3).unwrap();
+        let p = cml::registry::draw_problem(name, 3).unwrap();
         let theta = p.theta().clone();
         let oracle = Oracle::new(p.as_ref());
         let phi = common::perturbed(&p.initial_phi(&theta).unwrap(), 0.1, 5);
@@ -82,7 +82,7 @@ fn mixed_products_and_their_norm_match_the_dense_mixed_matrix() {
     // products must be `M v` and `M^T u`, and power iteration must find `||M||` (largest singular
     // value) from below.
     for name in ["ridge", "logistic", "modulation"] {
-        let p = problem::build(name, 2).unwrap();
+        let p = cml::registry::draw_problem(name, 2).unwrap();
         let theta = p.theta().clone();
         let oracle = Oracle::new(p.as_ref());
         let phi = common::perturbed(&p.initial_phi(&theta).unwrap(), 0.1, 9);

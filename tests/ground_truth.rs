@@ -6,7 +6,8 @@ mod common;
 use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, build};
+use cml::problem::BilevelProblem;
+use cml::registry::draw_problem as build;
 use common::{central_difference, rel};
 
 #[test]

@@ -6,7 +6,8 @@ use cml::ground_truth::{NewtonParams, solve_phase};
 use cml::inner::{GdParams, gradient_descent};
 use cml::linalg::norm;
 use cml::oracle::Oracle;
-use cml::problem::{InstanceFile, build, from_instance};
+use cml::problem::InstanceFile;
+use cml::registry::{draw_problem as build, read_problem as from_instance};
 use common::{PROBLEMS, perturbed};
 
 #[test]

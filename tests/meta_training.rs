@@ -1,7 +1,7 @@
 //! Meta-training lowers the meta-test loss after adaptation, for the contrastive rule and the
 //! references, on both models.
 
-use cml::estimator::{EstimatorParams, EstimatorSpec, Variant};
+use cml::estimator::{EstimatorParams, Variant};
 use cml::inner::GdParams;
 use cml::meta_training::{ModelSpec, TrainConfig, train};
 use cml::model::Mlp;
@@ -29,7 +29,7 @@ fn config(model: ModelSpec, estimator: &str) -> TrainConfig {
     TrainConfig {
         model,
         shots: 10,
-        estimator: EstimatorSpec::from_name(estimator, &params).unwrap(),
+        estimator: cml::registry::estimator(estimator, &params).unwrap(),
         meta_steps: 40,
         meta_batch: 4,
         meta_lr: 0.01,

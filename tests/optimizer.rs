@@ -9,8 +9,9 @@ use cml::inner::{GdParams, gradient_descent};
 use cml::model::Mlp;
 use cml::optimizer::{Optimizer, OptimizerState};
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, build};
+use cml::problem::BilevelProblem;
 use cml::problem::{Synapse, SynapseSpec};
+use cml::registry::draw_problem as build;
 
 const ADAM: Optimizer = Optimizer::Adam {
     beta1: 0.9,

@@ -8,8 +8,7 @@ use crate::{CmlError, Result};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EstimatorArgs {
-    /// Estimator: contrastive, implicit (dense solve), cg, neumann, t1t2, bptt, tbptt, fomaml, reptile.
-    #[arg(long, default_value = "contrastive")]
+    #[arg(long, default_value = "contrastive", help = format!("Estimator: {}", crate::registry::estimator_names()))]
     pub estimator: String,
     /// Contrastive variant: standard, symmetric or second-order-forward (reference-code-symmetric:
     /// an ablation reproducing the authors' code, whose -beta phase drops the outer loss).
@@ -130,7 +129,7 @@ impl EstimatorArgs {
             neumann_alpha: self.neumann_alpha,
             truncation: at_least_one("truncation", self.truncation)?,
         };
-        let spec = EstimatorSpec::from_name(&self.estimator, &params)?;
+        let spec = crate::registry::estimator(&self.estimator, &params)?;
         match self.beta {
             BetaArg::Value(_) => Ok(spec),
             BetaArg::Auto => spec.with_auto_beta(),

@@ -1,12 +1,10 @@
 //! `cml export`: write a drawn problem instance to a JSON file.
 
-use crate::problem;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct ExportArgs {
-    /// Problem name: quadratic, ridge, logistic, synapse or modulation.
-    #[arg(long)]
+    #[arg(long, help = format!("Problem name: {}", crate::registry::problem_names()))]
     problem: String,
     /// Seed of the random draw.
     #[arg(long, default_value_t = 0)]
@@ -17,7 +15,7 @@ pub struct ExportArgs {
 }
 
 pub fn run(args: ExportArgs) -> crate::Result<()> {
-    let p = problem::build(&args.problem, args.seed)?;
+    let p = crate::registry::draw_problem(&args.problem, args.seed)?;
     let mut file = p.to_instance();
     file.seed = Some(args.seed);
     file.write(&args.out)?;

@@ -7,13 +7,11 @@ use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdInfo;
 use crate::linalg::{cosine, relative_error};
 use crate::oracle::Cost;
-use crate::problem;
 use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct GradArgs {
-    /// Problem name (quadratic, ridge, logistic, synapse, modulation) or an instance file (.json).
-    #[arg(long)]
+    #[arg(long, help = format!("Problem name ({}) or an instance file (.json)", crate::registry::problem_names()))]
     problem: String,
     #[command(flatten)]
     estimator: EstimatorArgs,
@@ -70,9 +68,9 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     crate::autodiff::ensure_second_order()?;
     let spec = args.estimator.spec()?;
     let estimator = spec.estimator();
-    let p = problem::resolve(&args.problem, args.seed)?;
+    let p = crate::registry::resolve_problem(&args.problem, args.seed)?;
     // An instance file carries the seed it was drawn with (or none); the flag is ignored then.
-    let seed = problem::instance_seed(&args.problem, args.seed)?;
+    let seed = crate::registry::instance_seed(&args.problem, args.seed)?;
     let theta = p.theta().clone();
 
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;

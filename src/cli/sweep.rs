@@ -11,8 +11,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct SweepArgs {
-    /// Problem name or instance file.
-    #[arg(long)]
+    #[arg(long, help = format!("Problem name ({}) or an instance file (.json)", crate::registry::problem_names()))]
     problem: String,
     /// Run estimators whose assumptions do not hold for the problem, with a warning.
     #[arg(long)]
@@ -20,9 +19,11 @@ pub struct SweepArgs {
     /// Comma-separated seeds.
     #[arg(long, default_value = "0")]
     seeds: String,
-    /// Comma-separated estimators: contrastive, implicit, cg, neumann, t1t2, bptt, tbptt, fomaml, reptile,
-    /// and contrastive-auto (beta chosen by the error bar; its beta column is the choice).
-    #[arg(long, default_value = "contrastive")]
+    #[arg(long, default_value = "contrastive", help = format!(
+        "Comma-separated estimators: {} (contrastive-auto: beta chosen by the error bar, one row per variant \
+         whose beta column is the choice)",
+        crate::registry::estimator_names()
+    ))]
     estimators: String,
     /// Comma-separated contrastive variants.
     #[arg(long, default_value = "standard,symmetric")]
@@ -185,14 +186,22 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
         }
     }
     for r in rows.iter().filter(|r| r.estimator == AUTO_BETA) {
+        let budget = if r.tolerance > 0.0 {
+            format!("tolerance {:.0e}", r.tolerance)
+        } else {
+            format!("{} free steps", r.free_steps)
+        };
+        let bar = match r.error_bar {
+            Some(b) if b.is_finite() => format!("{b:.3e}"),
+            Some(_) => "unbounded (a phase Hessian is not positive definite at its end point)".into(),
+            None => "-".into(),
+        };
         println!(
-            "{AUTO_BETA} {:<10} seed {} tolerance {:.0e}: chose beta {}, abs. error {:.3e}, error bar {}",
+            "{AUTO_BETA} {:<10} seed {} {budget}: chose beta {}, abs. error {:.3e}, error bar {bar}",
             r.variant,
             r.seed,
-            r.tolerance,
             r.beta.map_or("-".into(), |b| format!("{b:.3e}")),
             r.abs_error,
-            r.error_bar.map_or("-".into(), |b| format!("{b:.3e}"))
         );
     }
     for e in config

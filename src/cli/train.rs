@@ -2,9 +2,8 @@
 
 use super::estimator_args::{EstimatorArgs, at_least_one};
 use crate::io::write_atomically;
-use crate::meta_training::{Control, MetaStep, ModelSpec, TrainConfig, TrainState, train_with};
+use crate::meta_training::{Control, MetaStep, TrainConfig, TrainState, train_with};
 use crate::model::Mlp;
-use crate::problem::{ModulationSpec, SynapseSpec};
 use crate::{CmlError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;
@@ -14,8 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Model: synapse (complex synapse) or modulation (dual system).
-    #[arg(long)]
+    #[arg(long, help = format!("Model: {}", crate::registry::model_names()))]
     model: String,
     /// Network layer sizes.
     #[arg(long, default_value = "1-40-40-1")]
@@ -69,24 +67,14 @@ pub struct TrainArgs {
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
         let net = Mlp::parse(&self.net)?;
-        let model = match self.model.as_str() {
-            "synapse" => ModelSpec::Synapse(SynapseSpec {
+        let model = crate::registry::model(
+            &self.model,
+            &crate::registry::ModelOptions {
                 net,
+                strength: self.strength,
                 per_synapse: !self.shared_strength,
-                strength: self.strength,
-            }),
-            "modulation" => ModelSpec::Modulation(ModulationSpec {
-                net,
-                strength: self.strength,
-            }),
-            other => {
-                return Err(CmlError::UnknownName {
-                    kind: "model".into(),
-                    name: other.into(),
-                    allowed: "synapse, modulation".into(),
-                });
-            }
-        };
+            },
+        )?;
         // Without a step size every phase takes 1 / (2 L^) at its start (docs/STEP_SIZE.md): the
         // curvature grows as meta-training raises the strengths, so a fixed default diverges.
         let mut estimator = self.estimator.spec()?;

@@ -12,7 +12,6 @@ use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdParams;
 use crate::linalg::Vector;
 use crate::parallel::map_in_order;
-use crate::problem;
 use std::path::PathBuf;
 
 /// The problems calibrated, in table order.
@@ -121,7 +120,7 @@ fn source_name(bar: &crate::estimator::error_bar::ErrorBar) -> &'static str {
 
 /// Every case of one instance: the bar at each strength and precision, then auto on the grid.
 fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>, Vec<AutoCase>)> {
-    let p = problem::build(problem, seed)?;
+    let p = crate::registry::draw_problem(problem, seed)?;
     let theta = p.theta().clone();
     let exact = exact_meta_gradient(p.as_ref(), &theta)?.meta_gradient;
     let error = |g: &Vector| (g - &exact).norm();

@@ -369,7 +369,7 @@ fn best_beta_figure(settings: &Settings, placed: &[SweepRow], files: &mut Vec<Pa
         let mut pts: Vec<(f64, f64)> = placed
             .iter()
             .filter(|r| r.estimator == name)
-            .map(|r| (r.measured_delta, r.abs_error))
+            .filter_map(|r| r.measured_delta.map(|d| (d, r.abs_error)))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
         let label = if name == "implicit" {

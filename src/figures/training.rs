@@ -10,7 +10,7 @@ use crate::linalg::Vector;
 use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, train_with};
 use crate::model::Mlp;
 use crate::optimizer::Optimizer;
-use crate::problem::{ModulationSpec, SinusoidTask, SynapseSpec};
+use crate::problem::SinusoidTask;
 use std::path::PathBuf;
 
 /// The estimators compared, with the name shown.
@@ -80,18 +80,17 @@ pub struct TrainingResults {
     pub net: String,
 }
 
+/// Both meta-training models of the registry, at strength 2 (one strength per synapse).
 fn models(net: &Mlp) -> Vec<ModelSpec> {
-    vec![
-        ModelSpec::Synapse(SynapseSpec {
-            net: net.clone(),
-            per_synapse: true,
-            strength: 2.0,
-        }),
-        ModelSpec::Modulation(ModulationSpec {
-            net: net.clone(),
-            strength: 2.0,
-        }),
-    ]
+    let options = crate::registry::ModelOptions {
+        net: net.clone(),
+        strength: 2.0,
+        per_synapse: true,
+    };
+    crate::registry::MODELS
+        .iter()
+        .map(|m| (m.build)(&options))
+        .collect()
 }
 
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
@@ -138,7 +137,7 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     Ok(TrainConfig {
         model,
         shots: 10,
-        estimator: EstimatorSpec::from_name(estimator, &params)?,
+        estimator: crate::registry::estimator(estimator, &params)?,
         meta_steps,
         meta_batch: batch,
         meta_lr: 2e-3,
@@ -204,7 +203,7 @@ pub fn figure_training_config(quick: bool, seed: u64, model: &str, estimator: &s
         .ok_or_else(|| crate::CmlError::UnknownName {
             kind: "model".into(),
             name: model.into(),
-            allowed: "synapse, modulation".into(),
+            allowed: crate::registry::model_names(),
         })?;
     config(&settings, model, estimator, seed)
 }

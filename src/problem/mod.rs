@@ -11,7 +11,7 @@ pub mod sinusoid;
 pub mod synapse;
 pub mod weight_decay;
 
-use crate::error::{CmlError, Result};
+use crate::error::Result;
 use crate::linalg::Vector;
 use candle_core::Tensor;
 pub use instance::InstanceFile;
@@ -89,86 +89,6 @@ pub fn phase_loss(
         } else {
             inner + (problem.outer_loss(phi, theta)? * beta)?
         }
-    }
-}
-
-/// The problems `cml` can draw at random from a seed.
-pub const PROBLEM_NAMES: &[&str] = &["quadratic", "ridge", "logistic", "synapse", "modulation"];
-
-/// Support and query points per task of the registry's few-shot problems.
-pub const DEFAULT_SHOTS: usize = 10;
-
-/// Draws the named problem with default sizes from `seed`.
-pub fn build(name: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
-    Ok(match name {
-        "quadratic" => Box::new(Quadratic::random(&QuadraticSpec::default(), seed)?),
-        "ridge" => Box::new(WeightDecay::random(
-            &WeightDecaySpec::new(DataLoss::Squared),
-            seed,
-        )?),
-        "logistic" => Box::new(WeightDecay::random(
-            &WeightDecaySpec::new(DataLoss::Logistic),
-            seed,
-        )?),
-        "synapse" => Box::new(Synapse::random(&SynapseSpec::default(), DEFAULT_SHOTS, seed)?),
-        "modulation" => Box::new(Modulation::random(
-            &ModulationSpec::default(),
-            DEFAULT_SHOTS,
-            seed,
-        )?),
-        _ => {
-            return Err(CmlError::UnknownName {
-                kind: "problem".into(),
-                name: name.into(),
-                allowed: format!(
-                    "{} or the path of an instance file (.json)",
-                    PROBLEM_NAMES.join(", ")
-                ),
-            });
-        }
-    })
-}
-
-/// Rebuilds a problem from an instance file's contents.
-pub fn from_instance(file: &InstanceFile, source_name: &str) -> Result<Box<dyn BilevelProblem>> {
-    let reader = file.reader(source_name);
-    Ok(match file.problem.as_str() {
-        "quadratic" => Box::new(Quadratic::from_instance(reader)?),
-        "ridge" => Box::new(WeightDecay::from_instance(reader, DataLoss::Squared)?),
-        "logistic" => Box::new(WeightDecay::from_instance(reader, DataLoss::Logistic)?),
-        "synapse" => Box::new(Synapse::from_instance(reader)?),
-        "modulation" => Box::new(Modulation::from_instance(reader)?),
-        other => {
-            return Err(CmlError::Instance {
-                source_name: source_name.into(),
-                reason: format!(
-                    "unknown problem '{other}'; allowed are {}",
-                    PROBLEM_NAMES.join(", ")
-                ),
-            });
-        }
-    })
-}
-
-/// A problem named on the command line: a registry name, or the path of an instance file.
-pub fn resolve(spec: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
-    let path = std::path::Path::new(spec);
-    if spec.ends_with(".json") || path.is_file() {
-        let file = InstanceFile::read(path)?;
-        from_instance(&file, spec)
-    } else {
-        build(spec, seed)
-    }
-}
-
-/// The seed a problem named on the command line was drawn with: `seed` for a registry name, the
-/// file's own (if it has one) for an instance file.
-pub fn instance_seed(spec: &str, seed: u64) -> Result<Option<u64>> {
-    let path = std::path::Path::new(spec);
-    if spec.ends_with(".json") || path.is_file() {
-        Ok(InstanceFile::read(path)?.seed)
-    } else {
-        Ok(Some(seed))
     }
 }
 

@@ -129,6 +129,38 @@ impl RegularisedMlp {
         Self::from_data(&x, &y, (147, 147, 147), 16, decay, seed)
     }
 
+    /// Reads back what [`BilevelProblem::to_instance`] wrote: the network sizes, the three
+    /// splits, the initial weights and the strengths.
+    pub fn from_instance(mut r: super::instance::InstanceReader) -> Result<Self> {
+        let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
+        if net.sizes.len() != 3 || net.sizes[2] != 1 {
+            return Err(r.error(format!(
+                "array 'sizes' is {:?}; the weight-decay network has one hidden layer and one output",
+                net.sizes
+            )));
+        }
+        let inputs = net.sizes[0];
+        let mut split = |name: &str| -> Result<Split> {
+            let x = r.matrix(&format!("x_{name}"), None, Some(inputs))?;
+            let y = r.vector(&format!("y_{name}"), Some(x.nrows()))?;
+            Split::new(x, y)
+        };
+        let (train, validation, test) = (split("train")?, split("validation")?, split("test")?);
+        let n = net.param_count();
+        let phi_init = r.vector("phi_init", Some(n))?;
+        let theta = r.vector("theta", Some(n))?;
+        r.finish()?;
+        Ok(RegularisedMlp {
+            kernel: half_mse_kernel(&net, &train, &validation),
+            train,
+            validation,
+            test,
+            phi_init: to_tensor(&phi_init)?,
+            theta: to_tensor(&theta)?,
+            net,
+        })
+    }
+
     /// `1/2 MSE` on the test split at `phi`.
     pub fn test_loss(&self, phi: &Tensor) -> Result<f64> {
         Ok(self.test.half_mse(&self.net, phi)?.to_scalar::<f64>()?)

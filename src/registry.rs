@@ -1,0 +1,342 @@
+//! The one registry of names: every problem, meta-training model and estimator that the command
+//! line, configs, sweeps and figures can name, each mapped to what builds it. An unknown name is
+//! refused with the list this registry holds, so help texts, errors and tests cannot drift from
+//! what is accepted.
+
+use crate::error::{CmlError, Result};
+use crate::estimator::error_bar::AutoBeta;
+use crate::estimator::{
+    Contrastive, EstimatorParams, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled,
+};
+use crate::meta_training::ModelSpec;
+use crate::model::Mlp;
+use crate::problem::instance::InstanceReader;
+use crate::problem::{
+    BilevelProblem, DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec,
+    RegularisedMlp, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
+};
+
+/// A problem: how to draw an instance from a seed (default sizes), and how to read one back from
+/// an instance file.
+pub struct ProblemEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub draw: fn(u64) -> Result<Box<dyn BilevelProblem>>,
+    pub read: fn(InstanceReader) -> Result<Box<dyn BilevelProblem>>,
+}
+
+/// Support and query points per task of the registry's few-shot problems.
+pub const DEFAULT_SHOTS: usize = 10;
+/// The initial weight-decay strength of the drawn `regularised-mlp` problem.
+pub const INITIAL_DECAY: f64 = 1e-2;
+
+pub const PROBLEMS: &[ProblemEntry] = &[
+    ProblemEntry {
+        name: "quadratic",
+        about: "quadratic inner and outer losses, every constant of the bound known (MATH.md §5)",
+        draw: |seed| Ok(Box::new(Quadratic::random(&QuadraticSpec::default(), seed)?)),
+        read: |r| Ok(Box::new(Quadratic::from_instance(r)?)),
+    },
+    ProblemEntry {
+        name: "ridge",
+        about: "per-parameter weight decay of linear least squares",
+        draw: |seed| {
+            Ok(Box::new(WeightDecay::random(
+                &WeightDecaySpec::new(DataLoss::Squared),
+                seed,
+            )?))
+        },
+        read: |r| Ok(Box::new(WeightDecay::from_instance(r, DataLoss::Squared)?)),
+    },
+    ProblemEntry {
+        name: "logistic",
+        about: "per-parameter weight decay of logistic regression",
+        draw: |seed| {
+            Ok(Box::new(WeightDecay::random(
+                &WeightDecaySpec::new(DataLoss::Logistic),
+                seed,
+            )?))
+        },
+        read: |r| Ok(Box::new(WeightDecay::from_instance(r, DataLoss::Logistic)?)),
+    },
+    ProblemEntry {
+        name: "synapse",
+        about: "complex synapse, a 1-40-40-1 tanh MLP on one 10-shot sinusoid task",
+        draw: |seed| {
+            Ok(Box::new(Synapse::random(
+                &SynapseSpec::default(),
+                DEFAULT_SHOTS,
+                seed,
+            )?))
+        },
+        read: |r| Ok(Box::new(Synapse::from_instance(r)?)),
+    },
+    ProblemEntry {
+        name: "modulation",
+        about: "gain modulation (dual system), a 1-40-40-1 tanh MLP on one 10-shot sinusoid task",
+        draw: |seed| {
+            Ok(Box::new(Modulation::random(
+                &ModulationSpec::default(),
+                DEFAULT_SHOTS,
+                seed,
+            )?))
+        },
+        read: |r| Ok(Box::new(Modulation::from_instance(r)?)),
+    },
+    ProblemEntry {
+        name: "regularised-mlp",
+        about: "per-parameter weight decay of a 10-16-1 network on the diabetes data set",
+        draw: |seed| Ok(Box::new(RegularisedMlp::diabetes(INITIAL_DECAY, seed)?)),
+        read: |r| Ok(Box::new(RegularisedMlp::from_instance(r)?)),
+    },
+];
+
+fn names<T>(entries: &[T], name: impl Fn(&T) -> &'static str) -> String {
+    entries.iter().map(name).collect::<Vec<_>>().join(", ")
+}
+
+/// Every problem name, comma-separated.
+pub fn problem_names() -> String {
+    names(PROBLEMS, |p| p.name)
+}
+
+/// Draws the named problem with default sizes from `seed`.
+pub fn draw_problem(name: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
+    match PROBLEMS.iter().find(|p| p.name == name) {
+        Some(p) => (p.draw)(seed),
+        None => Err(CmlError::UnknownName {
+            kind: "problem".into(),
+            name: name.into(),
+            allowed: format!("{} or the path of an instance file (.json)", problem_names()),
+        }),
+    }
+}
+
+/// Rebuilds a problem from an instance file's contents.
+pub fn read_problem(file: &InstanceFile, source_name: &str) -> Result<Box<dyn BilevelProblem>> {
+    match PROBLEMS.iter().find(|p| p.name == file.problem) {
+        Some(p) => (p.read)(file.reader(source_name)),
+        None => Err(CmlError::Instance {
+            source_name: source_name.into(),
+            reason: format!(
+                "unknown problem '{}'; allowed are {}",
+                file.problem,
+                problem_names()
+            ),
+        }),
+    }
+}
+
+fn is_instance_file(spec: &str) -> bool {
+    spec.ends_with(".json") || std::path::Path::new(spec).is_file()
+}
+
+/// A problem named on the command line: a registry name, or the path of an instance file.
+pub fn resolve_problem(spec: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
+    if is_instance_file(spec) {
+        let file = InstanceFile::read(std::path::Path::new(spec))?;
+        read_problem(&file, spec)
+    } else {
+        draw_problem(spec, seed)
+    }
+}
+
+/// The seed a problem named on the command line was drawn with: `seed` for a registry name, the
+/// file's own (if it has one) for an instance file.
+pub fn instance_seed(spec: &str, seed: u64) -> Result<Option<u64>> {
+    if is_instance_file(spec) {
+        Ok(InstanceFile::read(std::path::Path::new(spec))?.seed)
+    } else {
+        Ok(Some(seed))
+    }
+}
+
+/// What the meta-training models are built from.
+#[derive(Debug, Clone)]
+pub struct ModelOptions {
+    pub net: Mlp,
+    /// The initial strength of the pull toward the consolidated / initial values.
+    pub strength: f64,
+    /// Complex synapse: one strength per synapse (else one shared by all).
+    pub per_synapse: bool,
+}
+
+/// A meta-training model (the paper's models of how a brain could meta-learn).
+pub struct ModelEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub build: fn(&ModelOptions) -> ModelSpec,
+}
+
+pub const MODELS: &[ModelEntry] = &[
+    ModelEntry {
+        name: "synapse",
+        about: "complex synapse: fast weights pulled toward meta-learned consolidated values",
+        build: |o| {
+            ModelSpec::Synapse(SynapseSpec {
+                net: o.net.clone(),
+                per_synapse: o.per_synapse,
+                strength: o.strength,
+            })
+        },
+    },
+    ModelEntry {
+        name: "modulation",
+        about: "gain modulation (dual system): meta-learned weights, fast per-unit gains and shifts",
+        build: |o| {
+            ModelSpec::Modulation(ModulationSpec {
+                net: o.net.clone(),
+                strength: o.strength,
+            })
+        },
+    },
+];
+
+/// Every meta-training model name, comma-separated.
+pub fn model_names() -> String {
+    names(MODELS, |m| m.name)
+}
+
+/// The named meta-training model.
+pub fn model(name: &str, options: &ModelOptions) -> Result<ModelSpec> {
+    match MODELS.iter().find(|m| m.name == name) {
+        Some(m) => Ok((m.build)(options)),
+        None => Err(CmlError::UnknownName {
+            kind: "model".into(),
+            name: name.into(),
+            allowed: model_names(),
+        }),
+    }
+}
+
+/// A meta-gradient estimator: its parameters come from [`EstimatorParams`], each name using the
+/// ones it needs.
+pub struct EstimatorEntry {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub build: fn(&EstimatorParams) -> EstimatorSpec,
+}
+
+fn contrastive(p: &EstimatorParams) -> Contrastive {
+    Contrastive {
+        variant: p.variant,
+        beta: p.beta,
+        free: p.free,
+        nudged: p.nudged,
+    }
+}
+
+fn implicit(p: &EstimatorParams, solver: LinearSolver) -> EstimatorSpec {
+    EstimatorSpec::Implicit(Implicit { solver, free: p.free })
+}
+
+/// The name of the contrastive rule with `beta` chosen by its error bar.
+pub const CONTRASTIVE_AUTO: &str = "contrastive-auto";
+
+pub const ESTIMATORS: &[EstimatorEntry] = &[
+    EstimatorEntry {
+        name: "contrastive",
+        about: "the contrastive rule (variant, beta, free and nudged phases)",
+        build: |p| EstimatorSpec::Contrastive(contrastive(p)),
+    },
+    EstimatorEntry {
+        name: CONTRASTIVE_AUTO,
+        about: "the contrastive rule with beta chosen by its error bar (the same as --beta auto)",
+        build: |p| EstimatorSpec::ContrastiveAutoBeta(AutoBeta::new(contrastive(p))),
+    },
+    EstimatorEntry {
+        name: "implicit",
+        about: "implicit differentiation, dense solve at the free solution",
+        build: |p| implicit(p, LinearSolver::Dense),
+    },
+    EstimatorEntry {
+        name: "cg",
+        about: "implicit differentiation, conjugate gradient with solver-steps iterations",
+        build: |p| {
+            implicit(
+                p,
+                LinearSolver::ConjugateGradient {
+                    steps: p.solver_steps,
+                },
+            )
+        },
+    },
+    EstimatorEntry {
+        name: "neumann",
+        about: "implicit differentiation, Neumann series with solver-steps terms",
+        build: |p| {
+            implicit(
+                p,
+                LinearSolver::Neumann {
+                    steps: p.solver_steps,
+                    alpha: p.neumann_alpha,
+                },
+            )
+        },
+    },
+    EstimatorEntry {
+        name: "t1t2",
+        about: "implicit differentiation with the Hessian replaced by the identity",
+        build: |p| implicit(p, LinearSolver::Identity),
+    },
+    EstimatorEntry {
+        name: "bptt",
+        about: "backpropagation through all free-phase steps",
+        build: |p| {
+            EstimatorSpec::Unrolled(Unrolled {
+                inner: p.free,
+                truncation: None,
+            })
+        },
+    },
+    EstimatorEntry {
+        name: "tbptt",
+        about: "backpropagation through the last `truncation` free-phase steps",
+        build: |p| {
+            EstimatorSpec::Unrolled(Unrolled {
+                inner: p.free,
+                truncation: Some(p.truncation),
+            })
+        },
+    },
+    EstimatorEntry {
+        name: "fomaml",
+        about: "first-order MAML",
+        build: |p| {
+            EstimatorSpec::FirstOrder(FirstOrder {
+                rule: FirstOrderRule::FirstOrderMaml,
+                free: p.free,
+            })
+        },
+    },
+    EstimatorEntry {
+        name: "reptile",
+        about: "Reptile",
+        build: |p| {
+            EstimatorSpec::FirstOrder(FirstOrder {
+                rule: FirstOrderRule::Reptile,
+                free: p.free,
+            })
+        },
+    },
+];
+
+/// Every estimator name, comma-separated.
+pub fn estimator_names() -> String {
+    names(ESTIMATORS, |e| e.name)
+}
+
+/// The named estimator with `params`, every parameter checked.
+pub fn estimator(name: &str, params: &EstimatorParams) -> Result<EstimatorSpec> {
+    let entry = ESTIMATORS
+        .iter()
+        .find(|e| e.name == name)
+        .ok_or_else(|| CmlError::UnknownName {
+            kind: "estimator".into(),
+            name: name.into(),
+            allowed: estimator_names(),
+        })?;
+    let spec = (entry.build)(params);
+    spec.validate()?;
+    Ok(spec)
+}

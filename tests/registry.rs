@@ -1,0 +1,73 @@
+//! The registry: every name it holds builds, every drawn problem survives the round trip through
+//! its instance file, and unknown names are refused with the registry's own list.
+
+use cml::linalg::to_dvector;
+use cml::problem::InstanceFile;
+use cml::registry::{self, ModelOptions};
+
+#[test]
+fn every_problem_is_reached_by_its_name_and_reads_back_from_its_instance_file() {
+    for entry in registry::PROBLEMS {
+        let drawn = registry::draw_problem(entry.name, 1).unwrap();
+        assert_eq!(
+            drawn.name(),
+            entry.name,
+            "the problem reports the registry's name"
+        );
+        let file = drawn.to_instance();
+        assert_eq!(file.problem, entry.name);
+        let text = serde_json::to_string(&file).unwrap();
+        let read = registry::read_problem(&InstanceFile::parse(&text, "test").unwrap(), "test").unwrap();
+        assert_eq!(read.dims(), drawn.dims(), "{}", entry.name);
+        // The same losses at the same point: every array came back (f64 JSON round trip is exact).
+        let theta = drawn.theta();
+        assert_eq!(to_dvector(read.theta()).unwrap(), to_dvector(theta).unwrap());
+        let phi = drawn.initial_phi(theta).unwrap();
+        assert_eq!(
+            to_dvector(&read.initial_phi(theta).unwrap()).unwrap(),
+            to_dvector(&phi).unwrap()
+        );
+        for (a, b) in [
+            (
+                drawn.inner_loss(&phi, theta).unwrap(),
+                read.inner_loss(&phi, theta).unwrap(),
+            ),
+            (
+                drawn.outer_loss(&phi, theta).unwrap(),
+                read.outer_loss(&phi, theta).unwrap(),
+            ),
+        ] {
+            assert_eq!(
+                a.to_scalar::<f64>().unwrap(),
+                b.to_scalar::<f64>().unwrap(),
+                "{}",
+                entry.name
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_names_are_refused_with_the_registry_list() {
+    let err = registry::draw_problem("cubic", 0).err().unwrap().to_string();
+    for entry in registry::PROBLEMS {
+        assert!(err.contains(entry.name), "{err}");
+    }
+    let options = ModelOptions {
+        net: cml::model::Mlp::parse("1-4-1").unwrap(),
+        strength: 1.0,
+        per_synapse: true,
+    };
+    for entry in registry::MODELS {
+        assert_eq!(registry::model(entry.name, &options).unwrap().name(), entry.name);
+    }
+    let err = registry::model("hebbian", &options).unwrap_err().to_string();
+    assert!(err.contains("synapse, modulation"), "{err}");
+    let mut file = registry::draw_problem("quadratic", 0).unwrap().to_instance();
+    file.problem = "cubic".into();
+    let err = registry::read_problem(&file, "f.json").err().unwrap().to_string();
+    assert!(
+        err.contains("unknown problem 'cubic'") && err.contains("regularised-mlp"),
+        "{err}"
+    );
+}
