@@ -5,13 +5,41 @@
 //! meta-gradient from the difference of the meta-parameter partial derivatives at the two end
 //! points. This crate runs it beside exact references computed by Candle autodiff.
 //! Formulas: docs/MATH.md (section numbers in comments refer to it).
+//!
+//! One estimate beside the exact meta-gradient, by name from the registry:
+//!
+//! ```
+//! use cml::estimator::{EstimatorParams, Variant};
+//! use cml::inner::GdParams;
+//! use cml::linalg::relative_error;
+//!
+//! let problem = cml::registry::draw_problem("quadratic", 0)?;
+//! let phases = GdParams { max_steps: 10_000, tolerance: 1e-12, ..GdParams::default() };
+//! let params = EstimatorParams {
+//!     variant: Variant::Symmetric,
+//!     beta: 1e-3,
+//!     free: phases,
+//!     nudged: phases,
+//!     solver_steps: 10,
+//!     neumann_alpha: None,
+//!     truncation: 10,
+//! };
+//! let spec = cml::registry::estimator("contrastive", &params)?;
+//! let estimate = spec.estimator().estimate(problem.as_ref(), problem.theta())?;
+//! let exact = cml::ground_truth::exact_meta_gradient(problem.as_ref(), problem.theta())?;
+//! // Converged phases: the symmetric rule's error is O(beta^2).
+//! assert!(relative_error(&estimate.gradient, &exact.meta_gradient) < 1e-4);
+//! # Ok::<(), cml::CmlError>(())
+//! ```
 
 pub mod adam;
 pub mod autodiff;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod engine;
 pub mod error;
 pub mod estimator;
+#[cfg(feature = "figures")]
 pub mod figures;
 pub mod fit;
 pub mod ground_truth;

@@ -33,6 +33,19 @@ pub fn dense(h: &DMatrix<f64>, b: &Vector, what: &str) -> Result<(Vector, SolveI
 /// residual. Where `H` is not positive definite (a non-convex inner loss away from its minimum)
 /// it stops at the first direction of non-positive curvature, as truncated CG does, and says so
 /// in `info.warning`: the solve is then only partial.
+///
+/// ```
+/// use cml::linalg::Vector;
+/// use nalgebra::DMatrix;
+///
+/// // H = diag(1, 2, 4): CG solves H v = b exactly in 3 steps (3 distinct eigenvalues).
+/// let h = DMatrix::from_diagonal(&Vector::from_vec(vec![1.0, 2.0, 4.0]));
+/// let b = Vector::from_vec(vec![1.0, 1.0, 1.0]);
+/// let (v, info) = cml::linear_solve::conjugate_gradient(|p| Ok(&h * p), &b, 3)?;
+/// assert!((v - Vector::from_vec(vec![1.0, 0.5, 0.25])).norm() < 1e-12);
+/// assert_eq!(info.matvecs, 3);
+/// # Ok::<(), cml::CmlError>(())
+/// ```
 pub fn conjugate_gradient(
     matvec: impl Fn(&Vector) -> Result<Vector>,
     b: &Vector,

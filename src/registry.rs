@@ -86,10 +86,25 @@ pub const PROBLEMS: &[ProblemEntry] = &[
     ProblemEntry {
         name: "regularised-mlp",
         about: "per-parameter weight decay of a 10-16-1 network on the diabetes data set",
-        draw: |seed| Ok(Box::new(RegularisedMlp::diabetes(INITIAL_DECAY, seed)?)),
+        draw: draw_regularised_mlp,
         read: |r| Ok(Box::new(RegularisedMlp::from_instance(r)?)),
     },
 ];
+
+#[cfg(feature = "datasets")]
+fn draw_regularised_mlp(seed: u64) -> Result<Box<dyn BilevelProblem>> {
+    Ok(Box::new(RegularisedMlp::diabetes(INITIAL_DECAY, seed)?))
+}
+
+#[cfg(not(feature = "datasets"))]
+fn draw_regularised_mlp(_seed: u64) -> Result<Box<dyn BilevelProblem>> {
+    Err(CmlError::invalid(
+        "problem",
+        "regularised-mlp",
+        "drawing it needs the diabetes data set: build with the `datasets` feature (on by default), or read an \
+         instance file",
+    ))
+}
 
 fn names<T>(entries: &[T], name: impl Fn(&T) -> &'static str) -> String {
     entries.iter().map(name).collect::<Vec<_>>().join(", ")

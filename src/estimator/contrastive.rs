@@ -95,6 +95,18 @@ impl Variant {
 
     /// `sum_k w_k g(m_k beta) / beta`, with `g(b)` supplied by the caller: from gradient-descent
     /// phases in the estimator, from exact or perturbed phase solutions in tests and theory.
+    ///
+    /// ```
+    /// use cml::estimator::Variant;
+    /// use cml::linalg::Vector;
+    ///
+    /// // g(b) = sin(b): F'(0) = 1; the symmetric stencil's error is beta^2 / 6 to leading order.
+    /// let g = |b: f64| Ok(Vector::from_element(1, b.sin()));
+    /// let beta = 1e-2;
+    /// let estimate = Variant::Symmetric.combine(beta, g)?;
+    /// assert!((estimate[0] - 1.0).abs() < 1.01 * beta * beta / 6.0);
+    /// # Ok::<(), cml::CmlError>(())
+    /// ```
     pub fn combine(self, beta: f64, mut g: impl FnMut(f64) -> Result<Vector>) -> Result<Vector> {
         let mut estimate: Option<Vector> = None;
         for &(multiple, weight) in self.stencil() {

@@ -119,6 +119,7 @@ impl RegularisedMlp {
         })
     }
 
+    #[cfg(feature = "datasets")]
     /// The diabetes data set (441 patients as shipped, 10 features, disease progression after a year),
     /// from the `linfa-datasets` crate: 147 / 147 / 147 rows, a 10-16-1 network.
     pub fn diabetes(decay: f64, seed: u64) -> Result<Self> {
