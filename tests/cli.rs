@@ -29,10 +29,7 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
     let q = cml::problem::Quadratic::random(&cml::problem::QuadraticSpec::default(), 0).unwrap();
     let theory = cml::theory::QuadraticTheory::new(&q, &cml::linalg::to_dvector(q.theta()).unwrap()).unwrap();
     let predicted = 0.001 / 2.0 * theory.derivative(2, 0.0).norm() / theory.derivative(1, 0.0).norm();
-    assert!(
-        (rel / predicted - 1.0).abs() < 0.1,
-        "relative error {rel:.4e}, predicted {predicted:.4e}"
-    );
+    approx::assert_relative_eq!(rel, predicted, max_relative = 0.1);
     // Free, nudged at beta, and the error bar's nudged phase at 2 beta.
     assert_eq!(v["phases"].as_array().unwrap().len(), 3);
     assert_eq!(v["phases"][2]["beta"].as_f64(), Some(0.002));

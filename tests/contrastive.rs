@@ -248,7 +248,7 @@ fn the_reference_codes_symmetric_rule_estimates_half_the_meta_gradient() {
     let defect = run(Variant::ReferenceCodeSymmetric);
     let standard = run(Variant::Standard);
     let rel = cml::linalg::relative_error(&defect.gradient, &exact);
-    assert!((rel - 0.5).abs() < 1e-3, "relative error {rel}");
+    approx::assert_abs_diff_eq!(rel, 0.5, epsilon = 1e-3);
     assert!(cml::linalg::relative_error(&(&defect.gradient * 2.0), &standard.gradient) < 1e-6);
     // It ran a phase at beta = 0 (the dropped outer loss), not at -beta.
     assert_eq!(

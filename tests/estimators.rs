@@ -230,10 +230,7 @@ fn neumann_error_decays_at_the_rate_its_alpha_predicts() {
         };
         let ratio = err(70) / err(60);
         let predicted = f64::powi(rho, 10);
-        assert!(
-            (ratio / predicted - 1.0).abs() < 0.02,
-            "alpha {alpha}: ratio {ratio:.4}, predicted {predicted:.4}"
-        );
+        approx::assert_relative_eq!(ratio, predicted, max_relative = 0.02);
     }
 }
 

@@ -160,8 +160,6 @@ fn the_same_seed_draws_the_same_instance_and_another_seed_does_not() {
 fn quadratic_spectrum_is_the_one_asked_for() {
     let p = build("quadratic", 3).unwrap();
     let c = p.curvature(p.theta(), 0.0).unwrap().unwrap();
-    assert!(
-        (c.strong_convexity - 1.0).abs() < 1e-12 && (c.smoothness - 10.0).abs() < 1e-12,
-        "{c:?}"
-    );
+    approx::assert_abs_diff_eq!(c.strong_convexity, 1.0, epsilon = 1e-12);
+    approx::assert_abs_diff_eq!(c.smoothness, 10.0, epsilon = 1e-12);
 }

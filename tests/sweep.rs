@@ -51,7 +51,7 @@ fn assert_slopes(rows: &[SweepRow], variant: Variant, tolerance: f64, what: &str
     for ((m, t), name) in measured.iter().zip(f.theory).zip(names) {
         let m = m.unwrap_or_else(|| panic!("{what} {}: no {name} slope", variant.name()));
         assert!(
-            (m - t).abs() <= tolerance,
+            approx::abs_diff_eq!(m, t, epsilon = tolerance),
             "{what} {}: {name} slope {m:.3}, theory {t:.3}",
             variant.name()
         );
@@ -95,8 +95,8 @@ fn warm_started_symmetric_phases_show_the_flat_floor_not_delta_over_beta() {
     ));
     let f = fit_variant(&rows, Variant::Symmetric);
     let (left, best) = (f.left.unwrap(), f.best_error_vs_delta.unwrap());
-    assert!(left.abs() <= 0.15, "left slope {left}");
-    assert!((best - 1.0).abs() <= 0.15, "best error slope {best}");
+    approx::assert_abs_diff_eq!(left, 0.0, epsilon = 0.15);
+    approx::assert_abs_diff_eq!(best, 1.0, epsilon = 0.15);
 }
 
 #[test]
@@ -131,12 +131,12 @@ fn phases_at_distance_delta_give_both_variants_their_theory_slopes() {
         assert_slopes(&sof, Variant::SecondOrderForward, 0.15, problem);
         let implicit = fit_delta(&rows, "implicit").unwrap();
         assert!(
-            (implicit.slope.unwrap() - 1.0).abs() <= 0.15,
+            approx::abs_diff_eq!(implicit.slope.unwrap(), 1.0, epsilon = 0.15),
             "{problem} implicit: {implicit:?}"
         );
         let t1t2 = fit_delta(&rows, "t1t2").unwrap();
         assert!(
-            t1t2.floor > 1e-2 && t1t2.slope.unwrap().abs() < 0.15,
+            t1t2.floor > 1e-2 && approx::abs_diff_eq!(t1t2.slope.unwrap(), 0.0, epsilon = 0.15),
             "{problem} T1-T2: {t1t2:?}"
         );
     }
