@@ -222,6 +222,40 @@ fn summarise(name: &str, cases: &[&Case], autos: &[&AutoCase]) -> CalibrationRow
     }
 }
 
+/// A log-log scatter of `(x, y)` points, one series per problem, with the lines `y = x` and
+/// `y = factor x` dashed: `labels` are the title and the axes, `lines` the two lines' labels and
+/// the factor.
+fn comparison_panel(labels: [&str; 3], points: &[(&str, (f64, f64))], lines: (&str, &str, f64)) -> Panel {
+    let [title, x_label, y_label] = labels;
+    let mut panel = Panel::new(title, x_label, y_label, true, true);
+    for (i, &name) in PROBLEMS.iter().enumerate() {
+        let own: Vec<(f64, f64)> = points
+            .iter()
+            .filter(|(p, _)| *p == name)
+            .map(|(_, xy)| *xy)
+            .collect();
+        panel.series.push(Series::new(name, own, i, Style::Points));
+    }
+    let (lo, hi) = points
+        .iter()
+        .fold((f64::INFINITY, 0.0f64), |(lo, hi), (_, (x, y))| {
+            (lo.min(*x).min(*y), hi.max(*x).max(*y))
+        });
+    let (equal, scaled, factor) = lines;
+    if lo < hi {
+        panel
+            .series
+            .push(Series::new(equal, vec![(lo, lo), (hi, hi)], 6, Style::Dashed));
+        panel.series.push(Series::new(
+            scaled,
+            vec![(lo, factor * lo), (hi / factor, hi)],
+            7,
+            Style::Dashed,
+        ));
+    }
+    panel
+}
+
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationResults> {
     let seeds: u64 = if settings.quick { 1 } else { 4 };
     let units: Vec<(&'static str, u64)> = PROBLEMS
@@ -320,75 +354,32 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
     }
     write_table(settings, "error_bar.md", &table, files)?;
 
-    let mut scatter = Panel::new(
-        "error bar against the true error",
-        "|estimate - dJ/dtheta|",
-        "error bar",
-        true,
-        true,
-    );
-    for (i, &name) in PROBLEMS.iter().enumerate() {
-        let points: Vec<(f64, f64)> = cases
+    let scatter = comparison_panel(
+        [
+            "error bar against the true error",
+            "|estimate - dJ/dtheta|",
+            "error bar",
+        ],
+        &cases
             .iter()
-            .filter(|c| c.problem == name && c.bar.is_finite() && c.error > 0.0)
-            .map(|c| (c.error, c.bar))
-            .collect();
-        scatter.series.push(Series::new(name, points, i, Style::Points));
-    }
-    let (lo, hi) = cases
-        .iter()
-        .filter(|c| c.bar.is_finite() && c.error > 0.0)
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), c| {
-            (lo.min(c.error).min(c.bar), hi.max(c.error).max(c.bar))
-        });
-    if lo < hi {
-        scatter.series.push(Series::new(
-            "bar = error",
-            vec![(lo, lo), (hi, hi)],
-            6,
-            Style::Dashed,
-        ));
-        scatter.series.push(Series::new(
-            "bar = 10 x error",
-            vec![(lo, 10.0 * lo), (hi / 10.0, hi)],
-            7,
-            Style::Dashed,
-        ));
-    }
-    let mut auto_panel = Panel::new(
-        "beta auto against the grid's best",
-        "grid's best error",
-        "error at the chosen beta",
-        true,
-        true,
+            .filter(|c| c.bar.is_finite() && c.error > 0.0)
+            .map(|c| (c.problem, (c.error, c.bar)))
+            .collect::<Vec<_>>(),
+        ("bar = error", "bar = 10 x error", 10.0),
     );
-    for (i, &name) in PROBLEMS.iter().enumerate() {
-        let points: Vec<(f64, f64)> = autos
+    let auto_panel = comparison_panel(
+        [
+            "beta auto against the grid's best",
+            "grid's best error",
+            "error at the chosen beta",
+        ],
+        &autos
             .iter()
-            .filter(|a| a.problem == name && a.best_error > 0.0)
-            .map(|a| (a.best_error, a.error))
-            .collect();
-        auto_panel
-            .series
-            .push(Series::new(name, points, i, Style::Points));
-    }
-    let (lo, hi) = autos
-        .iter()
-        .filter(|a| a.best_error > 0.0)
-        .fold((f64::INFINITY, 0.0f64), |(lo, hi), a| {
-            (lo.min(a.best_error), hi.max(a.error).max(a.best_error))
-        });
-    if lo < hi {
-        auto_panel
-            .series
-            .push(Series::new("equal", vec![(lo, lo), (hi, hi)], 6, Style::Dashed));
-        auto_panel.series.push(Series::new(
-            "3 x",
-            vec![(lo, 3.0 * lo), (hi / 3.0, hi)],
-            7,
-            Style::Dashed,
-        ));
-    }
+            .filter(|a| a.best_error > 0.0)
+            .map(|a| (a.problem, (a.best_error, a.error)))
+            .collect::<Vec<_>>(),
+        ("equal", "3 x", 3.0),
+    );
     save(
         settings,
         "error_bar_calibration",
