@@ -179,9 +179,9 @@ fn print_text(r: &GradReport) {
         if let Some(pilots) = &bar.auto_beta {
             let tried: Vec<String> = pilots
                 .iter()
-                .map(|p| match p.bar {
-                    Some(b) => format!("{:.2e} (bar {b:.2e})", p.beta),
-                    None => format!("{:.2e} (phases diverged)", p.beta),
+                .map(|p| match (p.estimated_error, p.bar) {
+                    (Some(e), Some(b)) => format!("{:.2e} (estimated error {e:.2e}, bar {b:.2e})", p.beta),
+                    _ => format!("{:.2e} (phases diverged)", p.beta),
                 })
                 .collect();
             println!("beta auto   chose {:.4e}; pilots {}", bar.beta, tried.join(", "));

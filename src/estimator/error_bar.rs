@@ -198,6 +198,44 @@ fn phase_distance(runs: &mut PhaseRuns, b: f64, weight: f64) -> Result<PhaseDist
     })
 }
 
+/// Conjugate-gradient steps at most for the Newton step `H^{-1} grad` of [`phase_noise`].
+pub const NOISE_CG_STEPS: usize = 50;
+
+/// A first-order estimate (not a bound) of what the phases' inexactness actually adds to the
+/// estimate at `beta`: `||sum_k w_k M_k e_k|| / |beta|` with `e_k = H_k^{-1} grad_k` the Newton
+/// step at each phase's end point (CG on Hessian-vector products) and `M_k` the mixed matrix there
+/// (docs/ERROR_BAR.md §4). Unlike the bound it keeps the signs, so phase errors that cancel
+/// between phases count as cancelled. `None` where CG meets non-positive curvature.
+pub fn phase_noise(runs: &mut PhaseRuns, beta: f64) -> Result<Option<f64>> {
+    let variant = runs.rule().variant;
+    let (oracle, theta) = (runs.oracle(), runs.theta());
+    let mut total: Option<Vector> = None;
+    for &(multiple, weight) in variant.stencil() {
+        let solution = runs.solution(multiple * beta)?;
+        let (phi, run) = (solution.phi.clone(), solution.info.beta);
+        let grad = crate::linalg::to_dvector(&solution.gradients.phi)?;
+        let steps = NOISE_CG_STEPS.min(grad.len());
+        let matvec = |v: &Vector| -> Result<Vector> {
+            crate::linalg::to_dvector(&oracle.phase_hvp(&phi, theta, run, &crate::linalg::to_tensor(v)?)?)
+        };
+        let (step, info) = crate::linear_solve::conjugate_gradient(matvec, &grad, steps)?;
+        if info.warning.is_some() {
+            return Ok(None);
+        }
+        let moved = crate::linalg::to_dvector(&oracle.phase_mixed_product(
+            &phi,
+            theta,
+            run,
+            &crate::linalg::to_tensor(&step)?,
+        )?)? * weight;
+        total = Some(match total {
+            Some(t) => t + moved,
+            None => moved,
+        });
+    }
+    Ok(total.map(|t| t.norm() / beta.abs()))
+}
+
 /// The contrastive estimate of `rule` at its `beta`, with its error bar in
 /// [`Estimate::error_bar`]. The estimate's cost is its own; the bar's is in
 /// [`ErrorBar::extra_cost`], and its phases at `2 beta` follow the estimate's in the report.
@@ -235,6 +273,11 @@ pub struct PilotRound {
     pub bar: Option<f64>,
     pub truncation: Option<f64>,
     pub phase_precision: Option<f64>,
+    /// [`phase_noise`]: the phase errors' estimated actual contribution.
+    pub phase_noise: Option<f64>,
+    /// What the choice minimises: `richardson_gap / (2^p - 1) + phase_noise` (the bar where the
+    /// noise estimate is unavailable).
+    pub estimated_error: Option<f64>,
     pub failure: Option<String>,
 }
 
@@ -314,20 +357,35 @@ impl MetaGradientEstimator for AutoBeta {
         let oracle = Oracle::new(problem);
         let mut runs = PhaseRuns::start(&self.rule, &oracle, theta)?;
         let mut pilots: Vec<PilotRound> = Vec::new();
-        let mut best: Option<(Vector, ErrorBar)> = None;
+        // The best pilot so far: its estimate, bar and estimated error.
+        let mut best: Option<(Vector, ErrorBar, f64)> = None;
         let mut first_failure = None;
         let mut beta = self.rule.beta;
         for _ in 0..self.rounds {
-            let round = runs
-                .estimate(beta)
-                .and_then(|est| error_bar_at(&mut runs, beta, &est).map(|bar| (est, bar)));
+            let round = runs.estimate(beta).and_then(|est| {
+                let bar = error_bar_at(&mut runs, beta, &est)?;
+                let noise = if bar.bar.is_finite() {
+                    phase_noise(&mut runs, beta)?
+                } else {
+                    None
+                };
+                Ok((est, bar, noise))
+            });
             let next = match round {
-                Ok((est, bar)) => {
+                Ok((est, bar, noise)) => {
+                    // The point estimate of the error the choice minimises: the truncation part
+                    // without its safety factor, plus the phase errors' estimated contribution
+                    // (the bound's part where CG met negative curvature).
+                    let truncation = bar.richardson_gap / (2f64.powi(bar.order) - 1.0);
+                    let precision = noise.unwrap_or(bar.phase_precision);
+                    let estimated = truncation + precision;
                     pilots.push(PilotRound {
                         beta,
                         bar: Some(bar.bar),
                         truncation: Some(bar.truncation),
                         phase_precision: Some(bar.phase_precision),
+                        phase_noise: noise,
+                        estimated_error: Some(estimated),
                         failure: None,
                     });
                     // An unbounded phase-precision part is unbounded at every beta.
@@ -335,11 +393,11 @@ impl MetaGradientEstimator for AutoBeta {
                     let next = match &best {
                         // Worse than the best pilot: the extrapolation from here is not to be
                         // trusted; bisect (in log beta) towards the best instead.
-                        Some((_, b)) if bar.bar >= b.bar => (beta * b.beta).sqrt(),
-                        _ => next_pilot(beta, bar.truncation, bar.phase_precision, bar.order),
+                        Some((_, b, e)) if estimated >= *e => (beta * b.beta).sqrt(),
+                        _ => next_pilot(beta, truncation, precision, bar.order),
                     };
-                    if best.as_ref().is_none_or(|(_, b)| bar.bar < b.bar) {
-                        best = Some((est, bar));
+                    if best.as_ref().is_none_or(|(_, _, e)| estimated < *e) {
+                        best = Some((est, bar, estimated));
                     }
                     if stop {
                         break;
@@ -353,6 +411,8 @@ impl MetaGradientEstimator for AutoBeta {
                         bar: None,
                         truncation: None,
                         phase_precision: None,
+                        phase_noise: None,
+                        estimated_error: None,
                         failure: Some(e.to_string()),
                     });
                     first_failure.get_or_insert(e);
@@ -361,7 +421,7 @@ impl MetaGradientEstimator for AutoBeta {
                 Err(e) => return Err(e),
             };
             // Converged: the next pilot is within a factor 1.25 of one already run (near the
-            // optimum the bar changes by under 5% over that factor; docs/ERROR_BAR.md §4).
+            // optimum the estimated error changes by under 5% over that factor; docs/ERROR_BAR.md §4).
             if pilots
                 .iter()
                 .any(|p| (next / p.beta).abs().ln().abs() < STOP_FACTOR.ln())
@@ -370,7 +430,7 @@ impl MetaGradientEstimator for AutoBeta {
             }
             beta = next;
         }
-        let Some((gradient, mut bar)) = best else {
+        let Some((gradient, mut bar, _)) = best else {
             return Err(first_failure.expect("every round failed, so one failure was kept"));
         };
         // The pilots beyond the chosen estimate's own phases are the price of choosing.
