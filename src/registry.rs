@@ -256,7 +256,7 @@ pub const ESTIMATORS: &[EstimatorEntry] = &[
     },
     EstimatorEntry {
         name: CONTRASTIVE_AUTO,
-        about: "the contrastive rule with beta chosen by its error bar (the same as --beta auto)",
+        about: "the contrastive rule with beta chosen by its error bar (as --beta auto: pilots from 0.01, --beta unused)",
         build: |p| EstimatorSpec::ContrastiveAutoBeta(AutoBeta::new(contrastive(p))),
     },
     EstimatorEntry {
