@@ -4,7 +4,7 @@
 //! becomes a default step size and when that fails.
 
 use crate::error::{CmlError, Result};
-use crate::linalg::{to_dvector, to_tensor};
+use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::rng::{normal_vector, seeded};
 use candle_core::Tensor;
@@ -27,41 +27,65 @@ pub struct SmoothnessEstimate {
     pub iterations: usize,
 }
 
-/// Power iteration on `d2_{phi phi} L_beta` at `(phi, theta)`, from a fixed seeded start vector
-/// (so the estimate is reproducible).
-pub fn estimate(oracle: &Oracle, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<SmoothnessEstimate> {
-    let n = phi.dims1()?;
-    let mut v = normal_vector(&mut seeded(0x5eed), n).normalize();
+/// Power iteration from a fixed seeded unit vector (so every estimate is reproducible): at each
+/// iterate `v`, `measure(v)` gives the estimate and what `advance` turns into the next, unnormalised
+/// iterate (`None`, or a zero vector, ends the iteration at the current estimate). Stops once the
+/// estimate changes by at most [`RELATIVE_CHANGE`] or after [`POWER_ITERATIONS`]; a non-finite
+/// estimate is an error naming `what` and `allowed`. Returns the estimate and the iterations run.
+fn power_iteration<T>(
+    n: usize,
+    seed: u64,
+    (what, allowed): (&str, &str),
+    mut measure: impl FnMut(&Vector) -> Result<(f64, T)>,
+    mut advance: impl FnMut(T) -> Result<Option<Vector>>,
+) -> Result<(f64, usize)> {
+    let mut v = normal_vector(&mut seeded(seed), n).normalize();
     let mut previous = f64::NAN;
     for iteration in 1..=POWER_ITERATIONS {
-        let hv = to_dvector(&oracle.phase_hvp(phi, theta, beta, &to_tensor(&v)?)?)?;
-        let norm = hv.norm();
+        let (norm, carried) = measure(&v)?;
         if !norm.is_finite() {
-            return Err(CmlError::invalid(
-                "curvature estimate",
-                norm,
-                "a finite Hessian-vector product at the phase's start (give a step size instead)",
-            ));
+            return Err(CmlError::invalid(what, norm, allowed));
         }
         if norm == 0.0 {
-            return Ok(SmoothnessEstimate {
-                largest_curvature: 0.0,
-                iterations: iteration,
-            });
+            return Ok((0.0, iteration));
         }
         let converged = (norm - previous).abs() <= RELATIVE_CHANGE * norm;
         previous = norm;
-        v = hv / norm;
         if converged {
-            return Ok(SmoothnessEstimate {
-                largest_curvature: norm,
-                iterations: iteration,
-            });
+            return Ok((norm, iteration));
+        }
+        match advance(carried)? {
+            Some(next) => {
+                let next_norm = next.norm();
+                if next_norm == 0.0 {
+                    return Ok((norm, iteration));
+                }
+                v = next / next_norm;
+            }
+            None => return Ok((norm, iteration)),
         }
     }
+    Ok((previous, POWER_ITERATIONS))
+}
+
+/// Power iteration on `d2_{phi phi} L_beta` at `(phi, theta)`.
+pub fn estimate(oracle: &Oracle, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<SmoothnessEstimate> {
+    let (largest_curvature, iterations) = power_iteration(
+        phi.dims1()?,
+        0x5eed,
+        (
+            "curvature estimate",
+            "a finite Hessian-vector product at the phase's start (give a step size instead)",
+        ),
+        |v| {
+            let hv = to_dvector(&oracle.phase_hvp(phi, theta, beta, &to_tensor(v)?)?)?;
+            Ok((hv.norm(), hv))
+        },
+        |hv| Ok(Some(hv)),
+    )?;
     Ok(SmoothnessEstimate {
-        largest_curvature: previous,
-        iterations: POWER_ITERATIONS,
+        largest_curvature,
+        iterations,
     })
 }
 
@@ -113,7 +137,7 @@ pub fn smallest_curvature(
 ) -> Result<SmallestCurvature> {
     let n = phi.dims1()?;
     let limit = LANCZOS_ITERATIONS.min(n);
-    let mut basis: Vec<crate::linalg::Vector> = vec![normal_vector(&mut seeded(0x1a2c), n).normalize()];
+    let mut basis: Vec<Vector> = vec![normal_vector(&mut seeded(0x1a2c), n).normalize()];
     let (mut alphas, mut betas) = (Vec::new(), Vec::new());
     loop {
         let j = basis.len() - 1;
@@ -161,37 +185,26 @@ pub fn smallest_curvature(
 }
 
 /// The spectral norm of the mixed matrix `d2_{theta phi} L_beta` at `(phi, theta)`, by power
-/// iteration on `M^T M` (two second-order products per iteration): it bounds how far `g(beta)`
-/// moves per unit distance of the phase's end point from its solution. A lower bound that
-/// converges to the norm, returned with the products spent.
-pub fn mixed_norm(oracle: &Oracle, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<(f64, usize)> {
-    let n = phi.dims1()?;
-    let mut v = normal_vector(&mut seeded(0x3b1d), n).normalize();
-    let mut previous = f64::NAN;
-    for iteration in 1..=POWER_ITERATIONS {
-        let mv = oracle.phase_mixed_product(phi, theta, beta, &to_tensor(&v)?)?;
-        let norm = crate::linalg::norm(&mv)?;
-        if !norm.is_finite() {
-            return Err(CmlError::invalid(
-                "mixed-derivative norm",
-                norm,
-                "a phase end point where the loss has finite second derivatives",
-            ));
-        }
-        if norm == 0.0 {
-            return Ok((0.0, 2 * iteration - 1));
-        }
-        let converged = (norm - previous).abs() <= RELATIVE_CHANGE * norm;
-        previous = norm;
-        if converged {
-            return Ok((norm, 2 * iteration - 1));
-        }
-        let back = to_dvector(&oracle.phase_mixed_transpose_product(phi, theta, beta, &mv)?)?;
-        let back_norm = back.norm();
-        if back_norm == 0.0 {
-            return Ok((norm, 2 * iteration));
-        }
-        v = back / back_norm;
-    }
-    Ok((previous, 2 * POWER_ITERATIONS))
+/// iteration on `M^T M` (a product `M v` per iteration, and `M^T (M v)` for the next): it bounds
+/// how far `g(beta)` moves per unit distance of the phase's end point from its solution. A lower
+/// bound that converges to the norm.
+pub fn mixed_norm(oracle: &Oracle, phi: &Tensor, theta: &Tensor, beta: f64) -> Result<f64> {
+    let (norm, _) = power_iteration(
+        phi.dims1()?,
+        0x3b1d,
+        (
+            "mixed-derivative norm",
+            "a phase end point where the loss has finite second derivatives",
+        ),
+        |v| {
+            let mv = oracle.phase_mixed_product(phi, theta, beta, &to_tensor(v)?)?;
+            Ok((crate::linalg::norm(&mv)?, mv))
+        },
+        |mv| {
+            Ok(Some(to_dvector(
+                &oracle.phase_mixed_transpose_product(phi, theta, beta, &mv)?,
+            )?))
+        },
+    )?;
+    Ok(norm)
 }

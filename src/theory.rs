@@ -71,17 +71,11 @@ impl Bound {
     }
 }
 
-/// The order of the truncation term in `beta` (1 standard, 2 the others, 0 the reference code's
-/// defect): [`Variant::truncation_order`].
-pub fn truncation_order(variant: Variant) -> i32 {
-    variant.truncation_order()
-}
-
 /// Predicted best `beta` and best error for a truncation coefficient `a` (error `a |beta|^p`),
 /// delta coefficient `b` and direct term `c`: minimising `a beta^p + b delta / beta` gives
 /// `beta* = (b delta / (p a))^(1/(p+1))`, so `beta* ~ delta^(1/2)` (p = 1) or `delta^(1/3)` (p = 2).
 pub fn best_beta(variant: Variant, a: f64, b: f64, c: f64, delta: f64) -> (f64, f64) {
-    let p = truncation_order(variant);
+    let p = variant.truncation_order();
     let beta = (b * delta / (f64::from(p) * a)).powf(1.0 / f64::from(p + 1));
     (beta, a * beta.powi(p) + b * delta / beta + c * delta)
 }
@@ -89,7 +83,7 @@ pub fn best_beta(variant: Variant, a: f64, b: f64, c: f64, delta: f64) -> (f64, 
 /// Theory slopes on log-log axes: (error vs beta on the right of the minimum, on the left,
 /// best beta vs delta, best error vs delta).
 pub fn theory_slopes(variant: Variant) -> [f64; 4] {
-    match truncation_order(variant) {
+    match variant.truncation_order() {
         1 => [1.0, -1.0, 0.5, 0.5],
         2 => [2.0, -1.0, 1.0 / 3.0, 2.0 / 3.0],
         // A bias independent of beta: flat on the right, and neither the best beta nor the best
@@ -216,7 +210,7 @@ impl QuadraticTheory {
         let c = &self.constants;
         Bound {
             truncation: self.truncation_coefficient(variant, beta)
-                * beta.abs().powi(truncation_order(variant)),
+                * beta.abs().powi(variant.truncation_order()),
             delta_term: c.delta_coefficient(variant) * delta / beta.abs(),
             direct_term: c.direct_coefficient(variant) * delta,
         }

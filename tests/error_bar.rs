@@ -111,7 +111,7 @@ fn mixed_products_and_their_norm_match_the_dense_mixed_matrix() {
             "{name}"
         );
         let largest = m.clone().singular_values().max();
-        let (estimate, _) = mixed_norm(&oracle, &phi, &theta, beta).unwrap();
+        let estimate = mixed_norm(&oracle, &phi, &theta, beta).unwrap();
         assert!(
             estimate <= largest * (1.0 + 1e-10),
             "{name}: {estimate} > {largest}"

@@ -139,13 +139,7 @@ pub fn error_bar_at(runs: &mut PhaseRuns, beta: f64, estimate: &Vector) -> Resul
     }
     let phase_precision = phases
         .iter()
-        .map(|p| {
-            if p.weight == 0.0 {
-                0.0
-            } else {
-                p.weight.abs() * p.mixed_norm * p.distance
-            }
-        })
+        .map(|p| p.weight.abs() * p.mixed_norm * p.distance)
         .sum::<f64>()
         / beta.abs();
     Ok(ErrorBar {
@@ -186,7 +180,7 @@ fn phase_distance(runs: &mut PhaseRuns, b: f64, weight: f64) -> Result<PhaseDist
         DistanceSource::NotPositiveDefinite => f64::INFINITY,
         _ => grad_norm / strong_convexity,
     };
-    let (mixed_norm, _) = smoothness::mixed_norm(oracle, &phi, theta, run)?;
+    let mixed_norm = smoothness::mixed_norm(oracle, &phi, theta, run)?;
     Ok(PhaseDistance {
         beta: run,
         weight,
