@@ -74,6 +74,7 @@ fn synapse(sizes: &str, shots: usize) -> Synapse {
         net: Mlp::parse(sizes).unwrap(),
         per_synapse: true,
         strength: 1.0,
+        fixed_strength: false,
     };
     Synapse::random(&spec, shots, 7).unwrap()
 }

@@ -23,6 +23,7 @@ fn synapse(sizes: &str) -> Synapse {
         net: Mlp::parse(sizes).unwrap(),
         per_synapse: true,
         strength: 10.0,
+        fixed_strength: false,
     };
     Synapse::random(&spec, 10, 0).unwrap()
 }

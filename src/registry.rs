@@ -13,7 +13,7 @@ use crate::model::Mlp;
 use crate::problem::instance::InstanceReader;
 use crate::problem::{
     BilevelProblem, DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec,
-    RegularisedMlp, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
+    RegularisedMlp, SinusoidTask, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
 };
 
 /// A problem: how to draw an instance from a seed (default sizes), and how to read one back from
@@ -69,7 +69,7 @@ pub const PROBLEMS: &[ProblemEntry] = &[
                 seed,
             )?))
         },
-        read: |r| Ok(Box::new(Synapse::from_instance(r)?)),
+        read: |r| Ok(Box::new(Synapse::<SinusoidTask>::from_instance(r)?)),
     },
     ProblemEntry {
         name: "modulation",
@@ -81,7 +81,7 @@ pub const PROBLEMS: &[ProblemEntry] = &[
                 seed,
             )?))
         },
-        read: |r| Ok(Box::new(Modulation::from_instance(r)?)),
+        read: |r| Ok(Box::new(Modulation::<SinusoidTask>::from_instance(r)?)),
     },
     ProblemEntry {
         name: "regularised-mlp",
@@ -192,6 +192,7 @@ pub const MODELS: &[ModelEntry] = &[
                 net: o.net.clone(),
                 per_synapse: o.per_synapse,
                 strength: o.strength,
+                fixed_strength: false,
             })
         },
     },

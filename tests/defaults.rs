@@ -52,6 +52,7 @@ fn power_iteration_on_the_network_models_matches_the_dense_spectrum() {
             net: net.clone(),
             per_synapse: true,
             strength: 1.0,
+            fixed_strength: false,
         },
         10,
         4,
@@ -276,6 +277,7 @@ fn the_dense_implicit_solve_is_refused_above_its_size_limit() {
         net: Mlp::parse("1-70-70-1").unwrap(),
         per_synapse: true,
         strength: 1.0,
+        fixed_strength: false,
     };
     let p = Synapse::random(&wide, 10, 0).unwrap();
     assert!(p.dims().phi > cml::estimator::DENSE_SOLVE_LIMIT);

@@ -88,7 +88,7 @@ proptest! {
     fn synapse_fast_path_equals_candle_autodiff(
         net in sinusoid_net(), shots in 1usize..=8, per_synapse: bool, beta in beta(), seed: u64,
     ) {
-        let spec = SynapseSpec { net: net.clone(), per_synapse, strength: 1.0 };
+        let spec = SynapseSpec { net: net.clone(), per_synapse, strength: 1.0, fixed_strength: false };
         let mut rng = seeded(seed);
         let mut theta = spec.initial_theta(&mut rng).unwrap();
         let p = net.param_count();
@@ -252,6 +252,7 @@ fn every_estimate_on_the_synapse_is_the_same_through_both_engines() {
         net: Mlp::parse("1-8-8-1").unwrap(),
         per_synapse: true,
         strength: 1.0,
+        fixed_strength: false,
     };
     check_whole_estimates(&Synapse::random(&spec, 10, 3).unwrap(), 0.01, false);
 }
@@ -296,6 +297,7 @@ fn a_meta_batch_gives_the_same_bits_on_one_two_and_three_threads() {
             net: Mlp::parse("1-12-12-1").unwrap(),
             per_synapse: true,
             strength: 1.0,
+            fixed_strength: false,
         }),
         ModelSpec::Modulation(ModulationSpec {
             net: Mlp::parse("1-12-12-1").unwrap(),

@@ -41,6 +41,7 @@ fn small_synapse(per_synapse: bool, strength: f64, seed: u64) -> Synapse {
         net: Mlp::parse("1-4-4-1").unwrap(),
         per_synapse,
         strength,
+        fixed_strength: false,
     };
     Synapse::random(&spec, 5, seed).unwrap()
 }

@@ -46,6 +46,7 @@ fn models() -> Vec<ModelSpec> {
             net: net.clone(),
             per_synapse: true,
             strength: 10.0,
+            fixed_strength: false,
         }),
         ModelSpec::Modulation(ModulationSpec { net, strength: 10.0 }),
     ]

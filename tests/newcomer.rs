@@ -265,6 +265,7 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
             net: cml::model::Mlp::parse("1-8-8-1").unwrap(),
             per_synapse: true,
             strength: 1.0,
+            fixed_strength: false,
         },
         10,
         0,

@@ -77,6 +77,7 @@ fn every_rule_gives_the_same_estimate_on_both_engines() {
         net: Mlp::parse("1-6-6-1").unwrap(),
         per_synapse: true,
         strength: 1.0,
+        fixed_strength: false,
     };
     let p = Synapse::random(&spec, 10, 1).unwrap();
     for rule in [

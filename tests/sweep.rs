@@ -152,6 +152,7 @@ fn the_complex_synapse_mlp_gives_the_theory_slopes_within_0_08() {
         net: Mlp::parse("1-4-4-1").unwrap(),
         per_synapse: true,
         strength: 20.0,
+        fixed_strength: false,
     };
     let p = Synapse::random(&spec, 5, 2).unwrap();
     let theta = p.theta().clone();

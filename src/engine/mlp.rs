@@ -3,10 +3,12 @@
 //!
 //! Layer `l`: `z_l = h_{l-1} W_l + b_l`; on hidden layers, optionally modulated per unit,
 //! `u_l = z_l * a_l + s_l` (else `u_l = z_l`), `h_l = tanh(u_l)`; the last layer is linear.
-//! The data loss is `sum_i c_i ||y_i - t_i||^2` over rows `i`, with a weight `c_i` per row, so
-//! that one pass over `[support; query]` rows gives `L_in + beta L_out` of a squared-error model.
+//! The data loss is `sum_i c_i ||m_i * (y_i - t_i)||^2` over rows `i`, with a weight `c_i` per
+//! row and an optional 0/1 mask `m_i` per output (all ones without one; a bandit task scores only
+//! the pulled arm), so that one pass over `[support; query]` rows gives `L_in + beta L_out` of a
+//! squared-error model.
 //!
-//! Backward, with `dY_i = 2 c_i (y_i - t_i)` and `dZ_L = dY`:
+//! Backward, with `dY_i = 2 c_i m_i * (y_i - t_i)` and `dZ_L = dY`:
 //! `dW_l = h_{l-1}^T dZ_l`, `db_l = sum_i dZ_l`, `dH_{l-1} = dZ_l W_l^T`,
 //! `dU_{l-1} = dH_{l-1} * (1 - h_{l-1}^2)`, `da = sum_i dU * z`, `ds = sum_i dU`, `dZ = dU * a`.
 
@@ -22,6 +24,8 @@ pub struct MlpKernel {
     x: Vec<f64>,
     /// `(n_support + n_query) x out`, row-major.
     t: Vec<f64>,
+    /// Same shape as `t`: which outputs enter the loss (`None`: all).
+    mask: Option<Vec<f64>>,
     n_support: usize,
     n_query: usize,
     /// Loss weight of a support row in `L_in` and of a query row in `L_out`.
@@ -107,11 +111,20 @@ impl MlpKernel {
             layers: net.layers(),
             x,
             t,
+            mask: None,
             n_support,
             n_query: rows - n_support,
             support_weight,
             query_weight,
         }
+    }
+
+    /// Scores only the outputs where `mask` (shaped as the targets) is 1; the others must be 0.
+    pub fn with_mask(mut self, mask: Vec<f64>) -> Self {
+        assert_eq!(mask.len(), self.t.len(), "one mask entry per target entry");
+        assert!(mask.iter().all(|&m| m == 0.0 || m == 1.0), "a mask holds 0s and 1s");
+        self.mask = Some(mask);
+        self
     }
 
     pub fn layers(&self) -> &[Layer] {
@@ -208,7 +221,7 @@ impl MlpKernel {
             tanh_in_place(out);
         }
 
-        // Loss and dY = 2 c_i (y_i - t_i).
+        // Loss and dY = 2 c_i m_i (y_i - t_i).
         let d_out = self.layers[last].fan_out;
         let y = &buf.h[last + 1][..rows * d_out];
         let dy = &mut buf.dz[last][..rows * d_out];
@@ -221,7 +234,10 @@ impl MlpKernel {
             };
             let mut row_sum = 0.0;
             for j in 0..d_out {
-                let r = y[i * d_out + j] - self.t[i * d_out + j];
+                let mut r = y[i * d_out + j] - self.t[i * d_out + j];
+                if let Some(m) = &self.mask {
+                    r *= m[i * d_out + j];
+                }
                 row_sum += r * r;
                 dy[i * d_out + j] = 2.0 * c * r;
             }

@@ -76,6 +76,7 @@ pub fn synapse_instance(settings: &Settings, files: &mut Vec<PathBuf>) -> Result
         net: Mlp::parse("1-4-4-1")?,
         per_synapse: true,
         strength: 20.0,
+        fixed_strength: false,
     };
     let p = Synapse::random(&spec, 5, settings.seed + 2)?;
     let theta = p.theta().clone();

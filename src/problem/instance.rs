@@ -253,6 +253,12 @@ impl InstanceReader<'_> {
             .ok_or_else(|| self.error(format!("scalar '{name}' is missing")))
     }
 
+    /// A scalar that older files may lack.
+    pub fn optional_scalar(&mut self, name: &str) -> Option<f64> {
+        self.used.insert(name.into());
+        self.file.scalars.get(name).map(|x| x.0)
+    }
+
     /// Every array and scalar in the file must have been read: a stray entry is a typo.
     pub fn finish(self) -> Result<()> {
         let stray: Vec<&str> = self

@@ -9,6 +9,7 @@ pub mod quadratic;
 pub mod regularised_mlp;
 pub mod sinusoid;
 pub mod synapse;
+pub mod task;
 pub mod weight_decay;
 
 use crate::error::Result;
@@ -20,6 +21,7 @@ pub use quadratic::{Quadratic, QuadraticSpec};
 pub use regularised_mlp::RegularisedMlp;
 pub use sinusoid::SinusoidTask;
 pub use synapse::{Synapse, SynapseSpec};
+pub use task::{RegressionTask, TaskTensors};
 pub use weight_decay::{DataLoss, WeightDecay, WeightDecaySpec};
 
 /// Sizes of the fast and meta-parameters.

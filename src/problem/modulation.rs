@@ -8,16 +8,18 @@
 //!
 //! `L_out` depends on the slow weights directly, so the direct term `d_theta L_out` is part of
 //! the meta-gradient. Initial values: gains 1, shifts 0, readout `N(0, 1/h_L)`, bias 0.
+//! The data come from any [`RegressionTask`] (MSE masked on bandit tasks, docs/BANDIT.md).
 
 use super::instance::InstanceReader;
-use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
+use super::sinusoid::SinusoidTask;
 use super::synapse::{check_len, no_kernel};
+use super::task::{RegressionTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::model::mlp::{Layer, Mlp, mse};
+use crate::model::mlp::{Layer, Mlp};
 use crate::rng::{Rng, normal, seeded};
 use candle_core::Tensor;
 
@@ -88,13 +90,13 @@ impl Layout {
 }
 
 #[derive(Debug, Clone)]
-pub struct Modulation {
+pub struct Modulation<T: RegressionTask = SinusoidTask> {
     spec: ModulationSpec,
     layout: Layout,
-    task: SinusoidTask,
+    task: T,
     data: TaskTensors,
     theta: Tensor,
-    /// The fast path's kernel (a network of one input and one output, as the tasks need).
+    /// The fast path's kernel (where the network's widths fit the task's).
     kernel: Option<MlpKernel>,
 }
 
@@ -121,8 +123,8 @@ impl ModulationSpec {
     }
 }
 
-impl Modulation {
-    pub fn new(spec: ModulationSpec, task: SinusoidTask, theta: &Vector) -> Result<Self> {
+impl<T: RegressionTask> Modulation<T> {
+    pub fn new(spec: ModulationSpec, task: T, theta: &Vector) -> Result<Self> {
         let layout = Layout::new(&spec.net)?;
         let expected = layout.slow_len + layout.fast_len;
         if theta.len() != expected {
@@ -132,8 +134,8 @@ impl Modulation {
                 format!("(W, b, phi_init) for this network has {expected} entries"),
             ));
         }
-        let data = TaskTensors::new(&task)?;
-        let kernel = scalar_regression(&spec.net).then(|| task.mse_kernel(&spec.net));
+        let data = task.tensors()?;
+        let kernel = task.fits(&spec.net).then(|| task.kernel(&spec.net));
         Ok(Modulation {
             spec,
             layout,
@@ -144,18 +146,11 @@ impl Modulation {
         })
     }
 
-    pub fn random(spec: &ModulationSpec, shots: usize, seed: u64) -> Result<Self> {
-        let mut rng = seeded(seed);
-        let theta = spec.initial_theta(&mut rng)?;
-        let task = SinusoidTask::sample(&mut rng, shots)?;
-        Self::new(spec.clone(), task, &theta)
-    }
-
-    pub fn task(&self) -> &SinusoidTask {
+    pub fn task(&self) -> &T {
         &self.task
     }
 
-    /// Predictions with slow weights from `theta` and fast parameters `phi`, inputs `(N, 1)`.
+    /// Predictions with slow weights from `theta` and fast parameters `phi`, inputs `(N, in)`.
     pub fn predict(&self, phi: &Tensor, theta: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
         for (l, layer) in self.layout.hidden.iter().enumerate() {
@@ -176,16 +171,25 @@ impl Modulation {
     pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
         let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
         let strength = r.scalar("strength")?;
-        let task = read_task(&mut r)?;
+        let task = T::read(&mut r)?;
         let theta = r.vector("theta", None)?;
         r.finish()?;
         Self::new(ModulationSpec { net, strength }, task, &theta)
     }
 }
 
-impl BilevelProblem for Modulation {
+impl Modulation<SinusoidTask> {
+    pub fn random(spec: &ModulationSpec, shots: usize, seed: u64) -> Result<Self> {
+        let mut rng = seeded(seed);
+        let theta = spec.initial_theta(&mut rng)?;
+        let task = SinusoidTask::sample(&mut rng, shots)?;
+        Self::new(spec.clone(), task, &theta)
+    }
+}
+
+impl<T: RegressionTask> BilevelProblem for Modulation<T> {
     fn name(&self) -> &'static str {
-        "modulation"
+        T::MODULATION_NAME
     }
 
     fn dims(&self) -> Dims {
@@ -196,16 +200,15 @@ impl BilevelProblem for Modulation {
     }
 
     fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
-        let fit = mse(
-            &self.predict(phi, theta, &self.data.x_support)?,
-            &self.data.y_support,
-        )?;
+        let fit = self
+            .data
+            .support_loss(&self.predict(phi, theta, &self.data.x_support)?)?;
         let pull = (phi - self.phi_init(theta)?)?.sqr()?.sum_all()?;
         fit + (pull * (0.5 * self.spec.strength))?
     }
 
     fn outer_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
-        mse(&self.predict(phi, theta, &self.data.x_query)?, &self.data.y_query)
+        self.data.query_loss(&self.predict(phi, theta, &self.data.x_query)?)
     }
 
     fn initial_phi(&self, theta: &Tensor) -> Result<Tensor> {
@@ -224,7 +227,7 @@ impl BilevelProblem for Modulation {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.spec.net.sizes_vector());
         f.push_scalar("strength", self.spec.strength);
-        push_task(&mut f, &self.task);
+        self.task.push(&mut f);
         f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
         f
     }
@@ -240,7 +243,7 @@ struct ModulationWorkspace {
     phi_init: Vec<f64>,
 }
 
-impl FirstOrderPhase for Modulation {
+impl<T: RegressionTask> FirstOrderPhase for Modulation<T> {
     fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
         let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
         let Layout {

@@ -4,6 +4,11 @@
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
 use crate::rng::Rng;
+use super::InstanceFile;
+use super::instance::InstanceReader;
+use super::task::{RegressionTask, TaskTensors};
+use crate::engine::mlp::MlpKernel;
+use crate::model::Mlp;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
 
@@ -49,13 +54,40 @@ impl SinusoidTask {
     }
 }
 
-impl SinusoidTask {
-    /// The engine's kernel of a 1-input, 1-output network on this task: mean squared error
-    /// (no 1/2) on the support rows for `L_in` and on the query rows for `L_out`.
-    pub fn mse_kernel(&self, net: &crate::model::Mlp) -> crate::engine::mlp::MlpKernel {
+/// A column `(N, 1)` tensor.
+pub fn column(v: &Vector) -> Result<Tensor> {
+    Ok(Tensor::from_slice(v.as_slice(), (v.len(), 1), &Device::Cpu)?)
+}
+
+impl RegressionTask for SinusoidTask {
+    const SYNAPSE_NAME: &'static str = "synapse";
+    const MODULATION_NAME: &'static str = "modulation";
+
+    fn input_dim(&self) -> usize {
+        1
+    }
+
+    fn output_dim(&self) -> usize {
+        1
+    }
+
+    fn tensors(&self) -> Result<TaskTensors> {
+        Ok(TaskTensors {
+            x_support: column(&self.x_support)?,
+            y_support: column(&self.y_support)?,
+            mask_support: None,
+            x_query: column(&self.x_query)?,
+            y_query: column(&self.y_query)?,
+            mask_query: None,
+        })
+    }
+
+    /// Mean squared error (no 1/2) on the support rows for `L_in` and on the query rows for
+    /// `L_out`.
+    fn kernel(&self, net: &Mlp) -> MlpKernel {
         let (ns, nq) = (self.x_support.len(), self.x_query.len());
         let cat = |a: &Vector, b: &Vector| a.iter().chain(b.iter()).copied().collect::<Vec<f64>>();
-        crate::engine::mlp::MlpKernel::new(
+        MlpKernel::new(
             net,
             cat(&self.x_support, &self.x_query),
             cat(&self.y_support, &self.y_query),
@@ -64,50 +96,23 @@ impl SinusoidTask {
             1.0 / nq as f64,
         )
     }
-}
 
-/// Whether `net` maps one input to one output, as a sinusoid task needs.
-pub fn scalar_regression(net: &crate::model::Mlp) -> bool {
-    net.sizes.first() == Some(&1) && net.sizes.last() == Some(&1)
-}
+    /// The task's arrays, and its amplitude and phase for the record.
+    fn push(&self, file: &mut InstanceFile) {
+        file.push_vector("x_support", &self.x_support);
+        file.push_vector("y_support", &self.y_support);
+        file.push_vector("x_query", &self.x_query);
+        file.push_vector("y_query", &self.y_query);
+        file.push_scalar("amplitude", self.amplitude);
+        file.push_scalar("phase", self.phase);
+    }
 
-/// A column `(N, 1)` tensor.
-pub fn column(v: &Vector) -> Result<Tensor> {
-    Ok(Tensor::from_slice(v.as_slice(), (v.len(), 1), &Device::Cpu)?)
-}
-
-/// A task's data as column tensors, ready for the losses.
-#[derive(Debug, Clone)]
-pub struct TaskTensors {
-    pub x_support: Tensor,
-    pub y_support: Tensor,
-    pub x_query: Tensor,
-    pub y_query: Tensor,
-}
-
-impl TaskTensors {
-    pub fn new(task: &SinusoidTask) -> Result<Self> {
-        Ok(TaskTensors {
-            x_support: column(&task.x_support)?,
-            y_support: column(&task.y_support)?,
-            x_query: column(&task.x_query)?,
-            y_query: column(&task.y_query)?,
-        })
+    fn read(r: &mut InstanceReader) -> Result<Self> {
+        read_task(r)
     }
 }
 
-/// Writes a task's arrays (and its amplitude and phase, for the record) into an instance.
-pub fn push_task(file: &mut crate::problem::InstanceFile, task: &SinusoidTask) {
-    file.push_vector("x_support", &task.x_support);
-    file.push_vector("y_support", &task.y_support);
-    file.push_vector("x_query", &task.x_query);
-    file.push_vector("y_query", &task.y_query);
-    file.push_scalar("amplitude", task.amplitude);
-    file.push_scalar("phase", task.phase);
-}
-
-/// Reads back what [`push_task`] wrote.
-pub fn read_task(r: &mut crate::problem::instance::InstanceReader) -> Result<SinusoidTask> {
+fn read_task(r: &mut InstanceReader) -> Result<SinusoidTask> {
     let x_support = r.vector("x_support", None)?;
     let y_support = r.vector("y_support", Some(x_support.len()))?;
     let x_query = r.vector("x_query", None)?;

@@ -4,17 +4,19 @@
 //! `L_in  = MSE(support; phi) + 1/2 sum_i lambda_i (phi_i - omega_i)^2`,
 //! `L_out = MSE(query; phi)`, `theta = (omega, rho)`, the free phase starts at `phi = omega`.
 //!
-//! `rho` is one per synapse or a single scalar shared by all. MSE is the plain mean of squared
-//! errors (no 1/2).
+//! `rho` is one per synapse or a single scalar shared by all, or `lambda` is fixed and
+//! `theta = omega` (the iMAML-like model). MSE is the plain mean of squared errors (no 1/2),
+//! masked on bandit tasks (docs/BANDIT.md). The data come from any [`RegressionTask`].
 
 use super::instance::InstanceReader;
-use super::sinusoid::{SinusoidTask, TaskTensors, push_task, read_task, scalar_regression};
+use super::sinusoid::SinusoidTask;
+use super::task::{RegressionTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::model::mlp::{Mlp, mse};
+use crate::model::mlp::Mlp;
 use crate::rng::{Rng, seeded};
 use candle_core::Tensor;
 
@@ -24,8 +26,11 @@ pub struct SynapseSpec {
     pub net: Mlp,
     /// One strength per synapse (`true`) or one shared scalar.
     pub per_synapse: bool,
-    /// Initial strength `lambda` (so `rho = ln lambda`).
+    /// Initial strength `lambda` (so `rho = ln lambda`), or the fixed one.
     pub strength: f64,
+    /// `lambda` fixed at `strength` (may be 0) and not meta-learned: `theta = omega`.
+    #[serde(default)]
+    pub fixed_strength: bool,
 }
 
 impl Default for SynapseSpec {
@@ -36,13 +41,16 @@ impl Default for SynapseSpec {
             },
             per_synapse: true,
             strength: 1.0,
+            fixed_strength: false,
         }
     }
 }
 
 impl SynapseSpec {
     pub fn rho_len(&self) -> usize {
-        if self.per_synapse {
+        if self.fixed_strength {
+            0
+        } else if self.per_synapse {
             self.net.param_count()
         } else {
             1
@@ -51,13 +59,7 @@ impl SynapseSpec {
 
     /// `omega` from the MLP initialisation, `rho = ln(strength)`.
     pub fn initial_theta(&self, rng: &mut Rng) -> Result<Vector> {
-        if !(self.strength.is_finite() && self.strength > 0.0) {
-            return Err(CmlError::invalid(
-                "synapse strength",
-                self.strength,
-                "lambda must be finite and > 0",
-            ));
-        }
+        self.check_strength()?;
         let omega = self.net.init(rng);
         let rho = Vector::from_element(self.rho_len(), self.strength.ln());
         Ok(Vector::from_iterator(
@@ -65,20 +67,35 @@ impl SynapseSpec {
             omega.iter().chain(rho.iter()).copied(),
         ))
     }
+
+    fn check_strength(&self) -> Result<()> {
+        let ok = self.strength.is_finite()
+            && (self.strength > 0.0 || (self.fixed_strength && self.strength == 0.0));
+        if ok {
+            Ok(())
+        } else {
+            Err(CmlError::invalid(
+                "synapse strength",
+                self.strength,
+                "lambda must be finite and > 0 (or 0 when fixed)",
+            ))
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
-pub struct Synapse {
+pub struct Synapse<T: RegressionTask = SinusoidTask> {
     spec: SynapseSpec,
-    task: SinusoidTask,
+    task: T,
     data: TaskTensors,
     theta: Tensor,
-    /// The fast path's kernel (a network of one input and one output, as the tasks need).
+    /// The fast path's kernel (where the network's widths fit the task's).
     kernel: Option<MlpKernel>,
 }
 
-impl Synapse {
-    pub fn new(spec: SynapseSpec, task: SinusoidTask, theta: &Vector) -> Result<Self> {
+impl<T: RegressionTask> Synapse<T> {
+    pub fn new(spec: SynapseSpec, task: T, theta: &Vector) -> Result<Self> {
+        spec.check_strength()?;
         let expected = spec.net.param_count() + spec.rho_len();
         if theta.len() != expected {
             return Err(CmlError::invalid(
@@ -87,8 +104,8 @@ impl Synapse {
                 format!("(omega, rho) for this network has {expected} entries"),
             ));
         }
-        let data = TaskTensors::new(&task)?;
-        let kernel = scalar_regression(&spec.net).then(|| task.mse_kernel(&spec.net));
+        let data = task.tensors()?;
+        let kernel = task.fits(&spec.net).then(|| task.kernel(&spec.net));
         Ok(Synapse {
             spec,
             task,
@@ -98,24 +115,23 @@ impl Synapse {
         })
     }
 
-    /// A seeded draw: initial meta-parameters, then one task with `shots` support/query points.
-    pub fn random(spec: &SynapseSpec, shots: usize, seed: u64) -> Result<Self> {
-        let mut rng = seeded(seed);
-        let theta = spec.initial_theta(&mut rng)?;
-        let task = SinusoidTask::sample(&mut rng, shots)?;
-        Self::new(spec.clone(), task, &theta)
+    pub fn task(&self) -> &T {
+        &self.task
     }
 
-    pub fn task(&self) -> &SinusoidTask {
-        &self.task
+    pub fn spec(&self) -> &SynapseSpec {
+        &self.spec
     }
 
     fn omega(&self, theta: &Tensor) -> candle_core::Result<Tensor> {
         theta.narrow(0, 0, self.spec.net.param_count())
     }
 
-    /// `lambda = exp(rho)`.
+    /// `lambda = exp(rho)`, or the fixed strength.
     pub fn strengths(&self, theta: &Tensor) -> candle_core::Result<Tensor> {
+        if self.spec.fixed_strength {
+            return Tensor::new(&[self.spec.strength], theta.device());
+        }
         theta
             .narrow(0, self.spec.net.param_count(), self.spec.rho_len())?
             .exp()
@@ -129,11 +145,14 @@ impl Synapse {
     pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
         let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
         let per_synapse = r.scalar("per_synapse")? != 0.0;
-        let task = read_task(&mut r)?;
+        // Written only for a fixed strength (older files have none).
+        let fixed = r.optional_scalar("fixed_strength");
+        let task = T::read(&mut r)?;
         let spec = SynapseSpec {
             net,
             per_synapse,
-            strength: 1.0,
+            strength: fixed.unwrap_or(1.0),
+            fixed_strength: fixed.is_some(),
         };
         let theta = r.vector("theta", Some(spec.net.param_count() + spec.rho_len()))?;
         r.finish()?;
@@ -141,9 +160,19 @@ impl Synapse {
     }
 }
 
-impl BilevelProblem for Synapse {
+impl Synapse<SinusoidTask> {
+    /// A seeded draw: initial meta-parameters, then one task with `shots` support/query points.
+    pub fn random(spec: &SynapseSpec, shots: usize, seed: u64) -> Result<Self> {
+        let mut rng = seeded(seed);
+        let theta = spec.initial_theta(&mut rng)?;
+        let task = SinusoidTask::sample(&mut rng, shots)?;
+        Self::new(spec.clone(), task, &theta)
+    }
+}
+
+impl<T: RegressionTask> BilevelProblem for Synapse<T> {
     fn name(&self) -> &'static str {
-        "synapse"
+        T::SYNAPSE_NAME
     }
 
     fn dims(&self) -> Dims {
@@ -155,7 +184,7 @@ impl BilevelProblem for Synapse {
     }
 
     fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
-        let fit = mse(&self.predict(phi, &self.data.x_support)?, &self.data.y_support)?;
+        let fit = self.data.support_loss(&self.predict(phi, &self.data.x_support)?)?;
         let pull = (phi - self.omega(theta)?)?
             .sqr()?
             .broadcast_mul(&self.strengths(theta)?)?
@@ -164,7 +193,7 @@ impl BilevelProblem for Synapse {
     }
 
     fn outer_loss(&self, phi: &Tensor, _theta: &Tensor) -> candle_core::Result<Tensor> {
-        mse(&self.predict(phi, &self.data.x_query)?, &self.data.y_query)
+        self.data.query_loss(&self.predict(phi, &self.data.x_query)?)
     }
 
     fn initial_phi(&self, theta: &Tensor) -> Result<Tensor> {
@@ -183,7 +212,10 @@ impl BilevelProblem for Synapse {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.spec.net.sizes_vector());
         f.push_scalar("per_synapse", f64::from(u8::from(self.spec.per_synapse)));
-        push_task(&mut f, &self.task);
+        if self.spec.fixed_strength {
+            f.push_scalar("fixed_strength", self.spec.strength);
+        }
+        self.task.push(&mut f);
         f.push_vector("theta", &to_dvector(&self.theta).expect("theta is a vector"));
         f
     }
@@ -193,11 +225,13 @@ impl BilevelProblem for Synapse {
 struct SynapseWorkspace {
     buffers: MlpBuffers,
     omega: Vec<f64>,
-    /// `lambda = exp(rho)`, one per synapse or one shared.
+    /// `lambda = exp(rho)`, one per synapse or one shared; or the fixed one.
     lambda: Vec<f64>,
+    /// Whether `theta` holds `rho` (else `lambda` is fixed).
+    learned: bool,
 }
 
-impl FirstOrderPhase for Synapse {
+impl<T: RegressionTask> FirstOrderPhase for Synapse<T> {
     fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
         let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
         let p = self.spec.net.param_count();
@@ -205,7 +239,12 @@ impl FirstOrderPhase for Synapse {
         Ok(Box::new(SynapseWorkspace {
             buffers: kernel.buffers(),
             omega: theta[..p].to_vec(),
-            lambda: theta[p..].iter().map(|r| r.exp()).collect(),
+            lambda: if self.spec.fixed_strength {
+                vec![self.spec.strength]
+            } else {
+                theta[p..].iter().map(|r| r.exp()).collect()
+            },
+            learned: !self.spec.fixed_strength,
         }))
     }
 
@@ -247,7 +286,9 @@ impl FirstOrderPhase for Synapse {
                     pull += lam * (d * d);
                     grad_phi[i] += lam * d;
                     g_omega[i] = -(lam * d);
-                    g_rho[k] += 0.5 * (lam * (d * d));
+                    if ws.learned {
+                        g_rho[k] += 0.5 * (lam * (d * d));
+                    }
                 }
             }
         }
@@ -259,7 +300,7 @@ pub(crate) fn no_kernel() -> CmlError {
     CmlError::invalid(
         "engine",
         "fast",
-        "the fast path needs a network of 1 input and 1 output (e.g. 1-40-40-1); use --engine candle",
+        "the fast path needs a network whose widths fit the task's (1 input and 1 output for a sinusoid, e.g. 1-40-40-1); use --engine candle",
     )
 }
 
