@@ -34,6 +34,7 @@
 
 pub mod adam;
 pub mod autodiff;
+pub mod bandit;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod engine;

@@ -360,15 +360,30 @@ pub fn meta_batch_gradient(
     theta: &Vector,
     threads: usize,
 ) -> Result<MetaBatch> {
+    batch_estimate(
+        tasks,
+        |task| config.model.problem(task.clone(), theta),
+        &config.estimator,
+        theta.len(),
+        threads,
+    )
+}
+
+/// [`meta_batch_gradient`] for any task family: `problem` builds one task's bilevel problem
+/// (at the meta-parameters to differentiate at, of length `theta_len`).
+pub fn batch_estimate<T: Sync>(
+    tasks: &[T],
+    problem: impl Fn(&T) -> Result<Box<dyn BilevelProblem>> + Sync,
+    estimator: &EstimatorSpec,
+    theta_len: usize,
+    threads: usize,
+) -> Result<MetaBatch> {
     let results = map_in_order_on(
         threads,
         tasks,
         |task| {
-            let problem = config.model.problem(task.clone(), theta)?;
-            let estimate = config
-                .estimator
-                .estimator()
-                .estimate(problem.as_ref(), problem.theta())?;
+            let problem = problem(task)?;
+            let estimate = estimator.estimator().estimate(problem.as_ref(), problem.theta())?;
             let loss = problem
                 .outer_loss(&estimate.adapted_phi, problem.theta())?
                 .to_scalar::<f64>()?;
@@ -383,7 +398,7 @@ pub fn meta_batch_gradient(
     )?;
     let n = tasks.len() as f64;
     let mut batch = MetaBatch {
-        mean: Vector::zeros(theta.len()),
+        mean: Vector::zeros(theta_len),
         cost: Cost::default(),
         loss: 0.0,
         warnings: 0,

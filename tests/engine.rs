@@ -5,6 +5,7 @@
 
 use approx::assert_relative_eq;
 use cml::autodiff::gradients;
+use cml::bandit::{ARMS, BanditTask};
 use cml::engine::{Engine, tanh};
 use cml::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
@@ -113,6 +114,35 @@ proptest! {
         // Every slow weight and initial fast value moved off its initialisation (gains not 1).
         let theta = &theta0 + normal_vector(&mut rng, theta0.len()) * 0.3;
         let task = SinusoidTask::sample(&mut rng, shots).unwrap();
+        let problem = Modulation::new(spec, task, &theta).unwrap();
+        let n = problem.dims().phi;
+        let phi = to_dvector(&problem.initial_phi(&to_tensor(&theta).unwrap()).unwrap()).unwrap()
+            + normal_vector(&mut rng, n) * 0.3;
+        check_against_candle(&problem, &phi, &theta, beta);
+    }
+
+    #[test]
+    fn bandit_models_fast_path_equals_candle_autodiff(
+        hidden in prop::collection::vec(1usize..=8, 1..=2), pulls in (1usize..=12, 1usize..=6),
+        fixed_strength: bool, beta in beta(), seed: u64,
+    ) {
+        // The masked loss (only the pulled arm scored) of both network models on a bandit task.
+        let mut sizes = vec![2];
+        sizes.extend(hidden);
+        sizes.push(ARMS);
+        let net = Mlp::new(sizes).unwrap();
+        let mut rng = seeded(seed);
+        let task = BanditTask::sample(&mut rng, pulls.0, pulls.1).unwrap();
+        let spec = SynapseSpec { net: net.clone(), per_synapse: true, strength: 0.7, fixed_strength };
+        let theta = spec.initial_theta(&mut rng).unwrap();
+        let p = net.param_count();
+        let phi = Vector::from_column_slice(&theta.as_slice()[..p]) + normal_vector(&mut rng, p) * 0.3;
+        let problem = Synapse::new(spec, task.clone(), &theta).unwrap();
+        check_against_candle(&problem, &phi, &theta, beta);
+
+        let spec = ModulationSpec { net, strength: 0.7 };
+        let theta0 = spec.initial_theta(&mut rng).unwrap();
+        let theta = &theta0 + normal_vector(&mut rng, theta0.len()) * 0.3;
         let problem = Modulation::new(spec, task, &theta).unwrap();
         let n = problem.dims().phi;
         let phi = to_dvector(&problem.initial_phi(&to_tensor(&theta).unwrap()).unwrap()).unwrap()

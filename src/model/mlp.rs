@@ -106,12 +106,20 @@ impl Mlp {
     /// tanh on every hidden layer, linear output; `x` is `(N, in)`, the result `(N, out)`.
     pub fn forward(&self, params: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
         let layers = self.layers();
+        let last = layers.len() - 1;
+        layers[last].affine(params, &self.hidden(params, x, &layers[..last])?)
+    }
+
+    /// The last hidden layer's output `(N, sizes[len - 2])`: the features a linear readout sees.
+    pub fn features(&self, params: &Tensor, x: &Tensor) -> candle_core::Result<Tensor> {
+        let layers = self.layers();
+        self.hidden(params, x, &layers[..layers.len() - 1])
+    }
+
+    fn hidden(&self, params: &Tensor, x: &Tensor, layers: &[Layer]) -> candle_core::Result<Tensor> {
         let mut h = x.clone();
-        for (i, layer) in layers.iter().enumerate() {
-            h = layer.affine(params, &h)?;
-            if i + 1 < layers.len() {
-                h = h.tanh()?;
-            }
+        for layer in layers {
+            h = layer.affine(params, &h)?.tanh()?;
         }
         Ok(h)
     }

@@ -1,0 +1,265 @@
+//! Bandit agents (docs/BANDIT.md §3): the uniform policy, linear Thompson sampling
+//! (LinFullPost), NeuralLinear, and greedy network agents that start from meta-learned (or
+//! random) parameters and keep learning online from a replay buffer.
+
+use super::posterior::{LinearPosterior, Prior};
+use super::task::{BanditTask, Pulls};
+use super::wheel::{ARMS, Context};
+use crate::error::Result;
+use crate::inner::{GdParams, gradient_descent};
+use crate::linalg::{Vector, to_dvector, to_tensor};
+use crate::optimizer::Optimizer;
+use crate::oracle::Oracle;
+use crate::problem::{BilevelProblem, Modulation, ModulationSpec, Synapse, SynapseSpec};
+use crate::rng::Rng;
+use candle_core::{Device, Tensor};
+use rand::Rng as _;
+use rand::seq::index::sample;
+
+/// A policy that learns from its own pulls.
+pub trait Agent: Send {
+    /// The arm to pull at `x`.
+    fn act(&mut self, x: &Context, rng: &mut Rng) -> Result<usize>;
+    /// The reward the pull at `x` returned.
+    fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<()>;
+}
+
+/// Pulls every arm with probability `1 / ARMS`.
+pub struct Uniform;
+
+impl Agent for Uniform {
+    fn act(&mut self, _x: &Context, rng: &mut Rng) -> Result<usize> {
+        Ok(rng.random_range(0..ARMS))
+    }
+
+    fn observe(&mut self, _: &Context, _: usize, _: f64, _: &mut Rng) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Thompson sampling on one Bayesian linear model per arm of the features `[x_1, x_2, 1]`.
+pub struct LinFullPost {
+    arms: Vec<LinearPosterior>,
+}
+
+impl LinFullPost {
+    pub fn new(prior: Prior) -> Result<Self> {
+        Ok(LinFullPost {
+            arms: (0..ARMS).map(|_| LinearPosterior::new(prior, 3)).collect::<Result<_>>()?,
+        })
+    }
+}
+
+/// The arm whose sampled model predicts the largest reward for `features`.
+fn thompson(arms: &[LinearPosterior], features: &[f64], rng: &mut Rng) -> Result<usize> {
+    let f = nalgebra::DVector::from_column_slice(features);
+    let mut best = (0, f64::NEG_INFINITY);
+    for (a, post) in arms.iter().enumerate() {
+        let value = post.params()?.sample(rng).dot(&f);
+        if value > best.1 {
+            best = (a, value);
+        }
+    }
+    Ok(best.0)
+}
+
+impl Agent for LinFullPost {
+    fn act(&mut self, x: &Context, rng: &mut Rng) -> Result<usize> {
+        thompson(&self.arms, &[x[0], x[1], 1.0], rng)
+    }
+
+    fn observe(&mut self, x: &Context, arm: usize, reward: f64, _: &mut Rng) -> Result<()> {
+        self.arms[arm].add(&[x[0], x[1], 1.0], reward);
+        Ok(())
+    }
+}
+
+/// Which network an online learner trains, with its meta-parameters.
+#[derive(Debug, Clone)]
+pub enum OnlineModel {
+    /// All weights are fast, pulled toward `omega` (strength 0: a plain network from `omega`).
+    Synapse(SynapseSpec),
+    /// Gains, shifts and readout are fast; the body stays at its meta-learned weights.
+    Modulation(ModulationSpec),
+}
+
+/// How a network keeps learning: every `every` pulls, `updates` optimiser steps (a fresh
+/// optimiser each time) on one minibatch of up to `batch` pulls drawn from the replay buffer.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct OnlineParams {
+    pub every: usize,
+    pub updates: usize,
+    pub batch: usize,
+    pub step_size: f64,
+    pub optimizer: Optimizer,
+}
+
+/// A network, its replay buffer and its online training.
+pub struct OnlineLearner {
+    model: OnlineModel,
+    theta: Vector,
+    theta_tensor: Tensor,
+    phi: Tensor,
+    buffer: Pulls,
+    params: OnlineParams,
+}
+
+impl OnlineLearner {
+    pub fn new(model: OnlineModel, theta: Vector, params: OnlineParams) -> Result<Self> {
+        let probe = BanditTask {
+            delta: 0.0,
+            support: single_pull(),
+            query: single_pull(),
+        };
+        let problem = build(&model, probe, &theta)?;
+        let theta_tensor = to_tensor(&theta)?;
+        let phi = problem.initial_phi(&theta_tensor)?;
+        Ok(OnlineLearner {
+            model,
+            theta,
+            theta_tensor,
+            phi,
+            buffer: Pulls::default(),
+            params,
+        })
+    }
+
+    /// Predicted rewards of every arm at each row of `x` `(N, 2)`.
+    pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.model {
+            OnlineModel::Synapse(s) => s.net.forward(&self.phi, x)?,
+            OnlineModel::Modulation(s) => {
+                let probe = BanditTask {
+                    delta: 0.0,
+                    support: single_pull(),
+                    query: single_pull(),
+                };
+                Modulation::new(s.clone(), probe, &self.theta)?.predict(&self.phi, &self.theta_tensor, x)?
+            }
+        })
+    }
+
+    /// The last hidden layer at each row of `x` (a plain network's features).
+    pub fn features(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(match &self.model {
+            OnlineModel::Synapse(s) => s.net.features(&self.phi, x)?,
+            OnlineModel::Modulation(_) => unreachable!("NeuralLinear runs on a plain network"),
+        })
+    }
+
+    pub fn buffer(&self) -> &Pulls {
+        &self.buffer
+    }
+
+    /// Stores the pull; returns whether the network was retrained.
+    pub fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<bool> {
+        self.buffer.push(*x, arm, reward);
+        if self.buffer.len() % self.params.every != 0 {
+            return Ok(false);
+        }
+        let n = self.buffer.len();
+        let idx = sample(rng, n, self.params.batch.min(n)).into_vec();
+        let batch = self.buffer.select(&idx);
+        let task = BanditTask {
+            delta: 0.0,
+            query: batch.select(&[0]),
+            support: batch,
+        };
+        let problem = build(&self.model, task, &self.theta)?;
+        let gd = GdParams {
+            step_size: Some(self.params.step_size),
+            max_steps: self.params.updates,
+            tolerance: 0.0,
+            optimizer: self.params.optimizer,
+            ..GdParams::default()
+        };
+        self.phi = gradient_descent(&Oracle::new(problem.as_ref()), &self.phi, &self.theta_tensor, 0.0, &gd, "online training")?.phi;
+        Ok(true)
+    }
+}
+
+fn single_pull() -> Pulls {
+    let mut p = Pulls::default();
+    p.push([0.0, 0.0], 0, 0.0);
+    p
+}
+
+/// The model's bilevel problem on one bandit task.
+pub fn build(model: &OnlineModel, task: BanditTask, theta: &Vector) -> Result<Box<dyn BilevelProblem>> {
+    Ok(match model {
+        OnlineModel::Synapse(s) => Box::new(Synapse::new(s.clone(), task, theta)?),
+        OnlineModel::Modulation(s) => Box::new(Modulation::new(s.clone(), task, theta)?),
+    })
+}
+
+fn context_tensor(x: &Context) -> Result<Tensor> {
+    Ok(Tensor::from_slice(x, (1, 2), &Device::Cpu)?)
+}
+
+/// Pulls the arm its network predicts best (ties to the lowest arm); learns online.
+pub struct Greedy {
+    pub learner: OnlineLearner,
+}
+
+impl Agent for Greedy {
+    fn act(&mut self, x: &Context, _: &mut Rng) -> Result<usize> {
+        let y = to_dvector(&self.learner.predict(&context_tensor(x)?)?.flatten_all()?)?;
+        Ok(y.argmax().0)
+    }
+
+    fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<()> {
+        self.learner.observe(x, arm, reward, rng).map(|_| ())
+    }
+}
+
+/// Thompson sampling on Bayesian linear models of a network's last hidden layer (plus a
+/// constant), the network trained online on the buffer; after each retraining the posteriors
+/// are refitted on the whole buffer's new features.
+pub struct NeuralLinear {
+    learner: OnlineLearner,
+    arms: Vec<LinearPosterior>,
+}
+
+impl NeuralLinear {
+    pub fn new(learner: OnlineLearner, features: usize, prior: Prior) -> Result<Self> {
+        Ok(NeuralLinear {
+            learner,
+            arms: (0..ARMS)
+                .map(|_| LinearPosterior::new(prior, features + 1))
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    fn features(&self, x: &Tensor) -> Result<Vec<Vec<f64>>> {
+        let f = self.learner.features(x)?.to_vec2::<f64>()?;
+        Ok(f.into_iter()
+            .map(|mut row| {
+                row.push(1.0);
+                row
+            })
+            .collect())
+    }
+}
+
+impl Agent for NeuralLinear {
+    fn act(&mut self, x: &Context, rng: &mut Rng) -> Result<usize> {
+        let f = self.features(&context_tensor(x)?)?;
+        thompson(&self.arms, &f[0], rng)
+    }
+
+    fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<()> {
+        if self.learner.observe(x, arm, reward, rng)? {
+            let buffer = self.learner.buffer();
+            let xs: Vec<f64> = buffer.contexts.iter().flatten().copied().collect();
+            let f = self.features(&Tensor::from_vec(xs, (buffer.len(), 2), &Device::Cpu)?)?;
+            self.arms.iter_mut().for_each(LinearPosterior::clear);
+            for ((row, &a), &r) in f.iter().zip(&buffer.arms).zip(&buffer.rewards) {
+                self.arms[a].add(row, r);
+            }
+        } else {
+            let f = self.features(&context_tensor(x)?)?;
+            self.arms[arm].add(&f[0], reward);
+        }
+        Ok(())
+    }
+}
