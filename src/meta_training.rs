@@ -383,7 +383,9 @@ pub fn batch_estimate<T: Sync>(
         tasks,
         |task| {
             let problem = problem(task)?;
-            let estimate = estimator.estimator().estimate(problem.as_ref(), problem.theta())?;
+            let estimate = estimator
+                .estimator()
+                .estimate(problem.as_ref(), problem.theta())?;
             let loss = problem
                 .outer_loss(&estimate.adapted_phi, problem.theta())?
                 .to_scalar::<f64>()?;

@@ -32,7 +32,11 @@ fn rewards_have_the_stated_means_and_noise() {
     let bandit = WheelBandit::new(0.5).unwrap();
     let cases: [(Context, [f64; ARMS], [f64; ARMS]); 2] = [
         ([0.1, -0.17], [1.0, 1.0, 1.0, 1.0, 1.2], [0.05; ARMS]),
-        ([-0.6, 0.3], [1.0, 50.0, 1.0, 1.0, 1.2], [0.05, 0.01, 0.05, 0.05, 0.05]),
+        (
+            [-0.6, 0.3],
+            [1.0, 50.0, 1.0, 1.0, 1.2],
+            [0.05, 0.01, 0.05, 0.05, 0.05],
+        ),
     ];
     let mut rng = seeded(3);
     let n = 20_000;
@@ -84,7 +88,10 @@ fn the_uniform_policy_has_its_closed_form_regret() {
             })
             .collect();
         let (m, se) = mean_and_se(&regrets);
-        assert!((m - closed).abs() < 4.0 * se, "delta {delta}: Monte Carlo {m} +- {se}, closed form {closed}");
+        assert!(
+            (m - closed).abs() < 4.0 * se,
+            "delta {delta}: Monte Carlo {m} +- {se}, closed form {closed}"
+        );
     }
 }
 
@@ -142,12 +149,24 @@ fn a_run_opens_round_robin_and_charges_each_pull_its_regret() {
             (false, false) => 2,
             (true, false) => 3,
         };
-        let mean = |a: usize| if rim && a == quadrant { 50.0 } else if a == 4 { 1.2 } else { 1.0 };
+        let mean = |a: usize| {
+            if rim && a == quadrant {
+                50.0
+            } else if a == 4 {
+                1.2
+            } else {
+                1.0
+            }
+        };
         let best = if rim { 50.0 } else { 1.2 };
         total += best - mean(*arm);
         assert_abs_diff_eq!(regret[t], total, epsilon = 1e-9);
         // The observed reward is the pulled arm's, within 6 noise standard deviations.
-        assert!((reward - mean(*arm)).abs() < 0.3, "step {t}: reward {reward} for mean {}", mean(*arm));
+        assert!(
+            (reward - mean(*arm)).abs() < 0.3,
+            "step {t}: reward {reward} for mean {}",
+            mean(*arm)
+        );
     }
     // The same seed gives the same run.
     let mut again = Scripted { arm: 4, seen: vec![] };
@@ -159,7 +178,11 @@ fn the_linear_posterior_matches_its_closed_form() {
     // One feature, rows x = (1, 2), rewards y = (1, 3), lambda = 1, a0 = 2, b0 = 3:
     // Lambda = 1 + 1 + 4 = 6, mu = (1 + 6) / 6 = 7/6, a = 2 + 2/2 = 3,
     // b = 3 + (1 + 9 - 6 (7/6)^2) / 2 = 3 + (10 - 49/6) / 2 = 3 + 11/12.
-    let prior = Prior { a0: 2.0, b0: 3.0, lambda: 1.0 };
+    let prior = Prior {
+        a0: 2.0,
+        b0: 3.0,
+        lambda: 1.0,
+    };
     let mut post = LinearPosterior::new(prior, 1).unwrap();
     post.add(&[1.0], 1.0);
     post.add(&[2.0], 3.0);
@@ -175,14 +198,32 @@ fn the_linear_posterior_matches_its_closed_form() {
     let var = se * se * draws.len() as f64;
     assert_relative_eq!(var, (3.0 + 11.0 / 12.0) / 2.0 / 6.0, max_relative = 0.03);
     // Two features: the posterior mean is the ridge solution (X^T X + lambda I)^-1 X^T y.
-    let mut post = LinearPosterior::new(Prior { a0: 1.0, b0: 1.0, lambda: 0.5 }, 2).unwrap();
+    let mut post = LinearPosterior::new(
+        Prior {
+            a0: 1.0,
+            b0: 1.0,
+            lambda: 0.5,
+        },
+        2,
+    )
+    .unwrap();
     let rows = [([1.0, 0.0], 2.0), ([0.0, 1.0], -1.0), ([1.0, 1.0], 0.5)];
     rows.iter().for_each(|(x, y)| post.add(x, *y));
     // X^T X + 0.5 I = [[2.5, 1], [1, 2.5]], X^T y = (2.5, -0.5); inverse = [[2.5, -1], [-1, 2.5]] / 5.25.
     let mu = post.params().unwrap().mean;
     assert_relative_eq!(mu[0], (2.5 * 2.5 + 0.5) / 5.25, max_relative = 1e-14);
     assert_relative_eq!(mu[1], (-2.5 - 2.5 * 0.5) / 5.25, max_relative = 1e-14);
-    assert!(LinearPosterior::new(Prior { a0: 0.0, b0: 1.0, lambda: 1.0 }, 1).is_err());
+    assert!(
+        LinearPosterior::new(
+            Prior {
+                a0: 0.0,
+                b0: 1.0,
+                lambda: 1.0
+            },
+            1
+        )
+        .is_err()
+    );
 }
 
 /// Phases run to their fixed point: gradient descent at `1 / (2 L_hat)` until the gradient
@@ -203,15 +244,36 @@ fn the_contrastive_estimate_of_a_bandit_task_matches_the_exact_implicit_meta_gra
     let mut rng = seeded(21);
     let task = BanditTask::sample(&mut rng, 12, 6).unwrap();
     let net = Mlp::parse("2-4-5").unwrap();
-    let spec = SynapseSpec { net: net.clone(), per_synapse: true, strength: 3.0, fixed_strength: false };
+    let spec = SynapseSpec {
+        net: net.clone(),
+        per_synapse: true,
+        strength: 3.0,
+        fixed_strength: false,
+    };
     let theta = spec.initial_theta(&mut rng).unwrap();
     let synapse = Synapse::new(spec, task.clone(), &theta).unwrap();
-    let fixed = SynapseSpec { net: net.clone(), per_synapse: false, strength: 3.0, fixed_strength: true };
-    let fixed_synapse = Synapse::new(fixed, task.clone(), &theta.rows(0, net.param_count()).into_owned()).unwrap();
-    let spec = ModulationSpec { net: Mlp::parse("2-4-5").unwrap(), strength: 3.0 };
+    let fixed = SynapseSpec {
+        net: net.clone(),
+        per_synapse: false,
+        strength: 3.0,
+        fixed_strength: true,
+    };
+    let fixed_synapse = Synapse::new(
+        fixed,
+        task.clone(),
+        &theta.rows(0, net.param_count()).into_owned(),
+    )
+    .unwrap();
+    let spec = ModulationSpec {
+        net: Mlp::parse("2-4-5").unwrap(),
+        strength: 3.0,
+    };
     let modulation = Modulation::new(spec.clone(), task, &spec.initial_theta(&mut rng).unwrap()).unwrap();
-    let problems: [(&str, &dyn BilevelProblem); 3] =
-        [("synapse", &synapse), ("fixed-strength synapse", &fixed_synapse), ("modulation", &modulation)];
+    let problems: [(&str, &dyn BilevelProblem); 3] = [
+        ("synapse", &synapse),
+        ("fixed-strength synapse", &fixed_synapse),
+        ("modulation", &modulation),
+    ];
     for (name, p) in problems {
         let exact = exact_meta_gradient(p, p.theta()).unwrap().meta_gradient;
         let symmetric = |beta: f64| {
@@ -229,7 +291,10 @@ fn the_contrastive_estimate_of_a_bandit_task_matches_the_exact_implicit_meta_gra
         assert!(err < 1e-4, "{name}: relative error {err:.2e} at beta = 1e-3");
         // The O(beta^2) truncation error: 100x smaller for a 10x smaller beta (30x asked, as
         // the phases' residual 1e-10 / beta adds a little).
-        assert!(err_coarser > 30.0 * err, "{name}: {err_coarser:.2e} at 1e-2, {err:.2e} at 1e-3");
+        assert!(
+            err_coarser > 30.0 * err,
+            "{name}: {err_coarser:.2e} at 1e-2, {err:.2e} at 1e-3"
+        );
         // Not vacuous: the meta-gradient is not zero, and a plain forward difference at a large
         // beta is visibly off.
         assert!(exact.norm() > 1e-3);

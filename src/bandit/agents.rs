@@ -5,7 +5,7 @@
 use super::posterior::{LinearPosterior, Prior};
 use super::task::{BanditTask, Pulls};
 use super::wheel::{ARMS, Context};
-use crate::error::Result;
+use crate::error::{CmlError, Result};
 use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::optimizer::Optimizer;
@@ -22,6 +22,10 @@ pub trait Agent: Send {
     fn act(&mut self, x: &Context, rng: &mut Rng) -> Result<usize>;
     /// The reward the pull at `x` returned.
     fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<()>;
+    /// Online retrainings whose loss rose past the divergence rule and were rejected.
+    fn rejected_updates(&self) -> usize {
+        0
+    }
 }
 
 /// Pulls every arm with probability `1 / ARMS`.
@@ -45,7 +49,9 @@ pub struct LinFullPost {
 impl LinFullPost {
     pub fn new(prior: Prior) -> Result<Self> {
         Ok(LinFullPost {
-            arms: (0..ARMS).map(|_| LinearPosterior::new(prior, 3)).collect::<Result<_>>()?,
+            arms: (0..ARMS)
+                .map(|_| LinearPosterior::new(prior, 3))
+                .collect::<Result<_>>()?,
         })
     }
 }
@@ -102,6 +108,8 @@ pub struct OnlineLearner {
     phi: Tensor,
     buffer: Pulls,
     params: OnlineParams,
+    /// Retrainings rejected by the divergence rule (the network kept its previous weights).
+    pub rejected: usize,
 }
 
 impl OnlineLearner {
@@ -121,6 +129,7 @@ impl OnlineLearner {
             phi,
             buffer: Pulls::default(),
             params,
+            rejected: 0,
         })
     }
 
@@ -151,7 +160,11 @@ impl OnlineLearner {
         &self.buffer
     }
 
-    /// Stores the pull; returns whether the network was retrained.
+    /// Stores the pull; returns whether the network was retrained. A retraining whose loss rises
+    /// past the divergence rule (docs/STEP_SIZE.md) is rejected and counted, not fatal: from a
+    /// network that already fits its minibatch, Adam's first steps (each weight moved by about
+    /// the step size) can raise a small loss by more than the rule's 10%, and the agent then
+    /// keeps its previous weights (docs/BANDIT.md §3).
     pub fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<bool> {
         self.buffer.push(*x, arm, reward);
         if self.buffer.len() % self.params.every != 0 {
@@ -173,7 +186,18 @@ impl OnlineLearner {
             optimizer: self.params.optimizer,
             ..GdParams::default()
         };
-        self.phi = gradient_descent(&Oracle::new(problem.as_ref()), &self.phi, &self.theta_tensor, 0.0, &gd, "online training")?.phi;
+        match gradient_descent(
+            &Oracle::new(problem.as_ref()),
+            &self.phi,
+            &self.theta_tensor,
+            0.0,
+            &gd,
+            "online training",
+        ) {
+            Ok(solution) => self.phi = solution.phi,
+            Err(CmlError::Diverged { .. }) => self.rejected += 1,
+            Err(e) => return Err(e),
+        }
         Ok(true)
     }
 }
@@ -209,6 +233,10 @@ impl Agent for Greedy {
 
     fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<()> {
         self.learner.observe(x, arm, reward, rng).map(|_| ())
+    }
+
+    fn rejected_updates(&self) -> usize {
+        self.learner.rejected
     }
 }
 
@@ -261,5 +289,9 @@ impl Agent for NeuralLinear {
             self.arms[arm].add(&f[0], reward);
         }
         Ok(())
+    }
+
+    fn rejected_updates(&self) -> usize {
+        self.learner.rejected
     }
 }

@@ -49,7 +49,10 @@ pub fn initial_theta(model: &OnlineModel, seed: u64) -> Result<Vector> {
 
 /// Runs meta-training; returns the meta-parameters and one record per meta-step.
 pub fn meta_train(config: &MetaConfig) -> Result<(Vector, Vec<MetaStep>)> {
-    for (name, v) in [("meta_steps", config.meta_steps), ("meta_batch", config.meta_batch)] {
+    for (name, v) in [
+        ("meta_steps", config.meta_steps),
+        ("meta_batch", config.meta_batch),
+    ] {
         if v == 0 {
             return Err(CmlError::invalid(name, v, "must be a whole number >= 1"));
         }
@@ -76,7 +79,11 @@ pub fn meta_train(config: &MetaConfig) -> Result<(Vector, Vec<MetaStep>)> {
             reason: e.to_string(),
         })?;
         if batch.mean.iter().any(|g| !g.is_finite()) {
-            return Err(CmlError::invalid("bandit meta-gradient", "non-finite", "finite values"));
+            return Err(CmlError::invalid(
+                "bandit meta-gradient",
+                "non-finite",
+                "finite values",
+            ));
         }
         adam.update(&mut theta, &batch.mean);
         log.push(MetaStep {

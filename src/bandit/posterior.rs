@@ -43,7 +43,11 @@ impl LinearPosterior {
     pub fn new(prior: Prior, dim: usize) -> Result<Self> {
         for (name, v) in [("a0", prior.a0), ("b0", prior.b0), ("lambda", prior.lambda)] {
             if !(v.is_finite() && v > 0.0) {
-                return Err(CmlError::invalid(format!("linear posterior {name}"), v, "finite and > 0"));
+                return Err(CmlError::invalid(
+                    format!("linear posterior {name}"),
+                    v,
+                    "finite and > 0",
+                ));
             }
         }
         Ok(LinearPosterior {
@@ -80,7 +84,11 @@ impl LinearPosterior {
         let d = self.dim();
         let precision = &self.xtx + DMatrix::identity(d, d) * self.prior.lambda;
         let cholesky = precision.cholesky().ok_or_else(|| {
-            CmlError::invalid("posterior precision", "not positive definite", "X^T X + lambda I with lambda > 0")
+            CmlError::invalid(
+                "posterior precision",
+                "not positive definite",
+                "X^T X + lambda I with lambda > 0",
+            )
         })?;
         let mean = cholesky.solve(&self.xty);
         let quad = self.yty - mean.dot(&self.xty);

@@ -36,11 +36,21 @@ pub fn cumulative_regret(bandit: &WheelBandit, contexts: &[Context], arms: &[usi
 
 /// Runs `agent` for `params.steps` contexts of `bandit` drawn from `seed`; returns the arms it
 /// pulled and its cumulative regret.
-pub fn run(bandit: &WheelBandit, agent: &mut dyn Agent, params: &RunParams, seed: u64) -> Result<(Vec<usize>, Vec<f64>)> {
+pub fn run(
+    bandit: &WheelBandit,
+    agent: &mut dyn Agent,
+    params: &RunParams,
+    seed: u64,
+) -> Result<(Vec<usize>, Vec<f64>)> {
     if params.steps == 0 {
-        return Err(CmlError::invalid("bandit steps", 0, "a run needs at least 1 step"));
+        return Err(CmlError::invalid(
+            "bandit steps",
+            0,
+            "a run needs at least 1 step",
+        ));
     }
-    let (mut ctx_rng, mut reward_rng, mut agent_rng) = (stream(seed, CONTEXTS), stream(seed, REWARDS), stream(seed, AGENT));
+    let (mut ctx_rng, mut reward_rng, mut agent_rng) =
+        (stream(seed, CONTEXTS), stream(seed, REWARDS), stream(seed, AGENT));
     let mut contexts = Vec::with_capacity(params.steps);
     let mut arms = Vec::with_capacity(params.steps);
     for t in 0..params.steps {

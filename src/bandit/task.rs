@@ -86,7 +86,10 @@ impl Pulls {
     fn push_into(&self, file: &mut InstanceFile, part: &str) {
         let v = |x: Vec<f64>| Vector::from_vec(x);
         file.push_vector(&format!("contexts_{part}"), &v(self.inputs()));
-        file.push_vector(&format!("arms_{part}"), &v(self.arms.iter().map(|&a| a as f64).collect()));
+        file.push_vector(
+            &format!("arms_{part}"),
+            &v(self.arms.iter().map(|&a| a as f64).collect()),
+        );
         file.push_vector(&format!("rewards_{part}"), &v(self.rewards.clone()));
     }
 

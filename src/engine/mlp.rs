@@ -122,7 +122,10 @@ impl MlpKernel {
     /// Scores only the outputs where `mask` (shaped as the targets) is 1; the others must be 0.
     pub fn with_mask(mut self, mask: Vec<f64>) -> Self {
         assert_eq!(mask.len(), self.t.len(), "one mask entry per target entry");
-        assert!(mask.iter().all(|&m| m == 0.0 || m == 1.0), "a mask holds 0s and 1s");
+        assert!(
+            mask.iter().all(|&m| m == 0.0 || m == 1.0),
+            "a mask holds 0s and 1s"
+        );
         self.mask = Some(mask);
         self
     }

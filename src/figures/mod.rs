@@ -3,6 +3,7 @@
 //! table as Markdown under `paper/`; the write-up `paper/README.md` is generated from the same
 //! numbers, so none of its numbers can go stale.
 
+mod bandit;
 mod compute;
 mod error_bar;
 pub mod plot;
@@ -50,6 +51,10 @@ pub const JOBS: &[(&str, &str)] = &[
         "error-bar",
         "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
     ),
+    (
+        "bandit",
+        "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table",
+    ),
 ];
 
 /// Everything the write-up quotes, filled in by the jobs that ran.
@@ -61,6 +66,7 @@ pub struct Results {
     pub cost: Option<compute::CostResults>,
     pub weight_decay: Option<weight_decay::WeightDecayResults>,
     pub error_bar: Option<error_bar::CalibrationResults>,
+    pub bandit: Option<bandit::BanditResults>,
     pub files: Vec<PathBuf>,
     /// Wall time of the jobs, quoted in the write-up.
     pub elapsed_seconds: Option<f64>,
@@ -104,6 +110,10 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
     if wanted("error-bar") {
         log("error-bar: the error bar's calibration and beta auto");
         results.error_bar = Some(error_bar::run(settings, &mut results.files)?);
+    }
+    if wanted("bandit") {
+        log("bandit: meta-learned bandit agents against the baselines on the wheel bandit");
+        results.bandit = Some(bandit::run(settings, &mut results.files)?);
     }
     results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
     if only.is_none() {

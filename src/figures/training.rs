@@ -166,7 +166,7 @@ const VALIDATION_TASKS: u64 = 3;
 const TEST_TASKS: u64 = 4;
 
 /// Student's t quantile t(0.975, df) for the small numbers of seeds used here.
-fn t975(df: usize) -> f64 {
+pub(super) fn t975(df: usize) -> f64 {
     const T: [f64; 10] = [
         12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
     ];
@@ -174,7 +174,7 @@ fn t975(df: usize) -> f64 {
 }
 
 /// Mean over seeds and the half-width of its 95% t-interval (seeds are the independent units).
-fn seed_mean_ci(values: &[f64]) -> (f64, f64) {
+pub(super) fn seed_mean_ci(values: &[f64]) -> (f64, f64) {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     if values.len() < 2 {

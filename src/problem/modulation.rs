@@ -208,7 +208,8 @@ impl<T: RegressionTask> BilevelProblem for Modulation<T> {
     }
 
     fn outer_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
-        self.data.query_loss(&self.predict(phi, theta, &self.data.x_query)?)
+        self.data
+            .query_loss(&self.predict(phi, theta, &self.data.x_query)?)
     }
 
     fn initial_phi(&self, theta: &Tensor) -> Result<Tensor> {

@@ -1,14 +1,14 @@
 //! Few-shot sinusoid regression (MATH.md §5): `y = amplitude * sin(x + phase)`,
 //! amplitude ~ U[0.1, 5], phase ~ U[0, pi], x ~ U[-5, 5], K support and K query points.
 
-use crate::error::{CmlError, Result};
-use crate::linalg::Vector;
-use crate::rng::Rng;
 use super::InstanceFile;
 use super::instance::InstanceReader;
 use super::task::{RegressionTask, TaskTensors};
 use crate::engine::mlp::MlpKernel;
+use crate::error::{CmlError, Result};
+use crate::linalg::Vector;
 use crate::model::Mlp;
+use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
 

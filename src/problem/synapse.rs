@@ -184,7 +184,9 @@ impl<T: RegressionTask> BilevelProblem for Synapse<T> {
     }
 
     fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
-        let fit = self.data.support_loss(&self.predict(phi, &self.data.x_support)?)?;
+        let fit = self
+            .data
+            .support_loss(&self.predict(phi, &self.data.x_support)?)?;
         let pull = (phi - self.omega(theta)?)?
             .sqr()?
             .broadcast_mul(&self.strengths(theta)?)?
