@@ -37,6 +37,7 @@ pub mod autodiff;
 pub mod bandit;
 #[cfg(feature = "cli")]
 pub mod cli;
+pub mod digits;
 pub mod engine;
 pub mod error;
 pub mod estimator;

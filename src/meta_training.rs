@@ -414,6 +414,79 @@ pub fn batch_estimate<T: Sync>(
     Ok(batch)
 }
 
+/// A meta-training run over any task family, as the bandit and few-shot digit jobs run it:
+/// `meta_steps` updates of Adam (learning rate `meta_lr`) from `theta0`, each on the mean
+/// estimate over `meta_batch` tasks drawn by `sample` (from one stream of `seed`), whose problems
+/// `problem` builds at the current meta-parameters.
+pub struct TaskMetaTraining<'a, T> {
+    pub estimator: &'a EstimatorSpec,
+    pub meta_steps: usize,
+    pub meta_batch: usize,
+    pub meta_lr: f64,
+    pub seed: u64,
+    pub sample: &'a dyn Fn(&mut crate::rng::Rng) -> Result<T>,
+    pub problem: &'a (dyn Fn(&T, &Vector) -> Result<Box<dyn BilevelProblem>> + Sync),
+}
+
+/// One meta-step of [`TaskMetaTraining`]: the meta-batch's mean query loss after adaptation
+/// (before the update) and the wall seconds since the run started (not reproducible).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct TaskMetaStep {
+    pub step: usize,
+    pub query_loss: f64,
+    pub seconds: f64,
+}
+
+impl<T: Sync> TaskMetaTraining<'_, T> {
+    /// Runs from `theta0`; returns the meta-parameters and one record per meta-step.
+    pub fn run(&self, theta0: Vector) -> Result<(Vector, Vec<TaskMetaStep>)> {
+        for (name, v) in [("meta_steps", self.meta_steps), ("meta_batch", self.meta_batch)] {
+            if v == 0 {
+                return Err(CmlError::invalid(name, v, "must be a whole number >= 1"));
+            }
+        }
+        if !(self.meta_lr.is_finite() && self.meta_lr > 0.0) {
+            return Err(CmlError::invalid(
+                "meta_lr",
+                self.meta_lr,
+                "must be finite and > 0",
+            ));
+        }
+        self.estimator.validate()?;
+        let clock = Instant::now();
+        let mut theta = theta0;
+        let mut adam = Adam::new(self.meta_lr, theta.len());
+        let mut rng = stream(self.seed, TRAIN_TASKS);
+        let mut log = Vec::with_capacity(self.meta_steps);
+        for step in 1..=self.meta_steps {
+            let tasks: Vec<T> = (0..self.meta_batch)
+                .map(|_| (self.sample)(&mut rng))
+                .collect::<Result<_>>()?;
+            let batch = batch_estimate(
+                &tasks,
+                |t| (self.problem)(t, &theta),
+                self.estimator,
+                theta.len(),
+                available_threads(),
+            )
+            .map_err(|e| at_step(e, step))?;
+            if batch.mean.iter().any(|g| !g.is_finite()) {
+                return Err(at_step(
+                    CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),
+                    step,
+                ));
+            }
+            adam.update(&mut theta, &batch.mean);
+            log.push(TaskMetaStep {
+                step,
+                query_loss: batch.loss,
+                seconds: clock.elapsed().as_secs_f64(),
+            });
+        }
+        Ok((theta, log))
+    }
+}
+
 fn at_step(e: CmlError, step: usize) -> CmlError {
     CmlError::NotConverged {
         what: format!("meta-step {step}"),

@@ -6,6 +6,7 @@
 use approx::assert_relative_eq;
 use cml::autodiff::gradients;
 use cml::bandit::{ARMS, BanditTask};
+use cml::digits::{Episode, Labelled};
 use cml::engine::{Engine, tanh};
 use cml::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
@@ -144,6 +145,38 @@ proptest! {
         let theta0 = spec.initial_theta(&mut rng).unwrap();
         let theta = &theta0 + normal_vector(&mut rng, theta0.len()) * 0.3;
         let problem = Modulation::new(spec, task, &theta).unwrap();
+        let n = problem.dims().phi;
+        let phi = to_dvector(&problem.initial_phi(&to_tensor(&theta).unwrap()).unwrap()).unwrap()
+            + normal_vector(&mut rng, n) * 0.3;
+        check_against_candle(&problem, &phi, &theta, beta);
+    }
+
+    #[test]
+    fn cross_entropy_models_fast_path_equals_candle_autodiff(
+        hidden in 1usize..=6, ways in 2usize..=5, rows in (1usize..=6, 1usize..=6),
+        logit_scale in prop_oneof![Just(1.0), Just(40.0)], beta in beta(), seed: u64,
+    ) {
+        // The softmax cross-entropy of a few-shot episode (random 8x8 images), both models; at
+        // logit scale 40 the shifted logsumexp is needed for finite numbers.
+        let mut rng = seeded(seed);
+        let mut part = |n: usize| {
+            let x = normal_vector(&mut rng, n * 64).as_slice().to_vec();
+            let labels = (0..n).map(|_| rng.random_range(0..ways)).collect();
+            Labelled::new(64, x, labels).unwrap()
+        };
+        let episode = Episode { ways, support: part(rows.0), query: part(rows.1) };
+        let net = Mlp::new(vec![64, hidden, ways]).unwrap();
+        let spec = SynapseSpec { net: net.clone(), per_synapse: true, strength: 0.7, fixed_strength: false };
+        let theta = spec.initial_theta(&mut rng).unwrap() * logit_scale;
+        let p = net.param_count();
+        let phi = Vector::from_column_slice(&theta.as_slice()[..p]) + normal_vector(&mut rng, p) * 0.3;
+        let problem = Synapse::new(spec, episode.clone(), &theta).unwrap();
+        check_against_candle(&problem, &phi, &theta, beta);
+
+        let spec = ModulationSpec { net, strength: 0.7 };
+        let theta0 = spec.initial_theta(&mut rng).unwrap();
+        let theta = &theta0 + normal_vector(&mut rng, theta0.len()) * 0.3;
+        let problem = Modulation::new(spec, episode, &theta).unwrap();
         let n = problem.dims().phi;
         let phi = to_dvector(&problem.initial_phi(&to_tensor(&theta).unwrap()).unwrap()).unwrap()
             + normal_vector(&mut rng, n) * 0.3;

@@ -8,7 +8,7 @@ use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
 use crate::model::Mlp;
 use crate::problem::instance::InstanceReader;
-use crate::problem::{InstanceFile, RegressionTask, TaskTensors};
+use crate::problem::{InstanceFile, SupervisedTask, TaskTensors};
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
@@ -140,7 +140,7 @@ impl BanditTask {
     }
 }
 
-impl RegressionTask for BanditTask {
+impl SupervisedTask for BanditTask {
     const SYNAPSE_NAME: &'static str = "bandit-synapse";
     const MODULATION_NAME: &'static str = "bandit-modulation";
 
@@ -156,6 +156,7 @@ impl RegressionTask for BanditTask {
         let (xs, ys, ms) = self.support.tensors()?;
         let (xq, yq, mq) = self.query.tensors()?;
         Ok(TaskTensors {
+            cross_entropy: false,
             x_support: xs,
             y_support: ys,
             mask_support: Some(ms),

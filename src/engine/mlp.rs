@@ -16,6 +16,17 @@ use super::matmul::{Product, View, ViewMut};
 use super::tanh::tanh_in_place;
 use crate::model::mlp::{Layer, Mlp};
 
+/// How a row's outputs `y_i` are scored against its targets `t_i`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OutputLoss {
+    /// `||m_i * (y_i - t_i)||^2`.
+    #[default]
+    SquaredError,
+    /// `logsumexp(y_i) - t_i . y_i` for a one-hot `t_i`: the softmax cross-entropy of the logits
+    /// `y_i`, with gradient `softmax(y_i) - t_i` (docs/ENGINE.md §1).
+    SoftmaxCrossEntropy,
+}
+
 /// The network's shape and its fixed data: inputs and targets, support rows then query rows.
 #[derive(Debug, Clone)]
 pub struct MlpKernel {
@@ -26,6 +37,7 @@ pub struct MlpKernel {
     t: Vec<f64>,
     /// Same shape as `t`: which outputs enter the loss (`None`: all).
     mask: Option<Vec<f64>>,
+    loss: OutputLoss,
     n_support: usize,
     n_query: usize,
     /// Loss weight of a support row in `L_in` and of a query row in `L_out`.
@@ -112,6 +124,7 @@ impl MlpKernel {
             x,
             t,
             mask: None,
+            loss: OutputLoss::SquaredError,
             n_support,
             n_query: rows - n_support,
             support_weight,
@@ -127,6 +140,13 @@ impl MlpKernel {
             "a mask holds 0s and 1s"
         );
         self.mask = Some(mask);
+        self
+    }
+
+    /// Scores rows by the softmax cross-entropy of the outputs (logits) against one-hot targets.
+    pub fn with_cross_entropy(mut self) -> Self {
+        assert!(self.mask.is_none(), "the cross-entropy takes no mask");
+        self.loss = OutputLoss::SoftmaxCrossEntropy;
         self
     }
 
@@ -235,16 +255,40 @@ impl MlpKernel {
             } else {
                 beta * self.query_weight
             };
-            let mut row_sum = 0.0;
-            for j in 0..d_out {
-                let mut r = y[i * d_out + j] - self.t[i * d_out + j];
-                if let Some(m) = &self.mask {
-                    r *= m[i * d_out + j];
+            let (yi, ti) = (
+                &y[i * d_out..(i + 1) * d_out],
+                &self.t[i * d_out..(i + 1) * d_out],
+            );
+            let dyi = &mut dy[i * d_out..(i + 1) * d_out];
+            match self.loss {
+                OutputLoss::SquaredError => {
+                    let mut row_sum = 0.0;
+                    for j in 0..d_out {
+                        let mut r = yi[j] - ti[j];
+                        if let Some(m) = &self.mask {
+                            r *= m[i * d_out + j];
+                        }
+                        row_sum += r * r;
+                        dyi[j] = 2.0 * c * r;
+                    }
+                    loss += c * row_sum;
                 }
-                row_sum += r * r;
-                dy[i * d_out + j] = 2.0 * c * r;
+                OutputLoss::SoftmaxCrossEntropy => {
+                    // logsumexp shifted by the row's largest logit, so exp never overflows.
+                    let m = yi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let mut sum = 0.0;
+                    for (d, &v) in dyi.iter_mut().zip(yi) {
+                        *d = (v - m).exp();
+                        sum += *d;
+                    }
+                    let mut picked = 0.0;
+                    for j in 0..d_out {
+                        picked += ti[j] * yi[j];
+                        dyi[j] = c * (dyi[j] / sum - ti[j]);
+                    }
+                    loss += c * (m + sum.ln() - picked);
+                }
             }
-            loss += c * row_sum;
         }
 
         for l in (0..=last).rev() {

@@ -10,13 +10,14 @@ use crate::bandit::WheelBandit;
 use crate::bandit::agents::{
     Agent, Greedy, LinFullPost, NeuralLinear, OnlineLearner, OnlineModel, OnlineParams, Uniform,
 };
-use crate::bandit::meta::{MetaConfig, MetaStep, initial_theta, meta_train};
+use crate::bandit::meta::{MetaConfig, initial_theta, meta_train};
 use crate::bandit::posterior::Prior;
 use crate::bandit::run::{self as bandit_run, RunParams};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Unrolled, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
+use crate::meta_training::TaskMetaStep;
 use crate::model::Mlp;
 use crate::optimizer::Optimizer;
 use crate::parallel::map_in_order;
@@ -236,7 +237,10 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
             seed: settings.seed,
         };
         let (theta, log) = meta_train(&config)?;
-        meta_seconds.push((name.to_string(), log.last().map_or(0.0, |s: &MetaStep| s.seconds)));
+        meta_seconds.push((
+            name.to_string(),
+            log.last().map_or(0.0, |s: &TaskMetaStep| s.seconds),
+        ));
         for s in &log {
             meta_rows.push(format!("{name},{},{:e}", s.step, s.query_loss));
         }

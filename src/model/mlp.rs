@@ -140,3 +140,19 @@ impl Mlp {
 pub fn mse(prediction: &Tensor, target: &Tensor) -> candle_core::Result<Tensor> {
     (prediction - target)?.sqr()?.mean_all()
 }
+
+/// `log softmax(z)` over the last dimension of `(N, C)` logits, built from differentiable
+/// operations (Candle's own softmax has no backward pass): `z - logsumexp(z)`, with the row
+/// maximum subtracted inside the exponential and added back outside. The maximum is detached: the
+/// expression does not depend on it, so its derivative is not needed, to any order.
+pub fn log_softmax(z: &Tensor) -> candle_core::Result<Tensor> {
+    let m = z.max_keepdim(1)?.detach();
+    let lse = (z.broadcast_sub(&m)?.exp()?.sum_keepdim(1)?.log()? + m)?;
+    z.broadcast_sub(&lse)
+}
+
+/// Mean softmax cross-entropy of logits `(N, C)` against one-hot labels `(N, C)`:
+/// `1/N sum_i (logsumexp(z_i) - z_i . t_i)`.
+pub fn softmax_cross_entropy(logits: &Tensor, one_hot: &Tensor) -> candle_core::Result<Tensor> {
+    (log_softmax(logits)? * one_hot)?.sum_all()?.neg()? / logits.dim(0)? as f64
+}

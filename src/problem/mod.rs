@@ -21,7 +21,7 @@ pub use quadratic::{Quadratic, QuadraticSpec};
 pub use regularised_mlp::RegularisedMlp;
 pub use sinusoid::SinusoidTask;
 pub use synapse::{Synapse, SynapseSpec};
-pub use task::{RegressionTask, TaskTensors};
+pub use task::{SupervisedTask, TaskTensors};
 pub use weight_decay::{DataLoss, WeightDecay, WeightDecaySpec};
 
 /// Sizes of the fast and meta-parameters.

@@ -8,12 +8,12 @@
 //!
 //! `L_out` depends on the slow weights directly, so the direct term `d_theta L_out` is part of
 //! the meta-gradient. Initial values: gains 1, shifts 0, readout `N(0, 1/h_L)`, bias 0.
-//! The data come from any [`RegressionTask`] (MSE masked on bandit tasks, docs/BANDIT.md).
+//! The data come from any [`SupervisedTask`] (MSE masked on bandit tasks, docs/BANDIT.md).
 
 use super::instance::InstanceReader;
 use super::sinusoid::SinusoidTask;
 use super::synapse::{check_len, no_kernel};
-use super::task::{RegressionTask, TaskTensors};
+use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
@@ -90,7 +90,7 @@ impl Layout {
 }
 
 #[derive(Debug, Clone)]
-pub struct Modulation<T: RegressionTask = SinusoidTask> {
+pub struct Modulation<T: SupervisedTask = SinusoidTask> {
     spec: ModulationSpec,
     layout: Layout,
     task: T,
@@ -123,7 +123,7 @@ impl ModulationSpec {
     }
 }
 
-impl<T: RegressionTask> Modulation<T> {
+impl<T: SupervisedTask> Modulation<T> {
     pub fn new(spec: ModulationSpec, task: T, theta: &Vector) -> Result<Self> {
         let layout = Layout::new(&spec.net)?;
         let expected = layout.slow_len + layout.fast_len;
@@ -187,7 +187,7 @@ impl Modulation<SinusoidTask> {
     }
 }
 
-impl<T: RegressionTask> BilevelProblem for Modulation<T> {
+impl<T: SupervisedTask> BilevelProblem for Modulation<T> {
     fn name(&self) -> &'static str {
         T::MODULATION_NAME
     }
@@ -244,7 +244,7 @@ struct ModulationWorkspace {
     phi_init: Vec<f64>,
 }
 
-impl<T: RegressionTask> FirstOrderPhase for Modulation<T> {
+impl<T: SupervisedTask> FirstOrderPhase for Modulation<T> {
     fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
         let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
         let Layout {

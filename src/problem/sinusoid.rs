@@ -3,7 +3,7 @@
 
 use super::InstanceFile;
 use super::instance::InstanceReader;
-use super::task::{RegressionTask, TaskTensors};
+use super::task::{SupervisedTask, TaskTensors};
 use crate::engine::mlp::MlpKernel;
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
@@ -59,7 +59,7 @@ pub fn column(v: &Vector) -> Result<Tensor> {
     Ok(Tensor::from_slice(v.as_slice(), (v.len(), 1), &Device::Cpu)?)
 }
 
-impl RegressionTask for SinusoidTask {
+impl SupervisedTask for SinusoidTask {
     const SYNAPSE_NAME: &'static str = "synapse";
     const MODULATION_NAME: &'static str = "modulation";
 
@@ -73,6 +73,7 @@ impl RegressionTask for SinusoidTask {
 
     fn tensors(&self) -> Result<TaskTensors> {
         Ok(TaskTensors {
+            cross_entropy: false,
             x_support: column(&self.x_support)?,
             y_support: column(&self.y_support)?,
             mask_support: None,

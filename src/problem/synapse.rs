@@ -6,11 +6,11 @@
 //!
 //! `rho` is one per synapse or a single scalar shared by all, or `lambda` is fixed and
 //! `theta = omega` (the iMAML-like model). MSE is the plain mean of squared errors (no 1/2),
-//! masked on bandit tasks (docs/BANDIT.md). The data come from any [`RegressionTask`].
+//! masked on bandit tasks (docs/BANDIT.md). The data come from any [`SupervisedTask`].
 
 use super::instance::InstanceReader;
 use super::sinusoid::SinusoidTask;
-use super::task::{RegressionTask, TaskTensors};
+use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
@@ -84,7 +84,7 @@ impl SynapseSpec {
 }
 
 #[derive(Debug, Clone)]
-pub struct Synapse<T: RegressionTask = SinusoidTask> {
+pub struct Synapse<T: SupervisedTask = SinusoidTask> {
     spec: SynapseSpec,
     task: T,
     data: TaskTensors,
@@ -93,7 +93,7 @@ pub struct Synapse<T: RegressionTask = SinusoidTask> {
     kernel: Option<MlpKernel>,
 }
 
-impl<T: RegressionTask> Synapse<T> {
+impl<T: SupervisedTask> Synapse<T> {
     pub fn new(spec: SynapseSpec, task: T, theta: &Vector) -> Result<Self> {
         spec.check_strength()?;
         let expected = spec.net.param_count() + spec.rho_len();
@@ -170,7 +170,7 @@ impl Synapse<SinusoidTask> {
     }
 }
 
-impl<T: RegressionTask> BilevelProblem for Synapse<T> {
+impl<T: SupervisedTask> BilevelProblem for Synapse<T> {
     fn name(&self) -> &'static str {
         T::SYNAPSE_NAME
     }
@@ -233,7 +233,7 @@ struct SynapseWorkspace {
     learned: bool,
 }
 
-impl<T: RegressionTask> FirstOrderPhase for Synapse<T> {
+impl<T: SupervisedTask> FirstOrderPhase for Synapse<T> {
     fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
         let kernel = self.kernel.as_ref().ok_or_else(no_kernel)?;
         let p = self.spec.net.param_count();

@@ -1,17 +1,18 @@
 //! The data of one supervised task, as the network models (the complex synapse, the gain
 //! modulation) need it: support rows for the inner loss, query rows for the outer loss, both
-//! scored by a (possibly masked) mean squared error. Sinusoid regression and the wheel bandit's
-//! reward regression (docs/BANDIT.md) are the two task families.
+//! scored by a (possibly masked) mean squared error or by the softmax cross-entropy. Sinusoid
+//! regression, the wheel bandit's reward regression (docs/BANDIT.md) and few-shot digit
+//! classification (docs/DIGITS.md) are the task families.
 
 use super::InstanceFile;
 use super::instance::InstanceReader;
 use crate::engine::mlp::MlpKernel;
 use crate::error::Result;
-use crate::model::mlp::{Mlp, mse};
+use crate::model::mlp::{Mlp, mse, softmax_cross_entropy};
 use candle_core::Tensor;
 
 /// A task a network model can be fitted to.
-pub trait RegressionTask: Clone + std::fmt::Debug + Send + Sync + 'static {
+pub trait SupervisedTask: Clone + std::fmt::Debug + Send + Sync + 'static {
     /// Registry names of the complex synapse and of the gain modulation on this task family.
     const SYNAPSE_NAME: &'static str;
     const MODULATION_NAME: &'static str;
@@ -38,9 +39,11 @@ pub trait RegressionTask: Clone + std::fmt::Debug + Send + Sync + 'static {
 }
 
 /// A task's arrays: inputs `(N, in)`, targets `(N, out)` and, where only some outputs are
-/// scored, a 0/1 mask shaped as the targets.
+/// scored, a 0/1 mask shaped as the targets. With `cross_entropy` the targets are one-hot labels
+/// and the outputs logits.
 #[derive(Debug, Clone)]
 pub struct TaskTensors {
+    pub cross_entropy: bool,
     pub x_support: Tensor,
     pub y_support: Tensor,
     pub mask_support: Option<Tensor>,
@@ -52,12 +55,25 @@ pub struct TaskTensors {
 impl TaskTensors {
     /// The support (inner) data loss of predictions `(N, out)`.
     pub fn support_loss(&self, prediction: &Tensor) -> candle_core::Result<Tensor> {
-        masked_mse(prediction, &self.y_support, self.mask_support.as_ref())
+        self.loss(prediction, &self.y_support, self.mask_support.as_ref())
     }
 
     /// The query (outer) data loss.
     pub fn query_loss(&self, prediction: &Tensor) -> candle_core::Result<Tensor> {
-        masked_mse(prediction, &self.y_query, self.mask_query.as_ref())
+        self.loss(prediction, &self.y_query, self.mask_query.as_ref())
+    }
+
+    fn loss(
+        &self,
+        prediction: &Tensor,
+        target: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        if self.cross_entropy {
+            softmax_cross_entropy(prediction, target)
+        } else {
+            masked_mse(prediction, target, mask)
+        }
     }
 }
 

@@ -1,0 +1,217 @@
+//! Few-shot classification episodes in the Omniglot protocol (docs/DIGITS.md §3): classes are
+//! (digit, rotation) pairs, four rotations per digit; an N-way K-shot episode draws N classes,
+//! K support and Q query images of each, and relabels the classes 0..N-1 in the order drawn.
+//! The loss is the softmax cross-entropy of the network's N logits.
+
+use super::data::{Labelled, rotate};
+use crate::engine::mlp::MlpKernel;
+use crate::error::{CmlError, Result};
+use crate::linalg::Vector;
+use crate::model::Mlp;
+use crate::problem::instance::InstanceReader;
+use crate::problem::{InstanceFile, SupervisedTask, TaskTensors};
+use crate::rng::Rng;
+use candle_core::{Device, Tensor};
+use rand::seq::index::sample;
+
+/// Pixels per side of a digit image.
+pub const SIDE: usize = 8;
+/// The largest pixel value; images are divided by it, so pixels lie in [0, 1].
+pub const MAX_PIXEL: f64 = 16.0;
+
+/// The classes an episode can draw from, each with its images.
+#[derive(Debug, Clone)]
+pub struct ClassPool {
+    /// `(digit, quarter turns)` of each class.
+    pub classes: Vec<(usize, usize)>,
+    images: Vec<Vec<Vec<f64>>>,
+}
+
+impl ClassPool {
+    /// Every rotation (0, 90, 180, 270 degrees) of each of `digits`, from `data`'s images.
+    pub fn new(data: &Labelled, digits: &[usize]) -> Result<Self> {
+        if data.features != SIDE * SIDE {
+            return Err(CmlError::invalid(
+                "digit image size",
+                data.features,
+                "64 pixels (8 x 8)",
+            ));
+        }
+        let mut classes = Vec::new();
+        let mut images = Vec::new();
+        for &d in digits {
+            let rows: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] == d).collect();
+            if rows.is_empty() {
+                return Err(CmlError::invalid("digit", d, "a digit present in the data"));
+            }
+            for turns in 0..4 {
+                classes.push((d, turns));
+                images.push(
+                    rows.iter()
+                        .map(|&i| {
+                            rotate(data.row(i), SIDE, turns)
+                                .into_iter()
+                                .map(|v| v / MAX_PIXEL)
+                                .collect()
+                        })
+                        .collect(),
+                );
+            }
+        }
+        Ok(ClassPool { classes, images })
+    }
+
+    /// An episode of `ways` classes with `shots` support and `queries` query images each.
+    pub fn episode(&self, rng: &mut Rng, ways: usize, shots: usize, queries: usize) -> Result<Episode> {
+        if ways < 2 || ways > self.classes.len() || shots == 0 || queries == 0 {
+            return Err(CmlError::invalid(
+                "episode",
+                format!("{ways}-way {shots}-shot, {queries} queries"),
+                format!(
+                    "2 to {} ways, at least 1 shot and 1 query per class",
+                    self.classes.len()
+                ),
+            ));
+        }
+        let chosen = sample(rng, self.classes.len(), ways).into_vec();
+        let (mut support, mut query) = (Vec::new(), Vec::new());
+        let (mut s_labels, mut q_labels) = (Vec::new(), Vec::new());
+        for (label, &c) in chosen.iter().enumerate() {
+            let pool = &self.images[c];
+            if shots + queries > pool.len() {
+                return Err(CmlError::invalid(
+                    "images per class",
+                    shots + queries,
+                    format!("at most the {} images of class {:?}", pool.len(), self.classes[c]),
+                ));
+            }
+            let picks = sample(rng, pool.len(), shots + queries).into_vec();
+            for (k, &i) in picks.iter().enumerate() {
+                if k < shots {
+                    support.extend_from_slice(&pool[i]);
+                    s_labels.push(label);
+                } else {
+                    query.extend_from_slice(&pool[i]);
+                    q_labels.push(label);
+                }
+            }
+        }
+        Ok(Episode {
+            ways,
+            support: Labelled::new(SIDE * SIDE, support, s_labels)?,
+            query: Labelled::new(SIDE * SIDE, query, q_labels)?,
+        })
+    }
+}
+
+/// One N-way episode: support images for the inner loss, query images for the outer loss.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Episode {
+    pub ways: usize,
+    pub support: Labelled,
+    pub query: Labelled,
+}
+
+/// The fraction of rows whose largest logit is at their label.
+pub fn accuracy(logits: &Tensor, labels: &[usize]) -> Result<f64> {
+    let rows = logits.to_vec2::<f64>()?;
+    let correct = rows
+        .iter()
+        .zip(labels)
+        .filter(|(row, l)| {
+            let best = row.iter().enumerate().fold(
+                (0, f64::NEG_INFINITY),
+                |b, (j, &v)| if v > b.1 { (j, v) } else { b },
+            );
+            best.0 == **l
+        })
+        .count();
+    Ok(correct as f64 / labels.len() as f64)
+}
+
+fn tensors(part: &Labelled, ways: usize) -> Result<(Tensor, Tensor)> {
+    let dev = &Device::Cpu;
+    Ok((
+        Tensor::from_vec(part.x.clone(), (part.len(), part.features), dev)?,
+        Tensor::from_vec(part.one_hot(ways), (part.len(), ways), dev)?,
+    ))
+}
+
+impl SupervisedTask for Episode {
+    const SYNAPSE_NAME: &'static str = "digits-synapse";
+    const MODULATION_NAME: &'static str = "digits-modulation";
+
+    fn input_dim(&self) -> usize {
+        SIDE * SIDE
+    }
+
+    fn output_dim(&self) -> usize {
+        self.ways
+    }
+
+    fn tensors(&self) -> Result<TaskTensors> {
+        let (xs, ys) = tensors(&self.support, self.ways)?;
+        let (xq, yq) = tensors(&self.query, self.ways)?;
+        Ok(TaskTensors {
+            cross_entropy: true,
+            x_support: xs,
+            y_support: ys,
+            mask_support: None,
+            x_query: xq,
+            y_query: yq,
+            mask_query: None,
+        })
+    }
+
+    /// Mean cross-entropy over the support rows (`L_in`) and the query rows (`L_out`).
+    fn kernel(&self, net: &Mlp) -> MlpKernel {
+        let all = self.support.concat(&self.query);
+        MlpKernel::new(
+            net,
+            all.x.clone(),
+            all.one_hot(self.ways),
+            self.support.len(),
+            1.0 / self.support.len() as f64,
+            1.0 / self.query.len() as f64,
+        )
+        .with_cross_entropy()
+    }
+
+    fn push(&self, file: &mut InstanceFile) {
+        file.push_scalar("ways", self.ways as f64);
+        for (name, part) in [("support", &self.support), ("query", &self.query)] {
+            file.push_vector(&format!("x_{name}"), &Vector::from_vec(part.x.clone()));
+            let labels = part.labels.iter().map(|&l| l as f64).collect();
+            file.push_vector(&format!("labels_{name}"), &Vector::from_vec(labels));
+        }
+    }
+
+    fn read(r: &mut InstanceReader) -> Result<Self> {
+        let ways = r.scalar("ways")?;
+        if !(ways >= 2.0 && ways.fract() == 0.0 && ways <= 1e6) {
+            return Err(r.error(format!("ways {ways} is not a whole number >= 2")));
+        }
+        let ways = ways as usize;
+        let mut part = |name: &str| -> Result<Labelled> {
+            let labels = r.vector(&format!("labels_{name}"), None)?;
+            let x = r.vector(&format!("x_{name}"), Some(labels.len() * SIDE * SIDE))?;
+            let labels = labels
+                .iter()
+                .map(|&l| {
+                    if l >= 0.0 && l.fract() == 0.0 && (l as usize) < ways {
+                        Ok(l as usize)
+                    } else {
+                        Err(r.error(format!("label {l} is not one of 0..{}", ways - 1)))
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Labelled::new(SIDE * SIDE, x.as_slice().to_vec(), labels)
+        };
+        let support = part("support")?;
+        let query = part("query")?;
+        if support.is_empty() || query.is_empty() {
+            return Err(r.error("an episode needs support and query images".into()));
+        }
+        Ok(Episode { ways, support, query })
+    }
+}
