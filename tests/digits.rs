@@ -224,3 +224,40 @@ fn the_cross_entropy_has_the_right_first_and_second_derivatives() {
         );
     }
 }
+
+#[test]
+fn the_contrastive_weight_decay_estimate_matches_the_exact_implicit_meta_gradient() {
+    // Softmax regression (a 4-3 network, no hidden layer: the cross-entropy is convex in the
+    // weights) on 12 training and 8 validation rows with decay strengths around e^-2: the inner
+    // loss is strongly convex, so the free phase and Newton find the same solution, and the symmetric estimate with converged phases has an
+    // O(beta^2) error (docs/MATH.md §2).
+    use cml::digits::DecayClassifier;
+    use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
+    use cml::ground_truth::exact_meta_gradient;
+    use cml::inner::GdParams;
+    use cml::linalg::relative_error;
+    use cml::model::Mlp;
+    use cml::problem::BilevelProblem;
+    let mut rng = seeded(8);
+    let mut part = |n: usize| {
+        let x = normal_vector(&mut rng, n * 4).as_slice().to_vec();
+        Labelled::new(4, x, (0..n).map(|i| i % 3).collect()).unwrap()
+    };
+    let (train, validation) = (part(12), part(8));
+    let net = Mlp::parse("4-3").unwrap();
+    let phi_init = net.init(&mut seeded(9));
+    let theta = normal_vector(&mut seeded(10), net.param_count()).map(|t| 0.3 * t - 2.0);
+    let p = DecayClassifier::new(net, train, validation, &phi_init, &theta).unwrap();
+    let exact = exact_meta_gradient(&p, p.theta()).unwrap().meta_gradient;
+    let converged = GdParams { max_steps: 200_000, tolerance: 1e-11, ..GdParams::default() };
+    let err = |beta: f64| {
+        let e = Contrastive { variant: Variant::Symmetric, beta, free: converged, nudged: converged }
+            .estimate(&p, p.theta())
+            .unwrap();
+        relative_error(&e.gradient, &exact)
+    };
+    let (fine, coarse) = (err(1e-3), err(1e-2));
+    assert!(exact.norm() > 1e-3, "meta-gradient norm {:.2e}", exact.norm());
+    assert!(fine < 1e-4, "relative error {fine:.2e} at beta = 1e-3");
+    assert!(coarse > 30.0 * fine, "O(beta^2): {coarse:.2e} at 1e-2, {fine:.2e} at 1e-3");
+}

@@ -6,7 +6,7 @@
 use approx::assert_relative_eq;
 use cml::autodiff::gradients;
 use cml::bandit::{ARMS, BanditTask};
-use cml::digits::{Episode, Labelled};
+use cml::digits::{DecayClassifier, Episode, Labelled};
 use cml::engine::{Engine, tanh};
 use cml::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
@@ -180,6 +180,28 @@ proptest! {
         let n = problem.dims().phi;
         let phi = to_dvector(&problem.initial_phi(&to_tensor(&theta).unwrap()).unwrap()).unwrap()
             + normal_vector(&mut rng, n) * 0.3;
+        check_against_candle(&problem, &phi, &theta, beta);
+    }
+
+    #[test]
+    fn decay_classifier_fast_path_equals_candle_autodiff(
+        features in 1usize..=6, hidden in 1usize..=6, classes in 2usize..=4,
+        rows in (1usize..=8, 1usize..=8), beta in beta(), seed: u64,
+    ) {
+        // Cross-entropy plus per-parameter decay, random strengths e^-3 .. e^1.
+        let mut rng = seeded(seed);
+        let mut part = |n: usize| {
+            let x = normal_vector(&mut rng, n * features).as_slice().to_vec();
+            let labels = (0..n).map(|_| rng.random_range(0..classes)).collect();
+            Labelled::new(features, x, labels).unwrap()
+        };
+        let (train, validation) = (part(rows.0), part(rows.1));
+        let net = Mlp::new(vec![features, hidden, classes]).unwrap();
+        let p = net.param_count();
+        let phi_init = net.init(&mut rng);
+        let theta = Vector::from_fn(p, |_, _| rng.random_range(-3.0..1.0));
+        let problem = DecayClassifier::new(net, train, validation, &phi_init, &theta).unwrap();
+        let phi = &phi_init + normal_vector(&mut rng, p) * 0.5;
         check_against_candle(&problem, &phi, &theta, beta);
     }
 

@@ -223,7 +223,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
         "meta-step",
         "query loss (masked MSE)",
         false,
-        true,
+        false,
     );
     for (i, (name, model, estimator)) in learners.iter().enumerate() {
         let config = MetaConfig {
@@ -534,12 +534,12 @@ pub fn table(r: &BanditResults) -> String {
 /// A verdict computed from the paired difference: significant only if the interval excludes 0.
 pub fn lead_sentence(l: &Lead) -> String {
     let verdict = if l.mean - l.ci95 > 0.0 {
-        "lower regret, the 95% interval excluding 0"
+        "the interval excludes 0"
     } else {
-        "lower mean regret, but the 95% interval includes 0 (no significant difference)"
+        "the interval includes 0: no significant difference"
     };
     format!(
-        "{} has {verdict} against {}: difference {} +- {}",
+        "{} has lower mean regret than {}, by {} +- {} ({verdict})",
         l.better,
         l.worse,
         num(l.mean),

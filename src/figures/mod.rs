@@ -5,7 +5,9 @@
 
 mod bandit;
 mod compute;
+mod digits_decay;
 mod error_bar;
+mod few_shot;
 pub mod plot;
 mod theory;
 mod training;
@@ -52,6 +54,14 @@ pub const JOBS: &[(&str, &str)] = &[
         "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
     ),
     (
+        "digits-decay",
+        "per-parameter weight decay of a digit classifier: the contrastive rule against CG, Neumann, T1-T2, truncated BPTT",
+    ),
+    (
+        "few-shot",
+        "5-way 1- and 5-shot classification of rotated handwritten digits: the contrastive rule against MAML, first-order MAML, Reptile, iMAML",
+    ),
+    (
         "bandit",
         "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table",
     ),
@@ -66,6 +76,8 @@ pub struct Results {
     pub cost: Option<compute::CostResults>,
     pub weight_decay: Option<weight_decay::WeightDecayResults>,
     pub error_bar: Option<error_bar::CalibrationResults>,
+    pub digits_decay: Option<digits_decay::DigitsDecayResults>,
+    pub few_shot: Option<few_shot::FewShotResults>,
     pub bandit: Option<bandit::BanditResults>,
     pub files: Vec<PathBuf>,
     /// Wall time of the jobs, quoted in the write-up.
@@ -110,6 +122,14 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
     if wanted("error-bar") {
         log("error-bar: the error bar's calibration and beta auto");
         results.error_bar = Some(error_bar::run(settings, &mut results.files)?);
+    }
+    if wanted("digits-decay") {
+        log("digits-decay: per-parameter weight decay of a digit classifier");
+        results.digits_decay = Some(digits_decay::run(settings, &mut results.files)?);
+    }
+    if wanted("few-shot") {
+        log("few-shot: few-shot classification of rotated digits");
+        results.few_shot = Some(few_shot::run(settings, &mut results.files)?);
     }
     if wanted("bandit") {
         log("bandit: meta-learned bandit agents against the baselines on the wheel bandit");

@@ -165,10 +165,13 @@ fn validation_and_test_tasks(
 const VALIDATION_TASKS: u64 = 3;
 const TEST_TASKS: u64 = 4;
 
-/// Student's t quantile t(0.975, df) for the small numbers of seeds used here.
+/// Student's t quantile t(0.975, df), tabulated to df = 30; beyond, the normal quantile 1.96
+/// (less than 4% narrower than t for df > 30, 0.2% at the 600 episodes of the few-shot job).
 pub(super) fn t975(df: usize) -> f64 {
-    const T: [f64; 10] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+    const T: [f64; 30] = [
+        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042,
     ];
     T.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
 }

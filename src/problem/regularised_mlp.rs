@@ -179,8 +179,7 @@ impl BilevelProblem for RegularisedMlp {
     }
 
     fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
-        let decay = (theta.exp()? * phi.sqr()?)?.sum_all()? * 0.5;
-        self.train.half_mse(&self.net, phi)? + decay?
+        self.train.half_mse(&self.net, phi)? + decay_penalty(phi, theta)?
     }
 
     fn outer_loss(&self, phi: &Tensor, _theta: &Tensor) -> candle_core::Result<Tensor> {
@@ -233,23 +232,57 @@ struct DecayWorkspace {
     decay: Vec<f64>,
 }
 
+/// The workspace of a network with one weight-decay strength per parameter (`theta_i` the log
+/// strength), shared by the weight-decay problems on any data.
+pub(crate) fn decay_workspace(kernel: &MlpKernel, net: &Mlp, theta: &[f64]) -> Result<Workspace> {
+    if theta.len() != net.param_count() {
+        return Err(CmlError::invalid(
+            "weight-decay theta length",
+            theta.len(),
+            format!("one strength per parameter, {}", net.param_count()),
+        ));
+    }
+    Ok(Box::new(DecayWorkspace {
+        buffers: kernel.buffers(),
+        decay: theta.iter().map(|t| t.exp()).collect(),
+    }))
+}
+
+/// `L_beta = data loss (train) + beta data loss (validation) + 1/2 sum_i exp(theta_i) phi_i^2`:
+/// `d_phi` adds `exp(theta) phi`; `d_theta_i = 1/2 exp(theta_i) phi_i^2`.
+pub(crate) fn decay_phase_gradient(
+    kernel: &MlpKernel,
+    workspace: &mut Workspace,
+    phi: &[f64],
+    beta: f64,
+    grad_phi: &mut [f64],
+    grad_theta: Option<&mut [f64]>,
+) -> f64 {
+    let ws = downcast::<DecayWorkspace>(workspace);
+    let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
+    let mut decay = 0.0;
+    for i in 0..phi.len() {
+        decay += ws.decay[i] * (phi[i] * phi[i]);
+        grad_phi[i] += ws.decay[i] * phi[i];
+    }
+    if let Some(gt) = grad_theta {
+        for i in 0..phi.len() {
+            gt[i] = 0.5 * (ws.decay[i] * (phi[i] * phi[i]));
+        }
+    }
+    fit + 0.5 * decay
+}
+
+/// `1/2 sum_i exp(theta_i) phi_i^2` (Candle).
+pub(crate) fn decay_penalty(phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
+    (theta.exp()? * phi.sqr()?)?.sum_all()? * 0.5
+}
+
 impl FirstOrderPhase for RegularisedMlp {
     fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
-        if theta.len() != self.net.param_count() {
-            return Err(CmlError::invalid(
-                "weight-decay theta length",
-                theta.len(),
-                format!("one strength per parameter, {}", self.net.param_count()),
-            ));
-        }
-        Ok(Box::new(DecayWorkspace {
-            buffers: self.kernel.buffers(),
-            decay: theta.iter().map(|t| t.exp()).collect(),
-        }))
+        decay_workspace(&self.kernel, &self.net, theta)
     }
 
-    /// `L_beta = 1/2 MSE_train + beta 1/2 MSE_val + 1/2 sum_i exp(theta_i) phi_i^2`:
-    /// `d_phi` adds `exp(theta) phi`; `d_theta_i = 1/2 exp(theta_i) phi_i^2`.
     fn phase_gradient(
         &self,
         workspace: &mut Workspace,
@@ -258,20 +291,6 @@ impl FirstOrderPhase for RegularisedMlp {
         grad_phi: &mut [f64],
         grad_theta: Option<&mut [f64]>,
     ) -> f64 {
-        let ws = downcast::<DecayWorkspace>(workspace);
-        let fit =
-            self.kernel
-                .loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
-        let mut decay = 0.0;
-        for i in 0..phi.len() {
-            decay += ws.decay[i] * (phi[i] * phi[i]);
-            grad_phi[i] += ws.decay[i] * phi[i];
-        }
-        if let Some(gt) = grad_theta {
-            for i in 0..phi.len() {
-                gt[i] = 0.5 * (ws.decay[i] * (phi[i] * phi[i]));
-            }
-        }
-        fit + 0.5 * decay
+        decay_phase_gradient(&self.kernel, workspace, phi, beta, grad_phi, grad_theta)
     }
 }

@@ -1,0 +1,155 @@
+//! Per-parameter weight decay of an image classifier (the paper's §5.2 on the shipped digits;
+//! docs/DIGITS.md §4):
+//!
+//! `L_in  = CE(train; phi) + 1/2 sum_i exp(theta_i) phi_i^2`,  `L_out = CE(validation; phi)`,
+//!
+//! a tanh MLP with softmax cross-entropy, one log-strength `theta_i` per parameter (biases
+//! included). A test split measures what the learned strengths bought.
+
+use super::{Labelled, accuracy};
+use crate::problem::regularised_mlp::{decay_penalty, decay_phase_gradient, decay_workspace};
+use crate::problem::{BilevelProblem, Dims, InstanceFile};
+use crate::engine::mlp::MlpKernel;
+use crate::engine::{FirstOrderPhase, Workspace};
+use crate::error::{CmlError, Result};
+use crate::linalg::{Vector, to_dvector, to_tensor};
+use crate::model::mlp::{Mlp, softmax_cross_entropy};
+use candle_core::{Device, Tensor};
+
+/// One part of the data as tensors: inputs and one-hot labels.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub data: Labelled,
+    x: Tensor,
+    one_hot: Tensor,
+}
+
+impl Part {
+    pub fn new(data: Labelled, classes: usize) -> Result<Self> {
+        if data.is_empty() || data.labels.iter().any(|&l| l >= classes) {
+            return Err(CmlError::invalid(
+                "classifier data",
+                format!("{} rows", data.len()),
+                format!("at least one row, labels below {classes}"),
+            ));
+        }
+        let dev = &Device::Cpu;
+        Ok(Part {
+            x: Tensor::from_vec(data.x.clone(), (data.len(), data.features), dev)?,
+            one_hot: Tensor::from_vec(data.one_hot(classes), (data.len(), classes), dev)?,
+            data,
+        })
+    }
+
+    pub fn cross_entropy(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Tensor> {
+        softmax_cross_entropy(&net.forward(phi, &self.x)?, &self.one_hot)
+    }
+
+    pub fn accuracy(&self, net: &Mlp, phi: &Tensor) -> Result<f64> {
+        accuracy(&net.forward(phi, &self.x)?, &self.data.labels)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DecayClassifier {
+    pub net: Mlp,
+    pub train: Part,
+    pub validation: Part,
+    phi_init: Tensor,
+    theta: Tensor,
+    kernel: MlpKernel,
+}
+
+impl DecayClassifier {
+    /// `net` maps the rows' features to one logit per class; the inner loop starts at `phi_init`.
+    pub fn new(net: Mlp, train: Labelled, validation: Labelled, phi_init: &Vector, theta: &Vector) -> Result<Self> {
+        let classes = *net.sizes.last().expect("an output layer");
+        let p = net.param_count();
+        if net.sizes[0] != train.features || phi_init.len() != p || theta.len() != p {
+            return Err(CmlError::invalid(
+                "weight-decay classifier",
+                format!("{} features, {} initial weights, {} strengths", train.features, phi_init.len(), theta.len()),
+                format!("{} features and {p} of each for network {:?}", net.sizes[0], net.sizes),
+            ));
+        }
+        let all = train.concat(&validation);
+        let kernel = MlpKernel::new(
+            &net,
+            all.x.clone(),
+            all.one_hot(classes),
+            train.len(),
+            1.0 / train.len() as f64,
+            1.0 / validation.len() as f64,
+        )
+        .with_cross_entropy();
+        Ok(DecayClassifier {
+            train: Part::new(train, classes)?,
+            validation: Part::new(validation, classes)?,
+            phi_init: to_tensor(phi_init)?,
+            theta: to_tensor(theta)?,
+            kernel,
+            net,
+        })
+    }
+}
+
+impl BilevelProblem for DecayClassifier {
+    fn name(&self) -> &'static str {
+        "decay-classifier"
+    }
+
+    fn dims(&self) -> Dims {
+        let p = self.net.param_count();
+        Dims { phi: p, theta: p }
+    }
+
+    fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
+        self.train.cross_entropy(&self.net, phi)? + decay_penalty(phi, theta)?
+    }
+
+    fn outer_loss(&self, phi: &Tensor, _theta: &Tensor) -> candle_core::Result<Tensor> {
+        self.validation.cross_entropy(&self.net, phi)
+    }
+
+    fn initial_phi(&self, _theta: &Tensor) -> Result<Tensor> {
+        Ok(self.phi_init.clone())
+    }
+
+    fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
+        Some(self)
+    }
+
+    fn theta(&self) -> &Tensor {
+        &self.theta
+    }
+
+    fn to_instance(&self) -> InstanceFile {
+        let mut f = InstanceFile::new(self.name(), None);
+        f.push_vector("sizes", &self.net.sizes_vector());
+        for (name, part) in [("train", &self.train), ("validation", &self.validation)] {
+            f.push_vector(&format!("x_{name}"), &Vector::from_vec(part.data.x.clone()));
+            let labels = part.data.labels.iter().map(|&l| l as f64).collect();
+            f.push_vector(&format!("labels_{name}"), &Vector::from_vec(labels));
+        }
+        f.push_vector("phi_init", &to_dvector(&self.phi_init).expect("a vector"));
+        f.push_vector("theta", &to_dvector(&self.theta).expect("a vector"));
+        f
+    }
+}
+
+impl FirstOrderPhase for DecayClassifier {
+    fn workspace(&self, theta: &[f64]) -> Result<Workspace> {
+        decay_workspace(&self.kernel, &self.net, theta)
+    }
+
+    fn phase_gradient(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        grad_phi: &mut [f64],
+        grad_theta: Option<&mut [f64]>,
+    ) -> f64 {
+        decay_phase_gradient(&self.kernel, workspace, phi, beta, grad_phi, grad_theta)
+    }
+}

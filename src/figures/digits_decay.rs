@@ -1,0 +1,406 @@
+//! The paper's §5.2 on the shipped handwritten digits: one weight-decay strength per parameter of
+//! a tanh MLP classifier, meta-learned on the validation cross-entropy by the contrastive rule
+//! and by CG, Neumann, T1-T2 and truncated BPTT, against a fixed decay and the best single decay
+//! of a grid; final test accuracy after retraining on training + validation with the learned
+//! strengths, over several seeds (docs/DIGITS.md §4).
+
+use super::plot::{Figure, Panel, Series, Style};
+use super::training::seed_mean_ci;
+use super::{Settings, save, write_csv, write_table};
+use crate::adam::Adam;
+use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
+use crate::error::Result;
+use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
+use crate::inner::{GdParams, gradient_descent};
+use crate::linalg::{Vector, to_tensor};
+use crate::model::Mlp;
+use crate::oracle::Oracle;
+use crate::parallel::map_in_order;
+use crate::problem::BilevelProblem;
+use crate::rng::{hash_words, stream};
+use std::path::PathBuf;
+
+/// The budget of the job (full or `--quick`).
+#[derive(Debug, Clone)]
+pub struct Protocol {
+    pub net: Mlp,
+    pub train: usize,
+    pub validation: usize,
+    pub seeds: usize,
+    pub meta_steps: usize,
+    pub eval_every: usize,
+    pub meta_lr: f64,
+    pub free_steps: usize,
+    pub nudged_steps: usize,
+    pub step_size: f64,
+    pub initial_decay: f64,
+    pub beta: f64,
+    pub grid: Vec<f64>,
+}
+
+impl Protocol {
+    pub fn new(quick: bool) -> Result<Self> {
+        Ok(if quick {
+            Protocol {
+                net: Mlp::parse("64-8-10")?,
+                train: 200,
+                validation: 200,
+                seeds: 2,
+                meta_steps: 2,
+                eval_every: 1,
+                meta_lr: 0.05,
+                free_steps: 30,
+                nudged_steps: 10,
+                step_size: 0.2,
+                initial_decay: 1e-3,
+                beta: 0.5,
+                grid: vec![1e-4, 1e-2],
+            }
+        } else {
+            Protocol {
+                net: Mlp::parse("64-32-10")?,
+                train: 600,
+                validation: 600,
+                seeds: 5,
+                meta_steps: 20,
+                eval_every: 4,
+                meta_lr: 0.05,
+                free_steps: 200,
+                nudged_steps: 50,
+                step_size: 0.2,
+                initial_decay: 1e-3,
+                beta: 0.5,
+                grid: vec![1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1],
+            }
+        })
+    }
+
+    fn phase(&self, steps: usize) -> GdParams {
+        GdParams {
+            step_size: Some(self.step_size),
+            max_steps: steps,
+            ..GdParams::default()
+        }
+    }
+
+    pub fn estimators(&self) -> Vec<(&'static str, EstimatorSpec)> {
+        let free = self.phase(self.free_steps);
+        vec![
+            (
+                "contrastive",
+                EstimatorSpec::Contrastive(Contrastive {
+                    variant: Variant::Standard,
+                    beta: self.beta,
+                    free,
+                    nudged: self.phase(self.nudged_steps),
+                }),
+            ),
+            (
+                "implicit CG",
+                EstimatorSpec::Implicit(Implicit {
+                    solver: LinearSolver::ConjugateGradient { steps: 20 },
+                    free,
+                }),
+            ),
+            (
+                "Neumann",
+                EstimatorSpec::Implicit(Implicit {
+                    solver: LinearSolver::Neumann {
+                        steps: 20,
+                        alpha: Some(self.step_size),
+                    },
+                    free,
+                }),
+            ),
+            (
+                "T1-T2",
+                EstimatorSpec::Implicit(Implicit {
+                    solver: LinearSolver::Identity,
+                    free,
+                }),
+            ),
+            (
+                "truncated BPTT",
+                EstimatorSpec::Unrolled(Unrolled {
+                    inner: free,
+                    truncation: Some(20),
+                }),
+            ),
+        ]
+    }
+}
+
+/// Validation cross-entropy during meta-training, and the final test metrics after retraining
+/// on training + validation.
+#[derive(Debug, Clone, Copy)]
+pub struct Final {
+    pub validation_ce: f64,
+    pub test_ce: f64,
+    pub test_accuracy: f64,
+}
+
+/// One method's results over seeds.
+#[derive(Debug, Clone)]
+pub struct MethodResult {
+    pub method: String,
+    pub per_seed: Vec<Final>,
+}
+
+impl MethodResult {
+    /// Mean and 95% t-interval half-width over seeds of one metric.
+    pub fn stat(&self, metric: impl Fn(&Final) -> f64) -> (f64, f64) {
+        seed_mean_ci(&self.per_seed.iter().map(metric).collect::<Vec<_>>())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DigitsDecayResults {
+    pub protocol: Protocol,
+    pub methods: Vec<MethodResult>,
+    /// The single decay chosen on validation, per seed.
+    pub chosen_single: Vec<f64>,
+}
+
+/// One seed's data: standardised splits and the initial weights.
+struct SeedData {
+    train: Labelled,
+    validation: Labelled,
+    test: Labelled,
+    phi_init: Vector,
+}
+
+fn seed_data(protocol: &Protocol, all: &Labelled, seed: u64) -> Result<SeedData> {
+    let s = split(all, protocol.train, protocol.validation, seed)?;
+    let st = Standardiser::fit(&s.train)?;
+    Ok(SeedData {
+        train: st.apply(&s.train),
+        validation: st.apply(&s.validation),
+        test: st.apply(&s.test),
+        phi_init: protocol.net.init(&mut stream(seed, 1)),
+    })
+}
+
+/// Trains from `phi_init` with strengths `theta` on `train` (the free phase) and returns the
+/// weights.
+fn fit(protocol: &Protocol, d: &SeedData, train: &Labelled, theta: &Vector) -> Result<(DecayClassifier, candle_core::Tensor)> {
+    let p = DecayClassifier::new(protocol.net.clone(), train.clone(), d.validation.clone(), &d.phi_init, theta)?;
+    let t = to_tensor(theta)?;
+    let phi = gradient_descent(
+        &Oracle::new(&p),
+        &p.initial_phi(&t)?,
+        &t,
+        0.0,
+        &protocol.phase(protocol.free_steps),
+        "adaptation",
+    )?
+    .phi;
+    Ok((p, phi))
+}
+
+/// Validation cross-entropy after training on the training rows with `theta`.
+fn validation_ce(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<f64> {
+    let (p, phi) = fit(protocol, d, &d.train, theta)?;
+    Ok(p.validation.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?)
+}
+
+/// The final protocol: retrain on training + validation with `theta`, measure on test.
+fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
+    let validation_ce = validation_ce(protocol, d, theta)?;
+    let (p, phi) = fit(protocol, d, &d.train.concat(&d.validation), theta)?;
+    let test = crate::digits::decay_classifier::Part::new(d.test.clone(), *protocol.net.sizes.last().expect("sizes"))?;
+    Ok(Final {
+        validation_ce,
+        test_ce: test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
+        test_accuracy: test.accuracy(&p.net, &phi)?,
+    })
+}
+
+pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayResults> {
+    let protocol = Protocol::new(settings.quick)?;
+    let all = load_digits()?;
+    let seeds: Vec<u64> = (0..protocol.seeds as u64)
+        .map(|s| hash_words(&[settings.seed, 52, s]))
+        .collect();
+    let data: Vec<SeedData> = seeds.iter().map(|&s| seed_data(&protocol, &all, s)).collect::<Result<_>>()?;
+    let n = protocol.net.param_count();
+    let theta0 = Vector::from_element(n, protocol.initial_decay.ln());
+    let estimators = protocol.estimators();
+    let units: Vec<(usize, usize)> = (0..estimators.len())
+        .flat_map(|e| (0..data.len()).map(move |s| (e, s)))
+        .collect();
+    // Per (estimator, seed): the validation curve and the learned strengths.
+    let runs = map_in_order(&units, |&(e, s)| {
+        let d = &data[s];
+        let mut theta = theta0.clone();
+        let mut adam = Adam::new(protocol.meta_lr, n);
+        let mut curve = vec![(0, validation_ce(&protocol, d, &theta)?)];
+        for step in 1..=protocol.meta_steps {
+            let p = DecayClassifier::new(protocol.net.clone(), d.train.clone(), d.validation.clone(), &d.phi_init, &theta)?;
+            let g = estimators[e].1.estimator().estimate(&p, p.theta())?.gradient;
+            adam.update(&mut theta, &g);
+            if step % protocol.eval_every == 0 || step == protocol.meta_steps {
+                curve.push((step, validation_ce(&protocol, d, &theta)?));
+            }
+        }
+        Ok((curve, finish(&protocol, d, &theta)?))
+    })?;
+    // Baselines per seed: the initial decay, and the best single decay chosen on validation.
+    let baselines = map_in_order(&data, |d| {
+        let fixed = finish(&protocol, d, &theta0)?;
+        let mut best = (f64::INFINITY, protocol.grid[0]);
+        for &decay in &protocol.grid {
+            let v = validation_ce(&protocol, d, &Vector::from_element(n, decay.ln()))?;
+            if v < best.0 {
+                best = (v, decay);
+            }
+        }
+        Ok((fixed, finish(&protocol, d, &Vector::from_element(n, best.1.ln()))?, best.1))
+    })?;
+
+    let mut methods = vec![
+        MethodResult {
+            method: format!("fixed decay {}", protocol.initial_decay),
+            per_seed: baselines.iter().map(|b| b.0).collect(),
+        },
+        MethodResult {
+            method: "best single decay (grid, chosen on validation)".into(),
+            per_seed: baselines.iter().map(|b| b.1).collect(),
+        },
+    ];
+    let mut curve_rows = Vec::new();
+    let mut panel = Panel::new(
+        "per-parameter weight decay, digits: validation",
+        "meta-step",
+        "validation cross-entropy (mean over seeds)",
+        false,
+        false,
+    );
+    for (e, (name, _)) in estimators.iter().enumerate() {
+        let of_e: Vec<&(Vec<(usize, f64)>, Final)> = units
+            .iter()
+            .zip(&runs)
+            .filter(|((ei, _), _)| *ei == e)
+            .map(|(_, r)| r)
+            .collect();
+        methods.push(MethodResult {
+            method: name.to_string(),
+            per_seed: of_e.iter().map(|r| r.1).collect(),
+        });
+        let steps: Vec<usize> = of_e[0].0.iter().map(|c| c.0).collect();
+        let mut points = Vec::new();
+        for (k, &step) in steps.iter().enumerate() {
+            let values: Vec<f64> = of_e.iter().map(|r| r.0[k].1).collect();
+            for (s, v) in values.iter().enumerate() {
+                curve_rows.push(format!("{name},{s},{step},{v:e}"));
+            }
+            points.push((step as f64, values.iter().sum::<f64>() / values.len() as f64));
+        }
+        panel.series.push(Series::new(*name, points, e, Style::LinePoints));
+    }
+    let flat = |v: f64| vec![(0.0, v), (protocol.meta_steps as f64, v)];
+    for (i, m) in methods[..2].iter().enumerate() {
+        panel.series.push(Series::new(
+            m.method.clone(),
+            flat(m.stat(|f| f.validation_ce).0),
+            5 + i,
+            Style::Dashed,
+        ));
+    }
+    write_csv(
+        &settings.out.join("digits_decay_curves.csv"),
+        "estimator,seed,meta_step,validation_cross_entropy",
+        &curve_rows,
+        files,
+    )?;
+    let mut final_rows = Vec::new();
+    for m in &methods {
+        for (s, f) in m.per_seed.iter().enumerate() {
+            final_rows.push(format!(
+                "{},{s},{:e},{:e},{:e}",
+                m.method, f.validation_ce, f.test_ce, f.test_accuracy
+            ));
+        }
+    }
+    write_csv(
+        &settings.out.join("digits_decay.csv"),
+        "method,seed,validation_cross_entropy,test_cross_entropy,test_accuracy",
+        &final_rows,
+        files,
+    )?;
+    let mut accuracy = Panel::new(
+        "test accuracy after retraining on train + validation",
+        "method",
+        "test accuracy (per seed)",
+        false,
+        false,
+    );
+    for (i, m) in methods.iter().enumerate() {
+        let mut color = i + 5;
+        if i >= 2 {
+            color = i - 2;
+        }
+        accuracy.series.push(Series::new(
+            m.method.clone(),
+            m.per_seed.iter().map(|f| (i as f64, f.test_accuracy)).collect(),
+            color % 7,
+            Style::Points,
+        ));
+    }
+    save(
+        settings,
+        "digits_decay",
+        &Figure {
+            panels: vec![panel, accuracy],
+            columns: 2,
+        },
+        files,
+    )?;
+    let results = DigitsDecayResults {
+        protocol,
+        methods,
+        chosen_single: baselines.iter().map(|b| b.2).collect(),
+    };
+    write_table(settings, "digits_decay.md", &table(&results), files)?;
+    Ok(results)
+}
+
+/// Test accuracy and cross-entropy per method, mean +- 95% t-interval over seeds.
+pub fn table(r: &DigitsDecayResults) -> String {
+    let p = &r.protocol;
+    let mut t = format!(
+        "# Per-parameter weight decay of a digit classifier\n\n\
+         Generated by `cml figures`: network {} (tanh, softmax cross-entropy, {} parameters, one decay strength each),\n\
+         {} training / {} validation / {} test images per seed (standardised on the training images), {} seeds.\n\
+         {} meta-steps of Adam (lr {}) on the validation cross-entropy after {} gradient steps of size {}; then every\n\
+         method retrains on training + validation with its strengths and is tested. Mean +- 95% t-interval over\n\
+         seeds. Best single decay chosen per seed: {:?}.\n\n\
+         | method | test accuracy | test cross-entropy | validation cross-entropy |\n|---|---|---|---|\n",
+        p.net.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-"),
+        p.net.param_count(),
+        p.train,
+        p.validation,
+        1797 - p.train - p.validation,
+        p.seeds,
+        p.meta_steps,
+        p.meta_lr,
+        p.free_steps,
+        p.step_size,
+        r.chosen_single
+    );
+    for m in &r.methods {
+        let (a, ac) = m.stat(|f| f.test_accuracy);
+        let (c, cc) = m.stat(|f| f.test_ce);
+        let (v, vc) = m.stat(|f| f.validation_ce);
+        t.push_str(&format!(
+            "| {} | {:.2}% +- {:.2}% | {:.4} +- {:.4} | {:.4} +- {:.4} |\n",
+            m.method,
+            100.0 * a,
+            100.0 * ac,
+            c,
+            cc,
+            v,
+            vc
+        ));
+    }
+    t
+}
