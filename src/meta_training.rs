@@ -425,8 +425,11 @@ pub struct TaskMetaTraining<'a, T> {
     pub meta_lr: f64,
     pub seed: u64,
     pub sample: &'a dyn Fn(&mut crate::rng::Rng) -> Result<T>,
-    pub problem: &'a (dyn Fn(&T, &Vector) -> Result<Box<dyn BilevelProblem>> + Sync),
+    pub problem: &'a TaskProblem<'a, T>,
 }
+
+/// Builds one task's bilevel problem at given meta-parameters.
+pub type TaskProblem<'a, T> = dyn Fn(&T, &Vector) -> Result<Box<dyn BilevelProblem>> + Sync + 'a;
 
 /// One meta-step of [`TaskMetaTraining`]: the meta-batch's mean query loss after adaptation
 /// (before the update) and the wall seconds since the run started (not reproducible).

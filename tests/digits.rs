@@ -249,15 +249,27 @@ fn the_contrastive_weight_decay_estimate_matches_the_exact_implicit_meta_gradien
     let theta = normal_vector(&mut seeded(10), net.param_count()).map(|t| 0.3 * t - 2.0);
     let p = DecayClassifier::new(net, train, validation, &phi_init, &theta).unwrap();
     let exact = exact_meta_gradient(&p, p.theta()).unwrap().meta_gradient;
-    let converged = GdParams { max_steps: 200_000, tolerance: 1e-11, ..GdParams::default() };
+    let converged = GdParams {
+        max_steps: 200_000,
+        tolerance: 1e-11,
+        ..GdParams::default()
+    };
     let err = |beta: f64| {
-        let e = Contrastive { variant: Variant::Symmetric, beta, free: converged, nudged: converged }
-            .estimate(&p, p.theta())
-            .unwrap();
+        let e = Contrastive {
+            variant: Variant::Symmetric,
+            beta,
+            free: converged,
+            nudged: converged,
+        }
+        .estimate(&p, p.theta())
+        .unwrap();
         relative_error(&e.gradient, &exact)
     };
     let (fine, coarse) = (err(1e-3), err(1e-2));
     assert!(exact.norm() > 1e-3, "meta-gradient norm {:.2e}", exact.norm());
     assert!(fine < 1e-4, "relative error {fine:.2e} at beta = 1e-3");
-    assert!(coarse > 30.0 * fine, "O(beta^2): {coarse:.2e} at 1e-2, {fine:.2e} at 1e-3");
+    assert!(
+        coarse > 30.0 * fine,
+        "O(beta^2): {coarse:.2e} at 1e-2, {fine:.2e} at 1e-3"
+    );
 }

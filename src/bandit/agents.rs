@@ -167,7 +167,7 @@ impl OnlineLearner {
     /// keeps its previous weights (docs/BANDIT.md §3).
     pub fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<bool> {
         self.buffer.push(*x, arm, reward);
-        if self.buffer.len() % self.params.every != 0 {
+        if !self.buffer.len().is_multiple_of(self.params.every) {
             return Ok(false);
         }
         let n = self.buffer.len();

@@ -7,13 +7,13 @@
 //! included). A test split measures what the learned strengths bought.
 
 use super::{Labelled, accuracy};
-use crate::problem::regularised_mlp::{decay_penalty, decay_phase_gradient, decay_workspace};
-use crate::problem::{BilevelProblem, Dims, InstanceFile};
 use crate::engine::mlp::MlpKernel;
 use crate::engine::{FirstOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Mlp, softmax_cross_entropy};
+use crate::problem::regularised_mlp::{decay_penalty, decay_phase_gradient, decay_workspace};
+use crate::problem::{BilevelProblem, Dims, InstanceFile};
 use candle_core::{Device, Tensor};
 
 /// One part of the data as tensors: inputs and one-hot labels.
@@ -62,14 +62,28 @@ pub struct DecayClassifier {
 
 impl DecayClassifier {
     /// `net` maps the rows' features to one logit per class; the inner loop starts at `phi_init`.
-    pub fn new(net: Mlp, train: Labelled, validation: Labelled, phi_init: &Vector, theta: &Vector) -> Result<Self> {
+    pub fn new(
+        net: Mlp,
+        train: Labelled,
+        validation: Labelled,
+        phi_init: &Vector,
+        theta: &Vector,
+    ) -> Result<Self> {
         let classes = *net.sizes.last().expect("an output layer");
         let p = net.param_count();
         if net.sizes[0] != train.features || phi_init.len() != p || theta.len() != p {
             return Err(CmlError::invalid(
                 "weight-decay classifier",
-                format!("{} features, {} initial weights, {} strengths", train.features, phi_init.len(), theta.len()),
-                format!("{} features and {p} of each for network {:?}", net.sizes[0], net.sizes),
+                format!(
+                    "{} features, {} initial weights, {} strengths",
+                    train.features,
+                    phi_init.len(),
+                    theta.len()
+                ),
+                format!(
+                    "{} features and {p} of each for network {:?}",
+                    net.sizes[0], net.sizes
+                ),
             ));
         }
         let all = train.concat(&validation);

@@ -228,7 +228,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
     for (i, (name, model, estimator)) in learners.iter().enumerate() {
         let config = MetaConfig {
             model: model.clone(),
-            estimator: estimator.clone(),
+            estimator: *estimator,
             meta_steps: protocol.meta_steps,
             meta_batch: protocol.meta_batch,
             meta_lr: protocol.meta_lr,

@@ -182,8 +182,19 @@ fn seed_data(protocol: &Protocol, all: &Labelled, seed: u64) -> Result<SeedData>
 
 /// Trains from `phi_init` with strengths `theta` on `train` (the free phase) and returns the
 /// weights.
-fn fit(protocol: &Protocol, d: &SeedData, train: &Labelled, theta: &Vector) -> Result<(DecayClassifier, candle_core::Tensor)> {
-    let p = DecayClassifier::new(protocol.net.clone(), train.clone(), d.validation.clone(), &d.phi_init, theta)?;
+fn fit(
+    protocol: &Protocol,
+    d: &SeedData,
+    train: &Labelled,
+    theta: &Vector,
+) -> Result<(DecayClassifier, candle_core::Tensor)> {
+    let p = DecayClassifier::new(
+        protocol.net.clone(),
+        train.clone(),
+        d.validation.clone(),
+        &d.phi_init,
+        theta,
+    )?;
     let t = to_tensor(theta)?;
     let phi = gradient_descent(
         &Oracle::new(&p),
@@ -207,7 +218,10 @@ fn validation_ce(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<f6
 fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
     let validation_ce = validation_ce(protocol, d, theta)?;
     let (p, phi) = fit(protocol, d, &d.train.concat(&d.validation), theta)?;
-    let test = crate::digits::decay_classifier::Part::new(d.test.clone(), *protocol.net.sizes.last().expect("sizes"))?;
+    let test = crate::digits::decay_classifier::Part::new(
+        d.test.clone(),
+        *protocol.net.sizes.last().expect("sizes"),
+    )?;
     Ok(Final {
         validation_ce,
         test_ce: test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
@@ -221,7 +235,10 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
     let seeds: Vec<u64> = (0..protocol.seeds as u64)
         .map(|s| hash_words(&[settings.seed, 52, s]))
         .collect();
-    let data: Vec<SeedData> = seeds.iter().map(|&s| seed_data(&protocol, &all, s)).collect::<Result<_>>()?;
+    let data: Vec<SeedData> = seeds
+        .iter()
+        .map(|&s| seed_data(&protocol, &all, s))
+        .collect::<Result<_>>()?;
     let n = protocol.net.param_count();
     let theta0 = Vector::from_element(n, protocol.initial_decay.ln());
     let estimators = protocol.estimators();
@@ -235,7 +252,13 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         let mut adam = Adam::new(protocol.meta_lr, n);
         let mut curve = vec![(0, validation_ce(&protocol, d, &theta)?)];
         for step in 1..=protocol.meta_steps {
-            let p = DecayClassifier::new(protocol.net.clone(), d.train.clone(), d.validation.clone(), &d.phi_init, &theta)?;
+            let p = DecayClassifier::new(
+                protocol.net.clone(),
+                d.train.clone(),
+                d.validation.clone(),
+                &d.phi_init,
+                &theta,
+            )?;
             let g = estimators[e].1.estimator().estimate(&p, p.theta())?.gradient;
             adam.update(&mut theta, &g);
             if step % protocol.eval_every == 0 || step == protocol.meta_steps {
@@ -254,7 +277,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
                 best = (v, decay);
             }
         }
-        Ok((fixed, finish(&protocol, d, &Vector::from_element(n, best.1.ln()))?, best.1))
+        Ok((
+            fixed,
+            finish(&protocol, d, &Vector::from_element(n, best.1.ln()))?,
+            best.1,
+        ))
     })?;
 
     let mut methods = vec![
@@ -295,7 +322,9 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
             }
             points.push((step as f64, values.iter().sum::<f64>() / values.len() as f64));
         }
-        panel.series.push(Series::new(*name, points, e, Style::LinePoints));
+        panel
+            .series
+            .push(Series::new(*name, points, e, Style::LinePoints));
     }
     let flat = |v: f64| vec![(0.0, v), (protocol.meta_steps as f64, v)];
     for (i, m) in methods[..2].iter().enumerate() {
@@ -375,7 +404,12 @@ pub fn table(r: &DigitsDecayResults) -> String {
          method retrains on training + validation with its strengths and is tested. Mean +- 95% t-interval over\n\
          seeds. Best single decay chosen per seed: {:?}.\n\n\
          | method | test accuracy | test cross-entropy | validation cross-entropy |\n|---|---|---|---|\n",
-        p.net.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-"),
+        p.net
+            .sizes
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join("-"),
         p.net.param_count(),
         p.train,
         p.validation,

@@ -8,7 +8,9 @@ use super::training::seed_mean_ci;
 use super::{Settings, save, write_csv, write_table};
 use crate::digits::{ClassPool, Episode, accuracy, load_digits};
 use crate::error::{CmlError, Result};
-use crate::estimator::{Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled, Variant};
+use crate::estimator::{
+    Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled, Variant,
+};
 use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_tensor};
 use crate::meta_training::TaskMetaTraining;
@@ -117,12 +119,23 @@ impl Protocol {
         }
     }
 
-    /// The methods: name, the model's synapse strength, estimator, and the adaptation a
-    /// meta-test episode runs (the estimator's own inner loop).
-    pub fn methods(&self) -> Result<Vec<(&'static str, f64, Option<EstimatorSpec>, GdParams)>> {
+    /// The methods compared.
+    pub fn methods(&self) -> Result<Vec<Method>> {
         let free = self.phase(self.free_steps)?;
+        let method = |name, strength, estimator, adaptation| Method {
+            name,
+            strength,
+            estimator,
+            adaptation,
+        };
+        let first_order = |rule| {
+            Some(EstimatorSpec::FirstOrder(FirstOrder {
+                rule,
+                free: self.sgd(),
+            }))
+        };
         Ok(vec![
-            (
+            method(
                 "CML (symmetric)",
                 self.strength,
                 Some(EstimatorSpec::Contrastive(Contrastive {
@@ -133,7 +146,7 @@ impl Protocol {
                 })),
                 free,
             ),
-            (
+            method(
                 "iMAML (CG)",
                 self.strength,
                 Some(EstimatorSpec::Implicit(Implicit {
@@ -142,7 +155,7 @@ impl Protocol {
                 })),
                 free,
             ),
-            (
+            method(
                 "MAML",
                 0.0,
                 Some(EstimatorSpec::Unrolled(Unrolled {
@@ -151,27 +164,28 @@ impl Protocol {
                 })),
                 self.sgd(),
             ),
-            (
+            method(
                 "first-order MAML",
                 0.0,
-                Some(EstimatorSpec::FirstOrder(FirstOrder {
-                    rule: FirstOrderRule::FirstOrderMaml,
-                    free: self.sgd(),
-                })),
+                first_order(FirstOrderRule::FirstOrderMaml),
                 self.sgd(),
             ),
-            (
-                "Reptile",
-                0.0,
-                Some(EstimatorSpec::FirstOrder(FirstOrder {
-                    rule: FirstOrderRule::Reptile,
-                    free: self.sgd(),
-                })),
-                self.sgd(),
-            ),
-            ("no meta-learning", 0.0, None, self.sgd()),
+            method("Reptile", 0.0, first_order(FirstOrderRule::Reptile), self.sgd()),
+            method("no meta-learning", 0.0, None, self.sgd()),
         ])
     }
+}
+
+/// One method of the comparison.
+#[derive(Debug, Clone)]
+pub struct Method {
+    pub name: &'static str,
+    /// The complex synapse's fixed strength (0: a plain network).
+    pub strength: f64,
+    /// How `omega` is meta-learned (`None`: not at all).
+    pub estimator: Option<EstimatorSpec>,
+    /// The inner loop a meta-test episode runs (the estimator's own).
+    pub adaptation: GdParams,
 }
 
 /// Meta-test accuracy of one method in one setting, over the test episodes.
@@ -203,7 +217,10 @@ const INIT: u64 = 22;
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResults> {
     let protocol = Protocol::new(settings.quick);
     let data = load_digits()?;
-    let (train_pool, test_pool) = (ClassPool::new(&data, &TRAIN_DIGITS)?, ClassPool::new(&data, &TEST_DIGITS)?);
+    let (train_pool, test_pool) = (
+        ClassPool::new(&data, &TRAIN_DIGITS)?,
+        ClassPool::new(&data, &TEST_DIGITS)?,
+    );
     let net = protocol.net()?;
     let theta0 = net.init(&mut stream(settings.seed, INIT));
     let mut rows = Vec::new();
@@ -221,7 +238,16 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
             false,
             false,
         );
-        for (i, (name, strength, estimator, adaptation)) in protocol.methods()?.into_iter().enumerate() {
+        for (
+            i,
+            Method {
+                name,
+                strength,
+                estimator,
+                adaptation,
+            },
+        ) in protocol.methods()?.into_iter().enumerate()
+        {
             let spec = protocol.synapse(strength)?;
             let build = |e: &Episode, theta: &Vector| -> Result<Box<dyn BilevelProblem>> {
                 Ok(Box::new(Synapse::new(spec.clone(), e.clone(), theta)?))
@@ -257,13 +283,23 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
                 let problem = Synapse::new(spec.clone(), e.clone(), &theta)?;
                 let theta = to_tensor(&theta)?;
                 let start = problem.initial_phi(&theta)?;
-                let (phi, diverged) =
-                    match gradient_descent(&Oracle::new(&problem), &start, &theta, 0.0, &adaptation, "adaptation") {
-                        Ok(s) => (s.phi, false),
-                        Err(CmlError::Diverged { .. }) => (start, true),
-                        Err(e) => return Err(e),
-                    };
-                let x = candle_core::Tensor::from_vec(e.query.x.clone(), (e.query.len(), 64), &candle_core::Device::Cpu)?;
+                let (phi, diverged) = match gradient_descent(
+                    &Oracle::new(&problem),
+                    &start,
+                    &theta,
+                    0.0,
+                    &adaptation,
+                    "adaptation",
+                ) {
+                    Ok(s) => (s.phi, false),
+                    Err(CmlError::Diverged { .. }) => (start, true),
+                    Err(e) => return Err(e),
+                };
+                let x = candle_core::Tensor::from_vec(
+                    e.query.x.clone(),
+                    (e.query.len(), 64),
+                    &candle_core::Device::Cpu,
+                )?;
                 Ok((accuracy(&problem.predict(&phi, &x)?, &e.query.labels)?, diverged))
             })?;
             let accuracies: Vec<f64> = scored.iter().map(|s| s.0).collect();
@@ -323,7 +359,9 @@ pub fn table(r: &FewShotResults) -> String {
          classes of digits 0-6, meta-test on the 12 classes of digits 7-9. {WAYS}-way episodes with {QUERIES} query images\n\
          per class. Network {} (tanh), every weight fast. {} meta-steps of {} episodes (Adam, lr {}). Meta-test\n\
          accuracy over {} episodes, mean +- half-width of the 95% t-interval over episodes.\n\n| method |",
-        p.net().map(|n| n.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-")).unwrap_or_default(),
+        p.net()
+            .map(|n| n.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-"))
+            .unwrap_or_default(),
         p.meta_steps,
         p.meta_batch,
         p.meta_lr,
@@ -348,14 +386,20 @@ pub fn table(r: &FewShotResults) -> String {
         }
         t.push('\n');
     }
-    t.push_str("\nMeta-test episodes whose adaptation diverged (scored at the meta-learned parameters, unadapted): ");
+    t.push_str(
+        "\nMeta-test episodes whose adaptation diverged (scored at the meta-learned parameters, unadapted): ",
+    );
     let diverged: Vec<String> = r
         .rows
         .iter()
         .filter(|a| a.diverged > 0)
         .map(|a| format!("{} ({}-shot) {}", a.method, a.shots, a.diverged))
         .collect();
-    t.push_str(&if diverged.is_empty() { "none".to_string() } else { diverged.join(", ") });
+    t.push_str(&if diverged.is_empty() {
+        "none".to_string()
+    } else {
+        diverged.join(", ")
+    });
     t.push_str(".\n\nMeta-training wall time (this machine, 2 cores): ");
     let times: Vec<String> = r
         .rows

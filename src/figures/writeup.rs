@@ -464,7 +464,12 @@ fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults, figure: &st
             } else {
                 "no significant difference"
             };
-            format!("{} {:+.2} +- {:.2} points ({verdict})", m.method, 100.0 * mean, 100.0 * ci)
+            format!(
+                "{} {:+.2} +- {:.2} points ({verdict})",
+                m.method,
+                100.0 * mean,
+                100.0 * ci
+            )
         })
         .collect();
     s.push_str(&format!(
@@ -512,8 +517,16 @@ fn few_shot_section(f: &super::few_shot::FewShotResults, figure: &str) -> String
         .iter()
         .filter(|a| a.method != "no meta-learning")
         .filter_map(|a| {
-            let base = f.rows.iter().find(|b| b.method == "no meta-learning" && b.shots == a.shots)?;
-            let diffs: Vec<f64> = a.per_episode.iter().zip(&base.per_episode).map(|(x, y)| x - y).collect();
+            let base = f
+                .rows
+                .iter()
+                .find(|b| b.method == "no meta-learning" && b.shots == a.shots)?;
+            let diffs: Vec<f64> = a
+                .per_episode
+                .iter()
+                .zip(&base.per_episode)
+                .map(|(x, y)| x - y)
+                .collect();
             let (mean, ci) = super::training::seed_mean_ci(&diffs);
             let verdict = if mean - ci > 0.0 {
                 "higher"
