@@ -86,24 +86,16 @@ pub struct TrainConfig {
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [
-            ("shots", self.shots),
-            ("meta_steps", self.meta_steps),
-            ("meta_batch", self.meta_batch),
-            ("eval_tasks", self.eval_tasks),
-            ("eval_every", self.eval_every),
-        ] {
-            if v == 0 {
-                return Err(CmlError::invalid(name, v, "must be a whole number >= 1"));
-            }
-        }
-        if !(self.meta_lr.is_finite() && self.meta_lr > 0.0) {
-            return Err(CmlError::invalid(
-                "meta_lr",
-                self.meta_lr,
-                "must be finite and > 0",
-            ));
-        }
+        check_budget(
+            &[
+                ("shots", self.shots),
+                ("meta_steps", self.meta_steps),
+                ("meta_batch", self.meta_batch),
+                ("eval_tasks", self.eval_tasks),
+                ("eval_every", self.eval_every),
+            ],
+            self.meta_lr,
+        )?;
         self.estimator.validate()
     }
 
@@ -111,6 +103,19 @@ impl TrainConfig {
     fn adaptation(&self) -> GdParams {
         self.estimator.free_phase()
     }
+}
+
+/// Every count at least 1 and Adam's learning rate finite and positive.
+fn check_budget(counts: &[(&str, usize)], meta_lr: f64) -> Result<()> {
+    for &(name, v) in counts {
+        if v == 0 {
+            return Err(CmlError::invalid(name, v, "must be a whole number >= 1"));
+        }
+    }
+    if !(meta_lr.is_finite() && meta_lr > 0.0) {
+        return Err(CmlError::invalid("meta_lr", meta_lr, "must be finite and > 0"));
+    }
+    Ok(())
 }
 
 /// Meta-test query loss, mean over the held-out tasks.
@@ -443,18 +448,10 @@ pub struct TaskMetaStep {
 impl<T: Sync> TaskMetaTraining<'_, T> {
     /// Runs from `theta0`; returns the meta-parameters and one record per meta-step.
     pub fn run(&self, theta0: Vector) -> Result<(Vector, Vec<TaskMetaStep>)> {
-        for (name, v) in [("meta_steps", self.meta_steps), ("meta_batch", self.meta_batch)] {
-            if v == 0 {
-                return Err(CmlError::invalid(name, v, "must be a whole number >= 1"));
-            }
-        }
-        if !(self.meta_lr.is_finite() && self.meta_lr > 0.0) {
-            return Err(CmlError::invalid(
-                "meta_lr",
-                self.meta_lr,
-                "must be finite and > 0",
-            ));
-        }
+        check_budget(
+            &[("meta_steps", self.meta_steps), ("meta_batch", self.meta_batch)],
+            self.meta_lr,
+        )?;
         self.estimator.validate()?;
         let clock = Instant::now();
         let mut theta = theta0;

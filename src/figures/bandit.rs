@@ -5,7 +5,7 @@
 
 use super::plot::{Figure, Panel, Series, Style};
 use super::training::{seed_mean_ci, t975};
-use super::{Settings, num, save, write_csv, write_table};
+use super::{Settings, num, running_mean, save, write_csv, write_table};
 use crate::bandit::WheelBandit;
 use crate::bandit::agents::{
     Agent, Greedy, LinFullPost, NeuralLinear, OnlineLearner, OnlineModel, OnlineParams, Uniform,
@@ -246,7 +246,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
         }
         meta_panel.series.push(Series::new(
             *name,
-            smooth(&log.iter().map(|s| s.query_loss).collect::<Vec<_>>()),
+            running_mean(&log.iter().map(|s| s.query_loss).collect::<Vec<_>>()),
             BASELINES + i,
             Style::Line,
         ));
@@ -459,16 +459,6 @@ pub const NEURAL_LINEAR_PRIOR: Prior = Prior {
     lambda: 23.0,
 };
 
-/// A running mean over the last 10 meta-steps (the meta-batch loss is noisy: each task draws
-/// its own delta).
-fn smooth(values: &[f64]) -> Vec<(f64, f64)> {
-    (0..values.len())
-        .map(|i| {
-            let w = &values[i.saturating_sub(9)..=i];
-            ((i + 1) as f64, w.iter().sum::<f64>() / w.len() as f64)
-        })
-        .collect()
-}
 
 /// The Markdown table: normalised cumulative regret, mean +- standard error over seeds.
 pub fn table(r: &BanditResults) -> String {

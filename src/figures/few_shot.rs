@@ -5,7 +5,7 @@
 
 use super::plot::{Figure, Panel, Series, Style};
 use super::training::seed_mean_ci;
-use super::{Settings, save, write_csv, write_table};
+use super::{Settings, running_mean, save, write_csv, write_table};
 use crate::digits::{ClassPool, Episode, accuracy, load_digits};
 use crate::error::{CmlError, Result};
 use crate::estimator::{
@@ -340,15 +340,6 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
     Ok(results)
 }
 
-/// A running mean over the last 10 meta-steps (each meta-batch draws its own episodes).
-fn running_mean(values: &[f64]) -> Vec<(f64, f64)> {
-    (0..values.len())
-        .map(|i| {
-            let w = &values[i.saturating_sub(9)..=i];
-            ((i + 1) as f64, w.iter().sum::<f64>() / w.len() as f64)
-        })
-        .collect()
-}
 
 /// The few-shot table, shaped like the paper's: one row per method, one column per setting.
 pub fn table(r: &FewShotResults) -> String {

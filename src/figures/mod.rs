@@ -191,3 +191,14 @@ pub(crate) fn num(v: f64) -> String {
         format!("{v:.2e}")
     }
 }
+
+/// A running mean over the last 10 values, against their 1-based index (meta-batch losses are
+/// noisy: each meta-step draws its own tasks).
+pub(crate) fn running_mean(values: &[f64]) -> Vec<(f64, f64)> {
+    (0..values.len())
+        .map(|i| {
+            let w = &values[i.saturating_sub(9)..=i];
+            ((i + 1) as f64, w.iter().sum::<f64>() / w.len() as f64)
+        })
+        .collect()
+}
