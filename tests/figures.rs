@@ -150,3 +150,25 @@ fn an_unknown_figure_job_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn the_shipped_experiment_configs_are_what_the_jobs_run() {
+    // configs/<job>.toml documents the full protocol of the bandit, few-shot and digit
+    // weight-decay jobs: comment lines, then the protocol as TOML, which must be what the job runs.
+    let root = env!("CARGO_MANIFEST_DIR");
+    for (job, protocol) in cml::figures::protocols().unwrap() {
+        let path = format!("{root}/configs/{job}.toml");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        let body: String = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let expected = toml::to_string(&protocol).unwrap();
+        assert_eq!(
+            body.trim(),
+            expected.trim(),
+            "{path} differs from the job's protocol:\n{expected}"
+        );
+    }
+}

@@ -24,8 +24,8 @@ use crate::parallel::map_in_order;
 use crate::problem::{ModulationSpec, SynapseSpec};
 use std::path::PathBuf;
 
-/// The budget of the job (full or `--quick`).
-#[derive(Debug, Clone)]
+/// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Protocol {
     pub net: Mlp,
     pub meta_steps: usize,
@@ -35,6 +35,16 @@ pub struct Protocol {
     pub query: usize,
     pub free_steps: usize,
     pub nudged_steps: usize,
+    /// Adam's step size in both contrastive phases.
+    pub phase_step_size: f64,
+    /// The contrastive rule's nudging strength for the complex synapse and the gain modulation.
+    pub synapse_beta: f64,
+    pub modulation_beta: f64,
+    /// The gain modulation's pull toward its meta-learned initial fast parameters.
+    pub modulation_strength: f64,
+    /// MAML's inner loop: gradient steps and their size.
+    pub maml_steps: usize,
+    pub maml_step_size: f64,
     pub deltas: Vec<f64>,
     pub seeds: usize,
     pub run: RunParams,
@@ -56,6 +66,12 @@ impl Protocol {
                 query: 16,
                 free_steps: 20,
                 nudged_steps: 10,
+                phase_step_size: 1e-3,
+                synapse_beta: 0.3,
+                modulation_beta: 1.0,
+                modulation_strength: 1.0,
+                maml_steps: 10,
+                maml_step_size: 0.01,
                 deltas: vec![0.5, 0.95],
                 seeds: 2,
                 run: RunParams {
@@ -81,6 +97,12 @@ impl Protocol {
                 query: 50,
                 free_steps: 200,
                 nudged_steps: 100,
+                phase_step_size: 1e-3,
+                synapse_beta: 0.3,
+                modulation_beta: 1.0,
+                modulation_strength: 1.0,
+                maml_steps: 10,
+                maml_step_size: 0.01,
                 deltas: vec![0.5, 0.7, 0.9, 0.95, 0.99],
                 seeds: 10,
                 run: RunParams {
@@ -107,7 +129,7 @@ impl Protocol {
 
     fn adam(&self, steps: usize) -> Result<GdParams> {
         Ok(GdParams {
-            step_size: Some(1e-3),
+            step_size: Some(self.phase_step_size),
             max_steps: steps,
             optimizer: Optimizer::from_name("adam", 0.0)?,
             ..GdParams::default()
@@ -133,23 +155,23 @@ impl Protocol {
                     strength: self.synapse_strength(),
                     fixed_strength: true,
                 }),
-                contrastive(0.3)?,
+                contrastive(self.synapse_beta)?,
             ),
             (
                 "CML gain modulation",
                 OnlineModel::Modulation(ModulationSpec {
                     net: self.net.clone(),
-                    strength: 1.0,
+                    strength: self.modulation_strength,
                 }),
-                contrastive(1.0)?,
+                contrastive(self.modulation_beta)?,
             ),
             (
                 "MAML",
                 self.plain(),
                 EstimatorSpec::Unrolled(Unrolled {
                     inner: GdParams {
-                        step_size: Some(0.01),
-                        max_steps: 10,
+                        step_size: Some(self.maml_step_size),
+                        max_steps: self.maml_steps,
                         ..GdParams::default()
                     },
                     truncation: None,
@@ -458,7 +480,6 @@ pub const NEURAL_LINEAR_PRIOR: Prior = Prior {
     b0: 30.0,
     lambda: 23.0,
 };
-
 
 /// The Markdown table: normalised cumulative regret, mean +- standard error over seeds.
 pub fn table(r: &BanditResults) -> String {

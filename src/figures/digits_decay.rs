@@ -8,6 +8,7 @@ use super::plot::{Figure, Panel, Series, Style};
 use super::training::seed_mean_ci;
 use super::{Settings, save, write_csv, write_table};
 use crate::adam::Adam;
+use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
@@ -20,8 +21,8 @@ use crate::problem::BilevelProblem;
 use crate::rng::{hash_words, stream};
 use std::path::PathBuf;
 
-/// The budget of the job (full or `--quick`).
-#[derive(Debug, Clone)]
+/// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Protocol {
     pub net: Mlp,
     pub train: usize,
@@ -208,10 +209,23 @@ fn fit(
     Ok((p, phi))
 }
 
+/// Validation and test cross-entropy after training on the training rows with `theta`.
+fn curve_point(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(f64, f64)> {
+    let (p, phi) = fit(protocol, d, &d.train, theta)?;
+    let test = Part::new(d.test.clone(), classes(protocol))?;
+    Ok((
+        p.validation.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
+        test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
+    ))
+}
+
+fn classes(protocol: &Protocol) -> usize {
+    *protocol.net.sizes.last().expect("an output layer")
+}
+
 /// Validation cross-entropy after training on the training rows with `theta`.
 fn validation_ce(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<f64> {
-    let (p, phi) = fit(protocol, d, &d.train, theta)?;
-    Ok(p.validation.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?)
+    Ok(curve_point(protocol, d, theta)?.0)
 }
 
 /// The final protocol: retrain on training + validation with `theta`, measure on test.
@@ -250,7 +264,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         let d = &data[s];
         let mut theta = theta0.clone();
         let mut adam = Adam::new(protocol.meta_lr, n);
-        let mut curve = vec![(0, validation_ce(&protocol, d, &theta)?)];
+        let mut curve = vec![(0, curve_point(&protocol, d, &theta)?)];
         for step in 1..=protocol.meta_steps {
             let p = DecayClassifier::new(
                 protocol.net.clone(),
@@ -262,7 +276,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
             let g = estimators[e].1.estimator().estimate(&p, p.theta())?.gradient;
             adam.update(&mut theta, &g);
             if step % protocol.eval_every == 0 || step == protocol.meta_steps {
-                curve.push((step, validation_ce(&protocol, d, &theta)?));
+                curve.push((step, curve_point(&protocol, d, &theta)?));
             }
         }
         Ok((curve, finish(&protocol, d, &theta)?))
@@ -295,15 +309,19 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         },
     ];
     let mut curve_rows = Vec::new();
-    let mut panel = Panel::new(
-        "per-parameter weight decay, digits: validation",
-        "meta-step",
-        "validation cross-entropy (mean over seeds)",
-        false,
-        false,
-    );
+    let panel = |what: &str| {
+        Panel::new(
+            format!("per-parameter weight decay, digits: {what}"),
+            "meta-step",
+            format!("{what} cross-entropy (mean over seeds)"),
+            false,
+            false,
+        )
+    };
+    let (mut validation, mut test) = (panel("validation"), panel("test"));
+    type Run = (Vec<(usize, (f64, f64))>, Final);
     for (e, (name, _)) in estimators.iter().enumerate() {
-        let of_e: Vec<&(Vec<(usize, f64)>, Final)> = units
+        let of_e: Vec<&Run> = units
             .iter()
             .zip(&runs)
             .filter(|((ei, _), _)| *ei == e)
@@ -313,22 +331,25 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
             method: name.to_string(),
             per_seed: of_e.iter().map(|r| r.1).collect(),
         });
-        let steps: Vec<usize> = of_e[0].0.iter().map(|c| c.0).collect();
-        let mut points = Vec::new();
-        for (k, &step) in steps.iter().enumerate() {
-            let values: Vec<f64> = of_e.iter().map(|r| r.0[k].1).collect();
-            for (s, v) in values.iter().enumerate() {
-                curve_rows.push(format!("{name},{s},{step},{v:e}"));
+        let (mut v_points, mut t_points) = (Vec::new(), Vec::new());
+        for (k, &(step, _)) in of_e[0].0.iter().enumerate() {
+            let values: Vec<(f64, f64)> = of_e.iter().map(|r| r.0[k].1).collect();
+            for (s, (v, t)) in values.iter().enumerate() {
+                curve_rows.push(format!("{name},{s},{step},{v:e},{t:e}"));
             }
-            points.push((step as f64, values.iter().sum::<f64>() / values.len() as f64));
+            let n = values.len() as f64;
+            v_points.push((step as f64, values.iter().map(|x| x.0).sum::<f64>() / n));
+            t_points.push((step as f64, values.iter().map(|x| x.1).sum::<f64>() / n));
         }
-        panel
+        validation
             .series
-            .push(Series::new(*name, points, e, Style::LinePoints));
+            .push(Series::new(*name, v_points, e, Style::LinePoints));
+        test.series
+            .push(Series::new(*name, t_points, e, Style::LinePoints));
     }
     let flat = |v: f64| vec![(0.0, v), (protocol.meta_steps as f64, v)];
     for (i, m) in methods[..2].iter().enumerate() {
-        panel.series.push(Series::new(
+        validation.series.push(Series::new(
             m.method.clone(),
             flat(m.stat(|f| f.validation_ce).0),
             5 + i,
@@ -337,7 +358,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
     }
     write_csv(
         &settings.out.join("digits_decay_curves.csv"),
-        "estimator,seed,meta_step,validation_cross_entropy",
+        "estimator,seed,meta_step,validation_cross_entropy,test_cross_entropy",
         &curve_rows,
         files,
     )?;
@@ -356,30 +377,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         &final_rows,
         files,
     )?;
-    let mut accuracy = Panel::new(
-        "test accuracy after retraining on train + validation",
-        "method",
-        "test accuracy (per seed)",
-        false,
-        false,
-    );
-    for (i, m) in methods.iter().enumerate() {
-        let mut color = i + 5;
-        if i >= 2 {
-            color = i - 2;
-        }
-        accuracy.series.push(Series::new(
-            m.method.clone(),
-            m.per_seed.iter().map(|f| (i as f64, f.test_accuracy)).collect(),
-            color % 7,
-            Style::Points,
-        ));
-    }
     save(
         settings,
         "digits_decay",
         &Figure {
-            panels: vec![panel, accuracy],
+            panels: vec![validation, test],
             columns: 2,
         },
         files,

@@ -29,8 +29,8 @@ pub const WAYS: usize = 5;
 /// Query images per class, as in the Omniglot protocol.
 pub const QUERIES: usize = 15;
 
-/// The budget of the job (full or `--quick`).
-#[derive(Debug, Clone)]
+/// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Protocol {
     pub hidden: Vec<usize>,
     pub shots: Vec<usize>,
@@ -77,8 +77,8 @@ impl Protocol {
                 beta: 0.1,
                 free_steps: 200,
                 nudged_steps: 100,
-                maml_steps: 5,
-                maml_step_size: 0.5,
+                maml_steps: 10,
+                maml_step_size: 0.2,
             }
         }
     }
@@ -339,7 +339,6 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
     write_table(settings, "few_shot.md", &table(&results), files)?;
     Ok(results)
 }
-
 
 /// The few-shot table, shaped like the paper's: one row per method, one column per setting.
 pub fn table(r: &FewShotResults) -> String {

@@ -144,6 +144,28 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
     Ok(results)
 }
 
+/// The full protocol of each job that has one, as shipped in `configs/<job>.toml` (a test checks
+/// that the files match what the jobs run).
+pub fn protocols() -> Result<Vec<(&'static str, serde_json::Value)>> {
+    let json = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
+        v.map_err(|e| CmlError::invalid("protocol", "not serialisable", e.to_string()))
+    };
+    Ok(vec![
+        (
+            "bandit",
+            json(serde_json::to_value(bandit::Protocol::new(false)?))?,
+        ),
+        (
+            "few_shot",
+            json(serde_json::to_value(few_shot::Protocol::new(false)))?,
+        ),
+        (
+            "digits_decay",
+            json(serde_json::to_value(digits_decay::Protocol::new(false)?))?,
+        ),
+    ])
+}
+
 /// Writes a CSV (header plus rows) whole or not at all, and records it.
 pub(crate) fn write_csv(path: &Path, header: &str, rows: &[String], files: &mut Vec<PathBuf>) -> Result<()> {
     let mut text = format!("{header}\n");

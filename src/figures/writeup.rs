@@ -430,10 +430,11 @@ fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults, figure: &st
     let mut s = format!(
         "### 4.7 Per-parameter weight decay of an image classifier (paper §5.2 on the shipped digits)\n\n\
          ![digits weight decay]({figure})\n\n\
-         *Left: validation cross-entropy during meta-training, mean over {} seeds; dashed: fixed decay and the best\n\
-         single decay. Right: test accuracy per seed after retraining on training + validation with each method's\n\
-         strengths, as the paper's code does.*\n\n\
-         Test accuracy, mean +- 95% t-interval over seeds ([digits_decay.md](digits_decay.md)):",
+         *Validation (left) and test (right) cross-entropy of the network trained on the training images with the\n\
+         strengths of each meta-step, mean over {} seeds; dashed: fixed decay and the best single decay. The\n\
+         numbers below retrain on training + validation with each method's final strengths, as the paper's\n\
+         code does.*\n\n\
+         Test accuracy after that retraining, mean +- 95% t-interval over seeds ([digits_decay.md](digits_decay.md)):",
         d.protocol.seeds
     );
     let parts: Vec<String> = d
