@@ -445,9 +445,21 @@ pub struct TaskMetaStep {
     pub seconds: f64,
 }
 
+/// What a [`TaskMetaTraining`] run produced.
+#[derive(Debug, Clone)]
+pub struct TaskMetaRun {
+    /// The meta-parameters after the last completed meta-step.
+    pub theta: Vector,
+    pub log: Vec<TaskMetaStep>,
+    /// Why the run stopped before its last meta-step (an estimate failed, e.g. an inner loop
+    /// diverged at the current meta-parameters); `None` when it completed.
+    pub stopped: Option<String>,
+}
+
 impl<T: Sync> TaskMetaTraining<'_, T> {
-    /// Runs from `theta0`; returns the meta-parameters and one record per meta-step.
-    pub fn run(&self, theta0: Vector) -> Result<(Vector, Vec<TaskMetaStep>)> {
+    /// Runs from `theta0`. A meta-step whose estimate fails ends the run there, with the
+    /// meta-parameters of the last completed step and the reason (never silently).
+    pub fn run(&self, theta0: Vector) -> Result<TaskMetaRun> {
         check_budget(
             &[("meta_steps", self.meta_steps), ("meta_batch", self.meta_batch)],
             self.meta_lr,
@@ -468,14 +480,22 @@ impl<T: Sync> TaskMetaTraining<'_, T> {
                 self.estimator,
                 theta.len(),
                 available_threads(),
-            )
-            .map_err(|e| at_step(e, step))?;
-            if batch.mean.iter().any(|g| !g.is_finite()) {
-                return Err(at_step(
-                    CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),
-                    step,
-                ));
+            );
+            let failure = match &batch {
+                Err(e) => Some(e.to_string()),
+                Ok(b) if b.mean.iter().any(|g| !g.is_finite()) => {
+                    Some("a non-finite meta-gradient estimate".into())
+                }
+                Ok(_) => None,
+            };
+            if let Some(reason) = failure {
+                return Ok(TaskMetaRun {
+                    theta,
+                    log,
+                    stopped: Some(format!("meta-step {step}: {reason}")),
+                });
             }
+            let batch = batch.expect("checked above");
             adam.update(&mut theta, &batch.mean);
             log.push(TaskMetaStep {
                 step,
@@ -483,7 +503,11 @@ impl<T: Sync> TaskMetaTraining<'_, T> {
                 seconds: clock.elapsed().as_secs_f64(),
             });
         }
-        Ok((theta, log))
+        Ok(TaskMetaRun {
+            theta,
+            log,
+            stopped: None,
+        })
     }
 }
 

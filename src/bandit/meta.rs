@@ -7,7 +7,7 @@ use super::task::BanditTask;
 use crate::error::Result;
 use crate::estimator::EstimatorSpec;
 use crate::linalg::Vector;
-use crate::meta_training::{TaskMetaStep, TaskMetaTraining};
+use crate::meta_training::{TaskMetaRun, TaskMetaTraining};
 use crate::rng::stream;
 
 /// Everything a bandit meta-training run depends on.
@@ -35,8 +35,8 @@ pub fn initial_theta(model: &OnlineModel, seed: u64) -> Result<Vector> {
     }
 }
 
-/// Runs meta-training; returns the meta-parameters and one record per meta-step.
-pub fn meta_train(config: &MetaConfig) -> Result<(Vector, Vec<TaskMetaStep>)> {
+/// Runs meta-training (see [`TaskMetaTraining::run`]).
+pub fn meta_train(config: &MetaConfig) -> Result<TaskMetaRun> {
     TaskMetaTraining {
         estimator: &config.estimator,
         meta_steps: config.meta_steps,

@@ -17,7 +17,6 @@ use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Unrolled, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
-use crate::meta_training::TaskMetaStep;
 use crate::model::Mlp;
 use crate::optimizer::Optimizer;
 use crate::parallel::map_in_order;
@@ -228,6 +227,8 @@ pub struct BanditResults {
     pub rejected: Vec<usize>,
     /// Online retrainings per run of a network agent (NeuralLinear's differ).
     pub retrainings_per_run: usize,
+    /// Meta-training runs that stopped early, and why.
+    pub stopped: Vec<String>,
 }
 
 const BASELINES: usize = 4;
@@ -239,6 +240,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
     let learners = protocol.meta_learners()?;
     let mut meta_rows = Vec::new();
     let mut meta_seconds = Vec::new();
+    let mut stopped = Vec::new();
     let mut trained: Vec<(String, OnlineModel, Vector)> = Vec::new();
     let mut meta_panel = Panel::new(
         "meta-training on wheel-bandit tasks",
@@ -258,11 +260,12 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
             query: protocol.query,
             seed: settings.seed,
         };
-        let (theta, log) = meta_train(&config)?;
-        meta_seconds.push((
-            name.to_string(),
-            log.last().map_or(0.0, |s: &TaskMetaStep| s.seconds),
-        ));
+        let run = meta_train(&config)?;
+        let (theta, log) = (run.theta, run.log);
+        if let Some(reason) = run.stopped {
+            stopped.push(format!("{name} stopped at {reason}"));
+        }
+        meta_seconds.push((name.to_string(), log.last().map_or(0.0, |s| s.seconds)));
         for s in &log {
             meta_rows.push(format!("{name},{},{:e}", s.step, s.query_loss));
         }
@@ -463,6 +466,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
         curve_delta,
         rejected,
         retrainings_per_run,
+        stopped,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
     Ok(results)
@@ -535,6 +539,12 @@ pub fn table(r: &BanditResults) -> String {
             rejected.join(", ")
         }
     ));
+    if !r.stopped.is_empty() {
+        t.push_str(&format!(
+            "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
+            r.stopped.join("; ")
+        ));
+    }
     t.push_str("\nBest meta-learned agent against the best non-meta-learned one, paired over seeds (95% t-interval):\n\n");
     for l in &r.leads {
         t.push_str(&format!("- delta = {}: {}\n", l.delta, lead_sentence(l)));

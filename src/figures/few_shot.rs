@@ -78,7 +78,7 @@ impl Protocol {
                 free_steps: 200,
                 nudged_steps: 100,
                 maml_steps: 10,
-                maml_step_size: 0.2,
+                maml_step_size: 0.1,
             }
         }
     }
@@ -208,6 +208,8 @@ pub struct Accuracy {
 pub struct FewShotResults {
     pub protocol: Protocol,
     pub rows: Vec<Accuracy>,
+    /// Meta-training runs that stopped early, and why.
+    pub stopped: Vec<String>,
 }
 
 /// Stream numbers of the job's seed.
@@ -226,6 +228,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
     let mut rows = Vec::new();
     let mut curve_rows = Vec::new();
     let mut panels = Vec::new();
+    let mut stopped = Vec::new();
     for &shots in &protocol.shots {
         let mut rng = stream(settings.seed, META_TEST + 100 * shots as u64);
         let episodes: Vec<Episode> = (0..protocol.test_episodes)
@@ -254,7 +257,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
             };
             let (theta, seconds) = match &estimator {
                 Some(estimator) => {
-                    let (theta, log) = TaskMetaTraining {
+                    let run = TaskMetaTraining {
                         estimator,
                         meta_steps: protocol.meta_steps,
                         meta_batch: protocol.meta_batch,
@@ -264,6 +267,10 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
                         problem: &build,
                     }
                     .run(theta0.clone())?;
+                    let (theta, log) = (run.theta, run.log);
+                    if let Some(reason) = run.stopped {
+                        stopped.push(format!("{name} ({shots}-shot) stopped at {reason}"));
+                    }
                     for s in &log {
                         curve_rows.push(format!("{name},{shots},{},{:e}", s.step, s.query_loss));
                     }
@@ -335,7 +342,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
     )?;
     let columns = panels.len();
     save(settings, "few_shot", &Figure { panels, columns }, files)?;
-    let results = FewShotResults { protocol, rows };
+    let results = FewShotResults {
+        protocol,
+        rows,
+        stopped,
+    };
     write_table(settings, "few_shot.md", &table(&results), files)?;
     Ok(results)
 }
@@ -390,6 +401,12 @@ pub fn table(r: &FewShotResults) -> String {
     } else {
         diverged.join(", ")
     });
+    if !r.stopped.is_empty() {
+        t.push_str(&format!(
+            ".\n\nMeta-training stopped early (evaluated at its last completed meta-step): {}",
+            r.stopped.join("; ")
+        ));
+    }
     t.push_str(".\n\nMeta-training wall time (this machine, 2 cores): ");
     let times: Vec<String> = r
         .rows

@@ -402,6 +402,12 @@ fn bandit_section(b: &super::bandit::BanditResults, figure: &str) -> String {
         }
         s.push('\n');
     }
+    if !b.stopped.is_empty() {
+        s.push_str(&format!(
+            "\nMeta-training stopped early, and was evaluated at its last completed meta-step: {}.\n",
+            b.stopped.join("; ")
+        ));
+    }
     s.push_str("\nBest meta-learned agent against the best baseline at each delta, paired over seeds:\n\n");
     for l in &b.leads {
         s.push_str(&format!(
@@ -547,6 +553,12 @@ fn few_shot_section(f: &super::few_shot::FewShotResults, figure: &str) -> String
         .collect();
     s.push_str(&parts.join(";"));
     s.push_str(".\n\n");
+    if !f.stopped.is_empty() {
+        s.push_str(&format!(
+            "Meta-training stopped early, and was evaluated at its last completed meta-step: {}.\n\n",
+            f.stopped.join("; ")
+        ));
+    }
     s
 }
 
