@@ -63,15 +63,15 @@ impl Protocol {
                 train: 600,
                 validation: 600,
                 seeds: 5,
-                meta_steps: 20,
-                eval_every: 4,
+                meta_steps: 100,
+                eval_every: 10,
                 meta_lr: 0.05,
                 free_steps: 200,
                 nudged_steps: 50,
                 step_size: 0.2,
                 initial_decay: 1e-3,
                 beta: 0.5,
-                grid: vec![1e-5, 1e-4, 1e-3, 1e-2, 3e-2, 1e-1],
+                grid: vec![1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
             }
         })
     }

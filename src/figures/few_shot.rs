@@ -69,16 +69,16 @@ impl Protocol {
             Protocol {
                 hidden: vec![64, 64],
                 shots: vec![1, 5],
-                meta_steps: 300,
+                meta_steps: 200,
                 meta_batch: 16,
-                meta_lr: 3e-3,
+                meta_lr: 1e-3,
                 test_episodes: 600,
-                strength: 0.5,
+                strength: 0.1,
                 beta: 0.1,
                 free_steps: 200,
                 nudged_steps: 100,
                 maml_steps: 10,
-                maml_step_size: 0.1,
+                maml_step_size: 0.05,
             }
         }
     }

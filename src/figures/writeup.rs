@@ -392,7 +392,7 @@ fn bandit_section(b: &super::bandit::BanditResults, figure: &str) -> String {
         b.curve_delta, p.seeds, p.meta_steps, p.meta_batch, p.run.steps
     );
     for d in &p.deltas {
-        s.push_str(&format!(" {d} |"));
+        s.push_str(&format!(" delta = {d} |"));
     }
     s.push_str(&format!("\n|---|{}\n", "---|".repeat(p.deltas.len())));
     for (a, name) in b.agents.iter().enumerate() {
