@@ -348,9 +348,14 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
             .push(Series::new(*name, t_points, e, Style::LinePoints));
     }
     let flat = |v: f64| vec![(0.0, v), (protocol.meta_steps as f64, v)];
-    for (i, m) in methods[..2].iter().enumerate() {
+    // Short legend labels, so the legend stays beside the plot.
+    for (i, (m, label)) in methods[..2]
+        .iter()
+        .zip(["fixed decay", "best single decay"])
+        .enumerate()
+    {
         validation.series.push(Series::new(
-            m.method.clone(),
+            label,
             flat(m.stat(|f| f.validation_ce).0),
             5 + i,
             Style::Dashed,

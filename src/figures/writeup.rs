@@ -425,7 +425,7 @@ fn bandit_section(b: &super::bandit::BanditResults, figure: &str) -> String {
         p.deltas.len() * p.seeds,
         b.agents.len(),
         b.eval_seconds,
-        num((80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64),
+        format!("{:.0}", (80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64),
         b.eval_seconds * (80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64 / 3600.0
     ));
     s
