@@ -152,7 +152,13 @@ impl OnlineLearner {
     pub fn features(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match &self.model {
             OnlineModel::Synapse(s) => s.net.features(&self.phi, x)?,
-            OnlineModel::Modulation(_) => unreachable!("NeuralLinear runs on a plain network"),
+            OnlineModel::Modulation(_) => {
+                return Err(CmlError::invalid(
+                    "NeuralLinear's network",
+                    "the gain modulation",
+                    "a network whose weights are all fast (the synapse model)",
+                ));
+            }
         })
     }
 

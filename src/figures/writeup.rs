@@ -418,14 +418,14 @@ fn bandit_section(b: &super::bandit::BanditResults, figure: &str) -> String {
     }
     s.push_str(&format!(
         "\nMeta-training took {}; the evaluation ({} runs of {} agents) {:.0} s. The paper runs 80,000 contexts and\n\
-         50 seeds per delta: {}x this evaluation's contexts x seeds, so at least {:.1} hours here at the same network\n\
+         50 seeds per delta: {:.0}x this evaluation's contexts x seeds, so at least {:.1} hours here at the same network\n\
          size, more for NeuralLinear, whose refits over the whole buffer grow quadratically in the contexts\n\
          (docs/BANDIT.md §5 lists every difference from the paper's protocol).\n\n",
         meta.join(", "),
         p.deltas.len() * p.seeds,
         b.agents.len(),
         b.eval_seconds,
-        format!("{:.0}", (80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64),
+        (80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64,
         b.eval_seconds * (80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64 / 3600.0
     ));
     s
