@@ -312,3 +312,38 @@ fn the_contrastive_estimate_of_a_bandit_task_matches_the_exact_implicit_meta_gra
     assert_eq!(fixed_synapse.dims().theta, net.param_count());
     let _ = to_tensor(&theta);
 }
+
+#[test]
+fn online_learners_refuse_an_empty_budget() {
+    use cml::bandit::agents::{OnlineLearner, OnlineModel, OnlineParams};
+    use cml::optimizer::Optimizer;
+    let spec = SynapseSpec {
+        net: Mlp::parse("2-3-5").unwrap(),
+        per_synapse: false,
+        strength: 0.0,
+        fixed_strength: true,
+    };
+    let theta = spec.initial_theta(&mut seeded(1)).unwrap();
+    let ok = OnlineParams {
+        every: 10,
+        updates: 5,
+        batch: 8,
+        step_size: 1e-3,
+        optimizer: Optimizer::GradientDescent,
+    };
+    assert!(OnlineLearner::new(OnlineModel::Synapse(spec.clone()), theta.clone(), ok).is_ok());
+    for bad in [
+        OnlineParams { every: 0, ..ok },
+        OnlineParams { batch: 0, ..ok },
+        OnlineParams { updates: 0, ..ok },
+        OnlineParams {
+            step_size: -1.0,
+            ..ok
+        },
+    ] {
+        let err = OnlineLearner::new(OnlineModel::Synapse(spec.clone()), theta.clone(), bad)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("online training"), "{err}");
+    }
+}

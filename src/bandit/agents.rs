@@ -114,6 +114,27 @@ pub struct OnlineLearner {
 
 impl OnlineLearner {
     pub fn new(model: OnlineModel, theta: Vector, params: OnlineParams) -> Result<Self> {
+        for (name, v) in [
+            ("every", params.every),
+            ("updates", params.updates),
+            ("batch", params.batch),
+        ] {
+            if v == 0 {
+                return Err(CmlError::invalid(
+                    format!("online training {name}"),
+                    v,
+                    "a whole number >= 1",
+                ));
+            }
+        }
+        if !(params.step_size.is_finite() && params.step_size > 0.0) {
+            return Err(CmlError::invalid(
+                "online training step size",
+                params.step_size,
+                "finite and > 0",
+            ));
+        }
+        params.optimizer.validate()?;
         let probe = BanditTask {
             delta: 0.0,
             support: single_pull(),
