@@ -57,11 +57,11 @@ impl LinFullPost {
 }
 
 /// The arm whose sampled model predicts the largest reward for `features`.
-fn thompson(arms: &[LinearPosterior], features: &[f64], rng: &mut Rng) -> Result<usize> {
+fn thompson(arms: &mut [LinearPosterior], features: &[f64], rng: &mut Rng) -> Result<usize> {
     let f = nalgebra::DVector::from_column_slice(features);
     let mut best = (0, f64::NEG_INFINITY);
-    for (a, post) in arms.iter().enumerate() {
-        let value = post.params()?.sample(rng).dot(&f);
+    for (a, post) in arms.iter_mut().enumerate() {
+        let value = post.draw(rng)?.dot(&f);
         if value > best.1 {
             best = (a, value);
         }
@@ -71,7 +71,7 @@ fn thompson(arms: &[LinearPosterior], features: &[f64], rng: &mut Rng) -> Result
 
 impl Agent for LinFullPost {
     fn act(&mut self, x: &Context, rng: &mut Rng) -> Result<usize> {
-        thompson(&self.arms, &[x[0], x[1], 1.0], rng)
+        thompson(&mut self.arms, &[x[0], x[1], 1.0], rng)
     }
 
     fn observe(&mut self, x: &Context, arm: usize, reward: f64, _: &mut Rng) -> Result<()> {
@@ -103,6 +103,8 @@ pub struct OnlineParams {
 /// A network, its replay buffer and its online training.
 pub struct OnlineLearner {
     model: OnlineModel,
+    /// The gain-modulation model's predictor (for its layout), when that is the model.
+    modulation: Option<Modulation<BanditTask>>,
     theta: Vector,
     theta_tensor: Tensor,
     phi: Tensor,
@@ -140,11 +142,17 @@ impl OnlineLearner {
             support: single_pull(),
             query: single_pull(),
         };
-        let problem = build(&model, probe, &theta)?;
+        let problem = build(&model, probe.clone(), &theta)?;
         let theta_tensor = to_tensor(&theta)?;
         let phi = problem.initial_phi(&theta_tensor)?;
+        // The modulated network predicts through its layout; built once, not at every pull.
+        let modulation = match &model {
+            OnlineModel::Modulation(s) => Some(Modulation::new(s.clone(), probe, &theta)?),
+            OnlineModel::Synapse(_) => None,
+        };
         Ok(OnlineLearner {
             model,
+            modulation,
             theta,
             theta_tensor,
             phi,
@@ -158,14 +166,11 @@ impl OnlineLearner {
     pub fn predict(&self, x: &Tensor) -> Result<Tensor> {
         Ok(match &self.model {
             OnlineModel::Synapse(s) => s.net.forward(&self.phi, x)?,
-            OnlineModel::Modulation(s) => {
-                let probe = BanditTask {
-                    delta: 0.0,
-                    support: single_pull(),
-                    query: single_pull(),
-                };
-                Modulation::new(s.clone(), probe, &self.theta)?.predict(&self.phi, &self.theta_tensor, x)?
-            }
+            OnlineModel::Modulation(_) => self
+                .modulation
+                .as_ref()
+                .expect("built in `new` for this model")
+                .predict(&self.phi, &self.theta_tensor, x)?,
         })
     }
 
@@ -299,7 +304,7 @@ impl NeuralLinear {
 impl Agent for NeuralLinear {
     fn act(&mut self, x: &Context, rng: &mut Rng) -> Result<usize> {
         let f = self.features(&context_tensor(x)?)?;
-        thompson(&self.arms, &f[0], rng)
+        thompson(&mut self.arms, &f[0], rng)
     }
 
     fn observe(&mut self, x: &Context, arm: usize, reward: f64, rng: &mut Rng) -> Result<()> {

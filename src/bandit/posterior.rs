@@ -27,6 +27,9 @@ pub struct LinearPosterior {
     xty: DVector<f64>,
     yty: f64,
     n: usize,
+    /// [`LinearPosterior::params`] since the last change of the data (Thompson sampling draws
+    /// from every arm at every pull, but only the pulled arm's data change).
+    cached: Option<PosteriorParams>,
 }
 
 /// The posterior's parameters, as in the module comment.
@@ -56,6 +59,7 @@ impl LinearPosterior {
             xty: DVector::zeros(dim),
             yty: 0.0,
             n: 0,
+            cached: None,
         })
     }
 
@@ -70,6 +74,7 @@ impl LinearPosterior {
         self.xty.axpy(y, &x, 1.0);
         self.yty += y * y;
         self.n += 1;
+        self.cached = None;
     }
 
     /// Forgets every row (NeuralLinear refits on new features).
@@ -78,6 +83,16 @@ impl LinearPosterior {
         self.xty.fill(0.0);
         self.yty = 0.0;
         self.n = 0;
+        self.cached = None;
+    }
+
+    /// One Thompson draw of the weights (see [`PosteriorParams::sample`]), the posterior
+    /// factorised once per change of the data.
+    pub fn draw(&mut self, rng: &mut Rng) -> Result<DVector<f64>> {
+        if self.cached.is_none() {
+            self.cached = Some(self.params()?);
+        }
+        Ok(self.cached.as_ref().expect("set above").sample(rng))
     }
 
     pub fn params(&self) -> Result<PosteriorParams> {

@@ -5,6 +5,7 @@
 
 use crate::error::{CmlError, Result};
 use crate::rng::seeded;
+use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
 
 /// Labelled rows: `x` is `len x features`, row-major.
@@ -71,6 +72,15 @@ impl Labelled {
             t[i * classes + l] = 1.0;
         }
         t
+    }
+
+    /// The rows as an `(N, features)` tensor and their one-hot labels as `(N, classes)`.
+    pub fn tensors(&self, classes: usize) -> Result<(Tensor, Tensor)> {
+        let dev = &Device::Cpu;
+        Ok((
+            Tensor::from_vec(self.x.clone(), (self.len(), self.features), dev)?,
+            Tensor::from_vec(self.one_hot(classes), (self.len(), classes), dev)?,
+        ))
     }
 }
 

@@ -14,7 +14,7 @@ use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Mlp, softmax_cross_entropy};
 use crate::problem::regularised_mlp::{decay_penalty, decay_phase_gradient, decay_workspace};
 use crate::problem::{BilevelProblem, Dims, InstanceFile};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 
 /// One part of the data as tensors: inputs and one-hot labels.
 #[derive(Debug, Clone)]
@@ -33,12 +33,8 @@ impl Part {
                 format!("at least one row, labels below {classes}"),
             ));
         }
-        let dev = &Device::Cpu;
-        Ok(Part {
-            x: Tensor::from_vec(data.x.clone(), (data.len(), data.features), dev)?,
-            one_hot: Tensor::from_vec(data.one_hot(classes), (data.len(), classes), dev)?,
-            data,
-        })
+        let (x, one_hot) = data.tensors(classes)?;
+        Ok(Part { x, one_hot, data })
     }
 
     pub fn cross_entropy(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Tensor> {

@@ -11,7 +11,7 @@ use crate::model::Mlp;
 use crate::problem::instance::InstanceReader;
 use crate::problem::{InstanceFile, SupervisedTask, TaskTensors};
 use crate::rng::Rng;
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::seq::index::sample;
 
 /// Pixels per side of a digit image.
@@ -129,14 +129,6 @@ pub fn accuracy(logits: &Tensor, labels: &[usize]) -> Result<f64> {
     Ok(correct as f64 / labels.len() as f64)
 }
 
-fn tensors(part: &Labelled, ways: usize) -> Result<(Tensor, Tensor)> {
-    let dev = &Device::Cpu;
-    Ok((
-        Tensor::from_vec(part.x.clone(), (part.len(), part.features), dev)?,
-        Tensor::from_vec(part.one_hot(ways), (part.len(), ways), dev)?,
-    ))
-}
-
 impl SupervisedTask for Episode {
     const SYNAPSE_NAME: &'static str = "digits-synapse";
     const MODULATION_NAME: &'static str = "digits-modulation";
@@ -150,8 +142,8 @@ impl SupervisedTask for Episode {
     }
 
     fn tensors(&self) -> Result<TaskTensors> {
-        let (xs, ys) = tensors(&self.support, self.ways)?;
-        let (xq, yq) = tensors(&self.query, self.ways)?;
+        let (xs, ys) = self.support.tensors(self.ways)?;
+        let (xq, yq) = self.query.tensors(self.ways)?;
         Ok(TaskTensors {
             cross_entropy: true,
             x_support: xs,

@@ -6,12 +6,13 @@
 
 use super::plot::{Figure, Panel, Series, Style};
 use super::training::seed_mean_ci;
+use super::weight_decay::decay_estimators;
 use super::{Settings, save, write_csv, write_table};
 use crate::adam::Adam;
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
-use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
+use crate::estimator::{Contrastive, EstimatorSpec, Variant};
 use crate::inner::{GdParams, gradient_descent};
 use crate::linalg::{Vector, to_tensor};
 use crate::model::Mlp;
@@ -85,49 +86,16 @@ impl Protocol {
     }
 
     pub fn estimators(&self) -> Vec<(&'static str, EstimatorSpec)> {
-        let free = self.phase(self.free_steps);
-        vec![
-            (
-                "contrastive",
-                EstimatorSpec::Contrastive(Contrastive {
-                    variant: Variant::Standard,
-                    beta: self.beta,
-                    free,
-                    nudged: self.phase(self.nudged_steps),
-                }),
-            ),
-            (
-                "implicit CG",
-                EstimatorSpec::Implicit(Implicit {
-                    solver: LinearSolver::ConjugateGradient { steps: 20 },
-                    free,
-                }),
-            ),
-            (
-                "Neumann",
-                EstimatorSpec::Implicit(Implicit {
-                    solver: LinearSolver::Neumann {
-                        steps: 20,
-                        alpha: Some(self.step_size),
-                    },
-                    free,
-                }),
-            ),
-            (
-                "T1-T2",
-                EstimatorSpec::Implicit(Implicit {
-                    solver: LinearSolver::Identity,
-                    free,
-                }),
-            ),
-            (
-                "truncated BPTT",
-                EstimatorSpec::Unrolled(Unrolled {
-                    inner: free,
-                    truncation: Some(20),
-                }),
-            ),
-        ]
+        decay_estimators(
+            Contrastive {
+                variant: Variant::Standard,
+                beta: self.beta,
+                free: self.phase(self.free_steps),
+                nudged: self.phase(self.nudged_steps),
+            },
+            20,
+            self.step_size,
+        )
     }
 }
 

@@ -61,28 +61,21 @@ fn losses(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<Losses> 
     })
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
-    let p = RegularisedMlp::diabetes(INITIAL_DECAY, settings.seed)?;
-    let (free_steps, nudged_steps, meta_steps, eval_every) = if settings.quick {
-        (60, 20, 4, 2)
-    } else {
-        (300, 100, 60, 5)
-    };
-    let free = phase(free_steps);
-    let estimators: Vec<(&str, EstimatorSpec)> = vec![
-        (
-            "contrastive",
-            EstimatorSpec::Contrastive(Contrastive {
-                variant: Variant::Symmetric,
-                beta: 0.5,
-                free,
-                nudged: phase(nudged_steps),
-            }),
-        ),
+/// The estimators a weight-decay job compares, named as in its tables: the contrastive rule,
+/// CG and Neumann with `solver_steps` (Neumann at step `neumann_alpha`), T1-T2 and truncated
+/// BPTT through the last 20 steps, all after the contrastive rule's free phase.
+pub(super) fn decay_estimators(
+    contrastive: Contrastive,
+    solver_steps: usize,
+    neumann_alpha: f64,
+) -> Vec<(&'static str, EstimatorSpec)> {
+    let free = contrastive.free;
+    vec![
+        ("contrastive", EstimatorSpec::Contrastive(contrastive)),
         (
             "implicit CG",
             EstimatorSpec::Implicit(Implicit {
-                solver: LinearSolver::ConjugateGradient { steps: 10 },
+                solver: LinearSolver::ConjugateGradient { steps: solver_steps },
                 free,
             }),
         ),
@@ -90,8 +83,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
             "Neumann",
             EstimatorSpec::Implicit(Implicit {
                 solver: LinearSolver::Neumann {
-                    steps: 10,
-                    alpha: Some(0.1),
+                    steps: solver_steps,
+                    alpha: Some(neumann_alpha),
                 },
                 free,
             }),
@@ -110,7 +103,27 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
                 truncation: Some(20),
             }),
         ),
-    ];
+    ]
+}
+
+pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
+    let p = RegularisedMlp::diabetes(INITIAL_DECAY, settings.seed)?;
+    let (free_steps, nudged_steps, meta_steps, eval_every) = if settings.quick {
+        (60, 20, 4, 2)
+    } else {
+        (300, 100, 60, 5)
+    };
+    let free = phase(free_steps);
+    let estimators = decay_estimators(
+        Contrastive {
+            variant: Variant::Symmetric,
+            beta: 0.5,
+            free,
+            nudged: phase(nudged_steps),
+        },
+        10,
+        0.1,
+    );
     let theta0 = Vector::from_element(p.dims().theta, INITIAL_DECAY.ln());
     let fixed = losses(&p, &theta0, free)?;
     let runs = map_in_order(&estimators, |(name, spec)| {

@@ -119,10 +119,6 @@ impl<T: SupervisedTask> Synapse<T> {
         &self.task
     }
 
-    pub fn spec(&self) -> &SynapseSpec {
-        &self.spec
-    }
-
     fn omega(&self, theta: &Tensor) -> candle_core::Result<Tensor> {
         theta.narrow(0, 0, self.spec.net.param_count())
     }
