@@ -59,6 +59,7 @@ pub mod problem;
 pub mod registry;
 pub mod rng;
 pub mod smoothness;
+pub mod spiking;
 pub mod sweep;
 pub mod theory;
 
