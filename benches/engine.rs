@@ -55,7 +55,7 @@ fn phase(steps: usize, engine: Engine) -> GdParams {
         max_steps: steps,
         tolerance: 0.0,
         engine,
-        optimizer: Default::default(),
+        ..GdParams::default()
     }
 }
 

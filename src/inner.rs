@@ -26,6 +26,29 @@ pub struct GdParams {
     pub engine: Engine,
     /// The update rule (gradient descent by default); a fresh state for every phase.
     pub optimizer: Optimizer,
+    /// When the phase counts as diverged (left out of serialised settings at its default).
+    #[serde(skip_serializing_if = "Divergence::is_default")]
+    pub divergence: Divergence,
+}
+
+/// When a phase counts as diverged (docs/STEP_SIZE.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Divergence {
+    /// A non-finite loss or gradient, or a loss [`DIVERGENCE_MARGIN`] of its scale above its
+    /// start.
+    #[default]
+    LossRise,
+    /// Only a non-finite loss or gradient. For inner learning rules that do not descend the loss
+    /// they report, such as e-prop on a spiking network, whose loss may rise well above a
+    /// near-zero start at a fresh Adam state's first steps (docs/SPIKING.md §4).
+    NonFinite,
+}
+
+impl Divergence {
+    pub fn is_default(&self) -> bool {
+        *self == Divergence::LossRise
+    }
 }
 
 impl Default for GdParams {
@@ -36,6 +59,7 @@ impl Default for GdParams {
             tolerance: 0.0,
             engine: Engine::Auto,
             optimizer: Optimizer::GradientDescent,
+            divergence: Divergence::LossRise,
         }
     }
 }
@@ -529,7 +553,10 @@ impl Descent<'_, '_> {
             let (loss, grad_norm) = it.evaluate(step == params.max_steps)?;
             let watch = rule.get_or_insert_with(|| DivergenceRule::new(loss));
             let verdict = if grad_norm.is_finite() {
-                watch.observe(step, loss)
+                match watch.observe(step, loss) {
+                    Err(_) if params.divergence == Divergence::NonFinite && loss.is_finite() => Ok(()),
+                    v => v,
+                }
             } else {
                 Err(format!("the gradient norm is {grad_norm}"))
             };

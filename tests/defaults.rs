@@ -5,7 +5,7 @@
 use approx::assert_relative_eq;
 use cml::autodiff::dense_second_derivatives;
 use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver};
-use cml::inner::{DivergenceRule, GdParams, StepSizeRule, gradient_descent};
+use cml::inner::{Divergence, DivergenceRule, GdParams, StepSizeRule, gradient_descent};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, phase_loss};
@@ -191,6 +191,48 @@ fn a_step_size_far_above_two_over_l_is_divergence_naming_the_flag() {
         .parse()
         .unwrap();
     assert!(step <= 5, "{err}");
+}
+
+#[test]
+fn a_phase_that_only_refuses_non_finite_losses_runs_through_a_rise_and_stops_at_overflow() {
+    // The same blow-up (step 0.5 on the quadratic with L = 10: the top mode grows 4x per step,
+    // the loss 16x). With `Divergence::NonFinite` a 10-step phase completes with the risen loss
+    // (what an e-prop phase with a fresh Adam state needs, docs/SPIKING.md §4); a long one still
+    // stops once the loss overflows (16^k passes f64's range well before 600 steps).
+    let p = build("quadratic", 0).unwrap();
+    let theta = p.theta();
+    let run = |max_steps| {
+        let params = GdParams {
+            step_size: Some(0.5),
+            max_steps,
+            divergence: Divergence::NonFinite,
+            ..GdParams::default()
+        };
+        gradient_descent(
+            &Oracle::new(p.as_ref()),
+            &p.initial_phi(theta).unwrap(),
+            theta,
+            0.0,
+            &params,
+            "free phase",
+        )
+    };
+    let start = p
+        .inner_loss(&p.initial_phi(theta).unwrap(), theta)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    let short = run(10).unwrap();
+    assert!(
+        short.info.loss > 1e6 * start.abs().max(1e-3),
+        "{} from {start}",
+        short.info.loss
+    );
+    let err = run(600).unwrap_err().to_string();
+    assert!(
+        err.contains("diverged") && (err.contains("inf") || err.contains("NaN")),
+        "{err}"
+    );
 }
 
 #[test]

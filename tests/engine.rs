@@ -293,7 +293,7 @@ fn phases(engine: Engine, free_steps: usize, nudged_steps: usize, step_size: f64
         max_steps: free_steps,
         tolerance: 0.0,
         engine,
-        optimizer: Default::default(),
+        ..GdParams::default()
     };
     (
         free,

@@ -29,7 +29,10 @@ fn figures_quick(dir: &Path) {
 /// - reference_code_ablation: 3 variants x 7 betas;
 /// - error_bar_calibration: 5 problems x 1 seed x 2 variants x 3 betas x 3 tolerances (none of
 ///   the quick cases diverges);
-/// - beta_auto: 5 problems x 1 seed x 2 variants.
+/// - beta_auto: 5 problems x 1 seed x 2 variants;
+/// - spiking_meta_training: 2 contrastive methods x 2 seeds x 2 meta-steps + 3 BPTT baselines x
+///   2 seeds x 1 meta-step; spiking_test: 6 methods x 2 seeds x 4 tasks; spiking_ablation: 2
+///   tasks; spiking_examples: 2 tasks x 41 grid points; spiking_rates: 100 neurons.
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -46,6 +49,11 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("weight_decay", 4, 18),
     ("error_bar_calibration", 12, 90),
     ("beta_auto", 11, 10),
+    ("spiking_meta_training", 4, 14),
+    ("spiking_test", 5, 48),
+    ("spiking_ablation", 3, 2),
+    ("spiking_examples", 4, 82),
+    ("spiking_rates", 2, 100),
 ];
 
 const PNGS: &[&str] = &[
@@ -59,6 +67,7 @@ const PNGS: &[&str] = &[
     "weight_decay",
     "reference_code_ablation",
     "error_bar_calibration",
+    "spiking",
 ];
 
 const TABLES: &[&str] = &[
@@ -68,6 +77,7 @@ const TABLES: &[&str] = &[
     "weight_decay.md",
     "cost.md",
     "error_bar.md",
+    "spiking.md",
     "README.md",
 ];
 
@@ -153,8 +163,9 @@ fn an_unknown_figure_job_is_a_clear_error() {
 
 #[test]
 fn the_shipped_experiment_configs_are_what_the_jobs_run() {
-    // configs/<job>.toml documents the full protocol of the bandit, few-shot and digit
-    // weight-decay jobs: comment lines, then the protocol as TOML, which must be what the job runs.
+    // configs/<job>.toml documents the full protocol of the bandit, few-shot, digit
+    // weight-decay and spiking jobs: comment lines, then the protocol as TOML, which must be what
+    // the job runs.
     let root = env!("CARGO_MANIFEST_DIR");
     for (job, protocol) in cml::figures::protocols().unwrap() {
         let path = format!("{root}/configs/{job}.toml");

@@ -68,6 +68,7 @@ fn phase(optimizer: Optimizer, engine: Engine, steps: usize) -> GdParams {
         tolerance: 0.0,
         engine,
         optimizer,
+        ..GdParams::default()
     }
 }
 

@@ -103,6 +103,7 @@ impl EstimatorArgs {
                 tolerance: self.tolerance,
                 engine,
                 optimizer: Optimizer::from_name(optimizer, self.momentum)?,
+                ..GdParams::default()
             })
         };
         let params = EstimatorParams {

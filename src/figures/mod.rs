@@ -9,6 +9,7 @@ mod digits_decay;
 mod error_bar;
 mod few_shot;
 pub mod plot;
+mod spiking;
 mod theory;
 mod training;
 mod weight_decay;
@@ -65,6 +66,10 @@ pub const JOBS: &[(&str, &str)] = &[
         "bandit",
         "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table",
     ),
+    (
+        "spiking",
+        "recurrent spiking network learning by e-prop: the contrastive rule against BPTT through learning, MSE table",
+    ),
 ];
 
 /// Everything the write-up quotes, filled in by the jobs that ran.
@@ -79,6 +84,7 @@ pub struct Results {
     pub digits_decay: Option<digits_decay::DigitsDecayResults>,
     pub few_shot: Option<few_shot::FewShotResults>,
     pub bandit: Option<bandit::BanditResults>,
+    pub spiking: Option<spiking::SpikingResults>,
     pub files: Vec<PathBuf>,
     /// Wall time of the jobs, quoted in the write-up.
     pub elapsed_seconds: Option<f64>,
@@ -135,6 +141,10 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
         log("bandit: meta-learned bandit agents against the baselines on the wheel bandit");
         results.bandit = Some(bandit::run(settings, &mut results.files)?);
     }
+    if wanted("spiking") {
+        log("spiking: a spiking network learning by e-prop, meta-learned by the contrastive rule");
+        results.spiking = Some(spiking::run(settings, &mut results.files)?);
+    }
     results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
     if only.is_none() {
         let path = settings.paper.join("README.md");
@@ -162,6 +172,10 @@ pub fn protocols() -> Result<Vec<(&'static str, serde_json::Value)>> {
         (
             "digits_decay",
             json(serde_json::to_value(digits_decay::Protocol::new(false)?))?,
+        ),
+        (
+            "spiking",
+            json(serde_json::to_value(spiking::Protocol::new(false)))?,
         ),
     ])
 }

@@ -260,7 +260,7 @@ pub struct SpikeInputs {
 impl SpikeInputs {
     pub fn new(spec: &NetworkSpec, raster: &[f64]) -> Result<Self> {
         let per_sample = spec.steps * spec.inputs;
-        if raster.is_empty() || raster.len() % per_sample != 0 {
+        if raster.is_empty() || !raster.len().is_multiple_of(per_sample) {
             return Err(CmlError::invalid(
                 "spike raster length",
                 raster.len(),
@@ -372,8 +372,8 @@ pub struct SpikingKernel {
     raster: Vec<f64>,
     targets: Vec<f64>,
     readout: Vec<f64>,
-    /// Gradient products `A^T E` planned for the support rows and for all rows.
-    in_products: [Product; 2],
+    /// The recurrent weights' gradient product `A^T E`, planned for the support rows and for
+    /// all rows.
     rec_products: [Product; 2],
 }
 
@@ -438,10 +438,9 @@ impl SpikingKernel {
         let mut targets = support.targets;
         targets.extend(query.targets);
         let (n, t) = (spec.neurons, spec.steps);
-        let plan = |rows: usize, cols: usize| Product::new(n, rows * t, cols, false);
+        let plan = |rows: usize| Product::new(n, rows * t, n, false);
         Ok(SpikingKernel {
-            in_products: [plan(ns, spec.inputs), plan(ns + nq, spec.inputs)],
-            rec_products: [plan(ns, n), plan(ns + nq, n)],
+            rec_products: [plan(ns), plan(ns + nq)],
             readout: spec.readout_weights(),
             spec: spec.clone(),
             support: ns,
@@ -613,13 +612,23 @@ impl SpikingKernel {
         }
         let k = usize::from(samples > self.support);
         let rows = samples * steps;
-        let signal = View::row_major(&b.psi[..rows * n], rows, n).t();
-        self.in_products[k].run(
-            signal,
-            View::row_major(&b.trace_in[..rows * n_in], rows, n_in),
-            ViewMut::row_major(g_in, n, n_in),
-        );
+        // W_in: the input traces are sparse (a sample excites a few neighbouring input neurons),
+        // so accumulate over their nonzero entries, into W_in^T's buffer (free after the run).
+        let acc = &mut b.w_in_t;
+        acc.fill(0.0);
+        for row in 0..rows {
+            let signal = &b.psi[row * n..(row + 1) * n];
+            for (i, &e) in b.trace_in[row * n_in..(row + 1) * n_in].iter().enumerate() {
+                if e != 0.0 {
+                    for (a, l) in acc[i * n..(i + 1) * n].iter_mut().zip(signal) {
+                        *a += e * l;
+                    }
+                }
+            }
+        }
+        transpose(acc, n_in, n, g_in);
         if s.recurrent {
+            let signal = View::row_major(&b.psi[..rows * n], rows, n).t();
             self.rec_products[k].run(
                 signal,
                 View::row_major(&b.trace_rec[..rows * n], rows, n),
