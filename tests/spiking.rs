@@ -184,9 +184,7 @@ fn small_spec() -> NetworkSpec {
 }
 
 fn fast_gradient(p: &SpikingSynapse, phi: &Vector, beta: f64) -> (f64, Vector, Vector) {
-    let mut ws = p
-        .workspace(to_dvector(p.theta()).unwrap().as_slice())
-        .unwrap();
+    let mut ws = p.workspace(to_dvector(p.theta()).unwrap().as_slice()).unwrap();
     let (mut g, mut gt) = (vec![0.0; phi.len()], vec![0.0; phi.len()]);
     let loss = p.phase_gradient(&mut ws, phi.as_slice(), beta, &mut g, Some(&mut gt));
     (loss, Vector::from_vec(g), Vector::from_vec(gt))
