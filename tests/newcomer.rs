@@ -212,25 +212,39 @@ fn train_runs_every_model_and_estimator_and_its_defaults_learn() {
             }
             rows.push((what, outcome));
         }
-        // The true defaults (100 meta-steps): the held-out loss after adaptation goes down.
-        let out = dir.path().join(format!("{model}-defaults"));
-        let o = cml(&["train", "--model", model, "--out", out.to_str().unwrap()]);
-        assert_eq!(judge(model, &o), "ok");
-        let csv = std::fs::read_to_string(out.join("train.csv")).unwrap();
-        let after: Vec<f64> = csv
-            .lines()
-            .skip(1)
-            .filter_map(|l| l.split(',').nth(3).and_then(|v| v.parse().ok()))
-            .collect();
-        let (first, last) = (after[0], *after.last().unwrap());
-        assert!(
-            last < first,
-            "{model}: held-out loss after adaptation {first} -> {last}"
-        );
-        rows.push((
-            format!("train --model {model} (defaults)"),
-            format!("ok, held-out loss {first:.3} -> {last:.3}"),
-        ));
+        // The true defaults (100 meta-steps): the held-out loss after adaptation goes down, for
+        // every estimator except the dense solve (refused above, with the flag that fixes it) and
+        // BPTT (130-145 s through 1000-step reverse loops; measured 2.059 -> 1.134 on the synapse,
+        // 3.602 -> 1.337 on the modulation model; its 2-step run is checked above).
+        for estimator in estimators() {
+            if ["implicit", "bptt"].contains(&estimator) {
+                continue;
+            }
+            let out = dir.path().join(format!("{model}-{estimator}-defaults"));
+            let o = cml(&[
+                "train",
+                "--model",
+                model,
+                "--estimator",
+                estimator,
+                "--out",
+                out.to_str().unwrap(),
+            ]);
+            let what = format!("train --model {model} --estimator {estimator} (defaults)");
+            assert_eq!(judge(&what, &o), "ok");
+            let csv = std::fs::read_to_string(out.join("train.csv")).unwrap();
+            let after: Vec<f64> = csv
+                .lines()
+                .skip(1)
+                .filter_map(|l| l.split(',').nth(3).and_then(|v| v.parse().ok()))
+                .collect();
+            let (first, last) = (after[0], *after.last().unwrap());
+            assert!(
+                last < first,
+                "{what}: held-out loss after adaptation {first} -> {last}"
+            );
+            rows.push((what, format!("ok, held-out loss {first:.3} -> {last:.3}")));
+        }
     }
     table(&rows);
 }
