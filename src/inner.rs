@@ -197,15 +197,22 @@ pub struct DivergenceRule {
     lowest: f64,
     previous: f64,
     rises: Option<LossRises>,
+    policy: Divergence,
 }
 
 impl DivergenceRule {
+    /// The default rule ([`Divergence::LossRise`]).
     pub fn new(start: f64) -> Self {
+        Self::with_policy(start, Divergence::LossRise)
+    }
+
+    pub fn with_policy(start: f64, policy: Divergence) -> Self {
         DivergenceRule {
             start,
             lowest: start,
             previous: start,
             rises: None,
+            policy,
         }
     }
 
@@ -215,7 +222,7 @@ impl DivergenceRule {
             return Err(format!("the loss is {loss}"));
         }
         let scale = self.start.abs().max(self.start - self.lowest).max(1e-12);
-        if loss > self.start + DIVERGENCE_MARGIN * scale {
+        if self.policy == Divergence::LossRise && loss > self.start + DIVERGENCE_MARGIN * scale {
             return Err(format!(
                 "the loss grew to {loss:.6e}, more than {DIVERGENCE_MARGIN} x {scale:.3e} above its start {:.6e} \
                  ({:.6e} a step before)",
@@ -551,12 +558,9 @@ impl Descent<'_, '_> {
             // The meta-parameter gradient is needed only at the end point: on the last step of
             // the budget it comes with this evaluation, after an early stop it costs one more.
             let (loss, grad_norm) = it.evaluate(step == params.max_steps)?;
-            let watch = rule.get_or_insert_with(|| DivergenceRule::new(loss));
+            let watch = rule.get_or_insert_with(|| DivergenceRule::with_policy(loss, params.divergence));
             let verdict = if grad_norm.is_finite() {
-                match watch.observe(step, loss) {
-                    Err(_) if params.divergence == Divergence::NonFinite && loss.is_finite() => Ok(()),
-                    v => v,
-                }
+                watch.observe(step, loss)
             } else {
                 Err(format!("the gradient norm is {grad_norm}"))
             };

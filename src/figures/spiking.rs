@@ -279,7 +279,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         };
         let mut per_seed = Vec::new();
         let mut seconds = Vec::new();
-        let mut mean_curve = vec![0.0; steps];
+        // Sum and count per meta-step over the seeds (a run that stopped early has fewer steps).
+        let mut curve = vec![(0.0, 0usize); steps];
         let mut diverged = 0;
         for (seed, tests) in seeds.iter().zip(&test_sets) {
             let theta0 = spec.initial_weights(&mut stream(*seed, INIT));
@@ -300,7 +301,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
                     }
                     for s in &run.log {
                         curve_rows.push(format!("{},{seed},{},{:e}", method.name, s.step, s.query_loss));
-                        mean_curve[s.step - 1] += s.query_loss / p.seeds as f64;
+                        let c = &mut curve[s.step - 1];
+                        *c = (c.0 + s.query_loss, c.1 + 1);
                     }
                     if let Some(last) = run.log.last() {
                         seconds.push(last.seconds / last.step as f64);
@@ -328,12 +330,14 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
             }
         }
         if method.estimator.is_some() {
-            curves.series.push(Series::new(
-                method.name,
-                running_mean(&mean_curve),
-                index,
-                Style::Line,
-            ));
+            let mean: Vec<f64> = curve
+                .iter()
+                .take_while(|c| c.1 > 0)
+                .map(|c| c.0 / c.1 as f64)
+                .collect();
+            curves
+                .series
+                .push(Series::new(method.name, running_mean(&mean), index, Style::Line));
         }
         let (mean, ci95) = seed_mean_ci(&per_seed);
         methods.push(MethodResult {
