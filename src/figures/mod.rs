@@ -220,6 +220,18 @@ pub(crate) fn save(
 }
 
 /// A number for a table: 3 significant digits.
+/// Which of `[above, below, neither]` a difference `mean +- half` (a confidence interval) is:
+/// above 0, below 0, or an interval that contains 0.
+pub(crate) fn interval_verdict(mean: f64, half: f64, words: [&'static str; 3]) -> &'static str {
+    if mean - half > 0.0 {
+        words[0]
+    } else if mean + half < 0.0 {
+        words[1]
+    } else {
+        words[2]
+    }
+}
+
 pub(crate) fn num(v: f64) -> String {
     if v == 0.0 || (1e-2..1e4).contains(&v.abs()) {
         format!("{v:.3}")

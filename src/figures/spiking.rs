@@ -626,13 +626,7 @@ pub fn table(r: &SpikingResults) -> String {
             "-".to_string()
         } else {
             let (d, h) = paired(&m.per_seed, &cml.per_seed);
-            let verdict = if d - h > 0.0 {
-                "CML lower"
-            } else if d + h < 0.0 {
-                "CML higher"
-            } else {
-                "not significant"
-            };
+            let verdict = super::interval_verdict(d, h, ["CML lower", "CML higher", "not significant"]);
             format!("{} +- {} ({verdict})", num(d), num(h))
         };
         let secs = if m.seconds_per_step > 0.0 {

@@ -468,13 +468,15 @@ fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults, figure: &st
                 .map(|(a, b)| a.test_accuracy - b.test_accuracy)
                 .collect();
             let (mean, ci) = super::training::seed_mean_ci(&diffs);
-            let verdict = if mean - ci > 0.0 {
-                "higher, the interval excluding 0"
-            } else if mean + ci < 0.0 {
-                "lower, the interval excluding 0"
-            } else {
-                "no significant difference"
-            };
+            let verdict = super::interval_verdict(
+                mean,
+                ci,
+                [
+                    "higher, the interval excluding 0",
+                    "lower, the interval excluding 0",
+                    "no significant difference",
+                ],
+            );
             format!(
                 "{} {:+.2} +- {:.2} points ({verdict})",
                 m.method,
@@ -539,13 +541,7 @@ fn few_shot_section(f: &super::few_shot::FewShotResults, figure: &str) -> String
                 .map(|(x, y)| x - y)
                 .collect();
             let (mean, ci) = super::training::seed_mean_ci(&diffs);
-            let verdict = if mean - ci > 0.0 {
-                "higher"
-            } else if mean + ci < 0.0 {
-                "lower"
-            } else {
-                "no significant difference"
-            };
+            let verdict = super::interval_verdict(mean, ci, ["higher", "lower", "no significant difference"]);
             Some(format!(
                 " {} {}-shot {:+.1} +- {:.1} points ({verdict})",
                 a.method,
