@@ -55,68 +55,60 @@ pub struct Protocol {
 impl Protocol {
     pub fn new(quick: bool) -> Result<Self> {
         let adam = Optimizer::from_name("adam", 0.0)?;
+        let full = Protocol {
+            net: Mlp::parse("2-50-50-5")?,
+            meta_steps: 150,
+            meta_batch: 8,
+            meta_lr: 3e-3,
+            support: 512,
+            query: 50,
+            free_steps: 200,
+            nudged_steps: 100,
+            phase_step_size: 1e-3,
+            synapse_beta: 0.3,
+            modulation_beta: 1.0,
+            modulation_strength: 1.0,
+            maml_steps: 10,
+            maml_step_size: 0.01,
+            deltas: vec![0.5, 0.7, 0.9, 0.95, 0.99],
+            seeds: 10,
+            run: RunParams {
+                steps: 4000,
+                initial_pulls: 2,
+            },
+            online: OnlineParams {
+                every: 50,
+                updates: 50,
+                batch: 256,
+                step_size: 1e-3,
+                optimizer: adam,
+            },
+            neural_linear_every: 20,
+        };
         Ok(if quick {
             Protocol {
                 net: Mlp::parse("2-8-8-5")?,
                 meta_steps: 2,
                 meta_batch: 2,
-                meta_lr: 3e-3,
                 support: 64,
                 query: 16,
                 free_steps: 20,
                 nudged_steps: 10,
-                phase_step_size: 1e-3,
-                synapse_beta: 0.3,
-                modulation_beta: 1.0,
-                modulation_strength: 1.0,
-                maml_steps: 10,
-                maml_step_size: 0.01,
                 deltas: vec![0.5, 0.95],
                 seeds: 2,
                 run: RunParams {
                     steps: 200,
-                    initial_pulls: 2,
+                    ..full.run
                 },
                 online: OnlineParams {
-                    every: 50,
                     updates: 10,
                     batch: 64,
-                    step_size: 1e-3,
-                    optimizer: adam,
+                    ..full.online
                 },
-                neural_linear_every: 20,
+                ..full
             }
         } else {
-            Protocol {
-                net: Mlp::parse("2-50-50-5")?,
-                meta_steps: 150,
-                meta_batch: 8,
-                meta_lr: 3e-3,
-                support: 512,
-                query: 50,
-                free_steps: 200,
-                nudged_steps: 100,
-                phase_step_size: 1e-3,
-                synapse_beta: 0.3,
-                modulation_beta: 1.0,
-                modulation_strength: 1.0,
-                maml_steps: 10,
-                maml_step_size: 0.01,
-                deltas: vec![0.5, 0.7, 0.9, 0.95, 0.99],
-                seeds: 10,
-                run: RunParams {
-                    steps: 4000,
-                    initial_pulls: 2,
-                },
-                online: OnlineParams {
-                    every: 50,
-                    updates: 50,
-                    batch: 256,
-                    step_size: 1e-3,
-                    optimizer: adam,
-                },
-                neural_linear_every: 20,
-            }
+            full
         })
     }
 
@@ -533,18 +525,9 @@ pub fn table(r: &BanditResults) -> String {
         p.deltas.len() * p.seeds,
         r.retrainings_per_run,
         p.run.steps / p.neural_linear_every,
-        if rejected.is_empty() {
-            "none".to_string()
-        } else {
-            rejected.join(", ")
-        }
+        super::joined_or_none(&rejected, ", ")
     ));
-    if !r.stopped.is_empty() {
-        t.push_str(&format!(
-            "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
-            r.stopped.join("; ")
-        ));
-    }
+    t.push_str(&super::stopped_note(&r.stopped));
     t.push_str("\nBest meta-learned agent against the best non-meta-learned one, paired over seeds (95% t-interval):\n\n");
     for l in &r.leads {
         t.push_str(&format!("- delta = {}: {}\n", l.delta, lead_sentence(l)));

@@ -396,11 +396,7 @@ pub fn table(r: &FewShotResults) -> String {
         .filter(|a| a.diverged > 0)
         .map(|a| format!("{} ({}-shot) {}", a.method, a.shots, a.diverged))
         .collect();
-    t.push_str(&if diverged.is_empty() {
-        "none".to_string()
-    } else {
-        diverged.join(", ")
-    });
+    t.push_str(&super::joined_or_none(&diverged, ", "));
     if !r.stopped.is_empty() {
         t.push_str(&format!(
             ".\n\nMeta-training stopped early (evaluated at its last completed meta-step): {}",

@@ -220,6 +220,27 @@ pub(crate) fn save(
 }
 
 /// A number for a table: 3 significant digits.
+/// `items` joined by `sep`, or `none` when there are none (the tables' lists of exceptions).
+pub(crate) fn joined_or_none<S: AsRef<str>>(items: &[S], sep: &str) -> String {
+    if items.is_empty() {
+        "none".to_string()
+    } else {
+        items.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(sep)
+    }
+}
+
+/// The tables' sentence on meta-training runs that stopped early (empty when none did).
+pub(crate) fn stopped_note(stopped: &[String]) -> String {
+    if stopped.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
+            stopped.join("; ")
+        )
+    }
+}
+
 /// Which of `[above, below, neither]` a difference `mean +- half` (a confidence interval) is:
 /// above 0, below 0, or an interval that contains 0.
 pub(crate) fn interval_verdict(mean: f64, half: f64, words: [&'static str; 3]) -> &'static str {

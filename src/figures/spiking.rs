@@ -668,17 +668,8 @@ pub fn table(r: &SpikingResults) -> String {
     t.push_str(&format!(
         "\nMeta-test adaptations that diverged (scored unadapted) of {} per method: {}.\n",
         p.seeds * p.test_tasks,
-        if diverged.is_empty() {
-            "none".to_string()
-        } else {
-            diverged.join(", ")
-        }
+        super::joined_or_none(&diverged, ", ")
     ));
-    if !r.stopped.is_empty() {
-        t.push_str(&format!(
-            "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
-            r.stopped.join("; ")
-        ));
-    }
+    t.push_str(&super::stopped_note(&r.stopped));
     t
 }

@@ -427,11 +427,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                 .collect::<Vec<_>>()
                 .join(", "),
             f.seconds_per_meta_step,
-            if f.diverged.is_empty() {
-                "none".to_string()
-            } else {
-                f.diverged.join("; ")
-            }
+            super::joined_or_none(&f.diverged, "; ")
         ));
     }
     // Every pair of estimators of a model, paired over seeds.

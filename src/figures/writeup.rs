@@ -216,7 +216,7 @@ pub fn render(settings: &Settings, r: &Results) -> String {
              of 25 tasks would take about {:.0}x this run's meta-training time.\n\n",
             differing.len(),
             t.differences.len(),
-            if differing.is_empty() { "none".to_string() } else { differing.join("; ") },
+            super::joined_or_none(&differing, "; "),
             (2000.0 * 25.0) / (t.meta_steps as f64 * t.meta_batch as f64)
         ));
     }
@@ -286,11 +286,7 @@ pub fn render(settings: &Settings, r: &Results) -> String {
                 .filter(|(_, l)| keep(l.test))
                 .map(|(n, _)| n.as_str())
                 .collect();
-            if v.is_empty() {
-                "none".to_string()
-            } else {
-                v.join(", ")
-            }
+            super::joined_or_none(&v, ", ")
         };
         s.push_str(&format!(
             ".\nOn this one split and seed, lower than the fixed decay on test by more than {:.0}% of it: {}; higher by more \
