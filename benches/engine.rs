@@ -10,7 +10,7 @@
 
 use cml::engine::Engine;
 use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Variant};
-use cml::inner::{GdParams, gradient_descent};
+use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, relative_error};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
 use cml::model::Mlp;
@@ -184,7 +184,9 @@ fn allocations(p: &dyn BilevelProblem, k: usize, engine: Engine) -> usize {
     let phi = p.initial_phi(theta).unwrap();
     let oracle = Oracle::new(p);
     let before = ALLOCATIONS.load(Ordering::Relaxed);
-    gradient_descent(&oracle, &phi, theta, BETA, &phase(k, engine), "bench").unwrap();
+    (phase(k, engine))
+        .solve(&oracle, &Phase::new(&phi, theta, BETA, "bench"))
+        .unwrap();
     ALLOCATIONS.load(Ordering::Relaxed) - before
 }
 

@@ -7,7 +7,7 @@
 //! Writes `figures/memory_vs_k.csv` (estimator, K, peak bytes, seconds).
 
 use cml::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
-use cml::inner::{GdParams, gradient_descent};
+use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::parallel::map_in_order;
@@ -76,7 +76,9 @@ fn step_time(p: &dyn BilevelProblem, k: usize, beta: f64) -> f64 {
     (0..3)
         .map(|_| {
             let clock = Instant::now();
-            gradient_descent(&Oracle::new(p), &phi, theta, beta, &phase(k), "bench").unwrap();
+            (phase(k))
+                .solve(&Oracle::new(p), &Phase::new(&phi, theta, beta, "bench"))
+                .unwrap();
             clock.elapsed().as_secs_f64() / (k + 1) as f64
         })
         .fold(f64::INFINITY, f64::min)

@@ -5,7 +5,7 @@
 use crate::adam::Adam;
 use crate::error::{CmlError, Result};
 use crate::estimator::{EstimatorSpec, MetaGradientEstimator};
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_dvector};
 use crate::oracle::{Cost, Oracle};
 use crate::parallel::{available_threads, map_in_order, map_in_order_on};
@@ -541,15 +541,12 @@ pub fn evaluate_per_task(
 pub fn adapt(config: &TrainConfig, problem: &dyn BilevelProblem) -> Result<candle_core::Tensor> {
     let theta = problem.theta();
     let phi_init = problem.initial_phi(theta)?;
-    Ok(gradient_descent(
-        &Oracle::new(problem),
-        &phi_init,
-        theta,
-        0.0,
-        &config.adaptation(),
-        "adaptation",
-    )?
-    .phi)
+    Ok((config.adaptation())
+        .solve(
+            &Oracle::new(problem),
+            &Phase::new(&phi_init, theta, 0.0, "adaptation"),
+        )?
+        .phi)
 }
 
 /// The held-out tasks of a run (the same for every estimator with the same seed and shots).

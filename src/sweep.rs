@@ -4,9 +4,9 @@
 
 use crate::error::{CmlError, Result};
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
-use crate::ground_truth::{NewtonParams, distance_to_phase_solution, exact_meta_gradient, solve_phase};
+use crate::ground_truth::{distance_to_phase_solution, exact_meta_gradient};
 use crate::implicit_function::implicit_meta_gradient;
-use crate::inner::GdParams;
+use crate::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use crate::linalg::{Vector, cosine, relative_error, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order_with_progress;
@@ -542,14 +542,19 @@ fn run_perturbed(
     let theta = p.theta();
     let oracle = Oracle::new(p);
     let start = p.initial_phi(theta)?;
-    let (free, _) = solve_phase(&oracle, &start, theta, 0.0, NewtonParams::default())?;
+    let newton = NewtonParams::default();
+    let free = newton
+        .solve(&oracle, &Phase::new(&start, theta, 0.0, "free phase"))?
+        .phi;
     // One independent direction per phase, fixed by the seed, beta and the phase's place.
     let mut phase_index = 0;
     let mut perturbed = |b: f64| -> Result<Tensor> {
-        let (star, _) = if b == 0.0 {
-            (free.clone(), None)
+        let star = if b == 0.0 {
+            free.clone()
         } else {
-            solve_phase(&oracle, &free, theta, b, NewtonParams::default()).map(|(s, i)| (s, Some(i)))?
+            newton
+                .solve(&oracle, &Phase::new(&free, theta, b, "nudged phase"))?
+                .phi
         };
         let u = placed_direction(
             point.seed,

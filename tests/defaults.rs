@@ -5,7 +5,7 @@
 use approx::assert_relative_eq;
 use cml::autodiff::dense_second_derivatives;
 use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver};
-use cml::inner::{Divergence, DivergenceRule, GdParams, StepSizeRule, gradient_descent};
+use cml::inner::{Divergence, DivergenceRule, GdParams, InnerSolver, Phase, StepSizeRule};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, phase_loss};
@@ -84,15 +84,12 @@ fn without_a_step_size_a_network_phase_uses_power_iteration_and_says_so() {
         tolerance: 0.0,
         ..GdParams::default()
     };
-    let sol = gradient_descent(
-        &oracle,
-        &p.initial_phi(theta).unwrap(),
-        theta,
-        0.0,
-        &params,
-        "free phase",
-    )
-    .unwrap();
+    let sol = params
+        .solve(
+            &oracle,
+            &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free phase"),
+        )
+        .unwrap();
     let StepSizeRule::PowerIteration {
         largest_curvature,
         iterations,
@@ -130,7 +127,9 @@ fn a_default_step_that_diverges_on_the_way_is_halved_and_reported() {
         let p = Synapse::random(&SynapseSpec::default(), 10, seed).unwrap();
         let theta = p.theta().clone();
         let phi0 = p.initial_phi(&theta).unwrap();
-        let sol = gradient_descent(&Oracle::new(&p), &phi0, &theta, 0.0, &params, "free phase").unwrap();
+        let sol = params
+            .solve(&Oracle::new(&p), &Phase::new(&phi0, &theta, 0.0, "free phase"))
+            .unwrap();
         match sol.info.step_size_rule {
             StepSizeRule::PowerIteration {
                 largest_curvature,
@@ -152,7 +151,9 @@ fn a_default_step_that_diverges_on_the_way_is_halved_and_reported() {
         step_size: Some(2.0 * sol.info.step_size),
         ..params
     };
-    let err = gradient_descent(&Oracle::new(&p), &phi0, theta, 0.0, &longer, "free phase").unwrap_err();
+    let err = longer
+        .solve(&Oracle::new(&p), &Phase::new(&phi0, theta, 0.0, "free phase"))
+        .unwrap_err();
     assert!(err.to_string().contains("diverged"), "{err}");
     assert!(sol.info.loss.is_finite());
 }
@@ -168,16 +169,13 @@ fn a_step_size_far_above_two_over_l_is_divergence_naming_the_flag() {
         tolerance: 0.0,
         ..GdParams::default()
     };
-    let err = gradient_descent(
-        &Oracle::new(p.as_ref()),
-        &p.initial_phi(theta).unwrap(),
-        theta,
-        0.0,
-        &params,
-        "free phase",
-    )
-    .unwrap_err()
-    .to_string();
+    let err = params
+        .solve(
+            &Oracle::new(p.as_ref()),
+            &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free phase"),
+        )
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("free phase diverged at step"), "{err}");
     assert!(err.contains("--free-step-size"), "{err}");
     // Geometric growth by 16x per step in the loss crosses the 10% line within a few steps.
@@ -208,13 +206,9 @@ fn a_phase_that_only_refuses_non_finite_losses_runs_through_a_rise_and_stops_at_
             divergence: Divergence::NonFinite,
             ..GdParams::default()
         };
-        gradient_descent(
+        params.solve(
             &Oracle::new(p.as_ref()),
-            &p.initial_phi(theta).unwrap(),
-            theta,
-            0.0,
-            &params,
-            "free phase",
+            &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free phase"),
         )
     };
     let start = p

@@ -7,8 +7,8 @@ use cml::autodiff::gradients;
 use cml::estimator::{
     Contrastive, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator, Unrolled, Variant,
 };
-use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
-use cml::inner::{GdParams, gradient_descent};
+use cml::ground_truth::exact_meta_gradient;
+use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
@@ -105,15 +105,12 @@ fn bptt_matches_finite_differences_through_the_inner_loop_on_a_synapse() {
         let objective = |t: &Vector| {
             let theta = to_tensor(t).unwrap();
             let oracle = Oracle::new(&p);
-            let end = gradient_descent(
-                &oracle,
-                &p.initial_phi(&theta).unwrap(),
-                &theta,
-                0.0,
-                &inner,
-                "fd",
-            )
-            .unwrap();
+            let end = inner
+                .solve(
+                    &oracle,
+                    &Phase::new(&p.initial_phi(&theta).unwrap(), &theta, 0.0, "fd"),
+                )
+                .unwrap();
             p.outer_loss(&end.phi, &theta)
                 .unwrap()
                 .to_scalar::<f64>()
@@ -263,10 +260,15 @@ fn contrastive_newton(p: &dyn BilevelProblem, variant: Variant, beta: f64) -> Ve
     let theta = p.theta().clone();
     let oracle = Oracle::new(p);
     let start = p.initial_phi(&theta).unwrap();
-    let (free, _) = solve_phase(&oracle, &start, &theta, 0.0, NewtonParams::default()).unwrap();
+    let free = NewtonParams::default()
+        .solve(&oracle, &Phase::new(&start, &theta, 0.0, "phase"))
+        .unwrap()
+        .phi;
     variant
         .combine(beta, |b| {
-            let (phi, _) = solve_phase(&oracle, &free, &theta, b, NewtonParams::default())?;
+            let phi = NewtonParams::default()
+                .solve(&oracle, &Phase::new(&free, &theta, b, "phase"))?
+                .phi;
             to_dvector(&oracle.phase_gradients(&phi, &theta, b)?.theta)
         })
         .unwrap()
@@ -314,14 +316,10 @@ fn the_direct_term_matters_on_the_modulation_model() {
     let theta = to_dvector(p.theta()).unwrap();
     let objective = |t: &Vector| {
         let t = to_tensor(t).unwrap();
-        let (phi, _) = solve_phase(
-            &Oracle::new(&p),
-            &truth.phi_star,
-            &t,
-            0.0,
-            NewtonParams::default(),
-        )
-        .unwrap();
+        let phi = NewtonParams::default()
+            .solve(&Oracle::new(&p), &Phase::new(&truth.phi_star, &t, 0.0, "phase"))
+            .unwrap()
+            .phi;
         p.outer_loss(&phi, &t).unwrap().to_scalar::<f64>().unwrap()
     };
     for seed in 0..3 {
@@ -361,16 +359,15 @@ fn the_generic_contrastive_estimate_is_the_local_synapse_rule() {
         let oracle = Oracle::new(&p);
         let theta = p.theta();
         let omega = to_dvector(&p.initial_phi(theta).unwrap()).unwrap();
-        let free = gradient_descent(
-            &oracle,
-            &p.initial_phi(theta).unwrap(),
-            theta,
-            0.0,
-            &phase,
-            "free",
-        )
-        .unwrap();
-        let nudged = gradient_descent(&oracle, &free.phi, theta, beta, &phase, "nudged").unwrap();
+        let free = phase
+            .solve(
+                &oracle,
+                &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free"),
+            )
+            .unwrap();
+        let nudged = phase
+            .solve(&oracle, &Phase::new(&free.phi, theta, beta, "nudged"))
+            .unwrap();
         let (phi0, phib) = (to_dvector(&free.phi).unwrap(), to_dvector(&nudged.phi).unwrap());
         let lambda = to_dvector(&p.strengths(theta).unwrap()).unwrap();
         let lam = |i: usize| if per_synapse { lambda[i] } else { lambda[0] };
@@ -397,16 +394,13 @@ fn first_order_baselines_follow_their_definitions_on_the_synapse() {
     let p = small_synapse(true, 1.0, 6);
     let free = fixed(0.05, 100, 0.0);
     let theta = p.theta();
-    let phi0 = gradient_descent(
-        &Oracle::new(&p),
-        &p.initial_phi(theta).unwrap(),
-        theta,
-        0.0,
-        &free,
-        "f",
-    )
-    .unwrap()
-    .phi;
+    let phi0 = free
+        .solve(
+            &Oracle::new(&p),
+            &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "f"),
+        )
+        .unwrap()
+        .phi;
     let outer = gradients(&|a: &_, b: &_| p.outer_loss(a, b), &phi0, theta).unwrap();
     let n = p.dims().phi;
     let pad = |v: Vector| Vector::from_iterator(2 * n, v.iter().copied().chain(std::iter::repeat_n(0.0, n)));
@@ -506,7 +500,7 @@ fn the_gradient_descent_contrastive_estimator_matches_the_exact_meta_gradient_on
         let exact = exact_meta_gradient(p, p.theta()).unwrap().meta_gradient;
         let e = contrastive.estimate(p, p.theta()).unwrap();
         assert!(
-            e.phases.iter().all(|ph| ph.converged),
+            e.phases.iter().all(|ph| ph.converged()),
             "{}: {:?}",
             p.name(),
             e.phases

@@ -3,7 +3,8 @@
 
 mod common;
 
-use cml::ground_truth::{NewtonParams, exact_meta_gradient, solve_phase};
+use cml::ground_truth::exact_meta_gradient;
+use cml::inner::{InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::oracle::Oracle;
 use cml::problem::BilevelProblem;
@@ -19,14 +20,13 @@ fn newton_phase_solutions_match_the_closed_form() {
             let closed = p.closed_form().unwrap();
             for beta in [0.0, 0.5, -0.05] {
                 let oracle = Oracle::new(p.as_ref());
-                let (phi, info) = solve_phase(
-                    &oracle,
-                    &p.initial_phi(&theta).unwrap(),
-                    &theta,
-                    beta,
-                    NewtonParams::default(),
-                )
-                .unwrap();
+                let (phi, info) = NewtonParams::default()
+                    .solve(
+                        &oracle,
+                        &Phase::new(&p.initial_phi(&theta).unwrap(), &theta, beta, "phase"),
+                    )
+                    .map(|s| (s.phi, s.info))
+                    .unwrap();
                 let exact = closed.phase_solution(&to_dvector(&theta).unwrap(), beta).unwrap();
                 let err = rel(&to_dvector(&phi).unwrap(), &exact);
                 assert!(
@@ -60,14 +60,13 @@ fn exact_implicit_meta_gradient_matches_the_closed_form() {
 fn meta_objective(p: &dyn BilevelProblem, theta: &Vector) -> f64 {
     let theta = to_tensor(theta).unwrap();
     let oracle = Oracle::new(p);
-    let (phi, _) = solve_phase(
-        &oracle,
-        &p.initial_phi(&theta).unwrap(),
-        &theta,
-        0.0,
-        NewtonParams::default(),
-    )
-    .unwrap();
+    let phi = NewtonParams::default()
+        .solve(
+            &oracle,
+            &Phase::new(&p.initial_phi(&theta).unwrap(), &theta, 0.0, "phase"),
+        )
+        .unwrap()
+        .phi;
     p.outer_loss(&phi, &theta).unwrap().to_scalar::<f64>().unwrap()
 }
 

@@ -2,9 +2,10 @@
 
 mod common;
 
-use cml::ground_truth::{NewtonParams, solve_phase};
-use cml::inner::{GdParams, gradient_descent};
-use cml::linalg::norm;
+use approx::assert_relative_eq;
+use cml::engine::Engine;
+use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase, Termination};
+use cml::linalg::{norm, to_dvector};
 use cml::oracle::Oracle;
 use cml::problem::InstanceFile;
 use cml::registry::{draw_problem as build, read_problem as from_instance};
@@ -26,8 +27,13 @@ fn gradient_descent_reports_a_certified_distance_that_bounds_the_true_one() {
                     tolerance: 0.0,
                     ..GdParams::default()
                 };
-                let sol = gradient_descent(&oracle, &phi0, &theta, beta, &params, "phase").unwrap();
-                let (star, _) = solve_phase(&oracle, &phi0, &theta, beta, NewtonParams::default()).unwrap();
+                let sol = params
+                    .solve(&oracle, &Phase::new(&phi0, &theta, beta, "phase"))
+                    .unwrap();
+                let star = NewtonParams::default()
+                    .solve(&oracle, &Phase::new(&phi0, &theta, beta, "phase"))
+                    .unwrap()
+                    .phi;
                 let distance = norm(&(&sol.phi - &star).unwrap()).unwrap();
                 let certified = sol.info.certified_distance.expect("curvature known");
                 assert!(
@@ -36,7 +42,7 @@ fn gradient_descent_reports_a_certified_distance_that_bounds_the_true_one() {
                 );
                 assert_eq!(sol.info.steps, steps);
                 assert_eq!(sol.info.gradient_evaluations, steps + 1);
-                assert!(!sol.info.converged);
+                assert!(!sol.info.converged());
                 // The reported loss and gradient norm are those of the returned point.
                 let g = oracle.phase_gradients(&sol.phi, &theta, beta).unwrap();
                 assert_eq!(g.loss, sol.info.loss);
@@ -57,17 +63,89 @@ fn gradient_descent_stops_at_its_tolerance() {
         tolerance: 1e-8,
         ..GdParams::default()
     };
-    let sol = gradient_descent(
-        &oracle,
-        &p.initial_phi(&theta).unwrap(),
-        &theta,
-        0.0,
-        &params,
-        "free",
-    )
-    .unwrap();
-    assert!(sol.info.converged && sol.info.grad_norm <= 1e-8);
+    let sol = params
+        .solve(
+            &oracle,
+            &Phase::new(&p.initial_phi(&theta).unwrap(), &theta, 0.0, "free"),
+        )
+        .unwrap();
+    assert!(sol.info.converged() && sol.info.grad_norm <= 1e-8);
     assert!(sol.info.steps < 100_000);
+}
+
+#[test]
+fn every_solver_says_why_it_stopped() {
+    // Each reason follows from the settings: a tolerance reached, a budget run out with no
+    // tolerance, a budget run out above one, and Newton's step vanishing at machine precision.
+    let p = build("logistic", 1).unwrap();
+    let theta = p.theta().clone();
+    let start = p.initial_phi(&theta).unwrap();
+    let phase = Phase::new(&start, &theta, 0.1, "phase");
+    let oracle = Oracle::new(p.as_ref());
+    let run = |max_steps, tolerance| {
+        GdParams {
+            max_steps,
+            tolerance,
+            ..GdParams::default()
+        }
+        .solve(&oracle, &phase)
+        .unwrap()
+        .info
+    };
+    let reached = run(100_000, 1e-6);
+    assert_eq!(reached.termination, Termination::Tolerance);
+    assert!(reached.grad_norm <= 1e-6 && reached.steps < 100_000 && reached.converged());
+    let budget = run(5, 0.0);
+    assert_eq!(budget.termination, Termination::Budget);
+    assert!(budget.steps == 5 && !budget.converged());
+    let exceeded = run(5, 1e-6);
+    assert_eq!(exceeded.termination, Termination::BudgetExceeded);
+    assert!(exceeded.steps == 5 && exceeded.grad_norm > 1e-6 && !exceeded.converged());
+    let newton = NewtonParams::default().solve(&oracle, &phase).unwrap().info;
+    assert_eq!(newton.termination, Termination::Stationary);
+    assert!(newton.converged() && newton.grad_norm <= 1e-10 && newton.steps < 50);
+}
+
+#[test]
+fn an_observer_sees_every_iterate_a_step_is_taken_from() {
+    // With a given step size alpha, iterate k + 1 is phi_k - alpha d_phi L_beta(phi_k); the
+    // gradients are recomputed here by Candle autodiff, apart from the solver. The fast engine
+    // shows the same iterates up to rounding.
+    let p = build("ridge", 3).unwrap();
+    let theta = p.theta().clone();
+    let start = p.initial_phi(&theta).unwrap();
+    let (alpha, beta, steps) = (0.01, 0.3, 4);
+    let oracle = Oracle::new(p.as_ref());
+    for engine in [Engine::Candle, Engine::Auto] {
+        let params = GdParams {
+            step_size: Some(alpha),
+            max_steps: steps,
+            engine,
+            ..GdParams::default()
+        };
+        let mut seen = Vec::new();
+        let end = params
+            .solve_observed(
+                &oracle,
+                &Phase::new(&start, &theta, beta, "phase"),
+                &mut |k, phi: &candle_core::Tensor| seen.push((k, to_dvector(phi).unwrap())),
+            )
+            .unwrap();
+        assert_eq!(
+            seen.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            (0..steps).collect::<Vec<_>>()
+        );
+        assert_eq!(seen[0].1, to_dvector(&start).unwrap());
+        let mut next: Vec<_> = seen.iter().skip(1).map(|(_, phi)| phi.clone()).collect();
+        next.push(to_dvector(&end.phi).unwrap());
+        for ((_, phi), after) in seen.iter().zip(&next) {
+            let grad = oracle
+                .phase_phi_gradient(&cml::linalg::to_tensor(phi).unwrap(), &theta, beta)
+                .unwrap();
+            let expected = phi - to_dvector(&grad.phi).unwrap() * alpha;
+            assert_relative_eq!(after, &expected, max_relative = 1e-12);
+        }
+    }
 }
 
 #[test]
@@ -105,7 +183,8 @@ fn zero_step_budget_and_bad_step_sizes_are_errors() {
             "step size = NaN",
         ),
     ] {
-        let err = gradient_descent(&oracle, &phi0, &theta, 0.0, &params, "free")
+        let err = params
+            .solve(&oracle, &Phase::new(&phi0, &theta, 0.0, "free"))
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{err}");

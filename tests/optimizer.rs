@@ -5,7 +5,7 @@
 use approx::assert_relative_eq;
 use cml::engine::Engine;
 use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Unrolled, Variant};
-use cml::inner::{GdParams, gradient_descent};
+use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::model::Mlp;
 use cml::optimizer::{Optimizer, OptimizerState};
 use cml::oracle::Oracle;
@@ -110,24 +110,15 @@ fn every_nudged_phase_starts_with_a_fresh_optimizer_state() {
     let p = build("quadratic", 0).unwrap();
     let theta = p.theta();
     let oracle = Oracle::new(p.as_ref());
-    let free = gradient_descent(
-        &oracle,
-        &p.initial_phi(theta).unwrap(),
-        theta,
-        0.0,
-        &phase(ADAM, Engine::Auto, 300),
-        "free phase",
-    )
-    .unwrap();
-    let nudged = gradient_descent(
-        &oracle,
-        &free.phi,
-        theta,
-        0.1,
-        &phase(ADAM, Engine::Auto, 1),
-        "nudged phase",
-    )
-    .unwrap();
+    let free = (phase(ADAM, Engine::Auto, 300))
+        .solve(
+            &oracle,
+            &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free phase"),
+        )
+        .unwrap();
+    let nudged = (phase(ADAM, Engine::Auto, 1))
+        .solve(&oracle, &Phase::new(&free.phi, theta, 0.1, "nudged phase"))
+        .unwrap();
     let moved = (&nudged.phi - &free.phi)
         .unwrap()
         .abs()
@@ -155,16 +146,13 @@ fn momentum_reaches_a_tolerance_in_fewer_steps_than_gradient_descent() {
             optimizer,
             ..GdParams::default()
         };
-        let sol = gradient_descent(
-            &Oracle::new(p.as_ref()),
-            &p.initial_phi(theta).unwrap(),
-            theta,
-            0.0,
-            &params,
-            "free phase",
-        )
-        .unwrap();
-        assert!(sol.info.converged);
+        let sol = params
+            .solve(
+                &Oracle::new(p.as_ref()),
+                &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free phase"),
+            )
+            .unwrap();
+        assert!(sol.info.converged());
         sol.info.steps
     };
     let momentum = ((r - 1.0) / (r + 1.0)).powi(2);

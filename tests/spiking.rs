@@ -8,7 +8,7 @@ use approx::assert_relative_eq;
 use cml::autodiff::gradients;
 use cml::engine::FirstOrderPhase;
 use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
-use cml::inner::{GdParams, gradient_descent};
+use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, phase_loss};
@@ -278,7 +278,11 @@ fn the_contrastive_estimate_matches_finite_differences_of_the_meta_objective() {
     };
     let meta_objective = |omega: &Vector| {
         let p = problem(omega);
-        let phi = gradient_descent(&Oracle::new(&p), p.theta(), p.theta(), 0.0, &solve, "free phase")
+        let phi = solve
+            .solve(
+                &Oracle::new(&p),
+                &Phase::new(p.theta(), p.theta(), 0.0, "free phase"),
+            )
             .unwrap()
             .phi;
         p.losses(to_dvector(&phi).unwrap().as_slice()).query_mse

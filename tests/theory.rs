@@ -5,7 +5,7 @@ mod common;
 
 use cml::estimator::Variant;
 use cml::ground_truth::exact_meta_gradient;
-use cml::inner::{GdParams, gradient_descent};
+use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, norm, to_dvector, to_tensor};
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
@@ -145,7 +145,7 @@ proptest! {
         let star = to_tensor(&q.phase_solution(&theta, beta).unwrap()).unwrap();
         let phi0 = q.initial_phi(q.theta()).unwrap();
         let params = GdParams { step_size: Some(1.0 / c.smoothness), max_steps: steps, tolerance: 0.0, ..GdParams::default() };
-        let sol = gradient_descent(&Oracle::new(&q), &phi0, q.theta(), beta, &params, "phase").unwrap();
+        let sol = params.solve(&Oracle::new(&q), &Phase::new(&phi0, q.theta(), beta, "phase")).unwrap();
         let distance = norm(&(&sol.phi - &star).unwrap()).unwrap();
         let start = norm(&(&phi0 - &star).unwrap()).unwrap();
         let rate = (1.0 - c.strong_convexity / c.smoothness).powi(steps as i32);

@@ -6,7 +6,7 @@ use super::posterior::{LinearPosterior, Prior};
 use super::task::{BanditTask, Pulls};
 use super::wheel::{ARMS, Context};
 use crate::error::{CmlError, Result};
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
@@ -218,13 +218,9 @@ impl OnlineLearner {
             optimizer: self.params.optimizer,
             ..GdParams::default()
         };
-        match gradient_descent(
+        match gd.solve(
             &Oracle::new(problem.as_ref()),
-            &self.phi,
-            &self.theta_tensor,
-            0.0,
-            &gd,
-            "online training",
+            &Phase::new(&self.phi, &self.theta_tensor, 0.0, "online training"),
         ) {
             Ok(solution) => self.phi = solution.phi,
             Err(CmlError::Diverged { .. }) => self.rejected += 1,

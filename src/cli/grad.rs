@@ -4,7 +4,7 @@ use super::estimator_args::EstimatorArgs;
 use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::exact_meta_gradient;
-use crate::inner::GdInfo;
+use crate::inner::PhaseInfo;
 use crate::linalg::{cosine, relative_error};
 use crate::oracle::Cost;
 use std::time::Instant;
@@ -40,7 +40,7 @@ struct GradReport {
     estimator: String,
     estimate: Vec<f64>,
     cost: Cost,
-    phases: Vec<GdInfo>,
+    phases: Vec<PhaseInfo>,
     linear_residual: Option<f64>,
     /// How far the estimate may be from the meta-gradient (contrastive estimates).
     error_bar: Option<ErrorBar>,
@@ -98,7 +98,7 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
             within_error_bar: estimate.error_bar.as_ref().map(|b| absolute_error <= b.bar),
             cosine: cosine(&estimate.gradient, &truth.meta_gradient),
             exact: truth.meta_gradient.iter().copied().collect(),
-            newton_iterations: truth.newton.iterations,
+            newton_iterations: truth.newton.steps,
             newton_grad_norm: truth.newton.grad_norm,
             seconds_exact: clock.elapsed().as_secs_f64(),
         })

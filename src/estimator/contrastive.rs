@@ -10,7 +10,7 @@
 
 use super::{Estimate, MetaGradientEstimator};
 use crate::error::{CmlError, Result};
-use crate::inner::{GdParams, PhaseSolution, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase, PhaseSolution};
 use crate::linalg::{Vector, to_dvector};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
@@ -120,19 +120,21 @@ impl Variant {
     }
 }
 
-/// Parameters of the contrastive estimator.
+/// Parameters of the contrastive estimator: the stencil, the nudging strength, and the inner
+/// solver of each phase (gradient descent by default; any [`InnerSolver`], e.g. damped Newton
+/// for phases solved to machine precision).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Contrastive {
+pub struct Contrastive<S = GdParams> {
     pub variant: Variant,
     /// Nudging strength; non-zero and finite.
     pub beta: f64,
     /// The free phase, from the problem's initial `phi`.
-    pub free: GdParams,
+    pub free: S,
     /// Each nudged phase, from the free-phase solution.
-    pub nudged: GdParams,
+    pub nudged: S,
 }
 
-impl Contrastive {
+impl<S: InnerSolver> Contrastive<S> {
     pub fn validate(&self) -> Result<()> {
         if !self.beta.is_finite() || self.beta == 0.0 {
             return Err(CmlError::invalid(
@@ -146,7 +148,7 @@ impl Contrastive {
     }
 }
 
-impl MetaGradientEstimator for Contrastive {
+impl<S: InnerSolver + Clone> MetaGradientEstimator for Contrastive<S> {
     fn describe(&self) -> String {
         format!("contrastive {} (beta = {})", self.variant.name(), self.beta)
     }
@@ -163,8 +165,8 @@ impl MetaGradientEstimator for Contrastive {
 /// The phases of contrastive estimates at one `theta`: the free phase, run once, and every
 /// nudged phase run so far, so that stencils at several nudging strengths (the error bar's
 /// `beta` and `2 beta`, the pilots of `--beta auto`) share them.
-pub struct PhaseRuns<'o, 'p> {
-    rule: Contrastive,
+pub struct PhaseRuns<'o, 'p, S = GdParams> {
+    rule: Contrastive<S>,
     oracle: &'o Oracle<'p>,
     theta: &'o Tensor,
     free: PhaseSolution,
@@ -172,23 +174,19 @@ pub struct PhaseRuns<'o, 'p> {
     nudged: Vec<(f64, PhaseSolution)>,
 }
 
-impl<'o, 'p> PhaseRuns<'o, 'p> {
+impl<'o, 'p, S: InnerSolver + Clone> PhaseRuns<'o, 'p, S> {
     /// Runs the free phase of `rule` from the problem's initial `phi`.
-    pub fn start(rule: &Contrastive, oracle: &'o Oracle<'p>, theta: &'o Tensor) -> Result<Self> {
+    pub fn start(rule: &Contrastive<S>, oracle: &'o Oracle<'p>, theta: &'o Tensor) -> Result<Self> {
         let problem = oracle.problem();
-        let free = gradient_descent(
+        let free = rule.free.solve(
             oracle,
-            &problem.initial_phi(theta)?,
-            theta,
-            0.0,
-            &rule.free,
-            "free phase",
+            &Phase::new(&problem.initial_phi(theta)?, theta, 0.0, "free phase"),
         )?;
         // The free solution is kept through the nudged phases, beside the current iterate, its
         // gradient, and the running estimate with g(0).
         oracle.keep_alive(3 * problem.dims().phi + 3 * problem.dims().theta);
         Ok(PhaseRuns {
-            rule: *rule,
+            rule: rule.clone(),
             oracle,
             theta,
             free,
@@ -209,14 +207,10 @@ impl<'o, 'p> PhaseRuns<'o, 'p> {
                 // from the free solution, as that code does).
                 let run = self.rule.variant.phase_beta(b);
                 let name = format!("nudged phase (beta = {run})");
-                let nudged = gradient_descent(
-                    self.oracle,
-                    &self.free.phi,
-                    self.theta,
-                    run,
-                    &self.rule.nudged,
-                    &name,
-                )?;
+                let nudged = self
+                    .rule
+                    .nudged
+                    .solve(self.oracle, &Phase::new(&self.free.phi, self.theta, run, &name))?;
                 self.nudged.push((b, nudged));
                 self.nudged.len() - 1
             }
@@ -224,7 +218,7 @@ impl<'o, 'p> PhaseRuns<'o, 'p> {
         Ok(&self.nudged[at].1)
     }
 
-    pub fn rule(&self) -> &Contrastive {
+    pub fn rule(&self) -> &Contrastive<S> {
         &self.rule
     }
 
@@ -272,8 +266,7 @@ impl<'o, 'p> PhaseRuns<'o, 'p> {
             warnings: Vec::new(),
             error_bar: None,
         };
-        let (free, nudged) = (self.rule.free.tolerance, self.rule.nudged.tolerance);
-        estimate.add_phase_warnings(|i| if i == 0 { free } else { nudged });
+        estimate.add_phase_warnings(true);
         estimate
     }
 }

@@ -9,7 +9,7 @@
 
 use super::{Estimate, MetaGradientEstimator};
 use crate::error::Result;
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::to_dvector;
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
@@ -39,7 +39,9 @@ impl MetaGradientEstimator for FirstOrder {
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         let oracle = Oracle::new(problem);
         let phi_init = problem.initial_phi(theta)?;
-        let free = gradient_descent(&oracle, &phi_init, theta, 0.0, &self.free, "free phase")?;
+        let free = self
+            .free
+            .solve(&oracle, &Phase::new(&phi_init, theta, 0.0, "free phase"))?;
         oracle.keep_alive(3 * problem.dims().phi + problem.dims().theta);
         let gradient = match self.rule {
             FirstOrderRule::FirstOrderMaml => {
@@ -59,7 +61,7 @@ impl MetaGradientEstimator for FirstOrder {
             error_bar: None,
         };
         // The first-order rules do not assume a converged inner loop: only rises are worth a word.
-        estimate.add_phase_warnings(|_| 0.0);
+        estimate.add_phase_warnings(false);
         Ok(estimate)
     }
 }

@@ -7,7 +7,7 @@ use super::{Estimate, MetaGradientEstimator};
 use crate::error::Result;
 pub use crate::implicit_function::LinearSolver;
 use crate::implicit_function::implicit_meta_gradient;
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
 use candle_core::Tensor;
@@ -26,13 +26,9 @@ impl MetaGradientEstimator for Implicit {
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.solver.validate()?;
         let oracle = Oracle::new(problem);
-        let free = gradient_descent(
+        let free = self.free.solve(
             &oracle,
-            &problem.initial_phi(theta)?,
-            theta,
-            0.0,
-            &self.free,
-            "free phase",
+            &Phase::new(&problem.initial_phi(theta)?, theta, 0.0, "free phase"),
         )?;
         let solution = implicit_meta_gradient(&oracle, &free.phi, theta, self.solver)?;
         let mut estimate = Estimate {
@@ -45,7 +41,7 @@ impl MetaGradientEstimator for Implicit {
             warnings: solution.warning.into_iter().collect(),
             error_bar: None,
         };
-        estimate.add_phase_warnings(|_| self.free.tolerance);
+        estimate.add_phase_warnings(true);
         Ok(estimate)
     }
 }

@@ -9,7 +9,7 @@ pub mod implicit;
 pub mod unrolled;
 
 use crate::error::{CmlError, Result};
-use crate::inner::{GdInfo, GdParams};
+use crate::inner::{GdParams, PhaseInfo, Termination};
 use crate::linalg::Vector;
 use crate::oracle::Cost;
 use crate::problem::BilevelProblem;
@@ -25,7 +25,7 @@ pub struct Estimate {
     pub gradient: Vector,
     pub cost: Cost,
     /// Every gradient-descent phase run, in order (free phase first).
-    pub phases: Vec<GdInfo>,
+    pub phases: Vec<PhaseInfo>,
     /// The end point of every phase in `phases`, in the same order.
     pub phase_points: Vec<Tensor>,
     /// The adapted fast parameters (the free phase's end point, or `phi_K` when unrolled).
@@ -40,27 +40,26 @@ pub struct Estimate {
 }
 
 impl Estimate {
-    /// Warns about every phase stopped by its step budget above its (non-zero) tolerance (the
-    /// estimate is then taken at an inexact phase, off by up to the certified distance), and
-    /// about every phase whose loss rose without diverging.
-    pub fn add_phase_warnings(&mut self, tolerances: impl Fn(usize) -> f64) {
+    /// Warns about every phase whose loss rose without diverging and, with `budget_warnings`,
+    /// about every phase stopped by its step budget above its (non-zero) tolerance (the
+    /// estimate is then taken at an inexact phase, off by up to the certified distance).
+    pub fn add_phase_warnings(&mut self, budget_warnings: bool) {
         for (i, ph) in self.phases.iter().enumerate() {
             let which = if i == 0 {
                 "the free phase"
             } else {
                 "a nudged phase"
             };
-            let tol = tolerances(i);
-            if tol > 0.0 && !ph.converged {
+            if budget_warnings && ph.termination == Termination::BudgetExceeded {
                 let bound = ph
                     .certified_distance
                     .map_or("unknown (no known strong convexity)".into(), |d| {
                         format!("<= {d:.3e}")
                     });
                 self.warnings.push(format!(
-                    "{which} (beta = {}) stopped at its budget of {} steps with |grad| = {:.3e} above its tolerance {tol:e}; \
+                    "{which} (beta = {}) stopped at its budget of {} steps with |grad| = {:.3e} above its tolerance {:e}; \
                      distance to its solution {bound}",
-                    ph.beta, ph.steps, ph.grad_norm
+                    ph.beta, ph.steps, ph.grad_norm, ph.tolerance
                 ));
             }
             if let Some(r) = ph.loss_rises {

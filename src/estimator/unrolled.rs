@@ -10,7 +10,7 @@
 
 use super::{Estimate, MetaGradientEstimator};
 use crate::error::Result;
-use crate::inner::{GdParams, gradient_descent_observed};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::to_dvector;
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
@@ -40,14 +40,10 @@ impl MetaGradientEstimator for Unrolled {
         let keep = self.truncation.unwrap_or(usize::MAX);
         let mut iterates: VecDeque<Tensor> = VecDeque::new();
         let phi0 = problem.initial_phi(theta)?;
-        let end = gradient_descent_observed(
+        let end = self.inner.solve_observed(
             &oracle,
-            &phi0,
-            theta,
-            0.0,
-            &self.inner,
-            "inner loop",
-            &mut |k, phi| {
+            &Phase::new(&phi0, theta, 0.0, "inner loop"),
+            &mut |k, phi: &Tensor| {
                 if k == 0 {
                     iterates.clear(); // a restarted phase (halved default step) begins again
                 }
@@ -85,7 +81,7 @@ impl MetaGradientEstimator for Unrolled {
             error_bar: None,
         };
         // BPTT differentiates the steps taken, converged or not: only rises are worth a word.
-        estimate.add_phase_warnings(|_| 0.0);
+        estimate.add_phase_warnings(false);
         Ok(estimate)
     }
 }

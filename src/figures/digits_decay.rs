@@ -13,7 +13,7 @@ use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Variant};
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::model::Mlp;
 use crate::oracle::Oracle;
@@ -165,15 +165,13 @@ fn fit(
         theta,
     )?;
     let t = to_tensor(theta)?;
-    let phi = gradient_descent(
-        &Oracle::new(&p),
-        &p.initial_phi(&t)?,
-        &t,
-        0.0,
-        &protocol.phase(protocol.free_steps),
-        "adaptation",
-    )?
-    .phi;
+    let phi = protocol
+        .phase(protocol.free_steps)
+        .solve(
+            &Oracle::new(&p),
+            &Phase::new(&p.initial_phi(&t)?, &t, 0.0, "adaptation"),
+        )?
+        .phi;
     Ok((p, phi))
 }
 

@@ -11,7 +11,7 @@ use crate::error::{CmlError, Result};
 use crate::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled, Variant,
 };
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::meta_training::TaskMetaTraining;
 use crate::model::Mlp;
@@ -290,13 +290,9 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
                 let problem = Synapse::new(spec.clone(), e.clone(), &theta)?;
                 let theta = to_tensor(&theta)?;
                 let start = problem.initial_phi(&theta)?;
-                let (phi, diverged) = match gradient_descent(
+                let (phi, diverged) = match adaptation.solve(
                     &Oracle::new(&problem),
-                    &start,
-                    &theta,
-                    0.0,
-                    &adaptation,
-                    "adaptation",
+                    &Phase::new(&start, &theta, 0.0, "adaptation"),
                 ) {
                     Ok(s) => (s.phi, false),
                     Err(CmlError::Diverged { .. }) => (start, true),

@@ -8,7 +8,7 @@ use super::training::{seed_mean_ci, t975};
 use super::{Settings, num, running_mean, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
 use crate::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Unrolled, Variant};
-use crate::inner::{Divergence, GdParams, gradient_descent};
+use crate::inner::{Divergence, GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, cosine, to_dvector};
 use crate::meta_training::TaskMetaTraining;
 use crate::optimizer::Optimizer;
@@ -409,7 +409,10 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
 /// are `omega` itself, unadapted, and the caller counts it).
 fn adapt(problem: &SpikingSynapse, params: &GdParams) -> Result<(Vector, bool)> {
     let theta = problem.theta();
-    match gradient_descent(&Oracle::new(problem), theta, theta, 0.0, params, "adaptation") {
+    match params.solve(
+        &Oracle::new(problem),
+        &Phase::new(theta, theta, 0.0, "adaptation"),
+    ) {
         Ok(s) => Ok((to_dvector(&s.phi)?, false)),
         Err(CmlError::Diverged { .. }) => Ok((to_dvector(theta)?, true)),
         Err(e) => Err(e),

@@ -7,7 +7,7 @@ use super::{Settings, num, save, write_csv, write_table};
 use crate::adam::Adam;
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
-use crate::inner::{GdParams, gradient_descent};
+use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
@@ -46,15 +46,12 @@ fn phase(steps: usize) -> GdParams {
 /// Adapt from the initial weights with strengths `theta`, then measure.
 fn losses(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<Losses> {
     let theta = to_tensor(theta)?;
-    let phi = gradient_descent(
-        &Oracle::new(p),
-        &p.initial_phi(&theta)?,
-        &theta,
-        0.0,
-        &free,
-        "adaptation",
-    )?
-    .phi;
+    let phi = free
+        .solve(
+            &Oracle::new(p),
+            &Phase::new(&p.initial_phi(&theta)?, &theta, 0.0, "adaptation"),
+        )?
+        .phi;
     Ok(Losses {
         validation: p.outer_loss(&phi, &theta)?.to_scalar::<f64>()?,
         test: p.test_loss(&phi)?,

@@ -1,6 +1,7 @@
-//! Inner learning: gradient descent on a phase loss `L_beta = L_in + beta L_out` (MATH.md §2).
-//! The free phase is `beta = 0`; nudged phases start from the free solution.
+//! Gradient descent (and the momentum and Adam rules of [`Optimizer`]) on a phase loss
+//! `L_beta = L_in + beta L_out` (MATH.md §2): the inner solver the estimators learn with.
 
+use super::{InnerSolver, Phase, PhaseInfo, PhaseObserver, PhaseSolution, Termination};
 use crate::autodiff::Gradients;
 use crate::engine::{Engine, FirstOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
@@ -11,7 +12,7 @@ use crate::problem::Curvature;
 use crate::smoothness;
 use candle_core::{Device, Tensor};
 
-/// Gradient-descent settings of one phase.
+/// Gradient-descent settings of one phase; as an [`InnerSolver`], gradient descent itself.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct GdParams {
     /// Step size; `None` takes `1 / L_beta` from the problem's known smoothness, or, where it is
@@ -104,6 +105,9 @@ pub enum StepSizeRule {
     InverseSmoothness { smoothness: f64 },
     /// Adam's usual 1e-3 (its steps are scaled per coordinate, so curvature does not set it).
     AdamDefault,
+    /// Damped Newton steps `(H + tau I)^{-1} grad` with backtracking on the loss
+    /// ([`super::NewtonParams`]); the step size is that of the full step, 1.
+    Newton,
     /// `1 / (safety L_hat)`, `L_hat` the largest curvature at the start point by power iteration.
     /// `halvings` counts restarts after a divergence, each with half the step.
     PowerIteration {
@@ -119,6 +123,7 @@ impl StepSizeRule {
         match self {
             StepSizeRule::Given => "given".into(),
             StepSizeRule::AdamDefault => format!("Adam's default {ADAM_DEFAULT_STEP}"),
+            StepSizeRule::Newton => "damped Newton steps with backtracking".into(),
             StepSizeRule::InverseSmoothness { smoothness } => {
                 format!("1 / L with L = {smoothness:.4e} (known)")
             }
@@ -151,36 +156,6 @@ pub struct LossRises {
     /// The largest rise, and the step it happened at.
     pub largest: f64,
     pub at_step: usize,
-}
-
-/// What happened in one phase.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
-pub struct GdInfo {
-    /// The phase's nudging strength (`0` for the free phase).
-    pub beta: f64,
-    pub step_size: f64,
-    pub step_size_rule: StepSizeRule,
-    pub steps: usize,
-    pub gradient_evaluations: usize,
-    /// `||d_phi L_beta||` at the returned point.
-    pub grad_norm: f64,
-    pub loss: f64,
-    /// `||grad|| / mu_beta >= ||phi - phi*_beta||` (MATH.md §3) where `mu_beta > 0` is known.
-    pub certified_distance: Option<f64>,
-    /// Whether the tolerance was reached within the budget.
-    pub converged: bool,
-    /// The engine that computed the gradients (`fast` or `candle`).
-    pub engine: Engine,
-    /// Where the loss went up without diverging (`None`: it never rose beyond rounding).
-    pub loss_rises: Option<LossRises>,
-}
-
-/// The end point of a phase and the gradients there (`gradients.theta` is `g(beta)`).
-#[derive(Debug, Clone)]
-pub struct PhaseSolution {
-    pub phi: Tensor,
-    pub gradients: Gradients,
-    pub info: GdInfo,
 }
 
 /// Divergence: the loss exceeds its start by more than this fraction of its scale,
@@ -252,34 +227,19 @@ impl DivergenceRule {
     }
 }
 
-/// Runs gradient descent on `L_beta` from `phi0`.
-pub fn gradient_descent(
-    oracle: &Oracle,
-    phi0: &Tensor,
-    theta: &Tensor,
-    beta: f64,
-    params: &GdParams,
-    phase: &str,
-) -> Result<PhaseSolution> {
-    run_gradient_descent(oracle, phi0, theta, beta, params, phase, None)
-}
+impl InnerSolver for GdParams {
+    fn validate(&self, phase: &str) -> Result<()> {
+        GdParams::validate(self, phase)
+    }
 
-/// Sees `(k, phi_k)` for every iterate a step is taken from.
-pub type IterateObserver<'a> = dyn FnMut(usize, &Tensor) + 'a;
-
-/// [`gradient_descent`] with an observer that sees every iterate `phi_k` a step is taken from,
-/// with its index `k = 0 .. steps - 1`, e.g. to store them for backpropagation through the steps.
-/// A phase restarted with a halved default step size (docs/STEP_SIZE.md) starts again at `k = 0`.
-pub fn gradient_descent_observed(
-    oracle: &Oracle,
-    phi0: &Tensor,
-    theta: &Tensor,
-    beta: f64,
-    params: &GdParams,
-    phase: &str,
-    observer: &mut dyn FnMut(usize, &Tensor),
-) -> Result<PhaseSolution> {
-    run_gradient_descent(oracle, phi0, theta, beta, params, phase, Some(observer))
+    fn solve_observed(
+        &self,
+        oracle: &Oracle,
+        phase: &Phase,
+        observer: &mut dyn PhaseObserver,
+    ) -> Result<PhaseSolution> {
+        run_gradient_descent(oracle, phase, self, observer)
+    }
 }
 
 /// One phase's iterate and the gradient last evaluated there, on one engine.
@@ -293,7 +253,7 @@ trait Iterate {
     fn step(&mut self, step_size: f64) -> Result<()>;
     /// One update by `state`'s rule with the gradient last evaluated.
     fn update(&mut self, state: &mut OptimizerState, step_size: f64) -> Result<()>;
-    fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()>;
+    fn observe(&self, step: usize, observer: &mut dyn PhaseObserver) -> Result<()>;
     /// The current point and the gradients last evaluated with `with_theta`.
     fn finish(self: Box<Self>) -> Result<(Tensor, Gradients)>;
 }
@@ -338,8 +298,8 @@ impl Iterate for CandleIterate<'_, '_> {
         Ok(())
     }
 
-    fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()> {
-        observer(step, &self.phi);
+    fn observe(&self, step: usize, observer: &mut dyn PhaseObserver) -> Result<()> {
+        observer.iterate(step, &self.phi);
         Ok(())
     }
 
@@ -392,8 +352,8 @@ impl Iterate for FastIterate<'_, '_> {
         Ok(())
     }
 
-    fn observe(&self, step: usize, observer: &mut dyn FnMut(usize, &Tensor)) -> Result<()> {
-        observer(
+    fn observe(&self, step: usize, observer: &mut dyn PhaseObserver) -> Result<()> {
+        observer.iterate(
             step,
             &Tensor::from_slice(&self.phi, self.phi.len(), &Device::Cpu)?,
         );
@@ -458,13 +418,16 @@ fn iterate<'a, 'p>(
 
 fn run_gradient_descent(
     oracle: &Oracle,
-    phi0: &Tensor,
-    theta: &Tensor,
-    beta: f64,
+    phase_to_solve: &Phase,
     params: &GdParams,
-    phase: &str,
-    mut observer: Option<&mut IterateObserver>,
+    observer: &mut dyn PhaseObserver,
 ) -> Result<PhaseSolution> {
+    let Phase {
+        start: phi0,
+        theta,
+        beta,
+        name: phase,
+    } = *phase_to_solve;
     params.validate(phase)?;
     let curvature = oracle.problem().curvature(theta, beta)?;
     let start = oracle.cost().gradient_evaluations;
@@ -506,7 +469,7 @@ fn run_gradient_descent(
         start,
     };
     loop {
-        match run.run(&mut observer) {
+        match run.run(observer) {
             // A default from the curvature at the start can be too long for a non-convex path:
             // halve it and start the phase again (docs/STEP_SIZE.md).
             Err(CmlError::Diverged { .. }) if matches!(run.step_size_rule, StepSizeRule::PowerIteration { halvings, .. } if halvings < MAX_HALVINGS) =>
@@ -540,7 +503,7 @@ struct Descent<'a, 'p> {
 }
 
 impl Descent<'_, '_> {
-    fn run(&self, observer: &mut Option<&mut IterateObserver>) -> Result<PhaseSolution> {
+    fn run(&self, observer: &mut dyn PhaseObserver) -> Result<PhaseSolution> {
         let Descent {
             oracle,
             params,
@@ -589,23 +552,31 @@ impl Descent<'_, '_> {
                     .curvature
                     .filter(|c| c.strong_convexity > 0.0)
                     .map(|c| grad_norm / c.strong_convexity);
-                let info = GdInfo {
+                let termination = if converged {
+                    Termination::Tolerance
+                } else if params.tolerance > 0.0 {
+                    Termination::BudgetExceeded
+                } else {
+                    Termination::Budget
+                };
+                let info = PhaseInfo {
                     beta: self.beta,
                     step_size,
                     step_size_rule,
                     steps: step,
                     gradient_evaluations: oracle.cost().gradient_evaluations - self.start,
                     grad_norm,
+                    tolerance: params.tolerance,
                     loss,
                     certified_distance,
-                    converged,
+                    termination,
                     engine: it.engine(),
                     loss_rises: rule.as_ref().and_then(DivergenceRule::rises),
                 };
                 let (phi, gradients) = it.finish()?;
                 return Ok(PhaseSolution { phi, gradients, info });
             }
-            if let Some(observer) = observer.as_deref_mut() {
+            if observer.wants_iterates() {
                 it.observe(step, observer)?;
             }
             if params.optimizer == Optimizer::GradientDescent {
