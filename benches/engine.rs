@@ -15,7 +15,7 @@ use cml::linalg::{Vector, relative_error};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
-use cml::problem::BilevelProblem;
+use cml::problem::{ProblemInstance, ToInstanceFile};
 use cml::problem::{SinusoidTask, Synapse, SynapseSpec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
@@ -179,7 +179,7 @@ fn side_by_side(quick: bool) {
 }
 
 /// Heap allocations of one phase of `k` steps.
-fn allocations(p: &dyn BilevelProblem, k: usize, engine: Engine) -> usize {
+fn allocations(p: &dyn ProblemInstance, k: usize, engine: Engine) -> usize {
     let theta = p.theta();
     let phi = p.initial_phi(theta).unwrap();
     let oracle = Oracle::new(p);

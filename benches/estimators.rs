@@ -8,7 +8,7 @@ use cml::inner::GdParams;
 use cml::linalg::{Vector, to_tensor};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
-use cml::problem::BilevelProblem;
+use cml::problem::{BilevelProblem, ProblemInstance};
 use cml::problem::{Synapse, SynapseSpec};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use std::time::Duration;

@@ -11,7 +11,7 @@ use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
 use cml::parallel::map_in_order;
-use cml::problem::BilevelProblem;
+use cml::problem::{BilevelProblem, ProblemInstance};
 use cml::problem::{Synapse, SynapseSpec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -70,7 +70,7 @@ fn phase(k: usize) -> GdParams {
 }
 
 /// Seconds per inner gradient step on `L_beta`, from a run of `k` steps (best of three).
-fn step_time(p: &dyn BilevelProblem, k: usize, beta: f64) -> f64 {
+fn step_time(p: &dyn ProblemInstance, k: usize, beta: f64) -> f64 {
     let theta = p.theta();
     let phi = p.initial_phi(theta).unwrap();
     (0..3)

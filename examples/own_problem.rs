@@ -8,15 +8,15 @@
 //! `L_out(w) = 1/(2m) ||X_v w - y_v||^2`, starting from `w = 0`.
 
 use candle_core::{Device, Tensor};
-use cml::estimator::{EstimatorParams, Variant};
+use cml::estimator::{Contrastive, EstimatorParams, EstimatorSpec, Variant};
 use cml::fit::fit_variant;
 use cml::ground_truth::exact_meta_gradient;
 use cml::inner::GdParams;
 use cml::linalg::{Vector, matrix_to_tensor, relative_error, to_dvector, to_tensor};
-use cml::problem::{BilevelProblem, Curvature, Dims, InstanceFile};
+use cml::problem::{BilevelProblem, Curvature, Dims, ProblemInstance};
 use cml::registry::ESTIMATORS;
 use cml::rng::{normal_matrix, normal_vector, seeded};
-use cml::sweep::{Budget, SweepConfig, parse_log_range, run_on};
+use cml::sweep::{Budget, ProblemSource, SweepConfig, parse_log_range, run_on};
 use nalgebra::DMatrix;
 
 /// The user's problem: data and where to evaluate the meta-gradient.
@@ -58,9 +58,6 @@ fn half_mse(x: &Tensor, y: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 impl BilevelProblem for TunedRidge {
-    fn name(&self) -> &'static str {
-        "tuned-ridge"
-    }
     fn dims(&self) -> Dims {
         Dims { phi: 5, theta: 5 }
     }
@@ -74,9 +71,6 @@ impl BilevelProblem for TunedRidge {
     fn initial_phi(&self, _theta: &Tensor) -> cml::Result<Tensor> {
         Ok(Tensor::zeros(5, candle_core::DType::F64, &Device::Cpu)?)
     }
-    fn theta(&self) -> &Tensor {
-        &self.theta
-    }
     /// Known curvature bounds (the Hessian of L_in is X^T X / n + diag(exp(theta))), so the phases
     /// get a step size and certified distances. The nudged loss adds beta X_v^T X_v / m: the
     /// factor 1.5 on the smoothness covers it for the betas used here.
@@ -89,8 +83,16 @@ impl BilevelProblem for TunedRidge {
             smoothness: 1.5 * (e.max() + lambda.max()),
         }))
     }
-    fn to_instance(&self) -> InstanceFile {
-        InstanceFile::new(self.name(), None)
+}
+
+/// What sweeps and the applicability checks need beyond the losses: a name for the rows, and
+/// the meta-parameters to evaluate at.
+impl ProblemInstance for TunedRidge {
+    fn name(&self) -> &'static str {
+        "tuned-ridge"
+    }
+    fn theta(&self) -> &Tensor {
+        &self.theta
     }
 }
 
@@ -126,17 +128,28 @@ fn run() -> cml::Result<()> {
             relative_error(&e.gradient, &exact)
         );
     }
-    // A sweep with phases placed at distance delta, on problems this program builds per seed.
+    // A sweep with phases placed at distance delta, on problems this program builds per seed:
+    // the contrastive rule at 29 strengths per variant (the budget sets its phases).
+    let betas = parse_log_range("1e-8:1e-1:29")?;
+    let estimators = [Variant::Standard, Variant::Symmetric]
+        .into_iter()
+        .flat_map(|variant| {
+            betas.iter().map(move |&beta| {
+                EstimatorSpec::Contrastive(Contrastive {
+                    variant,
+                    beta,
+                    free: GdParams::default(),
+                    nudged: GdParams::default(),
+                })
+            })
+        })
+        .collect();
     let config = SweepConfig {
-        problem: "tuned-ridge".into(),
+        problem: ProblemSource::Custom("tuned-ridge".into()),
         seeds: vec![0],
-        estimators: vec!["contrastive".into()],
-        variants: vec![Variant::Standard, Variant::Symmetric],
-        betas: parse_log_range("1e-8:1e-1:29")?,
+        estimators,
         budgets: [1e-10, 1e-9, 1e-8, 1e-7, 1e-6].map(Budget::Delta).to_vec(),
-        solver_steps: vec![10],
         step_size: None,
-        neumann_alpha: None,
         max_steps: 100_000,
         error_bars: true,
     };

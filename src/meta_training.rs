@@ -9,7 +9,7 @@ use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_dvector};
 use crate::oracle::{Cost, Oracle};
 use crate::parallel::{available_threads, map_in_order, map_in_order_on};
-use crate::problem::BilevelProblem;
+use crate::problem::ProblemInstance;
 use crate::problem::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::rng::stream;
 use std::time::Instant;
@@ -58,7 +58,7 @@ impl ModelSpec {
     }
 
     /// The bilevel problem of one task at meta-parameters `theta`.
-    pub fn problem(&self, task: SinusoidTask, theta: &Vector) -> Result<Box<dyn BilevelProblem>> {
+    pub fn problem(&self, task: SinusoidTask, theta: &Vector) -> Result<Box<dyn ProblemInstance>> {
         Ok(match self {
             ModelSpec::Synapse(s) => Box::new(Synapse::new(s.clone(), task, theta)?),
             ModelSpec::Modulation(s) => Box::new(Modulation::new(s.clone(), task, theta)?),
@@ -378,7 +378,7 @@ pub fn meta_batch_gradient(
 /// (at the meta-parameters to differentiate at, of length `theta_len`).
 pub fn batch_estimate<T: Sync>(
     tasks: &[T],
-    problem: impl Fn(&T) -> Result<Box<dyn BilevelProblem>> + Sync,
+    problem: impl Fn(&T) -> Result<Box<dyn ProblemInstance>> + Sync,
     estimator: &EstimatorSpec,
     theta_len: usize,
     threads: usize,
@@ -434,7 +434,7 @@ pub struct TaskMetaTraining<'a, T> {
 }
 
 /// Builds one task's bilevel problem at given meta-parameters.
-pub type TaskProblem<'a, T> = dyn Fn(&T, &Vector) -> Result<Box<dyn BilevelProblem>> + Sync + 'a;
+pub type TaskProblem<'a, T> = dyn Fn(&T, &Vector) -> Result<Box<dyn ProblemInstance>> + Sync + 'a;
 
 /// One meta-step of [`TaskMetaTraining`]: the meta-batch's mean query loss after adaptation
 /// (before the update) and the wall seconds since the run started (not reproducible).
@@ -538,7 +538,7 @@ pub fn evaluate_per_task(
 }
 
 /// The fast parameters after adapting to a task: the estimator's free phase from `phi_init`.
-pub fn adapt(config: &TrainConfig, problem: &dyn BilevelProblem) -> Result<candle_core::Tensor> {
+pub fn adapt(config: &TrainConfig, problem: &dyn ProblemInstance) -> Result<candle_core::Tensor> {
     let theta = problem.theta();
     let phi_init = problem.initial_phi(theta)?;
     Ok((config.adaptation())

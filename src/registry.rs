@@ -12,7 +12,7 @@ use crate::meta_training::ModelSpec;
 use crate::model::Mlp;
 use crate::problem::instance::InstanceReader;
 use crate::problem::{
-    BilevelProblem, DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec,
+    DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec, RegisteredProblem,
     RegularisedMlp, SinusoidTask, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
 };
 
@@ -21,8 +21,8 @@ use crate::problem::{
 pub struct ProblemEntry {
     pub name: &'static str,
     pub about: &'static str,
-    pub draw: fn(u64) -> Result<Box<dyn BilevelProblem>>,
-    pub read: fn(InstanceReader) -> Result<Box<dyn BilevelProblem>>,
+    pub draw: fn(u64) -> Result<Box<dyn RegisteredProblem>>,
+    pub read: fn(InstanceReader) -> Result<Box<dyn RegisteredProblem>>,
 }
 
 /// Support and query points per task of the registry's few-shot problems.
@@ -92,12 +92,12 @@ pub const PROBLEMS: &[ProblemEntry] = &[
 ];
 
 #[cfg(feature = "datasets")]
-fn draw_regularised_mlp(seed: u64) -> Result<Box<dyn BilevelProblem>> {
+fn draw_regularised_mlp(seed: u64) -> Result<Box<dyn RegisteredProblem>> {
     Ok(Box::new(RegularisedMlp::diabetes(INITIAL_DECAY, seed)?))
 }
 
 #[cfg(not(feature = "datasets"))]
-fn draw_regularised_mlp(_seed: u64) -> Result<Box<dyn BilevelProblem>> {
+fn draw_regularised_mlp(_seed: u64) -> Result<Box<dyn RegisteredProblem>> {
     Err(CmlError::invalid(
         "problem",
         "regularised-mlp",
@@ -116,19 +116,23 @@ pub fn problem_names() -> String {
 }
 
 /// Draws the named problem with default sizes from `seed`.
-pub fn draw_problem(name: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
-    match PROBLEMS.iter().find(|p| p.name == name) {
-        Some(p) => (p.draw)(seed),
-        None => Err(CmlError::UnknownName {
+pub fn draw_problem(name: &str, seed: u64) -> Result<Box<dyn RegisteredProblem>> {
+    (problem_entry(name)?.draw)(seed)
+}
+
+fn problem_entry(name: &str) -> Result<&'static ProblemEntry> {
+    PROBLEMS
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| CmlError::UnknownName {
             kind: "problem".into(),
             name: name.into(),
             allowed: format!("{} or the path of an instance file (.json)", problem_names()),
-        }),
-    }
+        })
 }
 
 /// Rebuilds a problem from an instance file's contents.
-pub fn read_problem(file: &InstanceFile, source_name: &str) -> Result<Box<dyn BilevelProblem>> {
+pub fn read_problem(file: &InstanceFile, source_name: &str) -> Result<Box<dyn RegisteredProblem>> {
     match PROBLEMS.iter().find(|p| p.name == file.problem) {
         Some(p) => (p.read)(file.reader(source_name)),
         None => Err(CmlError::Instance {
@@ -147,12 +151,55 @@ fn is_instance_file(spec: &str) -> bool {
 }
 
 /// A problem named on the command line: a registry name, or the path of an instance file.
-pub fn resolve_problem(spec: &str, seed: u64) -> Result<Box<dyn BilevelProblem>> {
-    if is_instance_file(spec) {
-        let file = InstanceFile::read(std::path::Path::new(spec))?;
-        read_problem(&file, spec)
-    } else {
-        draw_problem(spec, seed)
+pub fn resolve_problem(spec: &str, seed: u64) -> Result<Box<dyn RegisteredProblem>> {
+    ProblemSource::parse(spec)?.build(seed)
+}
+
+/// Where a sweep's problem instances come from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemSource {
+    /// A registry name: one instance drawn per seed.
+    Registry(String),
+    /// An instance file: the same instance for every seed.
+    InstanceFile(std::path::PathBuf),
+    /// Built by the caller for each seed (`sweep::run_on`); the string only labels it.
+    Custom(String),
+}
+
+impl ProblemSource {
+    /// A problem as the command line names it: a registry name, or the path of an instance
+    /// file. Unknown names are refused here, before any work.
+    ///
+    /// ```
+    /// use cml::registry::ProblemSource;
+    ///
+    /// let source = ProblemSource::parse("quadratic")?;
+    /// assert_eq!(source.build(0)?.dims(), source.build(0)?.dims());
+    /// assert!(ProblemSource::parse("quadratc").is_err());
+    /// # Ok::<(), cml::CmlError>(())
+    /// ```
+    pub fn parse(spec: &str) -> Result<Self> {
+        if is_instance_file(spec) {
+            return Ok(ProblemSource::InstanceFile(spec.into()));
+        }
+        problem_entry(spec)?;
+        Ok(ProblemSource::Registry(spec.into()))
+    }
+
+    /// The instance of `seed`.
+    pub fn build(&self, seed: u64) -> Result<Box<dyn RegisteredProblem>> {
+        match self {
+            ProblemSource::Registry(name) => draw_problem(name, seed),
+            ProblemSource::InstanceFile(path) => {
+                read_problem(&InstanceFile::read(path)?, &path.to_string_lossy())
+            }
+            ProblemSource::Custom(label) => Err(CmlError::invalid(
+                "problem",
+                label,
+                "a problem built by the caller is run with sweep::run_on and its builder",
+            )),
+        }
     }
 }
 
@@ -340,6 +387,29 @@ pub const ESTIMATORS: &[EstimatorEntry] = &[
 /// Every estimator name, comma-separated.
 pub fn estimator_names() -> String {
     names(ESTIMATORS, |e| e.name)
+}
+
+/// The registry name of an estimator: the inverse of [`estimator`] (checked for every entry by
+/// `tests/registry.rs`).
+pub fn estimator_name(spec: &EstimatorSpec) -> &'static str {
+    match spec {
+        EstimatorSpec::Contrastive(_) => "contrastive",
+        EstimatorSpec::ContrastiveAutoBeta(_) => CONTRASTIVE_AUTO,
+        EstimatorSpec::Implicit(i) => match i.solver {
+            LinearSolver::Dense => "implicit",
+            LinearSolver::ConjugateGradient { .. } => "cg",
+            LinearSolver::Neumann { .. } => "neumann",
+            LinearSolver::Identity => "t1t2",
+        },
+        EstimatorSpec::Unrolled(u) => match u.truncation {
+            None => "bptt",
+            Some(_) => "tbptt",
+        },
+        EstimatorSpec::FirstOrder(f) => match f.rule {
+            FirstOrderRule::FirstOrderMaml => "fomaml",
+            FirstOrderRule::Reptile => "reptile",
+        },
+    }
 }
 
 /// The named estimator with `params`, every parameter checked.

@@ -3,6 +3,7 @@
 //! i-th contiguous block of the grid, so shards concatenate to the full sweep.
 
 use crate::error::{CmlError, Result};
+use crate::estimator::error_bar::AUTO_START;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::ground_truth::{distance_to_phase_solution, exact_meta_gradient};
 use crate::implicit_function::implicit_meta_gradient;
@@ -10,7 +11,8 @@ use crate::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use crate::linalg::{Vector, cosine, relative_error, to_dvector, to_tensor};
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order_with_progress;
-use crate::problem::BilevelProblem;
+use crate::problem::ProblemInstance;
+pub use crate::registry::ProblemSource;
 use crate::rng::{normal_vector, stream};
 use candle_core::Tensor;
 
@@ -30,25 +32,98 @@ pub enum Budget {
 /// Everything a sweep runs.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SweepConfig {
-    /// A problem name or an instance file.
-    pub problem: String,
+    /// Where each seed's instance comes from.
+    pub problem: ProblemSource,
     pub seeds: Vec<u64>,
-    /// `contrastive` (one run per variant and beta) or any other estimator name.
-    pub estimators: Vec<String>,
-    pub variants: Vec<Variant>,
-    pub betas: Vec<f64>,
+    /// The estimators in grid order, each with its parameters; every budget replaces their
+    /// phases (see [`EstimatorSpec::with_phases`]). [`EstimatorGrid`] builds them from names.
+    pub estimators: Vec<EstimatorSpec>,
     pub budgets: Vec<Budget>,
-    /// CG iterations / Neumann terms / truncated-BPTT steps; one run per value.
-    pub solver_steps: Vec<usize>,
     /// Inner step size (`None`: `1 / L` where known).
     pub step_size: Option<f64>,
-    /// Neumann step (`None`: `1 / L` where known).
-    pub neumann_alpha: Option<f64>,
     /// Step cap for tolerance budgets.
     pub max_steps: usize,
     /// Give every contrastive row learnt by phases its error bar (docs/ERROR_BAR.md); the bar's
     /// own cost goes to its columns, not to the estimate's.
     pub error_bars: bool,
+}
+
+/// Estimators named as on the command line, expanded into [`EstimatorSpec`] values in a fixed
+/// order: per name, the contrastive rule one per variant and beta (variants outer), `--beta
+/// auto` one per variant, an estimator with solver steps (CG, Neumann, truncated BPTT) one per
+/// count, any other one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EstimatorGrid {
+    pub names: Vec<String>,
+    pub variants: Vec<Variant>,
+    pub betas: Vec<f64>,
+    /// CG iterations / Neumann terms / truncated-BPTT steps.
+    pub solver_steps: Vec<usize>,
+    /// Neumann step (`None`: `1 / L` where known).
+    pub neumann_alpha: Option<f64>,
+}
+
+impl EstimatorGrid {
+    /// The estimators, every name and parameter checked.
+    pub fn specs(&self) -> Result<Vec<EstimatorSpec>> {
+        nonempty("estimators", self.names.len())?;
+        let spec = |name: &str, variant, beta, steps| {
+            let params = EstimatorParams {
+                variant,
+                beta,
+                free: GdParams::default(),
+                nudged: GdParams::default(),
+                solver_steps: steps,
+                neumann_alpha: self.neumann_alpha,
+                truncation: steps,
+            };
+            crate::registry::estimator(name, &params)
+        };
+        let mut specs = Vec::new();
+        for name in &self.names {
+            let name = name.trim();
+            // Built once with placeholders to learn which axes the estimator takes.
+            let probe = spec(name, Variant::Standard, AUTO_START, 1)?;
+            match probe {
+                EstimatorSpec::Contrastive(_) => {
+                    nonempty("variants", self.variants.len())?;
+                    nonempty("betas", self.betas.len())?;
+                    for &b in &self.betas {
+                        if !b.is_finite() || b == 0.0 {
+                            return Err(CmlError::invalid("beta", b, "finite and non-zero"));
+                        }
+                    }
+                    for &v in &self.variants {
+                        for &b in &self.betas {
+                            specs.push(spec(name, v, b, 1)?);
+                        }
+                    }
+                }
+                EstimatorSpec::ContrastiveAutoBeta(_) => {
+                    nonempty("variants", self.variants.len())?;
+                    for &v in &self.variants {
+                        specs.push(spec(name, v, AUTO_START, 1)?);
+                    }
+                }
+                _ if probe.solver_steps().is_some() => {
+                    nonempty("solver steps", self.solver_steps.len())?;
+                    for &k in &self.solver_steps {
+                        specs.push(spec(name, Variant::Standard, AUTO_START, k)?);
+                    }
+                }
+                _ => specs.push(probe),
+            }
+        }
+        Ok(specs)
+    }
+}
+
+fn nonempty(name: &str, len: usize) -> Result<()> {
+    if len == 0 {
+        Err(CmlError::invalid(name, "an empty list", "at least one value"))
+    } else {
+        Ok(())
+    }
 }
 
 impl SweepConfig {
@@ -58,27 +133,36 @@ impl SweepConfig {
         let mut warnings = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
         for point in self.grid() {
-            if seen.insert(point.estimator.clone()) {
-                let p = crate::registry::resolve_problem(&self.problem, point.seed)?;
-                warnings.extend(
-                    self.spec(&point)?
-                        .check_applicable(p.as_ref(), p.theta(), allow)?,
-                );
+            if seen.insert(point.name()) {
+                let p = self.problem.build(point.seed)?;
+                warnings.extend(point.spec.check_applicable(p.as_ref(), p.theta(), allow)?);
             }
         }
         Ok(warnings)
     }
 }
 
-/// One grid point.
+/// One grid point: an estimator with its phases set by the budget, on one seed's instance.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GridPoint {
     pub seed: u64,
-    pub estimator: String,
-    pub variant: Option<Variant>,
-    pub beta: Option<f64>,
     pub budget: Budget,
-    pub solver_steps: Option<usize>,
+    pub spec: EstimatorSpec,
+}
+
+impl GridPoint {
+    /// The estimator's registry name (the rows' `estimator` column).
+    pub fn name(&self) -> &'static str {
+        crate::registry::estimator_name(&self.spec)
+    }
+
+    /// The nudging strength of a contrastive point (`None` for `--beta auto` and the others).
+    pub fn beta(&self) -> Option<f64> {
+        match &self.spec {
+            EstimatorSpec::Contrastive(c) => Some(c.beta),
+            _ => None,
+        }
+    }
 }
 
 /// The contrastive rule with `beta` chosen by its error bar (`--beta auto`) runs one row per
@@ -201,28 +285,9 @@ pub fn parse_log_range(s: &str) -> Result<Vec<f64>> {
 
 impl SweepConfig {
     pub fn validate(&self) -> Result<()> {
-        let nonempty = |name: &str, len: usize| {
-            if len == 0 {
-                Err(CmlError::invalid(name, "an empty list", "at least one value"))
-            } else {
-                Ok(())
-            }
-        };
         nonempty("seeds", self.seeds.len())?;
         nonempty("estimators", self.estimators.len())?;
         nonempty("budgets", self.budgets.len())?;
-        if self.estimators.iter().any(|e| e == "contrastive") {
-            nonempty("variants", self.variants.len())?;
-            nonempty("betas", self.betas.len())?;
-        }
-        if self.estimators.iter().any(|e| e == AUTO_BETA) {
-            nonempty("variants", self.variants.len())?;
-        }
-        for &b in &self.betas {
-            if !b.is_finite() || b == 0.0 {
-                return Err(CmlError::invalid("beta", b, "finite and non-zero"));
-            }
-        }
         for budget in &self.budgets {
             match *budget {
                 Budget::Steps(0) => return Err(CmlError::invalid("steps", 0, "a step budget must be >= 1")),
@@ -235,47 +300,24 @@ impl SweepConfig {
                 _ => {}
             }
         }
-        // Every name and parameter is checked once before any work.
+        // Every parameter is checked once before any work.
         for point in self.grid() {
-            self.spec(&point)?;
+            point.spec.validate()?;
         }
         Ok(())
     }
 
-    /// The grid in its fixed order: seed, budget, estimator (variant, beta | solver steps).
+    /// The grid in its fixed order: seed, budget, estimator.
     pub fn grid(&self) -> Vec<GridPoint> {
         let mut grid = Vec::new();
         for &seed in &self.seeds {
             for &budget in &self.budgets {
-                for estimator in &self.estimators {
-                    let point = |variant, beta, solver_steps| GridPoint {
+                for spec in &self.estimators {
+                    grid.push(GridPoint {
                         seed,
-                        estimator: estimator.clone(),
-                        variant,
-                        beta,
                         budget,
-                        solver_steps,
-                    };
-                    match estimator.as_str() {
-                        "contrastive" => {
-                            for &v in &self.variants {
-                                for &b in &self.betas {
-                                    grid.push(point(Some(v), Some(b), None));
-                                }
-                            }
-                        }
-                        AUTO_BETA => {
-                            for &v in &self.variants {
-                                grid.push(point(Some(v), None, None));
-                            }
-                        }
-                        "cg" | "neumann" | "tbptt" => {
-                            for &k in &self.solver_steps {
-                                grid.push(point(None, None, Some(k)));
-                            }
-                        }
-                        _ => grid.push(point(None, None, None)),
-                    }
+                        spec: spec.with_phases(self.phase(budget)),
+                    });
                 }
             }
         }
@@ -283,60 +325,32 @@ impl SweepConfig {
     }
 
     fn phase(&self, budget: Budget) -> GdParams {
-        match budget {
-            Budget::Steps(n) => GdParams {
-                step_size: self.step_size,
-                max_steps: n,
-                tolerance: 0.0,
-                ..GdParams::default()
-            },
-            Budget::Tolerance(t) => GdParams {
-                step_size: self.step_size,
-                max_steps: self.max_steps,
-                tolerance: t,
-                ..GdParams::default()
-            },
-            Budget::Delta(_) => GdParams {
-                step_size: self.step_size,
-                max_steps: 1,
-                tolerance: 0.0,
-                ..GdParams::default()
-            },
-        }
-    }
-
-    pub fn spec(&self, p: &GridPoint) -> Result<EstimatorSpec> {
-        let phase = self.phase(p.budget);
-        let k = p.solver_steps.unwrap_or(10);
-        let params = EstimatorParams {
-            variant: p.variant.unwrap_or(Variant::Standard),
-            beta: p.beta.unwrap_or(crate::estimator::error_bar::AUTO_START),
-            free: phase,
-            nudged: phase,
-            solver_steps: k,
-            neumann_alpha: self.neumann_alpha,
-            truncation: k,
+        let (max_steps, tolerance) = match budget {
+            Budget::Steps(n) => (n, 0.0),
+            Budget::Tolerance(t) => (self.max_steps, t),
+            Budget::Delta(_) => (1, 0.0),
         };
-        crate::registry::estimator(&p.estimator, &params)
+        GdParams {
+            step_size: self.step_size,
+            max_steps,
+            tolerance,
+            ..GdParams::default()
+        }
     }
 }
 
 /// Runs the grid points of `shard` (`(0, 1)`: all), calling `done` after each.
 pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)) -> Result<Vec<SweepRow>> {
-    run_on(
-        config,
-        shard,
-        &|seed| crate::registry::resolve_problem(&config.problem, seed),
-        done,
-    )
+    run_on(config, shard, &|seed| Ok(config.problem.build(seed)?), done)
 }
 
 /// [`run`] on problems the caller builds, one per seed: a problem defined outside the crate gets
-/// sweeps too (`config.problem` is then only a label; rows carry the problem's `name()`).
+/// sweeps too (`config.problem` is then a [`ProblemSource::Custom`] label; rows carry the
+/// problem's `name()`).
 pub fn run_on(
     config: &SweepConfig,
     shard: (usize, usize),
-    build: &dyn Fn(u64) -> Result<Box<dyn BilevelProblem>>,
+    build: &dyn Fn(u64) -> Result<Box<dyn ProblemInstance>>,
     done: &(dyn Fn() + Sync),
 ) -> Result<Vec<SweepRow>> {
     config.validate()?;
@@ -358,7 +372,7 @@ pub fn run_on(
             };
             Ok((seed, (p, reference)))
         })
-        .collect::<Result<std::collections::BTreeMap<u64, (Box<dyn BilevelProblem>, Reference)>>>()?;
+        .collect::<Result<std::collections::BTreeMap<u64, (Box<dyn ProblemInstance>, Reference)>>>()?;
     map_in_order_with_progress(
         points,
         |point| {
@@ -380,7 +394,7 @@ struct Reference {
 /// the smallest `delta`, or the smallest rows measure the reference, not the estimator.
 fn check_reference_precision(
     config: &SweepConfig,
-    p: &dyn BilevelProblem,
+    p: &dyn ProblemInstance,
     seed: u64,
     grad_norm: f64,
 ) -> Result<()> {
@@ -411,12 +425,12 @@ fn check_reference_precision(
 fn run_point(
     config: &SweepConfig,
     point: &GridPoint,
-    p: &dyn BilevelProblem,
+    p: &dyn ProblemInstance,
     reference: &Reference,
 ) -> Result<SweepRow> {
-    let spec = config.spec(point)?;
+    let spec = point.spec;
     if let Budget::Delta(delta) = point.budget {
-        return run_perturbed(point, &spec, delta, p, reference);
+        return run_perturbed(point, delta, p, reference);
     }
     let theta = p.theta();
     let estimate = match &spec {
@@ -467,7 +481,7 @@ fn run_point(
     };
     let bar = estimate.error_bar.as_ref();
     let mut row = row(point, p, inner, &estimate.gradient, reference, estimate.cost);
-    if point.estimator == AUTO_BETA {
+    if let EstimatorSpec::ContrastiveAutoBeta(_) = spec {
         row.beta = bar.map(|b| b.beta);
     }
     row.error_bar = bar.map(|b| b.bar);
@@ -488,7 +502,7 @@ struct Inner {
 /// One CSV row from a run's estimate.
 fn row(
     point: &GridPoint,
-    p: &dyn BilevelProblem,
+    p: &dyn ProblemInstance,
     inner: Inner,
     gradient: &Vector,
     reference: &Reference,
@@ -498,15 +512,17 @@ fn row(
     SweepRow {
         problem: p.name().into(),
         seed: point.seed,
-        estimator: point.estimator.clone(),
+        estimator: point.name().into(),
         variant: point
-            .variant
-            .map_or_else(|| point.estimator.clone(), |v| v.name().to_string()),
-        beta: point.beta,
+            .spec
+            .contrastive_rule()
+            .map_or(point.name(), |c| c.variant.name())
+            .into(),
+        beta: point.beta(),
         free_steps: inner.free_steps,
         nudged_steps: inner.nudged_steps,
         tolerance: inner.tolerance,
-        solver_steps: point.solver_steps,
+        solver_steps: point.spec.solver_steps(),
         measured_delta: inner.measured_delta,
         certified_delta: inner.certified_delta,
         abs_error: (gradient - exact).norm(),
@@ -534,9 +550,8 @@ pub fn placed_direction(seed: u64, delta: f64, beta: f64, b: f64, phase: u64, n:
 
 fn run_perturbed(
     point: &GridPoint,
-    spec: &EstimatorSpec,
     delta: f64,
-    p: &dyn BilevelProblem,
+    p: &dyn ProblemInstance,
     reference: &Reference,
 ) -> Result<SweepRow> {
     let theta = p.theta();
@@ -559,7 +574,7 @@ fn run_perturbed(
         let u = placed_direction(
             point.seed,
             delta,
-            point.beta.unwrap_or(0.0),
+            point.beta().unwrap_or(0.0),
             b,
             phase_index,
             p.dims().phi,
@@ -567,7 +582,7 @@ fn run_perturbed(
         phase_index += 1;
         Ok((star + to_tensor(&(u * delta))?)?)
     };
-    let gradient = match spec {
+    let gradient = match &point.spec {
         EstimatorSpec::Contrastive(c) => c.variant.combine(c.beta, |b| {
             let b = c.variant.phase_beta(b);
             let phi = perturbed(b)?;
@@ -579,7 +594,7 @@ fn run_perturbed(
         _ => {
             return Err(CmlError::invalid(
                 "estimator with a delta budget",
-                &point.estimator,
+                point.name(),
                 "delta budgets apply to contrastive and implicit estimators (implicit, cg, neumann, t1t2)",
             ));
         }

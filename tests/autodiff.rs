@@ -5,7 +5,7 @@ mod common;
 
 use cml::autodiff::{LossFn, dense_second_derivatives, ensure_second_order, gradients, hvp_and_mixed};
 use cml::linalg::{Vector, to_dvector, to_tensor};
-use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec, phase_loss};
+use cml::problem::{BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, phase_loss};
 use cml::registry::draw_problem as build;
 use common::{PROBLEMS, perturbed, rel, unit};
 
@@ -61,7 +61,7 @@ fn hvp_and_mixed_products_match_finite_differences_on_every_problem() {
         let theta = perturbed(p.theta(), 0.3, 11);
         let phi = perturbed(&p.initial_phi(&theta).unwrap(), 1.0, 12);
         let v = unit(p.dims().phi, 13);
-        let pr: &dyn BilevelProblem = p.as_ref();
+        let pr: &dyn ProblemInstance = p.as_ref();
         check_products(
             &|a: &_, b: &_| pr.inner_loss(a, b),
             &phi,

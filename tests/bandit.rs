@@ -14,7 +14,7 @@ use cml::ground_truth::exact_meta_gradient;
 use cml::inner::GdParams;
 use cml::linalg::relative_error;
 use cml::model::Mlp;
-use cml::problem::{BilevelProblem, Modulation, ModulationSpec, Synapse, SynapseSpec};
+use cml::problem::{BilevelProblem, Modulation, ModulationSpec, ProblemInstance, Synapse, SynapseSpec};
 use cml::rng::{Rng, seeded};
 
 /// Mean and standard error of the mean.
@@ -269,7 +269,7 @@ fn the_contrastive_estimate_of_a_bandit_task_matches_the_exact_implicit_meta_gra
         strength: 3.0,
     };
     let modulation = Modulation::new(spec.clone(), task, &spec.initial_theta(&mut rng).unwrap()).unwrap();
-    let problems: [(&str, &dyn BilevelProblem); 3] = [
+    let problems: [(&str, &dyn ProblemInstance); 3] = [
         ("synapse", &synapse),
         ("fixed-strength synapse", &fixed_synapse),
         ("modulation", &modulation),

@@ -25,7 +25,7 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
     // Converged phases (|grad| <= 1e-12), standard variant: the error is the forward
     // difference's truncation, (beta / 2) ||F''(0)|| to first order, relative to ||F'(0)||;
     // F from the quadratic's closed form (theory module).
-    use cml::problem::BilevelProblem;
+    use cml::problem::ProblemInstance;
     let q = cml::problem::Quadratic::random(&cml::problem::QuadraticSpec::default(), 0).unwrap();
     let theory = cml::theory::QuadraticTheory::new(&q, &cml::linalg::to_dvector(q.theta()).unwrap()).unwrap();
     let predicted = 0.001 / 2.0 * theory.derivative(2, 0.0).norm() / theory.derivative(1, 0.0).norm();

@@ -10,13 +10,13 @@ use cml::ground_truth::exact_meta_gradient;
 use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::BilevelProblem;
+use cml::problem::ProblemInstance;
 use cml::registry::draw_problem as build;
 use common::PROBLEMS;
 
 /// The variant's stencil applied to `g(b) = d_theta L_b(phi*_b)` with every phase solved by
 /// Newton to machine precision (`delta = 0` up to rounding).
-fn exact_phase_estimate(p: &dyn BilevelProblem, variant: Variant, beta: f64) -> Vector {
+fn exact_phase_estimate(p: &dyn ProblemInstance, variant: Variant, beta: f64) -> Vector {
     let theta = p.theta().clone();
     let oracle = Oracle::new(p);
     let start = p.initial_phi(&theta).unwrap();
@@ -62,7 +62,7 @@ fn the_first_order_term_of_the_standard_error_matches_the_closed_form_slope() {
     // phi'(0) = A^{-1}(C^T d - C^T C phi*_0), phi''(0) = -2 A^{-1} C^T C phi'(0), and the
     // standard estimate is F'(0) + beta/2 F''(0) + O(beta^2).
     let q = cml::problem::Quadratic::random(&Default::default(), 2).unwrap();
-    let p: &dyn BilevelProblem = &q;
+    let p: &dyn ProblemInstance = &q;
     let m = q.matrices();
     let theta = to_dvector(p.theta()).unwrap();
     let phi0 = p.closed_form().unwrap().phase_solution(&theta, 0.0).unwrap();

@@ -8,13 +8,13 @@ use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, Linear
 use cml::inner::{Divergence, DivergenceRule, GdParams, InnerSolver, Phase, StepSizeRule};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, phase_loss};
+use cml::problem::{BilevelProblem, ProblemInstance, phase_loss};
 use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use cml::registry::draw_problem as build;
 use cml::smoothness;
 
 /// Largest eigenvalue magnitude of the phase loss's Hessian, from the dense matrix.
-fn dense_largest_curvature(p: &dyn BilevelProblem, beta: f64) -> f64 {
+fn dense_largest_curvature(p: &dyn ProblemInstance, beta: f64) -> f64 {
     let theta = p.theta();
     let phi = p.initial_phi(theta).unwrap();
     let d = dense_second_derivatives(&phase_loss(p, beta), &phi, theta).unwrap();
@@ -59,7 +59,7 @@ fn power_iteration_on_the_network_models_matches_the_dense_spectrum() {
     )
     .unwrap();
     let modulation = Modulation::random(&ModulationSpec { net, strength: 1.0 }, 10, 4).unwrap();
-    for p in [&synapse as &dyn BilevelProblem, &modulation] {
+    for p in [&synapse as &dyn ProblemInstance, &modulation] {
         for beta in [0.0, 0.5, -0.5] {
             let exact = dense_largest_curvature(p, beta);
             let theta = p.theta();

@@ -237,7 +237,7 @@ fn the_contrastive_weight_decay_estimate_matches_the_exact_implicit_meta_gradien
     use cml::inner::GdParams;
     use cml::linalg::relative_error;
     use cml::model::Mlp;
-    use cml::problem::BilevelProblem;
+    use cml::problem::ProblemInstance;
     let mut rng = seeded(8);
     let mut part = |n: usize| {
         let x = normal_vector(&mut rng, n * 4).as_slice().to_vec();

@@ -16,7 +16,7 @@ use cml::inner::GdParams;
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
 use cml::model::Mlp;
-use cml::problem::{BilevelProblem, RegularisedMlp, phase_loss};
+use cml::problem::{BilevelProblem, ProblemInstance, RegularisedMlp, phase_loss};
 use cml::problem::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use cml::rng::{normal_vector, seeded};
 use cml::spiking::{NetworkSpec, SpikingSynapse, SpikingTask, Surrogate};
@@ -54,13 +54,13 @@ fn assert_vectors_agree(fast: &[f64], candle: &Vector, tol: f64, floor: f64, wha
 
 /// Evaluates `L_beta` and its gradients at `(phi, theta)` by both engines and compares them,
 /// with and without the `theta` gradient (the inner loop asks for it only at a phase's end).
-fn check_against_candle(problem: &dyn BilevelProblem, phi: &Vector, theta: &Vector, beta: f64) {
+fn check_against_candle(problem: &dyn ProblemInstance, phi: &Vector, theta: &Vector, beta: f64) {
     check_against_candle_with(problem, phi, theta, beta, 0.0);
 }
 
 /// [`check_against_candle`] with an absolute floor on the gradients' agreement.
 fn check_against_candle_with(
-    problem: &dyn BilevelProblem,
+    problem: &dyn ProblemInstance,
     phi: &Vector,
     theta: &Vector,
     beta: f64,
@@ -355,7 +355,7 @@ fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
 
 /// Every estimator through the fast path equals the same estimator through Candle to 1e-10
 /// relative (hundreds of steps compound rounding differences of one evaluation, ~1e-15).
-fn check_whole_estimates(problem: &dyn BilevelProblem, step_size: f64, zero_first_order: bool) {
+fn check_whole_estimates(problem: &dyn ProblemInstance, step_size: f64, zero_first_order: bool) {
     let theta = problem.theta();
     for (fast, candle) in estimators(Engine::Fast, step_size)
         .iter()

@@ -10,7 +10,7 @@ use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::inner::GdParams;
 use cml::linalg::{to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
+use cml::problem::{BilevelProblem, ClosedForm, ProblemInstance, Quadratic, QuadraticSpec};
 use cml::rng::seeded;
 use cml::smoothness::{mixed_norm, smallest_curvature};
 use cml::theory::QuadraticTheory;

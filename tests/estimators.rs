@@ -12,7 +12,7 @@ use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, Quadratic, QuadraticSpec};
+use cml::problem::{BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec};
 use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};
 use cml::registry::draw_problem as build;
 use common::{central_difference, unit};
@@ -178,7 +178,7 @@ fn bptt_approaches_the_exact_implicit_meta_gradient_as_k_grows() {
     }
 }
 
-fn implicit(p: &dyn BilevelProblem, solver: LinearSolver) -> cml::estimator::Estimate {
+fn implicit(p: &dyn ProblemInstance, solver: LinearSolver) -> cml::estimator::Estimate {
     Implicit {
         solver,
         free: gd(100_000, 1e-13),
@@ -256,7 +256,7 @@ fn t1t2_is_exact_when_the_inner_hessian_is_the_identity_and_biased_otherwise() {
 }
 
 /// The contrastive estimate with every phase solved by Newton.
-fn contrastive_newton(p: &dyn BilevelProblem, variant: Variant, beta: f64) -> Vector {
+fn contrastive_newton(p: &dyn ProblemInstance, variant: Variant, beta: f64) -> Vector {
     let theta = p.theta().clone();
     let oracle = Oracle::new(p);
     let start = p.initial_phi(&theta).unwrap();
@@ -276,7 +276,7 @@ fn contrastive_newton(p: &dyn BilevelProblem, variant: Variant, beta: f64) -> Ve
 
 #[test]
 fn implicit_bptt_and_contrastive_agree_on_the_synapse_and_modulation_models() {
-    let problems: Vec<Box<dyn BilevelProblem>> = vec![
+    let problems: Vec<Box<dyn ProblemInstance>> = vec![
         Box::new(small_synapse(true, 2.0, 3)),
         Box::new(small_synapse(false, 2.0, 3)),
         Box::new(small_modulation(1.0, 3)),
@@ -494,7 +494,7 @@ fn the_gradient_descent_contrastive_estimator_matches_the_exact_meta_gradient_on
         nudged: phase,
     };
     for p in [
-        &small_synapse(true, 20.0, 2) as &dyn BilevelProblem,
+        &small_synapse(true, 20.0, 2) as &dyn ProblemInstance,
         &small_modulation(20.0, 2),
     ] {
         let exact = exact_meta_gradient(p, p.theta()).unwrap().meta_gradient;

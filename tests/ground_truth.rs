@@ -7,7 +7,7 @@ use cml::ground_truth::exact_meta_gradient;
 use cml::inner::{InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::BilevelProblem;
+use cml::problem::ProblemInstance;
 use cml::registry::draw_problem as build;
 use common::{central_difference, rel};
 
@@ -57,7 +57,7 @@ fn exact_implicit_meta_gradient_matches_the_closed_form() {
 }
 
 /// `J(theta) = L_out(phi*(theta), theta)` with `phi*` by Newton.
-fn meta_objective(p: &dyn BilevelProblem, theta: &Vector) -> f64 {
+fn meta_objective(p: &dyn ProblemInstance, theta: &Vector) -> f64 {
     let theta = to_tensor(theta).unwrap();
     let oracle = Oracle::new(p);
     let phi = NewtonParams::default()

@@ -7,7 +7,7 @@
 
 mod common;
 
-use cml::problem::BilevelProblem;
+use cml::problem::ToInstanceFile;
 use common::cml;
 use std::process::Output;
 

@@ -9,7 +9,7 @@ use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::model::Mlp;
 use cml::optimizer::{Optimizer, OptimizerState};
 use cml::oracle::Oracle;
-use cml::problem::BilevelProblem;
+use cml::problem::ProblemInstance;
 use cml::problem::{Synapse, SynapseSpec};
 use cml::registry::draw_problem as build;
 

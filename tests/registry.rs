@@ -71,3 +71,38 @@ fn unknown_names_are_refused_with_the_registry_list() {
         "{err}"
     );
 }
+
+#[test]
+fn every_estimator_names_itself_back() {
+    // `estimator_name` inverts the registry: an estimator built from an entry is named by that
+    // entry, and the names are distinct, so a sweep's rows name what ran.
+    let phase = cml::inner::GdParams::default();
+    let params = cml::estimator::EstimatorParams {
+        variant: cml::estimator::Variant::Symmetric,
+        beta: 0.1,
+        free: phase,
+        nudged: phase,
+        solver_steps: 3,
+        neumann_alpha: None,
+        truncation: 3,
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for entry in registry::ESTIMATORS {
+        let spec = registry::estimator(entry.name, &params).unwrap();
+        assert_eq!(registry::estimator_name(&spec), entry.name);
+        assert!(seen.insert(entry.name), "{} listed twice", entry.name);
+        // A budget's phases replace every phase and nothing else.
+        let budget = cml::inner::GdParams {
+            max_steps: 7,
+            ..phase
+        };
+        let set = spec.with_phases(budget);
+        assert_eq!(set.free_phase(), budget);
+        assert_eq!(registry::estimator_name(&set), entry.name);
+        assert_eq!(set.solver_steps(), spec.solver_steps());
+        assert_eq!(
+            set.contrastive_rule().map(|c| c.variant),
+            spec.contrastive_rule().map(|c| c.variant)
+        );
+    }
+}

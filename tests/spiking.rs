@@ -11,7 +11,7 @@ use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, phase_loss};
+use cml::problem::{ProblemInstance, phase_loss};
 use cml::rng::seeded;
 use cml::spiking::{
     NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, SpikingSynapse, SpikingTask,

@@ -9,9 +9,9 @@ use cml::fit::{fit_delta, fit_variant};
 use cml::ground_truth::exact_meta_gradient;
 use cml::linalg::spectrum_bounds;
 use cml::model::Mlp;
-use cml::problem::{BilevelProblem, phase_loss};
+use cml::problem::{BilevelProblem, ProblemInstance, ToInstanceFile, phase_loss};
 use cml::problem::{Synapse, SynapseSpec};
-use cml::sweep::{Budget, SweepConfig, SweepRow, parse_log_range, run};
+use cml::sweep::{Budget, EstimatorGrid, ProblemSource, SweepConfig, SweepRow, parse_log_range, run};
 
 fn config(
     problem: &str,
@@ -20,16 +20,19 @@ fn config(
     betas: &str,
     budgets: Vec<Budget>,
 ) -> SweepConfig {
-    SweepConfig {
-        problem: problem.into(),
-        seeds: vec![0],
-        estimators: estimators.iter().map(|s| s.to_string()).collect(),
+    let grid = EstimatorGrid {
+        names: estimators.iter().map(|s| s.to_string()).collect(),
         variants: variants.to_vec(),
         betas: parse_log_range(betas).unwrap(),
-        budgets,
         solver_steps: vec![10],
-        step_size: None,
         neumann_alpha: None,
+    };
+    SweepConfig {
+        problem: ProblemSource::parse(problem).unwrap(),
+        seeds: vec![0],
+        estimators: grid.specs().unwrap(),
+        budgets,
+        step_size: None,
         max_steps: 100_000,
         error_bars: false,
     }
@@ -204,6 +207,74 @@ fn shards_concatenate_to_the_full_sweep() {
         assert_eq!(parts, full, "{n} shards");
     }
     assert_eq!(full.len(), 2 * (2 * 4 + 1 + 1));
+}
+
+#[test]
+fn the_grid_runs_in_a_fixed_order_whatever_builds_it() {
+    // Seeds, then budgets, then the estimators as listed: the contrastive rule one row per
+    // variant and beta (variants outer), an estimator with solver steps one per count, any other
+    // estimator one. The rows' name columns come from the typed estimators.
+    let grid = EstimatorGrid {
+        names: ["cg", "contrastive", "bptt", "tbptt"].map(String::from).to_vec(),
+        variants: vec![Variant::Symmetric, Variant::Standard],
+        betas: vec![0.1, 0.01],
+        solver_steps: vec![3, 7],
+        neumann_alpha: None,
+    };
+    let c = SweepConfig {
+        problem: ProblemSource::parse("ridge").unwrap(),
+        seeds: vec![2, 5],
+        estimators: grid.specs().unwrap(),
+        budgets: vec![Budget::Steps(4), Budget::Steps(9)],
+        step_size: None,
+        max_steps: 100_000,
+        error_bars: false,
+    };
+    let rows = sweep(&c);
+    let got: Vec<String> = rows
+        .iter()
+        .map(|r| {
+            let beta = r.beta.map_or("-".into(), |b| b.to_string());
+            let k = r.solver_steps.map_or("-".into(), |k| k.to_string());
+            format!(
+                "{} {} {} {} {beta} {k}",
+                r.seed, r.free_steps, r.estimator, r.variant
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for seed in [2, 5] {
+        for steps in [4, 9] {
+            for k in [3, 7] {
+                expected.push(format!("{seed} {steps} cg cg - {k}"));
+            }
+            for v in ["symmetric", "standard"] {
+                for b in [0.1, 0.01] {
+                    expected.push(format!("{seed} {steps} contrastive {v} {b} -"));
+                }
+            }
+            expected.push(format!("{seed} {steps} bptt bptt - -"));
+            for k in [3, 7] {
+                expected.push(format!("{seed} {steps} tbptt tbptt - {k}"));
+            }
+        }
+    }
+    assert_eq!(got, expected);
+    // Bad names and empty axes are refused before any work, naming what is allowed.
+    let bad = EstimatorGrid {
+        names: vec!["contrastiv".into()],
+        ..grid.clone()
+    };
+    let err = bad.specs().unwrap_err().to_string();
+    assert!(err.contains("contrastiv") && err.contains("reptile"), "{err}");
+    let empty = EstimatorGrid {
+        betas: vec![],
+        ..grid
+    };
+    let err = empty.specs().unwrap_err().to_string();
+    assert!(err.contains("betas"), "{err}");
+    let err = ProblemSource::parse("quadratc").unwrap_err().to_string();
+    assert!(err.contains("quadratc") && err.contains("ridge"), "{err}");
 }
 
 #[test]

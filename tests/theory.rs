@@ -8,7 +8,7 @@ use cml::ground_truth::exact_meta_gradient;
 use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, norm, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{BilevelProblem, ClosedForm, Quadratic, QuadraticSpec};
+use cml::problem::{BilevelProblem, ClosedForm, ProblemInstance, Quadratic, QuadraticSpec};
 use cml::rng::{normal_vector, seeded};
 use cml::theory::QuadraticTheory;
 use proptest::prelude::*;

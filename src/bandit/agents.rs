@@ -10,7 +10,7 @@ use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
-use crate::problem::{BilevelProblem, Modulation, ModulationSpec, Synapse, SynapseSpec};
+use crate::problem::{Modulation, ModulationSpec, ProblemInstance, Synapse, SynapseSpec};
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;
@@ -237,7 +237,7 @@ fn single_pull() -> Pulls {
 }
 
 /// The model's bilevel problem on one bandit task.
-pub fn build(model: &OnlineModel, task: BanditTask, theta: &Vector) -> Result<Box<dyn BilevelProblem>> {
+pub fn build(model: &OnlineModel, task: BanditTask, theta: &Vector) -> Result<Box<dyn ProblemInstance>> {
     Ok(match model {
         OnlineModel::Synapse(s) => Box::new(Synapse::new(s.clone(), task, theta)?),
         OnlineModel::Modulation(s) => Box::new(Modulation::new(s.clone(), task, theta)?),

@@ -83,7 +83,8 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     };
     estimate.warnings.extend(inapplicable);
     let seconds_estimate = clock.elapsed().as_secs_f64();
-    if let (EstimatorSpec::Contrastive(c), Some(q)) = (&spec, p.as_quadratic()) {
+    let quadratic = (p.as_ref() as &dyn std::any::Any).downcast_ref::<crate::problem::Quadratic>();
+    if let (EstimatorSpec::Contrastive(c), Some(q)) = (&spec, quadratic) {
         estimate.warnings.extend(beta_warning(q, c, &estimate)?);
     }
     let exact = if args.no_exact {
@@ -240,7 +241,7 @@ fn beta_warning(
     if delta == 0.0 {
         return Ok(None);
     }
-    let theta = crate::problem::BilevelProblem::theta(q);
+    let theta = crate::problem::ProblemInstance::theta(q);
     let theory = crate::theory::QuadraticTheory::new(q, &crate::linalg::to_dvector(theta)?)?;
     let (best, error) = theory.best(c.variant, delta);
     let ratio = c.beta.abs() / best;

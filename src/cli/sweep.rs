@@ -4,7 +4,10 @@
 use crate::estimator::Variant;
 use crate::fit::{cheapest, fit_delta, fit_variant};
 use crate::io::write_atomically;
-use crate::sweep::{AUTO_BETA, Budget, CSV_HEADER, SweepConfig, parse_log_range, parse_shard, run};
+use crate::sweep::{
+    AUTO_BETA, Budget, CSV_HEADER, EstimatorGrid, ProblemSource, SweepConfig, parse_log_range, parse_shard,
+    run,
+};
 use crate::{CmlError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
@@ -81,6 +84,24 @@ fn list<T: std::str::FromStr>(name: &str, s: &str, allowed: &str) -> Result<Vec<
 }
 
 impl SweepArgs {
+    /// The estimators as named on the command line, with the axes they expand over.
+    pub fn estimator_grid(&self) -> Result<EstimatorGrid> {
+        Ok(EstimatorGrid {
+            names: self.estimators.split(',').map(|s| s.trim().to_string()).collect(),
+            variants: self
+                .variants
+                .split(',')
+                .map(|s| Variant::parse(s.trim()))
+                .collect::<Result<_>>()?,
+            betas: parse_log_range(&self.betas)?,
+            solver_steps: list::<i64>("solver steps", &self.solver_steps, "whole numbers >= 1")?
+                .into_iter()
+                .map(|n| super::estimator_args::at_least_one("solver steps", n))
+                .collect::<Result<_>>()?,
+            neumann_alpha: self.neumann_alpha,
+        })
+    }
+
     pub fn config(&self) -> Result<SweepConfig> {
         let budgets = match (&self.steps, &self.tolerances) {
             _ if self.deltas.is_some() => list::<f64>(
@@ -102,22 +123,11 @@ impl SweepArgs {
             _ => vec![Budget::Steps(100), Budget::Steps(200), Budget::Steps(400)],
         };
         Ok(SweepConfig {
-            problem: self.problem.clone(),
+            problem: ProblemSource::parse(&self.problem)?,
             seeds: list("seeds", &self.seeds, "whole numbers, comma-separated")?,
-            estimators: self.estimators.split(',').map(|s| s.trim().to_string()).collect(),
-            variants: self
-                .variants
-                .split(',')
-                .map(|s| Variant::parse(s.trim()))
-                .collect::<Result<_>>()?,
-            betas: parse_log_range(&self.betas)?,
+            estimators: self.estimator_grid()?.specs()?,
             budgets,
-            solver_steps: list::<i64>("solver steps", &self.solver_steps, "whole numbers >= 1")?
-                .into_iter()
-                .map(|n| super::estimator_args::at_least_one("solver steps", n))
-                .collect::<Result<_>>()?,
             step_size: self.step_size,
-            neumann_alpha: self.neumann_alpha,
             max_steps: self.max_steps,
             error_bars: !self.no_error_bar,
         })
@@ -128,6 +138,7 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
     crate::autodiff::ensure_second_order()?;
     let config = args.config()?;
     config.validate()?;
+    let named = args.estimator_grid()?;
     for w in config.check_applicable(args.allow_inapplicable)? {
         eprintln!("warning: {w}");
     }
@@ -161,7 +172,7 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
         args.out.display()
     );
 
-    if config.estimators.iter().any(|e| e == "contrastive") {
+    if named.names.iter().any(|e| e == "contrastive") {
         println!("\nslopes on log-log axes, measured (theory)");
         println!(
             "variant               error~beta right   error~beta left   best beta~delta   best error~delta"
@@ -173,7 +184,7 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
                 t
             )
         };
-        for &v in &config.variants {
+        for &v in &named.variants {
             let f = fit_variant(&rows, v);
             println!(
                 "{:<21} {:<18} {:<17} {:<17} {}",
@@ -204,8 +215,8 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
             r.abs_error,
         );
     }
-    for e in config
-        .estimators
+    for e in named
+        .names
         .iter()
         .filter(|e| *e != "contrastive" && *e != AUTO_BETA)
     {

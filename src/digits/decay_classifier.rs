@@ -13,7 +13,7 @@ use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Mlp, softmax_cross_entropy};
 use crate::problem::regularised_mlp::{decay_penalty, decay_phase_gradient, decay_workspace};
-use crate::problem::{BilevelProblem, Dims, InstanceFile};
+use crate::problem::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use candle_core::Tensor;
 
 /// One part of the data as tensors: inputs and one-hot labels.
@@ -104,10 +104,6 @@ impl DecayClassifier {
 }
 
 impl BilevelProblem for DecayClassifier {
-    fn name(&self) -> &'static str {
-        "decay-classifier"
-    }
-
     fn dims(&self) -> Dims {
         let p = self.net.param_count();
         Dims { phi: p, theta: p }
@@ -128,11 +124,19 @@ impl BilevelProblem for DecayClassifier {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         Some(self)
     }
+}
+
+impl ProblemInstance for DecayClassifier {
+    fn name(&self) -> &'static str {
+        "decay-classifier"
+    }
 
     fn theta(&self) -> &Tensor {
         &self.theta
     }
+}
 
+impl ToInstanceFile for DecayClassifier {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.net.sizes_vector());

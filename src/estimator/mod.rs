@@ -12,7 +12,7 @@ use crate::error::{CmlError, Result};
 use crate::inner::{GdParams, PhaseInfo, Termination};
 use crate::linalg::Vector;
 use crate::oracle::Cost;
-use crate::problem::BilevelProblem;
+use crate::problem::{BilevelProblem, ProblemInstance};
 use candle_core::Tensor;
 pub use contrastive::{Contrastive, Variant};
 pub use first_order::{FirstOrder, FirstOrderRule};
@@ -81,7 +81,7 @@ pub const DENSE_SOLVE_LIMIT: usize = 4096;
 impl EstimatorSpec {
     /// Why this estimator does not apply to `problem` at `theta`, if it does not (README,
     /// "When each estimator applies").
-    pub fn inapplicable(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Option<String>> {
+    pub fn inapplicable(&self, problem: &dyn ProblemInstance, theta: &Tensor) -> Result<Option<String>> {
         let n = problem.dims().phi;
         Ok(match self {
             EstimatorSpec::FirstOrder(f) => {
@@ -115,7 +115,7 @@ impl EstimatorSpec {
     /// [`EstimatorSpec::inapplicable`] as a refusal, or with `allow` as a warning to report.
     pub fn check_applicable(
         &self,
-        problem: &dyn BilevelProblem,
+        problem: &dyn ProblemInstance,
         theta: &Tensor,
         allow: bool,
     ) -> Result<Option<String>> {
@@ -177,6 +177,45 @@ impl EstimatorSpec {
                     other.estimator().describe()
                 ),
             )),
+        }
+    }
+
+    /// The same estimator with every phase (free, nudged, or the unrolled inner loop) run with
+    /// `phase`: how a sweep's budget sets the phases.
+    pub fn with_phases(&self, phase: GdParams) -> Self {
+        let mut spec = *self;
+        match &mut spec {
+            EstimatorSpec::Contrastive(c)
+            | EstimatorSpec::ContrastiveAutoBeta(error_bar::AutoBeta { rule: c, .. }) => {
+                c.free = phase;
+                c.nudged = phase;
+            }
+            EstimatorSpec::Implicit(i) => i.free = phase,
+            EstimatorSpec::Unrolled(u) => u.inner = phase,
+            EstimatorSpec::FirstOrder(f) => f.free = phase,
+        }
+        spec
+    }
+
+    /// The contrastive rule, for the contrastive estimators (with `--beta auto`: its rule at the
+    /// first pilot's strength).
+    pub fn contrastive_rule(&self) -> Option<&Contrastive> {
+        match self {
+            EstimatorSpec::Contrastive(c)
+            | EstimatorSpec::ContrastiveAutoBeta(error_bar::AutoBeta { rule: c, .. }) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// CG iterations, Neumann terms or truncated-BPTT steps, for the estimators that take them.
+    pub fn solver_steps(&self) -> Option<usize> {
+        match self {
+            EstimatorSpec::Implicit(Implicit {
+                solver: LinearSolver::ConjugateGradient { steps } | LinearSolver::Neumann { steps, .. },
+                ..
+            }) => Some(*steps),
+            EstimatorSpec::Unrolled(Unrolled { truncation, .. }) => *truncation,
+            _ => None,
         }
     }
 

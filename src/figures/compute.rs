@@ -8,9 +8,9 @@ use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
 use crate::fit::cheapest;
 use crate::inner::GdParams;
-use crate::problem::BilevelProblem;
+use crate::problem::ProblemInstance;
 use crate::problem::{Synapse, SynapseSpec};
-use crate::sweep::{self, Budget, CSV_HEADER, SweepConfig, SweepRow};
+use crate::sweep::{self, Budget, CSV_HEADER, EstimatorGrid, ProblemSource, SweepConfig, SweepRow};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -43,10 +43,8 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
     } else {
         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
     };
-    let config = SweepConfig {
-        problem: instance.to_string_lossy().into_owned(),
-        seeds: vec![settings.seed],
-        estimators: [
+    let estimators = EstimatorGrid {
+        names: [
             "contrastive",
             "implicit",
             "cg",
@@ -63,17 +61,22 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         } else {
             "1e-7:1e-1:13"
         })?,
-        budgets: multiples
-            .iter()
-            .map(|m| Budget::Steps((m * kappa).ceil() as usize))
-            .collect(),
         solver_steps: if settings.quick {
             vec![4, 16]
         } else {
             vec![2, 4, 8, 16, 32]
         },
-        step_size: Some(step),
         neumann_alpha: Some(step),
+    };
+    let config = SweepConfig {
+        problem: ProblemSource::InstanceFile(instance.clone()),
+        seeds: vec![settings.seed],
+        estimators: estimators.specs()?,
+        budgets: multiples
+            .iter()
+            .map(|m| Budget::Steps((m * kappa).ceil() as usize))
+            .collect(),
+        step_size: Some(step),
         max_steps: 100_000,
         error_bars: false,
     };

@@ -18,7 +18,7 @@ use crate::linalg::{Vector, to_tensor};
 use crate::model::Mlp;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
-use crate::problem::BilevelProblem;
+use crate::problem::{BilevelProblem, ProblemInstance};
 use crate::rng::{hash_words, stream};
 use std::path::PathBuf;
 

@@ -18,7 +18,7 @@ use crate::model::Mlp;
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
-use crate::problem::{BilevelProblem, Synapse, SynapseSpec};
+use crate::problem::{BilevelProblem, ProblemInstance, Synapse, SynapseSpec};
 use crate::rng::stream;
 use std::path::PathBuf;
 
@@ -252,7 +252,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
         ) in protocol.methods()?.into_iter().enumerate()
         {
             let spec = protocol.synapse(strength)?;
-            let build = |e: &Episode, theta: &Vector| -> Result<Box<dyn BilevelProblem>> {
+            let build = |e: &Episode, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
                 Ok(Box::new(Synapse::new(spec.clone(), e.clone(), theta)?))
             };
             let (theta, seconds) = match &estimator {

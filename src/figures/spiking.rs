@@ -14,7 +14,7 @@ use crate::meta_training::TaskMetaTraining;
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
-use crate::problem::{BilevelProblem, SinusoidTask};
+use crate::problem::{ProblemInstance, SinusoidTask};
 use crate::rng::stream;
 use crate::spiking::{
     INPUT_RANGE, NetworkSpec, Samples, SpikingKernel, SpikingSynapse, SpikingTask, Surrogate,
@@ -268,7 +268,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         } else {
             (p.meta_steps, p.meta_batch)
         };
-        let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn BilevelProblem>> {
+        let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
             Ok(Box::new(SpikingSynapse::new(
                 spec,
                 t,

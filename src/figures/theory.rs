@@ -9,9 +9,9 @@ use crate::fit::{DeltaFit, VariantFit, curves, fit_delta, fit_variant};
 use crate::ground_truth::exact_meta_gradient;
 use crate::linalg::{spectrum_bounds, to_dvector};
 use crate::model::Mlp;
-use crate::problem::{BilevelProblem, Quadratic, QuadraticSpec, phase_loss};
+use crate::problem::{BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, ToInstanceFile, phase_loss};
 use crate::problem::{Synapse, SynapseSpec};
-use crate::sweep::{self, Budget, CSV_HEADER, SweepConfig, SweepRow};
+use crate::sweep::{self, Budget, CSV_HEADER, EstimatorGrid, ProblemSource, SweepConfig, SweepRow};
 use crate::theory::{QuadraticTheory, theory_slopes};
 use std::path::PathBuf;
 
@@ -37,27 +37,34 @@ pub struct TheoryResults {
 
 const VARIANTS: [Variant; 2] = [Variant::Standard, Variant::Symmetric];
 
+/// The named estimators over the figures' variants and betas.
+fn estimators(settings: &Settings, names: &[&str]) -> EstimatorGrid {
+    let n = if settings.quick { 15 } else { 29 };
+    EstimatorGrid {
+        names: names.iter().map(|s| s.to_string()).collect(),
+        variants: VARIANTS.to_vec(),
+        betas: sweep::parse_log_range(&format!("1e-8:1e-1:{n}")).expect("a valid range"),
+        solver_steps: vec![10],
+        neumann_alpha: None,
+    }
+}
+
 fn config(
     problem: &str,
     settings: &Settings,
-    estimators: &[&str],
+    estimators: EstimatorGrid,
     budgets: Vec<Budget>,
     step_size: Option<f64>,
-) -> SweepConfig {
-    let n = if settings.quick { 15 } else { 29 };
-    SweepConfig {
-        problem: problem.into(),
+) -> Result<SweepConfig> {
+    Ok(SweepConfig {
+        problem: ProblemSource::parse(problem)?,
         seeds: vec![settings.seed],
-        estimators: estimators.iter().map(|s| s.to_string()).collect(),
-        variants: VARIANTS.to_vec(),
-        betas: sweep::parse_log_range(&format!("1e-8:1e-1:{n}")).expect("a valid range"),
+        estimators: estimators.specs()?,
         budgets,
-        solver_steps: vec![10],
         step_size,
-        neumann_alpha: None,
         max_steps: 100_000,
         error_bars: false,
-    }
+    })
 }
 
 fn deltas(settings: &Settings) -> Vec<Budget> {
@@ -165,12 +172,24 @@ fn error_vs_beta(
 ) -> Result<(Vec<FitRow>, Vec<SweepRow>)> {
     let budgets = steps.iter().map(|&s| Budget::Steps(s)).collect();
     let gd = sweep::run(
-        &config(problem, settings, &["contrastive"], budgets, step_size),
+        &config(
+            problem,
+            settings,
+            estimators(settings, &["contrastive"]),
+            budgets,
+            step_size,
+        )?,
         (0, 1),
         &|| {},
     )?;
     let placed = sweep::run(
-        &config(problem, settings, placed_estimators, deltas(settings), None),
+        &config(
+            problem,
+            settings,
+            estimators(settings, placed_estimators),
+            deltas(settings),
+            None,
+        )?,
         (0, 1),
         &|| {},
     )?;
@@ -252,17 +271,12 @@ fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Res
         Variant::ReferenceCodeSymmetric,
     ];
     let n = if settings.quick { 7 } else { 13 };
-    let c = SweepConfig {
+    let grid = EstimatorGrid {
         variants: variants.to_vec(),
         betas: sweep::parse_log_range(&format!("1e-4:1e-1:{n}")).expect("a valid range"),
-        ..config(
-            "quadratic",
-            settings,
-            &["contrastive"],
-            vec![Budget::Tolerance(1e-12)],
-            None,
-        )
+        ..estimators(settings, &["contrastive"])
     };
+    let c = config("quadratic", settings, grid, vec![Budget::Tolerance(1e-12)], None)?;
     let rows = sweep::run(&c, (0, 1), &|| {})?;
     write_csv(
         &settings.out.join("reference_code_ablation.csv"),

@@ -394,10 +394,7 @@ fn iterate<'a, 'p>(
         (Engine::Fast, None) => Err(CmlError::invalid(
             "engine",
             "fast",
-            format!(
-                "the {} problem has no fast first-order path; use --engine candle or auto",
-                oracle.problem().name()
-            ),
+            "this problem has no fast first-order path; use --engine candle or auto",
         )),
         (Engine::Fast | Engine::Auto, Some(model)) => {
             let theta_values = theta.to_vec1::<f64>()?;

@@ -40,17 +40,21 @@ pub struct Curvature {
     pub smoothness: f64,
 }
 
-/// A bilevel problem instance. Losses return scalar tensors so Candle can differentiate them.
+/// A bilevel problem: the inner and outer losses and where the free phase starts. Losses return
+/// scalar tensors so Candle can differentiate them (gradients, Hessian-vector and mixed
+/// products, dense Hessians: `autodiff`, counted by `oracle`).
+///
+/// Beyond that, a problem may offer capabilities, each optional, in the style of argmin's
+/// small traits: known curvature (step sizes and certified distances), a hand-derived
+/// first-order path ([`crate::engine::FirstOrderPhase`], the fast engine), closed-form phase
+/// solutions ([`ClosedForm`]). Its name and stored meta-parameters belong to a
+/// [`ProblemInstance`], its instance file to [`ToInstanceFile`].
 pub trait BilevelProblem: Send + Sync {
-    /// The registry name (`quadratic`, `ridge`, `logistic`, ...).
-    fn name(&self) -> &'static str;
     fn dims(&self) -> Dims;
     fn inner_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor>;
     fn outer_loss(&self, phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor>;
     /// Where the free phase starts; may depend on `theta`.
     fn initial_phi(&self, theta: &Tensor) -> Result<Tensor>;
-    /// The meta-parameters stored with the instance, where meta-gradients are evaluated.
-    fn theta(&self) -> &Tensor;
     /// Curvature of `L_beta` over all `phi`, where known.
     fn curvature(&self, _theta: &Tensor, _beta: f64) -> Result<Option<Curvature>> {
         Ok(None)
@@ -63,13 +67,28 @@ pub trait BilevelProblem: Send + Sync {
     fn closed_form(&self) -> Option<&dyn ClosedForm> {
         None
     }
-    /// The quadratic problem, whose error-bound constants are all computable (`theory`).
-    fn as_quadratic(&self) -> Option<&Quadratic> {
-        None
-    }
-    /// Every array and scalar the instance is built from.
+}
+
+/// A problem instance: a bilevel problem with its name and the meta-parameters it is evaluated
+/// at (what the command line, sweeps and meta-training hand to the estimators). `Any` lets a
+/// caller that needs one concrete problem (the quadratic's bound constants) ask for it.
+pub trait ProblemInstance: BilevelProblem + std::any::Any {
+    /// The registry name (`quadratic`, `ridge`, `logistic`, ...) or the user's label.
+    fn name(&self) -> &'static str;
+    /// The meta-parameters stored with the instance, where meta-gradients are evaluated.
+    fn theta(&self) -> &Tensor;
+}
+
+/// Writing an instance file: every array and scalar the instance is built from (the registry
+/// reads it back).
+pub trait ToInstanceFile {
     fn to_instance(&self) -> InstanceFile;
 }
+
+/// What the registry builds: an instance that can be written to its file.
+pub trait RegisteredProblem: ProblemInstance + ToInstanceFile {}
+
+impl<P: ProblemInstance + ToInstanceFile> RegisteredProblem for P {}
 
 /// Problems with closed-form solutions (MATH.md §5), used as independent references.
 pub trait ClosedForm {

@@ -14,7 +14,7 @@ use super::instance::InstanceReader;
 use super::sinusoid::SinusoidTask;
 use super::synapse::{check_len, no_kernel};
 use super::task::{SupervisedTask, TaskTensors};
-use super::{BilevelProblem, Dims, InstanceFile};
+use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
@@ -188,10 +188,6 @@ impl Modulation<SinusoidTask> {
 }
 
 impl<T: SupervisedTask> BilevelProblem for Modulation<T> {
-    fn name(&self) -> &'static str {
-        T::MODULATION_NAME
-    }
-
     fn dims(&self) -> Dims {
         Dims {
             phi: self.layout.fast_len,
@@ -219,11 +215,19 @@ impl<T: SupervisedTask> BilevelProblem for Modulation<T> {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         self.kernel.as_ref().map(|_| self as &dyn FirstOrderPhase)
     }
+}
+
+impl<T: SupervisedTask> ProblemInstance for Modulation<T> {
+    fn name(&self) -> &'static str {
+        T::MODULATION_NAME
+    }
 
     fn theta(&self) -> &Tensor {
         &self.theta
     }
+}
 
+impl<T: SupervisedTask> ToInstanceFile for Modulation<T> {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.spec.net.sizes_vector());

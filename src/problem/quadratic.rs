@@ -6,7 +6,7 @@
 //! Everything about it is known in closed form, which makes it the reference problem.
 
 use super::instance::{InstanceFile, InstanceReader};
-use super::{BilevelProblem, ClosedForm, Curvature, Dims, matvec};
+use super::{BilevelProblem, ClosedForm, Curvature, Dims, ProblemInstance, ToInstanceFile, matvec};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, matrix_to_tensor, spd_solve, spectrum_bounds, to_tensor};
 use crate::rng::{normal_matrix, normal_vector, seeded};
@@ -210,10 +210,6 @@ pub struct QuadraticMatrices<'a> {
 }
 
 impl BilevelProblem for Quadratic {
-    fn name(&self) -> &'static str {
-        "quadratic"
-    }
-
     fn dims(&self) -> Dims {
         Dims {
             phi: self.a.nrows(),
@@ -241,10 +237,6 @@ impl BilevelProblem for Quadratic {
         Ok(self.t.phi_init.clone())
     }
 
-    fn theta(&self) -> &Tensor {
-        &self.t.theta
-    }
-
     fn curvature(&self, _theta: &Tensor, beta: f64) -> Result<Option<Curvature>> {
         let (lo, hi) = spectrum_bounds(&self.phase_hessian(beta));
         Ok(Some(Curvature {
@@ -256,11 +248,19 @@ impl BilevelProblem for Quadratic {
     fn closed_form(&self) -> Option<&dyn ClosedForm> {
         Some(self)
     }
+}
 
-    fn as_quadratic(&self) -> Option<&Quadratic> {
-        Some(self)
+impl ProblemInstance for Quadratic {
+    fn name(&self) -> &'static str {
+        "quadratic"
     }
 
+    fn theta(&self) -> &Tensor {
+        &self.t.theta
+    }
+}
+
+impl ToInstanceFile for Quadratic {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_matrix("A", &self.a);

@@ -8,7 +8,7 @@
 //! split measures what meta-learning the strengths bought.
 
 use super::instance::InstanceFile;
-use super::{BilevelProblem, Dims};
+use super::{BilevelProblem, Dims, ProblemInstance, ToInstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
@@ -169,10 +169,6 @@ impl RegularisedMlp {
 }
 
 impl BilevelProblem for RegularisedMlp {
-    fn name(&self) -> &'static str {
-        "regularised-mlp"
-    }
-
     fn dims(&self) -> Dims {
         let p = self.net.param_count();
         Dims { phi: p, theta: p }
@@ -193,11 +189,19 @@ impl BilevelProblem for RegularisedMlp {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         Some(self)
     }
+}
+
+impl ProblemInstance for RegularisedMlp {
+    fn name(&self) -> &'static str {
+        "regularised-mlp"
+    }
 
     fn theta(&self) -> &Tensor {
         &self.theta
     }
+}
 
+impl ToInstanceFile for RegularisedMlp {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.net.sizes_vector());

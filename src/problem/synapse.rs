@@ -11,7 +11,7 @@
 use super::instance::InstanceReader;
 use super::sinusoid::SinusoidTask;
 use super::task::{SupervisedTask, TaskTensors};
-use super::{BilevelProblem, Dims, InstanceFile};
+use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
@@ -167,10 +167,6 @@ impl Synapse<SinusoidTask> {
 }
 
 impl<T: SupervisedTask> BilevelProblem for Synapse<T> {
-    fn name(&self) -> &'static str {
-        T::SYNAPSE_NAME
-    }
-
     fn dims(&self) -> Dims {
         let p = self.spec.net.param_count();
         Dims {
@@ -201,11 +197,19 @@ impl<T: SupervisedTask> BilevelProblem for Synapse<T> {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         self.kernel.as_ref().map(|_| self as &dyn FirstOrderPhase)
     }
+}
+
+impl<T: SupervisedTask> ProblemInstance for Synapse<T> {
+    fn name(&self) -> &'static str {
+        T::SYNAPSE_NAME
+    }
 
     fn theta(&self) -> &Tensor {
         &self.theta
     }
+}
 
+impl<T: SupervisedTask> ToInstanceFile for Synapse<T> {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.spec.net.sizes_vector());

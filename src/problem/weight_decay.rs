@@ -8,7 +8,7 @@
 //! `y_j in {0, 1}` ("logistic": not quadratic in `phi`). Means over examples, not sums.
 
 use super::instance::{InstanceFile, InstanceReader};
-use super::{BilevelProblem, ClosedForm, Curvature, Dims, matvec};
+use super::{BilevelProblem, ClosedForm, Curvature, Dims, ProblemInstance, ToInstanceFile, matvec};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, matrix_to_tensor, spd_solve, spectrum_bounds, to_dvector, to_tensor};
 use crate::rng::{normal, normal_matrix, normal_vector, seeded};
@@ -205,10 +205,6 @@ impl WeightDecay {
 }
 
 impl BilevelProblem for WeightDecay {
-    fn name(&self) -> &'static str {
-        self.loss.problem_name()
-    }
-
     fn dims(&self) -> Dims {
         Dims {
             phi: self.x_train.ncols(),
@@ -228,10 +224,6 @@ impl BilevelProblem for WeightDecay {
 
     fn initial_phi(&self, _theta: &Tensor) -> Result<Tensor> {
         Ok(self.t.phi_init.clone())
-    }
-
-    fn theta(&self) -> &Tensor {
-        &self.t.theta
     }
 
     /// Squared: the Hessian `X^T X / n + diag(exp theta) + beta X_v^T X_v / n_v` is constant,
@@ -264,7 +256,19 @@ impl BilevelProblem for WeightDecay {
             DataLoss::Logistic => None,
         }
     }
+}
 
+impl ProblemInstance for WeightDecay {
+    fn name(&self) -> &'static str {
+        self.loss.problem_name()
+    }
+
+    fn theta(&self) -> &Tensor {
+        &self.t.theta
+    }
+}
+
+impl ToInstanceFile for WeightDecay {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_matrix("x_train", &self.x_train);

@@ -13,7 +13,7 @@ use super::network::{
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::problem::{BilevelProblem, Dims, InstanceFile, SinusoidTask};
+use crate::problem::{BilevelProblem, Dims, InstanceFile, ProblemInstance, SinusoidTask, ToInstanceFile};
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 
@@ -122,10 +122,6 @@ impl SpikingSynapse {
 }
 
 impl BilevelProblem for SpikingSynapse {
-    fn name(&self) -> &'static str {
-        "spiking-synapse"
-    }
-
     fn dims(&self) -> Dims {
         let p = self.net.spec.param_count();
         Dims { phi: p, theta: p }
@@ -148,17 +144,25 @@ impl BilevelProblem for SpikingSynapse {
         Ok(theta.clone())
     }
 
-    fn theta(&self) -> &Tensor {
-        &self.omega
-    }
-
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         match self.surrogate {
             Surrogate::Eprop => Some(self),
             Surrogate::Bptt => None,
         }
     }
+}
 
+impl ProblemInstance for SpikingSynapse {
+    fn name(&self) -> &'static str {
+        "spiking-synapse"
+    }
+
+    fn theta(&self) -> &Tensor {
+        &self.omega
+    }
+}
+
+impl ToInstanceFile for SpikingSynapse {
     fn to_instance(&self) -> InstanceFile {
         let s = &self.net.spec;
         let mut f = InstanceFile::new(self.name(), None);
