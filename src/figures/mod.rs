@@ -10,6 +10,7 @@ mod error_bar;
 mod few_shot;
 pub mod plot;
 mod spiking;
+mod template;
 mod theory;
 mod training;
 mod weight_decay;
@@ -148,7 +149,7 @@ pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -
     results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
     if only.is_none() {
         let path = settings.paper.join("README.md");
-        write_atomically(&path, writeup::render(settings, &results).as_bytes())?;
+        write_atomically(&path, writeup::render(settings, &results)?.as_bytes())?;
         results.files.push(path);
     }
     Ok(results)
