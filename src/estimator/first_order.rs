@@ -22,13 +22,15 @@ pub enum FirstOrderRule {
     Reptile,
 }
 
+/// A first-order rule at the end point of a free phase run by `free`, any [`InnerSolver`]
+/// (gradient descent by default).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct FirstOrder {
+pub struct FirstOrder<S = GdParams> {
     pub rule: FirstOrderRule,
-    pub free: GdParams,
+    pub free: S,
 }
 
-impl MetaGradientEstimator for FirstOrder {
+impl<S: InnerSolver> MetaGradientEstimator for FirstOrder<S> {
     fn describe(&self) -> String {
         match self.rule {
             FirstOrderRule::FirstOrderMaml => "first-order MAML".into(),
@@ -37,6 +39,7 @@ impl MetaGradientEstimator for FirstOrder {
     }
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
+        self.free.validate("free phase")?;
         let oracle = Oracle::new(problem);
         let phi_init = problem.initial_phi(theta)?;
         let free = self

@@ -12,19 +12,22 @@ use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
 use candle_core::Tensor;
 
+/// Implicit differentiation at the end point of a free phase run by `free`, any
+/// [`InnerSolver`] (gradient descent by default).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
-pub struct Implicit {
+pub struct Implicit<S = GdParams> {
     pub solver: LinearSolver,
-    pub free: GdParams,
+    pub free: S,
 }
 
-impl MetaGradientEstimator for Implicit {
+impl<S: InnerSolver> MetaGradientEstimator for Implicit<S> {
     fn describe(&self) -> String {
         self.solver.describe()
     }
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.solver.validate()?;
+        self.free.validate("free phase")?;
         let oracle = Oracle::new(problem);
         let free = self.free.solve(
             &oracle,

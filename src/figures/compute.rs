@@ -36,7 +36,8 @@ fn label(r: &SweepRow) -> String {
 }
 
 pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<ComputeResults> {
-    let (instance, mu, smooth, step) = synapse_instance(settings, files)?;
+    let synapse = synapse_instance(settings, files)?;
+    let (mu, smooth, step) = (synapse.mu, synapse.smooth, synapse.step);
     let kappa = smooth / mu;
     let multiples: &[f64] = if settings.quick {
         &[2.0, 8.0, 32.0]
@@ -69,7 +70,7 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         neumann_alpha: Some(step),
     };
     let config = SweepConfig {
-        problem: ProblemSource::InstanceFile(instance.clone()),
+        problem: ProblemSource::Custom("synapse".into()),
         seeds: vec![settings.seed],
         estimators: estimators.specs()?,
         budgets: multiples
@@ -80,7 +81,7 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         max_steps: 100_000,
         error_bars: false,
     };
-    let rows = sweep::run(&config, (0, 1), &|| {})?;
+    let rows = sweep::run_on(&config, (0, 1), &|seed| synapse.build(seed), &|| {})?;
     write_csv(
         &settings.out.join("error_vs_compute.csv"),
         CSV_HEADER,

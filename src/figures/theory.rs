@@ -9,7 +9,9 @@ use crate::fit::{DeltaFit, VariantFit, curves, fit_delta, fit_variant};
 use crate::ground_truth::exact_meta_gradient;
 use crate::linalg::{spectrum_bounds, to_dvector};
 use crate::model::Mlp;
-use crate::problem::{BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, ToInstanceFile, phase_loss};
+use crate::problem::{
+    BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, SinusoidTask, ToInstanceFile, phase_loss,
+};
 use crate::problem::{Synapse, SynapseSpec};
 use crate::sweep::{self, Budget, CSV_HEADER, EstimatorGrid, ProblemSource, SweepConfig, SweepRow};
 use crate::theory::{QuadraticTheory, theory_slopes};
@@ -50,14 +52,14 @@ fn estimators(settings: &Settings, names: &[&str]) -> EstimatorGrid {
 }
 
 fn config(
-    problem: &str,
+    problem: ProblemSource,
     settings: &Settings,
     estimators: EstimatorGrid,
     budgets: Vec<Budget>,
     step_size: Option<f64>,
 ) -> Result<SweepConfig> {
     Ok(SweepConfig {
-        problem: ProblemSource::parse(problem)?,
+        problem,
         seeds: vec![settings.seed],
         estimators: estimators.specs()?,
         budgets,
@@ -76,9 +78,27 @@ fn deltas(settings: &Settings) -> Vec<Budget> {
     d.iter().map(|&d| Budget::Delta(d)).collect()
 }
 
+/// The small complex synapse of the figures, with its curvature at the initial point and at
+/// `phi*` (`mu`, `smooth`) and the inner step size `0.5 / smooth`.
+pub struct FigureSynapse {
+    pub problem: Synapse<SinusoidTask>,
+    pub mu: f64,
+    pub smooth: f64,
+    pub step: f64,
+}
+
+impl FigureSynapse {
+    /// A sweep's problem: this instance for every seed (its file is written for users, not
+    /// read back).
+    pub fn build(&self, _seed: u64) -> Result<Box<dyn ProblemInstance>> {
+        Ok(Box::new(self.problem.clone()))
+    }
+}
+
 /// The small complex synapse of the figures and its inner-loop settings: 1-4-4-1, 5 shots,
-/// `lambda = 20` per synapse (strongly convex where it is used, checked below).
-pub fn synapse_instance(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<(PathBuf, f64, f64, f64)> {
+/// `lambda = 20` per synapse (strongly convex where it is used, checked below). Writes its
+/// instance file.
+pub fn synapse_instance(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FigureSynapse> {
     let spec = SynapseSpec {
         net: Mlp::parse("1-4-4-1")?,
         per_synapse: true,
@@ -96,8 +116,13 @@ pub fn synapse_instance(settings: &Settings, files: &mut Vec<PathBuf>) -> Result
     }
     let path = settings.out.join("synapse_instance.json");
     p.to_instance().write(&path)?;
-    files.push(path.clone());
-    Ok((path, mu, smooth, 0.5 / smooth))
+    files.push(path);
+    Ok(FigureSynapse {
+        problem: p,
+        mu,
+        smooth,
+        step: 0.5 / smooth,
+    })
 }
 
 fn error_panel(rows: &[SweepRow], variant: Variant, title: &str) -> Panel {
@@ -163,7 +188,7 @@ fn csv(rows: &[SweepRow]) -> Vec<String> {
 fn error_vs_beta(
     settings: &Settings,
     files: &mut Vec<PathBuf>,
-    problem: &str,
+    (problem, build): (ProblemSource, &dyn Fn(u64) -> Result<Box<dyn ProblemInstance>>),
     label: &str,
     name: &str,
     steps: &[usize],
@@ -171,18 +196,19 @@ fn error_vs_beta(
     placed_estimators: &[&str],
 ) -> Result<(Vec<FitRow>, Vec<SweepRow>)> {
     let budgets = steps.iter().map(|&s| Budget::Steps(s)).collect();
-    let gd = sweep::run(
+    let gd = sweep::run_on(
         &config(
-            problem,
+            problem.clone(),
             settings,
             estimators(settings, &["contrastive"]),
             budgets,
             step_size,
         )?,
         (0, 1),
+        build,
         &|| {},
     )?;
-    let placed = sweep::run(
+    let placed = sweep::run_on(
         &config(
             problem,
             settings,
@@ -191,6 +217,7 @@ fn error_vs_beta(
             None,
         )?,
         (0, 1),
+        build,
         &|| {},
     )?;
     let mut all = gd.clone();
@@ -219,10 +246,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResult
     } else {
         &[50, 80, 110, 140, 170]
     };
+    let quadratic = ProblemSource::Registry("quadratic".into());
     let (mut fits, placed) = error_vs_beta(
         settings,
         files,
-        "quadratic",
+        (quadratic.clone(), &|seed| Ok(quadratic.build(seed)?)),
         "quadratic",
         "error_vs_beta_quadratic",
         steps,
@@ -230,7 +258,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResult
         &["contrastive", "implicit", "t1t2"],
     )?;
     // The complex synapse: budgets in units of its condition number.
-    let (instance, mu, smooth, step) = synapse_instance(settings, files)?;
+    let synapse = synapse_instance(settings, files)?;
+    let (mu, smooth, step) = (synapse.mu, synapse.smooth, synapse.step);
     let multiples: &[f64] = if settings.quick {
         &[10.0, 22.0, 34.0]
     } else {
@@ -240,7 +269,9 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResult
     let (syn_fits, _) = error_vs_beta(
         settings,
         files,
-        &instance.to_string_lossy(),
+        (ProblemSource::Custom("synapse".into()), &|seed| {
+            synapse.build(seed)
+        }),
         "complex synapse",
         "error_vs_beta_synapse",
         &syn_steps,
@@ -276,7 +307,13 @@ fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Res
         betas: sweep::parse_log_range(&format!("1e-4:1e-1:{n}")).expect("a valid range"),
         ..estimators(settings, &["contrastive"])
     };
-    let c = config("quadratic", settings, grid, vec![Budget::Tolerance(1e-12)], None)?;
+    let c = config(
+        ProblemSource::Registry("quadratic".into()),
+        settings,
+        grid,
+        vec![Budget::Tolerance(1e-12)],
+        None,
+    )?;
     let rows = sweep::run(&c, (0, 1), &|| {})?;
     write_csv(
         &settings.out.join("reference_code_ablation.csv"),
