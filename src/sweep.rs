@@ -344,13 +344,16 @@ pub fn run(config: &SweepConfig, shard: (usize, usize), done: &(dyn Fn() + Sync)
     run_on(config, shard, &|seed| Ok(config.problem.build(seed)?), done)
 }
 
+/// Builds the instance of a seed.
+pub type ProblemBuilder<'a> = dyn Fn(u64) -> Result<Box<dyn ProblemInstance>> + 'a;
+
 /// [`run`] on problems the caller builds, one per seed: a problem defined outside the crate gets
 /// sweeps too (`config.problem` is then a [`ProblemSource::Custom`] label; rows carry the
 /// problem's `name()`).
 pub fn run_on(
     config: &SweepConfig,
     shard: (usize, usize),
-    build: &dyn Fn(u64) -> Result<Box<dyn ProblemInstance>>,
+    build: &ProblemBuilder,
     done: &(dyn Fn() + Sync),
 ) -> Result<Vec<SweepRow>> {
     config.validate()?;

@@ -13,7 +13,9 @@ use crate::problem::{
     BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, SinusoidTask, ToInstanceFile, phase_loss,
 };
 use crate::problem::{Synapse, SynapseSpec};
-use crate::sweep::{self, Budget, CSV_HEADER, EstimatorGrid, ProblemSource, SweepConfig, SweepRow};
+use crate::sweep::{
+    self, Budget, CSV_HEADER, EstimatorGrid, ProblemBuilder, ProblemSource, SweepConfig, SweepRow,
+};
 use crate::theory::{QuadraticTheory, theory_slopes};
 use std::path::PathBuf;
 
@@ -188,7 +190,7 @@ fn csv(rows: &[SweepRow]) -> Vec<String> {
 fn error_vs_beta(
     settings: &Settings,
     files: &mut Vec<PathBuf>,
-    (problem, build): (ProblemSource, &dyn Fn(u64) -> Result<Box<dyn ProblemInstance>>),
+    (problem, build): (ProblemSource, &ProblemBuilder),
     label: &str,
     name: &str,
     steps: &[usize],
