@@ -52,6 +52,26 @@ pub struct SweepConfig {
 /// order: per name, the contrastive rule one per variant and beta (variants outer), `--beta
 /// auto` one per variant, an estimator with solver steps (CG, Neumann, truncated BPTT) one per
 /// count, any other one.
+///
+/// ```
+/// use cml::estimator::Variant;
+/// use cml::registry::estimator_name;
+/// use cml::sweep::EstimatorGrid;
+///
+/// let grid = EstimatorGrid {
+///     names: vec!["contrastive".into(), "cg".into(), "t1t2".into()],
+///     variants: vec![Variant::Standard, Variant::Symmetric],
+///     betas: vec![1e-3, 1e-2],
+///     solver_steps: vec![5, 20],
+///     neumann_alpha: None,
+/// };
+/// let specs = grid.specs()?;
+/// let names: Vec<&str> = specs.iter().map(estimator_name).collect();
+/// // 2 variants x 2 betas, then one CG per solver-step count, then T1-T2.
+/// assert_eq!(names, ["contrastive"; 4].into_iter().chain(["cg", "cg", "t1t2"]).collect::<Vec<_>>());
+/// assert_eq!(specs[5].solver_steps(), Some(20));
+/// # Ok::<(), cml::CmlError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct EstimatorGrid {
     pub names: Vec<String>,

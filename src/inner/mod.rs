@@ -8,6 +8,24 @@
 //! with; damped Newton ([`NewtonParams`]) gives the exact references their phase solutions.
 //! A [`PhaseObserver`] sees the iterates, e.g. to store them for backpropagation through the
 //! steps.
+//!
+//! ```
+//! use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase, Termination};
+//! use cml::oracle::Oracle;
+//!
+//! let problem = cml::registry::draw_problem("ridge", 0)?;
+//! let (theta, oracle) = (problem.theta(), Oracle::new(problem.as_ref()));
+//! let start = problem.initial_phi(theta)?;
+//! let free = Phase::new(&start, theta, 0.0, "free phase");
+//! // Five gradient steps with no tolerance: the budget is the stopping rule.
+//! let gd = GdParams { max_steps: 5, ..GdParams::default() }.solve(&oracle, &free)?;
+//! assert_eq!(gd.info.termination, Termination::Budget);
+//! // Damped Newton solves the same phase to machine precision.
+//! let newton = NewtonParams::default().solve(&oracle, &free)?;
+//! assert_eq!(newton.info.termination, Termination::Stationary);
+//! assert!(newton.info.grad_norm < gd.info.grad_norm);
+//! # Ok::<(), cml::CmlError>(())
+//! ```
 
 pub mod gradient_descent;
 pub mod newton;
