@@ -1,5 +1,5 @@
-//! Ground truth: phase solutions to machine precision by Newton's method on the dense Hessian,
-//! and the exact implicit meta-gradient of MATH.md §1/§4 at them.
+//! Ground truth: the exact implicit meta-gradient of MATH.md §1/§4 at the free phase solved to
+//! machine precision by damped Newton (`inner::NewtonParams`), and measured phase distances.
 
 use crate::error::Result;
 use crate::implicit_function::{LinearSolver, implicit_meta_gradient};

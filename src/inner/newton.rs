@@ -62,7 +62,7 @@ fn solve(
                 reason: format!("gradient norm {grad_norm} at iteration {iteration}"),
             });
         }
-        // At machine precision the gradient stops shrinking quadratically: stop there.
+        // The solution found at this iteration, with what it cost.
         let end = |phi: Vector, d: crate::autodiff::SecondDerivatives| {
             let info = PhaseInfo {
                 beta,
@@ -80,6 +80,7 @@ fn solve(
             };
             finish(phi, d, info, g0, what.clone())
         };
+        // At machine precision the gradient stops shrinking quadratically: stop there.
         if grad_norm > 0.5 * previous_grad_norm && grad_norm <= 1e-8 * g0.max(1.0) {
             return end(phi, d);
         }
