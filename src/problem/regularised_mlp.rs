@@ -130,7 +130,7 @@ impl RegularisedMlp {
         Self::from_data(&x, &y, (147, 147, 147), 16, decay, seed)
     }
 
-    /// Reads back what [`BilevelProblem::to_instance`] wrote: the network sizes, the three
+    /// Reads back what [`ToInstanceFile::to_instance`] wrote: the network sizes, the three
     /// splits, the initial weights and the strengths.
     pub fn from_instance(mut r: super::instance::InstanceReader) -> Result<Self> {
         let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;

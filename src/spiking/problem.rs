@@ -12,8 +12,8 @@ use super::network::{
 };
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
-use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::problem::{BilevelProblem, Dims, InstanceFile, ProblemInstance, SinusoidTask, ToInstanceFile};
+use crate::linalg::{Vector, to_tensor};
+use crate::problem::{BilevelProblem, Dims, ProblemInstance, SinusoidTask};
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 
@@ -159,22 +159,6 @@ impl ProblemInstance for SpikingSynapse {
 
     fn theta(&self) -> &Tensor {
         &self.omega
-    }
-}
-
-impl ToInstanceFile for SpikingSynapse {
-    fn to_instance(&self) -> InstanceFile {
-        let s = &self.net.spec;
-        let mut f = InstanceFile::new(self.name(), None);
-        f.push_scalar("inputs", s.inputs as f64);
-        f.push_scalar("neurons", s.neurons as f64);
-        f.push_scalar("steps", s.steps as f64);
-        f.push_scalar("strength", self.strength);
-        let column = |t: &Tensor| to_dvector(&t.flatten_all().expect("a column")).expect("a vector");
-        f.push_vector("y_support", &column(&self.y_support));
-        f.push_vector("y_query", &column(&self.y_query));
-        f.push_vector("omega", &to_dvector(&self.omega).expect("a vector"));
-        f
     }
 }
 
