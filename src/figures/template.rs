@@ -104,10 +104,7 @@ fn tokenize(template: &str) -> Result<Vec<Token<'_>>, String> {
         let mut text = &rest[..open];
         let mut after = close + 2;
         let line_start = text.rfind('\n').map(|i| i + 1);
-        let starts_line = match line_start {
-            Some(_) => true,
-            None => at_line_start,
-        };
+        let starts_line = line_start.is_some() || at_line_start;
         let before_on_line = &text[line_start.unwrap_or(0)..];
         let after_on_line = rest[after..].split('\n').next().unwrap_or("");
         // A section tag alone on its line takes the line with it.
