@@ -102,7 +102,8 @@ impl SweepArgs {
         })
     }
 
-    pub fn config(&self) -> Result<SweepConfig> {
+    /// The sweep of these flags, its estimators expanded from `named`.
+    pub fn config(&self, named: &EstimatorGrid) -> Result<SweepConfig> {
         let budgets = match (&self.steps, &self.tolerances) {
             _ if self.deltas.is_some() => list::<f64>(
                 "deltas",
@@ -125,7 +126,7 @@ impl SweepArgs {
         Ok(SweepConfig {
             problem: ProblemSource::parse(&self.problem)?,
             seeds: list("seeds", &self.seeds, "whole numbers, comma-separated")?,
-            estimators: self.estimator_grid()?.specs()?,
+            estimators: named.specs()?,
             budgets,
             step_size: self.step_size,
             max_steps: self.max_steps,
@@ -136,9 +137,9 @@ impl SweepArgs {
 
 pub fn run_cli(args: SweepArgs) -> Result<()> {
     crate::autodiff::ensure_second_order()?;
-    let config = args.config()?;
-    config.validate()?;
     let named = args.estimator_grid()?;
+    let config = args.config(&named)?;
+    config.validate()?;
     for w in config.check_applicable(args.allow_inapplicable)? {
         eprintln!("warning: {w}");
     }

@@ -26,13 +26,7 @@ fn fmt_slopes(f: &VariantFit) -> String {
     slopes(f)
         .iter()
         .zip(f.theory)
-        .map(|(m, t)| {
-            format!(
-                "{} (theory {:+.2})",
-                m.map_or("n/a".into(), |m| format!("{m:+.2}")),
-                t
-            )
-        })
+        .map(|(m, t)| format!("{} (theory {t:+.2})", signed(*m)))
         .collect::<Vec<_>>()
         .join(", ")
 }
