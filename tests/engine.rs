@@ -4,10 +4,10 @@
 //! vectorised tanh against `f64::tanh`; and the meta-batch's independence of the thread count.
 
 use approx::assert_relative_eq;
-use cml::autodiff::gradients;
+use cml::autodiff::{gradients, hvp_and_mixed, mixed_transpose_product};
 use cml::bandit::{ARMS, BanditTask};
 use cml::digits::{DecayClassifier, Episode, Labelled};
-use cml::engine::{Engine, tanh};
+use cml::engine::{Engine, SecondOrderPhase, tanh};
 use cml::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
     Variant,
@@ -98,6 +98,42 @@ fn check_against_candle_with(
     let loss_only = fast_model.phase_gradient(&mut ws, phi.as_slice(), beta, &mut g_phi_only, None);
     assert_eq!(loss_only, loss);
     assert_eq!(g_phi_only, g_phi);
+    if let Some(second) = problem.second_order() {
+        check_second_order_against_candle(problem, second, phi, theta, beta, floor);
+    }
+}
+
+/// The hand-derived Hessian-vector, mixed and transposed mixed products against Candle's double
+/// backward of the same phase loss, in random directions `v` (fast) and `u` (meta), on the
+/// first-order pass's workspace (as an estimator reuses it between gradient steps and products).
+fn check_second_order_against_candle(
+    problem: &dyn ProblemInstance,
+    second: &dyn SecondOrderPhase,
+    phi: &Vector,
+    theta: &Vector,
+    beta: f64,
+    floor: f64,
+) {
+    let mut rng = seeded(phi.len() as u64 ^ beta.to_bits());
+    let v = normal_vector(&mut rng, phi.len());
+    let u = normal_vector(&mut rng, theta.len());
+    let (phi_t, theta_t) = (to_tensor(phi).unwrap(), to_tensor(theta).unwrap());
+    let loss = phase_loss(problem, beta);
+    let (candle_hv, candle_mixed) = hvp_and_mixed(&loss, &phi_t, &theta_t, &to_tensor(&v).unwrap()).unwrap();
+    let candle_transpose = mixed_transpose_product(&loss, &phi_t, &theta_t, &to_tensor(&u).unwrap()).unwrap();
+
+    let mut ws = second.workspace(theta.as_slice()).unwrap();
+    let (mut hv, mut mixed) = (vec![f64::NAN; phi.len()], vec![f64::NAN; theta.len()]);
+    second.hessian_vector_product(&mut ws, phi.as_slice(), beta, v.as_slice(), &mut hv, Some(&mut mixed));
+    assert_vectors_agree(&hv, &to_dvector(&candle_hv).unwrap(), ONE_EVALUATION, floor, "H v");
+    assert_vectors_agree(&mixed, &to_dvector(&candle_mixed).unwrap(), ONE_EVALUATION, floor, "M v");
+    // Without the mixed product (the cheaper call CG makes), H v is the same to the bit.
+    let mut hv_only = vec![f64::NAN; phi.len()];
+    second.hessian_vector_product(&mut ws, phi.as_slice(), beta, v.as_slice(), &mut hv_only, None);
+    assert_eq!(hv_only, hv);
+    let mut transpose = vec![f64::NAN; phi.len()];
+    second.mixed_transpose_product(&mut ws, phi.as_slice(), beta, u.as_slice(), &mut transpose);
+    assert_vectors_agree(&transpose, &to_dvector(&candle_transpose).unwrap(), ONE_EVALUATION, floor, "M^T u");
 }
 
 /// Hidden layer sizes `[in=1, h..., out=1]`, one to three hidden layers of 1 to 12 units.

@@ -8,11 +8,13 @@
 
 use super::{Labelled, accuracy};
 use crate::engine::mlp::MlpKernel;
-use crate::engine::{FirstOrderPhase, Workspace};
+use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Mlp, softmax_cross_entropy};
-use crate::problem::regularised_mlp::{decay_penalty, decay_phase_gradient, decay_workspace};
+use crate::problem::regularised_mlp::{
+    decay_hessian_vector_product, decay_mixed_transpose_product, decay_penalty, decay_phase_gradient, decay_workspace,
+};
 use crate::problem::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use candle_core::Tensor;
 
@@ -124,6 +126,10 @@ impl BilevelProblem for DecayClassifier {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         Some(self)
     }
+
+    fn second_order(&self) -> Option<&dyn SecondOrderPhase> {
+        Some(self)
+    }
 }
 
 impl ProblemInstance for DecayClassifier {
@@ -165,5 +171,23 @@ impl FirstOrderPhase for DecayClassifier {
         grad_theta: Option<&mut [f64]>,
     ) -> f64 {
         decay_phase_gradient(&self.kernel, workspace, phi, beta, grad_phi, grad_theta)
+    }
+}
+
+impl SecondOrderPhase for DecayClassifier {
+    fn hessian_vector_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        v: &[f64],
+        hv: &mut [f64],
+        mixed: Option<&mut [f64]>,
+    ) {
+        decay_hessian_vector_product(&self.kernel, workspace, phi, beta, v, hv, mixed);
+    }
+
+    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], _beta: f64, u: &[f64], out: &mut [f64]) {
+        decay_mixed_transpose_product(workspace, phi, u, out);
     }
 }

@@ -131,6 +131,17 @@ impl Product {
     /// `c = a b` (overwritten). Panics on shapes or strides other than planned, and on views out
     /// of their slices' bounds, which would be a bug in the engine.
     pub fn run(&self, a: View, b: View, c: ViewMut) {
+        self.execute(a, b, c, 0.0);
+    }
+
+    /// `c += a b`: the second half of a sum of two products (the R-operator's passes,
+    /// docs/ENGINE.md §4), same checks as [`Product::run`].
+    pub fn run_add(&self, a: View, b: View, c: ViewMut) {
+        self.execute(a, b, c, 1.0);
+    }
+
+    /// `c = keep c + a b` with `keep` 0 or 1.
+    fn execute(&self, a: View, b: View, c: ViewMut, keep: f64) {
         let (la, lb, lc) = (a.layout, b.layout, c.layout);
         assert_eq!(
             (la.rows, la.cols, lb.rows, lb.cols),
@@ -146,8 +157,8 @@ impl Product {
         }
         assert!(la.extent() <= a.data.len() && lb.extent() <= b.data.len() && lc.extent() <= c.data.len());
         // SAFETY: shapes match the plan and every view stays inside its slice (checked above);
-        // `c` is a unique borrow, so it aliases neither input. With alpha = 0 the old contents
-        // of `c` are not used.
+        // `c` is a unique borrow, so it aliases neither input. With alpha (`keep`) = 0 the old
+        // contents of `c` are not used.
         unsafe {
             self.plan.execute_unchecked(
                 self.m,
@@ -162,7 +173,7 @@ impl Product {
                 b.data.as_ptr(),
                 lb.row_stride as isize,
                 lb.col_stride as isize,
-                0.0,
+                keep,
                 1.0,
                 false,
                 false,

@@ -55,6 +55,14 @@ pub struct MlpGradients<'a> {
     pub modulation: Option<&'a mut [f64]>,
 }
 
+/// A direction `(V, V_m)` in the network's parameters (laid out as [`Mlp`]) and, for a modulated
+/// network, in its modulation `(a_1, s_1, a_2, s_2, ...)`.
+#[derive(Clone, Copy)]
+pub struct MlpDirection<'a> {
+    pub params: &'a [f64],
+    pub modulation: Option<&'a [f64]>,
+}
+
 impl<'a> MlpGradients<'a> {
     /// Every layer's weight gradient, no modulation.
     pub fn all(params: &'a mut [f64]) -> Self {
@@ -101,6 +109,17 @@ pub struct MlpBuffers {
     dz: Vec<Vec<f64>>,
     /// `W_l^T`, row-major, for the backward product (a copy is cheaper than a strided product).
     wt: Vec<Vec<f64>>,
+    /// `dU_l = dH_l * (1 - h_l^2)` of modulated hidden layers (before the gain multiplies it in).
+    du: Vec<Vec<f64>>,
+    /// The R-operator's passes (docs/ENGINE.md §4): `R z_l`, `R u_l`, `R h_l`, `R dZ_l`, the
+    /// direction's `V_l^T`, and the modulation gradient the primal pass writes but the product
+    /// does not need.
+    rz: Vec<Vec<f64>>,
+    ru: Vec<Vec<f64>>,
+    rh: Vec<Vec<f64>>,
+    rdz: Vec<Vec<f64>>,
+    vt: Vec<Vec<f64>>,
+    modulation_scratch: Vec<f64>,
 }
 
 impl MlpKernel {
@@ -157,6 +176,9 @@ impl MlpKernel {
     /// Buffers for every row (allocated once per phase, not per step).
     pub fn buffers(&self) -> MlpBuffers {
         let rows = self.n_support + self.n_query;
+        let per_layer = |rows: usize| -> Vec<Vec<f64>> {
+            self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect()
+        };
         let d_in = self.layers[0].fan_in;
         let mut h = vec![self.x.clone()];
         h.extend(self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]));
@@ -168,13 +190,24 @@ impl MlpKernel {
                 .map(|l| LayerProducts::new(l, self.n_support))
                 .collect(),
             nudged_products: self.layers.iter().map(|l| LayerProducts::new(l, rows)).collect(),
-            z: self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect(),
-            dz: self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect(),
+            z: per_layer(rows),
+            dz: per_layer(rows),
             wt: self
                 .layers
                 .iter()
                 .map(|l| vec![0.0; l.fan_in * l.fan_out])
                 .collect(),
+            du: per_layer(rows),
+            rz: per_layer(rows),
+            ru: per_layer(rows),
+            rh: per_layer(rows),
+            rdz: per_layer(rows),
+            vt: self
+                .layers
+                .iter()
+                .map(|l| vec![0.0; l.fan_in * l.fan_out])
+                .collect(),
+            modulation_scratch: vec![0.0; 2 * self.layers.iter().map(|l| l.fan_out).sum::<usize>()],
             h,
         }
     }
@@ -342,6 +375,7 @@ impl MlpKernel {
                 ga.fill(0.0);
                 gs.fill(0.0);
                 let z = &buf.z[l - 1][..rows * fi];
+                buf.du[l - 1][..rows * fi].copy_from_slice(prev);
                 for (du_row, z_row) in prev.chunks_exact(fi).zip(z.chunks_exact(fi)) {
                     for j in 0..fi {
                         ga[j] += du_row[j] * z_row[j];
@@ -357,5 +391,233 @@ impl MlpKernel {
             }
         }
         loss
+    }
+
+    /// The data loss's Hessian over (network parameters, modulation) times `direction`:
+    /// `d/de grad L(params + e V, modulation + e V_m)` at `e = 0`, by Pearlmutter's R-operator
+    /// (forward-over-reverse, docs/ENGINE.md §4), written into `out` where
+    /// [`MlpKernel::loss_and_gradient`] writes the gradient. One primal pass (without weight
+    /// gradients), then a forward and a backward pass of directional derivatives `R x`; no heap
+    /// allocation.
+    pub fn gradient_derivative(
+        &self,
+        buf: &mut MlpBuffers,
+        params: &[f64],
+        modulation: Option<&[f64]>,
+        beta: f64,
+        direction: MlpDirection,
+        out: MlpGradients,
+    ) {
+        let last = self.layers.len() - 1;
+        // The primal pass leaves h, z, dU, dZ and W^T in the buffers.
+        let mut scratch = std::mem::take(&mut buf.modulation_scratch);
+        self.loss_and_gradient(
+            buf,
+            params,
+            modulation,
+            beta,
+            MlpGradients {
+                params: &mut [],
+                first_layer: last + 1,
+                modulation: modulation.map(|_| &mut scratch[..]),
+            },
+        );
+        buf.modulation_scratch = scratch;
+        let rows = if beta == 0.0 {
+            self.n_support
+        } else {
+            self.n_support + self.n_query
+        };
+        let products = if beta == 0.0 {
+            &buf.free_products
+        } else {
+            &buf.nudged_products
+        };
+        let direction_modulation = || {
+            direction
+                .modulation
+                .expect("a modulated network needs a modulation direction")
+        };
+
+        // Forward: R z_l = R h_{l-1} W_l + h_{l-1} V_l + V_b (R h_{-1} = R x = 0),
+        // R u_l = R z_l * a_l + z_l * V_a + V_s, R h_l = (1 - h_l^2) R u_l.
+        let mut mod_offset = 0;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (fi, fo) = (layer.fan_in, layer.fan_out);
+            let (v, vb) = direction.params[layer.offset..layer.offset + layer.len()].split_at(fi * fo);
+            let rz = &mut buf.rz[l][..rows * fo];
+            products[l].forward.run(
+                View::row_major(v, fi, fo).t(),
+                View::row_major(&buf.h[l], rows, fi).t(),
+                ViewMut::row_major(rz, rows, fo).t(),
+            );
+            if l > 0 {
+                let w = &params[layer.offset..layer.offset + fi * fo];
+                products[l].forward.run_add(
+                    View::row_major(w, fi, fo).t(),
+                    View::row_major(&buf.rh[l - 1], rows, fi).t(),
+                    ViewMut::row_major(rz, rows, fo).t(),
+                );
+            }
+            for row in rz.chunks_exact_mut(fo) {
+                for (o, b) in row.iter_mut().zip(vb) {
+                    *o += b;
+                }
+            }
+            if l == last {
+                break;
+            }
+            let ru = &mut buf.ru[l][..rows * fo];
+            match modulation {
+                Some(m) => {
+                    let vm = direction_modulation();
+                    let (gain, shift_dir) = (&m[mod_offset..mod_offset + fo], &vm[mod_offset + fo..mod_offset + 2 * fo]);
+                    let gain_dir = &vm[mod_offset..mod_offset + fo];
+                    let z = &buf.z[l][..rows * fo];
+                    for ((ru_row, rz_row), z_row) in ru.chunks_exact_mut(fo).zip(rz.chunks_exact(fo)).zip(z.chunks_exact(fo)) {
+                        for j in 0..fo {
+                            ru_row[j] = rz_row[j] * gain[j] + z_row[j] * gain_dir[j] + shift_dir[j];
+                        }
+                    }
+                    mod_offset += 2 * fo;
+                }
+                None => ru.copy_from_slice(rz),
+            }
+            let h = &buf.h[l + 1][..rows * fo];
+            for ((rh, ru), h) in buf.rh[l][..rows * fo].iter_mut().zip(ru.iter()).zip(h) {
+                *rh = (1.0 - h * h) * ru;
+            }
+        }
+
+        // R dY_i = c_i l''(y_i) R y_i: `2 c_i m_i R y_i` for the (masked) squared error
+        // (m_i^2 = m_i), `c_i (p_i * R y_i - p_i (p_i . R y_i))` with `p_i = softmax(y_i)` for
+        // the cross-entropy.
+        let d_out = self.layers[last].fan_out;
+        let y = &buf.h[last + 1][..rows * d_out];
+        let ry = &buf.rz[last][..rows * d_out];
+        let rdy = &mut buf.rdz[last][..rows * d_out];
+        for i in 0..rows {
+            let c = if i < self.n_support {
+                self.support_weight
+            } else {
+                beta * self.query_weight
+            };
+            let span = i * d_out..(i + 1) * d_out;
+            let (yi, ryi, rdyi) = (&y[span.clone()], &ry[span.clone()], &mut rdy[span.clone()]);
+            match self.loss {
+                OutputLoss::SquaredError => {
+                    for j in 0..d_out {
+                        let m = self.mask.as_ref().map_or(1.0, |m| m[i * d_out + j]);
+                        rdyi[j] = 2.0 * c * m * ryi[j];
+                    }
+                }
+                OutputLoss::SoftmaxCrossEntropy => {
+                    let m = yi.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    for (p, &v) in rdyi.iter_mut().zip(yi) {
+                        *p = (v - m).exp();
+                    }
+                    let sum: f64 = rdyi.iter().sum();
+                    let mut p_dot = 0.0;
+                    for (p, r) in rdyi.iter_mut().zip(ryi) {
+                        *p /= sum;
+                        p_dot += *p * r;
+                    }
+                    for (p, r) in rdyi.iter_mut().zip(ryi) {
+                        *p = c * (*p * (r - p_dot));
+                    }
+                }
+            }
+        }
+
+        // Backward: R dW_l = R h_{l-1}^T dZ_l + h_{l-1}^T R dZ_l, R db_l = sum R dZ_l,
+        // R dH_{l-1} = R dZ_l W_l^T + dZ_l V_l^T,
+        // R dU = (1 - h^2) R dH - 2 h dU R u (as R h = (1 - h^2) R u),
+        // R da = sum (R dU * z + dU * R z), R ds = sum R dU, R dZ = R dU * a + dU * V_a.
+        let MlpGradients {
+            params: grad,
+            first_layer,
+            modulation: mut grad_modulation,
+        } = out;
+        for l in (0..=last).rev() {
+            let layer = self.layers[l];
+            let (fi, fo) = (layer.fan_in, layer.fan_out);
+            let dz = &buf.dz[l][..rows * fo];
+            let (rdz_before, rdz_rest) = buf.rdz.split_at_mut(l);
+            let rdz = &rdz_rest[0][..rows * fo];
+            if l >= first_layer {
+                let (gw, gb) = grad[layer.offset..layer.offset + layer.len()].split_at_mut(fi * fo);
+                products[l].weight_gradient.run(
+                    View::row_major(rdz, rows, fo).t(),
+                    View::row_major(&buf.h[l], rows, fi),
+                    ViewMut::row_major(gw, fi, fo).t(),
+                );
+                if l > 0 {
+                    products[l].weight_gradient.run_add(
+                        View::row_major(dz, rows, fo).t(),
+                        View::row_major(&buf.rh[l - 1], rows, fi),
+                        ViewMut::row_major(gw, fi, fo).t(),
+                    );
+                }
+                gb.fill(0.0);
+                for row in rdz.chunks_exact(fo) {
+                    for (g, d) in gb.iter_mut().zip(row) {
+                        *g += d;
+                    }
+                }
+            }
+            if l == 0 {
+                break;
+            }
+            // W_l^T is in `wt` from the primal pass; V_l^T is copied the same way.
+            let v = &direction.params[layer.offset..layer.offset + fi * fo];
+            let vt = &mut buf.vt[l];
+            for (i, v_row) in v.chunks_exact(fo).enumerate() {
+                for (j, &x) in v_row.iter().enumerate() {
+                    vt[j * fi + i] = x;
+                }
+            }
+            let prev = &mut rdz_before[l - 1][..rows * fi];
+            products[l].backward.run(
+                View::row_major(&buf.wt[l], fo, fi).t(),
+                View::row_major(rdz, rows, fo).t(),
+                ViewMut::row_major(prev, rows, fi).t(),
+            );
+            products[l].backward.run_add(
+                View::row_major(vt, fo, fi).t(),
+                View::row_major(dz, rows, fo).t(),
+                ViewMut::row_major(prev, rows, fi).t(),
+            );
+            let h = &buf.h[l][..rows * fi];
+            let du = if modulation.is_some() {
+                &buf.du[l - 1][..rows * fi]
+            } else {
+                &buf.dz[l - 1][..rows * fi]
+            };
+            let ru = &buf.ru[l - 1][..rows * fi];
+            for k in 0..rows * fi {
+                prev[k] = (1.0 - h[k] * h[k]) * prev[k] - 2.0 * h[k] * du[k] * ru[k];
+            }
+            if let Some(m) = modulation {
+                let vm = direction_modulation();
+                let offset: usize = 2 * self.layers[..l - 1].iter().map(|x| x.fan_out).sum::<usize>();
+                let gm = grad_modulation
+                    .as_deref_mut()
+                    .expect("a modulated network needs a modulation gradient buffer");
+                let (ga, gs) = gm[offset..offset + 2 * fi].split_at_mut(fi);
+                ga.fill(0.0);
+                gs.fill(0.0);
+                let (z, rz) = (&buf.z[l - 1][..rows * fi], &buf.rz[l - 1][..rows * fi]);
+                for k in 0..rows * fi {
+                    let j = k % fi;
+                    ga[j] += prev[k] * z[k] + du[k] * rz[k];
+                    gs[j] += prev[k];
+                }
+                let (gain, gain_dir) = (&m[offset..offset + fi], &vm[offset..offset + fi]);
+                for k in 0..rows * fi {
+                    let j = k % fi;
+                    prev[k] = prev[k] * gain[j] + du[k] * gain_dir[j];
+                }
+            }
+        }
     }
 }

@@ -1,10 +1,13 @@
-//! The fast first-order engine (docs/ENGINE.md): hand-derived gradients of a phase loss
+//! The fast engine (docs/ENGINE.md): hand-derived gradients of a phase loss
 //! `L_beta = L_in + beta L_out` on preallocated buffers, for the inner loops, which the
-//! contrastive rule needs only first derivatives for. Candle autodiff stays the reference and
-//! the engine of every second-order quantity; property tests check this path against it.
+//! contrastive rule needs only first derivatives for, and hand-derived Hessian-vector and mixed
+//! products for the estimators that need second order. Candle autodiff stays the reference;
+//! property tests check this path against it.
 //!
 //! A problem gets the fast path by implementing [`FirstOrderPhase`]: a workspace for one phase
-//! (meta-parameters fixed), and the phase loss with its gradients into caller buffers.
+//! (meta-parameters fixed), and the phase loss with its gradients into caller buffers. It gets
+//! fast second-order products (BPTT's reverse loop, CG, Neumann, T1-T2, the error bar, the
+//! smoothness estimate) by also implementing [`SecondOrderPhase`].
 
 pub mod matmul;
 pub mod mlp;
@@ -69,6 +72,27 @@ pub trait FirstOrderPhase: Send + Sync {
         grad_phi: &mut [f64],
         grad_theta: Option<&mut [f64]>,
     ) -> f64;
+}
+
+/// Hand-derived second-order products of a phase loss (a capability of a bilevel problem,
+/// beside [`FirstOrderPhase`], whose workspace it shares): forward-over-reverse, docs/ENGINE.md §4.
+/// Each call is one second-order product in the cost ledger, as a double backward is.
+pub trait SecondOrderPhase: FirstOrderPhase {
+    /// Writes `d2_{phi phi} L_beta v` into `hv` and, when given, the mixed product
+    /// `d2_{theta phi} L_beta v` (one entry per meta-parameter) into `mixed`. No heap allocation.
+    fn hessian_vector_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        v: &[f64],
+        hv: &mut [f64],
+        mixed: Option<&mut [f64]>,
+    );
+
+    /// Writes the transposed mixed product `d2_{phi theta} L_beta u` (one entry per fast
+    /// parameter) for a direction `u` in the meta-parameters. No heap allocation.
+    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], beta: f64, u: &[f64], out: &mut [f64]);
 }
 
 /// The workspace of a model, checked to be the one its `workspace` made.

@@ -63,6 +63,11 @@ pub trait BilevelProblem: Send + Sync {
     fn first_order(&self) -> Option<&dyn crate::engine::FirstOrderPhase> {
         None
     }
+    /// Hand-derived second-order products on the fast engine's workspace, where the problem
+    /// has them.
+    fn second_order(&self) -> Option<&dyn crate::engine::SecondOrderPhase> {
+        None
+    }
     /// Closed-form phase solutions and meta-gradient, where they exist.
     fn closed_form(&self) -> Option<&dyn ClosedForm> {
         None

@@ -15,8 +15,8 @@ use super::sinusoid::SinusoidTask;
 use super::synapse::{check_len, no_kernel};
 use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
-use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
-use crate::engine::{FirstOrderPhase, Workspace, downcast};
+use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Layer, Mlp};
@@ -215,6 +215,10 @@ impl<T: SupervisedTask> BilevelProblem for Modulation<T> {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         self.kernel.as_ref().map(|_| self as &dyn FirstOrderPhase)
     }
+
+    fn second_order(&self) -> Option<&dyn SecondOrderPhase> {
+        self.kernel.as_ref().map(|_| self as &dyn SecondOrderPhase)
+    }
 }
 
 impl<T: SupervisedTask> ProblemInstance for Modulation<T> {
@@ -246,6 +250,10 @@ struct ModulationWorkspace {
     net: Vec<f64>,
     net_grad: Vec<f64>,
     phi_init: Vec<f64>,
+    /// A second-order product's direction in the network's layout, and a zero direction for
+    /// the modulation.
+    net_direction: Vec<f64>,
+    zero_modulation: Vec<f64>,
 }
 
 impl<T: SupervisedTask> FirstOrderPhase for Modulation<T> {
@@ -260,6 +268,8 @@ impl<T: SupervisedTask> FirstOrderPhase for Modulation<T> {
         Ok(Box::new(ModulationWorkspace {
             buffers: kernel.buffers(),
             net_grad: vec![0.0; net.len()],
+            net_direction: vec![0.0; net.len()],
+            zero_modulation: vec![0.0; self.layout.readout.offset],
             net,
             phi_init: theta[slow_len..].to_vec(),
         }))
@@ -317,5 +327,107 @@ impl<T: SupervisedTask> FirstOrderPhase for Modulation<T> {
             }
         }
         fit + pull * (0.5 * lambda)
+    }
+}
+
+impl<T: SupervisedTask> Modulation<T> {
+    /// The network's R-operator at `phi` (modulation and readout from `phi`, slow weights from
+    /// the workspace) in the direction of slow weights `slow` (or zero) and fast parameters `fast`
+    /// (or zero): writes `R(d_phi data)` into `out_phi` and, when asked, `R(d_slow data)` into
+    /// `out_slow`.
+    fn network_derivative(
+        &self,
+        ws: &mut ModulationWorkspace,
+        phi: &[f64],
+        beta: f64,
+        slow: Option<&[f64]>,
+        fast: Option<&[f64]>,
+        out_phi: &mut [f64],
+        out_slow: Option<&mut [f64]>,
+    ) {
+        let kernel = self
+            .kernel
+            .as_ref()
+            .expect("a workspace exists only with a kernel");
+        let slow_len = self.layout.slow_len;
+        let gains_len = self.layout.readout.offset;
+        ws.net[slow_len..].copy_from_slice(&phi[gains_len..]);
+        let (d_slow, d_readout) = ws.net_direction.split_at_mut(slow_len);
+        match slow {
+            Some(u) => d_slow.copy_from_slice(u),
+            None => d_slow.fill(0.0),
+        }
+        match fast {
+            Some(v) => d_readout.copy_from_slice(&v[gains_len..]),
+            None => d_readout.fill(0.0),
+        }
+        let modulation_direction = fast.map_or(&ws.zero_modulation[..], |v| &v[..gains_len]);
+        let first = if out_slow.is_some() {
+            0
+        } else {
+            self.layout.hidden.len()
+        };
+        let (r_modulation, r_readout) = out_phi.split_at_mut(gains_len);
+        kernel.gradient_derivative(
+            &mut ws.buffers,
+            &ws.net,
+            Some(&phi[..gains_len]),
+            beta,
+            MlpDirection {
+                params: &ws.net_direction,
+                modulation: Some(modulation_direction),
+            },
+            MlpGradients {
+                params: &mut ws.net_grad,
+                first_layer: first,
+                modulation: Some(r_modulation),
+            },
+        );
+        r_readout.copy_from_slice(&ws.net_grad[slow_len..]);
+        if let Some(o) = out_slow {
+            o.copy_from_slice(&ws.net_grad[..slow_len]);
+        }
+    }
+}
+
+impl<T: SupervisedTask> SecondOrderPhase for Modulation<T> {
+    /// `H v = R(d_phi data) + lambda v` in the direction `v` of the gains, shifts and readout;
+    /// `M v = (R(d_slow data), -lambda v)` (the pull's `d_{phi_init} = -lambda (phi - phi_init)`).
+    fn hessian_vector_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        v: &[f64],
+        hv: &mut [f64],
+        mixed: Option<&mut [f64]>,
+    ) {
+        let ws = downcast::<ModulationWorkspace>(workspace);
+        let lambda = self.spec.strength;
+        let slow_len = self.layout.slow_len;
+        match mixed {
+            Some(m) => {
+                let (m_slow, m_init) = m.split_at_mut(slow_len);
+                self.network_derivative(ws, phi, beta, None, Some(v), hv, Some(m_slow));
+                for (o, x) in m_init.iter_mut().zip(v) {
+                    *o = -(lambda * x);
+                }
+            }
+            None => self.network_derivative(ws, phi, beta, None, Some(v), hv, None),
+        }
+        for (o, x) in hv.iter_mut().zip(v) {
+            *o += lambda * x;
+        }
+    }
+
+    /// `M^T u = R(d_phi data)` in the slow weights' direction `u_slow`, minus `lambda u_{phi_init}`.
+    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], beta: f64, u: &[f64], out: &mut [f64]) {
+        let ws = downcast::<ModulationWorkspace>(workspace);
+        let (u_slow, u_init) = u.split_at(self.layout.slow_len);
+        self.network_derivative(ws, phi, beta, Some(u_slow), None, out, None);
+        let lambda = self.spec.strength;
+        for (o, x) in out.iter_mut().zip(u_init) {
+            *o -= lambda * x;
+        }
     }
 }

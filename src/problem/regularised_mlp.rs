@@ -9,8 +9,8 @@
 
 use super::instance::InstanceFile;
 use super::{BilevelProblem, Dims, ProblemInstance, ToInstanceFile};
-use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
-use crate::engine::{FirstOrderPhase, Workspace, downcast};
+use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
 use crate::model::mlp::Mlp;
@@ -189,6 +189,10 @@ impl BilevelProblem for RegularisedMlp {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         Some(self)
     }
+
+    fn second_order(&self) -> Option<&dyn SecondOrderPhase> {
+        Some(self)
+    }
 }
 
 impl ProblemInstance for RegularisedMlp {
@@ -277,6 +281,41 @@ pub(crate) fn decay_phase_gradient(
     fit + 0.5 * decay
 }
 
+/// The second-order products of [`decay_phase_gradient`]'s loss: `H v = R(d_phi data) + exp(theta) v`,
+/// and from `d_theta_i = 1/2 exp(theta_i) phi_i^2`, `(M v)_i = exp(theta_i) phi_i v_i`.
+pub(crate) fn decay_hessian_vector_product(
+    kernel: &MlpKernel,
+    workspace: &mut Workspace,
+    phi: &[f64],
+    beta: f64,
+    v: &[f64],
+    hv: &mut [f64],
+    mixed: Option<&mut [f64]>,
+) {
+    let ws = downcast::<DecayWorkspace>(workspace);
+    let direction = MlpDirection {
+        params: v,
+        modulation: None,
+    };
+    kernel.gradient_derivative(&mut ws.buffers, phi, None, beta, direction, MlpGradients::all(hv));
+    for i in 0..phi.len() {
+        hv[i] += ws.decay[i] * v[i];
+    }
+    if let Some(m) = mixed {
+        for i in 0..phi.len() {
+            m[i] = ws.decay[i] * phi[i] * v[i];
+        }
+    }
+}
+
+/// `d_phi_i L_beta` depends on `theta` only through `exp(theta_i) phi_i`: `(M^T u)_i = exp(theta_i) phi_i u_i`.
+pub(crate) fn decay_mixed_transpose_product(workspace: &mut Workspace, phi: &[f64], u: &[f64], out: &mut [f64]) {
+    let ws = downcast::<DecayWorkspace>(workspace);
+    for i in 0..phi.len() {
+        out[i] = ws.decay[i] * phi[i] * u[i];
+    }
+}
+
 /// `1/2 sum_i exp(theta_i) phi_i^2` (Candle).
 pub(crate) fn decay_penalty(phi: &Tensor, theta: &Tensor) -> candle_core::Result<Tensor> {
     (theta.exp()? * phi.sqr()?)?.sum_all()? * 0.5
@@ -296,5 +335,23 @@ impl FirstOrderPhase for RegularisedMlp {
         grad_theta: Option<&mut [f64]>,
     ) -> f64 {
         decay_phase_gradient(&self.kernel, workspace, phi, beta, grad_phi, grad_theta)
+    }
+}
+
+impl SecondOrderPhase for RegularisedMlp {
+    fn hessian_vector_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        v: &[f64],
+        hv: &mut [f64],
+        mixed: Option<&mut [f64]>,
+    ) {
+        decay_hessian_vector_product(&self.kernel, workspace, phi, beta, v, hv, mixed);
+    }
+
+    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], _beta: f64, u: &[f64], out: &mut [f64]) {
+        decay_mixed_transpose_product(workspace, phi, u, out);
     }
 }

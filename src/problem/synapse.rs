@@ -12,8 +12,8 @@ use super::instance::InstanceReader;
 use super::sinusoid::SinusoidTask;
 use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
-use crate::engine::mlp::{MlpBuffers, MlpGradients, MlpKernel};
-use crate::engine::{FirstOrderPhase, Workspace, downcast};
+use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::Mlp;
@@ -197,6 +197,10 @@ impl<T: SupervisedTask> BilevelProblem for Synapse<T> {
     fn first_order(&self) -> Option<&dyn FirstOrderPhase> {
         self.kernel.as_ref().map(|_| self as &dyn FirstOrderPhase)
     }
+
+    fn second_order(&self) -> Option<&dyn SecondOrderPhase> {
+        self.kernel.as_ref().map(|_| self as &dyn SecondOrderPhase)
+    }
 }
 
 impl<T: SupervisedTask> ProblemInstance for Synapse<T> {
@@ -295,6 +299,63 @@ impl<T: SupervisedTask> FirstOrderPhase for Synapse<T> {
             }
         }
         fit + 0.5 * pull
+    }
+}
+
+impl<T: SupervisedTask> SecondOrderPhase for Synapse<T> {
+    /// `H v = R(d_phi MSE) + lambda v`; from `d_omega = -lambda d` and `d_rho_i = 1/2 lambda_i d_i^2`:
+    /// `(M v)_omega = -lambda v`, `(M v)_rho_i = lambda_i d_i v_i` (summed when `rho` is shared).
+    fn hessian_vector_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        v: &[f64],
+        hv: &mut [f64],
+        mixed: Option<&mut [f64]>,
+    ) {
+        let ws = downcast::<SynapseWorkspace>(workspace);
+        let kernel = self
+            .kernel
+            .as_ref()
+            .expect("a workspace exists only with a kernel");
+        let direction = MlpDirection {
+            params: v,
+            modulation: None,
+        };
+        kernel.gradient_derivative(&mut ws.buffers, phi, None, beta, direction, MlpGradients::all(hv));
+        let shared = ws.lambda.len() == 1;
+        for i in 0..phi.len() {
+            hv[i] += ws.lambda[if shared { 0 } else { i }] * v[i];
+        }
+        if let Some(m) = mixed {
+            let (m_omega, m_rho) = m.split_at_mut(phi.len());
+            m_rho.fill(0.0);
+            for i in 0..phi.len() {
+                let k = if shared { 0 } else { i };
+                let lam = ws.lambda[k];
+                m_omega[i] = -(lam * v[i]);
+                if ws.learned {
+                    m_rho[k] += lam * (phi[i] - ws.omega[i]) * v[i];
+                }
+            }
+        }
+    }
+
+    /// `d_phi L_beta = d_phi MSE + lambda (phi - omega)`: the network part does not depend on
+    /// `theta`, so `M^T u = -lambda u_omega + lambda u_rho d` (`u_rho` one per synapse or shared).
+    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], _beta: f64, u: &[f64], out: &mut [f64]) {
+        let ws = downcast::<SynapseWorkspace>(workspace);
+        let (u_omega, u_rho) = u.split_at(phi.len());
+        let shared = ws.lambda.len() == 1;
+        for i in 0..phi.len() {
+            let k = if shared { 0 } else { i };
+            let lam = ws.lambda[k];
+            out[i] = -(lam * u_omega[i]);
+            if ws.learned {
+                out[i] += lam * u_rho[k] * (phi[i] - ws.omega[i]);
+            }
+        }
     }
 }
 
