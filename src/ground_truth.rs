@@ -1,6 +1,7 @@
 //! Ground truth: the exact implicit meta-gradient of MATH.md §1/§4 at the free phase solved to
 //! machine precision by damped Newton (`inner::NewtonParams`), and measured phase distances.
 
+use crate::engine::Engine;
 use crate::error::Result;
 use crate::implicit_function::{LinearSolver, implicit_meta_gradient};
 use crate::inner::{InnerSolver, NewtonParams, Phase, PhaseInfo};
@@ -26,7 +27,7 @@ pub struct GroundTruth {
 
 /// `dJ/dtheta` at `phi*(theta)` found by Newton from the problem's initial `phi`.
 pub fn exact_meta_gradient(problem: &dyn BilevelProblem, theta: &Tensor) -> Result<GroundTruth> {
-    let oracle = Oracle::new(problem);
+    let oracle = Oracle::with_engine(problem, Engine::Candle);
     let start = problem.initial_phi(theta)?;
     let free = NewtonParams::default().solve(&oracle, &Phase::new(&start, theta, 0.0, "free phase"))?;
     let meta_gradient = implicit_at(&oracle, &free.phi, theta)?;
@@ -45,7 +46,7 @@ pub fn distance_to_phase_solution(
     theta: &Tensor,
     beta: f64,
 ) -> Result<f64> {
-    let oracle = Oracle::new(problem);
+    let oracle = Oracle::with_engine(problem, Engine::Candle);
     let star = NewtonParams::default().solve(&oracle, &Phase::new(phi, theta, beta, "phase"))?;
     norm(&(phi - star.phi)?)
 }

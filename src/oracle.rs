@@ -2,11 +2,13 @@
 //! can be compared per unit of work (gradient evaluations, second-order products).
 
 use crate::autodiff::{self, Gradients, SecondDerivatives};
-use crate::engine::{FirstOrderPhase, Workspace};
+use crate::engine::{Engine, FirstOrderPhase, SecondOrderPhase, Workspace};
 use crate::error::Result;
+use crate::linalg::Vector;
 use crate::problem::{BilevelProblem, phase_loss};
-use candle_core::Tensor;
-use std::cell::Cell;
+use candle_core::{Device, Tensor};
+use nalgebra::DMatrix;
+use std::cell::{Cell, RefCell};
 
 /// Work done, in common units. One second-order product is one double-backward pass
 /// (a Hessian-vector product and the mixed product come out of the same pass).
@@ -37,22 +39,109 @@ impl std::ops::Add for Cost {
     }
 }
 
-/// A problem plus a running cost ledger.
+/// A problem plus a running cost ledger, and the engine of its second-order products.
 pub struct Oracle<'p> {
     problem: &'p dyn BilevelProblem,
     cost: Cell<Cost>,
+    engine: Engine,
+    /// The fast engine's workspace for second-order products, kept for the `theta` it was made
+    /// at (an estimate asks for many products at one `theta`).
+    second_order: RefCell<Option<(Vec<f64>, Workspace)>>,
 }
 
 impl<'p> Oracle<'p> {
+    /// Second-order products on the fast engine where the problem has them (`Engine::Auto`).
     pub fn new(problem: &'p dyn BilevelProblem) -> Self {
+        Self::with_engine(problem, Engine::Auto)
+    }
+
+    /// Second-order products on `engine`: `Candle` always differentiates twice with Candle (the
+    /// reference); `Auto` and `Fast` take the problem's [`SecondOrderPhase`] where it has one and
+    /// Candle otherwise (`Fast` is strict about the first-order path only, which the phases choose
+    /// themselves, see `inner::GdParams::engine`).
+    pub fn with_engine(problem: &'p dyn BilevelProblem, engine: Engine) -> Self {
         Oracle {
             problem,
             cost: Cell::new(Cost::default()),
+            engine,
+            second_order: RefCell::new(None),
         }
     }
 
     pub fn problem(&self) -> &'p dyn BilevelProblem {
         self.problem
+    }
+
+    /// The engine second-order products were asked to run on.
+    pub fn engine(&self) -> Engine {
+        self.engine
+    }
+
+    /// The hand-derived second-order path, when the engine allows it and the problem has one.
+    pub fn fast_second_order(&self) -> Option<&'p dyn SecondOrderPhase> {
+        match self.engine {
+            Engine::Candle => None,
+            Engine::Auto | Engine::Fast => self.problem.second_order(),
+        }
+    }
+
+    /// Runs `f` on the fast engine's workspace at `theta`, made anew only when `theta` changed.
+    fn with_workspace<R>(
+        &self,
+        model: &dyn SecondOrderPhase,
+        theta: &[f64],
+        f: impl FnOnce(&mut Workspace) -> R,
+    ) -> Result<R> {
+        let mut cache = self.second_order.borrow_mut();
+        if cache.as_ref().is_none_or(|(at, _)| at.as_slice() != theta) {
+            *cache = Some((theta.to_vec(), model.workspace(theta)?));
+        }
+        let (_, workspace) = cache.as_mut().expect("filled above");
+        Ok(f(workspace))
+    }
+
+    /// `d2_{phi phi} L_beta v` into `hv` and, when given, `d2_{theta phi} L_beta v` into `mixed`, on
+    /// the fast engine at flat `phi`, `theta`: one second-order product. For loops that keep
+    /// their vectors flat (BPTT's reverse loop); `model` is [`Oracle::fast_second_order`]'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fast_hessian_vector_product(
+        &self,
+        model: &dyn SecondOrderPhase,
+        theta: &[f64],
+        phi: &[f64],
+        beta: f64,
+        v: &[f64],
+        hv: &mut [f64],
+        mixed: Option<&mut [f64]>,
+    ) -> Result<()> {
+        self.charge(0, 1);
+        self.with_workspace(model, theta, |ws| {
+            model.hessian_vector_product(ws, phi, beta, v, hv, mixed)
+        })
+    }
+
+    /// `(H v, M v)` of `L_beta` on the fast engine, as tensors (`mixed`: whether `M v` is wanted).
+    fn fast_products(
+        &self,
+        model: &dyn SecondOrderPhase,
+        phi: &Tensor,
+        theta: &Tensor,
+        beta: f64,
+        v: &Tensor,
+        mixed: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (phi, theta, v) = (phi.to_vec1::<f64>()?, theta.to_vec1::<f64>()?, v.to_vec1::<f64>()?);
+        let mut hv = vec![0.0; phi.len()];
+        let mut mv = mixed.then(|| vec![0.0; theta.len()]);
+        self.with_workspace(model, &theta, |ws| {
+            model.hessian_vector_product(ws, &phi, beta, &v, &mut hv, mv.as_deref_mut())
+        })?;
+        let hv = Tensor::from_vec(hv, phi.len(), &Device::Cpu)?;
+        let mv = match mv {
+            Some(m) => Some(Tensor::from_vec(m, theta.len(), &Device::Cpu)?),
+            None => None,
+        };
+        Ok((hv, mv))
     }
 
     pub fn cost(&self) -> Cost {
@@ -133,18 +222,31 @@ impl<'p> Oracle<'p> {
     /// `d2_{phi phi} L_in v` and `d2_{theta phi} L_in v`: one second-order product.
     pub fn inner_hvp_and_mixed(&self, phi: &Tensor, theta: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         self.charge(0, 1);
+        if let Some(model) = self.fast_second_order() {
+            let (hv, mv) = self.fast_products(model, phi, theta, 0.0, v, true)?;
+            return Ok((hv, mv.expect("asked for")));
+        }
         autodiff::hvp_and_mixed(&phase_loss(self.problem, 0.0), phi, theta, v)
     }
 
     /// `d2_{phi phi} L_beta v`: one second-order product.
     pub fn phase_hvp(&self, phi: &Tensor, theta: &Tensor, beta: f64, v: &Tensor) -> Result<Tensor> {
         self.charge(0, 1);
+        if let Some(model) = self.fast_second_order() {
+            return Ok(self.fast_products(model, phi, theta, beta, v, false)?.0);
+        }
         Ok(autodiff::hvp_and_mixed(&phase_loss(self.problem, beta), phi, theta, v)?.0)
     }
 
     /// `d2_{theta phi} L_beta v` (over `theta`): one second-order product.
     pub fn phase_mixed_product(&self, phi: &Tensor, theta: &Tensor, beta: f64, v: &Tensor) -> Result<Tensor> {
         self.charge(0, 1);
+        if let Some(model) = self.fast_second_order() {
+            return Ok(self
+                .fast_products(model, phi, theta, beta, v, true)?
+                .1
+                .expect("asked for"));
+        }
         Ok(autodiff::hvp_and_mixed(&phase_loss(self.problem, beta), phi, theta, v)?.1)
     }
 
@@ -158,6 +260,14 @@ impl<'p> Oracle<'p> {
         u: &Tensor,
     ) -> Result<Tensor> {
         self.charge(0, 1);
+        if let Some(model) = self.fast_second_order() {
+            let (phi, theta, u) = (phi.to_vec1::<f64>()?, theta.to_vec1::<f64>()?, u.to_vec1::<f64>()?);
+            let mut out = vec![0.0; phi.len()];
+            self.with_workspace(model, &theta, |ws| {
+                model.mixed_transpose_product(ws, &phi, beta, &u, &mut out)
+            })?;
+            return Ok(Tensor::from_vec(out, phi.len(), &Device::Cpu)?);
+        }
         autodiff::mixed_transpose_product(&phase_loss(self.problem, beta), phi, theta, u)
     }
 
@@ -170,6 +280,47 @@ impl<'p> Oracle<'p> {
         beta: f64,
     ) -> Result<SecondDerivatives> {
         self.charge(1, self.problem.dims().phi);
+        if let Some(model) = self.fast_second_order() {
+            return self.fast_second_derivatives(model, phi, theta, beta);
+        }
         autodiff::dense_second_derivatives(&phase_loss(self.problem, beta), phi, theta)
+    }
+
+    /// [`Oracle::phase_second_derivatives`] on the fast engine: the Hessian's columns and the
+    /// mixed matrix's columns from one product per basis vector, the gradients from one pass.
+    fn fast_second_derivatives(
+        &self,
+        model: &dyn SecondOrderPhase,
+        phi: &Tensor,
+        theta: &Tensor,
+        beta: f64,
+    ) -> Result<SecondDerivatives> {
+        let (phi_v, theta_v) = (phi.to_vec1::<f64>()?, theta.to_vec1::<f64>()?);
+        let (n, m) = (phi_v.len(), theta_v.len());
+        let mut hessian = DMatrix::zeros(n, n);
+        let mut mixed = DMatrix::zeros(m, n);
+        let (mut g_phi, mut g_theta) = (vec![0.0; n], vec![0.0; m]);
+        let loss = self.with_workspace(model, &theta_v, |ws| {
+            let (mut e, mut hv, mut mv) = (vec![0.0; n], vec![0.0; n], vec![0.0; m]);
+            for j in 0..n {
+                e[j] = 1.0;
+                model.hessian_vector_product(ws, &phi_v, beta, &e, &mut hv, Some(&mut mv));
+                e[j] = 0.0;
+                hessian.set_column(j, &Vector::from_column_slice(&hv));
+                mixed.set_column(j, &Vector::from_column_slice(&mv));
+            }
+            model.phase_gradient(ws, &phi_v, beta, &mut g_phi, Some(&mut g_theta))
+        })?;
+        // Columns agree with rows to rounding; symmetrise so Cholesky sees a symmetric matrix.
+        let hessian = (&hessian + hessian.transpose()) * 0.5;
+        Ok(SecondDerivatives {
+            hessian,
+            mixed,
+            gradients: Gradients {
+                loss,
+                phi: Tensor::from_vec(g_phi, n, &Device::Cpu)?,
+                theta: Tensor::from_vec(g_theta, m, &Device::Cpu)?,
+            },
+        })
     }
 }

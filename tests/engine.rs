@@ -10,7 +10,7 @@ use cml::digits::{DecayClassifier, Episode, Labelled};
 use cml::engine::{Engine, SecondOrderPhase, tanh};
 use cml::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
-    Variant,
+    Unrolled, Variant,
 };
 use cml::inner::GdParams;
 use cml::linalg::{Vector, to_dvector, to_tensor};
@@ -381,11 +381,33 @@ fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
         [FirstOrderRule::FirstOrderMaml, FirstOrderRule::Reptile]
             .map(|rule| EstimatorSpec::FirstOrder(FirstOrder { rule, free })),
     );
-    // Candle second-order products at a free solution found by either engine.
-    specs.push(EstimatorSpec::Implicit(Implicit {
-        solver: LinearSolver::ConjugateGradient { steps: 5 },
-        free,
-    }));
+    // Second-order products on the chosen engine: every linear solver at the free solution, and
+    // BPTT's reverse loop through all steps and through the last 50.
+    for solver in [
+        LinearSolver::ConjugateGradient { steps: 5 },
+        LinearSolver::Neumann {
+            steps: 5,
+            alpha: Some(step_size),
+        },
+        LinearSolver::Identity,
+        LinearSolver::Dense,
+    ] {
+        specs.push(EstimatorSpec::Implicit(Implicit { solver, free }));
+    }
+    for truncation in [None, Some(50)] {
+        specs.push(EstimatorSpec::Unrolled(Unrolled { inner: free, truncation }));
+    }
+    // The error bar's Hessian-vector and mixed products (phase noise, smoothness) choose beta.
+    specs.push(
+        EstimatorSpec::Contrastive(Contrastive {
+            variant: Variant::Symmetric,
+            beta: 0.05,
+            free,
+            nudged,
+        })
+        .with_auto_beta()
+        .unwrap(),
+    );
     specs
 }
 

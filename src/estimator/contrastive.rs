@@ -174,7 +174,7 @@ impl<S: InnerSolver + Clone> MetaGradientEstimator for Contrastive<S> {
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.validate()?;
-        let oracle = Oracle::new(problem);
+        let oracle = Oracle::with_engine(problem, self.free.engine());
         let mut runs = PhaseRuns::start(self, &oracle, theta)?;
         let gradient = runs.estimate(self.beta)?;
         Ok(runs.finish(gradient, oracle.cost()))

@@ -239,7 +239,7 @@ pub fn estimate_with_error_bar(
     theta: &Tensor,
 ) -> Result<Estimate> {
     rule.validate()?;
-    let oracle = Oracle::new(problem);
+    let oracle = Oracle::with_engine(problem, rule.free.engine);
     let mut runs = PhaseRuns::start(rule, &oracle, theta)?;
     let gradient = runs.estimate(rule.beta)?;
     let cost = oracle.cost();
@@ -348,7 +348,7 @@ impl MetaGradientEstimator for AutoBeta {
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.validate()?;
-        let oracle = Oracle::new(problem);
+        let oracle = Oracle::with_engine(problem, self.rule.free.engine);
         let mut runs = PhaseRuns::start(&self.rule, &oracle, theta)?;
         let mut pilots: Vec<PilotRound> = Vec::new();
         // The best pilot so far: its estimate, bar and estimated error.

@@ -40,7 +40,7 @@ impl<S: InnerSolver> MetaGradientEstimator for FirstOrder<S> {
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.free.validate("free phase")?;
-        let oracle = Oracle::new(problem);
+        let oracle = Oracle::with_engine(problem, self.free.engine());
         let phi_init = problem.initial_phi(theta)?;
         let free = self
             .free

@@ -28,7 +28,7 @@ impl<S: InnerSolver> MetaGradientEstimator for Implicit<S> {
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         self.solver.validate()?;
         self.free.validate("free phase")?;
-        let oracle = Oracle::new(problem);
+        let oracle = Oracle::with_engine(problem, self.free.engine());
         let free = self.free.solve(
             &oracle,
             &Phase::new(&problem.initial_phi(theta)?, theta, 0.0, "free phase"),

@@ -35,7 +35,7 @@ impl MetaGradientEstimator for Unrolled {
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {
         super::EstimatorSpec::Unrolled(*self).validate()?;
-        let oracle = Oracle::new(problem);
+        let oracle = Oracle::with_engine(problem, self.inner.engine);
         let n = problem.dims().phi;
         let keep = self.truncation.unwrap_or(usize::MAX);
         let mut iterates: VecDeque<Tensor> = VecDeque::new();

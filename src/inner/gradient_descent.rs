@@ -232,6 +232,10 @@ impl InnerSolver for GdParams {
         GdParams::validate(self, phase)
     }
 
+    fn engine(&self) -> Engine {
+        self.engine
+    }
+
     fn solve_observed(
         &self,
         oracle: &Oracle,

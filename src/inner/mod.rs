@@ -156,6 +156,12 @@ pub trait InnerSolver {
         Ok(())
     }
 
+    /// The engine the solver's phases run on; an estimator runs its second-order products on the
+    /// same one (`Candle` there means Candle everywhere, the reference).
+    fn engine(&self) -> Engine {
+        Engine::Auto
+    }
+
     /// Solves `phase`, showing every iterate to `observer`.
     fn solve_observed(
         &self,
