@@ -1,15 +1,20 @@
-//! The fast first-order engine against Candle and against JAX, measured side by side in one
-//! run; heap allocations per inner step; meta-batch throughput on 1 and 2 threads.
+//! The fast engine against Candle and against JAX, measured side by side in one run: the
+//! contrastive rule, BPTT and implicit CG, and what the error bar adds to an estimate; heap
+//! allocations per inner step; meta-batch throughput on 1 and 2 threads.
 //!
 //!     taskset -c 0 cargo bench --bench engine            # one core, as the ratios assume
 //!     cargo bench --bench engine                         # both cores (for the throughput)
 //!     cargo bench --bench engine -- --quick              # fewer repeats
 //!
-//! The JAX side runs `benches/jax_contrastive.py` when `python3 -c 'import jax'` works and is
-//! skipped with a message otherwise. Every ratio printed is of times measured in this run.
+//! The JAX side runs `benches/jax_estimators.py` with `$CML_BENCH_PYTHON` (default `python3`)
+//! when that interpreter imports JAX, and is skipped with a message otherwise
+//! (`python3 -m venv /tmp/jax && /tmp/jax/bin/pip install jax`, then
+//! `CML_BENCH_PYTHON=/tmp/jax/bin/python cargo bench --bench engine`). Every ratio printed is of times measured in this run.
 
 use cml::engine::Engine;
-use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Variant};
+use cml::estimator::{
+    Contrastive, EstimatorSpec, Implicit, LinearSolver, MetaGradientEstimator, Unrolled, Variant,
+};
 use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, relative_error};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
@@ -92,20 +97,37 @@ fn best_of<T>(repeats: usize, mut f: impl FnMut() -> T) -> (f64, T) {
     (best, out.expect("at least one repeat"))
 }
 
-/// The JAX time and estimate for the same instance and estimator, or why there is none.
-fn jax(p: &Synapse, repeats: usize) -> Result<(f64, Vector), String> {
+/// Which JAX computation `benches/jax_estimators.py` runs, with its second budget (nudged steps,
+/// or CG iterations; unused by BPTT).
+#[derive(Clone, Copy)]
+enum JaxEstimator {
+    Contrastive,
+    Bptt,
+    Cg(usize),
+}
+
+/// The JAX time and estimate for the same instance and estimator, or why there is none. The
+/// interpreter is `$CML_BENCH_PYTHON` (e.g. a virtual environment's, with JAX), else `python3`.
+fn jax(p: &Synapse, estimator: JaxEstimator, repeats: usize) -> Result<(f64, Vector), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let path = dir.path().join("instance.json");
     p.to_instance().write(&path).map_err(|e| e.to_string())?;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_contrastive.py");
-    let out = Command::new("python3")
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/jax_estimators.py");
+    let (name, second) = match estimator {
+        JaxEstimator::Contrastive => ("contrastive", NUDGED),
+        JaxEstimator::Bptt => ("bptt", 0),
+        JaxEstimator::Cg(steps) => ("cg", steps),
+    };
+    let python = std::env::var("CML_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
         .arg(script)
         .arg(&path)
-        .args([FREE, NUDGED].map(|s| s.to_string()))
+        .arg(name)
+        .args([FREE, second].map(|s| s.to_string()))
         .args([STEP_SIZE, BETA].map(|s| s.to_string()))
         .arg(repeats.to_string())
         .output()
-        .map_err(|e| format!("python3 could not be started: {e}"))?;
+        .map_err(|e| format!("{python} could not be started: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
@@ -125,15 +147,45 @@ fn jax(p: &Synapse, repeats: usize) -> Result<(f64, Vector), String> {
     Ok((seconds, Vector::from_vec(estimate)))
 }
 
+/// One row of a side-by-side table: the fast engine, Candle and JAX on the same estimate.
+fn print_row(label: &str, t_fast: f64, t_candle: f64, jax: Result<(f64, Vector), String>, fast: &Vector) {
+    match jax {
+        Ok((t_jax, estimate)) => println!(
+            "{label:<24} {:>12.2} {:>12.2} {:>12.2} {:>10.2} {:>10.3} {:>14.1e}",
+            t_fast * 1e3,
+            t_candle * 1e3,
+            t_jax * 1e3,
+            t_fast / t_jax,
+            t_fast / t_candle,
+            relative_error(fast, &estimate)
+        ),
+        Err(why) => {
+            println!(
+                "{label:<24} {:>12.2} {:>12.2} {:>12} {:>10} {:>10.3}",
+                t_fast * 1e3,
+                t_candle * 1e3,
+                "-",
+                "-",
+                t_fast / t_candle
+            );
+            println!("  JAX: {why}");
+        }
+    }
+}
+
+fn table_header() {
+    println!(
+        "{:<24} {:>12} {:>12} {:>12} {:>10} {:>10} {:>14}",
+        "instance (seed 7)", "fast ms", "candle ms", "jax ms", "fast/jax", "fast/cand", "|fast-jax|/|jax|"
+    );
+}
+
 fn side_by_side(quick: bool) {
     let repeats = if quick { 3 } else { 10 };
     println!(
         "one symmetric contrastive meta-gradient: {FREE} free + 2 x {NUDGED} nudged steps, step size {STEP_SIZE}, beta {BETA}"
     );
-    println!(
-        "{:<24} {:>12} {:>12} {:>12} {:>10} {:>10} {:>14}",
-        "instance (seed 7)", "fast ms", "candle ms", "jax ms", "fast/jax", "fast/cand", "|fast-jax|/|jax|"
-    );
+    table_header();
     for (sizes, shots) in [("1-40-40-1", 10), ("1-70-70-1", 10), ("1-40-40-1", 64)] {
         let p = synapse(sizes, shots);
         let (t_fast, fast) = best_of(repeats, || {
@@ -147,33 +199,72 @@ fn side_by_side(quick: bool) {
             "the engines disagree"
         );
         let label = format!("{sizes}, {shots} shots");
-        match jax(&p, repeats) {
-            Ok((t_jax, estimate)) => println!(
-                "{label:<24} {:>12.2} {:>12.2} {:>12.2} {:>10.2} {:>10.3} {:>14.1e}",
-                t_fast * 1e3,
-                t_candle * 1e3,
-                t_jax * 1e3,
-                t_fast / t_jax,
-                t_fast / t_candle,
-                relative_error(&fast.gradient, &estimate)
-            ),
-            Err(why) => {
-                println!(
-                    "{label:<24} {:>12.2} {:>12.2} {:>12} {:>10} {:>10.3}",
-                    t_fast * 1e3,
-                    t_candle * 1e3,
-                    "-",
-                    "-",
-                    t_fast / t_candle
-                );
-                println!("  JAX: {why}");
-            }
-        }
+        print_row(&label, t_fast, t_candle, jax(&p, JaxEstimator::Contrastive, repeats), &fast.gradient);
         let steps = (FREE + 1 + 2 * (NUDGED + 1)) as f64;
         println!(
             "  per gradient step: fast {:.2} us, candle {:.2} us",
             t_fast / steps * 1e6,
             t_candle / steps * 1e6
+        );
+    }
+}
+
+/// CG iterations of the implicit estimator in the side-by-side table.
+const CG_STEPS: usize = 10;
+
+/// The second-order estimators side by side: BPTT through the free phase's `FREE` steps, and
+/// implicit CG (`FREE` free steps, then `CG_STEPS` iterations) on the fast engine, Candle and JAX;
+/// then what the error bar adds to the contrastive estimate it qualifies.
+fn second_order_side_by_side(quick: bool) {
+    let repeats = if quick { 3 } else { 10 };
+    let p = synapse("1-40-40-1", 10);
+    let label = "1-40-40-1, 10 shots";
+    println!("\nBPTT through {FREE} gradient steps of {STEP_SIZE}");
+    table_header();
+    let bptt = |engine| EstimatorSpec::Unrolled(Unrolled {
+        inner: phase(FREE, engine),
+        truncation: None,
+    });
+    let (t_fast, fast) = best_of(repeats, || bptt(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap());
+    let (t_candle, candle) = best_of(repeats.min(2), || {
+        bptt(Engine::Candle).estimator().estimate(&p, p.theta()).unwrap()
+    });
+    assert!(relative_error(&fast.gradient, &candle.gradient) < 1e-9, "the engines disagree");
+    print_row(label, t_fast, t_candle, jax(&p, JaxEstimator::Bptt, repeats), &fast.gradient);
+
+    println!("\nimplicit CG: {FREE} free steps of {STEP_SIZE}, then {CG_STEPS} CG iterations");
+    table_header();
+    let cg = |engine| EstimatorSpec::Implicit(Implicit {
+        solver: LinearSolver::ConjugateGradient { steps: CG_STEPS },
+        free: phase(FREE, engine),
+    });
+    let (t_fast, fast) = best_of(repeats, || cg(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap());
+    let (t_candle, candle) = best_of(repeats.min(3), || {
+        cg(Engine::Candle).estimator().estimate(&p, p.theta()).unwrap()
+    });
+    print_row(label, t_fast, t_candle, jax(&p, JaxEstimator::Cg(CG_STEPS), repeats), &fast.gradient);
+    // CG amplifies rounding by the Hessian's conditioning, so the engines agree here only to what
+    // the solve allows; the test suite checks them on well-conditioned instances to 1e-10.
+    println!(
+        "  |fast - candle| / |candle| = {:.1e}{}",
+        relative_error(&fast.gradient, &candle.gradient),
+        fast.warnings.iter().map(|w| format!("; {w}")).collect::<String>()
+    );
+
+    println!("\nthe error bar of the symmetric contrastive estimate ({FREE} + 2 x {NUDGED} steps, beta {BETA})");
+    for engine in [Engine::Fast, Engine::Candle] {
+        let rule = symmetric(engine);
+        let (t_estimate, _) = best_of(repeats, || rule.estimate(&p, p.theta()).unwrap());
+        let (t_both, with_bar) = best_of(repeats.min(3), || {
+            cml::estimator::error_bar::estimate_with_error_bar(&rule, &p, p.theta()).unwrap()
+        });
+        assert!(with_bar.error_bar.is_some(), "the bar was computed");
+        println!(
+            "  {:<7} estimate {:.2} ms, estimate + bar {:.2} ms: the bar adds {:.2}x the estimate (target <= 1.0)",
+            engine.name(),
+            t_estimate * 1e3,
+            t_both * 1e3,
+            (t_both - t_estimate) / t_estimate
         );
     }
 }
@@ -254,6 +345,7 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     cml::tune_allocator();
     side_by_side(quick);
+    second_order_side_by_side(quick);
     allocations_per_step();
     throughput(quick);
 }
