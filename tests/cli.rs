@@ -42,6 +42,20 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
             > 0
     );
     assert_eq!(v["estimate"].as_array().unwrap().len(), 5);
+    // The estimate's seconds and the bar's are reported apart, and the bar's are its own field.
+    let (estimate, bar) = (
+        v["seconds_estimate"].as_f64().unwrap(),
+        v["seconds_error_bar"].as_f64().unwrap(),
+    );
+    assert!(estimate > 0.0 && bar > 0.0, "estimate {estimate} s, bar {bar} s");
+    assert_eq!(v["error_bar"]["seconds"].as_f64(), Some(bar));
+
+    // Without a bar there are no bar seconds.
+    let o = cml(&["grad", "--problem", "quadratic", "--no-error-bar", "--no-exact", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert!(v["seconds_error_bar"].is_null());
+    assert!(v["seconds_estimate"].as_f64().unwrap() > 0.0);
 }
 
 #[test]

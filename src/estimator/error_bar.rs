@@ -77,6 +77,9 @@ pub struct ErrorBar {
     /// Gradient evaluations and second-order products spent on the bar (and the pilots of
     /// `--beta auto`) beyond the estimate itself.
     pub extra_cost: Cost,
+    /// Wall-clock seconds spent on the bar beyond the estimate (with `--beta auto`: on every
+    /// pilot's bar and phase-noise estimate; the pilots' own phases count as the estimate's).
+    pub seconds: f64,
     /// The pilot rounds of `--beta auto`, when `beta` was chosen.
     pub auto_beta: Option<Vec<PilotRound>>,
 }
@@ -129,7 +132,7 @@ pub fn error_bar_at(runs: &mut PhaseRuns, beta: f64, estimate: &Vector) -> Resul
              biased by -F'(0)/2 at every beta",
         ));
     }
-    let before = runs.oracle().cost();
+    let (before, clock) = (runs.oracle().cost(), std::time::Instant::now());
     let doubled = runs.estimate(2.0 * beta)?;
     let richardson_gap = (&doubled - estimate).norm();
     let truncation = RICHARDSON_SAFETY * richardson_gap / (2f64.powi(order) - 1.0);
@@ -151,6 +154,7 @@ pub fn error_bar_at(runs: &mut PhaseRuns, beta: f64, estimate: &Vector) -> Resul
         phase_precision,
         phases,
         extra_cost: cost_since(runs.oracle().cost(), before),
+        seconds: clock.elapsed().as_secs_f64(),
         auto_beta: None,
     })
 }
@@ -355,14 +359,17 @@ impl MetaGradientEstimator for AutoBeta {
         let mut best: Option<(Vector, ErrorBar, f64)> = None;
         let mut first_failure = None;
         let mut beta = self.rule.beta;
+        let mut bar_seconds = 0.0;
         for _ in 0..self.rounds {
             let round = runs.estimate(beta).and_then(|est| {
+                let clock = std::time::Instant::now();
                 let bar = error_bar_at(&mut runs, beta, &est)?;
                 let noise = if bar.bar.is_finite() {
                     phase_noise(&mut runs, beta)?
                 } else {
                     None
                 };
+                bar_seconds += clock.elapsed().as_secs_f64();
                 Ok((est, bar, noise))
             });
             let next = match round {
@@ -434,6 +441,7 @@ impl MetaGradientEstimator for AutoBeta {
             gradient_evaluations: total.gradient_evaluations - chosen_phases,
             ..total
         };
+        bar.seconds = bar_seconds;
         bar.auto_beta = Some(pilots);
         let mut estimate = runs.finish(gradient, total);
         estimate.error_bar = Some(bar);
