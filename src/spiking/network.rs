@@ -361,6 +361,19 @@ pub struct Samples {
     pub targets: Vec<f64>,
 }
 
+/// How e-prop sums its weight gradients (docs/SPIKING.md §2). Both give the same sums in a
+/// different order.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Accumulation {
+    /// Per spike: a backward filter of the learning signal, added to a weight column at each
+    /// input or recurrent spike. Costs `samples x steps x neurons` plus `neurons` per spike.
+    #[default]
+    EventDriven,
+    /// Eligibility traces run forward at every step, then dense products with the learning
+    /// signal (`samples x steps x neurons x neurons` for the recurrent weights): the reference.
+    Dense,
+}
+
 /// The fast path (docs/SPIKING.md §2): simulation and e-prop on buffers sized once for the
 /// support set followed by the query set.
 #[derive(Debug)]
@@ -375,6 +388,7 @@ pub struct SpikingKernel {
     /// The recurrent weights' gradient product `A^T E`, planned for the support rows and for
     /// all rows.
     rec_products: [Product; 2],
+    accumulation: Accumulation,
 }
 
 /// The fast path's buffers (one per phase worker).
@@ -387,6 +401,8 @@ pub struct Buffers {
     /// Pseudo-derivatives, then overwritten by the learning signal times them.
     psi: Vec<f64>,
     predictions: Vec<f64>,
+    /// The dense path's eligibility traces; the event-driven path's backward filter of the
+    /// learning signal sits in `trace_rec` (one sample's steps at a time).
     trace_in: Vec<f64>,
     trace_rec: Vec<f64>,
 }
@@ -447,7 +463,14 @@ impl SpikingKernel {
             query: nq,
             raster,
             targets,
+            accumulation: Accumulation::default(),
         })
+    }
+
+    /// The same kernel summing its gradients as `accumulation` says.
+    pub fn with_accumulation(mut self, accumulation: Accumulation) -> Self {
+        self.accumulation = accumulation;
+        self
     }
 
     pub fn buffers(&self) -> Buffers {
@@ -460,8 +483,14 @@ impl SpikingKernel {
             z: vec![0.0; rows * s.neurons],
             psi: vec![0.0; rows * s.neurons],
             predictions: vec![0.0; self.support + self.query],
-            trace_in: vec![0.0; rows * s.inputs],
-            trace_rec: vec![0.0; rows * s.neurons],
+            trace_in: match self.accumulation {
+                Accumulation::Dense => vec![0.0; rows * s.inputs],
+                Accumulation::EventDriven => Vec::new(),
+            },
+            trace_rec: match self.accumulation {
+                Accumulation::Dense => vec![0.0; rows * s.neurons],
+                Accumulation::EventDriven => vec![0.0; s.steps * s.neurons],
+            },
         }
     }
 
@@ -547,8 +576,9 @@ impl SpikingKernel {
     }
 
     /// e-prop (docs/SPIKING.md §2): `d_W = sum_t L_t psi_t eps_t` with eligibility vectors
-    /// `eps_t = alpha eps_{t-1} + pre_t` run forward in time and the learning signal
-    /// `L_t = W_out g c_t` (plus the rate regulariser's) fed back through the readout weights.
+    /// `eps_t = alpha eps_{t-1} + pre_t` and the learning signal `L_t = W_out g c_t` (plus the
+    /// rate regulariser's) fed back through the readout weights; summed per spike or densely,
+    /// as the kernel's [`Accumulation`] says.
     fn eprop(
         &self,
         b: &mut Buffers,
@@ -559,15 +589,15 @@ impl SpikingKernel {
         grad: &mut [f64],
     ) {
         let s = &self.spec;
-        let (n, n_in, steps) = (s.neurons, s.inputs, s.steps);
+        let (n, steps) = (s.neurons, s.steps);
         let layout = s.layout();
         let w_out = &w[layout.output.0..layout.output.1];
-        let alpha = s.alpha();
         let support_rows = self.support * steps * n;
         let rate_signal = 2.0 * s.rate_strength * (losses.rate - s.rate_target) / support_rows as f64;
         let (g_in, rest) = grad.split_at_mut(layout.recurrent.0);
         let (g_rec, g_out) = rest.split_at_mut(layout.output.0 - layout.recurrent.0);
         g_out.fill(0.0);
+        // The output weights' gradient, and `psi` overwritten by `L_t psi_t`.
         for sample in 0..samples {
             // d loss / d prediction of this sample.
             let (weight, len) = if sample < self.support {
@@ -585,6 +615,22 @@ impl SpikingKernel {
                     g_out[j] += g * c * z[j];
                     psi[j] *= w_out[j] * g * c + rate;
                 }
+            }
+        }
+        match self.accumulation {
+            Accumulation::Dense => self.accumulate_dense(b, samples, g_in, g_rec),
+            Accumulation::EventDriven => self.accumulate_events(b, samples, g_in, g_rec),
+        }
+    }
+
+    /// `dW_ji = sum_t L_{t,j} psi_{t,j} eps_{t,i}` with the traces run forward at every step.
+    fn accumulate_dense(&self, b: &mut Buffers, samples: usize, g_in: &mut [f64], g_rec: &mut [f64]) {
+        let s = &self.spec;
+        let (n, n_in, steps) = (s.neurons, s.inputs, s.steps);
+        let alpha = s.alpha();
+        for sample in 0..samples {
+            for t in 0..steps {
+                let row = sample * steps + t;
                 // Eligibility vectors of the input and recurrent synapses.
                 let (done, now) = b.trace_in.split_at_mut(row * n_in);
                 let trace = &mut now[..n_in];
@@ -612,8 +658,8 @@ impl SpikingKernel {
         }
         let k = usize::from(samples > self.support);
         let rows = samples * steps;
-        // W_in: the input traces are sparse (a sample excites a few neighbouring input neurons),
-        // so accumulate over their nonzero entries, into W_in^T's buffer (free after the run).
+        // W_in: an input trace is zero until its neuron first spikes in the sample, so skip
+        // those entries; accumulate into W_in^T's buffer (free after the run).
         let acc = &mut b.w_in_t;
         acc.fill(0.0);
         for row in 0..rows {
@@ -634,6 +680,60 @@ impl SpikingKernel {
                 View::row_major(&b.trace_rec[..rows * n], rows, n),
                 ViewMut::row_major(g_rec, n, n),
             );
+        }
+    }
+
+    /// The same sums in the other order. Swapping the sums over `t` and over the spikes inside
+    /// the traces, `dW^in_ji = sum_s x_{s,i} G_{s,j}` and `dW^rec_ji = sum_s z_{s,i} G_{s+1,j}`
+    /// with the learning signal filtered backward in time, `G_t = L_t psi_t + alpha G_{t+1}`
+    /// (`G_T = 0` past the last step): each input or recurrent spike adds one column.
+    fn accumulate_events(&self, b: &mut Buffers, samples: usize, g_in: &mut [f64], g_rec: &mut [f64]) {
+        let s = &self.spec;
+        let (n, n_in, steps) = (s.neurons, s.inputs, s.steps);
+        let alpha = s.alpha();
+        // W_in^T and W_rec^T accumulate in the transposes' buffers (free after the run), so that
+        // a spike of presynaptic neuron i adds to one contiguous row.
+        b.w_in_t.fill(0.0);
+        b.w_rec_t.fill(0.0);
+        let filter = &mut b.trace_rec[..steps * n];
+        for sample in 0..samples {
+            let first = sample * steps;
+            for t in (0..steps).rev() {
+                let signal = &b.psi[(first + t) * n..(first + t + 1) * n];
+                let (now, later) = filter[t * n..].split_at_mut(n);
+                if t + 1 == steps {
+                    now.copy_from_slice(signal);
+                } else {
+                    for ((f, l), f_next) in now.iter_mut().zip(signal).zip(&later[..n]) {
+                        *f = l + alpha * f_next;
+                    }
+                }
+            }
+            for t in 0..steps {
+                let row = first + t;
+                let x = &self.raster[row * n_in..(row + 1) * n_in];
+                add_events(&mut b.w_in_t, &filter[t * n..(t + 1) * n], x);
+                if s.recurrent && t + 1 < steps {
+                    let z = &b.z[row * n..(row + 1) * n];
+                    add_events(&mut b.w_rec_t, &filter[(t + 1) * n..(t + 2) * n], z);
+                }
+            }
+        }
+        transpose(&b.w_in_t, n_in, n, g_in);
+        if s.recurrent {
+            transpose(&b.w_rec_t, n, n, g_rec);
+        }
+    }
+}
+
+/// `acc[i, :] += x_i column` for every nonzero `x_i` (one spike each).
+fn add_events(acc: &mut [f64], column: &[f64], x: &[f64]) {
+    let n = column.len();
+    for (i, &xi) in x.iter().enumerate() {
+        if xi != 0.0 {
+            for (a, c) in acc[i * n..(i + 1) * n].iter_mut().zip(column) {
+                *a += xi * c;
+            }
         }
     }
 }

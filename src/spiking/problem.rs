@@ -8,7 +8,7 @@
 //! ```
 
 use super::network::{
-    Buffers, Losses, NetworkSpec, Samples, SpikeInputs, SpikingKernel, SpikingNet, Surrogate,
+    Accumulation, Buffers, Losses, NetworkSpec, Samples, SpikeInputs, SpikingKernel, SpikingNet, Surrogate,
 };
 use crate::engine::{FirstOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
@@ -102,6 +102,13 @@ impl SpikingSynapse {
             y_query: column(&task.query.targets)?,
             omega: to_tensor(omega)?,
         })
+    }
+
+    /// The same problem with e-prop summing its gradients as `accumulation` says (event-driven by
+    /// default; the dense path is the reference the benches and tests compare it with).
+    pub fn with_accumulation(mut self, accumulation: Accumulation) -> Self {
+        self.kernel = self.kernel.with_accumulation(accumulation);
+        self
     }
 
     /// The fast path's losses at `phi` (support, query and the spike rate), without gradients.
