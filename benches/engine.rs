@@ -5,6 +5,8 @@
 //!     taskset -c 0 cargo bench --bench engine            # one core, as the ratios assume
 //!     cargo bench --bench engine                         # both cores (for the throughput)
 //!     cargo bench --bench engine -- --quick              # fewer repeats
+//!     cargo bench --bench engine -- --only eprop         # one section: contrastive, second-order,
+//!                                                        # eprop, allocations or throughput
 //!
 //! The JAX side runs `benches/jax_estimators.py` with `$CML_BENCH_PYTHON` (default `python3`)
 //! when that interpreter imports JAX, and is skipped with a message otherwise
@@ -20,7 +22,7 @@ use cml::linalg::{Vector, relative_error};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
 use cml::model::Mlp;
 use cml::oracle::Oracle;
-use cml::problem::{ProblemInstance, ToInstanceFile};
+use cml::problem::{BilevelProblem, ProblemInstance, ToInstanceFile};
 use cml::problem::{SinusoidTask, Synapse, SynapseSpec};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::process::Command;
@@ -269,6 +271,115 @@ fn second_order_side_by_side(quick: bool) {
     }
 }
 
+/// The spiking job's inner phase: `EPROP_STEPS` gradient steps of `EPROP_LR` on the support loss
+/// (configs/spiking.toml: 100 free steps of 0.001, pull strength 0.002, 10 shots).
+const EPROP_STEPS: usize = 100;
+const EPROP_LR: f64 = 0.001;
+const EPROP_STRENGTH: f64 = 0.002;
+
+/// One e-prop inner phase at the spiking job's sizes (100 inputs, 100 neurons, 20 steps, 10
+/// shots): event-driven and dense on this engine, and the PyTorch formulation of the same
+/// network (`benches/torch_eprop.py`, dense per-step tensor operations, one thread).
+fn eprop_side_by_side(quick: bool) {
+    use cml::spiking::{Accumulation, NetworkSpec, SpikingSynapse, SpikingTask, Surrogate};
+    let repeats = if quick { 3 } else { 10 };
+    let spec = NetworkSpec::default();
+    let mut rng = cml::rng::seeded(7);
+    let task = SpikingTask::sample(&mut rng, 10, &spec).unwrap();
+    let omega = spec.initial_weights(&mut rng);
+    let problem = |accumulation| {
+        SpikingSynapse::new(&spec, &task, EPROP_STRENGTH, Surrogate::Eprop, &omega)
+            .unwrap()
+            .with_accumulation(accumulation)
+    };
+    let free = GdParams {
+        divergence: cml::inner::Divergence::NonFinite,
+        step_size: Some(EPROP_LR),
+        ..phase(EPROP_STEPS, Engine::Fast)
+    };
+    let run = |p: &SpikingSynapse| {
+        let theta = p.theta();
+        let phi0 = p.initial_phi(theta).unwrap();
+        let end = free.solve(&Oracle::new(p), &Phase::new(&phi0, theta, 0.0, "free phase")).unwrap();
+        cml::linalg::to_dvector(&end.phi).unwrap()
+    };
+    let (events, dense) = (problem(Accumulation::EventDriven), problem(Accumulation::Dense));
+    let (t_events, phi_events) = best_of(repeats, || run(&events));
+    let (t_dense, phi_dense) = best_of(repeats, || run(&dense));
+    let z = {
+        let kernel = cml::spiking::SpikingKernel::new(&spec, task.support.clone(), task.query.clone()).unwrap();
+        let mut b = kernel.buffers();
+        kernel.run(&mut b, omega.as_slice(), 0.0, None);
+        b.spikes().iter().filter(|&&z| z != 0.0).count() as f64 / b.spikes().len() as f64
+    };
+    println!(
+        "\none e-prop inner phase: {EPROP_STEPS} gradient steps of {EPROP_LR}, 100 inputs, 100 neurons, 20 steps, 10 shots (seed 7; {:.1}% of neuron-steps spike at omega)",
+        100.0 * z
+    );
+    println!(
+        "  event-driven {:.2} ms, dense {:.2} ms: event-driven / dense {:.3}; end points differ by {:.1e} relative",
+        t_events * 1e3,
+        t_dense * 1e3,
+        t_events / t_dense,
+        relative_error(&phi_events, &phi_dense)
+    );
+    match torch_eprop(&spec, &task, &omega, repeats) {
+        Ok((t_torch, phi)) => println!(
+            "  PyTorch (CPU, float64, one thread) {:.2} ms: event-driven / PyTorch {:.3}; end points differ by {:.1e} relative",
+            t_torch * 1e3,
+            t_events / t_torch,
+            relative_error(&phi_events, &phi)
+        ),
+        Err(why) => println!("  PyTorch: {why}"),
+    }
+}
+
+/// The PyTorch time and end point of the same phase, or why there is none. The interpreter is
+/// `$CML_TORCH_PYTHON` (e.g. a virtual environment's, with PyTorch), else `python3`.
+fn torch_eprop(
+    spec: &cml::spiking::NetworkSpec,
+    task: &cml::spiking::SpikingTask,
+    omega: &Vector,
+    repeats: usize,
+) -> Result<(f64, Vector), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let path = dir.path().join("phase.json");
+    let phase = serde_json::json!({
+        "inputs": spec.inputs, "neurons": spec.neurons, "steps": spec.steps,
+        "alpha": spec.alpha(), "kappa": spec.kappa(), "threshold": spec.threshold, "gamma": spec.gamma,
+        "reset": spec.reset, "rate_strength": spec.rate_strength, "rate_target": spec.rate_target,
+        "strength": EPROP_STRENGTH, "step_size": EPROP_LR, "gd_steps": EPROP_STEPS,
+        "raster": task.support.raster, "targets": task.support.targets, "omega": omega.as_slice(),
+    });
+    assert!(spec.recurrent, "the script simulates a recurrent network");
+    std::fs::write(&path, phase.to_string()).map_err(|e| e.to_string())?;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_eprop.py");
+    let python = std::env::var("CML_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = Command::new(&python)
+        .arg(script)
+        .arg(&path)
+        .arg(repeats.to_string())
+        .output()
+        .map_err(|e| format!("{python} could not be started: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
+        return Err(why.unwrap_or_else(|| {
+            format!("the PyTorch script failed: {}", String::from_utf8_lossy(&out.stderr))
+        }));
+    }
+    let field = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+    let seconds: f64 = field("torch_seconds ")
+        .and_then(|s| s.parse().ok())
+        .ok_or("no torch_seconds line")?;
+    let phi: Vec<f64> = field("phi ")
+        .ok_or("no phi line")?
+        .split_whitespace()
+        .map(|v| v.parse().map_err(|_| format!("bad number {v}")))
+        .collect::<Result<_, _>>()?;
+    Ok((seconds, Vector::from_vec(phi)))
+}
+
 /// Heap allocations of one phase of `k` steps.
 fn allocations(p: &dyn ProblemInstance, k: usize, engine: Engine) -> usize {
     let theta = p.theta();
@@ -344,8 +455,26 @@ fn main() {
     // cargo bench passes `--bench`; our own flag is --quick.
     let quick = std::env::args().any(|a| a == "--quick");
     cml::tune_allocator();
-    side_by_side(quick);
-    second_order_side_by_side(quick);
-    allocations_per_step();
-    throughput(quick);
+    // `--only NAME` runs one section.
+    let args: Vec<String> = std::env::args().collect();
+    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
+    let sections: [(&str, &dyn Fn()); 5] = [
+        ("contrastive", &|| side_by_side(quick)),
+        ("second-order", &|| second_order_side_by_side(quick)),
+        ("eprop", &|| eprop_side_by_side(quick)),
+        ("allocations", &allocations_per_step),
+        ("throughput", &|| throughput(quick)),
+    ];
+    if let Some(name) = only {
+        assert!(
+            sections.iter().any(|(n, _)| n == name),
+            "--only takes one of: {}",
+            sections.map(|(n, _)| n).join(", ")
+        );
+    }
+    for (name, run) in sections {
+        if only.is_none_or(|o| o == name) {
+            run();
+        }
+    }
 }
