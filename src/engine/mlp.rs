@@ -89,8 +89,8 @@ impl LayerProducts {
         LayerProducts {
             forward: Product::new(fo, fi, rows, true),
             weight_gradient: Product::new(fo, rows, fi, true),
-            // W as the left factor from its transposed copy, which has unit row stride.
-            backward: Product::new(fi, fo, rows, true),
+            // W read in place, row-major (a general-stride plan; a transposed copy per step cost more).
+            backward: Product::new(fi, fo, rows, false),
         }
     }
 }
@@ -107,18 +107,14 @@ pub struct MlpBuffers {
     z: Vec<Vec<f64>>,
     /// `dZ_l` per layer.
     dz: Vec<Vec<f64>>,
-    /// `W_l^T`, row-major, for the backward product (a copy is cheaper than a strided product).
-    wt: Vec<Vec<f64>>,
     /// `dU_l = dH_l * (1 - h_l^2)` of modulated hidden layers (before the gain multiplies it in).
     du: Vec<Vec<f64>>,
-    /// The R-operator's passes (docs/ENGINE.md §4): `R z_l`, `R u_l`, `R h_l`, `R dZ_l`, the
-    /// direction's `V_l^T`, and the modulation gradient the primal pass writes but the product
-    /// does not need.
+    /// The R-operator's passes (docs/ENGINE.md §4): `R z_l`, `R u_l`, `R h_l`, `R dZ_l`, and the
+    /// modulation gradient the primal pass writes but the product does not need.
     rz: Vec<Vec<f64>>,
     ru: Vec<Vec<f64>>,
     rh: Vec<Vec<f64>>,
     rdz: Vec<Vec<f64>>,
-    vt: Vec<Vec<f64>>,
     modulation_scratch: Vec<f64>,
 }
 
@@ -192,21 +188,11 @@ impl MlpKernel {
             nudged_products: self.layers.iter().map(|l| LayerProducts::new(l, rows)).collect(),
             z: per_layer(rows),
             dz: per_layer(rows),
-            wt: self
-                .layers
-                .iter()
-                .map(|l| vec![0.0; l.fan_in * l.fan_out])
-                .collect(),
             du: per_layer(rows),
             rz: per_layer(rows),
             ru: per_layer(rows),
             rh: per_layer(rows),
             rdz: per_layer(rows),
-            vt: self
-                .layers
-                .iter()
-                .map(|l| vec![0.0; l.fan_in * l.fan_out])
-                .collect(),
             modulation_scratch: vec![0.0; 2 * self.layers.iter().map(|l| l.fan_out).sum::<usize>()],
             h,
         }
@@ -349,15 +335,9 @@ impl MlpKernel {
             }
             // Back through layer l to the previous hidden layer's output, then its tanh.
             let w = &params[layer.offset..layer.offset + fi * fo];
-            let wt = &mut buf.wt[l];
-            for (i, w_row) in w.chunks_exact(fo).enumerate() {
-                for (j, &v) in w_row.iter().enumerate() {
-                    wt[j * fi + i] = v;
-                }
-            }
             let prev = &mut dz_before[l - 1][..rows * fi];
             products[l].backward.run(
-                View::row_major(wt, fo, fi).t(),
+                View::row_major(w, fi, fo),
                 View::row_major(dz, rows, fo).t(),
                 ViewMut::row_major(prev, rows, fi).t(),
             );
@@ -409,7 +389,7 @@ impl MlpKernel {
         out: MlpGradients,
     ) {
         let last = self.layers.len() - 1;
-        // The primal pass leaves h, z, dU, dZ and W^T in the buffers.
+        // The primal pass leaves h, z, dU and dZ in the buffers.
         let mut scratch = std::mem::take(&mut buf.modulation_scratch);
         self.loss_and_gradient(
             buf,
@@ -568,22 +548,16 @@ impl MlpKernel {
             if l == 0 {
                 break;
             }
-            // W_l^T is in `wt` from the primal pass; V_l^T is copied the same way.
             let v = &direction.params[layer.offset..layer.offset + fi * fo];
-            let vt = &mut buf.vt[l];
-            for (i, v_row) in v.chunks_exact(fo).enumerate() {
-                for (j, &x) in v_row.iter().enumerate() {
-                    vt[j * fi + i] = x;
-                }
-            }
             let prev = &mut rdz_before[l - 1][..rows * fi];
+            let w = &params[layer.offset..layer.offset + fi * fo];
             products[l].backward.run(
-                View::row_major(&buf.wt[l], fo, fi).t(),
+                View::row_major(w, fi, fo),
                 View::row_major(rdz, rows, fo).t(),
                 ViewMut::row_major(prev, rows, fi).t(),
             );
             products[l].backward.run_add(
-                View::row_major(vt, fo, fi).t(),
+                View::row_major(v, fi, fo),
                 View::row_major(dz, rows, fo).t(),
                 ViewMut::row_major(prev, rows, fi).t(),
             );

@@ -11,6 +11,7 @@
 
 pub mod matmul;
 pub mod mlp;
+pub mod reduce;
 pub mod tanh;
 
 use crate::error::{CmlError, Result};

@@ -340,7 +340,7 @@ impl Iterate for FastIterate<'_, '_> {
             &mut self.grad_phi,
             grad_theta,
         );
-        let norm = self.grad_phi.iter().map(|g| g * g).sum::<f64>().sqrt();
+        let norm = crate::engine::reduce::sum_of_squares(&self.grad_phi).sqrt();
         Ok((self.loss, norm))
     }
 

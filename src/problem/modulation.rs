@@ -16,6 +16,7 @@ use super::synapse::{check_len, no_kernel};
 use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::reduce::interleaved_sum;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
@@ -313,13 +314,12 @@ impl<T: SupervisedTask> FirstOrderPhase for Modulation<T> {
             },
         );
         g_readout.copy_from_slice(&ws.net_grad[slow_len..]);
-        let lambda = self.spec.strength;
-        let mut pull = 0.0;
-        for i in 0..phi.len() {
-            let d = phi[i] - ws.phi_init[i];
-            pull += d * d;
+        let (lambda, phi_init) = (self.spec.strength, &ws.phi_init);
+        let pull = interleaved_sum(phi.len(), |i| {
+            let d = phi[i] - phi_init[i];
             grad_phi[i] += lambda * d;
-        }
+            d * d
+        });
         if let Some(gt) = grad_theta {
             gt[..slow_len].copy_from_slice(&ws.net_grad[..slow_len]);
             for (g, (p, p0)) in gt[slow_len..].iter_mut().zip(phi.iter().zip(&ws.phi_init)) {

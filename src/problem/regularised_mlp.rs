@@ -10,6 +10,7 @@
 use super::instance::InstanceFile;
 use super::{BilevelProblem, Dims, ProblemInstance, ToInstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::reduce::interleaved_sum;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
@@ -268,11 +269,11 @@ pub(crate) fn decay_phase_gradient(
 ) -> f64 {
     let ws = downcast::<DecayWorkspace>(workspace);
     let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
-    let mut decay = 0.0;
-    for i in 0..phi.len() {
-        decay += ws.decay[i] * (phi[i] * phi[i]);
-        grad_phi[i] += ws.decay[i] * phi[i];
-    }
+    let strengths = &ws.decay;
+    let decay = interleaved_sum(phi.len(), |i| {
+        grad_phi[i] += strengths[i] * phi[i];
+        strengths[i] * (phi[i] * phi[i])
+    });
     if let Some(gt) = grad_theta {
         for i in 0..phi.len() {
             gt[i] = 0.5 * (ws.decay[i] * (phi[i] * phi[i]));

@@ -13,6 +13,7 @@ use super::sinusoid::SinusoidTask;
 use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::reduce::interleaved_sum;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
@@ -272,32 +273,40 @@ impl<T: SupervisedTask> FirstOrderPhase for Synapse<T> {
             .expect("a workspace exists only with a kernel");
         let fit = kernel.loss_and_gradient(&mut ws.buffers, phi, None, beta, MlpGradients::all(grad_phi));
         let shared = ws.lambda.len() == 1;
-        let mut pull = 0.0;
-        match grad_theta {
+        let n = phi.len();
+        // Every slice cut to `n`, so that the compiler sees the indices below in bounds.
+        let (omega, lambda, grad_phi) = (&ws.omega[..n], &ws.lambda[..], &mut grad_phi[..n]);
+        let pull = match grad_theta {
+            // The inner loop's step: a fused loop, its sum interleaved (engine::reduce).
+            None if shared => interleaved_sum(n, |i| {
+                let (lam, d) = (lambda[0], phi[i] - omega[i]);
+                grad_phi[i] += lam * d;
+                lam * (d * d)
+            }),
             None => {
-                for i in 0..phi.len() {
-                    let lam = ws.lambda[if shared { 0 } else { i }];
-                    let d = phi[i] - ws.omega[i];
-                    pull += lam * (d * d);
+                let lambda = &lambda[..n];
+                interleaved_sum(n, |i| {
+                    let (lam, d) = (lambda[i], phi[i] - omega[i]);
                     grad_phi[i] += lam * d;
-                }
+                    lam * (d * d)
+                })
             }
             Some(gt) => {
-                let (g_omega, g_rho) = gt.split_at_mut(phi.len());
+                let (g_omega, g_rho) = gt.split_at_mut(n);
                 g_rho.fill(0.0);
-                for i in 0..phi.len() {
+                let learned = ws.learned;
+                interleaved_sum(n, |i| {
                     let k = if shared { 0 } else { i };
-                    let lam = ws.lambda[k];
-                    let d = phi[i] - ws.omega[i];
-                    pull += lam * (d * d);
+                    let (lam, d) = (lambda[k], phi[i] - omega[i]);
                     grad_phi[i] += lam * d;
                     g_omega[i] = -(lam * d);
-                    if ws.learned {
+                    if learned {
                         g_rho[k] += 0.5 * (lam * (d * d));
                     }
-                }
+                    lam * (d * d)
+                })
             }
-        }
+        };
         fit + 0.5 * pull
     }
 }
