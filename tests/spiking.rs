@@ -407,7 +407,7 @@ fn the_event_driven_test_sees_spikes_and_nonzero_gradients() {
     let mut b = k.buffers();
     let mut g = vec![0.0; spec.param_count()];
     k.run(&mut b, w.as_slice(), 0.5, Some(&mut g));
-    assert!(b.spikes().iter().any(|&z| z == 1.0), "no neuron spiked");
+    assert!(b.spikes().contains(&1.0), "no neuron spiked");
     let layout = spec.layout();
     for (name, (from, to)) in [("input", layout.input), ("recurrent", layout.recurrent), ("output", layout.output)] {
         assert!(g[from..to].iter().any(|&v| v != 0.0), "the {name} weights' gradient is zero");

@@ -330,18 +330,22 @@ impl<T: SupervisedTask> FirstOrderPhase for Modulation<T> {
     }
 }
 
+/// A direction of the modulation model's R-operator: in the slow hidden weights and in the fast
+/// parameters (`None`: zero).
+struct Direction<'a> {
+    slow: Option<&'a [f64]>,
+    fast: Option<&'a [f64]>,
+}
+
 impl<T: SupervisedTask> Modulation<T> {
     /// The network's R-operator at `phi` (modulation and readout from `phi`, slow weights from
-    /// the workspace) in the direction of slow weights `slow` (or zero) and fast parameters `fast`
-    /// (or zero): writes `R(d_phi data)` into `out_phi` and, when asked, `R(d_slow data)` into
-    /// `out_slow`.
+    /// the workspace) in `direction`: writes `R(d_phi data)` into `out_phi` and, when asked,
+    /// `R(d_slow data)` into `out_slow`.
     fn network_derivative(
         &self,
         ws: &mut ModulationWorkspace,
-        phi: &[f64],
-        beta: f64,
-        slow: Option<&[f64]>,
-        fast: Option<&[f64]>,
+        (phi, beta): (&[f64], f64),
+        Direction { slow, fast }: Direction,
         out_phi: &mut [f64],
         out_slow: Option<&mut [f64]>,
     ) {
@@ -408,12 +412,12 @@ impl<T: SupervisedTask> SecondOrderPhase for Modulation<T> {
         match mixed {
             Some(m) => {
                 let (m_slow, m_init) = m.split_at_mut(slow_len);
-                self.network_derivative(ws, phi, beta, None, Some(v), hv, Some(m_slow));
+                self.network_derivative(ws, (phi, beta), Direction { slow: None, fast: Some(v) }, hv, Some(m_slow));
                 for (o, x) in m_init.iter_mut().zip(v) {
                     *o = -(lambda * x);
                 }
             }
-            None => self.network_derivative(ws, phi, beta, None, Some(v), hv, None),
+            None => self.network_derivative(ws, (phi, beta), Direction { slow: None, fast: Some(v) }, hv, None),
         }
         for (o, x) in hv.iter_mut().zip(v) {
             *o += lambda * x;
@@ -424,7 +428,7 @@ impl<T: SupervisedTask> SecondOrderPhase for Modulation<T> {
     fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], beta: f64, u: &[f64], out: &mut [f64]) {
         let ws = downcast::<ModulationWorkspace>(workspace);
         let (u_slow, u_init) = u.split_at(self.layout.slow_len);
-        self.network_derivative(ws, phi, beta, Some(u_slow), None, out, None);
+        self.network_derivative(ws, (phi, beta), Direction { slow: Some(u_slow), fast: None }, out, None);
         let lambda = self.spec.strength;
         for (o, x) in out.iter_mut().zip(u_init) {
             *o -= lambda * x;
