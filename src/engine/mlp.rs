@@ -110,7 +110,8 @@ pub struct MlpBuffers {
     /// `dU_l = dH_l * (1 - h_l^2)` of modulated hidden layers (before the gain multiplies it in).
     du: Vec<Vec<f64>>,
     /// The R-operator's passes (docs/ENGINE.md §4): `R z_l`, `R u_l`, `R h_l`, `R dZ_l`, and the
-    /// modulation gradient the primal pass writes but the product does not need.
+    /// modulation gradient the primal pass writes but the product does not need (empty until the
+    /// first product).
     rz: Vec<Vec<f64>>,
     ru: Vec<Vec<f64>>,
     rh: Vec<Vec<f64>>,
@@ -189,11 +190,13 @@ impl MlpKernel {
             z: per_layer(rows),
             dz: per_layer(rows),
             du: per_layer(rows),
-            rz: per_layer(rows),
-            ru: per_layer(rows),
-            rh: per_layer(rows),
-            rdz: per_layer(rows),
-            modulation_scratch: vec![0.0; 2 * self.layers.iter().map(|l| l.fan_out).sum::<usize>()],
+            // The R-operator's buffers are made at its first call: phases that need only first
+            // derivatives never pay for them.
+            rz: Vec::new(),
+            ru: Vec::new(),
+            rh: Vec::new(),
+            rdz: Vec::new(),
+            modulation_scratch: Vec::new(),
             h,
         }
     }
@@ -389,6 +392,14 @@ impl MlpKernel {
         out: MlpGradients,
     ) {
         let last = self.layers.len() - 1;
+        if buf.rz.is_empty() {
+            let rows = self.n_support + self.n_query;
+            let per_layer = || -> Vec<Vec<f64>> {
+                self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect()
+            };
+            (buf.rz, buf.ru, buf.rh, buf.rdz) = (per_layer(), per_layer(), per_layer(), per_layer());
+            buf.modulation_scratch = vec![0.0; 2 * self.layers.iter().map(|l| l.fan_out).sum::<usize>()];
+        }
         // The primal pass leaves h, z, dU and dZ in the buffers.
         let mut scratch = std::mem::take(&mut buf.modulation_scratch);
         self.loss_and_gradient(
