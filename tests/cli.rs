@@ -247,3 +247,27 @@ fn a_quick_figures_run_never_writes_over_the_committed_outputs() {
     assert!(dir.path().join("figures-quick/paper/cost.md").is_file());
     assert!(!dir.path().join("figures").exists() && !dir.path().join("paper").exists());
 }
+
+#[test]
+fn figures_out_holds_every_output_of_a_full_run_too() {
+    // With --out and no --paper, a full run writes its tables under OUT/paper, never ./paper.
+    let dir = tempfile::tempdir().unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--only", "cost", "--out", "elsewhere"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    assert!(dir.path().join("elsewhere/cost_vs_k.csv").is_file());
+    assert!(dir.path().join("elsewhere/paper/cost.md").is_file());
+    assert!(!dir.path().join("figures").exists() && !dir.path().join("paper").exists());
+}
+
+#[test]
+fn the_figures_help_names_every_job() {
+    let o = common::cml(&["figures", "--help"]);
+    let help = String::from_utf8_lossy(&o.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    for (name, _) in cml::figures::JOBS {
+        assert!(help.contains(name), "`cml figures --help` does not name the job {name}");
+    }
+}
