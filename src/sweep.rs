@@ -456,12 +456,8 @@ fn run_point(
         return run_perturbed(point, delta, p, reference);
     }
     let theta = p.theta();
-    let estimate = match &spec {
-        EstimatorSpec::Contrastive(c) if config.error_bars && c.variant.truncation_order() > 0 => {
-            crate::estimator::error_bar::estimate_with_error_bar(c, p, theta)?
-        }
-        _ => spec.estimator().estimate(p, theta)?,
-    };
+    let estimate =
+        crate::estimator::error_bar::estimate_with_error_bar_if_any(&spec, p, theta, config.error_bars)?;
     // The estimate's own phases: with an error bar, the free phase and the stencil at the
     // estimate's beta (not the bar's phases at 2 beta, nor the pilots of beta auto, which may
     // run where the phase loss is not convex).

@@ -1,7 +1,7 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
 use super::estimator_args::EstimatorArgs;
-use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar};
+use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar_if_any, has_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::PhaseInfo;
@@ -78,12 +78,14 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
 
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;
     let clock = Instant::now();
-    let mut estimate = match &spec {
-        EstimatorSpec::Contrastive(c) if !args.no_error_bar => {
-            estimate_with_error_bar(c, p.as_ref(), &theta)?
-        }
-        _ => estimator.estimate(p.as_ref(), &theta)?,
-    };
+    let mut estimate = estimate_with_error_bar_if_any(&spec, p.as_ref(), &theta, !args.no_error_bar)?;
+    if !args.no_error_bar && matches!(spec, EstimatorSpec::Contrastive(_)) && !has_error_bar(&spec) {
+        estimate.warnings.push(
+            "no error bar: this variant is biased at every beta (its truncation error does not vanish with beta), \
+             so Richardson extrapolation cannot bound it"
+                .into(),
+        );
+    }
     estimate.warnings.extend(inapplicable);
     let seconds_error_bar = estimate.error_bar.as_ref().map(|b| b.seconds);
     let seconds_estimate = clock.elapsed().as_secs_f64() - seconds_error_bar.unwrap_or(0.0);
@@ -246,7 +248,8 @@ fn beta_warning(
         .iter()
         .filter_map(|p| p.certified_distance)
         .fold(0.0f64, f64::max);
-    if delta == 0.0 {
+    // A variant biased at every beta has no best beta (the bound's optimum is infinite).
+    if delta == 0.0 || c.variant.truncation_order() == 0 {
         return Ok(None);
     }
     let theta = crate::problem::ProblemInstance::theta(q);

@@ -14,7 +14,7 @@
 //! measured at each phase's end point.
 
 use super::contrastive::PhaseRuns;
-use super::{Contrastive, Estimate, MetaGradientEstimator};
+use super::{Contrastive, Estimate, EstimatorSpec, MetaGradientEstimator};
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
 use crate::oracle::{Cost, Oracle};
@@ -232,6 +232,34 @@ pub fn phase_noise(runs: &mut PhaseRuns, beta: f64) -> Result<Option<f64>> {
         });
     }
     Ok(total.map(|t| t.norm() / beta.abs()))
+}
+
+/// Whether estimates of `spec` carry an error bar: contrastive estimates whose truncation error
+/// vanishes with `beta` (the reference code's variant is biased at every `beta`, so it has none;
+/// the other estimators have none either). `--beta auto` computes its bars itself.
+pub fn has_error_bar(spec: &EstimatorSpec) -> bool {
+    match spec {
+        EstimatorSpec::Contrastive(c) => c.variant.truncation_order() > 0,
+        EstimatorSpec::ContrastiveAutoBeta(_) => true,
+        _ => false,
+    }
+}
+
+/// The estimate of `spec`, with its error bar when `with_bar` asks for one and
+/// [`has_error_bar`] says it exists: the one place that decides, so no combination of flags
+/// reaches the bar's refusal by default.
+pub fn estimate_with_error_bar_if_any(
+    spec: &EstimatorSpec,
+    problem: &dyn BilevelProblem,
+    theta: &Tensor,
+    with_bar: bool,
+) -> Result<Estimate> {
+    match spec {
+        EstimatorSpec::Contrastive(c) if with_bar && has_error_bar(spec) => {
+            estimate_with_error_bar(c, problem, theta)
+        }
+        _ => spec.estimator().estimate(problem, theta),
+    }
 }
 
 /// The contrastive estimate of `rule` at its `beta`, with its error bar in
