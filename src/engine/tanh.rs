@@ -1,4 +1,4 @@
-//! A vectorisable `tanh` for the first-order engine (docs/ENGINE.md §2).
+//! A vectorisable `tanh` for the fast engine (docs/ENGINE.md §2).
 //!
 //! `tanh(x) = e / (e + 2)` with `e = expm1(2x)`. `expm1` is range-reduced,
 //! `2x = k ln 2 + r` with `|r| <= ln 2 / 2`, so `expm1(2x) = 2^k expm1(r) + (2^k - 1)`, and
