@@ -100,26 +100,6 @@ impl<'p> Oracle<'p> {
         Ok(f(workspace))
     }
 
-    /// `d2_{phi phi} L_beta v` into `hv` and, when given, `d2_{theta phi} L_beta v` into `mixed`, on
-    /// the fast engine at flat `phi`, `theta`: one second-order product. For loops that keep
-    /// their vectors flat (BPTT's reverse loop); `model` is [`Oracle::fast_second_order`]'s.
-    #[allow(clippy::too_many_arguments)]
-    pub fn fast_hessian_vector_product(
-        &self,
-        model: &dyn SecondOrderPhase,
-        theta: &[f64],
-        phi: &[f64],
-        beta: f64,
-        v: &[f64],
-        hv: &mut [f64],
-        mixed: Option<&mut [f64]>,
-    ) -> Result<()> {
-        self.charge(0, 1);
-        self.with_workspace(model, theta, |ws| {
-            model.hessian_vector_product(ws, phi, beta, v, hv, mixed)
-        })
-    }
-
     /// `(H v, M v)` of `L_beta` on the fast engine, as tensors (`mixed`: whether `M v` is wanted).
     fn fast_products(
         &self,
