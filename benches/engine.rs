@@ -120,33 +120,47 @@ fn jax(p: &Synapse, estimator: JaxEstimator, repeats: usize) -> Result<(f64, Vec
         JaxEstimator::Bptt => ("bptt", 0),
         JaxEstimator::Cg(steps) => ("cg", steps),
     };
-    let python = std::env::var("CML_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut args = vec![path.display().to_string(), name.into()];
+    args.extend([FREE, second].map(|s| s.to_string()));
+    args.extend([STEP_SIZE, BETA].map(|s| s.to_string()));
+    args.push(repeats.to_string());
+    run_script("CML_BENCH_PYTHON", "JAX", script, &args, "jax_seconds ", "estimate ")
+}
+
+/// Runs a comparison script with the interpreter `$PYTHON_VAR` (default `python3`) and reads its
+/// two output lines: `SECONDS_KEY s` and `VALUES_KEY v1 v2 ...`. A script that cannot import its
+/// framework prints a line starting with `SKIP`, which becomes the error.
+fn run_script(
+    python_var: &str,
+    framework: &str,
+    script: &str,
+    args: &[String],
+    seconds_key: &str,
+    values_key: &str,
+) -> Result<(f64, Vector), String> {
+    let python = std::env::var(python_var).unwrap_or_else(|_| "python3".into());
     let out = Command::new(&python)
         .arg(script)
-        .arg(&path)
-        .arg(name)
-        .args([FREE, second].map(|s| s.to_string()))
-        .args([STEP_SIZE, BETA].map(|s| s.to_string()))
-        .arg(repeats.to_string())
+        .args(args)
         .output()
         .map_err(|e| format!("{python} could not be started: {e}"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
-        return Err(
-            why.unwrap_or_else(|| format!("the JAX script failed: {}", String::from_utf8_lossy(&out.stderr)))
-        );
+        return Err(why.unwrap_or_else(|| {
+            format!("the {framework} script failed: {}", String::from_utf8_lossy(&out.stderr))
+        }));
     }
     let field = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-    let seconds: f64 = field("jax_seconds ")
+    let seconds: f64 = field(seconds_key)
         .and_then(|s| s.parse().ok())
-        .ok_or("no jax_seconds line")?;
-    let estimate: Vec<f64> = field("estimate ")
-        .ok_or("no estimate line")?
+        .ok_or(format!("no {seconds_key}line"))?;
+    let values: Vec<f64> = field(values_key)
+        .ok_or(format!("no {values_key}line"))?
         .split_whitespace()
         .map(|v| v.parse().map_err(|_| format!("bad number {v}")))
         .collect::<Result<_, _>>()?;
-    Ok((seconds, Vector::from_vec(estimate)))
+    Ok((seconds, Vector::from_vec(values)))
 }
 
 /// One row of a side-by-side table: the fast engine, Candle and JAX on the same estimate.
@@ -354,30 +368,8 @@ fn torch_eprop(
     assert!(spec.recurrent, "the script simulates a recurrent network");
     std::fs::write(&path, phase.to_string()).map_err(|e| e.to_string())?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_eprop.py");
-    let python = std::env::var("CML_TORCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let out = Command::new(&python)
-        .arg(script)
-        .arg(&path)
-        .arg(repeats.to_string())
-        .output()
-        .map_err(|e| format!("{python} could not be started: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
-        return Err(why.unwrap_or_else(|| {
-            format!("the PyTorch script failed: {}", String::from_utf8_lossy(&out.stderr))
-        }));
-    }
-    let field = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-    let seconds: f64 = field("torch_seconds ")
-        .and_then(|s| s.parse().ok())
-        .ok_or("no torch_seconds line")?;
-    let phi: Vec<f64> = field("phi ")
-        .ok_or("no phi line")?
-        .split_whitespace()
-        .map(|v| v.parse().map_err(|_| format!("bad number {v}")))
-        .collect::<Result<_, _>>()?;
-    Ok((seconds, Vector::from_vec(phi)))
+    let args = [path.display().to_string(), repeats.to_string()];
+    run_script("CML_TORCH_PYTHON", "PyTorch", script, &args, "torch_seconds ", "phi ")
 }
 
 /// Heap allocations of one phase of `k` steps.
