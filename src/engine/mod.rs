@@ -17,7 +17,7 @@ pub mod tanh;
 use crate::error::{CmlError, Result};
 use std::any::Any;
 
-/// Which implementation computes inner-loop gradients.
+/// Which implementation computes inner-loop gradients and second-order products.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Engine {
@@ -26,7 +26,8 @@ pub enum Engine {
     Auto,
     /// Candle autodiff everywhere (the reference).
     Candle,
-    /// The fast path; an error on a problem without one.
+    /// The fast path; an error on a problem without a first-order one (second-order products
+    /// fall back to Candle on a problem without a [`SecondOrderPhase`]).
     Fast,
 }
 
