@@ -124,7 +124,14 @@ fn jax(p: &Synapse, estimator: JaxEstimator, repeats: usize) -> Result<(f64, Vec
     args.extend([FREE, second].map(|s| s.to_string()));
     args.extend([STEP_SIZE, BETA].map(|s| s.to_string()));
     args.push(repeats.to_string());
-    run_script("CML_BENCH_PYTHON", "JAX", script, &args, "jax_seconds ", "estimate ")
+    run_script(
+        "CML_BENCH_PYTHON",
+        "JAX",
+        script,
+        &args,
+        "jax_seconds ",
+        "estimate ",
+    )
 }
 
 /// Runs a comparison script with the interpreter `$PYTHON_VAR` (default `python3`) and reads its
@@ -148,7 +155,10 @@ fn run_script(
     if !out.status.success() {
         let why = stdout.lines().find(|l| l.starts_with("SKIP")).map(str::to_string);
         return Err(why.unwrap_or_else(|| {
-            format!("the {framework} script failed: {}", String::from_utf8_lossy(&out.stderr))
+            format!(
+                "the {framework} script failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
         }));
     }
     let field = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
@@ -215,7 +225,13 @@ fn side_by_side(quick: bool) {
             "the engines disagree"
         );
         let label = format!("{sizes}, {shots} shots");
-        print_row(&label, t_fast, t_candle, jax(&p, JaxEstimator::Contrastive, repeats), &fast.gradient);
+        print_row(
+            &label,
+            t_fast,
+            t_candle,
+            jax(&p, JaxEstimator::Contrastive, repeats),
+            &fast.gradient,
+        );
         let steps = (FREE + 1 + 2 * (NUDGED + 1)) as f64;
         println!(
             "  per gradient step: fast {:.2} us, candle {:.2} us",
@@ -237,28 +253,51 @@ fn second_order_side_by_side(quick: bool) {
     let label = "1-40-40-1, 10 shots";
     println!("\nBPTT through {FREE} gradient steps of {STEP_SIZE}");
     table_header();
-    let bptt = |engine| EstimatorSpec::Unrolled(Unrolled {
-        inner: phase(FREE, engine),
-        truncation: None,
+    let bptt = |engine| {
+        EstimatorSpec::Unrolled(Unrolled {
+            inner: phase(FREE, engine),
+            truncation: None,
+        })
+    };
+    let (t_fast, fast) = best_of(repeats, || {
+        bptt(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap()
     });
-    let (t_fast, fast) = best_of(repeats, || bptt(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap());
     let (t_candle, candle) = best_of(repeats.min(2), || {
         bptt(Engine::Candle).estimator().estimate(&p, p.theta()).unwrap()
     });
-    assert!(relative_error(&fast.gradient, &candle.gradient) < 1e-9, "the engines disagree");
-    print_row(label, t_fast, t_candle, jax(&p, JaxEstimator::Bptt, repeats), &fast.gradient);
+    assert!(
+        relative_error(&fast.gradient, &candle.gradient) < 1e-9,
+        "the engines disagree"
+    );
+    print_row(
+        label,
+        t_fast,
+        t_candle,
+        jax(&p, JaxEstimator::Bptt, repeats),
+        &fast.gradient,
+    );
 
     println!("\nimplicit CG: {FREE} free steps of {STEP_SIZE}, then {CG_STEPS} CG iterations");
     table_header();
-    let cg = |engine| EstimatorSpec::Implicit(Implicit {
-        solver: LinearSolver::ConjugateGradient { steps: CG_STEPS },
-        free: phase(FREE, engine),
+    let cg = |engine| {
+        EstimatorSpec::Implicit(Implicit {
+            solver: LinearSolver::ConjugateGradient { steps: CG_STEPS },
+            free: phase(FREE, engine),
+        })
+    };
+    let (t_fast, fast) = best_of(repeats, || {
+        cg(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap()
     });
-    let (t_fast, fast) = best_of(repeats, || cg(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap());
     let (t_candle, candle) = best_of(repeats.min(3), || {
         cg(Engine::Candle).estimator().estimate(&p, p.theta()).unwrap()
     });
-    print_row(label, t_fast, t_candle, jax(&p, JaxEstimator::Cg(CG_STEPS), repeats), &fast.gradient);
+    print_row(
+        label,
+        t_fast,
+        t_candle,
+        jax(&p, JaxEstimator::Cg(CG_STEPS), repeats),
+        &fast.gradient,
+    );
     // CG amplifies rounding by the Hessian's conditioning, so the engines agree here only to what
     // the solve allows; the test suite checks them on well-conditioned instances to 1e-10.
     println!(
@@ -267,7 +306,9 @@ fn second_order_side_by_side(quick: bool) {
         fast.warnings.iter().map(|w| format!("; {w}")).collect::<String>()
     );
 
-    println!("\nthe error bar of the symmetric contrastive estimate ({FREE} + 2 x {NUDGED} steps, beta {BETA})");
+    println!(
+        "\nthe error bar of the symmetric contrastive estimate ({FREE} + 2 x {NUDGED} steps, beta {BETA})"
+    );
     for engine in [Engine::Fast, Engine::Candle] {
         let rule = symmetric(engine);
         let (t_estimate, _) = best_of(repeats, || rule.estimate(&p, p.theta()).unwrap());
@@ -314,14 +355,17 @@ fn eprop_side_by_side(quick: bool) {
     let run = |p: &SpikingSynapse| {
         let theta = p.theta();
         let phi0 = p.initial_phi(theta).unwrap();
-        let end = free.solve(&Oracle::new(p), &Phase::new(&phi0, theta, 0.0, "free phase")).unwrap();
+        let end = free
+            .solve(&Oracle::new(p), &Phase::new(&phi0, theta, 0.0, "free phase"))
+            .unwrap();
         cml::linalg::to_dvector(&end.phi).unwrap()
     };
     let (events, dense) = (problem(Accumulation::EventDriven), problem(Accumulation::Dense));
     let (t_events, phi_events) = best_of(repeats, || run(&events));
     let (t_dense, phi_dense) = best_of(repeats, || run(&dense));
     let z = {
-        let kernel = cml::spiking::SpikingKernel::new(&spec, task.support.clone(), task.query.clone()).unwrap();
+        let kernel =
+            cml::spiking::SpikingKernel::new(&spec, task.support.clone(), task.query.clone()).unwrap();
         let mut b = kernel.buffers();
         kernel.run(&mut b, omega.as_slice(), 0.0, None);
         b.spikes().iter().filter(|&&z| z != 0.0).count() as f64 / b.spikes().len() as f64
@@ -369,7 +413,14 @@ fn torch_eprop(
     std::fs::write(&path, phase.to_string()).map_err(|e| e.to_string())?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_eprop.py");
     let args = [path.display().to_string(), repeats.to_string()];
-    run_script("CML_TORCH_PYTHON", "PyTorch", script, &args, "torch_seconds ", "phi ")
+    run_script(
+        "CML_TORCH_PYTHON",
+        "PyTorch",
+        script,
+        &args,
+        "torch_seconds ",
+        "phi ",
+    )
 }
 
 /// Heap allocations of one phase of `k` steps.
@@ -449,7 +500,10 @@ fn main() {
     cml::tune_allocator();
     // `--only NAME` runs one section.
     let args: Vec<String> = std::env::args().collect();
-    let only = args.iter().position(|a| a == "--only").and_then(|i| args.get(i + 1));
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
     let sections: [(&str, &dyn Fn()); 5] = [
         ("contrastive", &|| side_by_side(quick)),
         ("second-order", &|| second_order_side_by_side(quick)),

@@ -110,7 +110,11 @@ impl<'p> Oracle<'p> {
         v: &Tensor,
         mixed: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (phi, theta, v) = (phi.to_vec1::<f64>()?, theta.to_vec1::<f64>()?, v.to_vec1::<f64>()?);
+        let (phi, theta, v) = (
+            phi.to_vec1::<f64>()?,
+            theta.to_vec1::<f64>()?,
+            v.to_vec1::<f64>()?,
+        );
         let mut hv = vec![0.0; phi.len()];
         let mut mv = mixed.then(|| vec![0.0; theta.len()]);
         self.with_workspace(model, &theta, |ws| {
@@ -241,7 +245,11 @@ impl<'p> Oracle<'p> {
     ) -> Result<Tensor> {
         self.charge(0, 1);
         if let Some(model) = self.fast_second_order() {
-            let (phi, theta, u) = (phi.to_vec1::<f64>()?, theta.to_vec1::<f64>()?, u.to_vec1::<f64>()?);
+            let (phi, theta, u) = (
+                phi.to_vec1::<f64>()?,
+                theta.to_vec1::<f64>()?,
+                u.to_vec1::<f64>()?,
+            );
             let mut out = vec![0.0; phi.len()];
             self.with_workspace(model, &theta, |ws| {
                 model.mixed_transpose_product(ws, &phi, beta, &u, &mut out)

@@ -51,7 +51,14 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
     assert_eq!(v["error_bar"]["seconds"].as_f64(), Some(bar));
 
     // Without a bar there are no bar seconds.
-    let o = cml(&["grad", "--problem", "quadratic", "--no-error-bar", "--no-exact", "--json"]);
+    let o = cml(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--no-error-bar",
+        "--no-exact",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["seconds_error_bar"].is_null());
@@ -266,9 +273,15 @@ fn figures_out_holds_every_output_of_a_full_run_too() {
 #[test]
 fn the_figures_help_names_every_job() {
     let o = common::cml(&["figures", "--help"]);
-    let help = String::from_utf8_lossy(&o.stdout).split_whitespace().collect::<Vec<_>>().join(" ");
+    let help = String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     for (name, _) in cml::figures::JOBS {
-        assert!(help.contains(name), "`cml figures --help` does not name the job {name}");
+        assert!(
+            help.contains(name),
+            "`cml figures --help` does not name the job {name}"
+        );
     }
 }
 
@@ -276,13 +289,28 @@ fn the_figures_help_names_every_job() {
 fn a_variant_without_an_error_bar_runs_by_default_and_says_why_it_has_none() {
     // The reference code's variant is biased at every beta, so Richardson cannot bound it: the
     // default run gives its estimate without a bar instead of refusing, and says so on stderr.
-    let o = cml(&["grad", "--problem", "quadratic", "--variant", "reference-code-symmetric", "--json"]);
+    let o = cml(&[
+        "grad",
+        "--problem",
+        "quadratic",
+        "--variant",
+        "reference-code-symmetric",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(v["error_bar"].is_null() && v["seconds_error_bar"].is_null());
     assert!(stderr(&o).contains("no error bar"), "{}", stderr(&o));
-    assert!(!stderr(&o).contains("inf"), "no warning built on an infinite best beta: {}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("inf"),
+        "no warning built on an infinite best beta: {}",
+        stderr(&o)
+    );
     // Its estimate is the reference code's: about half a forward difference, so the relative
     // error is near 1/2 (docs/MATH.md; the quadratic's reference run gives 0.50).
-    approx::assert_abs_diff_eq!(v["exact"]["relative_error"].as_f64().unwrap(), 0.5, epsilon = 0.05);
+    approx::assert_abs_diff_eq!(
+        v["exact"]["relative_error"].as_f64().unwrap(),
+        0.5,
+        epsilon = 0.05
+    );
 }

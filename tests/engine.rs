@@ -135,16 +135,41 @@ fn check_second_order_against_candle(
 
     let mut ws = second.workspace(theta.as_slice()).unwrap();
     let (mut hv, mut mixed) = (vec![f64::NAN; phi.len()], vec![f64::NAN; theta.len()]);
-    second.hessian_vector_product(&mut ws, phi.as_slice(), beta, v.as_slice(), &mut hv, Some(&mut mixed));
-    assert_vectors_agree(&hv, &to_dvector(&candle_hv).unwrap(), ONE_EVALUATION, floor, "H v");
-    assert_vectors_agree(&mixed, &to_dvector(&candle_mixed).unwrap(), ONE_EVALUATION, floor, "M v");
+    second.hessian_vector_product(
+        &mut ws,
+        phi.as_slice(),
+        beta,
+        v.as_slice(),
+        &mut hv,
+        Some(&mut mixed),
+    );
+    assert_vectors_agree(
+        &hv,
+        &to_dvector(&candle_hv).unwrap(),
+        ONE_EVALUATION,
+        floor,
+        "H v",
+    );
+    assert_vectors_agree(
+        &mixed,
+        &to_dvector(&candle_mixed).unwrap(),
+        ONE_EVALUATION,
+        floor,
+        "M v",
+    );
     // Without the mixed product (the cheaper call CG makes), H v is the same to the bit.
     let mut hv_only = vec![f64::NAN; phi.len()];
     second.hessian_vector_product(&mut ws, phi.as_slice(), beta, v.as_slice(), &mut hv_only, None);
     assert_eq!(hv_only, hv);
     let mut transpose = vec![f64::NAN; phi.len()];
     second.mixed_transpose_product(&mut ws, phi.as_slice(), beta, u.as_slice(), &mut transpose);
-    assert_vectors_agree(&transpose, &to_dvector(&candle_transpose).unwrap(), ONE_EVALUATION, floor, "M^T u");
+    assert_vectors_agree(
+        &transpose,
+        &to_dvector(&candle_transpose).unwrap(),
+        ONE_EVALUATION,
+        floor,
+        "M^T u",
+    );
 }
 
 /// Hidden layer sizes `[in=1, h..., out=1]`, one to three hidden layers of 1 to 12 units.
@@ -417,7 +442,10 @@ fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
         specs.push(EstimatorSpec::Implicit(Implicit { solver, free }));
     }
     for truncation in [None, Some(50)] {
-        specs.push(EstimatorSpec::Unrolled(Unrolled { inner: free, truncation }));
+        specs.push(EstimatorSpec::Unrolled(Unrolled {
+            inner: free,
+            truncation,
+        }));
     }
     // The error bar's Hessian-vector and mixed products (phase noise, smoothness) choose beta.
     specs.push(

@@ -14,8 +14,8 @@ use cml::oracle::Oracle;
 use cml::problem::{ProblemInstance, phase_loss};
 use cml::rng::seeded;
 use cml::spiking::{
-    Accumulation, NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, SpikingSynapse, SpikingTask,
-    Surrogate,
+    Accumulation, NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, SpikingSynapse,
+    SpikingTask, Surrogate,
 };
 
 /// One input neuron, two LIF neurons, three steps.
@@ -409,7 +409,14 @@ fn the_event_driven_test_sees_spikes_and_nonzero_gradients() {
     k.run(&mut b, w.as_slice(), 0.5, Some(&mut g));
     assert!(b.spikes().contains(&1.0), "no neuron spiked");
     let layout = spec.layout();
-    for (name, (from, to)) in [("input", layout.input), ("recurrent", layout.recurrent), ("output", layout.output)] {
-        assert!(g[from..to].iter().any(|&v| v != 0.0), "the {name} weights' gradient is zero");
+    for (name, (from, to)) in [
+        ("input", layout.input),
+        ("recurrent", layout.recurrent),
+        ("output", layout.output),
+    ] {
+        assert!(
+            g[from..to].iter().any(|&v| v != 0.0),
+            "the {name} weights' gradient is zero"
+        );
     }
 }

@@ -13,7 +13,8 @@ use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Mlp, softmax_cross_entropy};
 use crate::problem::regularised_mlp::{
-    decay_hessian_vector_product, decay_mixed_transpose_product, decay_penalty, decay_phase_gradient, decay_workspace,
+    decay_hessian_vector_product, decay_mixed_transpose_product, decay_penalty, decay_phase_gradient,
+    decay_workspace,
 };
 use crate::problem::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
 use candle_core::Tensor;
@@ -187,7 +188,14 @@ impl SecondOrderPhase for DecayClassifier {
         decay_hessian_vector_product(&self.kernel, workspace, phi, beta, v, hv, mixed);
     }
 
-    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], _beta: f64, u: &[f64], out: &mut [f64]) {
+    fn mixed_transpose_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        _beta: f64,
+        u: &[f64],
+        out: &mut [f64],
+    ) {
         decay_mixed_transpose_product(workspace, phi, u, out);
     }
 }

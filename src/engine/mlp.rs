@@ -395,9 +395,8 @@ impl MlpKernel {
         let last = self.layers.len() - 1;
         if buf.rz.is_empty() {
             let rows = self.n_support + self.n_query;
-            let per_layer = || -> Vec<Vec<f64>> {
-                self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect()
-            };
+            let per_layer =
+                || -> Vec<Vec<f64>> { self.layers.iter().map(|l| vec![0.0; rows * l.fan_out]).collect() };
             (buf.rz, buf.ru, buf.rh, buf.rdz) = (per_layer(), per_layer(), per_layer(), per_layer());
             buf.modulation_scratch = vec![0.0; 2 * self.layers.iter().map(|l| l.fan_out).sum::<usize>()];
         }
@@ -463,10 +462,17 @@ impl MlpKernel {
             match modulation {
                 Some(m) => {
                     let vm = direction_modulation();
-                    let (gain, shift_dir) = (&m[mod_offset..mod_offset + fo], &vm[mod_offset + fo..mod_offset + 2 * fo]);
+                    let (gain, shift_dir) = (
+                        &m[mod_offset..mod_offset + fo],
+                        &vm[mod_offset + fo..mod_offset + 2 * fo],
+                    );
                     let gain_dir = &vm[mod_offset..mod_offset + fo];
                     let z = &buf.z[l][..rows * fo];
-                    for ((ru_row, rz_row), z_row) in ru.chunks_exact_mut(fo).zip(rz.chunks_exact(fo)).zip(z.chunks_exact(fo)) {
+                    for ((ru_row, rz_row), z_row) in ru
+                        .chunks_exact_mut(fo)
+                        .zip(rz.chunks_exact(fo))
+                        .zip(z.chunks_exact(fo))
+                    {
                         for j in 0..fo {
                             ru_row[j] = rz_row[j] * gain[j] + z_row[j] * gain_dir[j] + shift_dir[j];
                         }

@@ -94,7 +94,14 @@ pub trait SecondOrderPhase: FirstOrderPhase {
 
     /// Writes the transposed mixed product `d2_{phi theta} L_beta u` (one entry per fast
     /// parameter) for a direction `u` in the meta-parameters. No heap allocation.
-    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], beta: f64, u: &[f64], out: &mut [f64]);
+    fn mixed_transpose_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        u: &[f64],
+        out: &mut [f64],
+    );
 }
 
 /// The workspace of a model, checked to be the one its `workspace` made.

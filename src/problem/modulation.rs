@@ -412,12 +412,30 @@ impl<T: SupervisedTask> SecondOrderPhase for Modulation<T> {
         match mixed {
             Some(m) => {
                 let (m_slow, m_init) = m.split_at_mut(slow_len);
-                self.network_derivative(ws, (phi, beta), Direction { slow: None, fast: Some(v) }, hv, Some(m_slow));
+                self.network_derivative(
+                    ws,
+                    (phi, beta),
+                    Direction {
+                        slow: None,
+                        fast: Some(v),
+                    },
+                    hv,
+                    Some(m_slow),
+                );
                 for (o, x) in m_init.iter_mut().zip(v) {
                     *o = -(lambda * x);
                 }
             }
-            None => self.network_derivative(ws, (phi, beta), Direction { slow: None, fast: Some(v) }, hv, None),
+            None => self.network_derivative(
+                ws,
+                (phi, beta),
+                Direction {
+                    slow: None,
+                    fast: Some(v),
+                },
+                hv,
+                None,
+            ),
         }
         for (o, x) in hv.iter_mut().zip(v) {
             *o += lambda * x;
@@ -425,10 +443,26 @@ impl<T: SupervisedTask> SecondOrderPhase for Modulation<T> {
     }
 
     /// `M^T u = R(d_phi data)` in the slow weights' direction `u_slow`, minus `lambda u_{phi_init}`.
-    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], beta: f64, u: &[f64], out: &mut [f64]) {
+    fn mixed_transpose_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        beta: f64,
+        u: &[f64],
+        out: &mut [f64],
+    ) {
         let ws = downcast::<ModulationWorkspace>(workspace);
         let (u_slow, u_init) = u.split_at(self.layout.slow_len);
-        self.network_derivative(ws, (phi, beta), Direction { slow: Some(u_slow), fast: None }, out, None);
+        self.network_derivative(
+            ws,
+            (phi, beta),
+            Direction {
+                slow: Some(u_slow),
+                fast: None,
+            },
+            out,
+            None,
+        );
         let lambda = self.spec.strength;
         for (o, x) in out.iter_mut().zip(u_init) {
             *o -= lambda * x;

@@ -310,7 +310,12 @@ pub(crate) fn decay_hessian_vector_product(
 }
 
 /// `d_phi_i L_beta` depends on `theta` only through `exp(theta_i) phi_i`: `(M^T u)_i = exp(theta_i) phi_i u_i`.
-pub(crate) fn decay_mixed_transpose_product(workspace: &mut Workspace, phi: &[f64], u: &[f64], out: &mut [f64]) {
+pub(crate) fn decay_mixed_transpose_product(
+    workspace: &mut Workspace,
+    phi: &[f64],
+    u: &[f64],
+    out: &mut [f64],
+) {
     let ws = downcast::<DecayWorkspace>(workspace);
     for i in 0..phi.len() {
         out[i] = ws.decay[i] * phi[i] * u[i];
@@ -352,7 +357,14 @@ impl SecondOrderPhase for RegularisedMlp {
         decay_hessian_vector_product(&self.kernel, workspace, phi, beta, v, hv, mixed);
     }
 
-    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], _beta: f64, u: &[f64], out: &mut [f64]) {
+    fn mixed_transpose_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        _beta: f64,
+        u: &[f64],
+        out: &mut [f64],
+    ) {
         decay_mixed_transpose_product(workspace, phi, u, out);
     }
 }

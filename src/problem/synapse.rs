@@ -353,7 +353,14 @@ impl<T: SupervisedTask> SecondOrderPhase for Synapse<T> {
 
     /// `d_phi L_beta = d_phi MSE + lambda (phi - omega)`: the network part does not depend on
     /// `theta`, so `M^T u = -lambda u_omega + lambda u_rho d` (`u_rho` one per synapse or shared).
-    fn mixed_transpose_product(&self, workspace: &mut Workspace, phi: &[f64], _beta: f64, u: &[f64], out: &mut [f64]) {
+    fn mixed_transpose_product(
+        &self,
+        workspace: &mut Workspace,
+        phi: &[f64],
+        _beta: f64,
+        u: &[f64],
+        out: &mut [f64],
+    ) {
         let ws = downcast::<SynapseWorkspace>(workspace);
         let (u_omega, u_rho) = u.split_at(phi.len());
         let shared = ws.lambda.len() == 1;

@@ -4,5 +4,7 @@
 pub mod network;
 pub mod problem;
 
-pub use network::{Accumulation, NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, Surrogate};
+pub use network::{
+    Accumulation, NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, Surrogate,
+};
 pub use problem::{INPUT_RANGE, SpikingSynapse, SpikingTask};
