@@ -72,13 +72,8 @@ impl<'p> Oracle<'p> {
         self.problem
     }
 
-    /// The engine second-order products were asked to run on.
-    pub fn engine(&self) -> Engine {
-        self.engine
-    }
-
     /// The hand-derived second-order path, when the engine allows it and the problem has one.
-    pub fn fast_second_order(&self) -> Option<&'p dyn SecondOrderPhase> {
+    fn fast_second_order(&self) -> Option<&'p dyn SecondOrderPhase> {
         match self.engine {
             Engine::Candle => None,
             Engine::Auto | Engine::Fast => self.problem.second_order(),
