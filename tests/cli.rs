@@ -277,7 +277,7 @@ fn the_figures_help_names_every_job() {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    for (name, _) in cml::figures::JOBS {
+    for (name, _) in cml::figures::jobs() {
         assert!(
             help.contains(name),
             "`cml figures --help` does not name the job {name}"

@@ -1,5 +1,5 @@
 //! `cml figures --quick`: every expected file, readable, with the expected shape; and the same
-//! seed gives the same CSVs.
+//! seed gives the same CSVs, whether run whole or as slices of units merged by the report.
 
 use std::path::Path;
 use std::process::Command;
@@ -82,7 +82,7 @@ const TABLES: &[&str] = &[
 ];
 
 #[test]
-fn quick_figures_write_every_file_and_the_same_seed_gives_the_same_csvs() {
+fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs() {
     let a = tempfile::tempdir().unwrap();
     figures_quick(a.path());
     let figs = a.path().join("figures");
@@ -133,15 +133,82 @@ fn quick_figures_write_every_file_and_the_same_seed_gives_the_same_csvs() {
         "the ablation's verdict"
     );
 
+    // The same run as 3 slices of units, the way a Slurm job array runs them (the slice from
+    // SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT), in shuffled order, then merged by the
+    // report: every CSV byte-identical to the unsharded run.
     let b = tempfile::tempdir().unwrap();
-    figures_quick(b.path());
+    let results = b.path().join("units");
+    for id in ["2", "0", "1"] {
+        let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+            .args(["figures", "--quick", "--results"])
+            .arg(&results)
+            .env("SLURM_ARRAY_TASK_ID", id)
+            .env("SLURM_ARRAY_TASK_COUNT", "3")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(stdout.contains(&format!("slice {id}/3: ran ")), "{stdout}");
+    }
+    let report = |dir: &Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cml"))
+            .args(["figures", "--quick", "--report"])
+            .arg(&results)
+            .arg("--out")
+            .arg(dir.join("figures"))
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let o = report(b.path(), &[]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (name, _, _) in CSVS.iter().filter(|(n, _, _)| !n.ends_with("_seconds")) {
         let read = |d: &Path| std::fs::read(d.join("figures").join(format!("{name}.csv"))).unwrap();
         assert!(
             read(a.path()) == read(b.path()),
-            "{name}.csv differs between two runs with the same seed"
+            "{name}.csv differs between the unsharded run and 3 merged slices"
         );
     }
+    assert!(b.path().join("figures/paper/README.md").exists());
+
+    // A slice run again finds its units stored and runs nothing (resumption).
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args([
+            "figures",
+            "--quick",
+            "--only",
+            "training",
+            "--units",
+            "1/3",
+            "--results",
+        ])
+        .arg(&results)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("slice 1/3: ran 0 units, 8 already stored"),
+        "{stdout}"
+    );
+
+    // Units of another configuration are refused, naming what differs.
+    let o = report(b.path(), &["--seed", "5"]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("computed under another configuration (seed differ)"),
+        "{err}"
+    );
+
+    // A missing unit is named.
+    std::fs::remove_file(results.join("training/synapse-cg-seed1.json")).unwrap();
+    let o = report(b.path(), &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("1 of the 24 units of job training missing: synapse-cg-seed1"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -1,6 +1,9 @@
-//! `cml figures`: regenerate every figure, table and the write-up.
+//! `cml figures`: regenerate every figure, table and the write-up, on one machine or as units
+//! spread over a cluster and merged.
 
+use crate::figures::units::{self, Scale};
 use crate::figures::{Settings, run};
+use crate::sweep::parse_shard;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -16,7 +19,11 @@ pub struct FiguresArgs {
     /// else paper].
     #[arg(long)]
     paper: Option<PathBuf>,
-    /// Smaller grids, fewer seeds (same code paths).
+    /// Budgets: quick (CI's, under a minute), default (one 2-core workstation), paper (the
+    /// paper's budgets, for a cluster; the jobs that have them).
+    #[arg(long, default_value = "default")]
+    scale: String,
+    /// Same as --scale quick.
     #[arg(long)]
     quick: bool,
     /// Run one job only: theory, compute, training, cost, weight-decay, error-bar, digits-decay,
@@ -25,34 +32,135 @@ pub struct FiguresArgs {
     only: Option<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run slice i of n (0-based) of the units and store them under --results, skipping units
+    /// already there; inside a Slurm array job, the slice defaults to
+    /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT.
+    #[arg(long, requires = "results")]
+    units: Option<String>,
+    /// Folder of stored units: written by --units, read by --report and --plan.
+    #[arg(long)]
+    results: Option<PathBuf>,
+    /// Draw every figure, table and the write-up from the units stored in this folder, without
+    /// computing anything.
+    #[arg(long, conflicts_with_all = ["units", "plan"])]
+    report: Option<PathBuf>,
+    /// Print every job's units and an estimate of their cost, from a short timed calibration
+    /// (or from the units of an earlier run given with --results), and run nothing.
+    #[arg(long)]
+    plan: bool,
 }
 
 pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
-    // The repository's own figures/ and paper/ only for a full run with neither folder given.
-    let (out, paper) = match (args.out, args.quick) {
+    let scale = if args.quick {
+        Scale::Quick
+    } else {
+        Scale::parse(&args.scale)?
+    };
+    // The repository's own figures/ and paper/ only for a default-scale run with neither folder
+    // given.
+    let (out, paper) = match (args.out, scale) {
         (Some(out), _) => (out.clone(), args.paper.unwrap_or_else(|| out.join("paper"))),
-        (None, true) => {
-            let out = PathBuf::from("figures-quick");
-            (out.clone(), args.paper.unwrap_or_else(|| out.join("paper")))
-        }
-        (None, false) => (
+        (None, Scale::Default) => (
             PathBuf::from("figures"),
             args.paper.unwrap_or_else(|| PathBuf::from("paper")),
         ),
+        (None, other) => {
+            let out = PathBuf::from(format!("figures-{}", other.name()));
+            (out.clone(), args.paper.unwrap_or_else(|| out.join("paper")))
+        }
     };
     let settings = Settings {
         out,
         paper,
-        quick: args.quick,
+        scale,
         seed: args.seed,
     };
+    let only = args.only.as_deref();
     let clock = Instant::now();
-    let results = run(&settings, args.only.as_deref(), &mut |msg| {
-        eprintln!("[{:6.1} s] {msg}", clock.elapsed().as_secs_f64())
-    })?;
+    let log = |msg: &str| eprintln!("[{:6.1} s] {msg}", clock.elapsed().as_secs_f64());
+    if args.plan {
+        return print_plan(&settings, only, args.results.as_deref());
+    }
+    let slice = match (
+        &args.units,
+        std::env::var("SLURM_ARRAY_TASK_ID"),
+        std::env::var("SLURM_ARRAY_TASK_COUNT"),
+    ) {
+        (Some(s), _, _) => Some(parse_shard(s)?),
+        (None, Ok(id), Ok(count)) if args.results.is_some() && args.report.is_none() => {
+            Some(parse_shard(&format!("{id}/{count}"))?)
+        }
+        _ => None,
+    };
+    let results = if let Some(dir) = &args.report {
+        units::report(&settings, only, dir)?
+    } else if let Some(dir) = &args.results {
+        let slice = slice.unwrap_or((0, 1));
+        let summary = units::run_slice(&settings, only, slice, dir, &log)?;
+        println!(
+            "slice {}/{}: ran {} units, {} already stored, in {}",
+            slice.0,
+            slice.1,
+            summary.ran.len(),
+            summary.skipped.len(),
+            dir.display()
+        );
+        println!("done in {:.1} s", clock.elapsed().as_secs_f64());
+        return Ok(());
+    } else {
+        run(&settings, only, &log)?
+    };
     for f in &results.files {
         println!("wrote {}", f.display());
     }
     println!("done in {:.1} s", clock.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn print_plan(
+    settings: &Settings,
+    only: Option<&str>,
+    previous: Option<&std::path::Path>,
+) -> crate::Result<()> {
+    let threads = crate::parallel::available_threads();
+    let rows = units::plan(settings, only, previous)?;
+    println!(
+        "plan for scale {} (seconds: wall time of the units on this machine, {threads} cores each; core-hours = seconds x {threads} / 3600)",
+        settings.scale.name()
+    );
+    println!("| job | units | seconds | core-hours | estimate from |");
+    println!("|---|---|---|---|---|");
+    let mut total = 0.0;
+    let mut unknown = Vec::new();
+    for r in &rows {
+        match r.seconds {
+            Some(s) => {
+                total += s;
+                println!(
+                    "| {} | {} | {:.0} | {:.2} | {} |",
+                    r.job,
+                    r.units,
+                    s,
+                    s * threads as f64 / 3600.0,
+                    r.source
+                );
+            }
+            None => {
+                unknown.push(r.job);
+                println!("| {} | {} | ? | ? | {} |", r.job, r.units, r.source);
+            }
+        }
+    }
+    println!(
+        "| all{} | {} | {:.0} | {:.2} | |",
+        if unknown.is_empty() {
+            String::new()
+        } else {
+            format!(" but {}", unknown.join(", "))
+        },
+        rows.iter().map(|r| r.units).sum::<usize>(),
+        total,
+        total * threads as f64 / 3600.0
+    );
     Ok(())
 }

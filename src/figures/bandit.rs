@@ -228,7 +228,7 @@ const BASELINES: usize = 4;
 const EVAL_SEED: u64 = 1000;
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResults> {
-    let protocol = Protocol::new(settings.quick)?;
+    let protocol = Protocol::new(settings.quick())?;
     let learners = protocol.meta_learners()?;
     let mut meta_rows = Vec::new();
     let mut meta_seconds = Vec::new();

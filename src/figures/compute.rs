@@ -39,7 +39,7 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
     let synapse = synapse_instance(settings, files)?;
     let (mu, smooth, step) = (synapse.mu, synapse.smooth, synapse.step);
     let kappa = smooth / mu;
-    let multiples: &[f64] = if settings.quick {
+    let multiples: &[f64] = if settings.quick() {
         &[2.0, 8.0, 32.0]
     } else {
         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
@@ -57,12 +57,12 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         .map(String::from)
         .to_vec(),
         variants: vec![Variant::Standard, Variant::Symmetric],
-        betas: sweep::parse_log_range(if settings.quick {
+        betas: sweep::parse_log_range(if settings.quick() {
             "1e-6:1e-1:6"
         } else {
             "1e-7:1e-1:13"
         })?,
-        solver_steps: if settings.quick {
+        solver_steps: if settings.quick() {
             vec![4, 16]
         } else {
             vec![2, 4, 8, 16, 32]
@@ -174,12 +174,12 @@ pub struct CostResults {
 
 pub fn run_cost(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CostResults> {
     let p = Synapse::random(&SynapseSpec::default(), 10, settings.seed)?;
-    let ks: &[usize] = if settings.quick {
+    let ks: &[usize] = if settings.quick() {
         &[10, 30, 100]
     } else {
         &[10, 30, 100, 300, 1000]
     };
-    let repeats = if settings.quick { 1 } else { 3 };
+    let repeats = if settings.quick() { 1 } else { 3 };
     let mut rows = Vec::new();
     for &k in ks {
         let phase = GdParams {

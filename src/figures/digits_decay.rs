@@ -210,7 +210,7 @@ fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
 }
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayResults> {
-    let protocol = Protocol::new(settings.quick)?;
+    let protocol = Protocol::new(settings.quick())?;
     let all = load_digits()?;
     let seeds: Vec<u64> = (0..protocol.seeds as u64)
         .map(|s| hash_words(&[settings.seed, 52, s]))

@@ -257,12 +257,12 @@ fn comparison_panel(labels: [&str; 3], points: &[(&str, (f64, f64))], lines: (&s
 }
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationResults> {
-    let seeds: u64 = if settings.quick { 1 } else { 4 };
+    let seeds: u64 = if settings.quick() { 1 } else { 4 };
     let units: Vec<(&'static str, u64)> = PROBLEMS
         .iter()
         .flat_map(|&p| (0..seeds).map(move |s| (p, settings.seed + s)))
         .collect();
-    let results = map_in_order(&units, |&(p, seed)| calibrate(p, seed, settings.quick))?;
+    let results = map_in_order(&units, |&(p, seed)| calibrate(p, seed, settings.quick()))?;
     let cases: Vec<Case> = results.iter().flat_map(|(c, _)| c.clone()).collect();
     let autos: Vec<AutoCase> = results.iter().flat_map(|(_, a)| a.clone()).collect();
 

@@ -217,7 +217,7 @@ const META_TEST: u64 = 21;
 const INIT: u64 = 22;
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResults> {
-    let protocol = Protocol::new(settings.quick);
+    let protocol = Protocol::new(settings.quick());
     let data = load_digits()?;
     let (train_pool, test_pool) = (
         ClassPool::new(&data, &TRAIN_DIGITS)?,

@@ -13,6 +13,7 @@ mod spiking;
 mod template;
 mod theory;
 mod training;
+pub mod units;
 mod weight_decay;
 mod writeup;
 
@@ -21,138 +22,137 @@ pub use training::figure_training_config;
 use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use std::path::{Path, PathBuf};
+pub use units::Scale;
+use units::{Job, Whole};
 
 /// Where and how much.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub out: PathBuf,
     pub paper: PathBuf,
-    /// Smaller grids, fewer seeds and steps; the same code paths.
-    pub quick: bool,
+    pub scale: Scale,
     pub seed: u64,
 }
 
-/// The jobs `--only` can name, in the order they run.
-pub const JOBS: &[(&str, &str)] = &[
-    (
-        "theory",
-        "error vs beta (quadratic, complex synapse), best beta and error vs delta, slopes table",
-    ),
-    (
-        "compute",
-        "error vs compute for every estimator on a complex-synapse problem, cheapest-setting table",
-    ),
-    (
-        "training",
-        "meta-training curves and example tasks for both models, final-loss table",
-    ),
-    ("cost", "time and floats kept per meta-gradient vs K, cost table"),
-    (
-        "weight-decay",
-        "per-parameter weight decay learned on the diabetes data set, test-loss table",
-    ),
-    (
-        "error-bar",
-        "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
-    ),
-    (
-        "digits-decay",
-        "per-parameter weight decay of a digit classifier: the contrastive rule against CG, Neumann, T1-T2, truncated BPTT",
-    ),
-    (
-        "few-shot",
-        "5-way 1- and 5-shot classification of rotated handwritten digits: the contrastive rule against MAML, first-order MAML, Reptile, iMAML",
-    ),
-    (
-        "bandit",
-        "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table",
-    ),
-    (
-        "spiking",
-        "recurrent spiking network learning by e-prop: the contrastive rule against BPTT through learning, MSE table",
-    ),
-];
-
-/// Everything the write-up quotes, filled in by the jobs that ran.
-#[derive(Debug, Default)]
-pub struct Results {
-    pub theory: Option<theory::TheoryResults>,
-    pub compute: Option<compute::ComputeResults>,
-    pub training: Option<training::TrainingResults>,
-    pub cost: Option<compute::CostResults>,
-    pub weight_decay: Option<weight_decay::WeightDecayResults>,
-    pub error_bar: Option<error_bar::CalibrationResults>,
-    pub digits_decay: Option<digits_decay::DigitsDecayResults>,
-    pub few_shot: Option<few_shot::FewShotResults>,
-    pub bandit: Option<bandit::BanditResults>,
-    pub spiking: Option<spiking::SpikingResults>,
-    pub files: Vec<PathBuf>,
-    /// Wall time of the jobs, quoted in the write-up.
-    pub elapsed_seconds: Option<f64>,
+impl Settings {
+    /// Smaller grids, fewer seeds and steps; the same code paths.
+    pub fn quick(&self) -> bool {
+        self.scale == Scale::Quick
+    }
 }
 
-pub fn run(settings: &Settings, only: Option<&str>, log: &mut dyn FnMut(&str)) -> Result<Results> {
-    crate::autodiff::ensure_second_order()?;
-    if let Some(name) = only
-        && !JOBS.iter().any(|(n, _)| *n == name)
-    {
-        return Err(CmlError::UnknownName {
-            kind: "figure job".into(),
-            name: name.into(),
-            allowed: JOBS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", "),
-        });
-    }
-    plot::register_font()?;
-    let clock = std::time::Instant::now();
-    let wanted = |name: &str| only.is_none_or(|o| o == name);
-    let mut results = Results::default();
-    if wanted("theory") {
-        log("theory: sweeps over beta and delta");
-        results.theory = Some(theory::run(settings, &mut results.files)?);
-    }
-    if wanted("compute") {
-        log("compute: every estimator against its cost");
-        results.compute = Some(compute::run_compute(settings, &mut results.files)?);
-    }
-    if wanted("training") {
-        log("training: meta-training both models with every estimator");
-        results.training = Some(training::run(settings, &mut results.files)?);
-    }
-    if wanted("cost") {
-        log("cost: time and memory as the inner loop grows");
-        results.cost = Some(compute::run_cost(settings, &mut results.files)?);
-    }
-    if wanted("weight-decay") {
-        log("weight-decay: per-parameter weight decay on a real data set");
-        results.weight_decay = Some(weight_decay::run(settings, &mut results.files)?);
-    }
-    if wanted("error-bar") {
-        log("error-bar: the error bar's calibration and beta auto");
-        results.error_bar = Some(error_bar::run(settings, &mut results.files)?);
-    }
-    if wanted("digits-decay") {
-        log("digits-decay: per-parameter weight decay of a digit classifier");
-        results.digits_decay = Some(digits_decay::run(settings, &mut results.files)?);
-    }
-    if wanted("few-shot") {
-        log("few-shot: few-shot classification of rotated digits");
-        results.few_shot = Some(few_shot::run(settings, &mut results.files)?);
-    }
-    if wanted("bandit") {
-        log("bandit: meta-learned bandit agents against the baselines on the wheel bandit");
-        results.bandit = Some(bandit::run(settings, &mut results.files)?);
-    }
-    if wanted("spiking") {
-        log("spiking: a spiking network learning by e-prop, meta-learned by the contrastive rule");
-        results.spiking = Some(spiking::run(settings, &mut results.files)?);
-    }
-    results.elapsed_seconds = Some(clock.elapsed().as_secs_f64());
-    if only.is_none() {
-        let path = settings.paper.join("README.md");
-        write_atomically(&path, writeup::render(settings, &results)?.as_bytes())?;
-        results.files.push(path);
-    }
-    Ok(results)
+/// The one registry of the write-up's jobs, in the order they run and report.
+pub(crate) fn registry() -> Vec<&'static dyn Job> {
+    vec![
+        &THEORY,
+        &COMPUTE,
+        &training::TRAINING,
+        &COST,
+        &WEIGHT_DECAY,
+        &ERROR_BAR,
+        &DIGITS_DECAY,
+        &FEW_SHOT,
+        &BANDIT,
+        &SPIKING,
+    ]
+}
+
+/// The jobs `--only` can name, with what each draws, in the order they run.
+pub fn jobs() -> Vec<(&'static str, &'static str)> {
+    registry().iter().map(|j| (j.name(), j.about())).collect()
+}
+
+fn no_protocol(_: &Settings) -> Result<serde_json::Value> {
+    Ok(serde_json::Value::Null)
+}
+
+fn protocol_json<T: serde::Serialize>(p: Result<T>) -> Result<serde_json::Value> {
+    units::encode(&p?)
+}
+
+static THEORY: Whole = Whole {
+    name: "theory",
+    about: "error vs beta (quadratic, complex synapse), best beta and error vs delta, slopes table",
+    protocol: no_protocol,
+    run: |s, f| Ok(writeup::theory_section(&theory::run(s, f)?)),
+    at_report: None,
+};
+static COMPUTE: Whole = Whole {
+    name: "compute",
+    about: "error vs compute for every estimator on a complex-synapse problem, cheapest-setting table",
+    protocol: no_protocol,
+    run: |s, f| Ok(writeup::compute_section(&compute::run_compute(s, f)?)),
+    at_report: None,
+};
+static COST: Whole = Whole {
+    name: "cost",
+    about: "time and floats kept per meta-gradient vs K, cost table",
+    protocol: no_protocol,
+    run: |s, f| Ok(writeup::cost_section(&compute::run_cost(s, f)?)),
+    // The allocator bench's file sits in the real output folder, not the unit's.
+    at_report: Some(writeup::with_measured_memory),
+};
+static WEIGHT_DECAY: Whole = Whole {
+    name: "weight-decay",
+    about: "per-parameter weight decay learned on the diabetes data set, test-loss table",
+    protocol: no_protocol,
+    run: |s, f| Ok(writeup::weight_decay_section(&weight_decay::run(s, f)?)),
+    at_report: None,
+};
+static ERROR_BAR: Whole = Whole {
+    name: "error-bar",
+    about: "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
+    protocol: no_protocol,
+    run: |s, f| Ok(writeup::error_bar_section(&error_bar::run(s, f)?)),
+    at_report: None,
+};
+static DIGITS_DECAY: Whole = Whole {
+    name: "digits-decay",
+    about: "per-parameter weight decay of a digit classifier: the contrastive rule against CG, Neumann, T1-T2, truncated BPTT",
+    protocol: |s| protocol_json(digits_decay::Protocol::new(s.quick())),
+    run: |s, f| Ok(writeup::digits_decay_section(&digits_decay::run(s, f)?)),
+    at_report: None,
+};
+static FEW_SHOT: Whole = Whole {
+    name: "few-shot",
+    about: "5-way 1- and 5-shot classification of rotated handwritten digits: the contrastive rule against MAML, first-order MAML, Reptile, iMAML",
+    protocol: |s| protocol_json(Ok(few_shot::Protocol::new(s.quick()))),
+    run: |s, f| Ok(writeup::few_shot_section(&few_shot::run(s, f)?)),
+    at_report: None,
+};
+static BANDIT: Whole = Whole {
+    name: "bandit",
+    about: "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table",
+    protocol: |s| protocol_json(bandit::Protocol::new(s.quick())),
+    run: |s, f| Ok(writeup::bandit_section(&bandit::run(s, f)?)),
+    at_report: None,
+};
+static SPIKING: Whole = Whole {
+    name: "spiking",
+    about: "recurrent spiking network learning by e-prop: the contrastive rule against BPTT through learning, MSE table",
+    protocol: |s| protocol_json(Ok(spiking::Protocol::new(s.quick()))),
+    run: |s, f| Ok(writeup::spiking_section(&spiking::run(s, f)?)),
+    at_report: None,
+};
+
+/// What a run wrote, with each job's section of the write-up.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub(crate) sections: Vec<(&'static str, template::Context)>,
+    pub files: Vec<PathBuf>,
+    /// Wall seconds of the units, summed (units may have run in parallel or on other machines).
+    pub unit_seconds: Option<f64>,
+}
+
+/// Plain `cml figures`: every unit of the selected jobs on this machine, in parallel over the
+/// cores, then the report. The units go to a folder of their own under the system's temporary
+/// folder, removed once the report is written; `--results` keeps them (see [`units`]).
+pub fn run(settings: &Settings, only: Option<&str>, log: &(dyn Fn(&str) + Sync)) -> Result<Results> {
+    let results = std::env::temp_dir().join(format!("cml-figures-{}", std::process::id()));
+    let outcome = units::run_slice(settings, only, (0, 1), &results, log)
+        .and_then(|_| units::report(settings, only, &results));
+    let _ = std::fs::remove_dir_all(&results);
+    outcome
 }
 
 /// The full protocol of each job that has one, as shipped in `configs/<job>.toml` (a test checks

@@ -45,7 +45,7 @@ fn plot_error(e: impl std::fmt::Display) -> CmlError {
     CmlError::invalid("figure", "drawing failed", e.to_string())
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Style {
     Line,
     Dashed,
@@ -53,7 +53,7 @@ pub enum Style {
     LinePoints,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Series {
     pub label: String,
     pub points: Vec<(f64, f64)>,
@@ -75,7 +75,7 @@ impl Series {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Panel {
     pub title: String,
     pub x_label: String,

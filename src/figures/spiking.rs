@@ -236,7 +236,7 @@ const TEST: u64 = 32;
 const PLOT: u64 = 33;
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResults> {
-    let p = Protocol::new(settings.quick);
+    let p = Protocol::new(settings.quick());
     let spec = &p.network;
     let mut curve_rows = Vec::new();
     let mut test_rows = Vec::new();

@@ -15,12 +15,13 @@
 use std::collections::BTreeMap;
 
 /// The values a template is rendered with.
-#[derive(Debug, Clone, Default)]
+/// Serialisable, so that an experiment unit can store its section of the write-up.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Context {
-    values: BTreeMap<&'static str, Value>,
+    values: BTreeMap<String, Value>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Value {
     Text(String),
     List(Vec<Context>),
@@ -33,19 +34,26 @@ impl Context {
 
     /// Sets `{{name}}`.
     pub fn text(mut self, name: &'static str, value: impl std::fmt::Display) -> Self {
-        self.values.insert(name, Value::Text(value.to_string()));
+        self.values
+            .insert(name.to_string(), Value::Text(value.to_string()));
         self
     }
 
     /// Sets the list `{{#name}}` iterates over.
     pub fn list(mut self, name: &'static str, items: Vec<Context>) -> Self {
-        self.values.insert(name, Value::List(items));
+        self.values.insert(name.to_string(), Value::List(items));
         self
     }
 
     /// A section shown once with `item`'s names, or left out when `item` is `None`.
     pub fn section(self, name: &'static str, item: Option<Context>) -> Self {
         self.list(name, item.into_iter().collect())
+    }
+
+    /// [`Context::section`] under a name made at run time.
+    pub fn section_named(mut self, name: String, item: Option<Context>) -> Self {
+        self.values.insert(name, Value::List(item.into_iter().collect()));
+        self
     }
 
     /// A section shown (with no names of its own) when `on`.

@@ -43,7 +43,7 @@ const VARIANTS: [Variant; 2] = [Variant::Standard, Variant::Symmetric];
 
 /// The named estimators over the figures' variants and betas.
 fn estimators(settings: &Settings, names: &[&str]) -> EstimatorGrid {
-    let n = if settings.quick { 15 } else { 29 };
+    let n = if settings.quick() { 15 } else { 29 };
     EstimatorGrid {
         names: names.iter().map(|s| s.to_string()).collect(),
         variants: VARIANTS.to_vec(),
@@ -72,7 +72,7 @@ fn config(
 }
 
 fn deltas(settings: &Settings) -> Vec<Budget> {
-    let d: &[f64] = if settings.quick {
+    let d: &[f64] = if settings.quick() {
         &[1e-10, 1e-8, 1e-6]
     } else {
         &[1e-10, 1e-9, 1e-8, 1e-7, 1e-6]
@@ -243,7 +243,7 @@ fn error_vs_beta(
 }
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResults> {
-    let steps: &[usize] = if settings.quick {
+    let steps: &[usize] = if settings.quick() {
         &[50, 110, 170]
     } else {
         &[50, 80, 110, 140, 170]
@@ -262,7 +262,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TheoryResult
     // The complex synapse: budgets in units of its condition number.
     let synapse = synapse_instance(settings, files)?;
     let (mu, smooth, step) = (synapse.mu, synapse.smooth, synapse.step);
-    let multiples: &[f64] = if settings.quick {
+    let multiples: &[f64] = if settings.quick() {
         &[10.0, 22.0, 34.0]
     } else {
         &[10.0, 16.0, 22.0, 28.0, 34.0]
@@ -303,7 +303,7 @@ fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Res
         Variant::Symmetric,
         Variant::ReferenceCodeSymmetric,
     ];
-    let n = if settings.quick { 7 } else { 13 };
+    let n = if settings.quick() { 7 } else { 13 };
     let grid = EstimatorGrid {
         variants: variants.to_vec(),
         betas: sweep::parse_log_range(&format!("1e-4:1e-1:{n}")).expect("a valid range"),

@@ -2,6 +2,8 @@
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
 use super::plot::{Figure, Panel, Series, Style};
+use super::template::Context;
+use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
@@ -11,7 +13,7 @@ use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, t
 use crate::model::Mlp;
 use crate::optimizer::Optimizer;
 use crate::problem::SinusoidTask;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// The estimators compared, with the name shown.
 pub const ESTIMATORS: [(&str, &str); 6] = [
@@ -97,10 +99,12 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     // Full run: the largest scale that fits the 30-minute budget of `cml figures` on 2 cores
     // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
     // meta-steps; the write-up gives the differences and what the paper's budget would cost).
-    let (free_steps, nudged_steps, meta_steps, batch) = if settings.quick {
-        (30, 8, 4, 2)
-    } else {
-        (300, 60, 300, 10)
+    // Paper: the budgets of its code (docs/EXPERIMENTS.md): 200 free and 100 nudged steps,
+    // 2000 meta-steps of 25 tasks; the step sizes stay this job's (its lr 0.01 diverges here).
+    let (free_steps, nudged_steps, meta_steps, batch) = match settings.scale {
+        Scale::Quick => (30, 8, 4, 2),
+        Scale::Default => (300, 60, 300, 10),
+        Scale::Paper => (200, 100, 2000, 25),
     };
     // Nesterov momentum 0.9 is stable for curvature below about 1.36 / lr. Meta-training sharpens
     // the networks: lr 0.003 (curvature up to 450) diverged in a nudged phase at meta-step 104 of
@@ -118,7 +122,7 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     // through few steps learns to sharpen the loss, and such a run stops where it diverges.
     let short = GdParams {
         step_size: Some(0.003),
-        max_steps: if settings.quick { 5 } else { 10 },
+        max_steps: if settings.quick() { 5 } else { 10 },
         tolerance: 0.0,
         ..GdParams::default()
     };
@@ -141,8 +145,12 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
         meta_steps,
         meta_batch: batch,
         meta_lr: 2e-3,
-        eval_tasks: if settings.quick { 4 } else { 20 },
-        eval_every: if settings.quick { 2 } else { 30 },
+        eval_tasks: if settings.quick() { 4 } else { 20 },
+        eval_every: match settings.scale {
+            Scale::Quick => 2,
+            Scale::Default => 30,
+            Scale::Paper => 100,
+        },
         seed,
     })
 }
@@ -153,7 +161,7 @@ fn validation_and_test_tasks(
     settings: &Settings,
     seed: u64,
 ) -> Result<(Vec<SinusoidTask>, Vec<SinusoidTask>)> {
-    let (n_val, n_test) = if settings.quick { (4, 6) } else { (50, 200) };
+    let (n_val, n_test) = if settings.quick() { (4, 6) } else { (50, 200) };
     let draw = |purpose: u64, n: usize| -> Result<Vec<SinusoidTask>> {
         let mut rng = crate::rng::stream(seed, purpose);
         (0..n).map(|_| SinusoidTask::sample(&mut rng, 10)).collect()
@@ -188,19 +196,14 @@ pub(super) fn seed_mean_ci(values: &[f64]) -> (f64, f64) {
 }
 
 /// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`).
-pub fn figure_training_config(quick: bool, seed: u64, model: &str, estimator: &str) -> Result<TrainConfig> {
+pub fn figure_training_config(scale: Scale, seed: u64, model: &str, estimator: &str) -> Result<TrainConfig> {
     let settings = Settings {
         out: PathBuf::new(),
         paper: PathBuf::new(),
-        quick,
+        scale,
         seed,
     };
-    let net = if quick {
-        Mlp::parse("1-8-8-1")?
-    } else {
-        Mlp::parse("1-40-40-1")?
-    };
-    let model = models(&net)
+    let model = models(&net(&settings)?)
         .into_iter()
         .find(|m| m.name() == model)
         .ok_or_else(|| crate::CmlError::UnknownName {
@@ -211,23 +214,245 @@ pub fn figure_training_config(quick: bool, seed: u64, model: &str, estimator: &s
     config(&settings, model, estimator, seed)
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResults> {
-    let net = if settings.quick {
-        Mlp::parse("1-8-8-1")?
-    } else {
-        Mlp::parse("1-40-40-1")?
+fn net(settings: &Settings) -> Result<Mlp> {
+    Mlp::parse(if settings.quick() { "1-8-8-1" } else { "1-40-40-1" })
+}
+
+fn seeds(settings: &Settings) -> Vec<u64> {
+    let n = if settings.quick() { 2 } else { 5 };
+    (0..n).map(|i| settings.seed + i).collect()
+}
+
+/// The job: one unit per model, estimator and seed.
+pub(super) struct Training;
+pub(super) static TRAINING: Training = Training;
+
+fn unit_name(model: &str, estimator: &str, seed: u64) -> String {
+    format!("{model}-{estimator}-seed{seed}")
+}
+
+/// What one meta-training run (one model, estimator and seed) leaves for the report.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SeedRun {
+    /// Rows of `meta_training.csv`, and the curve they draw: (meta-step, held-out loss after).
+    curve_rows: Vec<String>,
+    curve: Vec<(f64, f64)>,
+    final_loss: f64,
+    initial_loss: f64,
+    chosen_step: usize,
+    seconds_per_meta_step: f64,
+    diverged: Vec<String>,
+    /// Panels and rows of the example tasks (the contrastive run of the first seed only).
+    examples: Option<(Vec<Panel>, Vec<String>)>,
+}
+
+impl Job for Training {
+    fn name(&self) -> &'static str {
+        "training"
+    }
+
+    fn about(&self) -> &'static str {
+        "meta-training curves and example tasks for both models, final-loss table"
+    }
+
+    fn paper_scale(&self) -> bool {
+        true
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        // Every run's configuration at the first seed (the others differ by seed only).
+        let mut runs = Vec::new();
+        for model in models(&net(settings)?) {
+            for (name, _) in ESTIMATORS {
+                runs.push(config(settings, model.clone(), name, settings.seed)?);
+            }
+        }
+        super::units::encode(&runs)
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        for model in models(&net(settings)?) {
+            for (name, _) in ESTIMATORS {
+                for seed in seeds(settings) {
+                    out.push(unit_name(model.name(), name, seed));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<serde_json::Value> {
+        let (model, name, seed) = self.parse_unit(settings, unit)?;
+        super::units::encode(&run_seed(settings, model, name, seed)?)
+    }
+
+    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
+        Ok(super::writeup::training_section(&report(settings, units, files)?))
+    }
+
+    fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+        // One short timed run per (model, estimator): the seeds of a kind cost the same.
+        let mut per_kind: Vec<(String, f64)> = Vec::new();
+        let mut out = Vec::new();
+        for unit in units {
+            let (model, name, _) = self.parse_unit(settings, unit)?;
+            let kind = format!("{}-{name}", model.name());
+            let seconds = match per_kind.iter().find(|(k, _)| *k == kind) {
+                Some((_, s)) => *s,
+                None => {
+                    let s = calibrate_run(settings, model, name)?;
+                    per_kind.push((kind, s));
+                    s
+                }
+            };
+            out.push(seconds);
+        }
+        Ok(Some(out))
+    }
+}
+
+impl Training {
+    fn parse_unit(&self, settings: &Settings, unit: &str) -> Result<(ModelSpec, &'static str, u64)> {
+        for model in models(&net(settings)?) {
+            for (name, _) in ESTIMATORS {
+                for seed in seeds(settings) {
+                    if unit_name(model.name(), name, seed) == unit {
+                        return Ok((model, name, seed));
+                    }
+                }
+            }
+        }
+        Err(crate::CmlError::UnknownName {
+            kind: "training unit".into(),
+            name: unit.into(),
+            allowed: self.units(settings)?.join(", "),
+        })
+    }
+}
+
+/// Seconds one run of `model` and `estimator` would take, from 3 timed meta-steps and one timed
+/// validation evaluation, scaled to the run's meta-steps and evaluations.
+fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<f64> {
+    let full = config(settings, model.clone(), name, settings.seed)?;
+    let (validation, test) = validation_and_test_tasks(settings, settings.seed)?;
+    let short = TrainConfig {
+        meta_steps: 3,
+        eval_every: 1000,
+        ..full.clone()
     };
-    let seeds: Vec<u64> = if settings.quick {
-        vec![settings.seed, settings.seed + 1]
+    let mut wall = Vec::new();
+    let mut control = Control {
+        resume: None,
+        checkpoint_every: 1000,
+        checkpoint: &mut |_| Ok(()),
+        stop: &|_| false,
+    };
+    train_with(&short, &mut control, &mut |s| wall.push(s.wall_seconds))?;
+    // Steps 1 to 3 (the first entry is step 0's evaluation).
+    let per_step = (wall[3] - wall[1]) / 2.0;
+    let theta0 = model.initial_theta(&mut crate::rng::stream(settings.seed, 0))?;
+    let clock = std::time::Instant::now();
+    scored_after_adaptation(&full, &validation, &theta0)?;
+    let per_task = clock.elapsed().as_secs_f64() / validation.len() as f64;
+    let evaluations = (full.meta_steps / full.eval_every + 1) as f64;
+    let tasks = evaluations * (validation.len() + full.eval_tasks) as f64 + 2.0 * test.len() as f64;
+    Ok(per_step * full.meta_steps as f64 + per_task * tasks)
+}
+
+/// One meta-training run: the curve, the validation-chosen checkpoint and its test loss.
+fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64) -> Result<SeedRun> {
+    let c = config(settings, model.clone(), name, seed)?;
+    let (validation, test) = validation_and_test_tasks(settings, seed)?;
+    let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
+    // The validation tasks choose the checkpoint, as the paper's code does: every
+    // evaluation step, keep theta if its validation loss after adaptation is the lowest.
+    let mean_after = |theta: &Vector, tasks: &[SinusoidTask]| -> Result<f64> {
+        Ok(scored_after_adaptation(&c, tasks, theta)?.0)
+    };
+    let mut best = (mean_after(&theta0, &validation)?, 0usize, theta0.clone());
+    let mut keep_best = |state: &TrainState| -> Result<()> {
+        let theta = Vector::from_vec(state.theta.clone());
+        let v = mean_after(&theta, &validation)?;
+        if v < best.0 {
+            best = (v, state.step, theta);
+        }
+        Ok(())
+    };
+    let mut control = Control {
+        resume: None,
+        checkpoint_every: c.eval_every,
+        checkpoint: &mut keep_best,
+        stop: &|_| false,
+    };
+    // The curve is collected as it is made, so that a run that diverges keeps it.
+    let (mut curve, mut curve_rows) = (Vec::new(), Vec::new());
+    let mut last = (0usize, 0.0f64);
+    let outcome = train_with(&c, &mut control, &mut |s| {
+        last = (s.step, s.wall_seconds);
+        if let Some(e) = s.evaluation {
+            curve.push((s.step as f64, e.after));
+            curve_rows.push(format!(
+                "{},{name},{seed},{},{:e},{:e}",
+                model.name(),
+                s.step,
+                e.before,
+                e.after
+            ));
+        }
+    });
+    // Meta-training can sharpen a network until a fixed inner step size diverges. The run then
+    // stops there, and the validation-chosen checkpoint (from before the divergence) is what
+    // gets tested; the table says which runs stopped.
+    let mut diverged = Vec::new();
+    if let Err(e) = outcome {
+        diverged.push(format!("seed {seed} after meta-step {}", last.0));
+        log_divergence(model.name(), name, seed, &e);
+    }
+    let (final_loss, failed) = scored_after_adaptation(&c, &test, &best.2)?;
+    if failed > 0 {
+        diverged.push(format!(
+            "seed {seed}: adaptation diverged on {failed} of {} test tasks",
+            test.len()
+        ));
+    }
+    let examples = if name == "contrastive" && seed == settings.seed {
+        let (mut panels, mut rows) = (Vec::new(), Vec::new());
+        examples(&c, &test, &theta0, &best.2, &mut panels, &mut rows)?;
+        Some((panels, rows))
     } else {
-        (0..5).map(|i| settings.seed + i).collect()
+        None
+    };
+    Ok(SeedRun {
+        curve_rows,
+        curve,
+        final_loss,
+        initial_loss: mean_after(&theta0, &test)?,
+        chosen_step: best.1,
+        seconds_per_meta_step: last.1 / last.0.max(1) as f64,
+        diverged,
+        examples,
+    })
+}
+
+/// The curves, examples, final-loss table and paired differences, from the stored runs.
+fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<TrainingResults> {
+    let net = net(settings)?;
+    let seeds = seeds(settings);
+    let run_of = |model: &str, name: &str, seed: u64| -> Result<SeedRun> {
+        let unit = unit_name(model, name, seed);
+        let stored = units
+            .iter()
+            .find(|s| s.unit == unit)
+            .ok_or_else(|| crate::CmlError::invalid("training units", &unit, "a stored unit"))?;
+        super::units::decode(stored)
     };
     let mut curve_rows = Vec::new();
     let mut finals = Vec::new();
     let mut panels = Vec::new();
     let mut example_panels = Vec::new();
     let mut example_rows = Vec::new();
-    let mut meta_steps = 0;
+    let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
     for model in models(&net) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -242,74 +467,17 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
                 (Vec::new(), Vec::new(), Vec::new(), 0.0);
             let mut diverged = Vec::new();
             for &seed in &seeds {
-                let c = config(settings, model.clone(), name, seed)?;
-                meta_steps = c.meta_steps;
-                let (validation, test) = validation_and_test_tasks(settings, seed)?;
-                let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
-                // The validation tasks choose the checkpoint, as the paper's code does: every
-                // evaluation step, keep theta if its validation loss after adaptation is the lowest.
-                let mean_after = |theta: &Vector, tasks: &[SinusoidTask]| -> Result<f64> {
-                    Ok(scored_after_adaptation(&c, tasks, theta)?.0)
-                };
-                let mut best = (mean_after(&theta0, &validation)?, 0usize, theta0.clone());
-                let mut keep_best = |state: &TrainState| -> Result<()> {
-                    let theta = Vector::from_vec(state.theta.clone());
-                    let v = mean_after(&theta, &validation)?;
-                    if v < best.0 {
-                        best = (v, state.step, theta);
-                    }
-                    Ok(())
-                };
-                let mut control = Control {
-                    resume: None,
-                    checkpoint_every: c.eval_every,
-                    checkpoint: &mut keep_best,
-                    stop: &|_| false,
-                };
-                // The curve is collected as it is made, so that a run that diverges keeps it.
-                let mut curve = Vec::new();
-                let mut last = (0usize, 0.0f64);
-                let outcome = train_with(&c, &mut control, &mut |s| {
-                    last = (s.step, s.wall_seconds);
-                    if let Some(e) = s.evaluation {
-                        curve.push((s.step as f64, e.after));
-                        curve_rows.push(format!(
-                            "{},{name},{seed},{},{:e},{:e}",
-                            model.name(),
-                            s.step,
-                            e.before,
-                            e.after
-                        ));
-                    }
-                });
-                // Meta-training can sharpen a network until a fixed inner step size diverges.
-                // The run then stops there, and the validation-chosen checkpoint (from before
-                // the divergence) is what gets tested; the table says which runs stopped.
-                if let Err(e) = outcome {
-                    diverged.push(format!("seed {seed} after meta-step {}", last.0));
-                    log_divergence(model.name(), name, seed, &e);
-                }
-                seconds += last.1 / last.0.max(1) as f64 / seeds.len() as f64;
-                per_seed.push(curve);
-                let (final_loss, failed) = scored_after_adaptation(&c, &test, &best.2)?;
-                finals_per_seed.push(final_loss);
-                if failed > 0 {
-                    diverged.push(format!(
-                        "seed {seed}: adaptation diverged on {failed} of {} test tasks",
-                        test.len()
-                    ));
-                }
-                initial_per_seed.push(mean_after(&theta0, &test)?);
-                chosen.push(best.1);
-                if *name == "contrastive" && seed == settings.seed {
-                    examples(
-                        &c,
-                        &test,
-                        &theta0,
-                        &best.2,
-                        &mut example_panels,
-                        &mut example_rows,
-                    )?;
+                let run = run_of(model.name(), name, seed)?;
+                curve_rows.extend(run.curve_rows);
+                per_seed.push(run.curve);
+                finals_per_seed.push(run.final_loss);
+                initial_per_seed.push(run.initial_loss);
+                chosen.push(run.chosen_step);
+                seconds += run.seconds_per_meta_step / seeds.len() as f64;
+                diverged.extend(run.diverged);
+                if let Some((p, r)) = run.examples {
+                    example_panels.extend(p);
+                    example_rows.extend(r);
                 }
             }
             // Mean and min-max spread at each evaluated step, over the seeds that reached it.
@@ -357,6 +525,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         }
         panels.push(panel);
     }
+    let meta_steps = probe.meta_steps;
     write_csv(
         &settings.out.join("meta_training.csv"),
         "model,estimator,seed,step,test_loss_before,test_loss_after",
@@ -386,7 +555,6 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<TrainingResu
         .map(|s| s.to_string())
         .collect::<Vec<_>>()
         .join("-");
-    let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
     let (free_steps, nudged_steps) = match &probe.estimator {
         EstimatorSpec::Contrastive(c) => (c.free.max_steps, c.nudged.max_steps),
         _ => (0, 0),

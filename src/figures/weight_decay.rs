@@ -105,7 +105,7 @@ pub(super) fn decay_estimators(
 
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
     let p = RegularisedMlp::diabetes(INITIAL_DECAY, settings.seed)?;
-    let (free_steps, nudged_steps, meta_steps, eval_every) = if settings.quick {
+    let (free_steps, nudged_steps, meta_steps, eval_every) = if settings.quick() {
         (60, 20, 4, 2)
     } else {
         (300, 100, 60, 5)
@@ -136,7 +136,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         }
         Ok((name.to_string(), curve))
     })?;
-    let grid: &[f64] = if settings.quick {
+    let grid: &[f64] = if settings.quick() {
         &[1e-3, 1e-2, 1e-1]
     } else {
         &[1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]

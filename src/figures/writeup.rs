@@ -43,32 +43,32 @@ pub fn render(settings: &Settings, r: &Results) -> Result<String> {
             .file_name()
             .map_or("figures".into(), |n| n.to_string_lossy().into_owned())
     );
-    let context = Context::new()
+    let mut context = Context::new()
         .text("figures", figures)
-        .text("quick_flag", if settings.quick { " --quick" } else { "" })
+        .text("quick_flag", if settings.quick() { " --quick" } else { "" })
         .text("seed", settings.seed)
-        .flag("quick", settings.quick)
-        .section("theory", r.theory.as_ref().map(theory_section))
-        .section("compute", r.compute.as_ref().map(compute_section))
-        .section("training", r.training.as_ref().map(training_section))
-        .section("cost", r.cost.as_ref().map(|c| cost_section(c, &settings.out)))
-        .section("weight_decay", r.weight_decay.as_ref().map(weight_decay_section))
-        .section("error_bar", r.error_bar.as_ref().map(error_bar_section))
-        .section("bandit", r.bandit.as_ref().map(bandit_section))
-        .section("digits_decay", r.digits_decay.as_ref().map(digits_decay_section))
-        .section("few_shot", r.few_shot.as_ref().map(few_shot_section))
-        .section("spiking", r.spiking.as_ref().map(spiking_section))
-        .section(
-            "elapsed",
-            r.elapsed_seconds
-                .map(|secs| Context::new().text("seconds", format!("{secs:.0}"))),
-        );
+        .flag("quick", settings.quick());
+    // Every job's section, or an empty list (left out) for a job that did not run.
+    for job in super::registry() {
+        let key = job.name().replace('-', "_");
+        let section = r
+            .sections
+            .iter()
+            .find(|(n, _)| *n == job.name())
+            .map(|(_, c)| c.clone());
+        context = context.section_named(key, section);
+    }
+    let context = context.section(
+        "elapsed",
+        r.unit_seconds
+            .map(|secs| Context::new().text("seconds", format!("{secs:.0}"))),
+    );
     template::render(TEMPLATE, &context).map_err(|reason| {
         CmlError::invalid("the write-up template (src/figures/writeup.md)", "a tag", reason)
     })
 }
 
-fn theory_section(t: &super::theory::TheoryResults) -> Context {
+pub(super) fn theory_section(t: &super::theory::TheoryResults) -> Context {
     let claims = t
         .fits
         .iter()
@@ -102,7 +102,7 @@ fn theory_section(t: &super::theory::TheoryResults) -> Context {
         .section("ablation", ablation(&t.ablation))
 }
 
-fn compute_section(c: &super::compute::ComputeResults) -> Context {
+pub(super) fn compute_section(c: &super::compute::ComputeResults) -> Context {
     let cheapest = c
         .cheapest
         .iter()
@@ -121,7 +121,7 @@ fn compute_section(c: &super::compute::ComputeResults) -> Context {
     Context::new().list("cheapest", cheapest)
 }
 
-fn training_section(t: &super::training::TrainingResults) -> Context {
+pub(super) fn training_section(t: &super::training::TrainingResults) -> Context {
     let finals = t
         .finals
         .iter()
@@ -214,7 +214,7 @@ fn growth(
         )
 }
 
-fn cost_section(c: &super::compute::CostResults, out: &std::path::Path) -> Context {
+pub(super) fn cost_section(c: &super::compute::CostResults) -> Context {
     // `(K, floats)` at the first, second-to-last and last `K` of an estimator.
     let floats = |name: &str| -> Option<[(usize, usize); 3]> {
         let rows: Vec<_> = c.rows.iter().filter(|r| r.estimator == name).collect();
@@ -234,17 +234,21 @@ fn cost_section(c: &super::compute::CostResults, out: &std::path::Path) -> Conte
         )),
         _ => None,
     };
-    let (memory, missing) = match measured_memory(out) {
+    Context::new().section("floats", floats)
+}
+
+/// The cost section with the allocator bench's measurements, read from the output folder.
+pub(super) fn with_measured_memory(settings: &Settings, section: Context) -> Context {
+    let (memory, missing) = match measured_memory(&settings.out) {
         Ok(m) => (Some(m), None),
         Err(why) => (None, Some(Context::new().text("why", why))),
     };
-    Context::new()
-        .section("floats", floats)
+    section
         .section("memory", memory)
         .section("memory_missing", missing)
 }
 
-fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) -> Context {
+pub(super) fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) -> Context {
     let finals = w
         .finals
         .iter()
@@ -279,7 +283,7 @@ fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) -> Context 
 }
 
 /// The error bar's calibration (docs/ERROR_BAR.md), with the targets as verdicts.
-fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Context {
+pub(super) fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Context {
     let t = &e.total;
     let verdict = |ok: bool| if ok { "meets" } else { "misses" };
     let per_problem: Vec<String> = e
@@ -308,7 +312,7 @@ fn stopped(runs: &[String]) -> Option<Context> {
 }
 
 /// The wheel bandit (docs/BANDIT.md): the regret table's gist and the paired verdicts.
-fn bandit_section(b: &super::bandit::BanditResults) -> Context {
+pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
     let p = &b.protocol;
     let meta: Vec<String> = b
         .meta_seconds
@@ -362,7 +366,7 @@ fn bandit_section(b: &super::bandit::BanditResults) -> Context {
 }
 
 /// Per-parameter weight decay of the digit classifier (docs/DIGITS.md §4).
-fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) -> Context {
+pub(super) fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) -> Context {
     let accuracies: Vec<String> = d
         .methods
         .iter()
@@ -407,7 +411,7 @@ fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) -> Context 
 }
 
 /// Few-shot digit classification (docs/DIGITS.md §3).
-fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
+pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
     let p = &f.protocol;
     let mut names: Vec<&str> = Vec::new();
     for r in &f.rows {
@@ -474,7 +478,7 @@ fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
         .section("stopped", stopped(&f.stopped))
 }
 
-fn spiking_section(r: &super::spiking::SpikingResults) -> Context {
+pub(super) fn spiking_section(r: &super::spiking::SpikingResults) -> Context {
     // The job's table without its title, so the numbers are written once.
     let table = super::spiking::table(r);
     let body = table.split_once("\n\n").map_or(table.as_str(), |(_, rest)| rest);

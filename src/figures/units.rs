@@ -1,0 +1,526 @@
+//! Experiments as independent units. Every job of `cml figures` lists its units (method x seed x
+//! setting, or one unit for a job that is cheap or not yet split); a unit runs anywhere and
+//! stores its rows as `RESULTS/<job>/<unit>.json`, with the files it wrote whole under
+//! `RESULTS/<job>/<unit>/`. The report draws every figure, table and the write-up from those
+//! files alone. So a run can be split into slices (a Slurm job array), resumed (a unit whose
+//! file exists is not run again), and merged in any order: the outputs do not depend on where
+//! or in which order the units ran.
+
+use super::template::Context;
+use super::{Settings, write_atomically};
+use crate::error::{CmlError, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+/// How much of each experiment to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scale {
+    /// CI's: the same code paths on the smallest grids, under a minute for every job.
+    Quick,
+    /// What one 2-core workstation runs in the write-up's budget.
+    Default,
+    /// The paper's budgets, as docs/EXPERIMENTS.md records them; for a cluster.
+    Paper,
+}
+
+impl Scale {
+    pub const ALL: [Scale; 3] = [Scale::Quick, Scale::Default, Scale::Paper];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scale::Quick => "quick",
+            Scale::Default => "default",
+            Scale::Paper => "paper",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Scale> {
+        Scale::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| CmlError::UnknownName {
+                kind: "scale".into(),
+                name: s.into(),
+                allowed: "quick, default, paper".into(),
+            })
+    }
+}
+
+/// One experiment of the write-up.
+pub(crate) trait Job: Sync {
+    /// The name `--only` takes.
+    fn name(&self) -> &'static str;
+    /// What it draws, for `--help` and `--plan`.
+    fn about(&self) -> &'static str;
+    /// The scales it has budgets for (every job has quick and default).
+    fn paper_scale(&self) -> bool {
+        false
+    }
+    /// Everything that fixes its outputs besides the unit's own name: a unit stored under
+    /// another protocol is refused rather than merged.
+    fn protocol(&self, settings: &Settings) -> Result<Value>;
+    /// Its independent units, in the order the report reads them.
+    fn units(&self, settings: &Settings) -> Result<Vec<String>>;
+    /// Runs one unit. Files the unit writes whole go under `staging`.
+    fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<Value>;
+    /// Figures, tables and the job's section of the write-up, from its units' stored rows.
+    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context>;
+    /// Estimated seconds of each of `units` on one core, from a short timed run of each kind;
+    /// `None` where the job has no calibration (see [`plan`]).
+    fn calibrate(&self, _settings: &Settings, _units: &[String]) -> Result<Option<Vec<f64>>> {
+        Ok(None)
+    }
+}
+
+/// A unit as stored.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Stored {
+    pub job: String,
+    pub unit: String,
+    /// The job's protocol, scale, seed and crate version the unit ran under.
+    pub fingerprint: Value,
+    /// Wall seconds of the unit (not reproducible; `--plan` and the write-up quote it).
+    pub seconds: f64,
+    pub rows: Value,
+    /// Where its files are (filled in when read, not stored).
+    #[serde(skip)]
+    pub staging: PathBuf,
+}
+
+fn fingerprint(job: &dyn Job, settings: &Settings) -> Result<Value> {
+    Ok(serde_json::json!({
+        "job": job.name(),
+        "scale": settings.scale.name(),
+        "seed": settings.seed,
+        "version": env!("CARGO_PKG_VERSION"),
+        "protocol": job.protocol(settings)?,
+    }))
+}
+
+fn unit_file(results: &Path, job: &str, unit: &str) -> PathBuf {
+    results.join(job).join(format!("{unit}.json"))
+}
+
+fn staging(results: &Path, job: &str, unit: &str) -> PathBuf {
+    results.join(job).join(unit)
+}
+
+/// Reads a stored unit: `Ok(None)` when absent, an error when unreadable or computed under
+/// another fingerprint.
+fn load(results: &Path, job: &dyn Job, unit: &str, expected: &Value) -> Result<Option<Stored>> {
+    let path = unit_file(results, job.name(), unit);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(CmlError::Io {
+                action: "cannot read",
+                path,
+                source,
+            });
+        }
+    };
+    let mut stored: Stored = serde_json::from_str(&text).map_err(|e| {
+        CmlError::invalid(
+            format!("unit file {}", path.display()),
+            "unreadable",
+            format!("a unit written by `cml figures --units` ({e})"),
+        )
+    })?;
+    if &stored.fingerprint != expected {
+        let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
+            .iter()
+            .filter(|k| stored.fingerprint.get(**k) != expected.get(**k))
+            .map(|k| k.to_string())
+            .collect();
+        return Err(CmlError::invalid(
+            format!("unit file {}", path.display()),
+            format!(
+                "computed under another configuration ({} differ)",
+                differing.join(", ")
+            ),
+            format!(
+                "units of this run (scale {}, seed {}); remove the file or use another --results folder",
+                settings_word(expected, "scale"),
+                settings_word(expected, "seed")
+            ),
+        ));
+    }
+    stored.staging = staging(results, job.name(), unit);
+    Ok(Some(stored))
+}
+
+fn settings_word(fingerprint: &Value, key: &str) -> String {
+    fingerprint
+        .get(key)
+        .map_or(String::new(), |v| v.to_string().trim_matches('"').to_string())
+}
+
+/// The jobs `only` selects (all when `None`), or an error naming the allowed jobs.
+pub(crate) fn selected(only: Option<&str>) -> Result<Vec<&'static dyn Job>> {
+    let jobs = super::registry();
+    if let Some(name) = only
+        && !jobs.iter().any(|j| j.name() == name)
+    {
+        return Err(CmlError::UnknownName {
+            kind: "figure job".into(),
+            name: name.into(),
+            allowed: jobs.iter().map(|j| j.name()).collect::<Vec<_>>().join(", "),
+        });
+    }
+    Ok(jobs
+        .into_iter()
+        .filter(|j| only.is_none_or(|o| o == j.name()))
+        .collect())
+}
+
+/// Refuses the paper scale for a job without one (rather than running its default budgets
+/// under the paper's name).
+fn check_scale(jobs: &[&'static dyn Job], settings: &Settings) -> Result<()> {
+    if settings.scale != Scale::Paper {
+        return Ok(());
+    }
+    let without: Vec<&str> = jobs
+        .iter()
+        .filter(|j| !j.paper_scale())
+        .map(|j| j.name())
+        .collect();
+    if without.is_empty() {
+        return Ok(());
+    }
+    let with: Vec<&str> = super::registry()
+        .into_iter()
+        .filter(|j| j.paper_scale())
+        .map(|j| j.name())
+        .collect();
+    Err(CmlError::invalid(
+        "scale",
+        format!("paper for {}", without.join(", ")),
+        format!(
+            "jobs with the paper's budgets: {} (select one with --only)",
+            with.join(", ")
+        ),
+    ))
+}
+
+/// Every unit of the selected jobs, in registry order: `(job, unit)`.
+pub(crate) fn all_units(
+    jobs: &[&'static dyn Job],
+    settings: &Settings,
+) -> Result<Vec<(&'static dyn Job, String)>> {
+    let mut out = Vec::new();
+    for &job in jobs {
+        for unit in job.units(settings)? {
+            out.push((job, unit));
+        }
+    }
+    Ok(out)
+}
+
+/// What one slice did.
+#[derive(Debug, Default)]
+pub struct SliceSummary {
+    pub ran: Vec<String>,
+    pub skipped: Vec<String>,
+}
+
+/// Runs slice `i` of `n` of the selected jobs' units (unit `k` of the list belongs to slice
+/// `k mod n`, which spreads each job's units over the slices), skipping units already stored
+/// under `results`. Units run in parallel over the cores, each stored as it finishes, so an
+/// interrupted slice resumes where it stopped.
+pub fn run_slice(
+    settings: &Settings,
+    only: Option<&str>,
+    slice: (usize, usize),
+    results: &Path,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<SliceSummary> {
+    crate::autodiff::ensure_second_order()?;
+    super::plot::register_font()?;
+    let jobs = selected(only)?;
+    check_scale(&jobs, settings)?;
+    let units = all_units(&jobs, settings)?;
+    let mut todo = Vec::new();
+    let mut summary = SliceSummary::default();
+    for (k, (job, unit)) in units.into_iter().enumerate() {
+        if k % slice.1 != slice.0 {
+            continue;
+        }
+        let print = format!("{}/{unit}", job.name());
+        let expected = fingerprint(job, settings)?;
+        if load(results, job, &unit, &expected)?.is_some() {
+            summary.skipped.push(print);
+        } else {
+            todo.push((job, unit, expected, print));
+        }
+    }
+    let next = AtomicUsize::new(0);
+    let failures = Mutex::new(Vec::new());
+    let ran = Mutex::new(Vec::new());
+    let threads = crate::parallel::available_threads().clamp(1, todo.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((job, unit, expected, print)) = todo.get(k) else {
+                        break;
+                    };
+                    log(&format!("{print}: running"));
+                    match run_one(settings, results, *job, unit, expected) {
+                        Ok(seconds) => {
+                            log(&format!("{print}: done in {seconds:.1} s"));
+                            ran.lock().unwrap().push((k, print.clone()));
+                        }
+                        Err(e) => failures.lock().unwrap().push(format!("{print}: {e}")),
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    if !failures.is_empty() {
+        return Err(CmlError::invalid(
+            "figure units",
+            format!("{} failed", failures.len()),
+            format!(
+                "every unit to finish (the others are stored and are not run again): {}",
+                failures.join("; ")
+            ),
+        ));
+    }
+    let mut ran = ran.into_inner().unwrap();
+    ran.sort();
+    summary.ran = ran.into_iter().map(|(_, p)| p).collect();
+    Ok(summary)
+}
+
+fn run_one(settings: &Settings, results: &Path, job: &dyn Job, unit: &str, expected: &Value) -> Result<f64> {
+    let dir = staging(results, job.name(), unit);
+    // A unit interrupted mid-run left no unit file; its partial files go.
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|source| CmlError::Io {
+            action: "cannot clear",
+            path: dir.clone(),
+            source,
+        })?;
+    }
+    let clock = Instant::now();
+    let rows = job.run_unit(settings, unit, &dir)?;
+    let stored = Stored {
+        job: job.name().into(),
+        unit: unit.into(),
+        fingerprint: expected.clone(),
+        seconds: clock.elapsed().as_secs_f64(),
+        rows,
+        staging: PathBuf::new(),
+    };
+    let text = encode(&stored)?.to_string();
+    // Written last and whole: a unit file exists only for a finished unit.
+    write_atomically(&unit_file(results, job.name(), unit), text.as_bytes())?;
+    Ok(stored.seconds)
+}
+
+/// Every figure, table and (when every job is selected) the write-up, from the units stored
+/// under `results`. A missing unit, or one stored under another configuration, is an error
+/// that names it.
+pub fn report(settings: &Settings, only: Option<&str>, results: &Path) -> Result<super::Results> {
+    super::plot::register_font()?;
+    let jobs = selected(only)?;
+    check_scale(&jobs, settings)?;
+    let mut out = super::Results::default();
+    let mut seconds = 0.0;
+    for job in &jobs {
+        let expected = fingerprint(*job, settings)?;
+        let mut stored = Vec::new();
+        let mut missing = Vec::new();
+        for unit in job.units(settings)? {
+            match load(results, *job, &unit, &expected)? {
+                Some(s) => stored.push(s),
+                None => missing.push(unit),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(CmlError::invalid(
+                format!("results folder {}", results.display()),
+                format!(
+                    "{} of the {} units of job {} missing: {}",
+                    missing.len(),
+                    missing.len() + stored.len(),
+                    job.name(),
+                    missing.join(", ")
+                ),
+                "every unit of the job (run the missing slices with `cml figures --units i/n --results DIR`)",
+            ));
+        }
+        seconds += stored.iter().map(|s| s.seconds).sum::<f64>();
+        let section = job.report(settings, &stored, &mut out.files)?;
+        out.sections.push((job.name(), section));
+    }
+    out.unit_seconds = Some(seconds);
+    if only.is_none() {
+        let path = settings.paper.join("README.md");
+        write_atomically(&path, super::writeup::render(settings, &out)?.as_bytes())?;
+        out.files.push(path);
+    }
+    Ok(out)
+}
+
+/// One row of `--plan`.
+#[derive(Debug, Clone)]
+pub struct PlanRow {
+    pub job: &'static str,
+    pub units: usize,
+    /// Estimated core-seconds of all its units, and how the estimate was made.
+    pub seconds: Option<f64>,
+    pub source: String,
+}
+
+/// Every selected job's units and an estimate of their cost: from a short timed calibration
+/// where the job has one, else from the seconds its units took in `previous` (a results folder
+/// of the same configuration), else unknown.
+pub fn plan(settings: &Settings, only: Option<&str>, previous: Option<&Path>) -> Result<Vec<PlanRow>> {
+    crate::autodiff::ensure_second_order()?;
+    let jobs = selected(only)?;
+    check_scale(&jobs, settings)?;
+    let mut rows = Vec::new();
+    for job in jobs {
+        let units = job.units(settings)?;
+        let (seconds, source) = if let Some(each) = job.calibrate(settings, &units)? {
+            (Some(each.iter().sum()), "calibrated now".to_string())
+        } else if let Some(dir) = previous {
+            let expected = fingerprint(job, settings)?;
+            let mut total = 0.0;
+            let mut found = 0;
+            for unit in &units {
+                if let Some(s) = load(dir, job, unit, &expected)? {
+                    total += s.seconds;
+                    found += 1;
+                }
+            }
+            if found == units.len() {
+                (Some(total), format!("measured in {}", dir.display()))
+            } else {
+                (
+                    None,
+                    format!("{found} of {} units in {}", units.len(), dir.display()),
+                )
+            }
+        } else {
+            (
+                None,
+                "no calibration; give --results of an earlier run".to_string(),
+            )
+        };
+        rows.push(PlanRow {
+            job: job.name(),
+            units: units.len(),
+            seconds,
+            source,
+        });
+    }
+    Ok(rows)
+}
+
+/// A job run as one unit: the code of a job not (yet) split, whose files are written whole in
+/// the unit's folder and copied out at report time.
+pub(crate) struct Whole {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub protocol: fn(&Settings) -> Result<Value>,
+    pub run: fn(&Settings, &mut Vec<PathBuf>) -> Result<Context>,
+    /// Adds what the section reads from the real output folder at report time.
+    pub at_report: Option<fn(&Settings, Context) -> Context>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct WholeRows {
+    section: Context,
+    /// Files in the order written: `(folder, name)` with folder "figures" or "paper".
+    files: Vec<(String, String)>,
+}
+
+impl Job for Whole {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn about(&self) -> &'static str {
+        self.about
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<Value> {
+        (self.protocol)(settings)
+    }
+
+    fn units(&self, _: &Settings) -> Result<Vec<String>> {
+        Ok(vec!["all".into()])
+    }
+
+    fn run_unit(&self, settings: &Settings, _: &str, staging: &Path) -> Result<Value> {
+        let inside = Settings {
+            out: staging.join("figures"),
+            paper: staging.join("paper"),
+            ..settings.clone()
+        };
+        let mut written = Vec::new();
+        let section = (self.run)(&inside, &mut written)?;
+        let mut files = Vec::new();
+        for path in written {
+            let folder = if path.starts_with(&inside.paper) {
+                "paper"
+            } else {
+                "figures"
+            };
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            files.push((folder.to_string(), name));
+        }
+        encode(&WholeRows { section, files })
+    }
+
+    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
+        let stored = &units[0];
+        let rows: WholeRows = decode(stored)?;
+        for (folder, name) in &rows.files {
+            let from = stored.staging.join(folder).join(name);
+            let to = if folder == "paper" {
+                settings.paper.join(name)
+            } else {
+                settings.out.join(name)
+            };
+            let bytes = std::fs::read(&from).map_err(|source| CmlError::Io {
+                action: "cannot read a unit's file",
+                path: from.clone(),
+                source,
+            })?;
+            write_atomically(&to, &bytes)?;
+            files.push(to);
+        }
+        Ok(match self.at_report {
+            Some(f) => f(settings, rows.section),
+            None => rows.section,
+        })
+    }
+}
+
+/// A stored unit's rows as the job's own type.
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(stored: &Stored) -> Result<T> {
+    serde_json::from_value(stored.rows.clone()).map_err(|e| {
+        CmlError::invalid(
+            format!("rows of unit {}/{}", stored.job, stored.unit),
+            "unreadable",
+            format!("rows written by this version of cml ({e})"),
+        )
+    })
+}
+
+/// Rows as JSON.
+pub(crate) fn encode<T: serde::Serialize>(rows: &T) -> Result<Value> {
+    serde_json::to_value(rows).map_err(|e| CmlError::invalid("unit rows", "not serialisable", e.to_string()))
+}
