@@ -1,7 +1,7 @@
 //! `cml figures`: regenerate every figure, table and the write-up, on one machine or as units
 //! spread over a cluster and merged.
 
-use crate::figures::units::{self, Scale};
+use crate::figures::units::{self, Scale, Selection};
 use crate::figures::{Settings, run};
 use crate::sweep::parse_shard;
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ pub struct FiguresArgs {
     /// few-shot, bandit, spiking (the write-up needs all).
     #[arg(long)]
     only: Option<String>,
+    /// Only this unit, named JOB/UNIT (e.g. training/synapse-cg-seed0; repeat for more): for a
+    /// run, a report or a plan of part of a job. The write-up is drawn only when every unit is.
+    #[arg(long = "unit", value_name = "JOB/UNIT")]
+    unit: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Run slice i of n (0-based) of the units and store them under --results, skipping units
@@ -75,11 +79,14 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
         scale,
         seed: args.seed,
     };
-    let only = args.only.as_deref();
+    let selection = Selection {
+        only: args.only.clone(),
+        units: args.unit.clone(),
+    };
     let clock = Instant::now();
     let log = |msg: &str| eprintln!("[{:6.1} s] {msg}", clock.elapsed().as_secs_f64());
     if args.plan {
-        return print_plan(&settings, only, args.results.as_deref());
+        return print_plan(&settings, &selection, args.results.as_deref());
     }
     let slice = match (
         &args.units,
@@ -93,10 +100,10 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
         _ => None,
     };
     let results = if let Some(dir) = &args.report {
-        units::report(&settings, only, dir)?
+        units::report(&settings, &selection, dir)?
     } else if let Some(dir) = &args.results {
         let slice = slice.unwrap_or((0, 1));
-        let summary = units::run_slice(&settings, only, slice, dir, &log)?;
+        let summary = units::run_slice(&settings, &selection, slice, dir, &log)?;
         println!(
             "slice {}/{}: ran {} units, {} already stored, in {}",
             slice.0,
@@ -108,7 +115,7 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
         println!("done in {:.1} s", clock.elapsed().as_secs_f64());
         return Ok(());
     } else {
-        run(&settings, only, &log)?
+        run(&settings, &selection, &log)?
     };
     for f in &results.files {
         println!("wrote {}", f.display());
@@ -119,11 +126,11 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
 
 fn print_plan(
     settings: &Settings,
-    only: Option<&str>,
+    selection: &Selection,
     previous: Option<&std::path::Path>,
 ) -> crate::Result<()> {
     let threads = crate::parallel::available_threads();
-    let rows = units::plan(settings, only, previous)?;
+    let rows = units::plan(settings, selection, previous)?;
     println!(
         "plan for scale {} (seconds: wall time of the units on this machine, {threads} cores each; core-hours = seconds x {threads} / 3600)",
         settings.scale.name()

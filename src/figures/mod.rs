@@ -22,7 +22,7 @@ pub use training::figure_training_config;
 use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use std::path::{Path, PathBuf};
-pub use units::Scale;
+pub use units::{Scale, Selection};
 use units::{Job, Whole};
 
 /// Where and how much.
@@ -147,10 +147,10 @@ pub struct Results {
 /// Plain `cml figures`: every unit of the selected jobs on this machine, in parallel over the
 /// cores, then the report. The units go to a folder of their own under the system's temporary
 /// folder, removed once the report is written; `--results` keeps them (see [`units`]).
-pub fn run(settings: &Settings, only: Option<&str>, log: &(dyn Fn(&str) + Sync)) -> Result<Results> {
+pub fn run(settings: &Settings, selection: &Selection, log: &(dyn Fn(&str) + Sync)) -> Result<Results> {
     let results = std::env::temp_dir().join(format!("cml-figures-{}", std::process::id()));
-    let outcome = units::run_slice(settings, only, (0, 1), &results, log)
-        .and_then(|_| units::report(settings, only, &results));
+    let outcome = units::run_slice(settings, selection, (0, 1), &results, log)
+        .and_then(|_| units::report(settings, selection, &results));
     let _ = std::fs::remove_dir_all(&results);
     outcome
 }

@@ -439,13 +439,14 @@ fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64) -> Res
 fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<TrainingResults> {
     let net = net(settings)?;
     let seeds = seeds(settings);
-    let run_of = |model: &str, name: &str, seed: u64| -> Result<SeedRun> {
+    // The units given (all of them, or those `--unit` selected): absent runs are left out.
+    let run_of = |model: &str, name: &str, seed: u64| -> Result<Option<SeedRun>> {
         let unit = unit_name(model, name, seed);
-        let stored = units
+        units
             .iter()
             .find(|s| s.unit == unit)
-            .ok_or_else(|| crate::CmlError::invalid("training units", &unit, "a stored unit"))?;
-        super::units::decode(stored)
+            .map(super::units::decode)
+            .transpose()
     };
     let mut curve_rows = Vec::new();
     let mut finals = Vec::new();
@@ -467,19 +468,25 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 (Vec::new(), Vec::new(), Vec::new(), 0.0);
             let mut diverged = Vec::new();
             for &seed in &seeds {
-                let run = run_of(model.name(), name, seed)?;
+                let Some(run) = run_of(model.name(), name, seed)? else {
+                    continue;
+                };
                 curve_rows.extend(run.curve_rows);
                 per_seed.push(run.curve);
                 finals_per_seed.push(run.final_loss);
                 initial_per_seed.push(run.initial_loss);
                 chosen.push(run.chosen_step);
-                seconds += run.seconds_per_meta_step / seeds.len() as f64;
+                seconds += run.seconds_per_meta_step;
                 diverged.extend(run.diverged);
                 if let Some((p, r)) = run.examples {
                     example_panels.extend(p);
                     example_rows.extend(r);
                 }
             }
+            if per_seed.is_empty() {
+                continue;
+            }
+            seconds /= per_seed.len() as f64;
             // Mean and min-max spread at each evaluated step, over the seeds that reached it.
             let longest = per_seed
                 .iter()
@@ -523,31 +530,40 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 diverged,
             });
         }
-        panels.push(panel);
+        if !panel.series.is_empty() {
+            panels.push(panel);
+        }
     }
     let meta_steps = probe.meta_steps;
+    // Seeds per method (fewer than the job's when `--unit` chose some).
+    let seed_count = finals.iter().map(|f| f.per_seed.len()).max().unwrap_or(0);
     write_csv(
         &settings.out.join("meta_training.csv"),
         "model,estimator,seed,step,test_loss_before,test_loss_after",
         &curve_rows,
         files,
     )?;
-    save(settings, "meta_training", &Figure { panels, columns: 2 }, files)?;
-    write_csv(
-        &settings.out.join("sinusoid_examples.csv"),
-        "model,task,theta,x,target,before,after",
-        &example_rows,
-        files,
-    )?;
-    save(
-        settings,
-        "sinusoid_examples",
-        &Figure {
-            panels: example_panels,
-            columns: 2,
-        },
-        files,
-    )?;
+    let columns = panels.len().clamp(1, 2);
+    save(settings, "meta_training", &Figure { panels, columns }, files)?;
+    // The examples come from the first seed's contrastive runs, which a report of part of the
+    // job (`--unit`) may not hold.
+    if !example_panels.is_empty() {
+        write_csv(
+            &settings.out.join("sinusoid_examples.csv"),
+            "model,task,theta,x,target,before,after",
+            &example_rows,
+            files,
+        )?;
+        save(
+            settings,
+            "sinusoid_examples",
+            &Figure {
+                panels: example_panels,
+                columns: 2,
+            },
+            files,
+        )?;
+    }
 
     let net_name = net
         .sizes
@@ -575,7 +591,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
          diverges scores its loss before adaptation (leaving it out would flatter the method); the last column counts them.\n\n\
          | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | per seed | chosen meta-steps | s / meta-step | stopped early |\n|---|---|---|---|---|---|---|---|---|---|\n",
         probe.meta_batch,
-        seeds.len(),
+        seed_count,
         probe.eval_every
     );
     for f in &finals {
@@ -641,7 +657,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         meta_batch: probe.meta_batch,
         free_steps,
         nudged_steps,
-        seeds: seeds.len(),
+        seeds: seed_count,
         test_tasks: n_test,
         validation_tasks: n_val,
         net: net_name,

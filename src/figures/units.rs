@@ -159,6 +159,63 @@ fn settings_word(fingerprint: &Value, key: &str) -> String {
         .map_or(String::new(), |v| v.to_string().trim_matches('"').to_string())
 }
 
+/// Which jobs and units a run, report or plan covers.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// One job (`--only`), or every job.
+    pub only: Option<String>,
+    /// Units named `job/unit` (`--unit`), or every unit of the jobs.
+    pub units: Vec<String>,
+}
+
+impl Selection {
+    /// Every unit of every job: only then is the write-up drawn.
+    pub fn everything(&self) -> bool {
+        self.only.is_none() && self.units.is_empty()
+    }
+
+    /// The selected units of `job`.
+    fn of(&self, job: &dyn Job, settings: &Settings) -> Result<Vec<String>> {
+        let all = job.units(settings)?;
+        if self.units.is_empty() {
+            return Ok(all);
+        }
+        Ok(all
+            .into_iter()
+            .filter(|u| self.units.contains(&format!("{}/{u}", job.name())))
+            .collect())
+    }
+
+    /// The selected jobs, with an error for an unknown job or a `--unit` that names no unit.
+    fn jobs(&self, settings: &Settings) -> Result<Vec<&'static dyn Job>> {
+        let jobs = selected(self.only.as_deref())?;
+        for wanted in &self.units {
+            let mut found = false;
+            for job in &jobs {
+                found |= job
+                    .units(settings)?
+                    .iter()
+                    .any(|u| *wanted == format!("{}/{u}", job.name()));
+            }
+            if !found {
+                return Err(CmlError::invalid(
+                    "unit",
+                    wanted,
+                    format!(
+                        "JOB/UNIT naming a unit of the selected jobs at scale {} (`cml figures --plan` lists the jobs; \
+                         a job's units are the names its --units runs print, e.g. training/synapse-cg-seed0)",
+                        settings.scale.name()
+                    ),
+                ));
+            }
+        }
+        Ok(jobs
+            .into_iter()
+            .filter(|j| self.units.is_empty() || self.units.iter().any(|u| u.starts_with(&format!("{}/", j.name()))))
+            .collect())
+    }
+}
+
 /// The jobs `only` selects (all when `None`), or an error naming the allowed jobs.
 pub(crate) fn selected(only: Option<&str>) -> Result<Vec<&'static dyn Job>> {
     let jobs = super::registry();
@@ -206,14 +263,15 @@ fn check_scale(jobs: &[&'static dyn Job], settings: &Settings) -> Result<()> {
     ))
 }
 
-/// Every unit of the selected jobs, in registry order: `(job, unit)`.
-pub(crate) fn all_units(
+/// Every selected unit, in registry order: `(job, unit)`.
+fn all_units(
     jobs: &[&'static dyn Job],
+    selection: &Selection,
     settings: &Settings,
 ) -> Result<Vec<(&'static dyn Job, String)>> {
     let mut out = Vec::new();
     for &job in jobs {
-        for unit in job.units(settings)? {
+        for unit in selection.of(job, settings)? {
             out.push((job, unit));
         }
     }
@@ -233,16 +291,16 @@ pub struct SliceSummary {
 /// interrupted slice resumes where it stopped.
 pub fn run_slice(
     settings: &Settings,
-    only: Option<&str>,
+    selection: &Selection,
     slice: (usize, usize),
     results: &Path,
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<SliceSummary> {
     crate::autodiff::ensure_second_order()?;
     super::plot::register_font()?;
-    let jobs = selected(only)?;
+    let jobs = selection.jobs(settings)?;
     check_scale(&jobs, settings)?;
-    let units = all_units(&jobs, settings)?;
+    let units = all_units(&jobs, selection, settings)?;
     let mut todo = Vec::new();
     let mut summary = SliceSummary::default();
     for (k, (job, unit)) in units.into_iter().enumerate() {
@@ -324,12 +382,12 @@ fn run_one(settings: &Settings, results: &Path, job: &dyn Job, unit: &str, expec
     Ok(stored.seconds)
 }
 
-/// Every figure, table and (when every job is selected) the write-up, from the units stored
+/// Every figure, table and (when everything is selected) the write-up, from the units stored
 /// under `results`. A missing unit, or one stored under another configuration, is an error
-/// that names it.
-pub fn report(settings: &Settings, only: Option<&str>, results: &Path) -> Result<super::Results> {
+/// that names it. With `--unit`, a job reports from the units selected.
+pub fn report(settings: &Settings, selection: &Selection, results: &Path) -> Result<super::Results> {
     super::plot::register_font()?;
-    let jobs = selected(only)?;
+    let jobs = selection.jobs(settings)?;
     check_scale(&jobs, settings)?;
     let mut out = super::Results::default();
     let mut seconds = 0.0;
@@ -337,7 +395,7 @@ pub fn report(settings: &Settings, only: Option<&str>, results: &Path) -> Result
         let expected = fingerprint(*job, settings)?;
         let mut stored = Vec::new();
         let mut missing = Vec::new();
-        for unit in job.units(settings)? {
+        for unit in selection.of(*job, settings)? {
             match load(results, *job, &unit, &expected)? {
                 Some(s) => stored.push(s),
                 None => missing.push(unit),
@@ -361,7 +419,7 @@ pub fn report(settings: &Settings, only: Option<&str>, results: &Path) -> Result
         out.sections.push((job.name(), section));
     }
     out.unit_seconds = Some(seconds);
-    if only.is_none() {
+    if selection.everything() {
         let path = settings.paper.join("README.md");
         write_atomically(&path, super::writeup::render(settings, &out)?.as_bytes())?;
         out.files.push(path);
@@ -381,14 +439,23 @@ pub struct PlanRow {
 
 /// Every selected job's units and an estimate of their cost: from a short timed calibration
 /// where the job has one, else from the seconds its units took in `previous` (a results folder
-/// of the same configuration), else unknown.
-pub fn plan(settings: &Settings, only: Option<&str>, previous: Option<&Path>) -> Result<Vec<PlanRow>> {
+/// of the same configuration), else unknown. At the paper scale, a job without one is a row
+/// that says so.
+pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>) -> Result<Vec<PlanRow>> {
     crate::autodiff::ensure_second_order()?;
-    let jobs = selected(only)?;
-    check_scale(&jobs, settings)?;
+    let jobs = selection.jobs(settings)?;
     let mut rows = Vec::new();
     for job in jobs {
-        let units = job.units(settings)?;
+        if settings.scale == Scale::Paper && !job.paper_scale() {
+            rows.push(PlanRow {
+                job: job.name(),
+                units: 0,
+                seconds: None,
+                source: "no paper-scale budgets yet (docs/EXPERIMENTS.md)".into(),
+            });
+            continue;
+        }
+        let units = selection.of(job, settings)?;
         let (seconds, source) = if let Some(each) = job.calibrate(settings, &units)? {
             (Some(each.iter().sum()), "calibrated now".to_string())
         } else if let Some(dir) = previous {
