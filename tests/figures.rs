@@ -193,16 +193,25 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
 
     // Part of a job: the report of the units `--unit` names, and an error for a unit that is not one.
     let part = b.path().join("part");
-    let o = report(&part, &["--only", "training", "--unit", "training/synapse-cg-seed1"]);
+    let o = report(
+        &part,
+        &["--only", "training", "--unit", "training/synapse-cg-seed1"],
+    );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let csv = std::fs::read_to_string(part.join("figures/meta_training.csv")).unwrap();
     // One run of the quick scale: evaluations at meta-steps 0, 2 and 4.
     assert_eq!(csv.lines().count(), 1 + 3, "{csv}");
-    assert!(csv.lines().skip(1).all(|l| l.starts_with("synapse,cg,1,")), "{csv}");
+    assert!(
+        csv.lines().skip(1).all(|l| l.starts_with("synapse,cg,1,")),
+        "{csv}"
+    );
     let o = report(&part, &["--unit", "training/synapse-cg-seed9"]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("unit = training/synapse-cg-seed9: JOB/UNIT naming a unit"), "{err}");
+    assert!(
+        err.contains("unit = training/synapse-cg-seed9: JOB/UNIT naming a unit"),
+        "{err}"
+    );
 
     // Units of another configuration are refused, naming what differs.
     let o = report(b.path(), &["--seed", "5"]);
@@ -240,7 +249,10 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
     assert_eq!(cells[5], "calibrated now", "{row}");
     for job in ["theory", "spiking", "bandit"] {
-        let row = out.lines().find(|l| l.starts_with(&format!("| {job} |"))).unwrap();
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {job} |")))
+            .unwrap();
         assert!(row.contains("| 1 | ? |") && row.contains("--results"), "{row}");
     }
 }

@@ -22,8 +22,8 @@ pub use training::figure_training_config;
 use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use std::path::{Path, PathBuf};
-pub use units::{Scale, Selection};
 use units::{Job, Whole};
+pub use units::{Scale, Selection};
 
 /// Where and how much.
 #[derive(Debug, Clone)]

@@ -590,9 +590,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
          (from before the divergence), and the last column names it. A validation or test task whose adaptation\n\
          diverges scores its loss before adaptation (leaving it out would flatter the method); the last column counts them.\n\n\
          | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | per seed | chosen meta-steps | s / meta-step | stopped early |\n|---|---|---|---|---|---|---|---|---|---|\n",
-        probe.meta_batch,
-        seed_count,
-        probe.eval_every
+        probe.meta_batch, seed_count, probe.eval_every
     );
     for f in &finals {
         table.push_str(&format!(

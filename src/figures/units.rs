@@ -211,7 +211,13 @@ impl Selection {
         }
         Ok(jobs
             .into_iter()
-            .filter(|j| self.units.is_empty() || self.units.iter().any(|u| u.starts_with(&format!("{}/", j.name()))))
+            .filter(|j| {
+                self.units.is_empty()
+                    || self
+                        .units
+                        .iter()
+                        .any(|u| u.starts_with(&format!("{}/", j.name())))
+            })
             .collect())
     }
 }
