@@ -271,15 +271,10 @@ impl Job for Training {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        let mut out = Vec::new();
-        for model in models(&net(settings)?) {
-            for (name, _) in ESTIMATORS {
-                for seed in seeds(settings) {
-                    out.push(unit_name(model.name(), name, seed));
-                }
-            }
-        }
-        Ok(out)
+        Ok(runs(settings)?
+            .iter()
+            .map(|(model, name, seed)| unit_name(model.name(), name, *seed))
+            .collect())
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<serde_json::Value> {
@@ -314,21 +309,28 @@ impl Job for Training {
 
 impl Training {
     fn parse_unit(&self, settings: &Settings, unit: &str) -> Result<(ModelSpec, &'static str, u64)> {
-        for model in models(&net(settings)?) {
-            for (name, _) in ESTIMATORS {
-                for seed in seeds(settings) {
-                    if unit_name(model.name(), name, seed) == unit {
-                        return Ok((model, name, seed));
-                    }
-                }
+        runs(settings)?
+            .into_iter()
+            .find(|(model, name, seed)| unit_name(model.name(), name, *seed) == unit)
+            .ok_or_else(|| crate::CmlError::UnknownName {
+                kind: "training unit".into(),
+                name: unit.into(),
+                allowed: self.units(settings).map(|u| u.join(", ")).unwrap_or_default(),
+            })
+    }
+}
+
+/// Every run of the job, in unit order: model, estimator, seed.
+fn runs(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, u64)>> {
+    let mut out = Vec::new();
+    for model in models(&net(settings)?) {
+        for (name, _) in ESTIMATORS {
+            for seed in seeds(settings) {
+                out.push((model.clone(), name, seed));
             }
         }
-        Err(crate::CmlError::UnknownName {
-            kind: "training unit".into(),
-            name: unit.into(),
-            allowed: self.units(settings)?.join(", "),
-        })
     }
+    Ok(out)
 }
 
 /// Seconds one run of `model` and `estimator` would take, from 3 timed meta-steps and one timed
