@@ -5,7 +5,7 @@
 #   # when every task has finished:
 #   cml sweep-merge --out runs/deltas/sweep.csv runs/deltas/shard_*.csv
 #
-# Arguments: the sweep's config file (flags as TOML keys, see README) and an output folder.
+# Arguments: the sweep's config file (flags as TOML keys, see docs/CLI.md) and an output folder.
 # Slurm sets SLURM_ARRAY_TASK_ID (this task, 0-based with --array=0-N) and
 # SLURM_ARRAY_TASK_COUNT (the number of tasks); each task runs the contiguous block
 # ID/COUNT of the grid and writes OUT/shard_ID.csv with its OUT/shard_ID.config.json.

@@ -105,7 +105,7 @@ fn warm_started_symmetric_phases_show_the_flat_floor_not_delta_over_beta() {
 #[test]
 fn phases_at_distance_delta_give_both_variants_their_theory_slopes() {
     // Independent phase errors of size delta (the bound's model). With gradient-descent phases
-    // of equal budgets the symmetric variant's errors cancel to first order instead (see README).
+    // of equal budgets the symmetric variant's errors cancel to first order instead (see docs/CLI.md, `cml sweep`).
     let deltas = || {
         [1e-10, 1e-9, 1e-8, 1e-7, 1e-6]
             .iter()

@@ -79,8 +79,8 @@ impl Estimate {
 pub const DENSE_SOLVE_LIMIT: usize = 4096;
 
 impl EstimatorSpec {
-    /// Why this estimator does not apply to `problem` at `theta`, if it does not (README,
-    /// "When each estimator applies").
+    /// Why this estimator does not apply to `problem` at `theta`, if it does not (docs/ESTIMATORS.md,
+    /// the "applies when" column).
     pub fn inapplicable(&self, problem: &dyn ProblemInstance, theta: &Tensor) -> Result<Option<String>> {
         let n = problem.dims().phi;
         Ok(match self {

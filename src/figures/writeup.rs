@@ -602,3 +602,21 @@ fn ablation(ablation: &[(crate::estimator::Variant, f64)]) -> Option<Context> {
             .text("verdict", verdict),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The registry and the template name the same jobs: a job without a section would render
+    /// nothing, and a section without a job would never render.
+    #[test]
+    fn every_registered_job_has_one_template_section() {
+        for job in super::super::registry() {
+            let key = job.name().replace('-', "_");
+            let open = format!("{{{{#{key}}}}}");
+            let close = format!("{{{{/{key}}}}}");
+            assert_eq!(TEMPLATE.matches(&open).count(), 1, "{open} in writeup.md");
+            assert_eq!(TEMPLATE.matches(&close).count(), 1, "{close} in writeup.md");
+        }
+    }
+}
