@@ -32,20 +32,50 @@ impl Adam {
         }
     }
 
+    /// The update rule without its state.
+    pub fn rule(&self) -> AdamRule {
+        AdamRule {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+        }
+    }
+
     pub fn update(&mut self, theta: &mut Vector, grad: &Vector) {
         self.step += 1;
-        let scale_m = 1.0 / (1.0 - self.beta1.powi(self.step));
-        let scale_v = 1.0 / (1.0 - self.beta2.powi(self.step));
-        for i in 0..theta.len() {
-            let g = grad[i];
-            let m = self.first_moment[i] * self.beta1 + g * (1.0 - self.beta1);
-            let v = self.second_moment[i] * self.beta2 + g * g * (1.0 - self.beta2);
-            let m_hat = m * scale_m;
-            let v_hat = v * scale_v;
+        self.rule().apply(
+            self.step,
+            self.lr,
+            theta.as_mut_slice(),
+            &mut self.first_moment,
+            &mut self.second_moment,
+            grad.as_slice(),
+        );
+    }
+}
+
+/// Adam's update rule, the one implementation in the crate: the meta-level [`Adam`] and the inner
+/// phases' Adam (`optimizer::OptimizerState`) both step through it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamRule {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl AdamRule {
+    /// Update number `step` (from 1) of `theta` with gradient `grad` and step size `lr`, moving
+    /// the moments `m` and `v` along; no allocation.
+    pub fn apply(self, step: i32, lr: f64, theta: &mut [f64], m: &mut [f64], v: &mut [f64], grad: &[f64]) {
+        let scale_m = 1.0 / (1.0 - self.beta1.powi(step));
+        let scale_v = 1.0 / (1.0 - self.beta2.powi(step));
+        for (((t, m), v), &g) in theta.iter_mut().zip(m).zip(v).zip(grad) {
+            *m = *m * self.beta1 + g * (1.0 - self.beta1);
+            *v = *v * self.beta2 + g * g * (1.0 - self.beta2);
+            let m_hat = *m * scale_m;
+            let v_hat = *v * scale_v;
             // candle-nn multiplies theta by (1 - lr * weight_decay) = 1 first.
-            theta[i] = theta[i] * 1.0 - m_hat / (v_hat.sqrt() + self.eps) * self.lr;
-            self.first_moment[i] = m;
-            self.second_moment[i] = v;
+            *t = *t * 1.0 - m_hat / (v_hat.sqrt() + self.eps) * lr;
         }
     }
 }

@@ -41,6 +41,7 @@ pub mod digits;
 pub mod engine;
 pub mod error;
 pub mod estimator;
+pub mod executor;
 #[cfg(feature = "figures")]
 pub mod figures;
 pub mod fit;
@@ -60,6 +61,7 @@ pub mod registry;
 pub mod rng;
 pub mod smoothness;
 pub mod spiking;
+pub mod stats;
 pub mod sweep;
 pub mod theory;
 

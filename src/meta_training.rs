@@ -5,6 +5,7 @@
 use crate::adam::Adam;
 use crate::error::{CmlError, Result};
 use crate::estimator::{EstimatorSpec, MetaGradientEstimator};
+use crate::executor::{Ending, Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_dvector};
 use crate::oracle::{Cost, Oracle};
@@ -12,6 +13,7 @@ use crate::parallel::{available_threads, map_in_order, map_in_order_on};
 use crate::problem::ProblemInstance;
 use crate::problem::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use crate::rng::stream;
+use std::cell::{Cell, RefCell};
 use std::time::Instant;
 
 /// Which model is meta-learned.
@@ -207,7 +209,7 @@ pub fn train_with(
     let clock = Instant::now();
     let held_out = held_out_tasks(config)?;
     let mut task_rng = stream(config.seed, TRAIN_TASKS);
-    let (mut theta, mut adam, mut steps, mut chosen_beta) = match control.resume.take() {
+    let (mut executor, mut steps, chosen_beta) = match control.resume.take() {
         Some(state) => {
             let position: u128 = state.task_stream_position.parse().map_err(|_| {
                 CmlError::invalid(
@@ -217,16 +219,12 @@ pub fn train_with(
                 )
             })?;
             task_rng.set_word_pos(position);
-            (
-                Vector::from_vec(state.theta),
-                state.adam,
-                state.log,
-                state.chosen_beta,
-            )
+            let done = state.log.last().map_or(0, |s| s.step);
+            let executor = MetaExecutor::resume(Vector::from_vec(state.theta), state.adam, done);
+            (executor, state.log, state.chosen_beta)
         }
         None => {
             let theta0 = config.model.initial_theta(&mut stream(config.seed, INIT))?;
-            let adam = Adam::new(config.meta_lr, theta0.len());
             let first = MetaStep {
                 step: 0,
                 meta_train_loss: None,
@@ -238,37 +236,28 @@ pub fn train_with(
                 wall_seconds: clock.elapsed().as_secs_f64(),
             };
             observer(&first);
-            (theta0, adam, vec![first], None)
+            (MetaExecutor::new(theta0, config.meta_lr), vec![first], None)
         }
     };
-    let done = steps.last().map_or(0, |s| s.step);
-    let state =
-        |theta: &Vector, adam: &Adam, rng: &crate::rng::Rng, steps: &[MetaStep], step, chosen| TrainState {
-            step,
-            theta: theta.iter().copied().collect(),
-            adam: adam.clone(),
-            task_stream_position: rng.get_word_pos().to_string(),
-            log: steps.to_vec(),
-            chosen_beta: chosen,
-        };
-    for step in done + 1..=config.meta_steps {
+    // Shared by the estimate (which draws tasks and chooses beta) and the checkpoints.
+    let task_rng = RefCell::new(task_rng);
+    let chosen_beta = Cell::new(chosen_beta);
+    let estimate = |step: usize, theta: &Vector| {
         let tasks: Vec<SinusoidTask> = (0..config.meta_batch)
-            .map(|_| SinusoidTask::sample(&mut task_rng, config.shots))
+            .map(|_| SinusoidTask::sample(&mut task_rng.borrow_mut(), config.shots))
             .collect::<Result<_>>()?;
         // `--beta auto`: choose on the first task every `rechoose_every` steps, then run the
         // whole batch at the chosen strength (docs/ERROR_BAR.md §4).
         let mut choice_cost = Cost::default();
         let step_config = match &config.estimator {
             EstimatorSpec::ContrastiveAutoBeta(auto) => {
-                if chosen_beta.is_none() || (step - 1) % auto.rechoose_every == 0 {
-                    let problem = config.model.problem(tasks[0].clone(), &theta)?;
-                    let choice = auto
-                        .estimate(problem.as_ref(), problem.theta())
-                        .map_err(|e| at_step(e, step))?;
+                if chosen_beta.get().is_none() || (step - 1).is_multiple_of(auto.rechoose_every) {
+                    let problem = config.model.problem(tasks[0].clone(), theta)?;
+                    let choice = auto.estimate(problem.as_ref(), problem.theta())?;
                     choice_cost = choice.cost;
-                    chosen_beta = choice.error_bar.map(|b| b.beta);
+                    chosen_beta.set(choice.error_bar.map(|b| b.beta));
                 }
-                let beta = chosen_beta.expect("chosen above");
+                let beta = chosen_beta.get().expect("chosen above");
                 std::borrow::Cow::Owned(TrainConfig {
                     estimator: EstimatorSpec::Contrastive(auto.at(beta)),
                     ..config.clone()
@@ -276,60 +265,77 @@ pub fn train_with(
             }
             _ => std::borrow::Cow::Borrowed(config),
         };
-        let batch = meta_batch_gradient(&step_config, &tasks, &theta, available_threads())
-            .map_err(|e| at_step(e, step))?;
+        let batch = meta_batch_gradient(&step_config, &tasks, theta, available_threads())?;
+        let beta = match &step_config.estimator {
+            EstimatorSpec::Contrastive(c) => Some(c.beta),
+            _ => None,
+        };
         let MetaBatch {
             mean,
             cost,
             loss,
             warnings,
         } = batch;
-        let cost = cost + choice_cost;
-        if mean.iter().any(|x| !x.is_finite()) {
-            return Err(at_step(
-                CmlError::invalid("meta-gradient estimate", "non-finite", "finite values"),
-                step,
-            ));
-        }
-        adam.update(&mut theta, &mean);
-        let evaluate_now = step % config.eval_every == 0 || step == config.meta_steps;
+        let logged = StepLog {
+            loss,
+            cost: cost + choice_cost,
+            warnings,
+            norm: mean.norm(),
+            beta,
+        };
+        Ok((mean, logged))
+    };
+    let observe = |run: &MetaExecutor, logged: StepLog| {
+        let step = run.step;
+        let evaluate_now = step.is_multiple_of(config.eval_every) || step == config.meta_steps;
         let evaluation = if evaluate_now {
-            Some(evaluate(config, &held_out, &theta)?)
+            Some(evaluate(config, &held_out, &run.theta)?)
         } else {
             None
         };
         let line = MetaStep {
             step,
-            meta_train_loss: Some(loss),
+            meta_train_loss: Some(logged.loss),
             evaluation,
-            estimate_norm: Some(mean.norm()),
-            cost,
-            warnings,
-            beta: match &step_config.estimator {
-                EstimatorSpec::Contrastive(c) => Some(c.beta),
-                _ => None,
-            },
+            estimate_norm: Some(logged.norm),
+            cost: logged.cost,
+            warnings: logged.warnings,
+            beta: logged.beta,
             wall_seconds: clock.elapsed().as_secs_f64(),
         };
         observer(&line);
         steps.push(line);
         let stop = step < config.meta_steps && (control.stop)(step);
-        if stop || (control.checkpoint_every > 0 && step % control.checkpoint_every == 0) {
-            (control.checkpoint)(&state(&theta, &adam, &task_rng, &steps, step, chosen_beta))?;
+        if stop || (control.checkpoint_every > 0 && step.is_multiple_of(control.checkpoint_every)) {
+            (control.checkpoint)(&TrainState {
+                step,
+                theta: run.theta.iter().copied().collect(),
+                adam: run.adam.clone(),
+                task_stream_position: task_rng.borrow().get_word_pos().to_string(),
+                log: steps.clone(),
+                chosen_beta: chosen_beta.get(),
+            })?;
         }
-        if stop {
-            return Ok(TrainResult {
-                theta,
-                steps,
-                interrupted_at: Some(step),
-            });
-        }
-    }
+        Ok(if stop { Flow::Stop } else { Flow::Continue })
+    };
+    let ending = executor.run(config.meta_steps, OnFailure::Error, estimate, observe)?;
     Ok(TrainResult {
-        theta,
+        theta: executor.theta,
         steps,
-        interrupted_at: None,
+        interrupted_at: match ending {
+            Ending::Stopped { step } => Some(step),
+            _ => None,
+        },
     })
+}
+
+/// What one meta-step of [`train_with`] logs beside its estimate.
+struct StepLog {
+    loss: f64,
+    cost: Cost,
+    warnings: usize,
+    norm: f64,
+    beta: Option<f64>,
 }
 
 /// Refuses (or, with `allow`, returns as a warning) an estimator that does not apply to the
@@ -466,55 +472,42 @@ impl<T: Sync> TaskMetaTraining<'_, T> {
         )?;
         self.estimator.validate()?;
         let clock = Instant::now();
-        let mut theta = theta0;
-        let mut adam = Adam::new(self.meta_lr, theta.len());
         let mut rng = stream(self.seed, TRAIN_TASKS);
         let mut log = Vec::with_capacity(self.meta_steps);
-        for step in 1..=self.meta_steps {
-            let tasks: Vec<T> = (0..self.meta_batch)
-                .map(|_| (self.sample)(&mut rng))
-                .collect::<Result<_>>()?;
-            let batch = batch_estimate(
-                &tasks,
-                |t| (self.problem)(t, &theta),
-                self.estimator,
-                theta.len(),
-                available_threads(),
-            );
-            let failure = match &batch {
-                Err(e) => Some(e.to_string()),
-                Ok(b) if b.mean.iter().any(|g| !g.is_finite()) => {
-                    Some("a non-finite meta-gradient estimate".into())
-                }
-                Ok(_) => None,
-            };
-            if let Some(reason) = failure {
-                return Ok(TaskMetaRun {
-                    theta,
-                    log,
-                    stopped: Some(format!("meta-step {step}: {reason}")),
+        let mut executor = MetaExecutor::new(theta0, self.meta_lr);
+        let ending = executor.run(
+            self.meta_steps,
+            OnFailure::Stop,
+            |_, theta| {
+                let tasks: Vec<T> = (0..self.meta_batch)
+                    .map(|_| (self.sample)(&mut rng))
+                    .collect::<Result<_>>()?;
+                let batch = batch_estimate(
+                    &tasks,
+                    |t| (self.problem)(t, theta),
+                    self.estimator,
+                    theta.len(),
+                    available_threads(),
+                )?;
+                Ok((batch.mean, batch.loss))
+            },
+            |run, query_loss| {
+                log.push(TaskMetaStep {
+                    step: run.step,
+                    query_loss,
+                    seconds: clock.elapsed().as_secs_f64(),
                 });
-            }
-            let batch = batch.expect("checked above");
-            adam.update(&mut theta, &batch.mean);
-            log.push(TaskMetaStep {
-                step,
-                query_loss: batch.loss,
-                seconds: clock.elapsed().as_secs_f64(),
-            });
-        }
+                Ok(Flow::Continue)
+            },
+        )?;
         Ok(TaskMetaRun {
-            theta,
+            theta: executor.theta,
             log,
-            stopped: None,
+            stopped: match ending {
+                Ending::Failed { step, reason } => Some(format!("meta-step {step}: {reason}")),
+                _ => None,
+            },
         })
-    }
-}
-
-fn at_step(e: CmlError, step: usize) -> CmlError {
-    CmlError::NotConverged {
-        what: format!("meta-step {step}"),
-        reason: e.to_string(),
     }
 }
 

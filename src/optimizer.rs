@@ -1,5 +1,6 @@
 //! Inner optimisers of a phase: gradient descent, SGD with momentum or Nesterov momentum, and
-//! Adam, with PyTorch's update rules (the paper's code runs its phases with them). Each phase
+//! Adam, with PyTorch's update rules (the paper's code runs its phases with them; Adam through
+//! the crate's one implementation, `adam::AdamRule`, the same rule in candle-nn's order of operations). Each phase
 //! starts with a fresh state, as the paper's code does for every nudged phase.
 //!
 //! With gradient `g_k`, step size `lr`:
@@ -9,6 +10,7 @@
 //! - Adam: `m = b1 m + (1 - b1) g`, `s = b2 s + (1 - b2) g^2`,
 //!   `phi -= lr (m / (1 - b1^k)) / (sqrt(s / (1 - b2^k)) + eps)` at step `k = 1, 2, ...`.
 
+use crate::adam::AdamRule;
 use crate::error::{CmlError, Result};
 
 /// The update rule of a phase.
@@ -156,15 +158,12 @@ impl OptimizerState {
                 beta1,
                 beta2,
                 epsilon,
-            } => {
-                let c1 = 1.0 - beta1.powi(self.steps);
-                let c2 = 1.0 - beta2.powi(self.steps);
-                for (((p, m), s), gi) in phi.iter_mut().zip(&mut self.first).zip(&mut self.second).zip(g) {
-                    *m = beta1 * *m + (1.0 - beta1) * gi;
-                    *s = beta2 * *s + (1.0 - beta2) * gi * gi;
-                    *p -= lr * (*m / c1) / ((*s / c2).sqrt() + epsilon);
-                }
+            } => AdamRule {
+                beta1,
+                beta2,
+                eps: epsilon,
             }
+            .apply(self.steps, lr, phi, &mut self.first, &mut self.second, g),
         }
     }
 }

@@ -23,6 +23,7 @@ fn figures_quick(dir: &Path) {
 /// - error_vs_compute: 3 budgets x (2 variants x 6 betas + implicit + 2 cg + 2 neumann + t1t2 +
 ///   bptt + 2 tbptt) = 3 x 21;
 /// - meta_training: 2 models x 6 estimators x 2 seeds x 3 evaluations (steps 0, 2, 4);
+/// - final_loss_per_seed: 2 models x 6 estimators x 2 seeds;
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
@@ -43,6 +44,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("error_vs_compute", 21, 63),
     ("reference_code_ablation", 21, 21),
     ("meta_training", 6, 72),
+    ("final_loss_per_seed", 6, 24),
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
     ("cost_vs_k_seconds", 3, 9),
@@ -80,6 +82,78 @@ const TABLES: &[&str] = &[
     "spiking.md",
     "README.md",
 ];
+
+/// The sinusoid table follows docs/PROTOCOL.md, recomputed from its per-seed CSV: every method
+/// has a finite matched baseline on every seed; the pairwise p-values are Holm-adjusted over all
+/// pairs; every verdict is the one the adjusted difference and equivalence tests give, so no
+/// "equivalent" comes from anything but the equivalence test.
+fn protocol_of_the_final_loss_table(dir: &Path) {
+    use cml::stats::{Verdict, equivalence_p_value, holm, paired_test};
+    let csv = std::fs::read_to_string(dir.join("figures/final_loss_per_seed.csv")).unwrap();
+    // (model, estimator) in order of appearance -> (matched baselines, final losses) per seed.
+    let mut methods: Vec<((String, String), Vec<f64>, Vec<f64>)> = Vec::new();
+    for line in csv.lines().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let key = (f[0].to_string(), f[1].to_string());
+        let baseline: f64 = f[3].parse().unwrap();
+        let final_loss: f64 = f[4].parse().unwrap();
+        assert!(baseline.is_finite() && final_loss.is_finite(), "{line}");
+        match methods.iter_mut().find(|m| m.0 == key) {
+            Some(m) => {
+                m.1.push(baseline);
+                m.2.push(final_loss);
+            }
+            None => methods.push((key, vec![baseline], vec![final_loss])),
+        }
+    }
+    let mut diffs = Vec::new();
+    let mut margins = Vec::new();
+    for (i, a) in methods.iter().enumerate() {
+        for b in methods.iter().skip(i + 1).filter(|b| b.0.0 == a.0.0) {
+            diffs.push(a.2.iter().zip(&b.2).map(|(x, y)| x - y).collect::<Vec<f64>>());
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            margins.push(0.1 * 0.5 * (mean(&a.1) + mean(&b.1)));
+        }
+    }
+    let p = holm(&diffs.iter().map(|d| paired_test(d).p_value).collect::<Vec<_>>());
+    let e = holm(
+        &diffs
+            .iter()
+            .zip(&margins)
+            .map(|(d, &m)| equivalence_p_value(d, m))
+            .collect::<Vec<_>>(),
+    );
+    let table = std::fs::read_to_string(dir.join("paper/final_loss.md")).unwrap();
+    let rows: Vec<Vec<String>> = table
+        .split("## Differences between estimators")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| model"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(
+        rows.len(),
+        diffs.len(),
+        "one row per pair of estimators of a model"
+    );
+    let shown = |x: f64| {
+        if x.is_nan() {
+            "n/a".to_string()
+        } else {
+            format!("{x:.3}")
+        }
+    };
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row[6], shown(p[k]), "Holm-adjusted p of row {k}: {row:?}");
+        assert_eq!(row[8], shown(e[k]), "Holm-adjusted TOST p of row {k}: {row:?}");
+        assert_eq!(
+            row[9],
+            Verdict::of(p[k], e[k], 0.05).describe(),
+            "verdict of row {k}"
+        );
+    }
+}
 
 #[test]
 fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs() {
@@ -132,6 +206,7 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
         writeup.contains("within 0.05 of the 1/2"),
         "the ablation's verdict"
     );
+    protocol_of_the_final_loss_table(a.path());
 
     // The same run as 3 slices of units, the way a Slurm job array runs them (the slice from
     // SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT), in shuffled order, then merged by the

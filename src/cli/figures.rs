@@ -143,11 +143,17 @@ fn print_plan(
         match r.seconds {
             Some(s) => {
                 total += s;
+                // Whole seconds for long jobs; three decimals for the quick scale's short ones.
+                let seconds = if s >= 100.0 {
+                    format!("{s:.0}")
+                } else {
+                    format!("{s:.3}")
+                };
                 println!(
-                    "| {} | {} | {:.0} | {:.2} | {} |",
+                    "| {} | {} | {} | {:.2} | {} |",
                     r.job,
                     r.units,
-                    s,
+                    seconds,
                     s * threads as f64 / 3600.0,
                     r.source
                 );

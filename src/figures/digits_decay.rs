@@ -8,11 +8,11 @@ use super::plot::{Figure, Panel, Series, Style};
 use super::training::seed_mean_ci;
 use super::weight_decay::decay_estimators;
 use super::{Settings, save, write_csv, write_table};
-use crate::adam::Adam;
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Variant};
+use crate::executor::{Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::model::Mlp;
@@ -228,23 +228,29 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
     // Per (estimator, seed): the validation curve and the learned strengths.
     let runs = map_in_order(&units, |&(e, s)| {
         let d = &data[s];
-        let mut theta = theta0.clone();
-        let mut adam = Adam::new(protocol.meta_lr, n);
-        let mut curve = vec![(0, curve_point(&protocol, d, &theta)?)];
-        for step in 1..=protocol.meta_steps {
-            let p = DecayClassifier::new(
-                protocol.net.clone(),
-                d.train.clone(),
-                d.validation.clone(),
-                &d.phi_init,
-                &theta,
-            )?;
-            let g = estimators[e].1.estimator().estimate(&p, p.theta())?.gradient;
-            adam.update(&mut theta, &g);
-            if step % protocol.eval_every == 0 || step == protocol.meta_steps {
-                curve.push((step, curve_point(&protocol, d, &theta)?));
-            }
-        }
+        let mut curve = vec![(0, curve_point(&protocol, d, &theta0)?)];
+        let mut run = MetaExecutor::new(theta0.clone(), protocol.meta_lr);
+        run.run(
+            protocol.meta_steps,
+            OnFailure::Error,
+            |_, theta| {
+                let p = DecayClassifier::new(
+                    protocol.net.clone(),
+                    d.train.clone(),
+                    d.validation.clone(),
+                    &d.phi_init,
+                    theta,
+                )?;
+                Ok((estimators[e].1.estimator().estimate(&p, p.theta())?.gradient, ()))
+            },
+            |run, ()| {
+                if run.step % protocol.eval_every == 0 || run.step == protocol.meta_steps {
+                    curve.push((run.step, curve_point(&protocol, d, &run.theta)?));
+                }
+                Ok(Flow::Continue)
+            },
+        )?;
+        let theta = run.theta;
         Ok((curve, finish(&protocol, d, &theta)?))
     })?;
     // Baselines per seed: the initial decay, and the best single decay chosen on validation.

@@ -13,6 +13,7 @@ use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, t
 use crate::model::Mlp;
 use crate::optimizer::Optimizer;
 use crate::problem::SinusoidTask;
+use crate::stats::{self, Verdict};
 use std::path::{Path, PathBuf};
 
 /// The estimators compared, with the name shown.
@@ -41,6 +42,9 @@ pub struct FinalLoss {
     /// Paired over seeds: mean of (untrained - trained) and its 95% t-interval half-width.
     pub improvement: f64,
     pub improvement_ci95: f64,
+    /// The paired t-test's p-value of "no improvement", Holm-adjusted over every method of the
+    /// table.
+    pub improvement_holm: f64,
     /// Meta-steps chosen by the validation tasks, per seed.
     pub chosen_steps: Vec<usize>,
     /// Wall seconds per meta-step, mean over seeds (not reproducible; the table only).
@@ -59,13 +63,13 @@ pub struct PairedDifference {
     /// Mean over seeds of (first - second) and its 95% t-interval half-width.
     pub mean: f64,
     pub ci95: f64,
-}
-
-impl PairedDifference {
-    /// Whether the interval excludes zero.
-    pub fn differs(&self) -> bool {
-        self.mean.abs() > self.ci95
-    }
+    /// The paired t-test's p-value of "no difference", Holm-adjusted over every pair.
+    pub holm: f64,
+    /// The equivalence margin and the TOST p-value of "the difference lies inside it",
+    /// Holm-adjusted over every pair.
+    pub margin: f64,
+    pub equivalence_holm: f64,
+    pub verdict: Verdict,
 }
 
 #[derive(Debug, Clone)]
@@ -173,27 +177,21 @@ fn validation_and_test_tasks(
 const VALIDATION_TASKS: u64 = 3;
 const TEST_TASKS: u64 = 4;
 
-/// Student's t quantile t(0.975, df), tabulated to df = 30; beyond, the normal quantile 1.96
-/// (less than 4% narrower than t for df > 30, 0.2% at the 600 episodes of the few-shot job).
+/// Student's t quantile t(0.975, df) (`stats::t_quantile`).
 pub(super) fn t975(df: usize) -> f64 {
-    const T: [f64; 30] = [
-        12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042,
-    ];
-    T.get(df.saturating_sub(1)).copied().unwrap_or(1.96)
+    stats::t_quantile(0.975, df as f64)
 }
 
 /// Mean over seeds and the half-width of its 95% t-interval (seeds are the independent units).
 pub(super) fn seed_mean_ci(values: &[f64]) -> (f64, f64) {
-    let n = values.len() as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    if values.len() < 2 {
-        return (mean, f64::NAN);
-    }
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    (mean, t975(values.len() - 1) * (var / n).sqrt())
+    stats::mean_interval(values, 0.95)
 }
+
+/// The equivalence margin of two estimators' final losses: this fraction of the mean of their
+/// matched untrained losses (fixed before any run; docs/PROTOCOL.md).
+pub const EQUIVALENCE_MARGIN: f64 = 0.1;
+/// The family-wise error rate of each table's family of tests (Holm-corrected).
+pub const ALPHA: f64 = 0.05;
 
 /// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`).
 pub fn figure_training_config(scale: Scale, seed: u64, model: &str, estimator: &str) -> Result<TrainConfig> {
@@ -452,9 +450,11 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     };
     let mut curve_rows = Vec::new();
     let mut finals = Vec::new();
+    let mut improvement_p = Vec::new();
     let mut panels = Vec::new();
     let mut example_panels = Vec::new();
     let mut example_rows = Vec::new();
+    let mut seed_rows = Vec::new();
     let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
     for model in models(&net) {
         let mut panel = Panel::new(
@@ -473,6 +473,13 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 let Some(run) = run_of(model.name(), name, seed)? else {
                     continue;
                 };
+                seed_rows.push(format!(
+                    "{},{name},{seed},{},{},{}",
+                    model.name(),
+                    run.initial_loss,
+                    run.final_loss,
+                    run.chosen_step
+                ));
                 curve_rows.extend(run.curve_rows);
                 per_seed.push(run.curve);
                 finals_per_seed.push(run.final_loss);
@@ -518,6 +525,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 .map(|(a, b)| a - b)
                 .collect();
             let (improvement, improvement_ci95) = seed_mean_ci(&paired);
+            improvement_p.push(stats::paired_test(&paired).p_value);
             finals.push(FinalLoss {
                 model: model.name().into(),
                 estimator: shown.to_string(),
@@ -527,6 +535,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 initial_mean: m0,
                 improvement,
                 improvement_ci95,
+                improvement_holm: f64::NAN,
                 chosen_steps: chosen,
                 seconds_per_meta_step: seconds,
                 diverged,
@@ -536,6 +545,9 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             panels.push(panel);
         }
     }
+    for (f, holm) in finals.iter_mut().zip(stats::holm(&improvement_p)) {
+        f.improvement_holm = holm;
+    }
     let meta_steps = probe.meta_steps;
     // Seeds per method (fewer than the job's when `--unit` chose some).
     let seed_count = finals.iter().map(|f| f.per_seed.len()).max().unwrap_or(0);
@@ -543,6 +555,13 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &settings.out.join("meta_training.csv"),
         "model,estimator,seed,step,test_loss_before,test_loss_after",
         &curve_rows,
+        files,
+    )?;
+    // Every number of the final-loss table, recomputable from this file (docs/PROTOCOL.md).
+    write_csv(
+        &settings.out.join("final_loss_per_seed.csv"),
+        "model,estimator,seed,matched_baseline_loss,final_loss,chosen_meta_step",
+        &seed_rows,
         files,
     )?;
     let columns = panels.len().clamp(1, 2);
@@ -586,17 +605,21 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
          Generated by `cml figures`: network {net_name}, 10 shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
          SGD-Nesterov (momentum 0.9, lr 0.001), {free_steps} free and {nudged_steps} nudged steps (BPTT: 10 plain SGD steps, lr 0.003).\n\
          Per seed: query MSE after adaptation, mean over {n_test} test tasks, at the checkpoint with the lowest loss on\n\
-         {n_val} validation tasks (evaluated every {} meta-steps). Mean over seeds with a 95% t-interval; the improvement\n\
-         over the untrained initialisation is paired over seeds. Seconds per meta-step: wall time on 2 cores (not reproducible).\n\n\
+         {n_val} validation tasks (evaluated every {} meta-steps). Mean over seeds with a 95% t-interval. \"Untrained\" is each\n\
+         method's matched baseline: the untrained initialisation adapted by that method's own inner loop. The improvement\n\
+         over it is paired over seeds; its p-value (paired t-test of no improvement) is Holm-adjusted over the {} methods. Seconds per meta-step: wall time on 2 cores (not reproducible).\n\n\
          A run whose inner phase diverged stops there; its checkpoint is still the validation-chosen one\n\
          (from before the divergence), and the last column names it. A validation or test task whose adaptation\n\
          diverges scores its loss before adaptation (leaving it out would flatter the method); the last column counts them.\n\n\
-         | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | per seed | chosen meta-steps | s / meta-step | stopped early |\n|---|---|---|---|---|---|---|---|---|---|\n",
-        probe.meta_batch, seed_count, probe.eval_every
+         | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | p (Holm) | per seed | chosen meta-steps | s / meta-step | stopped early |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        probe.meta_batch,
+        seed_count,
+        probe.eval_every,
+        finals.len()
     );
     for f in &finals {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | ± {} | {} ± {} | {} | {} | {:.3} | {} |\n",
+            "| {} | {} | {} | {} | ± {} | {} ± {} | {} | {} | {} | {:.3} | {} |\n",
             f.model,
             f.estimator,
             num(f.initial_mean),
@@ -604,6 +627,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             num(f.ci95),
             num(f.improvement),
             num(f.improvement_ci95),
+            p_value(f.improvement_holm),
             f.per_seed.iter().map(|v| num(*v)).collect::<Vec<_>>().join(", "),
             f.chosen_steps
                 .iter()
@@ -614,39 +638,30 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             super::joined_or_none(&f.diverged, "; ")
         ));
     }
-    // Every pair of estimators of a model, paired over seeds.
-    let mut differences = Vec::new();
-    for (i, a) in finals.iter().enumerate() {
-        for b in finals.iter().skip(i + 1).filter(|b| b.model == a.model) {
-            let d: Vec<f64> = a.per_seed.iter().zip(&b.per_seed).map(|(x, y)| x - y).collect();
-            let (mean, ci95) = seed_mean_ci(&d);
-            differences.push(PairedDifference {
-                model: a.model.clone(),
-                first: a.estimator.clone(),
-                second: b.estimator.clone(),
-                mean,
-                ci95,
-            });
-        }
-    }
-    table.push_str(
+    let differences = paired_differences(&finals);
+    table.push_str(&format!(
         "\n## Differences between estimators, paired over seeds\n\n\
-         Mean of (first - second) final loss over seeds, 95% t-interval; \"differs\" where the interval excludes 0.\n\n\
-         | model | first | second | difference | 95% interval | verdict |\n|---|---|---|---|---|---|\n",
-    );
+         Mean of (first - second) final loss over seeds with its 95% t-interval. Every pair of the table is one family:\n\
+         the paired t-test's p-value of \"no difference\" and the equivalence test's (TOST: the difference lies inside\n\
+         ± the margin, {}x the mean of the two methods' untrained losses) are Holm-adjusted over the {} pairs. Verdict at\n\
+         {ALPHA}: \"differs\" where the adjusted difference p-value is below it, \"equivalent within the margin\" where the\n\
+         adjusted equivalence p-value is, \"inconclusive\" otherwise.\n\n\
+         | model | first | second | difference | 95% interval | p (Holm) | margin | equivalence p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|\n",
+        EQUIVALENCE_MARGIN,
+        differences.len()
+    ));
     for d in &differences {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | ± {} | {} |\n",
+            "| {} | {} | {} | {} | ± {} | {} | ± {} | {} | {} |\n",
             d.model,
             d.first,
             d.second,
             num(d.mean),
             num(d.ci95),
-            if d.differs() {
-                "differs"
-            } else {
-                "not distinguishable"
-            }
+            p_value(d.holm),
+            num(d.margin),
+            p_value(d.equivalence_holm),
+            d.verdict.describe()
         ));
     }
     write_table(settings, "final_loss.md", &table, files)?;
@@ -662,6 +677,68 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         validation_tasks: n_val,
         net: net_name,
     })
+}
+
+/// Every pair of estimators of a model, paired over seeds, as one Holm-corrected family of
+/// difference tests and one of equivalence tests; the two methods' matched untrained losses set
+/// the pair's equivalence margin.
+fn paired_differences(finals: &[FinalLoss]) -> Vec<PairedDifference> {
+    let mut pairs = Vec::new();
+    for (i, a) in finals.iter().enumerate() {
+        for (j, b) in finals.iter().enumerate().skip(i + 1) {
+            if b.model == a.model {
+                pairs.push((i, j));
+            }
+        }
+    }
+    let diffs: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|&(i, j)| {
+            finals[i]
+                .per_seed
+                .iter()
+                .zip(&finals[j].per_seed)
+                .map(|(x, y)| x - y)
+                .collect()
+        })
+        .collect();
+    let margins: Vec<f64> = pairs
+        .iter()
+        .map(|&(i, j)| EQUIVALENCE_MARGIN * 0.5 * (finals[i].initial_mean + finals[j].initial_mean))
+        .collect();
+    let tests: Vec<stats::PairedTest> = diffs.iter().map(|d| stats::paired_test(d)).collect();
+    let holm = stats::holm(&tests.iter().map(|t| t.p_value).collect::<Vec<_>>());
+    let equivalence = stats::holm(
+        &diffs
+            .iter()
+            .zip(&margins)
+            .map(|(d, &m)| stats::equivalence_p_value(d, m))
+            .collect::<Vec<_>>(),
+    );
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(k, &(i, j))| PairedDifference {
+            model: finals[i].model.clone(),
+            first: finals[i].estimator.clone(),
+            second: finals[j].estimator.clone(),
+            mean: tests[k].mean,
+            ci95: tests[k].ci95,
+            holm: holm[k],
+            margin: margins[k],
+            equivalence_holm: equivalence[k],
+            verdict: Verdict::of(holm[k], equivalence[k], ALPHA),
+        })
+        .collect()
+}
+
+/// A p-value for a table: three significant digits, or "n/a" below 2 seeds.
+pub(super) fn p_value(p: f64) -> String {
+    if p.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{p:.3}")
+    }
 }
 
 /// Two held-out tasks: target, support points, prediction before and after adaptation, with the

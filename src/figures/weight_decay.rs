@@ -4,9 +4,9 @@
 
 use super::plot::{Figure, Panel, Series, Style};
 use super::{Settings, num, save, write_csv, write_table};
-use crate::adam::Adam;
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
+use crate::executor::{Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::oracle::Oracle;
@@ -124,16 +124,18 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
     let theta0 = Vector::from_element(p.dims().theta, INITIAL_DECAY.ln());
     let fixed = losses(&p, &theta0, free)?;
     let runs = map_in_order(&estimators, |(name, spec)| {
-        let mut theta = theta0.clone();
-        let mut adam = Adam::new(0.05, theta.len());
         let mut curve = vec![(0usize, fixed)];
-        for step in 1..=meta_steps {
-            let e = spec.estimator().estimate(&p, &to_tensor(&theta)?)?;
-            adam.update(&mut theta, &e.gradient);
-            if step % eval_every == 0 || step == meta_steps {
-                curve.push((step, losses(&p, &theta, free)?));
-            }
-        }
+        MetaExecutor::new(theta0.clone(), 0.05).run(
+            meta_steps,
+            OnFailure::Error,
+            |_, theta| Ok((spec.estimator().estimate(&p, &to_tensor(theta)?)?.gradient, ())),
+            |run, ()| {
+                if run.step % eval_every == 0 || run.step == meta_steps {
+                    curve.push((run.step, losses(&p, &run.theta, free)?));
+                }
+                Ok(Flow::Continue)
+            },
+        )?;
         Ok((name.to_string(), curve))
     })?;
     let grid: &[f64] = if settings.quick() {

@@ -6,6 +6,7 @@ use super::template::{self, Context};
 use super::{Results, Settings, num};
 use crate::error::{CmlError, Result};
 use crate::fit::VariantFit;
+use crate::stats::Verdict;
 
 const TEMPLATE: &str = include_str!("writeup.md");
 
@@ -126,10 +127,11 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
         .finals
         .iter()
         .map(|f| {
-            let verdict = if f.improvement - f.improvement_ci95 > 0.0 {
-                "lower than the untrained initialisation (paired interval above 0)"
-            } else {
-                "not distinguishable from the untrained initialisation"
+            let significant = f.improvement_holm < super::training::ALPHA;
+            let verdict = match (significant, f.improvement > 0.0) {
+                (true, true) => "lower than its matched baseline (Holm-adjusted p below 0.05)",
+                (true, false) => "**higher** than its matched baseline (Holm-adjusted p below 0.05)",
+                (false, _) => "not distinguishable from its matched baseline after Holm's correction",
             };
             let stopped = if f.diverged.is_empty() {
                 String::new()
@@ -151,21 +153,25 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
                 .text("stopped", stopped)
         })
         .collect();
-    let differing: Vec<String> = t
-        .differences
-        .iter()
-        .filter(|d| d.differs())
-        .map(|d| {
-            format!(
-                "{}: {} vs {} ({} ± {})",
-                d.model,
-                d.first,
-                d.second,
-                num(d.mean),
-                num(d.ci95)
-            )
-        })
-        .collect();
+    let listed = |verdict: Verdict| -> Vec<String> {
+        t.differences
+            .iter()
+            .filter(|d| d.verdict == verdict)
+            .map(|d| {
+                format!(
+                    "{}: {} vs {} ({} ± {}, margin ± {})",
+                    d.model,
+                    d.first,
+                    d.second,
+                    num(d.mean),
+                    num(d.ci95),
+                    num(d.margin)
+                )
+            })
+            .collect()
+    };
+    let differing = listed(Verdict::Differs);
+    let equivalent = listed(Verdict::Equivalent);
     Context::new()
         .text("seeds", t.seeds)
         .text("net", &t.net)
@@ -179,6 +185,9 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
         .text("differing", differing.len())
         .text("pairs", t.differences.len())
         .text("differences", super::joined_or_none(&differing, "; "))
+        .text("equivalent_count", equivalent.len())
+        .text("equivalent", super::joined_or_none(&equivalent, "; "))
+        .text("margin", super::training::EQUIVALENCE_MARGIN)
         .text(
             "paper_scale",
             format!(
