@@ -437,7 +437,13 @@ pub struct TaskMetaTraining<'a, T> {
     pub seed: u64,
     pub sample: &'a dyn Fn(&mut crate::rng::Rng) -> Result<T>,
     pub problem: &'a TaskProblem<'a, T>,
+    /// Called after every meta-step with the step and the updated meta-parameters (a probe that
+    /// logs more than the query loss, e.g. the spiking job's halves of the symmetric estimate).
+    pub observe: Option<&'a MetaObserver<'a>>,
 }
+
+/// Sees each meta-step's number and meta-parameters.
+pub type MetaObserver<'a> = dyn Fn(usize, &Vector) -> Result<()> + Sync + 'a;
 
 /// Builds one task's bilevel problem at given meta-parameters.
 pub type TaskProblem<'a, T> = dyn Fn(&T, &Vector) -> Result<Box<dyn ProblemInstance>> + Sync + 'a;
@@ -492,6 +498,9 @@ impl<T: Sync> TaskMetaTraining<'_, T> {
                 Ok((batch.mean, batch.loss))
             },
             |run, query_loss| {
+                if let Some(observe) = self.observe {
+                    observe(run.step, &run.theta)?;
+                }
                 log.push(TaskMetaStep {
                     step: run.step,
                     query_loss,

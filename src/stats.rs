@@ -207,7 +207,9 @@ pub fn equivalence_p_value(differences: &[f64], margin: f64) -> f64 {
 }
 
 /// The verdict of one comparison in a family, from its Holm-adjusted p-values at level `alpha`:
-/// a difference, an equivalence within the stated margin, or neither.
+/// an equivalence within the stated margin, a difference, or neither. Equivalence comes first:
+/// a difference that is significant but shown to lie inside the margin is negligible by the
+/// margin stated before the run, so it is reported as a match, not as a win or a loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Differs,
@@ -217,10 +219,10 @@ pub enum Verdict {
 
 impl Verdict {
     pub fn of(adjusted_difference_p: f64, adjusted_equivalence_p: f64, alpha: f64) -> Self {
-        if adjusted_difference_p < alpha {
-            Verdict::Differs
-        } else if adjusted_equivalence_p < alpha {
+        if adjusted_equivalence_p < alpha {
             Verdict::Equivalent
+        } else if adjusted_difference_p < alpha {
+            Verdict::Differs
         } else {
             Verdict::Inconclusive
         }
@@ -233,4 +235,40 @@ impl Verdict {
             Verdict::Inconclusive => "inconclusive",
         }
     }
+}
+
+/// One comparison of a family: the paired differences' mean and 95% half-width, the Holm-adjusted
+/// p-values of the difference and equivalence tests, and the verdict at the family's alpha.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Comparison {
+    pub mean: f64,
+    pub ci95: f64,
+    pub margin: f64,
+    pub holm: f64,
+    pub equivalence_holm: f64,
+    pub verdict: Verdict,
+}
+
+/// A family of paired comparisons, each given as its per-seed differences and its equivalence
+/// margin: paired t-tests and TOST, each Holm-adjusted over the family, and the verdicts at `alpha`.
+pub fn compare_family(differences: &[Vec<f64>], margins: &[f64], alpha: f64) -> Vec<Comparison> {
+    let tests: Vec<PairedTest> = differences.iter().map(|d| paired_test(d)).collect();
+    let holm_p = holm(&tests.iter().map(|t| t.p_value).collect::<Vec<_>>());
+    let equivalence = holm(
+        &differences
+            .iter()
+            .zip(margins)
+            .map(|(d, &m)| equivalence_p_value(d, m))
+            .collect::<Vec<_>>(),
+    );
+    (0..differences.len())
+        .map(|k| Comparison {
+            mean: tests[k].mean,
+            ci95: tests[k].ci95,
+            margin: margins[k],
+            holm: holm_p[k],
+            equivalence_holm: equivalence[k],
+            verdict: Verdict::of(holm_p[k], equivalence[k], alpha),
+        })
+        .collect()
 }

@@ -8,7 +8,9 @@ mod common;
 use approx::assert_relative_eq;
 use candle_core::{Device, Tensor};
 use cml::autodiff::{gradients, hvp_and_mixed};
-use cml::digits::{ClassPool, Labelled, Standardiser, load_digits, rotate, split};
+use cml::digits::{
+    ClassPool, Labelled, META_TEST_DIGITS, META_TRAIN_DIGITS, Standardiser, load_digits, rotate, split,
+};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::model::mlp::softmax_cross_entropy;
 use cml::rng::{normal_vector, seeded};
@@ -101,14 +103,19 @@ fn the_shipped_digits_have_the_documented_shape() {
 #[test]
 fn episodes_draw_distinct_classes_and_images() {
     let d = load_digits().unwrap();
-    let train = ClassPool::new(&d, &[0, 1, 2, 3, 4, 5, 6]).unwrap();
-    let test = ClassPool::new(&d, &[7, 8, 9]).unwrap();
-    assert_eq!((train.classes.len(), test.classes.len()), (28, 12));
+    let train = ClassPool::new(&d, &META_TRAIN_DIGITS).unwrap();
+    let test = ClassPool::upright(&d, &META_TEST_DIGITS).unwrap();
+    // 5 digits x 4 rotations for meta-training, 5 upright digits for meta-test.
+    assert_eq!((train.classes.len(), test.classes.len()), (20, 5));
     let digits = |p: &ClassPool| p.classes.iter().map(|c| c.0).collect::<HashSet<_>>();
     assert!(
         digits(&train).is_disjoint(&digits(&test)),
         "meta-train and meta-test digits disjoint"
     );
+    // No meta-test class is a rotation of another class: meta-test classes are upright, and a
+    // 6 turned half way (a 9) stays on the meta-training side with the 9.
+    assert!(test.classes.iter().all(|&(_, turns)| turns == 0));
+    assert!(digits(&train).contains(&6) && digits(&train).contains(&9));
     let mut rng = seeded(4);
     let e = test.episode(&mut rng, 5, 3, 15).unwrap();
     assert_eq!((e.support.len(), e.query.len()), (15, 75));

@@ -24,6 +24,12 @@ fn figures_quick(dir: &Path) {
 ///   bptt + 2 tbptt) = 3 x 21;
 /// - meta_training: 2 models x 6 estimators x 2 seeds x 3 evaluations (steps 0, 2, 4);
 /// - final_loss_per_seed: 2 models x 6 estimators x 2 seeds;
+/// - few_shot_per_seed: 1 setting (1-shot) x 5 methods x 2 seeds; few_shot_accuracy: 5 methods;
+///   few_shot_meta_training: 10 runs x 2 meta-steps;
+/// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
+///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
+/// - bandit_regret: 8 agents x 2 deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2
+///   seeds x 2 meta-steps; bandit_regret_vs_time: 8 agents x 100 points (200 steps, stride 2);
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
@@ -31,9 +37,10 @@ fn figures_quick(dir: &Path) {
 /// - error_bar_calibration: 5 problems x 1 seed x 2 variants x 3 betas x 3 tolerances (none of
 ///   the quick cases diverges);
 /// - beta_auto: 5 problems x 1 seed x 2 variants;
-/// - spiking_meta_training: 2 contrastive methods x 2 seeds x 2 meta-steps + 3 BPTT baselines x
-///   2 seeds x 1 meta-step; spiking_test: 6 methods x 2 seeds x 4 tasks; spiking_ablation: 2
-///   tasks; spiking_examples: 2 tasks x 41 grid points; spiking_rates: 100 neurons.
+/// - spiking_meta_training: 5 meta-learned methods x 2 seeds x 2 meta-steps (matched budgets);
+///   spiking_test: 6 methods x 2 seeds x 4 tasks; spiking_ablation: 2 tasks; spiking_examples:
+///   2 tasks x 41 grid points; spiking_rates: 100 neurons; spiking_beta_choice: 3 betas x 2
+///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2;
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -45,13 +52,24 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("reference_code_ablation", 21, 21),
     ("meta_training", 6, 72),
     ("final_loss_per_seed", 6, 24),
+    ("few_shot_per_seed", 8, 10),
+    ("few_shot_accuracy", 8, 5),
+    ("few_shot_meta_training", 5, 20),
+    ("digits_decay", 5, 14),
+    ("digits_decay_curves", 5, 30),
+    ("digits_decay_grid", 4, 6),
+    ("bandit_regret", 6, 32),
+    ("bandit_meta_training", 4, 12),
+    ("bandit_regret_vs_time", 4, 800),
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
     ("cost_vs_k_seconds", 3, 9),
     ("weight_decay", 4, 18),
     ("error_bar_calibration", 12, 90),
     ("beta_auto", 11, 10),
-    ("spiking_meta_training", 4, 14),
+    ("spiking_meta_training", 4, 20),
+    ("spiking_beta_choice", 5, 6),
+    ("spiking_halves", 4, 6),
     ("spiking_test", 5, 48),
     ("spiking_ablation", 3, 2),
     ("spiking_examples", 4, 82),
@@ -70,6 +88,9 @@ const PNGS: &[&str] = &[
     "reference_code_ablation",
     "error_bar_calibration",
     "spiking",
+    "few_shot",
+    "digits_decay",
+    "bandit_regret",
 ];
 
 const TABLES: &[&str] = &[
@@ -80,6 +101,9 @@ const TABLES: &[&str] = &[
     "cost.md",
     "error_bar.md",
     "spiking.md",
+    "few_shot.md",
+    "digits_decay.md",
+    "bandit.md",
     "README.md",
 ];
 
@@ -91,7 +115,8 @@ fn protocol_of_the_final_loss_table(dir: &Path) {
     use cml::stats::{Verdict, equivalence_p_value, holm, paired_test};
     let csv = std::fs::read_to_string(dir.join("figures/final_loss_per_seed.csv")).unwrap();
     // (model, estimator) in order of appearance -> (matched baselines, final losses) per seed.
-    let mut methods: Vec<((String, String), Vec<f64>, Vec<f64>)> = Vec::new();
+    type PerSeed = ((String, String), Vec<f64>, Vec<f64>);
+    let mut methods: Vec<PerSeed> = Vec::new();
     for line in csv.lines().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let key = (f[0].to_string(), f[1].to_string());
@@ -317,18 +342,29 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The quick training job: 2 models x 6 estimators x 2 seeds, timed by its calibration; the
-    // jobs run as one unit have no calibration and say how to get an estimate.
+    // jobs without a calibration say how to get an estimate. Their units: one for a job run
+    // whole; bandit 2 seeds x (3 models + baselines); few-shot 1 setting x 5 methods x 2 seeds;
+    // digits-decay 2 seeds x (5 estimators + baselines).
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[2], "24", "{row}");
     assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
     assert_eq!(cells[5], "calibrated now", "{row}");
-    for job in ["theory", "spiking", "bandit"] {
+    for (job, units) in [
+        ("theory", 1),
+        ("spiking", 1),
+        ("bandit", 8),
+        ("few-shot", 10),
+        ("digits-decay", 12),
+    ] {
         let row = out
             .lines()
             .find(|l| l.starts_with(&format!("| {job} |")))
             .unwrap();
-        assert!(row.contains("| 1 | ? |") && row.contains("--results"), "{row}");
+        assert!(
+            row.contains(&format!("| {units} | ? |")) && row.contains("--results"),
+            "{row}"
+        );
     }
 }
 

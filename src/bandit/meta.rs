@@ -45,6 +45,7 @@ pub fn meta_train(config: &MetaConfig) -> Result<TaskMetaRun> {
         seed: config.seed,
         sample: &|rng| BanditTask::sample(rng, config.support, config.query),
         problem: &|task, theta| build(&config.model, task.clone(), theta),
+        observe: None,
     }
     .run(initial_theta(&config.model, config.seed)?)
 }

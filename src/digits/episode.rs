@@ -19,6 +19,14 @@ pub const SIDE: usize = 8;
 /// The largest pixel value; images are divided by it, so pixels lie in [0, 1].
 pub const MAX_PIXEL: f64 = 16.0;
 
+/// The few-shot split (docs/DIGITS.md §3). Meta-test classes are upright digits; rotation is
+/// augmentation of the meta-training digits only, as in the paper's code. A 6 turned half way is
+/// a 9, so both sit on the meta-training side: no meta-test class is a rotation of a
+/// meta-training class or of another meta-test class. Five meta-test digits make the 5-way
+/// meta-test episodes (every episode holds all five, in a random label order).
+pub const META_TRAIN_DIGITS: [usize; 5] = [0, 1, 2, 6, 9];
+pub const META_TEST_DIGITS: [usize; 5] = [3, 4, 5, 7, 8];
+
 /// The classes an episode can draw from, each with its images.
 #[derive(Debug, Clone)]
 pub struct ClassPool {
@@ -30,6 +38,16 @@ pub struct ClassPool {
 impl ClassPool {
     /// Every rotation (0, 90, 180, 270 degrees) of each of `digits`, from `data`'s images.
     pub fn new(data: &Labelled, digits: &[usize]) -> Result<Self> {
+        Self::with_turns(data, digits, &[0, 1, 2, 3])
+    }
+
+    /// Each of `digits` upright only: one class per digit.
+    pub fn upright(data: &Labelled, digits: &[usize]) -> Result<Self> {
+        Self::with_turns(data, digits, &[0])
+    }
+
+    /// The rotations by `turns` quarter turns of each of `digits`, one class each.
+    fn with_turns(data: &Labelled, digits: &[usize], turns_of_each: &[usize]) -> Result<Self> {
         if data.features != SIDE * SIDE {
             return Err(CmlError::invalid(
                 "digit image size",
@@ -44,7 +62,7 @@ impl ClassPool {
             if rows.is_empty() {
                 return Err(CmlError::invalid("digit", d, "a digit present in the data"));
             }
-            for turns in 0..4 {
+            for &turns in turns_of_each {
                 classes.push((d, turns));
                 images.push(
                     rows.iter()

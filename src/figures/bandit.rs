@@ -4,7 +4,7 @@
 //! relative to the uniform policy (docs/BANDIT.md).
 
 use super::plot::{Figure, Panel, Series, Style};
-use super::training::{seed_mean_ci, t975};
+use super::training::{ALPHA, t975};
 use super::{Settings, num, running_mean, save, write_csv, write_table};
 use crate::bandit::WheelBandit;
 use crate::bandit::agents::{
@@ -16,11 +16,11 @@ use crate::bandit::run::{self as bandit_run, RunParams};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Unrolled, Variant};
 use crate::inner::GdParams;
-use crate::linalg::Vector;
 use crate::model::Mlp;
 use crate::optimizer::Optimizer;
 use crate::parallel::map_in_order;
 use crate::problem::{ModulationSpec, SynapseSpec};
+use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
@@ -45,7 +45,9 @@ pub struct Protocol {
     pub maml_steps: usize,
     pub maml_step_size: f64,
     pub deltas: Vec<f64>,
-    pub seeds: usize,
+    /// Independent meta-training seeds, and evaluation runs per seed and delta.
+    pub meta_seeds: usize,
+    pub runs_per_seed: usize,
     pub run: RunParams,
     pub online: OnlineParams,
     /// NeuralLinear retrains its network this often (its posteriors every step).
@@ -71,7 +73,8 @@ impl Protocol {
             maml_steps: 10,
             maml_step_size: 0.01,
             deltas: vec![0.5, 0.7, 0.9, 0.95, 0.99],
-            seeds: 10,
+            meta_seeds: 5,
+            runs_per_seed: 2,
             run: RunParams {
                 steps: 4000,
                 initial_pulls: 2,
@@ -95,7 +98,8 @@ impl Protocol {
                 free_steps: 20,
                 nudged_steps: 10,
                 deltas: vec![0.5, 0.95],
-                seeds: 2,
+                meta_seeds: 2,
+                runs_per_seed: 1,
                 run: RunParams {
                     steps: 200,
                     ..full.run
@@ -182,24 +186,24 @@ impl Protocol {
     }
 }
 
-/// Normalised cumulative regret of one agent at one delta, over seeds.
+/// Normalised cumulative regret of one agent at one delta, over meta-training seeds (each the
+/// mean over that seed's evaluation runs).
 #[derive(Debug, Clone)]
 pub struct Cell {
     pub per_seed: Vec<f64>,
     pub mean: f64,
-    /// Standard error of the mean over seeds.
-    pub se: f64,
+    /// Half-width of the 95% t-interval over meta-training seeds.
+    pub ci95: f64,
 }
 
-/// One agent's lead over another at one delta, paired over seeds (same contexts and rewards).
+/// A meta-learned agent against a reference at one delta, paired over meta-training seeds.
 #[derive(Debug, Clone)]
-pub struct Lead {
+pub struct BanditComparison {
     pub delta: f64,
-    pub better: String,
-    pub worse: String,
-    /// Mean over seeds of (worse - better) normalised regret and its 95% t-interval half-width.
-    pub mean: f64,
-    pub ci95: f64,
+    pub agent: String,
+    pub reference: String,
+    /// Of (agent - reference) normalised regret: negative favours the agent.
+    pub comparison: Comparison,
 }
 
 #[derive(Debug, Clone)]
@@ -208,10 +212,10 @@ pub struct BanditResults {
     pub agents: Vec<String>,
     /// `[agent][delta]`.
     pub cells: Vec<Vec<Cell>>,
-    /// At each delta, the best meta-learned agent against the best baseline.
-    pub leads: Vec<Lead>,
-    /// Meta-training wall seconds per model (not reproducible; the write-up only).
+    pub comparisons: Vec<BanditComparison>,
+    /// Meta-training wall seconds per model, mean over seeds (not reproducible).
     pub meta_seconds: Vec<(String, f64)>,
+    /// Evaluation wall seconds, summed over the units (not reproducible).
     pub eval_seconds: f64,
     /// The delta of the regret-vs-time figure.
     pub curve_delta: f64,
@@ -223,185 +227,374 @@ pub struct BanditResults {
     pub stopped: Vec<String>,
 }
 
-const BASELINES: usize = 4;
-/// Stream offset of the evaluation seeds, apart from the meta-training seed.
+/// Stream offsets of the evaluation runs and of the meta-training seeds.
 const EVAL_SEED: u64 = 1000;
+const META_SEED: u64 = 2000;
+/// The non-meta-learned agents, evaluated together in one unit per seed.
+const BASELINE_AGENTS: [&str; 4] = [
+    "uniform",
+    "LinFullPost",
+    "NeuralLinear",
+    "greedy network without meta-learning",
+];
+const BASELINES: &str = "baselines";
+/// MAML deployed as it was meta-trained, and with the online loop the other networks use.
+const MAML_OWN: &str = "MAML";
+const MAML_COMMON: &str = "MAML (common online loop)";
+/// Two agents' normalised regrets are equivalent within this fraction of their mean (fixed before
+/// any run; docs/PROTOCOL.md).
+pub const EQUIVALENCE_MARGIN: f64 = 0.1;
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResults> {
-    let protocol = Protocol::new(settings.quick())?;
-    let learners = protocol.meta_learners()?;
-    let mut meta_rows = Vec::new();
-    let mut meta_seconds = Vec::new();
-    let mut stopped = Vec::new();
-    let mut trained: Vec<(String, OnlineModel, Vector)> = Vec::new();
-    let mut meta_panel = Panel::new(
-        "meta-training on wheel-bandit tasks",
-        "meta-step",
-        "query loss (masked MSE)",
-        false,
-        false,
-    );
-    for (i, (name, model, estimator)) in learners.iter().enumerate() {
-        let config = MetaConfig {
-            model: model.clone(),
-            estimator: *estimator,
-            meta_steps: protocol.meta_steps,
-            meta_batch: protocol.meta_batch,
-            meta_lr: protocol.meta_lr,
-            support: protocol.support,
-            query: protocol.query,
-            seed: settings.seed,
-        };
-        let run = meta_train(&config)?;
-        let (theta, log) = (run.theta, run.log);
-        if let Some(reason) = run.stopped {
-            stopped.push(format!("{name} stopped at {reason}"));
-        }
-        meta_seconds.push((name.to_string(), log.last().map_or(0.0, |s| s.seconds)));
-        for s in &log {
-            meta_rows.push(format!("{name},{},{:e}", s.step, s.query_loss));
-        }
-        meta_panel.series.push(Series::new(
-            *name,
-            running_mean(&log.iter().map(|s| s.query_loss).collect::<Vec<_>>()),
-            BASELINES + i,
-            Style::Line,
-        ));
-        trained.push((name.to_string(), model.clone(), theta));
+/// The job: one unit per meta-learned model and meta-training seed (meta-training, then its
+/// agents' runs on that seed's evaluation runs), and one per seed for the baselines.
+pub(super) struct Bandit;
+pub(super) static BANDIT: Bandit = Bandit;
+
+fn key(name: &str) -> String {
+    name.to_lowercase().replace(' ', "-")
+}
+
+fn unit_name(key: &str, seed: usize) -> String {
+    format!("{key}-seed{seed}")
+}
+
+/// Every unit: (model key or `baselines`, meta-training seed index).
+fn unit_list(p: &Protocol) -> Result<Vec<(String, usize)>> {
+    let mut keys: Vec<String> = p.meta_learners()?.iter().map(|l| key(l.0)).collect();
+    keys.push(BASELINES.into());
+    Ok(keys
+        .iter()
+        .flat_map(|k| (0..p.meta_seeds).map(move |m| (k.clone(), m)))
+        .collect())
+}
+
+/// One agent's runs in one unit.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct AgentRuns {
+    agent: String,
+    /// Final cumulative regret, `[delta][run]`.
+    regret: Vec<Vec<f64>>,
+    /// Cumulative regret every `stride` steps at the figure's delta, `[run][point]`.
+    curve: Vec<Vec<f64>>,
+    rejected: usize,
+}
+
+/// What a unit leaves for the report.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct UnitRows {
+    agents: Vec<AgentRuns>,
+    /// (meta-step, query loss) of meta-training (empty for the baselines).
+    meta_log: Vec<(usize, f64)>,
+    stopped: Option<String>,
+    meta_seconds: f64,
+    eval_seconds: f64,
+}
+
+impl Protocol {
+    /// The evaluation runs of meta-training seed `m`: their seeds.
+    fn run_seeds(&self, settings: &Settings, m: usize) -> Vec<u64> {
+        (0..self.runs_per_seed)
+            .map(|r| crate::rng::hash_words(&[settings.seed, EVAL_SEED, (m * self.runs_per_seed + r) as u64]))
+            .collect()
     }
-    write_csv(
-        &settings.out.join("bandit_meta_training.csv"),
-        "model,meta_step,query_loss",
-        &meta_rows,
-        files,
-    )?;
 
-    let mut agents: Vec<String> = [
-        "uniform",
-        "LinFullPost",
-        "NeuralLinear",
-        "greedy network, no meta-learning",
-    ]
-    .map(String::from)
-    .to_vec();
-    agents.extend(trained.iter().map(|t| t.0.clone()));
-    let runs: Vec<(f64, u64)> = protocol
+    fn curve_delta(&self) -> f64 {
+        self.deltas[self.deltas.len().saturating_sub(2)]
+    }
+
+    fn stride(&self) -> usize {
+        (self.run.steps / 80).max(1)
+    }
+}
+
+impl super::units::Job for Bandit {
+    fn name(&self) -> &'static str {
+        "bandit"
+    }
+
+    fn about(&self) -> &'static str {
+        "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table"
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        super::units::encode(&Protocol::new(settings.quick())?)
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        Ok(unit_list(&Protocol::new(settings.quick())?)?
+            .iter()
+            .map(|(k, m)| unit_name(k, *m))
+            .collect())
+    }
+
+    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+        let p = Protocol::new(settings.quick())?;
+        let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
+        super::units::encode(&run_unit(settings, &p, &k, m)?)
+    }
+
+    fn report(
+        &self,
+        settings: &Settings,
+        units: &[super::units::Stored],
+        files: &mut Vec<PathBuf>,
+    ) -> Result<super::template::Context> {
+        Ok(super::writeup::bandit_section(&report(settings, units, files)?))
+    }
+}
+
+/// The agents of a unit, built fresh for one evaluation run (each learns online).
+type AgentList = Vec<(String, Box<dyn Agent>)>;
+
+fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize) -> Result<UnitRows> {
+    let plain = p.plain();
+    let mut meta_log = Vec::new();
+    let (mut stopped, mut meta_seconds) = (None, 0.0);
+    // The agents of one run, given its seed: the baselines, or the model meta-trained from `m`.
+    let make: Box<dyn Fn(u64) -> Result<AgentList> + Sync> = if k == BASELINES {
+        let features = p.net.sizes[p.net.sizes.len() - 2];
+        let plain = plain.clone();
+        let online = p.online;
+        let every = p.neural_linear_every;
+        Box::new(move |run_seed| {
+            let random_init = initial_theta(&plain, run_seed)?;
+            Ok(vec![
+                (BASELINE_AGENTS[0].into(), Box::new(Uniform) as Box<dyn Agent>),
+                (
+                    BASELINE_AGENTS[1].into(),
+                    Box::new(LinFullPost::new(LINEAR_PRIOR)?),
+                ),
+                (
+                    BASELINE_AGENTS[2].into(),
+                    Box::new(NeuralLinear::new(
+                        OnlineLearner::new(
+                            plain.clone(),
+                            random_init.clone(),
+                            OnlineParams { every, ..online },
+                        )?,
+                        features,
+                        NEURAL_LINEAR_PRIOR,
+                    )?),
+                ),
+                (
+                    BASELINE_AGENTS[3].into(),
+                    Box::new(Greedy {
+                        learner: OnlineLearner::new(plain.clone(), random_init, online)?,
+                    }),
+                ),
+            ])
+        })
+    } else {
+        let (name, model, estimator) = p
+            .meta_learners()?
+            .into_iter()
+            .find(|l| key(l.0) == k)
+            .expect("a model of the unit list");
+        let run = meta_train(&MetaConfig {
+            model: model.clone(),
+            estimator,
+            meta_steps: p.meta_steps,
+            meta_batch: p.meta_batch,
+            meta_lr: p.meta_lr,
+            support: p.support,
+            query: p.query,
+            seed: crate::rng::hash_words(&[settings.seed, META_SEED, m as u64]),
+        })?;
+        stopped = run.stopped.map(|r| format!("{name} (seed {m}) stopped at {r}"));
+        meta_seconds = run.log.last().map_or(0.0, |s| s.seconds);
+        meta_log = run.log.iter().map(|s| (s.step, s.query_loss)).collect();
+        let theta = run.theta;
+        // MAML is deployed with the inner loop it was meta-trained through, and, labelled, with
+        // the online loop the other networks use.
+        let deployments: Vec<(String, OnlineParams)> = if name == MAML_OWN {
+            vec![
+                (
+                    MAML_OWN.into(),
+                    OnlineParams {
+                        updates: p.maml_steps,
+                        step_size: p.maml_step_size,
+                        optimizer: Optimizer::GradientDescent,
+                        ..p.online
+                    },
+                ),
+                (MAML_COMMON.into(), p.online),
+            ]
+        } else {
+            vec![(name.to_string(), p.online)]
+        };
+        Box::new(move |_| {
+            deployments
+                .iter()
+                .map(|(label, online)| {
+                    Ok((
+                        label.clone(),
+                        Box::new(Greedy {
+                            learner: OnlineLearner::new(model.clone(), theta.clone(), *online)?,
+                        }) as Box<dyn Agent>,
+                    ))
+                })
+                .collect()
+        })
+    };
+    let clock = std::time::Instant::now();
+    let runs: Vec<(usize, u64)> = (0..p.deltas.len())
+        .flat_map(|d| p.run_seeds(settings, m).into_iter().map(move |s| (d, s)))
+        .collect();
+    // Per (delta, run): every agent's (name, cumulative regret curve, rejected retrainings).
+    let results = map_in_order(&runs, |&(d, run_seed)| {
+        let bandit = WheelBandit::new(p.deltas[d])?;
+        make(run_seed)?
+            .into_iter()
+            .map(|(name, mut agent)| {
+                let regret = bandit_run::run(&bandit, agent.as_mut(), &p.run, run_seed)?.1;
+                Ok((name, regret, agent.rejected_updates()))
+            })
+            .collect::<Result<Vec<(String, Vec<f64>, usize)>>>()
+    })?;
+    let names: Vec<String> = results
+        .first()
+        .map(|r| r.iter().map(|a| a.0.clone()).collect())
+        .unwrap_or_default();
+    let curve_d = p
         .deltas
         .iter()
-        .flat_map(|&d| (0..protocol.seeds as u64).map(move |s| (d, s)))
+        .position(|&d| d == p.curve_delta())
+        .expect("a delta");
+    let agents = names
+        .iter()
+        .enumerate()
+        .map(|(a, name)| {
+            let mut regret = vec![Vec::new(); p.deltas.len()];
+            let (mut curve, mut rejected) = (Vec::new(), 0);
+            for (&(d, _), r) in runs.iter().zip(&results) {
+                let series = &r[a].1;
+                regret[d].push(series[p.run.steps - 1]);
+                rejected += r[a].2;
+                if d == curve_d {
+                    curve.push(
+                        (p.stride() - 1..p.run.steps)
+                            .step_by(p.stride())
+                            .map(|t| series[t])
+                            .collect(),
+                    );
+                }
+            }
+            AgentRuns {
+                agent: name.clone(),
+                regret,
+                curve,
+                rejected,
+            }
+        })
         .collect();
-    let clock = std::time::Instant::now();
-    // Per (delta, seed): every agent's cumulative regret curve.
-    let curves = map_in_order(&runs, |&(delta, seed)| {
-        let bandit = WheelBandit::new(delta)?;
-        let run_seed = crate::rng::hash_words(&[settings.seed, EVAL_SEED, seed]);
-        let plain = protocol.plain();
-        let random_init = initial_theta(&plain, run_seed)?;
-        let features = protocol.net.sizes[protocol.net.sizes.len() - 2];
-        let mut list: Vec<Box<dyn Agent>> = vec![
-            Box::new(Uniform),
-            Box::new(LinFullPost::new(LINEAR_PRIOR)?),
-            Box::new(NeuralLinear::new(
-                OnlineLearner::new(
-                    plain.clone(),
-                    random_init.clone(),
-                    OnlineParams {
-                        every: protocol.neural_linear_every,
-                        ..protocol.online
-                    },
-                )?,
-                features,
-                NEURAL_LINEAR_PRIOR,
-            )?),
-            Box::new(Greedy {
-                learner: OnlineLearner::new(plain, random_init, protocol.online)?,
-            }),
-        ];
-        for (_, model, theta) in &trained {
-            list.push(Box::new(Greedy {
-                learner: OnlineLearner::new(model.clone(), theta.clone(), protocol.online)?,
-            }));
-        }
-        list.iter_mut()
-            .map(|agent| {
-                let regret = bandit_run::run(&bandit, agent.as_mut(), &protocol.run, run_seed)?.1;
-                Ok((regret, agent.rejected_updates()))
-            })
-            .collect::<Result<Vec<(Vec<f64>, usize)>>>()
-    })?;
-    let rejected: Vec<usize> = (0..agents.len())
-        .map(|a| curves.iter().map(|c| c[a].1).sum())
-        .collect();
-    let curves: Vec<Vec<Vec<f64>>> = curves
-        .into_iter()
-        .map(|c| c.into_iter().map(|(r, _)| r).collect())
-        .collect();
-    let eval_seconds = clock.elapsed().as_secs_f64();
+    Ok(UnitRows {
+        agents,
+        meta_log,
+        stopped,
+        meta_seconds,
+        eval_seconds: clock.elapsed().as_secs_f64(),
+    })
+}
 
-    let steps = protocol.run.steps;
+fn report(
+    settings: &Settings,
+    units: &[super::units::Stored],
+    files: &mut Vec<PathBuf>,
+) -> Result<BanditResults> {
+    let protocol = Protocol::new(settings.quick())?;
+    let p = &protocol;
+    let learners = p.meta_learners()?;
+    // Every stored unit, in unit order, with its seed index.
+    let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
+    for (k, m) in unit_list(p)? {
+        if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
+            stored.push((k, m, super::units::decode(u)?));
+        }
+    }
+    let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
+    for (name, _, _) in &learners {
+        agents.push(name.to_string());
+        if *name == MAML_OWN {
+            agents.push(MAML_COMMON.into());
+        }
+    }
+    // Only agents some stored unit ran (a report of part of the job).
+    agents.retain(|a| {
+        stored
+            .iter()
+            .any(|(_, _, u)| u.agents.iter().any(|r| &r.agent == a))
+    });
+    let runs_of = |agent: &str| -> Vec<(usize, &AgentRuns)> {
+        stored
+            .iter()
+            .flat_map(|(_, m, u)| u.agents.iter().filter(|r| r.agent == agent).map(move |r| (*m, r)))
+            .collect()
+    };
+    let steps = p.run.steps;
     let mut rows = Vec::new();
     let mut cells: Vec<Vec<Cell>> = vec![Vec::new(); agents.len()];
-    for &delta in &protocol.deltas {
+    for (d, &delta) in p.deltas.iter().enumerate() {
         let uniform_total = WheelBandit::new(delta)?.uniform_regret_per_step() * steps as f64;
         for (a, name) in agents.iter().enumerate() {
-            let per_seed: Vec<f64> = runs
-                .iter()
-                .zip(&curves)
-                .filter(|((d, _), _)| *d == delta)
-                .map(|(_, c)| c[a][steps - 1] / uniform_total)
-                .collect();
-            for (seed, v) in per_seed.iter().enumerate() {
-                rows.push(format!("{name},{delta},{seed},{:e},{v:e}", v * uniform_total));
+            let mut per_seed = Vec::new();
+            for (m, r) in runs_of(name) {
+                for (k, v) in r.regret[d].iter().enumerate() {
+                    rows.push(format!("{name},{delta},{m},{k},{v:e},{:e}", v / uniform_total));
+                }
+                per_seed.push(r.regret[d].iter().sum::<f64>() / r.regret[d].len() as f64 / uniform_total);
             }
-            let (mean, ci) = seed_mean_ci(&per_seed);
-            cells[a].push(Cell {
-                se: ci / t975(per_seed.len() - 1),
-                per_seed,
-                mean,
-            });
+            let (mean, ci95) = stats::mean_interval(&per_seed, 0.95);
+            cells[a].push(Cell { per_seed, mean, ci95 });
         }
     }
     write_csv(
         &settings.out.join("bandit_regret.csv"),
-        "agent,delta,seed,cumulative_regret,normalised_regret",
+        "agent,delta,seed,run,cumulative_regret,normalised_regret",
         &rows,
         files,
     )?;
-
-    // At each delta: the best meta-learned agent against the best baseline, paired over seeds.
-    let mut leads = Vec::new();
-    for (d, &delta) in protocol.deltas.iter().enumerate() {
-        let best = |range: std::ops::Range<usize>| {
-            range
-                .min_by(|&a, &b| cells[a][d].mean.total_cmp(&cells[b][d].mean))
-                .expect("agents")
-        };
-        let (meta, base) = (best(BASELINES..agents.len()), best(0..BASELINES));
-        let (better, worse) = if cells[meta][d].mean <= cells[base][d].mean {
-            (meta, base)
-        } else {
-            (base, meta)
-        };
-        let diffs: Vec<f64> = cells[worse][d]
-            .per_seed
-            .iter()
-            .zip(&cells[better][d].per_seed)
-            .map(|(w, b)| w - b)
-            .collect();
-        let (mean, ci95) = seed_mean_ci(&diffs);
-        leads.push(Lead {
-            delta,
-            better: agents[better].clone(),
-            worse: agents[worse].clone(),
-            mean,
-            ci95,
-        });
+    // Each meta-learned agent against each non-uniform reference at each delta: one family.
+    let references: Vec<usize> = (1..agents.len())
+        .filter(|&a| BASELINE_AGENTS.contains(&agents[a].as_str()) || agents[a] == MAML_OWN)
+        .collect();
+    let mut pairs = Vec::new();
+    for (a, agent) in agents.iter().enumerate().filter(|(_, n)| n.starts_with("CML")) {
+        for &r in &references {
+            for d in 0..p.deltas.len() {
+                pairs.push((a, r, d, agent));
+            }
+        }
     }
+    let diffs: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|&(a, r, d, _)| {
+            cells[a][d]
+                .per_seed
+                .iter()
+                .zip(&cells[r][d].per_seed)
+                .map(|(x, y)| x - y)
+                .collect()
+        })
+        .collect();
+    let margins: Vec<f64> = pairs
+        .iter()
+        .map(|&(a, r, d, _)| EQUIVALENCE_MARGIN * 0.5 * (cells[a][d].mean + cells[r][d].mean))
+        .collect();
+    let comparisons = pairs
+        .iter()
+        .zip(stats::compare_family(&diffs, &margins, ALPHA))
+        .map(|(&(_, r, d, agent), comparison)| BanditComparison {
+            delta: p.deltas[d],
+            agent: agent.clone(),
+            reference: agents[r].clone(),
+            comparison,
+        })
+        .collect();
 
-    // Regret against time at one delta (the hardest shown in the paper's table with a visible
-    // rim): mean cumulative regret over seeds with a +-1 standard error band.
-    let curve_delta = protocol.deltas[protocol.deltas.len().saturating_sub(2)];
-    let stride = (steps / 80).max(1);
+    // Regret against time at one delta: per seed the mean over its runs, then the mean over
+    // seeds with a +-1 standard error band.
+    let curve_delta = p.curve_delta();
+    let stride = p.stride();
     let mut time_rows = Vec::new();
     let mut time_panel = Panel::new(
         format!("wheel bandit, delta = {curve_delta}"),
@@ -411,21 +604,24 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
         false,
     );
     for (a, name) in agents.iter().enumerate() {
-        let at_delta: Vec<&Vec<f64>> = runs
+        let per_seed: Vec<Vec<f64>> = runs_of(name)
             .iter()
-            .zip(&curves)
-            .filter(|((d, _), _)| *d == curve_delta)
-            .map(|(_, c)| &c[a])
+            .map(|(_, r)| {
+                let n = r.curve.len() as f64;
+                (0..r.curve[0].len())
+                    .map(|t| r.curve.iter().map(|c| c[t]).sum::<f64>() / n)
+                    .collect()
+            })
             .collect();
-        let mut points = Vec::new();
-        let mut band = Vec::new();
-        for t in (stride - 1..steps).step_by(stride) {
-            let values: Vec<f64> = at_delta.iter().map(|c| c[t]).collect();
-            let (mean, ci) = seed_mean_ci(&values);
-            let se = ci / t975(values.len() - 1);
-            time_rows.push(format!("{name},{},{mean:e},{se:e}", t + 1));
-            points.push(((t + 1) as f64, mean));
-            band.push(((t + 1) as f64, mean - se, mean + se));
+        let (mut points, mut band) = (Vec::new(), Vec::new());
+        for t in 0..per_seed.first().map_or(0, Vec::len) {
+            let values: Vec<f64> = per_seed.iter().map(|c| c[t]).collect();
+            let (mean, ci) = stats::mean_interval(&values, 0.95);
+            let se = ci / t975(values.len().saturating_sub(1).max(1));
+            let step = (t + 1) * stride;
+            time_rows.push(format!("{name},{step},{mean:e},{se:e}"));
+            points.push((step as f64, mean));
+            band.push((step as f64, mean - se, mean + se));
         }
         let mut series = Series::new(name.clone(), points, a, Style::Line);
         series.band = band;
@@ -437,6 +633,63 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
         &time_rows,
         files,
     )?;
+    // Meta-training: per model, the mean over seeds of each seed's running mean.
+    let mut meta_rows = Vec::new();
+    let mut meta_panel = Panel::new(
+        "meta-training on wheel-bandit tasks",
+        "meta-step",
+        "query loss (masked MSE, mean over seeds)",
+        false,
+        false,
+    );
+    let mut meta_seconds = Vec::new();
+    let mut stopped = Vec::new();
+    for (i, (name, _, _)) in learners.iter().enumerate() {
+        let of_model: Vec<&UnitRows> = stored
+            .iter()
+            .filter(|(k, _, _)| *k == key(name))
+            .map(|s| &s.2)
+            .collect();
+        if of_model.is_empty() {
+            continue;
+        }
+        for (m, u) in stored
+            .iter()
+            .filter(|(k, _, _)| *k == key(name))
+            .map(|s| (s.1, &s.2))
+        {
+            for (step, loss) in &u.meta_log {
+                meta_rows.push(format!("{name},{m},{step},{loss:e}"));
+            }
+        }
+        stopped.extend(of_model.iter().filter_map(|u| u.stopped.clone()));
+        meta_seconds.push((
+            name.to_string(),
+            of_model.iter().map(|u| u.meta_seconds).sum::<f64>() / of_model.len() as f64,
+        ));
+        let steps = of_model.iter().map(|u| u.meta_log.len()).min().unwrap_or(0);
+        let smoothed: Vec<Vec<(f64, f64)>> = of_model
+            .iter()
+            .map(|u| running_mean(&u.meta_log[..steps].iter().map(|s| s.1).collect::<Vec<_>>()))
+            .collect();
+        let line: Vec<(f64, f64)> = (0..steps)
+            .map(|k| {
+                (
+                    smoothed[0][k].0,
+                    smoothed.iter().map(|s| s[k].1).sum::<f64>() / smoothed.len() as f64,
+                )
+            })
+            .collect();
+        meta_panel
+            .series
+            .push(Series::new(*name, line, BASELINE_AGENTS.len() + i, Style::Line));
+    }
+    write_csv(
+        &settings.out.join("bandit_meta_training.csv"),
+        "model,seed,meta_step,query_loss",
+        &meta_rows,
+        files,
+    )?;
     save(
         settings,
         "bandit_regret",
@@ -446,18 +699,20 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<BanditResult
         },
         files,
     )?;
-
-    let retrainings_per_run = steps / protocol.online.every;
+    let rejected = agents
+        .iter()
+        .map(|a| runs_of(a).iter().map(|(_, r)| r.rejected).sum())
+        .collect();
     let results = BanditResults {
+        retrainings_per_run: steps / p.online.every,
+        eval_seconds: stored.iter().map(|s| s.2.eval_seconds).sum(),
         protocol,
         agents,
         cells,
-        leads,
+        comparisons,
         meta_seconds,
-        eval_seconds,
         curve_delta,
         rejected,
-        retrainings_per_run,
         stopped,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
@@ -477,17 +732,22 @@ pub const NEURAL_LINEAR_PRIOR: Prior = Prior {
     lambda: 23.0,
 };
 
-/// The Markdown table: normalised cumulative regret, mean +- standard error over seeds.
+/// The Markdown tables: normalised cumulative regret over meta-training seeds, then the
+/// meta-learned agents against the references.
 pub fn table(r: &BanditResults) -> String {
     let p = &r.protocol;
     let mut t = format!(
         "# Wheel bandit: cumulative regret relative to the uniform policy\n\n\
-         Generated by `cml figures`: {} contexts per run, {} seeds per delta (the same contexts and reward\n\
-         noise for every agent of a seed); mean +- standard error over seeds of the cumulative regret divided\n\
-         by the uniform policy's expected cumulative regret (lower is better; uniform = 1). Networks {}\n\
-         (tanh); meta-training: {} meta-steps of {} tasks ({} support, {} query pulls, delta ~ U(0, 1)).\n\n| agent |",
+         Generated by `cml figures`: {} contexts per run; {} meta-training seeds, each with {} evaluation runs per delta\n\
+         (the same contexts and reward noise for every agent of a run). Per seed, the mean over its runs of the cumulative\n\
+         regret divided by the uniform policy's expected cumulative regret (lower is better; uniform = 1); then the mean over\n\
+         seeds with a 95% t-interval. The baselines are not meta-learned; their seeds group the same evaluation runs.\n\
+         Networks {} (tanh); meta-training: {} meta-steps of {} tasks ({} support, {} query pulls, delta ~ U(0, 1)).\n\
+         MAML is deployed with its meta-training inner loop ({} gradient steps of {} per retraining) and, labelled, with\n\
+         the online loop of the other networks.\n\n| agent |",
         p.run.steps,
-        p.seeds,
+        p.meta_seeds,
+        p.runs_per_seed,
         p.net
             .sizes
             .iter()
@@ -497,7 +757,9 @@ pub fn table(r: &BanditResults) -> String {
         p.meta_steps,
         p.meta_batch,
         p.support,
-        p.query
+        p.query,
+        p.maml_steps,
+        p.maml_step_size
     );
     for d in &p.deltas {
         t.push_str(&format!(" delta = {d} |"));
@@ -508,7 +770,7 @@ pub fn table(r: &BanditResults) -> String {
     for (a, name) in r.agents.iter().enumerate() {
         t.push_str(&format!("| {name} |"));
         for c in &r.cells[a] {
-            t.push_str(&format!(" {} +- {} |", num(c.mean), num(c.se)));
+            t.push_str(&format!(" {} ± {} |", num(c.mean), num(c.ci95)));
         }
         t.push('\n');
     }
@@ -522,31 +784,35 @@ pub fn table(r: &BanditResults) -> String {
     t.push_str(&format!(
         "\nOnline retrainings rejected by the divergence rule (the agent kept its weights), over all {} runs \
          ({} retrainings per run for the greedy networks, {} for NeuralLinear): {}.\n",
-        p.deltas.len() * p.seeds,
+        p.deltas.len() * p.meta_seeds * p.runs_per_seed,
         r.retrainings_per_run,
         p.run.steps / p.neural_linear_every,
         super::joined_or_none(&rejected, ", ")
     ));
     t.push_str(&super::stopped_note(&r.stopped));
-    t.push_str("\nBest meta-learned agent against the best non-meta-learned one, paired over seeds (95% t-interval):\n\n");
-    for l in &r.leads {
-        t.push_str(&format!("- delta = {}: {}\n", l.delta, lead_sentence(l)));
+    t.push_str(&format!(
+        "\n## Meta-learned agents against the references, paired over seeds\n\n\
+         Normalised regret of the agent minus the reference's (negative favours the agent). One family of {}\n\
+         comparisons: paired t-tests and equivalence tests (TOST, margin ± {}x the mean of the two regrets), each\n\
+         Holm-adjusted; verdict at {ALPHA}.\n\n\
+         | delta | agent | reference | difference | 95% interval | p (Holm) | equivalence p (Holm) | verdict |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        r.comparisons.len(),
+        EQUIVALENCE_MARGIN
+    ));
+    for c in &r.comparisons {
+        let k = &c.comparison;
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | ± {} | {} | {} | {} |\n",
+            c.delta,
+            c.agent,
+            c.reference,
+            num(k.mean),
+            num(k.ci95),
+            super::training::p_value(k.holm),
+            super::training::p_value(k.equivalence_holm),
+            k.verdict.describe()
+        ));
     }
     t
-}
-
-/// A verdict computed from the paired difference: significant only if the interval excludes 0.
-pub fn lead_sentence(l: &Lead) -> String {
-    let verdict = if l.mean - l.ci95 > 0.0 {
-        "the interval excludes 0"
-    } else {
-        "the interval includes 0: no significant difference"
-    };
-    format!(
-        "{} has lower mean regret than {}, by {} +- {} ({verdict})",
-        l.better,
-        l.worse,
-        num(l.mean),
-        num(l.ci95)
-    )
 }

@@ -5,6 +5,7 @@
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
 use super::plot::{Figure, Panel, Series, Style};
+use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::weight_decay::decay_estimators;
 use super::{Settings, save, write_csv, write_table};
@@ -17,9 +18,9 @@ use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::model::Mlp;
 use crate::oracle::Oracle;
-use crate::parallel::map_in_order;
 use crate::problem::{BilevelProblem, ProblemInstance};
 use crate::rng::{hash_words, stream};
+use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
@@ -56,7 +57,7 @@ impl Protocol {
                 step_size: 0.2,
                 initial_decay: 1e-3,
                 beta: 0.5,
-                grid: vec![1e-4, 1e-2],
+                grid: vec![0.0, 1e-4, 1e-2],
             }
         } else {
             Protocol {
@@ -72,7 +73,9 @@ impl Protocol {
                 step_size: 0.2,
                 initial_decay: 1e-3,
                 beta: 0.5,
-                grid: vec![1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
+                // From no decay at all to a decay that dominates the data loss, so that the
+                // search brackets its optimum or ends at "no decay".
+                grid: vec![0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
             }
         })
     }
@@ -101,7 +104,7 @@ impl Protocol {
 
 /// Validation cross-entropy during meta-training, and the final test metrics after retraining
 /// on training + validation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Final {
     pub validation_ce: f64,
     pub test_ce: f64,
@@ -128,6 +131,7 @@ pub struct DigitsDecayResults {
     pub methods: Vec<MethodResult>,
     /// The single decay chosen on validation, per seed.
     pub chosen_single: Vec<f64>,
+    pub comparisons: Vec<DecayComparison>,
 }
 
 /// One seed's data: standardised splits and the initial weights.
@@ -209,27 +213,110 @@ fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
     })
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayResults> {
-    let protocol = Protocol::new(settings.quick())?;
-    let all = load_digits()?;
-    let seeds: Vec<u64> = (0..protocol.seeds as u64)
-        .map(|s| hash_words(&[settings.seed, 52, s]))
-        .collect();
-    let data: Vec<SeedData> = seeds
-        .iter()
-        .map(|&s| seed_data(&protocol, &all, s))
-        .collect::<Result<_>>()?;
-    let n = protocol.net.param_count();
-    let theta0 = Vector::from_element(n, protocol.initial_decay.ln());
-    let estimators = protocol.estimators();
-    let units: Vec<(usize, usize)> = (0..estimators.len())
-        .flat_map(|e| (0..data.len()).map(move |s| (e, s)))
-        .collect();
-    // Per (estimator, seed): the validation curve and the learned strengths.
-    let runs = map_in_order(&units, |&(e, s)| {
-        let d = &data[s];
-        let mut curve = vec![(0, curve_point(&protocol, d, &theta0)?)];
-        let mut run = MetaExecutor::new(theta0.clone(), protocol.meta_lr);
+/// The job: one unit per meta-learning method and seed, and one per seed for the two baselines
+/// (the fixed decay, and the single decay a grid search on validation chooses).
+pub(super) struct DigitsDecay;
+pub(super) static DIGITS_DECAY: DigitsDecay = DigitsDecay;
+
+/// A method's name in unit names: lower case, words joined by dashes.
+fn key(name: &str) -> String {
+    name.to_lowercase().replace(' ', "-")
+}
+
+const BASELINES: &str = "baselines";
+
+/// Every unit: (method key, seed index), the methods first, then the baselines.
+fn unit_list(protocol: &Protocol) -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (name, _) in protocol.estimators() {
+        out.extend((0..protocol.seeds).map(|s| (key(name), s)));
+    }
+    out.extend((0..protocol.seeds).map(|s| (BASELINES.to_string(), s)));
+    out
+}
+
+fn unit_name(key: &str, seed: usize) -> String {
+    format!("{key}-seed{seed}")
+}
+
+/// The data seed of seed index `s`.
+fn data_seed(settings: &Settings, s: usize) -> u64 {
+    hash_words(&[settings.seed, 52, s as u64])
+}
+
+/// What a method's unit leaves: its curve (meta-step, validation and test cross-entropy) and
+/// final metrics.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MethodRun {
+    curve: Vec<(usize, (f64, f64))>,
+    last: Final,
+}
+
+/// What a seed's baselines unit leaves: the fixed decay's metrics, the grid's validation scores,
+/// and the chosen decay's metrics.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct BaselineRun {
+    fixed: Final,
+    grid: Vec<(f64, f64)>,
+    chosen: f64,
+    best: Final,
+}
+
+/// The strengths of one decay for every parameter; decay 0 (no decay) as the smallest positive
+/// float, whose exponential underflows to 0 in the losses.
+fn uniform_theta(n: usize, decay: f64) -> Vector {
+    Vector::from_element(n, decay.max(f64::MIN_POSITIVE).ln())
+}
+
+impl super::units::Job for DigitsDecay {
+    fn name(&self) -> &'static str {
+        "digits-decay"
+    }
+
+    fn about(&self) -> &'static str {
+        "per-parameter weight decay of a digit classifier: the contrastive rule against CG, Neumann, T1-T2, truncated BPTT"
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        super::units::encode(&Protocol::new(settings.quick())?)
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        Ok(unit_list(&Protocol::new(settings.quick())?)
+            .iter()
+            .map(|(k, s)| unit_name(k, *s))
+            .collect())
+    }
+
+    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+        let protocol = Protocol::new(settings.quick())?;
+        let (method, s) = super::units::lookup(self, settings, unit, unit_list(&protocol), |(k, s)| {
+            unit_name(k, *s)
+        })?;
+        let d = seed_data(&protocol, &load_digits()?, data_seed(settings, s))?;
+        let n = protocol.net.param_count();
+        let theta0 = uniform_theta(n, protocol.initial_decay);
+        if method == BASELINES {
+            let grid = protocol
+                .grid
+                .iter()
+                .map(|&decay| Ok((decay, validation_ce(&protocol, &d, &uniform_theta(n, decay))?)))
+                .collect::<Result<Vec<_>>>()?;
+            let chosen = grid.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a grid").0;
+            return super::units::encode(&BaselineRun {
+                fixed: finish(&protocol, &d, &theta0)?,
+                grid,
+                chosen,
+                best: finish(&protocol, &d, &uniform_theta(n, chosen))?,
+            });
+        }
+        let estimators = protocol.estimators();
+        let (_, spec) = estimators
+            .iter()
+            .find(|(name, _)| key(name) == method)
+            .expect("a method of the unit list");
+        let mut curve = vec![(0, curve_point(&protocol, &d, &theta0)?)];
+        let mut run = MetaExecutor::new(theta0, protocol.meta_lr);
         run.run(
             protocol.meta_steps,
             OnFailure::Error,
@@ -241,43 +328,52 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
                     &d.phi_init,
                     theta,
                 )?;
-                Ok((estimators[e].1.estimator().estimate(&p, p.theta())?.gradient, ()))
+                Ok((spec.estimator().estimate(&p, p.theta())?.gradient, ()))
             },
             |run, ()| {
                 if run.step % protocol.eval_every == 0 || run.step == protocol.meta_steps {
-                    curve.push((run.step, curve_point(&protocol, d, &run.theta)?));
+                    curve.push((run.step, curve_point(&protocol, &d, &run.theta)?));
                 }
                 Ok(Flow::Continue)
             },
         )?;
-        let theta = run.theta;
-        Ok((curve, finish(&protocol, d, &theta)?))
-    })?;
-    // Baselines per seed: the initial decay, and the best single decay chosen on validation.
-    let baselines = map_in_order(&data, |d| {
-        let fixed = finish(&protocol, d, &theta0)?;
-        let mut best = (f64::INFINITY, protocol.grid[0]);
-        for &decay in &protocol.grid {
-            let v = validation_ce(&protocol, d, &Vector::from_element(n, decay.ln()))?;
-            if v < best.0 {
-                best = (v, decay);
-            }
-        }
-        Ok((
-            fixed,
-            finish(&protocol, d, &Vector::from_element(n, best.1.ln()))?,
-            best.1,
-        ))
-    })?;
+        super::units::encode(&MethodRun {
+            curve,
+            last: finish(&protocol, &d, &run.theta)?,
+        })
+    }
 
+    fn report(
+        &self,
+        settings: &Settings,
+        units: &[super::units::Stored],
+        files: &mut Vec<PathBuf>,
+    ) -> Result<super::template::Context> {
+        Ok(super::writeup::digits_decay_section(&report(
+            settings, units, files,
+        )?))
+    }
+}
+
+fn report(
+    settings: &Settings,
+    units: &[super::units::Stored],
+    files: &mut Vec<PathBuf>,
+) -> Result<DigitsDecayResults> {
+    let protocol = Protocol::new(settings.quick())?;
+    let find = |k: &str, s: usize| units.iter().find(|u| u.unit == unit_name(k, s));
+    let baselines: Vec<BaselineRun> = (0..protocol.seeds)
+        .filter_map(|s| find(BASELINES, s))
+        .map(super::units::decode)
+        .collect::<Result<_>>()?;
     let mut methods = vec![
         MethodResult {
             method: format!("fixed decay {}", protocol.initial_decay),
-            per_seed: baselines.iter().map(|b| b.0).collect(),
+            per_seed: baselines.iter().map(|b| b.fixed).collect(),
         },
         MethodResult {
-            method: "best single decay (grid, chosen on validation)".into(),
-            per_seed: baselines.iter().map(|b| b.1).collect(),
+            method: BEST_SINGLE.into(),
+            per_seed: baselines.iter().map(|b| b.best).collect(),
         },
     ];
     let mut curve_rows = Vec::new();
@@ -291,21 +387,21 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         )
     };
     let (mut validation, mut test) = (panel("validation"), panel("test"));
-    type Run = (Vec<(usize, (f64, f64))>, Final);
-    for (e, (name, _)) in estimators.iter().enumerate() {
-        let of_e: Vec<&Run> = units
-            .iter()
-            .zip(&runs)
-            .filter(|((ei, _), _)| *ei == e)
-            .map(|(_, r)| r)
-            .collect();
+    for (e, (name, _)) in protocol.estimators().iter().enumerate() {
+        let runs: Vec<MethodRun> = (0..protocol.seeds)
+            .filter_map(|s| find(&key(name), s))
+            .map(super::units::decode)
+            .collect::<Result<_>>()?;
+        if runs.is_empty() {
+            continue;
+        }
         methods.push(MethodResult {
             method: name.to_string(),
-            per_seed: of_e.iter().map(|r| r.1).collect(),
+            per_seed: runs.iter().map(|r| r.last).collect(),
         });
         let (mut v_points, mut t_points) = (Vec::new(), Vec::new());
-        for (k, &(step, _)) in of_e[0].0.iter().enumerate() {
-            let values: Vec<(f64, f64)> = of_e.iter().map(|r| r.0[k].1).collect();
+        for (k, &(step, _)) in runs[0].curve.iter().enumerate() {
+            let values: Vec<(f64, f64)> = runs.iter().map(|r| r.curve[k].1).collect();
             for (s, (v, t)) in values.iter().enumerate() {
                 curve_rows.push(format!("{name},{s},{step},{v:e},{t:e}"));
             }
@@ -321,17 +417,19 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
     }
     let flat = |v: f64| vec![(0.0, v), (protocol.meta_steps as f64, v)];
     // Short legend labels, so the legend stays beside the plot.
-    for (i, (m, label)) in methods[..2]
-        .iter()
-        .zip(["fixed decay", "best single decay"])
-        .enumerate()
-    {
-        validation.series.push(Series::new(
-            label,
-            flat(m.stat(|f| f.validation_ce).0),
-            5 + i,
-            Style::Dashed,
-        ));
+    if !baselines.is_empty() {
+        for (i, (m, label)) in methods[..2]
+            .iter()
+            .zip(["fixed decay", "best single decay"])
+            .enumerate()
+        {
+            validation.series.push(Series::new(
+                label,
+                flat(m.stat(|f| f.validation_ce).0),
+                5 + i,
+                Style::Dashed,
+            ));
+        }
     }
     write_csv(
         &settings.out.join("digits_decay_curves.csv"),
@@ -354,6 +452,22 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         &final_rows,
         files,
     )?;
+    // The grid search, recorded: every decay's validation score per seed, and the choice.
+    let grid_rows: Vec<String> = baselines
+        .iter()
+        .enumerate()
+        .flat_map(|(s, b)| {
+            b.grid
+                .iter()
+                .map(move |(decay, v)| format!("{s},{decay:e},{v:e},{}", *decay == b.chosen))
+        })
+        .collect();
+    write_csv(
+        &settings.out.join("digits_decay_grid.csv"),
+        "seed,decay,validation_cross_entropy,chosen",
+        &grid_rows,
+        files,
+    )?;
     save(
         settings,
         "digits_decay",
@@ -363,13 +477,64 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<DigitsDecayR
         },
         files,
     )?;
+    let comparisons = compare(&methods);
     let results = DigitsDecayResults {
         protocol,
         methods,
-        chosen_single: baselines.iter().map(|b| b.2).collect(),
+        chosen_single: baselines.iter().map(|b| b.chosen).collect(),
+        comparisons,
     };
     write_table(settings, "digits_decay.md", &table(&results), files)?;
     Ok(results)
+}
+
+/// The name of the grid-search baseline.
+const BEST_SINGLE: &str = "best single decay (grid search on validation)";
+
+/// Two methods' test accuracies are equivalent within this many (fractional) points, 1
+/// percentage point (fixed before any run; docs/PROTOCOL.md).
+pub const EQUIVALENCE_MARGIN: f64 = 0.01;
+
+/// One comparison of the table's family, on test accuracy paired over seeds.
+#[derive(Debug, Clone)]
+pub struct DecayComparison {
+    pub first: String,
+    pub second: String,
+    pub comparison: Comparison,
+}
+
+/// The table's family: each meta-learning method against the best single decay, and the
+/// contrastive rule against each other meta-learning method.
+fn compare(methods: &[MethodResult]) -> Vec<DecayComparison> {
+    let accuracy = |m: &MethodResult| m.per_seed.iter().map(|f| f.test_accuracy).collect::<Vec<_>>();
+    let learned = methods
+        .iter()
+        .filter(|m| !m.method.starts_with("fixed") && m.method != BEST_SINGLE);
+    let mut pairs: Vec<(&MethodResult, &MethodResult)> = Vec::new();
+    if let Some(best) = methods.iter().find(|m| m.method == BEST_SINGLE) {
+        pairs.extend(learned.clone().map(|m| (m, best)));
+    }
+    let mut learned = learned;
+    if let Some(rule) = learned.next() {
+        pairs.extend(learned.map(|m| (rule, m)));
+    }
+    let diffs: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|(a, b)| accuracy(a).iter().zip(accuracy(b)).map(|(x, y)| x - y).collect())
+        .collect();
+    pairs
+        .iter()
+        .zip(stats::compare_family(
+            &diffs,
+            &vec![EQUIVALENCE_MARGIN; diffs.len()],
+            ALPHA,
+        ))
+        .map(|((a, b), comparison)| DecayComparison {
+            first: a.method.clone(),
+            second: b.method.clone(),
+            comparison,
+        })
+        .collect()
 }
 
 /// Test accuracy and cross-entropy per method, mean +- 95% t-interval over seeds.
@@ -381,7 +546,8 @@ pub fn table(r: &DigitsDecayResults) -> String {
          {} training / {} validation / {} test images per seed (standardised on the training images), {} seeds.\n\
          {} meta-steps of Adam (lr {}) on the validation cross-entropy after {} gradient steps of size {}; then every\n\
          method retrains on training + validation with its strengths and is tested. Mean +- 95% t-interval over\n\
-         seeds. Best single decay chosen per seed: {:?}.\n\n\
+         seeds. Best single decay chosen per seed on validation, from the grid {:?}: {:?}{} (every score:\n\
+         `digits_decay_grid.csv`).\n\n\
          | method | test accuracy | test cross-entropy | validation cross-entropy |\n|---|---|---|---|\n",
         p.net
             .sizes
@@ -398,7 +564,9 @@ pub fn table(r: &DigitsDecayResults) -> String {
         p.meta_lr,
         p.free_steps,
         p.step_size,
-        r.chosen_single
+        p.grid,
+        r.chosen_single,
+        grid_edge_flag(&p.grid, &r.chosen_single)
     );
     for m in &r.methods {
         let (a, ac) = m.stat(|f| f.test_accuracy);
@@ -415,5 +583,58 @@ pub fn table(r: &DigitsDecayResults) -> String {
             vc
         ));
     }
+    t.push_str(&format!(
+        "\n## Comparisons of test accuracy, paired over seeds\n\n\
+         Each meta-learning method against the best single decay, and the contrastive rule against each other method:\n\
+         one family of {} comparisons, paired t-tests and equivalence tests (TOST, margin ± {:.1} points), each\n\
+         Holm-adjusted; verdict at {ALPHA}.\n\n\
+         | first | second | difference (points) | 95% interval | p (Holm) | equivalence p (Holm) | verdict |\n|---|---|---|---|---|---|---|\n",
+        r.comparisons.len(),
+        100.0 * EQUIVALENCE_MARGIN
+    ));
+    for c in &r.comparisons {
+        let k = &c.comparison;
+        t.push_str(&format!(
+            "| {} | {} | {:.2} | ± {:.2} | {} | {} | {} |\n",
+            c.first,
+            c.second,
+            100.0 * k.mean,
+            100.0 * k.ci95,
+            super::training::p_value(k.holm),
+            super::training::p_value(k.equivalence_holm),
+            k.verdict.describe()
+        ));
+    }
     t
+}
+
+/// A note when a choice sits at an edge of its grid: at the lower edge (no decay) the search
+/// says regularisation does not help on validation; at the upper edge the grid must grow.
+pub fn grid_edge_flag(grid: &[f64], chosen: &[f64]) -> String {
+    let (low, high) = (grid[0], grid[grid.len() - 1]);
+    let at_low = chosen.iter().filter(|&&c| c == low).count();
+    let at_high = chosen.iter().filter(|&&c| c == high).count();
+    let mut notes = Vec::new();
+    if at_low > 0 {
+        notes.push(format!(
+            "{at_low} of {} seeds chose the grid's lower edge ({low}){}",
+            chosen.len(),
+            if low == 0.0 {
+                ", no decay: the search finds no benefit from a single decay"
+            } else {
+                ", **at the edge: the grid must be extended**"
+            }
+        ));
+    }
+    if at_high > 0 {
+        notes.push(format!(
+            "{at_high} of {} seeds chose the grid's upper edge ({high}), **at the edge: the grid must be extended**",
+            chosen.len()
+        ));
+    }
+    if notes.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", notes.join("; "))
+    }
 }

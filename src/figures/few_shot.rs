@@ -1,17 +1,21 @@
 //! The paper's §5.3 in the Omniglot protocol on the shipped handwritten digits: 5-way 1-shot and
-//! 5-shot classification, classes (digit, rotation), meta-train digits 0-6 and meta-test digits
-//! 7-9; the contrastive rule against MAML, first-order MAML, Reptile and iMAML
-//! (docs/DIGITS.md §3).
+//! 5-shot classification; meta-training classes are digits 0, 1, 2, 6, 9 with rotations as
+//! augmentation, meta-test classes the upright digits 3, 4, 5, 7, 8; the contrastive rule against
+//! MAML, first-order MAML, Reptile and iMAML (docs/DIGITS.md §3). One unit per setting, method and
+//! meta-training seed; each method is scored against its matched baseline (the untrained
+//! initialisation adapted by the method's own inner loop) on the same episodes (docs/PROTOCOL.md).
 
 use super::plot::{Figure, Panel, Series, Style};
-use super::training::seed_mean_ci;
+use super::template::Context;
+use super::training::ALPHA;
+use super::units::{Job, Stored};
 use super::{Settings, running_mean, save, write_csv, write_table};
-use crate::digits::{ClassPool, Episode, accuracy, load_digits};
+use crate::digits::{ClassPool, Episode, META_TEST_DIGITS, META_TRAIN_DIGITS, accuracy, load_digits};
 use crate::error::{CmlError, Result};
 use crate::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled, Variant,
 };
-use crate::inner::{GdParams, InnerSolver, Phase};
+use crate::inner::{Divergence, GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::meta_training::TaskMetaTraining;
 use crate::model::Mlp;
@@ -20,11 +24,9 @@ use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
 use crate::problem::{BilevelProblem, ProblemInstance, Synapse, SynapseSpec};
 use crate::rng::stream;
-use std::path::PathBuf;
+use crate::stats::{self, Comparison};
+use std::path::{Path, PathBuf};
 
-/// Digits whose rotations are the meta-training classes; the others are the meta-test classes.
-pub const TRAIN_DIGITS: [usize; 7] = [0, 1, 2, 3, 4, 5, 6];
-pub const TEST_DIGITS: [usize; 3] = [7, 8, 9];
 pub const WAYS: usize = 5;
 /// Query images per class, as in the Omniglot protocol.
 pub const QUERIES: usize = 15;
@@ -46,6 +48,8 @@ pub struct Protocol {
     /// Gradient steps of MAML, first-order MAML and Reptile, and their size.
     pub maml_steps: usize,
     pub maml_step_size: f64,
+    /// Independent meta-training seeds (a new initialisation, task stream and test episodes each).
+    pub seeds: usize,
 }
 
 impl Protocol {
@@ -64,6 +68,7 @@ impl Protocol {
                 nudged_steps: 10,
                 maml_steps: 3,
                 maml_step_size: 0.5,
+                seeds: 2,
             }
         } else {
             Protocol {
@@ -79,6 +84,7 @@ impl Protocol {
                 nudged_steps: 100,
                 maml_steps: 10,
                 maml_step_size: 0.05,
+                seeds: 5,
             }
         }
     }
@@ -101,12 +107,13 @@ impl Protocol {
     }
 
     /// The contrastive phases: SGD with Nesterov momentum 0.9, step 0.01 (the paper's; a fresh
-    /// optimiser per phase).
+    /// optimiser per phase). Only a non-finite loss ends a phase, as in the paper's code.
     fn phase(&self, steps: usize) -> Result<GdParams> {
         Ok(GdParams {
             step_size: Some(0.01),
             max_steps: steps,
             optimizer: Optimizer::from_name("nesterov", 0.9)?,
+            divergence: Divergence::NonFinite,
             ..GdParams::default()
         })
     }
@@ -115,6 +122,7 @@ impl Protocol {
         GdParams {
             step_size: Some(self.maml_step_size),
             max_steps: self.maml_steps,
+            divergence: Divergence::NonFinite,
             ..GdParams::default()
         }
     }
@@ -122,56 +130,66 @@ impl Protocol {
     /// The methods compared.
     pub fn methods(&self) -> Result<Vec<Method>> {
         let free = self.phase(self.free_steps)?;
-        let method = |name, strength, estimator, adaptation| Method {
+        let method = |name, key, strength, estimator, adaptation| Method {
             name,
+            key,
             strength,
             estimator,
             adaptation,
         };
         let first_order = |rule| {
-            Some(EstimatorSpec::FirstOrder(FirstOrder {
+            EstimatorSpec::FirstOrder(FirstOrder {
                 rule,
                 free: self.sgd(),
-            }))
+            })
         };
         Ok(vec![
             method(
                 "CML (symmetric)",
+                "cml",
                 self.strength,
-                Some(EstimatorSpec::Contrastive(Contrastive {
+                EstimatorSpec::Contrastive(Contrastive {
                     variant: Variant::Symmetric,
                     beta: self.beta,
                     free,
                     nudged: self.phase(self.nudged_steps)?,
-                })),
+                }),
                 free,
             ),
             method(
                 "iMAML (CG)",
+                "imaml",
                 self.strength,
-                Some(EstimatorSpec::Implicit(Implicit {
+                EstimatorSpec::Implicit(Implicit {
                     solver: LinearSolver::ConjugateGradient { steps: 10 },
                     free,
-                })),
+                }),
                 free,
             ),
             method(
                 "MAML",
+                "maml",
                 0.0,
-                Some(EstimatorSpec::Unrolled(Unrolled {
+                EstimatorSpec::Unrolled(Unrolled {
                     inner: self.sgd(),
                     truncation: None,
-                })),
+                }),
                 self.sgd(),
             ),
             method(
                 "first-order MAML",
+                "fomaml",
                 0.0,
                 first_order(FirstOrderRule::FirstOrderMaml),
                 self.sgd(),
             ),
-            method("Reptile", 0.0, first_order(FirstOrderRule::Reptile), self.sgd()),
-            method("no meta-learning", 0.0, None, self.sgd()),
+            method(
+                "Reptile",
+                "reptile",
+                0.0,
+                first_order(FirstOrderRule::Reptile),
+                self.sgd(),
+            ),
         ])
     }
 }
@@ -180,159 +198,365 @@ impl Protocol {
 #[derive(Debug, Clone)]
 pub struct Method {
     pub name: &'static str,
+    /// Its name in unit names.
+    pub key: &'static str,
     /// The complex synapse's fixed strength (0: a plain network).
     pub strength: f64,
-    /// How `omega` is meta-learned (`None`: not at all).
-    pub estimator: Option<EstimatorSpec>,
+    /// How `omega` is meta-learned.
+    pub estimator: EstimatorSpec,
     /// The inner loop a meta-test episode runs (the estimator's own).
     pub adaptation: GdParams,
 }
 
-/// Meta-test accuracy of one method in one setting, over the test episodes.
-#[derive(Debug, Clone)]
-pub struct Accuracy {
-    pub method: String,
-    pub shots: usize,
-    pub mean: f64,
-    /// Half-width of the 95% t-interval over episodes.
-    pub ci95: f64,
-    /// Meta-test episodes whose adaptation diverged (scored without adaptation).
-    pub diverged: usize,
-    /// Accuracy on each meta-test episode (the same episodes for every method of a setting).
-    pub per_episode: Vec<f64>,
+/// Stream numbers of a unit's seed.
+const META_TEST: u64 = 21;
+const INIT: u64 = 22;
+
+/// Two methods' meta-test accuracies are equivalent when their difference lies within this many
+/// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
+pub const EQUIVALENCE_MARGIN: f64 = 0.02;
+
+/// The job: one unit per setting (shots), method and meta-training seed.
+pub(super) struct FewShot;
+pub(super) static FEW_SHOT: FewShot = FewShot;
+
+fn unit_name(shots: usize, key: &str, seed: u64) -> String {
+    format!("{shots}shot-{key}-seed{seed}")
+}
+
+/// Every unit of the job, in order: shots, method, seed.
+fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
+    let p = Protocol::new(settings.quick());
+    let mut out = Vec::new();
+    for &shots in &p.shots {
+        for method in p.methods()? {
+            for seed in (0..p.seeds as u64).map(|s| settings.seed + s) {
+                out.push((shots, method.clone(), seed));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What one meta-training run leaves for the report.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct SeedRun {
+    /// Accuracy on each meta-test episode after meta-training, and of the matched baseline (the
+    /// untrained initialisation adapted by the same inner loop) on the same episodes.
+    accuracy: Vec<f64>,
+    baseline: Vec<f64>,
+    /// Episodes whose adaptation reached a non-finite loss (scored unadapted).
+    diverged: usize,
+    baseline_diverged: usize,
+    /// (meta-step, meta-batch query cross-entropy) of meta-training.
+    curve: Vec<(usize, f64)>,
+    /// Why meta-training stopped before its last meta-step, if it did.
+    stopped: Option<String>,
     /// Wall seconds of meta-training (not reproducible; the table only).
-    pub meta_seconds: f64,
+    seconds: f64,
+}
+
+impl Job for FewShot {
+    fn name(&self) -> &'static str {
+        "few-shot"
+    }
+
+    fn about(&self) -> &'static str {
+        "5-way 1- and 5-shot digits in the Omniglot protocol, matched baselines, 5 seeds"
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        super::units::encode(&Protocol::new(settings.quick()))
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        Ok(runs(settings)?
+            .iter()
+            .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed))
+            .collect())
+    }
+
+    fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<serde_json::Value> {
+        let (shots, method, seed) =
+            super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
+                unit_name(*shots, m.key, *seed)
+            })?;
+        super::units::encode(&run_seed(&Protocol::new(settings.quick()), shots, &method, seed)?)
+    }
+
+    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
+        Ok(super::writeup::few_shot_section(&report(settings, units, files)?))
+    }
+}
+
+/// Meta-trains `method` from `seed` and scores it, and its matched baseline, on the seed's
+/// meta-test episodes.
+fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64) -> Result<SeedRun> {
+    let data = load_digits()?;
+    let train_pool = ClassPool::new(&data, &META_TRAIN_DIGITS)?;
+    let test_pool = ClassPool::upright(&data, &META_TEST_DIGITS)?;
+    let theta0 = p.net()?.init(&mut stream(seed, INIT));
+    let mut rng = stream(seed, META_TEST + 100 * shots as u64);
+    let episodes: Vec<Episode> = (0..p.test_episodes)
+        .map(|_| test_pool.episode(&mut rng, WAYS, shots, QUERIES))
+        .collect::<Result<_>>()?;
+    let spec = p.synapse(method.strength)?;
+    let build = |e: &Episode, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
+        Ok(Box::new(Synapse::new(spec.clone(), e.clone(), theta)?))
+    };
+    let run = TaskMetaTraining {
+        estimator: &method.estimator,
+        meta_steps: p.meta_steps,
+        meta_batch: p.meta_batch,
+        meta_lr: p.meta_lr,
+        seed,
+        sample: &|rng| train_pool.episode(rng, WAYS, shots, QUERIES),
+        problem: &build,
+        observe: None,
+    }
+    .run(theta0.clone())?;
+    // Only a non-finite loss ends an adaptation (the phases' rule); such an episode is scored at
+    // the parameters it started from and counted.
+    let score = |theta: &Vector| -> Result<(Vec<f64>, usize)> {
+        let scored = map_in_order(&episodes, |e| {
+            let problem = Synapse::new(spec.clone(), e.clone(), theta)?;
+            let theta = to_tensor(theta)?;
+            let start = problem.initial_phi(&theta)?;
+            let (phi, diverged) = match method.adaptation.solve(
+                &Oracle::new(&problem),
+                &Phase::new(&start, &theta, 0.0, "adaptation"),
+            ) {
+                Ok(s) => (s.phi, false),
+                Err(CmlError::Diverged { .. }) => (start, true),
+                Err(e) => return Err(e),
+            };
+            let x = candle_core::Tensor::from_vec(
+                e.query.x.clone(),
+                (e.query.len(), 64),
+                &candle_core::Device::Cpu,
+            )?;
+            Ok((accuracy(&problem.predict(&phi, &x)?, &e.query.labels)?, diverged))
+        })?;
+        Ok((
+            scored.iter().map(|s| s.0).collect(),
+            scored.iter().filter(|s| s.1).count(),
+        ))
+    };
+    let (accuracy, diverged) = score(&run.theta)?;
+    let (baseline, baseline_diverged) = score(&theta0)?;
+    Ok(SeedRun {
+        accuracy,
+        baseline,
+        diverged,
+        baseline_diverged,
+        curve: run.log.iter().map(|s| (s.step, s.query_loss)).collect(),
+        stopped: run.stopped,
+        seconds: run.log.last().map_or(0.0, |s| s.seconds),
+    })
+}
+
+/// One method in one setting, over its meta-training seeds.
+#[derive(Debug, Clone)]
+pub struct MethodResult {
+    pub method: &'static str,
+    pub shots: usize,
+    /// Per seed: mean meta-test accuracy after meta-training, and of the matched baseline.
+    pub per_seed: Vec<f64>,
+    pub baseline_per_seed: Vec<f64>,
+    /// Mean over seeds and the half-width of its 95% t-interval.
+    pub mean: f64,
+    pub ci95: f64,
+    pub baseline_mean: f64,
+    /// Gain over the matched baseline, paired over seeds, its 95% half-width and its p-value
+    /// Holm-adjusted over every method and setting.
+    pub gain: f64,
+    pub gain_ci95: f64,
+    pub gain_holm: f64,
+    /// Meta-test episodes (over all seeds) whose adaptation reached a non-finite loss.
+    pub diverged: usize,
+    pub baseline_diverged: usize,
+    /// Mean wall seconds of meta-training (not reproducible).
+    pub seconds: f64,
+}
+
+/// The contrastive rule against one reference in one setting, paired over seeds.
+#[derive(Debug, Clone)]
+pub struct FewShotComparison {
+    pub shots: usize,
+    pub reference: &'static str,
+    pub comparison: Comparison,
 }
 
 #[derive(Debug, Clone)]
 pub struct FewShotResults {
     pub protocol: Protocol,
-    pub rows: Vec<Accuracy>,
+    pub rows: Vec<MethodResult>,
+    pub comparisons: Vec<FewShotComparison>,
     /// Meta-training runs that stopped early, and why.
     pub stopped: Vec<String>,
 }
 
-/// Stream numbers of the job's seed.
-const META_TEST: u64 = 21;
-const INIT: u64 = 22;
+fn mean(v: &[f64]) -> f64 {
+    v.iter().sum::<f64>() / v.len() as f64
+}
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResults> {
+fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<FewShotResults> {
     let protocol = Protocol::new(settings.quick());
-    let data = load_digits()?;
-    let (train_pool, test_pool) = (
-        ClassPool::new(&data, &TRAIN_DIGITS)?,
-        ClassPool::new(&data, &TEST_DIGITS)?,
-    );
-    let net = protocol.net()?;
-    let theta0 = net.init(&mut stream(settings.seed, INIT));
     let mut rows = Vec::new();
+    let mut gain_p = Vec::new();
+    let mut stopped = Vec::new();
+    let mut seed_rows = Vec::new();
     let mut curve_rows = Vec::new();
     let mut panels = Vec::new();
-    let mut stopped = Vec::new();
     for &shots in &protocol.shots {
-        let mut rng = stream(settings.seed, META_TEST + 100 * shots as u64);
-        let episodes: Vec<Episode> = (0..protocol.test_episodes)
-            .map(|_| test_pool.episode(&mut rng, WAYS, shots, QUERIES))
-            .collect::<Result<_>>()?;
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
             "meta-step",
-            "query cross-entropy",
+            "query cross-entropy (mean over seeds)",
             false,
             false,
         );
-        for (
-            i,
-            Method {
-                name,
-                strength,
-                estimator,
-                adaptation,
-            },
-        ) in protocol.methods()?.into_iter().enumerate()
-        {
-            let spec = protocol.synapse(strength)?;
-            let build = |e: &Episode, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
-                Ok(Box::new(Synapse::new(spec.clone(), e.clone(), theta)?))
-            };
-            let (theta, seconds) = match &estimator {
-                Some(estimator) => {
-                    let run = TaskMetaTraining {
-                        estimator,
-                        meta_steps: protocol.meta_steps,
-                        meta_batch: protocol.meta_batch,
-                        meta_lr: protocol.meta_lr,
-                        seed: settings.seed,
-                        sample: &|rng| train_pool.episode(rng, WAYS, shots, QUERIES),
-                        problem: &build,
-                    }
-                    .run(theta0.clone())?;
-                    let (theta, log) = (run.theta, run.log);
-                    if let Some(reason) = run.stopped {
-                        stopped.push(format!("{name} ({shots}-shot) stopped at {reason}"));
-                    }
-                    for s in &log {
-                        curve_rows.push(format!("{name},{shots},{},{:e}", s.step, s.query_loss));
-                    }
-                    panel.series.push(Series::new(
-                        name,
-                        running_mean(&log.iter().map(|s| s.query_loss).collect::<Vec<_>>()),
-                        i,
-                        Style::Line,
-                    ));
-                    (theta, log.last().map_or(0.0, |s| s.seconds))
-                }
-                None => (theta0.clone(), 0.0),
-            };
-            // An adaptation that diverges is scored at the meta-learned parameters themselves
-            // (no adaptation) and counted.
-            let scored = map_in_order(&episodes, |e| {
-                let problem = Synapse::new(spec.clone(), e.clone(), &theta)?;
-                let theta = to_tensor(&theta)?;
-                let start = problem.initial_phi(&theta)?;
-                let (phi, diverged) = match adaptation.solve(
-                    &Oracle::new(&problem),
-                    &Phase::new(&start, &theta, 0.0, "adaptation"),
-                ) {
-                    Ok(s) => (s.phi, false),
-                    Err(CmlError::Diverged { .. }) => (start, true),
-                    Err(e) => return Err(e),
-                };
-                let x = candle_core::Tensor::from_vec(
-                    e.query.x.clone(),
-                    (e.query.len(), 64),
-                    &candle_core::Device::Cpu,
-                )?;
-                Ok((accuracy(&problem.predict(&phi, &x)?, &e.query.labels)?, diverged))
-            })?;
-            let accuracies: Vec<f64> = scored.iter().map(|s| s.0).collect();
-            let diverged = scored.iter().filter(|s| s.1).count();
-            let (mean, ci95) = seed_mean_ci(&accuracies);
-            rows.push(Accuracy {
-                method: name.to_string(),
+        for (i, method) in protocol.methods()?.iter().enumerate() {
+            let mut result = MethodResult {
+                method: method.name,
                 shots,
-                mean,
-                ci95,
-                diverged,
-                per_episode: accuracies,
-                meta_seconds: seconds,
-            });
+                per_seed: Vec::new(),
+                baseline_per_seed: Vec::new(),
+                mean: f64::NAN,
+                ci95: f64::NAN,
+                baseline_mean: f64::NAN,
+                gain: f64::NAN,
+                gain_ci95: f64::NAN,
+                gain_holm: f64::NAN,
+                diverged: 0,
+                baseline_diverged: 0,
+                seconds: 0.0,
+            };
+            let mut curves: Vec<Vec<(usize, f64)>> = Vec::new();
+            for seed in (0..protocol.seeds as u64).map(|s| settings.seed + s) {
+                let name = unit_name(shots, method.key, seed);
+                let Some(stored) = units.iter().find(|u| u.unit == name) else {
+                    continue;
+                };
+                let run: SeedRun = super::units::decode(stored)?;
+                let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
+                seed_rows.push(format!(
+                    "{},{shots},{seed},{acc},{base},{},{},{}",
+                    method.key,
+                    run.diverged,
+                    run.baseline_diverged,
+                    run.stopped
+                        .as_deref()
+                        .map_or("", |s| s.split(':').next().unwrap_or(""))
+                ));
+                for (step, loss) in &run.curve {
+                    curve_rows.push(format!("{},{shots},{seed},{step},{loss:e}", method.key));
+                }
+                if let Some(reason) = &run.stopped {
+                    stopped.push(format!(
+                        "{} ({shots}-shot, seed {seed}) stopped at {reason}",
+                        method.name
+                    ));
+                }
+                result.per_seed.push(acc);
+                result.baseline_per_seed.push(base);
+                result.diverged += run.diverged;
+                result.baseline_diverged += run.baseline_diverged;
+                result.seconds += run.seconds;
+                curves.push(run.curve);
+            }
+            if result.per_seed.is_empty() {
+                continue;
+            }
+            result.seconds /= result.per_seed.len() as f64;
+            (result.mean, result.ci95) = stats::mean_interval(&result.per_seed, 0.95);
+            result.baseline_mean = mean(&result.baseline_per_seed);
+            let gains: Vec<f64> = result
+                .per_seed
+                .iter()
+                .zip(&result.baseline_per_seed)
+                .map(|(a, b)| a - b)
+                .collect();
+            (result.gain, result.gain_ci95) = stats::mean_interval(&gains, 0.95);
+            gain_p.push(stats::paired_test(&gains).p_value);
+            // The mean over seeds of each seed's running mean, over the steps every seed reached.
+            let steps = curves.iter().map(Vec::len).min().unwrap_or(0);
+            let smoothed: Vec<Vec<(f64, f64)>> = curves
+                .iter()
+                .map(|c| running_mean(&c[..steps].iter().map(|p| p.1).collect::<Vec<_>>()))
+                .collect();
+            let line: Vec<(f64, f64)> = (0..steps)
+                .map(|k| {
+                    (
+                        smoothed[0][k].0,
+                        mean(&smoothed.iter().map(|s| s[k].1).collect::<Vec<_>>()),
+                    )
+                })
+                .collect();
+            panel.series.push(Series::new(method.name, line, i, Style::Line));
+            rows.push(result);
         }
         panels.push(panel);
     }
+    for (r, p) in rows.iter_mut().zip(stats::holm(&gain_p)) {
+        r.gain_holm = p;
+    }
+    // The rule against each reference, per setting, paired over seeds: one family.
+    let mut comparisons = Vec::new();
+    let mut diffs = Vec::new();
+    for &shots in &protocol.shots {
+        let of = |m: &str| rows.iter().find(|r| r.shots == shots && r.method == m);
+        let Some(rule) = of("CML (symmetric)") else {
+            continue;
+        };
+        for other in rows
+            .iter()
+            .filter(|r| r.shots == shots && r.method != rule.method)
+        {
+            diffs.push(
+                rule.per_seed
+                    .iter()
+                    .zip(&other.per_seed)
+                    .map(|(a, b)| a - b)
+                    .collect::<Vec<f64>>(),
+            );
+            comparisons.push((shots, other.method));
+        }
+    }
+    let family = stats::compare_family(&diffs, &vec![EQUIVALENCE_MARGIN; diffs.len()], ALPHA);
+    let comparisons: Vec<FewShotComparison> = comparisons
+        .into_iter()
+        .zip(family)
+        .map(|((shots, reference), comparison)| FewShotComparison {
+            shots,
+            reference,
+            comparison,
+        })
+        .collect();
     write_csv(
         &settings.out.join("few_shot_meta_training.csv"),
-        "method,shots,meta_step,query_cross_entropy",
+        "method,shots,seed,meta_step,query_cross_entropy",
         &curve_rows,
+        files,
+    )?;
+    write_csv(
+        &settings.out.join("few_shot_per_seed.csv"),
+        "method,shots,seed,accuracy,matched_baseline_accuracy,diverged_episodes,baseline_diverged_episodes,stopped_at",
+        &seed_rows,
         files,
     )?;
     let acc_rows: Vec<String> = rows
         .iter()
-        .map(|r| format!("{},{},{:e},{:e}", r.method, r.shots, r.mean, r.ci95))
+        .map(|r| {
+            format!(
+                "{},{},{:e},{:e},{:e},{:e},{:e},{:e}",
+                r.method, r.shots, r.mean, r.ci95, r.baseline_mean, r.gain, r.gain_ci95, r.gain_holm
+            )
+        })
         .collect();
     write_csv(
         &settings.out.join("few_shot_accuracy.csv"),
-        "method,shots,mean_accuracy,ci95",
+        "method,shots,mean_accuracy,ci95,matched_baseline,gain,gain_ci95,gain_holm_p",
         &acc_rows,
         files,
     )?;
@@ -341,72 +565,92 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<FewShotResul
     let results = FewShotResults {
         protocol,
         rows,
+        comparisons,
         stopped,
     };
     write_table(settings, "few_shot.md", &table(&results), files)?;
     Ok(results)
 }
 
-/// The few-shot table, shaped like the paper's: one row per method, one column per setting.
+fn points(x: f64) -> String {
+    format!("{:.1}", 100.0 * x)
+}
+
+/// The few-shot tables: each method against its matched baseline, then the rule against each
+/// reference.
 pub fn table(r: &FewShotResults) -> String {
     let p = &r.protocol;
+    let seeds = r.rows.iter().map(|m| m.per_seed.len()).max().unwrap_or(0);
     let mut t = format!(
         "# Few-shot classification on the handwritten digits (Omniglot protocol)\n\n\
-         Generated by `cml figures`: classes are (digit, rotation by 0/90/180/270 degrees); meta-training on the 28\n\
-         classes of digits 0-6, meta-test on the 12 classes of digits 7-9. {WAYS}-way episodes with {QUERIES} query images\n\
-         per class. Network {} (tanh), every weight fast. {} meta-steps of {} episodes (Adam, lr {}). Meta-test\n\
-         accuracy over {} episodes, mean +- half-width of the 95% t-interval over episodes.\n\n| method |",
+         Generated by `cml figures`. Meta-training classes: digits {:?}, each turned by 0/90/180/270 degrees\n\
+         (rotation as augmentation, as in the paper's code); meta-test classes: the upright digits {:?}, so no\n\
+         meta-test class is a rotation of another class. {WAYS}-way episodes with {QUERIES} query images per class.\n\
+         Network {} (tanh), every weight fast. {} meta-steps of {} episodes (Adam, lr {}), {seeds} meta-training seeds,\n\
+         {} meta-test episodes per seed. Accuracy: per seed, the mean over its episodes; then the mean over seeds with\n\
+         a 95% t-interval. Matched baseline: the untrained initialisation adapted by the method's own inner loop on the\n\
+         same episodes; the gain over it is paired over seeds, its p-value Holm-adjusted over the {} methods and settings.\n\
+         Only a non-finite loss ends an adaptation.\n\n\
+         | method | shots | accuracy | matched baseline | gain (paired) | p (Holm) | per seed | diverged episodes (method / baseline) | meta-training s |\n\
+         |---|---|---|---|---|---|---|---|---|\n",
+        META_TRAIN_DIGITS,
+        META_TEST_DIGITS,
         p.net()
             .map(|n| n.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-"))
             .unwrap_or_default(),
         p.meta_steps,
         p.meta_batch,
         p.meta_lr,
-        p.test_episodes
+        p.test_episodes,
+        r.rows.len()
     );
-    for s in &p.shots {
-        t.push_str(&format!(" {WAYS}-way {s}-shot |"));
+    for m in &r.rows {
+        t.push_str(&format!(
+            "| {} | {} | {}% ± {} | {}% | {} ± {} points | {} | {} | {} / {} | {:.0} |\n",
+            m.method,
+            m.shots,
+            points(m.mean),
+            points(m.ci95),
+            points(m.baseline_mean),
+            points(m.gain),
+            points(m.gain_ci95),
+            super::training::p_value(m.gain_holm),
+            m.per_seed
+                .iter()
+                .map(|a| points(*a))
+                .collect::<Vec<_>>()
+                .join(", "),
+            m.diverged,
+            m.baseline_diverged,
+            m.seconds
+        ));
     }
-    t.push_str(&format!("\n|---|{}\n", "---|".repeat(p.shots.len())));
-    let mut methods: Vec<&str> = Vec::new();
-    for row in &r.rows {
-        if !methods.contains(&row.method.as_str()) {
-            methods.push(&row.method);
-        }
+    t.push_str(&format!(
+        "\n## The rule against each reference, paired over seeds\n\n\
+         Accuracy of CML minus the reference's, in points. One family of {} comparisons: paired t-tests and\n\
+         equivalence tests (TOST, margin ± {} points), each Holm-adjusted; verdict at {ALPHA}.\n\n\
+         | shots | reference | difference | 95% interval | p (Holm) | equivalence p (Holm) | verdict |\n|---|---|---|---|---|---|---|\n",
+        r.comparisons.len(),
+        points(EQUIVALENCE_MARGIN)
+    ));
+    for c in &r.comparisons {
+        let k = &c.comparison;
+        t.push_str(&format!(
+            "| {} | {} | {} | ± {} | {} | {} | {} |\n",
+            c.shots,
+            c.reference,
+            points(k.mean),
+            points(k.ci95),
+            super::training::p_value(k.holm),
+            super::training::p_value(k.equivalence_holm),
+            k.verdict.describe()
+        ));
     }
-    for m in methods {
-        t.push_str(&format!("| {m} |"));
-        for s in &p.shots {
-            if let Some(a) = r.rows.iter().find(|a| a.method == m && a.shots == *s) {
-                t.push_str(&format!(" {:.1}% +- {:.1}% |", 100.0 * a.mean, 100.0 * a.ci95));
-            }
-        }
-        t.push('\n');
-    }
-    t.push_str(
-        "\nMeta-test episodes whose adaptation diverged (scored at the meta-learned parameters, unadapted): ",
-    );
-    let diverged: Vec<String> = r
-        .rows
-        .iter()
-        .filter(|a| a.diverged > 0)
-        .map(|a| format!("{} ({}-shot) {}", a.method, a.shots, a.diverged))
-        .collect();
-    t.push_str(&super::joined_or_none(&diverged, ", "));
     if !r.stopped.is_empty() {
         t.push_str(&format!(
-            ".\n\nMeta-training stopped early (evaluated at its last completed meta-step): {}",
+            "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
             r.stopped.join("; ")
         ));
     }
-    t.push_str(".\n\nMeta-training wall time (this machine, 2 cores): ");
-    let times: Vec<String> = r
-        .rows
-        .iter()
-        .filter(|a| a.meta_seconds > 0.0)
-        .map(|a| format!("{} ({}-shot) {:.0} s", a.method, a.shots, a.meta_seconds))
-        .collect();
-    t.push_str(&times.join(", "));
-    t.push_str(".\n");
     t
 }

@@ -50,9 +50,9 @@ pub(crate) fn registry() -> Vec<&'static dyn Job> {
         &COST,
         &WEIGHT_DECAY,
         &ERROR_BAR,
-        &DIGITS_DECAY,
-        &FEW_SHOT,
-        &BANDIT,
+        &digits_decay::DIGITS_DECAY,
+        &few_shot::FEW_SHOT,
+        &bandit::BANDIT,
         &SPIKING,
     ]
 }
@@ -104,27 +104,6 @@ static ERROR_BAR: Whole = Whole {
     about: "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
     protocol: no_protocol,
     run: |s, f| Ok(writeup::error_bar_section(&error_bar::run(s, f)?)),
-    at_report: None,
-};
-static DIGITS_DECAY: Whole = Whole {
-    name: "digits-decay",
-    about: "per-parameter weight decay of a digit classifier: the contrastive rule against CG, Neumann, T1-T2, truncated BPTT",
-    protocol: |s| protocol_json(digits_decay::Protocol::new(s.quick())),
-    run: |s, f| Ok(writeup::digits_decay_section(&digits_decay::run(s, f)?)),
-    at_report: None,
-};
-static FEW_SHOT: Whole = Whole {
-    name: "few-shot",
-    about: "5-way 1- and 5-shot classification of rotated handwritten digits: the contrastive rule against MAML, first-order MAML, Reptile, iMAML",
-    protocol: |s| protocol_json(Ok(few_shot::Protocol::new(s.quick()))),
-    run: |s, f| Ok(writeup::few_shot_section(&few_shot::run(s, f)?)),
-    at_report: None,
-};
-static BANDIT: Whole = Whole {
-    name: "bandit",
-    about: "wheel bandit: agents meta-learned by the contrastive rule and MAML against bandit baselines, regret table",
-    protocol: |s| protocol_json(bandit::Protocol::new(s.quick())),
-    run: |s, f| Ok(writeup::bandit_section(&bandit::run(s, f)?)),
     at_report: None,
 };
 static SPIKING: Whole = Whole {
@@ -239,18 +218,6 @@ pub(crate) fn stopped_note(stopped: &[String]) -> String {
             "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
             stopped.join("; ")
         )
-    }
-}
-
-/// Which of `[above, below, neither]` a difference `mean +- half` (a confidence interval) is:
-/// above 0, below 0, or an interval that contains 0.
-pub(crate) fn interval_verdict(mean: f64, half: f64, words: [&'static str; 3]) -> &'static str {
-    if mean - half > 0.0 {
-        words[0]
-    } else if mean + half < 0.0 {
-        words[1]
-    } else {
-        words[2]
     }
 }
 

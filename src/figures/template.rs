@@ -56,6 +56,14 @@ impl Context {
         self
     }
 
+    /// The items of the list `name` (none when it is absent or a text).
+    pub fn items(&self, name: &str) -> &[Context] {
+        match self.values.get(name) {
+            Some(Value::List(items)) => items,
+            _ => &[],
+        }
+    }
+
     /// A section shown (with no names of its own) when `on`.
     pub fn flag(self, name: &'static str, on: bool) -> Self {
         self.section(name, on.then(Context::new))

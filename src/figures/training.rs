@@ -307,14 +307,9 @@ impl Job for Training {
 
 impl Training {
     fn parse_unit(&self, settings: &Settings, unit: &str) -> Result<(ModelSpec, &'static str, u64)> {
-        runs(settings)?
-            .into_iter()
-            .find(|(model, name, seed)| unit_name(model.name(), name, *seed) == unit)
-            .ok_or_else(|| crate::CmlError::UnknownName {
-                kind: "training unit".into(),
-                name: unit.into(),
-                allowed: self.units(settings).map(|u| u.join(", ")).unwrap_or_default(),
-            })
+        super::units::lookup(self, settings, unit, runs(settings)?, |(model, name, seed)| {
+            unit_name(model.name(), name, *seed)
+        })
     }
 }
 
@@ -644,8 +639,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
          Mean of (first - second) final loss over seeds with its 95% t-interval. Every pair of the table is one family:\n\
          the paired t-test's p-value of \"no difference\" and the equivalence test's (TOST: the difference lies inside\n\
          ± the margin, {}x the mean of the two methods' untrained losses) are Holm-adjusted over the {} pairs. Verdict at\n\
-         {ALPHA}: \"differs\" where the adjusted difference p-value is below it, \"equivalent within the margin\" where the\n\
-         adjusted equivalence p-value is, \"inconclusive\" otherwise.\n\n\
+         {ALPHA}: \"equivalent within the margin\" where the adjusted equivalence p-value is below it, else \"differs\" where\n\
+         the adjusted difference p-value is, \"inconclusive\" otherwise.\n\n\
          | model | first | second | difference | 95% interval | p (Holm) | margin | equivalence p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|\n",
         EQUIVALENCE_MARGIN,
         differences.len()
@@ -706,28 +701,19 @@ fn paired_differences(finals: &[FinalLoss]) -> Vec<PairedDifference> {
         .iter()
         .map(|&(i, j)| EQUIVALENCE_MARGIN * 0.5 * (finals[i].initial_mean + finals[j].initial_mean))
         .collect();
-    let tests: Vec<stats::PairedTest> = diffs.iter().map(|d| stats::paired_test(d)).collect();
-    let holm = stats::holm(&tests.iter().map(|t| t.p_value).collect::<Vec<_>>());
-    let equivalence = stats::holm(
-        &diffs
-            .iter()
-            .zip(&margins)
-            .map(|(d, &m)| stats::equivalence_p_value(d, m))
-            .collect::<Vec<_>>(),
-    );
     pairs
         .iter()
-        .enumerate()
-        .map(|(k, &(i, j))| PairedDifference {
+        .zip(stats::compare_family(&diffs, &margins, ALPHA))
+        .map(|(&(i, j), c)| PairedDifference {
             model: finals[i].model.clone(),
             first: finals[i].estimator.clone(),
             second: finals[j].estimator.clone(),
-            mean: tests[k].mean,
-            ci95: tests[k].ci95,
-            holm: holm[k],
-            margin: margins[k],
-            equivalence_holm: equivalence[k],
-            verdict: Verdict::of(holm[k], equivalence[k], ALPHA),
+            mean: c.mean,
+            ci95: c.ci95,
+            holm: c.holm,
+            margin: c.margin,
+            equivalence_holm: c.equivalence_holm,
+            verdict: c.verdict,
         })
         .collect()
 }

@@ -75,6 +75,25 @@ pub(crate) trait Job: Sync {
     }
 }
 
+/// The item of `items` (in unit order) whose unit name `name_of` gives is `unit`, or an error
+/// naming the job's units.
+pub(crate) fn lookup<T>(
+    job: &dyn Job,
+    settings: &Settings,
+    unit: &str,
+    items: Vec<T>,
+    name_of: impl Fn(&T) -> String,
+) -> Result<T> {
+    items
+        .into_iter()
+        .find(|item| name_of(item) == unit)
+        .ok_or_else(|| CmlError::UnknownName {
+            kind: format!("{} unit", job.name()),
+            name: unit.into(),
+            allowed: job.units(settings).map(|u| u.join(", ")).unwrap_or_default(),
+        })
+}
+
 /// A unit as stored.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Stored {

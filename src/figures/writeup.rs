@@ -44,11 +44,18 @@ pub fn render(settings: &Settings, r: &Results) -> Result<String> {
             .file_name()
             .map_or("figures".into(), |n| n.to_string_lossy().into_owned())
     );
-    let mut context = Context::new()
+    let context = Context::new()
         .text("figures", figures)
         .text("quick_flag", if settings.quick() { " --quick" } else { "" })
         .text("seed", settings.seed)
         .flag("quick", settings.quick());
+    // The ledger of the paper's claims: the rows every job's section contributes, in job order.
+    let ledger: Vec<Context> = r
+        .sections
+        .iter()
+        .flat_map(|(_, c)| c.items("ledger").iter().cloned())
+        .collect();
+    let mut context = context.list("ledger", ledger);
     // Every job's section, or an empty list (left out) for a job that did not run.
     for job in super::registry() {
         let key = job.name().replace('-', "_");
@@ -67,6 +74,38 @@ pub fn render(settings: &Settings, r: &Results) -> Result<String> {
     template::render(TEMPLATE, &context).map_err(|reason| {
         CmlError::invalid("the write-up template (src/figures/writeup.md)", "a tag", reason)
     })
+}
+
+/// One row of the ledger of the paper's claims: the claim, the table holding the evidence, the
+/// test, and the verdict computed from the data.
+fn ledger_row(claim: String, evidence: &str, test: &str, verdict: String) -> Context {
+    Context::new()
+        .text("claim", claim)
+        .text("evidence", evidence)
+        .text("test", test)
+        .text("verdict", verdict)
+}
+
+/// A comparison of the rule (first) with a reference (second) as a claim's verdict: *matches*
+/// where the equivalence test holds, *outperforms* or *underperforms* by the sign of a difference
+/// (`lower_is_better` for losses and regrets), *inconclusive* otherwise.
+fn claim_verdict(verdict: Verdict, mean: f64, lower_is_better: bool) -> &'static str {
+    match verdict {
+        Verdict::Equivalent => "matches",
+        Verdict::Differs if (mean < 0.0) == lower_is_better => "outperforms",
+        Verdict::Differs => "underperforms",
+        Verdict::Inconclusive => "inconclusive",
+    }
+}
+
+/// The ledger row of a benchmark whose comparison does not yet follow docs/PROTOCOL.md.
+pub(super) fn outside_protocol(benchmark: &str, evidence: &str, why: &str) -> Context {
+    ledger_row(
+        format!("{benchmark}: the rule matches or outperforms the references"),
+        evidence,
+        "none yet",
+        format!("not evaluated under the protocol ({why}; docs/PROTOCOL.md)"),
+    )
 }
 
 pub(super) fn theory_section(t: &super::theory::TheoryResults) -> Context {
@@ -95,7 +134,48 @@ pub(super) fn theory_section(t: &super::theory::TheoryResults) -> Context {
         ),
         _ => None,
     };
+    // The bound's orders, where its model holds: the quadratic with phases placed at delta.
+    let mut ledger: Vec<Context> = t
+        .fits
+        .iter()
+        .filter(|row| row.problem == "quadratic" && row.phases == "placed at delta")
+        .map(|row| {
+            let verdict = match worst_gap(&row.fit) {
+                Some(g) if g <= 0.15 => format!("agrees (every slope within {} of theory)", num(g)),
+                Some(g) => format!("differs (largest gap {})", num(g)),
+                None => "inconclusive (too few points on one side)".into(),
+            };
+            ledger_row(
+                format!(
+                    "The error bound's orders in beta and delta, {} variant",
+                    row.fit.variant
+                ),
+                "slopes.md",
+                "log-log slopes within 0.15 of theory",
+                verdict,
+            )
+        })
+        .collect();
+    if let Some(defect) = t
+        .ablation
+        .iter()
+        .find(|(v, _)| *v == crate::estimator::Variant::ReferenceCodeSymmetric)
+    {
+        let e = defect.1;
+        ledger.push(ledger_row(
+            "The reference code's -beta phase (without the outer loss) estimates half the meta-gradient"
+                .into(),
+            "reference_code_ablation.csv",
+            "median relative error within 0.05 of 1/2",
+            if (e - 0.5).abs() <= 0.05 {
+                format!("confirmed (median relative error {e:.3})")
+            } else {
+                format!("not confirmed (median relative error {e:.3})")
+            },
+        ));
+    }
     Context::new()
+        .list("ledger", ledger)
         .text("synapse_min_eigenvalue", num(t.synapse_min_eigenvalue))
         .list("claims", claims)
         .section("implicit", implicit)
@@ -172,6 +252,30 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
     };
     let differing = listed(Verdict::Differs);
     let equivalent = listed(Verdict::Equivalent);
+    // The rule against each reference, per model: lower final loss is better.
+    let rule = super::training::ESTIMATORS[0].1;
+    let ledger: Vec<Context> = t
+        .differences
+        .iter()
+        .filter(|d| d.first == rule)
+        .map(|d| {
+            let verdict = claim_verdict(d.verdict, d.mean, true);
+            ledger_row(
+                format!(
+                    "Sinusoid regression, {} model: the rule matches or outperforms {}",
+                    d.model, d.second
+                ),
+                "final_loss.md",
+                "paired t-test and TOST over seeds, Holm-corrected",
+                format!(
+                    "{verdict} (difference {} ± {}, margin ± {})",
+                    num(d.mean),
+                    num(d.ci95),
+                    num(d.margin)
+                ),
+            )
+        })
+        .collect();
     Context::new()
         .text("seeds", t.seeds)
         .text("net", &t.net)
@@ -188,6 +292,7 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
         .text("equivalent_count", equivalent.len())
         .text("equivalent", super::joined_or_none(&equivalent, "; "))
         .text("margin", super::training::EQUIVALENCE_MARGIN)
+        .list("ledger", ledger)
         .text(
             "paper_scale",
             format!(
@@ -281,6 +386,14 @@ pub(super) fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) 
         super::joined_or_none(&v, ", ")
     };
     Context::new()
+        .list(
+            "ledger",
+            vec![outside_protocol(
+                "Diabetes weight decay",
+                "weight_decay.md",
+                "one meta-training run per method, no seeds",
+            )],
+        )
         .text("meta_steps", w.meta_steps)
         .text("fixed", num(w.fixed.test))
         .text("best_decay", w.best_scalar.0)
@@ -335,36 +448,64 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
         .map(|(name, cells)| {
             let cells = cells
                 .iter()
-                .map(|c| Context::new().text("mean", num(c.mean)).text("se", num(c.se)))
+                .map(|c| Context::new().text("mean", num(c.mean)).text("ci95", num(c.ci95)))
                 .collect();
             Context::new().text("name", name).list("cells", cells)
         })
         .collect();
-    let leads = b
-        .leads
-        .iter()
-        .map(|l| {
-            Context::new()
-                .text("delta", l.delta)
-                .text("sentence", super::bandit::lead_sentence(l))
-        })
-        .collect();
-    let paper_ratio = (80_000.0 * 50.0) / (p.run.steps * p.seeds) as f64;
+    // One ledger row per meta-learned agent and reference, the verdict at every delta.
+    let mut ledger = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for c in &b.comparisons {
+        if seen.contains(&(c.agent.as_str(), c.reference.as_str())) {
+            continue;
+        }
+        seen.push((&c.agent, &c.reference));
+        let verdicts: Vec<String> = b
+            .comparisons
+            .iter()
+            .filter(|d| d.agent == c.agent && d.reference == c.reference)
+            .map(|d| {
+                let k = &d.comparison;
+                let verdict = claim_verdict(k.verdict, k.mean, true);
+                format!("delta {}: {verdict}", d.delta)
+            })
+            .collect();
+        ledger.push(ledger_row(
+            format!(
+                "Wheel bandit, {}: matches or outperforms {}",
+                c.agent, c.reference
+            ),
+            "bandit.md",
+            "paired t-test and TOST over meta-training seeds, Holm-corrected",
+            verdicts.join("; "),
+        ));
+    }
+    let counts = |v: Verdict| b.comparisons.iter().filter(|c| c.comparison.verdict == v).count();
+    let runs = p.deltas.len() * p.meta_seeds * p.runs_per_seed;
+    let paper_ratio = (80_000.0 * 50.0) / (p.run.steps * p.meta_seeds * p.runs_per_seed) as f64;
     Context::new()
+        .list("ledger", ledger)
         .text("curve_delta", b.curve_delta)
-        .text("seeds", p.seeds)
+        .text("seeds", p.meta_seeds)
+        .text("runs_per_seed", p.runs_per_seed)
         .text("meta_steps", p.meta_steps)
         .text("meta_batch", p.meta_batch)
         .text("contexts", p.run.steps)
+        .text("maml_steps", p.maml_steps)
+        .text("maml_step_size", p.maml_step_size)
         .list(
             "deltas",
             p.deltas.iter().map(|d| Context::new().text("delta", d)).collect(),
         )
         .list("agents", agents)
         .section("stopped", stopped(&b.stopped))
-        .list("leads", leads)
+        .text("comparisons", b.comparisons.len())
+        .text("differs", counts(Verdict::Differs))
+        .text("matches", counts(Verdict::Equivalent))
+        .text("inconclusive", counts(Verdict::Inconclusive))
         .text("meta_seconds", meta.join(", "))
-        .text("runs", p.deltas.len() * p.seeds)
+        .text("runs", runs)
         .text("agent_count", b.agents.len())
         .text("eval_seconds", format!("{:.0}", b.eval_seconds))
         .text("paper_ratio", format!("{paper_ratio:.0}"))
@@ -384,106 +525,116 @@ pub(super) fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) 
             format!("{} {:.2}% +- {:.2}%", m.method, 100.0 * a, 100.0 * c)
         })
         .collect();
-    // Paired over seeds (the same split and initial weights): each estimator against the fixed decay.
-    let fixed = &d.methods[0];
-    let verdicts: Vec<String> = d.methods[2..]
+    // The family of paired comparisons (docs/PROTOCOL.md): every verdict Holm-corrected.
+    let verdicts: Vec<String> = d
+        .comparisons
         .iter()
-        .map(|m| {
-            let diffs: Vec<f64> = m
-                .per_seed
-                .iter()
-                .zip(&fixed.per_seed)
-                .map(|(a, b)| a.test_accuracy - b.test_accuracy)
-                .collect();
-            let (mean, ci) = super::training::seed_mean_ci(&diffs);
-            let verdict = super::interval_verdict(
-                mean,
-                ci,
-                [
-                    "higher, the interval excluding 0",
-                    "lower, the interval excluding 0",
-                    "no significant difference",
-                ],
-            );
+        .map(|c| {
+            let k = &c.comparison;
             format!(
-                "{} {:+.2} +- {:.2} points ({verdict})",
-                m.method,
-                100.0 * mean,
-                100.0 * ci
+                "{} vs {} {:+.2} ± {:.2} points ({})",
+                c.first,
+                c.second,
+                100.0 * k.mean,
+                100.0 * k.ci95,
+                k.verdict.describe()
+            )
+        })
+        .collect();
+    let rule = d.methods.get(2).map(|m| m.method.clone()).unwrap_or_default();
+    let ledger: Vec<Context> = d
+        .comparisons
+        .iter()
+        .filter(|c| c.first == rule)
+        .map(|c| {
+            let k = &c.comparison;
+            ledger_row(
+                format!("Digit weight decay: the rule matches or outperforms {}", c.second),
+                "digits_decay.md",
+                "paired t-test and TOST over seeds, Holm-corrected",
+                format!(
+                    "{} (test accuracy difference {:+.2} ± {:.2} points, margin ± {:.1})",
+                    claim_verdict(k.verdict, k.mean, false),
+                    100.0 * k.mean,
+                    100.0 * k.ci95,
+                    100.0 * k.margin
+                ),
             )
         })
         .collect();
     Context::new()
+        .list("ledger", ledger)
         .text("seeds", d.protocol.seeds)
         .text("accuracies", accuracies.join("; "))
         .text("verdicts", verdicts.join("; "))
+        .text(
+            "grid",
+            format!(
+                "{:?}, chosen per seed {:?}{}",
+                d.protocol.grid,
+                d.chosen_single,
+                super::digits_decay::grid_edge_flag(&d.protocol.grid, &d.chosen_single)
+            ),
+        )
 }
 
 /// Few-shot digit classification (docs/DIGITS.md §3).
 pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
     let p = &f.protocol;
-    let mut names: Vec<&str> = Vec::new();
-    for r in &f.rows {
-        if !names.contains(&r.method.as_str()) {
-            names.push(&r.method);
-        }
-    }
-    let methods = names
-        .iter()
-        .map(|m| {
-            let cells = p
-                .shots
-                .iter()
-                .filter_map(|sh| f.rows.iter().find(|a| a.method == *m && a.shots == *sh))
-                .map(|a| {
-                    Context::new()
-                        .text("mean", format!("{:.1}", 100.0 * a.mean))
-                        .text("ci95", format!("{:.1}", 100.0 * a.ci95))
-                })
-                .collect();
-            Context::new().text("name", m).list("cells", cells)
-        })
-        .collect();
-    // Each method against no meta-learning, paired over the same meta-test episodes.
-    let verdicts: Vec<String> = f
+    let points = |x: f64| format!("{:.1}", 100.0 * x);
+    let methods = f
         .rows
         .iter()
-        .filter(|a| a.method != "no meta-learning")
-        .filter_map(|a| {
-            let base = f
-                .rows
-                .iter()
-                .find(|b| b.method == "no meta-learning" && b.shots == a.shots)?;
-            let diffs: Vec<f64> = a
-                .per_episode
-                .iter()
-                .zip(&base.per_episode)
-                .map(|(x, y)| x - y)
-                .collect();
-            let (mean, ci) = super::training::seed_mean_ci(&diffs);
-            let verdict = super::interval_verdict(mean, ci, ["higher", "lower", "no significant difference"]);
-            Some(format!(
-                "{} {}-shot {:+.1} +- {:.1} points ({verdict})",
-                a.method,
-                a.shots,
-                100.0 * mean,
-                100.0 * ci
-            ))
+        .map(|m| {
+            let significant = m.gain_holm < super::training::ALPHA;
+            let verdict = match (significant, m.gain > 0.0) {
+                (true, true) => "above its matched baseline",
+                (true, false) => "**below** its matched baseline",
+                (false, _) => "not distinguishable from its matched baseline",
+            };
+            Context::new()
+                .text("name", m.method)
+                .text("shots", m.shots)
+                .text("mean", points(m.mean))
+                .text("ci95", points(m.ci95))
+                .text("baseline", points(m.baseline_mean))
+                .text("gain", points(m.gain))
+                .text("gain_ci95", points(m.gain_ci95))
+                .text("verdict", verdict)
         })
         .collect();
+    let ledger = f
+        .comparisons
+        .iter()
+        .map(|c| {
+            let k = &c.comparison;
+            let verdict = claim_verdict(k.verdict, k.mean, false);
+            ledger_row(
+                format!(
+                    "Few-shot digits, 5-way {}-shot: the rule matches or outperforms {}",
+                    c.shots, c.reference
+                ),
+                "few_shot.md",
+                "paired t-test and TOST over seeds, Holm-corrected",
+                format!(
+                    "{verdict} (accuracy difference {} ± {} points, margin ± {})",
+                    points(k.mean),
+                    points(k.ci95),
+                    points(k.margin)
+                ),
+            )
+        })
+        .collect();
+    let seeds = f.rows.iter().map(|m| m.per_seed.len()).max().unwrap_or(0);
     Context::new()
+        .list("ledger", ledger)
         .text("meta_steps", p.meta_steps)
         .text("meta_batch", p.meta_batch)
         .text("test_episodes", p.test_episodes)
-        .list(
-            "shots",
-            p.shots
-                .iter()
-                .map(|sh| Context::new().text("shots", sh))
-                .collect(),
-        )
+        .text("seeds", seeds)
+        .text("train_digits", format!("{:?}", crate::digits::META_TRAIN_DIGITS))
+        .text("test_digits", format!("{:?}", crate::digits::META_TEST_DIGITS))
         .list("methods", methods)
-        .text("verdicts", verdicts.join("; "))
         .section("stopped", stopped(&f.stopped))
 }
 
@@ -491,7 +642,36 @@ pub(super) fn spiking_section(r: &super::spiking::SpikingResults) -> Context {
     // The job's table without its title, so the numbers are written once.
     let table = super::spiking::table(r);
     let body = table.split_once("\n\n").map_or(table.as_str(), |(_, rest)| rest);
-    Context::new().text("table", body)
+    let cos = r.choice.cosine();
+    let mut ledger = vec![ledger_row(
+        "Spiking network: the rule runs where it estimates the meta-gradient (halves of the symmetric estimate agree)".into(),
+        "spiking.md",
+        &format!("mean cosine of the halves on validation tasks at least {}", super::spiking::REGIME_COSINE),
+        if cos >= super::spiking::REGIME_COSINE {
+            format!("confirmed (cosine {cos:.3} at beta = {})", r.choice.beta)
+        } else {
+            format!("not confirmed (best cosine {cos:.3} at beta = {})", r.choice.beta)
+        },
+    )];
+    for (reference, k) in r
+        .comparisons
+        .iter()
+        .filter(|c| c.0.starts_with("BPTT") || c.0.starts_with("truncated"))
+    {
+        let verdict = claim_verdict(k.verdict, k.mean, true);
+        ledger.push(ledger_row(
+            format!("Spiking network: the rule matches or outperforms {reference}"),
+            "spiking.md",
+            "paired t-test and TOST over seeds, Holm-corrected",
+            format!(
+                "{verdict} (MSE difference {} ± {}, margin ± {})",
+                num(k.mean),
+                num(k.ci95),
+                num(k.margin)
+            ),
+        ));
+    }
+    Context::new().list("ledger", ledger).text("table", body)
 }
 
 /// The relative margin, of the fixed decay's test loss, that a single-split difference must exceed.
