@@ -272,3 +272,39 @@ pub fn compare_family(differences: &[Vec<f64>], margins: &[f64], alpha: f64) -> 
         })
         .collect()
 }
+
+/// The `p`-quantile of the Beta(a, b) distribution, by bisection on [`incomplete_beta`] to 1e-14.
+pub fn beta_quantile(p: f64, a: f64, b: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0, 1.0);
+    while hi - lo > 1e-14 {
+        let mid = 0.5 * (lo + hi);
+        if incomplete_beta(a, b, mid) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// The Clopper-Pearson (exact binomial) interval at `level` for a proportion of `k` successes in
+/// `n` trials: the `alpha/2` quantile of Beta(k, n - k + 1) and the `1 - alpha/2` quantile of
+/// Beta(k + 1, n - k), with 0 and 1 at the ends.
+pub fn clopper_pearson(k: usize, n: usize, level: f64) -> (f64, f64) {
+    if n == 0 {
+        return (0.0, 1.0);
+    }
+    let alpha = 1.0 - level;
+    let (k, n) = (k as f64, n as f64);
+    let lo = if k == 0.0 {
+        0.0
+    } else {
+        beta_quantile(alpha / 2.0, k, n - k + 1.0)
+    };
+    let hi = if k == n {
+        1.0
+    } else {
+        beta_quantile(1.0 - alpha / 2.0, k + 1.0, n - k)
+    };
+    (lo, hi)
+}

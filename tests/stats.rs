@@ -156,3 +156,28 @@ fn a_verdict_needs_a_corrected_difference_or_a_corrected_equivalence() {
     assert_eq!(Verdict::of(0.2, 0.2, 0.05), Verdict::Inconclusive);
     assert_eq!(Verdict::of(f64::NAN, f64::NAN, 0.05), Verdict::Inconclusive);
 }
+
+#[test]
+fn clopper_pearson_has_its_closed_forms_at_the_ends_and_is_symmetric() {
+    use cml::stats::clopper_pearson;
+    // All n covered: the lower end solves p^n = alpha/2, so it is (alpha/2)^(1/n); none covered:
+    // the upper end is 1 - (alpha/2)^(1/n).
+    for n in [1usize, 5, 20, 100] {
+        let end = 0.025f64.powf(1.0 / n as f64);
+        let (lo, hi) = clopper_pearson(n, n, 0.95);
+        assert_relative_eq!(lo, end, max_relative = 1e-10);
+        assert_eq!(hi, 1.0);
+        let (lo, hi) = clopper_pearson(0, n, 0.95);
+        assert_eq!(lo, 0.0);
+        assert_relative_eq!(hi, 1.0 - end, max_relative = 1e-10);
+    }
+    // k of n and n - k of n mirror each other; the interval of 19 of 20 contains 0.95, and its
+    // upper end, 0.975^(1/20) = 0.99873 (the mirror of the k = 1 lower end below), is below 0.999.
+    let (lo, hi) = clopper_pearson(19, 20, 0.95);
+    let (mlo, mhi) = clopper_pearson(1, 20, 0.95);
+    assert_relative_eq!(lo, 1.0 - mhi, max_relative = 1e-10);
+    assert_relative_eq!(hi, 1.0 - mlo, max_relative = 1e-10);
+    assert!(lo < 0.95 && 0.95 < hi && hi < 0.999, "({lo}, {hi})");
+    // k = 1 of n: the lower end solves 1 - (1 - p)^n = alpha/2, so it is 1 - (1 - alpha/2)^(1/n).
+    assert_relative_eq!(mlo, 1.0 - 0.975f64.powf(1.0 / 20.0), max_relative = 1e-10);
+}

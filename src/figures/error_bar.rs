@@ -69,6 +69,12 @@ pub struct CalibrationRow {
     pub cases: usize,
     /// Fraction of cases with the true error at most the bar.
     pub coverage: f64,
+    /// Instances (independent draws), those whose every case is covered, and the Clopper-Pearson
+    /// 95% interval of that proportion: the cases of one instance are correlated, the instances
+    /// are not.
+    pub instances: usize,
+    pub instances_covered: usize,
+    pub instance_interval: (f64, f64),
     /// Median of bar / true error.
     pub median_ratio: f64,
     /// Cases with an unbounded bar (not positive definite at a phase end point).
@@ -188,27 +194,43 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
     Ok((cases, autos))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+fn median(v: Vec<f64>) -> f64 {
+    quantile(v, 0.5)
+}
+
+/// The `q`-quantile by linear interpolation between order statistics (NaN for no values).
+fn quantile(mut v: Vec<f64>, q: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
     v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
+    let position = q * (v.len() - 1) as f64;
+    let (below, above) = (position.floor() as usize, position.ceil() as usize);
+    v[below] + (v[above] - v[below]) * (position - below as f64)
 }
 
 fn summarise(name: &str, cases: &[&Case], autos: &[&AutoCase]) -> CalibrationRow {
     let n = cases.len().max(1) as f64;
     let covered = cases.iter().filter(|c| c.error <= c.bar).count() as f64;
     let ratios: Vec<f64> = autos.iter().map(|a| a.error / a.best_error).collect();
+    let mut instances: Vec<(&str, u64)> = cases.iter().map(|c| (c.problem, c.seed)).collect();
+    instances.dedup();
+    let instances_covered = instances
+        .iter()
+        .filter(|i| {
+            cases
+                .iter()
+                .filter(|c| (c.problem, c.seed) == **i)
+                .all(|c| c.error <= c.bar)
+        })
+        .count();
     CalibrationRow {
         problem: name.into(),
         cases: cases.len(),
         coverage: covered / n,
+        instances: instances.len(),
+        instances_covered,
+        instance_interval: crate::stats::clopper_pearson(instances_covered, instances.len(), 0.95),
         median_ratio: median(cases.iter().map(|c| c.bar / c.error).collect()),
         unbounded: cases.iter().filter(|c| !c.bar.is_finite()).count(),
         auto_runs: autos.len(),
@@ -335,15 +357,21 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
         "Error bar of the contrastive estimate against the true error (`cml figures --only error-bar`; {seeds} seed(s) per problem, \
          variants standard and symmetric, beta in {BETAS:?}, phase tolerances {TOLERANCES:?}; `--beta auto` at tolerance \
          {AUTO_TOLERANCE:e} against the best of 13 strengths from 1e-6 to 1).\n\n\
-         | problem | cases | coverage | median bar / error | unbounded | auto runs | auto error / grid best (median) | auto within 3x | auto cost / one estimate |\n\
-         |---|---|---|---|---|---|---|---|---|\n"
+         Coverage per case counts correlated cases (the settings of one instance); coverage per instance counts \
+         an instance as covered when every one of its cases is, with a Clopper-Pearson 95% interval.\n\n\
+         | problem | cases | coverage (cases) | instances covered | 95% interval (instances) | median bar / error | unbounded | auto runs | auto error / grid best (median) | auto within 3x | auto cost / one estimate |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n"
     );
     for r in rows.iter().chain(std::iter::once(&total)) {
         table.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} of {} | [{:.3}, {:.3}] | {} | {} | {} | {} | {} | {} |\n",
             r.problem,
             r.cases,
             num(r.coverage),
+            r.instances_covered,
+            r.instances,
+            r.instance_interval.0,
+            r.instance_interval.1,
             num(r.median_ratio),
             r.unbounded,
             r.auto_runs,
@@ -351,6 +379,27 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
             num(r.auto_within_3x),
             num(r.auto_cost_ratio)
         ));
+    }
+    // Sharpness at each phase precision: how far above the true error the bar sits.
+    table.push_str(
+        "\nSharpness of the bar at each phase tolerance: bar / true error over the cases with a finite bar.\n\n\
+         | problem | tolerance | cases | median | 90th percentile |\n|---|---|---|---|---|\n",
+    );
+    for name in PROBLEMS.iter().copied().chain(std::iter::once("all")) {
+        for tolerance in TOLERANCES {
+            let ratios: Vec<f64> = cases
+                .iter()
+                .filter(|c| (name == "all" || c.problem == name) && c.tolerance == tolerance)
+                .filter(|c| c.bar.is_finite() && c.error > 0.0)
+                .map(|c| c.bar / c.error)
+                .collect();
+            table.push_str(&format!(
+                "| {name} | {tolerance:e} | {} | {} | {} |\n",
+                ratios.len(),
+                num(quantile(ratios.clone(), 0.5)),
+                num(quantile(ratios, 0.9))
+            ));
+        }
     }
     write_table(settings, "error_bar.md", &table, files)?;
 

@@ -19,7 +19,7 @@ mod writeup;
 
 pub use training::figure_training_config;
 
-use crate::error::{CmlError, Result};
+use crate::error::Result;
 use crate::io::write_atomically;
 use std::path::{Path, PathBuf};
 use units::{Job, Whole};
@@ -136,28 +136,20 @@ pub fn run(settings: &Settings, selection: &Selection, log: &(dyn Fn(&str) + Syn
 
 /// The full protocol of each job that has one, as shipped in `configs/<job>.toml` (a test checks
 /// that the files match what the jobs run).
-pub fn protocols() -> Result<Vec<(&'static str, serde_json::Value)>> {
-    let json = |v: std::result::Result<serde_json::Value, serde_json::Error>| {
-        v.map_err(|e| CmlError::invalid("protocol", "not serialisable", e.to_string()))
+pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
+    /// The jobs whose protocol ships as `configs/<job>.toml` (dashes as underscores).
+    const SHIPPED: [&str; 4] = ["bandit", "few-shot", "digits-decay", "spiking"];
+    let settings = Settings {
+        out: PathBuf::new(),
+        paper: PathBuf::new(),
+        scale: Scale::Default,
+        seed: 0,
     };
-    Ok(vec![
-        (
-            "bandit",
-            json(serde_json::to_value(bandit::Protocol::new(false)?))?,
-        ),
-        (
-            "few_shot",
-            json(serde_json::to_value(few_shot::Protocol::new(false)))?,
-        ),
-        (
-            "digits_decay",
-            json(serde_json::to_value(digits_decay::Protocol::new(false)?))?,
-        ),
-        (
-            "spiking",
-            json(serde_json::to_value(spiking::Protocol::new(false)))?,
-        ),
-    ])
+    registry()
+        .into_iter()
+        .filter(|j| SHIPPED.contains(&j.name()))
+        .map(|j| Ok((j.name().replace('-', "_"), j.protocol(&settings)?)))
+        .collect()
 }
 
 /// Writes a CSV (header plus rows) whole or not at all, and records it.

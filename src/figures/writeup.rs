@@ -418,6 +418,20 @@ pub(super) fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Con
         .text("cases", t.cases)
         .text("coverage", num(t.coverage))
         .text("coverage_verdict", verdict(t.coverage >= 0.9))
+        .text("instances", t.instances)
+        .text("instances_covered", t.instances_covered)
+        .text(
+            "instance_interval",
+            format!("[{:.3}, {:.3}]", t.instance_interval.0, t.instance_interval.1),
+        )
+        .text(
+            "instance_verdict",
+            if t.instance_interval.0 >= 0.9 {
+                "established: the interval lies above 0.9"
+            } else {
+                "not established at this number of instances: the interval reaches below 0.9"
+            },
+        )
         .text("median_ratio", num(t.median_ratio))
         .text("ratio_verdict", verdict(t.median_ratio <= 10.0))
         .text("per_problem", per_problem.join("; "))
