@@ -19,7 +19,7 @@ mod writeup;
 
 pub use training::figure_training_config;
 
-use crate::error::Result;
+use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use std::path::{Path, PathBuf};
 use units::{Job, Whole};
@@ -154,6 +154,16 @@ pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
 
 /// Writes a CSV (header plus rows) whole or not at all, and records it.
 pub(crate) fn write_csv(path: &Path, header: &str, rows: &[String], files: &mut Vec<PathBuf>) -> Result<()> {
+    // Fields are not quoted: a row whose field count differs from the header's (a name with a
+    // comma) would shift its columns, so it is an error before anything is written.
+    let columns = header.split(',').count();
+    if let Some(bad) = rows.iter().find(|r| r.split(',').count() != columns) {
+        return Err(CmlError::invalid(
+            format!("a row of {}", path.display()),
+            bad,
+            format!("{columns} comma-separated fields, as in the header {header}"),
+        ));
+    }
     let mut text = format!("{header}\n");
     for r in rows {
         text.push_str(r);
@@ -230,4 +240,27 @@ pub(crate) fn running_mean(values: &[f64]) -> Vec<(f64, f64)> {
             ((i + 1) as f64, w.iter().sum::<f64>() / w.len() as f64)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_csv_row_with_a_stray_comma_is_an_error_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        let mut files = Vec::new();
+        let rows = vec!["a,1".to_string(), "greedy, no meta,2".to_string()];
+        let err = write_csv(&path, "agent,value", &rows, &mut files)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("greedy, no meta,2") && err.contains("2 comma-separated fields"),
+            "{err}"
+        );
+        assert!(!path.exists() && files.is_empty());
+        write_csv(&path, "agent,value", &rows[..1], &mut files).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "agent,value\na,1\n");
+    }
 }
