@@ -3,6 +3,8 @@
 //! refused with the list this registry holds, so help texts, errors and tests cannot drift from
 //! what is accepted.
 
+use crate::bandit::task::BanditTask;
+use crate::digits::{ClassPool, DecayClassifier, Episode, META_TEST_DIGITS, load_digits};
 use crate::error::{CmlError, Result};
 use crate::estimator::error_bar::AutoBeta;
 use crate::estimator::{
@@ -15,6 +17,7 @@ use crate::problem::{
     DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec, RegisteredProblem,
     RegularisedMlp, SinusoidTask, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
 };
+use crate::rng::seeded;
 
 /// A problem: how to draw an instance from a seed (default sizes), and how to read one back from
 /// an instance file.
@@ -89,7 +92,82 @@ pub const PROBLEMS: &[ProblemEntry] = &[
         draw: draw_regularised_mlp,
         read: |r| Ok(Box::new(RegularisedMlp::from_instance(r)?)),
     },
+    ProblemEntry {
+        name: "decay-classifier",
+        about: "per-parameter weight decay of a 64-8-10 network on 200 training and 200 validation digits \
+                (the digit weight-decay job at its quick sizes)",
+        draw: |seed| {
+            Ok(Box::new(DecayClassifier::random(
+                Mlp::parse("64-8-10")?,
+                200,
+                200,
+                INITIAL_DECAY,
+                seed,
+            )?))
+        },
+        read: |r| Ok(Box::new(DecayClassifier::from_instance(r)?)),
+    },
+    ProblemEntry {
+        name: "digits-synapse",
+        about: "complex synapse with a fixed pull of 0.1, a 64-16-5 network on one 5-way 1-shot episode of the \
+                meta-test digits, 15 queries per class (the few-shot job's task)",
+        draw: draw_digits_synapse,
+        read: |r| Ok(Box::new(Synapse::<Episode>::from_instance(r)?)),
+    },
+    ProblemEntry {
+        name: "bandit-synapse",
+        about: "complex synapse with a fixed pull of 2000/P, a 2-8-8-5 network regressing one wheel bandit's \
+                rewards from 64 support and 16 query pulls (the bandit job's task at its quick sizes)",
+        draw: draw_bandit_synapse,
+        read: |r| Ok(Box::new(Synapse::<BanditTask>::from_instance(r)?)),
+    },
+    ProblemEntry {
+        name: "bandit-modulation",
+        about: "gain modulation with a pull of 1, a 2-8-8-5 network regressing one wheel bandit's rewards from 64 \
+                support and 16 query pulls (the bandit job's task at its quick sizes)",
+        draw: |seed| {
+            let spec = ModulationSpec {
+                net: Mlp::parse("2-8-8-5")?,
+                strength: 1.0,
+            };
+            let mut rng = seeded(seed);
+            let theta = spec.initial_theta(&mut rng)?;
+            let task = BanditTask::sample(&mut rng, 64, 16)?;
+            Ok(Box::new(Modulation::new(spec, task, &theta)?))
+        },
+        read: |r| Ok(Box::new(Modulation::<BanditTask>::from_instance(r)?)),
+    },
 ];
+
+/// A complex synapse whose strength is fixed (theta is the consolidated weights alone), as the
+/// few-shot and bandit jobs meta-train it.
+fn fixed_synapse(net: &str, strength: impl Fn(&Mlp) -> f64) -> Result<SynapseSpec> {
+    let net = Mlp::parse(net)?;
+    Ok(SynapseSpec {
+        strength: strength(&net),
+        net,
+        per_synapse: false,
+        fixed_strength: true,
+    })
+}
+
+fn draw_digits_synapse(seed: u64) -> Result<Box<dyn RegisteredProblem>> {
+    let spec = fixed_synapse("64-16-5", |_| 0.1)?;
+    let mut rng = seeded(seed);
+    let theta = spec.initial_theta(&mut rng)?;
+    let pool = ClassPool::upright(&load_digits()?, &META_TEST_DIGITS)?;
+    let episode = pool.episode(&mut rng, META_TEST_DIGITS.len(), 1, 15)?;
+    Ok(Box::new(Synapse::new(spec, episode, &theta)?))
+}
+
+fn draw_bandit_synapse(seed: u64) -> Result<Box<dyn RegisteredProblem>> {
+    // The bandit job's pull, `1000 mean_i (phi_i - omega_i)^2` as `lambda/2 sum_i`.
+    let spec = fixed_synapse("2-8-8-5", |net| 2000.0 / net.param_count() as f64)?;
+    let mut rng = seeded(seed);
+    let theta = spec.initial_theta(&mut rng)?;
+    let task = BanditTask::sample(&mut rng, 64, 16)?;
+    Ok(Box::new(Synapse::new(spec, task, &theta)?))
+}
 
 #[cfg(feature = "datasets")]
 fn draw_regularised_mlp(seed: u64) -> Result<Box<dyn RegisteredProblem>> {

@@ -4,6 +4,9 @@
 //! build their own small data.
 
 use crate::error::{CmlError, Result};
+use crate::linalg::Vector;
+use crate::problem::InstanceFile;
+use crate::problem::instance::InstanceReader;
 use crate::rng::seeded;
 use candle_core::{Device, Tensor};
 use rand::seq::SliceRandom;
@@ -17,6 +20,34 @@ pub struct Labelled {
 }
 
 impl Labelled {
+    /// Writes the rows into an instance file as `x_{part}` (row-major) and `labels_{part}`.
+    pub fn push(&self, file: &mut InstanceFile, part: &str) {
+        file.push_vector(&format!("x_{part}"), &Vector::from_vec(self.x.clone()));
+        let labels = self.labels.iter().map(|&l| l as f64).collect();
+        file.push_vector(&format!("labels_{part}"), &Vector::from_vec(labels));
+    }
+
+    /// Reads back what [`Labelled::push`] wrote: rows of `features` columns, labels below
+    /// `classes`.
+    pub fn read(r: &mut InstanceReader, part: &str, features: usize, classes: usize) -> Result<Self> {
+        let labels = r.vector(&format!("labels_{part}"), None)?;
+        let x = r.vector(&format!("x_{part}"), Some(labels.len() * features))?;
+        let labels = labels
+            .iter()
+            .map(|&l| {
+                if l >= 0.0 && l.fract() == 0.0 && l < classes as f64 {
+                    Ok(l as usize)
+                } else {
+                    Err(r.error(format!(
+                        "label {l} of {part} is not one of 0..{}",
+                        classes.saturating_sub(1)
+                    )))
+                }
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Labelled::new(features, x.as_slice().to_vec(), labels)
+    }
+
     pub fn new(features: usize, x: Vec<f64>, labels: Vec<usize>) -> Result<Self> {
         if features == 0 || x.len() != features * labels.len() {
             return Err(CmlError::invalid(

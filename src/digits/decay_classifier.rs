@@ -6,17 +6,19 @@
 //! a tanh MLP with softmax cross-entropy, one log-strength `theta_i` per parameter (biases
 //! included). A test split measures what the learned strengths bought.
 
-use super::{Labelled, accuracy};
+use super::{Labelled, Standardiser, accuracy, load_digits, split};
 use crate::engine::mlp::MlpKernel;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::model::mlp::{Mlp, softmax_cross_entropy};
+use crate::problem::instance::InstanceReader;
 use crate::problem::regularised_mlp::{
     decay_hessian_vector_product, decay_mixed_transpose_product, decay_penalty, decay_phase_gradient,
     decay_workspace,
 };
 use crate::problem::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
+use crate::rng::stream;
 use candle_core::Tensor;
 
 /// One part of the data as tensors: inputs and one-hot labels.
@@ -106,6 +108,45 @@ impl DecayClassifier {
     }
 }
 
+impl DecayClassifier {
+    /// The registry's draw (docs/PROBLEMS.md): the digit weight-decay job's split and
+    /// standardisation at `seed` with `train` and `validation` rows, the network initialised from
+    /// the same seed, every strength at `initial_decay`.
+    pub fn random(net: Mlp, train: usize, validation: usize, initial_decay: f64, seed: u64) -> Result<Self> {
+        if !(initial_decay.is_finite() && initial_decay > 0.0) {
+            return Err(CmlError::invalid(
+                "initial decay",
+                initial_decay,
+                "a finite strength above 0 (theta holds its logarithm)",
+            ));
+        }
+        let s = split(&load_digits()?, train, validation, seed)?;
+        let standardise = Standardiser::fit(&s.train)?;
+        let phi_init = net.init(&mut stream(seed, 1));
+        let theta = Vector::from_element(net.param_count(), initial_decay.ln());
+        Self::new(
+            net,
+            standardise.apply(&s.train),
+            standardise.apply(&s.validation),
+            &phi_init,
+            &theta,
+        )
+    }
+
+    /// Reads back what [`ToInstanceFile::to_instance`] wrote.
+    pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
+        let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
+        let (features, classes) = (net.sizes[0], *net.sizes.last().expect("an output layer"));
+        let train = Labelled::read(&mut r, "train", features, classes)?;
+        let validation = Labelled::read(&mut r, "validation", features, classes)?;
+        let p = net.param_count();
+        let phi_init = r.vector("phi_init", Some(p))?;
+        let theta = r.vector("theta", Some(p))?;
+        r.finish()?;
+        Self::new(net, train, validation, &phi_init, &theta)
+    }
+}
+
 impl BilevelProblem for DecayClassifier {
     fn dims(&self) -> Dims {
         let p = self.net.param_count();
@@ -147,11 +188,8 @@ impl ToInstanceFile for DecayClassifier {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.net.sizes_vector());
-        for (name, part) in [("train", &self.train), ("validation", &self.validation)] {
-            f.push_vector(&format!("x_{name}"), &Vector::from_vec(part.data.x.clone()));
-            let labels = part.data.labels.iter().map(|&l| l as f64).collect();
-            f.push_vector(&format!("labels_{name}"), &Vector::from_vec(labels));
-        }
+        self.train.data.push(&mut f, "train");
+        self.validation.data.push(&mut f, "validation");
         f.push_vector("phi_init", &to_dvector(&self.phi_init).expect("a vector"));
         f.push_vector("theta", &to_dvector(&self.theta).expect("a vector"));
         f

@@ -6,7 +6,6 @@
 use super::data::{Labelled, rotate};
 use crate::engine::mlp::MlpKernel;
 use crate::error::{CmlError, Result};
-use crate::linalg::Vector;
 use crate::model::Mlp;
 use crate::problem::instance::InstanceReader;
 use crate::problem::{InstanceFile, SupervisedTask, TaskTensors};
@@ -189,11 +188,8 @@ impl SupervisedTask for Episode {
 
     fn push(&self, file: &mut InstanceFile) {
         file.push_scalar("ways", self.ways as f64);
-        for (name, part) in [("support", &self.support), ("query", &self.query)] {
-            file.push_vector(&format!("x_{name}"), &Vector::from_vec(part.x.clone()));
-            let labels = part.labels.iter().map(|&l| l as f64).collect();
-            file.push_vector(&format!("labels_{name}"), &Vector::from_vec(labels));
-        }
+        self.support.push(file, "support");
+        self.query.push(file, "query");
     }
 
     fn read(r: &mut InstanceReader) -> Result<Self> {
@@ -202,23 +198,8 @@ impl SupervisedTask for Episode {
             return Err(r.error(format!("ways {ways} is not a whole number >= 2")));
         }
         let ways = ways as usize;
-        let mut part = |name: &str| -> Result<Labelled> {
-            let labels = r.vector(&format!("labels_{name}"), None)?;
-            let x = r.vector(&format!("x_{name}"), Some(labels.len() * SIDE * SIDE))?;
-            let labels = labels
-                .iter()
-                .map(|&l| {
-                    if l >= 0.0 && l.fract() == 0.0 && (l as usize) < ways {
-                        Ok(l as usize)
-                    } else {
-                        Err(r.error(format!("label {l} is not one of 0..{}", ways - 1)))
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Labelled::new(SIDE * SIDE, x.as_slice().to_vec(), labels)
-        };
-        let support = part("support")?;
-        let query = part("query")?;
+        let support = Labelled::read(r, "support", SIDE * SIDE, ways)?;
+        let query = Labelled::read(r, "query", SIDE * SIDE, ways)?;
         if support.is_empty() || query.is_empty() {
             return Err(r.error("an episode needs support and query images".into()));
         }
