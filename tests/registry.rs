@@ -189,3 +189,18 @@ fn every_problem_the_figure_jobs_build_is_in_the_registry() {
     .unwrap();
     assert!(!few_shot.contains("Modulation"));
 }
+
+#[test]
+fn a_digit_label_outside_the_classes_is_refused_by_name() {
+    // The classifier has 10 classes (0..9), the episode 5 ways (0..4): one label past each.
+    for (problem, array, bad) in [
+        ("decay-classifier", "labels_train", 10.0),
+        ("digits-synapse", "labels_query", 5.0),
+    ] {
+        let mut file = registry::draw_problem(problem, 0).unwrap().to_instance();
+        let labels = file.arrays.iter_mut().find(|a| a.name == array).unwrap();
+        labels.values[0] = cml::problem::instance::FiniteOrNot(bad);
+        let err = registry::read_problem(&file, "f.json").err().unwrap().to_string();
+        assert!(err.contains(&format!("label {bad}")) && err.contains("f.json"), "{err}");
+    }
+}
