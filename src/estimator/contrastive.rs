@@ -17,7 +17,7 @@ use crate::problem::BilevelProblem;
 use candle_core::Tensor;
 
 /// Which finite difference of `g` estimates `F'(0)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Variant {
     /// `(g(beta) - g(0)) / beta`; error `O(beta)`.

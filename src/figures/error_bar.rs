@@ -11,7 +11,6 @@ use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdParams;
 use crate::linalg::Vector;
-use crate::parallel::map_in_order;
 use std::path::PathBuf;
 
 /// The problems calibrated, in table order.
@@ -28,9 +27,9 @@ fn grid() -> Vec<f64> {
 const AUTO_TOLERANCE: f64 = 1e-8;
 
 /// One calibration case.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Case {
-    problem: &'static str,
+    problem: String,
     seed: u64,
     variant: Variant,
     beta: f64,
@@ -39,15 +38,15 @@ struct Case {
     bar: f64,
     truncation: f64,
     phase_precision: f64,
-    source: &'static str,
+    source: String,
     bar_gradient_evaluations: usize,
     bar_second_order_products: usize,
 }
 
 /// `--beta auto` on one instance beside the grid.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct AutoCase {
-    problem: &'static str,
+    problem: String,
     seed: u64,
     variant: Variant,
     chosen: f64,
@@ -93,7 +92,8 @@ pub struct CalibrationResults {
     pub rows: Vec<CalibrationRow>,
     /// Over every problem.
     pub total: CalibrationRow,
-    pub seeds: usize,
+    /// Instances drawn per problem, e.g. `quadratic 100, ..., synapse 20`.
+    pub instances_per_problem: String,
 }
 
 fn phase(tolerance: f64, quick: bool) -> GdParams {
@@ -143,7 +143,7 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
                     };
                 let bar = e.error_bar.as_ref().expect("estimated with its bar");
                 cases.push(Case {
-                    problem,
+                    problem: problem.into(),
                     seed,
                     variant,
                     beta,
@@ -152,7 +152,7 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
                     bar: bar.bar,
                     truncation: bar.truncation,
                     phase_precision: bar.phase_precision,
-                    source: source_name(bar),
+                    source: source_name(bar).into(),
                     bar_gradient_evaluations: bar.extra_cost.gradient_evaluations,
                     bar_second_order_products: bar.extra_cost.second_order_products,
                 });
@@ -178,7 +178,7 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
         }
         .estimate(p.as_ref(), &theta)?;
         autos.push(AutoCase {
-            problem,
+            problem: problem.into(),
             seed,
             variant,
             chosen: bar.beta,
@@ -213,14 +213,14 @@ fn summarise(name: &str, cases: &[&Case], autos: &[&AutoCase]) -> CalibrationRow
     let n = cases.len().max(1) as f64;
     let covered = cases.iter().filter(|c| c.error <= c.bar).count() as f64;
     let ratios: Vec<f64> = autos.iter().map(|a| a.error / a.best_error).collect();
-    let mut instances: Vec<(&str, u64)> = cases.iter().map(|c| (c.problem, c.seed)).collect();
+    let mut instances: Vec<(&str, u64)> = cases.iter().map(|c| (c.problem.as_str(), c.seed)).collect();
     instances.dedup();
     let instances_covered = instances
         .iter()
         .filter(|i| {
             cases
                 .iter()
-                .filter(|c| (c.problem, c.seed) == **i)
+                .filter(|c| (c.problem.as_str(), c.seed) == **i)
                 .all(|c| c.error <= c.bar)
         })
         .count();
@@ -278,16 +278,111 @@ fn comparison_panel(labels: [&str; 3], points: &[(&str, (f64, f64))], lines: (&s
     panel
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationResults> {
-    let seeds: u64 = if settings.quick() { 1 } else { 4 };
-    let units: Vec<(&'static str, u64)> = PROBLEMS
+/// Instances drawn per problem: at least 100 where an instance costs seconds, 20 for the
+/// networks (an exact reference is a Newton solve on 1761 parameters).
+fn instances(quick: bool) -> Vec<(&'static str, u64)> {
+    PROBLEMS
         .iter()
-        .flat_map(|&p| (0..seeds).map(move |s| (p, settings.seed + s)))
-        .collect();
-    let results = map_in_order(&units, |&(p, seed)| calibrate(p, seed, settings.quick()))?;
-    let cases: Vec<Case> = results.iter().flat_map(|(c, _)| c.clone()).collect();
-    let autos: Vec<AutoCase> = results.iter().flat_map(|(_, a)| a.clone()).collect();
+        .map(|&p| {
+            let n = match (quick, p) {
+                (true, _) => 1,
+                (false, "synapse" | "modulation") => 20,
+                (false, _) => 100,
+            };
+            (p, n)
+        })
+        .collect()
+}
 
+/// The units: one per instance, `{problem}-seed{s}` (the instance is drawn from the run's seed
+/// plus `s`).
+fn unit_list(quick: bool) -> Vec<(&'static str, u64)> {
+    instances(quick)
+        .into_iter()
+        .flat_map(|(p, n)| (0..n).map(move |s| (p, s)))
+        .collect()
+}
+
+fn unit_name(problem: &str, s: u64) -> String {
+    format!("{problem}-seed{s}")
+}
+
+/// What one unit stores.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct InstanceRows {
+    cases: Vec<Case>,
+    autos: Vec<AutoCase>,
+}
+
+pub(crate) struct ErrorBarJob;
+
+impl super::units::Job for ErrorBarJob {
+    fn name(&self) -> &'static str {
+        "error-bar"
+    }
+
+    fn about(&self) -> &'static str {
+        "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid"
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        super::units::encode(&serde_json::json!({
+            "instances": instances(settings.quick()),
+            "variants": VARIANTS,
+            "betas": BETAS,
+            "tolerances": TOLERANCES,
+            "auto_tolerance": AUTO_TOLERANCE,
+            "auto_grid": grid(),
+            "max_steps": phase(AUTO_TOLERANCE, settings.quick()).max_steps,
+        }))
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        Ok(unit_list(settings.quick())
+            .iter()
+            .map(|(p, s)| unit_name(p, *s))
+            .collect())
+    }
+
+    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+        let (problem, s) =
+            super::units::lookup(self, settings, unit, unit_list(settings.quick()), |(p, s)| {
+                unit_name(p, *s)
+            })?;
+        let (cases, autos) = calibrate(problem, settings.seed + s, settings.quick())?;
+        super::units::encode(&InstanceRows { cases, autos })
+    }
+
+    fn report(
+        &self,
+        settings: &Settings,
+        units: &[super::units::Stored],
+        files: &mut Vec<PathBuf>,
+    ) -> Result<super::template::Context> {
+        let mut cases = Vec::new();
+        let mut autos = Vec::new();
+        for stored in units {
+            let rows: InstanceRows = super::units::decode(stored)?;
+            cases.extend(rows.cases);
+            autos.extend(rows.autos);
+        }
+        Ok(super::writeup::error_bar_section(&report(
+            settings, &cases, &autos, files,
+        )?))
+    }
+}
+
+fn report(
+    settings: &Settings,
+    cases: &[Case],
+    autos: &[AutoCase],
+    files: &mut Vec<PathBuf>,
+) -> Result<CalibrationResults> {
+    let instances_per_problem = instances(settings.quick())
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let case_rows: Vec<String> = cases
         .iter()
         .map(|c| {
@@ -354,7 +449,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
         &autos.iter().collect::<Vec<_>>(),
     );
     let mut table = format!(
-        "Error bar of the contrastive estimate against the true error (`cml figures --only error-bar`; {seeds} seed(s) per problem, \
+        "Error bar of the contrastive estimate against the true error (`cml figures --only error-bar`; instances per problem: {instances_per_problem}, \
          variants standard and symmetric, beta in {BETAS:?}, phase tolerances {TOLERANCES:?}; `--beta auto` at tolerance \
          {AUTO_TOLERANCE:e} against the best of 13 strengths from 1e-6 to 1).\n\n\
          Coverage per case counts correlated cases (the settings of one instance); coverage per instance counts \
@@ -412,7 +507,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
         &cases
             .iter()
             .filter(|c| c.bar.is_finite() && c.error > 0.0)
-            .map(|c| (c.problem, (c.error, c.bar)))
+            .map(|c| (c.problem.as_str(), (c.error, c.bar)))
             .collect::<Vec<_>>(),
         ("bar = error", "bar = 10 x error", 10.0),
     );
@@ -425,7 +520,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
         &autos
             .iter()
             .filter(|a| a.best_error > 0.0)
-            .map(|a| (a.problem, (a.best_error, a.error)))
+            .map(|a| (a.problem.as_str(), (a.best_error, a.error)))
             .collect::<Vec<_>>(),
         ("equal", "3 x", 3.0),
     );
@@ -441,6 +536,6 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<CalibrationR
     Ok(CalibrationResults {
         rows,
         total,
-        seeds: seeds as usize,
+        instances_per_problem,
     })
 }

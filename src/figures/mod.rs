@@ -49,7 +49,7 @@ pub(crate) fn registry() -> Vec<&'static dyn Job> {
         &training::TRAINING,
         &COST,
         &WEIGHT_DECAY,
-        &ERROR_BAR,
+        &error_bar::ErrorBarJob,
         &digits_decay::DIGITS_DECAY,
         &few_shot::FEW_SHOT,
         &bandit::BANDIT,
@@ -97,13 +97,6 @@ static WEIGHT_DECAY: Whole = Whole {
     about: "per-parameter weight decay learned on the diabetes data set, test-loss table",
     protocol: no_protocol,
     run: |s, f| Ok(writeup::weight_decay_section(&weight_decay::run(s, f)?)),
-    at_report: None,
-};
-static ERROR_BAR: Whole = Whole {
-    name: "error-bar",
-    about: "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid",
-    protocol: no_protocol,
-    run: |s, f| Ok(writeup::error_bar_section(&error_bar::run(s, f)?)),
     at_report: None,
 };
 static SPIKING: Whole = Whole {

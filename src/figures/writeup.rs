@@ -414,7 +414,7 @@ pub(super) fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Con
         .map(|r| format!("{} {} / {}", r.problem, num(r.coverage), num(r.median_ratio)))
         .collect();
     Context::new()
-        .text("seeds", e.seeds)
+        .text("instances_per_problem", &e.instances_per_problem)
         .text("cases", t.cases)
         .text("coverage", num(t.coverage))
         .text("coverage_verdict", verdict(t.coverage >= 0.9))
