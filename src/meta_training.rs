@@ -184,8 +184,8 @@ pub struct Control<'a> {
 
 /// Stream numbers for [`stream`].
 const INIT: u64 = 0;
-const TRAIN_TASKS: u64 = 1;
-const EVAL_TASKS: u64 = 2;
+pub const TRAIN_TASKS: u64 = 1;
+pub const EVAL_TASKS: u64 = 2;
 
 /// Runs meta-training; `observer` sees every log line as it is made.
 pub fn train(config: &TrainConfig, observer: &mut dyn FnMut(&MetaStep)) -> Result<TrainResult> {

@@ -10,9 +10,10 @@ use crate::estimator::error_bar::AutoBeta;
 use crate::estimator::{
     Contrastive, EstimatorParams, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled,
 };
+use crate::linalg::Vector;
 use crate::meta_training::ModelSpec;
 use crate::model::Mlp;
-use crate::problem::instance::InstanceReader;
+use crate::problem::instance::{FiniteOrNot, InstanceReader};
 use crate::problem::{
     DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec, RegisteredProblem,
     RegularisedMlp, SinusoidTask, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
@@ -222,6 +223,34 @@ pub fn read_problem(file: &InstanceFile, source_name: &str) -> Result<Box<dyn Re
             ),
         }),
     }
+}
+
+/// The same instance with its meta-parameters replaced by `theta`: through its instance file,
+/// where every registered problem stores them as the array `theta`, so meta-training reaches
+/// every problem of the registry without a constructor per problem.
+pub fn with_theta(problem: &dyn RegisteredProblem, theta: &Vector) -> Result<Box<dyn RegisteredProblem>> {
+    let mut file = problem.to_instance();
+    let stored = file
+        .arrays
+        .iter_mut()
+        .find(|a| a.name == "theta")
+        .ok_or_else(|| CmlError::Instance {
+            source_name: problem.name().into(),
+            reason: "its instance file holds no array `theta`".into(),
+        })?;
+    if stored.values.len() != theta.len() {
+        return Err(CmlError::invalid(
+            "meta-parameters",
+            theta.len(),
+            format!(
+                "{} entries for this {} instance",
+                stored.values.len(),
+                problem.name()
+            ),
+        ));
+    }
+    stored.values = theta.iter().map(|&v| FiniteOrNot(v)).collect();
+    read_problem(&file, problem.name())
 }
 
 fn is_instance_file(spec: &str) -> bool {

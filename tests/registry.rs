@@ -201,6 +201,9 @@ fn a_digit_label_outside_the_classes_is_refused_by_name() {
         let labels = file.arrays.iter_mut().find(|a| a.name == array).unwrap();
         labels.values[0] = cml::problem::instance::FiniteOrNot(bad);
         let err = registry::read_problem(&file, "f.json").err().unwrap().to_string();
-        assert!(err.contains(&format!("label {bad}")) && err.contains("f.json"), "{err}");
+        assert!(
+            err.contains(&format!("label {bad}")) && err.contains("f.json"),
+            "{err}"
+        );
     }
 }

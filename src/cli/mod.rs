@@ -8,6 +8,7 @@ mod grad;
 mod sweep;
 mod sweep_merge;
 mod train;
+mod train_problem;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::process::ExitCode;

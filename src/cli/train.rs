@@ -13,48 +13,63 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    #[arg(long, help = format!("Model: {}", crate::registry::model_names()))]
-    model: String,
+    #[arg(long, required_unless_present = "problem", conflicts_with = "problem",
+          help = format!("Model on few-shot sinusoids: {}", crate::registry::model_names()))]
+    model: Option<String>,
+    /// Instead of a model: any registry problem, each task drawn from a fresh seed (or an instance
+    /// file, the same instance every task), with the current meta-parameters; no checkpoints.
+    #[arg(long, help = format!("Instead of --model: a problem ({}) or an instance file; each task is a fresh draw at the current meta-parameters", crate::registry::problem_names()))]
+    pub problem: Option<String>,
     /// Network layer sizes.
-    #[arg(long, default_value = "1-40-40-1")]
+    #[arg(long, default_value = "1-40-40-1", conflicts_with = "problem")]
     net: String,
     /// Support and query points per task.
-    #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value_t = 10,
+        allow_hyphen_values = true,
+        conflicts_with = "problem"
+    )]
     shots: i64,
     /// Initial strength lambda of the pull toward the consolidated / initial values.
-    #[arg(long, default_value_t = 1.0, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        allow_hyphen_values = true,
+        conflicts_with = "problem"
+    )]
     strength: f64,
     /// Synapse model: one strength shared by all synapses instead of one each.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "problem")]
     shared_strength: bool,
     #[command(flatten)]
-    estimator: EstimatorArgs,
+    pub estimator: EstimatorArgs,
     #[arg(long, default_value_t = 100, allow_hyphen_values = true)]
-    meta_steps: i64,
+    pub meta_steps: i64,
     #[arg(long, default_value_t = 8, allow_hyphen_values = true)]
-    meta_batch: i64,
+    pub meta_batch: i64,
     /// Adam learning rate.
     #[arg(long, default_value_t = 1e-3, allow_hyphen_values = true)]
-    meta_lr: f64,
+    pub meta_lr: f64,
     /// Held-out tasks for the meta-test loss.
     #[arg(long, default_value_t = 20, allow_hyphen_values = true)]
-    eval_tasks: i64,
+    pub eval_tasks: i64,
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
-    eval_every: i64,
+    pub eval_every: i64,
     /// With `--beta auto`: choose beta again every this many meta-steps, on the meta-batch's first
     /// task (docs/ERROR_BAR.md §4).
     #[arg(long, default_value_t = crate::estimator::error_bar::AUTO_RECHOOSE_EVERY as i64, allow_hyphen_values = true)]
-    beta_every: i64,
+    pub beta_every: i64,
     #[arg(long, default_value_t = 0)]
-    seed: u64,
+    pub seed: u64,
     /// Output folder: train.csv, timing.csv, config.json, theta.json, checkpoint.json.
     #[arg(long, default_value = "runs/train")]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Write a checkpoint every this many meta-steps (0: only when interrupted).
     #[arg(long, default_value_t = 10, allow_hyphen_values = true)]
     checkpoint_every: i64,
     /// Continue from OUT/checkpoint.json (the config must be the same).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "problem")]
     resume: bool,
     /// Stop after this meta-step as if interrupted (for testing resumption).
     #[arg(long, hide = true)]
@@ -67,8 +82,15 @@ pub struct TrainArgs {
 impl TrainArgs {
     fn config(&self) -> Result<TrainConfig> {
         let net = Mlp::parse(&self.net)?;
+        let name = self.model.as_deref().ok_or_else(|| {
+            CmlError::invalid(
+                "model",
+                "none",
+                format!("--model {} or --problem", crate::registry::model_names()),
+            )
+        })?;
         let model = crate::registry::model(
-            &self.model,
+            name,
             &crate::registry::ModelOptions {
                 net,
                 strength: self.strength,
@@ -164,6 +186,9 @@ fn read_checkpoint(path: &Path, config: &serde_json::Value) -> Result<TrainState
 
 pub fn run(args: TrainArgs) -> Result<()> {
     crate::autodiff::ensure_second_order()?;
+    if let Some(problem) = &args.problem {
+        return super::train_problem::run(&args, problem, args.estimator.spec()?);
+    }
     let config = args.config()?;
     if let Some(w) = crate::meta_training::check_applicable(&config, args.estimator.allow_inapplicable)? {
         eprintln!("warning: {w}");
