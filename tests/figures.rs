@@ -180,6 +180,132 @@ fn protocol_of_the_final_loss_table(dir: &Path) {
     }
 }
 
+/// The CSV's rows as maps from column name to cell.
+fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|l| {
+            header
+                .iter()
+                .zip(l.split(','))
+                .map(|(h, c)| (h.to_string(), c.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The other experiments follow docs/PROTOCOL.md, recomputed from their CSVs:
+/// - digit weight decay: on each seed exactly one grid decay is chosen, the one with the least
+///   validation cross-entropy (the choice is made on validation data);
+/// - spiking: exactly one (beta, nudged step size) is chosen, the one whose halves agree best on
+///   the validation tasks; the comparisons with CML are paired over seeds, Holm-adjusted, and
+///   every verdict is the one the adjusted difference and equivalence tests give;
+/// - few-shot: every method has a finite matched baseline on every seed.
+fn protocol_of_the_other_tables(dir: &Path) {
+    use cml::stats::{Verdict, equivalence_p_value, holm, paired_test};
+    let f = |row: &std::collections::BTreeMap<String, String>, key: &str| -> f64 {
+        row[key].parse().unwrap_or_else(|_| panic!("{key}: {row:?}"))
+    };
+    let grid = csv_rows(&dir.join("figures/digits_decay_grid.csv"));
+    let seeds: std::collections::BTreeSet<String> = grid.iter().map(|r| r["seed"].clone()).collect();
+    assert!(seeds.len() >= 2, "{seeds:?}");
+    for seed in &seeds {
+        let own: Vec<_> = grid.iter().filter(|r| &r["seed"] == seed).collect();
+        let chosen: Vec<_> = own.iter().filter(|r| r["chosen"] == "true").collect();
+        assert_eq!(chosen.len(), 1, "seed {seed}: one chosen decay");
+        let best = own
+            .iter()
+            .map(|r| f(r, "validation_cross_entropy"))
+            .fold(f64::INFINITY, f64::min);
+        assert_eq!(f(chosen[0], "validation_cross_entropy"), best, "seed {seed}");
+    }
+
+    let choice = csv_rows(&dir.join("figures/spiking_beta_choice.csv"));
+    let chosen: Vec<_> = choice.iter().filter(|r| r["chosen"] == "true").collect();
+    assert_eq!(chosen.len(), 1);
+    let best = choice
+        .iter()
+        .map(|r| f(r, "mean_cosine_of_halves"))
+        .fold(f64::NEG_INFINITY, f64::max);
+    assert_eq!(f(chosen[0], "mean_cosine_of_halves"), best);
+
+    // Spiking: per-seed mean query MSE after adaptation, per method in order of appearance.
+    let mut methods: Vec<(String, Vec<(String, f64, usize)>)> = Vec::new();
+    for r in csv_rows(&dir.join("figures/spiking_test.csv")) {
+        let (name, seed, after) = (r["method"].clone(), r["seed"].clone(), f(&r, "query_mse_after"));
+        if !methods.iter().any(|m| m.0 == name) {
+            methods.push((name.clone(), Vec::new()));
+        }
+        let m = &mut methods.iter_mut().find(|m| m.0 == name).unwrap().1;
+        match m.iter_mut().find(|s| s.0 == seed) {
+            Some(s) => {
+                s.1 += after;
+                s.2 += 1;
+            }
+            None => m.push((seed, after, 1)),
+        }
+    }
+    let per_seed = |m: &(String, Vec<(String, f64, usize)>)| -> Vec<f64> {
+        m.1.iter().map(|s| s.1 / s.2 as f64).collect()
+    };
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    let cml = per_seed(&methods[0]);
+    // The meta-learned others: every method but the first and the unmeta-learned reference.
+    let others: Vec<_> = methods[1..]
+        .iter()
+        .filter(|m| !m.0.starts_with("no meta-learning"))
+        .collect();
+    let diffs: Vec<Vec<f64>> = others
+        .iter()
+        .map(|m| cml.iter().zip(per_seed(m)).map(|(a, b)| a - b).collect())
+        .collect();
+    let margins: Vec<f64> = others
+        .iter()
+        .map(|m| 0.1 * 0.5 * (mean(&cml) + mean(&per_seed(m))))
+        .collect();
+    let p = holm(&diffs.iter().map(|d| paired_test(d).p_value).collect::<Vec<_>>());
+    let e = holm(
+        &diffs
+            .iter()
+            .zip(&margins)
+            .map(|(d, &m)| equivalence_p_value(d, m))
+            .collect::<Vec<_>>(),
+    );
+    let table = std::fs::read_to_string(dir.join("paper/spiking.md")).unwrap();
+    let shown = |x: f64| {
+        if x.is_nan() {
+            "n/a".to_string()
+        } else {
+            format!("{x:.3}")
+        }
+    };
+    for (k, m) in others.iter().enumerate() {
+        let row: Vec<String> = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", m.0)))
+            .unwrap_or_else(|| panic!("no row for {}", m.0))
+            .split('|')
+            .map(|c| c.trim().to_string())
+            .collect();
+        assert_eq!(row[5], shown(p[k]), "Holm-adjusted p of {}: {row:?}", m.0);
+        assert_eq!(row[6], shown(e[k]), "Holm-adjusted TOST p of {}: {row:?}", m.0);
+        assert_eq!(
+            row[7],
+            Verdict::of(p[k], e[k], 0.05).describe(),
+            "verdict of {}",
+            m.0
+        );
+    }
+
+    let few_shot = csv_rows(&dir.join("figures/few_shot_per_seed.csv"));
+    assert!(!few_shot.is_empty());
+    for r in &few_shot {
+        assert!(f(r, "matched_baseline_accuracy").is_finite(), "{r:?}");
+    }
+}
+
 #[test]
 fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs() {
     let a = tempfile::tempdir().unwrap();
@@ -232,6 +358,7 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
         "the ablation's verdict"
     );
     protocol_of_the_final_loss_table(a.path());
+    protocol_of_the_other_tables(a.path());
 
     // The same run as 3 slices of units, the way a Slurm job array runs them (the slice from
     // SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT), in shuffled order, then merged by the
@@ -406,4 +533,12 @@ fn the_shipped_experiment_configs_are_what_the_jobs_run() {
             "{path} differs from the job's protocol:\n{expected}"
         );
     }
+}
+
+#[test]
+fn the_committed_default_run_follows_the_protocol() {
+    // The same checks on the committed figures/ and paper/ (drawn from runs/default).
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    protocol_of_the_final_loss_table(root);
+    protocol_of_the_other_tables(root);
 }
