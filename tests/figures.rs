@@ -107,12 +107,27 @@ const TABLES: &[&str] = &[
     "README.md",
 ];
 
+/// Holm-adjusted p-values of the paired difference tests and of the equivalence tests (TOST at
+/// each margin) of one family of comparisons.
+fn holm_family(diffs: &[Vec<f64>], margins: &[f64]) -> (Vec<f64>, Vec<f64>) {
+    use cml::stats::{equivalence_p_value, holm, paired_test};
+    let p = holm(&diffs.iter().map(|d| paired_test(d).p_value).collect::<Vec<_>>());
+    let e = holm(
+        &diffs
+            .iter()
+            .zip(margins)
+            .map(|(d, &m)| equivalence_p_value(d, m))
+            .collect::<Vec<_>>(),
+    );
+    (p, e)
+}
+
 /// The sinusoid table follows docs/PROTOCOL.md, recomputed from its per-seed CSV: every method
 /// has a finite matched baseline on every seed; the pairwise p-values are Holm-adjusted over all
 /// pairs; every verdict is the one the adjusted difference and equivalence tests give, so no
 /// "equivalent" comes from anything but the equivalence test.
 fn protocol_of_the_final_loss_table(dir: &Path) {
-    use cml::stats::{Verdict, equivalence_p_value, holm, paired_test};
+    use cml::stats::Verdict;
     let csv = std::fs::read_to_string(dir.join("figures/final_loss_per_seed.csv")).unwrap();
     // (model, estimator) in order of appearance -> (matched baselines, final losses) per seed.
     type PerSeed = ((String, String), Vec<f64>, Vec<f64>);
@@ -140,14 +155,7 @@ fn protocol_of_the_final_loss_table(dir: &Path) {
             margins.push(0.1 * 0.5 * (mean(&a.1) + mean(&b.1)));
         }
     }
-    let p = holm(&diffs.iter().map(|d| paired_test(d).p_value).collect::<Vec<_>>());
-    let e = holm(
-        &diffs
-            .iter()
-            .zip(&margins)
-            .map(|(d, &m)| equivalence_p_value(d, m))
-            .collect::<Vec<_>>(),
-    );
+    let (p, e) = holm_family(&diffs, &margins);
     let table = std::fs::read_to_string(dir.join("paper/final_loss.md")).unwrap();
     let rows: Vec<Vec<String>> = table
         .split("## Differences between estimators")
@@ -204,7 +212,7 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 ///   every verdict is the one the adjusted difference and equivalence tests give;
 /// - few-shot: every method has a finite matched baseline on every seed.
 fn protocol_of_the_other_tables(dir: &Path) {
-    use cml::stats::{Verdict, equivalence_p_value, holm, paired_test};
+    use cml::stats::Verdict;
     let f = |row: &std::collections::BTreeMap<String, String>, key: &str| -> f64 {
         row[key].parse().unwrap_or_else(|_| panic!("{key}: {row:?}"))
     };
@@ -232,7 +240,9 @@ fn protocol_of_the_other_tables(dir: &Path) {
     assert_eq!(f(chosen[0], "mean_cosine_of_halves"), best);
 
     // Spiking: per-seed mean query MSE after adaptation, per method in order of appearance.
-    let mut methods: Vec<(String, Vec<(String, f64, usize)>)> = Vec::new();
+    // (method, [(seed, sum of query MSEs, tasks)]) in order of appearance.
+    type Sums = (String, Vec<(String, f64, usize)>);
+    let mut methods: Vec<Sums> = Vec::new();
     for r in csv_rows(&dir.join("figures/spiking_test.csv")) {
         let (name, seed, after) = (r["method"].clone(), r["seed"].clone(), f(&r, "query_mse_after"));
         if !methods.iter().any(|m| m.0 == name) {
@@ -247,9 +257,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
             None => m.push((seed, after, 1)),
         }
     }
-    let per_seed = |m: &(String, Vec<(String, f64, usize)>)| -> Vec<f64> {
-        m.1.iter().map(|s| s.1 / s.2 as f64).collect()
-    };
+    let per_seed = |m: &Sums| -> Vec<f64> { m.1.iter().map(|s| s.1 / s.2 as f64).collect() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let cml = per_seed(&methods[0]);
     // The meta-learned others: every method but the first and the unmeta-learned reference.
@@ -265,14 +273,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         .iter()
         .map(|m| 0.1 * 0.5 * (mean(&cml) + mean(&per_seed(m))))
         .collect();
-    let p = holm(&diffs.iter().map(|d| paired_test(d).p_value).collect::<Vec<_>>());
-    let e = holm(
-        &diffs
-            .iter()
-            .zip(&margins)
-            .map(|(d, &m)| equivalence_p_value(d, m))
-            .collect::<Vec<_>>(),
-    );
+    let (p, e) = holm_family(&diffs, &margins);
     let table = std::fs::read_to_string(dir.join("paper/spiking.md")).unwrap();
     let shown = |x: f64| {
         if x.is_nan() {

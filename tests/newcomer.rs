@@ -9,6 +9,7 @@ mod common;
 
 use cml::problem::ToInstanceFile;
 use common::cml;
+use std::path::Path;
 use std::process::Output;
 
 /// Every problem, model and estimator name of the registry.
@@ -192,31 +193,40 @@ fn export_writes_every_problem_and_grad_reads_it_back() {
     }
 }
 
+/// `cml train <flag> <name> --estimator <estimator> --meta-steps 2` into a fresh folder of `dir`:
+/// what ran, the outcome, and `train.csv` where it succeeded (header and steps 0, 1, 2 checked).
+fn train_two_steps(dir: &Path, flag: &str, name: &str, estimator: &str) -> (String, String, Option<String>) {
+    let out = dir.join(format!("{name}-{estimator}"));
+    let args = [
+        "train",
+        flag,
+        name,
+        "--estimator",
+        estimator,
+        "--meta-steps",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let what = args[..7].join(" ");
+    let o = cml(&args);
+    let outcome = judge(&what, &o);
+    let csv = o.status.success().then(|| {
+        let csv = std::fs::read_to_string(out.join("train.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 4, "{what}: header and steps 0, 1, 2");
+        csv
+    });
+    (what, outcome, csv)
+}
+
 #[test]
 fn train_runs_every_model_and_estimator_and_its_defaults_learn() {
     let dir = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
     for model in models() {
         for estimator in estimators() {
-            let out = dir.path().join(format!("{model}-{estimator}"));
-            let args = [
-                "train",
-                "--model",
-                model,
-                "--estimator",
-                estimator,
-                "--meta-steps",
-                "2",
-                "--out",
-                out.to_str().unwrap(),
-            ];
-            let what = format!("train --model {model} --estimator {estimator} --meta-steps 2");
-            let o = cml(&args);
-            let outcome = judge(&what, &o);
-            if o.status.success() {
-                let csv = std::fs::read_to_string(out.join("train.csv")).unwrap();
-                assert_eq!(csv.lines().count(), 4, "{what}: header and steps 0, 1, 2");
-            } else {
+            let (what, outcome, csv) = train_two_steps(dir.path(), "--model", model, estimator);
+            if csv.is_none() {
                 // The dense solve meets an indefinite inner Hessian at default strength.
                 assert!(
                     estimator == "implicit" && indefinite(&outcome),
@@ -271,25 +281,9 @@ fn train_reaches_every_registered_problem() {
     let mut rows = Vec::new();
     for problem in problems() {
         for estimator in ["contrastive", "fomaml"] {
-            let out = dir.path().join(format!("{problem}-{estimator}"));
-            let args = [
-                "train",
-                "--problem",
-                problem,
-                "--estimator",
-                estimator,
-                "--meta-steps",
-                "2",
-                "--out",
-                out.to_str().unwrap(),
-            ];
-            let what = format!("train --problem {problem} --estimator {estimator} --meta-steps 2");
-            let o = cml(&args);
-            let outcome = judge(&what, &o);
+            let (what, outcome, csv) = train_two_steps(dir.path(), "--problem", problem, estimator);
             assert_eq!(outcome != "ok", refused(problem, estimator), "{what}: {outcome}");
-            if o.status.success() {
-                let csv = std::fs::read_to_string(out.join("train.csv")).unwrap();
-                assert_eq!(csv.lines().count(), 4, "{what}: header and steps 0, 1, 2");
+            if let Some(csv) = csv {
                 // Steps 0 and 2 (the first and the last) have their held-out loss (every 10th
                 // by default), steps 1 and 2 their meta-batch loss; every number finite.
                 let cells: Vec<Vec<&str>> = csv.lines().skip(1).map(|l| l.split(',').collect()).collect();
