@@ -32,11 +32,17 @@ struct Case {
     problem: String,
     seed: u64,
     variant: Variant,
+    #[serde(with = "super::units::any_float")]
     beta: f64,
+    #[serde(with = "super::units::any_float")]
     tolerance: f64,
+    #[serde(with = "super::units::any_float")]
     error: f64,
+    #[serde(with = "super::units::any_float")]
     bar: f64,
+    #[serde(with = "super::units::any_float")]
     truncation: f64,
+    #[serde(with = "super::units::any_float")]
     phase_precision: f64,
     source: String,
     bar_gradient_evaluations: usize,
@@ -49,11 +55,16 @@ struct AutoCase {
     problem: String,
     seed: u64,
     variant: Variant,
+    #[serde(with = "super::units::any_float")]
     chosen: f64,
+    #[serde(with = "super::units::any_float")]
     error: f64,
+    #[serde(with = "super::units::any_float")]
     bar: f64,
     /// The grid's best strength and its true error.
+    #[serde(with = "super::units::any_float")]
     best_beta: f64,
+    #[serde(with = "super::units::any_float")]
     best_error: f64,
     /// Gradient evaluations of the auto run, and of one plain estimate at the chosen strength.
     gradient_evaluations: usize,

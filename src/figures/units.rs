@@ -616,3 +616,61 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(stored: &Stored) -> Result<
 pub(crate) fn encode<T: serde::Serialize>(rows: &T) -> Result<Value> {
     serde_json::to_value(rows).map_err(|e| CmlError::invalid("unit rows", "not serialisable", e.to_string()))
 }
+
+/// Serde for an `f64` that may be infinite or NaN (JSON has no such numbers, and serde_json would
+/// write them as `null`, which does not read back): finite values as numbers, the others as the
+/// strings `"inf"`, `"-inf"`, `"NaN"`, read back exactly. For rows of units with `#[serde(with)]`.
+pub(crate) mod any_float {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
+        match *x {
+            x if x.is_finite() => s.serialize_f64(x),
+            x if x.is_nan() => s.serialize_str("NaN"),
+            x if x > 0.0 => s.serialize_str("inf"),
+            _ => s.serialize_str("-inf"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Stored {
+            Number(f64),
+            Word(String),
+        }
+        match Stored::deserialize(d)? {
+            Stored::Number(x) => Ok(x),
+            Stored::Word(w) => match w.as_str() {
+                "inf" => Ok(f64::INFINITY),
+                "-inf" => Ok(f64::NEG_INFINITY),
+                "NaN" => Ok(f64::NAN),
+                other => Err(serde::de::Error::custom(format!(
+                    "'{other}' is not a number (allowed: a number, inf, -inf, NaN)"
+                ))),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod any_float_tests {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Row {
+        #[serde(with = "super::any_float")]
+        x: f64,
+    }
+
+    #[test]
+    fn every_float_survives_the_unit_file() {
+        for x in [0.0, -1.5e-300, 3.0, f64::INFINITY, f64::NEG_INFINITY] {
+            let text = serde_json::to_string(&Row { x }).unwrap();
+            assert_eq!(serde_json::from_str::<Row>(&text).unwrap().x, x, "{text}");
+        }
+        let nan = serde_json::to_string(&Row { x: f64::NAN }).unwrap();
+        assert!(serde_json::from_str::<Row>(&nan).unwrap().x.is_nan());
+        // A null (what serde_json writes for a bare non-finite f64) is refused, not guessed.
+        assert!(serde_json::from_str::<Row>("{\"x\":null}").is_err());
+        assert!(serde_json::from_str::<Row>("{\"x\":\"big\"}").is_err());
+    }
+}

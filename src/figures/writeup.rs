@@ -413,6 +413,25 @@ pub(super) fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Con
         .iter()
         .map(|r| format!("{} {} / {}", r.problem, num(r.coverage), num(r.median_ratio)))
         .collect();
+    // Per problem, what the instances' interval says about coverage of at least 0.9.
+    let per_problem_instances: Vec<String> = e
+        .rows
+        .iter()
+        .map(|r| {
+            let (lo, hi) = r.instance_interval;
+            let word = if lo >= 0.9 {
+                "at least 0.9"
+            } else if hi < 0.9 {
+                "below 0.9"
+            } else {
+                "not established"
+            };
+            format!(
+                "{} {word} ({} of {}, [{lo:.3}, {hi:.3}])",
+                r.problem, r.instances_covered, r.instances
+            )
+        })
+        .collect();
     Context::new()
         .text("instances_per_problem", &e.instances_per_problem)
         .text("cases", t.cases)
@@ -435,6 +454,8 @@ pub(super) fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Con
         .text("median_ratio", num(t.median_ratio))
         .text("ratio_verdict", verdict(t.median_ratio <= 10.0))
         .text("per_problem", per_problem.join("; "))
+        .text("per_problem_instances", per_problem_instances.join("; "))
+        .text("unbounded", t.unbounded)
         .text("auto_runs", t.auto_runs)
         .text("auto_median_ratio", num(t.auto_median_ratio))
         .text("auto_verdict", verdict(t.auto_median_ratio <= 3.0))
