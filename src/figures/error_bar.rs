@@ -47,6 +47,20 @@ struct Case {
     source: String,
     bar_gradient_evaluations: usize,
     bar_second_order_products: usize,
+    /// `||est(4 beta) - est(2 beta)|| / ||est(2 beta) - est(beta)||`, which is `2^p` in the
+    /// stencil's asymptotic regime (docs/ERROR_BAR.md §5.1); NaN where a phase at `2 beta` or
+    /// `4 beta` diverged.
+    #[serde(with = "super::units::any_float")]
+    order_ratio: f64,
+}
+
+impl Case {
+    /// Whether the order check would flag this case: the observed ratio outside
+    /// `[2^p / 2, 2 * 2^p]`, or not measurable.
+    fn order_flagged(&self) -> bool {
+        let expected = 2f64.powi(self.variant.truncation_order());
+        !(self.order_ratio >= expected / 2.0 && self.order_ratio <= 2.0 * expected)
+    }
 }
 
 /// `--beta auto` on one instance beside the grid.
@@ -153,6 +167,17 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
                         other => other?,
                     };
                 let bar = e.error_bar.as_ref().expect("estimated with its bar");
+                let at = |k: f64| -> Result<Option<Vector>> {
+                    match rule(variant, k * beta, tolerance, quick).estimate(p.as_ref(), &theta) {
+                        Ok(e) => Ok(Some(e.gradient)),
+                        Err(CmlError::Diverged { .. }) => Ok(None),
+                        Err(e) => Err(e),
+                    }
+                };
+                let order_ratio = match (at(2.0)?, at(4.0)?) {
+                    (Some(g2), Some(g4)) => (&g4 - &g2).norm() / (&g2 - &e.gradient).norm(),
+                    _ => f64::NAN,
+                };
                 cases.push(Case {
                     problem: problem.into(),
                     seed,
@@ -166,6 +191,7 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
                     source: source_name(bar).into(),
                     bar_gradient_evaluations: bar.extra_cost.gradient_evaluations,
                     bar_second_order_products: bar.extra_cost.second_order_products,
+                    order_ratio,
                 });
             }
         }
@@ -345,6 +371,7 @@ impl super::units::Job for ErrorBarJob {
             "auto_tolerance": AUTO_TOLERANCE,
             "auto_grid": grid(),
             "max_steps": phase(AUTO_TOLERANCE, settings.quick()).max_steps,
+            "order_check": "estimates at 2 beta and 4 beta",
         }))
     }
 
@@ -398,7 +425,7 @@ fn report(
         .iter()
         .map(|c| {
             format!(
-                "{},{},{},{:e},{:e},{:e},{:e},{:e},{:e},{},{},{}",
+                "{},{},{},{:e},{:e},{:e},{:e},{:e},{:e},{},{},{},{:e}",
                 c.problem,
                 c.seed,
                 c.variant.name(),
@@ -410,13 +437,14 @@ fn report(
                 c.phase_precision,
                 c.source,
                 c.bar_gradient_evaluations,
-                c.bar_second_order_products
+                c.bar_second_order_products,
+                c.order_ratio
             )
         })
         .collect();
     write_csv(
         &settings.out.join("error_bar_calibration.csv"),
-        "problem,seed,variant,beta,tolerance,abs_error,error_bar,truncation,phase_precision,distances,bar_gradient_evaluations,bar_second_order_products",
+        "problem,seed,variant,beta,tolerance,abs_error,error_bar,truncation,phase_precision,distances,bar_gradient_evaluations,bar_second_order_products,order_ratio",
         &case_rows,
         files,
     )?;
@@ -506,6 +534,26 @@ fn report(
                 num(quantile(ratios, 0.9))
             ));
         }
+    }
+    // The order check (docs/ERROR_BAR.md §5.1), measured, not applied: how many misses it would
+    // flag, and how many covered cases it would flag as well (false alarms).
+    table.push_str(
+        "\nThe order check, measured but not applied (docs/ERROR_BAR.md §5.1): a case is flagged when the observed ratio \
+         `||est(4 beta) - est(2 beta)|| / ||est(2 beta) - est(beta)||` lies outside `[2^p / 2, 2 * 2^p]` (or a phase at \
+         `2 beta` or `4 beta` diverged).\n\n\
+         | problem | misses | misses flagged | covered cases | covered cases flagged |\n|---|---|---|---|---|\n",
+    );
+    for name in PROBLEMS.iter().copied().chain(std::iter::once("all")) {
+        let own: Vec<&Case> = cases.iter().filter(|c| name == "all" || c.problem == name).collect();
+        let (missed, covered): (Vec<&Case>, Vec<&Case>) = own.iter().partition(|c| c.error > c.bar);
+        let flagged = |v: &[&Case]| v.iter().filter(|c| c.order_flagged()).count();
+        table.push_str(&format!(
+            "| {name} | {} | {} | {} | {} |\n",
+            missed.len(),
+            flagged(&missed),
+            covered.len(),
+            flagged(&covered)
+        ));
     }
     write_table(settings, "error_bar.md", &table, files)?;
 
