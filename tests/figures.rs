@@ -65,7 +65,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("cost_vs_k", 4, 9),
     ("cost_vs_k_seconds", 3, 9),
     ("weight_decay", 4, 18),
-    ("error_bar_calibration", 12, 90),
+    ("error_bar_calibration", 13, 90),
     ("beta_auto", 11, 10),
     ("spiking_meta_training", 4, 20),
     ("spiking_beta_choice", 5, 6),
