@@ -210,7 +210,8 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 /// - spiking: exactly one (beta, nudged step size) is chosen, the one whose halves agree best on
 ///   the validation tasks; the comparisons with CML are paired over seeds, Holm-adjusted, and
 ///   every verdict is the one the adjusted difference and equivalence tests give;
-/// - few-shot: every method has a finite matched baseline on every seed.
+/// - few-shot: every method has a finite matched baseline on every seed; the comparisons of CML
+///   with each reference are one Holm family, verdicts recomputed from the per-seed CSV.
 fn protocol_of_the_other_tables(dir: &Path) {
     use cml::stats::Verdict;
     let f = |row: &std::collections::BTreeMap<String, String>, key: &str| -> f64 {
@@ -304,6 +305,64 @@ fn protocol_of_the_other_tables(dir: &Path) {
     assert!(!few_shot.is_empty());
     for r in &few_shot {
         assert!(f(r, "matched_baseline_accuracy").is_finite(), "{r:?}");
+    }
+    // Few-shot: CML against each reference at each shot count, one Holm family, margin 2 points
+    // (0.02 in accuracy), rows in the order shots x reference of the CSV.
+    let accuracies = |method: &str, shots: &str| -> Vec<f64> {
+        few_shot
+            .iter()
+            .filter(|r| r["method"] == method && r["shots"] == shots)
+            .map(|r| f(r, "accuracy"))
+            .collect()
+    };
+    let mut keys: Vec<(String, String)> = Vec::new();
+    for r in &few_shot {
+        let key = (r["shots"].clone(), r["method"].clone());
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    let mut shot_counts: Vec<String> = keys.iter().map(|k| k.0.clone()).collect();
+    shot_counts.dedup();
+    let mut diffs = Vec::new();
+    for shots in &shot_counts {
+        let cml = accuracies("cml", shots);
+        for (_, other) in keys.iter().filter(|k| &k.0 == shots && k.1 != "cml") {
+            diffs.push(
+                cml.iter()
+                    .zip(accuracies(other, shots))
+                    .map(|(a, b)| a - b)
+                    .collect::<Vec<f64>>(),
+            );
+        }
+    }
+    let (p, e) = holm_family(&diffs, &vec![0.02; diffs.len()]);
+    let table = std::fs::read_to_string(dir.join("paper/few_shot.md")).unwrap();
+    let rows: Vec<Vec<String>> = table
+        .split("## The rule against each reference")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| shots"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(rows.len(), diffs.len(), "one row per shot count and reference");
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(
+            row[5],
+            shown(p[k]),
+            "Holm-adjusted p of few-shot row {k}: {row:?}"
+        );
+        assert_eq!(
+            row[6],
+            shown(e[k]),
+            "Holm-adjusted TOST p of few-shot row {k}: {row:?}"
+        );
+        assert_eq!(
+            row[7],
+            Verdict::of(p[k], e[k], 0.05).describe(),
+            "few-shot row {k}"
+        );
     }
 }
 

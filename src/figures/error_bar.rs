@@ -544,7 +544,10 @@ fn report(
          | problem | misses | misses flagged | covered cases | covered cases flagged |\n|---|---|---|---|---|\n",
     );
     for name in PROBLEMS.iter().copied().chain(std::iter::once("all")) {
-        let own: Vec<&Case> = cases.iter().filter(|c| name == "all" || c.problem == name).collect();
+        let own: Vec<&Case> = cases
+            .iter()
+            .filter(|c| name == "all" || c.problem == name)
+            .collect();
         let (missed, covered): (Vec<&Case>, Vec<&Case>) = own.iter().partition(|c| c.error > c.bar);
         let flagged = |v: &[&Case]| v.iter().filter(|c| c.order_flagged()).count();
         table.push_str(&format!(
