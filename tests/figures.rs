@@ -211,7 +211,9 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 ///   the validation tasks; the comparisons with CML are paired over seeds, Holm-adjusted, and
 ///   every verdict is the one the adjusted difference and equivalence tests give;
 /// - few-shot: every method has a finite matched baseline on every seed; the comparisons of CML
-///   with each reference are one Holm family, verdicts recomputed from the per-seed CSV.
+///   with each reference are one Holm family, verdicts recomputed from the per-seed CSV;
+/// - bandit: the CML agents against the references at every delta, one Holm family, verdicts
+///   recomputed from the per-run regret CSV.
 fn protocol_of_the_other_tables(dir: &Path) {
     use cml::stats::Verdict;
     let f = |row: &std::collections::BTreeMap<String, String>, key: &str| -> f64 {
@@ -363,6 +365,74 @@ fn protocol_of_the_other_tables(dir: &Path) {
             Verdict::of(p[k], e[k], 0.05).describe(),
             "few-shot row {k}"
         );
+    }
+
+    // Bandit: each CML agent against LinFullPost, NeuralLinear, the greedy network and MAML at each
+    // delta, one Holm family; a seed's regret is the mean over its evaluation runs; margin 0.1x the
+    // mean of the two regrets.
+    let regret = csv_rows(&dir.join("figures/bandit_regret.csv"));
+    let mut deltas: Vec<String> = Vec::new();
+    for r in &regret {
+        if !deltas.contains(&r["delta"]) {
+            deltas.push(r["delta"].clone());
+        }
+    }
+    let per_seed = |agent: &str, delta: &str| -> Vec<f64> {
+        let mut seeds: Vec<(String, f64, usize)> = Vec::new();
+        for r in regret
+            .iter()
+            .filter(|r| r["agent"] == agent && r["delta"] == delta)
+        {
+            let x = f(r, "normalised_regret");
+            match seeds.iter_mut().find(|s| s.0 == r["seed"]) {
+                Some(s) => {
+                    s.1 += x;
+                    s.2 += 1;
+                }
+                None => seeds.push((r["seed"].clone(), x, 1)),
+            }
+        }
+        seeds.iter().map(|s| s.1 / s.2 as f64).collect()
+    };
+    let references = [
+        "LinFullPost",
+        "NeuralLinear",
+        "greedy network without meta-learning",
+        "MAML",
+    ];
+    let (mut diffs, mut margins) = (Vec::new(), Vec::new());
+    for agent in ["CML complex synapse", "CML gain modulation"] {
+        for reference in references {
+            for delta in &deltas {
+                let (a, b) = (per_seed(agent, delta), per_seed(reference, delta));
+                assert!(
+                    !a.is_empty() && a.len() == b.len(),
+                    "{agent} / {reference} at {delta}"
+                );
+                diffs.push(a.iter().zip(&b).map(|(x, y)| x - y).collect::<Vec<f64>>());
+                margins.push(0.1 * 0.5 * (mean(&a) + mean(&b)));
+            }
+        }
+    }
+    let (p, e) = holm_family(&diffs, &margins);
+    let table = std::fs::read_to_string(dir.join("paper/bandit.md")).unwrap();
+    let rows: Vec<Vec<String>> = table
+        .split("## Meta-learned agents against the references")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with("| delta"))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect();
+    assert_eq!(rows.len(), diffs.len(), "one row per agent, reference and delta");
+    for (k, row) in rows.iter().enumerate() {
+        assert_eq!(row[6], shown(p[k]), "Holm-adjusted p of bandit row {k}: {row:?}");
+        assert_eq!(
+            row[7],
+            shown(e[k]),
+            "Holm-adjusted TOST p of bandit row {k}: {row:?}"
+        );
+        assert_eq!(row[8], Verdict::of(p[k], e[k], 0.05).describe(), "bandit row {k}");
     }
 }
 
