@@ -107,6 +107,19 @@ const TABLES: &[&str] = &[
     "README.md",
 ];
 
+/// The data rows of the Markdown table after `section` in `path` (the header row, which starts
+/// with `header`, left out), each split into trimmed cells.
+fn table_rows(path: &Path, section: &str, header: &str) -> Vec<Vec<String>> {
+    let text = std::fs::read_to_string(path).unwrap();
+    text.split(section)
+        .nth(1)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("| ") && !l.starts_with(header))
+        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
+        .collect()
+}
+
 /// Holm-adjusted p-values of the paired difference tests and of the equivalence tests (TOST at
 /// each margin) of one family of comparisons.
 fn holm_family(diffs: &[Vec<f64>], margins: &[f64]) -> (Vec<f64>, Vec<f64>) {
@@ -156,15 +169,11 @@ fn protocol_of_the_final_loss_table(dir: &Path) {
         }
     }
     let (p, e) = holm_family(&diffs, &margins);
-    let table = std::fs::read_to_string(dir.join("paper/final_loss.md")).unwrap();
-    let rows: Vec<Vec<String>> = table
-        .split("## Differences between estimators")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| model"))
-        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
-        .collect();
+    let rows = table_rows(
+        &dir.join("paper/final_loss.md"),
+        "## Differences between estimators",
+        "| model",
+    );
     assert_eq!(
         rows.len(),
         diffs.len(),
@@ -339,15 +348,11 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
     }
     let (p, e) = holm_family(&diffs, &vec![0.02; diffs.len()]);
-    let table = std::fs::read_to_string(dir.join("paper/few_shot.md")).unwrap();
-    let rows: Vec<Vec<String>> = table
-        .split("## The rule against each reference")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| shots"))
-        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
-        .collect();
+    let rows = table_rows(
+        &dir.join("paper/few_shot.md"),
+        "## The rule against each reference",
+        "| shots",
+    );
     assert_eq!(rows.len(), diffs.len(), "one row per shot count and reference");
     for (k, row) in rows.iter().enumerate() {
         assert_eq!(
@@ -415,15 +420,11 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
     }
     let (p, e) = holm_family(&diffs, &margins);
-    let table = std::fs::read_to_string(dir.join("paper/bandit.md")).unwrap();
-    let rows: Vec<Vec<String>> = table
-        .split("## Meta-learned agents against the references")
-        .nth(1)
-        .unwrap()
-        .lines()
-        .filter(|l| l.starts_with("| ") && !l.starts_with("| delta"))
-        .map(|l| l.split('|').map(|c| c.trim().to_string()).collect())
-        .collect();
+    let rows = table_rows(
+        &dir.join("paper/bandit.md"),
+        "## Meta-learned agents against the references",
+        "| delta",
+    );
     assert_eq!(rows.len(), diffs.len(), "one row per agent, reference and delta");
     for (k, row) in rows.iter().enumerate() {
         assert_eq!(row[6], shown(p[k]), "Holm-adjusted p of bandit row {k}: {row:?}");
