@@ -51,10 +51,16 @@ pub enum CmlError {
     },
 
     /// An estimator whose assumptions do not hold for the problem.
-    #[error(
-        "estimator does not apply: {reason}; pass --allow-inapplicable to run it anyway (with a warning)"
-    )]
+    #[error("estimator does not apply: {reason}")]
     Inapplicable { reason: String },
+
+    /// An exact reference asked of a problem whose derivatives are a surrogate's.
+    #[error("no exact reference: on this problem {reason}")]
+    NoExactReference { reason: String },
+
+    /// A meta-step's estimate failed (the error that stopped it is kept whole).
+    #[error("meta-step {step}: {source}")]
+    MetaStep { step: usize, source: Box<CmlError> },
 
     /// Reading or writing a file failed.
     #[error("{action} {path}: {source}")]

@@ -87,9 +87,9 @@ impl MetaExecutor {
             let (gradient, logged) = match (estimated, on_failure) {
                 (Ok(e), _) => e,
                 (Err(e), OnFailure::Error) => {
-                    return Err(CmlError::NotConverged {
-                        what: format!("meta-step {step}"),
-                        reason: e.to_string(),
+                    return Err(CmlError::MetaStep {
+                        step,
+                        source: Box::new(e),
                     });
                 }
                 (Err(e), OnFailure::Stop) => {

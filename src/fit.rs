@@ -59,7 +59,7 @@ pub fn curves(rows: &[SweepRow], variant: Variant) -> Vec<Curve> {
     let mut groups: BTreeMap<(u64, usize, u64), Vec<&SweepRow>> = BTreeMap::new();
     for r in rows
         .iter()
-        .filter(|r| r.estimator == "contrastive" && r.variant == variant.name())
+        .filter(|r| r.estimator() == "contrastive" && r.variant() == variant.name())
     {
         // One curve per seed and budget (steps, tolerance, or placed delta).
         let delta_key = if r.free_steps == 0 {
@@ -157,7 +157,7 @@ pub struct DeltaFit {
 }
 
 pub fn fit_delta(rows: &[SweepRow], estimator: &str) -> Option<DeltaFit> {
-    let rows: Vec<&SweepRow> = rows.iter().filter(|r| r.estimator == estimator).collect();
+    let rows: Vec<&SweepRow> = rows.iter().filter(|r| r.estimator() == estimator).collect();
     if rows.is_empty() {
         return None;
     }
@@ -179,10 +179,10 @@ pub fn fit_delta(rows: &[SweepRow], estimator: &str) -> Option<DeltaFit> {
 pub fn cheapest(rows: &[SweepRow], threshold: f64) -> BTreeMap<String, Option<SweepRow>> {
     let mut out: BTreeMap<String, Option<SweepRow>> = BTreeMap::new();
     for r in rows {
-        let label = if r.estimator.starts_with("contrastive") {
-            format!("{} {}", r.estimator, r.variant)
+        let label = if r.estimator().starts_with("contrastive") {
+            format!("{} {}", r.estimator(), r.variant())
         } else {
-            r.estimator.clone()
+            r.estimator().to_string()
         };
         let entry = out.entry(label).or_default();
         if r.rel_error <= threshold

@@ -2,13 +2,23 @@
 //! machine precision by damped Newton (`inner::NewtonParams`), and measured phase distances.
 
 use crate::engine::Engine;
-use crate::error::Result;
+use crate::error::{CmlError, Result};
 use crate::implicit_function::{LinearSolver, implicit_meta_gradient};
 use crate::inner::{InnerSolver, NewtonParams, Phase, PhaseInfo};
 use crate::linalg::{Vector, norm};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
 use candle_core::Tensor;
+
+/// Newton's solution and the implicit meta-gradient need true second derivatives.
+fn refuse_surrogate(problem: &dyn BilevelProblem) -> Result<()> {
+    match problem.surrogate_derivative() {
+        Some(reason) => Err(CmlError::NoExactReference {
+            reason: reason.into(),
+        }),
+        None => Ok(()),
+    }
+}
 
 /// The implicit meta-gradient at a given `phi` with a dense solve (MATH.md §4). Exact when
 /// `phi = phi*`; with an inexact `phi` its error is `O(||phi - phi*||)`.
@@ -27,6 +37,7 @@ pub struct GroundTruth {
 
 /// `dJ/dtheta` at `phi*(theta)` found by Newton from the problem's initial `phi`.
 pub fn exact_meta_gradient(problem: &dyn BilevelProblem, theta: &Tensor) -> Result<GroundTruth> {
+    refuse_surrogate(problem)?;
     let oracle = Oracle::with_engine(problem, Engine::Candle);
     let start = problem.initial_phi(theta)?;
     let free = NewtonParams::default().solve(&oracle, &Phase::new(&start, theta, 0.0, "free phase"))?;
@@ -46,6 +57,7 @@ pub fn distance_to_phase_solution(
     theta: &Tensor,
     beta: f64,
 ) -> Result<f64> {
+    refuse_surrogate(problem)?;
     let oracle = Oracle::with_engine(problem, Engine::Candle);
     let star = NewtonParams::default().solve(&oracle, &Phase::new(phi, theta, beta, "phase"))?;
     norm(&(phi - star.phi)?)

@@ -11,6 +11,9 @@ use crate::oracle::Oracle;
 use crate::smoothness;
 use candle_core::Tensor;
 
+/// What the dense implicit solve calls the matrix it factorises.
+pub const INNER_HESSIAN: &str = "the inner Hessian d2_{phi phi} L_in";
+
 /// How `H v = b` is solved.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "solver", rename_all = "kebab-case", deny_unknown_fields)]
@@ -87,15 +90,15 @@ pub fn implicit_meta_gradient(
     let b = to_dvector(&outer.phi)?;
     let direct = to_dvector(&outer.theta)?;
     if solver == LinearSolver::Dense {
+        // The dense solve names the matrix it could not factorise (the command line adds how to
+        // make it positive definite).
         let d = oracle.phase_second_derivatives(phi, theta, 0.0)?;
         oracle.keep_alive(n * n + m * n + 2 * n + m);
-        let (v, _) = linear_solve::dense(&d.hessian, &b, "the inner Hessian d2_{phi phi} L_in").map_err(|e| match e {
+        let (v, _) = linear_solve::dense(&d.hessian, &b, INNER_HESSIAN).map_err(|e| match e {
             CmlError::NotPositiveDefinite { what, reason } => CmlError::NotPositiveDefinite {
                 what,
                 reason: format!(
-                    "{reason}; the dense implicit solve needs a strongly convex inner loss at the free solution: \
-                     a larger --strength (cml train: the pull toward theta), more --free-steps, or --estimator cg, which stops \
-                     at negative curvature with a warning"
+                    "{reason}; the dense implicit solve needs a strongly convex inner loss at the free solution"
                 ),
             },
             other => other,

@@ -19,6 +19,7 @@ use crate::problem::{
     RegularisedMlp, SinusoidTask, Synapse, SynapseSpec, WeightDecay, WeightDecaySpec,
 };
 use crate::rng::seeded;
+use crate::spiking::{NetworkSpec, SpikingSynapse};
 
 /// A problem: how to draw an instance from a seed (default sizes), and how to read one back from
 /// an instance file.
@@ -138,7 +139,33 @@ pub const PROBLEMS: &[ProblemEntry] = &[
         },
         read: |r| Ok(Box::new(Modulation::<BanditTask>::from_instance(r)?)),
     },
+    ProblemEntry {
+        name: "spiking-synapse",
+        about: "complex synapse on a recurrent spiking network (20 Poisson inputs, 20 LIF neurons, 10 steps; the \
+                spiking job's constants) on one 10-shot sinusoid task, e-prop phases; its derivatives are a \
+                surrogate's, so it has no exact reference",
+        draw: |seed| {
+            Ok(Box::new(SpikingSynapse::random(
+                &spiking_network(),
+                DEFAULT_SHOTS,
+                crate::spiking::PULL_STRENGTH,
+                seed,
+            )?))
+        },
+        read: |r| Ok(Box::new(SpikingSynapse::from_instance(r)?)),
+    },
 ];
+
+/// The registry's spiking network: the spiking job's constants at a fifth of its widths and
+/// half its steps, so that its instance files stay small and its phases cheap.
+pub fn spiking_network() -> NetworkSpec {
+    NetworkSpec {
+        inputs: 20,
+        neurons: 20,
+        steps: 10,
+        ..NetworkSpec::default()
+    }
+}
 
 /// A complex synapse whose strength is fixed (theta is the consolidated weights alone), as the
 /// few-shot and bandit jobs meta-train it.
@@ -401,7 +428,7 @@ fn implicit(p: &EstimatorParams, solver: LinearSolver) -> EstimatorSpec {
 }
 
 /// The name of the contrastive rule with `beta` chosen by its error bar.
-pub const CONTRASTIVE_AUTO: &str = "contrastive-auto";
+pub const CONTRASTIVE_AUTO: &str = AutoBeta::NAME;
 
 pub const ESTIMATORS: &[EstimatorEntry] = &[
     EstimatorEntry {
@@ -494,29 +521,6 @@ pub const ESTIMATORS: &[EstimatorEntry] = &[
 /// Every estimator name, comma-separated.
 pub fn estimator_names() -> String {
     names(ESTIMATORS, |e| e.name)
-}
-
-/// The registry name of an estimator: the inverse of [`estimator`] (checked for every entry by
-/// `tests/registry.rs`).
-pub fn estimator_name(spec: &EstimatorSpec) -> &'static str {
-    match spec {
-        EstimatorSpec::Contrastive(_) => "contrastive",
-        EstimatorSpec::ContrastiveAutoBeta(_) => CONTRASTIVE_AUTO,
-        EstimatorSpec::Implicit(i) => match i.solver {
-            LinearSolver::Dense => "implicit",
-            LinearSolver::ConjugateGradient { .. } => "cg",
-            LinearSolver::Neumann { .. } => "neumann",
-            LinearSolver::Identity => "t1t2",
-        },
-        EstimatorSpec::Unrolled(u) => match u.truncation {
-            None => "bptt",
-            Some(_) => "tbptt",
-        },
-        EstimatorSpec::FirstOrder(f) => match f.rule {
-            FirstOrderRule::FirstOrderMaml => "fomaml",
-            FirstOrderRule::Reptile => "reptile",
-        },
-    }
 }
 
 /// The named estimator with `params`, every parameter checked.

@@ -55,7 +55,6 @@ pub struct SweepConfig {
 ///
 /// ```
 /// use cml::estimator::Variant;
-/// use cml::registry::estimator_name;
 /// use cml::sweep::EstimatorGrid;
 ///
 /// let grid = EstimatorGrid {
@@ -66,7 +65,7 @@ pub struct SweepConfig {
 ///     neumann_alpha: None,
 /// };
 /// let specs = grid.specs()?;
-/// let names: Vec<&str> = specs.iter().map(estimator_name).collect();
+/// let names: Vec<&str> = specs.iter().map(|s| s.estimator().name()).collect();
 /// // 2 variants x 2 betas, then one CG per solver-step count, then T1-T2.
 /// assert_eq!(names, ["contrastive"; 4].into_iter().chain(["cg", "cg", "t1t2"]).collect::<Vec<_>>());
 /// assert_eq!(specs[5].solver_steps(), Some(20));
@@ -173,7 +172,7 @@ pub struct GridPoint {
 impl GridPoint {
     /// The estimator's registry name (the rows' `estimator` column).
     pub fn name(&self) -> &'static str {
-        crate::registry::estimator_name(&self.spec)
+        self.spec.estimator().name()
     }
 
     /// The nudging strength of a contrastive point (`None` for `--beta auto` and the others).
@@ -194,8 +193,8 @@ pub use crate::registry::CONTRASTIVE_AUTO as AUTO_BETA;
 pub struct SweepRow {
     pub problem: String,
     pub seed: u64,
-    pub estimator: String,
-    pub variant: String,
+    /// The estimator with the parameters it ran with (the `estimator` and `variant` columns).
+    pub spec: EstimatorSpec,
     pub beta: Option<f64>,
     pub free_steps: usize,
     pub nudged_steps: Option<usize>,
@@ -232,8 +231,8 @@ impl SweepRow {
             "{},{},{},{},{},{},{},{:e},{},{},{},{:e},{:e},{:e},{},{},{},{:e},{},{},{}",
             self.problem,
             self.seed,
-            self.estimator,
-            self.variant,
+            self.estimator(),
+            self.variant(),
             f(self.beta),
             self.free_steps,
             u(self.nudged_steps),
@@ -252,6 +251,18 @@ impl SweepRow {
             u(self.error_bar_gradient_evaluations),
             u(self.error_bar_second_order_products),
         )
+    }
+
+    /// The estimator's registry name (the `estimator` column).
+    pub fn estimator(&self) -> &'static str {
+        self.spec.estimator().name()
+    }
+
+    /// The contrastive variant, or the estimator's name for the others (the `variant` column).
+    pub fn variant(&self) -> &'static str {
+        self.spec
+            .contrastive_rule()
+            .map_or(self.estimator(), |c| c.variant.name())
     }
 
     /// Total work: gradient evaluations plus second-order products.
@@ -531,12 +542,7 @@ fn row(
     SweepRow {
         problem: p.name().into(),
         seed: point.seed,
-        estimator: point.name().into(),
-        variant: point
-            .spec
-            .contrastive_rule()
-            .map_or(point.name(), |c| c.variant.name())
-            .into(),
+        spec: point.spec,
         beta: point.beta(),
         free_steps: inner.free_steps,
         nudged_steps: inner.nudged_steps,

@@ -172,9 +172,8 @@ fn bptt_refuses_a_rule_it_cannot_differentiate() {
         },
         truncation: None,
     });
-    let err = spec.validate().unwrap_err().to_string();
-    assert!(
-        err.contains("adam") && err.contains("--free-optimizer gd"),
-        "{err}"
-    );
+    let error = spec.validate().unwrap_err();
+    let err = error.to_string();
+    assert!(err.contains("adam") && err.contains("gradient-descent"), "{err}");
+    assert!(cml::cli::remedy(&error).is_some_and(|r| r.contains("--free-optimizer gd")));
 }

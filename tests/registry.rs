@@ -72,24 +72,30 @@ fn unknown_names_are_refused_with_the_registry_list() {
     );
 }
 
-#[test]
-fn every_estimator_names_itself_back() {
-    // `estimator_name` inverts the registry: an estimator built from an entry is named by that
-    // entry, and the names are distinct, so a sweep's rows name what ran.
+/// Parameters for every estimator: default phases, beta 0.1, 3 solver steps.
+fn params(variant: cml::estimator::Variant) -> cml::estimator::EstimatorParams {
     let phase = cml::inner::GdParams::default();
-    let params = cml::estimator::EstimatorParams {
-        variant: cml::estimator::Variant::Symmetric,
+    cml::estimator::EstimatorParams {
+        variant,
         beta: 0.1,
         free: phase,
         nudged: phase,
         solver_steps: 3,
         neumann_alpha: None,
         truncation: 3,
-    };
+    }
+}
+
+#[test]
+fn every_estimator_names_itself_back() {
+    // An estimator built from an entry names itself by that entry (the inverse of the registry),
+    // and the names are distinct, so a sweep's rows name what ran.
+    let phase = cml::inner::GdParams::default();
+    let params = params(cml::estimator::Variant::Symmetric);
     let mut seen = std::collections::BTreeSet::new();
     for entry in registry::ESTIMATORS {
         let spec = registry::estimator(entry.name, &params).unwrap();
-        assert_eq!(registry::estimator_name(&spec), entry.name);
+        assert_eq!(spec.estimator().name(), entry.name);
         assert!(seen.insert(entry.name), "{} listed twice", entry.name);
         // A budget's phases replace every phase and nothing else.
         let budget = cml::inner::GdParams {
@@ -98,13 +104,52 @@ fn every_estimator_names_itself_back() {
         };
         let set = spec.with_phases(budget);
         assert_eq!(set.free_phase(), budget);
-        assert_eq!(registry::estimator_name(&set), entry.name);
+        assert_eq!(set.estimator().name(), entry.name);
         assert_eq!(set.solver_steps(), spec.solver_steps());
         assert_eq!(
             set.contrastive_rule().map(|c| c.variant),
             spec.contrastive_rule().map(|c| c.variant)
         );
     }
+}
+
+#[test]
+fn every_estimator_states_what_it_runs_and_whether_it_has_an_error_bar() {
+    use cml::estimator::{Stage, Variant};
+    // From the estimators' definitions (MATH.md §2, §4): the contrastive rule and the first-order
+    // baselines run gradient phases only; the implicit family solves with the inner Hessian (T1-T2
+    // still takes the mixed second derivative), BPTT walks back with Hessian products, and beta
+    // auto chooses beta by the error bar, which takes second-order products.
+    let first_order_only = ["contrastive", "fomaml", "reptile"];
+    for entry in registry::ESTIMATORS {
+        let spec = registry::estimator(entry.name, &params(Variant::Symmetric)).unwrap();
+        let stages = spec.estimator().stages();
+        assert_eq!(
+            stages[0],
+            Stage::Phase { beta: 0.0 },
+            "{}: the free phase first",
+            entry.name
+        );
+        assert_eq!(
+            !stages.iter().any(Stage::second_order),
+            first_order_only.contains(&entry.name),
+            "{}: {stages:?}",
+            entry.name
+        );
+        let bar = ["contrastive", registry::CONTRASTIVE_AUTO].contains(&entry.name);
+        assert_eq!(spec.estimator().has_error_bar(), bar, "{}", entry.name);
+    }
+    // The symmetric stencil's phases at +beta and -beta; the reference code's defect runs its
+    // negative phase without the outer loss (at 0) and is biased at every beta: no error bar.
+    let symmetric = registry::estimator("contrastive", &params(Variant::Symmetric)).unwrap();
+    let phases = |s: &cml::estimator::EstimatorSpec| s.estimator().stages();
+    assert_eq!(
+        phases(&symmetric),
+        [0.0, -0.1, 0.1].map(|beta| Stage::Phase { beta })
+    );
+    let defect = registry::estimator("contrastive", &params(Variant::ReferenceCodeSymmetric)).unwrap();
+    assert_eq!(phases(&defect), [0.0, 0.0, 0.1].map(|beta| Stage::Phase { beta }));
+    assert!(!defect.estimator().has_error_bar());
 }
 
 /// `X` of every `impl ... <trait> for X` (generics dropped) in the crate's sources.
@@ -169,10 +214,8 @@ fn every_problem_the_figure_jobs_build_is_in_the_registry() {
         types.iter().map(|t| t.0.to_string()).collect(),
         "a new problem type: add it to `types` and to the registry"
     );
-    // Not registered, each for a stated reason: no figure job builds the few-shot gain modulation,
-    // and the spiking network's Heaviside spikes leave the exact references undefined
-    // (docs/PROBLEMS.md).
-    let gaps = ["digits-modulation", "spiking-synapse"];
+    // Not registered, for a stated reason: no figure job builds the few-shot gain modulation.
+    let gaps = ["digits-modulation"];
     let registered: Vec<&str> = registry::PROBLEMS.iter().map(|p| p.name).collect();
     for name in types.iter().flat_map(|t| t.1.iter()) {
         assert_eq!(

@@ -11,7 +11,7 @@ use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
 use cml::oracle::Oracle;
-use cml::problem::{ProblemInstance, phase_loss};
+use cml::problem::{BilevelProblem, ProblemInstance, phase_loss};
 use cml::rng::seeded;
 use cml::spiking::{
     Accumulation, NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, SpikingSynapse,
@@ -337,6 +337,136 @@ fn the_contrastive_estimate_matches_finite_differences_of_the_meta_objective() {
     // difference is biased by about half the meta-gradient.
     let defect = estimate(Variant::ReferenceCodeSymmetric, 1e-3);
     assert_relative_eq!(relative_error(&defect, &fd), 0.5, max_relative = 0.05);
+    // This network's derivatives are true ones, so it has an exact reference (Newton, then the
+    // implicit meta-gradient through Candle's second derivatives), and it agrees with the
+    // finite differences to their own precision.
+    assert_eq!(p.surrogate_derivative(), None);
+    let exact = cml::ground_truth::exact_meta_gradient(&p, p.theta()).unwrap();
+    let err_exact = relative_error(&exact.meta_gradient, &fd);
+    assert!(
+        err_exact < 1e-6,
+        "exact reference: relative error {err_exact:.2e}"
+    );
+}
+
+#[test]
+fn the_spiking_network_has_an_exact_reference_only_where_its_derivatives_are_true() {
+    // docs/SPIKING.md §3: Heaviside spikes (a pseudo-derivative), the reset held constant, and
+    // e-prop's cut recurrent spikes each make the gradient a surrogate's; only soft spikes
+    // without reset, and without recurrence or with the recurrent spikes kept (BPTT), are exact.
+    let smooth = NetworkSpec {
+        recurrent: false,
+        reset: false,
+        spike: Spike::Soft,
+        ..small_spec()
+    };
+    let cases = [
+        (smooth.clone(), Surrogate::Eprop, true),
+        (
+            NetworkSpec {
+                recurrent: true,
+                ..smooth.clone()
+            },
+            Surrogate::Eprop,
+            false,
+        ),
+        (
+            NetworkSpec {
+                recurrent: true,
+                ..smooth.clone()
+            },
+            Surrogate::Bptt,
+            true,
+        ),
+        (
+            NetworkSpec {
+                reset: true,
+                ..smooth.clone()
+            },
+            Surrogate::Eprop,
+            false,
+        ),
+        (
+            NetworkSpec {
+                spike: Spike::Heaviside,
+                ..smooth.clone()
+            },
+            Surrogate::Eprop,
+            false,
+        ),
+    ];
+    for (spec, surrogate, exact) in cases {
+        let (p, _) = small_problem(&spec, 3, surrogate, 1.0);
+        assert_eq!(
+            p.surrogate_derivative().is_none(),
+            exact,
+            "{spec:?} {surrogate:?}"
+        );
+    }
+    // The registry's network (the paper's): refused at once, by reason, not after a Newton solve.
+    let registered = cml::registry::draw_problem("spiking-synapse", 0).unwrap();
+    let err = cml::ground_truth::exact_meta_gradient(registered.as_ref(), registered.theta()).unwrap_err();
+    assert!(matches!(err, cml::CmlError::NoExactReference { .. }), "{err}");
+    assert!(err.to_string().contains("pseudo-derivative"), "{err}");
+    // And every estimator that needs second-order products is refused there, naming the stage.
+    let spec = cml::estimator::EstimatorSpec::Implicit(cml::estimator::Implicit {
+        solver: cml::estimator::LinearSolver::ConjugateGradient { steps: 10 },
+        free: GdParams::default(),
+    });
+    let reason = spec
+        .inapplicable(registered.as_ref(), registered.theta())
+        .unwrap()
+        .unwrap();
+    assert!(
+        reason.contains("linear solve") && reason.contains("spiking-synapse"),
+        "{reason}"
+    );
+}
+
+#[test]
+fn a_spiking_instance_file_rebuilds_the_same_problem_and_refuses_a_bad_spike() {
+    let p = cml::registry::draw_problem("spiking-synapse", 4).unwrap();
+    let file = p.to_instance();
+    let back = cml::registry::read_problem(&file, "f.json").unwrap();
+    // Two paths that must agree: the same losses and the same e-prop gradient, bit for bit, at
+    // a point away from theta, and the same instance file again.
+    let phi = to_dvector(p.theta()).unwrap().map(|w| w * 1.3 + 0.01);
+    let (phi_t, theta) = (to_tensor(&phi).unwrap(), p.theta());
+    for beta in [0.0, 0.5] {
+        let loss = |q: &dyn cml::problem::BilevelProblem| {
+            phase_loss(q, beta)(&phi_t, theta)
+                .unwrap()
+                .to_scalar::<f64>()
+                .unwrap()
+        };
+        assert_eq!(loss(p.as_ref()), loss(back.as_ref()));
+    }
+    let grad = |q: &dyn cml::problem::BilevelProblem| {
+        let fast = q.first_order().unwrap();
+        let mut ws = fast.workspace(to_dvector(theta).unwrap().as_slice()).unwrap();
+        let mut g = vec![0.0; phi.len()];
+        fast.phase_gradient(&mut ws, phi.as_slice(), 0.5, &mut g, None);
+        g
+    };
+    assert_eq!(grad(p.as_ref()), grad(back.as_ref()));
+    assert_eq!(back.to_instance(), file);
+    // A raster entry that is not a spike (0 or 1), and a yes-or-no setting that is neither.
+    let mut bad = file.clone();
+    let raster = bad.arrays.iter_mut().find(|a| a.name == "raster_query").unwrap();
+    raster.values[3] = cml::problem::instance::FiniteOrNot(0.5);
+    let err = cml::registry::read_problem(&bad, "f.json")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("query spike raster entry = 0.5"), "{err}");
+    let mut bad = file.clone();
+    bad.scalars
+        .insert("reset".into(), cml::problem::instance::FiniteOrNot(2.0));
+    let err = cml::registry::read_problem(&bad, "f.json")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("'reset' is 2") && err.contains("f.json"), "{err}");
 }
 
 proptest::proptest! {

@@ -238,7 +238,10 @@ fn the_grid_runs_in_a_fixed_order_whatever_builds_it() {
             let k = r.solver_steps.map_or("-".into(), |k| k.to_string());
             format!(
                 "{} {} {} {} {beta} {k}",
-                r.seed, r.free_steps, r.estimator, r.variant
+                r.seed,
+                r.free_steps,
+                r.estimator(),
+                r.variant()
             )
         })
         .collect();

@@ -1,7 +1,7 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
 use super::estimator_args::EstimatorArgs;
-use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar_if_any, has_error_bar};
+use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar_if_any, no_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::PhaseInfo;
@@ -79,12 +79,8 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;
     let clock = Instant::now();
     let mut estimate = estimate_with_error_bar_if_any(&spec, p.as_ref(), &theta, !args.no_error_bar)?;
-    if !args.no_error_bar && matches!(spec, EstimatorSpec::Contrastive(_)) && !has_error_bar(&spec) {
-        estimate.warnings.push(
-            "no error bar: this variant is biased at every beta (its truncation error does not vanish with beta), \
-             so Richardson extrapolation cannot bound it"
-                .into(),
-        );
+    if !args.no_error_bar {
+        estimate.warnings.extend(no_error_bar(&spec, p.as_ref()));
     }
     estimate.warnings.extend(inapplicable);
     let seconds_error_bar = estimate.error_bar.as_ref().map(|b| b.seconds);
@@ -93,7 +89,15 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     if let (EstimatorSpec::Contrastive(c), Some(q)) = (&spec, quadratic) {
         estimate.warnings.extend(beta_warning(q, c, &estimate)?);
     }
-    let exact = if args.no_exact {
+    // A problem whose derivatives are a surrogate's has no exact meta-gradient: said, not computed.
+    let no_reference = p.surrogate_derivative();
+    if let (false, Some(reason)) = (args.no_exact, no_reference) {
+        let missing = crate::CmlError::NoExactReference {
+            reason: reason.into(),
+        };
+        estimate.warnings.push(missing.to_string());
+    }
+    let exact = if args.no_exact || no_reference.is_some() {
         None
     } else {
         let clock = Instant::now();

@@ -86,8 +86,42 @@ pub fn run() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            match remedy(&e) {
+                Some(remedy) => eprintln!("error: {e}; {remedy}"),
+                None => eprintln!("error: {e}"),
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// What to do about an error, in the command line's flags: the library's errors name the
+/// parameter and the reason, never a flag, so that they read right outside this command line.
+pub fn remedy(e: &crate::CmlError) -> Option<&'static str> {
+    use crate::CmlError as E;
+    Some(match e {
+        E::MetaStep { source, .. } => return remedy(source),
+        E::Inapplicable { .. } => "pass --allow-inapplicable to run it anyway (with a warning)",
+        E::NoExactReference { .. } => {
+            "cml sweep measures every estimate against the exact meta-gradient, so it cannot run here; \
+             cml grad --problem (which skips the reference) and cml train --problem can"
+        }
+        E::Diverged { phase, .. } if phase.starts_with("nudged") => {
+            "set it with --nudged-step-size (--step-size in cml sweep)"
+        }
+        E::Diverged { phase, .. } if phase.starts_with("free") => {
+            "set it with --free-step-size (--step-size in cml sweep)"
+        }
+        E::NotPositiveDefinite { what, .. } if what == crate::implicit_function::INNER_HESSIAN => {
+            "try a larger --strength (cml train: the pull toward theta), more --free-steps, or --estimator cg, \
+             which stops at negative curvature with a warning"
+        }
+        E::InvalidParameter { name, value, .. } if name == "engine" && value == "fast" => {
+            "use --engine candle or auto"
+        }
+        E::InvalidParameter { name, .. } if name == crate::estimator::UNROLLED_OPTIMIZER => {
+            "use --free-optimizer gd"
+        }
+        _ => return None,
+    })
 }

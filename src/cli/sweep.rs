@@ -197,7 +197,7 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
             );
         }
     }
-    for r in rows.iter().filter(|r| r.estimator == AUTO_BETA) {
+    for r in rows.iter().filter(|r| r.estimator() == AUTO_BETA) {
         let budget = if r.tolerance > 0.0 {
             format!("tolerance {:.0e}", r.tolerance)
         } else {
@@ -210,7 +210,7 @@ pub fn run_cli(args: SweepArgs) -> Result<()> {
         };
         println!(
             "{AUTO_BETA} {:<10} seed {} {budget}: chose beta {}, abs. error {:.3e}, error bar {bar}",
-            r.variant,
+            r.variant(),
             r.seed,
             r.beta.map_or("-".into(), |b| format!("{b:.3e}")),
             r.abs_error,

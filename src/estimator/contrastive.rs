@@ -8,7 +8,7 @@
 //! term is taken inside the nudged phases (at `phi^_beta`, or averaged over `phi^_{+-beta}`
 //! for the symmetric variant), not at `phi^_0`. The two choices differ by `O(beta)`.
 
-use super::{Estimate, MetaGradientEstimator};
+use super::{Estimate, MetaGradientEstimator, Stage};
 use crate::error::{CmlError, Result};
 use crate::inner::{GdParams, InnerSolver, Phase, PhaseSolution};
 use crate::linalg::{Vector, to_dvector};
@@ -165,9 +165,32 @@ impl<S: InnerSolver> Contrastive<S> {
         self.free.validate("free phase")?;
         self.nudged.validate("nudged phase")
     }
+
+    /// The free phase, then the stencil's nudged phases at `beta` (at the strength each really
+    /// runs with).
+    pub fn phase_stages(&self, beta: f64) -> Vec<Stage> {
+        let nudged = self.variant.stencil().iter().filter(|(m, _)| *m != 0.0);
+        std::iter::once(Stage::Phase { beta: 0.0 })
+            .chain(nudged.map(|(m, _)| Stage::Phase {
+                beta: self.variant.phase_beta(m * beta),
+            }))
+            .collect()
+    }
 }
 
 impl<S: InnerSolver + Clone> MetaGradientEstimator for Contrastive<S> {
+    fn name(&self) -> &'static str {
+        "contrastive"
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        self.phase_stages(self.beta)
+    }
+
+    fn has_error_bar(&self) -> bool {
+        self.variant.truncation_order() > 0
+    }
+
     fn describe(&self) -> String {
         format!("contrastive {} (beta = {})", self.variant.name(), self.beta)
     }

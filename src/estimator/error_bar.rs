@@ -14,7 +14,7 @@
 //! measured at each phase's end point.
 
 use super::contrastive::PhaseRuns;
-use super::{Contrastive, Estimate, EstimatorSpec, MetaGradientEstimator};
+use super::{Contrastive, Estimate, EstimatorSpec, MetaGradientEstimator, Stage};
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
 use crate::oracle::{Cost, Oracle};
@@ -234,20 +234,30 @@ pub fn phase_noise(runs: &mut PhaseRuns, beta: f64) -> Result<Option<f64>> {
     Ok(total.map(|t| t.norm() / beta.abs()))
 }
 
-/// Whether estimates of `spec` carry an error bar: contrastive estimates whose truncation error
-/// vanishes with `beta` (the reference code's variant is biased at every `beta`, so it has none;
-/// the other estimators have none either). `--beta auto` computes its bars itself.
-pub fn has_error_bar(spec: &EstimatorSpec) -> bool {
-    match spec {
-        EstimatorSpec::Contrastive(c) => c.variant.truncation_order() > 0,
-        EstimatorSpec::ContrastiveAutoBeta(_) => true,
-        _ => false,
+/// Why a contrastive estimate of `spec` on `problem` gets no error bar, if it gets none: the one
+/// place that decides, so no combination of options reaches the bar's refusal by default.
+/// `None` also for the estimators that are not contrastive (no bar is expected of them).
+/// `--beta auto` computes its bars itself (and is refused where they cannot exist).
+pub fn no_error_bar(spec: &EstimatorSpec, problem: &dyn BilevelProblem) -> Option<String> {
+    let EstimatorSpec::Contrastive(c) = spec else {
+        return None;
+    };
+    if !c.has_error_bar() {
+        return Some(
+            "no error bar: this variant is biased at every beta (its truncation error does not vanish with beta), \
+             so Richardson extrapolation cannot bound it"
+                .into(),
+        );
     }
+    problem.surrogate_derivative().map(|reason| {
+        format!(
+            "no error bar: it needs second-order products of the inner loss, and on this problem {reason}"
+        )
+    })
 }
 
-/// The estimate of `spec`, with its error bar when `with_bar` asks for one and
-/// [`has_error_bar`] says it exists: the one place that decides, so no combination of flags
-/// reaches the bar's refusal by default.
+/// The estimate of `spec`, with its error bar when `with_bar` asks for one and [`no_error_bar`]
+/// gives no reason against it.
 pub fn estimate_with_error_bar_if_any(
     spec: &EstimatorSpec,
     problem: &dyn BilevelProblem,
@@ -255,7 +265,7 @@ pub fn estimate_with_error_bar_if_any(
     with_bar: bool,
 ) -> Result<Estimate> {
     match spec {
-        EstimatorSpec::Contrastive(c) if with_bar && has_error_bar(spec) => {
+        EstimatorSpec::Contrastive(c) if with_bar && no_error_bar(spec, problem).is_none() => {
             estimate_with_error_bar(c, problem, theta)
         }
         _ => spec.estimator().estimate(problem, theta),
@@ -319,6 +329,9 @@ pub struct AutoBeta {
 }
 
 impl AutoBeta {
+    /// Its registry name.
+    pub const NAME: &'static str = "contrastive-auto";
+
     pub fn new(rule: Contrastive) -> Self {
         AutoBeta {
             rule: Contrastive {
@@ -374,6 +387,21 @@ pub fn next_pilot(beta: f64, truncation: f64, phase_precision: f64, order: i32) 
 }
 
 impl MetaGradientEstimator for AutoBeta {
+    fn name(&self) -> &'static str {
+        AutoBeta::NAME
+    }
+
+    /// The pilots' strengths are found as it runs: listed are the first pilot's phases.
+    fn stages(&self) -> Vec<Stage> {
+        let mut stages = self.rule.phase_stages(self.rule.beta);
+        stages.push(Stage::ErrorBar);
+        stages
+    }
+
+    fn has_error_bar(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("contrastive {} (beta = auto)", self.rule.variant.name())
     }

@@ -7,12 +7,12 @@
 //! - Reptile: `(d phi_init / d theta)^T (phi_init - phi^_0)`, the step from the initialisation
 //!   to the adapted parameters, used as a descent direction.
 
-use super::{Estimate, MetaGradientEstimator};
+use super::{Estimate, MetaGradientEstimator, Stage};
 use crate::error::Result;
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::to_dvector;
 use crate::oracle::Oracle;
-use crate::problem::BilevelProblem;
+use crate::problem::{BilevelProblem, ProblemInstance};
 use candle_core::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -31,6 +31,38 @@ pub struct FirstOrder<S = GdParams> {
 }
 
 impl<S: InnerSolver> MetaGradientEstimator for FirstOrder<S> {
+    fn name(&self) -> &'static str {
+        match self.rule {
+            FirstOrderRule::FirstOrderMaml => "fomaml",
+            FirstOrderRule::Reptile => "reptile",
+        }
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        vec![Stage::Phase { beta: 0.0 }]
+    }
+
+    /// Both rules estimate the gradient with respect to an initialisation: refused where theta
+    /// does not set the initial fast parameters.
+    fn inapplicable(&self, problem: &dyn ProblemInstance, theta: &Tensor) -> Result<Option<String>> {
+        // theta sets the initialisation iff the pull-back through phi_init(theta) is not
+        // identically zero; a generic vector tells.
+        let probe = crate::linalg::to_tensor(&crate::rng::normal_vector(
+            &mut crate::rng::seeded(1),
+            problem.dims().phi,
+        ))?;
+        let pulled = Oracle::new(problem).initial_phi_vjp(theta, &probe)?;
+        let zero = to_dvector(&pulled)?.iter().all(|&x| x == 0.0);
+        Ok(zero.then(|| {
+            format!(
+                "{} estimates the gradient with respect to an initialisation, but on the {} problem theta does \
+                 not set the initial fast parameters: its estimate is zero (or the direct term alone) by construction",
+                self.describe(),
+                problem.name()
+            )
+        }))
+    }
+
     fn describe(&self) -> String {
         match self.rule {
             FirstOrderRule::FirstOrderMaml => "first-order MAML".into(),

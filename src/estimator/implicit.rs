@@ -3,13 +3,13 @@
 //! Cholesky) or approximately (conjugate gradient, Neumann series, or T1-T2's `H ~ I`). The error
 //! is `O(delta)` in the free phase's distance plus the linear solver's error.
 
-use super::{Estimate, MetaGradientEstimator};
+use super::{DENSE_SOLVE_LIMIT, Estimate, MetaGradientEstimator, Stage};
 use crate::error::Result;
 pub use crate::implicit_function::LinearSolver;
 use crate::implicit_function::implicit_meta_gradient;
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::oracle::Oracle;
-use crate::problem::BilevelProblem;
+use crate::problem::{BilevelProblem, ProblemInstance};
 use candle_core::Tensor;
 
 /// Implicit differentiation at the end point of a free phase run by `free`, any
@@ -21,8 +21,33 @@ pub struct Implicit<S = GdParams> {
 }
 
 impl<S: InnerSolver> MetaGradientEstimator for Implicit<S> {
+    fn name(&self) -> &'static str {
+        match self.solver {
+            LinearSolver::Dense => "implicit",
+            LinearSolver::ConjugateGradient { .. } => "cg",
+            LinearSolver::Neumann { .. } => "neumann",
+            LinearSolver::Identity => "t1t2",
+        }
+    }
+
     fn describe(&self) -> String {
         self.solver.describe()
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        vec![Stage::Phase { beta: 0.0 }, Stage::LinearSolve(self.solver)]
+    }
+
+    /// The dense solve forms the whole inner Hessian: refused above [`DENSE_SOLVE_LIMIT`].
+    fn inapplicable(&self, problem: &dyn ProblemInstance, _theta: &Tensor) -> Result<Option<String>> {
+        let n = problem.dims().phi;
+        Ok((self.solver == LinearSolver::Dense && n > DENSE_SOLVE_LIMIT).then(|| {
+            format!(
+                "the dense implicit solve forms the {n} x {n} inner Hessian ({n} Hessian-vector products, \
+                 {:.0} MB, an O(n^3) factorisation); above {DENSE_SOLVE_LIMIT} fast parameters use cg or neumann",
+                (n * n * 8) as f64 / 1e6
+            )
+        }))
     }
 
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate> {

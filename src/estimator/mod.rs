@@ -73,6 +73,10 @@ impl Estimate {
     }
 }
 
+/// The parameter named when the unrolled estimators meet an inner optimizer they cannot
+/// differentiate.
+pub const UNROLLED_OPTIMIZER: &str = "inner optimizer of bptt / tbptt";
+
 /// Fast parameters above which the dense implicit solve is refused: its Hessian alone is
 /// `n^2` floats (134 MB at 4096), built from `n` Hessian-vector products, then an `O(n^3)`
 /// Cholesky factorisation. CG or Neumann need only products.
@@ -80,36 +84,21 @@ pub const DENSE_SOLVE_LIMIT: usize = 4096;
 
 impl EstimatorSpec {
     /// Why this estimator does not apply to `problem` at `theta`, if it does not (docs/ESTIMATORS.md,
-    /// the "applies when" column).
+    /// the "applies when" column): a stage that needs second-order products on a problem whose
+    /// derivatives are a surrogate's, or the estimator's own condition.
     pub fn inapplicable(&self, problem: &dyn ProblemInstance, theta: &Tensor) -> Result<Option<String>> {
-        let n = problem.dims().phi;
-        Ok(match self {
-            EstimatorSpec::FirstOrder(f) => {
-                // theta sets the initialisation iff the pull-back through phi_init(theta) is not
-                // identically zero; a generic vector tells.
-                let probe =
-                    crate::linalg::to_tensor(&crate::rng::normal_vector(&mut crate::rng::seeded(1), n))?;
-                let pulled = crate::oracle::Oracle::new(problem).initial_phi_vjp(theta, &probe)?;
-                let zero = crate::linalg::to_dvector(&pulled)?.iter().all(|&x| x == 0.0);
-                zero.then(|| {
-                    format!(
-                        "{} estimates the gradient with respect to an initialisation, but on the {} problem \
-                         theta does not set the initial fast parameters: its estimate is zero (or the direct term \
-                         alone) by construction",
-                        f.describe(),
-                        problem.name()
-                    )
-                })
-            }
-            EstimatorSpec::Implicit(i) if i.solver == LinearSolver::Dense && n > DENSE_SOLVE_LIMIT => {
-                Some(format!(
-                    "the dense implicit solve forms the {n} x {n} inner Hessian ({n} Hessian-vector products, \
-                 {:.0} MB, an O(n^3) factorisation); above {DENSE_SOLVE_LIMIT} fast parameters use cg or neumann",
-                    (n * n * 8) as f64 / 1e6
-                ))
-            }
-            _ => None,
-        })
+        let estimator = self.estimator();
+        if let Some(reason) = problem.surrogate_derivative()
+            && let Some(stage) = estimator.stages().into_iter().find(Stage::second_order)
+        {
+            return Ok(Some(format!(
+                "{} needs second-order products of the inner loss ({}), but on the {} problem {reason}",
+                estimator.describe(),
+                stage.describe(),
+                problem.name()
+            )));
+        }
+        estimator.inapplicable(problem, theta)
     }
 
     /// [`EstimatorSpec::inapplicable`] as a refusal, or with `allow` as a warning to report.
@@ -121,16 +110,65 @@ impl EstimatorSpec {
     ) -> Result<Option<String>> {
         match self.inapplicable(problem, theta)? {
             None => Ok(None),
-            Some(reason) if allow => Ok(Some(format!("{reason} (run anyway: --allow-inapplicable)"))),
+            Some(reason) if allow => Ok(Some(format!("{reason} (run anyway, as asked)"))),
             Some(reason) => Err(CmlError::Inapplicable { reason }),
         }
     }
 }
 
-/// A meta-gradient estimator.
+/// One stage of an estimator's work on a problem, in the order it runs them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stage {
+    /// A gradient-based phase on `L_in + beta L_out` (`beta = 0`: the free phase).
+    Phase { beta: f64 },
+    /// The implicit meta-gradient's linear solve at the free phase's end point.
+    LinearSolve(LinearSolver),
+    /// A walk back through the inner loop's last `steps` steps (`None`: all of them).
+    Backward { steps: Option<usize> },
+    /// The error bar: the stencil at `2 beta` and the bar's second-order truncation estimate
+    /// (docs/ERROR_BAR.md).
+    ErrorBar,
+}
+
+impl Stage {
+    /// Whether the stage needs second-order products of the inner loss (Hessian- or
+    /// mixed-derivative-vector products): every stage but a phase does.
+    pub fn second_order(&self) -> bool {
+        !matches!(self, Stage::Phase { .. })
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Stage::Phase { beta } if *beta == 0.0 => "the free phase".into(),
+            Stage::Phase { beta } => format!("a nudged phase at beta = {beta}"),
+            Stage::LinearSolve(_) => "its linear solve".into(),
+            Stage::Backward { steps: None } => "the walk back through every inner step".into(),
+            Stage::Backward { steps: Some(k) } => format!("the walk back through the last {k} inner steps"),
+            Stage::ErrorBar => "the error bar".into(),
+        }
+    }
+}
+
+/// A meta-gradient estimator: it names and describes itself, lists what it runs, and says where
+/// it does not apply.
 pub trait MetaGradientEstimator {
+    /// The registry name (`contrastive`, `cg`, `bptt`, ...): what the command line accepts and
+    /// sweep rows print.
+    fn name(&self) -> &'static str;
     /// A short description with the parameters, e.g. `contrastive standard (beta = 0.001)`.
     fn describe(&self) -> String;
+    /// What the estimator runs, in order.
+    fn stages(&self) -> Vec<Stage>;
+    /// Whether an error bar exists for its estimate (docs/ERROR_BAR.md): a truncation error
+    /// that vanishes with beta, so that Richardson extrapolation can bound it.
+    fn has_error_bar(&self) -> bool {
+        false
+    }
+    /// Why the estimator's own assumptions fail on `problem` at `theta`, if they do (the needs
+    /// of its stages are checked by [`EstimatorSpec::inapplicable`]).
+    fn inapplicable(&self, _problem: &dyn ProblemInstance, _theta: &Tensor) -> Result<Option<String>> {
+        Ok(None)
+    }
     fn estimate(&self, problem: &dyn BilevelProblem, theta: &Tensor) -> Result<Estimate>;
 }
 
@@ -243,10 +281,9 @@ impl EstimatorSpec {
                 // The reverse loop differentiates phi_{k+1} = phi_k - alpha grad L_in(phi_k).
                 if u.inner.optimizer != crate::optimizer::Optimizer::GradientDescent {
                     return Err(CmlError::invalid(
-                        "inner optimizer of bptt / tbptt",
+                        UNROLLED_OPTIMIZER,
                         u.inner.optimizer.name(),
-                        "backpropagation through the inner loop is implemented for gradient-descent steps; \
-                         use --free-optimizer gd",
+                        "backpropagation through the inner loop is implemented for gradient-descent steps",
                     ));
                 }
                 if u.truncation == Some(0) {

@@ -8,7 +8,7 @@
 //! O(K) time; memory is the stored iterates. Truncated BPTT walks back only the last `k` steps
 //! (and so keeps only `k` iterates), dropping the earlier steps' and the initialisation's terms.
 
-use super::{Estimate, MetaGradientEstimator};
+use super::{Estimate, MetaGradientEstimator, Stage};
 use crate::error::Result;
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::to_dvector;
@@ -26,6 +26,22 @@ pub struct Unrolled {
 }
 
 impl MetaGradientEstimator for Unrolled {
+    fn name(&self) -> &'static str {
+        match self.truncation {
+            None => "bptt",
+            Some(_) => "tbptt",
+        }
+    }
+
+    fn stages(&self) -> Vec<Stage> {
+        vec![
+            Stage::Phase { beta: 0.0 },
+            Stage::Backward {
+                steps: self.truncation,
+            },
+        ]
+    }
+
     fn describe(&self) -> String {
         match self.truncation {
             None => format!("BPTT (K = {})", self.inner.max_steps),

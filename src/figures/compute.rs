@@ -28,10 +28,10 @@ pub struct ComputeResults {
 }
 
 fn label(r: &SweepRow) -> String {
-    if r.estimator == "contrastive" {
-        format!("contrastive {}", r.variant)
+    if r.estimator() == "contrastive" {
+        format!("contrastive {}", r.variant())
     } else {
-        r.estimator.clone()
+        r.estimator().to_string()
     }
 }
 

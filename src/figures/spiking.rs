@@ -17,7 +17,7 @@ use crate::parallel::map_in_order;
 use crate::problem::{ProblemInstance, SinusoidTask};
 use crate::rng::stream;
 use crate::spiking::{
-    INPUT_RANGE, NetworkSpec, Samples, SpikingKernel, SpikingSynapse, SpikingTask, Surrogate,
+    INPUT_RANGE, NetworkSpec, PULL_STRENGTH, Samples, SpikingKernel, SpikingSynapse, SpikingTask, Surrogate,
 };
 use crate::stats::{self, Comparison};
 use std::path::PathBuf;
@@ -70,7 +70,7 @@ impl Protocol {
             seeds: 5,
             test_tasks: 100,
             meta_lr: 3e-3,
-            strength: 2e-3,
+            strength: PULL_STRENGTH,
             meta_steps: 50,
             meta_batch: 10,
             free_steps: 100,

@@ -334,7 +334,7 @@ fn reference_code_ablation(settings: &Settings, files: &mut Vec<PathBuf>) -> Res
     for (i, v) in variants.into_iter().enumerate() {
         let mut pts: Vec<(f64, f64)> = rows
             .iter()
-            .filter(|r| r.variant == v.name())
+            .filter(|r| r.variant() == v.name())
             .filter_map(|r| Some((r.beta?, r.rel_error)))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -422,7 +422,7 @@ fn best_beta_figure(settings: &Settings, placed: &[SweepRow], files: &mut Vec<Pa
     for (i, name) in ["implicit", "t1t2"].into_iter().enumerate() {
         let mut pts: Vec<(f64, f64)> = placed
             .iter()
-            .filter(|r| r.estimator == name)
+            .filter(|r| r.estimator() == name)
             .filter_map(|r| r.measured_delta.map(|d| (d, r.abs_error)))
             .collect();
         pts.sort_by(|a, b| a.0.total_cmp(&b.0));

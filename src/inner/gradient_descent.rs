@@ -398,7 +398,7 @@ fn iterate<'a, 'p>(
         (Engine::Fast, None) => Err(CmlError::invalid(
             "engine",
             "fast",
-            "this problem has no fast first-order path; use --engine candle or auto",
+            "this problem has no fast first-order path",
         )),
         (Engine::Fast | Engine::Auto, Some(model)) => {
             let theta_values = theta.to_vec1::<f64>()?;
@@ -517,29 +517,30 @@ impl Descent<'_, '_> {
         // A fresh optimiser state for every phase (and every restart of one).
         let mut optimizer = OptimizerState::new(params.optimizer, self.phi0.dims1()?);
         let mut rule: Option<DivergenceRule> = None;
+        // Along a surrogate gradient the loss need not fall (docs/SPIKING.md §4): there only a
+        // non-finite loss or gradient is a divergence.
+        let policy = match oracle.problem().surrogate_derivative() {
+            Some(_) => Divergence::NonFinite,
+            None => params.divergence,
+        };
         let mut step = 0;
         loop {
             // The meta-parameter gradient is needed only at the end point: on the last step of
             // the budget it comes with this evaluation, after an early stop it costs one more.
             let (loss, grad_norm) = it.evaluate(step == params.max_steps)?;
-            let watch = rule.get_or_insert_with(|| DivergenceRule::with_policy(loss, params.divergence));
+            let watch = rule.get_or_insert_with(|| DivergenceRule::with_policy(loss, policy));
             let verdict = if grad_norm.is_finite() {
                 watch.observe(step, loss)
             } else {
                 Err(format!("the gradient norm is {grad_norm}"))
             };
             if let Err(reason) = verdict {
-                let flag = if phase.starts_with("nudged") {
-                    "--nudged-step-size (--step-size in cml sweep)"
-                } else {
-                    "--free-step-size (--step-size in cml sweep)"
-                };
                 return Err(CmlError::Diverged {
                     phase: phase.into(),
                     step,
                     reason: format!(
                         "{reason}; step size {step_size} ({}) is too large: gradient descent needs a step \
-                         size below 2 / smoothness; set a smaller one with {flag}",
+                         size below 2 / smoothness; set a smaller one",
                         step_size_rule.describe()
                     ),
                 });

@@ -94,6 +94,11 @@ impl InstanceFile {
         });
     }
 
+    /// A yes-or-no setting, as 1 or 0 (read back by [`InstanceReader::flag`]).
+    pub fn push_flag(&mut self, name: &str, value: bool) {
+        self.push_scalar(name, f64::from(u8::from(value)));
+    }
+
     pub fn push_vector(&mut self, name: &str, v: &Vector) {
         let values = v.iter().map(|&x| FiniteOrNot(x)).collect();
         self.arrays.push(NamedArray {
@@ -251,6 +256,27 @@ impl InstanceReader<'_> {
             .get(name)
             .map(|x| x.0)
             .ok_or_else(|| self.error(format!("scalar '{name}' is missing")))
+    }
+
+    /// A scalar that must be a whole number (a size or a count).
+    pub fn count(&mut self, name: &str) -> Result<usize> {
+        let x = self.scalar(name)?;
+        if x >= 0.0 && x.fract() == 0.0 && x <= u32::MAX as f64 {
+            Ok(x as usize)
+        } else {
+            Err(self.error(format!(
+                "scalar '{name}' is {x}; allowed is a whole number, at least 0"
+            )))
+        }
+    }
+
+    /// A scalar that is a yes-or-no setting, written as 1 or 0.
+    pub fn flag(&mut self, name: &str) -> Result<bool> {
+        match self.scalar(name)? {
+            0.0 => Ok(false),
+            1.0 => Ok(true),
+            x => Err(self.error(format!("scalar '{name}' is {x}; allowed are 1 (yes) and 0 (no)"))),
+        }
     }
 
     /// A scalar that older files may lack.

@@ -72,6 +72,13 @@ pub trait BilevelProblem: Send + Sync {
     fn closed_form(&self) -> Option<&dyn ClosedForm> {
         None
     }
+    /// Why the losses' derivatives are a surrogate's, where they are: a loss that is not
+    /// differentiable (a Heaviside spike) whose gradient a pseudo-derivative stands in for. There
+    /// is then no exact meta-gradient to compare with, and second-order products would
+    /// differentiate the stand-in, so the estimators and references that need them are refused.
+    fn surrogate_derivative(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// A problem instance: a bilevel problem with its name and the meta-parameters it is evaluated

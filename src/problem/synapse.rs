@@ -141,7 +141,7 @@ impl<T: SupervisedTask> Synapse<T> {
 
     pub fn from_instance(mut r: InstanceReader) -> Result<Self> {
         let net = Mlp::from_sizes_vector(&r.vector("sizes", None)?)?;
-        let per_synapse = r.scalar("per_synapse")? != 0.0;
+        let per_synapse = r.flag("per_synapse")?;
         // Written only for a fixed strength (older files have none).
         let fixed = r.optional_scalar("fixed_strength");
         let task = T::read(&mut r)?;
@@ -218,7 +218,7 @@ impl<T: SupervisedTask> ToInstanceFile for Synapse<T> {
     fn to_instance(&self) -> InstanceFile {
         let mut f = InstanceFile::new(self.name(), None);
         f.push_vector("sizes", &self.spec.net.sizes_vector());
-        f.push_scalar("per_synapse", f64::from(u8::from(self.spec.per_synapse)));
+        f.push_flag("per_synapse", self.spec.per_synapse);
         if self.spec.fixed_strength {
             f.push_scalar("fixed_strength", self.spec.strength);
         }
@@ -379,7 +379,7 @@ pub(crate) fn no_kernel() -> CmlError {
     CmlError::invalid(
         "engine",
         "fast",
-        "the fast path needs a network whose widths fit the task's (1 input and 1 output for a sinusoid, e.g. 1-40-40-1); use --engine candle",
+        "the fast path needs a network whose widths fit the task's (1 input and 1 output for a sinusoid, e.g. 1-40-40-1)",
     )
 }
 

@@ -7,4 +7,4 @@ pub mod problem;
 pub use network::{
     Accumulation, NetworkSpec, Samples, Spike, SpikeInputs, SpikingKernel, SpikingNet, Surrogate,
 };
-pub use problem::{INPUT_RANGE, SpikingSynapse, SpikingTask};
+pub use problem::{INPUT_RANGE, PULL_STRENGTH, SpikingSynapse, SpikingTask};
