@@ -13,14 +13,14 @@
 //! (`python3 -m venv /tmp/jax && /tmp/jax/bin/pip install jax`, then
 //! `CML_BENCH_PYTHON=/tmp/jax/bin/python cargo bench --bench engine`). Every ratio printed is of times measured in this run.
 
-use cml::engine::Engine;
+use cml::engine::EngineChoice;
 use cml::estimator::{
     Contrastive, EstimatorSpec, Implicit, LinearSolver, MetaGradientEstimator, Unrolled, Variant,
 };
 use cml::inner::{GdParams, InnerSolver, Phase};
 use cml::linalg::{Vector, relative_error};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ProblemInstance, ToInstanceFile};
 use cml::problem::{SinusoidTask, Synapse, SynapseSpec};
@@ -56,7 +56,7 @@ const NUDGED: usize = 250;
 const STEP_SIZE: f64 = 0.005;
 const BETA: f64 = 0.01;
 
-fn phase(steps: usize, engine: Engine) -> GdParams {
+fn phase(steps: usize, engine: EngineChoice) -> GdParams {
     GdParams {
         step_size: Some(STEP_SIZE),
         max_steps: steps,
@@ -66,7 +66,7 @@ fn phase(steps: usize, engine: Engine) -> GdParams {
     }
 }
 
-fn symmetric(engine: Engine) -> Contrastive {
+fn symmetric(engine: EngineChoice) -> Contrastive {
     Contrastive {
         variant: Variant::Symmetric,
         beta: BETA,
@@ -215,10 +215,10 @@ fn side_by_side(quick: bool) {
     for (sizes, shots) in [("1-40-40-1", 10), ("1-70-70-1", 10), ("1-40-40-1", 64)] {
         let p = synapse(sizes, shots);
         let (t_fast, fast) = best_of(repeats, || {
-            symmetric(Engine::Fast).estimate(&p, p.theta()).unwrap()
+            symmetric(EngineChoice::Fast).estimate(&p, p.theta()).unwrap()
         });
         let (t_candle, candle) = best_of(repeats.min(3), || {
-            symmetric(Engine::Candle).estimate(&p, p.theta()).unwrap()
+            symmetric(EngineChoice::Candle).estimate(&p, p.theta()).unwrap()
         });
         assert!(
             relative_error(&fast.gradient, &candle.gradient) < 1e-9,
@@ -260,10 +260,16 @@ fn second_order_side_by_side(quick: bool) {
         })
     };
     let (t_fast, fast) = best_of(repeats, || {
-        bptt(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap()
+        bptt(EngineChoice::Fast)
+            .estimator()
+            .estimate(&p, p.theta())
+            .unwrap()
     });
     let (t_candle, candle) = best_of(repeats.min(2), || {
-        bptt(Engine::Candle).estimator().estimate(&p, p.theta()).unwrap()
+        bptt(EngineChoice::Candle)
+            .estimator()
+            .estimate(&p, p.theta())
+            .unwrap()
     });
     assert!(
         relative_error(&fast.gradient, &candle.gradient) < 1e-9,
@@ -286,10 +292,16 @@ fn second_order_side_by_side(quick: bool) {
         })
     };
     let (t_fast, fast) = best_of(repeats, || {
-        cg(Engine::Fast).estimator().estimate(&p, p.theta()).unwrap()
+        cg(EngineChoice::Fast)
+            .estimator()
+            .estimate(&p, p.theta())
+            .unwrap()
     });
     let (t_candle, candle) = best_of(repeats.min(3), || {
-        cg(Engine::Candle).estimator().estimate(&p, p.theta()).unwrap()
+        cg(EngineChoice::Candle)
+            .estimator()
+            .estimate(&p, p.theta())
+            .unwrap()
     });
     print_row(
         label,
@@ -309,7 +321,7 @@ fn second_order_side_by_side(quick: bool) {
     println!(
         "\nthe error bar of the symmetric contrastive estimate ({FREE} + 2 x {NUDGED} steps, beta {BETA})"
     );
-    for engine in [Engine::Fast, Engine::Candle] {
+    for engine in [EngineChoice::Fast, EngineChoice::Candle] {
         let rule = symmetric(engine);
         let (t_estimate, _) = best_of(repeats, || rule.estimate(&p, p.theta()).unwrap());
         let (t_both, with_bar) = best_of(repeats.min(3), || {
@@ -350,7 +362,7 @@ fn eprop_side_by_side(quick: bool) {
     let free = GdParams {
         divergence: cml::inner::Divergence::NonFinite,
         step_size: Some(EPROP_LR),
-        ..phase(EPROP_STEPS, Engine::Fast)
+        ..phase(EPROP_STEPS, EngineChoice::Fast)
     };
     let run = |p: &SpikingSynapse| {
         let theta = p.theta();
@@ -424,7 +436,7 @@ fn torch_eprop(
 }
 
 /// Heap allocations of one phase of `k` steps.
-fn allocations(p: &dyn ProblemInstance, k: usize, engine: Engine) -> usize {
+fn allocations(p: &dyn ProblemInstance, k: usize, engine: EngineChoice) -> usize {
     let theta = p.theta();
     let phi = p.initial_phi(theta).unwrap();
     let oracle = Oracle::new(p);
@@ -440,7 +452,7 @@ fn allocations_per_step() {
         "\nheap allocations per inner step (a phase of 2K steps minus one of K, over K; 1-40-40-1, nudged)"
     );
     let p = synapse("1-40-40-1", 10);
-    for engine in [Engine::Fast, Engine::Candle] {
+    for engine in [EngineChoice::Fast, EngineChoice::Candle] {
         allocations(&p, 10, engine); // one-time allocations (thread-locals, gemm's buffers)
         let (k1, k2) = (500, 1000);
         let (a1, a2) = (allocations(&p, k1, engine), allocations(&p, k2, engine));
@@ -470,7 +482,7 @@ fn throughput(quick: bool) {
     let config = TrainConfig {
         model,
         shots: 10,
-        estimator: EstimatorSpec::Contrastive(symmetric(Engine::Auto)),
+        estimator: EstimatorSpec::Contrastive(symmetric(EngineChoice::Auto)),
         meta_steps: 1,
         meta_batch: batch,
         meta_lr: 1e-3,

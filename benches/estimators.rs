@@ -6,7 +6,7 @@
 use cml::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
 use cml::inner::GdParams;
 use cml::linalg::{Vector, to_tensor};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ProblemInstance};
 use cml::problem::{Synapse, SynapseSpec};

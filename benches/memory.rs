@@ -8,7 +8,7 @@
 
 use cml::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
 use cml::inner::{GdParams, InnerSolver, Phase};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::oracle::Oracle;
 use cml::parallel::map_in_order;
 use cml::problem::{BilevelProblem, ProblemInstance};

@@ -1,8 +1,8 @@
 //! Slopes on log-log axes from sweep rows, against the theory of MATH.md §3.
 
+use crate::bound::theory_slopes;
 use crate::estimator::Variant;
 use crate::sweep::SweepRow;
-use crate::theory::theory_slopes;
 use std::collections::BTreeMap;
 
 /// Least-squares slope of `y` on `x`; `None` with fewer than 3 points.

@@ -1,7 +1,7 @@
 //! Ground truth: the exact implicit meta-gradient of MATH.md §1/§4 at the free phase solved to
 //! machine precision by damped Newton (`inner::NewtonParams`), and measured phase distances.
 
-use crate::engine::Engine;
+use crate::engine::EngineChoice;
 use crate::error::{CmlError, Result};
 use crate::implicit_function::{LinearSolver, implicit_meta_gradient};
 use crate::inner::{InnerSolver, NewtonParams, Phase, PhaseInfo};
@@ -38,7 +38,7 @@ pub struct GroundTruth {
 /// `dJ/dtheta` at `phi*(theta)` found by Newton from the problem's initial `phi`.
 pub fn exact_meta_gradient(problem: &dyn BilevelProblem, theta: &Tensor) -> Result<GroundTruth> {
     refuse_surrogate(problem)?;
-    let oracle = Oracle::with_engine(problem, Engine::Candle);
+    let oracle = Oracle::with_engine(problem, EngineChoice::Candle);
     let start = problem.initial_phi(theta)?;
     let free = NewtonParams::default().solve(&oracle, &Phase::new(&start, theta, 0.0, "free phase"))?;
     let meta_gradient = implicit_at(&oracle, &free.phi, theta)?;
@@ -58,7 +58,7 @@ pub fn distance_to_phase_solution(
     beta: f64,
 ) -> Result<f64> {
     refuse_surrogate(problem)?;
-    let oracle = Oracle::with_engine(problem, Engine::Candle);
+    let oracle = Oracle::with_engine(problem, EngineChoice::Candle);
     let star = NewtonParams::default().solve(&oracle, &Phase::new(phi, theta, beta, "phase"))?;
     norm(&(phi - star.phi)?)
 }

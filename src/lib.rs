@@ -35,6 +35,7 @@
 pub mod adam;
 pub mod autodiff;
 pub mod bandit;
+pub mod bound;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod digits;
@@ -52,7 +53,7 @@ pub mod io;
 pub mod linalg;
 pub mod linear_solve;
 pub mod meta_training;
-pub mod model;
+pub mod mlp;
 pub mod optimizer;
 pub mod oracle;
 pub mod parallel;
@@ -63,7 +64,6 @@ pub mod smoothness;
 pub mod spiking;
 pub mod stats;
 pub mod sweep;
-pub mod theory;
 
 pub use error::{CmlError, Result};
 

@@ -2,7 +2,7 @@
 //! can be compared per unit of work (gradient evaluations, second-order products).
 
 use crate::autodiff::{self, Gradients, SecondDerivatives};
-use crate::engine::{Engine, FirstOrderPhase, SecondOrderPhase, Workspace};
+use crate::engine::{EngineChoice, FirstOrderPhase, SecondOrderPhase, Workspace};
 use crate::error::Result;
 use crate::linalg::Vector;
 use crate::problem::{BilevelProblem, phase_loss};
@@ -43,23 +43,23 @@ impl std::ops::Add for Cost {
 pub struct Oracle<'p> {
     problem: &'p dyn BilevelProblem,
     cost: Cell<Cost>,
-    engine: Engine,
+    engine: EngineChoice,
     /// The fast engine's workspace for second-order products, kept for the `theta` it was made
     /// at (an estimate asks for many products at one `theta`).
     second_order: RefCell<Option<(Vec<f64>, Workspace)>>,
 }
 
 impl<'p> Oracle<'p> {
-    /// Second-order products on the fast engine where the problem has them (`Engine::Auto`).
+    /// Second-order products on the fast engine where the problem has them (`EngineChoice::Auto`).
     pub fn new(problem: &'p dyn BilevelProblem) -> Self {
-        Self::with_engine(problem, Engine::Auto)
+        Self::with_engine(problem, EngineChoice::Auto)
     }
 
     /// Second-order products on `engine`: `Candle` always differentiates twice with Candle (the
     /// reference); `Auto` and `Fast` take the problem's [`SecondOrderPhase`] where it has one and
     /// Candle otherwise (`Fast` is strict about the first-order path only, which the phases choose
     /// themselves, see `inner::GdParams::engine`).
-    pub fn with_engine(problem: &'p dyn BilevelProblem, engine: Engine) -> Self {
+    pub fn with_engine(problem: &'p dyn BilevelProblem, engine: EngineChoice) -> Self {
         Oracle {
             problem,
             cost: Cell::new(Cost::default()),
@@ -75,8 +75,8 @@ impl<'p> Oracle<'p> {
     /// The hand-derived second-order path, when the engine allows it and the problem has one.
     fn fast_second_order(&self) -> Option<&'p dyn SecondOrderPhase> {
         match self.engine {
-            Engine::Candle => None,
-            Engine::Auto | Engine::Fast => self.problem.second_order(),
+            EngineChoice::Candle => None,
+            EngineChoice::Auto | EngineChoice::Fast => self.problem.second_order(),
         }
     }
 

@@ -12,7 +12,7 @@ use crate::estimator::{
 };
 use crate::linalg::Vector;
 use crate::meta_training::ModelSpec;
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::problem::instance::{FiniteOrNot, InstanceReader};
 use crate::problem::{
     DataLoss, InstanceFile, Modulation, ModulationSpec, Quadratic, QuadraticSpec, RegisteredProblem,

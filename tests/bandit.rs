@@ -13,7 +13,7 @@ use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::ground_truth::exact_meta_gradient;
 use cml::inner::GdParams;
 use cml::linalg::relative_error;
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::problem::{BilevelProblem, Modulation, ModulationSpec, ProblemInstance, Synapse, SynapseSpec};
 use cml::rng::{Rng, seeded};
 

@@ -27,7 +27,7 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
     // F from the quadratic's closed form (theory module).
     use cml::problem::ProblemInstance;
     let q = cml::problem::Quadratic::random(&cml::problem::QuadraticSpec::default(), 0).unwrap();
-    let theory = cml::theory::QuadraticTheory::new(&q, &cml::linalg::to_dvector(q.theta()).unwrap()).unwrap();
+    let theory = cml::bound::QuadraticTheory::new(&q, &cml::linalg::to_dvector(q.theta()).unwrap()).unwrap();
     let predicted = 0.001 / 2.0 * theory.derivative(2, 0.0).norm() / theory.derivative(1, 0.0).norm();
     approx::assert_relative_eq!(rel, predicted, max_relative = 0.1);
     // Free, nudged at beta, and the error bar's nudged phase at 2 beta.

@@ -6,7 +6,7 @@ use approx::assert_relative_eq;
 use cml::autodiff::dense_second_derivatives;
 use cml::estimator::{EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver};
 use cml::inner::{Divergence, DivergenceRule, GdParams, InnerSolver, Phase, StepSizeRule};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ProblemInstance, phase_loss};
 use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};

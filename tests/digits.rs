@@ -12,7 +12,7 @@ use cml::digits::{
     ClassPool, Labelled, META_TEST_DIGITS, META_TRAIN_DIGITS, Standardiser, load_digits, rotate, split,
 };
 use cml::linalg::{Vector, to_dvector, to_tensor};
-use cml::model::mlp::softmax_cross_entropy;
+use cml::mlp::softmax_cross_entropy;
 use cml::rng::{normal_vector, seeded};
 use common::central_difference;
 use std::collections::HashSet;
@@ -243,7 +243,7 @@ fn the_contrastive_weight_decay_estimate_matches_the_exact_implicit_meta_gradien
     use cml::ground_truth::exact_meta_gradient;
     use cml::inner::GdParams;
     use cml::linalg::relative_error;
-    use cml::model::Mlp;
+    use cml::mlp::Mlp;
     use cml::problem::ProblemInstance;
     let mut rng = seeded(8);
     let mut part = |n: usize| {

@@ -7,7 +7,7 @@ use approx::assert_relative_eq;
 use cml::autodiff::{gradients, hvp_and_mixed, mixed_transpose_product};
 use cml::bandit::{ARMS, BanditTask};
 use cml::digits::{DecayClassifier, Episode, Labelled};
-use cml::engine::{Engine, SecondOrderPhase, tanh};
+use cml::engine::{EngineChoice, SecondOrderPhase, tanh};
 use cml::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, MetaGradientEstimator,
     Unrolled, Variant,
@@ -15,7 +15,7 @@ use cml::estimator::{
 use cml::inner::GdParams;
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::meta_training::{ModelSpec, TrainConfig, meta_batch_gradient};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::problem::{BilevelProblem, ProblemInstance, RegularisedMlp, phase_loss};
 use cml::problem::{Modulation, ModulationSpec, SinusoidTask, Synapse, SynapseSpec};
 use cml::rng::{normal_vector, seeded};
@@ -393,7 +393,12 @@ fn vectorised_tanh_is_within_four_ulp_of_the_standard_library() {
     assert_eq!(tanh::tanh(-1e3), -1.0);
 }
 
-fn phases(engine: Engine, free_steps: usize, nudged_steps: usize, step_size: f64) -> (GdParams, GdParams) {
+fn phases(
+    engine: EngineChoice,
+    free_steps: usize,
+    nudged_steps: usize,
+    step_size: f64,
+) -> (GdParams, GdParams) {
     let free = GdParams {
         step_size: Some(step_size),
         max_steps: free_steps,
@@ -411,7 +416,7 @@ fn phases(engine: Engine, free_steps: usize, nudged_steps: usize, step_size: f64
 }
 
 /// The estimators whose inner loops run on the chosen engine, at that engine.
-fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
+fn estimators(engine: EngineChoice, step_size: f64) -> Vec<EstimatorSpec> {
     let (free, nudged) = phases(engine, 200, 60, step_size);
     let mut specs: Vec<EstimatorSpec> = Variant::ALL
         .into_iter()
@@ -465,9 +470,9 @@ fn estimators(engine: Engine, step_size: f64) -> Vec<EstimatorSpec> {
 /// relative (hundreds of steps compound rounding differences of one evaluation, ~1e-15).
 fn check_whole_estimates(problem: &dyn ProblemInstance, step_size: f64, zero_first_order: bool) {
     let theta = problem.theta();
-    for (fast, candle) in estimators(Engine::Fast, step_size)
+    for (fast, candle) in estimators(EngineChoice::Fast, step_size)
         .iter()
-        .zip(estimators(Engine::Candle, step_size))
+        .zip(estimators(EngineChoice::Candle, step_size))
     {
         let what = fast.estimator().describe();
         let a = fast.estimator().estimate(problem, theta).unwrap();
@@ -525,20 +530,22 @@ fn every_estimate_on_the_weight_decay_mlp_is_the_same_through_both_engines() {
 #[test]
 fn forcing_the_fast_engine_on_a_problem_without_one_is_a_clear_error() {
     let problem = cml::registry::draw_problem("quadratic", 0).unwrap();
-    let (free, _) = phases(Engine::Fast, 10, 10, 0.01);
-    let err = FirstOrder {
+    let (free, _) = phases(EngineChoice::Fast, 10, 10, 0.01);
+    let error = FirstOrder {
         rule: FirstOrderRule::Reptile,
         free,
     }
     .estimate(problem.as_ref(), problem.theta())
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("engine") && err.contains("candle"), "{err}");
+    .unwrap_err();
+    let err = error.to_string();
+    assert!(err.contains("engine = fast") && err.contains("no fast"), "{err}");
+    // The command line names the way out.
+    assert!(cml::cli::remedy(&error).is_some_and(|r| r.contains("--engine candle")));
 }
 
 #[test]
 fn a_meta_batch_gives_the_same_bits_on_one_two_and_three_threads() {
-    let (free, nudged) = phases(Engine::Auto, 60, 20, 0.005);
+    let (free, nudged) = phases(EngineChoice::Auto, 60, 20, 0.005);
     for model in [
         ModelSpec::Synapse(SynapseSpec {
             net: Mlp::parse("1-12-12-1").unwrap(),
@@ -583,10 +590,10 @@ fn a_meta_batch_gives_the_same_bits_on_one_two_and_three_threads() {
 
 #[test]
 fn the_engine_is_chosen_automatically_and_by_name() {
-    assert_eq!(Engine::default(), Engine::Auto);
-    for e in Engine::ALL {
-        assert_eq!(Engine::parse(e.name()).unwrap(), e);
+    assert_eq!(EngineChoice::default(), EngineChoice::Auto);
+    for e in EngineChoice::ALL {
+        assert_eq!(EngineChoice::parse(e.name()).unwrap(), e);
     }
-    let err = Engine::parse("jax").unwrap_err().to_string();
+    let err = EngineChoice::parse("jax").unwrap_err().to_string();
     assert!(err.contains("jax") && err.contains("auto, candle, fast"), "{err}");
 }

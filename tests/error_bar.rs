@@ -5,6 +5,7 @@
 mod common;
 
 use approx::assert_relative_eq;
+use cml::bound::QuadraticTheory;
 use cml::estimator::error_bar::{AutoBeta, DistanceSource, RICHARDSON_SAFETY, estimate_with_error_bar};
 use cml::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use cml::inner::GdParams;
@@ -13,7 +14,6 @@ use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ClosedForm, ProblemInstance, Quadratic, QuadraticSpec};
 use cml::rng::seeded;
 use cml::smoothness::{mixed_norm, smallest_curvature};
-use cml::theory::QuadraticTheory;
 use common::{assert_error, cml as run_cml, unit};
 use rand::Rng;
 

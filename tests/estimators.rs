@@ -10,7 +10,7 @@ use cml::estimator::{
 use cml::ground_truth::exact_meta_gradient;
 use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, relative_error, to_dvector, to_tensor};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec};
 use cml::problem::{Modulation, ModulationSpec, Synapse, SynapseSpec};

@@ -3,7 +3,7 @@
 mod common;
 
 use approx::assert_relative_eq;
-use cml::engine::Engine;
+use cml::engine::EngineChoice;
 use cml::inner::{GdParams, InnerSolver, NewtonParams, Phase, Termination};
 use cml::linalg::{norm, to_dvector};
 use cml::oracle::Oracle;
@@ -116,7 +116,7 @@ fn an_observer_sees_every_iterate_a_step_is_taken_from() {
     let start = p.initial_phi(&theta).unwrap();
     let (alpha, beta, steps) = (0.01, 0.3, 4);
     let oracle = Oracle::new(p.as_ref());
-    for engine in [Engine::Candle, Engine::Auto] {
+    for engine in [EngineChoice::Candle, EngineChoice::Auto] {
         let params = GdParams {
             step_size: Some(alpha),
             max_steps: steps,

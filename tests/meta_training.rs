@@ -4,7 +4,7 @@
 use cml::estimator::{EstimatorParams, Variant};
 use cml::inner::GdParams;
 use cml::meta_training::{ModelSpec, TrainConfig, train};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::problem::{ModulationSpec, SynapseSpec};
 
 fn config(model: ModelSpec, estimator: &str) -> TrainConfig {

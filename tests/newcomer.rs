@@ -371,7 +371,7 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
     // parameters (about 7 s per grid point); the sweep runs the same model on a 1-8-8-1 network.
     let small = cml::problem::Synapse::random(
         &cml::problem::SynapseSpec {
-            net: cml::model::Mlp::parse("1-8-8-1").unwrap(),
+            net: cml::mlp::Mlp::parse("1-8-8-1").unwrap(),
             per_synapse: true,
             strength: 1.0,
             fixed_strength: false,
@@ -383,7 +383,7 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
     // The same for the digit problems: a 64-4-10 classifier on 100 + 100 digits, and the
     // few-shot synapse with a 64-4-5 network.
     let decay =
-        cml::digits::DecayClassifier::random(cml::model::Mlp::parse("64-4-10").unwrap(), 100, 100, 1e-2, 0)
+        cml::digits::DecayClassifier::random(cml::mlp::Mlp::parse("64-4-10").unwrap(), 100, 100, 1e-2, 0)
             .unwrap();
     let pool = cml::digits::ClassPool::upright(
         &cml::digits::load_digits().unwrap(),
@@ -392,7 +392,7 @@ fn sweep_runs_or_refuses_for_every_problem_and_estimator() {
     .unwrap();
     let mut rng = cml::rng::seeded(0);
     let few_shot = cml::problem::SynapseSpec {
-        net: cml::model::Mlp::parse("64-4-5").unwrap(),
+        net: cml::mlp::Mlp::parse("64-4-5").unwrap(),
         per_synapse: false,
         strength: 0.1,
         fixed_strength: true,

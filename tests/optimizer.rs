@@ -3,10 +3,10 @@
 //! differentiate.
 
 use approx::assert_relative_eq;
-use cml::engine::Engine;
+use cml::engine::EngineChoice;
 use cml::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Unrolled, Variant};
 use cml::inner::{GdParams, InnerSolver, Phase};
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::optimizer::{Optimizer, OptimizerState};
 use cml::oracle::Oracle;
 use cml::problem::ProblemInstance;
@@ -61,7 +61,7 @@ fn bad_optimizer_settings_are_clear_errors() {
     assert!(err.contains("momentum") && err.contains("[0, 1)"), "{err}");
 }
 
-fn phase(optimizer: Optimizer, engine: Engine, steps: usize) -> GdParams {
+fn phase(optimizer: Optimizer, engine: EngineChoice, steps: usize) -> GdParams {
     GdParams {
         step_size: Some(if optimizer == ADAM { 1e-3 } else { 0.01 }),
         max_steps: steps,
@@ -97,7 +97,7 @@ fn every_rule_gives_the_same_estimate_on_both_engines() {
             .unwrap()
             .gradient
         };
-        let (fast, candle) = (est(Engine::Fast), est(Engine::Candle));
+        let (fast, candle) = (est(EngineChoice::Fast), est(EngineChoice::Candle));
         let err = cml::linalg::relative_error(&fast, &candle);
         assert!(err < 1e-10, "{}: engines differ by {err:.3e}", rule.name());
     }
@@ -110,13 +110,13 @@ fn every_nudged_phase_starts_with_a_fresh_optimizer_state() {
     let p = build("quadratic", 0).unwrap();
     let theta = p.theta();
     let oracle = Oracle::new(p.as_ref());
-    let free = (phase(ADAM, Engine::Auto, 300))
+    let free = (phase(ADAM, EngineChoice::Auto, 300))
         .solve(
             &oracle,
             &Phase::new(&p.initial_phi(theta).unwrap(), theta, 0.0, "free phase"),
         )
         .unwrap();
-    let nudged = (phase(ADAM, Engine::Auto, 1))
+    let nudged = (phase(ADAM, EngineChoice::Auto, 1))
         .solve(&oracle, &Phase::new(&free.phi, theta, 0.1, "nudged phase"))
         .unwrap();
     let moved = (&nudged.phi - &free.phi)

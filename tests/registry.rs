@@ -54,7 +54,7 @@ fn unknown_names_are_refused_with_the_registry_list() {
         assert!(err.contains(entry.name), "{err}");
     }
     let options = ModelOptions {
-        net: cml::model::Mlp::parse("1-4-1").unwrap(),
+        net: cml::mlp::Mlp::parse("1-4-1").unwrap(),
         strength: 1.0,
         per_synapse: true,
     };

@@ -8,7 +8,7 @@ use cml::estimator::Variant;
 use cml::fit::{fit_delta, fit_variant};
 use cml::ground_truth::exact_meta_gradient;
 use cml::linalg::spectrum_bounds;
-use cml::model::Mlp;
+use cml::mlp::Mlp;
 use cml::problem::{BilevelProblem, ProblemInstance, ToInstanceFile, phase_loss};
 use cml::problem::{Synapse, SynapseSpec};
 use cml::sweep::{Budget, EstimatorGrid, ProblemSource, SweepConfig, SweepRow, parse_log_range, run};

@@ -3,6 +3,7 @@
 
 mod common;
 
+use cml::bound::QuadraticTheory;
 use cml::estimator::Variant;
 use cml::ground_truth::exact_meta_gradient;
 use cml::inner::{GdParams, InnerSolver, Phase};
@@ -10,7 +11,6 @@ use cml::linalg::{Vector, norm, to_dvector, to_tensor};
 use cml::oracle::Oracle;
 use cml::problem::{BilevelProblem, ClosedForm, ProblemInstance, Quadratic, QuadraticSpec};
 use cml::rng::{normal_vector, seeded};
-use cml::theory::QuadraticTheory;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 
@@ -208,7 +208,7 @@ fn the_direct_term_coefficient_is_the_stencils_sum_of_weights_times_multiples() 
     // g(b) holds b d_theta L_out(phi_b): a phase error delta moves it by |m_k beta| C delta, weighted
     // |w_k| / |beta|: 1 x C (standard: |1 x 1|), 1 x C (symmetric: 1/2 + 1/2), 3 x C (second-order
     // forward: |2 x 1| + |-1/2 x 2|).
-    let c = cml::theory::BoundConstants {
+    let c = cml::bound::BoundConstants {
         mu: 1.0,
         smoothness: 1.0,
         mixed_norm: 1.0,

@@ -3,10 +3,10 @@
 //! the masked mean squared error `1/N sum_i (f(x_i)_{a_i} - r_i)^2`.
 
 use super::wheel::{ARMS, Context, WheelBandit};
-use crate::engine::mlp::MlpKernel;
+use crate::engine::mlp_kernel::MlpKernel;
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::problem::instance::InstanceReader;
 use crate::problem::{InstanceFile, SupervisedTask, TaskTensors};
 use crate::rng::Rng;

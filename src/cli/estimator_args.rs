@@ -1,6 +1,6 @@
 //! The estimator flags shared by `grad`, `train` and `sweep`.
 
-use crate::engine::Engine;
+use crate::engine::EngineChoice;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::optimizer::Optimizer;
@@ -95,7 +95,7 @@ pub fn at_least_one(name: &str, value: i64) -> Result<usize> {
 
 impl EstimatorArgs {
     pub fn spec(&self) -> Result<EstimatorSpec> {
-        let engine = Engine::parse(&self.engine)?;
+        let engine = EngineChoice::parse(&self.engine)?;
         let phase = |name: &str, steps, step_size, optimizer: &str| -> Result<GdParams> {
             Ok(GdParams {
                 step_size,

@@ -257,7 +257,7 @@ fn beta_warning(
         return Ok(None);
     }
     let theta = crate::problem::ProblemInstance::theta(q);
-    let theory = crate::theory::QuadraticTheory::new(q, &crate::linalg::to_dvector(theta)?)?;
+    let theory = crate::bound::QuadraticTheory::new(q, &crate::linalg::to_dvector(theta)?)?;
     let (best, error) = theory.best(c.variant, delta);
     let ratio = c.beta.abs() / best;
     Ok((!(0.1..=10.0).contains(&ratio)).then(|| {

@@ -3,7 +3,7 @@
 use super::estimator_args::{EstimatorArgs, at_least_one};
 use crate::io::write_atomically;
 use crate::meta_training::{Control, MetaStep, TrainConfig, TrainState, train_with};
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::{CmlError, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::fmt::Write as _;

@@ -7,11 +7,11 @@
 //! included). A test split measures what the learned strengths bought.
 
 use super::{Labelled, Standardiser, accuracy, load_digits, split};
-use crate::engine::mlp::MlpKernel;
+use crate::engine::mlp_kernel::MlpKernel;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::model::mlp::{Mlp, softmax_cross_entropy};
+use crate::mlp::{Mlp, softmax_cross_entropy};
 use crate::problem::instance::InstanceReader;
 use crate::problem::regularised_mlp::{
     decay_hessian_vector_product, decay_mixed_transpose_product, decay_penalty, decay_phase_gradient,

@@ -4,9 +4,9 @@
 //! The loss is the softmax cross-entropy of the network's N logits.
 
 use super::data::{Labelled, rotate};
-use crate::engine::mlp::MlpKernel;
+use crate::engine::mlp_kernel::MlpKernel;
 use crate::error::{CmlError, Result};
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::problem::instance::InstanceReader;
 use crate::problem::{InstanceFile, SupervisedTask, TaskTensors};
 use crate::rng::Rng;

@@ -10,17 +10,18 @@
 //! smoothness estimate) by also implementing [`SecondOrderPhase`].
 
 pub mod matmul;
-pub mod mlp;
+pub mod mlp_kernel;
 pub mod reduce;
 pub mod tanh;
 
 use crate::error::{CmlError, Result};
 use std::any::Any;
 
-/// Which implementation computes inner-loop gradients and second-order products.
+/// The engine selector (`--engine`): which implementation computes inner-loop gradients and
+/// second-order products. The fast engine itself is this module's kernels.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Engine {
+pub enum EngineChoice {
     /// The fast path where the problem has one, Candle otherwise.
     #[default]
     Auto,
@@ -31,14 +32,14 @@ pub enum Engine {
     Fast,
 }
 
-impl Engine {
-    pub const ALL: [Engine; 3] = [Engine::Auto, Engine::Candle, Engine::Fast];
+impl EngineChoice {
+    pub const ALL: [EngineChoice; 3] = [EngineChoice::Auto, EngineChoice::Candle, EngineChoice::Fast];
 
     pub fn name(self) -> &'static str {
         match self {
-            Engine::Auto => "auto",
-            Engine::Candle => "candle",
-            Engine::Fast => "fast",
+            EngineChoice::Auto => "auto",
+            EngineChoice::Candle => "candle",
+            EngineChoice::Fast => "fast",
         }
     }
 
@@ -49,7 +50,7 @@ impl Engine {
             .ok_or_else(|| CmlError::UnknownName {
                 kind: "engine".into(),
                 name: s.into(),
-                allowed: Self::ALL.map(Engine::name).join(", "),
+                allowed: Self::ALL.map(EngineChoice::name).join(", "),
             })
     }
 }

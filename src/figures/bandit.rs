@@ -16,7 +16,7 @@ use crate::bandit::run::{self as bandit_run, RunParams};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Unrolled, Variant};
 use crate::inner::GdParams;
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::parallel::map_in_order;
 use crate::problem::{ModulationSpec, SynapseSpec};

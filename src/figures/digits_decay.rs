@@ -16,7 +16,7 @@ use crate::estimator::{Contrastive, EstimatorSpec, Variant};
 use crate::executor::{Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::oracle::Oracle;
 use crate::problem::{BilevelProblem, ProblemInstance};
 use crate::rng::{hash_words, stream};

@@ -18,7 +18,7 @@ use crate::estimator::{
 use crate::inner::{Divergence, GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::meta_training::TaskMetaTraining;
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;

@@ -3,12 +3,13 @@
 
 use super::plot::{Figure, Panel, Series, Style};
 use super::{Settings, save, write_csv, write_table};
+use crate::bound::{QuadraticTheory, theory_slopes};
 use crate::error::Result;
 use crate::estimator::Variant;
 use crate::fit::{DeltaFit, VariantFit, curves, fit_delta, fit_variant};
 use crate::ground_truth::exact_meta_gradient;
 use crate::linalg::{spectrum_bounds, to_dvector};
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::problem::{
     BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, SinusoidTask, ToInstanceFile, phase_loss,
 };
@@ -16,7 +17,6 @@ use crate::problem::{Synapse, SynapseSpec};
 use crate::sweep::{
     self, Budget, CSV_HEADER, EstimatorGrid, ProblemBuilder, ProblemSource, SweepConfig, SweepRow,
 };
-use crate::theory::{QuadraticTheory, theory_slopes};
 use std::path::PathBuf;
 
 /// One fitted variant: problem, how the phases were made inexact, the fit.

@@ -10,7 +10,7 @@ use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
 use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, train_with};
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::problem::SinusoidTask;
 use crate::stats::{self, Verdict};

@@ -3,7 +3,7 @@
 
 use super::{InnerSolver, Phase, PhaseInfo, PhaseObserver, PhaseSolution, Termination};
 use crate::autodiff::Gradients;
-use crate::engine::{Engine, FirstOrderPhase, Workspace};
+use crate::engine::{EngineChoice, FirstOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::norm;
 use crate::optimizer::{ADAM_DEFAULT_STEP, Optimizer, OptimizerState};
@@ -24,7 +24,7 @@ pub struct GdParams {
     /// Stop early once `||d_phi L_beta|| <= tolerance` (0 runs the whole budget).
     pub tolerance: f64,
     /// Which implementation computes the gradients (the same numbers up to rounding).
-    pub engine: Engine,
+    pub engine: EngineChoice,
     /// The update rule (gradient descent by default); a fresh state for every phase.
     pub optimizer: Optimizer,
     /// When the phase counts as diverged (left out of serialised settings at its default).
@@ -58,7 +58,7 @@ impl Default for GdParams {
             step_size: None,
             max_steps: 1000,
             tolerance: 0.0,
-            engine: Engine::Auto,
+            engine: EngineChoice::Auto,
             optimizer: Optimizer::GradientDescent,
             divergence: Divergence::LossRise,
         }
@@ -232,7 +232,7 @@ impl InnerSolver for GdParams {
         GdParams::validate(self, phase)
     }
 
-    fn engine(&self) -> Engine {
+    fn engine(&self) -> EngineChoice {
         self.engine
     }
 
@@ -249,7 +249,7 @@ impl InnerSolver for GdParams {
 /// One phase's iterate and the gradient last evaluated there, on one engine.
 trait Iterate {
     /// Which engine this is.
-    fn engine(&self) -> Engine;
+    fn engine(&self) -> EngineChoice;
     /// Evaluates `L_beta` and `d_phi L_beta` (and `d_theta L_beta` when `with_theta`) at the
     /// current point; returns the loss and `||d_phi L_beta||`.
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)>;
@@ -272,8 +272,8 @@ struct CandleIterate<'a, 'p> {
 }
 
 impl Iterate for CandleIterate<'_, '_> {
-    fn engine(&self) -> Engine {
-        Engine::Candle
+    fn engine(&self) -> EngineChoice {
+        EngineChoice::Candle
     }
 
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)> {
@@ -326,8 +326,8 @@ struct FastIterate<'a, 'p> {
 }
 
 impl Iterate for FastIterate<'_, '_> {
-    fn engine(&self) -> Engine {
-        Engine::Fast
+    fn engine(&self) -> EngineChoice {
+        EngineChoice::Fast
     }
 
     fn evaluate(&mut self, with_theta: bool) -> Result<(f64, f64)> {
@@ -384,23 +384,23 @@ fn iterate<'a, 'p>(
     phi0: &Tensor,
     theta: &'a Tensor,
     beta: f64,
-    engine: Engine,
+    engine: EngineChoice,
 ) -> Result<Box<dyn Iterate + 'a>> {
     let fast = oracle.problem().first_order();
     match (engine, fast) {
-        (Engine::Candle, _) | (Engine::Auto, None) => Ok(Box::new(CandleIterate {
+        (EngineChoice::Candle, _) | (EngineChoice::Auto, None) => Ok(Box::new(CandleIterate {
             oracle,
             theta,
             beta,
             phi: phi0.clone(),
             gradients: None,
         })),
-        (Engine::Fast, None) => Err(CmlError::invalid(
+        (EngineChoice::Fast, None) => Err(CmlError::invalid(
             "engine",
             "fast",
             "this problem has no fast first-order path",
         )),
-        (Engine::Fast | Engine::Auto, Some(model)) => {
+        (EngineChoice::Fast | EngineChoice::Auto, Some(model)) => {
             let theta_values = theta.to_vec1::<f64>()?;
             let phi = phi0.to_vec1::<f64>()?;
             Ok(Box::new(FastIterate {

@@ -31,7 +31,7 @@ pub mod gradient_descent;
 pub mod newton;
 
 use crate::autodiff::Gradients;
-use crate::engine::Engine;
+use crate::engine::EngineChoice;
 use crate::error::Result;
 use crate::oracle::Oracle;
 use candle_core::Tensor;
@@ -102,7 +102,7 @@ pub struct PhaseInfo {
     /// Why the solver stopped.
     pub termination: Termination,
     /// The engine that computed the gradients (`fast` or `candle`).
-    pub engine: Engine,
+    pub engine: EngineChoice,
     /// Where the loss went up without diverging (`None`: it never rose beyond rounding).
     pub loss_rises: Option<LossRises>,
 }
@@ -158,8 +158,8 @@ pub trait InnerSolver {
 
     /// The engine the solver's phases run on; an estimator runs its second-order products on the
     /// same one (`Candle` there means Candle everywhere, the reference).
-    fn engine(&self) -> Engine {
-        Engine::Auto
+    fn engine(&self) -> EngineChoice {
+        EngineChoice::Auto
     }
 
     /// Solves `phase`, showing every iterate to `observer`.

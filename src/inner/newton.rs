@@ -2,7 +2,7 @@
 //! references (ground truth, measured `delta`, placed phases of a sweep).
 
 use super::{InnerSolver, Phase, PhaseInfo, PhaseObserver, PhaseSolution, StepSizeRule, Termination};
-use crate::engine::Engine;
+use crate::engine::EngineChoice;
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
 use crate::oracle::Oracle;
@@ -75,7 +75,7 @@ fn solve(
                 loss: d.gradients.loss,
                 certified_distance: None,
                 termination: Termination::Stationary,
-                engine: Engine::Candle,
+                engine: EngineChoice::Candle,
                 loss_rises: None,
             };
             finish(phi, d, info, g0, what.clone())

@@ -8,8 +8,8 @@ pub mod modulation;
 pub mod quadratic;
 pub mod regularised_mlp;
 pub mod sinusoid;
+pub mod supervised;
 pub mod synapse;
-pub mod task;
 pub mod weight_decay;
 
 use crate::error::Result;
@@ -20,8 +20,8 @@ pub use modulation::{Modulation, ModulationSpec};
 pub use quadratic::{Quadratic, QuadraticSpec};
 pub use regularised_mlp::RegularisedMlp;
 pub use sinusoid::SinusoidTask;
+pub use supervised::{SupervisedTask, TaskTensors};
 pub use synapse::{Synapse, SynapseSpec};
-pub use task::{SupervisedTask, TaskTensors};
 pub use weight_decay::{DataLoss, WeightDecay, WeightDecaySpec};
 
 /// Sizes of the fast and meta-parameters.

@@ -12,15 +12,15 @@
 
 use super::instance::InstanceReader;
 use super::sinusoid::SinusoidTask;
+use super::supervised::{SupervisedTask, TaskTensors};
 use super::synapse::{check_len, no_kernel};
-use super::task::{SupervisedTask, TaskTensors};
 use super::{BilevelProblem, Dims, InstanceFile, ProblemInstance, ToInstanceFile};
-use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::mlp_kernel::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
 use crate::engine::reduce::interleaved_sum;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::model::mlp::{Layer, Mlp};
+use crate::mlp::{Layer, Mlp};
 use crate::rng::{Rng, normal, seeded};
 use candle_core::Tensor;
 

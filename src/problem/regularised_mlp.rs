@@ -9,12 +9,12 @@
 
 use super::instance::InstanceFile;
 use super::{BilevelProblem, Dims, ProblemInstance, ToInstanceFile};
-use crate::engine::mlp::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
+use crate::engine::mlp_kernel::{MlpBuffers, MlpDirection, MlpGradients, MlpKernel};
 use crate::engine::reduce::interleaved_sum;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace, downcast};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, matrix_to_tensor, to_dvector, to_tensor};
-use crate::model::mlp::Mlp;
+use crate::mlp::Mlp;
 use crate::rng::{Rng, seeded};
 use candle_core::{Device, Tensor};
 use nalgebra::DMatrix;

@@ -3,11 +3,11 @@
 
 use super::InstanceFile;
 use super::instance::InstanceReader;
-use super::task::{SupervisedTask, TaskTensors};
-use crate::engine::mlp::MlpKernel;
+use super::supervised::{SupervisedTask, TaskTensors};
+use crate::engine::mlp_kernel::MlpKernel;
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;
-use crate::model::Mlp;
+use crate::mlp::Mlp;
 use crate::rng::Rng;
 use candle_core::{Device, Tensor};
 use rand::Rng as _;

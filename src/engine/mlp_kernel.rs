@@ -14,7 +14,7 @@
 
 use super::matmul::{Product, View, ViewMut};
 use super::tanh::tanh_in_place;
-use crate::model::mlp::{Layer, Mlp};
+use crate::mlp::{Layer, Mlp};
 
 /// How a row's outputs `y_i` are scored against its targets `t_i`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,5 +1,8 @@
-//! A tanh multilayer perceptron whose parameters live in one flat vector, so that any slice
-//! of them can be a fast or a meta-parameter.
+//! The tanh multilayer perceptron (its Candle form) shared by the problems: parameters in one
+//! flat vector, so that any slice of them can be a fast or a meta-parameter, its layout and its
+//! losses. The bilevel problems built on it (complex synapse, modulation, the weight-decay
+//! networks) live in `problem/`; its hand-derived kernels in `engine::mlp_kernel`. (The paper's
+//! "models" of how a brain could meta-learn, synapse and modulation, are `meta_training::ModelSpec`.)
 
 use crate::error::{CmlError, Result};
 use crate::linalg::Vector;

@@ -6,9 +6,9 @@
 
 use super::InstanceFile;
 use super::instance::InstanceReader;
-use crate::engine::mlp::MlpKernel;
+use crate::engine::mlp_kernel::MlpKernel;
 use crate::error::Result;
-use crate::model::mlp::{Mlp, mse, softmax_cross_entropy};
+use crate::mlp::{Mlp, mse, softmax_cross_entropy};
 use candle_core::Tensor;
 
 /// A task a network model can be fitted to.
