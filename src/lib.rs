@@ -32,38 +32,24 @@
 //! # Ok::<(), cml::CmlError>(())
 //! ```
 
-pub mod adam;
-pub mod autodiff;
-pub mod bandit;
-pub mod bound;
+// The floors, each importing only the ones below it (`tests/architecture.rs`): the numerical
+// core, running it (registry, sweeps, meta-training, statistics), reporting (plots, the
+// write-up's template), the experiments (the figure jobs and the write-up), the command line.
 #[cfg(feature = "cli")]
 pub mod cli;
-pub mod digits;
-pub mod engine;
-pub mod error;
-pub mod estimator;
-pub mod executor;
+pub mod core;
 #[cfg(feature = "figures")]
-pub mod figures;
-pub mod fit;
-pub mod ground_truth;
-pub mod implicit_function;
-pub mod inner;
-pub mod io;
-pub mod linalg;
-pub mod linear_solve;
-pub mod meta_training;
-pub mod mlp;
-pub mod optimizer;
-pub mod oracle;
-pub mod parallel;
-pub mod problem;
-pub mod registry;
-pub mod rng;
-pub mod smoothness;
-pub mod spiking;
-pub mod stats;
-pub mod sweep;
+pub mod experiments;
+#[cfg(feature = "figures")]
+pub mod report;
+pub mod run;
+
+// Every module by its own name (`cml::estimator`, `cml::registry`, ...), wherever its floor.
+pub use crate::core::{
+    adam, autodiff, bandit, bound, digits, engine, error, estimator, ground_truth, implicit_function, inner,
+    io, linalg, linear_solve, mlp, optimizer, oracle, parallel, problem, rng, smoothness, spiking,
+};
+pub use crate::run::{executor, fit, meta_training, registry, stats, sweep};
 
 pub use error::{CmlError, Result};
 

@@ -277,7 +277,7 @@ fn the_figures_help_names_every_job() {
         .split_whitespace()
         .collect::<Vec<_>>()
         .join(" ");
-    for (name, _) in cml::figures::jobs() {
+    for (name, _) in cml::experiments::jobs() {
         assert!(
             help.contains(name),
             "`cml figures --help` does not name the job {name}"

@@ -649,7 +649,7 @@ fn the_shipped_experiment_configs_are_what_the_jobs_run() {
     // weight-decay and spiking jobs: comment lines, then the protocol as TOML, which must be what
     // the job runs.
     let root = env!("CARGO_MANIFEST_DIR");
-    for (job, protocol) in cml::figures::protocols().unwrap() {
+    for (job, protocol) in cml::experiments::protocols().unwrap() {
         let path = format!("{root}/configs/{job}.toml");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let body: String = text

@@ -227,7 +227,7 @@ fn every_problem_the_figure_jobs_build_is_in_the_registry() {
     }
     // The few-shot job builds no gain modulation (its gap's reason holds).
     let few_shot = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/figures/few_shot.rs"),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/experiments/few_shot.rs"),
     )
     .unwrap();
     assert!(!few_shot.contains("Modulation"));

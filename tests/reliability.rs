@@ -380,8 +380,13 @@ fn the_shipped_training_configs_are_the_figures_runs() {
             let mut shipped: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
             let mut figure = serde_json::to_value(
-                cml::figures::figure_training_config(cml::figures::Scale::Default, 0, model, estimator)
-                    .unwrap(),
+                cml::experiments::figure_training_config(
+                    cml::experiments::Scale::Default,
+                    0,
+                    model,
+                    estimator,
+                )
+                .unwrap(),
             )
             .unwrap();
             for v in [&mut shipped, &mut figure] {

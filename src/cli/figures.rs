@@ -1,8 +1,8 @@
 //! `cml figures`: regenerate every figure, table and the write-up, on one machine or as units
 //! spread over a cluster and merged.
 
-use crate::figures::units::{self, Scale, Selection};
-use crate::figures::{Settings, run};
+use crate::experiments::units::{self, Scale, Selection};
+use crate::experiments::{Settings, run};
 use crate::sweep::parse_shard;
 use std::path::PathBuf;
 use std::time::Instant;

@@ -4,13 +4,14 @@
 //! numbers, so none of its numbers can go stale.
 
 mod bandit;
+pub mod bandit_meta;
 mod compute;
 mod digits_decay;
 mod error_bar;
 mod few_shot;
-pub mod plot;
+
 mod spiking;
-mod template;
+
 mod theory;
 mod training;
 pub mod units;
@@ -21,6 +22,7 @@ pub use training::figure_training_config;
 
 use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
+use crate::report::{plot, template};
 use std::path::{Path, PathBuf};
 use units::{Job, Whole};
 pub use units::{Scale, Selection};

@@ -1,7 +1,6 @@
 //! Error versus nudging strength and versus phase precision (MATH.md §3): the quadratic problem
 //! (every constant known) and a small complex-synapse MLP.
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::{Settings, save, write_csv, write_table};
 use crate::bound::{QuadraticTheory, theory_slopes};
 use crate::error::Result;
@@ -14,6 +13,7 @@ use crate::problem::{
     BilevelProblem, ProblemInstance, Quadratic, QuadraticSpec, SinusoidTask, ToInstanceFile, phase_loss,
 };
 use crate::problem::{Synapse, SynapseSpec};
+use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::sweep::{
     self, Budget, CSV_HEADER, EstimatorGrid, ProblemBuilder, ProblemSource, SweepConfig, SweepRow,
 };

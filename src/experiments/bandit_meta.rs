@@ -2,8 +2,8 @@
 //! meta-step draws a meta-batch of tasks (`delta ~ U(0, 1)`, random pulls), averages the
 //! estimator's meta-gradients, and updates `theta` with Adam.
 
-use super::agents::{OnlineModel, build};
-use super::task::BanditTask;
+use crate::bandit::agents::{OnlineModel, build};
+use crate::bandit::task::BanditTask;
 use crate::error::Result;
 use crate::estimator::EstimatorSpec;
 use crate::linalg::Vector;

@@ -3,7 +3,7 @@
 //! regret bookkeeping, and meta-training of the agents' networks.
 
 pub mod agents;
-pub mod meta;
+
 pub mod posterior;
 pub mod run;
 pub mod task;

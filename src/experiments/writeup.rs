@@ -2,10 +2,10 @@
 //! in the numbers measured by the same run that wrote the tables, so every number in it is one
 //! that was measured (see `template.rs` for the template's few rules).
 
-use super::template::{self, Context};
 use super::{Results, Settings, num};
 use crate::error::{CmlError, Result};
 use crate::fit::VariantFit;
+use crate::report::template::{self, Context};
 use crate::stats::Verdict;
 
 const TEMPLATE: &str = include_str!("writeup.md");
@@ -72,7 +72,11 @@ pub fn render(settings: &Settings, r: &Results) -> Result<String> {
             .map(|secs| Context::new().text("seconds", format!("{secs:.0}"))),
     );
     template::render(TEMPLATE, &context).map_err(|reason| {
-        CmlError::invalid("the write-up template (src/figures/writeup.md)", "a tag", reason)
+        CmlError::invalid(
+            "the write-up template (src/experiments/writeup.md)",
+            "a tag",
+            reason,
+        )
     })
 }
 
@@ -769,7 +773,7 @@ fn measured_memory(out: &std::path::Path) -> std::result::Result<Context, String
 
 /// What gradient-descent phases of equal budgets did to the symmetric variant's `delta / beta`
 /// side, from the measured left slopes (docs/THEORY.md §2), with a margin of 0.15.
-fn symmetric_floor(fits: &[crate::figures::theory::FitRow]) -> Option<Context> {
+fn symmetric_floor(fits: &[crate::experiments::theory::FitRow]) -> Option<Context> {
     let gd: Vec<_> = fits
         .iter()
         .filter(|r| r.phases == "gradient descent" && r.fit.variant == "symmetric")

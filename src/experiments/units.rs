@@ -6,9 +6,9 @@
 //! file exists is not run again), and merged in any order: the outputs do not depend on where
 //! or in which order the units ran.
 
-use super::template::Context;
 use super::{Settings, write_atomically};
 use crate::error::{CmlError, Result};
+use crate::report::template::Context;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -322,7 +322,7 @@ pub fn run_slice(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<SliceSummary> {
     crate::autodiff::ensure_second_order()?;
-    super::plot::register_font()?;
+    crate::report::plot::register_font()?;
     let jobs = selection.jobs(settings)?;
     check_scale(&jobs, settings)?;
     let units = all_units(&jobs, selection, settings)?;
@@ -411,7 +411,7 @@ fn run_one(settings: &Settings, results: &Path, job: &dyn Job, unit: &str, expec
 /// under `results`. A missing unit, or one stored under another configuration, is an error
 /// that names it. With `--unit`, a job reports from the units selected.
 pub fn report(settings: &Settings, selection: &Selection, results: &Path) -> Result<super::Results> {
-    super::plot::register_font()?;
+    crate::report::plot::register_font()?;
     let jobs = selection.jobs(settings)?;
     check_scale(&jobs, settings)?;
     let mut out = super::Results::default();

@@ -3,23 +3,23 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::training::{ALPHA, t975};
 use super::{Settings, num, running_mean, save, write_csv, write_table};
 use crate::bandit::WheelBandit;
 use crate::bandit::agents::{
     Agent, Greedy, LinFullPost, NeuralLinear, OnlineLearner, OnlineModel, OnlineParams, Uniform,
 };
-use crate::bandit::meta::{MetaConfig, initial_theta, meta_train};
 use crate::bandit::posterior::Prior;
 use crate::bandit::run::{self as bandit_run, RunParams};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Unrolled, Variant};
+use crate::experiments::bandit_meta::{MetaConfig, initial_theta, meta_train};
 use crate::inner::GdParams;
 use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::parallel::map_in_order;
 use crate::problem::{ModulationSpec, SynapseSpec};
+use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
@@ -338,7 +338,7 @@ impl super::units::Job for Bandit {
         settings: &Settings,
         units: &[super::units::Stored],
         files: &mut Vec<PathBuf>,
-    ) -> Result<super::template::Context> {
+    ) -> Result<crate::report::template::Context> {
         Ok(super::writeup::bandit_section(&report(settings, units, files)?))
     }
 }

@@ -4,7 +4,6 @@
 //! of a grid; final test accuracy after retraining on training + validation with the learned
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::weight_decay::decay_estimators;
@@ -19,6 +18,7 @@ use crate::linalg::{Vector, to_tensor};
 use crate::mlp::Mlp;
 use crate::oracle::Oracle;
 use crate::problem::{BilevelProblem, ProblemInstance};
+use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::rng::{hash_words, stream};
 use crate::stats::{self, Comparison};
 use std::path::PathBuf;
@@ -348,7 +348,7 @@ impl super::units::Job for DigitsDecay {
         settings: &Settings,
         units: &[super::units::Stored],
         files: &mut Vec<PathBuf>,
-    ) -> Result<super::template::Context> {
+    ) -> Result<crate::report::template::Context> {
         Ok(super::writeup::digits_decay_section(&report(
             settings, units, files,
         )?))

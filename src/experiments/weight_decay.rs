@@ -2,7 +2,6 @@
 //! meta-learned on the validation loss of the diabetes data set, by the contrastive rule and the
 //! reference estimators, against fixed weight decay.
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
@@ -12,6 +11,7 @@ use crate::linalg::{Vector, to_tensor};
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
 use crate::problem::{BilevelProblem, RegularisedMlp};
+use crate::report::plot::{Figure, Panel, Series, Style};
 use std::path::PathBuf;
 
 /// Validation and test loss (1/2 MSE, standardised targets) after adaptation.

@@ -1,7 +1,6 @@
 //! What each estimator costs: error against total work on one complex-synapse problem, and
 //! time and memory per meta-gradient as the inner loop grows.
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::theory::synapse_instance;
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -10,6 +9,7 @@ use crate::fit::cheapest;
 use crate::inner::GdParams;
 use crate::problem::ProblemInstance;
 use crate::problem::{Synapse, SynapseSpec};
+use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::sweep::{self, Budget, CSV_HEADER, EstimatorGrid, ProblemSource, SweepConfig, SweepRow};
 use std::path::PathBuf;
 use std::time::Instant;

@@ -3,7 +3,6 @@
 //! BPTT-trained learning, BPTT through e-prop learning, truncated BPTT through e-prop and no
 //! meta-learning; and the reference code's "symmetric" defect as an ablation.
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::training::{ALPHA, seed_mean_ci, t975};
 use super::{Settings, num, running_mean, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
@@ -15,6 +14,7 @@ use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
 use crate::problem::{ProblemInstance, SinusoidTask};
+use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::rng::stream;
 use crate::spiking::{
     INPUT_RANGE, NetworkSpec, PULL_STRENGTH, Samples, SpikingKernel, SpikingSynapse, SpikingTask, Surrogate,

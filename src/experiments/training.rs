@@ -1,8 +1,6 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
-use super::plot::{Figure, Panel, Series, Style};
-use super::template::Context;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -13,6 +11,8 @@ use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, t
 use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::problem::SinusoidTask;
+use crate::report::plot::{Figure, Panel, Series, Style};
+use crate::report::template::Context;
 use crate::stats::{self, Verdict};
 use std::path::{Path, PathBuf};
 

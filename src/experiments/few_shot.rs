@@ -5,8 +5,6 @@
 //! meta-training seed; each method is scored against its matched baseline (the untrained
 //! initialisation adapted by the method's own inner loop) on the same episodes (docs/PROTOCOL.md).
 
-use super::plot::{Figure, Panel, Series, Style};
-use super::template::Context;
 use super::training::ALPHA;
 use super::units::{Job, Stored};
 use super::{Settings, running_mean, save, write_csv, write_table};
@@ -23,6 +21,8 @@ use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
 use crate::problem::{BilevelProblem, ProblemInstance, Synapse, SynapseSpec};
+use crate::report::plot::{Figure, Panel, Series, Style};
+use crate::report::template::Context;
 use crate::rng::stream;
 use crate::stats::{self, Comparison};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,6 @@
 //! error (exact meta-gradient by Newton and a dense solve); and `--beta auto` against the best
 //! strength of a grid.
 
-use super::plot::{Figure, Panel, Series, Style};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
 use crate::estimator::error_bar::{AutoBeta, DistanceSource, estimate_with_error_bar};
@@ -11,6 +10,7 @@ use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use crate::ground_truth::exact_meta_gradient;
 use crate::inner::GdParams;
 use crate::linalg::Vector;
+use crate::report::plot::{Figure, Panel, Series, Style};
 use std::path::PathBuf;
 
 /// The problems calibrated, in table order.
@@ -396,7 +396,7 @@ impl super::units::Job for ErrorBarJob {
         settings: &Settings,
         units: &[super::units::Stored],
         files: &mut Vec<PathBuf>,
-    ) -> Result<super::template::Context> {
+    ) -> Result<crate::report::template::Context> {
         let mut cases = Vec::new();
         let mut autos = Vec::new();
         for stored in units {
