@@ -602,7 +602,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // The quick training job: 2 models x 6 estimators x 2 seeds, timed by its calibration; the
     // jobs without a calibration say how to get an estimate. Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines); few-shot 1 setting x 5 methods x 2 seeds;
-    // digits-decay 2 seeds x (5 estimators + baselines).
+    // digits-decay 2 seeds x (5 estimators + baselines); spiking the choice and 6 methods x 2 seeds.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[2], "24", "{row}");
@@ -610,7 +610,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
         ("theory", 1),
-        ("spiking", 1),
+        ("spiking", 13),
         ("bandit", 8),
         ("few-shot", 10),
         ("digits-decay", 12),

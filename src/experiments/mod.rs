@@ -55,7 +55,7 @@ pub(crate) fn registry() -> Vec<&'static dyn Job> {
         &digits_decay::DIGITS_DECAY,
         &few_shot::FEW_SHOT,
         &bandit::BANDIT,
-        &SPIKING,
+        &spiking::SPIKING,
     ]
 }
 
@@ -68,18 +68,12 @@ fn no_protocol(_: &Settings) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Null)
 }
 
-fn protocol_json<T: serde::Serialize>(p: Result<T>) -> Result<serde_json::Value> {
-    units::encode(&p?)
-}
-
 static THEORY: Whole = Whole {
     name: "theory",
     about: "error vs beta (quadratic, complex synapse), best beta and error vs delta, slopes table",
     protocol: no_protocol,
     run: |s, f| Ok(writeup::theory_section(&theory::run(s, f)?)),
     at_report: None,
-    paper_scale: false,
-    calibrate: None,
 };
 static COMPUTE: Whole = Whole {
     name: "compute",
@@ -87,8 +81,6 @@ static COMPUTE: Whole = Whole {
     protocol: no_protocol,
     run: |s, f| Ok(writeup::compute_section(&compute::run_compute(s, f)?)),
     at_report: None,
-    paper_scale: false,
-    calibrate: None,
 };
 static COST: Whole = Whole {
     name: "cost",
@@ -97,8 +89,6 @@ static COST: Whole = Whole {
     run: |s, f| Ok(writeup::cost_section(&compute::run_cost(s, f)?)),
     // The allocator bench's file sits in the real output folder, not the unit's.
     at_report: Some(writeup::with_measured_memory),
-    paper_scale: false,
-    calibrate: None,
 };
 static WEIGHT_DECAY: Whole = Whole {
     name: "weight-decay",
@@ -106,17 +96,6 @@ static WEIGHT_DECAY: Whole = Whole {
     protocol: no_protocol,
     run: |s, f| Ok(writeup::weight_decay_section(&weight_decay::run(s, f)?)),
     at_report: None,
-    paper_scale: false,
-    calibrate: None,
-};
-static SPIKING: Whole = Whole {
-    name: "spiking",
-    about: "recurrent spiking network learning by e-prop: the contrastive rule against BPTT through learning, MSE table",
-    protocol: |s| protocol_json(Ok(spiking::Protocol::at(s.scale))),
-    run: |s, f| Ok(writeup::spiking_section(&spiking::run(s, f)?)),
-    at_report: None,
-    paper_scale: true,
-    calibrate: Some(spiking::calibrate),
 };
 
 /// What a run wrote, with each job's section of the write-up.

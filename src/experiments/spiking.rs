@@ -199,46 +199,53 @@ impl Protocol {
                 truncation,
             }))
         };
-        let contrastive = |name, variant| Method {
+        let contrastive = |name, key, variant| Method {
             name,
+            key,
             surrogate: Surrogate::Eprop,
             estimator: Some(EstimatorSpec::Contrastive(self.contrastive(variant, choice))),
             adaptation: self.adam(self.free_steps, self.inner_lr),
             baseline: false,
         };
-        let baseline = |name, surrogate, estimator, adaptation| Method {
+        let baseline = |name, key, surrogate, estimator, adaptation| Method {
             name,
+            key,
             surrogate,
             estimator,
             adaptation,
             baseline: true,
         };
         vec![
-            contrastive("CML symmetric (e-prop)", Variant::Symmetric),
+            contrastive("CML symmetric (e-prop)", "cml-symmetric", Variant::Symmetric),
             contrastive(
                 "CML with the reference code's -beta phase",
+                "cml-reference-code",
                 Variant::ReferenceCodeSymmetric,
             ),
             baseline(
                 "BPTT through BPTT learning",
+                "bptt-bptt",
                 Surrogate::Bptt,
                 unrolled(self.unrolled_steps, None),
                 self.sgd(self.unrolled_steps),
             ),
             baseline(
                 "BPTT through e-prop learning",
+                "bptt-eprop",
                 Surrogate::Eprop,
                 unrolled(self.unrolled_steps, None),
                 self.sgd(self.unrolled_steps),
             ),
             baseline(
                 "truncated BPTT through e-prop",
+                "tbptt-eprop",
                 Surrogate::Eprop,
                 unrolled(self.truncated_steps, Some(self.truncated_last)),
                 self.sgd(self.truncated_steps),
             ),
             Method {
                 name: "no meta-learning (e-prop)",
+                key: "no-meta-learning",
                 surrogate: Surrogate::Eprop,
                 estimator: None,
                 adaptation: self.adam(self.free_steps, self.inner_lr),
@@ -252,6 +259,8 @@ impl Protocol {
 #[derive(Debug, Clone)]
 pub struct Method {
     pub name: &'static str,
+    /// Its part of the unit names (`<key>-seed<s>`).
+    pub key: &'static str,
     /// The inner learning rule's gradient: e-prop or surrogate BPTT.
     pub surrogate: Surrogate,
     /// How `omega` is meta-learned (`None`: not at all).
@@ -323,6 +332,15 @@ pub struct BetaChoice {
 }
 
 impl BetaChoice {
+    /// No choice: what lists the methods, and what the methods that do not use it carry.
+    pub fn unchosen() -> Self {
+        BetaChoice {
+            beta: f64::NAN,
+            nudged_lr: f64::NAN,
+            grid: Vec::new(),
+        }
+    }
+
     /// The chosen setting's mean cosine of the halves.
     pub fn cosine(&self) -> f64 {
         self.grid
@@ -403,18 +421,326 @@ fn choose(p: &Protocol, settings: &Settings) -> Result<BetaChoice> {
     })
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResults> {
-    let p = Protocol::at(settings.scale);
+/// The job as units: the validation choice, then every method x seed. A CML unit recomputes the
+/// choice (deterministic, from its own stream) rather than read the choice unit, so units have no
+/// order; the report checks that they agree.
+pub(super) struct Spiking;
+pub(super) static SPIKING: Spiking = Spiking;
+
+const CHOICE_UNIT: &str = "choice";
+
+/// The seeds of the job.
+fn seeds(p: &Protocol, settings: &Settings) -> Vec<u64> {
+    (0..p.seeds as u64).map(|s| settings.seed + s).collect()
+}
+
+/// Every method run, in report order (methods outer, seeds inner): method index, seed, unit name.
+fn method_runs(p: &Protocol, settings: &Settings) -> Vec<(usize, u64, String)> {
+    let methods = p.methods(&BetaChoice::unchosen());
+    let mut out = Vec::new();
+    for (index, method) in methods.iter().enumerate() {
+        for seed in seeds(p, settings) {
+            out.push((index, seed, format!("{}-seed{seed}", method.key)));
+        }
+    }
+    out
+}
+
+/// One setting of the validation search: (beta, nudged step size, mean cosine of the halves, mean
+/// norm ratio).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct GridPoint {
+    beta: f64,
+    nudged_lr: f64,
+    #[serde(with = "super::units::any_float")]
+    cosine: f64,
+    #[serde(with = "super::units::any_float")]
+    ratio: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct ChoiceRows {
+    beta: f64,
+    nudged_lr: f64,
+    grid: Vec<GridPoint>,
+}
+
+impl From<&BetaChoice> for ChoiceRows {
+    fn from(c: &BetaChoice) -> Self {
+        ChoiceRows {
+            beta: c.beta,
+            nudged_lr: c.nudged_lr,
+            grid: c
+                .grid
+                .iter()
+                .map(|&(beta, nudged_lr, cosine, ratio)| GridPoint {
+                    beta,
+                    nudged_lr,
+                    cosine,
+                    ratio,
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<&ChoiceRows> for BetaChoice {
+    fn from(c: &ChoiceRows) -> Self {
+        BetaChoice {
+            beta: c.beta,
+            nudged_lr: c.nudged_lr,
+            grid: c
+                .grid
+                .iter()
+                .map(|g| (g.beta, g.nudged_lr, g.cosine, g.ratio))
+                .collect(),
+        }
+    }
+}
+
+/// A meta-test task's query MSE before and after the method's inner loop, and whether that
+/// loop diverged (then it is scored unadapted).
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct TestScore {
+    #[serde(with = "super::units::any_float")]
+    before: f64,
+    #[serde(with = "super::units::any_float")]
+    after: f64,
+    diverged: bool,
+}
+
+/// A value logged at a meta-step.
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
+struct AtStep {
+    step: usize,
+    #[serde(with = "super::units::any_float")]
+    value: f64,
+    /// The halves' mean norm ratio (the halves log only).
+    #[serde(with = "super::units::any_float", default)]
+    ratio: f64,
+}
+
+/// What one method's run from one seed leaves for the report.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MethodSeedRun {
+    /// The contrastive rule's (beta, nudged step size), as this unit chose it.
+    choice: Option<(f64, f64)>,
+    /// (meta-step, meta-batch query MSE) of meta-training.
+    curve: Vec<AtStep>,
+    /// Wall seconds per meta-step (not reproducible; the table only).
+    seconds_per_step: Option<f64>,
+    stopped: Option<String>,
+    test: Vec<TestScore>,
+    /// The halves during CML symmetric's meta-training (mean cosine in `value`).
+    halves: Vec<AtStep>,
+    /// The ablation and the activity of the CML-learned network (CML symmetric, first seed).
+    activity: Option<Activity>,
+}
+
+/// The ablation and the activity panels' data, from the CML-learned `omega` of the first seed.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Activity {
+    /// Per task: (norm ratio of the defect's estimate to the symmetric one, their cosine).
+    ablation: Vec<(f64, f64)>,
+    /// Two held-out tasks: the targets and predictions on [`fit_grid`], and the support points.
+    examples: Vec<Example>,
+    /// (time step, neuron) of every spike of the first test task's first support sample.
+    raster: Vec<(f64, f64)>,
+    /// Spikes per step of each neuron, mean over the test tasks' support sets.
+    rates: Vec<f64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Example {
+    targets: Vec<f64>,
+    predictions: Vec<f64>,
+    support: Vec<(f64, f64)>,
+}
+
+/// The inputs at which the example fits are drawn.
+fn fit_grid() -> Vec<f64> {
+    (0..41).map(|k| -5.0 + 0.25 * k as f64).collect()
+}
+
+impl super::units::Job for Spiking {
+    fn name(&self) -> &'static str {
+        "spiking"
+    }
+
+    fn about(&self) -> &'static str {
+        "recurrent spiking network learning by e-prop: the contrastive rule against BPTT through learning, MSE table"
+    }
+
+    fn paper_scale(&self) -> bool {
+        true
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        super::units::encode(&Protocol::at(settings.scale))
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        let p = Protocol::at(settings.scale);
+        Ok(std::iter::once(CHOICE_UNIT.to_string())
+            .chain(method_runs(&p, settings).into_iter().map(|r| r.2))
+            .collect())
+    }
+
+    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+        let p = Protocol::at(settings.scale);
+        if unit == CHOICE_UNIT {
+            return super::units::encode(&ChoiceRows::from(&choose(&p, settings)?));
+        }
+        let (index, seed, _) =
+            super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
+        super::units::encode(&run_method_seed(&p, settings, index, seed)?)
+    }
+
+    fn report(
+        &self,
+        settings: &Settings,
+        units: &[super::units::Stored],
+        files: &mut Vec<PathBuf>,
+    ) -> Result<super::template::Context> {
+        Ok(super::writeup::spiking_section(&report(settings, units, files)?))
+    }
+
+    fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+        calibrate(settings, units)
+    }
+}
+
+/// Meta-trains method `index` from `seed` and scores it on the seed's test tasks.
+fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -> Result<MethodSeedRun> {
     let spec = &p.network;
-    let choice = choose(&p, settings)?;
-    let (validation_tasks, _) = validation(&p, settings)?;
+    let cml_symmetric = index == 0;
+    let uses_choice = p.methods(&BetaChoice::unchosen())[index]
+        .estimator
+        .is_some_and(|e| e.contrastive_rule().is_some());
+    // Only the contrastive rule needs the validation choice.
+    let choice = if uses_choice {
+        choose(p, settings)?
+    } else {
+        BetaChoice::unchosen()
+    };
+    let method = p.methods(&choice).swap_remove(index);
+    let tests: Vec<SpikingTask> = {
+        let mut rng = stream(seed, TEST);
+        (0..p.test_tasks)
+            .map(|_| SpikingTask::sample(&mut rng, p.shots, spec))
+            .collect::<Result<_>>()?
+    };
+    let (steps, batch) = if method.baseline {
+        (p.baseline_meta_steps, p.baseline_meta_batch)
+    } else {
+        (p.meta_steps, p.meta_batch)
+    };
+    let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
+        Ok(Box::new(SpikingSynapse::new(
+            spec,
+            t,
+            p.strength,
+            method.surrogate,
+            theta,
+        )?))
+    };
+    let theta0 = spec.initial_weights(&mut stream(seed, INIT));
+    let (validation_tasks, _) = validation(p, settings)?;
     let probe_tasks = &validation_tasks[..p.halves_tasks.min(validation_tasks.len())];
     let halves_log = std::sync::Mutex::new(Vec::new());
+    // The halves during CML symmetric's meta-training, on validation tasks.
+    let probe = |step: usize, theta: &Vector| -> Result<()> {
+        if step.is_multiple_of(p.halves_every) {
+            let (cos, ratio) = halves(p, theta, probe_tasks, choice.beta, choice.nudged_lr)?;
+            halves_log.lock().expect("not poisoned").push(AtStep {
+                step,
+                value: cos,
+                ratio,
+            });
+        }
+        Ok(())
+    };
+    if cml_symmetric {
+        probe(0, &theta0)?;
+    }
+    let mut run = MethodSeedRun {
+        choice: uses_choice.then_some((choice.beta, choice.nudged_lr)),
+        curve: Vec::new(),
+        seconds_per_step: None,
+        stopped: None,
+        test: Vec::new(),
+        halves: Vec::new(),
+        activity: None,
+    };
+    let theta = match &method.estimator {
+        Some(estimator) => {
+            let trained = TaskMetaTraining {
+                estimator,
+                meta_steps: steps,
+                meta_batch: batch,
+                meta_lr: p.meta_lr_of(&method),
+                seed,
+                sample: &|rng| SpikingTask::sample(rng, p.shots, spec),
+                problem: &build,
+                observe: if cml_symmetric { Some(&probe) } else { None },
+            }
+            .run(theta0.clone())?;
+            run.stopped = trained.stopped.clone();
+            run.curve = trained
+                .log
+                .iter()
+                .map(|s| AtStep {
+                    step: s.step,
+                    value: s.query_loss,
+                    ratio: 0.0,
+                })
+                .collect();
+            run.seconds_per_step = trained.log.last().map(|last| last.seconds / last.step as f64);
+            trained.theta
+        }
+        None => theta0.clone(),
+    };
+    run.test = map_in_order(&tests, |t| {
+        let problem = SpikingSynapse::new(spec, t, p.strength, method.surrogate, &theta)?;
+        let before = problem.losses(theta.as_slice()).query_mse;
+        let (phi, diverged) = adapt(&problem, &method.adaptation)?;
+        Ok(TestScore {
+            before,
+            after: problem.losses(phi.as_slice()).query_mse,
+            diverged,
+        })
+    })?;
+    run.halves = halves_log.into_inner().expect("not poisoned");
+    if cml_symmetric && seed == settings.seed {
+        run.activity = Some(Activity {
+            ablation: ablation(p, &choice, &theta, settings.seed)?,
+            ..activity(p, &theta, &tests, settings.seed)?
+        });
+    }
+    Ok(run)
+}
+
+/// Figures, tables and the write-up's numbers from the stored units.
+fn report(
+    settings: &Settings,
+    units: &[super::units::Stored],
+    files: &mut Vec<PathBuf>,
+) -> Result<SpikingResults> {
+    let p = Protocol::at(settings.scale);
+    let find = |name: &str| -> Result<&super::units::Stored> {
+        units
+            .iter()
+            .find(|u| u.unit == name)
+            .ok_or_else(|| CmlError::invalid("spiking unit", name, "every unit of the job"))
+    };
+    let choice = BetaChoice::from(&super::units::decode::<ChoiceRows>(find(CHOICE_UNIT)?)?);
     let mut curve_rows = Vec::new();
     let mut test_rows = Vec::new();
     let mut methods = Vec::new();
     let mut stopped = Vec::new();
     let mut untrained = Vec::new();
+    let mut halves = Vec::new();
+    let mut activity_rows = None;
     let mut curves = Panel::new(
         "spiking network: meta-training (mean over seeds)",
         "meta-step",
@@ -422,98 +748,53 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         false,
         false,
     );
-    // Meta-learned parameters of the CML run of the first seed (examples, raster, ablation).
-    let mut cml_theta: Option<Vector> = None;
-    let seeds: Vec<u64> = (0..p.seeds as u64).map(|s| settings.seed + s).collect();
-    let test_sets: Vec<Vec<SpikingTask>> = seeds
-        .iter()
-        .map(|&seed| {
-            let mut rng = stream(seed, TEST);
-            (0..p.test_tasks)
-                .map(|_| SpikingTask::sample(&mut rng, p.shots, spec))
-                .collect()
-        })
-        .collect::<Result<_>>()?;
+    let runs = method_runs(&p, settings);
     for (index, method) in p.methods(&choice).into_iter().enumerate() {
         let (steps, batch) = if method.baseline {
             (p.baseline_meta_steps, p.baseline_meta_batch)
         } else {
             (p.meta_steps, p.meta_batch)
         };
-        let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
-            Ok(Box::new(SpikingSynapse::new(
-                spec,
-                t,
-                p.strength,
-                method.surrogate,
-                theta,
-            )?))
-        };
         let mut per_seed = Vec::new();
         let mut seconds = Vec::new();
         // Sum and count per meta-step over the seeds (a run that stopped early has fewer steps).
         let mut curve = vec![(0.0, 0usize); steps];
         let mut diverged = 0;
-        for (seed, tests) in seeds.iter().zip(&test_sets) {
-            let theta0 = spec.initial_weights(&mut stream(*seed, INIT));
-            // The halves during CML's meta-training (the first method), on validation tasks.
-            let probe = |step: usize, theta: &Vector| -> Result<()> {
-                if step.is_multiple_of(p.halves_every) {
-                    let (cos, ratio) = halves(&p, theta, probe_tasks, choice.beta, choice.nudged_lr)?;
-                    halves_log
-                        .lock()
-                        .expect("not poisoned")
-                        .push((*seed, step, cos, ratio));
-                }
-                Ok(())
-            };
-            if index == 0 {
-                probe(0, &theta0)?;
+        for (_, seed, name) in runs.iter().filter(|r| r.0 == index) {
+            let run: MethodSeedRun = super::units::decode(find(name)?)?;
+            if let Some(used) = run.choice
+                && used != (choice.beta, choice.nudged_lr)
+            {
+                return Err(CmlError::invalid(
+                    format!("spiking unit {name}"),
+                    format!("beta {}, nudged step size {}", used.0, used.1),
+                    format!(
+                        "the choice unit's beta {}, nudged step size {} (units from one run)",
+                        choice.beta, choice.nudged_lr
+                    ),
+                ));
             }
-            let theta = match &method.estimator {
-                Some(estimator) => {
-                    let run = TaskMetaTraining {
-                        estimator,
-                        meta_steps: steps,
-                        meta_batch: batch,
-                        meta_lr: p.meta_lr_of(&method),
-                        seed: *seed,
-                        sample: &|rng| SpikingTask::sample(rng, p.shots, spec),
-                        problem: &build,
-                        observe: if index == 0 { Some(&probe) } else { None },
-                    }
-                    .run(theta0.clone())?;
-                    if let Some(reason) = &run.stopped {
-                        stopped.push(format!("{} (seed {seed}) stopped at {reason}", method.name));
-                    }
-                    for s in &run.log {
-                        curve_rows.push(format!("{},{seed},{},{:e}", method.name, s.step, s.query_loss));
-                        let c = &mut curve[s.step - 1];
-                        *c = (c.0 + s.query_loss, c.1 + 1);
-                    }
-                    if let Some(last) = run.log.last() {
-                        seconds.push(last.seconds / last.step as f64);
-                    }
-                    run.theta
-                }
-                None => theta0.clone(),
-            };
-            let losses = map_in_order(tests, |t| {
-                let problem = SpikingSynapse::new(spec, t, p.strength, method.surrogate, &theta)?;
-                let before = problem.losses(theta.as_slice()).query_mse;
-                let (phi, diverged) = adapt(&problem, &method.adaptation)?;
-                Ok((before, problem.losses(phi.as_slice()).query_mse, diverged))
-            })?;
-            diverged += losses.iter().filter(|l| l.2).count();
-            for (k, (before, after, _)) in losses.iter().enumerate() {
-                test_rows.push(format!("{},{seed},{k},{before:e},{after:e}", method.name));
+            if let Some(reason) = &run.stopped {
+                stopped.push(format!("{} (seed {seed}) stopped at {reason}", method.name));
             }
+            for s in &run.curve {
+                curve_rows.push(format!("{},{seed},{},{:e}", method.name, s.step, s.value));
+                let c = &mut curve[s.step - 1];
+                *c = (c.0 + s.value, c.1 + 1);
+            }
+            seconds.extend(run.seconds_per_step);
+            diverged += run.test.iter().filter(|t| t.diverged).count();
+            for (k, t) in run.test.iter().enumerate() {
+                test_rows.push(format!("{},{seed},{k},{:e},{:e}", method.name, t.before, t.after));
+            }
+            let n = run.test.len() as f64;
             if method.estimator.is_none() {
-                untrained.push(losses.iter().map(|l| l.0).sum::<f64>() / losses.len() as f64);
+                untrained.push(run.test.iter().map(|t| t.before).sum::<f64>() / n);
             }
-            per_seed.push(losses.iter().map(|l| l.1).sum::<f64>() / losses.len() as f64);
-            if index == 0 && cml_theta.is_none() {
-                cml_theta = Some(theta);
+            per_seed.push(run.test.iter().map(|t| t.after).sum::<f64>() / n);
+            halves.extend(run.halves.iter().map(|h| (*seed, h.step, h.value, h.ratio)));
+            if let Some(a) = run.activity {
+                activity_rows = Some(a);
             }
         }
         if method.estimator.is_some() {
@@ -542,8 +823,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
             diverged,
         });
     }
-    let theta =
-        cml_theta.ok_or_else(|| CmlError::invalid("spiking job", "no CML run", "at least one seed"))?;
+    let activity = activity_rows
+        .ok_or_else(|| CmlError::invalid("spiking job", "no CML run of the first seed", "its unit"))?;
     write_csv(
         &settings.out.join("spiking_meta_training.csv"),
         "method,seed,meta_step,query_mse",
@@ -556,7 +837,6 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         &test_rows,
         files,
     )?;
-    let ablation = ablation(&p, &choice, &theta, settings.seed)?;
     // The choice and the halves, recorded.
     let choice_rows: Vec<String> = choice
         .grid
@@ -574,7 +854,6 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         &choice_rows,
         files,
     )?;
-    let halves = halves_log.into_inner().expect("not poisoned");
     let halves_rows: Vec<String> = halves
         .iter()
         .map(|(seed, step, cos, ratio)| format!("{seed},{step},{cos:e},{ratio:e}"))
@@ -601,7 +880,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         .map(|m| m.name.clone())
         .zip(stats::compare_family(&diffs, &margins, ALPHA))
         .collect();
-    let ablation_rows: Vec<String> = ablation
+    let ablation_rows: Vec<String> = activity
+        .ablation
         .iter()
         .enumerate()
         .map(|(k, (ratio, cos))| format!("{k},{ratio:e},{cos:e}"))
@@ -612,7 +892,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         &ablation_rows,
         files,
     )?;
-    let (panels, firing_rate) = activity_panels(&p, &theta, &test_sets[0], settings, files)?;
+    let (panels, firing_rate) = activity_panels(&p, &activity, settings, files)?;
     let mut all = vec![curves];
     all.extend(panels);
     save(
@@ -628,7 +908,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
         protocol: p,
         methods,
         untrained,
-        ablation,
+        ablation: activity.ablation,
         firing_rate,
         stopped,
         choice,
@@ -639,11 +919,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<SpikingResul
     Ok(results)
 }
 
-/// Estimated wall seconds of the whole job on this machine's cores at the paper scale, from one timed run of each
-/// method's estimate and inner loop on one validation task at an untrained initialisation,
-/// multiplied by how often the job runs them; `None` at the other scales, whose measured runs
-/// (`--results`) give their cost.
-pub fn calibrate(settings: &Settings) -> Result<Option<f64>> {
+/// Estimated wall seconds of each of `units` on this machine's cores at the paper scale, from one
+/// timed run of each method's estimate and inner loop, and of the halves, on one validation task
+/// at an untrained initialisation, multiplied by how often each unit runs them; `None` at the
+/// other scales, whose measured runs (`--results`) give their cost.
+fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
     if settings.scale != Scale::Paper {
         return Ok(None);
     }
@@ -654,14 +934,17 @@ pub fn calibrate(settings: &Settings) -> Result<Option<f64>> {
         work()?;
         Ok(clock.elapsed().as_secs_f64())
     };
-    // The paper's own setting stands in for the validation choice (the grids' middle).
+    // The paper's own setting stands in for the validation choice.
     let choice = BetaChoice {
         beta: p.beta_grid[p.beta_grid.len() / 2],
         nudged_lr: p.nudged_lr_grid[p.nudged_lr_grid.len() - 1],
         grid: Vec::new(),
     };
-    let mut total = 0.0;
-    for method in p.methods(&choice) {
+    let halves_once = timed(&|| halves(&p, &theta, &tasks[..1], choice.beta, choice.nudged_lr).map(|_| ()))?;
+    let choice_seconds =
+        halves_once * (p.beta_grid.len() * p.nudged_lr_grid.len() * p.validation_tasks) as f64;
+    let mut per_method = Vec::new();
+    for (index, method) in p.methods(&choice).iter().enumerate() {
         let problem = SpikingSynapse::new(&p.network, &tasks[0], p.strength, method.surrogate, &theta)?;
         let adaptation = timed(&|| adapt(&problem, &method.adaptation).map(|_| ()))?;
         let (steps, batch) = if method.baseline {
@@ -669,20 +952,43 @@ pub fn calibrate(settings: &Settings) -> Result<Option<f64>> {
         } else {
             (p.meta_steps, p.meta_batch)
         };
-        let estimate = match &method.estimator {
-            Some(e) => timed(&|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?,
-            None => 0.0,
-        };
-        total += p.seeds as f64 * ((steps * batch) as f64 * estimate + p.test_tasks as f64 * adaptation);
+        let mut seconds = p.test_tasks as f64 * adaptation;
+        if let Some(e) = &method.estimator {
+            let estimate = timed(&|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?;
+            seconds += (steps * batch) as f64 * estimate;
+            // A CML unit recomputes the choice.
+            if e.contrastive_rule().is_some() {
+                seconds += choice_seconds;
+            }
+        }
+        // CML symmetric probes the halves during meta-training.
+        if index == 0 {
+            seconds += halves_once * ((p.meta_steps / p.halves_every + 1) * p.halves_tasks) as f64;
+        }
+        per_method.push(seconds);
     }
-    // The halves on one task: each grid setting on every validation task (the choice), the
-    // probes during CML's meta-training, and the ablation's two estimates per task.
-    let halves_once = timed(&|| halves(&p, &theta, &tasks[..1], choice.beta, choice.nudged_lr).map(|_| ()))?;
-    let probes = p.seeds * (p.meta_steps / p.halves_every + 1) * p.halves_tasks;
-    let grid = p.beta_grid.len() * p.nudged_lr_grid.len() * p.validation_tasks;
-    let one_core = total + halves_once * (grid + probes + p.ablation_tasks) as f64;
-    // The job spreads its tasks over the cores (a meta-batch, the test tasks): wall time.
-    Ok(Some(one_core / crate::parallel::available_threads() as f64))
+    // The units spread their tasks over the cores (a meta-batch, the test tasks): wall time.
+    let threads = crate::parallel::available_threads() as f64;
+    let runs = method_runs(&p, settings);
+    units
+        .iter()
+        .map(|unit| {
+            if unit == CHOICE_UNIT {
+                return Ok(choice_seconds / threads);
+            }
+            let (index, seed, _) = runs
+                .iter()
+                .find(|r| r.2 == *unit)
+                .ok_or_else(|| CmlError::invalid("spiking unit", unit, "a unit of the job"))?;
+            let ablation = if *index == 0 && *seed == settings.seed {
+                halves_once * p.ablation_tasks as f64
+            } else {
+                0.0
+            };
+            Ok((per_method[*index] + ablation) / threads)
+        })
+        .collect::<Result<Vec<f64>>>()
+        .map(Some)
 }
 
 /// The fast weights after a task's inner loop from `omega`, and whether it diverged (then they
@@ -720,22 +1026,15 @@ fn ablation(p: &Protocol, choice: &BetaChoice, theta: &Vector, seed: u64) -> Res
     })
 }
 
-/// Example fits, a spike raster and the firing rates of the CML-adapted network; writes their
-/// CSVs. Returns the panels and the mean firing rate over the test tasks' support sets.
-fn activity_panels(
-    p: &Protocol,
-    theta: &Vector,
-    tests: &[SpikingTask],
-    settings: &Settings,
-    files: &mut Vec<PathBuf>,
-) -> Result<(Vec<Panel>, f64)> {
+/// Example fits, a spike raster and the firing rates of the CML-adapted network `theta` on the
+/// first seed's test tasks (the ablation is left empty for the caller).
+fn activity(p: &Protocol, theta: &Vector, tests: &[SpikingTask], seed: u64) -> Result<Activity> {
     let spec = &p.network;
-    let mut rng = stream(settings.seed, PLOT);
-    let grid: Vec<f64> = (0..41).map(|k| -5.0 + 0.25 * k as f64).collect();
-    let mut fits = Panel::new("held-out sinusoids after e-prop", "x", "y", false, false);
-    let mut fit_rows = Vec::new();
+    let mut rng = stream(seed, PLOT);
+    let grid = fit_grid();
     let adaptation = p.adam(p.free_steps, p.inner_lr);
-    for (k, task) in tests.iter().take(2).enumerate() {
+    let mut examples = Vec::new();
+    for task in tests.iter().take(2) {
         let problem = SpikingSynapse::new(spec, task, p.strength, Surrogate::Eprop, theta)?;
         let (phi, _) = adapt(&problem, &adaptation)?;
         // The grid's predictions: a kernel whose query set is the grid, inputs coded afresh.
@@ -749,40 +1048,18 @@ fn activity_panels(
         )?;
         let mut b = kernel.buffers();
         kernel.run(&mut b, phi.as_slice(), 1.0, None);
-        let predicted = &b.predictions()[p.shots..];
-        for (x, y) in grid.iter().zip(predicted) {
-            fit_rows.push(format!("{k},{x:e},{:e},{y:e}", task.task.target(*x)));
-        }
         let sin: &SinusoidTask = &task.task;
-        fits.series.push(Series::new(
-            format!("task {k}: target"),
-            grid.iter().map(|&x| (x, sin.target(x))).collect(),
-            2 * k,
-            Style::Dashed,
-        ));
-        fits.series.push(Series::new(
-            format!("task {k}: network"),
-            grid.iter().copied().zip(predicted.iter().copied()).collect(),
-            2 * k,
-            Style::Line,
-        ));
-        fits.series.push(Series::new(
-            format!("task {k}: support"),
-            sin.x_support
+        examples.push(Example {
+            targets: grid.iter().map(|&x| sin.target(x)).collect(),
+            predictions: b.predictions()[p.shots..].to_vec(),
+            support: sin
+                .x_support
                 .iter()
                 .copied()
                 .zip(sin.y_support.iter().copied())
                 .collect(),
-            2 * k,
-            Style::Points,
-        ));
+        });
     }
-    write_csv(
-        &settings.out.join("spiking_examples.csv"),
-        "task,x,target,prediction",
-        &fit_rows,
-        files,
-    )?;
     // Raster of the first test task's first support sample, and per-neuron rates over all test
     // tasks' support sets, after adaptation.
     let per_task = map_in_order(tests, |task| {
@@ -801,7 +1078,7 @@ fn activity_panels(
         }
         Ok((spikes[..per_sample].to_vec(), rates))
     })?;
-    let raster_points: Vec<(f64, f64)> = per_task[0]
+    let raster = per_task[0]
         .0
         .chunks(spec.neurons)
         .enumerate()
@@ -812,7 +1089,62 @@ fn activity_panels(
                 .map(move |(j, _)| ((t + 1) as f64, j as f64))
         })
         .collect();
-    let raster_rows: Vec<String> = raster_points.iter().map(|(t, j)| format!("{t},{j}")).collect();
+    let mut rates = vec![0.0; spec.neurons];
+    for (_, r) in &per_task {
+        for (a, b) in rates.iter_mut().zip(r) {
+            *a += b / per_task.len() as f64;
+        }
+    }
+    Ok(Activity {
+        ablation: Vec::new(),
+        examples,
+        raster,
+        rates,
+    })
+}
+
+/// The activity panels and their CSVs, drawn from `a`; returns the panels and the mean firing
+/// rate.
+fn activity_panels(
+    p: &Protocol,
+    a: &Activity,
+    settings: &Settings,
+    files: &mut Vec<PathBuf>,
+) -> Result<(Vec<Panel>, f64)> {
+    let spec = &p.network;
+    let grid = fit_grid();
+    let mut fits = Panel::new("held-out sinusoids after e-prop", "x", "y", false, false);
+    let mut fit_rows = Vec::new();
+    for (k, e) in a.examples.iter().enumerate() {
+        for ((x, target), y) in grid.iter().zip(&e.targets).zip(&e.predictions) {
+            fit_rows.push(format!("{k},{x:e},{target:e},{y:e}"));
+        }
+        fits.series.push(Series::new(
+            format!("task {k}: target"),
+            grid.iter().copied().zip(e.targets.iter().copied()).collect(),
+            2 * k,
+            Style::Dashed,
+        ));
+        fits.series.push(Series::new(
+            format!("task {k}: network"),
+            grid.iter().copied().zip(e.predictions.iter().copied()).collect(),
+            2 * k,
+            Style::Line,
+        ));
+        fits.series.push(Series::new(
+            format!("task {k}: support"),
+            e.support.clone(),
+            2 * k,
+            Style::Points,
+        ));
+    }
+    write_csv(
+        &settings.out.join("spiking_examples.csv"),
+        "task,x,target,prediction",
+        &fit_rows,
+        files,
+    )?;
+    let raster_rows: Vec<String> = a.raster.iter().map(|(t, j)| format!("{t},{j}")).collect();
     write_csv(
         &settings.out.join("spiking_raster.csv"),
         "step,neuron",
@@ -828,13 +1160,8 @@ fn activity_panels(
     );
     raster
         .series
-        .push(Series::new("spikes", raster_points, 0, Style::Points));
-    let mut rates = vec![0.0; spec.neurons];
-    for (_, r) in &per_task {
-        for (a, b) in rates.iter_mut().zip(r) {
-            *a += b / per_task.len() as f64;
-        }
-    }
+        .push(Series::new("spikes", a.raster.clone(), 0, Style::Points));
+    let rates = &a.rates;
     let mean_rate = rates.iter().sum::<f64>() / rates.len() as f64;
     let rate_rows: Vec<String> = rates
         .iter()
@@ -1035,5 +1362,46 @@ mod tests {
         assert!(default.get("baseline_meta_lr").is_none());
         assert_eq!(Protocol::at(Scale::Default).meta_steps, 50);
         assert_eq!(Protocol::at(Scale::Quick).meta_steps, 2);
+    }
+
+    #[test]
+    fn units_whose_choice_differs_from_the_choice_unit_are_refused() {
+        use super::super::units::{Job, Stored};
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            out: dir.path().join("figures"),
+            paper: dir.path().join("paper"),
+            scale: Scale::Quick,
+            seed: 0,
+        };
+        let mut stored: Vec<Stored> = SPIKING
+            .units(&settings)
+            .unwrap()
+            .into_iter()
+            .map(|unit| Stored {
+                job: "spiking".into(),
+                rows: SPIKING.run_unit(&settings, &unit, dir.path()).unwrap(),
+                unit,
+                fingerprint: serde_json::Value::Null,
+                seconds: 0.0,
+                staging: PathBuf::new(),
+            })
+            .collect();
+        // Every CML unit recomputed the choice unit's choice: the report draws.
+        let mut files = Vec::new();
+        report(&settings, &stored, &mut files).unwrap();
+        // A unit that ran with another beta (from another run) is refused by name.
+        let unit = stored
+            .iter_mut()
+            .find(|u| u.unit == "cml-reference-code-seed1")
+            .unwrap();
+        unit.rows["choice"][0] = serde_json::json!(123.0);
+        let err = report(&settings, &stored, &mut files).unwrap_err().to_string();
+        assert!(
+            err.contains("cml-reference-code-seed1")
+                && err.contains("beta 123")
+                && err.contains("choice unit"),
+            "{err}"
+        );
     }
 }

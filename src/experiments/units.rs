@@ -519,9 +519,6 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
 
 /// A job run as one unit: the code of a job not (yet) split, whose files are written whole in
 /// the unit's folder and copied out at report time.
-/// Estimated wall seconds of a job run whole, where it has a calibration at the settings' scale.
-pub(crate) type Calibration = fn(&Settings) -> Result<Option<f64>>;
-
 pub(crate) struct Whole {
     pub name: &'static str,
     pub about: &'static str,
@@ -529,11 +526,6 @@ pub(crate) struct Whole {
     pub run: fn(&Settings, &mut Vec<PathBuf>) -> Result<Context>,
     /// Adds what the section reads from the real output folder at report time.
     pub at_report: Option<fn(&Settings, Context) -> Context>,
-    /// Whether it has the paper's budgets ([`Job::paper_scale`]).
-    pub paper_scale: bool,
-    /// Estimated wall seconds of the one unit at `settings`' scale, where the job has a
-    /// calibration there ([`Job::calibrate`]).
-    pub calibrate: Option<Calibration>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -554,17 +546,6 @@ impl Job for Whole {
 
     fn protocol(&self, settings: &Settings) -> Result<Value> {
         (self.protocol)(settings)
-    }
-
-    fn paper_scale(&self) -> bool {
-        self.paper_scale
-    }
-
-    fn calibrate(&self, settings: &Settings, _units: &[String]) -> Result<Option<Vec<f64>>> {
-        match self.calibrate {
-            Some(calibrate) => Ok(calibrate(settings)?.map(|seconds| vec![seconds])),
-            None => Ok(None),
-        }
     }
 
     fn units(&self, _: &Settings) -> Result<Vec<String>> {
