@@ -71,9 +71,8 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
     crate::autodiff::ensure_second_order()?;
     let spec = args.estimator.spec()?;
     let estimator = spec.estimator();
-    let p = crate::registry::resolve_problem(&args.problem, args.seed)?;
     // An instance file carries the seed it was drawn with (or none); the flag is ignored then.
-    let seed = crate::registry::instance_seed(&args.problem, args.seed)?;
+    let (p, seed) = crate::registry::resolve_problem_and_seed(&args.problem, args.seed)?;
     let theta = p.theta().clone();
 
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;

@@ -289,6 +289,18 @@ pub fn resolve_problem(spec: &str, seed: u64) -> Result<Box<dyn RegisteredProble
     ProblemSource::parse(spec)?.build(seed)
 }
 
+/// [`resolve_problem`] with the seed its instance was drawn with: `seed` for a registry name, the
+/// file's own (if it has one) for an instance file, which is read once.
+pub fn resolve_problem_and_seed(spec: &str, seed: u64) -> Result<(Box<dyn RegisteredProblem>, Option<u64>)> {
+    match ProblemSource::parse(spec)? {
+        ProblemSource::InstanceFile(path) => {
+            let file = InstanceFile::read(&path)?;
+            Ok((read_problem(&file, &path.to_string_lossy())?, file.seed))
+        }
+        source => Ok((source.build(seed)?, Some(seed))),
+    }
+}
+
 /// Where a sweep's problem instances come from.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -334,16 +346,6 @@ impl ProblemSource {
                 "a problem built by the caller is run with sweep::run_on and its builder",
             )),
         }
-    }
-}
-
-/// The seed a problem named on the command line was drawn with: `seed` for a registry name, the
-/// file's own (if it has one) for an instance file.
-pub fn instance_seed(spec: &str, seed: u64) -> Result<Option<u64>> {
-    if is_instance_file(spec) {
-        Ok(InstanceFile::read(std::path::Path::new(spec))?.seed)
-    } else {
-        Ok(Some(seed))
     }
 }
 
