@@ -421,6 +421,29 @@ fn the_spiking_network_has_an_exact_reference_only_where_its_derivatives_are_tru
         reason.contains("linear solve") && reason.contains("spiking-synapse"),
         "{reason}"
     );
+    // Its phases stop only at a non-finite loss, and the loss's rises along the surrogate
+    // gradient are reported as such, not as a hint that the step size is too large.
+    let phase = |steps| GdParams {
+        max_steps: steps,
+        ..GdParams::default()
+    };
+    let estimate = Contrastive {
+        variant: Variant::Standard,
+        beta: 1e-3,
+        free: phase(300),
+        nudged: phase(100),
+    }
+    .estimate(registered.as_ref(), registered.theta())
+    .unwrap();
+    let rises: Vec<&String> = estimate
+        .warnings
+        .iter()
+        .filter(|w| w.contains("loss rose"))
+        .collect();
+    assert!(!rises.is_empty(), "{:?}", estimate.warnings);
+    for w in rises {
+        assert!(w.contains("need not lower") && !w.contains("curvature"), "{w}");
+    }
 }
 
 #[test]

@@ -9,7 +9,7 @@ pub mod implicit;
 pub mod unrolled;
 
 use crate::error::{CmlError, Result};
-use crate::inner::{GdParams, PhaseInfo, Termination};
+use crate::inner::{Divergence, GdParams, PhaseInfo, Termination};
 use crate::linalg::Vector;
 use crate::oracle::Cost;
 use crate::problem::{BilevelProblem, ProblemInstance};
@@ -63,10 +63,22 @@ impl Estimate {
                 ));
             }
             if let Some(r) = ph.loss_rises {
+                let reading = match r.divergence {
+                    Divergence::LossRise => format!(
+                        "below the divergence threshold, but the step size {} may be near 2 / curvature",
+                        ph.step_size
+                    ),
+                    // A surrogate's (or e-prop's) gradient need not lower the loss it reports.
+                    Divergence::NonFinite => {
+                        "the phase's gradient need not lower this loss (a surrogate's), so only a \
+                                              non-finite loss stops it"
+                            .into()
+                    }
+                };
                 self.warnings.push(format!(
                     "{which} (beta = {}): the loss rose at {} of {} steps, by at most {:.3e} (at step {}), ending at \
-                     {:.6e}; below the divergence threshold, but the step size {} may be near 2 / curvature",
-                    ph.beta, r.count, ph.steps, r.largest, r.at_step, ph.loss, ph.step_size
+                     {:.6e}; {reading}",
+                    ph.beta, r.count, ph.steps, r.largest, r.at_step, ph.loss
                 ));
             }
         }

@@ -156,6 +156,9 @@ pub struct LossRises {
     /// The largest rise, and the step it happened at.
     pub largest: f64,
     pub at_step: usize,
+    /// The rule the phase ran under: under [`Divergence::NonFinite`] a rise says nothing about
+    /// the step size (the phase's gradient need not lower its loss).
+    pub divergence: Divergence,
 }
 
 /// Divergence: the loss exceeds its start by more than this fraction of its scale,
@@ -210,6 +213,7 @@ impl DivergenceRule {
                 count: 0,
                 largest: rise,
                 at_step: step,
+                divergence: self.policy,
             });
             r.count += 1;
             if rise > r.largest {
