@@ -151,6 +151,15 @@ impl Protocol {
         }
     }
 
+    /// The meta-steps and meta-batch of `method` (the baselines have their own).
+    fn budget_of(&self, method: &Method) -> (usize, usize) {
+        if method.baseline {
+            (self.baseline_meta_steps, self.baseline_meta_batch)
+        } else {
+            (self.meta_steps, self.meta_batch)
+        }
+    }
+
     /// The meta learning rate of `method`.
     fn meta_lr_of(&self, method: &Method) -> f64 {
         match (method.baseline, self.baseline_meta_lr) {
@@ -630,11 +639,7 @@ fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -
             .map(|_| SpikingTask::sample(&mut rng, p.shots, spec))
             .collect::<Result<_>>()?
     };
-    let (steps, batch) = if method.baseline {
-        (p.baseline_meta_steps, p.baseline_meta_batch)
-    } else {
-        (p.meta_steps, p.meta_batch)
-    };
+    let (steps, batch) = p.budget_of(&method);
     let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
         Ok(Box::new(SpikingSynapse::new(
             spec,
@@ -645,7 +650,12 @@ fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -
         )?))
     };
     let theta0 = spec.initial_weights(&mut stream(seed, INIT));
-    let (validation_tasks, _) = validation(p, settings)?;
+    // Only CML symmetric probes the halves, on validation tasks.
+    let validation_tasks = if cml_symmetric {
+        validation(p, settings)?.0
+    } else {
+        Vec::new()
+    };
     let probe_tasks = &validation_tasks[..p.halves_tasks.min(validation_tasks.len())];
     let halves_log = std::sync::Mutex::new(Vec::new());
     // The halves during CML symmetric's meta-training, on validation tasks.
@@ -750,11 +760,7 @@ fn report(
     );
     let runs = method_runs(&p, settings);
     for (index, method) in p.methods(&choice).into_iter().enumerate() {
-        let (steps, batch) = if method.baseline {
-            (p.baseline_meta_steps, p.baseline_meta_batch)
-        } else {
-            (p.meta_steps, p.meta_batch)
-        };
+        let (steps, batch) = p.budget_of(&method);
         let mut per_seed = Vec::new();
         let mut seconds = Vec::new();
         // Sum and count per meta-step over the seeds (a run that stopped early has fewer steps).
@@ -947,11 +953,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     for (index, method) in p.methods(&choice).iter().enumerate() {
         let problem = SpikingSynapse::new(&p.network, &tasks[0], p.strength, method.surrogate, &theta)?;
         let adaptation = timed(&|| adapt(&problem, &method.adaptation).map(|_| ()))?;
-        let (steps, batch) = if method.baseline {
-            (p.baseline_meta_steps, p.baseline_meta_batch)
-        } else {
-            (p.meta_steps, p.meta_batch)
-        };
+        let (steps, batch) = p.budget_of(method);
         let mut seconds = p.test_tasks as f64 * adaptation;
         if let Some(e) = &method.estimator {
             let estimate = timed(&|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?;
