@@ -41,6 +41,7 @@ fn figures_quick(dir: &Path) {
 ///   spiking_test: 6 methods x 2 seeds x 4 tasks; spiking_ablation: 2 tasks; spiking_examples:
 ///   2 tasks x 41 grid points; spiking_rates: 100 neurons; spiking_beta_choice: 3 betas x 2
 ///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2;
+///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks;
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -74,6 +75,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("spiking_ablation", 3, 2),
     ("spiking_examples", 4, 82),
     ("spiking_rates", 2, 100),
+    ("spiking_matched_baselines", 5, 24),
 ];
 
 const PNGS: &[&str] = &[
@@ -254,21 +256,25 @@ fn protocol_of_the_other_tables(dir: &Path) {
     // Spiking: per-seed mean query MSE after adaptation, per method in order of appearance.
     // (method, [(seed, sum of query MSEs, tasks)]) in order of appearance.
     type Sums = (String, Vec<(String, f64, usize)>);
-    let mut methods: Vec<Sums> = Vec::new();
-    for r in csv_rows(&dir.join("figures/spiking_test.csv")) {
-        let (name, seed, after) = (r["method"].clone(), r["seed"].clone(), f(&r, "query_mse_after"));
-        if !methods.iter().any(|m| m.0 == name) {
-            methods.push((name.clone(), Vec::new()));
-        }
-        let m = &mut methods.iter_mut().find(|m| m.0 == name).unwrap().1;
-        match m.iter_mut().find(|s| s.0 == seed) {
-            Some(s) => {
-                s.1 += after;
-                s.2 += 1;
+    let sums = |file: &str, column: &str| -> Vec<Sums> {
+        let mut methods: Vec<Sums> = Vec::new();
+        for r in csv_rows(&dir.join("figures").join(file)) {
+            let (name, seed, after) = (r[column].clone(), r["seed"].clone(), f(&r, "query_mse_after"));
+            if !methods.iter().any(|m| m.0 == name) {
+                methods.push((name.clone(), Vec::new()));
             }
-            None => m.push((seed, after, 1)),
+            let m = &mut methods.iter_mut().find(|m| m.0 == name).unwrap().1;
+            match m.iter_mut().find(|s| s.0 == seed) {
+                Some(s) => {
+                    s.1 += after;
+                    s.2 += 1;
+                }
+                None => m.push((seed, after, 1)),
+            }
         }
-    }
+        methods
+    };
+    let methods = sums("spiking_test.csv", "method");
     let per_seed = |m: &Sums| -> Vec<f64> { m.1.iter().map(|s| s.1 / s.2 as f64).collect() };
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let cml = per_seed(&methods[0]);
@@ -310,6 +316,67 @@ fn protocol_of_the_other_tables(dir: &Path) {
             "verdict of {}",
             m.0
         );
+    }
+
+    // Spiking, matched baselines: every meta-learned method has one on every seed, adapted by its
+    // own inner loop; the CML rows share the e-prop Adam loop of the no-meta-learning row, the BPTT
+    // baselines' are in their own CSV. One Holm family over the meta-learned methods.
+    let untrained = methods
+        .iter()
+        .find(|m| m.0.starts_with("no meta-learning"))
+        .unwrap();
+    let matched = sums("spiking_matched_baselines.csv", "adapted_as");
+    let learned: Vec<&Sums> = methods.iter().filter(|m| m.0 != untrained.0).collect();
+    let mut diffs = Vec::new();
+    let mut margins = Vec::new();
+    for m in &learned {
+        let baseline = if m.0.starts_with("CML") {
+            untrained
+        } else {
+            matched
+                .iter()
+                .find(|b| b.0 == m.0)
+                .unwrap_or_else(|| panic!("no matched baseline for {}", m.0))
+        };
+        let (own, base) = (per_seed(m), per_seed(baseline));
+        assert_eq!(
+            m.1.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            baseline.1.iter().map(|s| &s.0).collect::<Vec<_>>(),
+            "the seeds of {} and its matched baseline",
+            m.0
+        );
+        assert!(base.iter().all(|b| b.is_finite()), "{}: {base:?}", m.0);
+        margins.push(0.1 * 0.5 * (mean(&own) + mean(&base)));
+        diffs.push(own.iter().zip(&base).map(|(a, b)| a - b).collect::<Vec<f64>>());
+    }
+    let (p, e) = holm_family(&diffs, &margins);
+    // The section's first table: one row per meta-learned method (the regime's table follows).
+    let rows: Vec<Vec<String>> = table_rows(
+        &dir.join("paper/spiking.md"),
+        "## Each method against its matched baseline",
+        "| method |",
+    )
+    .into_iter()
+    .take(learned.len())
+    .collect();
+    for (k, m) in learned.iter().enumerate() {
+        let row = rows
+            .iter()
+            .find(|r| r[1] == m.0)
+            .unwrap_or_else(|| panic!("no gain row for {}", m.0));
+        assert_eq!(row[5], shown(p[k]), "Holm-adjusted p of {}'s gain: {row:?}", m.0);
+        assert_eq!(
+            row[6],
+            shown(e[k]),
+            "Holm-adjusted TOST p of {}'s gain: {row:?}",
+            m.0
+        );
+        let verdict = match Verdict::of(p[k], e[k], 0.05) {
+            Verdict::Differs if mean(&diffs[k]) < 0.0 => "meta-learning helps",
+            Verdict::Differs => "meta-learning hurts",
+            v => v.describe(),
+        };
+        assert_eq!(row[7], verdict, "verdict of {}'s gain", m.0);
     }
 
     let few_shot = csv_rows(&dir.join("figures/few_shot_per_seed.csv"));
@@ -602,7 +669,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // The quick training job: 2 models x 6 estimators x 2 seeds, timed by its calibration; the
     // jobs without a calibration say how to get an estimate. Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines); few-shot 1 setting x 5 methods x 2 seeds;
-    // digits-decay 2 seeds x (5 estimators + baselines); spiking the choice and 6 methods x 2 seeds.
+    // digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
+    // and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[2], "24", "{row}");
@@ -610,7 +678,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
         ("theory", 1),
-        ("spiking", 13),
+        ("spiking", 15),
         ("bandit", 8),
         ("few-shot", 10),
         ("digits-decay", 12),

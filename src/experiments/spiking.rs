@@ -313,6 +313,23 @@ pub struct SpikingResults {
     pub halves: Vec<(u64, usize, f64, f64)>,
     /// CML symmetric against each other meta-learned method, paired over seeds: one family.
     pub comparisons: Vec<(String, Comparison)>,
+    /// Each meta-learned method against its matched baseline, paired over seeds: one family.
+    pub gains: Vec<MatchedGain>,
+}
+
+/// A meta-learned method against its matched baseline: the untrained initialisation of each seed
+/// adapted by the method's own inner loop on the same test tasks.
+#[derive(Debug, Clone)]
+pub struct MatchedGain {
+    pub name: String,
+    /// The inner loop both run, in words.
+    pub inner_loop: String,
+    /// The matched baseline's meta-test MSE, per seed.
+    pub baseline_per_seed: Vec<f64>,
+    /// The matched baseline's adaptations that diverged, over all seeds.
+    pub baseline_diverged: usize,
+    /// The method's MSE minus its matched baseline's (negative: meta-learning helped).
+    pub comparison: Comparison,
 }
 
 /// Two methods' meta-test MSEs are equivalent within this fraction of their mean (fixed before
@@ -437,6 +454,9 @@ pub(super) struct Spiking;
 pub(super) static SPIKING: Spiking = Spiking;
 
 const CHOICE_UNIT: &str = "choice";
+/// Units `matched-seed<s>`: the seed's untrained initialisation adapted by each baseline's own
+/// inner loop (the contrastive rule's matched baseline is the no-meta-learning row).
+const MATCHED_UNIT: &str = "matched";
 
 /// The seeds of the job.
 fn seeds(p: &Protocol, settings: &Settings) -> Vec<u64> {
@@ -453,6 +473,14 @@ fn method_runs(p: &Protocol, settings: &Settings) -> Vec<(usize, u64, String)> {
         }
     }
     out
+}
+
+/// The matched-baseline units, one per seed: (seed, unit name).
+fn matched_runs(p: &Protocol, settings: &Settings) -> Vec<(u64, String)> {
+    seeds(p, settings)
+        .into_iter()
+        .map(|seed| (seed, format!("{MATCHED_UNIT}-seed{seed}")))
+        .collect()
 }
 
 /// One setting of the validation search: (beta, nudged step size, mean cosine of the halves, mean
@@ -592,6 +620,7 @@ impl super::units::Job for Spiking {
         let p = Protocol::at(settings.scale);
         Ok(std::iter::once(CHOICE_UNIT.to_string())
             .chain(method_runs(&p, settings).into_iter().map(|r| r.2))
+            .chain(matched_runs(&p, settings).into_iter().map(|r| r.1))
             .collect())
     }
 
@@ -599,6 +628,11 @@ impl super::units::Job for Spiking {
         let p = Protocol::at(settings.scale);
         if unit == CHOICE_UNIT {
             return super::units::encode(&ChoiceRows::from(&choose(&p, settings)?));
+        }
+        if unit.starts_with(MATCHED_UNIT) {
+            let (seed, _) =
+                super::units::lookup(self, settings, unit, matched_runs(&p, settings), |r| r.1.clone())?;
+            return super::units::encode(&run_matched_seed(&p, seed)?);
         }
         let (index, seed, _) =
             super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
@@ -633,12 +667,7 @@ fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -
         BetaChoice::unchosen()
     };
     let method = p.methods(&choice).swap_remove(index);
-    let tests: Vec<SpikingTask> = {
-        let mut rng = stream(seed, TEST);
-        (0..p.test_tasks)
-            .map(|_| SpikingTask::sample(&mut rng, p.shots, spec))
-            .collect::<Result<_>>()?
-    };
+    let tests = test_tasks(p, seed)?;
     let (steps, batch) = p.budget_of(&method);
     let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
         Ok(Box::new(SpikingSynapse::new(
@@ -710,16 +739,7 @@ fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -
         }
         None => theta0.clone(),
     };
-    run.test = map_in_order(&tests, |t| {
-        let problem = SpikingSynapse::new(spec, t, p.strength, method.surrogate, &theta)?;
-        let before = problem.losses(theta.as_slice()).query_mse;
-        let (phi, diverged) = adapt(&problem, &method.adaptation)?;
-        Ok(TestScore {
-            before,
-            after: problem.losses(phi.as_slice()).query_mse,
-            diverged,
-        })
-    })?;
+    run.test = score(p, &method, &tests, &theta)?;
     run.halves = halves_log.into_inner().expect("not poisoned");
     if cml_symmetric && seed == settings.seed {
         run.activity = Some(Activity {
@@ -728,6 +748,55 @@ fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -
         });
     }
     Ok(run)
+}
+
+/// A seed's meta-test tasks (every method of the seed meets the same ones).
+fn test_tasks(p: &Protocol, seed: u64) -> Result<Vec<SpikingTask>> {
+    let mut rng = stream(seed, TEST);
+    (0..p.test_tasks)
+        .map(|_| SpikingTask::sample(&mut rng, p.shots, &p.network))
+        .collect()
+}
+
+/// `theta` scored on `tests` after `method`'s own inner loop (its surrogate, optimiser, steps and
+/// step size).
+fn score(p: &Protocol, method: &Method, tests: &[SpikingTask], theta: &Vector) -> Result<Vec<TestScore>> {
+    map_in_order(tests, |t| {
+        let problem = SpikingSynapse::new(&p.network, t, p.strength, method.surrogate, theta)?;
+        let before = problem.losses(theta.as_slice()).query_mse;
+        let (phi, diverged) = adapt(&problem, &method.adaptation)?;
+        Ok(TestScore {
+            before,
+            after: problem.losses(phi.as_slice()).query_mse,
+            diverged,
+        })
+    })
+}
+
+/// A baseline's untrained initialisation scored by its own inner loop.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct MatchedScores {
+    /// The baseline's key (`bptt-bptt`, ...).
+    key: String,
+    test: Vec<TestScore>,
+}
+
+/// The seed's untrained initialisation (the one every method of the seed starts meta-training
+/// from) adapted on the seed's test tasks by each BPTT baseline's own inner loop: the matched
+/// baselines the no-meta-learning row (CML's e-prop Adam loop) is not.
+fn run_matched_seed(p: &Protocol, seed: u64) -> Result<Vec<MatchedScores>> {
+    let tests = test_tasks(p, seed)?;
+    let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
+    p.methods(&BetaChoice::unchosen())
+        .iter()
+        .filter(|m| m.baseline)
+        .map(|m| {
+            Ok(MatchedScores {
+                key: m.key.to_string(),
+                test: score(p, m, &tests, &theta0)?,
+            })
+        })
+        .collect()
 }
 
 /// Figures, tables and the write-up's numbers from the stored units.
@@ -759,8 +828,9 @@ fn report(
         false,
     );
     let runs = method_runs(&p, settings);
-    for (index, method) in p.methods(&choice).into_iter().enumerate() {
-        let (steps, batch) = p.budget_of(&method);
+    let specs = p.methods(&choice);
+    for (index, method) in specs.iter().enumerate() {
+        let (steps, batch) = p.budget_of(method);
         let mut per_seed = Vec::new();
         let mut seconds = Vec::new();
         // Sum and count per meta-step over the seeds (a run that stopped early has fewer steps).
@@ -829,6 +899,7 @@ fn report(
             diverged,
         });
     }
+    let gains = matched_gains(settings, &p, &specs, &methods, &find, files)?;
     let activity = activity_rows
         .ok_or_else(|| CmlError::invalid("spiking job", "no CML run of the first seed", "its unit"))?;
     write_csv(
@@ -920,9 +991,133 @@ fn report(
         choice,
         halves,
         comparisons,
+        gains,
     };
     write_table(settings, "spiking.md", &table(&results), files)?;
     Ok(results)
+}
+
+/// An inner loop in words: the derivative it follows, its optimiser, steps and step size.
+fn inner_loop(method: &Method) -> String {
+    let rule = match method.surrogate {
+        Surrogate::Eprop => "e-prop",
+        Surrogate::Bptt => "surrogate BPTT",
+    };
+    let optimizer = match method.adaptation.optimizer {
+        Optimizer::Adam { .. } => "Adam",
+        _ => "SGD",
+    };
+    format!(
+        "{rule}, {} {optimizer} steps of {}",
+        method.adaptation.max_steps,
+        method.adaptation.step_size.unwrap_or(f64::NAN)
+    )
+}
+
+/// Each meta-learned method against its matched baseline, paired over seeds, one Holm family; and
+/// the BPTT loops' matched baselines written to `spiking_matched_baselines.csv`. The contrastive
+/// rule's matched baseline is the no-meta-learning row (the same e-prop Adam loop); each BPTT
+/// baseline's comes from the `matched` units.
+fn matched_gains<'a>(
+    settings: &Settings,
+    p: &Protocol,
+    specs: &[Method],
+    methods: &[MethodResult],
+    find: &dyn Fn(&str) -> Result<&'a super::units::Stored>,
+    files: &mut Vec<PathBuf>,
+) -> Result<Vec<MatchedGain>> {
+    let untrained = specs
+        .iter()
+        .position(|m| m.estimator.is_none())
+        .expect("a no-meta-learning row");
+    // Per baseline key: the per-seed mean MSE and the diverged count.
+    let mut matched: Vec<(String, Vec<f64>, usize)> = Vec::new();
+    let mut rows = Vec::new();
+    for (seed, unit) in matched_runs(p, settings) {
+        for scores in super::units::decode::<Vec<MatchedScores>>(find(&unit)?)? {
+            let method = specs.iter().find(|m| m.key == scores.key).ok_or_else(|| {
+                CmlError::invalid(
+                    format!("spiking unit {unit}"),
+                    &scores.key,
+                    "a BPTT baseline's key",
+                )
+            })?;
+            for (k, t) in scores.test.iter().enumerate() {
+                rows.push(format!("{},{seed},{k},{:e},{:e}", method.name, t.before, t.after));
+            }
+            let mean = scores.test.iter().map(|t| t.after).sum::<f64>() / scores.test.len() as f64;
+            let diverged = scores.test.iter().filter(|t| t.diverged).count();
+            match matched.iter_mut().find(|m| m.0 == scores.key) {
+                Some(m) => {
+                    m.1.push(mean);
+                    m.2 += diverged;
+                }
+                None => matched.push((scores.key, vec![mean], diverged)),
+            }
+        }
+    }
+    write_csv(
+        &settings.out.join("spiking_matched_baselines.csv"),
+        "adapted_as,seed,task,query_mse_before,query_mse_after",
+        &rows,
+        files,
+    )?;
+    let mut gains = Vec::new();
+    let mut diffs = Vec::new();
+    let mut margins = Vec::new();
+    for (spec, result) in specs.iter().zip(methods).filter(|(m, _)| m.estimator.is_some()) {
+        let (baseline, diverged) = if spec.baseline {
+            let m = matched.iter().find(|m| m.0 == spec.key).ok_or_else(|| {
+                CmlError::invalid(
+                    "spiking job",
+                    format!("no matched baseline for {}", spec.key),
+                    "its matched units",
+                )
+            })?;
+            (m.1.clone(), m.2)
+        } else if inner_loop(spec) == inner_loop(&specs[untrained]) {
+            (methods[untrained].per_seed.clone(), methods[untrained].diverged)
+        } else {
+            return Err(CmlError::invalid(
+                format!("the inner loop of {}", spec.name),
+                inner_loop(spec),
+                format!(
+                    "the no-meta-learning row's ({}), its matched baseline",
+                    inner_loop(&specs[untrained])
+                ),
+            ));
+        };
+        if baseline.len() != result.per_seed.len() {
+            return Err(CmlError::invalid(
+                format!("matched baseline of {}", spec.name),
+                format!("{} seeds", baseline.len()),
+                format!("the method's {} seeds", result.per_seed.len()),
+            ));
+        }
+        diffs.push(
+            result
+                .per_seed
+                .iter()
+                .zip(&baseline)
+                .map(|(a, b)| a - b)
+                .collect(),
+        );
+        margins.push(EQUIVALENCE_MARGIN * 0.5 * (result.mean + seed_mean_ci(&baseline).0));
+        gains.push((spec, baseline, diverged));
+    }
+    Ok(gains
+        .into_iter()
+        .zip(stats::compare_family(&diffs, &margins, ALPHA))
+        .map(
+            |((spec, baseline_per_seed, baseline_diverged), comparison)| MatchedGain {
+                name: spec.name.to_string(),
+                inner_loop: inner_loop(spec),
+                baseline_per_seed,
+                baseline_diverged,
+                comparison,
+            },
+        )
+        .collect())
 }
 
 /// Estimated wall seconds of each of `units` on this machine's cores at the paper scale, from one
@@ -950,11 +1145,16 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     let choice_seconds =
         halves_once * (p.beta_grid.len() * p.nudged_lr_grid.len() * p.validation_tasks) as f64;
     let mut per_method = Vec::new();
+    // A matched unit adapts the untrained initialisation by every BPTT baseline's loop.
+    let mut matched_seconds = 0.0;
     for (index, method) in p.methods(&choice).iter().enumerate() {
         let problem = SpikingSynapse::new(&p.network, &tasks[0], p.strength, method.surrogate, &theta)?;
         let adaptation = timed(&|| adapt(&problem, &method.adaptation).map(|_| ()))?;
         let (steps, batch) = p.budget_of(method);
         let mut seconds = p.test_tasks as f64 * adaptation;
+        if method.baseline {
+            matched_seconds += seconds;
+        }
         if let Some(e) = &method.estimator {
             let estimate = timed(&|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?;
             seconds += (steps * batch) as f64 * estimate;
@@ -977,6 +1177,9 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
         .map(|unit| {
             if unit == CHOICE_UNIT {
                 return Ok(choice_seconds / threads);
+            }
+            if unit.starts_with(MATCHED_UNIT) {
+                return Ok(matched_seconds / threads);
             }
             let (index, seed, _) = runs
                 .iter()
@@ -1249,6 +1452,34 @@ pub fn table(r: &SpikingResults) -> String {
             num(m.ci95)
         ));
     }
+    t.push_str(&format!(
+        "\n## Each method against its matched baseline\n\n\
+         The matched baseline is the seed's untrained initialisation adapted by the method's own inner loop on the same \
+         test tasks (for both CML rows, the no-meta-learning row; for the BPTT baselines, `spiking_matched_baselines.csv`). \
+         Method minus matched baseline, paired over seeds (negative: meta-learning lowered the MSE); one family of {}, \
+         paired t-tests and TOST (margin ± {}x the mean of the two MSEs), each Holm-adjusted, verdict at {ALPHA}.\n\n\
+         | method | inner loop (both) | matched baseline MSE | method minus baseline (paired) | p (Holm) | equivalence p (Holm) | verdict | diverged (baseline) |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        r.gains.len(),
+        EQUIVALENCE_MARGIN,
+    ));
+    for g in &r.gains {
+        let (b, bh) = seed_mean_ci(&g.baseline_per_seed);
+        let k = &g.comparison;
+        t.push_str(&format!(
+            "| {} | {} | {} +- {} | {} ± {} | {} | {} | {} | {} |\n",
+            g.name,
+            g.inner_loop,
+            num(b),
+            num(bh),
+            num(k.mean),
+            num(k.ci95),
+            super::training::p_value(k.holm),
+            super::training::p_value(k.equivalence_holm),
+            gain_verdict(k),
+            g.baseline_diverged
+        ));
+    }
     let (u, uh) = seed_mean_ci(&r.untrained);
     let n = r.ablation.len() as f64;
     let ratio = r.ablation.iter().map(|a| a.0).sum::<f64>() / n;
@@ -1300,6 +1531,15 @@ pub fn table(r: &SpikingResults) -> String {
     }
     t.push_str(&format!("\n{}\n", regime_sentence(r)));
     t
+}
+
+/// A gain's verdict in words: which way a difference in MSE goes.
+pub fn gain_verdict(k: &Comparison) -> &'static str {
+    match k.verdict {
+        stats::Verdict::Differs if k.mean < 0.0 => "meta-learning helps",
+        stats::Verdict::Differs => "meta-learning hurts",
+        v => v.describe(),
+    }
 }
 
 /// Whether the chosen setting reaches the rule's regime, computed from the halves.
