@@ -6,7 +6,8 @@
 
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
-use super::weight_decay::decay_estimators;
+use super::units::Scale;
+use super::weight_decay::{BaselineSteps, decay_estimators};
 use super::{Settings, save, write_csv, write_table};
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
@@ -39,7 +40,14 @@ pub struct Protocol {
     pub initial_decay: f64,
     pub beta: f64,
     pub grid: Vec<f64>,
+    /// The CG and Neumann iterations and truncated BPTT's walked-back steps where they are not
+    /// [`SOLVER_STEPS`] (the paper's: 100 CG iterations, 200 Neumann terms and 200 steps).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub baseline_steps: Option<BaselineSteps>,
 }
+
+/// CG and Neumann iterations and truncated BPTT's steps at the quick and default scales.
+pub const SOLVER_STEPS: usize = 20;
 
 impl Protocol {
     pub fn new(quick: bool) -> Result<Self> {
@@ -58,6 +66,7 @@ impl Protocol {
                 initial_decay: 1e-3,
                 beta: 0.5,
                 grid: vec![0.0, 1e-4, 1e-2],
+                baseline_steps: None,
             }
         } else {
             Protocol {
@@ -76,7 +85,41 @@ impl Protocol {
                 // From no decay at all to a decay that dominates the data loss, so that the
                 // search brackets its optimum or ends at "no decay".
                 grid: vec![0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+                baseline_steps: None,
             }
+        })
+    }
+
+    /// The budgets of the scale: quick, default, or the paper's.
+    pub fn at(scale: Scale) -> Result<Self> {
+        match scale {
+            Scale::Paper => Self::paper(),
+            _ => Self::new(scale == Scale::Quick),
+        }
+    }
+
+    /// The paper's MNIST budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The
+    /// digit weight-decay job at the paper's budgets"): the MLP's five hidden layers of 256, 100
+    /// outer steps of Adam at 1e-4 from decay 1e-5, free phases of 2000 steps and nudged phases of
+    /// 200 at beta 3, CG with 100 iterations, Neumann with 200 terms, truncated BPTT through the
+    /// last 200 steps. The data stay the shipped 8 x 8 digits and their split, and every inner
+    /// loop stays gradient descent of the default's step size (the unrolled baseline walks back
+    /// gradient-descent steps only, and one inner loop keeps the methods matched).
+    pub fn paper() -> Result<Self> {
+        Ok(Protocol {
+            net: Mlp::parse("64-256-256-256-256-256-10")?,
+            meta_steps: 100,
+            meta_lr: 1e-4,
+            free_steps: 2000,
+            nudged_steps: 200,
+            initial_decay: 1e-5,
+            beta: 3.0,
+            baseline_steps: Some(BaselineSteps {
+                cg: 100,
+                neumann: 200,
+                truncation: 200,
+            }),
+            ..Self::new(false)?
         })
     }
 
@@ -96,7 +139,11 @@ impl Protocol {
                 free: self.phase(self.free_steps),
                 nudged: self.phase(self.nudged_steps),
             },
-            20,
+            self.baseline_steps.unwrap_or(BaselineSteps {
+                cg: SOLVER_STEPS,
+                neumann: SOLVER_STEPS,
+                truncation: SOLVER_STEPS,
+            }),
             self.step_size,
         )
     }
@@ -277,19 +324,23 @@ impl super::units::Job for DigitsDecay {
         "per-parameter weight decay of a digit classifier: the contrastive rule against CG, Neumann, T1-T2, truncated BPTT"
     }
 
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Own
+    }
+
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::new(settings.quick())?)
+        super::units::encode(&Protocol::at(settings.scale)?)
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(unit_list(&Protocol::new(settings.quick())?)
+        Ok(unit_list(&Protocol::at(settings.scale)?)
             .iter()
             .map(|(k, s)| unit_name(k, *s))
             .collect())
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
-        let protocol = Protocol::new(settings.quick())?;
+        let protocol = Protocol::at(settings.scale)?;
         let (method, s) = super::units::lookup(self, settings, unit, unit_list(&protocol), |(k, s)| {
             unit_name(k, *s)
         })?;
@@ -353,6 +404,91 @@ impl super::units::Job for DigitsDecay {
             settings, units, files,
         )?))
     }
+
+    fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+        calibrate(settings, units)
+    }
+}
+
+/// How much the calibration shrinks every step count: a unit's cost is linear in them.
+const CALIBRATION_SHRINK: usize = 50;
+
+/// Estimated wall seconds of each of `units` at the paper scale, from one timed fit (free phase
+/// and evaluation) and one timed estimate of each method at the untrained decays, each timed with
+/// every step count divided by [`CALIBRATION_SHRINK`] and by twice that: the two times give the
+/// fixed cost and the cost per step, extrapolated to the full step counts. `None` at the other
+/// scales, whose measured runs (`--results`) give their cost.
+fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+    if settings.scale != Scale::Paper {
+        return Ok(None);
+    }
+    let p = Protocol::at(settings.scale)?;
+    let steps = p.baseline_steps.expect("the paper's baseline steps");
+    let shrunk = |k: usize| {
+        let by = |n: usize| (n / k).max(1);
+        Protocol {
+            free_steps: by(p.free_steps),
+            nudged_steps: by(p.nudged_steps),
+            baseline_steps: Some(BaselineSteps {
+                cg: by(steps.cg),
+                neumann: by(steps.neumann),
+                truncation: by(steps.truncation),
+            }),
+            ..p.clone()
+        }
+    };
+    let (small, smaller) = (shrunk(CALIBRATION_SHRINK), shrunk(2 * CALIBRATION_SHRINK));
+    let d = seed_data(&p, &load_digits()?, data_seed(settings, 0))?;
+    let theta0 = uniform_theta(p.net.param_count(), p.initial_decay);
+    // t(s) = a + b s at s and s / 2 steps: b s = 2 (t(s) - t(s/2)), and the full count is k s.
+    let timed = |work: &dyn Fn(&Protocol) -> Result<()>| -> Result<f64> {
+        let mut t = [0.0; 2];
+        for (slot, q) in t.iter_mut().zip([&small, &smaller]) {
+            let clock = std::time::Instant::now();
+            work(q)?;
+            *slot = clock.elapsed().as_secs_f64();
+        }
+        let per_s = 2.0 * (t[0] - t[1]).max(0.0);
+        Ok(t[0] + (CALIBRATION_SHRINK as f64 - 1.0) * per_s)
+    };
+    let fit = timed(&|q| curve_point(q, &d, &theta0).map(|_| ()))?;
+    // A method's unit: its curve's points, `finish` (a validation fit and a retraining on twice
+    // the rows), and an estimate per meta-step; the baselines' unit: the grid's fits and two
+    // finishes.
+    let points = (p.meta_steps / p.eval_every + 1) as f64;
+    let problem = DecayClassifier::new(
+        p.net.clone(),
+        d.train.clone(),
+        d.validation.clone(),
+        &d.phi_init,
+        &theta0,
+    )?;
+    let mut per_method = Vec::new();
+    for (k, (name, _)) in p.estimators().iter().enumerate() {
+        let estimate = timed(&|q| {
+            q.estimators()[k]
+                .1
+                .estimator()
+                .estimate(&problem, problem.theta())
+                .map(|_| ())
+        })?;
+        per_method.push((key(name), (points + 3.0) * fit + p.meta_steps as f64 * estimate));
+    }
+    let baselines = (p.grid.len() as f64 + 6.0) * fit;
+    units
+        .iter()
+        .map(|unit| {
+            let (method, _) =
+                super::units::lookup(&DIGITS_DECAY, settings, unit, unit_list(&p), |(k, s)| {
+                    unit_name(k, *s)
+                })?;
+            Ok(per_method
+                .iter()
+                .find(|(k, _)| *k == method)
+                .map_or(baselines, |(_, s)| *s))
+        })
+        .collect::<Result<Vec<f64>>>()
+        .map(Some)
 }
 
 fn report(
@@ -360,7 +496,7 @@ fn report(
     units: &[super::units::Stored],
     files: &mut Vec<PathBuf>,
 ) -> Result<DigitsDecayResults> {
-    let protocol = Protocol::new(settings.quick())?;
+    let protocol = Protocol::at(settings.scale)?;
     let find = |k: &str, s: usize| units.iter().find(|u| u.unit == unit_name(k, s));
     let baselines: Vec<BaselineRun> = (0..protocol.seeds)
         .filter_map(|s| find(BASELINES, s))
@@ -636,5 +772,65 @@ pub fn grid_edge_flag(grid: &[f64], chosen: &[f64]) -> String {
         String::new()
     } else {
         format!(" ({})", notes.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimator::{Implicit, LinearSolver, Unrolled};
+
+    #[test]
+    fn the_paper_scale_takes_the_authors_settings() {
+        // The authors' MNIST settings (docs/EXPERIMENTS.md, "The digit weight-decay job at the
+        // paper's budgets"): an MLP with five hidden layers of 256, 100 outer steps of Adam 1e-4
+        // from decay 1e-5, free 2000 and nudged 200 steps at beta 3 (standard variant), CG with
+        // 100 iterations, Neumann with 200 terms, truncated BPTT through the last 200 steps.
+        let p = Protocol::paper().unwrap();
+        assert_eq!(p.net.sizes, vec![64, 256, 256, 256, 256, 256, 10]);
+        assert_eq!((p.meta_steps, p.meta_lr, p.initial_decay), (100, 1e-4, 1e-5));
+        let estimators = p.estimators();
+        let spec = |name: &str| &estimators.iter().find(|e| e.0 == name).unwrap().1;
+        let EstimatorSpec::Contrastive(c) = spec("contrastive") else {
+            panic!("contrastive")
+        };
+        assert_eq!((c.variant, c.beta), (Variant::Standard, 3.0));
+        assert_eq!((c.free.max_steps, c.nudged.max_steps), (2000, 200));
+        let EstimatorSpec::Implicit(Implicit {
+            solver: LinearSolver::ConjugateGradient { steps: 100 },
+            ..
+        }) = spec("implicit CG")
+        else {
+            panic!("CG with 100 iterations: {:?}", spec("implicit CG"))
+        };
+        let EstimatorSpec::Implicit(Implicit {
+            solver: LinearSolver::Neumann { steps: 200, .. },
+            ..
+        }) = spec("Neumann")
+        else {
+            panic!("Neumann with 200 terms")
+        };
+        let EstimatorSpec::Unrolled(Unrolled {
+            truncation: Some(200),
+            ..
+        }) = spec("truncated BPTT")
+        else {
+            panic!("truncated BPTT through 200 steps")
+        };
+        // The default protocol is unchanged by the paper's field, and keeps 20 solver steps.
+        let default = Protocol::new(false).unwrap();
+        assert!(
+            serde_json::to_value(&default)
+                .unwrap()
+                .get("baseline_steps")
+                .is_none()
+        );
+        let EstimatorSpec::Implicit(Implicit {
+            solver: LinearSolver::ConjugateGradient { steps: 20 },
+            ..
+        }) = &default.estimators()[1].1
+        else {
+            panic!("the default's CG keeps 20 iterations")
+        };
     }
 }

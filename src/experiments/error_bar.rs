@@ -358,6 +358,10 @@ impl super::units::Job for ErrorBarJob {
         "error-bar"
     }
 
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Default("the error bar is this testbed's, not the paper's")
+    }
+
     fn about(&self) -> &'static str {
         "the contrastive estimate's error bar against the true error on every problem, beta auto against a grid"
     }

@@ -6,7 +6,7 @@
 //! initialisation adapted by the method's own inner loop) on the same episodes (docs/PROTOCOL.md).
 
 use super::training::ALPHA;
-use super::units::{Job, Stored};
+use super::units::{Job, Scale, Stored};
 use super::{Settings, running_mean, save, write_csv, write_table};
 use crate::digits::{ClassPool, Episode, META_TEST_DIGITS, META_TRAIN_DIGITS, accuracy, load_digits};
 use crate::error::{CmlError, Result};
@@ -42,6 +42,10 @@ pub struct Protocol {
     pub test_episodes: usize,
     /// The complex synapse's fixed strength (CML and iMAML).
     pub strength: f64,
+    /// Its strength in the 1-shot setting where it differs (the paper's code: 0.5 at 1 shot, 0.1
+    /// at 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub one_shot_strength: Option<f64>,
     pub beta: f64,
     pub free_steps: usize,
     pub nudged_steps: usize,
@@ -63,6 +67,7 @@ impl Protocol {
                 meta_lr: 3e-3,
                 test_episodes: 10,
                 strength: 0.5,
+                one_shot_strength: None,
                 beta: 0.1,
                 free_steps: 20,
                 nudged_steps: 10,
@@ -79,6 +84,7 @@ impl Protocol {
                 meta_lr: 1e-3,
                 test_episodes: 600,
                 strength: 0.1,
+                one_shot_strength: None,
                 beta: 0.1,
                 free_steps: 200,
                 nudged_steps: 100,
@@ -86,6 +92,43 @@ impl Protocol {
                 maml_step_size: 0.05,
                 seeds: 5,
             }
+        }
+    }
+
+    /// The budgets of the scale: quick, default, or the paper's.
+    pub fn at(scale: Scale) -> Self {
+        match scale {
+            Scale::Paper => Self::paper(),
+            _ => Self::new(scale == Scale::Quick),
+        }
+    }
+
+    /// The paper's Omniglot budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The
+    /// few-shot job at the paper's budgets"): 30 epochs of 125 meta-batches of 32 episodes (3750
+    /// meta-steps), outer Adam step 0.01, free phases of 200 SGD-Nesterov steps and nudged phases
+    /// of 100, beta 0.1, pull strength 0.5 at 1 shot and 0.1 at 5, 300 meta-test episodes. The
+    /// network and the data stay the default's (the shipped 8 x 8 digits, not Omniglot's
+    /// convolution network), as do MAML's loop and the 5 seeds.
+    pub fn paper() -> Self {
+        Protocol {
+            meta_steps: 3750,
+            meta_batch: 32,
+            meta_lr: 0.01,
+            test_episodes: 300,
+            strength: 0.1,
+            one_shot_strength: Some(0.5),
+            beta: 0.1,
+            free_steps: 200,
+            nudged_steps: 100,
+            ..Self::new(false)
+        }
+    }
+
+    /// The complex synapse's strength in the `shots` setting.
+    pub fn strength_at(&self, shots: usize) -> f64 {
+        match self.one_shot_strength {
+            Some(s) if shots == 1 => s,
+            _ => self.strength,
         }
     }
 
@@ -127,8 +170,9 @@ impl Protocol {
         }
     }
 
-    /// The methods compared.
-    pub fn methods(&self) -> Result<Vec<Method>> {
+    /// The methods compared in the `shots` setting.
+    pub fn methods(&self, shots: usize) -> Result<Vec<Method>> {
+        let strength = self.strength_at(shots);
         let free = self.phase(self.free_steps)?;
         let method = |name, key, strength, estimator, adaptation| Method {
             name,
@@ -147,7 +191,7 @@ impl Protocol {
             method(
                 "CML (symmetric)",
                 "cml",
-                self.strength,
+                strength,
                 EstimatorSpec::Contrastive(Contrastive {
                     variant: Variant::Symmetric,
                     beta: self.beta,
@@ -159,7 +203,7 @@ impl Protocol {
             method(
                 "iMAML (CG)",
                 "imaml",
-                self.strength,
+                strength,
                 EstimatorSpec::Implicit(Implicit {
                     solver: LinearSolver::ConjugateGradient { steps: 10 },
                     free,
@@ -226,10 +270,10 @@ fn unit_name(shots: usize, key: &str, seed: u64) -> String {
 
 /// Every unit of the job, in order: shots, method, seed.
 fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
-    let p = Protocol::new(settings.quick());
+    let p = Protocol::at(settings.scale);
     let mut out = Vec::new();
     for &shots in &p.shots {
-        for method in p.methods()? {
+        for method in p.methods(shots)? {
             for seed in (0..p.seeds as u64).map(|s| settings.seed + s) {
                 out.push((shots, method.clone(), seed));
             }
@@ -265,8 +309,12 @@ impl Job for FewShot {
         "5-way 1- and 5-shot digits in the Omniglot protocol, matched baselines, 5 seeds"
     }
 
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Own
+    }
+
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::new(settings.quick()))
+        super::units::encode(&Protocol::at(settings.scale))
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
@@ -281,11 +329,48 @@ impl Job for FewShot {
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
             })?;
-        super::units::encode(&run_seed(&Protocol::new(settings.quick()), shots, &method, seed)?)
+        super::units::encode(&run_seed(&Protocol::at(settings.scale), shots, &method, seed)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
         Ok(super::writeup::few_shot_section(&report(settings, units, files)?))
+    }
+
+    /// At the paper scale: one short timed run of each setting and method (2 meta-steps, 4
+    /// meta-test episodes), scaled to the unit's meta-steps and episodes; the seeds of a kind cost
+    /// the same. The other scales' cost comes from their measured runs (`--results`).
+    fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+        if settings.scale != Scale::Paper {
+            return Ok(None);
+        }
+        let p = Protocol::at(settings.scale);
+        let short = Protocol {
+            meta_steps: 2,
+            test_episodes: 4,
+            ..p.clone()
+        };
+        let mut per_kind: Vec<((usize, &str), f64)> = Vec::new();
+        let mut out = Vec::new();
+        for unit in units {
+            let (shots, method, _) =
+                super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
+                    unit_name(*shots, m.key, *seed)
+                })?;
+            let seconds = match per_kind.iter().find(|(k, _)| *k == (shots, method.key)) {
+                Some((_, s)) => *s,
+                None => {
+                    let clock = std::time::Instant::now();
+                    let run = run_seed(&short, shots, &method, settings.seed)?;
+                    let testing = clock.elapsed().as_secs_f64() - run.seconds;
+                    let s = run.seconds / short.meta_steps as f64 * p.meta_steps as f64
+                        + testing / short.test_episodes as f64 * p.test_episodes as f64;
+                    per_kind.push(((shots, method.key), s));
+                    s
+                }
+            };
+            out.push(seconds);
+        }
+        Ok(Some(out))
     }
 }
 
@@ -401,7 +486,7 @@ fn mean(v: &[f64]) -> f64 {
 }
 
 fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<FewShotResults> {
-    let protocol = Protocol::new(settings.quick());
+    let protocol = Protocol::at(settings.scale);
     let mut rows = Vec::new();
     let mut gain_p = Vec::new();
     let mut stopped = Vec::new();
@@ -416,7 +501,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             false,
             false,
         );
-        for (i, method) in protocol.methods()?.iter().enumerate() {
+        for (i, method) in protocol.methods(shots)?.iter().enumerate() {
             let mut result = MethodResult {
                 method: method.name,
                 shots,
@@ -653,4 +738,37 @@ pub fn table(r: &FewShotResults) -> String {
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::estimator::EstimatorSpec;
+
+    #[test]
+    fn the_paper_scale_takes_the_authors_settings() {
+        // The authors' Omniglot 5-way settings (docs/EXPERIMENTS.md, "The few-shot job at the
+        // paper's budgets"): 30 epochs x 125 meta-batches = 3750 meta-steps of 32 episodes, outer
+        // Adam 0.01, free 200 and nudged 100 SGD-Nesterov steps of 0.01, beta 0.1, pull strength
+        // 0.5 at 1 shot and 0.1 at 5, 300 evaluation episodes.
+        let p = Protocol::paper();
+        assert_eq!((p.meta_steps, p.meta_batch, p.test_episodes), (3750, 32, 300));
+        assert_eq!((p.meta_lr, p.beta), (0.01, 0.1));
+        assert_eq!((p.free_steps, p.nudged_steps), (200, 100));
+        for (shots, strength) in [(1, 0.5), (5, 0.1)] {
+            let methods = p.methods(shots).unwrap();
+            let EstimatorSpec::Contrastive(c) = &methods[0].estimator else {
+                panic!("CML first")
+            };
+            assert_eq!(methods[0].strength, strength, "{shots}-shot");
+            assert_eq!(methods[1].strength, strength, "{shots}-shot iMAML");
+            assert_eq!((c.free.step_size, c.nudged.step_size), (Some(0.01), Some(0.01)));
+            assert_eq!(c.free.optimizer, Optimizer::Nesterov { momentum: 0.9 });
+        }
+        // The default protocol is unchanged by the paper's field: its units stay valid.
+        let default = serde_json::to_value(Protocol::new(false)).unwrap();
+        assert!(default.get("one_shot_strength").is_none());
+        assert_eq!(Protocol::at(Scale::Default).methods(1).unwrap()[0].strength, 0.1);
+        assert_eq!(Protocol::at(Scale::Quick).meta_steps, 2);
+    }
 }

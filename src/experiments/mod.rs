@@ -24,7 +24,7 @@ use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use crate::report::{plot, template};
 use std::path::{Path, PathBuf};
-use units::{Job, Whole};
+use units::{Job, PaperBudgets, Whole};
 pub use units::{Scale, Selection};
 
 /// Where and how much.
@@ -74,6 +74,7 @@ static THEORY: Whole = Whole {
     protocol: no_protocol,
     run: |s, f| Ok(writeup::theory_section(&theory::run(s, f)?)),
     at_report: None,
+    paper: PaperBudgets::Default("the paper states no budgets for its bound; these grids are this testbed's"),
 };
 static COMPUTE: Whole = Whole {
     name: "compute",
@@ -81,6 +82,7 @@ static COMPUTE: Whole = Whole {
     protocol: no_protocol,
     run: |s, f| Ok(writeup::compute_section(&compute::run_compute(s, f)?)),
     at_report: None,
+    paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
 };
 static COST: Whole = Whole {
     name: "cost",
@@ -89,6 +91,7 @@ static COST: Whole = Whole {
     run: |s, f| Ok(writeup::cost_section(&compute::run_cost(s, f)?)),
     // The allocator bench's file sits in the real output folder, not the unit's.
     at_report: Some(writeup::with_measured_memory),
+    paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
 };
 static WEIGHT_DECAY: Whole = Whole {
     name: "weight-decay",
@@ -96,6 +99,9 @@ static WEIGHT_DECAY: Whole = Whole {
     protocol: no_protocol,
     run: |s, f| Ok(writeup::weight_decay_section(&weight_decay::run(s, f)?)),
     at_report: None,
+    paper: PaperBudgets::Default(
+        "this testbed's small problem; the paper's weight-decay experiment is digits-decay",
+    ),
 };
 
 /// What a run wrote, with each job's section of the write-up.

@@ -608,8 +608,8 @@ impl super::units::Job for Spiking {
         "recurrent spiking network learning by e-prop: the contrastive rule against BPTT through learning, MSE table"
     }
 
-    fn paper_scale(&self) -> bool {
-        true
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Own
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {

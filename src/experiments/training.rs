@@ -253,8 +253,8 @@ impl Job for Training {
         "meta-training curves and example tasks for both models, final-loss table"
     }
 
-    fn paper_scale(&self) -> bool {
-        true
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Own
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {

@@ -61,9 +61,17 @@ fn losses(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<Losses> 
 /// The estimators a weight-decay job compares, named as in its tables: the contrastive rule,
 /// CG and Neumann with `solver_steps` (Neumann at step `neumann_alpha`), T1-T2 and truncated
 /// BPTT through the last 20 steps, all after the contrastive rule's free phase.
+/// The iterations of the baselines' linear solves (CG, Neumann) and truncated BPTT's walk back.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct BaselineSteps {
+    pub cg: usize,
+    pub neumann: usize,
+    pub truncation: usize,
+}
+
 pub(super) fn decay_estimators(
     contrastive: Contrastive,
-    solver_steps: usize,
+    steps: BaselineSteps,
     neumann_alpha: f64,
 ) -> Vec<(&'static str, EstimatorSpec)> {
     let free = contrastive.free;
@@ -72,7 +80,7 @@ pub(super) fn decay_estimators(
         (
             "implicit CG",
             EstimatorSpec::Implicit(Implicit {
-                solver: LinearSolver::ConjugateGradient { steps: solver_steps },
+                solver: LinearSolver::ConjugateGradient { steps: steps.cg },
                 free,
             }),
         ),
@@ -80,7 +88,7 @@ pub(super) fn decay_estimators(
             "Neumann",
             EstimatorSpec::Implicit(Implicit {
                 solver: LinearSolver::Neumann {
-                    steps: solver_steps,
+                    steps: steps.neumann,
                     alpha: Some(neumann_alpha),
                 },
                 free,
@@ -97,7 +105,7 @@ pub(super) fn decay_estimators(
             "truncated BPTT",
             EstimatorSpec::Unrolled(Unrolled {
                 inner: free,
-                truncation: Some(20),
+                truncation: Some(steps.truncation),
             }),
         ),
     ]
@@ -118,7 +126,11 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
             free,
             nudged: phase(nudged_steps),
         },
-        10,
+        BaselineSteps {
+            cg: 10,
+            neumann: 10,
+            truncation: 20,
+        },
         0.1,
     );
     let theta0 = Vector::from_element(p.dims().theta, INITIAL_DECAY.ln());
