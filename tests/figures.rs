@@ -42,6 +42,8 @@ fn figures_quick(dir: &Path) {
 ///   2 tasks x 41 grid points; spiking_rates: 100 neurons; spiking_beta_choice: 3 betas x 2
 ///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2;
 ///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks;
+/// - training_beta_choice: 2 models x the grid of 5 betas, extended 3 times at its lower edge (2
+///   meta-steps barely move the loss, and the smallest beta wins by a hair);
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -76,6 +78,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("spiking_examples", 4, 82),
     ("spiking_rates", 2, 100),
     ("spiking_matched_baselines", 5, 24),
+    ("training_beta_choice", 6, 16),
 ];
 
 const PNGS: &[&str] = &[
@@ -109,12 +112,14 @@ const TABLES: &[&str] = &[
     "README.md",
 ];
 
-/// The data rows of the Markdown table after `section` in `path` (the header row, which starts
-/// with `header`, left out), each split into trimmed cells.
+/// The data rows of the Markdown tables after `section` in `path`, up to the next `## ` heading
+/// (the header row, which starts with `header`, left out), each split into trimmed cells.
 fn table_rows(path: &Path, section: &str, header: &str) -> Vec<Vec<String>> {
     let text = std::fs::read_to_string(path).unwrap();
-    text.split(section)
-        .nth(1)
+    let after = text.split(section).nth(1).unwrap();
+    after
+        .split("\n## ")
+        .next()
         .unwrap()
         .lines()
         .filter(|l| l.starts_with("| ") && !l.starts_with(header))
@@ -242,6 +247,38 @@ fn protocol_of_the_other_tables(dir: &Path) {
             .map(|r| f(r, "validation_cross_entropy"))
             .fold(f64::INFINITY, f64::min);
         assert_eq!(f(chosen[0], "validation_cross_entropy"), best, "seed {seed}");
+    }
+
+    // Sinusoid: per model exactly one beta is chosen, by the one-standard-error rule: the largest
+    // beta whose loss exceeds the least by at most one standard error of the paired difference
+    // (the least's own difference is 0); a choice at an edge of the (extended) grid is flagged in
+    // the table.
+    let search = csv_rows(&dir.join("figures/training_beta_choice.csv"));
+    let table = std::fs::read_to_string(dir.join("paper/final_loss.md")).unwrap();
+    for model in ["synapse", "modulation"] {
+        let own: Vec<_> = search.iter().filter(|r| r["model"] == model).collect();
+        assert!(own.len() >= 5, "{model}: {own:?}");
+        let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
+        assert_eq!(chosen.len(), 1, "{model}: one chosen beta");
+        let least = own
+            .iter()
+            .min_by(|a, b| f(a, "validation_loss").total_cmp(&f(b, "validation_loss")))
+            .unwrap();
+        assert_eq!(f(least, "difference_to_least"), 0.0, "{model}");
+        let rule = own
+            .iter()
+            .filter(|r| f(r, "difference_to_least") <= f(r, "standard_error"))
+            .map(|r| f(r, "beta"))
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(f(own[chosen[0]], "beta"), rule, "{model}");
+        let betas: Vec<f64> = own.iter().map(|r| f(r, "beta")).collect();
+        assert!(betas.windows(2).all(|w| w[0] < w[1]), "{model}: the grid in order");
+        let edge = chosen[0] == 0 || chosen[0] == own.len() - 1;
+        let line = table
+            .lines()
+            .find(|l| l.starts_with(&format!("{model} model: beta = ")))
+            .unwrap_or_else(|| panic!("{model}: no beta sentence"));
+        assert_eq!(line.contains("at an edge"), edge, "{line}");
     }
 
     let choice = csv_rows(&dir.join("figures/spiking_beta_choice.csv"));
@@ -612,7 +649,8 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        stdout.contains("slice 1/3: ran 0 units, 8 already stored"),
+        // The job's 26 units (24 runs and 2 beta searches), every third from the second: 9.
+        stdout.contains("slice 1/3: ran 0 units, 9 already stored"),
         "{stdout}"
     );
 
@@ -653,7 +691,7 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("1 of the 24 units of job training missing: synapse-cg-seed1"),
+        err.contains("1 of the 26 units of job training missing: synapse-cg-seed1"),
         "{err}"
     );
 }
@@ -666,14 +704,15 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The quick training job: 2 models x 6 estimators x 2 seeds, timed by its calibration; the
-    // jobs without a calibration say how to get an estimate. Their units: one for a job run
+    // The quick training job: 2 models x 6 estimators x 2 seeds and a beta search per model,
+    // timed by its calibration; the jobs without a calibration say how to get an estimate.
+    // Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines); few-shot 1 setting x 5 methods x 2 seeds;
     // digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
     // and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells[2], "24", "{row}");
+    assert_eq!(cells[2], "26", "{row}");
     assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [

@@ -354,9 +354,22 @@ proptest! {
 #[test]
 fn the_shipped_training_configs_are_the_figures_runs() {
     // Each configs/train_MODEL_ESTIMATOR.toml must give the same effective config as the figure
-    // job's run with seed 0 (checked with one meta-step overridden on the command line).
+    // job's run with seed 0 (checked with one meta-step overridden on the command line), the
+    // contrastive rule at the beta the committed run's validation search chose.
     let dir = tempfile::tempdir().unwrap();
+    let choice = std::fs::read_to_string(format!(
+        "{}/figures/training_beta_choice.csv",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
     for model in ["synapse", "modulation"] {
+        let chosen: Vec<f64> = choice
+            .lines()
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .filter(|f| f[0] == model && f[5] == "true")
+            .map(|f| f[1].parse().unwrap())
+            .collect();
+        assert_eq!(chosen.len(), 1, "{model}: {choice}");
         for estimator in ["contrastive", "cg", "bptt", "fomaml", "reptile", "t1t2"] {
             let file = format!(
                 "{}/configs/train_{model}_{estimator}.toml",
@@ -385,6 +398,7 @@ fn the_shipped_training_configs_are_the_figures_runs() {
                     0,
                     model,
                     estimator,
+                    chosen[0],
                 )
                 .unwrap(),
             )

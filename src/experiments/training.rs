@@ -99,7 +99,22 @@ fn models(net: &Mlp) -> Vec<ModelSpec> {
         .collect()
 }
 
+/// The nudging strength of the paper scale (the paper's code), and where the search starts.
+pub const PAPER_BETA: f64 = 0.05;
+
+/// The run's configuration with the contrastive rule at [`PAPER_BETA`] (the shipped configs, the
+/// paper scale; at the other scales a unit takes the validation search's `beta` instead).
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
+    config_at(settings, model, estimator, seed, PAPER_BETA)
+}
+
+fn config_at(
+    settings: &Settings,
+    model: ModelSpec,
+    estimator: &str,
+    seed: u64,
+    beta: f64,
+) -> Result<TrainConfig> {
     // Full run: the largest scale that fits the 30-minute budget of `cml figures` on 2 cores
     // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
     // meta-steps; the write-up gives the differences and what the paper's budget would cost).
@@ -132,7 +147,7 @@ fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> 
     };
     let params = EstimatorParams {
         variant: Variant::Symmetric,
-        beta: 0.05,
+        beta,
         free: if estimator == "bptt" { short } else { phase },
         nudged: GdParams {
             max_steps: nudged_steps,
@@ -173,6 +188,150 @@ fn validation_and_test_tasks(
     Ok((draw(VALIDATION_TASKS, n_val)?, draw(TEST_TASKS, n_test)?))
 }
 
+/// The contrastive rule's nudging strength is chosen per model on validation tasks, at the quick
+/// and default scales, starting from this grid (docs/PROTOCOL.md).
+pub const BETA_GRID: [f64; 5] = [0.01, 0.02, 0.05, 0.1, 0.2];
+/// A choice at an edge of the grid extends it by a factor 2 past that edge, at most this often.
+const GRID_EXTENSIONS: usize = 3;
+/// Stream word of the search's own seed (its initialisation, task stream and validation tasks).
+const CHOICE: u64 = 71;
+
+/// Meta-steps of each short run of the search.
+fn search_meta_steps(settings: &Settings) -> usize {
+    if settings.quick() { 2 } else { 30 }
+}
+
+/// One setting of the search: `beta`, the validation query MSE after adaptation at the end of a
+/// short meta-training (mean over the validation tasks; infinite where that run failed, with the
+/// reason), and, against the setting with the least loss, the mean paired difference over the
+/// tasks and its standard error.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BetaScore {
+    pub beta: f64,
+    #[serde(with = "super::units::any_float")]
+    pub validation_loss: f64,
+    #[serde(with = "super::units::any_float")]
+    pub difference: f64,
+    #[serde(with = "super::units::any_float")]
+    pub standard_error: f64,
+    pub failed: Option<String>,
+}
+
+/// The search of one model: every setting tried, the chosen `beta`, and whether it still lies at
+/// an edge after the extensions.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BetaSearch {
+    pub model: String,
+    pub beta: f64,
+    pub grid: Vec<BetaScore>,
+    pub at_edge: bool,
+}
+
+/// The one-standard-error rule with paired differences: the largest `beta` whose mean validation
+/// loss exceeds the least one's by at most one standard error of their paired difference. Settings
+/// the validation tasks cannot tell apart are ties, and a tie goes to the larger `beta`, whose
+/// estimate is less sensitive to unconverged phases (the bound's `delta / beta` term). Fills in
+/// each score's difference and standard error; returns the chosen index.
+fn one_standard_error(grid: &mut [BetaScore], per_task: &[Vec<f64>]) -> usize {
+    let best = (0..grid.len())
+        .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
+        .expect("a grid");
+    for (g, losses) in grid.iter_mut().zip(per_task) {
+        if g.failed.is_some() {
+            (g.difference, g.standard_error) = (f64::INFINITY, f64::NAN);
+            continue;
+        }
+        let d: Vec<f64> = losses.iter().zip(&per_task[best]).map(|(a, b)| a - b).collect();
+        let n = d.len() as f64;
+        let mean = d.iter().sum::<f64>() / n;
+        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+        (g.difference, g.standard_error) = (mean, (var / n).sqrt());
+    }
+    (0..grid.len())
+        .filter(|&k| grid[k].failed.is_none() && grid[k].difference <= grid[k].standard_error)
+        .max_by(|&a, &b| grid[a].beta.total_cmp(&grid[b].beta))
+        .unwrap_or(best)
+}
+
+/// Chooses the contrastive rule's `beta` for `model` on validation tasks: from an initialisation
+/// and task stream of the search's own (no reported seed's), a short meta-training at each `beta`,
+/// then the validation loss after adaptation, chosen by [`one_standard_error`]. A choice at an
+/// edge extends the grid by a factor 2 past it. `None` at the paper scale, which takes the
+/// paper's `beta`.
+fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<BetaSearch>> {
+    if settings.scale == Scale::Paper {
+        return Ok(None);
+    }
+    let seed = crate::rng::hash_words(&[settings.seed, CHOICE]);
+    let (validation, _) = validation_and_test_tasks(settings, seed)?;
+    let score = |beta: f64| -> Result<(BetaScore, Vec<f64>)> {
+        let c = TrainConfig {
+            meta_steps: search_meta_steps(settings),
+            eval_every: search_meta_steps(settings),
+            eval_tasks: 1,
+            ..config_at(settings, model.clone(), "contrastive", seed, beta)?
+        };
+        let (losses, failed) = match crate::meta_training::train(&c, &mut |_| {}) {
+            Ok(r) => (
+                losses_after_adaptation(&c, &validation, &r.theta)?
+                    .iter()
+                    .map(|l| l.0)
+                    .collect::<Vec<f64>>(),
+                None,
+            ),
+            // A setting whose meta-training fails (a phase diverged) is the worst of the grid.
+            Err(e) => (vec![f64::INFINITY; validation.len()], Some(e.to_string())),
+        };
+        let validation_loss = losses.iter().sum::<f64>() / losses.len() as f64;
+        Ok((
+            BetaScore {
+                beta,
+                validation_loss,
+                difference: f64::NAN,
+                standard_error: f64::NAN,
+                failed,
+            },
+            losses,
+        ))
+    };
+    let (mut grid, mut per_task): (Vec<BetaScore>, Vec<Vec<f64>>) = BETA_GRID
+        .iter()
+        .map(|&b| score(b))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let mut chosen = one_standard_error(&mut grid, &per_task);
+    for _ in 0..GRID_EXTENSIONS {
+        let (beta, at) = if chosen == 0 {
+            (grid[0].beta / 2.0, 0)
+        } else if chosen == grid.len() - 1 {
+            (grid[chosen].beta * 2.0, grid.len())
+        } else {
+            break;
+        };
+        let (g, l) = score(beta)?;
+        grid.insert(at, g);
+        per_task.insert(at, l);
+        chosen = one_standard_error(&mut grid, &per_task);
+    }
+    if grid.iter().all(|g| g.failed.is_some()) {
+        return Err(crate::CmlError::invalid(
+            format!("the beta search of the {} model", model.name()),
+            "every setting failed",
+            format!(
+                "a grid with one setting that trains ({})",
+                grid[0].failed.clone().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Some(BetaSearch {
+        model: model.name().to_string(),
+        beta: grid[chosen].beta,
+        at_edge: chosen == 0 || chosen == grid.len() - 1,
+        grid,
+    }))
+}
+
 /// Stream numbers of the figure's own held-out tasks (the training loop uses 0 to 2).
 const VALIDATION_TASKS: u64 = 3;
 const TEST_TASKS: u64 = 4;
@@ -193,8 +352,16 @@ pub const EQUIVALENCE_MARGIN: f64 = 0.1;
 /// The family-wise error rate of each table's family of tests (Holm-corrected).
 pub const ALPHA: f64 = 0.05;
 
-/// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`).
-pub fn figure_training_config(scale: Scale, seed: u64, model: &str, estimator: &str) -> Result<TrainConfig> {
+/// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`),
+/// with the contrastive rule at `beta`: the value the job's search chose (`training_beta_choice.csv`;
+/// the search itself is a minute of meta-training), or [`PAPER_BETA`] at the paper scale.
+pub fn figure_training_config(
+    scale: Scale,
+    seed: u64,
+    model: &str,
+    estimator: &str,
+    beta: f64,
+) -> Result<TrainConfig> {
     let settings = Settings {
         out: PathBuf::new(),
         paper: PathBuf::new(),
@@ -209,7 +376,7 @@ pub fn figure_training_config(scale: Scale, seed: u64, model: &str, estimator: &
             name: model.into(),
             allowed: crate::registry::model_names(),
         })?;
-    config(&settings, model, estimator, seed)
+    config_at(&settings, model, estimator, seed, beta)
 }
 
 fn net(settings: &Settings) -> Result<Mlp> {
@@ -232,6 +399,8 @@ fn unit_name(model: &str, estimator: &str, seed: u64) -> String {
 /// What one meta-training run (one model, estimator and seed) leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
+    /// The contrastive rule's beta, as this unit's search chose it.
+    beta: Option<f64>,
     /// Rows of `meta_training.csv`, and the curve they draw: (meta-step, held-out loss after).
     curve_rows: Vec<String>,
     curve: Vec<(f64, f64)>,
@@ -258,24 +427,39 @@ impl Job for Training {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        // Every run's configuration at the first seed (the others differ by seed only).
+        // Every run's configuration at the first seed (the others differ by seed only), the
+        // contrastive rule's at the paper's beta; at the other scales the search replaces it.
         let mut runs = Vec::new();
         for model in models(&net(settings)?) {
             for (name, _) in ESTIMATORS {
                 runs.push(config(settings, model.clone(), name, settings.seed)?);
             }
         }
-        super::units::encode(&runs)
+        if settings.scale == Scale::Paper {
+            return super::units::encode(&runs);
+        }
+        Ok(serde_json::json!({
+            "runs": super::units::encode(&runs)?,
+            "beta_search": {
+                "grid": BETA_GRID,
+                "extensions": GRID_EXTENSIONS,
+                "meta_steps": search_meta_steps(settings),
+            },
+        }))
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         Ok(runs(settings)?
             .iter()
             .map(|(model, name, seed)| unit_name(model.name(), name, *seed))
+            .chain(choice_units(settings)?.into_iter().map(|(_, unit)| unit))
             .collect())
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<serde_json::Value> {
+        if let Some((model, _)) = choice_units(settings)?.into_iter().find(|(_, u)| u == unit) {
+            return super::units::encode(&choose_beta(settings, &model)?);
+        }
         let (model, name, seed) = self.parse_unit(settings, unit)?;
         super::units::encode(&run_seed(settings, model, name, seed)?)
     }
@@ -285,13 +469,21 @@ impl Job for Training {
     }
 
     fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
-        // One short timed run per (model, estimator): the seeds of a kind cost the same.
-        let mut per_kind: Vec<(String, f64)> = Vec::new();
+        // One short timed run per (model, estimator): the seeds of a kind cost the same. A
+        // contrastive unit also runs the beta search, which is all a choice unit runs.
+        let mut per_kind: Vec<(String, (f64, f64))> = Vec::new();
         let mut out = Vec::new();
+        let choices = choice_units(settings)?;
         for unit in units {
-            let (model, name, _) = self.parse_unit(settings, unit)?;
+            let (model, name, search_only) = match choices.iter().find(|(_, u)| u == unit) {
+                Some((model, _)) => (model.clone(), "contrastive", true),
+                None => {
+                    let (model, name, _) = self.parse_unit(settings, unit)?;
+                    (model, name, false)
+                }
+            };
             let kind = format!("{}-{name}", model.name());
-            let seconds = match per_kind.iter().find(|(k, _)| *k == kind) {
+            let (run, search) = match per_kind.iter().find(|(k, _)| *k == kind) {
                 Some((_, s)) => *s,
                 None => {
                     let s = calibrate_run(settings, model, name)?;
@@ -299,7 +491,7 @@ impl Job for Training {
                     s
                 }
             };
-            out.push(seconds);
+            out.push(if search_only { search } else { run + search });
         }
         Ok(Some(out))
     }
@@ -311,6 +503,20 @@ impl Training {
             unit_name(model.name(), name, *seed)
         })
     }
+}
+
+/// The search's units, one per model (none at the paper scale): (model, unit name).
+fn choice_units(settings: &Settings) -> Result<Vec<(ModelSpec, String)>> {
+    if settings.scale == Scale::Paper {
+        return Ok(Vec::new());
+    }
+    Ok(models(&net(settings)?)
+        .into_iter()
+        .map(|m| {
+            let unit = format!("choice-{}", m.name());
+            (m, unit)
+        })
+        .collect())
 }
 
 /// Every run of the job, in unit order: model, estimator, seed.
@@ -327,8 +533,9 @@ fn runs(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, u64)>> {
 }
 
 /// Seconds one run of `model` and `estimator` would take, from 3 timed meta-steps and one timed
-/// validation evaluation, scaled to the run's meta-steps and evaluations.
-fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<f64> {
+/// validation evaluation, scaled to the run's meta-steps and evaluations; and the seconds of the
+/// contrastive rule's beta search (0 for the other estimators and at the paper scale).
+fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<(f64, f64)> {
     let full = config(settings, model.clone(), name, settings.seed)?;
     let (validation, test) = validation_and_test_tasks(settings, settings.seed)?;
     let short = TrainConfig {
@@ -352,12 +559,26 @@ fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<f6
     let per_task = clock.elapsed().as_secs_f64() / validation.len() as f64;
     let evaluations = (full.meta_steps / full.eval_every + 1) as f64;
     let tasks = evaluations * (validation.len() + full.eval_tasks) as f64 + 2.0 * test.len() as f64;
-    Ok(per_step * full.meta_steps as f64 + per_task * tasks)
+    let search = if name == "contrastive" && settings.scale != Scale::Paper {
+        let per_setting = per_step * search_meta_steps(settings) as f64 + per_task * validation.len() as f64;
+        BETA_GRID.len() as f64 * per_setting
+    } else {
+        0.0
+    };
+    Ok((per_step * full.meta_steps as f64 + per_task * tasks, search))
 }
 
 /// One meta-training run: the curve, the validation-chosen checkpoint and its test loss.
 fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64) -> Result<SeedRun> {
-    let c = config(settings, model.clone(), name, seed)?;
+    // The contrastive rule takes the search's beta (recomputed here: units have no order; the
+    // report checks that it is the choice unit's).
+    let search = if name == "contrastive" {
+        choose_beta(settings, &model)?
+    } else {
+        None
+    };
+    let beta = search.as_ref().map(|s| s.beta);
+    let c = config_at(settings, model.clone(), name, seed, beta.unwrap_or(PAPER_BETA))?;
     let (validation, test) = validation_and_test_tasks(settings, seed)?;
     let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
     // The validation tasks choose the checkpoint, as the paper's code does: every
@@ -419,6 +640,7 @@ fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64) -> Res
         None
     };
     Ok(SeedRun {
+        beta,
         curve_rows,
         curve,
         final_loss,
@@ -451,6 +673,14 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut example_rows = Vec::new();
     let mut seed_rows = Vec::new();
     let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
+    // The beta searches, where their units were given.
+    let mut searches: Vec<BetaSearch> = Vec::new();
+    for (_, unit) in choice_units(settings)? {
+        if let Some(stored) = units.iter().find(|s| s.unit == unit) {
+            let search: Option<BetaSearch> = super::units::decode(stored)?;
+            searches.extend(search);
+        }
+    }
     for model in models(&net) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -468,6 +698,15 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 let Some(run) = run_of(model.name(), name, seed)? else {
                     continue;
                 };
+                if let Some(search) = searches.iter().find(|x| x.model == model.name())
+                    && run.beta.is_some_and(|b| b != search.beta)
+                {
+                    return Err(crate::CmlError::invalid(
+                        format!("training unit {}", unit_name(model.name(), name, seed)),
+                        format!("beta {:?}", run.beta),
+                        format!("the choice unit's beta {} (units from one run)", search.beta),
+                    ));
+                }
                 seed_rows.push(format!(
                     "{},{name},{seed},{},{},{}",
                     model.name(),
@@ -559,6 +798,30 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &seed_rows,
         files,
     )?;
+    if !searches.is_empty() {
+        let rows: Vec<String> = searches
+            .iter()
+            .flat_map(|x| {
+                x.grid.iter().map(move |g| {
+                    format!(
+                        "{},{:e},{:e},{:e},{:e},{}",
+                        x.model,
+                        g.beta,
+                        g.validation_loss,
+                        g.difference,
+                        g.standard_error,
+                        g.beta == x.beta
+                    )
+                })
+            })
+            .collect();
+        write_csv(
+            &settings.out.join("training_beta_choice.csv"),
+            "model,beta,validation_loss,difference_to_least,standard_error,chosen",
+            &rows,
+            files,
+        )?;
+    }
     let columns = panels.len().clamp(1, 2);
     save(settings, "meta_training", &Figure { panels, columns }, files)?;
     // The examples come from the first seed's contrastive runs, which a report of part of the
@@ -659,6 +922,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             d.verdict.describe()
         ));
     }
+    table.push_str(&beta_section(settings, &searches));
     write_table(settings, "final_loss.md", &table, files)?;
     Ok(TrainingResults {
         finals,
@@ -672,6 +936,62 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         validation_tasks: n_val,
         net: net_name,
     })
+}
+
+/// The contrastive rule's `beta`: the search's settings and scores, or the paper's value.
+fn beta_section(settings: &Settings, searches: &[BetaSearch]) -> String {
+    if searches.is_empty() {
+        return format!(
+            "\n## The contrastive rule's nudging strength\n\nbeta = {PAPER_BETA}, the paper's code's (no search at this scale).\n"
+        );
+    }
+    let mut t = format!(
+        "\n## The contrastive rule's nudging strength, chosen on validation tasks\n\n\
+         Per model, from an initialisation and a task stream of the search's own (no reported seed's): {} meta-steps \
+         at each beta, then the query MSE after adaptation, mean over {} validation tasks of the search's own stream; \
+         chosen by the one-standard-error rule: the largest beta whose loss exceeds the least by at most one standard error \
+         of the paired difference over the tasks (settings the validation tasks cannot tell apart go to the larger beta, \
+         whose estimate is less sensitive to unconverged phases). A choice at an edge of the grid extends it by a factor 2 \
+         past that edge, at most {GRID_EXTENSIONS} times (`training_beta_choice.csv`).\n\n\
+         | model | beta | validation loss | minus the least (paired) | standard error | chosen |\n|---|---|---|---|---|---|\n",
+        search_meta_steps(settings),
+        validation_and_test_tasks(settings, settings.seed)
+            .map(|(v, _)| v.len())
+            .unwrap_or(0)
+    );
+    for x in searches {
+        for g in &x.grid {
+            let chosen = if g.beta == x.beta { "yes" } else { "" };
+            t.push_str(&match &g.failed {
+                Some(why) => format!(
+                    "| {} | {} | failed: {why} | - | - | {chosen} |\n",
+                    x.model, g.beta
+                ),
+                None => format!(
+                    "| {} | {} | {} | {:.3e} | {:.3e} | {chosen} |\n",
+                    x.model,
+                    g.beta,
+                    num(g.validation_loss),
+                    g.difference,
+                    g.standard_error
+                ),
+            });
+        }
+    }
+    for x in searches {
+        t.push_str(&format!(
+            "\n{} model: beta = {}{}.",
+            x.model,
+            x.beta,
+            if x.at_edge {
+                " (at an edge of the extended grid: the optimum may lie beyond it)"
+            } else {
+                ", inside the grid"
+            }
+        ));
+    }
+    t.push('\n');
+    t
 }
 
 /// Every pair of estimators of a model, paired over seeds, as one Holm-corrected family of
@@ -805,7 +1125,22 @@ fn examples(
 /// whose adaptation diverges scores its loss before adaptation (at `phi_init`): no adaptation
 /// was possible, and leaving the task out would flatter the method.
 fn scored_after_adaptation(c: &TrainConfig, tasks: &[SinusoidTask], theta: &Vector) -> Result<(f64, usize)> {
-    let scores = crate::parallel::map_in_order(tasks, |task| {
+    let scores = losses_after_adaptation(c, tasks, theta)?;
+    let n = scores.len() as f64;
+    Ok((
+        scores.iter().map(|s| s.0).sum::<f64>() / n,
+        scores.iter().filter(|s| s.1).count(),
+    ))
+}
+
+/// Each task's query MSE after adaptation from `theta`, and whether the adaptation diverged (then
+/// the loss before it).
+fn losses_after_adaptation(
+    c: &TrainConfig,
+    tasks: &[SinusoidTask],
+    theta: &Vector,
+) -> Result<Vec<(f64, bool)>> {
+    crate::parallel::map_in_order(tasks, |task| {
         let problem = c.model.problem(task.clone(), theta)?;
         let theta = problem.theta();
         let before = problem
@@ -816,15 +1151,55 @@ fn scored_after_adaptation(c: &TrainConfig, tasks: &[SinusoidTask], theta: &Vect
             Err(crate::CmlError::Diverged { .. }) => Ok((before, true)),
             Err(e) => Err(e),
         }
-    })?;
-    let n = scores.len() as f64;
-    Ok((
-        scores.iter().map(|s| s.0).sum::<f64>() / n,
-        scores.iter().filter(|s| s.1).count(),
-    ))
+    })
 }
 
 /// Says on stderr which run stopped and why (the table records that it did).
 fn log_divergence(model: &str, estimator: &str, seed: u64, e: &crate::CmlError) {
     eprintln!("note: {model} / {estimator} / seed {seed} stopped: {e}");
+}
+
+#[cfg(test)]
+mod beta_search_tests {
+    use super::*;
+
+    fn scores(losses: &[Vec<f64>]) -> Vec<BetaScore> {
+        [0.01, 0.1, 1.0]
+            .iter()
+            .zip(losses)
+            .map(|(&beta, l)| BetaScore {
+                beta,
+                validation_loss: l.iter().sum::<f64>() / l.len() as f64,
+                difference: f64::NAN,
+                standard_error: f64::NAN,
+                failed: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_one_standard_error_rule_takes_the_largest_beta_the_tasks_cannot_tell_from_the_best() {
+        // beta 0.01 is least (mean 1). beta 0.1 differs from it by (0.1, -0.1, 0.1, -0.1) + 0.01:
+        // mean 0.01, sample sd 0.11547, standard error 0.05774, so within one: a tie. beta 1
+        // differs by 1 on every task: mean 1, standard error 0: worse. The rule takes 0.1.
+        let losses = vec![
+            vec![1.0, 1.0, 1.0, 1.0],
+            vec![1.11, 0.91, 1.11, 0.91],
+            vec![2.0, 2.0, 2.0, 2.0],
+        ];
+        let mut grid = scores(&losses);
+        assert_eq!(one_standard_error(&mut grid, &losses), 1);
+        approx::assert_relative_eq!(grid[1].difference, 0.01, epsilon = 1e-12);
+        approx::assert_relative_eq!(grid[1].standard_error, 0.2 / 12f64.sqrt(), epsilon = 1e-12);
+        assert_eq!((grid[2].difference, grid[2].standard_error), (1.0, 0.0));
+        // A consistent small loss (every task 0.001 worse) is not a tie: standard error 0.
+        let losses = vec![vec![1.0; 4], vec![1.001; 4], vec![2.0; 4]];
+        let mut grid = scores(&losses);
+        assert_eq!(one_standard_error(&mut grid, &losses), 0);
+        // A failed setting is never chosen.
+        let losses = vec![vec![1.0; 4], vec![1.0; 4], vec![f64::INFINITY; 4]];
+        let mut grid = scores(&losses);
+        grid[2].failed = Some("diverged".into());
+        assert_eq!(one_standard_error(&mut grid, &losses), 1);
+    }
 }
