@@ -20,8 +20,7 @@ pub struct FiguresArgs {
     #[arg(long)]
     paper: Option<PathBuf>,
     /// Budgets: quick (CI's, under a minute), default (one 2-core workstation), paper (the
-    /// paper's budgets, for a cluster; the default's for jobs the paper has no budgets for; not yet
-    /// for the bandit).
+    /// paper's budgets, for a cluster; the default's for jobs the paper has no budgets for).
     #[arg(long, default_value = "default")]
     scale: String,
     /// Same as --scale quick.

@@ -4,6 +4,7 @@
 //! relative to the uniform policy (docs/BANDIT.md).
 
 use super::training::{ALPHA, t975};
+use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
 use crate::bandit::WheelBandit;
 use crate::bandit::agents::{
@@ -52,6 +53,24 @@ pub struct Protocol {
     pub online: OnlineParams,
     /// NeuralLinear retrains its network this often (its posteriors every step).
     pub neural_linear_every: usize,
+    /// Each meta-learned agent's own budgets where they are not the shared ones above (the
+    /// paper's code sets them per agent), in [`Protocol::meta_learners`] order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_learner: Option<Vec<LearnerBudget>>,
+}
+
+/// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
+/// and its online loop.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LearnerBudget {
+    pub name: &'static str,
+    pub meta_steps: usize,
+    pub meta_batch: usize,
+    pub meta_lr: f64,
+    pub beta: Option<f64>,
+    pub free: Option<GdParams>,
+    pub nudged: Option<GdParams>,
+    pub online: OnlineParams,
 }
 
 impl Protocol {
@@ -87,6 +106,7 @@ impl Protocol {
                 optimizer: adam,
             },
             neural_linear_every: 20,
+            per_learner: None,
         };
         Ok(if quick {
             Protocol {
@@ -116,6 +136,112 @@ impl Protocol {
         })
     }
 
+    /// The budgets of the scale: quick, default, or the paper's.
+    pub fn at(scale: Scale) -> Result<Self> {
+        match scale {
+            Scale::Paper => Self::paper(),
+            _ => Self::new(scale == Scale::Quick),
+        }
+    }
+
+    /// The paper's budgets, as the authors' code runs the wheel bandit (docs/EXPERIMENTS.md, "The
+    /// bandit job at the paper's budgets"): [100, 100] networks, 512 support and 50 query pulls, one
+    /// pass over 64 training tasks repeated 100 times (6400 tasks: 800 meta-steps of 8 for the
+    /// complex synapse, 400 of 16 for the gain modulation, 200 of 32 for MAML), each agent's own
+    /// phases and online loop, 80,000 contexts per delta, 50 seeds.
+    pub fn paper() -> Result<Self> {
+        let adam = Optimizer::from_name("adam", 0.0)?;
+        let sgd = Optimizer::GradientDescent;
+        let phase = |steps, step_size, optimizer| GdParams {
+            step_size: Some(step_size),
+            max_steps: steps,
+            optimizer,
+            ..GdParams::default()
+        };
+        let online = |every, updates, step_size, optimizer| OnlineParams {
+            every,
+            updates,
+            batch: 512,
+            step_size,
+            optimizer,
+        };
+        let base = Self::new(false)?;
+        Ok(Protocol {
+            net: Mlp::parse("2-100-100-5")?,
+            meta_steps: 800,
+            meta_batch: 8,
+            meta_lr: 0.03,
+            free_steps: 250,
+            nudged_steps: 100,
+            phase_step_size: 1e-4,
+            synapse_beta: 0.3,
+            modulation_beta: 10.0,
+            maml_steps: 10,
+            maml_step_size: 0.01,
+            meta_seeds: 50,
+            runs_per_seed: 1,
+            run: RunParams {
+                steps: 80_000,
+                initial_pulls: 2,
+            },
+            online: OnlineParams {
+                batch: 512,
+                ..base.online
+            },
+            per_learner: Some(vec![
+                LearnerBudget {
+                    name: "CML complex synapse",
+                    meta_steps: 800,
+                    meta_batch: 8,
+                    meta_lr: 0.03,
+                    beta: Some(0.3),
+                    free: Some(phase(250, 1e-4, adam)),
+                    nudged: Some(phase(100, 0.03, adam)),
+                    online: online(50, 250, 1e-4, adam),
+                },
+                LearnerBudget {
+                    name: "CML gain modulation",
+                    meta_steps: 400,
+                    meta_batch: 16,
+                    meta_lr: 0.03,
+                    beta: Some(10.0),
+                    free: Some(phase(1000, 3e-4, sgd)),
+                    nudged: Some(phase(100, 1e-4, sgd)),
+                    online: online(100, 500, 1e-4, Optimizer::from_name("nesterov", 0.9)?),
+                },
+                LearnerBudget {
+                    name: "MAML",
+                    meta_steps: 200,
+                    meta_batch: 32,
+                    meta_lr: 0.1,
+                    beta: None,
+                    free: None,
+                    nudged: None,
+                    online: online(100, 100, 1e-3, sgd),
+                },
+            ]),
+            ..base
+        })
+    }
+
+    /// The budgets of the meta-learned agent `name`: its own where the protocol sets them, else
+    /// the shared ones.
+    fn budget_of(&self, name: &str) -> Result<LearnerBudget> {
+        if let Some(b) = self.per_learner.iter().flatten().find(|b| b.name == name) {
+            return Ok(b.clone());
+        }
+        Ok(LearnerBudget {
+            name: "shared",
+            meta_steps: self.meta_steps,
+            meta_batch: self.meta_batch,
+            meta_lr: self.meta_lr,
+            beta: None,
+            free: Some(self.adam(self.free_steps)?),
+            nudged: Some(self.adam(self.nudged_steps)?),
+            online: self.online,
+        })
+    }
+
     /// The complex synapse's fixed strength: the paper's penalty `1000 mean_i (phi_i - omega_i)^2`
     /// written as `lambda/2 sum_i (phi_i - omega_i)^2`, so `lambda = 2000 / P`.
     pub fn synapse_strength(&self) -> f64 {
@@ -133,12 +259,14 @@ impl Protocol {
 
     /// The meta-learned models: name, model, estimator.
     pub fn meta_learners(&self) -> Result<Vec<(&'static str, OnlineModel, EstimatorSpec)>> {
-        let contrastive = |beta| -> Result<EstimatorSpec> {
+        let contrastive = |name: &str, beta: f64| -> Result<EstimatorSpec> {
+            let b = self.budget_of(name)?;
+            let phases = b.free.zip(b.nudged).expect("a contrastive agent's phases");
             Ok(EstimatorSpec::Contrastive(Contrastive {
                 variant: Variant::Standard,
-                beta,
-                free: self.adam(self.free_steps)?,
-                nudged: self.adam(self.nudged_steps)?,
+                beta: b.beta.unwrap_or(beta),
+                free: phases.0,
+                nudged: phases.1,
             }))
         };
         Ok(vec![
@@ -150,7 +278,7 @@ impl Protocol {
                     strength: self.synapse_strength(),
                     fixed_strength: true,
                 }),
-                contrastive(self.synapse_beta)?,
+                contrastive("CML complex synapse", self.synapse_beta)?,
             ),
             (
                 "CML gain modulation",
@@ -158,7 +286,7 @@ impl Protocol {
                     net: self.net.clone(),
                     strength: self.modulation_strength,
                 }),
-                contrastive(self.modulation_beta)?,
+                contrastive("CML gain modulation", self.modulation_beta)?,
             ),
             (
                 "MAML",
@@ -317,18 +445,18 @@ impl super::units::Job for Bandit {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::new(settings.quick())?)
+        super::units::encode(&Protocol::at(settings.scale)?)
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(unit_list(&Protocol::new(settings.quick())?)?
+        Ok(unit_list(&Protocol::at(settings.scale)?)?
             .iter()
             .map(|(k, m)| unit_name(k, *m))
             .collect())
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
-        let p = Protocol::new(settings.quick())?;
+        let p = Protocol::at(settings.scale)?;
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
         super::units::encode(&run_unit(settings, &p, &k, m)?)
     }
@@ -341,6 +469,113 @@ impl super::units::Job for Bandit {
     ) -> Result<crate::report::template::Context> {
         Ok(super::writeup::bandit_section(&report(settings, units, files)?))
     }
+
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Own
+    }
+
+    fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+        calibrate(settings, units)
+    }
+}
+
+/// Online updates a calibration times per retraining (the cost is linear in them).
+const TIMED_UPDATES: usize = 10;
+/// Stream of the calibration's task and minibatch.
+const CALIBRATION: u64 = 3000;
+
+/// Estimated wall seconds of each of `units` at the paper scale: one timed estimate of each
+/// meta-learned agent on one task at its initial meta-parameters, times its meta-steps and
+/// meta-batch; one timed retraining (on a full minibatch, [`TIMED_UPDATES`] updates scaled to the
+/// agent's) times the retrainings of every evaluation run. Per-step predictions and posterior
+/// updates are left out. Both spread over the cores. `None` at the other scales, whose measured
+/// runs (`--results`) give their cost.
+fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
+    use crate::bandit::agents::build;
+    use crate::bandit::task::BanditTask;
+    if settings.scale != Scale::Paper {
+        return Ok(None);
+    }
+    let p = Protocol::at(settings.scale)?;
+    let mut rng = crate::rng::stream(settings.seed, CALIBRATION);
+    let task = BanditTask::sample(&mut rng, p.support, p.query)?;
+    let minibatch = BanditTask::sample(&mut rng, p.online.batch, 1)?;
+    let timed = |work: &dyn Fn() -> Result<()>| -> Result<f64> {
+        let clock = std::time::Instant::now();
+        work()?;
+        Ok(clock.elapsed().as_secs_f64())
+    };
+    // One retraining of `model` from `theta` by `online`.
+    let retraining =
+        |model: &OnlineModel, theta: &crate::linalg::Vector, online: &OnlineParams| -> Result<f64> {
+            let problem = build(model, minibatch.clone(), theta)?;
+            let t = crate::linalg::to_tensor(theta)?;
+            let start = problem.initial_phi(&t)?;
+            let gd = GdParams {
+                step_size: Some(online.step_size),
+                max_steps: TIMED_UPDATES,
+                tolerance: 0.0,
+                optimizer: online.optimizer,
+                divergence: crate::inner::Divergence::NonFinite,
+                ..GdParams::default()
+            };
+            let oracle = crate::oracle::Oracle::new(problem.as_ref());
+            let phase = crate::inner::Phase::new(&start, &t, 0.0, "online training");
+            let secs = timed(&|| {
+                use crate::inner::InnerSolver;
+                gd.solve(&oracle, &phase).map(|_| ())
+            })?;
+            Ok(secs * online.updates as f64 / TIMED_UPDATES as f64)
+        };
+    let threads = crate::parallel::available_threads() as f64;
+    let runs = (p.deltas.len() * p.runs_per_seed) as f64;
+    let mut per_key = Vec::new();
+    for (name, model, estimator) in p.meta_learners()? {
+        let b = p.budget_of(name)?;
+        let theta = initial_theta(&model, settings.seed)?;
+        let problem = build(&model, task.clone(), &theta)?;
+        let estimate = timed(&|| {
+            estimator
+                .estimator()
+                .estimate(problem.as_ref(), problem.theta())
+                .map(|_| ())
+        })?;
+        let retrainings = (p.run.steps / b.online.every) as f64;
+        let mut evaluation = retrainings * retraining(&model, &theta, &b.online)?;
+        if name == MAML_OWN {
+            let own = OnlineParams {
+                updates: p.maml_steps,
+                step_size: p.maml_step_size,
+                optimizer: Optimizer::GradientDescent,
+                ..b.online
+            };
+            evaluation += retrainings * retraining(&model, &theta, &own)?;
+        }
+        let meta = (b.meta_steps * b.meta_batch) as f64 * estimate;
+        per_key.push((key(name), (meta + runs * evaluation) / threads));
+    }
+    let plain = p.plain();
+    let theta = initial_theta(&plain, settings.seed)?;
+    let neural_linear = OnlineParams {
+        every: p.neural_linear_every,
+        ..p.online
+    };
+    let baselines = runs
+        * ((p.run.steps / p.neural_linear_every) as f64 * retraining(&plain, &theta, &neural_linear)?
+            + (p.run.steps / p.online.every) as f64 * retraining(&plain, &theta, &p.online)?)
+        / threads;
+    units
+        .iter()
+        .map(|unit| {
+            let (k, _) =
+                super::units::lookup(&BANDIT, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
+            Ok(per_key
+                .iter()
+                .find(|(key, _)| *key == k)
+                .map_or(baselines, |(_, s)| *s))
+        })
+        .collect::<Result<Vec<f64>>>()
+        .map(Some)
 }
 
 /// The agents of a unit, built fresh for one evaluation run (each learns online).
@@ -390,12 +625,13 @@ fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize) -> Result<Unit
             .into_iter()
             .find(|l| key(l.0) == k)
             .expect("a model of the unit list");
+        let budget = p.budget_of(name)?;
         let run = meta_train(&MetaConfig {
             model: model.clone(),
             estimator,
-            meta_steps: p.meta_steps,
-            meta_batch: p.meta_batch,
-            meta_lr: p.meta_lr,
+            meta_steps: budget.meta_steps,
+            meta_batch: budget.meta_batch,
+            meta_lr: budget.meta_lr,
             support: p.support,
             query: p.query,
             seed: crate::rng::hash_words(&[settings.seed, META_SEED, m as u64]),
@@ -414,13 +650,13 @@ fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize) -> Result<Unit
                         updates: p.maml_steps,
                         step_size: p.maml_step_size,
                         optimizer: Optimizer::GradientDescent,
-                        ..p.online
+                        ..budget.online
                     },
                 ),
-                (MAML_COMMON.into(), p.online),
+                (MAML_COMMON.into(), budget.online),
             ]
         } else {
-            vec![(name.to_string(), p.online)]
+            vec![(name.to_string(), budget.online)]
         };
         Box::new(move |_| {
             deployments
@@ -501,7 +737,7 @@ fn report(
     units: &[super::units::Stored],
     files: &mut Vec<PathBuf>,
 ) -> Result<BanditResults> {
-    let protocol = Protocol::new(settings.quick())?;
+    let protocol = Protocol::at(settings.scale)?;
     let p = &protocol;
     let learners = p.meta_learners()?;
     // Every stored unit, in unit order, with its seed index.
@@ -761,6 +997,26 @@ pub fn table(r: &BanditResults) -> String {
         p.maml_steps,
         p.maml_step_size
     );
+    // Where agents have budgets of their own (the paper scale), they replace the shared ones.
+    if let Some(own) = &p.per_learner {
+        let own: Vec<String> = own
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}: {} meta-steps of {} tasks, meta lr {}, online {} updates of {} every {} steps",
+                    b.name,
+                    b.meta_steps,
+                    b.meta_batch,
+                    b.meta_lr,
+                    b.online.updates,
+                    b.online.step_size,
+                    b.online.every
+                )
+            })
+            .collect();
+        let header = t.rfind("\n\n| agent |").expect("the table's header");
+        t.insert_str(header, &format!(" Each agent's own budgets: {}.", own.join("; ")));
+    }
     for d in &p.deltas {
         t.push_str(&format!(" delta = {d} |"));
     }
@@ -815,4 +1071,106 @@ pub fn table(r: &BanditResults) -> String {
         ));
     }
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_paper_scale_takes_the_authors_settings() {
+        // The authors' wheel-bandit configs (docs/EXPERIMENTS.md, "The bandit job at the paper's
+        // budgets"): [100, 100] networks; 64 training tasks repeated 100 times in one pass, so
+        // 6400 tasks: complex synapse 8 per meta-step (800 steps), outer Adam 0.03, beta 0.3, free
+        // 250 Adam steps of 1e-4, nudged 100 of 0.03, online Adam 1e-4, 250 updates every 50;
+        // gain modulation 16 per step (400), beta 10, free 1000 SGD steps of 3e-4, nudged 100 of
+        // 1e-4, online Nesterov 1e-4, 500 updates every 100; MAML 32 per step (200), outer Adam
+        // 0.1, 10 SGD steps of 0.01, online SGD 1e-3, 100 updates every 100; batches of 512,
+        // 80,000 contexts, 50 seeds.
+        let p = Protocol::paper().unwrap();
+        assert_eq!(p.net.sizes, vec![2, 100, 100, 5]);
+        assert_eq!(
+            (p.run.steps, p.meta_seeds, p.support, p.query),
+            (80_000, 50, 512, 50)
+        );
+        let expect = [
+            (
+                "CML complex synapse",
+                800,
+                8,
+                0.03,
+                0.3,
+                250,
+                1e-4,
+                100,
+                0.03,
+                (50, 250, 1e-4),
+            ),
+            (
+                "CML gain modulation",
+                400,
+                16,
+                0.03,
+                10.0,
+                1000,
+                3e-4,
+                100,
+                1e-4,
+                (100, 500, 1e-4),
+            ),
+        ];
+        let learners = p.meta_learners().unwrap();
+        for (name, steps, batch, lr, beta, free, free_lr, nudged, nudged_lr, online) in expect {
+            let b = p.budget_of(name).unwrap();
+            assert_eq!(
+                b.meta_steps * b.meta_batch,
+                6400,
+                "{name}: one pass over 6400 tasks"
+            );
+            assert_eq!(
+                (b.meta_steps, b.meta_batch, b.meta_lr),
+                (steps, batch, lr),
+                "{name}"
+            );
+            assert_eq!(
+                (b.online.every, b.online.updates, b.online.step_size),
+                online,
+                "{name}"
+            );
+            assert_eq!(b.online.batch, 512);
+            let (_, _, spec) = learners.iter().find(|l| l.0 == name).unwrap();
+            let EstimatorSpec::Contrastive(c) = spec else {
+                panic!("{name}: the contrastive rule")
+            };
+            assert_eq!(c.beta, beta, "{name}");
+            assert_eq!(
+                (c.free.max_steps, c.free.step_size),
+                (free, Some(free_lr)),
+                "{name}"
+            );
+            assert_eq!(
+                (c.nudged.max_steps, c.nudged.step_size),
+                (nudged, Some(nudged_lr)),
+                "{name}"
+            );
+        }
+        let maml = p.budget_of("MAML").unwrap();
+        assert_eq!((maml.meta_steps, maml.meta_batch, maml.meta_lr), (200, 32, 0.1));
+        assert_eq!((p.maml_steps, p.maml_step_size), (10, 0.01));
+        assert_eq!(
+            (maml.online.every, maml.online.updates, maml.online.step_size),
+            (100, 100, 1e-3)
+        );
+        // The default protocol is unchanged by the paper's field: its units stay valid.
+        let default = serde_json::to_value(Protocol::new(false).unwrap()).unwrap();
+        assert!(default.get("per_learner").is_none());
+        assert_eq!(
+            Protocol::at(Scale::Default)
+                .unwrap()
+                .budget_of("MAML")
+                .unwrap()
+                .meta_steps,
+            150
+        );
+    }
 }
