@@ -44,6 +44,7 @@ fn figures_quick(dir: &Path) {
 ///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks;
 /// - training_beta_choice: 2 models x the grid of 5 betas, extended 3 times at its lower edge (2
 ///   meta-steps barely move the loss, and the smallest beta wins by a hair);
+/// - bandit_beta_choice: 2 contrastive agents x the grid of 5 betas (both choices inside it);
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -79,6 +80,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("spiking_rates", 2, 100),
     ("spiking_matched_baselines", 5, 24),
     ("training_beta_choice", 6, 16),
+    ("bandit_beta_choice", 6, 10),
 ];
 
 const PNGS: &[&str] = &[
@@ -249,36 +251,54 @@ fn protocol_of_the_other_tables(dir: &Path) {
         assert_eq!(f(chosen[0], "validation_cross_entropy"), best, "seed {seed}");
     }
 
-    // Sinusoid: per model exactly one beta is chosen, by the one-standard-error rule: the largest
-    // beta whose loss exceeds the least by at most one standard error of the paired difference
-    // (the least's own difference is 0); a choice at an edge of the (extended) grid is flagged in
-    // the table.
-    let search = csv_rows(&dir.join("figures/training_beta_choice.csv"));
-    let table = std::fs::read_to_string(dir.join("paper/final_loss.md")).unwrap();
-    for model in ["synapse", "modulation"] {
-        let own: Vec<_> = search.iter().filter(|r| r["model"] == model).collect();
-        assert!(own.len() >= 5, "{model}: {own:?}");
-        let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
-        assert_eq!(chosen.len(), 1, "{model}: one chosen beta");
-        let least = own
-            .iter()
-            .min_by(|a, b| f(a, "validation_loss").total_cmp(&f(b, "validation_loss")))
-            .unwrap();
-        assert_eq!(f(least, "difference_to_least"), 0.0, "{model}");
-        let rule = own
-            .iter()
-            .filter(|r| f(r, "difference_to_least") <= f(r, "standard_error"))
-            .map(|r| f(r, "beta"))
-            .fold(f64::NEG_INFINITY, f64::max);
-        assert_eq!(f(own[chosen[0]], "beta"), rule, "{model}");
-        let betas: Vec<f64> = own.iter().map(|r| f(r, "beta")).collect();
-        assert!(betas.windows(2).all(|w| w[0] < w[1]), "{model}: the grid in order");
-        let edge = chosen[0] == 0 || chosen[0] == own.len() - 1;
-        let line = table
-            .lines()
-            .find(|l| l.starts_with(&format!("{model} model: beta = ")))
-            .unwrap_or_else(|| panic!("{model}: no beta sentence"));
-        assert_eq!(line.contains("at an edge"), edge, "{line}");
+    // Sinusoid models and bandit agents: per subject exactly one beta is chosen, by the
+    // one-standard-error rule: the largest beta whose loss exceeds the least by at most one
+    // standard error of the paired difference (the least's own difference is 0); a choice at an
+    // edge of the (extended) grid is flagged in the table.
+    for (file, column, table, subjects) in [
+        (
+            "training_beta_choice.csv",
+            "model",
+            "final_loss.md",
+            vec!["synapse", "modulation"],
+        ),
+        (
+            "bandit_beta_choice.csv",
+            "agent",
+            "bandit.md",
+            vec!["CML complex synapse", "CML gain modulation"],
+        ),
+    ] {
+        let search = csv_rows(&dir.join("figures").join(file));
+        let table = std::fs::read_to_string(dir.join("paper").join(table)).unwrap();
+        for subject in subjects {
+            let own: Vec<_> = search.iter().filter(|r| r[column] == subject).collect();
+            assert!(own.len() >= 5, "{subject}: {own:?}");
+            let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
+            assert_eq!(chosen.len(), 1, "{subject}: one chosen beta");
+            let least = own
+                .iter()
+                .min_by(|a, b| f(a, "validation_loss").total_cmp(&f(b, "validation_loss")))
+                .unwrap();
+            assert_eq!(f(least, "difference_to_least"), 0.0, "{subject}");
+            let rule = own
+                .iter()
+                .filter(|r| f(r, "difference_to_least") <= f(r, "standard_error"))
+                .map(|r| f(r, "beta"))
+                .fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(f(own[chosen[0]], "beta"), rule, "{subject}");
+            let betas: Vec<f64> = own.iter().map(|r| f(r, "beta")).collect();
+            assert!(
+                betas.windows(2).all(|w| w[0] < w[1]),
+                "{subject}: the grid in order"
+            );
+            let edge = chosen[0] == 0 || chosen[0] == own.len() - 1;
+            let line = table
+                .lines()
+                .find(|l| l.starts_with(&format!("{subject} {column}: beta = ")))
+                .unwrap_or_else(|| panic!("{subject}: no beta sentence"));
+            assert_eq!(line.contains("at an edge"), edge, "{line}");
+        }
     }
 
     let choice = csv_rows(&dir.join("figures/spiking_beta_choice.csv"));
@@ -707,7 +727,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // The quick training job: 2 models x 6 estimators x 2 seeds and a beta search per model,
     // timed by its calibration; the jobs without a calibration say how to get an estimate.
     // Their units: one for a job run
-    // whole; bandit 2 seeds x (3 models + baselines); few-shot 1 setting x 5 methods x 2 seeds;
+    // whole; bandit 2 seeds x (3 models + baselines) and 2 beta searches; few-shot 1 setting x 5 methods x 2 seeds;
     // digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
     // and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
@@ -718,7 +738,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     for (job, units) in [
         ("theory", 1),
         ("spiking", 15),
-        ("bandit", 8),
+        ("bandit", 10),
         ("few-shot", 10),
         ("digits-decay", 12),
     ] {

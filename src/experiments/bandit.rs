@@ -3,6 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
+use super::choice::BetaSearch;
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -37,7 +38,8 @@ pub struct Protocol {
     pub nudged_steps: usize,
     /// Adam's step size in both contrastive phases.
     pub phase_step_size: f64,
-    /// The contrastive rule's nudging strength for the complex synapse and the gain modulation.
+    /// The contrastive rule's nudging strength for the complex synapse and the gain modulation
+    /// where neither a search (`beta_search`) nor an agent's own budget sets it.
     pub synapse_beta: f64,
     pub modulation_beta: f64,
     /// The gain modulation's pull toward its meta-learned initial fast parameters.
@@ -57,6 +59,21 @@ pub struct Protocol {
     /// paper's code sets them per agent), in [`Protocol::meta_learners`] order.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_learner: Option<Vec<LearnerBudget>>,
+    /// The contrastive agents' `beta`, chosen on validation tasks (quick and default scales; the
+    /// paper scale takes the paper's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta_search: Option<BetaSearchSpec>,
+}
+
+/// The validation search of a contrastive agent's `beta` (docs/PROTOCOL.md): a short
+/// meta-training at each setting from an initialisation and task stream of the search's own, then
+/// the query loss after adaptation on validation tasks of its own stream.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BetaSearchSpec {
+    pub grid: Vec<f64>,
+    pub extensions: usize,
+    pub meta_steps: usize,
+    pub validation_tasks: usize,
 }
 
 /// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
@@ -107,6 +124,12 @@ impl Protocol {
             },
             neural_linear_every: 20,
             per_learner: None,
+            beta_search: Some(BetaSearchSpec {
+                grid: vec![0.1, 0.3, 1.0, 3.0, 10.0],
+                extensions: 3,
+                meta_steps: 15,
+                validation_tasks: 20,
+            }),
         };
         Ok(if quick {
             Protocol {
@@ -129,6 +152,11 @@ impl Protocol {
                     batch: 64,
                     ..full.online
                 },
+                beta_search: Some(BetaSearchSpec {
+                    meta_steps: 2,
+                    validation_tasks: 4,
+                    ..full.beta_search.clone().expect("the default's search")
+                }),
                 ..full
             }
         } else {
@@ -220,6 +248,7 @@ impl Protocol {
                     online: online(100, 100, 1e-3, sgd),
                 },
             ]),
+            beta_search: None,
             ..base
         })
     }
@@ -353,6 +382,8 @@ pub struct BanditResults {
     pub retrainings_per_run: usize,
     /// Meta-training runs that stopped early, and why.
     pub stopped: Vec<String>,
+    /// The contrastive agents' beta searches (none at the paper scale).
+    pub searches: Vec<BetaSearch>,
 }
 
 /// Stream offsets of the evaluation runs and of the meta-training seeds.
@@ -396,6 +427,89 @@ fn unit_list(p: &Protocol) -> Result<Vec<(String, usize)>> {
         .collect())
 }
 
+/// The units of the `beta` searches, one per contrastive agent (none without a search):
+/// (agent name, unit name).
+fn choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
+    if p.beta_search.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(p.meta_learners()?
+        .into_iter()
+        .filter(|l| matches!(l.2, EstimatorSpec::Contrastive(_)))
+        .map(|l| (l.0, format!("choice-{}", key(l.0))))
+        .collect())
+}
+
+/// Stream words of the search's own seed (initialisation, task stream, validation tasks).
+const CHOICE: u64 = 4000;
+
+/// The contrastive rule of `spec` at `beta`.
+fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
+    match spec {
+        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive { beta, ..*c }),
+        other => *other,
+    }
+}
+
+/// Chooses the contrastive agent `name`'s `beta` on validation tasks (`super::choice`): from an
+/// initialisation and task stream of the search's own, a short meta-training at each setting,
+/// then each validation task's query loss after the agent's free phase.
+fn choose_beta(settings: &Settings, p: &Protocol, name: &str) -> Result<BetaSearch> {
+    use crate::bandit::agents::build;
+    use crate::bandit::task::BanditTask;
+    use crate::inner::InnerSolver;
+    let search = p.beta_search.as_ref().expect("a search at this scale");
+    let (_, model, spec) = p
+        .meta_learners()?
+        .into_iter()
+        .find(|l| l.0 == name)
+        .expect("a contrastive agent");
+    let EstimatorSpec::Contrastive(rule) = &spec else {
+        unreachable!("choice units are the contrastive agents'")
+    };
+    let free = rule.free;
+    let seed = crate::rng::hash_words(&[settings.seed, CHOICE]);
+    let mut rng = crate::rng::stream(seed, 1);
+    let validation: Vec<BanditTask> = (0..search.validation_tasks)
+        .map(|_| BanditTask::sample(&mut rng, p.support, p.query))
+        .collect::<Result<_>>()?;
+    let budget = p.budget_of(name)?;
+    let score = |beta: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let run = meta_train(&MetaConfig {
+            model: model.clone(),
+            estimator: at_beta(&spec, beta),
+            meta_steps: search.meta_steps,
+            meta_batch: budget.meta_batch,
+            meta_lr: budget.meta_lr,
+            support: p.support,
+            query: p.query,
+            seed,
+        });
+        let theta = match run {
+            Ok(r) if r.stopped.is_none() => r.theta,
+            Ok(r) => return Ok((vec![f64::INFINITY; validation.len()], r.stopped)),
+            // A setting whose meta-training fails is the worst of the grid.
+            Err(e) => return Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
+        };
+        let losses = map_in_order(&validation, |task| {
+            let problem = build(&model, task.clone(), &theta)?;
+            let t = problem.theta();
+            let start = problem.initial_phi(t)?;
+            let phi = match free.solve(
+                &crate::oracle::Oracle::new(problem.as_ref()),
+                &crate::inner::Phase::new(&start, t, 0.0, "adaptation"),
+            ) {
+                Ok(s) => s.phi,
+                Err(crate::CmlError::Diverged { .. }) => start,
+                Err(e) => return Err(e),
+            };
+            Ok(problem.outer_loss(&phi, t)?.to_scalar::<f64>()?)
+        })?;
+        Ok((losses, None))
+    };
+    super::choice::search_beta(name, &search.grid, search.extensions, score)
+}
+
 /// One agent's runs in one unit.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct AgentRuns {
@@ -410,6 +524,9 @@ struct AgentRuns {
 /// What a unit leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct UnitRows {
+    /// The contrastive agent's `beta`, as its search chose it.
+    #[serde(default)]
+    beta: Option<f64>,
     agents: Vec<AgentRuns>,
     /// (meta-step, query loss) of meta-training (empty for the baselines).
     meta_log: Vec<(usize, f64)>,
@@ -449,16 +566,38 @@ impl super::units::Job for Bandit {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(unit_list(&Protocol::at(settings.scale)?)?
-            .iter()
-            .map(|(k, m)| unit_name(k, *m))
+        let p = Protocol::at(settings.scale)?;
+        // The searches first, so that the agents' units find them stored.
+        Ok(choice_units(&p)?
+            .into_iter()
+            .map(|(_, u)| u)
+            .chain(unit_list(&p)?.iter().map(|(k, m)| unit_name(k, *m)))
             .collect())
     }
 
-    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+    fn run_unit(
+        &self,
+        settings: &Settings,
+        unit: &str,
+        staging: &std::path::Path,
+    ) -> Result<serde_json::Value> {
         let p = Protocol::at(settings.scale)?;
+        if let Some((name, _)) = choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
+            return super::units::encode(&choose_beta(settings, &p, name)?);
+        }
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
-        super::units::encode(&run_unit(settings, &p, &k, m)?)
+        // A contrastive agent takes its search's beta: the stored choice unit's where there is
+        // one (the report checks they agree), else the search run here (units have no order).
+        let beta = match choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
+            Some((name, choice)) => Some(
+                match super::units::stored_beside(self, settings, staging, &choice)? {
+                    Some(stored) => super::units::decode::<BetaSearch>(&stored)?.beta,
+                    None => choose_beta(settings, &p, name)?.beta,
+                },
+            ),
+            None => None,
+        };
+        super::units::encode(&run_unit(settings, &p, &k, m, beta)?)
     }
 
     fn report(
@@ -581,7 +720,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
 /// The agents of a unit, built fresh for one evaluation run (each learns online).
 type AgentList = Vec<(String, Box<dyn Agent>)>;
 
-fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize) -> Result<UnitRows> {
+fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize, beta: Option<f64>) -> Result<UnitRows> {
     let plain = p.plain();
     let mut meta_log = Vec::new();
     let (mut stopped, mut meta_seconds) = (None, 0.0);
@@ -628,7 +767,7 @@ fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize) -> Result<Unit
         let budget = p.budget_of(name)?;
         let run = meta_train(&MetaConfig {
             model: model.clone(),
-            estimator,
+            estimator: beta.map_or(estimator, |b| at_beta(&estimator, b)),
             meta_steps: budget.meta_steps,
             meta_batch: budget.meta_batch,
             meta_lr: budget.meta_lr,
@@ -724,6 +863,7 @@ fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize) -> Result<Unit
         })
         .collect();
     Ok(UnitRows {
+        beta,
         agents,
         meta_log,
         stopped,
@@ -740,12 +880,37 @@ fn report(
     let protocol = Protocol::at(settings.scale)?;
     let p = &protocol;
     let learners = p.meta_learners()?;
+    // The beta searches, where their units were given.
+    let mut searches: Vec<BetaSearch> = Vec::new();
+    for (_, unit) in choice_units(p)? {
+        if let Some(u) = units.iter().find(|u| u.unit == unit) {
+            searches.push(super::units::decode(u)?);
+        }
+    }
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
         if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
-            stored.push((k, m, super::units::decode(u)?));
+            let rows: UnitRows = super::units::decode(u)?;
+            if let (Some(b), Some(search)) = (rows.beta, searches.iter().find(|x| key(&x.model) == k))
+                && b != search.beta
+            {
+                return Err(crate::CmlError::invalid(
+                    format!("bandit unit {}", unit_name(&k, m)),
+                    format!("beta {b}"),
+                    format!("the choice unit's beta {} (units from one run)", search.beta),
+                ));
+            }
+            stored.push((k, m, rows));
         }
+    }
+    if !searches.is_empty() {
+        super::choice::write(
+            &settings.out.join("bandit_beta_choice.csv"),
+            "agent",
+            &searches,
+            files,
+        )?;
     }
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
     for (name, _, _) in &learners {
@@ -950,6 +1115,7 @@ fn report(
         curve_delta,
         rejected,
         stopped,
+        searches,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
     Ok(results)
@@ -1070,7 +1236,31 @@ pub fn table(r: &BanditResults) -> String {
             k.verdict.describe()
         ));
     }
+    t.push_str(&beta_section(r));
     t
+}
+
+/// The contrastive agents' `beta`: the search's settings and scores, or the protocol's values.
+fn beta_section(r: &BanditResults) -> String {
+    let p = &r.protocol;
+    let Some(search) = &p.beta_search else {
+        return "\n## The contrastive agents' nudging strength\n\nThe paper's code's: 0.3 for the complex synapse, 10 for the gain modulation (no search at this scale).\n".into();
+    };
+    if r.searches.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## The contrastive agents' nudging strength, chosen on validation tasks\n\n\
+         Per agent, from an initialisation and a task stream of the search's own (no reported seed's): {} meta-steps at \
+         each beta, then the query loss after the agent's free phase on {} validation tasks of the search's own stream; \
+         chosen by the one-standard-error rule (the largest beta whose loss exceeds the least by at most one standard \
+         error of the paired difference over the tasks). A choice at an edge of the grid extends it past that edge by \
+         the grid's ratio there, at most {} times (`bandit_beta_choice.csv`).\n\n{}\n",
+        search.meta_steps,
+        search.validation_tasks,
+        search.extensions,
+        super::choice::table(&r.searches, "agent")
+    )
 }
 
 #[cfg(test)]

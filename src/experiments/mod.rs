@@ -5,6 +5,7 @@
 
 mod bandit;
 pub mod bandit_meta;
+mod choice;
 mod compute;
 mod digits_decay;
 mod error_bar;

@@ -1452,34 +1452,6 @@ pub fn table(r: &SpikingResults) -> String {
             num(m.ci95)
         ));
     }
-    t.push_str(&format!(
-        "\n## Each method against its matched baseline\n\n\
-         The matched baseline is the seed's untrained initialisation adapted by the method's own inner loop on the same \
-         test tasks (for both CML rows, the no-meta-learning row; for the BPTT baselines, `spiking_matched_baselines.csv`). \
-         Method minus matched baseline, paired over seeds (negative: meta-learning lowered the MSE); one family of {}, \
-         paired t-tests and TOST (margin ± {}x the mean of the two MSEs), each Holm-adjusted, verdict at {ALPHA}.\n\n\
-         | method | inner loop (both) | matched baseline MSE | method minus baseline (paired) | p (Holm) | equivalence p (Holm) | verdict | diverged (baseline) |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        r.gains.len(),
-        EQUIVALENCE_MARGIN,
-    ));
-    for g in &r.gains {
-        let (b, bh) = seed_mean_ci(&g.baseline_per_seed);
-        let k = &g.comparison;
-        t.push_str(&format!(
-            "| {} | {} | {} +- {} | {} ± {} | {} | {} | {} | {} |\n",
-            g.name,
-            g.inner_loop,
-            num(b),
-            num(bh),
-            num(k.mean),
-            num(k.ci95),
-            super::training::p_value(k.holm),
-            super::training::p_value(k.equivalence_holm),
-            gain_verdict(k),
-            g.baseline_diverged
-        ));
-    }
     let (u, uh) = seed_mean_ci(&r.untrained);
     let n = r.ablation.len() as f64;
     let ratio = r.ablation.iter().map(|a| a.0).sum::<f64>() / n;
@@ -1512,14 +1484,44 @@ pub fn table(r: &SpikingResults) -> String {
     t.push_str(&super::stopped_note(&r.stopped));
     t.push_str(&format!(
         "\nThe comparisons with CML symmetric are one family of {}: paired t-tests and equivalence tests (TOST, margin ± {}x \
-         the mean of the two MSEs), each Holm-adjusted, verdict at {ALPHA} (docs/PROTOCOL.md).\n\n\
-         ## The rule's regime\n\n\
+         the mean of the two MSEs), each Holm-adjusted, verdict at {ALPHA} (docs/PROTOCOL.md).\n",
+        r.comparisons.len(),
+        EQUIVALENCE_MARGIN,
+    ));
+    t.push_str(&format!(
+        "\n## Each method against its matched baseline\n\n\
+         The matched baseline is the seed's untrained initialisation adapted by the method's own inner loop on the same \
+         test tasks (for both CML rows, the no-meta-learning row; for the BPTT baselines, `spiking_matched_baselines.csv`). \
+         Method minus matched baseline, paired over seeds (negative: meta-learning lowered the MSE); one family of {}, \
+         paired t-tests and TOST (margin ± {}x the mean of the two MSEs), each Holm-adjusted, verdict at {ALPHA}.\n\n\
+         | method | inner loop (both) | matched baseline MSE | method minus baseline (paired) | p (Holm) | equivalence p (Holm) | verdict | diverged (baseline) |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        r.gains.len(),
+        EQUIVALENCE_MARGIN,
+    ));
+    for g in &r.gains {
+        let (b, bh) = seed_mean_ci(&g.baseline_per_seed);
+        let k = &g.comparison;
+        t.push_str(&format!(
+            "| {} | {} | {} +- {} | {} ± {} | {} | {} | {} | {} |\n",
+            g.name,
+            g.inner_loop,
+            num(b),
+            num(bh),
+            num(k.mean),
+            num(k.ci95),
+            super::training::p_value(k.holm),
+            super::training::p_value(k.equivalence_holm),
+            gain_verdict(k),
+            g.baseline_diverged
+        ));
+    }
+    t.push_str(&format!(
+        "\n## The rule's regime\n\n\
          The nudging strength and the nudged phases' step size were chosen on {} validation tasks (their own stream) at an \
          initialisation of their own: the setting whose halves of the symmetric estimate, `(g(beta) - g(0)) / beta` and \
          `(g(-beta) - g(0)) / (-beta)`, agree best. The rule estimates the meta-gradient where they agree (cosine near 1).\n\n\
          | beta | nudged step size | mean cosine of the halves | mean norm ratio (minus / plus) | chosen |\n|---|---|---|---|---|\n",
-        r.comparisons.len(),
-        EQUIVALENCE_MARGIN,
         p.validation_tasks
     ));
     for (b, lr, cos, ratio) in &r.choice.grid {

@@ -1,6 +1,7 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
+use super::choice::BetaSearch;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -191,7 +192,7 @@ fn validation_and_test_tasks(
 /// The contrastive rule's nudging strength is chosen per model on validation tasks, at the quick
 /// and default scales, starting from this grid (docs/PROTOCOL.md).
 pub const BETA_GRID: [f64; 5] = [0.01, 0.02, 0.05, 0.1, 0.2];
-/// A choice at an edge of the grid extends it by a factor 2 past that edge, at most this often.
+/// A choice at an edge of the grid extends it past that edge, at most this often.
 const GRID_EXTENSIONS: usize = 3;
 /// Stream word of the search's own seed (its initialisation, task stream and validation tasks).
 const CHOICE: u64 = 71;
@@ -201,135 +202,36 @@ fn search_meta_steps(settings: &Settings) -> usize {
     if settings.quick() { 2 } else { 30 }
 }
 
-/// One setting of the search: `beta`, the validation query MSE after adaptation at the end of a
-/// short meta-training (mean over the validation tasks; infinite where that run failed, with the
-/// reason), and, against the setting with the least loss, the mean paired difference over the
-/// tasks and its standard error.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BetaScore {
-    pub beta: f64,
-    #[serde(with = "super::units::any_float")]
-    pub validation_loss: f64,
-    #[serde(with = "super::units::any_float")]
-    pub difference: f64,
-    #[serde(with = "super::units::any_float")]
-    pub standard_error: f64,
-    pub failed: Option<String>,
-}
-
-/// The search of one model: every setting tried, the chosen `beta`, and whether it still lies at
-/// an edge after the extensions.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BetaSearch {
-    pub model: String,
-    pub beta: f64,
-    pub grid: Vec<BetaScore>,
-    pub at_edge: bool,
-}
-
-/// The one-standard-error rule with paired differences: the largest `beta` whose mean validation
-/// loss exceeds the least one's by at most one standard error of their paired difference. Settings
-/// the validation tasks cannot tell apart are ties, and a tie goes to the larger `beta`, whose
-/// estimate is less sensitive to unconverged phases (the bound's `delta / beta` term). Fills in
-/// each score's difference and standard error; returns the chosen index.
-fn one_standard_error(grid: &mut [BetaScore], per_task: &[Vec<f64>]) -> usize {
-    let best = (0..grid.len())
-        .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
-        .expect("a grid");
-    for (g, losses) in grid.iter_mut().zip(per_task) {
-        if g.failed.is_some() {
-            (g.difference, g.standard_error) = (f64::INFINITY, f64::NAN);
-            continue;
-        }
-        let d: Vec<f64> = losses.iter().zip(&per_task[best]).map(|(a, b)| a - b).collect();
-        let n = d.len() as f64;
-        let mean = d.iter().sum::<f64>() / n;
-        let var = d.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        (g.difference, g.standard_error) = (mean, (var / n).sqrt());
-    }
-    (0..grid.len())
-        .filter(|&k| grid[k].failed.is_none() && grid[k].difference <= grid[k].standard_error)
-        .max_by(|&a, &b| grid[a].beta.total_cmp(&grid[b].beta))
-        .unwrap_or(best)
-}
-
 /// Chooses the contrastive rule's `beta` for `model` on validation tasks: from an initialisation
 /// and task stream of the search's own (no reported seed's), a short meta-training at each `beta`,
-/// then the validation loss after adaptation, chosen by [`one_standard_error`]. A choice at an
-/// edge extends the grid by a factor 2 past it. `None` at the paper scale, which takes the
-/// paper's `beta`.
+/// then the validation loss after adaptation, chosen by the one-standard-error rule
+/// ([`super::choice::search_beta`]). `None` at the paper scale, which takes the paper's `beta`.
 fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<BetaSearch>> {
     if settings.scale == Scale::Paper {
         return Ok(None);
     }
     let seed = crate::rng::hash_words(&[settings.seed, CHOICE]);
     let (validation, _) = validation_and_test_tasks(settings, seed)?;
-    let score = |beta: f64| -> Result<(BetaScore, Vec<f64>)> {
+    let score = |beta: f64| -> Result<(Vec<f64>, Option<String>)> {
         let c = TrainConfig {
             meta_steps: search_meta_steps(settings),
             eval_every: search_meta_steps(settings),
             eval_tasks: 1,
             ..config_at(settings, model.clone(), "contrastive", seed, beta)?
         };
-        let (losses, failed) = match crate::meta_training::train(&c, &mut |_| {}) {
+        Ok(match crate::meta_training::train(&c, &mut |_| {}) {
             Ok(r) => (
                 losses_after_adaptation(&c, &validation, &r.theta)?
                     .iter()
                     .map(|l| l.0)
-                    .collect::<Vec<f64>>(),
+                    .collect(),
                 None,
             ),
             // A setting whose meta-training fails (a phase diverged) is the worst of the grid.
             Err(e) => (vec![f64::INFINITY; validation.len()], Some(e.to_string())),
-        };
-        let validation_loss = losses.iter().sum::<f64>() / losses.len() as f64;
-        Ok((
-            BetaScore {
-                beta,
-                validation_loss,
-                difference: f64::NAN,
-                standard_error: f64::NAN,
-                failed,
-            },
-            losses,
-        ))
+        })
     };
-    let (mut grid, mut per_task): (Vec<BetaScore>, Vec<Vec<f64>>) = BETA_GRID
-        .iter()
-        .map(|&b| score(b))
-        .collect::<Result<Vec<_>>>()?
-        .into_iter()
-        .unzip();
-    let mut chosen = one_standard_error(&mut grid, &per_task);
-    for _ in 0..GRID_EXTENSIONS {
-        let (beta, at) = if chosen == 0 {
-            (grid[0].beta / 2.0, 0)
-        } else if chosen == grid.len() - 1 {
-            (grid[chosen].beta * 2.0, grid.len())
-        } else {
-            break;
-        };
-        let (g, l) = score(beta)?;
-        grid.insert(at, g);
-        per_task.insert(at, l);
-        chosen = one_standard_error(&mut grid, &per_task);
-    }
-    if grid.iter().all(|g| g.failed.is_some()) {
-        return Err(crate::CmlError::invalid(
-            format!("the beta search of the {} model", model.name()),
-            "every setting failed",
-            format!(
-                "a grid with one setting that trains ({})",
-                grid[0].failed.clone().unwrap_or_default()
-            ),
-        ));
-    }
-    Ok(Some(BetaSearch {
-        model: model.name().to_string(),
-        beta: grid[chosen].beta,
-        at_edge: chosen == 0 || chosen == grid.len() - 1,
-        grid,
-    }))
+    super::choice::search_beta(model.name(), &BETA_GRID, GRID_EXTENSIONS, score).map(Some)
 }
 
 /// Stream numbers of the figure's own held-out tasks (the training loop uses 0 to 2).
@@ -799,26 +701,10 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         files,
     )?;
     if !searches.is_empty() {
-        let rows: Vec<String> = searches
-            .iter()
-            .flat_map(|x| {
-                x.grid.iter().map(move |g| {
-                    format!(
-                        "{},{:e},{:e},{:e},{:e},{}",
-                        x.model,
-                        g.beta,
-                        g.validation_loss,
-                        g.difference,
-                        g.standard_error,
-                        g.beta == x.beta
-                    )
-                })
-            })
-            .collect();
-        write_csv(
+        super::choice::write(
             &settings.out.join("training_beta_choice.csv"),
-            "model,beta,validation_loss,difference_to_least,standard_error,chosen",
-            &rows,
+            "model",
+            &searches,
             files,
         )?;
     }
@@ -952,44 +838,13 @@ fn beta_section(settings: &Settings, searches: &[BetaSearch]) -> String {
          chosen by the one-standard-error rule: the largest beta whose loss exceeds the least by at most one standard error \
          of the paired difference over the tasks (settings the validation tasks cannot tell apart go to the larger beta, \
          whose estimate is less sensitive to unconverged phases). A choice at an edge of the grid extends it by a factor 2 \
-         past that edge, at most {GRID_EXTENSIONS} times (`training_beta_choice.csv`).\n\n\
-         | model | beta | validation loss | minus the least (paired) | standard error | chosen |\n|---|---|---|---|---|---|\n",
+         past that edge, at most {GRID_EXTENSIONS} times (`training_beta_choice.csv`).\n\n",
         search_meta_steps(settings),
         validation_and_test_tasks(settings, settings.seed)
             .map(|(v, _)| v.len())
             .unwrap_or(0)
     );
-    for x in searches {
-        for g in &x.grid {
-            let chosen = if g.beta == x.beta { "yes" } else { "" };
-            t.push_str(&match &g.failed {
-                Some(why) => format!(
-                    "| {} | {} | failed: {why} | - | - | {chosen} |\n",
-                    x.model, g.beta
-                ),
-                None => format!(
-                    "| {} | {} | {} | {:.3e} | {:.3e} | {chosen} |\n",
-                    x.model,
-                    g.beta,
-                    num(g.validation_loss),
-                    g.difference,
-                    g.standard_error
-                ),
-            });
-        }
-    }
-    for x in searches {
-        t.push_str(&format!(
-            "\n{} model: beta = {}{}.",
-            x.model,
-            x.beta,
-            if x.at_edge {
-                " (at an edge of the extended grid: the optimum may lie beyond it)"
-            } else {
-                ", inside the grid"
-            }
-        ));
-    }
+    t.push_str(&super::choice::table(searches, "model"));
     t.push('\n');
     t
 }
@@ -1157,49 +1012,4 @@ fn losses_after_adaptation(
 /// Says on stderr which run stopped and why (the table records that it did).
 fn log_divergence(model: &str, estimator: &str, seed: u64, e: &crate::CmlError) {
     eprintln!("note: {model} / {estimator} / seed {seed} stopped: {e}");
-}
-
-#[cfg(test)]
-mod beta_search_tests {
-    use super::*;
-
-    fn scores(losses: &[Vec<f64>]) -> Vec<BetaScore> {
-        [0.01, 0.1, 1.0]
-            .iter()
-            .zip(losses)
-            .map(|(&beta, l)| BetaScore {
-                beta,
-                validation_loss: l.iter().sum::<f64>() / l.len() as f64,
-                difference: f64::NAN,
-                standard_error: f64::NAN,
-                failed: None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn the_one_standard_error_rule_takes_the_largest_beta_the_tasks_cannot_tell_from_the_best() {
-        // beta 0.01 is least (mean 1). beta 0.1 differs from it by (0.1, -0.1, 0.1, -0.1) + 0.01:
-        // mean 0.01, sample sd 0.11547, standard error 0.05774, so within one: a tie. beta 1
-        // differs by 1 on every task: mean 1, standard error 0: worse. The rule takes 0.1.
-        let losses = vec![
-            vec![1.0, 1.0, 1.0, 1.0],
-            vec![1.11, 0.91, 1.11, 0.91],
-            vec![2.0, 2.0, 2.0, 2.0],
-        ];
-        let mut grid = scores(&losses);
-        assert_eq!(one_standard_error(&mut grid, &losses), 1);
-        approx::assert_relative_eq!(grid[1].difference, 0.01, epsilon = 1e-12);
-        approx::assert_relative_eq!(grid[1].standard_error, 0.2 / 12f64.sqrt(), epsilon = 1e-12);
-        assert_eq!((grid[2].difference, grid[2].standard_error), (1.0, 0.0));
-        // A consistent small loss (every task 0.001 worse) is not a tie: standard error 0.
-        let losses = vec![vec![1.0; 4], vec![1.001; 4], vec![2.0; 4]];
-        let mut grid = scores(&losses);
-        assert_eq!(one_standard_error(&mut grid, &losses), 0);
-        // A failed setting is never chosen.
-        let losses = vec![vec![1.0; 4], vec![1.0; 4], vec![f64::INFINITY; 4]];
-        let mut grid = scores(&losses);
-        grid[2].failed = Some("diverged".into());
-        assert_eq!(one_standard_error(&mut grid, &losses), 1);
-    }
 }

@@ -141,6 +141,21 @@ fn fingerprint(job: &dyn Job, settings: &Settings) -> Result<Value> {
     }))
 }
 
+/// Another unit of `job`, stored beside the unit whose staging folder is `staging` (the same
+/// results folder), if it is there and of this configuration: a unit may reuse a result another
+/// unit computes, provided it would compute the same itself when it is absent.
+pub(crate) fn stored_beside(
+    job: &dyn Job,
+    settings: &Settings,
+    staging: &Path,
+    unit: &str,
+) -> Result<Option<Stored>> {
+    let Some(results) = staging.parent().and_then(Path::parent) else {
+        return Ok(None);
+    };
+    load(results, job, unit, &fingerprint(job, settings)?)
+}
+
 fn unit_file(results: &Path, job: &str, unit: &str) -> PathBuf {
     results.join(job).join(format!("{unit}.json"))
 }
