@@ -166,10 +166,7 @@ impl Protocol {
 
     /// The budgets of the scale: quick, default, or the paper's.
     pub fn at(scale: Scale) -> Result<Self> {
-        match scale {
-            Scale::Paper => Self::paper(),
-            _ => Self::new(scale == Scale::Quick),
-        }
+        super::units::by_scale(scale, Self::new, Self::paper)
     }
 
     /// The paper's budgets, as the authors' code runs the wheel bandit (docs/EXPERIMENTS.md, "The
@@ -639,11 +636,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     let mut rng = crate::rng::stream(settings.seed, CALIBRATION);
     let task = BanditTask::sample(&mut rng, p.support, p.query)?;
     let minibatch = BanditTask::sample(&mut rng, p.online.batch, 1)?;
-    let timed = |work: &dyn Fn() -> Result<()>| -> Result<f64> {
-        let clock = std::time::Instant::now();
-        work()?;
-        Ok(clock.elapsed().as_secs_f64())
-    };
+    use super::units::timed;
     // One retraining of `model` from `theta` by `online`.
     let retraining =
         |model: &OnlineModel, theta: &crate::linalg::Vector, online: &OnlineParams| -> Result<f64> {
@@ -660,7 +653,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
             };
             let oracle = crate::oracle::Oracle::new(problem.as_ref());
             let phase = crate::inner::Phase::new(&start, &t, 0.0, "online training");
-            let secs = timed(&|| {
+            let secs = timed(|| {
                 use crate::inner::InnerSolver;
                 gd.solve(&oracle, &phase).map(|_| ())
             })?;
@@ -673,7 +666,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
         let b = p.budget_of(name)?;
         let theta = initial_theta(&model, settings.seed)?;
         let problem = build(&model, task.clone(), &theta)?;
-        let estimate = timed(&|| {
+        let estimate = timed(|| {
             estimator
                 .estimator()
                 .estimate(problem.as_ref(), problem.theta())
@@ -904,14 +897,12 @@ fn report(
             stored.push((k, m, rows));
         }
     }
-    if !searches.is_empty() {
-        super::choice::write(
-            &settings.out.join("bandit_beta_choice.csv"),
-            "agent",
-            &searches,
-            files,
-        )?;
-    }
+    super::choice::write(
+        &settings.out.join("bandit_beta_choice.csv"),
+        "agent",
+        &searches,
+        files,
+    )?;
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
     for (name, _, _) in &learners {
         agents.push(name.to_string());

@@ -120,13 +120,17 @@ pub(super) fn search_beta(
     })
 }
 
-/// The searches as CSV rows under `column,beta,validation_loss,difference_to_least,standard_error,chosen`.
+/// The searches as CSV rows under `column,beta,validation_loss,difference_to_least,standard_error,chosen`;
+/// no file where there are none (a scale without a search, a report of part of a job).
 pub(super) fn write(
     path: &std::path::Path,
     column: &str,
     searches: &[BetaSearch],
     files: &mut Vec<std::path::PathBuf>,
 ) -> Result<()> {
+    if searches.is_empty() {
+        return Ok(());
+    }
     let rows: Vec<String> = searches
         .iter()
         .flat_map(|x| {

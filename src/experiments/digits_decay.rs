@@ -92,10 +92,7 @@ impl Protocol {
 
     /// The budgets of the scale: quick, default, or the paper's.
     pub fn at(scale: Scale) -> Result<Self> {
-        match scale {
-            Scale::Paper => Self::paper(),
-            _ => Self::new(scale == Scale::Quick),
-        }
+        super::units::by_scale(scale, Self::new, Self::paper)
     }
 
     /// The paper's MNIST budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The
@@ -444,9 +441,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     let timed = |work: &dyn Fn(&Protocol) -> Result<()>| -> Result<f64> {
         let mut t = [0.0; 2];
         for (slot, q) in t.iter_mut().zip([&small, &smaller]) {
-            let clock = std::time::Instant::now();
-            work(q)?;
-            *slot = clock.elapsed().as_secs_f64();
+            *slot = super::units::timed(|| work(q))?;
         }
         let per_s = 2.0 * (t[0] - t[1]).max(0.0);
         Ok(t[0] + (CALIBRATION_SHRINK as f64 - 1.0) * per_s)

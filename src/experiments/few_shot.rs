@@ -97,10 +97,7 @@ impl Protocol {
 
     /// The budgets of the scale: quick, default, or the paper's.
     pub fn at(scale: Scale) -> Self {
-        match scale {
-            Scale::Paper => Self::paper(),
-            _ => Self::new(scale == Scale::Quick),
-        }
+        super::units::by_scale(scale, Self::new, Self::paper)
     }
 
     /// The paper's Omniglot budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The

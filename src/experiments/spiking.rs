@@ -119,10 +119,7 @@ impl Protocol {
 
     /// The budgets of the scale: quick, default, or the paper's.
     pub fn at(scale: Scale) -> Self {
-        match scale {
-            Scale::Paper => Self::paper(),
-            _ => Self::new(scale == Scale::Quick),
-        }
+        super::units::by_scale(scale, Self::new, Self::paper)
     }
 
     /// The paper's budgets, as the authors' code runs the spiking experiment (docs/EXPERIMENTS.md,
@@ -1130,18 +1127,14 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     }
     let p = Protocol::at(settings.scale);
     let (tasks, theta) = validation(&p, settings)?;
-    let timed = |work: &dyn Fn() -> Result<()>| -> Result<f64> {
-        let clock = std::time::Instant::now();
-        work()?;
-        Ok(clock.elapsed().as_secs_f64())
-    };
+    use super::units::timed;
     // The paper's own setting stands in for the validation choice.
     let choice = BetaChoice {
         beta: p.beta_grid[p.beta_grid.len() / 2],
         nudged_lr: p.nudged_lr_grid[p.nudged_lr_grid.len() - 1],
         grid: Vec::new(),
     };
-    let halves_once = timed(&|| halves(&p, &theta, &tasks[..1], choice.beta, choice.nudged_lr).map(|_| ()))?;
+    let halves_once = timed(|| halves(&p, &theta, &tasks[..1], choice.beta, choice.nudged_lr).map(|_| ()))?;
     let choice_seconds =
         halves_once * (p.beta_grid.len() * p.nudged_lr_grid.len() * p.validation_tasks) as f64;
     let mut per_method = Vec::new();
@@ -1149,14 +1142,14 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     let mut matched_seconds = 0.0;
     for (index, method) in p.methods(&choice).iter().enumerate() {
         let problem = SpikingSynapse::new(&p.network, &tasks[0], p.strength, method.surrogate, &theta)?;
-        let adaptation = timed(&|| adapt(&problem, &method.adaptation).map(|_| ()))?;
+        let adaptation = timed(|| adapt(&problem, &method.adaptation).map(|_| ()))?;
         let (steps, batch) = p.budget_of(method);
         let mut seconds = p.test_tasks as f64 * adaptation;
         if method.baseline {
             matched_seconds += seconds;
         }
         if let Some(e) = &method.estimator {
-            let estimate = timed(&|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?;
+            let estimate = timed(|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?;
             seconds += (steps * batch) as f64 * estimate;
             // A CML unit recomputes the choice.
             if e.contrastive_rule().is_some() {

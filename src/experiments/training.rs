@@ -351,19 +351,40 @@ impl Job for Training {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(runs(settings)?
-            .iter()
-            .map(|(model, name, seed)| unit_name(model.name(), name, *seed))
-            .chain(choice_units(settings)?.into_iter().map(|(_, unit)| unit))
+        // The searches first, so that the contrastive units find them stored.
+        Ok(choice_units(settings)?
+            .into_iter()
+            .map(|(_, unit)| unit)
+            .chain(
+                runs(settings)?
+                    .iter()
+                    .map(|(model, name, seed)| unit_name(model.name(), name, *seed)),
+            )
             .collect())
     }
 
-    fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<serde_json::Value> {
-        if let Some((model, _)) = choice_units(settings)?.into_iter().find(|(_, u)| u == unit) {
-            return super::units::encode(&choose_beta(settings, &model)?);
+    fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<serde_json::Value> {
+        let choices = choice_units(settings)?;
+        if let Some((model, _)) = choices.iter().find(|(_, u)| u == unit) {
+            return super::units::encode(&choose_beta(settings, model)?);
         }
         let (model, name, seed) = self.parse_unit(settings, unit)?;
-        super::units::encode(&run_seed(settings, model, name, seed)?)
+        // The contrastive rule takes its model's search's beta: the stored choice unit's where
+        // there is one (the report checks they agree), else the search run here (units have no
+        // order). At the paper scale there is no search.
+        let choice = choices.iter().find(|(m, _)| m.name() == model.name());
+        let beta = match (name, choice) {
+            ("contrastive", Some((_, unit))) => Some(
+                match super::units::stored_beside(self, settings, staging, unit)? {
+                    Some(stored) => super::units::decode::<Option<BetaSearch>>(&stored)?,
+                    None => choose_beta(settings, &model)?,
+                }
+                .map(|s| s.beta)
+                .expect("a search below the paper scale"),
+            ),
+            _ => None,
+        };
+        super::units::encode(&run_seed(settings, model, name, seed, beta)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -471,15 +492,14 @@ fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<(f
 }
 
 /// One meta-training run: the curve, the validation-chosen checkpoint and its test loss.
-fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64) -> Result<SeedRun> {
-    // The contrastive rule takes the search's beta (recomputed here: units have no order; the
-    // report checks that it is the choice unit's).
-    let search = if name == "contrastive" {
-        choose_beta(settings, &model)?
-    } else {
-        None
-    };
-    let beta = search.as_ref().map(|s| s.beta);
+/// `beta`: the contrastive rule's, as its search chose it (`None`: the paper's).
+fn run_seed(
+    settings: &Settings,
+    model: ModelSpec,
+    name: &str,
+    seed: u64,
+    beta: Option<f64>,
+) -> Result<SeedRun> {
     let c = config_at(settings, model.clone(), name, seed, beta.unwrap_or(PAPER_BETA))?;
     let (validation, test) = validation_and_test_tasks(settings, seed)?;
     let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
@@ -700,14 +720,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &seed_rows,
         files,
     )?;
-    if !searches.is_empty() {
-        super::choice::write(
-            &settings.out.join("training_beta_choice.csv"),
-            "model",
-            &searches,
-            files,
-        )?;
-    }
+    super::choice::write(
+        &settings.out.join("training_beta_choice.csv"),
+        "model",
+        &searches,
+        files,
+    )?;
     let columns = panels.len().clamp(1, 2);
     save(settings, "meta_training", &Figure { panels, columns }, files)?;
     // The examples come from the first seed's contrastive runs, which a report of part of the

@@ -141,6 +141,22 @@ fn fingerprint(job: &dyn Job, settings: &Settings) -> Result<Value> {
     }))
 }
 
+/// A protocol's budgets at `scale`: `budgets(quick)` at the quick and default scales, `paper()` at
+/// the paper's.
+pub(crate) fn by_scale<T>(scale: Scale, budgets: impl FnOnce(bool) -> T, paper: impl FnOnce() -> T) -> T {
+    match scale {
+        Scale::Paper => paper(),
+        _ => budgets(scale == Scale::Quick),
+    }
+}
+
+/// Wall seconds of `work` (for the calibrations of `--plan`).
+pub(crate) fn timed(work: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let clock = std::time::Instant::now();
+    work()?;
+    Ok(clock.elapsed().as_secs_f64())
+}
+
 /// Another unit of `job`, stored beside the unit whose staging folder is `staging` (the same
 /// results folder), if it is there and of this configuration: a unit may reuse a result another
 /// unit computes, provided it would compute the same itself when it is absent.
