@@ -9,7 +9,8 @@ use approx::assert_relative_eq;
 use candle_core::{Device, Tensor};
 use cml::autodiff::{gradients, hvp_and_mixed};
 use cml::digits::{
-    ClassPool, Labelled, META_TEST_DIGITS, META_TRAIN_DIGITS, Standardiser, load_digits, rotate, split,
+    ClassPool, FewShotSplit, Labelled, META_TEST_DIGITS, META_TRAIN_DIGITS, Standardiser, load_digits,
+    rotate, split,
 };
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::mlp::softmax_cross_entropy;
@@ -143,6 +144,73 @@ fn episodes_draw_distinct_classes_and_images() {
         test.episode(&mut rng, 13, 1, 1).is_err(),
         "more ways than classes"
     );
+}
+
+#[test]
+fn the_few_shot_pools_share_no_class_shape_or_image() {
+    let d = load_digits().unwrap();
+    let s = FewShotSplit::new(&d).unwrap();
+    // Validation: 0, 1 and 6 turned a quarter, 2 turned a quarter and three quarters. Each shape
+    // leaves meta-training with its look-alikes: 0 and 1 look the same turned half way (so 0 and 1
+    // at three quarters go), a 6 at a quarter is a 9 at three quarters. 20 - 8 = 12 classes stay.
+    assert_eq!(s.validation.classes, vec![(0, 1), (1, 1), (2, 1), (2, 3), (6, 1)]);
+    assert_eq!(
+        s.meta_train.classes,
+        vec![
+            (0, 0),
+            (0, 2),
+            (1, 0),
+            (1, 2),
+            (2, 0),
+            (2, 2),
+            (6, 0),
+            (6, 2),
+            (6, 3),
+            (9, 0),
+            (9, 1),
+            (9, 2)
+        ]
+    );
+    assert_eq!(s.meta_test.classes, vec![(3, 0), (4, 0), (5, 0), (7, 0), (8, 0)]);
+    // No image, in any rotation, is in two pools: each image is keyed by the least of its four
+    // rotations' pixels, so an image and its turned copies share one key.
+    let keys = |p: &ClassPool| -> HashSet<Vec<u64>> {
+        p.rows
+            .iter()
+            .flatten()
+            .map(|&i| {
+                (0..4)
+                    .map(|t| {
+                        rotate(d.row(i), 8, t)
+                            .iter()
+                            .map(|v| v.to_bits())
+                            .collect::<Vec<_>>()
+                    })
+                    .min()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (train, validation, test) = (keys(&s.meta_train), keys(&s.validation), keys(&s.meta_test));
+    assert!(train.is_disjoint(&validation) && train.is_disjoint(&test) && validation.is_disjoint(&test));
+    // About a third of each meta-training-side digit's images are validation images, enough for
+    // a 5-shot episode with 15 queries; each validation class of a digit has the same images.
+    for (k, &(digit, _)) in s.validation.classes.iter().enumerate() {
+        let all = d.labels.iter().filter(|&&l| l == digit).count();
+        let held = s.validation.rows[k].len();
+        assert!(
+            held >= 20 && (held as f64 - all as f64 / 3.0).abs() <= 1.0,
+            "{digit}: {held} of {all}"
+        );
+        for (j, &(other, _)) in s.meta_train.classes.iter().enumerate() {
+            if other == digit {
+                assert_eq!(s.meta_train.rows[j].len() + held, all);
+            }
+        }
+    }
+    let mut rng = seeded(5);
+    let e = s.validation.episode(&mut rng, 5, 5, 15).unwrap();
+    assert_eq!((e.support.len(), e.query.len()), (25, 75));
 }
 
 /// `f(z) = softmax_cross_entropy(z, t)` on `n x c` logits `z` (the phi argument), one-hot `t`.

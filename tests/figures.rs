@@ -25,7 +25,9 @@ fn figures_quick(dir: &Path) {
 /// - meta_training: 2 models x 6 estimators x 2 seeds x 3 evaluations (steps 0, 2, 4);
 /// - final_loss_per_seed: 2 models x 6 estimators x 2 seeds;
 /// - few_shot_per_seed: 1 setting (1-shot) x 5 methods x 2 seeds; few_shot_accuracy: 5 methods;
-///   few_shot_meta_training: 10 runs x 2 meta-steps;
+///   few_shot_meta_training: 10 runs x 2 meta-steps; few_shot_checkpoints: 10 runs x checkpoints
+///   0, 1, 2; few_shot_beta_choice: the grid of 3 betas, extended once (one meta-step barely moves
+///   the validation error, so every setting ties and the largest wins);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 /// - bandit_regret: 8 agents x 2 deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2
@@ -56,7 +58,9 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("reference_code_ablation", 21, 21),
     ("meta_training", 6, 72),
     ("final_loss_per_seed", 6, 24),
-    ("few_shot_per_seed", 8, 10),
+    ("few_shot_per_seed", 10, 10),
+    ("few_shot_checkpoints", 6, 30),
+    ("few_shot_beta_choice", 6, 4),
     ("few_shot_accuracy", 8, 5),
     ("few_shot_meta_training", 5, 20),
     ("digits_decay", 5, 14),
@@ -228,8 +232,11 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 /// - spiking: exactly one (beta, nudged step size) is chosen, the one whose halves agree best on
 ///   the validation tasks; the comparisons with CML are paired over seeds, Holm-adjusted, and
 ///   every verdict is the one the adjusted difference and equivalence tests give;
-/// - few-shot: every method has a finite matched baseline on every seed; the comparisons of CML
-///   with each reference are one Holm family, verdicts recomputed from the per-seed CSV;
+/// - few-shot: every method has a finite matched baseline on every seed; each run deploys its
+///   checkpoint with the best validation accuracy; the contrastive rule runs its setting's
+///   searched beta (the one-standard-error rule, checked with the other searches); the
+///   comparisons of CML with each reference are one Holm family, verdicts recomputed from the
+///   per-seed CSV;
 /// - bandit: the CML agents against the references at every delta, one Holm family, verdicts
 ///   recomputed from the per-run regret CSV.
 fn protocol_of_the_other_tables(dir: &Path) {
@@ -255,25 +262,47 @@ fn protocol_of_the_other_tables(dir: &Path) {
     // one-standard-error rule: the largest beta whose loss exceeds the least by at most one
     // standard error of the paired difference (the least's own difference is 0); a choice at an
     // edge of the (extended) grid is flagged in the table.
-    for (file, column, table, subjects) in [
+    // Few-shot settings: the search of each setting the per-seed CSV holds.
+    let few_shot_settings: Vec<String> = {
+        let mut s: Vec<String> = csv_rows(&dir.join("figures/few_shot_per_seed.csv"))
+            .iter()
+            .map(|r| format!("{}-shot", r["shots"]))
+            .collect();
+        s.dedup();
+        s
+    };
+    for (file, column, table, subjects, least_grid) in [
         (
             "training_beta_choice.csv",
             "model",
             "final_loss.md",
-            vec!["synapse", "modulation"],
+            vec!["synapse".to_string(), "modulation".to_string()],
+            5,
         ),
         (
             "bandit_beta_choice.csv",
             "agent",
             "bandit.md",
-            vec!["CML complex synapse", "CML gain modulation"],
+            vec![
+                "CML complex synapse".to_string(),
+                "CML gain modulation".to_string(),
+            ],
+            5,
+        ),
+        (
+            "few_shot_beta_choice.csv",
+            "setting",
+            "few_shot.md",
+            few_shot_settings,
+            3,
         ),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
         let table = std::fs::read_to_string(dir.join("paper").join(table)).unwrap();
-        for subject in subjects {
-            let own: Vec<_> = search.iter().filter(|r| r[column] == subject).collect();
-            assert!(own.len() >= 5, "{subject}: {own:?}");
+        assert!(!subjects.is_empty(), "{file}");
+        for subject in &subjects {
+            let own: Vec<_> = search.iter().filter(|r| &r[column] == subject).collect();
+            assert!(own.len() >= least_grid, "{subject}: {own:?}");
             let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
             assert_eq!(chosen.len(), 1, "{subject}: one chosen beta");
             let least = own
@@ -440,6 +469,37 @@ fn protocol_of_the_other_tables(dir: &Path) {
     assert!(!few_shot.is_empty());
     for r in &few_shot {
         assert!(f(r, "matched_baseline_accuracy").is_finite(), "{r:?}");
+    }
+    // Few-shot checkpoints: each run deploys the checkpoint with the best validation accuracy
+    // (ties to the later meta-step), the one its per-seed row names; the contrastive rule runs
+    // its setting's searched beta.
+    let checkpoints = csv_rows(&dir.join("figures/few_shot_checkpoints.csv"));
+    for r in &few_shot {
+        let own: Vec<_> = checkpoints
+            .iter()
+            .filter(|c| c["method"] == r["method"] && c["shots"] == r["shots"] && c["seed"] == r["seed"])
+            .collect();
+        assert!(own.len() >= 3 && own[0]["meta_step"] == "0", "{r:?}: {own:?}");
+        let best = own
+            .iter()
+            .map(|c| f(c, "validation_accuracy"))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let rule = own
+            .iter()
+            .rev()
+            .find(|c| f(c, "validation_accuracy") == best)
+            .unwrap();
+        let chosen: Vec<_> = own.iter().filter(|c| c["chosen"] == "true").collect();
+        assert_eq!(chosen.len(), 1, "{r:?}");
+        assert_eq!(chosen[0]["meta_step"], rule["meta_step"], "{r:?}");
+        assert_eq!(r["chosen_step"], rule["meta_step"], "{r:?}");
+        if r["method"] == "cml" {
+            let chosen_beta = csv_rows(&dir.join("figures/few_shot_beta_choice.csv"))
+                .into_iter()
+                .find(|c| c["setting"] == format!("{}-shot", r["shots"]) && c["chosen"] == "true")
+                .unwrap_or_else(|| panic!("{r:?}: no beta search"));
+            assert_eq!(f(r, "beta"), f(&chosen_beta, "beta"), "{r:?}");
+        }
     }
     // Few-shot: CML against each reference at each shot count, one Holm family, margin 2 points
     // (0.02 in accuracy), rows in the order shots x reference of the CSV.
@@ -727,8 +787,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // The quick training job: 2 models x 6 estimators x 2 seeds and a beta search per model,
     // timed by its calibration; the jobs without a calibration say how to get an estimate.
     // Their units: one for a job run
-    // whole; bandit 2 seeds x (3 models + baselines) and 2 beta searches; few-shot 1 setting x 5 methods x 2 seeds;
-    // digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
+    // whole; bandit 2 seeds x (3 models + baselines) and 2 beta searches; few-shot 1 setting x 5 methods x 2 seeds and
+    // the setting's beta search; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
     // and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -739,7 +799,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         ("theory", 1),
         ("spiking", 15),
         ("bandit", 10),
-        ("few-shot", 10),
+        ("few-shot", 11),
         ("digits-decay", 12),
     ] {
         let row = out

@@ -3,7 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::choice::BetaSearch;
+use super::choice::{BetaSearch, BetaSearchSpec, at_beta};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -63,17 +63,6 @@ pub struct Protocol {
     /// paper scale takes the paper's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beta_search: Option<BetaSearchSpec>,
-}
-
-/// The validation search of a contrastive agent's `beta` (docs/PROTOCOL.md): a short
-/// meta-training at each setting from an initialisation and task stream of the search's own, then
-/// the query loss after adaptation on validation tasks of its own stream.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct BetaSearchSpec {
-    pub grid: Vec<f64>,
-    pub extensions: usize,
-    pub meta_steps: usize,
-    pub validation_tasks: usize,
 }
 
 /// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
@@ -439,14 +428,6 @@ fn choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
 
 /// Stream words of the search's own seed (initialisation, task stream, validation tasks).
 const CHOICE: u64 = 4000;
-
-/// The contrastive rule of `spec` at `beta`.
-fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
-    match spec {
-        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive { beta, ..*c }),
-        other => *other,
-    }
-}
 
 /// Chooses the contrastive agent `name`'s `beta` on validation tasks (`super::choice`): from an
 /// initialisation and task stream of the search's own, a short meta-training at each setting,
@@ -874,26 +855,17 @@ fn report(
     let p = &protocol;
     let learners = p.meta_learners()?;
     // The beta searches, where their units were given.
-    let mut searches: Vec<BetaSearch> = Vec::new();
-    for (_, unit) in choice_units(p)? {
-        if let Some(u) = units.iter().find(|u| u.unit == unit) {
-            searches.push(super::units::decode(u)?);
-        }
-    }
+    let searches = super::choice::stored(units, choice_units(p)?.into_iter().map(|(_, u)| u))?;
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
         if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
             let rows: UnitRows = super::units::decode(u)?;
-            if let (Some(b), Some(search)) = (rows.beta, searches.iter().find(|x| key(&x.model) == k))
-                && b != search.beta
-            {
-                return Err(crate::CmlError::invalid(
-                    format!("bandit unit {}", unit_name(&k, m)),
-                    format!("beta {b}"),
-                    format!("the choice unit's beta {} (units from one run)", search.beta),
-                ));
-            }
+            super::choice::check_agrees(
+                searches.iter().find(|x| key(&x.model) == k),
+                &format!("bandit unit {}", unit_name(&k, m)),
+                rows.beta,
+            )?;
             stored.push((k, m, rows));
         }
     }

@@ -3,6 +3,27 @@
 //! with paired differences; a choice at an edge of the grid extends it past that edge.
 
 use crate::error::{CmlError, Result};
+use crate::estimator::{Contrastive, EstimatorSpec};
+
+/// The contrastive rule of `spec` at `beta` (any other estimator unchanged).
+pub(super) fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
+    match spec {
+        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive { beta, ..*c }),
+        other => *other,
+    }
+}
+
+/// A validation search of `beta` (docs/PROTOCOL.md): a short meta-training at each setting of
+/// `grid` from an initialisation and task stream of the search's own, then the query loss after
+/// adaptation on validation tasks of its own; a choice at an edge extends the grid at most
+/// `extensions` times.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BetaSearchSpec {
+    pub grid: Vec<f64>,
+    pub extensions: usize,
+    pub meta_steps: usize,
+    pub validation_tasks: usize,
+}
 
 /// One setting of the search: `beta`, the validation query MSE after adaptation at the end of a
 /// short meta-training (mean over the validation tasks; infinite where that run failed, with the
@@ -97,6 +118,8 @@ pub(super) fn search_beta(
         } else {
             break;
         };
+        // Rounded to 12 significant digits, so that 0.3 x 3 is 0.9 and not 0.8999999999999998.
+        let beta = format!("{beta:.11e}").parse::<f64>().expect("a formatted float");
         let (g, l) = scored(beta)?;
         scores.insert(at, g);
         per_task.insert(at, l);
@@ -118,6 +141,33 @@ pub(super) fn search_beta(
         at_edge: chosen == 0 || chosen == scores.len() - 1,
         grid: scores,
     })
+}
+
+/// The searches stored under `names` (a unit of a scale without a search stores none); units not
+/// given are skipped (a report of part of a job).
+pub(super) fn stored(
+    units: &[super::units::Stored],
+    names: impl IntoIterator<Item = String>,
+) -> Result<Vec<BetaSearch>> {
+    let mut out = Vec::new();
+    for name in names {
+        if let Some(u) = units.iter().find(|u| u.unit == name) {
+            out.extend(super::units::decode::<Option<BetaSearch>>(u)?);
+        }
+    }
+    Ok(out)
+}
+
+/// An error unless the `beta` a unit ran with is its search's choice (units from one run).
+pub(super) fn check_agrees(search: Option<&BetaSearch>, unit: &str, beta: Option<f64>) -> Result<()> {
+    match (search, beta) {
+        (Some(search), Some(b)) if b != search.beta => Err(CmlError::invalid(
+            unit.to_string(),
+            format!("beta {b}"),
+            format!("the choice unit's beta {} (units from one run)", search.beta),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// The searches as CSV rows under `column,beta,validation_loss,difference_to_least,standard_error,chosen`;
@@ -211,6 +261,22 @@ mod tests {
                 failed: None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_choice_at_the_edge_extends_the_grid_by_its_ratio() {
+        // The loss falls with beta on every task (1 / beta, no noise), so the largest setting
+        // always wins: the grid is extended by its outermost ratio 0.3 / 0.1 = 3, twice, to 0.9
+        // and 2.7 (not 0.8999999999999998), and the choice stays at the edge. A loss rising with
+        // beta extends the lower edge by 0.1 / 0.03: 0.03 x 0.3 = 0.009.
+        let falling = |beta: f64| Ok((vec![1.0 / beta; 3], None));
+        let s = search_beta("s", &[0.03, 0.1, 0.3], 2, falling).unwrap();
+        let betas: Vec<f64> = s.grid.iter().map(|g| g.beta).collect();
+        assert_eq!(betas, vec![0.03, 0.1, 0.3, 0.9, 2.7]);
+        assert_eq!((s.beta, s.at_edge), (2.7, true));
+        let rising = |beta: f64| Ok((vec![beta; 3], None));
+        let s = search_beta("s", &[0.03, 0.1, 0.3], 1, rising).unwrap();
+        assert_eq!((s.beta, s.grid[0].beta, s.at_edge), (0.009, 0.009, true));
     }
 
     #[test]

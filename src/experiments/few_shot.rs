@@ -1,21 +1,25 @@
 //! The paper's §5.3 in the Omniglot protocol on the shipped handwritten digits: 5-way 1-shot and
 //! 5-shot classification; meta-training classes are digits 0, 1, 2, 6, 9 with rotations as
-//! augmentation, meta-test classes the upright digits 3, 4, 5, 7, 8; the contrastive rule against
-//! MAML, first-order MAML, Reptile and iMAML (docs/DIGITS.md §3). One unit per setting, method and
-//! meta-training seed; each method is scored against its matched baseline (the untrained
-//! initialisation adapted by the method's own inner loop) on the same episodes (docs/PROTOCOL.md).
+//! augmentation, validation classes other turns of those digits with images of their own,
+//! meta-test classes the upright digits 3, 4, 5, 7, 8; the contrastive rule against MAML,
+//! first-order MAML, Reptile and iMAML (docs/DIGITS.md §3). One unit per setting, method and
+//! meta-training seed, after one unit per setting for the contrastive rule's `beta` search; each
+//! method deploys its checkpoint with the best validation accuracy and is scored against its
+//! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
+//! same episodes (docs/PROTOCOL.md).
 
+use super::choice::{BetaSearch, BetaSearchSpec, at_beta};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, running_mean, save, write_csv, write_table};
-use crate::digits::{ClassPool, Episode, META_TEST_DIGITS, META_TRAIN_DIGITS, accuracy, load_digits};
+use crate::digits::{ClassPool, Episode, FewShotSplit, META_TEST_DIGITS, accuracy, load_digits};
 use crate::error::{CmlError, Result};
 use crate::estimator::{
     Contrastive, EstimatorSpec, FirstOrder, FirstOrderRule, Implicit, LinearSolver, Unrolled, Variant,
 };
 use crate::inner::{Divergence, GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
-use crate::meta_training::TaskMetaTraining;
+use crate::meta_training::{TaskMetaRun, TaskMetaTraining};
 use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
@@ -54,6 +58,15 @@ pub struct Protocol {
     pub maml_step_size: f64,
     /// Independent meta-training seeds (a new initialisation, task stream and test episodes each).
     pub seeds: usize,
+    /// Validation episodes each checkpoint is scored on (drawn from the validation classes).
+    pub validation_episodes: usize,
+    /// Meta-steps between checkpoints; the initialisation and the last meta-step are checkpoints
+    /// too. Each run deploys its checkpoint with the best validation accuracy.
+    pub validate_every: usize,
+    /// The contrastive rule's `beta` search on the validation classes, per setting; none at the
+    /// paper scale, which takes the paper's `beta`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta_search: Option<BetaSearchSpec>,
 }
 
 impl Protocol {
@@ -74,6 +87,14 @@ impl Protocol {
                 maml_steps: 3,
                 maml_step_size: 0.5,
                 seeds: 2,
+                validation_episodes: 4,
+                validate_every: 1,
+                beta_search: Some(BetaSearchSpec {
+                    grid: vec![0.05, 0.1, 0.2],
+                    extensions: 1,
+                    meta_steps: 1,
+                    validation_tasks: 4,
+                }),
             }
         } else {
             Protocol {
@@ -91,6 +112,16 @@ impl Protocol {
                 maml_steps: 10,
                 maml_step_size: 0.05,
                 seeds: 5,
+                validation_episodes: 100,
+                validate_every: 50,
+                // From the paper's Omniglot range (0.03 to 0.1) up by two decades; a quarter of
+                // the meta-steps.
+                beta_search: Some(BetaSearchSpec {
+                    grid: vec![0.03, 0.1, 0.3, 1.0, 3.0],
+                    extensions: 2,
+                    meta_steps: 50,
+                    validation_tasks: 100,
+                }),
             }
         }
     }
@@ -117,8 +148,18 @@ impl Protocol {
             beta: 0.1,
             free_steps: 200,
             nudged_steps: 100,
+            validate_every: 375,
+            beta_search: None,
             ..Self::new(false)
         }
+    }
+
+    /// The meta-steps at which a run is scored on validation: the initialisation, every
+    /// `validate_every`-th meta-step, and the last.
+    pub fn checkpoints(&self) -> Vec<usize> {
+        let mut steps: Vec<usize> = (0..self.meta_steps).step_by(self.validate_every.max(1)).collect();
+        steps.push(self.meta_steps);
+        steps
     }
 
     /// The complex synapse's strength in the `shots` setting.
@@ -252,6 +293,9 @@ pub struct Method {
 /// Stream numbers of a unit's seed.
 const META_TEST: u64 = 21;
 const INIT: u64 = 22;
+const VALIDATION: u64 = 24;
+/// The word that makes a `beta` search's seed its own (no reported seed's).
+const CHOICE: u64 = 23;
 
 /// Two methods' meta-test accuracies are equivalent when their difference lies within this many
 /// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
@@ -263,6 +307,14 @@ pub(super) static FEW_SHOT: FewShot = FewShot;
 
 fn unit_name(shots: usize, key: &str, seed: u64) -> String {
     format!("{shots}shot-{key}-seed{seed}")
+}
+
+/// The `beta` search's unit of the `shots` setting, and the subject it names in the tables.
+fn choice_unit(shots: usize) -> String {
+    format!("choice-{shots}shot")
+}
+fn setting_name(shots: usize) -> String {
+    format!("{shots}-shot")
 }
 
 /// Every unit of the job, in order: shots, method, seed.
@@ -282,8 +334,14 @@ fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
 /// What one meta-training run leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
-    /// Accuracy on each meta-test episode after meta-training, and of the matched baseline (the
-    /// untrained initialisation adapted by the same inner loop) on the same episodes.
+    /// The contrastive rule's `beta`, as its setting's search chose it.
+    beta: Option<f64>,
+    /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
+    /// deployed: the best, ties to the later.
+    checkpoints: Vec<(usize, f64)>,
+    chosen_step: usize,
+    /// Accuracy on each meta-test episode of the deployed checkpoint, and of the matched baseline
+    /// (the untrained initialisation adapted by the same inner loop) on the same episodes.
     accuracy: Vec<f64>,
     baseline: Vec<f64>,
     /// Episodes whose adaptation reached a non-finite loss (scored unadapted).
@@ -315,18 +373,50 @@ impl Job for FewShot {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(runs(settings)?
-            .iter()
-            .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed))
+        // The searches first, so that the contrastive units find them stored.
+        Ok(searched_settings(settings)
+            .into_iter()
+            .map(choice_unit)
+            .chain(
+                runs(settings)?
+                    .iter()
+                    .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
+            )
             .collect())
     }
 
-    fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<serde_json::Value> {
+    fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<serde_json::Value> {
+        let p = Protocol::at(settings.scale);
+        if let Some(&shots) = searched_settings(settings)
+            .iter()
+            .find(|&&s| choice_unit(s) == unit)
+        {
+            return super::units::encode(&choose_beta(settings, &p, shots)?);
+        }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
             })?;
-        super::units::encode(&run_seed(&Protocol::at(settings.scale), shots, &method, seed)?)
+        // The contrastive rule takes its setting's searched beta: the stored choice unit's where
+        // there is one, else the search run here (units have no order). At the paper scale there
+        // is no search, and the protocol's beta stands.
+        let beta = match (&method.estimator, &p.beta_search) {
+            (EstimatorSpec::Contrastive(_), Some(_)) => Some(
+                match super::units::stored_beside(self, settings, staging, &choice_unit(shots))? {
+                    Some(stored) => super::units::decode::<Option<BetaSearch>>(&stored)?,
+                    None => choose_beta(settings, &p, shots)?,
+                }
+                .map(|s| s.beta)
+                .expect("a search where the protocol has one"),
+            ),
+            (EstimatorSpec::Contrastive(c), None) => Some(c.beta),
+            _ => None,
+        };
+        let method = Method {
+            estimator: beta.map_or(method.estimator, |b| at_beta(&method.estimator, b)),
+            ..method
+        };
+        super::units::encode(&run_seed(&p, shots, &method, seed, beta)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -344,8 +434,13 @@ impl Job for FewShot {
         let short = Protocol {
             meta_steps: 2,
             test_episodes: 4,
+            validation_episodes: 4,
             ..p.clone()
         };
+        // Episode adaptations of a unit: its test episodes, twice (method and baseline), and its
+        // validation episodes at each checkpoint.
+        let adaptations =
+            |p: &Protocol| (2 * p.test_episodes + p.checkpoints().len() * p.validation_episodes) as f64;
         let mut per_kind: Vec<((usize, &str), f64)> = Vec::new();
         let mut out = Vec::new();
         for unit in units {
@@ -357,10 +452,10 @@ impl Job for FewShot {
                 Some((_, s)) => *s,
                 None => {
                     let clock = std::time::Instant::now();
-                    let run = run_seed(&short, shots, &method, settings.seed)?;
+                    let run = run_seed(&short, shots, &method, settings.seed, None)?;
                     let testing = clock.elapsed().as_secs_f64() - run.seconds;
                     let s = run.seconds / short.meta_steps as f64 * p.meta_steps as f64
-                        + testing / short.test_episodes as f64 * p.test_episodes as f64;
+                        + testing / adaptations(&short) * adaptations(&p);
                     per_kind.push(((shots, method.key), s));
                     s
                 }
@@ -371,62 +466,165 @@ impl Job for FewShot {
     }
 }
 
-/// Meta-trains `method` from `seed` and scores it, and its matched baseline, on the seed's
-/// meta-test episodes.
-fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64) -> Result<SeedRun> {
-    let data = load_digits()?;
-    let train_pool = ClassPool::new(&data, &META_TRAIN_DIGITS)?;
-    let test_pool = ClassPool::upright(&data, &META_TEST_DIGITS)?;
-    let theta0 = p.net()?.init(&mut stream(seed, INIT));
-    let mut rng = stream(seed, META_TEST + 100 * shots as u64);
-    let episodes: Vec<Episode> = (0..p.test_episodes)
-        .map(|_| test_pool.episode(&mut rng, WAYS, shots, QUERIES))
-        .collect::<Result<_>>()?;
+/// The settings whose contrastive `beta` is searched (all of them, unless the scale has no search).
+fn searched_settings(settings: &Settings) -> Vec<usize> {
+    let p = Protocol::at(settings.scale);
+    if p.beta_search.is_some() {
+        p.shots
+    } else {
+        Vec::new()
+    }
+}
+
+/// `n` episodes of the `shots` setting from `pool`, drawn by `rng`.
+fn episodes(pool: &ClassPool, n: usize, shots: usize, mut rng: crate::rng::Rng) -> Result<Vec<Episode>> {
+    (0..n)
+        .map(|_| pool.episode(&mut rng, WAYS, shots, QUERIES))
+        .collect()
+}
+
+/// Meta-trains `method` from `theta0` on episodes of the meta-training classes drawn from `seed`'s
+/// task stream; `observe` sees each meta-step's meta-parameters.
+fn meta_train(
+    p: &Protocol,
+    split: &FewShotSplit,
+    shots: usize,
+    method: &Method,
+    seed: u64,
+    theta0: Vector,
+    observe: Option<&crate::meta_training::MetaObserver>,
+) -> Result<TaskMetaRun> {
     let spec = p.synapse(method.strength)?;
     let build = |e: &Episode, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
         Ok(Box::new(Synapse::new(spec.clone(), e.clone(), theta)?))
     };
-    let run = TaskMetaTraining {
+    TaskMetaTraining {
         estimator: &method.estimator,
         meta_steps: p.meta_steps,
         meta_batch: p.meta_batch,
         meta_lr: p.meta_lr,
         seed,
-        sample: &|rng| train_pool.episode(rng, WAYS, shots, QUERIES),
+        sample: &|rng| split.meta_train.episode(rng, WAYS, shots, QUERIES),
         problem: &build,
-        observe: None,
+        observe,
     }
-    .run(theta0.clone())?;
-    // Only a non-finite loss ends an adaptation (the phases' rule); such an episode is scored at
-    // the parameters it started from and counted.
-    let score = |theta: &Vector| -> Result<(Vec<f64>, usize)> {
-        let scored = map_in_order(&episodes, |e| {
-            let problem = Synapse::new(spec.clone(), e.clone(), theta)?;
-            let theta = to_tensor(theta)?;
-            let start = problem.initial_phi(&theta)?;
-            let (phi, diverged) = match method.adaptation.solve(
-                &Oracle::new(&problem),
-                &Phase::new(&start, &theta, 0.0, "adaptation"),
-            ) {
-                Ok(s) => (s.phi, false),
-                Err(CmlError::Diverged { .. }) => (start, true),
-                Err(e) => return Err(e),
-            };
-            let x = candle_core::Tensor::from_vec(
-                e.query.x.clone(),
-                (e.query.len(), 64),
-                &candle_core::Device::Cpu,
-            )?;
-            Ok((accuracy(&problem.predict(&phi, &x)?, &e.query.labels)?, diverged))
-        })?;
-        Ok((
-            scored.iter().map(|s| s.0).collect(),
-            scored.iter().filter(|s| s.1).count(),
-        ))
+    .run(theta0)
+}
+
+/// Each episode's query accuracy after `method`'s own inner loop from `theta`, and how many
+/// adaptations reached a non-finite loss: only that ends an adaptation (the phases' rule), and
+/// such an episode is scored at the parameters it started from.
+fn score(p: &Protocol, method: &Method, episodes: &[Episode], theta: &Vector) -> Result<(Vec<f64>, usize)> {
+    let spec = p.synapse(method.strength)?;
+    let scored = map_in_order(episodes, |e| {
+        let problem = Synapse::new(spec.clone(), e.clone(), theta)?;
+        let theta = to_tensor(theta)?;
+        let start = problem.initial_phi(&theta)?;
+        let (phi, diverged) = match method.adaptation.solve(
+            &Oracle::new(&problem),
+            &Phase::new(&start, &theta, 0.0, "adaptation"),
+        ) {
+            Ok(s) => (s.phi, false),
+            Err(CmlError::Diverged { .. }) => (start, true),
+            Err(e) => return Err(e),
+        };
+        let x =
+            candle_core::Tensor::from_vec(e.query.x.clone(), (e.query.len(), 64), &candle_core::Device::Cpu)?;
+        Ok((accuracy(&problem.predict(&phi, &x)?, &e.query.labels)?, diverged))
+    })?;
+    Ok((
+        scored.iter().map(|s| s.0).collect(),
+        scored.iter().filter(|s| s.1).count(),
+    ))
+}
+
+/// Chooses the contrastive rule's `beta` in the `shots` setting on the validation classes
+/// ([`super::choice::search_beta`]): from an initialisation and task stream of the search's own
+/// (no reported seed's), a short meta-training at each setting, then each validation episode's
+/// error rate after the rule's free phase. `None` where the protocol has no search.
+fn choose_beta(settings: &Settings, p: &Protocol, shots: usize) -> Result<Option<BetaSearch>> {
+    let Some(search) = &p.beta_search else {
+        return Ok(None);
     };
-    let (accuracy, diverged) = score(&run.theta)?;
-    let (baseline, baseline_diverged) = score(&theta0)?;
+    let seed = crate::rng::hash_words(&[settings.seed, CHOICE, shots as u64]);
+    let split = FewShotSplit::new(&load_digits()?)?;
+    let rule = p
+        .methods(shots)?
+        .into_iter()
+        .find(|m| matches!(m.estimator, EstimatorSpec::Contrastive(_)))
+        .expect("the contrastive rule among the methods");
+    let validation = episodes(
+        &split.validation,
+        search.validation_tasks,
+        shots,
+        stream(seed, VALIDATION),
+    )?;
+    let short = Protocol {
+        meta_steps: search.meta_steps,
+        ..p.clone()
+    };
+    let theta0 = p.net()?.init(&mut stream(seed, INIT));
+    let score_at = |beta: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let method = Method {
+            estimator: at_beta(&rule.estimator, beta),
+            ..rule.clone()
+        };
+        let run = meta_train(&short, &split, shots, &method, seed, theta0.clone(), None)?;
+        if let Some(why) = run.stopped {
+            // A setting whose meta-training fails (a phase diverged) is the worst of the grid.
+            return Ok((vec![f64::INFINITY; validation.len()], Some(why)));
+        }
+        let (accuracy, _) = score(p, &method, &validation, &run.theta)?;
+        Ok((accuracy.iter().map(|a| 1.0 - a).collect(), None))
+    };
+    super::choice::search_beta(&setting_name(shots), &search.grid, search.extensions, score_at).map(Some)
+}
+
+/// Meta-trains `method` (the contrastive rule at `beta`, if it is the rule) from `seed`, scores
+/// its checkpoints on the seed's validation episodes, and scores the best checkpoint, and the
+/// matched baseline, on the seed's meta-test episodes.
+fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, beta: Option<f64>) -> Result<SeedRun> {
+    let split = FewShotSplit::new(&load_digits()?)?;
+    let theta0 = p.net()?.init(&mut stream(seed, INIT));
+    let test = episodes(
+        &split.meta_test,
+        p.test_episodes,
+        shots,
+        stream(seed, META_TEST + 100 * shots as u64),
+    )?;
+    let validation = episodes(
+        &split.validation,
+        p.validation_episodes,
+        shots,
+        stream(seed, VALIDATION + 100 * shots as u64),
+    )?;
+    let wanted = p.checkpoints();
+    let kept = std::sync::Mutex::new(vec![(0, theta0.clone())]);
+    let keep = |step: usize, theta: &Vector| -> Result<()> {
+        if wanted.contains(&step) {
+            kept.lock()
+                .expect("no panic while kept")
+                .push((step, theta.clone()));
+        }
+        Ok(())
+    };
+    let run = meta_train(p, &split, shots, method, seed, theta0.clone(), Some(&keep))?;
+    let kept = kept.into_inner().expect("no panic while kept");
+    let mut checkpoints = Vec::new();
+    for (step, theta) in &kept {
+        let (accuracy, _) = score(p, method, &validation, theta)?;
+        checkpoints.push((*step, mean(&accuracy)));
+    }
+    // The best validation accuracy, ties to the later checkpoint.
+    let best = (0..checkpoints.len())
+        .max_by(|&a, &b| checkpoints[a].1.total_cmp(&checkpoints[b].1).then(a.cmp(&b)))
+        .expect("the initialisation is a checkpoint");
+    let (accuracy, diverged) = score(p, method, &test, &kept[best].1)?;
+    let (baseline, baseline_diverged) = score(p, method, &test, &theta0)?;
     Ok(SeedRun {
+        beta,
+        checkpoints,
+        chosen_step: kept[best].0,
         accuracy,
         baseline,
         diverged,
@@ -459,6 +657,10 @@ pub struct MethodResult {
     pub baseline_diverged: usize,
     /// Mean wall seconds of meta-training (not reproducible).
     pub seconds: f64,
+    /// Per seed: the meta-step deployed (the checkpoint with the best validation accuracy).
+    pub chosen_steps: Vec<usize>,
+    /// The contrastive rule's `beta` (its setting's search's choice, or the protocol's).
+    pub beta: Option<f64>,
 }
 
 /// The contrastive rule against one reference in one setting, paired over seeds.
@@ -476,6 +678,11 @@ pub struct FewShotResults {
     pub comparisons: Vec<FewShotComparison>,
     /// Meta-training runs that stopped early, and why.
     pub stopped: Vec<String>,
+    /// The contrastive rule's `beta` searches, one per setting (none at the paper scale).
+    pub searches: Vec<BetaSearch>,
+    /// The `(digit, quarter turns)` classes of meta-training and of validation.
+    pub meta_train_classes: Vec<(usize, usize)>,
+    pub validation_classes: Vec<(usize, usize)>,
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -490,6 +697,9 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut seed_rows = Vec::new();
     let mut curve_rows = Vec::new();
     let mut panels = Vec::new();
+    let mut checkpoint_rows = Vec::new();
+    let split = FewShotSplit::new(&load_digits()?)?;
+    let searches = super::choice::stored(units, protocol.shots.iter().map(|&s| choice_unit(s)))?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -513,6 +723,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 diverged: 0,
                 baseline_diverged: 0,
                 seconds: 0.0,
+                chosen_steps: Vec::new(),
+                beta: None,
             };
             let mut curves: Vec<Vec<(usize, f64)>> = Vec::new();
             for seed in (0..protocol.seeds as u64).map(|s| settings.seed + s) {
@@ -521,10 +733,24 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     continue;
                 };
                 let run: SeedRun = super::units::decode(stored)?;
+                super::choice::check_agrees(
+                    searches.iter().find(|x| x.model == setting_name(shots)),
+                    &format!("few-shot unit {name}"),
+                    run.beta,
+                )?;
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
+                for (step, validation) in &run.checkpoints {
+                    checkpoint_rows.push(format!(
+                        "{},{shots},{seed},{step},{validation},{}",
+                        method.key,
+                        *step == run.chosen_step
+                    ));
+                }
                 seed_rows.push(format!(
-                    "{},{shots},{seed},{acc},{base},{},{},{}",
+                    "{},{shots},{seed},{},{},{acc},{base},{},{},{}",
                     method.key,
+                    run.beta.map_or(String::new(), |b| b.to_string()),
+                    run.chosen_step,
                     run.diverged,
                     run.baseline_diverged,
                     run.stopped
@@ -545,6 +771,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 result.diverged += run.diverged;
                 result.baseline_diverged += run.baseline_diverged;
                 result.seconds += run.seconds;
+                result.chosen_steps.push(run.chosen_step);
+                result.beta = run.beta;
                 curves.push(run.curve);
             }
             if result.per_seed.is_empty() {
@@ -623,8 +851,20 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     )?;
     write_csv(
         &settings.out.join("few_shot_per_seed.csv"),
-        "method,shots,seed,accuracy,matched_baseline_accuracy,diverged_episodes,baseline_diverged_episodes,stopped_at",
+        "method,shots,seed,beta,chosen_step,accuracy,matched_baseline_accuracy,diverged_episodes,baseline_diverged_episodes,stopped_at",
         &seed_rows,
+        files,
+    )?;
+    write_csv(
+        &settings.out.join("few_shot_checkpoints.csv"),
+        "method,shots,seed,meta_step,validation_accuracy,chosen",
+        &checkpoint_rows,
+        files,
+    )?;
+    super::choice::write(
+        &settings.out.join("few_shot_beta_choice.csv"),
+        "setting",
+        &searches,
         files,
     )?;
     let acc_rows: Vec<String> = rows
@@ -649,6 +889,9 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         rows,
         comparisons,
         stopped,
+        searches,
+        meta_train_classes: split.meta_train.classes,
+        validation_classes: split.validation.classes,
     };
     write_table(settings, "few_shot.md", &table(&results), files)?;
     Ok(results)
@@ -665,17 +908,21 @@ pub fn table(r: &FewShotResults) -> String {
     let seeds = r.rows.iter().map(|m| m.per_seed.len()).max().unwrap_or(0);
     let mut t = format!(
         "# Few-shot classification on the handwritten digits (Omniglot protocol)\n\n\
-         Generated by `cml figures`. Meta-training classes: digits {:?}, each turned by 0/90/180/270 degrees\n\
-         (rotation as augmentation, as in the paper's code); meta-test classes: the upright digits {:?}, so no\n\
-         meta-test class is a rotation of another class. {WAYS}-way episodes with {QUERIES} query images per class.\n\
+         Generated by `cml figures`. Three disjoint pools of (digit, quarter turns) classes (docs/DIGITS.md §3).\n\
+         Meta-training: {}, two thirds of each digit's images (rotation as augmentation, as in the paper's code).\n\
+         Validation, for every choice: {}, the other third of the images; no meta-training class has the shape of\n\
+         a validation class (a 0 or a 1 turned half way, a 6 turned half way is a 9). Meta-test: the upright digits\n\
+         {:?}, so no meta-test class is a rotation of another class. {WAYS}-way episodes with {QUERIES} query images per class.\n\
          Network {} (tanh), every weight fast. {} meta-steps of {} episodes (Adam, lr {}), {seeds} meta-training seeds,\n\
-         {} meta-test episodes per seed. Accuracy: per seed, the mean over its episodes; then the mean over seeds with\n\
-         a 95% t-interval. Matched baseline: the untrained initialisation adapted by the method's own inner loop on the\n\
-         same episodes; the gain over it is paired over seeds, its p-value Holm-adjusted over the {} methods and settings.\n\
-         Only a non-finite loss ends an adaptation.\n\n\
-         | method | shots | accuracy | matched baseline | gain (paired) | p (Holm) | per seed | diverged episodes (method / baseline) | meta-training s |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
-        META_TRAIN_DIGITS,
+         {} meta-test episodes per seed. Each run deploys its checkpoint (meta-steps {:?}) with the best mean accuracy on\n\
+         {} validation episodes of its seed (ties to the later; `few_shot_checkpoints.csv`). Accuracy: per seed, the mean\n\
+         over its meta-test episodes; then the mean over seeds with a 95% t-interval. Matched baseline: the untrained\n\
+         initialisation adapted by the method's own inner loop on the same episodes; the gain over it is paired over seeds,\n\
+         its p-value Holm-adjusted over the {} methods and settings. Only a non-finite loss ends an adaptation.\n\n\
+         | method | shots | accuracy | matched baseline | gain (paired) | p (Holm) | per seed | deployed meta-step per seed | diverged episodes (method / baseline) | meta-training s |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
+        classes(&r.meta_train_classes),
+        classes(&r.validation_classes),
         META_TEST_DIGITS,
         p.net()
             .map(|n| n.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-"))
@@ -684,11 +931,13 @@ pub fn table(r: &FewShotResults) -> String {
         p.meta_batch,
         p.meta_lr,
         p.test_episodes,
+        p.checkpoints(),
+        p.validation_episodes,
         r.rows.len()
     );
     for m in &r.rows {
         t.push_str(&format!(
-            "| {} | {} | {}% ± {} | {}% | {} ± {} points | {} | {} | {} / {} | {:.0} |\n",
+            "| {} | {} | {}% ± {} | {}% | {} ± {} points | {} | {} | {} | {} / {} | {:.0} |\n",
             m.method,
             m.shots,
             points(m.mean),
@@ -700,6 +949,11 @@ pub fn table(r: &FewShotResults) -> String {
             m.per_seed
                 .iter()
                 .map(|a| points(*a))
+                .collect::<Vec<_>>()
+                .join(", "),
+            m.chosen_steps
+                .iter()
+                .map(usize::to_string)
                 .collect::<Vec<_>>()
                 .join(", "),
             m.diverged,
@@ -730,10 +984,42 @@ pub fn table(r: &FewShotResults) -> String {
     }
     if !r.stopped.is_empty() {
         t.push_str(&format!(
-            "\nMeta-training stopped early (evaluated at its last completed meta-step): {}.\n",
+            "\nMeta-training stopped early (its checkpoints end at its last completed meta-step): {}.\n",
             r.stopped.join("; ")
         ));
     }
+    t.push_str(&beta_section(r));
+    t
+}
+
+/// `(digit, quarter turns)` classes as `digit@degrees`.
+pub(super) fn classes(classes: &[(usize, usize)]) -> String {
+    classes
+        .iter()
+        .map(|(d, t)| format!("{d}@{}", 90 * t))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The contrastive rule's `beta`: each setting's search, or the protocol's value.
+fn beta_section(r: &FewShotResults) -> String {
+    let Some(search) = r.protocol.beta_search.as_ref().filter(|_| !r.searches.is_empty()) else {
+        return format!(
+            "\n## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
+            r.protocol.beta
+        );
+    };
+    let mut t = format!(
+        "\n## The contrastive rule's nudging strength, chosen on the validation classes\n\n\
+         Per setting, from an initialisation and an episode stream of the search's own (no reported seed's): {} meta-steps\n\
+         at each beta, then the error rate after the rule's free phase on {} validation episodes of the search's own\n\
+         stream; chosen by the one-standard-error rule (the largest beta whose error exceeds the least by at most one\n\
+         standard error of the paired difference over the episodes). A choice at an edge of the grid extends it past that\n\
+         edge by the grid's ratio, at most {} times (`few_shot_beta_choice.csv`).\n\n",
+        search.meta_steps, search.validation_tasks, search.extensions
+    );
+    t.push_str(&super::choice::table(&r.searches, "setting"));
+    t.push('\n');
     t
 }
 

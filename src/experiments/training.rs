@@ -596,13 +596,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut seed_rows = Vec::new();
     let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
     // The beta searches, where their units were given.
-    let mut searches: Vec<BetaSearch> = Vec::new();
-    for (_, unit) in choice_units(settings)? {
-        if let Some(stored) = units.iter().find(|s| s.unit == unit) {
-            let search: Option<BetaSearch> = super::units::decode(stored)?;
-            searches.extend(search);
-        }
-    }
+    let searches = super::choice::stored(units, choice_units(settings)?.into_iter().map(|(_, u)| u))?;
     for model in models(&net) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -620,15 +614,11 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 let Some(run) = run_of(model.name(), name, seed)? else {
                     continue;
                 };
-                if let Some(search) = searches.iter().find(|x| x.model == model.name())
-                    && run.beta.is_some_and(|b| b != search.beta)
-                {
-                    return Err(crate::CmlError::invalid(
-                        format!("training unit {}", unit_name(model.name(), name, seed)),
-                        format!("beta {:?}", run.beta),
-                        format!("the choice unit's beta {} (units from one run)", search.beta),
-                    ));
-                }
+                super::choice::check_agrees(
+                    searches.iter().find(|x| x.model == model.name()),
+                    &format!("training unit {}", unit_name(model.name(), name, seed)),
+                    run.beta,
+                )?;
                 seed_rows.push(format!(
                     "{},{name},{seed},{},{},{}",
                     model.name(),

@@ -671,8 +671,36 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
         .text("meta_batch", p.meta_batch)
         .text("test_episodes", p.test_episodes)
         .text("seeds", seeds)
-        .text("train_digits", format!("{:?}", crate::digits::META_TRAIN_DIGITS))
+        .text("train_classes", super::few_shot::classes(&f.meta_train_classes))
+        .text(
+            "validation_classes",
+            super::few_shot::classes(&f.validation_classes),
+        )
         .text("test_digits", format!("{:?}", crate::digits::META_TEST_DIGITS))
+        .text("validation_episodes", p.validation_episodes)
+        .text("checkpoints", format!("{:?}", p.checkpoints()))
+        .text(
+            "beta",
+            match f.searches.as_slice() {
+                [] => format!("beta = {}, the paper's code's", p.beta),
+                s => s
+                    .iter()
+                    .map(|x| {
+                        format!(
+                            "{} beta = {}{}",
+                            x.model,
+                            x.beta,
+                            if x.at_edge {
+                                " (at an edge of its grid)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        )
         .list("methods", methods)
         .section("stopped", stopped(&f.stopped))
 }

@@ -26,11 +26,90 @@ pub const MAX_PIXEL: f64 = 16.0;
 pub const META_TRAIN_DIGITS: [usize; 5] = [0, 1, 2, 6, 9];
 pub const META_TEST_DIGITS: [usize; 5] = [3, 4, 5, 7, 8];
 
+/// The validation classes, `(digit, quarter turns)`, on which the few-shot job makes its choices:
+/// turned meta-training-side digits, five for 5-way episodes. Meta-training keeps no class of the
+/// same shape ([`same_shape`]) and none of their images ([`FewShotSplit`]).
+pub const VALIDATION_CLASSES: [(usize, usize); 5] = [(0, 1), (1, 1), (2, 1), (2, 3), (6, 1)];
+
+/// One in this many images of each meta-training-side digit is held out for the validation
+/// classes (about 60 of 180: enough for 5 support and 15 query images).
+pub const VALIDATION_IMAGE_SHARE: usize = 3;
+
+/// Whether two `(digit, quarter turns)` classes show the same shape: the same class; a 0, 1 or 8
+/// and itself turned half way (the three digits that look alike upside down); a 6 and a 9 turned
+/// half way.
+pub fn same_shape(a: (usize, usize), b: (usize, usize)) -> bool {
+    let half_turned = (a.1 + 2) % 4 == b.1;
+    let alike_upside_down =
+        (a.0 == b.0 && [0, 1, 8].contains(&a.0)) || (a.0, b.0) == (6, 9) || (a.0, b.0) == (9, 6);
+    a == b || (alike_upside_down && half_turned)
+}
+
+/// The few-shot job's three disjoint pools: meta-training, validation and meta-test classes. No
+/// two pools share a class, a shape ([`same_shape`]) or an image: each meta-training-side digit's
+/// images are cut once, by a fixed shuffle, into meta-training and validation images.
+#[derive(Debug, Clone)]
+pub struct FewShotSplit {
+    pub meta_train: ClassPool,
+    pub validation: ClassPool,
+    pub meta_test: ClassPool,
+}
+
+/// The seed of the fixed image cut (not a run's seed: every run sees the same pools).
+const IMAGE_CUT_SEED: u64 = 0x5eed_d161;
+
+impl FewShotSplit {
+    pub fn new(data: &Labelled) -> Result<Self> {
+        let mut rng = crate::rng::seeded(IMAGE_CUT_SEED);
+        let (mut train_rows, mut validation_rows) = (Vec::new(), Vec::new());
+        for &d in &META_TRAIN_DIGITS {
+            let rows = ClassPool::rows_of(data, d)?;
+            let order = sample(&mut rng, rows.len(), rows.len()).into_vec();
+            let (mut t, mut v): (Vec<usize>, Vec<usize>) = (Vec::new(), Vec::new());
+            for (k, &i) in order.iter().enumerate() {
+                if k % VALIDATION_IMAGE_SHARE == 0 {
+                    &mut v
+                } else {
+                    &mut t
+                }
+                .push(rows[i]);
+            }
+            t.sort_unstable();
+            v.sort_unstable();
+            train_rows.push((d, t));
+            validation_rows.push((d, v));
+        }
+        let rows_of = |cut: &[(usize, Vec<usize>)], d: usize| {
+            cut.iter()
+                .find(|(x, _)| *x == d)
+                .map(|(_, r)| r.clone())
+                .expect("a meta-training digit")
+        };
+        let meta_train: Vec<_> = META_TRAIN_DIGITS
+            .iter()
+            .flat_map(|&d| (0..4).map(move |t| (d, t)))
+            .filter(|&c| !VALIDATION_CLASSES.iter().any(|&v| same_shape(c, v)))
+            .map(|c| (c, rows_of(&train_rows, c.0)))
+            .collect();
+        let validation: Vec<_> = VALIDATION_CLASSES
+            .iter()
+            .map(|&c| (c, rows_of(&validation_rows, c.0)))
+            .collect();
+        Ok(FewShotSplit {
+            meta_train: ClassPool::from_rows(data, &meta_train)?,
+            validation: ClassPool::from_rows(data, &validation)?,
+            meta_test: ClassPool::upright(data, &META_TEST_DIGITS)?,
+        })
+    }
+}
+
 /// The classes an episode can draw from, each with its images.
 #[derive(Debug, Clone)]
 pub struct ClassPool {
     /// `(digit, quarter turns)` of each class.
     pub classes: Vec<(usize, usize)>,
+    /// The data rows of each class's images.
+    pub rows: Vec<Vec<usize>>,
     images: Vec<Vec<Vec<f64>>>,
 }
 
@@ -45,8 +124,28 @@ impl ClassPool {
         Self::with_turns(data, digits, &[0])
     }
 
-    /// The rotations by `turns` quarter turns of each of `digits`, one class each.
+    /// The rotations by `turns` quarter turns of each of `digits`, one class each, with all of the
+    /// digit's images.
     fn with_turns(data: &Labelled, digits: &[usize], turns_of_each: &[usize]) -> Result<Self> {
+        let mut classes = Vec::new();
+        for &d in digits {
+            let rows = Self::rows_of(data, d)?;
+            classes.extend(turns_of_each.iter().map(|&t| ((d, t), rows.clone())));
+        }
+        Self::from_rows(data, &classes)
+    }
+
+    /// The data rows whose label is `digit`.
+    fn rows_of(data: &Labelled, digit: usize) -> Result<Vec<usize>> {
+        let rows: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] == digit).collect();
+        if rows.is_empty() {
+            return Err(CmlError::invalid("digit", digit, "a digit present in the data"));
+        }
+        Ok(rows)
+    }
+
+    /// One class per `((digit, quarter turns), rows)`: those rows' images, turned.
+    fn from_rows(data: &Labelled, classes: &[((usize, usize), Vec<usize>)]) -> Result<Self> {
         if data.features != SIDE * SIDE {
             return Err(CmlError::invalid(
                 "digit image size",
@@ -54,28 +153,24 @@ impl ClassPool {
                 "64 pixels (8 x 8)",
             ));
         }
-        let mut classes = Vec::new();
-        let mut images = Vec::new();
-        for &d in digits {
-            let rows: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] == d).collect();
-            if rows.is_empty() {
-                return Err(CmlError::invalid("digit", d, "a digit present in the data"));
-            }
-            for &turns in turns_of_each {
-                classes.push((d, turns));
-                images.push(
-                    rows.iter()
-                        .map(|&i| {
-                            rotate(data.row(i), SIDE, turns)
-                                .into_iter()
-                                .map(|v| v / MAX_PIXEL)
-                                .collect()
-                        })
-                        .collect(),
-                );
-            }
-        }
-        Ok(ClassPool { classes, images })
+        let images = classes
+            .iter()
+            .map(|((_, turns), rows)| {
+                rows.iter()
+                    .map(|&i| {
+                        rotate(data.row(i), SIDE, *turns)
+                            .into_iter()
+                            .map(|v| v / MAX_PIXEL)
+                            .collect()
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(ClassPool {
+            classes: classes.iter().map(|c| c.0).collect(),
+            rows: classes.iter().map(|c| c.1.clone()).collect(),
+            images,
+        })
     }
 
     /// An episode of `ways` classes with `shots` support and `queries` query images each.

@@ -9,4 +9,7 @@ pub mod episode;
 
 pub use data::{Labelled, Split, Standardiser, load_digits, rotate, split};
 pub use decay_classifier::DecayClassifier;
-pub use episode::{ClassPool, Episode, META_TEST_DIGITS, META_TRAIN_DIGITS, accuracy};
+pub use episode::{
+    ClassPool, Episode, FewShotSplit, META_TEST_DIGITS, META_TRAIN_DIGITS, VALIDATION_CLASSES, accuracy,
+    same_shape,
+};
