@@ -621,7 +621,12 @@ impl super::units::Job for Spiking {
             .collect())
     }
 
-    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+    fn run_unit(
+        &self,
+        settings: &Settings,
+        unit: &str,
+        staging: &std::path::Path,
+    ) -> Result<serde_json::Value> {
         let p = Protocol::at(settings.scale);
         if unit == CHOICE_UNIT {
             return super::units::encode(&ChoiceRows::from(&choose(&p, settings)?));
@@ -633,7 +638,12 @@ impl super::units::Job for Spiking {
         }
         let (index, seed, _) =
             super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
-        super::units::encode(&run_method_seed(&p, settings, index, seed)?)
+        // The contrastive rule takes the stored choice unit's setting where there is one, else
+        // runs the choice here (units have no order); the report checks they agree.
+        let stored = super::units::stored_beside(self, settings, staging, CHOICE_UNIT)?
+            .map(|u| super::units::decode::<ChoiceRows>(&u).map(|c| BetaChoice::from(&c)))
+            .transpose()?;
+        super::units::encode(&run_method_seed(&p, settings, index, seed, stored)?)
     }
 
     fn report(
@@ -650,18 +660,25 @@ impl super::units::Job for Spiking {
     }
 }
 
-/// Meta-trains method `index` from `seed` and scores it on the seed's test tasks.
-fn run_method_seed(p: &Protocol, settings: &Settings, index: usize, seed: u64) -> Result<MethodSeedRun> {
+/// Meta-trains method `index` from `seed` and scores it on the seed's test tasks; the contrastive
+/// rule runs the validation choice `stored` (the choice unit's), or makes it here.
+fn run_method_seed(
+    p: &Protocol,
+    settings: &Settings,
+    index: usize,
+    seed: u64,
+    stored: Option<BetaChoice>,
+) -> Result<MethodSeedRun> {
     let spec = &p.network;
     let cml_symmetric = index == 0;
     let uses_choice = p.methods(&BetaChoice::unchosen())[index]
         .estimator
         .is_some_and(|e| e.contrastive_rule().is_some());
     // Only the contrastive rule needs the validation choice.
-    let choice = if uses_choice {
-        choose(p, settings)?
-    } else {
-        BetaChoice::unchosen()
+    let choice = match (uses_choice, stored) {
+        (true, Some(stored)) => stored,
+        (true, None) => choose(p, settings)?,
+        (false, _) => BetaChoice::unchosen(),
     };
     let method = p.methods(&choice).swap_remove(index);
     let tests = test_tasks(p, seed)?;
