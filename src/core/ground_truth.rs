@@ -37,10 +37,21 @@ pub struct GroundTruth {
 
 /// `dJ/dtheta` at `phi*(theta)` found by Newton from the problem's initial `phi`.
 pub fn exact_meta_gradient(problem: &dyn BilevelProblem, theta: &Tensor) -> Result<GroundTruth> {
+    exact_meta_gradient_from(problem, theta, &problem.initial_phi(theta)?)
+}
+
+/// `dJ/dtheta` at the stationary point Newton reaches from `start`. On a non-convex inner loss
+/// Newton from the initial `phi` may reach another stationary point than gradient descent does
+/// (docs/ERROR_BAR.md §5.1); started at a free phase's end point, it refines the minimum that
+/// phase converged to, which is the one a contrastive estimate differentiates.
+pub fn exact_meta_gradient_from(
+    problem: &dyn BilevelProblem,
+    theta: &Tensor,
+    start: &Tensor,
+) -> Result<GroundTruth> {
     refuse_surrogate(problem)?;
     let oracle = Oracle::with_engine(problem, EngineChoice::Candle);
-    let start = problem.initial_phi(theta)?;
-    let free = NewtonParams::default().solve(&oracle, &Phase::new(&start, theta, 0.0, "free phase"))?;
+    let free = NewtonParams::default().solve(&oracle, &Phase::new(start, theta, 0.0, "free phase"))?;
     let meta_gradient = implicit_at(&oracle, &free.phi, theta)?;
     Ok(GroundTruth {
         phi_star: free.phi,

@@ -568,10 +568,10 @@ impl super::units::Job for Bandit {
         // one (the report checks they agree), else the search run here (units have no order).
         let beta = match choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
             Some((name, choice)) => Some(
-                match super::units::stored_beside(self, settings, staging, &choice)? {
-                    Some(stored) => super::units::decode::<BetaSearch>(&stored)?.beta,
-                    None => choose_beta(settings, &p, name)?.beta,
-                },
+                super::units::stored_beside_or::<BetaSearch>(self, settings, staging, &choice, || {
+                    choose_beta(settings, &p, name)
+                })?
+                .beta,
             ),
             None => None,
         };

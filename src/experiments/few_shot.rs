@@ -402,10 +402,13 @@ impl Job for FewShot {
         // is no search, and the protocol's beta stands.
         let beta = match (&method.estimator, &p.beta_search) {
             (EstimatorSpec::Contrastive(_), Some(_)) => Some(
-                match super::units::stored_beside(self, settings, staging, &choice_unit(shots))? {
-                    Some(stored) => super::units::decode::<Option<BetaSearch>>(&stored)?,
-                    None => choose_beta(settings, &p, shots)?,
-                }
+                super::units::stored_beside_or::<Option<BetaSearch>>(
+                    self,
+                    settings,
+                    staging,
+                    &choice_unit(shots),
+                    || choose_beta(settings, &p, shots),
+                )?
                 .map(|s| s.beta)
                 .expect("a search where the protocol has one"),
             ),

@@ -375,10 +375,9 @@ impl Job for Training {
         let choice = choices.iter().find(|(m, _)| m.name() == model.name());
         let beta = match (name, choice) {
             ("contrastive", Some((_, unit))) => Some(
-                match super::units::stored_beside(self, settings, staging, unit)? {
-                    Some(stored) => super::units::decode::<Option<BetaSearch>>(&stored)?,
-                    None => choose_beta(settings, &model)?,
-                }
+                super::units::stored_beside_or::<Option<BetaSearch>>(self, settings, staging, unit, || {
+                    choose_beta(settings, &model)
+                })?
                 .map(|s| s.beta)
                 .expect("a search below the paper scale"),
             ),

@@ -172,6 +172,21 @@ pub(crate) fn stored_beside(
     load(results, job, unit, &fingerprint(job, settings)?)
 }
 
+/// The rows another unit of `job` stores beside this one ([`stored_beside`]), decoded, or, where
+/// it is not there, `compute()`: what that unit would have stored.
+pub(crate) fn stored_beside_or<T: serde::de::DeserializeOwned>(
+    job: &dyn Job,
+    settings: &Settings,
+    staging: &Path,
+    unit: &str,
+    compute: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    match stored_beside(job, settings, staging, unit)? {
+        Some(stored) => decode(&stored),
+        None => compute(),
+    }
+}
+
 fn unit_file(results: &Path, job: &str, unit: &str) -> PathBuf {
     results.join(job).join(format!("{unit}.json"))
 }
