@@ -25,10 +25,10 @@ pub struct BetaSearchSpec {
     pub validation_tasks: usize,
 }
 
-/// One setting of the search: `beta`, the validation query MSE after adaptation at the end of a
-/// short meta-training (mean over the validation tasks; infinite where that run failed, with the
-/// reason), and, against the setting with the least loss, the mean paired difference over the
-/// tasks and its standard error.
+/// One setting of the search: `beta`, the validation loss after adaptation at the end of a short
+/// meta-training (the job's: query loss, or error rate for the few-shot episodes; mean over the
+/// validation tasks; infinite where that run failed, with the reason), and, against the setting
+/// with the least loss, the mean paired difference over the tasks and its standard error.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BetaScore {
     pub beta: f64,

@@ -517,7 +517,9 @@ fn report(
     let mut table = format!(
         "Error bar of the contrastive estimate against the true error (`cml figures --only error-bar`; instances per problem: {instances_per_problem}, \
          variants standard and symmetric, beta in {BETAS:?}, phase tolerances {TOLERANCES:?}; `--beta auto` at tolerance \
-         {AUTO_TOLERANCE:e} against the best of 13 strengths from 1e-6 to 1).\n\n\
+         {AUTO_TOLERANCE:e} against the best of 13 strengths from 1e-6 to 1). The true error is against the exact \
+         meta-gradient (Newton and a dense solve) at the minimum the phases reach: from the initial phi where the inner \
+         loss has a curvature bound, from a free phase's end point at tolerance 1e-8 on the networks (docs/ERROR_BAR.md §5.1).\n\n\
          Coverage per case counts correlated cases (the settings of one instance); coverage per instance counts \
          an instance as covered when every one of its cases is, with a Clopper-Pearson 95% interval.\n\n\
          | problem | cases | coverage (cases) | instances covered | 95% interval (instances) | median bar / error | unbounded | auto runs | auto error / grid best (median) | auto within 3x | auto cost / one estimate |\n\
