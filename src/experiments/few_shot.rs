@@ -664,6 +664,8 @@ pub struct MethodResult {
     pub chosen_steps: Vec<usize>,
     /// The contrastive rule's `beta` (its setting's search's choice, or the protocol's).
     pub beta: Option<f64>,
+    /// The inner work of one meta-training episode ([`inner_budget`]).
+    pub budget: String,
 }
 
 /// The contrastive rule against one reference in one setting, paired over seeds.
@@ -728,6 +730,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 seconds: 0.0,
                 chosen_steps: Vec::new(),
                 beta: None,
+                budget: inner_budget(&method.estimator),
             };
             let mut curves: Vec<Vec<(usize, f64)>> = Vec::new();
             for seed in (0..protocol.seeds as u64).map(|s| settings.seed + s) {
@@ -922,8 +925,11 @@ pub fn table(r: &FewShotResults) -> String {
          over its meta-test episodes; then the mean over seeds with a 95% t-interval. Matched baseline: the untrained\n\
          initialisation adapted by the method's own inner loop on the same episodes; the gain over it is paired over seeds,\n\
          its p-value Holm-adjusted over the {} methods and settings. Only a non-finite loss ends an adaptation.\n\n\
-         | method | shots | accuracy | matched baseline | gain (paired) | p (Holm) | per seed | deployed meta-step per seed | diverged episodes (method / baseline) | meta-training s |\n\
-         |---|---|---|---|---|---|---|---|---|---|\n",
+         Budgets: every method meta-trains on the same number of episodes (meta-steps x episodes per meta-step); the\n\
+         inner work per episode is its own (its inner loop, then what its estimator adds: nudged phases, conjugate-gradient\n\
+         Hessian-vector products, steps walked back).\n\n\
+         | method | shots | accuracy | matched baseline | gain (paired) | p (Holm) | per seed | deployed meta-step per seed | diverged episodes (method / baseline) | episodes x inner work per episode | meta-training s |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
         classes(&r.meta_train_classes),
         classes(&r.validation_classes),
         META_TEST_DIGITS,
@@ -940,7 +946,7 @@ pub fn table(r: &FewShotResults) -> String {
     );
     for m in &r.rows {
         t.push_str(&format!(
-            "| {} | {} | {}% ± {} | {}% | {} ± {} points | {} | {} | {} | {} / {} | {:.0} |\n",
+            "| {} | {} | {}% ± {} | {}% | {} ± {} points | {} | {} | {} | {} / {} | {} x ({}) | {:.0} |\n",
             m.method,
             m.shots,
             points(m.mean),
@@ -961,6 +967,8 @@ pub fn table(r: &FewShotResults) -> String {
                 .join(", "),
             m.diverged,
             m.baseline_diverged,
+            p.meta_steps * p.meta_batch,
+            m.budget,
             m.seconds
         ));
     }
@@ -993,6 +1001,30 @@ pub fn table(r: &FewShotResults) -> String {
     }
     t.push_str(&beta_section(r));
     t
+}
+
+/// The inner work of one meta-training episode, stage by stage, at the most steps each runs (only a
+/// non-finite loss ends a phase early), e.g. `200 steps + 2 x 100 nudged`.
+fn inner_budget(spec: &EstimatorSpec) -> String {
+    use crate::estimator::Stage;
+    let free = spec.free_phase().max_steps;
+    let stages = spec.estimator().stages();
+    let mut parts = vec![format!("{free} steps")];
+    let nudged = stages
+        .iter()
+        .filter(|s| matches!(s, Stage::Phase { beta } if *beta != 0.0))
+        .count();
+    if let (true, Some(c)) = (nudged > 0, spec.contrastive_rule()) {
+        parts.push(format!("{nudged} x {} nudged", c.nudged.max_steps));
+    }
+    for stage in &stages {
+        match stage {
+            Stage::LinearSolve(_) => parts.push(format!("{} CG products", spec.solver_steps().unwrap_or(0))),
+            Stage::Backward { steps } => parts.push(format!("{} back", steps.unwrap_or(free))),
+            _ => {}
+        }
+    }
+    parts.join(" + ")
 }
 
 /// `(digit, quarter turns)` classes as `digit@degrees`.
@@ -1030,6 +1062,28 @@ fn beta_section(r: &FewShotResults) -> String {
 mod tests {
     use super::*;
     use crate::estimator::EstimatorSpec;
+
+    #[test]
+    fn the_inner_budget_counts_each_stage_of_each_method() {
+        // The default protocol: phases of 200 free and 100 nudged steps (two nudged phases for the
+        // symmetric stencil at +-beta), 10 CG iterations, MAML's 10 SGD steps walked back in full.
+        let budgets: Vec<String> = Protocol::new(false)
+            .methods(1)
+            .unwrap()
+            .iter()
+            .map(|m| inner_budget(&m.estimator))
+            .collect();
+        assert_eq!(
+            budgets,
+            vec![
+                "200 steps + 2 x 100 nudged",
+                "200 steps + 10 CG products",
+                "10 steps + 10 back",
+                "10 steps",
+                "10 steps"
+            ]
+        );
+    }
 
     #[test]
     fn the_paper_scale_takes_the_authors_settings() {
