@@ -3,7 +3,9 @@
 
 mod common;
 
-use cml::ground_truth::{exact_meta_gradient, exact_meta_gradient_from};
+use cml::ground_truth::{
+    exact_meta_gradient, exact_meta_gradient_at_phase_minimum, exact_meta_gradient_from, reference_free_phase,
+};
 use cml::inner::{InnerSolver, NewtonParams, Phase};
 use cml::linalg::{Vector, to_dvector, to_tensor};
 use cml::oracle::Oracle;
@@ -111,6 +113,14 @@ fn on_a_network_newton_from_the_initial_phi_can_reach_another_stationary_point()
         .unwrap();
         let from_start = exact_meta_gradient(p.as_ref(), &theta).unwrap();
         let from_gd = exact_meta_gradient_from(p.as_ref(), &theta, &gd.phi).unwrap();
+        // The reference `cml grad`, sweeps and the calibration take is this one.
+        let reference =
+            exact_meta_gradient_at_phase_minimum(p.as_ref(), &theta, &reference_free_phase()).unwrap();
+        assert_eq!(
+            (&reference.meta_gradient - &from_gd.meta_gradient).norm(),
+            0.0,
+            "seed {seed}"
+        );
         let (far, near) = (
             distance(&gd.phi, &from_start.phi_star),
             distance(&gd.phi, &from_gd.phi_star),

@@ -3,7 +3,7 @@
 use super::estimator_args::EstimatorArgs;
 use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar_if_any, no_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
-use crate::ground_truth::exact_meta_gradient;
+use crate::ground_truth::{exact_meta_gradient_at_phase_minimum, reference_free_phase};
 use crate::inner::PhaseInfo;
 use crate::linalg::{cosine, relative_error};
 use crate::oracle::Cost;
@@ -100,7 +100,7 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
         None
     } else {
         let clock = Instant::now();
-        let truth = exact_meta_gradient(p.as_ref(), &theta)?;
+        let truth = exact_meta_gradient_at_phase_minimum(p.as_ref(), &theta, &reference_free_phase())?;
         let absolute_error = (&estimate.gradient - &truth.meta_gradient).norm();
         Some(Comparison {
             relative_error: relative_error(&estimate.gradient, &truth.meta_gradient),

@@ -4,7 +4,7 @@
 use crate::engine::EngineChoice;
 use crate::error::{CmlError, Result};
 use crate::implicit_function::{LinearSolver, implicit_meta_gradient};
-use crate::inner::{InnerSolver, NewtonParams, Phase, PhaseInfo};
+use crate::inner::{GdParams, InnerSolver, NewtonParams, Phase, PhaseInfo};
 use crate::linalg::{Vector, norm};
 use crate::oracle::Oracle;
 use crate::problem::BilevelProblem;
@@ -38,6 +38,38 @@ pub struct GroundTruth {
 /// `dJ/dtheta` at `phi*(theta)` found by Newton from the problem's initial `phi`.
 pub fn exact_meta_gradient(problem: &dyn BilevelProblem, theta: &Tensor) -> Result<GroundTruth> {
     exact_meta_gradient_from(problem, theta, &problem.initial_phi(theta)?)
+}
+
+/// The free phase whose end point anchors the exact reference on a problem without a curvature
+/// bound: gradient descent with the default step rule to `|grad| <= 1e-8`, at most 100,000 steps.
+pub fn reference_free_phase() -> GdParams {
+    GdParams {
+        max_steps: 100_000,
+        tolerance: 1e-8,
+        ..GdParams::default()
+    }
+}
+
+/// `dJ/dtheta` at the inner minimum that `free` (a free phase) reaches from the initial `phi`.
+/// Where the problem states a curvature bound, its inner loss has one minimum and Newton starts
+/// at the initial `phi`; elsewhere (the networks) Newton refines `free`'s end point, since Newton
+/// from the initial `phi` may reach another stationary point than the phases do
+/// (docs/ERROR_BAR.md §5.1).
+pub fn exact_meta_gradient_at_phase_minimum(
+    problem: &dyn BilevelProblem,
+    theta: &Tensor,
+    free: &GdParams,
+) -> Result<GroundTruth> {
+    refuse_surrogate(problem)?;
+    let start = problem.initial_phi(theta)?;
+    if problem.curvature(theta, 0.0)?.is_some() {
+        return exact_meta_gradient_from(problem, theta, &start);
+    }
+    let descended = free.solve(
+        &Oracle::new(problem),
+        &Phase::new(&start, theta, 0.0, "free phase"),
+    )?;
+    exact_meta_gradient_from(problem, theta, &descended.phi)
 }
 
 /// `dJ/dtheta` at the stationary point Newton reaches from `start`. On a non-convex inner loss

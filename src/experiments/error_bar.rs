@@ -7,7 +7,7 @@ use super::{Settings, num, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
 use crate::estimator::error_bar::{AutoBeta, DistanceSource, estimate_with_error_bar};
 use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
-use crate::ground_truth::exact_meta_gradient_from;
+use crate::ground_truth::exact_meta_gradient_at_phase_minimum;
 use crate::inner::GdParams;
 use crate::linalg::Vector;
 use crate::report::plot::{Figure, Panel, Series, Style};
@@ -149,33 +149,18 @@ fn source_name(bar: &crate::estimator::error_bar::ErrorBar) -> &'static str {
     }
 }
 
-/// The exact meta-gradient the cases are scored against. A strongly convex inner loss (one with a
-/// curvature bound) has one minimum, which Newton finds from the initial `phi`. A network's may
-/// have several, and Newton from the initial `phi` can reach another stationary point than the
-/// phases do (on 2 of the first 20 synapse instances it did, 0.7 away, docs/ERROR_BAR.md §5.1):
-/// there Newton starts at the end point of a free phase run at the tightest tolerance of the cases.
-fn reference(
-    p: &dyn crate::problem::BilevelProblem,
-    theta: &candle_core::Tensor,
-    quick: bool,
-) -> Result<Vector> {
-    use crate::inner::{InnerSolver, Phase};
-    let start = p.initial_phi(theta)?;
-    if p.curvature(theta, 0.0)?.is_some() {
-        return Ok(exact_meta_gradient_from(p, theta, &start)?.meta_gradient);
-    }
-    let free = phase(TOLERANCES[TOLERANCES.len() - 1], quick).solve(
-        &crate::oracle::Oracle::new(p),
-        &Phase::new(&start, theta, 0.0, "free phase"),
-    )?;
-    Ok(exact_meta_gradient_from(p, theta, &free.phi)?.meta_gradient)
-}
-
 /// Every case of one instance: the bar at each strength and precision, then auto on the grid.
 fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>, Vec<AutoCase>)> {
     let p = crate::registry::draw_problem(problem, seed)?;
     let theta = p.theta().clone();
-    let exact = reference(p.as_ref(), &theta, quick)?;
+    // Scored at the minimum the phases reach (docs/ERROR_BAR.md §5.1): on 2 of the first 20
+    // synapse instances Newton from the initial phi reached another stationary point, 0.7 away.
+    let exact = exact_meta_gradient_at_phase_minimum(
+        p.as_ref(),
+        &theta,
+        &phase(TOLERANCES[TOLERANCES.len() - 1], quick),
+    )?
+    .meta_gradient;
     let error = |g: &Vector| (g - &exact).norm();
     let mut cases = Vec::new();
     for variant in VARIANTS {

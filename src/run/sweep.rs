@@ -5,7 +5,9 @@
 use crate::error::{CmlError, Result};
 use crate::estimator::error_bar::AUTO_START;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
-use crate::ground_truth::{distance_to_phase_solution, exact_meta_gradient};
+use crate::ground_truth::{
+    distance_to_phase_solution, exact_meta_gradient_at_phase_minimum, reference_free_phase,
+};
 use crate::implicit_function::implicit_meta_gradient;
 use crate::inner::{GdParams, InnerSolver, NewtonParams, Phase};
 use crate::linalg::{Vector, cosine, relative_error, to_dvector, to_tensor};
@@ -398,7 +400,7 @@ pub fn run_on(
         .iter()
         .map(|&seed| {
             let p = build(seed)?;
-            let truth = exact_meta_gradient(p.as_ref(), p.theta())?;
+            let truth = exact_meta_gradient_at_phase_minimum(p.as_ref(), p.theta(), &reference_free_phase())?;
             check_reference_precision(config, p.as_ref(), seed, truth.newton.grad_norm)?;
             let reference = Reference {
                 exact: truth.meta_gradient,
