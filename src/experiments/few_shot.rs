@@ -662,8 +662,6 @@ pub struct MethodResult {
     pub seconds: f64,
     /// Per seed: the meta-step deployed (the checkpoint with the best validation accuracy).
     pub chosen_steps: Vec<usize>,
-    /// The contrastive rule's `beta` (its setting's search's choice, or the protocol's).
-    pub beta: Option<f64>,
     /// The inner work of one meta-training episode ([`inner_budget`]).
     pub budget: String,
 }
@@ -729,7 +727,6 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 baseline_diverged: 0,
                 seconds: 0.0,
                 chosen_steps: Vec::new(),
-                beta: None,
                 budget: inner_budget(&method.estimator),
             };
             let mut curves: Vec<Vec<(usize, f64)>> = Vec::new();
@@ -778,7 +775,6 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 result.baseline_diverged += run.baseline_diverged;
                 result.seconds += run.seconds;
                 result.chosen_steps.push(run.chosen_step);
-                result.beta = run.beta;
                 curves.push(run.curve);
             }
             if result.per_seed.is_empty() {

@@ -1168,7 +1168,8 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
         if let Some(e) = &method.estimator {
             let estimate = timed(|| e.estimator().estimate(&problem, problem.theta()).map(|_| ()))?;
             seconds += (steps * batch) as f64 * estimate;
-            // A CML unit recomputes the choice.
+            // A CML unit runs the choice itself where the choice unit is not stored yet (slices of
+            // an array run at once): counted, an upper bound.
             if e.contrastive_rule().is_some() {
                 seconds += choice_seconds;
             }
