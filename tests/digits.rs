@@ -213,6 +213,37 @@ fn the_few_shot_pools_share_no_class_shape_or_image() {
     assert_eq!((e.support.len(), e.query.len()), (25, 75));
 }
 
+#[test]
+fn the_per_image_cross_entropies_are_the_rows_of_the_mean() {
+    // Zero weights and biases give equal logits for every class, so each row's cross-entropy is
+    // ln(4) for the toy's 4 classes, whatever the row. With random weights, row i's entry is the
+    // mean cross-entropy of a part holding row i alone, and the entries' mean is the part's.
+    use cml::digits::decay_classifier::Part;
+    let net = cml::mlp::Mlp::parse("3-5-4").unwrap();
+    let data = toy();
+    let part = Part::new(data.clone(), 4).unwrap();
+    let zero = to_tensor(&Vector::zeros(net.param_count())).unwrap();
+    for ce in part.cross_entropies(&net, &zero).unwrap() {
+        assert_relative_eq!(ce, 4f64.ln(), max_relative = 1e-14);
+    }
+    let phi = to_tensor(&normal_vector(&mut seeded(3), net.param_count())).unwrap();
+    let rows = part.cross_entropies(&net, &phi).unwrap();
+    assert_eq!(rows.len(), 20);
+    for (i, &ce) in rows.iter().enumerate() {
+        let alone = Part::new(data.select(&[i]), 4)
+            .unwrap()
+            .cross_entropy(&net, &phi)
+            .unwrap();
+        assert_relative_eq!(ce, alone.to_scalar::<f64>().unwrap(), max_relative = 1e-12);
+    }
+    let mean = part
+        .cross_entropy(&net, &phi)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert_relative_eq!(rows.iter().sum::<f64>() / 20.0, mean, max_relative = 1e-12);
+}
+
 /// `f(z) = softmax_cross_entropy(z, t)` on `n x c` logits `z` (the phi argument), one-hot `t`.
 fn cross_entropy_fn(
     n: usize,

@@ -30,6 +30,8 @@ fn figures_quick(dir: &Path) {
 ///   the validation error, so every setting ties and the largest wins);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
+///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
+///   rates (quick grid, no extension); digits_decay_beta_choice: 2 contrastive runs x 2 betas;
 /// - bandit_regret: 8 agents x 2 deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2
 ///   seeds x 2 meta-steps; bandit_regret_vs_time: 8 agents x 100 points (200 steps, stride 2);
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
@@ -66,6 +68,9 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("digits_decay", 5, 14),
     ("digits_decay_curves", 5, 30),
     ("digits_decay_grid", 4, 6),
+    ("digits_decay_checkpoints", 3, 10),
+    ("digits_decay_meta_lr_choice", 6, 20),
+    ("digits_decay_beta_choice", 6, 4),
     ("bandit_regret", 6, 32),
     ("bandit_meta_training", 4, 12),
     ("bandit_regret_vs_time", 4, 800),
@@ -211,6 +216,41 @@ fn protocol_of_the_final_loss_table(dir: &Path) {
 }
 
 /// The CSV's rows as maps from column name to cell.
+/// Checks one validation search's rows (`setting` increasing, then `validation_loss`,
+/// `difference_to_least`, `standard_error`, `chosen`) and returns the chosen row's index: exactly
+/// one row chosen; the least loss has difference 0; the choice is the least loss, or, with ties to
+/// the larger, the largest value whose difference is within one standard error.
+fn checked_choice(
+    subject: &str,
+    own: &[&std::collections::BTreeMap<String, String>],
+    setting: &str,
+    ties_to_the_larger: bool,
+) -> usize {
+    let f = |r: &std::collections::BTreeMap<String, String>, k: &str| -> f64 { r[k].parse().unwrap() };
+    let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
+    assert_eq!(chosen.len(), 1, "{subject}: one chosen {setting}");
+    let least = own
+        .iter()
+        .min_by(|a, b| f(a, "validation_loss").total_cmp(&f(b, "validation_loss")))
+        .unwrap();
+    assert_eq!(f(least, "difference_to_least"), 0.0, "{subject}");
+    let rule = if ties_to_the_larger {
+        own.iter()
+            .filter(|r| f(r, "difference_to_least") <= f(r, "standard_error"))
+            .map(|r| f(r, setting))
+            .fold(f64::NEG_INFINITY, f64::max)
+    } else {
+        f(least, setting)
+    };
+    assert_eq!(f(own[chosen[0]], setting), rule, "{subject}");
+    let values: Vec<f64> = own.iter().map(|r| f(r, setting)).collect();
+    assert!(
+        values.windows(2).all(|w| w[0] < w[1]),
+        "{subject}: the grid in order"
+    );
+    chosen[0]
+}
+
 fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
@@ -228,7 +268,10 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 
 /// The other experiments follow docs/PROTOCOL.md, recomputed from their CSVs:
 /// - digit weight decay: on each seed exactly one grid decay is chosen, the one with the least
-///   validation cross-entropy (the choice is made on validation data);
+///   validation cross-entropy (the choice is made on validation data); each meta-learning run's
+///   meta-learning rate is its search's least validation loss and the contrastive runs' beta the
+///   one-standard-error rule's; each run deploys the checkpoint of its curve with the least
+///   validation cross-entropy;
 /// - spiking: exactly one (beta, nudged step size) is chosen, the one whose halves agree best on
 ///   the validation tasks; the comparisons with CML are paired over seeds, Holm-adjusted, and
 ///   every verdict is the one the adjusted difference and equivalence tests give;
@@ -256,6 +299,36 @@ fn protocol_of_the_other_tables(dir: &Path) {
             .map(|r| f(r, "validation_cross_entropy"))
             .fold(f64::INFINITY, f64::min);
         assert_eq!(f(chosen[0], "validation_cross_entropy"), best, "seed {seed}");
+    }
+    // Digit weight decay: each meta-learning run (unit `<method>-seed<s>`) chose its
+    // meta-learning rate as its search's least validation loss, and each contrastive run its beta
+    // by the one-standard-error rule; each deploys its curve's checkpoint with the least validation
+    // cross-entropy (ties to the later).
+    let curves = csv_rows(&dir.join("figures/digits_decay_curves.csv"));
+    let checkpoints = csv_rows(&dir.join("figures/digits_decay_checkpoints.csv"));
+    assert!(checkpoints.len() >= 10, "{checkpoints:?}");
+    for row in &checkpoints {
+        let own: Vec<_> = curves
+            .iter()
+            .filter(|r| r["estimator"] == row["estimator"] && r["seed"] == row["seed"])
+            .collect();
+        let mut best = 0;
+        for k in 0..own.len() {
+            if f(own[k], "validation_cross_entropy") <= f(own[best], "validation_cross_entropy") {
+                best = k;
+            }
+        }
+        assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
+    }
+    for (setting, ties_to_the_larger, runs) in [("meta_lr", false, 10), ("beta", true, 2)] {
+        let search = csv_rows(&dir.join(format!("figures/digits_decay_{setting}_choice.csv")));
+        let mut subjects: Vec<String> = search.iter().map(|r| r["run"].clone()).collect();
+        subjects.dedup();
+        assert!(subjects.len() >= runs, "{setting}: {subjects:?}");
+        for subject in &subjects {
+            let own: Vec<_> = search.iter().filter(|r| &r["run"] == subject).collect();
+            checked_choice(subject, &own, setting, ties_to_the_larger);
+        }
     }
 
     // Sinusoid models and bandit agents: per subject exactly one beta is chosen, by the
@@ -303,25 +376,8 @@ fn protocol_of_the_other_tables(dir: &Path) {
         for subject in &subjects {
             let own: Vec<_> = search.iter().filter(|r| &r[column] == subject).collect();
             assert!(own.len() >= least_grid, "{subject}: {own:?}");
-            let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
-            assert_eq!(chosen.len(), 1, "{subject}: one chosen beta");
-            let least = own
-                .iter()
-                .min_by(|a, b| f(a, "validation_loss").total_cmp(&f(b, "validation_loss")))
-                .unwrap();
-            assert_eq!(f(least, "difference_to_least"), 0.0, "{subject}");
-            let rule = own
-                .iter()
-                .filter(|r| f(r, "difference_to_least") <= f(r, "standard_error"))
-                .map(|r| f(r, "beta"))
-                .fold(f64::NEG_INFINITY, f64::max);
-            assert_eq!(f(own[chosen[0]], "beta"), rule, "{subject}");
-            let betas: Vec<f64> = own.iter().map(|r| f(r, "beta")).collect();
-            assert!(
-                betas.windows(2).all(|w| w[0] < w[1]),
-                "{subject}: the grid in order"
-            );
-            let edge = chosen[0] == 0 || chosen[0] == own.len() - 1;
+            let chosen = checked_choice(subject, &own, "beta", true);
+            let edge = chosen == 0 || chosen == own.len() - 1;
             let line = table
                 .lines()
                 .find(|l| l.starts_with(&format!("{subject} {column}: beta = ")))

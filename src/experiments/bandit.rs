@@ -3,7 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::choice::{BetaSearch, BetaSearchSpec, at_beta};
+use super::choice::{BetaSearchSpec, Search, at_beta};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -369,7 +369,7 @@ pub struct BanditResults {
     /// Meta-training runs that stopped early, and why.
     pub stopped: Vec<String>,
     /// The contrastive agents' beta searches (none at the paper scale).
-    pub searches: Vec<BetaSearch>,
+    pub searches: Vec<Search>,
 }
 
 /// Stream offsets of the evaluation runs and of the meta-training seeds.
@@ -432,7 +432,7 @@ const CHOICE: u64 = 4000;
 /// Chooses the contrastive agent `name`'s `beta` on validation tasks (`super::choice`): from an
 /// initialisation and task stream of the search's own, a short meta-training at each setting,
 /// then each validation task's query loss after the agent's free phase.
-fn choose_beta(settings: &Settings, p: &Protocol, name: &str) -> Result<BetaSearch> {
+fn choose_beta(settings: &Settings, p: &Protocol, name: &str) -> Result<Search> {
     use crate::bandit::agents::build;
     use crate::bandit::task::BanditTask;
     use crate::inner::InnerSolver;
@@ -568,10 +568,10 @@ impl super::units::Job for Bandit {
         // one (the report checks they agree), else the search run here (units have no order).
         let beta = match choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
             Some((name, choice)) => Some(
-                super::units::stored_beside_or::<BetaSearch>(self, settings, staging, &choice, || {
+                super::units::stored_beside_or::<Search>(self, settings, staging, &choice, || {
                     choose_beta(settings, &p, name)
                 })?
-                .beta,
+                .chosen,
             ),
             None => None,
         };

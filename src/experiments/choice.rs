@@ -1,6 +1,7 @@
-//! Choices made on validation data (docs/PROTOCOL.md): a search over the nudging strength `beta`,
-//! each setting scored by its per-task validation losses, chosen by the one-standard-error rule
-//! with paired differences; a choice at an edge of the grid extends it past that edge.
+//! Choices made on validation data (docs/PROTOCOL.md): a search over one setting (the nudging
+//! strength `beta`, a meta-learning rate), each value scored by its per-task validation losses
+//! (per episode, per image), chosen by the one-standard-error rule with paired differences (for
+//! `beta`) or as the least loss; a choice at an edge of the grid extends it past that edge.
 
 use crate::error::{CmlError, Result};
 use crate::estimator::{Contrastive, EstimatorSpec};
@@ -25,13 +26,15 @@ pub struct BetaSearchSpec {
     pub validation_tasks: usize,
 }
 
-/// One setting of the search: `beta`, the validation loss after adaptation at the end of a short
-/// meta-training (the job's: query loss, or error rate for the few-shot episodes; mean over the
-/// validation tasks; infinite where that run failed, with the reason), and, against the setting
-/// with the least loss, the mean paired difference over the tasks and its standard error.
+/// One value of the search's setting, the validation loss it reached (the job's: query loss
+/// after adaptation, error rate of the few-shot episodes, cross-entropy of the validation images;
+/// mean over the validation tasks; infinite where that run failed, with the reason), and, against
+/// the value with the least loss, the mean paired difference over the tasks and its standard error.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BetaScore {
-    pub beta: f64,
+pub struct Score {
+    /// The setting's value (`beta` in the units stored before other settings were searched).
+    #[serde(alias = "beta")]
+    pub value: f64,
     #[serde(with = "super::units::any_float")]
     pub validation_loss: f64,
     #[serde(with = "super::units::any_float")]
@@ -41,14 +44,34 @@ pub struct BetaScore {
     pub failed: Option<String>,
 }
 
-/// The search for one subject (a model, an agent): every setting tried, the chosen `beta`, and
-/// whether it still lies at an edge after the extensions.
+/// The search for one subject (a model, an agent, a method and seed): the setting searched, every
+/// value tried, the chosen one, and whether it still lies at an edge after the extensions.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct BetaSearch {
+pub struct Search {
     pub model: String,
-    pub beta: f64,
-    pub grid: Vec<BetaScore>,
+    /// The setting searched (`beta` where units stored before other settings were searched).
+    #[serde(default = "beta_setting")]
+    pub setting: String,
+    /// The chosen value.
+    #[serde(alias = "beta")]
+    pub chosen: f64,
+    pub grid: Vec<Score>,
     pub at_edge: bool,
+}
+
+fn beta_setting() -> String {
+    "beta".to_string()
+}
+
+/// How the search chooses among values the validation tasks cannot tell apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ties {
+    /// The largest value within one standard error of the least loss (paired over the tasks): for
+    /// `beta`, whose estimate is less sensitive to unconverged phases when larger (the bound's
+    /// `delta / beta` term).
+    ToTheLarger,
+    /// The least mean loss, ties or not: for a step size, where no direction is safer.
+    None,
 }
 
 /// The one-standard-error rule with paired differences: the largest `beta` whose mean validation
@@ -56,7 +79,7 @@ pub struct BetaSearch {
 /// the validation tasks cannot tell apart are ties, and a tie goes to the larger `beta`, whose
 /// estimate is less sensitive to unconverged phases (the bound's `delta / beta` term). Fills in
 /// each score's difference and standard error; returns the chosen index.
-pub(super) fn one_standard_error(grid: &mut [BetaScore], per_task: &[Vec<f64>]) -> usize {
+pub(super) fn one_standard_error(grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
     let best = (0..grid.len())
         .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
         .expect("a grid");
@@ -73,27 +96,50 @@ pub(super) fn one_standard_error(grid: &mut [BetaScore], per_task: &[Vec<f64>]) 
     }
     (0..grid.len())
         .filter(|&k| grid[k].failed.is_none() && grid[k].difference <= grid[k].standard_error)
-        .max_by(|&a, &b| grid[a].beta.total_cmp(&grid[b].beta))
+        .max_by(|&a, &b| grid[a].value.total_cmp(&grid[b].value))
         .unwrap_or(best)
 }
 
-/// Searches `grid` (increasing) for `subject`: `score(beta)` gives the per-task validation losses
-/// (the same tasks for every setting) and, where the setting failed, why (its losses are then
-/// infinite). The choice is [`one_standard_error`]'s; while it lies at an edge, the grid is
-/// extended past that edge by the ratio of its two outermost settings there, at most `extensions`
-/// times. An error if every setting failed.
+/// The chosen index under `ties`; fills in each score's paired difference and standard error.
+fn choose(ties: Ties, grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
+    let larger = one_standard_error(grid, per_task);
+    match ties {
+        Ties::ToTheLarger => larger,
+        Ties::None => (0..grid.len())
+            .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
+            .expect("a grid"),
+    }
+}
+
+/// Searches `grid` (increasing) of `beta` for `subject`, ties to the larger (see [`search`]).
 pub(super) fn search_beta(
     subject: &str,
     grid: &[f64],
     extensions: usize,
-    score: impl Fn(f64) -> Result<(Vec<f64>, Option<String>)>,
-) -> Result<BetaSearch> {
-    let scored = |beta: f64| -> Result<(BetaScore, Vec<f64>)> {
-        let (losses, failed) = score(beta)?;
+    score: impl FnMut(f64) -> Result<(Vec<f64>, Option<String>)>,
+) -> Result<Search> {
+    search(subject, "beta", Ties::ToTheLarger, grid, extensions, score)
+}
+
+/// Searches `grid` (increasing) of `setting` for `subject`: `score(value)` gives the per-task
+/// validation losses (the same tasks for every value) and, where the value failed, why (its losses
+/// are then infinite). The choice follows `ties`; while it lies at an edge, the grid is extended
+/// past that edge by the ratio of its two outermost values there, at most `extensions` times. An
+/// error if every value failed.
+pub(super) fn search(
+    subject: &str,
+    setting: &str,
+    ties: Ties,
+    grid: &[f64],
+    extensions: usize,
+    mut score: impl FnMut(f64) -> Result<(Vec<f64>, Option<String>)>,
+) -> Result<Search> {
+    let mut scored = |value: f64| -> Result<(Score, Vec<f64>)> {
+        let (losses, failed) = score(value)?;
         let validation_loss = losses.iter().sum::<f64>() / losses.len() as f64;
         Ok((
-            BetaScore {
-                beta,
+            Score {
+                value,
                 validation_loss,
                 difference: f64::NAN,
                 standard_error: f64::NAN,
@@ -102,42 +148,46 @@ pub(super) fn search_beta(
             losses,
         ))
     };
-    let (mut scores, mut per_task): (Vec<BetaScore>, Vec<Vec<f64>>) = grid
+    let (mut scores, mut per_task): (Vec<Score>, Vec<Vec<f64>>) = grid
         .iter()
         .map(|&b| scored(b))
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
-    let mut chosen = one_standard_error(&mut scores, &per_task);
+    let mut chosen = choose(ties, &mut scores, &per_task);
     for _ in 0..extensions {
         let n = scores.len();
-        let (beta, at) = if chosen == 0 {
-            (scores[0].beta / (scores[1].beta / scores[0].beta), 0)
+        let (value, at) = if chosen == 0 {
+            (scores[0].value / (scores[1].value / scores[0].value), 0)
         } else if chosen == n - 1 {
-            (scores[n - 1].beta * (scores[n - 1].beta / scores[n - 2].beta), n)
+            (
+                scores[n - 1].value * (scores[n - 1].value / scores[n - 2].value),
+                n,
+            )
         } else {
             break;
         };
         // Rounded to 12 significant digits, so that 0.3 x 3 is 0.9 and not 0.8999999999999998.
-        let beta = format!("{beta:.11e}").parse::<f64>().expect("a formatted float");
-        let (g, l) = scored(beta)?;
+        let value = format!("{value:.11e}").parse::<f64>().expect("a formatted float");
+        let (g, l) = scored(value)?;
         scores.insert(at, g);
         per_task.insert(at, l);
-        chosen = one_standard_error(&mut scores, &per_task);
+        chosen = choose(ties, &mut scores, &per_task);
     }
     if scores.iter().all(|g| g.failed.is_some()) {
         return Err(CmlError::invalid(
-            format!("the beta search of {subject}"),
-            "every setting failed",
+            format!("the {setting} search of {subject}"),
+            "every value failed",
             format!(
-                "a grid with one setting that trains ({})",
+                "a grid with one value that trains ({})",
                 scores[0].failed.clone().unwrap_or_default()
             ),
         ));
     }
-    Ok(BetaSearch {
+    Ok(Search {
         model: subject.to_string(),
-        beta: scores[chosen].beta,
+        setting: setting.to_string(),
+        chosen: scores[chosen].value,
         at_edge: chosen == 0 || chosen == scores.len() - 1,
         grid: scores,
     })
@@ -148,39 +198,40 @@ pub(super) fn search_beta(
 pub(super) fn stored(
     units: &[super::units::Stored],
     names: impl IntoIterator<Item = String>,
-) -> Result<Vec<BetaSearch>> {
+) -> Result<Vec<Search>> {
     let mut out = Vec::new();
     for name in names {
         if let Some(u) = units.iter().find(|u| u.unit == name) {
-            out.extend(super::units::decode::<Option<BetaSearch>>(u)?);
+            out.extend(super::units::decode::<Option<Search>>(u)?);
         }
     }
     Ok(out)
 }
 
 /// An error unless the `beta` a unit ran with is its search's choice (units from one run).
-pub(super) fn check_agrees(search: Option<&BetaSearch>, unit: &str, beta: Option<f64>) -> Result<()> {
+pub(super) fn check_agrees(search: Option<&Search>, unit: &str, beta: Option<f64>) -> Result<()> {
     match (search, beta) {
-        (Some(search), Some(b)) if b != search.beta => Err(CmlError::invalid(
+        (Some(search), Some(b)) if b != search.chosen => Err(CmlError::invalid(
             unit.to_string(),
             format!("beta {b}"),
-            format!("the choice unit's beta {} (units from one run)", search.beta),
+            format!("the choice unit's beta {} (units from one run)", search.chosen),
         )),
         _ => Ok(()),
     }
 }
 
-/// The searches as CSV rows under `column,beta,validation_loss,difference_to_least,standard_error,chosen`;
-/// no file where there are none (a scale without a search, a report of part of a job).
+/// The searches (of one setting) as CSV rows under
+/// `column,<setting>,validation_loss,difference_to_least,standard_error,chosen`; no file where there
+/// are none (a scale without a search, a report of part of a job).
 pub(super) fn write(
     path: &std::path::Path,
     column: &str,
-    searches: &[BetaSearch],
+    searches: &[Search],
     files: &mut Vec<std::path::PathBuf>,
 ) -> Result<()> {
-    if searches.is_empty() {
+    let Some(first) = searches.first() else {
         return Ok(());
-    }
+    };
     let rows: Vec<String> = searches
         .iter()
         .flat_map(|x| {
@@ -188,41 +239,45 @@ pub(super) fn write(
                 format!(
                     "{},{:e},{:e},{:e},{:e},{}",
                     x.model,
-                    g.beta,
+                    g.value,
                     g.validation_loss,
                     g.difference,
                     g.standard_error,
-                    g.beta == x.beta
+                    g.value == x.chosen
                 )
             })
         })
         .collect();
     super::write_csv(
         path,
-        &format!("{column},beta,validation_loss,difference_to_least,standard_error,chosen"),
+        &format!(
+            "{column},{},validation_loss,difference_to_least,standard_error,chosen",
+            first.setting
+        ),
         &rows,
         files,
     )
 }
 
-/// The searches as a Markdown table (first column `column`), then a sentence per subject that says
-/// whether its choice lies inside the grid.
-pub(super) fn table(searches: &[BetaSearch], column: &str) -> String {
+/// The searches (of one setting) as a Markdown table (first column `column`), then a sentence per
+/// subject that says whether its choice lies inside the grid.
+pub(super) fn table(searches: &[Search], column: &str) -> String {
+    let setting = searches.first().map_or("beta", |x| x.setting.as_str());
     let mut t = format!(
-        "| {column} | beta | validation loss | minus the least (paired) | standard error | chosen |\n|---|---|---|---|---|---|\n"
+        "| {column} | {setting} | validation loss | minus the least (paired) | standard error | chosen |\n|---|---|---|---|---|---|\n"
     );
     for x in searches {
         for g in &x.grid {
-            let chosen = if g.beta == x.beta { "yes" } else { "" };
+            let chosen = if g.value == x.chosen { "yes" } else { "" };
             t.push_str(&match &g.failed {
                 Some(why) => format!(
                     "| {} | {} | failed: {why} | - | - | {chosen} |\n",
-                    x.model, g.beta
+                    x.model, g.value
                 ),
                 None => format!(
                     "| {} | {} | {} | {:.3e} | {:.3e} | {chosen} |\n",
                     x.model,
-                    g.beta,
+                    g.value,
                     super::num(g.validation_loss),
                     g.difference,
                     g.standard_error
@@ -232,9 +287,9 @@ pub(super) fn table(searches: &[BetaSearch], column: &str) -> String {
     }
     for x in searches {
         t.push_str(&format!(
-            "\n{} {column}: beta = {}{}.",
+            "\n{} {column}: {setting} = {}{}.",
             x.model,
-            x.beta,
+            x.chosen,
             if x.at_edge {
                 " (at an edge of the extended grid: the optimum may lie beyond it)"
             } else {
@@ -249,12 +304,12 @@ pub(super) fn table(searches: &[BetaSearch], column: &str) -> String {
 mod tests {
     use super::*;
 
-    fn scores(losses: &[Vec<f64>]) -> Vec<BetaScore> {
+    fn scores(losses: &[Vec<f64>]) -> Vec<Score> {
         [0.01, 0.1, 1.0]
             .iter()
             .zip(losses)
-            .map(|(&beta, l)| BetaScore {
-                beta,
+            .map(|(&value, l)| Score {
+                value,
                 validation_loss: l.iter().sum::<f64>() / l.len() as f64,
                 difference: f64::NAN,
                 standard_error: f64::NAN,
@@ -271,12 +326,12 @@ mod tests {
         // beta extends the lower edge by 0.1 / 0.03: 0.03 x 0.3 = 0.009.
         let falling = |beta: f64| Ok((vec![1.0 / beta; 3], None));
         let s = search_beta("s", &[0.03, 0.1, 0.3], 2, falling).unwrap();
-        let betas: Vec<f64> = s.grid.iter().map(|g| g.beta).collect();
+        let betas: Vec<f64> = s.grid.iter().map(|g| g.value).collect();
         assert_eq!(betas, vec![0.03, 0.1, 0.3, 0.9, 2.7]);
-        assert_eq!((s.beta, s.at_edge), (2.7, true));
+        assert_eq!((s.chosen, s.at_edge), (2.7, true));
         let rising = |beta: f64| Ok((vec![beta; 3], None));
         let s = search_beta("s", &[0.03, 0.1, 0.3], 1, rising).unwrap();
-        assert_eq!((s.beta, s.grid[0].beta, s.at_edge), (0.009, 0.009, true));
+        assert_eq!((s.chosen, s.grid[0].value, s.at_edge), (0.009, 0.009, true));
     }
 
     #[test]

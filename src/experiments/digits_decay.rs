@@ -4,6 +4,7 @@
 //! of a grid; final test accuracy after retraining on training + validation with the learned
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
+use super::choice::{Search, Ties, at_beta};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
@@ -13,7 +14,7 @@ use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Variant};
-use crate::executor::{Flow, MetaExecutor, OnFailure};
+use crate::executor::{Ending, Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::mlp::Mlp;
@@ -40,10 +41,27 @@ pub struct Protocol {
     pub initial_decay: f64,
     pub beta: f64,
     pub grid: Vec<f64>,
+    /// The searches on each seed's validation images (none at the paper scale, which runs the
+    /// authors' meta-learning rate and `beta`): `meta_lr` and `beta` above are where they start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search: Option<RunSearch>,
     /// The CG and Neumann iterations and truncated BPTT's walked-back steps where they are not
     /// [`SOLVER_STEPS`] (the paper's: 100 CG iterations, 200 Neumann terms and 200 steps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_steps: Option<BaselineSteps>,
+}
+
+/// The validation searches of one meta-learning run (docs/PROTOCOL.md), on its seed's training and
+/// validation images (never the test images): every method's meta-learning rate over `meta_lr`
+/// (the least validation cross-entropy), then the contrastive rule's `beta` over `beta` at the
+/// chosen rate (the one-standard-error rule, ties to the larger); each value is a whole
+/// meta-training, scored per validation image at its best checkpoint, and the chosen run is the
+/// one deployed. A choice at an edge extends its grid at most `extensions` times.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSearch {
+    pub meta_lr: Vec<f64>,
+    pub beta: Vec<f64>,
+    pub extensions: usize,
 }
 
 /// CG and Neumann iterations and truncated BPTT's steps at the quick and default scales.
@@ -66,6 +84,11 @@ impl Protocol {
                 initial_decay: 1e-3,
                 beta: 0.5,
                 grid: vec![0.0, 1e-4, 1e-2],
+                search: Some(RunSearch {
+                    meta_lr: vec![0.05, 0.1],
+                    beta: vec![0.5, 1.0],
+                    extensions: 0,
+                }),
                 baseline_steps: None,
             }
         } else {
@@ -85,6 +108,13 @@ impl Protocol {
                 // From no decay at all to a decay that dominates the data loss, so that the
                 // search brackets its optimum or ends at "no decay".
                 grid: vec![0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
+                // Around the hand-set 0.05 and 0.5 by factors of 2.5 and 5, extended once if the
+                // choice is at an edge.
+                search: Some(RunSearch {
+                    meta_lr: vec![0.02, 0.05, 0.125],
+                    beta: vec![0.1, 0.5, 2.5],
+                    extensions: 1,
+                }),
                 baseline_steps: None,
             }
         })
@@ -111,6 +141,7 @@ impl Protocol {
             nudged_steps: 200,
             initial_decay: 1e-5,
             beta: 3.0,
+            search: None,
             baseline_steps: Some(BaselineSteps {
                 cg: 100,
                 neumann: 200,
@@ -169,12 +200,23 @@ impl MethodResult {
     }
 }
 
+/// A meta-learning method's choices on validation over its seeds: each run's searches (meta-learning
+/// rate, and `beta` for the contrastive rule; none without a search) and deployed meta-step.
+#[derive(Debug, Clone)]
+pub struct MethodChoices {
+    pub method: String,
+    pub searches: Vec<Search>,
+    pub checkpoints: Vec<usize>,
+}
+
 #[derive(Debug, Clone)]
 pub struct DigitsDecayResults {
     pub protocol: Protocol,
     pub methods: Vec<MethodResult>,
     /// The single decay chosen on validation, per seed.
     pub chosen_single: Vec<f64>,
+    /// Each meta-learning method's choices on validation, per seed.
+    pub choices: Vec<MethodChoices>,
     pub comparisons: Vec<DecayComparison>,
 }
 
@@ -223,14 +265,25 @@ fn fit(
     Ok((p, phi))
 }
 
-/// Validation and test cross-entropy after training on the training rows with `theta`.
-fn curve_point(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(f64, f64)> {
+/// After training on the training rows with `theta`: each validation image's cross-entropy, and
+/// the test cross-entropy.
+fn evaluate(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(Vec<f64>, f64)> {
     let (p, phi) = fit(protocol, d, &d.train, theta)?;
     let test = Part::new(d.test.clone(), classes(protocol))?;
     Ok((
-        p.validation.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
+        p.validation.cross_entropies(&p.net, &phi)?,
         test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
     ))
+}
+
+fn mean(x: &[f64]) -> f64 {
+    x.iter().sum::<f64>() / x.len() as f64
+}
+
+/// Validation and test cross-entropy after training on the training rows with `theta`.
+fn curve_point(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(f64, f64)> {
+    let (validation, test) = evaluate(protocol, d, theta)?;
+    Ok((mean(&validation), test))
 }
 
 fn classes(protocol: &Protocol) -> usize {
@@ -240,6 +293,143 @@ fn classes(protocol: &Protocol) -> usize {
 /// Validation cross-entropy after training on the training rows with `theta`.
 fn validation_ce(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<f64> {
     Ok(curve_point(protocol, d, theta)?.0)
+}
+
+/// One meta-training run: its curve (meta-step, validation and test cross-entropy, every
+/// `eval_every` meta-steps and at the last), the checkpoint deployed (the least validation
+/// cross-entropy, ties to the later; meta-step 0 is the untrained strengths), that checkpoint's
+/// strengths and per-image validation losses, and why the run failed, if it did.
+struct Trained {
+    curve: Vec<(usize, (f64, f64))>,
+    checkpoint: usize,
+    theta: Vector,
+    validation: Vec<f64>,
+    failed: Option<String>,
+}
+
+/// Meta-trains `spec`'s strengths from the protocol's initial decay with Adam at `meta_lr`.
+fn meta_train(
+    protocol: &Protocol,
+    d: &SeedData,
+    spec: &EstimatorSpec,
+    meta_lr: f64,
+    on_failure: OnFailure,
+) -> Result<Trained> {
+    let theta0 = uniform_theta(protocol.net.param_count(), protocol.initial_decay);
+    let mut points = vec![(0, evaluate(protocol, d, &theta0)?, theta0.clone())];
+    let mut evaluation_failed = None;
+    let mut run = MetaExecutor::new(theta0, meta_lr);
+    let ending = run.run(
+        protocol.meta_steps,
+        on_failure,
+        |_, theta| {
+            let p = DecayClassifier::new(
+                protocol.net.clone(),
+                d.train.clone(),
+                d.validation.clone(),
+                &d.phi_init,
+                theta,
+            )?;
+            Ok((spec.estimator().estimate(&p, p.theta())?.gradient, ()))
+        },
+        |run, ()| {
+            if run.step % protocol.eval_every == 0 || run.step == protocol.meta_steps {
+                // Strengths that make the training loop diverge fail the run like an estimate
+                // that fails, under the same policy.
+                match evaluate(protocol, d, &run.theta) {
+                    Ok(e) => points.push((run.step, e, run.theta.clone())),
+                    Err(e) if on_failure == OnFailure::Stop => {
+                        evaluation_failed = Some(format!("meta-step {}: {e}", run.step));
+                        return Ok(Flow::Stop);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Flow::Continue)
+        },
+    )?;
+    let failed = match ending {
+        Ending::Failed { step, reason } => Some(format!("meta-step {step}: {reason}")),
+        _ => evaluation_failed,
+    };
+    // Ties to the later checkpoint: `<=` keeps the last of equal scores.
+    let mut best = 0;
+    for (k, (_, (validation, _), _)) in points.iter().enumerate() {
+        if mean(validation) <= mean(&points[best].1.0) {
+            best = k;
+        }
+    }
+    let curve = points
+        .iter()
+        .map(|(step, (v, t), _)| (*step, (mean(v), *t)))
+        .collect();
+    let (checkpoint, (validation, _), theta) = points.swap_remove(best);
+    Ok(Trained {
+        curve,
+        checkpoint,
+        theta,
+        validation,
+        failed,
+    })
+}
+
+/// The run of `spec` the protocol deploys, and the searches that chose it (none without a
+/// search): every value is a whole run, each scored by its per-image validation losses at its
+/// checkpoint (infinite where it failed), and every run is made once.
+fn searched_run(
+    protocol: &Protocol,
+    d: &SeedData,
+    subject: &str,
+    spec: &EstimatorSpec,
+) -> Result<(Vec<Search>, Trained)> {
+    let Some(search) = &protocol.search else {
+        return Ok((
+            Vec::new(),
+            meta_train(protocol, d, spec, protocol.meta_lr, OnFailure::Error)?,
+        ));
+    };
+    let beta_of = |s: &EstimatorSpec| match s {
+        EstimatorSpec::Contrastive(c) => Some(c.beta),
+        _ => None,
+    };
+    let mut runs: Vec<((f64, Option<f64>), Trained)> = Vec::new();
+    let mut score = |meta_lr: f64, spec: EstimatorSpec| -> Result<(Vec<f64>, Option<String>)> {
+        let key = (meta_lr, beta_of(&spec));
+        if !runs.iter().any(|(k, _)| *k == key) {
+            let run = meta_train(protocol, d, &spec, meta_lr, OnFailure::Stop)?;
+            runs.push((key, run));
+        }
+        let (_, run) = runs.iter().find(|(k, _)| *k == key).expect("a run just made");
+        Ok(match &run.failed {
+            Some(why) => (vec![f64::INFINITY; run.validation.len()], Some(why.clone())),
+            None => (run.validation.clone(), None),
+        })
+    };
+    let rate = super::choice::search(
+        subject,
+        "meta_lr",
+        Ties::None,
+        &search.meta_lr,
+        search.extensions,
+        |lr| score(lr, *spec),
+    )?;
+    let mut searches = vec![rate];
+    let meta_lr = searches[0].chosen;
+    if beta_of(spec).is_some() {
+        searches.push(super::choice::search_beta(
+            subject,
+            &search.beta,
+            search.extensions,
+            |beta| score(meta_lr, at_beta(spec, beta)),
+        )?);
+    }
+    let key = (meta_lr, searches.get(1).map(|b| b.chosen));
+    let chosen = runs
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, run)| run)
+        .expect("the chosen value's run");
+    Ok((searches, chosen))
 }
 
 /// The final protocol: retrain on training + validation with `theta`, measure on test.
@@ -288,12 +478,15 @@ fn data_seed(settings: &Settings, s: usize) -> u64 {
     hash_words(&[settings.seed, 52, s as u64])
 }
 
-/// What a method's unit leaves: its curve (meta-step, validation and test cross-entropy) and
-/// final metrics.
+/// What a method's unit leaves: the searches that chose its run (none without a search), the
+/// run's curve (meta-step, validation and test cross-entropy), the checkpoint it deployed, and the
+/// deployed strengths' final metrics.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct MethodRun {
+    searches: Vec<Search>,
     curve: Vec<(usize, (f64, f64))>,
-    last: Final,
+    checkpoint: usize,
+    deployed: Final,
 }
 
 /// What a seed's baselines unit leaves: the fixed decay's metrics, the grid's validation scores,
@@ -363,31 +556,12 @@ impl super::units::Job for DigitsDecay {
             .iter()
             .find(|(name, _)| key(name) == method)
             .expect("a method of the unit list");
-        let mut curve = vec![(0, curve_point(&protocol, &d, &theta0)?)];
-        let mut run = MetaExecutor::new(theta0, protocol.meta_lr);
-        run.run(
-            protocol.meta_steps,
-            OnFailure::Error,
-            |_, theta| {
-                let p = DecayClassifier::new(
-                    protocol.net.clone(),
-                    d.train.clone(),
-                    d.validation.clone(),
-                    &d.phi_init,
-                    theta,
-                )?;
-                Ok((spec.estimator().estimate(&p, p.theta())?.gradient, ()))
-            },
-            |run, ()| {
-                if run.step % protocol.eval_every == 0 || run.step == protocol.meta_steps {
-                    curve.push((run.step, curve_point(&protocol, &d, &run.theta)?));
-                }
-                Ok(Flow::Continue)
-            },
-        )?;
+        let (searches, run) = searched_run(&protocol, &d, unit, spec)?;
         super::units::encode(&MethodRun {
-            curve,
-            last: finish(&protocol, &d, &run.theta)?,
+            searches,
+            curve: run.curve,
+            checkpoint: run.checkpoint,
+            deployed: finish(&protocol, &d, &run.theta)?,
         })
     }
 
@@ -518,6 +692,7 @@ fn report(
         )
     };
     let (mut validation, mut test) = (panel("validation"), panel("test"));
+    let mut choices = Vec::new();
     for (e, (name, _)) in protocol.estimators().iter().enumerate() {
         let runs: Vec<MethodRun> = (0..protocol.seeds)
             .filter_map(|s| find(&key(name), s))
@@ -528,7 +703,12 @@ fn report(
         }
         methods.push(MethodResult {
             method: name.to_string(),
-            per_seed: runs.iter().map(|r| r.last).collect(),
+            per_seed: runs.iter().map(|r| r.deployed).collect(),
+        });
+        choices.push(MethodChoices {
+            method: name.to_string(),
+            searches: runs.iter().flat_map(|r| r.searches.clone()).collect(),
+            checkpoints: runs.iter().map(|r| r.checkpoint).collect(),
         });
         let (mut v_points, mut t_points) = (Vec::new(), Vec::new());
         for (k, &(step, _)) in runs[0].curve.iter().enumerate() {
@@ -599,6 +779,34 @@ fn report(
         &grid_rows,
         files,
     )?;
+    // Every run's searches (subjects are the units, `<method>-seed<s>`) and deployed checkpoint.
+    for setting in ["meta_lr", "beta"] {
+        let searches: Vec<Search> = choices
+            .iter()
+            .flat_map(|c| c.searches.iter().filter(|x| x.setting == setting).cloned())
+            .collect();
+        super::choice::write(
+            &settings.out.join(format!("digits_decay_{setting}_choice.csv")),
+            "run",
+            &searches,
+            files,
+        )?;
+    }
+    let checkpoint_rows: Vec<String> = choices
+        .iter()
+        .flat_map(|c| {
+            c.checkpoints
+                .iter()
+                .enumerate()
+                .map(move |(s, step)| format!("{},{s},{step}", c.method))
+        })
+        .collect();
+    write_csv(
+        &settings.out.join("digits_decay_checkpoints.csv"),
+        "estimator,seed,deployed_meta_step",
+        &checkpoint_rows,
+        files,
+    )?;
     save(
         settings,
         "digits_decay",
@@ -613,6 +821,7 @@ fn report(
         protocol,
         methods,
         chosen_single: baselines.iter().map(|b| b.chosen).collect(),
+        choices,
         comparisons,
     };
     write_table(settings, "digits_decay.md", &table(&results), files)?;
@@ -676,7 +885,7 @@ pub fn table(r: &DigitsDecayResults) -> String {
          Generated by `cml figures`: network {} (tanh, softmax cross-entropy, {} parameters, one decay strength each),\n\
          {} training / {} validation / {} test images per seed (standardised on the training images), {} seeds.\n\
          {} meta-steps of Adam (lr {}) on the validation cross-entropy after {} gradient steps of size {}; then every\n\
-         method retrains on training + validation with its strengths and is tested. Mean +- 95% t-interval over\n\
+         method retrains on training + validation with its deployed strengths and is tested. Mean +- 95% t-interval over\n\
          seeds. Best single decay chosen per seed on validation, from the grid {:?}: {:?}{} (every score:\n\
          `digits_decay_grid.csv`).\n\n\
          | method | test accuracy | test cross-entropy | validation cross-entropy |\n|---|---|---|---|\n",
@@ -692,7 +901,10 @@ pub fn table(r: &DigitsDecayResults) -> String {
         1797 - p.train - p.validation,
         p.seeds,
         p.meta_steps,
-        p.meta_lr,
+        match &p.search {
+            Some(_) => "searched per run on validation, below".to_string(),
+            None => p.meta_lr.to_string(),
+        },
         p.free_steps,
         p.step_size,
         p.grid,
@@ -714,6 +926,7 @@ pub fn table(r: &DigitsDecayResults) -> String {
             vc
         ));
     }
+    t.push_str(&choices_section(r));
     t.push_str(&format!(
         "\n## Comparisons of test accuracy, paired over seeds\n\n\
          Each meta-learning method against the best single decay, and the contrastive rule against each other method:\n\
@@ -737,6 +950,121 @@ pub fn table(r: &DigitsDecayResults) -> String {
         ));
     }
     t
+}
+
+/// The meta-learning runs' choices on validation: the searched settings and deployed checkpoint
+/// of every seed, and every choice left at an edge of its extended grid.
+fn choices_section(r: &DigitsDecayResults) -> String {
+    let p = &r.protocol;
+    let mut t = String::from("\n## Choices on validation\n\n");
+    match &p.search {
+        Some(search) => t.push_str(&format!(
+            "Each meta-learning run chose on its seed's training and validation images, never the test images: its\n\
+             meta-learning rate over {:?} (the least validation cross-entropy), then, for the contrastive rule, beta\n\
+             over {:?} at that rate (one-standard-error rule, ties to the larger); each value is a whole meta-training\n\
+             scored per validation image at its best checkpoint, a choice at an edge extends its grid (at most {}), and\n\
+             the chosen run is the one deployed. ",
+            search.meta_lr,
+            search.beta,
+            match search.extensions {
+                1 => "once".to_string(),
+                n => format!("{n} times"),
+            }
+        )),
+        None => t.push_str(&format!(
+            "No search at this scale: meta-learning rate {} and beta {} as the paper's code sets them. ",
+            p.meta_lr, p.beta
+        )),
+    }
+    t.push_str(
+        "Every run deploys its checkpoint with the least validation cross-entropy (ties to the later; 0 is the\n\
+         untrained strengths). Every score: `digits_decay_meta_lr_choice.csv`, `digits_decay_beta_choice.csv`,\n\
+         `digits_decay_checkpoints.csv`.\n\n\
+         | method | meta-learning rate per seed | beta per seed | deployed meta-step per seed |\n|---|---|---|---|\n",
+    );
+    let per_seed = |c: &MethodChoices, setting: &str| -> String {
+        let v: Vec<String> = c
+            .searches
+            .iter()
+            .filter(|x| x.setting == setting)
+            .map(|x| x.chosen.to_string())
+            .collect();
+        if v.is_empty() { "-".into() } else { v.join(", ") }
+    };
+    for c in &r.choices {
+        let steps: Vec<String> = c.checkpoints.iter().map(usize::to_string).collect();
+        t.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            c.method,
+            per_seed(c, "meta_lr"),
+            per_seed(c, "beta"),
+            steps.join(", ")
+        ));
+    }
+    let edges: Vec<String> = r
+        .choices
+        .iter()
+        .flat_map(|c| &c.searches)
+        .filter(|x| x.at_edge)
+        .map(|x| format!("{} {} {}", x.model, x.setting, x.chosen))
+        .collect();
+    let searches = r.choices.iter().map(|c| c.searches.len()).sum::<usize>();
+    if searches > 0 {
+        t.push_str(&format!(
+            "\n{} of {searches} searches chose at an edge of the extended grid{}\n",
+            edges.len(),
+            if edges.is_empty() {
+                ".".to_string()
+            } else {
+                format!(" (the optimum may lie beyond it): {}.", edges.join("; "))
+            }
+        ));
+    }
+    t
+}
+
+/// One sentence per method for the write-up: the values its runs chose, and the checkpoints
+/// deployed (the table and CSVs hold every score).
+pub fn choices_summary(r: &DigitsDecayResults) -> String {
+    let p = &r.protocol;
+    let mut out = match &p.search {
+        Some(search) => format!(
+            "each run's meta-learning rate from {:?} and the contrastive rule's beta from {:?} (whole \
+             meta-trainings scored per validation image; {} of the searches chose at an edge of the \
+             extended grid), and each run's checkpoint (least validation cross-entropy).",
+            search.meta_lr,
+            search.beta,
+            r.choices
+                .iter()
+                .flat_map(|c| &c.searches)
+                .filter(|x| x.at_edge)
+                .count()
+        ),
+        None => format!(
+            "meta-learning rate {} and beta {} as the paper's code sets them, and each run's checkpoint \
+             (least validation cross-entropy).",
+            p.meta_lr, p.beta
+        ),
+    };
+    for c in &r.choices {
+        let values = |setting: &str| -> Vec<f64> {
+            c.searches
+                .iter()
+                .filter(|x| x.setting == setting)
+                .map(|x| x.chosen)
+                .collect()
+        };
+        let (rates, betas) = (values("meta_lr"), values("beta"));
+        out.push_str(&format!(" {}:", c.method));
+        if !rates.is_empty() {
+            out.push_str(&format!(" rate {rates:?},"));
+        }
+        if !betas.is_empty() {
+            out.push_str(&format!(" beta {betas:?},"));
+        }
+        out.push_str(&format!(" deployed meta-steps {:?}.", c.checkpoints));
+    }
+    out
 }
 
 /// A note when a choice sits at an edge of its grid: at the lower edge (no decay) the search

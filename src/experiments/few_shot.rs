@@ -8,7 +8,7 @@
 //! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
 //! same episodes (docs/PROTOCOL.md).
 
-use super::choice::{BetaSearch, BetaSearchSpec, at_beta};
+use super::choice::{BetaSearchSpec, Search, at_beta};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, running_mean, save, write_csv, write_table};
@@ -402,14 +402,14 @@ impl Job for FewShot {
         // is no search, and the protocol's beta stands.
         let beta = match (&method.estimator, &p.beta_search) {
             (EstimatorSpec::Contrastive(_), Some(_)) => Some(
-                super::units::stored_beside_or::<Option<BetaSearch>>(
+                super::units::stored_beside_or::<Option<Search>>(
                     self,
                     settings,
                     staging,
                     &choice_unit(shots),
                     || choose_beta(settings, &p, shots),
                 )?
-                .map(|s| s.beta)
+                .map(|s| s.chosen)
                 .expect("a search where the protocol has one"),
             ),
             (EstimatorSpec::Contrastive(c), None) => Some(c.beta),
@@ -545,7 +545,7 @@ fn score(p: &Protocol, method: &Method, episodes: &[Episode], theta: &Vector) ->
 /// ([`super::choice::search_beta`]): from an initialisation and task stream of the search's own
 /// (no reported seed's), a short meta-training at each setting, then each validation episode's
 /// error rate after the rule's free phase. `None` where the protocol has no search.
-fn choose_beta(settings: &Settings, p: &Protocol, shots: usize) -> Result<Option<BetaSearch>> {
+fn choose_beta(settings: &Settings, p: &Protocol, shots: usize) -> Result<Option<Search>> {
     let Some(search) = &p.beta_search else {
         return Ok(None);
     };
@@ -682,7 +682,7 @@ pub struct FewShotResults {
     /// Meta-training runs that stopped early, and why.
     pub stopped: Vec<String>,
     /// The contrastive rule's `beta` searches, one per setting (none at the paper scale).
-    pub searches: Vec<BetaSearch>,
+    pub searches: Vec<Search>,
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,

@@ -1,7 +1,7 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
-use super::choice::BetaSearch;
+use super::choice::Search;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -206,7 +206,7 @@ fn search_meta_steps(settings: &Settings) -> usize {
 /// and task stream of the search's own (no reported seed's), a short meta-training at each `beta`,
 /// then the validation loss after adaptation, chosen by the one-standard-error rule
 /// ([`super::choice::search_beta`]). `None` at the paper scale, which takes the paper's `beta`.
-fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<BetaSearch>> {
+fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>> {
     if settings.scale == Scale::Paper {
         return Ok(None);
     }
@@ -375,10 +375,10 @@ impl Job for Training {
         let choice = choices.iter().find(|(m, _)| m.name() == model.name());
         let beta = match (name, choice) {
             ("contrastive", Some((_, unit))) => Some(
-                super::units::stored_beside_or::<Option<BetaSearch>>(self, settings, staging, unit, || {
+                super::units::stored_beside_or::<Option<Search>>(self, settings, staging, unit, || {
                     choose_beta(settings, &model)
                 })?
-                .map(|s| s.beta)
+                .map(|s| s.chosen)
                 .expect("a search below the paper scale"),
             ),
             _ => None,
@@ -832,7 +832,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
 }
 
 /// The contrastive rule's `beta`: the search's settings and scores, or the paper's value.
-fn beta_section(settings: &Settings, searches: &[BetaSearch]) -> String {
+fn beta_section(settings: &Settings, searches: &[Search]) -> String {
     if searches.is_empty() {
         return format!(
             "\n## The contrastive rule's nudging strength\n\nbeta = {PAPER_BETA}, the paper's code's (no search at this scale).\n"

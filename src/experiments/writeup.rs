@@ -615,6 +615,7 @@ pub(super) fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) 
                 super::digits_decay::grid_edge_flag(&d.protocol.grid, &d.chosen_single)
             ),
         )
+        .text("choices", super::digits_decay::choices_summary(d))
 }
 
 /// Few-shot digit classification (docs/DIGITS.md §3).
@@ -689,7 +690,7 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                         format!(
                             "{} beta = {}{}",
                             x.model,
-                            x.beta,
+                            x.chosen,
                             if x.at_edge {
                                 " (at an edge of its grid)"
                             } else {

@@ -11,7 +11,7 @@ use crate::engine::mlp_kernel::MlpKernel;
 use crate::engine::{FirstOrderPhase, SecondOrderPhase, Workspace};
 use crate::error::{CmlError, Result};
 use crate::linalg::{Vector, to_dvector, to_tensor};
-use crate::mlp::{Mlp, softmax_cross_entropy};
+use crate::mlp::{Mlp, log_softmax, softmax_cross_entropy};
 use crate::problem::instance::InstanceReader;
 use crate::problem::regularised_mlp::{
     decay_hessian_vector_product, decay_mixed_transpose_product, decay_penalty, decay_phase_gradient,
@@ -44,6 +44,16 @@ impl Part {
 
     pub fn cross_entropy(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Tensor> {
         softmax_cross_entropy(&net.forward(phi, &self.x)?, &self.one_hot)
+    }
+
+    /// Each row's cross-entropy `logsumexp(z_i) - z_i . t_i` (their mean is [`Self::cross_entropy`]):
+    /// the per-image losses a validation search pairs its settings on.
+    pub fn cross_entropies(&self, net: &Mlp, phi: &Tensor) -> Result<Vec<f64>> {
+        let logits = net.forward(phi, &self.x)?;
+        Ok((log_softmax(&logits)? * &self.one_hot)?
+            .sum(1)?
+            .neg()?
+            .to_vec1::<f64>()?)
     }
 
     pub fn accuracy(&self, net: &Mlp, phi: &Tensor) -> Result<f64> {
