@@ -48,6 +48,8 @@ fn figures_quick(dir: &Path) {
 ///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks;
 /// - training_beta_choice: 2 models x the grid of 5 betas, extended 3 times at its lower edge (2
 ///   meta-steps barely move the loss, and the smallest beta wins by a hair);
+/// - training_meta_lr_choice: 2 models x 6 estimators x the grid of 3 step sizes, extended three
+///   times at its upper edge (in 4 meta-steps the largest step size goes furthest);
 /// - bandit_beta_choice: 2 contrastive agents x the grid of 5 betas (both choices inside it);
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
@@ -89,6 +91,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("spiking_rates", 2, 100),
     ("spiking_matched_baselines", 5, 24),
     ("training_beta_choice", 6, 16),
+    ("training_meta_lr_choice", 6, 72),
     ("bandit_beta_choice", 6, 10),
 ];
 
@@ -320,8 +323,14 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
-    for (setting, ties_to_the_larger, runs) in [("meta_lr", false, 10), ("beta", true, 2)] {
-        let search = csv_rows(&dir.join(format!("figures/digits_decay_{setting}_choice.csv")));
+    // Sinusoid meta-training: each model and estimator's outer step size is its search's least
+    // validation loss (the same check, on `training_meta_lr_choice.csv`: 12 searches).
+    for (file, setting, ties_to_the_larger, runs) in [
+        ("digits_decay_meta_lr_choice.csv", "meta_lr", false, 10),
+        ("digits_decay_beta_choice.csv", "beta", true, 2),
+        ("training_meta_lr_choice.csv", "meta_lr", false, 12),
+    ] {
+        let search = csv_rows(&dir.join("figures").join(file));
         let mut subjects: Vec<String> = search.iter().map(|r| r["run"].clone()).collect();
         subjects.dedup();
         assert!(subjects.len() >= runs, "{setting}: {subjects:?}");
@@ -785,8 +794,9 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        // The job's 26 units (24 runs and 2 beta searches), every third from the second: 9.
-        stdout.contains("slice 1/3: ran 0 units, 9 already stored"),
+        // The job's 38 units (24 runs, 2 beta searches and 12 step-size searches), every third
+        // from the second (1, 4, ..., 37): 13.
+        stdout.contains("slice 1/3: ran 0 units, 13 already stored"),
         "{stdout}"
     );
 
@@ -827,7 +837,7 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("1 of the 26 units of job training missing: synapse-cg-seed1"),
+        err.contains("1 of the 38 units of job training missing: synapse-cg-seed1"),
         "{err}"
     );
 }
@@ -840,15 +850,15 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The quick training job: 2 models x 6 estimators x 2 seeds and a beta search per model,
-    // timed by its calibration; the jobs without a calibration say how to get an estimate.
+    // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model and a
+    // step-size search per model and estimator, timed by its calibration; the jobs without a calibration say how to get an estimate.
     // Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines) and 2 beta searches; few-shot 1 setting x 5 methods x 2 seeds and
     // the setting's beta search; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
     // and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells[2], "26", "{row}");
+    assert_eq!(cells[2], "38", "{row}");
     assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
@@ -905,6 +915,63 @@ fn the_shipped_experiment_configs_are_what_the_jobs_run() {
             body.trim(),
             expected.trim(),
             "{path} differs from the job's protocol:\n{expected}"
+        );
+    }
+}
+
+/// Removes every field whose name holds "seconds" (wall time, which no run reproduces), at any
+/// depth.
+fn without_wall_time(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|k, _| !k.contains("seconds"));
+            map.values_mut().for_each(without_wall_time);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(without_wall_time),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_committed_units_are_what_the_current_code_computes() {
+    // A unit's fingerprint names its protocol, not the code: a change to how a job computes or
+    // reports leaves its stored units valid but stale (on 2026-12-05 the committed whole-job units
+    // predated the ledger and dropped four of its rows). So the cheapest committed unit of every
+    // job (no unit it depends on) is recomputed by the current code, and must give the stored
+    // rows exactly; about a minute in all.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    for unit in [
+        "theory/all",
+        "compute/all",
+        "training/choice-meta-lr-synapse-bptt",
+        "cost/all",
+        "weight-decay/all",
+        "error-bar/ridge-seed61",
+        "digits-decay/baselines-seed2",
+        "few-shot/1shot-reptile-seed4",
+        "bandit/maml-seed3",
+        "spiking/no-meta-learning-seed1",
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+            .args(["figures", "--units", "0/1", "--unit", unit, "--results"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{unit}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let rows = |base: &Path| -> serde_json::Value {
+            let text = std::fs::read_to_string(base.join(format!("{unit}.json"))).unwrap();
+            let mut rows = serde_json::from_str::<serde_json::Value>(&text).unwrap()["rows"].clone();
+            without_wall_time(&mut rows);
+            rows
+        };
+        assert!(
+            rows(dir.path()) == rows(&root.join("runs/default")),
+            "{unit}: the committed unit in runs/default is stale; rerun it (docs/EXPERIMENTS.md)"
         );
     }
 }

@@ -355,22 +355,25 @@ proptest! {
 fn the_shipped_training_configs_are_the_figures_runs() {
     // Each configs/train_MODEL_ESTIMATOR.toml must give the same effective config as the figure
     // job's run with seed 0 (checked with one meta-step overridden on the command line), the
-    // contrastive rule at the beta the committed run's validation search chose.
+    // contrastive rule at the beta and each estimator at the outer step size the committed run's
+    // validation searches chose.
     let dir = tempfile::tempdir().unwrap();
-    let choice = std::fs::read_to_string(format!(
-        "{}/figures/training_beta_choice.csv",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap();
-    for model in ["synapse", "modulation"] {
-        let chosen: Vec<f64> = choice
+    // The chosen value of `subject` in a committed search CSV (subject, value, ..., chosen).
+    let chosen = |file: &str, subject: &str| -> f64 {
+        let text = std::fs::read_to_string(format!("{}/figures/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let values: Vec<f64> = text
             .lines()
             .map(|l| l.split(',').collect::<Vec<_>>())
-            .filter(|f| f[0] == model && f[5] == "true")
+            .filter(|f| f[0] == subject && f[5] == "true")
             .map(|f| f[1].parse().unwrap())
             .collect();
-        assert_eq!(chosen.len(), 1, "{model}: {choice}");
+        assert_eq!(values.len(), 1, "{subject}: {text}");
+        values[0]
+    };
+    for model in ["synapse", "modulation"] {
+        let beta = chosen("training_beta_choice.csv", model);
         for estimator in ["contrastive", "cg", "bptt", "fomaml", "reptile", "t1t2"] {
+            let meta_lr = chosen("training_meta_lr_choice.csv", &format!("{model}-{estimator}"));
             let file = format!(
                 "{}/configs/train_{model}_{estimator}.toml",
                 env!("CARGO_MANIFEST_DIR")
@@ -398,7 +401,8 @@ fn the_shipped_training_configs_are_the_figures_runs() {
                     0,
                     model,
                     estimator,
-                    chosen[0],
+                    beta,
+                    meta_lr,
                 )
                 .unwrap(),
             )

@@ -208,13 +208,16 @@ pub(super) fn stored(
     Ok(out)
 }
 
-/// An error unless the `beta` a unit ran with is its search's choice (units from one run).
-pub(super) fn check_agrees(search: Option<&Search>, unit: &str, beta: Option<f64>) -> Result<()> {
-    match (search, beta) {
+/// An error unless the value a unit ran with is its search's choice (units from one run).
+pub(super) fn check_agrees(search: Option<&Search>, unit: &str, value: Option<f64>) -> Result<()> {
+    match (search, value) {
         (Some(search), Some(b)) if b != search.chosen => Err(CmlError::invalid(
             unit.to_string(),
-            format!("beta {b}"),
-            format!("the choice unit's beta {} (units from one run)", search.chosen),
+            format!("{} {b}", search.setting),
+            format!(
+                "the choice unit's {} {} (units from one run)",
+                search.setting, search.chosen
+            ),
         )),
         _ => Ok(()),
     }

@@ -1,14 +1,14 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
-use super::choice::Search;
+use super::choice::{Search, Ties};
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{EstimatorParams, EstimatorSpec, Variant};
 use crate::inner::GdParams;
 use crate::linalg::Vector;
-use crate::meta_training::{Control, ModelSpec, TrainConfig, TrainState, adapt, train_with};
+use crate::meta_training::{Control, MetaStep, ModelSpec, TrainConfig, TrainState, adapt, train_with};
 use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::problem::SinusoidTask;
@@ -85,6 +85,43 @@ pub struct TrainingResults {
     pub test_tasks: usize,
     pub validation_tasks: usize,
     pub net: String,
+    /// The validation searches: the contrastive rule's `beta` per model, the outer step size per
+    /// model and estimator (none at the paper scale).
+    pub beta_searches: Vec<Search>,
+    pub meta_lr_searches: Vec<Search>,
+}
+
+/// The write-up's sentence on the choices the validation searches made.
+pub fn choices_sentence(t: &TrainingResults) -> String {
+    if t.beta_searches.is_empty() && t.meta_lr_searches.is_empty() {
+        return format!(
+            "The contrastive rule's beta ({PAPER_BETA}) and the outer step size ({META_LR}) are the paper scale's, not searched."
+        );
+    }
+    let listed = |searches: &[Search]| -> String {
+        searches
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} {}{}",
+                    x.model,
+                    x.chosen,
+                    if x.at_edge {
+                        " (at the edge of the extended grid)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "Chosen on validation tasks of a search stream of their own ([final_loss.md](final_loss.md) gives every score): \
+         the contrastive rule's beta per model ({}), and the outer Adam step size per model and estimator ({}).",
+        listed(&t.beta_searches),
+        listed(&t.meta_lr_searches)
+    )
 }
 
 /// Both meta-training models of the registry, at strength 2 (one strength per synapse).
@@ -103,10 +140,13 @@ fn models(net: &Mlp) -> Vec<ModelSpec> {
 /// The nudging strength of the paper scale (the paper's code), and where the search starts.
 pub const PAPER_BETA: f64 = 0.05;
 
-/// The run's configuration with the contrastive rule at [`PAPER_BETA`] (the shipped configs, the
-/// paper scale; at the other scales a unit takes the validation search's `beta` instead).
+/// The outer Adam's step size of the paper scale, and where the search starts.
+pub const META_LR: f64 = 2e-3;
+
+/// The run's configuration with the contrastive rule at [`PAPER_BETA`] and Adam at [`META_LR`]
+/// (the paper scale; at the other scales a unit takes the validation searches' values instead).
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
-    config_at(settings, model, estimator, seed, PAPER_BETA)
+    config_at(settings, model, estimator, seed, PAPER_BETA, META_LR)
 }
 
 fn config_at(
@@ -115,6 +155,7 @@ fn config_at(
     estimator: &str,
     seed: u64,
     beta: f64,
+    meta_lr: f64,
 ) -> Result<TrainConfig> {
     // Full run: the largest scale that fits the 30-minute budget of `cml figures` on 2 cores
     // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
@@ -164,7 +205,7 @@ fn config_at(
         estimator: crate::registry::estimator(estimator, &params)?,
         meta_steps,
         meta_batch: batch,
-        meta_lr: 2e-3,
+        meta_lr,
         eval_tasks: if settings.quick() { 4 } else { 20 },
         eval_every: match settings.scale {
             Scale::Quick => 2,
@@ -217,7 +258,7 @@ fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>>
             meta_steps: search_meta_steps(settings),
             eval_every: search_meta_steps(settings),
             eval_tasks: 1,
-            ..config_at(settings, model.clone(), "contrastive", seed, beta)?
+            ..config_at(settings, model.clone(), "contrastive", seed, beta, META_LR)?
         };
         Ok(match crate::meta_training::train(&c, &mut |_| {}) {
             Ok(r) => (
@@ -232,6 +273,64 @@ fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>>
         })
     };
     super::choice::search_beta(model.name(), &BETA_GRID, GRID_EXTENSIONS, score).map(Some)
+}
+
+/// The outer Adam's step size is chosen per model and estimator on validation tasks, at the quick
+/// and default scales, from this grid around [`META_LR`] (docs/PROTOCOL.md).
+pub const META_LR_GRID: [f64; 3] = [1e-3, 2e-3, 4e-3];
+/// A choice at an edge of that grid extends it by a factor 2 past that edge, at most this often
+/// (the hand-set 2e-3 proved far too small on most estimators: the first default run's searches
+/// ended at the edge of one extension, 8e-3).
+const META_LR_EXTENSIONS: usize = 3;
+/// Stream word of the step-size search's own seed.
+const META_LR_CHOICE: u64 = 72;
+
+/// Chooses the outer Adam's step size for `model` and estimator `name` (the contrastive rule at
+/// `beta`, its own search's choice) on validation tasks: from an initialisation and task stream of
+/// the search's own (no reported seed's), a whole meta-training at each step size, its checkpoint
+/// chosen on the search's validation tasks as a reported run's is, then each validation task's
+/// loss after adaptation from that checkpoint; the least mean wins ([`Ties::None`]: no direction
+/// of a step size is the safer). A run that stops early keeps its checkpoint from before, as a
+/// reported run does. `None` at the paper scale, which takes [`META_LR`].
+fn choose_meta_lr(
+    settings: &Settings,
+    model: &ModelSpec,
+    name: &str,
+    beta: Option<f64>,
+) -> Result<Option<Search>> {
+    if settings.scale == Scale::Paper {
+        return Ok(None);
+    }
+    let seed = crate::rng::hash_words(&[settings.seed, META_LR_CHOICE]);
+    let (validation, _) = validation_and_test_tasks(settings, seed)?;
+    let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
+    let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let c = config_at(
+            settings,
+            model.clone(),
+            name,
+            seed,
+            beta.unwrap_or(PAPER_BETA),
+            meta_lr,
+        )?;
+        let run = train_checkpointed(&c, &theta0, &validation, &mut |_| {})?;
+        let losses = losses_after_adaptation(&c, &validation, &run.best.2)?;
+        Ok((losses.iter().map(|l| l.0).collect(), None))
+    };
+    super::choice::search(
+        &meta_lr_subject(model, name),
+        "meta_lr",
+        Ties::None,
+        &META_LR_GRID,
+        META_LR_EXTENSIONS,
+        score,
+    )
+    .map(Some)
+}
+
+/// The step-size search's subject: model and estimator, as in unit names.
+fn meta_lr_subject(model: &ModelSpec, name: &str) -> String {
+    format!("{}-{name}", model.name())
 }
 
 /// Stream numbers of the figure's own held-out tasks (the training loop uses 0 to 2).
@@ -255,14 +354,16 @@ pub const EQUIVALENCE_MARGIN: f64 = 0.1;
 pub const ALPHA: f64 = 0.05;
 
 /// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`),
-/// with the contrastive rule at `beta`: the value the job's search chose (`training_beta_choice.csv`;
-/// the search itself is a minute of meta-training), or [`PAPER_BETA`] at the paper scale.
+/// with the contrastive rule at `beta` and Adam at `meta_lr`: the values the job's searches chose
+/// (`training_beta_choice.csv`, `training_meta_lr_choice.csv`; the searches themselves are minutes
+/// of meta-training), or [`PAPER_BETA`] and [`META_LR`] at the paper scale.
 pub fn figure_training_config(
     scale: Scale,
     seed: u64,
     model: &str,
     estimator: &str,
     beta: f64,
+    meta_lr: f64,
 ) -> Result<TrainConfig> {
     let settings = Settings {
         out: PathBuf::new(),
@@ -278,7 +379,7 @@ pub fn figure_training_config(
             name: model.into(),
             allowed: crate::registry::model_names(),
         })?;
-    config_at(&settings, model, estimator, seed, beta)
+    config_at(&settings, model, estimator, seed, beta, meta_lr)
 }
 
 fn net(settings: &Settings) -> Result<Mlp> {
@@ -301,8 +402,9 @@ fn unit_name(model: &str, estimator: &str, seed: u64) -> String {
 /// What one meta-training run (one model, estimator and seed) leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
-    /// The contrastive rule's beta, as this unit's search chose it.
+    /// The contrastive rule's beta and the outer Adam's step size, as the searches chose them.
     beta: Option<f64>,
+    meta_lr: Option<f64>,
     /// Rows of `meta_training.csv`, and the curve they draw: (meta-step, held-out loss after).
     curve_rows: Vec<String>,
     curve: Vec<(f64, f64)>,
@@ -347,14 +449,20 @@ impl Job for Training {
                 "extensions": GRID_EXTENSIONS,
                 "meta_steps": search_meta_steps(settings),
             },
+            "meta_lr_search": {
+                "grid": META_LR_GRID,
+                "extensions": META_LR_EXTENSIONS,
+            },
         }))
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first, so that the contrastive units find them stored.
+        // The searches first (beta before the step sizes, which take it), so that the runs find
+        // them stored.
         Ok(choice_units(settings)?
             .into_iter()
             .map(|(_, unit)| unit)
+            .chain(meta_lr_units(settings)?.into_iter().map(|(_, _, unit)| unit))
             .chain(
                 runs(settings)?
                     .iter()
@@ -364,26 +472,17 @@ impl Job for Training {
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<serde_json::Value> {
-        let choices = choice_units(settings)?;
-        if let Some((model, _)) = choices.iter().find(|(_, u)| u == unit) {
+        if let Some((model, _)) = choice_units(settings)?.iter().find(|(_, u)| u == unit) {
             return super::units::encode(&choose_beta(settings, model)?);
         }
+        if let Some((model, name, _)) = meta_lr_units(settings)?.iter().find(|(_, _, u)| u == unit) {
+            let beta = self.beta(settings, staging, model, name)?;
+            return super::units::encode(&choose_meta_lr(settings, model, name, beta)?);
+        }
         let (model, name, seed) = self.parse_unit(settings, unit)?;
-        // The contrastive rule takes its model's search's beta: the stored choice unit's where
-        // there is one (the report checks they agree), else the search run here (units have no
-        // order). At the paper scale there is no search.
-        let choice = choices.iter().find(|(m, _)| m.name() == model.name());
-        let beta = match (name, choice) {
-            ("contrastive", Some((_, unit))) => Some(
-                super::units::stored_beside_or::<Option<Search>>(self, settings, staging, unit, || {
-                    choose_beta(settings, &model)
-                })?
-                .map(|s| s.chosen)
-                .expect("a search below the paper scale"),
-            ),
-            _ => None,
-        };
-        super::units::encode(&run_seed(settings, model, name, seed, beta)?)
+        let beta = self.beta(settings, staging, &model, name)?;
+        let meta_lr = self.meta_lr(settings, staging, &model, name, beta)?;
+        super::units::encode(&run_seed(settings, model, name, seed, beta, meta_lr)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -391,17 +490,28 @@ impl Job for Training {
     }
 
     fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
-        // One short timed run per (model, estimator): the seeds of a kind cost the same. A
-        // contrastive unit also runs the beta search, which is all a choice unit runs.
+        // One short timed run per (model, estimator): the seeds of a kind cost the same. Each
+        // search is counted once, in its own unit: the beta search's short runs, and a step-size
+        // unit's whole run per value of its grid. (A run unit that finds its search unstored runs
+        // it too, so slices that start together may cost more.)
+        enum Unit {
+            Run,
+            BetaSearch,
+            StepSizeSearch,
+        }
         let mut per_kind: Vec<(String, (f64, f64))> = Vec::new();
         let mut out = Vec::new();
-        let choices = choice_units(settings)?;
+        let (choices, rates) = (choice_units(settings)?, meta_lr_units(settings)?);
         for unit in units {
-            let (model, name, search_only) = match choices.iter().find(|(_, u)| u == unit) {
-                Some((model, _)) => (model.clone(), "contrastive", true),
-                None => {
+            let (model, name, kind_of_unit) = match (
+                choices.iter().find(|(_, u)| u == unit),
+                rates.iter().find(|(_, _, u)| u == unit),
+            ) {
+                (Some((model, _)), _) => (model.clone(), "contrastive", Unit::BetaSearch),
+                (_, Some((model, name, _))) => (model.clone(), *name, Unit::StepSizeSearch),
+                _ => {
                     let (model, name, _) = self.parse_unit(settings, unit)?;
-                    (model, name, false)
+                    (model, name, Unit::Run)
                 }
             };
             let kind = format!("{}-{name}", model.name());
@@ -413,13 +523,67 @@ impl Job for Training {
                     s
                 }
             };
-            out.push(if search_only { search } else { run + search });
+            out.push(match kind_of_unit {
+                Unit::Run => run,
+                Unit::BetaSearch => search,
+                Unit::StepSizeSearch => META_LR_GRID.len() as f64 * run,
+            });
         }
         Ok(Some(out))
     }
 }
 
 impl Training {
+    /// The contrastive rule's `beta` for `model`: its search's, from the stored choice unit where
+    /// there is one (the report checks they agree), else the search run here (units have no
+    /// order). `None` for the other estimators and at the paper scale.
+    fn beta(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        model: &ModelSpec,
+        name: &str,
+    ) -> Result<Option<f64>> {
+        let choices = choice_units(settings)?;
+        let Some((_, unit)) = choices.iter().find(|(m, _)| m.name() == model.name()) else {
+            return Ok(None);
+        };
+        if name != "contrastive" {
+            return Ok(None);
+        }
+        Ok(
+            super::units::stored_beside_or::<Option<Search>>(self, settings, staging, unit, || {
+                choose_beta(settings, model)
+            })?
+            .map(|s| s.chosen),
+        )
+    }
+
+    /// The outer Adam's step size for `model` and `name`: its search's, stored or run here, as
+    /// [`Self::beta`]. `None` at the paper scale.
+    fn meta_lr(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        model: &ModelSpec,
+        name: &str,
+        beta: Option<f64>,
+    ) -> Result<Option<f64>> {
+        let units = meta_lr_units(settings)?;
+        let Some((_, _, unit)) = units
+            .iter()
+            .find(|(m, n, _)| m.name() == model.name() && *n == name)
+        else {
+            return Ok(None);
+        };
+        Ok(
+            super::units::stored_beside_or::<Option<Search>>(self, settings, staging, unit, || {
+                choose_meta_lr(settings, model, name, beta)
+            })?
+            .map(|s| s.chosen),
+        )
+    }
+
     fn parse_unit(&self, settings: &Settings, unit: &str) -> Result<(ModelSpec, &'static str, u64)> {
         super::units::lookup(self, settings, unit, runs(settings)?, |(model, name, seed)| {
             unit_name(model.name(), name, *seed)
@@ -439,6 +603,22 @@ fn choice_units(settings: &Settings) -> Result<Vec<(ModelSpec, String)>> {
             (m, unit)
         })
         .collect())
+}
+
+/// The step-size search's units, one per model and estimator (none at the paper scale): (model,
+/// estimator, unit name).
+fn meta_lr_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
+    if settings.scale == Scale::Paper {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for model in models(&net(settings)?) {
+        for (name, _) in ESTIMATORS {
+            let unit = format!("choice-meta-lr-{}", meta_lr_subject(&model, name));
+            out.push((model.clone(), name, unit));
+        }
+    }
+    Ok(out)
 }
 
 /// Every run of the job, in unit order: model, estimator, seed.
@@ -490,43 +670,79 @@ fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<(f
     Ok((per_step * full.meta_steps as f64 + per_task * tasks, search))
 }
 
+/// A meta-training run and the checkpoint its validation tasks chose.
+struct Checkpointed {
+    /// (mean validation loss after adaptation, meta-step, theta) of the chosen checkpoint.
+    best: (f64, usize, Vector),
+    /// The last meta-step completed and the wall seconds by then.
+    last: (usize, f64),
+    /// Why the run stopped early, if it did (its checkpoint is from before).
+    stopped: Option<crate::CmlError>,
+}
+
+/// Meta-trains `c` from `theta0` while the validation tasks choose the checkpoint, as the paper's
+/// code does: at every evaluation step, theta is kept if its mean validation loss after
+/// adaptation is the lowest so far (step 0 is `theta0`). `observe` sees every meta-step.
+fn train_checkpointed(
+    c: &TrainConfig,
+    theta0: &Vector,
+    validation: &[SinusoidTask],
+    observe: &mut dyn FnMut(&MetaStep),
+) -> Result<Checkpointed> {
+    let mean_after = |theta: &Vector| -> Result<f64> { Ok(scored_after_adaptation(c, validation, theta)?.0) };
+    let mut best = (mean_after(theta0)?, 0usize, theta0.clone());
+    let mut last = (0usize, 0.0f64);
+    let outcome = {
+        let mut keep_best = |state: &TrainState| -> Result<()> {
+            let theta = Vector::from_vec(state.theta.clone());
+            let v = mean_after(&theta)?;
+            if v < best.0 {
+                best = (v, state.step, theta);
+            }
+            Ok(())
+        };
+        let mut control = Control {
+            resume: None,
+            checkpoint_every: c.eval_every,
+            checkpoint: &mut keep_best,
+            stop: &|_| false,
+        };
+        train_with(c, &mut control, &mut |s| {
+            last = (s.step, s.wall_seconds);
+            observe(s);
+        })
+    };
+    Ok(Checkpointed {
+        best,
+        last,
+        stopped: outcome.err(),
+    })
+}
+
 /// One meta-training run: the curve, the validation-chosen checkpoint and its test loss.
-/// `beta`: the contrastive rule's, as its search chose it (`None`: the paper's).
+/// `beta`, `meta_lr`: the contrastive rule's and the outer Adam's, as the searches chose them
+/// (`None`: the paper scale's).
 fn run_seed(
     settings: &Settings,
     model: ModelSpec,
     name: &str,
     seed: u64,
     beta: Option<f64>,
+    meta_lr: Option<f64>,
 ) -> Result<SeedRun> {
-    let c = config_at(settings, model.clone(), name, seed, beta.unwrap_or(PAPER_BETA))?;
+    let c = config_at(
+        settings,
+        model.clone(),
+        name,
+        seed,
+        beta.unwrap_or(PAPER_BETA),
+        meta_lr.unwrap_or(META_LR),
+    )?;
     let (validation, test) = validation_and_test_tasks(settings, seed)?;
     let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
-    // The validation tasks choose the checkpoint, as the paper's code does: every
-    // evaluation step, keep theta if its validation loss after adaptation is the lowest.
-    let mean_after = |theta: &Vector, tasks: &[SinusoidTask]| -> Result<f64> {
-        Ok(scored_after_adaptation(&c, tasks, theta)?.0)
-    };
-    let mut best = (mean_after(&theta0, &validation)?, 0usize, theta0.clone());
-    let mut keep_best = |state: &TrainState| -> Result<()> {
-        let theta = Vector::from_vec(state.theta.clone());
-        let v = mean_after(&theta, &validation)?;
-        if v < best.0 {
-            best = (v, state.step, theta);
-        }
-        Ok(())
-    };
-    let mut control = Control {
-        resume: None,
-        checkpoint_every: c.eval_every,
-        checkpoint: &mut keep_best,
-        stop: &|_| false,
-    };
     // The curve is collected as it is made, so that a run that diverges keeps it.
     let (mut curve, mut curve_rows) = (Vec::new(), Vec::new());
-    let mut last = (0usize, 0.0f64);
-    let outcome = train_with(&c, &mut control, &mut |s| {
-        last = (s.step, s.wall_seconds);
+    let run = train_checkpointed(&c, &theta0, &validation, &mut |s| {
         if let Some(e) = s.evaluation {
             curve.push((s.step as f64, e.after));
             curve_rows.push(format!(
@@ -537,12 +753,13 @@ fn run_seed(
                 e.after
             ));
         }
-    });
+    })?;
+    let (best, last) = (run.best, run.last);
     // Meta-training can sharpen a network until a fixed inner step size diverges. The run then
     // stops there, and the validation-chosen checkpoint (from before the divergence) is what
     // gets tested; the table says which runs stopped.
     let mut diverged = Vec::new();
-    if let Err(e) = outcome {
+    if let Some(e) = run.stopped {
         diverged.push(format!("seed {seed} after meta-step {}", last.0));
         log_divergence(model.name(), name, seed, &e);
     }
@@ -562,10 +779,11 @@ fn run_seed(
     };
     Ok(SeedRun {
         beta,
+        meta_lr,
         curve_rows,
         curve,
         final_loss,
-        initial_loss: mean_after(&theta0, &test)?,
+        initial_loss: scored_after_adaptation(&c, &test, &theta0)?.0,
         chosen_step: best.1,
         seconds_per_meta_step: last.1 / last.0.max(1) as f64,
         diverged,
@@ -596,6 +814,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
     // The beta searches, where their units were given.
     let searches = super::choice::stored(units, choice_units(settings)?.into_iter().map(|(_, u)| u))?;
+    let rate_searches =
+        super::choice::stored(units, meta_lr_units(settings)?.into_iter().map(|(_, _, u)| u))?;
     for model in models(&net) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -613,10 +833,18 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 let Some(run) = run_of(model.name(), name, seed)? else {
                     continue;
                 };
+                let unit = format!("training unit {}", unit_name(model.name(), name, seed));
                 super::choice::check_agrees(
                     searches.iter().find(|x| x.model == model.name()),
-                    &format!("training unit {}", unit_name(model.name(), name, seed)),
+                    &unit,
                     run.beta,
+                )?;
+                super::choice::check_agrees(
+                    rate_searches
+                        .iter()
+                        .find(|x| x.model == meta_lr_subject(&model, name)),
+                    &unit,
+                    run.meta_lr,
                 )?;
                 seed_rows.push(format!(
                     "{},{name},{seed},{},{},{}",
@@ -713,6 +941,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &settings.out.join("training_beta_choice.csv"),
         "model",
         &searches,
+        files,
+    )?;
+    super::choice::write(
+        &settings.out.join("training_meta_lr_choice.csv"),
+        "run",
+        &rate_searches,
         files,
     )?;
     let columns = panels.len().clamp(1, 2);
@@ -816,6 +1050,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         ));
     }
     table.push_str(&beta_section(settings, &searches));
+    table.push_str(&meta_lr_section(settings, &rate_searches, meta_steps));
     write_table(settings, "final_loss.md", &table, files)?;
     Ok(TrainingResults {
         finals,
@@ -828,6 +1063,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         test_tasks: n_test,
         validation_tasks: n_val,
         net: net_name,
+        beta_searches: searches,
+        meta_lr_searches: rate_searches,
     })
 }
 
@@ -852,6 +1089,30 @@ fn beta_section(settings: &Settings, searches: &[Search]) -> String {
             .unwrap_or(0)
     );
     t.push_str(&super::choice::table(searches, "model"));
+    t.push('\n');
+    t
+}
+
+/// The table's section on the outer Adam's step sizes: the searches, or the paper scale's value.
+fn meta_lr_section(settings: &Settings, searches: &[Search], meta_steps: usize) -> String {
+    if searches.is_empty() {
+        return format!(
+            "\n## The outer step size\n\nAdam at {META_LR} for every estimator (no search at this scale).\n"
+        );
+    }
+    let mut t = format!(
+        "\n## The outer step size, chosen on validation tasks\n\n\
+         Per model and estimator (the contrastive rule at its chosen beta), from an initialisation and a task stream of \
+         the search's own: a whole meta-training ({} meta-steps) at each step size of Adam, its checkpoint chosen on the \
+         search's {} validation tasks as a reported run's is, then the query MSE after adaptation from that checkpoint, \
+         mean over those tasks; the least wins. A choice at an edge of the grid extends it by a factor 2 past that edge, \
+         at most {META_LR_EXTENSIONS} times (`training_meta_lr_choice.csv`).\n\n",
+        meta_steps,
+        validation_and_test_tasks(settings, settings.seed)
+            .map(|(v, _)| v.len())
+            .unwrap_or(0)
+    );
+    t.push_str(&super::choice::table(searches, "run"));
     t.push('\n');
     t
 }

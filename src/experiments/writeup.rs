@@ -297,6 +297,7 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
         .text("equivalent", super::joined_or_none(&equivalent, "; "))
         .text("margin", super::training::EQUIVALENCE_MARGIN)
         .list("ledger", ledger)
+        .text("choices", super::training::choices_sentence(t))
         .text(
             "paper_scale",
             format!(
