@@ -27,7 +27,8 @@ fn figures_quick(dir: &Path) {
 /// - few_shot_per_seed: 1 setting (1-shot) x 5 methods x 2 seeds; few_shot_accuracy: 5 methods;
 ///   few_shot_meta_training: 10 runs x 2 meta-steps; few_shot_checkpoints: 10 runs x checkpoints
 ///   0, 1, 2; few_shot_beta_choice: the grid of 3 betas, extended once (one meta-step barely moves
-///   the validation error, so every setting ties and the largest wins);
+///   the validation error, so every setting ties and the largest wins); few_shot_meta_lr_choice: 5
+///   methods x the grid of 2 step sizes (no extension at the quick scale);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
@@ -65,6 +66,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("few_shot_per_seed", 10, 10),
     ("few_shot_checkpoints", 6, 30),
     ("few_shot_beta_choice", 6, 4),
+    ("few_shot_meta_lr_choice", 6, 10),
     ("few_shot_accuracy", 8, 5),
     ("few_shot_meta_training", 5, 20),
     ("digits_decay", 5, 14),
@@ -323,12 +325,13 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
-    // Sinusoid meta-training: each model and estimator's outer step size is its search's least
-    // validation loss (the same check, on `training_meta_lr_choice.csv`: 12 searches).
+    // Sinusoid meta-training and few-shot digits: each model (setting) and method's outer step
+    // size is its search's least validation loss (the same check: 12 searches, and 5 per setting).
     for (file, setting, ties_to_the_larger, runs) in [
         ("digits_decay_meta_lr_choice.csv", "meta_lr", false, 10),
         ("digits_decay_beta_choice.csv", "beta", true, 2),
         ("training_meta_lr_choice.csv", "meta_lr", false, 12),
+        ("few_shot_meta_lr_choice.csv", "meta_lr", false, 5),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
         let mut subjects: Vec<String> = search.iter().map(|r| r["run"].clone()).collect();
@@ -854,7 +857,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // step-size search per model and estimator, timed by its calibration; the jobs without a calibration say how to get an estimate.
     // Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines) and 2 beta searches; few-shot 1 setting x 5 methods x 2 seeds and
-    // the setting's beta search; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
+    // the setting's beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
     // and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
@@ -865,7 +868,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         ("theory", 1),
         ("spiking", 15),
         ("bandit", 10),
-        ("few-shot", 11),
+        ("few-shot", 16),
         ("digits-decay", 12),
     ] {
         let row = out

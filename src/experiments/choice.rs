@@ -338,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn without_ties_the_least_loss_wins_where_the_rule_would_take_a_larger_value() {
+        // Values 1, 2, 4. Value 2 has the least mean loss, 1.0; value 4 differs from it by
+        // (0.04, -0.02, 0.04, -0.02): mean 0.01, sample sd sqrt(4 x 0.03^2 / 3) = 0.03464, standard
+        // error 0.01732, so within one: a tie that the rule gives to 4; value 1 is worse by 0.2 on
+        // every task. Without ties, 2 is chosen, inside the grid.
+        let losses = |v: f64| -> Vec<f64> {
+            match v {
+                1.0 => vec![1.2; 4],
+                2.0 => vec![0.99, 1.01, 0.99, 1.01],
+                _ => vec![1.03, 0.99, 1.03, 0.99],
+            }
+        };
+        let grid = [1.0, 2.0, 4.0];
+        let s = search("s", "meta_lr", Ties::None, &grid, 0, |v| Ok((losses(v), None))).unwrap();
+        assert_eq!((s.chosen, s.at_edge, s.setting.as_str()), (2.0, false, "meta_lr"));
+        approx::assert_relative_eq!(s.grid[2].difference, 0.01, epsilon = 1e-12);
+        approx::assert_relative_eq!(s.grid[2].standard_error, 0.0012f64.sqrt() / 2.0, epsilon = 1e-12);
+        let s = search("s", "beta", Ties::ToTheLarger, &grid, 0, |v| {
+            Ok((losses(v), None))
+        })
+        .unwrap();
+        assert_eq!((s.chosen, s.at_edge), (4.0, true));
+    }
+
+    #[test]
     fn the_one_standard_error_rule_takes_the_largest_beta_the_tasks_cannot_tell_from_the_best() {
         // beta 0.01 is least (mean 1). beta 0.1 differs from it by (0.1, -0.1, 0.1, -0.1) + 0.01:
         // mean 0.01, sample sd 0.11547, standard error 0.05774, so within one: a tie. beta 1

@@ -8,7 +8,7 @@
 //! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
 //! same episodes (docs/PROTOCOL.md).
 
-use super::choice::{BetaSearchSpec, Search, at_beta};
+use super::choice::{BetaSearchSpec, Search, Ties, at_beta};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, running_mean, save, write_csv, write_table};
@@ -67,6 +67,21 @@ pub struct Protocol {
     /// paper scale, which takes the paper's `beta`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beta_search: Option<BetaSearchSpec>,
+    /// The outer Adam step size's search on the validation classes, per setting and method (the
+    /// contrastive rule at its searched beta); none at the paper scale, which takes the paper's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_lr_search: Option<RateSearchSpec>,
+}
+
+/// A search of the outer step size: each value of `grid` (increasing) a whole meta-training from
+/// an initialisation and episode stream of the search's own, its checkpoint chosen on the
+/// search's validation episodes as a reported run's is, scored by each of those episodes' error
+/// rate there; the least mean wins, and a choice at an edge extends the grid at most `extensions`
+/// times.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RateSearchSpec {
+    pub grid: Vec<f64>,
+    pub extensions: usize,
 }
 
 impl Protocol {
@@ -95,6 +110,10 @@ impl Protocol {
                     meta_steps: 1,
                     validation_tasks: 4,
                 }),
+                meta_lr_search: Some(RateSearchSpec {
+                    grid: vec![3e-3, 1e-2],
+                    extensions: 0,
+                }),
             }
         } else {
             Protocol {
@@ -121,6 +140,12 @@ impl Protocol {
                     extensions: 2,
                     meta_steps: 50,
                     validation_tasks: 100,
+                }),
+                // Around the hand-set 1e-3 by factors of about 3; one extension reaches 9e-3, near
+                // the paper's 0.01.
+                meta_lr_search: Some(RateSearchSpec {
+                    grid: vec![3e-4, 1e-3, 3e-3],
+                    extensions: 2,
                 }),
             }
         }
@@ -150,6 +175,7 @@ impl Protocol {
             nudged_steps: 100,
             validate_every: 375,
             beta_search: None,
+            meta_lr_search: None,
             ..Self::new(false)
         }
     }
@@ -294,8 +320,10 @@ pub struct Method {
 const META_TEST: u64 = 21;
 const INIT: u64 = 22;
 const VALIDATION: u64 = 24;
-/// The word that makes a `beta` search's seed its own (no reported seed's).
+/// The words that make a `beta` search's and a step-size search's seed their own (no reported
+/// seed's).
 const CHOICE: u64 = 23;
+const RATE_CHOICE: u64 = 25;
 
 /// Two methods' meta-test accuracies are equivalent when their difference lies within this many
 /// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
@@ -317,6 +345,31 @@ fn setting_name(shots: usize) -> String {
     format!("{shots}-shot")
 }
 
+/// The step-size search's unit of a setting and method; its subject in the tables is the same
+/// without the prefix.
+fn rate_choice_unit(shots: usize, key: &str) -> String {
+    format!("choice-meta-lr-{}", rate_subject(shots, key))
+}
+fn rate_subject(shots: usize, key: &str) -> String {
+    format!("{shots}shot-{key}")
+}
+
+/// The step-size searches' units, in order (none without a search): (shots, method, unit).
+fn rate_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
+    let p = Protocol::at(settings.scale);
+    if p.meta_lr_search.is_none() {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for &shots in &p.shots {
+        for method in p.methods(shots)? {
+            let unit = rate_choice_unit(shots, method.key);
+            out.push((shots, method, unit));
+        }
+    }
+    Ok(out)
+}
+
 /// Every unit of the job, in order: shots, method, seed.
 fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
     let p = Protocol::at(settings.scale);
@@ -334,8 +387,9 @@ fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
 /// What one meta-training run leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
-    /// The contrastive rule's `beta`, as its setting's search chose it.
+    /// The contrastive rule's `beta` and the outer step size, as their searches chose them.
     beta: Option<f64>,
+    meta_lr: Option<f64>,
     /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
     /// deployed: the best, ties to the later.
     checkpoints: Vec<(usize, f64)>,
@@ -373,10 +427,12 @@ impl Job for FewShot {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first, so that the contrastive units find them stored.
+        // The searches first (beta before the step sizes, which take it), so that the runs find
+        // them stored.
         Ok(searched_settings(settings)
             .into_iter()
             .map(choice_unit)
+            .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(
                 runs(settings)?
                     .iter()
@@ -393,33 +449,36 @@ impl Job for FewShot {
         {
             return super::units::encode(&choose_beta(settings, &p, shots)?);
         }
+        if let Some((shots, method, _)) = rate_choices(settings)?.into_iter().find(|(_, _, u)| u == unit) {
+            let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
+            return super::units::encode(&choose_meta_lr(settings, &p, shots, &method)?);
+        }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
             })?;
-        // The contrastive rule takes its setting's searched beta: the stored choice unit's where
-        // there is one, else the search run here (units have no order). At the paper scale there
-        // is no search, and the protocol's beta stands.
-        let beta = match (&method.estimator, &p.beta_search) {
-            (EstimatorSpec::Contrastive(_), Some(_)) => Some(
+        let (method, beta) = self.at_searched_beta(settings, staging, &p, shots, method)?;
+        // The outer step size: its search's, stored or run here, as beta's; at the paper scale
+        // the protocol's.
+        let meta_lr = match &p.meta_lr_search {
+            Some(_) => Some(
                 super::units::stored_beside_or::<Option<Search>>(
                     self,
                     settings,
                     staging,
-                    &choice_unit(shots),
-                    || choose_beta(settings, &p, shots),
+                    &rate_choice_unit(shots, method.key),
+                    || choose_meta_lr(settings, &p, shots, &method),
                 )?
                 .map(|s| s.chosen)
                 .expect("a search where the protocol has one"),
             ),
-            (EstimatorSpec::Contrastive(c), None) => Some(c.beta),
-            _ => None,
+            None => None,
         };
-        let method = Method {
-            estimator: beta.map_or(method.estimator, |b| at_beta(&method.estimator, b)),
-            ..method
+        let at_rate = Protocol {
+            meta_lr: meta_lr.unwrap_or(p.meta_lr),
+            ..p.clone()
         };
-        super::units::encode(&run_seed(&p, shots, &method, seed, beta)?)
+        super::units::encode(&run_seed(&at_rate, shots, &method, seed, beta, meta_lr)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -455,7 +514,7 @@ impl Job for FewShot {
                 Some((_, s)) => *s,
                 None => {
                     let clock = std::time::Instant::now();
-                    let run = run_seed(&short, shots, &method, settings.seed, None)?;
+                    let run = run_seed(&short, shots, &method, settings.seed, None, None)?;
                     let testing = clock.elapsed().as_secs_f64() - run.seconds;
                     let s = run.seconds / short.meta_steps as f64 * p.meta_steps as f64
                         + testing / adaptations(&short) * adaptations(&p);
@@ -512,6 +571,41 @@ fn meta_train(
         observe,
     }
     .run(theta0)
+}
+
+impl FewShot {
+    /// `method` with its setting's searched `beta` if it is the contrastive rule: the stored
+    /// choice unit's where there is one, else the search run here (units have no order); at the
+    /// paper scale, where there is no search, the protocol's `beta` stands. Also that `beta`.
+    fn at_searched_beta(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        p: &Protocol,
+        shots: usize,
+        method: Method,
+    ) -> Result<(Method, Option<f64>)> {
+        let beta = match (&method.estimator, &p.beta_search) {
+            (EstimatorSpec::Contrastive(_), Some(_)) => Some(
+                super::units::stored_beside_or::<Option<Search>>(
+                    self,
+                    settings,
+                    staging,
+                    &choice_unit(shots),
+                    || choose_beta(settings, p, shots),
+                )?
+                .map(|s| s.chosen)
+                .expect("a search where the protocol has one"),
+            ),
+            (EstimatorSpec::Contrastive(c), None) => Some(c.beta),
+            _ => None,
+        };
+        let method = Method {
+            estimator: beta.map_or(method.estimator, |b| at_beta(&method.estimator, b)),
+            ..method
+        };
+        Ok((method, beta))
+    }
 }
 
 /// Each episode's query accuracy after `method`'s own inner loop from `theta`, and how many
@@ -583,10 +677,115 @@ fn choose_beta(settings: &Settings, p: &Protocol, shots: usize) -> Result<Option
     super::choice::search_beta(&setting_name(shots), &search.grid, search.extensions, score_at).map(Some)
 }
 
-/// Meta-trains `method` (the contrastive rule at `beta`, if it is the rule) from `seed`, scores
-/// its checkpoints on the seed's validation episodes, and scores the best checkpoint, and the
-/// matched baseline, on the seed's meta-test episodes.
-fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, beta: Option<f64>) -> Result<SeedRun> {
+/// A meta-training run and its checkpoints scored on validation episodes.
+struct Checkpointed {
+    run: TaskMetaRun,
+    /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`.
+    checkpoints: Vec<(usize, f64)>,
+    /// The checkpoint deployed (the best validation accuracy, ties to the later): its meta-step,
+    /// its `omega`, and each validation episode's accuracy there.
+    chosen_step: usize,
+    theta: Vector,
+    validation: Vec<f64>,
+}
+
+/// Meta-trains `method` from `theta0` with the episodes of `seed`, and scores its checkpoints
+/// (`p.checkpoints()`, the initialisation among them) on `validation`. A run that stops early
+/// keeps the checkpoints it reached.
+fn train_checkpointed(
+    p: &Protocol,
+    split: &FewShotSplit,
+    shots: usize,
+    method: &Method,
+    seed: u64,
+    theta0: &Vector,
+    validation: &[Episode],
+) -> Result<Checkpointed> {
+    let wanted = p.checkpoints();
+    let kept = std::sync::Mutex::new(vec![(0, theta0.clone())]);
+    let keep = |step: usize, theta: &Vector| -> Result<()> {
+        if wanted.contains(&step) {
+            kept.lock()
+                .expect("no panic while kept")
+                .push((step, theta.clone()));
+        }
+        Ok(())
+    };
+    let run = meta_train(p, split, shots, method, seed, theta0.clone(), Some(&keep))?;
+    let mut kept = kept.into_inner().expect("no panic while kept");
+    let mut checkpoints = Vec::new();
+    let mut accuracies = Vec::new();
+    for (step, theta) in &kept {
+        let (accuracy, _) = score(p, method, validation, theta)?;
+        checkpoints.push((*step, mean(&accuracy)));
+        accuracies.push(accuracy);
+    }
+    // The best validation accuracy, ties to the later checkpoint.
+    let best = (0..checkpoints.len())
+        .max_by(|&a, &b| checkpoints[a].1.total_cmp(&checkpoints[b].1).then(a.cmp(&b)))
+        .expect("the initialisation is a checkpoint");
+    let (chosen_step, theta) = kept.swap_remove(best);
+    Ok(Checkpointed {
+        run,
+        checkpoints,
+        chosen_step,
+        theta,
+        validation: accuracies.swap_remove(best),
+    })
+}
+
+/// Chooses the outer Adam step size of `method` (the contrastive rule at its searched `beta`) in
+/// the `shots` setting on the validation classes ([`RateSearchSpec`]): from an initialisation and
+/// episode stream of the search's own (no reported seed's; the same for every method), a whole
+/// meta-training at each step size, its checkpoint chosen on the search's validation episodes as
+/// a reported run's is, scored by each episode's error rate there; the least mean wins
+/// ([`Ties::None`]). `None` where the protocol has no search.
+fn choose_meta_lr(
+    settings: &Settings,
+    p: &Protocol,
+    shots: usize,
+    method: &Method,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.meta_lr_search else {
+        return Ok(None);
+    };
+    let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE, shots as u64]);
+    let split = FewShotSplit::new(&load_digits()?)?;
+    let validation = episodes(
+        &split.validation,
+        p.validation_episodes,
+        shots,
+        stream(seed, VALIDATION),
+    )?;
+    let theta0 = p.net()?.init(&mut stream(seed, INIT));
+    let score_at = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let at_rate = Protocol { meta_lr, ..p.clone() };
+        let run = train_checkpointed(&at_rate, &split, shots, method, seed, &theta0, &validation)?;
+        Ok((run.validation.iter().map(|a| 1.0 - a).collect(), None))
+    };
+    super::choice::search(
+        &rate_subject(shots, method.key),
+        "meta_lr",
+        Ties::None,
+        &search.grid,
+        search.extensions,
+        score_at,
+    )
+    .map(Some)
+}
+
+/// Meta-trains `method` (the contrastive rule at `beta`, if it is the rule; Adam at `meta_lr`,
+/// its search's choice, else the protocol's) from `seed`, scores its checkpoints on the seed's
+/// validation episodes, and scores the best checkpoint, and the matched baseline, on the seed's
+/// meta-test episodes.
+fn run_seed(
+    p: &Protocol,
+    shots: usize,
+    method: &Method,
+    seed: u64,
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+) -> Result<SeedRun> {
     let split = FewShotSplit::new(&load_digits()?)?;
     let theta0 = p.net()?.init(&mut stream(seed, INIT));
     let test = episodes(
@@ -601,40 +800,21 @@ fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, beta: Option
         shots,
         stream(seed, VALIDATION + 100 * shots as u64),
     )?;
-    let wanted = p.checkpoints();
-    let kept = std::sync::Mutex::new(vec![(0, theta0.clone())]);
-    let keep = |step: usize, theta: &Vector| -> Result<()> {
-        if wanted.contains(&step) {
-            kept.lock()
-                .expect("no panic while kept")
-                .push((step, theta.clone()));
-        }
-        Ok(())
-    };
-    let run = meta_train(p, &split, shots, method, seed, theta0.clone(), Some(&keep))?;
-    let kept = kept.into_inner().expect("no panic while kept");
-    let mut checkpoints = Vec::new();
-    for (step, theta) in &kept {
-        let (accuracy, _) = score(p, method, &validation, theta)?;
-        checkpoints.push((*step, mean(&accuracy)));
-    }
-    // The best validation accuracy, ties to the later checkpoint.
-    let best = (0..checkpoints.len())
-        .max_by(|&a, &b| checkpoints[a].1.total_cmp(&checkpoints[b].1).then(a.cmp(&b)))
-        .expect("the initialisation is a checkpoint");
-    let (accuracy, diverged) = score(p, method, &test, &kept[best].1)?;
+    let run = train_checkpointed(p, &split, shots, method, seed, &theta0, &validation)?;
+    let (accuracy, diverged) = score(p, method, &test, &run.theta)?;
     let (baseline, baseline_diverged) = score(p, method, &test, &theta0)?;
     Ok(SeedRun {
         beta,
-        checkpoints,
-        chosen_step: kept[best].0,
+        meta_lr,
+        checkpoints: run.checkpoints,
+        chosen_step: run.chosen_step,
         accuracy,
         baseline,
         diverged,
         baseline_diverged,
-        curve: run.log.iter().map(|s| (s.step, s.query_loss)).collect(),
-        stopped: run.stopped,
-        seconds: run.log.last().map_or(0.0, |s| s.seconds),
+        curve: run.run.log.iter().map(|s| (s.step, s.query_loss)).collect(),
+        stopped: run.run.stopped,
+        seconds: run.run.log.last().map_or(0.0, |s| s.seconds),
     })
 }
 
@@ -683,6 +863,8 @@ pub struct FewShotResults {
     pub stopped: Vec<String>,
     /// The contrastive rule's `beta` searches, one per setting (none at the paper scale).
     pub searches: Vec<Search>,
+    /// The outer step size's searches, one per setting and method (none at the paper scale).
+    pub rate_searches: Vec<Search>,
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,
@@ -703,6 +885,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut checkpoint_rows = Vec::new();
     let split = FewShotSplit::new(&load_digits()?)?;
     let searches = super::choice::stored(units, protocol.shots.iter().map(|&s| choice_unit(s)))?;
+    let rate_searches = super::choice::stored(units, rate_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -740,6 +923,13 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     searches.iter().find(|x| x.model == setting_name(shots)),
                     &format!("few-shot unit {name}"),
                     run.beta,
+                )?;
+                super::choice::check_agrees(
+                    rate_searches
+                        .iter()
+                        .find(|x| x.model == rate_subject(shots, method.key)),
+                    &format!("few-shot unit {name}"),
+                    run.meta_lr,
                 )?;
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
                 for (step, validation) in &run.checkpoints {
@@ -869,6 +1059,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("few_shot_meta_lr_choice.csv"),
+        "run",
+        &rate_searches,
+        files,
+    )?;
     let acc_rows: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -892,6 +1088,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         comparisons,
         stopped,
         searches,
+        rate_searches,
         meta_train_classes: split.meta_train.classes,
         validation_classes: split.validation.classes,
     };
@@ -915,7 +1112,7 @@ pub fn table(r: &FewShotResults) -> String {
          Validation, for every choice: {}, the other third of the images; no meta-training class has the shape of\n\
          a validation class (a 0 or a 1 turned half way, a 6 turned half way is a 9). Meta-test: the upright digits\n\
          {:?}, so no meta-test class is a rotation of another class. {WAYS}-way episodes with {QUERIES} query images per class.\n\
-         Network {} (tanh), every weight fast. {} meta-steps of {} episodes (Adam, lr {}), {seeds} meta-training seeds,\n\
+         Network {} (tanh), every weight fast. {} meta-steps of {} episodes (Adam, {}), {seeds} meta-training seeds,\n\
          {} meta-test episodes per seed. Each run deploys its checkpoint (meta-steps {:?}) with the best mean accuracy on\n\
          {} validation episodes of its seed (ties to the later; `few_shot_checkpoints.csv`). Accuracy: per seed, the mean\n\
          over its meta-test episodes; then the mean over seeds with a 95% t-interval. Matched baseline: the untrained\n\
@@ -934,7 +1131,10 @@ pub fn table(r: &FewShotResults) -> String {
             .unwrap_or_default(),
         p.meta_steps,
         p.meta_batch,
-        p.meta_lr,
+        match p.meta_lr_search {
+            Some(_) => "step size searched per setting and method, below".to_string(),
+            None => format!("lr {}", p.meta_lr),
+        },
         p.test_episodes,
         p.checkpoints(),
         p.validation_episodes,
@@ -996,6 +1196,7 @@ pub fn table(r: &FewShotResults) -> String {
         ));
     }
     t.push_str(&beta_section(r));
+    t.push_str(&meta_lr_section(r));
     t
 }
 
@@ -1050,6 +1251,33 @@ fn beta_section(r: &FewShotResults) -> String {
         search.meta_steps, search.validation_tasks, search.extensions
     );
     t.push_str(&super::choice::table(&r.searches, "setting"));
+    t.push('\n');
+    t
+}
+
+/// The outer step size: each setting and method's search, or the protocol's value.
+fn meta_lr_section(r: &FewShotResults) -> String {
+    let Some(search) = r
+        .protocol
+        .meta_lr_search
+        .as_ref()
+        .filter(|_| !r.rate_searches.is_empty())
+    else {
+        return format!(
+            "\n## The outer step size\n\nAdam at {} for every method (no search at this scale).\n",
+            r.protocol.meta_lr
+        );
+    };
+    let mut t = format!(
+        "\n## The outer step size, chosen on the validation classes\n\n\
+         Per setting and method (the contrastive rule at its chosen beta), from an initialisation and an episode stream of\n\
+         the search's own (the same for every method): a whole meta-training ({} meta-steps) at each step size of Adam,\n\
+         its checkpoint chosen on {} validation episodes of the search's own stream as a reported run's is, then the\n\
+         error rate there, mean over those episodes; the least wins. A choice at an edge of the grid extends it past that\n\
+         edge by the grid's ratio, at most {} times (`few_shot_meta_lr_choice.csv`).\n\n",
+        r.protocol.meta_steps, r.protocol.validation_episodes, search.extensions
+    );
+    t.push_str(&super::choice::table(&r.rate_searches, "run"));
     t.push('\n');
     t
 }

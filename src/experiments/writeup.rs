@@ -703,6 +703,28 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                     .join(", "),
             },
         )
+        .text(
+            "meta_lr",
+            match f.rate_searches.as_slice() {
+                [] => format!("Adam at {}, not searched", p.meta_lr),
+                s => s
+                    .iter()
+                    .map(|x| {
+                        format!(
+                            "{} {}{}",
+                            x.model,
+                            x.chosen,
+                            if x.at_edge {
+                                " (at an edge of its grid)"
+                            } else {
+                                ""
+                            }
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            },
+        )
         .list("methods", methods)
         .section("stopped", stopped(&f.stopped))
 }
