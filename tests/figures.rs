@@ -939,9 +939,10 @@ fn without_wall_time(v: &mut serde_json::Value) {
 fn the_committed_units_are_what_the_current_code_computes() {
     // A unit's fingerprint names its protocol, not the code: a change to how a job computes or
     // reports leaves its stored units valid but stale (on 2026-12-05 the committed whole-job units
-    // predated the ledger and dropped four of its rows). So the cheapest committed unit of every
-    // job (no unit it depends on) is recomputed by the current code, and must give the stored
-    // rows exactly; about a minute in all.
+    // predated the ledger and dropped four of its rows). So a cheap committed unit of every job is
+    // recomputed by the current code in an empty folder, and must give the stored rows exactly
+    // (the few-shot Reptile unit runs its step-size search there too, as a unit that finds its
+    // search unstored does); under a minute in all.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     for unit in [
