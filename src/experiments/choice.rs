@@ -70,7 +70,8 @@ pub enum Ties {
     /// `beta`, whose estimate is less sensitive to unconverged phases when larger (the bound's
     /// `delta / beta` term).
     ToTheLarger,
-    /// The least mean loss, ties or not: for a step size, where no direction is safer.
+    /// The least mean loss, ties or not: for a step size, where no direction is safer. Values with
+    /// exactly equal losses (runs that all deploy their untrained checkpoint) go to the smallest.
     None,
 }
 
@@ -260,6 +261,28 @@ pub(super) fn write(
         &rows,
         files,
     )
+}
+
+/// The choices of `searches` in one line for the write-up: `subject: setting value` each, an edge
+/// choice flagged.
+pub(super) fn chosen_values(searches: &[Search]) -> String {
+    searches
+        .iter()
+        .map(|x| {
+            format!(
+                "{}: {} {}{}",
+                x.model,
+                x.setting,
+                x.chosen,
+                if x.at_edge {
+                    " (at an edge of the extended grid)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The searches (of one setting) as a Markdown table (first column `column`), then a sentence per

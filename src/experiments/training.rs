@@ -98,29 +98,11 @@ pub fn choices_sentence(t: &TrainingResults) -> String {
             "The contrastive rule's beta ({PAPER_BETA}) and the outer step size ({META_LR}) are the paper scale's, not searched."
         );
     }
-    let listed = |searches: &[Search]| -> String {
-        searches
-            .iter()
-            .map(|x| {
-                format!(
-                    "{} {}{}",
-                    x.model,
-                    x.chosen,
-                    if x.at_edge {
-                        " (at the edge of the extended grid)"
-                    } else {
-                        ""
-                    }
-                )
-            })
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     format!(
         "Chosen on validation tasks of a search stream of their own ([final_loss.md](final_loss.md) gives every score): \
          the contrastive rule's beta per model ({}), and the outer Adam step size per model and estimator ({}).",
-        listed(&t.beta_searches),
-        listed(&t.meta_lr_searches)
+        super::choice::chosen_values(&t.beta_searches),
+        super::choice::chosen_values(&t.meta_lr_searches)
     )
 }
 

@@ -685,44 +685,14 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
             "beta",
             match f.searches.as_slice() {
                 [] => format!("beta = {}, the paper's code's", p.beta),
-                s => s
-                    .iter()
-                    .map(|x| {
-                        format!(
-                            "{} beta = {}{}",
-                            x.model,
-                            x.chosen,
-                            if x.at_edge {
-                                " (at an edge of its grid)"
-                            } else {
-                                ""
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                s => super::choice::chosen_values(s),
             },
         )
         .text(
             "meta_lr",
             match f.rate_searches.as_slice() {
                 [] => format!("Adam at {}, not searched", p.meta_lr),
-                s => s
-                    .iter()
-                    .map(|x| {
-                        format!(
-                            "{} {}{}",
-                            x.model,
-                            x.chosen,
-                            if x.at_edge {
-                                " (at an edge of its grid)"
-                            } else {
-                                ""
-                            }
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                s => super::choice::chosen_values(s),
             },
         )
         .list("methods", methods)
