@@ -656,7 +656,12 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                     c.shots, c.reference
                 ),
                 "few_shot.md",
-                "paired t-test and TOST over seeds, Holm-corrected",
+                if f.searches.is_empty() {
+                    "paired t-test and TOST over seeds, Holm-corrected"
+                } else {
+                    "paired t-test and TOST over seeds, Holm-corrected; the rule at its searched beta (what that \
+                     beta estimates against the exact meta-gradient: docs/DIGITS.md §3)"
+                },
                 format!(
                     "{verdict} (accuracy difference {} ± {} points, margin ± {})",
                     points(k.mean),
