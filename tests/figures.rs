@@ -325,8 +325,9 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
-    // Sinusoid meta-training and few-shot digits: each model (setting) and method's outer step
-    // size is its search's least validation loss (the same check: 12 searches, and 5 per setting).
+    // Every outer step-size search (digit decay per run, sinusoid per model and estimator, few-shot
+    // per setting and method) takes the least validation loss (exact ties to the first, the
+    // smallest); the digit-decay beta search the one-standard-error rule.
     for (file, setting, ties_to_the_larger, runs) in [
         ("digits_decay_meta_lr_choice.csv", "meta_lr", false, 10),
         ("digits_decay_beta_choice.csv", "beta", true, 2),
@@ -854,7 +855,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model and a
-    // step-size search per model and estimator, timed by its calibration; the jobs without a calibration say how to get an estimate.
+    // step-size search per model and estimator, timed by its calibration; the jobs without a
+    // calibration say how to get an estimate.
     // Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines) and 2 beta searches; few-shot 1 setting x 5 methods x 2 seeds and
     // the setting's beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
