@@ -474,8 +474,9 @@ impl Job for Training {
     fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
         // One short timed run per (model, estimator): the seeds of a kind cost the same. Each
         // search is counted once, in its own unit: the beta search's short runs, and a step-size
-        // unit's whole run per value of its grid. (A run unit that finds its search unstored runs
-        // it too, so slices that start together may cost more.)
+        // unit's whole run per value of its grid and per extension it may add (an upper bound: a
+        // run that stops early costs less). A run unit that finds its search unstored runs it
+        // too, so slices that start together may cost more.
         enum Unit {
             Run,
             BetaSearch,
@@ -508,7 +509,7 @@ impl Job for Training {
             out.push(match kind_of_unit {
                 Unit::Run => run,
                 Unit::BetaSearch => search,
-                Unit::StepSizeSearch => META_LR_GRID.len() as f64 * run,
+                Unit::StepSizeSearch => (META_LR_GRID.len() + META_LR_EXTENSIONS) as f64 * run,
             });
         }
         Ok(Some(out))
