@@ -296,8 +296,7 @@ fn choose_meta_lr(
             meta_lr,
         )?;
         let run = train_checkpointed(&c, &theta0, &validation, &mut |_| {})?;
-        let losses = losses_after_adaptation(&c, &validation, &run.best.2)?;
-        Ok((losses.iter().map(|l| l.0).collect(), None))
+        Ok((run.validation, None))
     };
     super::choice::search(
         &meta_lr_subject(model, name),
@@ -657,6 +656,8 @@ fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<(f
 struct Checkpointed {
     /// (mean validation loss after adaptation, meta-step, theta) of the chosen checkpoint.
     best: (f64, usize, Vector),
+    /// Each validation task's loss after adaptation at that checkpoint (what a search scores).
+    validation: Vec<f64>,
     /// The last meta-step completed and the wall seconds by then.
     last: (usize, f64),
     /// Why the run stopped early, if it did (its checkpoint is from before).
@@ -672,15 +673,25 @@ fn train_checkpointed(
     validation: &[SinusoidTask],
     observe: &mut dyn FnMut(&MetaStep),
 ) -> Result<Checkpointed> {
-    let mean_after = |theta: &Vector| -> Result<f64> { Ok(scored_after_adaptation(c, validation, theta)?.0) };
-    let mut best = (mean_after(theta0)?, 0usize, theta0.clone());
+    // Each task's loss and their mean, summed as `scored_after_adaptation` sums them.
+    let after = |theta: &Vector| -> Result<(f64, Vec<f64>)> {
+        let losses: Vec<f64> = losses_after_adaptation(c, validation, theta)?
+            .iter()
+            .map(|l| l.0)
+            .collect();
+        Ok((losses.iter().sum::<f64>() / losses.len() as f64, losses))
+    };
+    let (mean0, losses0) = after(theta0)?;
+    let mut best = (mean0, 0usize, theta0.clone());
+    let mut best_losses = losses0;
     let mut last = (0usize, 0.0f64);
     let outcome = {
         let mut keep_best = |state: &TrainState| -> Result<()> {
             let theta = Vector::from_vec(state.theta.clone());
-            let v = mean_after(&theta)?;
+            let (v, losses) = after(&theta)?;
             if v < best.0 {
                 best = (v, state.step, theta);
+                best_losses = losses;
             }
             Ok(())
         };
@@ -697,6 +708,7 @@ fn train_checkpointed(
     };
     Ok(Checkpointed {
         best,
+        validation: best_losses,
         last,
         stopped: outcome.err(),
     })
