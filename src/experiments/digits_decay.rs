@@ -9,7 +9,7 @@ use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
 use super::weight_decay::{BaselineSteps, decay_estimators};
-use super::{Settings, save, write_csv, write_table};
+use super::{Settings, mean, save, write_csv, write_table};
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
@@ -274,10 +274,6 @@ fn evaluate(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(Vec<f6
         p.validation.cross_entropies(&p.net, &phi)?,
         test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
     ))
-}
-
-fn mean(x: &[f64]) -> f64 {
-    x.iter().sum::<f64>() / x.len() as f64
 }
 
 /// Validation and test cross-entropy after training on the training rows with `theta`.

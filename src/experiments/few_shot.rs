@@ -11,7 +11,7 @@
 use super::choice::{BetaSearchSpec, Search, Ties, at_beta};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
-use super::{Settings, running_mean, save, write_csv, write_table};
+use super::{Settings, mean, running_mean, save, write_csv, write_table};
 use crate::digits::{ClassPool, Episode, FewShotSplit, META_TEST_DIGITS, accuracy, load_digits};
 use crate::error::{CmlError, Result};
 use crate::estimator::{
@@ -868,10 +868,6 @@ pub struct FewShotResults {
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,
-}
-
-fn mean(v: &[f64]) -> f64 {
-    v.iter().sum::<f64>() / v.len() as f64
 }
 
 fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<FewShotResults> {

@@ -143,6 +143,11 @@ pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
         .collect()
 }
 
+/// The arithmetic mean, summed in order.
+pub(crate) fn mean(values: &[f64]) -> f64 {
+    values.iter().sum::<f64>() / values.len() as f64
+}
+
 /// Writes a CSV (header plus rows) whole or not at all, and records it.
 pub(crate) fn write_csv(path: &Path, header: &str, rows: &[String], files: &mut Vec<PathBuf>) -> Result<()> {
     // Fields are not quoted: a row whose field count differs from the header's (a name with a
