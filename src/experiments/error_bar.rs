@@ -5,11 +5,13 @@
 
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
-use crate::estimator::error_bar::{AutoBeta, DistanceSource, estimate_with_error_bar};
+use crate::estimator::contrastive::PhaseRuns;
+use crate::estimator::error_bar::{AutoBeta, DistanceSource, error_bar_at};
 use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use crate::ground_truth::exact_meta_gradient_at_phase_minimum;
 use crate::inner::GdParams;
 use crate::linalg::Vector;
+use crate::oracle::Oracle;
 use crate::report::plot::{Figure, Panel, Series, Style};
 use std::path::PathBuf;
 
@@ -150,6 +152,14 @@ fn source_name(bar: &crate::estimator::error_bar::ErrorBar) -> &'static str {
 }
 
 /// Every case of one instance: the bar at each strength and precision, then auto on the grid.
+///
+/// The phases of one variant at one precision do not depend on `beta` (the free phase) or
+/// depend on it only through the strength they run at (each nudged phase starts from the free
+/// solution), so one [`PhaseRuns`] per variant and precision serves every strength, the bar's
+/// `2 beta` and the order check's `2 beta` and `4 beta`: each estimate is the one a fresh run
+/// gives, bit for bit, without running its free phase again. The bar's extra cost stays its own:
+/// no phase it runs has been run for an earlier strength (`2 beta` and `4 beta` of one strength
+/// are none of the others' `beta`, `2 beta` or `4 beta`).
 fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>, Vec<AutoCase>)> {
     let p = crate::registry::draw_problem(problem, seed)?;
     let theta = p.theta().clone();
@@ -164,44 +174,56 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
     let error = |g: &Vector| (g - &exact).norm();
     let mut cases = Vec::new();
     for variant in VARIANTS {
-        for beta in BETAS {
-            for tolerance in TOLERANCES {
-                // A strength too large for the phases to converge is not a case of the bar.
-                let e =
-                    match estimate_with_error_bar(&rule(variant, beta, tolerance, quick), p.as_ref(), &theta)
-                    {
-                        Err(CmlError::Diverged { .. }) => continue,
-                        other => other?,
-                    };
-                let bar = e.error_bar.as_ref().expect("estimated with its bar");
-                let at = |k: f64| -> Result<Option<Vector>> {
-                    match rule(variant, k * beta, tolerance, quick).estimate(p.as_ref(), &theta) {
-                        Ok(e) => Ok(Some(e.gradient)),
+        // Run precision by precision, stored strength by strength (the cases' order).
+        let mut block = Vec::new();
+        for (t, tolerance) in TOLERANCES.into_iter().enumerate() {
+            let rule = rule(variant, BETAS[0], tolerance, quick);
+            let oracle = Oracle::with_engine(p.as_ref(), rule.free.engine);
+            // A free phase that diverges leaves no case at this precision, as a diverging nudged
+            // phase leaves none at its strength: neither is a case of the bar.
+            let mut runs = match PhaseRuns::start(&rule, &oracle, &theta) {
+                Err(CmlError::Diverged { .. }) => continue,
+                other => other?,
+            };
+            for (b, beta) in BETAS.into_iter().enumerate() {
+                let estimate = runs
+                    .estimate(beta)
+                    .and_then(|g| Ok((error_bar_at(&mut runs, beta, &g)?, g)));
+                let (bar, gradient) = match estimate {
+                    Err(CmlError::Diverged { .. }) => continue,
+                    other => other?,
+                };
+                let mut at = |k: f64| -> Result<Option<Vector>> {
+                    match runs.estimate(k * beta) {
+                        Ok(g) => Ok(Some(g)),
                         Err(CmlError::Diverged { .. }) => Ok(None),
                         Err(e) => Err(e),
                     }
                 };
                 let order_ratio = match (at(2.0)?, at(4.0)?) {
-                    (Some(g2), Some(g4)) => (&g4 - &g2).norm() / (&g2 - &e.gradient).norm(),
+                    (Some(g2), Some(g4)) => (&g4 - &g2).norm() / (&g2 - &gradient).norm(),
                     _ => f64::NAN,
                 };
-                cases.push(Case {
+                let case = Case {
                     problem: problem.into(),
                     seed,
                     variant,
                     beta,
                     tolerance,
-                    error: error(&e.gradient),
+                    error: error(&gradient),
                     bar: bar.bar,
                     truncation: bar.truncation,
                     phase_precision: bar.phase_precision,
-                    source: source_name(bar).into(),
+                    source: source_name(&bar).into(),
                     bar_gradient_evaluations: bar.extra_cost.gradient_evaluations,
                     bar_second_order_products: bar.extra_cost.second_order_products,
                     order_ratio,
-                });
+                };
+                block.push(((b, t), case));
             }
         }
+        block.sort_by_key(|(at, _)| *at);
+        cases.extend(block.into_iter().map(|(_, case)| case));
     }
     let mut autos = Vec::new();
     for variant in VARIANTS {
@@ -209,9 +231,12 @@ fn calibrate(problem: &'static str, seed: u64, quick: bool) -> Result<(Vec<Case>
         let auto = AutoBeta::new(base).estimate(p.as_ref(), &theta)?;
         let bar = auto.error_bar.as_ref().expect("auto reports its bar");
         let mut best = (f64::NAN, f64::INFINITY);
+        // The grid's strengths share one free phase (see above).
+        let oracle = Oracle::with_engine(p.as_ref(), base.free.engine);
+        let mut runs = PhaseRuns::start(&base, &oracle, &theta)?;
         for beta in grid() {
-            match (Contrastive { beta, ..base }).estimate(p.as_ref(), &theta) {
-                Ok(e) if error(&e.gradient) < best.1 => best = (beta, error(&e.gradient)),
+            match runs.estimate(beta) {
+                Ok(g) if error(&g) < best.1 => best = (beta, error(&g)),
                 Ok(_) | Err(CmlError::Diverged { .. }) => {}
                 Err(e) => return Err(e),
             }
