@@ -3,7 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::choice::{BetaSearchSpec, Search, at_beta};
+use super::choice::{BetaSearchSpec, RateSearchSpec, Search, Ties, at_beta};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -17,6 +17,7 @@ use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Unrolled, Variant};
 use crate::experiments::bandit_meta::{MetaConfig, initial_theta, meta_train};
 use crate::inner::GdParams;
+use crate::linalg::Vector;
 use crate::mlp::Mlp;
 use crate::optimizer::Optimizer;
 use crate::parallel::map_in_order;
@@ -63,6 +64,13 @@ pub struct Protocol {
     /// paper scale takes the paper's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beta_search: Option<BetaSearchSpec>,
+    /// Each meta-learned agent's outer Adam step size, chosen on validation tasks (the contrastive
+    /// agents at their searched `beta`; quick and default scales, the paper scale takes the
+    /// paper's per agent): a whole meta-training at each value from an initialisation and task
+    /// stream of the search's own, scored by the validation tasks' query loss after the agent's
+    /// own adaptation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_lr_search: Option<RateSearchSpec>,
 }
 
 /// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
@@ -118,6 +126,11 @@ impl Protocol {
                 extensions: 3,
                 meta_steps: 15,
                 validation_tasks: 20,
+            }),
+            // The hand-set 3e-3 in the middle, a factor of about 3 to each side.
+            meta_lr_search: Some(RateSearchSpec {
+                grid: vec![1e-3, 3e-3, 1e-2],
+                extensions: 2,
             }),
         };
         Ok(if quick {
@@ -235,6 +248,7 @@ impl Protocol {
                 },
             ]),
             beta_search: None,
+            meta_lr_search: None,
             ..base
         })
     }
@@ -370,6 +384,8 @@ pub struct BanditResults {
     pub stopped: Vec<String>,
     /// The contrastive agents' beta searches (none at the paper scale).
     pub searches: Vec<Search>,
+    /// The meta-learned agents' step-size searches (none at the paper scale).
+    pub rate_searches: Vec<Search>,
 }
 
 /// Stream offsets of the evaluation runs and of the meta-training seeds.
@@ -426,31 +442,35 @@ fn choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
         .collect())
 }
 
-/// Stream words of the search's own seed (initialisation, task stream, validation tasks).
+/// The units of the step-size searches, one per meta-learned agent (none without a search):
+/// (agent name, unit name).
+fn rate_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
+    if p.meta_lr_search.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(p.meta_learners()?
+        .into_iter()
+        .map(|l| (l.0, format!("choice-meta-lr-{}", key(l.0))))
+        .collect())
+}
+
+/// Stream words of the searches' own seeds (initialisation, task stream, validation tasks).
 const CHOICE: u64 = 4000;
+const RATE_CHOICE: u64 = 5000;
 
 /// Chooses the contrastive agent `name`'s `beta` on validation tasks (`super::choice`): from an
 /// initialisation and task stream of the search's own, a short meta-training at each setting,
 /// then each validation task's query loss after the agent's free phase.
 fn choose_beta(settings: &Settings, p: &Protocol, name: &str) -> Result<Search> {
-    use crate::bandit::agents::build;
-    use crate::bandit::task::BanditTask;
-    use crate::inner::InnerSolver;
     let search = p.beta_search.as_ref().expect("a search at this scale");
     let (_, model, spec) = p
         .meta_learners()?
         .into_iter()
         .find(|l| l.0 == name)
         .expect("a contrastive agent");
-    let EstimatorSpec::Contrastive(rule) = &spec else {
-        unreachable!("choice units are the contrastive agents'")
-    };
-    let free = rule.free;
+    let free = adaptation(&spec);
     let seed = crate::rng::hash_words(&[settings.seed, CHOICE]);
-    let mut rng = crate::rng::stream(seed, 1);
-    let validation: Vec<BanditTask> = (0..search.validation_tasks)
-        .map(|_| BanditTask::sample(&mut rng, p.support, p.query))
-        .collect::<Result<_>>()?;
+    let validation = validation_tasks(p, seed, search.validation_tasks)?;
     let budget = p.budget_of(name)?;
     let score = |beta: f64| -> Result<(Vec<f64>, Option<String>)> {
         let run = meta_train(&MetaConfig {
@@ -469,23 +489,118 @@ fn choose_beta(settings: &Settings, p: &Protocol, name: &str) -> Result<Search> 
             // A setting whose meta-training fails is the worst of the grid.
             Err(e) => return Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
         };
-        let losses = map_in_order(&validation, |task| {
-            let problem = build(&model, task.clone(), &theta)?;
-            let t = problem.theta();
-            let start = problem.initial_phi(t)?;
-            let phi = match free.solve(
-                &crate::oracle::Oracle::new(problem.as_ref()),
-                &crate::inner::Phase::new(&start, t, 0.0, "adaptation"),
-            ) {
-                Ok(s) => s.phi,
-                Err(crate::CmlError::Diverged { .. }) => start,
-                Err(e) => return Err(e),
-            };
-            Ok(problem.outer_loss(&phi, t)?.to_scalar::<f64>()?)
-        })?;
-        Ok((losses, None))
+        Ok((validation_losses(&model, &free, &theta, &validation)?, None))
     };
     super::choice::search_beta(name, &search.grid, search.extensions, score)
+}
+
+/// The `n` validation tasks of a search seeded `seed` (its own stream: no reported seed's tasks).
+fn validation_tasks(p: &Protocol, seed: u64, n: usize) -> Result<Vec<crate::bandit::task::BanditTask>> {
+    let mut rng = crate::rng::stream(seed, 1);
+    (0..n)
+        .map(|_| crate::bandit::task::BanditTask::sample(&mut rng, p.support, p.query))
+        .collect()
+}
+
+/// Each validation task's query loss after adapting the agent `model` at `theta` with `adapt` (a
+/// diverging adaptation scores its start).
+fn validation_losses(
+    model: &OnlineModel,
+    adapt: &GdParams,
+    theta: &Vector,
+    validation: &[crate::bandit::task::BanditTask],
+) -> Result<Vec<f64>> {
+    use crate::inner::InnerSolver;
+    map_in_order(validation, |task| {
+        let problem = crate::bandit::agents::build(model, task.clone(), theta)?;
+        let t = problem.theta();
+        let start = problem.initial_phi(t)?;
+        let phi = match adapt.solve(
+            &crate::oracle::Oracle::new(problem.as_ref()),
+            &crate::inner::Phase::new(&start, t, 0.0, "adaptation"),
+        ) {
+            Ok(s) => s.phi,
+            Err(crate::CmlError::Diverged { .. }) => start,
+            Err(e) => return Err(e),
+        };
+        Ok(problem.outer_loss(&phi, t)?.to_scalar::<f64>()?)
+    })
+}
+
+/// The inner loop an agent adapts with: the contrastive rule's free phase, MAML's unrolled loop.
+fn adaptation(spec: &EstimatorSpec) -> GdParams {
+    match spec {
+        EstimatorSpec::Contrastive(c) => c.free,
+        EstimatorSpec::Unrolled(u) => u.inner,
+        other => unreachable!("no bandit agent is meta-learned by {other:?}"),
+    }
+}
+
+/// Chooses the meta-learned agent `name`'s outer Adam step size on validation tasks
+/// ([`RateSearchSpec`], [`Ties::None`]): from an initialisation and task stream of the search's
+/// own (the same for every agent, none a reported seed's), a whole meta-training at each value
+/// (the contrastive agents at `beta`, their search's choice), scored by each validation task's
+/// query loss after the agent's own adaptation from the meta-trained `theta`. A run that stops
+/// early fails its value.
+fn choose_meta_lr(
+    settings: &Settings,
+    p: &Protocol,
+    name: &str,
+    beta: Option<f64>,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.meta_lr_search else {
+        return Ok(None);
+    };
+    let (_, model, spec) = p
+        .meta_learners()?
+        .into_iter()
+        .find(|l| l.0 == name)
+        .expect("a meta-learned agent");
+    let spec = beta.map_or(spec, |b| at_beta(&spec, b));
+    let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE]);
+    // As many validation tasks as the beta search scores (both run at the same scales).
+    let tasks = p
+        .beta_search
+        .as_ref()
+        .map(|b| b.validation_tasks)
+        .ok_or_else(|| {
+            crate::CmlError::invalid(
+                "bandit protocol",
+                "a step-size search without a beta search",
+                "both or neither",
+            )
+        })?;
+    let validation = validation_tasks(p, seed, tasks)?;
+    let budget = p.budget_of(name)?;
+    let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let run = meta_train(&MetaConfig {
+            model: model.clone(),
+            estimator: spec,
+            meta_steps: budget.meta_steps,
+            meta_batch: budget.meta_batch,
+            meta_lr,
+            support: p.support,
+            query: p.query,
+            seed,
+        });
+        match run {
+            Ok(r) if r.stopped.is_none() => Ok((
+                validation_losses(&model, &adaptation(&spec), &r.theta, &validation)?,
+                None,
+            )),
+            Ok(r) => Ok((vec![f64::INFINITY; validation.len()], r.stopped)),
+            Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
+        }
+    };
+    super::choice::search(
+        name,
+        "meta_lr",
+        Ties::None,
+        &search.grid,
+        search.extensions,
+        score,
+    )
+    .map(Some)
 }
 
 /// One agent's runs in one unit.
@@ -505,6 +620,9 @@ struct UnitRows {
     /// The contrastive agent's `beta`, as its search chose it.
     #[serde(default)]
     beta: Option<f64>,
+    /// The agent's outer step size, as its search chose it (none without a search).
+    #[serde(default)]
+    meta_lr: Option<f64>,
     agents: Vec<AgentRuns>,
     /// (meta-step, query loss) of meta-training (empty for the baselines).
     meta_log: Vec<(usize, f64)>,
@@ -530,6 +648,29 @@ impl Protocol {
     }
 }
 
+impl Bandit {
+    /// The `beta` the contrastive agent keyed `k` runs at: its search's choice, the stored choice
+    /// unit's where there is one (the report checks they agree), else the search run here (units
+    /// have no order); `None` for an agent without a search.
+    fn searched_beta(
+        &self,
+        settings: &Settings,
+        staging: &std::path::Path,
+        p: &Protocol,
+        k: &str,
+    ) -> Result<Option<f64>> {
+        match choice_units(p)?.into_iter().find(|(n, _)| key(n) == k) {
+            Some((name, choice)) => Ok(Some(
+                super::units::stored_beside_or::<Search>(self, settings, staging, &choice, || {
+                    choose_beta(settings, p, name)
+                })?
+                .chosen,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
 impl super::units::Job for Bandit {
     fn name(&self) -> &'static str {
         "bandit"
@@ -548,6 +689,7 @@ impl super::units::Job for Bandit {
         // The searches first, so that the agents' units find them stored.
         Ok(choice_units(&p)?
             .into_iter()
+            .chain(rate_choice_units(&p)?)
             .map(|(_, u)| u)
             .chain(unit_list(&p)?.iter().map(|(k, m)| unit_name(k, *m)))
             .collect())
@@ -563,19 +705,23 @@ impl super::units::Job for Bandit {
         if let Some((name, _)) = choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
             return super::units::encode(&choose_beta(settings, &p, name)?);
         }
+        if let Some((name, _)) = rate_choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
+            let beta = self.searched_beta(settings, staging, &p, &key(name))?;
+            return super::units::encode(&choose_meta_lr(settings, &p, name, beta)?);
+        }
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
-        // A contrastive agent takes its search's beta: the stored choice unit's where there is
-        // one (the report checks they agree), else the search run here (units have no order).
-        let beta = match choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
-            Some((name, choice)) => Some(
-                super::units::stored_beside_or::<Search>(self, settings, staging, &choice, || {
-                    choose_beta(settings, &p, name)
+        let beta = self.searched_beta(settings, staging, &p, &k)?;
+        // The outer step size: its search's, stored or run here, as beta's.
+        let meta_lr = match rate_choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
+            Some((name, choice)) => {
+                super::units::stored_beside_or::<Option<Search>>(self, settings, staging, &choice, || {
+                    choose_meta_lr(settings, &p, name, beta)
                 })?
-                .chosen,
-            ),
+                .map(|s| s.chosen)
+            }
             None => None,
         };
-        super::units::encode(&run_unit(settings, &p, &k, m, beta)?)
+        super::units::encode(&run_unit(settings, &p, &k, m, beta, meta_lr)?)
     }
 
     fn report(
@@ -694,7 +840,14 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
 /// The agents of a unit, built fresh for one evaluation run (each learns online).
 type AgentList = Vec<(String, Box<dyn Agent>)>;
 
-fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize, beta: Option<f64>) -> Result<UnitRows> {
+fn run_unit(
+    settings: &Settings,
+    p: &Protocol,
+    k: &str,
+    m: usize,
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+) -> Result<UnitRows> {
     let plain = p.plain();
     let mut meta_log = Vec::new();
     let (mut stopped, mut meta_seconds) = (None, 0.0);
@@ -744,7 +897,7 @@ fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize, beta: Option<f
             estimator: beta.map_or(estimator, |b| at_beta(&estimator, b)),
             meta_steps: budget.meta_steps,
             meta_batch: budget.meta_batch,
-            meta_lr: budget.meta_lr,
+            meta_lr: meta_lr.unwrap_or(budget.meta_lr),
             support: p.support,
             query: p.query,
             seed: crate::rng::hash_words(&[settings.seed, META_SEED, m as u64]),
@@ -838,6 +991,7 @@ fn run_unit(settings: &Settings, p: &Protocol, k: &str, m: usize, beta: Option<f
         .collect();
     Ok(UnitRows {
         beta,
+        meta_lr,
         agents,
         meta_log,
         stopped,
@@ -856,15 +1010,18 @@ fn report(
     let learners = p.meta_learners()?;
     // The beta searches, where their units were given.
     let searches = super::choice::stored(units, choice_units(p)?.into_iter().map(|(_, u)| u))?;
+    let rate_searches = super::choice::stored(units, rate_choice_units(p)?.into_iter().map(|(_, u)| u))?;
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
         if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
             let rows: UnitRows = super::units::decode(u)?;
+            let unit = format!("bandit unit {}", unit_name(&k, m));
+            super::choice::check_agrees(searches.iter().find(|x| key(&x.model) == k), &unit, rows.beta)?;
             super::choice::check_agrees(
-                searches.iter().find(|x| key(&x.model) == k),
-                &format!("bandit unit {}", unit_name(&k, m)),
-                rows.beta,
+                rate_searches.iter().find(|x| key(&x.model) == k),
+                &unit,
+                rows.meta_lr,
             )?;
             stored.push((k, m, rows));
         }
@@ -873,6 +1030,12 @@ fn report(
         &settings.out.join("bandit_beta_choice.csv"),
         "agent",
         &searches,
+        files,
+    )?;
+    super::choice::write(
+        &settings.out.join("bandit_meta_lr_choice.csv"),
+        "agent",
+        &rate_searches,
         files,
     )?;
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
@@ -1079,6 +1242,7 @@ fn report(
         rejected,
         stopped,
         searches,
+        rate_searches,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
     Ok(results)
@@ -1200,7 +1364,34 @@ pub fn table(r: &BanditResults) -> String {
         ));
     }
     t.push_str(&beta_section(r));
+    t.push_str(&meta_lr_section(r));
     t
+}
+
+/// The meta-learned agents' outer step size: each agent's search, or the protocol's values.
+fn meta_lr_section(r: &BanditResults) -> String {
+    let p = &r.protocol;
+    let (Some(search), Some(beta)) = (&p.meta_lr_search, &p.beta_search) else {
+        return "\n## The outer step size\n\nEach agent's own, the paper's code's (no search at this scale).\n".into();
+    };
+    if r.rate_searches.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\n## The outer step size, chosen on validation tasks\n\n\
+         Per meta-learned agent (the contrastive agents at their chosen beta), from an initialisation and a task stream of \
+         the search's own (the same for every agent, no reported seed's): a whole meta-training ({} meta-steps of {} \
+         tasks) at each step size of Adam, then the query loss after the agent's own adaptation (the contrastive rule's \
+         free phase, MAML's {} gradient steps) on {} validation tasks of the search's own stream, mean over the tasks; the \
+         least wins. A meta-training that stops early fails its value. A choice at an edge of the grid extends it past \
+         that edge by the grid's ratio there, at most {} times (`bandit_meta_lr_choice.csv`).\n\n{}\n",
+        p.meta_steps,
+        p.meta_batch,
+        p.maml_steps,
+        beta.validation_tasks,
+        search.extensions,
+        super::choice::table(&r.rate_searches, "agent")
+    )
 }
 
 /// The contrastive agents' `beta`: the search's settings and scores, or the protocol's values.

@@ -26,6 +26,16 @@ pub struct BetaSearchSpec {
     pub validation_tasks: usize,
 }
 
+/// A validation search of an outer (meta-learning) step size: each value of `grid` (increasing)
+/// scored by a whole meta-training (the job says from what and on which validation data); the
+/// least mean validation loss wins ([`Ties::None`]), and a choice at an edge extends the grid at
+/// most `extensions` times.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RateSearchSpec {
+    pub grid: Vec<f64>,
+    pub extensions: usize,
+}
+
 /// One value of the search's setting, the validation loss it reached (the job's: query loss
 /// after adaptation, error rate of the few-shot episodes, cross-entropy of the validation images;
 /// mean over the validation tasks; infinite where that run failed, with the reason), and, against

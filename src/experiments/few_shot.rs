@@ -8,7 +8,7 @@
 //! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
 //! same episodes (docs/PROTOCOL.md).
 
-use super::choice::{BetaSearchSpec, Search, Ties, at_beta};
+use super::choice::{BetaSearchSpec, RateSearchSpec, Search, Ties, at_beta};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, mean, running_mean, save, write_csv, write_table};
@@ -69,19 +69,11 @@ pub struct Protocol {
     pub beta_search: Option<BetaSearchSpec>,
     /// The outer Adam step size's search on the validation classes, per setting and method (the
     /// contrastive rule at its searched beta); none at the paper scale, which takes the paper's.
+    /// Each value is a whole meta-training from an initialisation and episode stream of the
+    /// search's own, its checkpoint chosen on the search's validation episodes as a reported
+    /// run's is, scored by each of those episodes' error rate there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta_lr_search: Option<RateSearchSpec>,
-}
-
-/// A search of the outer step size: each value of `grid` (increasing) a whole meta-training from
-/// an initialisation and episode stream of the search's own, its checkpoint chosen on the
-/// search's validation episodes as a reported run's is, scored by each of those episodes' error
-/// rate there; the least mean wins, and a choice at an edge extends the grid at most `extensions`
-/// times.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RateSearchSpec {
-    pub grid: Vec<f64>,
-    pub extensions: usize,
 }
 
 impl Protocol {

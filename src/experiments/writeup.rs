@@ -534,6 +534,21 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
         .text("contexts", p.run.steps)
         .text("maml_steps", p.maml_steps)
         .text("maml_step_size", p.maml_step_size)
+        .text(
+            "beta",
+            match b.searches.as_slice() {
+                [] => "the paper's code's, not searched".to_string(),
+                s => super::choice::chosen_values(s),
+            },
+        )
+        .text(
+            "meta_lr",
+            match b.rate_searches.as_slice() {
+                [] if p.per_learner.is_some() => "each agent's own, the paper's code's, not searched".into(),
+                [] => format!("{} for every agent, not searched", p.meta_lr),
+                s => super::choice::chosen_values(s),
+            },
+        )
         .list(
             "deltas",
             p.deltas.iter().map(|d| Context::new().text("delta", d)).collect(),
