@@ -1344,7 +1344,7 @@ mod tests {
         let betas = BETAS;
         let (mut cosine, mut error) = (vec![0.0; betas.len()], vec![0.0; betas.len()]);
         // Against the first-order direction: the outer loss's gradient at the protocol's free end
-        // point, which first-order MAML and Reptile-like rules follow (dphi/domega taken as I).
+        // point, which first-order MAML follows (dphi/domega taken as the identity).
         let mut first_order = vec![0.0; betas.len()];
         let mut exact_first_order = 0.0;
         let mut residuals = Vec::new();
