@@ -157,9 +157,52 @@ pub(crate) fn timed(work: impl FnOnce() -> Result<()>) -> Result<f64> {
     Ok(clock.elapsed().as_secs_f64())
 }
 
+/// The unit files of the units this process is running now, and a signal each time one ends:
+/// a unit that needs another one's rows waits for it rather than computing them a second time
+/// beside it (two workers starting a search and a run that needs it).
+static RUNNING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static ENDED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Marks the unit stored at `file` as running in this process until the guard drops.
+struct Running(PathBuf);
+
+impl Running {
+    fn start(file: PathBuf) -> Self {
+        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(file.clone());
+        Running(file)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = running.iter().position(|f| *f == self.0) {
+            running.swap_remove(k);
+        }
+        ENDED.notify_all();
+    }
+}
+
+thread_local! {
+    /// Seconds this worker has waited for other units, left out of its unit's wall time.
+    static WAITED: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// Waits while this process runs the unit stored at `file` (no wait for a unit another process,
+/// a slice elsewhere, runs: that one is computed again, as where it is absent).
+fn wait_while_running(file: &Path) {
+    let clock = Instant::now();
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    while running.iter().any(|f| f == file) {
+        running = ENDED.wait(running).unwrap_or_else(|e| e.into_inner());
+    }
+    WAITED.with(|w| w.set(w.get() + clock.elapsed().as_secs_f64()));
+}
+
 /// Another unit of `job`, stored beside the unit whose staging folder is `staging` (the same
 /// results folder), if it is there and of this configuration: a unit may reuse a result another
-/// unit computes, provided it would compute the same itself when it is absent.
+/// unit computes, provided it would compute the same itself when it is absent. Where this
+/// process is running that unit now, it waits for it to end first.
 pub(crate) fn stored_beside(
     job: &dyn Job,
     settings: &Settings,
@@ -169,6 +212,7 @@ pub(crate) fn stored_beside(
     let Some(results) = staging.parent().and_then(Path::parent) else {
         return Ok(None);
     };
+    wait_while_running(&unit_file(results, job.name(), unit));
     load(results, job, unit, &fingerprint(job, settings)?)
 }
 
@@ -394,6 +438,20 @@ pub fn run_slice(
     let jobs = selection.jobs(settings)?;
     check_scale(&jobs, settings)?;
     let units = all_units(&jobs, selection, settings)?;
+    let threads = crate::parallel::available_threads();
+    run_listed(settings, units, slice, results, log, threads)
+}
+
+/// Runs slice `slice` of `units` on up to `threads` workers, each taking the next unit in order;
+/// a unit that needs another one's rows while that one runs waits for it ([`stored_beside`]).
+fn run_listed(
+    settings: &Settings,
+    units: Vec<(&'static dyn Job, String)>,
+    slice: (usize, usize),
+    results: &Path,
+    log: &(dyn Fn(&str) + Sync),
+    threads: usize,
+) -> Result<SliceSummary> {
     let mut todo = Vec::new();
     let mut summary = SliceSummary::default();
     for (k, (job, unit)) in units.into_iter().enumerate() {
@@ -411,7 +469,7 @@ pub fn run_slice(
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let ran = Mutex::new(Vec::new());
-    let threads = crate::parallel::available_threads().clamp(1, todo.len().max(1));
+    let threads = threads.clamp(1, todo.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -460,18 +518,22 @@ fn run_one(settings: &Settings, results: &Path, job: &dyn Job, unit: &str, expec
         })?;
     }
     let clock = Instant::now();
+    WAITED.with(|w| w.set(0.0));
+    let running = Running::start(unit_file(results, job.name(), unit));
     let rows = job.run_unit(settings, unit, &dir)?;
     let stored = Stored {
         job: job.name().into(),
         unit: unit.into(),
         fingerprint: expected.clone(),
-        seconds: clock.elapsed().as_secs_f64(),
+        // Its own work: the time spent waiting for another unit it needs is that unit's.
+        seconds: clock.elapsed().as_secs_f64() - WAITED.with(|w| w.get()),
         rows,
         staging: PathBuf::new(),
     };
     let text = encode(&stored)?.to_string();
     // Written last and whole: a unit file exists only for a finished unit.
     write_atomically(&unit_file(results, job.name(), unit), text.as_bytes())?;
+    drop(running);
     Ok(stored.seconds)
 }
 
@@ -822,5 +884,73 @@ mod paper_scale_tests {
         );
         assert!(check_scale(&[&UNSCALED], &settings(Scale::Default)).is_ok());
         assert!(check_scale(&jobs, &settings(Scale::Paper)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod waiting_tests {
+    use super::*;
+
+    /// A search that takes a while and two runs that need its rows: each run reports whether it
+    /// found the search stored or had to compute it itself.
+    struct SearchAndRuns;
+
+    impl Job for SearchAndRuns {
+        fn name(&self) -> &'static str {
+            "search-and-runs"
+        }
+        fn about(&self) -> &'static str {
+            "a search and the runs that need it"
+        }
+        fn protocol(&self, _: &Settings) -> Result<Value> {
+            Ok(Value::Null)
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(vec!["search".into(), "run-1".into(), "run-2".into()])
+        }
+        fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<Value> {
+            if unit == "search" {
+                // Long enough that the second worker starts a run while it is still going.
+                std::thread::sleep(std::time::Duration::from_millis(400));
+                return Ok(Value::from("searched"));
+            }
+            let found = stored_beside_or::<String>(self, settings, staging, "search", || {
+                Ok("computed again".into())
+            })?;
+            Ok(Value::from(found))
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<Context> {
+            Ok(Context::default())
+        }
+    }
+
+    #[test]
+    fn a_unit_that_needs_a_running_unit_waits_for_its_rows() {
+        static JOB: SearchAndRuns = SearchAndRuns;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale: Scale::Default,
+            seed: 0,
+        };
+        let units = JOB
+            .units(&settings)
+            .unwrap()
+            .into_iter()
+            .map(|u| (&JOB as &'static dyn Job, u))
+            .collect();
+        // Two workers: one takes the search, the other run-1 at once, while the search runs.
+        let summary = run_listed(&settings, units, (0, 1), dir.path(), &|_| {}, 2).unwrap();
+        assert_eq!(summary.ran.len(), 3);
+        for run in ["run-1", "run-2"] {
+            let stored = load(dir.path(), &JOB, run, &fingerprint(&JOB, &settings).unwrap())
+                .unwrap()
+                .unwrap();
+            // The search's rows, not a second computation of them.
+            assert_eq!(stored.rows, Value::from("searched"), "{run}");
+            // Its own wall time leaves out the wait (about 0.4 s).
+            assert!(stored.seconds < 0.2, "{run}: {} s", stored.seconds);
+        }
     }
 }
