@@ -1014,3 +1014,39 @@ fn the_committed_default_run_follows_the_protocol() {
         assert!(readme.contains(claim), "ledger row missing: {claim}");
     }
 }
+
+#[test]
+fn the_error_bars_scaled_truncation_table_is_what_the_calibration_csv_gives() {
+    // Each row of the post-hoc table in paper/error_bar.md (the truncation part scaled by a
+    // factor) counted again from figures/error_bar_calibration.csv: a case is covered when
+    // abs_error <= phase_precision + factor * truncation, an instance when all its cases are.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let cases = csv_rows(&root.join("figures/error_bar_calibration.csv"));
+    let table = std::fs::read_to_string(root.join("paper/error_bar.md")).unwrap();
+    let f = |r: &std::collections::BTreeMap<String, String>, k: &str| -> f64 { r[k].parse().unwrap() };
+    let mut rows = 0;
+    for line in table.lines().skip_while(|l| !l.starts_with("| factor |")).skip(2) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 7 {
+            break;
+        }
+        let factor: f64 = cells[1].parse().unwrap();
+        let covered = |r: &std::collections::BTreeMap<String, String>| {
+            f(r, "abs_error") <= f(r, "phase_precision") + factor * f(r, "truncation")
+        };
+        let misses = cases.iter().filter(|r| !covered(r)).count();
+        let mut instances: std::collections::BTreeMap<(String, String), bool> = Default::default();
+        for r in &cases {
+            let covered = covered(r);
+            instances
+                .entry((r["problem"].clone(), r["seed"].clone()))
+                .and_modify(|c| *c &= covered)
+                .or_insert(covered);
+        }
+        let kept = instances.values().filter(|c| **c).count();
+        assert_eq!(cells[2], misses.to_string(), "{line}");
+        assert_eq!(cells[3], format!("{kept} of {}", instances.len()), "{line}");
+        rows += 1;
+    }
+    assert_eq!(rows, 5, "{table}");
+}

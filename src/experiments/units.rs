@@ -168,7 +168,10 @@ struct Running(PathBuf);
 
 impl Running {
     fn start(file: PathBuf) -> Self {
-        RUNNING.lock().unwrap_or_else(|e| e.into_inner()).push(file.clone());
+        RUNNING
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(file.clone());
         Running(file)
     }
 }
@@ -914,9 +917,14 @@ mod waiting_tests {
                 std::thread::sleep(std::time::Duration::from_millis(400));
                 return Ok(Value::from("searched"));
             }
-            let found = stored_beside_or::<String>(self, settings, staging, "search", || {
-                Ok("computed again".into())
-            })?;
+            let found =
+                stored_beside_or::<String>(
+                    self,
+                    settings,
+                    staging,
+                    "search",
+                    || Ok("computed again".into()),
+                )?;
             Ok(Value::from(found))
         }
         fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<Context> {
