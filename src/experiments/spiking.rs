@@ -444,9 +444,10 @@ fn choose(p: &Protocol, settings: &Settings) -> Result<BetaChoice> {
     })
 }
 
-/// The job as units: the validation choice, then every method x seed. A CML unit recomputes the
-/// choice (deterministic, from its own stream) rather than read the choice unit, so units have no
-/// order; the report checks that they agree.
+/// The job as units: the validation choice, then every method x seed. A CML unit takes the stored
+/// choice unit's setting, waits for it where this process is running it, and recomputes it
+/// (deterministic, from its own stream) where it is absent, so units have no order; the report
+/// checks that they agree.
 pub(super) struct Spiking;
 pub(super) static SPIKING: Spiking = Spiking;
 
