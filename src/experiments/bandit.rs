@@ -660,12 +660,9 @@ impl Bandit {
         k: &str,
     ) -> Result<Option<f64>> {
         match choice_units(p)?.into_iter().find(|(n, _)| key(n) == k) {
-            Some((name, choice)) => Ok(Some(
-                super::units::stored_beside_or::<Search>(self, settings, staging, &choice, || {
-                    choose_beta(settings, p, name)
-                })?
-                .chosen,
-            )),
+            Some((name, choice)) => super::choice::chosen_value(self, settings, staging, &choice, || {
+                choose_beta(settings, p, name).map(Some)
+            }),
             None => Ok(None),
         }
     }
@@ -713,12 +710,9 @@ impl super::units::Job for Bandit {
         let beta = self.searched_beta(settings, staging, &p, &k)?;
         // The outer step size: its search's, stored or run here, as beta's.
         let meta_lr = match rate_choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
-            Some((name, choice)) => {
-                super::units::stored_beside_or::<Option<Search>>(self, settings, staging, &choice, || {
-                    choose_meta_lr(settings, &p, name, beta)
-                })?
-                .map(|s| s.chosen)
-            }
+            Some((name, choice)) => super::choice::chosen_value(self, settings, staging, &choice, || {
+                choose_meta_lr(settings, &p, name, beta)
+            })?,
             None => None,
         };
         super::units::encode(&run_unit(settings, &p, &k, m, beta, meta_lr)?)

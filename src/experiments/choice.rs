@@ -219,6 +219,22 @@ pub(super) fn stored(
     Ok(out)
 }
 
+/// The value the search unit `unit` of `job` chose: its stored rows where they are beside
+/// `staging` (the unit's folder), else `search()` run here (units have no order); `None` where the
+/// scale has no search.
+pub(super) fn chosen_value(
+    job: &dyn super::units::Job,
+    settings: &super::Settings,
+    staging: &std::path::Path,
+    unit: &str,
+    search: impl FnOnce() -> Result<Option<Search>>,
+) -> Result<Option<f64>> {
+    Ok(
+        super::units::stored_beside_or::<Option<Search>>(job, settings, staging, unit, search)?
+            .map(|s| s.chosen),
+    )
+}
+
 /// An error unless the value a unit ran with is its search's choice (units from one run).
 pub(super) fn check_agrees(search: Option<&Search>, unit: &str, value: Option<f64>) -> Result<()> {
     match (search, value) {

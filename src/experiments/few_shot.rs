@@ -454,14 +454,13 @@ impl Job for FewShot {
         // the protocol's.
         let meta_lr = match &p.meta_lr_search {
             Some(_) => Some(
-                super::units::stored_beside_or::<Option<Search>>(
+                super::choice::chosen_value(
                     self,
                     settings,
                     staging,
                     &rate_choice_unit(shots, method.key),
                     || choose_meta_lr(settings, &p, shots, &method),
                 )?
-                .map(|s| s.chosen)
                 .expect("a search where the protocol has one"),
             ),
             None => None,
@@ -579,14 +578,9 @@ impl FewShot {
     ) -> Result<(Method, Option<f64>)> {
         let beta = match (&method.estimator, &p.beta_search) {
             (EstimatorSpec::Contrastive(_), Some(_)) => Some(
-                super::units::stored_beside_or::<Option<Search>>(
-                    self,
-                    settings,
-                    staging,
-                    &choice_unit(shots),
-                    || choose_beta(settings, p, shots),
-                )?
-                .map(|s| s.chosen)
+                super::choice::chosen_value(self, settings, staging, &choice_unit(shots), || {
+                    choose_beta(settings, p, shots)
+                })?
                 .expect("a search where the protocol has one"),
             ),
             (EstimatorSpec::Contrastive(c), None) => Some(c.beta),

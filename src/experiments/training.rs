@@ -558,12 +558,7 @@ impl Training {
         if name != "contrastive" {
             return Ok(None);
         }
-        Ok(
-            super::units::stored_beside_or::<Option<Search>>(self, settings, staging, unit, || {
-                choose_beta(settings, model)
-            })?
-            .map(|s| s.chosen),
-        )
+        super::choice::chosen_value(self, settings, staging, unit, || choose_beta(settings, model))
     }
 
     /// The outer Adam's step size for `model` and `name`: its search's, stored or run here, as
@@ -583,12 +578,9 @@ impl Training {
         else {
             return Ok(None);
         };
-        Ok(
-            super::units::stored_beside_or::<Option<Search>>(self, settings, staging, unit, || {
-                choose_meta_lr(settings, model, name, beta)
-            })?
-            .map(|s| s.chosen),
-        )
+        super::choice::chosen_value(self, settings, staging, unit, || {
+            choose_meta_lr(settings, model, name, beta)
+        })
     }
 
     fn parse_unit(&self, settings: &Settings, unit: &str) -> Result<(ModelSpec, &'static str, u64)> {
