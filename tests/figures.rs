@@ -33,8 +33,9 @@ fn figures_quick(dir: &Path) {
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
 ///   rates (quick grid, no extension); digits_decay_beta_choice: 2 contrastive runs x 2 betas;
-/// - bandit_regret: 8 agents x 2 deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2
-///   seeds x 2 meta-steps; bandit_regret_vs_time: 8 agents x 100 points (200 steps, stride 2);
+/// - bandit_regret: 11 agents (4 baselines, 3 matched baselines, 4 meta-learned deployments) x 2
+///   deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2 seeds x 2 meta-steps;
+///   bandit_regret_vs_time: 11 agents x 100 points (200 steps, stride 2);
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
@@ -77,9 +78,9 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("digits_decay_checkpoints", 3, 10),
     ("digits_decay_meta_lr_choice", 6, 20),
     ("digits_decay_beta_choice", 6, 4),
-    ("bandit_regret", 6, 32),
+    ("bandit_regret", 6, 44),
     ("bandit_meta_training", 4, 12),
-    ("bandit_regret_vs_time", 4, 800),
+    ("bandit_regret_vs_time", 4, 1100),
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
     ("cost_vs_k_seconds", 3, 9),
@@ -288,8 +289,9 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
 ///   searched beta (the one-standard-error rule, checked with the other searches); the
 ///   comparisons of CML with each reference are one Holm family, verdicts recomputed from the
 ///   per-seed CSV;
-/// - bandit: the CML agents against the references at every delta, one Holm family, verdicts
-///   recomputed from the per-run regret CSV.
+/// - bandit: the CML agents against the references at every delta, one Holm family, and each
+///   meta-learned deployment against its matched baseline, another; verdicts recomputed from the
+///   per-run regret CSV.
 fn protocol_of_the_other_tables(dir: &Path) {
     use cml::stats::Verdict;
     let f = |row: &std::collections::BTreeMap<String, String>, key: &str| -> f64 {
@@ -662,9 +664,32 @@ fn protocol_of_the_other_tables(dir: &Path) {
         "greedy network without meta-learning",
         "MAML",
     ];
-    let (mut diffs, mut margins) = (Vec::new(), Vec::new());
+    let mut against_references = Vec::new();
     for agent in ["CML complex synapse", "CML gain modulation"] {
         for reference in references {
+            against_references.push((agent, reference));
+        }
+    }
+    // Each meta-learned deployment against its matched baseline (the same model and loop, not
+    // meta-learned), one family of its own.
+    let twins = vec![
+        ("CML complex synapse", "complex synapse without meta-learning"),
+        ("CML gain modulation", "gain modulation without meta-learning"),
+        ("MAML", "network without meta-learning (MAML's loop)"),
+        (
+            "MAML (common online loop)",
+            "greedy network without meta-learning",
+        ),
+    ];
+    for (pairs, section) in [
+        (
+            against_references,
+            "## Meta-learned agents against the references",
+        ),
+        (twins, "## Each meta-learned agent against its matched baseline"),
+    ] {
+        let (mut diffs, mut margins) = (Vec::new(), Vec::new());
+        for (agent, reference) in &pairs {
             for delta in &deltas {
                 let (a, b) = (per_seed(agent, delta), per_seed(reference, delta));
                 assert!(
@@ -675,22 +700,35 @@ fn protocol_of_the_other_tables(dir: &Path) {
                 margins.push(0.1 * 0.5 * (mean(&a) + mean(&b)));
             }
         }
-    }
-    let (p, e) = holm_family(&diffs, &margins);
-    let rows = table_rows(
-        &dir.join("paper/bandit.md"),
-        "## Meta-learned agents against the references",
-        "| delta",
-    );
-    assert_eq!(rows.len(), diffs.len(), "one row per agent, reference and delta");
-    for (k, row) in rows.iter().enumerate() {
-        assert_eq!(row[6], shown(p[k]), "Holm-adjusted p of bandit row {k}: {row:?}");
-        assert_eq!(
-            row[7],
-            shown(e[k]),
-            "Holm-adjusted TOST p of bandit row {k}: {row:?}"
-        );
-        assert_eq!(row[8], Verdict::of(p[k], e[k], 0.05).describe(), "bandit row {k}");
+        let (p, e) = holm_family(&diffs, &margins);
+        let rows = table_rows(&dir.join("paper/bandit.md"), section, "| delta");
+        assert_eq!(rows.len(), diffs.len(), "{section}: one row per pair and delta");
+        for (k, row) in rows.iter().enumerate() {
+            let (agent, reference) = pairs[k / deltas.len()];
+            assert_eq!(
+                (row[2].as_str(), row[3].as_str()),
+                (agent, reference),
+                "{section}, row {k}"
+            );
+            // The table shows 3 decimals, or 3 significant digits below 0.01: half its last digit.
+            let shown_difference: f64 = row[4].parse().unwrap();
+            let d = mean(&diffs[k]);
+            assert!(
+                (shown_difference - d).abs() <= 5e-4_f64.max(5e-3 * d.abs()) + 1e-12,
+                "{section}, difference of row {k}: {row:?}"
+            );
+            assert_eq!(
+                row[6],
+                shown(p[k]),
+                "{section}, Holm-adjusted p of row {k}: {row:?}"
+            );
+            assert_eq!(row[7], shown(e[k]), "{section}, Holm-adjusted TOST p of row {k}");
+            assert_eq!(
+                row[8],
+                Verdict::of(p[k], e[k], 0.05).describe(),
+                "{section}, row {k}"
+            );
+        }
     }
 }
 

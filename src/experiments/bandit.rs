@@ -332,6 +332,28 @@ impl Protocol {
         ])
     }
 
+    /// How the meta-learned agent `name` is deployed, each deployment labelled: with its budget's
+    /// online loop; MAML also with the inner loop it was meta-trained through, under its own name.
+    fn deployments(&self, name: &str) -> Result<Vec<(String, OnlineParams)>> {
+        let online = self.budget_of(name)?.online;
+        Ok(if name == MAML_OWN {
+            vec![
+                (
+                    MAML_OWN.into(),
+                    OnlineParams {
+                        updates: self.maml_steps,
+                        step_size: self.maml_step_size,
+                        optimizer: Optimizer::GradientDescent,
+                        ..online
+                    },
+                ),
+                (MAML_COMMON.into(), online),
+            ]
+        } else {
+            vec![(name.to_string(), online)]
+        })
+    }
+
     /// A plain network: every weight fast, no pull (the synapse at strength 0).
     fn plain(&self) -> OnlineModel {
         OnlineModel::Synapse(SynapseSpec {
@@ -370,6 +392,8 @@ pub struct BanditResults {
     /// `[agent][delta]`.
     pub cells: Vec<Vec<Cell>>,
     pub comparisons: Vec<BanditComparison>,
+    /// Each meta-learned deployment against its matched baseline ([`TWINS`]), one family.
+    pub matched: Vec<BanditComparison>,
     /// Meta-training wall seconds per model, mean over seeds (not reproducible).
     pub meta_seconds: Vec<(String, f64)>,
     /// Evaluation wall seconds, summed over the units (not reproducible).
@@ -402,6 +426,27 @@ const BASELINES: &str = "baselines";
 /// MAML deployed as it was meta-trained, and with the online loop the other networks use.
 const MAML_OWN: &str = "MAML";
 const MAML_COMMON: &str = "MAML (common online loop)";
+
+/// Each meta-learned deployment's matched baseline: the same model, deployed with the same online
+/// loop from the initialisation its meta-training started from, not meta-learned. MAML with the
+/// common loop has the greedy network for its twin (the plain model, that loop, a random
+/// initialisation).
+const TWINS: [(&str, &str); 4] = [
+    ("CML complex synapse", "complex synapse without meta-learning"),
+    ("CML gain modulation", "gain modulation without meta-learning"),
+    (MAML_OWN, "network without meta-learning (MAML's loop)"),
+    (MAML_COMMON, "greedy network without meta-learning"),
+];
+
+/// The untrained twin of the deployment `agent` (see [`TWINS`]).
+fn twin_of(agent: &str) -> Option<&'static str> {
+    TWINS.iter().find(|(a, _)| *a == agent).map(|(_, t)| *t)
+}
+
+/// The meta-training seed of seed index `m` (the same for every model).
+fn meta_seed(settings: &Settings, m: usize) -> u64 {
+    crate::rng::hash_words(&[settings.seed, META_SEED, m as u64])
+}
 /// Two agents' normalised regrets are equivalent within this fraction of their mean (fixed before
 /// any run; docs/PROTOCOL.md).
 pub const EQUIVALENCE_MARGIN: f64 = 0.1;
@@ -851,9 +896,21 @@ fn run_unit(
         let plain = plain.clone();
         let online = p.online;
         let every = p.neural_linear_every;
+        // The matched baselines: each meta-learned model at the initialisation its seed-`m`
+        // meta-training starts from, deployed as that agent is (the greedy network is the twin of
+        // MAML's common-loop deployment).
+        let mut twins = Vec::new();
+        for (name, model, _) in p.meta_learners()? {
+            let theta0 = initial_theta(&model, meta_seed(settings, m))?;
+            for (label, loop_) in p.deployments(name)? {
+                if let Some(twin) = twin_of(&label).filter(|t| *t != BASELINE_AGENTS[3]) {
+                    twins.push((twin, model.clone(), theta0.clone(), loop_));
+                }
+            }
+        }
         Box::new(move |run_seed| {
             let random_init = initial_theta(&plain, run_seed)?;
-            Ok(vec![
+            let mut agents: AgentList = vec![
                 (BASELINE_AGENTS[0].into(), Box::new(Uniform) as Box<dyn Agent>),
                 (
                     BASELINE_AGENTS[1].into(),
@@ -877,7 +934,16 @@ fn run_unit(
                         learner: OnlineLearner::new(plain.clone(), random_init, online)?,
                     }),
                 ),
-            ])
+            ];
+            for (twin, model, theta0, loop_) in &twins {
+                agents.push((
+                    twin.to_string(),
+                    Box::new(Greedy {
+                        learner: OnlineLearner::new(model.clone(), theta0.clone(), *loop_)?,
+                    }),
+                ));
+            }
+            Ok(agents)
         })
     } else {
         let (name, model, estimator) = p
@@ -894,30 +960,13 @@ fn run_unit(
             meta_lr: meta_lr.unwrap_or(budget.meta_lr),
             support: p.support,
             query: p.query,
-            seed: crate::rng::hash_words(&[settings.seed, META_SEED, m as u64]),
+            seed: meta_seed(settings, m),
         })?;
         stopped = run.stopped.map(|r| format!("{name} (seed {m}) stopped at {r}"));
         meta_seconds = run.log.last().map_or(0.0, |s| s.seconds);
         meta_log = run.log.iter().map(|s| (s.step, s.query_loss)).collect();
         let theta = run.theta;
-        // MAML is deployed with the inner loop it was meta-trained through, and, labelled, with
-        // the online loop the other networks use.
-        let deployments: Vec<(String, OnlineParams)> = if name == MAML_OWN {
-            vec![
-                (
-                    MAML_OWN.into(),
-                    OnlineParams {
-                        updates: p.maml_steps,
-                        step_size: p.maml_step_size,
-                        optimizer: Optimizer::GradientDescent,
-                        ..budget.online
-                    },
-                ),
-                (MAML_COMMON.into(), budget.online),
-            ]
-        } else {
-            vec![(name.to_string(), budget.online)]
-        };
+        let deployments = p.deployments(name)?;
         Box::new(move |_| {
             deployments
                 .iter()
@@ -1033,6 +1082,13 @@ fn report(
         files,
     )?;
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
+    agents.extend(
+        TWINS
+            .iter()
+            .map(|(_, t)| t.to_string())
+            .filter(|t| !agents.contains(t))
+            .collect::<Vec<_>>(),
+    );
     for (name, _, _) in &learners {
         agents.push(name.to_string());
         if *name == MAML_OWN {
@@ -1086,31 +1142,18 @@ fn report(
             }
         }
     }
-    let diffs: Vec<Vec<f64>> = pairs
-        .iter()
-        .map(|&(a, r, d, _)| {
-            cells[a][d]
-                .per_seed
-                .iter()
-                .zip(&cells[r][d].per_seed)
-                .map(|(x, y)| x - y)
-                .collect()
-        })
-        .collect();
-    let margins: Vec<f64> = pairs
-        .iter()
-        .map(|&(a, r, d, _)| EQUIVALENCE_MARGIN * 0.5 * (cells[a][d].mean + cells[r][d].mean))
-        .collect();
-    let comparisons = pairs
-        .iter()
-        .zip(stats::compare_family(&diffs, &margins, ALPHA))
-        .map(|(&(_, r, d, agent), comparison)| BanditComparison {
-            delta: p.deltas[d],
-            agent: agent.clone(),
-            reference: agents[r].clone(),
-            comparison,
-        })
-        .collect();
+    let comparisons = compare(p, &agents, &cells, &pairs);
+    // Each meta-learned deployment against its matched baseline at each delta: a second family.
+    let mut matched_pairs = Vec::new();
+    for (a, agent) in agents.iter().enumerate() {
+        let Some(r) = twin_of(agent).and_then(|t| agents.iter().position(|n| n == t)) else {
+            continue;
+        };
+        for d in 0..p.deltas.len() {
+            matched_pairs.push((a, r, d, agent));
+        }
+    }
+    let matched = compare(p, &agents, &cells, &matched_pairs);
 
     // Regret against time at one delta: per seed the mean over its runs, then the mean over
     // seeds with a +-1 standard error band.
@@ -1231,6 +1274,7 @@ fn report(
         agents,
         cells,
         comparisons,
+        matched,
         meta_seconds,
         curve_delta,
         rejected,
@@ -1240,6 +1284,42 @@ fn report(
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
     Ok(results)
+}
+
+/// One Holm family of paired comparisons, (agent, reference, delta index) each: the agent's
+/// normalised regret minus the reference's over meta-training seeds, equivalence within
+/// [`EQUIVALENCE_MARGIN`] of their mean.
+fn compare(
+    p: &Protocol,
+    agents: &[String],
+    cells: &[Vec<Cell>],
+    pairs: &[(usize, usize, usize, &String)],
+) -> Vec<BanditComparison> {
+    let diffs: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|&(a, r, d, _)| {
+            cells[a][d]
+                .per_seed
+                .iter()
+                .zip(&cells[r][d].per_seed)
+                .map(|(x, y)| x - y)
+                .collect()
+        })
+        .collect();
+    let margins: Vec<f64> = pairs
+        .iter()
+        .map(|&(a, r, d, _)| EQUIVALENCE_MARGIN * 0.5 * (cells[a][d].mean + cells[r][d].mean))
+        .collect();
+    pairs
+        .iter()
+        .zip(stats::compare_family(&diffs, &margins, ALPHA))
+        .map(|(&(_, r, d, agent), comparison)| BanditComparison {
+            delta: p.deltas[d],
+            agent: agent.clone(),
+            reference: agents[r].clone(),
+            comparison,
+        })
+        .collect()
 }
 
 /// LinFullPost's prior (the bandit showdown's defaults for the linear agent).
@@ -1264,7 +1344,8 @@ pub fn table(r: &BanditResults) -> String {
          Generated by `cml figures`: {} contexts per run; {} meta-training seeds, each with {} evaluation runs per delta\n\
          (the same contexts and reward noise for every agent of a run). Per seed, the mean over its runs of the cumulative\n\
          regret divided by the uniform policy's expected cumulative regret (lower is better; uniform = 1); then the mean over\n\
-         seeds with a 95% t-interval. The baselines are not meta-learned; their seeds group the same evaluation runs.\n\
+         seeds with a 95% t-interval. The baselines are not meta-learned; their seeds group the same evaluation runs (and,\n\
+         for the matched baselines, the initialisation that seed's meta-training starts from).\n\
          Networks {} (tanh); meta-training: {} meta-steps of {} tasks ({} support, {} query pulls, delta ~ U(0, 1)).\n\
          MAML is deployed with its meta-training inner loop ({} gradient steps of {} per retraining) and, labelled, with\n\
          the online loop of the other networks.\n\n| agent |",
@@ -1343,7 +1424,28 @@ pub fn table(r: &BanditResults) -> String {
         r.comparisons.len(),
         EQUIVALENCE_MARGIN
     ));
-    for c in &r.comparisons {
+    comparison_rows(&mut t, &r.comparisons);
+    if !r.matched.is_empty() {
+        t.push_str(&format!(
+            "\n## Each meta-learned agent against its matched baseline\n\n\
+             The matched baseline is the same model deployed with the same online loop, from the initialisation its \
+             meta-training started from (per seed), not meta-learned; MAML with the common loop has the greedy network \
+             (random initialisation) for its baseline. Normalised regret of the agent minus its baseline's (negative: \
+             meta-learning helped). One family of {} comparisons, tested as above.\n\n\
+             | delta | agent | matched baseline | difference | 95% interval | p (Holm) | equivalence p (Holm) | verdict |\n\
+             |---|---|---|---|---|---|---|---|\n",
+            r.matched.len()
+        ));
+        comparison_rows(&mut t, &r.matched);
+    }
+    t.push_str(&beta_section(r));
+    t.push_str(&meta_lr_section(r));
+    t
+}
+
+/// One table row per comparison.
+fn comparison_rows(t: &mut String, comparisons: &[BanditComparison]) {
+    for c in comparisons {
         let k = &c.comparison;
         t.push_str(&format!(
             "| {} | {} | {} | {} | ± {} | {} | {} | {} |\n",
@@ -1357,9 +1459,6 @@ pub fn table(r: &BanditResults) -> String {
             k.verdict.describe()
         ));
     }
-    t.push_str(&beta_section(r));
-    t.push_str(&meta_lr_section(r));
-    t
 }
 
 /// The meta-learned agents' outer step size: each agent's search, or the protocol's values.

@@ -493,34 +493,31 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             Context::new().text("name", name).list("cells", cells)
         })
         .collect();
-    // One ledger row per meta-learned agent and reference, the verdict at every delta.
+    // One ledger row per meta-learned agent and reference, the verdict at every delta; then one
+    // per deployment against its matched baseline.
     let mut ledger = Vec::new();
-    let mut seen: Vec<(&str, &str)> = Vec::new();
-    for c in &b.comparisons {
-        if seen.contains(&(c.agent.as_str(), c.reference.as_str())) {
-            continue;
+    let mut gains = Vec::new();
+    for (family, claim, is_matched) in [
+        (&b.comparisons, "matches or outperforms", false),
+        (&b.matched, "outperforms its matched baseline,", true),
+    ] {
+        for (agent, reference, verdicts) in verdicts_by_pair(family) {
+            ledger.push(ledger_row(
+                format!("Wheel bandit, {agent}: {claim} {reference}"),
+                "bandit.md",
+                "paired t-test and TOST over meta-training seeds, Holm-corrected",
+                verdicts.clone(),
+            ));
+            if is_matched {
+                gains.push(format!("{agent} ({})", verdicts.replace("; ", ", ")));
+            }
         }
-        seen.push((&c.agent, &c.reference));
-        let verdicts: Vec<String> = b
-            .comparisons
-            .iter()
-            .filter(|d| d.agent == c.agent && d.reference == c.reference)
-            .map(|d| {
-                let k = &d.comparison;
-                let verdict = claim_verdict(k.verdict, k.mean, true);
-                format!("delta {}: {verdict}", d.delta)
-            })
-            .collect();
-        ledger.push(ledger_row(
-            format!(
-                "Wheel bandit, {}: matches or outperforms {}",
-                c.agent, c.reference
-            ),
-            "bandit.md",
-            "paired t-test and TOST over meta-training seeds, Holm-corrected",
-            verdicts.join("; "),
-        ));
     }
+    let matched = (!b.matched.is_empty()).then(|| {
+        Context::new()
+            .text("count", b.matched.len())
+            .text("gains", gains.join("; "))
+    });
     let counts = |v: Verdict| b.comparisons.iter().filter(|c| c.comparison.verdict == v).count();
     let runs = p.deltas.len() * p.meta_seeds * p.runs_per_seed;
     let paper_ratio = (80_000.0 * 50.0) / (p.run.steps * p.meta_seeds * p.runs_per_seed) as f64;
@@ -555,6 +552,7 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
         )
         .list("agents", agents)
         .section("stopped", stopped(&b.stopped))
+        .section("matched", matched)
         .text("comparisons", b.comparisons.len())
         .text("differs", counts(Verdict::Differs))
         .text("matches", counts(Verdict::Equivalent))
@@ -568,6 +566,20 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             "paper_hours",
             format!("{:.1}", b.eval_seconds * paper_ratio / 3600.0),
         )
+}
+
+/// Per (agent, reference) of a bandit family, in order: the claim's verdict at every delta.
+fn verdicts_by_pair(family: &[super::bandit::BanditComparison]) -> Vec<(&str, &str, String)> {
+    let mut pairs: Vec<(&str, &str, String)> = Vec::new();
+    for c in family {
+        let k = &c.comparison;
+        let verdict = format!("delta {}: {}", c.delta, claim_verdict(k.verdict, k.mean, true));
+        match pairs.iter_mut().find(|p| p.0 == c.agent && p.1 == c.reference) {
+            Some(p) => p.2 = format!("{}; {verdict}", p.2),
+            None => pairs.push((&c.agent, &c.reference, verdict)),
+        }
+    }
+    pairs
 }
 
 /// Per-parameter weight decay of the digit classifier (docs/DIGITS.md §4).
