@@ -35,7 +35,8 @@ fn figures_quick(dir: &Path) {
 ///   rates (quick grid, no extension); digits_decay_beta_choice: 2 contrastive runs x 2 betas;
 /// - bandit_regret: 11 agents (4 baselines, 3 matched baselines, 4 meta-learned deployments) x 2
 ///   deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2 seeds x 2 meta-steps;
-///   bandit_regret_vs_time: 11 agents x 100 points (200 steps, stride 2);
+///   bandit_regret_vs_time: 11 agents x 100 points (200 steps, stride 2); bandit_checkpoints: 3
+///   models x 2 seeds x 3 checkpoints (the initialisation and both meta-steps);
 /// - sinusoid_examples: 2 models x 2 tasks x 2 meta-parameter sets x 101 points;
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
@@ -80,6 +81,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("digits_decay_beta_choice", 6, 4),
     ("bandit_regret", 6, 44),
     ("bandit_meta_training", 4, 12),
+    ("bandit_checkpoints", 5, 18),
     ("bandit_regret_vs_time", 4, 1100),
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
@@ -631,6 +633,31 @@ fn protocol_of_the_other_tables(dir: &Path) {
         );
     }
 
+    // Bandit: each meta-training run deploys its checkpoint with the least validation loss (ties
+    // to the later).
+    let checkpoints = csv_rows(&dir.join("figures/bandit_checkpoints.csv"));
+    let mut runs: Vec<(String, String)> = Vec::new();
+    for r in &checkpoints {
+        let run = (r["model"].clone(), r["seed"].clone());
+        if !runs.contains(&run) {
+            runs.push(run);
+        }
+    }
+    assert!(runs.len() >= 6, "{runs:?}");
+    for (model, seed) in &runs {
+        let own: Vec<_> = checkpoints
+            .iter()
+            .filter(|r| &r["model"] == model && &r["seed"] == seed)
+            .collect();
+        let mut best = 0;
+        for k in 0..own.len() {
+            if f(own[k], "validation_loss") <= f(own[best], "validation_loss") {
+                best = k;
+            }
+        }
+        let deployed: Vec<usize> = (0..own.len()).filter(|&k| own[k]["deployed"] == "true").collect();
+        assert_eq!(deployed, vec![best], "{model} seed {seed}: {own:?}");
+    }
     // Bandit: each CML agent against LinFullPost, NeuralLinear, the greedy network and MAML at each
     // delta, one Holm family; a seed's regret is the mean over its evaluation runs; margin 0.1x the
     // mean of the two regrets.

@@ -71,6 +71,20 @@ pub struct Protocol {
     /// own adaptation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta_lr_search: Option<RateSearchSpec>,
+    /// Which meta-step a meta-learned agent deploys, chosen on validation tasks (quick and
+    /// default scales; the paper's code deploys the last, and so does the paper scale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
+}
+
+/// The deployed meta-parameters: every `every` meta-steps, the initialisation and the last
+/// completed meta-step are checkpoints; each is scored by the query loss after the agent's own
+/// adaptation on `validation_tasks` tasks of the seed's own validation stream, and the least mean
+/// loss is deployed (ties to the later).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckpointSpec {
+    pub every: usize,
+    pub validation_tasks: usize,
 }
 
 /// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
@@ -132,6 +146,11 @@ impl Protocol {
                 grid: vec![1e-3, 3e-3, 1e-2],
                 extensions: 2,
             }),
+            // 16 checkpoints of 150 meta-steps, as many validation tasks as the searches score.
+            checkpoint: Some(CheckpointSpec {
+                every: 10,
+                validation_tasks: 20,
+            }),
         };
         Ok(if quick {
             Protocol {
@@ -158,6 +177,10 @@ impl Protocol {
                     meta_steps: 2,
                     validation_tasks: 4,
                     ..full.beta_search.clone().expect("the default's search")
+                }),
+                checkpoint: Some(CheckpointSpec {
+                    every: 1,
+                    validation_tasks: 4,
                 }),
                 ..full
             }
@@ -249,6 +272,7 @@ impl Protocol {
             ]),
             beta_search: None,
             meta_lr_search: None,
+            checkpoint: None,
             ..base
         })
     }
@@ -410,6 +434,8 @@ pub struct BanditResults {
     pub searches: Vec<Search>,
     /// The meta-learned agents' step-size searches (none at the paper scale).
     pub rate_searches: Vec<Search>,
+    /// (model, seed, meta-step) each meta-training run deployed, where validation tasks chose it.
+    pub deployed: Vec<(String, usize, usize)>,
 }
 
 /// Stream offsets of the evaluation runs and of the meta-training seeds.
@@ -502,6 +528,8 @@ fn rate_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
 /// Stream words of the searches' own seeds (initialisation, task stream, validation tasks).
 const CHOICE: u64 = 4000;
 const RATE_CHOICE: u64 = 5000;
+/// Stream word of each meta-training seed's validation tasks (the checkpoint choice).
+const CHECKPOINT: u64 = 6000;
 
 /// Chooses the contrastive agent `name`'s `beta` on validation tasks (`super::choice`): from an
 /// initialisation and task stream of the search's own, a short meta-training at each setting,
@@ -518,16 +546,19 @@ fn choose_beta(settings: &Settings, p: &Protocol, name: &str) -> Result<Search> 
     let validation = validation_tasks(p, seed, search.validation_tasks)?;
     let budget = p.budget_of(name)?;
     let score = |beta: f64| -> Result<(Vec<f64>, Option<String>)> {
-        let run = meta_train(&MetaConfig {
-            model: model.clone(),
-            estimator: at_beta(&spec, beta),
-            meta_steps: search.meta_steps,
-            meta_batch: budget.meta_batch,
-            meta_lr: budget.meta_lr,
-            support: p.support,
-            query: p.query,
-            seed,
-        });
+        let run = meta_train(
+            &MetaConfig {
+                model: model.clone(),
+                estimator: at_beta(&spec, beta),
+                meta_steps: search.meta_steps,
+                meta_batch: budget.meta_batch,
+                meta_lr: budget.meta_lr,
+                support: p.support,
+                query: p.query,
+                seed,
+            },
+            None,
+        );
         let theta = match run {
             Ok(r) if r.stopped.is_none() => r.theta,
             Ok(r) => return Ok((vec![f64::INFINITY; validation.len()], r.stopped)),
@@ -585,8 +616,8 @@ fn adaptation(spec: &EstimatorSpec) -> GdParams {
 /// ([`RateSearchSpec`], [`Ties::None`]): from an initialisation and task stream of the search's
 /// own (the same for every agent, none a reported seed's), a whole meta-training at each value
 /// (the contrastive agents at `beta`, their search's choice), scored by each validation task's
-/// query loss after the agent's own adaptation from the meta-trained `theta`. A run that stops
-/// early fails its value.
+/// query loss after the agent's own adaptation from the checkpoint those tasks choose
+/// ([`train_checkpointed`]). A run that stops early fails its value.
 fn choose_meta_lr(
     settings: &Settings,
     p: &Protocol,
@@ -617,8 +648,9 @@ fn choose_meta_lr(
         })?;
     let validation = validation_tasks(p, seed, tasks)?;
     let budget = p.budget_of(name)?;
+    // Each value's run deploys its checkpoint as a reported run does, on these same tasks.
     let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
-        let run = meta_train(&MetaConfig {
+        let config = MetaConfig {
             model: model.clone(),
             estimator: spec,
             meta_steps: budget.meta_steps,
@@ -627,13 +659,10 @@ fn choose_meta_lr(
             support: p.support,
             query: p.query,
             seed,
-        });
-        match run {
-            Ok(r) if r.stopped.is_none() => Ok((
-                validation_losses(&model, &adaptation(&spec), &r.theta, &validation)?,
-                None,
-            )),
-            Ok(r) => Ok((vec![f64::INFINITY; validation.len()], r.stopped)),
+        };
+        match train_checkpointed(p, &config, &validation) {
+            Ok(c) if c.run.stopped.is_none() => Ok((c.validation, None)),
+            Ok(c) => Ok((vec![f64::INFINITY; validation.len()], c.run.stopped)),
             Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
         }
     };
@@ -646,6 +675,79 @@ fn choose_meta_lr(
         score,
     )
     .map(Some)
+}
+
+/// A meta-training run and the meta-parameters it deploys.
+struct Checkpointed {
+    run: crate::meta_training::TaskMetaRun,
+    /// (meta-step, mean validation loss) of every checkpoint; empty without a checkpoint choice.
+    checkpoints: Vec<(usize, f64)>,
+    /// The deployed meta-step and meta-parameters: the validation tasks' choice, else the last.
+    deployed_step: usize,
+    theta: Vector,
+    /// Each validation task's loss after adaptation from the deployed meta-parameters.
+    validation: Vec<f64>,
+}
+
+/// Meta-trains as `config` says and deploys the checkpoint ([`CheckpointSpec`]) with the least
+/// mean query loss on `validation` after the agent's own adaptation (a non-finite mean counts as
+/// infinite; ties to the later). Without a checkpoint choice in `p`, the last completed meta-step
+/// is deployed. A run that stops early keeps the checkpoints it reached.
+fn train_checkpointed(
+    p: &Protocol,
+    config: &MetaConfig,
+    validation: &[crate::bandit::task::BanditTask],
+) -> Result<Checkpointed> {
+    let adapt = adaptation(&config.estimator);
+    let Some(spec) = &p.checkpoint else {
+        let run = meta_train(config, None)?;
+        let validation = validation_losses(&config.model, &adapt, &run.theta, validation)?;
+        return Ok(Checkpointed {
+            checkpoints: Vec::new(),
+            deployed_step: run.log.last().map_or(0, |s| s.step),
+            theta: run.theta.clone(),
+            validation,
+            run,
+        });
+    };
+    let kept = std::sync::Mutex::new(vec![(0, initial_theta(&config.model, config.seed)?)]);
+    let keep = |step: usize, theta: &Vector| -> Result<()> {
+        if step.is_multiple_of(spec.every) || step == config.meta_steps {
+            kept.lock()
+                .expect("no panic while kept")
+                .push((step, theta.clone()));
+        }
+        Ok(())
+    };
+    let run = meta_train(config, Some(&keep))?;
+    let mut kept = kept.into_inner().expect("no panic while kept");
+    // A run that stopped early: its last completed meta-step is a checkpoint too.
+    if let Some(last) = run
+        .log
+        .last()
+        .filter(|l| kept.last().is_some_and(|k| k.0 != l.step))
+    {
+        kept.push((last.step, run.theta.clone()));
+    }
+    let mut checkpoints = Vec::new();
+    let mut losses = Vec::new();
+    for (step, theta) in &kept {
+        let l = validation_losses(&config.model, &adapt, theta, validation)?;
+        let m = super::mean(&l);
+        checkpoints.push((*step, if m.is_finite() { m } else { f64::INFINITY }));
+        losses.push(l);
+    }
+    let best = (0..checkpoints.len())
+        .min_by(|&a, &b| checkpoints[a].1.total_cmp(&checkpoints[b].1).then(b.cmp(&a)))
+        .expect("the initialisation is a checkpoint");
+    let (deployed_step, theta) = kept.swap_remove(best);
+    Ok(Checkpointed {
+        run,
+        checkpoints,
+        deployed_step,
+        theta,
+        validation: losses.swap_remove(best),
+    })
 }
 
 /// One agent's runs in one unit.
@@ -671,6 +773,12 @@ struct UnitRows {
     agents: Vec<AgentRuns>,
     /// (meta-step, query loss) of meta-training (empty for the baselines).
     meta_log: Vec<(usize, f64)>,
+    /// (meta-step, mean validation loss) of each checkpoint, and the deployed meta-step (none
+    /// for the baselines).
+    #[serde(default)]
+    checkpoints: Vec<(usize, f64)>,
+    #[serde(default)]
+    deployed_step: Option<usize>,
     stopped: Option<String>,
     meta_seconds: f64,
     eval_seconds: f64,
@@ -890,6 +998,7 @@ fn run_unit(
     let plain = p.plain();
     let mut meta_log = Vec::new();
     let (mut stopped, mut meta_seconds) = (None, 0.0);
+    let (mut checkpoints, mut deployed_step) = (Vec::new(), None);
     // The agents of one run, given its seed: the baselines, or the model meta-trained from `m`.
     let make: Box<dyn Fn(u64) -> Result<AgentList> + Sync> = if k == BASELINES {
         let features = p.net.sizes[p.net.sizes.len() - 2];
@@ -952,20 +1061,39 @@ fn run_unit(
             .find(|l| key(l.0) == k)
             .expect("a model of the unit list");
         let budget = p.budget_of(name)?;
-        let run = meta_train(&MetaConfig {
-            model: model.clone(),
-            estimator: beta.map_or(estimator, |b| at_beta(&estimator, b)),
-            meta_steps: budget.meta_steps,
-            meta_batch: budget.meta_batch,
-            meta_lr: meta_lr.unwrap_or(budget.meta_lr),
-            support: p.support,
-            query: p.query,
-            seed: meta_seed(settings, m),
-        })?;
-        stopped = run.stopped.map(|r| format!("{name} (seed {m}) stopped at {r}"));
+        // The seed's own validation tasks choose its checkpoint (none without a choice).
+        let validation = match &p.checkpoint {
+            Some(c) => validation_tasks(
+                p,
+                crate::rng::hash_words(&[settings.seed, CHECKPOINT, m as u64]),
+                c.validation_tasks,
+            )?,
+            None => Vec::new(),
+        };
+        let trained = train_checkpointed(
+            p,
+            &MetaConfig {
+                model: model.clone(),
+                estimator: beta.map_or(estimator, |b| at_beta(&estimator, b)),
+                meta_steps: budget.meta_steps,
+                meta_batch: budget.meta_batch,
+                meta_lr: meta_lr.unwrap_or(budget.meta_lr),
+                support: p.support,
+                query: p.query,
+                seed: meta_seed(settings, m),
+            },
+            &validation,
+        )?;
+        let run = &trained.run;
+        stopped = run
+            .stopped
+            .clone()
+            .map(|r| format!("{name} (seed {m}) stopped at {r}"));
         meta_seconds = run.log.last().map_or(0.0, |s| s.seconds);
         meta_log = run.log.iter().map(|s| (s.step, s.query_loss)).collect();
-        let theta = run.theta;
+        checkpoints = trained.checkpoints;
+        deployed_step = Some(trained.deployed_step);
+        let theta = trained.theta;
         let deployments = p.deployments(name)?;
         Box::new(move |_| {
             deployments
@@ -1037,6 +1165,8 @@ fn run_unit(
         meta_lr,
         agents,
         meta_log,
+        checkpoints,
+        deployed_step,
         stopped,
         meta_seconds,
         eval_seconds: clock.elapsed().as_secs_f64(),
@@ -1208,6 +1338,7 @@ fn report(
     );
     let mut meta_seconds = Vec::new();
     let mut stopped = Vec::new();
+    let (mut checkpoint_rows, mut deployed) = (Vec::new(), Vec::new());
     for (i, (name, _, _)) in learners.iter().enumerate() {
         let of_model: Vec<&UnitRows> = stored
             .iter()
@@ -1224,6 +1355,13 @@ fn report(
         {
             for (step, loss) in &u.meta_log {
                 meta_rows.push(format!("{name},{m},{step},{loss:e}"));
+            }
+            for (step, loss) in &u.checkpoints {
+                let chosen = u.deployed_step == Some(*step);
+                checkpoint_rows.push(format!("{name},{m},{step},{loss:e},{chosen}"));
+            }
+            if let Some(step) = u.deployed_step.filter(|_| !u.checkpoints.is_empty()) {
+                deployed.push((name.to_string(), m, step));
             }
         }
         stopped.extend(of_model.iter().filter_map(|u| u.stopped.clone()));
@@ -1254,6 +1392,14 @@ fn report(
         &meta_rows,
         files,
     )?;
+    if p.checkpoint.is_some() {
+        write_csv(
+            &settings.out.join("bandit_checkpoints.csv"),
+            "model,seed,meta_step,validation_loss,deployed",
+            &checkpoint_rows,
+            files,
+        )?;
+    }
     save(
         settings,
         "bandit_regret",
@@ -1281,6 +1427,7 @@ fn report(
         stopped,
         searches,
         rate_searches,
+        deployed,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
     Ok(results)
@@ -1438,9 +1585,41 @@ pub fn table(r: &BanditResults) -> String {
         ));
         comparison_rows(&mut t, &r.matched);
     }
+    t.push_str(&checkpoint_section(r));
     t.push_str(&beta_section(r));
     t.push_str(&meta_lr_section(r));
     t
+}
+
+/// Which meta-step each run deployed: the validation tasks' choice, or the last.
+fn checkpoint_section(r: &BanditResults) -> String {
+    let p = &r.protocol;
+    let Some(spec) = &p.checkpoint else {
+        return "\n## The deployed meta-parameters\n\nThe last meta-step's, as in the paper's code (no checkpoint choice at this scale).\n".into();
+    };
+    let mut per_model: Vec<(String, Vec<String>)> = Vec::new();
+    for (model, m, step) in &r.deployed {
+        let entry = format!("{step} (seed {m})");
+        match per_model.iter_mut().find(|(n, _)| n == model) {
+            Some((_, steps)) => steps.push(entry),
+            None => per_model.push((model.clone(), vec![entry])),
+        }
+    }
+    let lines: Vec<String> = per_model
+        .iter()
+        .map(|(model, steps)| format!("- {model}: {}", steps.join(", ")))
+        .collect();
+    format!(
+        "\n## The deployed meta-parameters, chosen on validation tasks\n\n\
+         Each meta-training run's checkpoints are its initialisation, every multiple of {} meta-steps and its last completed meta-step; \
+         each is scored by the query loss after the agent's own adaptation on {} validation tasks of that seed's own \
+         stream, and the least mean loss is deployed (ties to the later; `bandit_checkpoints.csv`). Deployed meta-steps \
+         of {}:\n\n{}\n",
+        spec.every,
+        spec.validation_tasks,
+        p.meta_steps,
+        lines.join("\n")
+    )
 }
 
 /// One table row per comparison.
@@ -1475,8 +1654,8 @@ fn meta_lr_section(r: &BanditResults) -> String {
          Per meta-learned agent (the contrastive agents at their chosen beta), from an initialisation and a task stream of \
          the search's own (the same for every agent, no reported seed's): a whole meta-training ({} meta-steps of {} \
          tasks) at each step size of Adam, then the query loss after the agent's own adaptation (the contrastive rule's \
-         free phase, MAML's {} gradient steps) on {} validation tasks of the search's own stream, mean over the tasks; the \
-         least wins. A meta-training that stops early fails its value. A choice at an edge of the grid extends it past \
+         free phase, MAML's {} gradient steps) on {} validation tasks of the search's own stream, mean over the tasks, at \
+         the checkpoint those tasks choose as a reported run's are chosen (above); the least wins. A meta-training that stops early fails its value. A choice at an edge of the grid extends it past \
          that edge by the grid's ratio there, at most {} times (`bandit_meta_lr_choice.csv`).\n\n{}\n",
         p.meta_steps,
         p.meta_batch,

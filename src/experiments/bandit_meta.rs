@@ -7,7 +7,7 @@ use crate::bandit::task::BanditTask;
 use crate::error::Result;
 use crate::estimator::EstimatorSpec;
 use crate::linalg::Vector;
-use crate::meta_training::{TaskMetaRun, TaskMetaTraining};
+use crate::meta_training::{MetaObserver, TaskMetaRun, TaskMetaTraining};
 use crate::rng::stream;
 
 /// Everything a bandit meta-training run depends on.
@@ -35,8 +35,9 @@ pub fn initial_theta(model: &OnlineModel, seed: u64) -> Result<Vector> {
     }
 }
 
-/// Runs meta-training (see [`TaskMetaTraining::run`]).
-pub fn meta_train(config: &MetaConfig) -> Result<TaskMetaRun> {
+/// Runs meta-training (see [`TaskMetaTraining::run`]); `observe` sees every meta-step's
+/// meta-parameters.
+pub fn meta_train(config: &MetaConfig, observe: Option<&MetaObserver>) -> Result<TaskMetaRun> {
     TaskMetaTraining {
         estimator: &config.estimator,
         meta_steps: config.meta_steps,
@@ -45,7 +46,7 @@ pub fn meta_train(config: &MetaConfig) -> Result<TaskMetaRun> {
         seed: config.seed,
         sample: &|rng| BanditTask::sample(rng, config.support, config.query),
         problem: &|task, theta| build(&config.model, task.clone(), theta),
-        observe: None,
+        observe,
     }
     .run(initial_theta(&config.model, config.seed)?)
 }
