@@ -42,7 +42,7 @@ fn figures_quick(dir: &Path) {
 /// - weight_decay: 5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay baselines;
 /// - reference_code_ablation: 3 variants x 7 betas;
 /// - error_bar_calibration: 5 problems x 1 seed x 2 variants x 3 betas x 3 tolerances (none of
-///   the quick cases diverges);
+///   the quick cases diverges); error_bar_fresh: the same for 1 fresh seed per problem;
 /// - beta_auto: 5 problems x 1 seed x 2 variants;
 /// - spiking_meta_training: 5 meta-learned methods x 2 seeds x 2 meta-steps (matched budgets);
 ///   spiking_test: 6 methods x 2 seeds x 4 tasks; spiking_ablation: 2 tasks; spiking_examples:
@@ -88,6 +88,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("cost_vs_k_seconds", 3, 9),
     ("weight_decay", 4, 18),
     ("error_bar_calibration", 13, 90),
+    ("error_bar_fresh", 13, 90),
     ("beta_auto", 11, 10),
     ("spiking_meta_training", 4, 20),
     ("spiking_beta_choice", 5, 6),
@@ -275,6 +276,39 @@ fn csv_rows(path: &Path) -> Vec<std::collections::BTreeMap<String, String>> {
                 .collect()
         })
         .collect()
+}
+
+/// In a checkpoints CSV (`<run column>,seed,meta_step,<loss column>,deployed`), each of at least
+/// `runs` runs deploys exactly one checkpoint: its least loss, ties to the later, a non-finite
+/// loss counted as infinite.
+fn deploys_the_least_loss(path: &Path, run_column: &str, loss_column: &str, runs: usize) {
+    let checkpoints = csv_rows(path);
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for r in &checkpoints {
+        let run = (r[run_column].clone(), r["seed"].clone());
+        if !seen.contains(&run) {
+            seen.push(run);
+        }
+    }
+    assert!(seen.len() >= runs, "{}: {seen:?}", path.display());
+    let loss = |r: &std::collections::BTreeMap<String, String>| -> f64 {
+        let x: f64 = r[loss_column].parse().unwrap();
+        if x.is_finite() { x } else { f64::INFINITY }
+    };
+    for (name, seed) in &seen {
+        let own: Vec<_> = checkpoints
+            .iter()
+            .filter(|r| &r[run_column] == name && &r["seed"] == seed)
+            .collect();
+        let mut best = 0;
+        for k in 0..own.len() {
+            if loss(own[k]) <= loss(own[best]) {
+                best = k;
+            }
+        }
+        let deployed: Vec<usize> = (0..own.len()).filter(|&k| own[k]["deployed"] == "true").collect();
+        assert_eq!(deployed, vec![best], "{name} seed {seed}: {own:?}");
+    }
 }
 
 /// The other experiments follow docs/PROTOCOL.md, recomputed from their CSVs:
@@ -633,31 +667,14 @@ fn protocol_of_the_other_tables(dir: &Path) {
         );
     }
 
-    // Bandit: each meta-training run deploys its checkpoint with the least validation loss (ties
-    // to the later).
-    let checkpoints = csv_rows(&dir.join("figures/bandit_checkpoints.csv"));
-    let mut runs: Vec<(String, String)> = Vec::new();
-    for r in &checkpoints {
-        let run = (r["model"].clone(), r["seed"].clone());
-        if !runs.contains(&run) {
-            runs.push(run);
-        }
-    }
-    assert!(runs.len() >= 6, "{runs:?}");
-    for (model, seed) in &runs {
-        let own: Vec<_> = checkpoints
-            .iter()
-            .filter(|r| &r["model"] == model && &r["seed"] == seed)
-            .collect();
-        let mut best = 0;
-        for k in 0..own.len() {
-            if f(own[k], "validation_loss") <= f(own[best], "validation_loss") {
-                best = k;
-            }
-        }
-        let deployed: Vec<usize> = (0..own.len()).filter(|&k| own[k]["deployed"] == "true").collect();
-        assert_eq!(deployed, vec![best], "{model} seed {seed}: {own:?}");
-    }
+    // Bandit agents: each meta-training run deploys its checkpoint with the least validation loss
+    // (ties to the later).
+    deploys_the_least_loss(
+        &dir.join("figures/bandit_checkpoints.csv"),
+        "model",
+        "validation_loss",
+        6,
+    );
     // Bandit: each CML agent against LinFullPost, NeuralLinear, the greedy network and MAML at each
     // delta, one Holm family; a seed's regret is the mean over its evaluation runs; margin 0.1x the
     // mean of the two regrets.
@@ -1081,7 +1098,7 @@ fn the_committed_default_run_follows_the_protocol() {
 }
 
 #[test]
-fn the_error_bars_scaled_truncation_table_is_what_the_calibration_csv_gives() {
+fn the_error_bars_scaled_truncation_tables_are_what_the_calibration_and_fresh_csvs_give() {
     // Each row of the post-hoc table in paper/error_bar.md (the truncation part scaled by a
     // factor) counted again from figures/error_bar_calibration.csv: a case is covered when
     // abs_error <= phase_precision + factor * truncation, an instance when all its cases are.
@@ -1114,4 +1131,57 @@ fn the_error_bars_scaled_truncation_table_is_what_the_calibration_csv_gives() {
         rows += 1;
     }
     assert_eq!(rows, 5, "{table}");
+
+    // The held-out test: the least factor of that table covering every calibration instance,
+    // counted again on figures/error_bar_fresh.csv, as computed and scaled.
+    let fresh = csv_rows(&root.join("figures/error_bar_fresh.csv"));
+    let seeds = |rows: &[std::collections::BTreeMap<String, String>]| -> std::collections::BTreeSet<(String, String)> {
+        rows.iter().map(|r| (r["problem"].clone(), r["seed"].clone())).collect()
+    };
+    assert!(
+        seeds(&fresh).is_disjoint(&seeds(&cases)) && seeds(&fresh).len() == seeds(&cases).len(),
+        "as many fresh instances as calibration instances, none shared"
+    );
+    let count = |rows: &[std::collections::BTreeMap<String, String>], factor: f64| -> (usize, usize, usize) {
+        let covered = |r: &std::collections::BTreeMap<String, String>| {
+            f(r, "abs_error") <= f(r, "phase_precision") + factor * f(r, "truncation")
+        };
+        let mut instances: std::collections::BTreeMap<(String, String), bool> = Default::default();
+        for r in rows {
+            let c = covered(r);
+            instances
+                .entry((r["problem"].clone(), r["seed"].clone()))
+                .and_modify(|x| *x &= c)
+                .or_insert(c);
+        }
+        (
+            rows.iter().filter(|r| !covered(r)).count(),
+            instances.values().filter(|c| **c).count(),
+            instances.len(),
+        )
+    };
+    let factors = [1.0, 1.1, 1.5, 2.0, 2.5];
+    let chosen = factors
+        .into_iter()
+        .find(|&x| {
+            let (_, kept, n) = count(&cases, x);
+            kept == n
+        })
+        .unwrap_or(2.5);
+    let section = table
+        .split("## The safety factor on fresh instances")
+        .nth(1)
+        .unwrap();
+    let lines: Vec<&str> = section
+        .lines()
+        .filter(|l| l.starts_with("| as computed") || l.starts_with("| truncation part"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{section}");
+    for (line, factor) in lines.iter().zip([1.0, chosen]) {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        let (misses, kept, n) = count(&fresh, factor);
+        assert!(cells[1].ends_with(&format!("({factor}x)")), "{line}");
+        assert_eq!(cells[2], misses.to_string(), "{line}");
+        assert_eq!(cells[4], format!("{kept} of {n}"), "{line}");
+    }
 }

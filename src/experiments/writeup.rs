@@ -437,7 +437,29 @@ pub(super) fn error_bar_section(e: &super::error_bar::CalibrationResults) -> Con
             )
         })
         .collect();
+    let fresh = e.fresh.as_ref().map(|f| {
+        let (lo, hi) = f.interval_scaled;
+        Context::new()
+            .text("factor", f.factor)
+            .text("instances", f.instances)
+            .text("covered_as_computed", f.covered_as_computed)
+            .text("covered_scaled", f.covered_scaled)
+            .text("interval", format!("[{lo:.3}, {hi:.3}]"))
+            .text("median_as_computed", num(f.median_ratio_as_computed))
+            .text("median_scaled", num(f.median_ratio_scaled))
+            .text(
+                "verdict",
+                if lo >= 0.9 {
+                    "established"
+                } else if hi < 0.9 {
+                    "refuted"
+                } else {
+                    "not established"
+                },
+            )
+    });
     Context::new()
+        .section("fresh", fresh)
         .text("instances_per_problem", &e.instances_per_problem)
         .text("cases", t.cases)
         .text("coverage", num(t.coverage))
