@@ -971,6 +971,34 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
 }
 
 #[test]
+fn the_plan_takes_measured_units_over_a_calibration() {
+    // The training job has a calibration, but the committed default run holds every one of its
+    // units: the plan quotes their summed seconds, read here from the unit files.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--plan", "--only", "training", "--results"])
+        .arg(root.join("runs/default"))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let (mut units, mut seconds) = (0, 0.0);
+    for entry in std::fs::read_dir(root.join("runs/default/training")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "json") {
+            let unit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            seconds += unit["seconds"].as_f64().unwrap();
+            units += 1;
+        }
+    }
+    let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
+    let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+    assert_eq!(cells[2], units.to_string(), "{row}");
+    assert!((cells[3].parse::<f64>().unwrap() - seconds).abs() <= 0.5, "{row}: {seconds}");
+    assert!(cells[5].starts_with("measured in"), "{row}");
+}
+
+#[test]
 fn an_unknown_figure_job_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_cml"))

@@ -48,8 +48,9 @@ pub struct FiguresArgs {
     /// computing anything.
     #[arg(long, conflicts_with_all = ["units", "plan"])]
     report: Option<PathBuf>,
-    /// Print every job's units and an estimate of their cost, from a short timed calibration
-    /// (or from the units of an earlier run given with --results), and run nothing.
+    /// Print every job's units and an estimate of their cost, from the units of an earlier run
+    /// given with --results where all of a job's are there, else a short timed calibration, and
+    /// run nothing.
     #[arg(long)]
     plan: bool,
 }

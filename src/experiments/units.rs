@@ -595,10 +595,10 @@ pub struct PlanRow {
     pub source: String,
 }
 
-/// Every selected job's units and an estimate of their cost: from a short timed calibration
-/// where the job has one, else from the seconds its units took in `previous` (a results folder
-/// of the same configuration), else unknown. At the paper scale, a job without one is a row
-/// that says so.
+/// Every selected job's units and an estimate of their cost: the seconds its units took in
+/// `previous` (a results folder of the same configuration) where every one of them is there, else
+/// a short timed calibration where the job has one, else unknown. At the paper scale, a job
+/// without paper budgets is a row that says so.
 pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>) -> Result<Vec<PlanRow>> {
     crate::autodiff::ensure_second_order()?;
     let jobs = selection.jobs(settings)?;
@@ -614,31 +614,35 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
             continue;
         }
         let units = selection.of(job, settings)?;
-        let (seconds, source) = if let Some(each) = job.calibrate(settings, &units)? {
-            (Some(each.iter().sum()), "calibrated now".to_string())
-        } else if let Some(dir) = previous {
+        // What the units took in `previous`, where every one of them is there: a measurement
+        // beats a calibration's estimate.
+        let mut measured = None;
+        if let Some(dir) = previous {
             let expected = fingerprint(job, settings)?;
-            let mut total = 0.0;
-            let mut found = 0;
+            let (mut total, mut found) = (0.0, 0);
             for unit in &units {
                 if let Some(s) = load(dir, job, unit, &expected)? {
                     total += s.seconds;
                     found += 1;
                 }
             }
-            if found == units.len() {
+            measured = Some((found, total, dir));
+        }
+        let (seconds, source) = match measured {
+            Some((found, total, dir)) if found == units.len() => {
                 (Some(total), format!("measured in {}", dir.display()))
-            } else {
-                (
+            }
+            _ => match (job.calibrate(settings, &units)?, measured) {
+                (Some(each), _) => (Some(each.iter().sum()), "calibrated now".to_string()),
+                (None, Some((found, _, dir))) => (
                     None,
                     format!("{found} of {} units in {}", units.len(), dir.display()),
-                )
-            }
-        } else {
-            (
-                None,
-                "no calibration; give --results of an earlier run".to_string(),
-            )
+                ),
+                (None, None) => (
+                    None,
+                    "no calibration; give --results of an earlier run".to_string(),
+                ),
+            },
         };
         let source = match (settings.scale, job.paper_budgets()) {
             (Scale::Paper, PaperBudgets::Default(why)) => format!("{source}; the default's budgets ({why})"),
