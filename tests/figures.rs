@@ -47,7 +47,8 @@ fn figures_quick(dir: &Path) {
 /// - spiking_meta_training: 5 meta-learned methods x 2 seeds x 2 meta-steps (matched budgets);
 ///   spiking_test: 6 methods x 2 seeds x 4 tasks; spiking_ablation: 2 tasks; spiking_examples:
 ///   2 tasks x 41 grid points; spiking_rates: 100 neurons; spiking_beta_choice: 3 betas x 2
-///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2;
+///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2; spiking_checkpoints: 5
+///   meta-learned methods x 2 seeds x 3 checkpoints;
 ///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks;
 /// - training_beta_choice: 2 models x the grid of 5 betas, extended 3 times at its lower edge (2
 ///   meta-steps barely move the loss, and the smallest beta wins by a hair);
@@ -82,6 +83,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("bandit_regret", 6, 44),
     ("bandit_meta_training", 4, 12),
     ("bandit_checkpoints", 5, 18),
+    ("spiking_checkpoints", 5, 30),
     ("bandit_regret_vs_time", 4, 1100),
     ("sinusoid_examples", 7, 808),
     ("cost_vs_k", 4, 9),
@@ -667,13 +669,19 @@ fn protocol_of_the_other_tables(dir: &Path) {
         );
     }
 
-    // Bandit agents: each meta-training run deploys its checkpoint with the least validation loss
-    // (ties to the later).
+    // Bandit agents and spiking methods: each meta-training run deploys its checkpoint with the
+    // least validation loss (ties to the later).
     deploys_the_least_loss(
         &dir.join("figures/bandit_checkpoints.csv"),
         "model",
         "validation_loss",
         6,
+    );
+    deploys_the_least_loss(
+        &dir.join("figures/spiking_checkpoints.csv"),
+        "method",
+        "validation_mse",
+        10,
     );
     // Bandit: each CML agent against LinFullPost, NeuralLinear, the greedy network and MAML at each
     // delta, one Holm family; a seed's regret is the mean over its evaluation runs; margin 0.1x the
@@ -986,7 +994,8 @@ fn the_plan_takes_measured_units_over_a_calibration() {
     for entry in std::fs::read_dir(root.join("runs/default/training")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "json") {
-            let unit: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let unit: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             seconds += unit["seconds"].as_f64().unwrap();
             units += 1;
         }
@@ -994,7 +1003,10 @@ fn the_plan_takes_measured_units_over_a_calibration() {
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[2], units.to_string(), "{row}");
-    assert!((cells[3].parse::<f64>().unwrap() - seconds).abs() <= 0.5, "{row}: {seconds}");
+    assert!(
+        (cells[3].parse::<f64>().unwrap() - seconds).abs() <= 0.5,
+        "{row}: {seconds}"
+    );
     assert!(cells[5].starts_with("measured in"), "{row}");
 }
 

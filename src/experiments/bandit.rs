@@ -3,7 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::choice::{BetaSearchSpec, RateSearchSpec, Search, Ties, at_beta};
+use super::choice::{BetaSearchSpec, CheckpointSpec, RateSearchSpec, Search, Ties, at_beta};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -75,16 +75,6 @@ pub struct Protocol {
     /// default scales; the paper's code deploys the last, and so does the paper scale).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSpec>,
-}
-
-/// The deployed meta-parameters: every `every` meta-steps, the initialisation and the last
-/// completed meta-step are checkpoints; each is scored by the query loss after the agent's own
-/// adaptation on `validation_tasks` tasks of the seed's own validation stream, and the least mean
-/// loss is deployed (ties to the later).
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct CheckpointSpec {
-    pub every: usize,
-    pub validation_tasks: usize,
 }
 
 /// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
@@ -473,6 +463,7 @@ fn twin_of(agent: &str) -> Option<&'static str> {
 fn meta_seed(settings: &Settings, m: usize) -> u64 {
     crate::rng::hash_words(&[settings.seed, META_SEED, m as u64])
 }
+
 /// Two agents' normalised regrets are equivalent within this fraction of their mean (fixed before
 /// any run; docs/PROTOCOL.md).
 pub const EQUIVALENCE_MARGIN: f64 = 0.1;
@@ -712,7 +703,7 @@ fn train_checkpointed(
     };
     let kept = std::sync::Mutex::new(vec![(0, initial_theta(&config.model, config.seed)?)]);
     let keep = |step: usize, theta: &Vector| -> Result<()> {
-        if step.is_multiple_of(spec.every) || step == config.meta_steps {
+        if spec.keeps(step, config.meta_steps) {
             kept.lock()
                 .expect("no panic while kept")
                 .push((step, theta.clone()));
@@ -720,33 +711,17 @@ fn train_checkpointed(
         Ok(())
     };
     let run = meta_train(config, Some(&keep))?;
-    let mut kept = kept.into_inner().expect("no panic while kept");
-    // A run that stopped early: its last completed meta-step is a checkpoint too.
-    if let Some(last) = run
-        .log
-        .last()
-        .filter(|l| kept.last().is_some_and(|k| k.0 != l.step))
-    {
-        kept.push((last.step, run.theta.clone()));
-    }
-    let mut checkpoints = Vec::new();
-    let mut losses = Vec::new();
-    for (step, theta) in &kept {
-        let l = validation_losses(&config.model, &adapt, theta, validation)?;
-        let m = super::mean(&l);
-        checkpoints.push((*step, if m.is_finite() { m } else { f64::INFINITY }));
-        losses.push(l);
-    }
-    let best = (0..checkpoints.len())
-        .min_by(|&a, &b| checkpoints[a].1.total_cmp(&checkpoints[b].1).then(b.cmp(&a)))
-        .expect("the initialisation is a checkpoint");
-    let (deployed_step, theta) = kept.swap_remove(best);
+    let kept = kept.into_inner().expect("no panic while kept");
+    let chosen =
+        super::choice::choose_checkpoint(kept, run.log.last().map(|l| (l.step, &run.theta)), |theta| {
+            validation_losses(&config.model, &adapt, theta, validation)
+        })?;
     Ok(Checkpointed {
         run,
-        checkpoints,
-        deployed_step,
-        theta,
-        validation: losses.swap_remove(best),
+        checkpoints: chosen.scores,
+        deployed_step: chosen.step,
+        theta: chosen.theta,
+        validation: chosen.losses,
     })
 }
 
@@ -775,7 +750,7 @@ struct UnitRows {
     meta_log: Vec<(usize, f64)>,
     /// (meta-step, mean validation loss) of each checkpoint, and the deployed meta-step (none
     /// for the baselines).
-    #[serde(default)]
+    #[serde(default, with = "super::units::any_float_pairs")]
     checkpoints: Vec<(usize, f64)>,
     #[serde(default)]
     deployed_step: Option<usize>,
@@ -1585,41 +1560,15 @@ pub fn table(r: &BanditResults) -> String {
         ));
         comparison_rows(&mut t, &r.matched);
     }
-    t.push_str(&checkpoint_section(r));
+    t.push_str(&super::choice::deployed_section(
+        r.protocol.checkpoint.as_ref(),
+        &r.deployed,
+        "the query loss after the agent's own adaptation",
+        "bandit_checkpoints.csv",
+    ));
     t.push_str(&beta_section(r));
     t.push_str(&meta_lr_section(r));
     t
-}
-
-/// Which meta-step each run deployed: the validation tasks' choice, or the last.
-fn checkpoint_section(r: &BanditResults) -> String {
-    let p = &r.protocol;
-    let Some(spec) = &p.checkpoint else {
-        return "\n## The deployed meta-parameters\n\nThe last meta-step's, as in the paper's code (no checkpoint choice at this scale).\n".into();
-    };
-    let mut per_model: Vec<(String, Vec<String>)> = Vec::new();
-    for (model, m, step) in &r.deployed {
-        let entry = format!("{step} (seed {m})");
-        match per_model.iter_mut().find(|(n, _)| n == model) {
-            Some((_, steps)) => steps.push(entry),
-            None => per_model.push((model.clone(), vec![entry])),
-        }
-    }
-    let lines: Vec<String> = per_model
-        .iter()
-        .map(|(model, steps)| format!("- {model}: {}", steps.join(", ")))
-        .collect();
-    format!(
-        "\n## The deployed meta-parameters, chosen on validation tasks\n\n\
-         Each meta-training run's checkpoints are its initialisation, every multiple of {} meta-steps and its last completed meta-step; \
-         each is scored by the query loss after the agent's own adaptation on {} validation tasks of that seed's own \
-         stream, and the least mean loss is deployed (ties to the later; `bandit_checkpoints.csv`). Deployed meta-steps \
-         of {}:\n\n{}\n",
-        spec.every,
-        spec.validation_tasks,
-        p.meta_steps,
-        lines.join("\n")
-    )
 }
 
 /// One table row per comparison.

@@ -36,6 +36,105 @@ pub struct RateSearchSpec {
     pub extensions: usize,
 }
 
+/// Which meta-step a run deploys, chosen on validation tasks: its initialisation, every `every`
+/// meta-steps and its last completed meta-step are checkpoints, each scored by its validation
+/// tasks' mean loss after the method's own adaptation ([`least_loss`] picks).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct CheckpointSpec {
+    pub every: usize,
+    pub validation_tasks: usize,
+}
+
+impl CheckpointSpec {
+    /// Whether completed meta-step `step` of `last` is a checkpoint (the initialisation, step 0,
+    /// always is).
+    pub fn keeps(&self, step: usize, last: usize) -> bool {
+        step.is_multiple_of(self.every) || step == last
+    }
+}
+
+/// A run's checkpoint as validation tasks chose it.
+pub(super) struct Chosen<T> {
+    /// (meta-step, mean validation loss) of every checkpoint, in order.
+    pub scores: Vec<(usize, f64)>,
+    /// The deployed meta-step, its meta-parameters and its per-task validation losses.
+    pub step: usize,
+    pub theta: T,
+    pub losses: Vec<f64>,
+}
+
+/// Scores the checkpoints `kept` (meta-step, meta-parameters; the initialisation first) of a run
+/// whose last completed meta-step is `last` (a checkpoint too where the run stopped between
+/// them) by `score`'s per-task validation losses, and deploys the least mean ([`least_loss`]).
+pub(super) fn choose_checkpoint<T: Clone>(
+    mut kept: Vec<(usize, T)>,
+    last: Option<(usize, &T)>,
+    mut score: impl FnMut(&T) -> Result<Vec<f64>>,
+) -> Result<Chosen<T>> {
+    if let Some((step, theta)) = last.filter(|(step, _)| kept.last().is_some_and(|k| k.0 != *step)) {
+        kept.push((step, theta.clone()));
+    }
+    let mut scores = Vec::new();
+    let mut losses = Vec::new();
+    for (step, theta) in &kept {
+        let l = score(theta)?;
+        scores.push((*step, super::mean(&l)));
+        losses.push(l);
+    }
+    let means: Vec<f64> = scores.iter().map(|c| c.1).collect();
+    let best = least_loss(&means)
+        .ok_or_else(|| CmlError::invalid("checkpoints", "none", "at least the initialisation"))?;
+    let (step, theta) = kept.swap_remove(best);
+    Ok(Chosen {
+        scores,
+        step,
+        theta,
+        losses: losses.swap_remove(best),
+    })
+}
+
+/// The index of the least of `losses` (a non-finite loss counts as infinite; ties to the later:
+/// the longer-trained checkpoint); `None` for no losses.
+pub(super) fn least_loss(losses: &[f64]) -> Option<usize> {
+    let finite = |x: f64| if x.is_finite() { x } else { f64::INFINITY };
+    (0..losses.len()).min_by(|&a, &b| finite(losses[a]).total_cmp(&finite(losses[b])).then(b.cmp(&a)))
+}
+
+/// The table's section on what each meta-learned run deployed: the checkpoints chosen on
+/// validation tasks (`deployed`: name, seed, meta-step; `scored_by` says how a checkpoint is
+/// scored, `csv` where the scores are), or the last meta-step without a choice.
+pub(super) fn deployed_section<S: std::fmt::Display>(
+    spec: Option<&CheckpointSpec>,
+    deployed: &[(String, S, usize)],
+    scored_by: &str,
+    csv: &str,
+) -> String {
+    let Some(spec) = spec else {
+        return "\n## The deployed meta-parameters\n\nThe last meta-step's (no checkpoint choice at this scale).\n".into();
+    };
+    let mut per_name: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, seed, step) in deployed {
+        let entry = format!("{step} (seed {seed})");
+        match per_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, steps)) => steps.push(entry),
+            None => per_name.push((name, vec![entry])),
+        }
+    }
+    let lines: Vec<String> = per_name
+        .iter()
+        .map(|(name, steps)| format!("- {name}: {}", steps.join(", ")))
+        .collect();
+    format!(
+        "\n## The deployed meta-parameters, chosen on validation tasks\n\n\
+         Each meta-learned run's checkpoints are its initialisation, every multiple of {} meta-steps and its last \
+         completed meta-step; each is scored by {scored_by} on {} validation tasks of that seed's own stream, and the \
+         least mean is deployed (ties to the later; `{csv}`). Deployed meta-steps:\n\n{}\n",
+        spec.every,
+        spec.validation_tasks,
+        lines.join("\n")
+    )
+}
+
 /// One value of the search's setting, the validation loss it reached (the job's: query loss
 /// after adaptation, error rate of the few-shot episodes, cross-entropy of the validation images;
 /// mean over the validation tasks; infinite where that run failed, with the reason), and, against
@@ -355,6 +454,22 @@ pub(super) fn table(searches: &[Search], column: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_least_loss_ties_to_the_later_and_ranks_non_finite_last() {
+        // 2.0 at 1 and 3: the later; NaN and inf lose to any finite loss.
+        assert_eq!(least_loss(&[3.0, 2.0, f64::NAN, 2.0, f64::INFINITY]), Some(3));
+        assert_eq!(least_loss(&[f64::NAN, 5.0]), Some(1));
+        // All non-finite: the last.
+        assert_eq!(least_loss(&[f64::NAN, f64::INFINITY]), Some(1));
+        assert_eq!(least_loss(&[]), None);
+        let spec = CheckpointSpec {
+            every: 10,
+            validation_tasks: 1,
+        };
+        let kept: Vec<usize> = (1..=25).filter(|&s| spec.keeps(s, 25)).collect();
+        assert_eq!(kept, vec![10, 20, 25]);
+    }
 
     fn scores(losses: &[Vec<f64>]) -> Vec<Score> {
         [0.01, 0.1, 1.0]

@@ -3,6 +3,7 @@
 //! BPTT-trained learning, BPTT through e-prop learning, truncated BPTT through e-prop and no
 //! meta-learning; and the reference code's "symmetric" defect as an ablation.
 
+use super::choice::CheckpointSpec;
 use super::training::{ALPHA, seed_mean_ci, t975};
 use super::{Scale, Settings, num, running_mean, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
@@ -63,6 +64,10 @@ pub struct Protocol {
     pub truncated_last: usize,
     /// Tasks on which the defect's estimate is compared with the correct one.
     pub ablation_tasks: usize,
+    /// Which meta-step each meta-learned run deploys, chosen on validation tasks of its seed's
+    /// own stream (quick and default scales; the paper scale deploys the last).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<CheckpointSpec>,
 }
 
 impl Protocol {
@@ -92,6 +97,11 @@ impl Protocol {
             truncated_steps: 100,
             truncated_last: 10,
             ablation_tasks: 10,
+            // 6 checkpoints of 50 meta-steps, as many validation tasks as the choice scores.
+            checkpoint: Some(CheckpointSpec {
+                every: 10,
+                validation_tasks: 10,
+            }),
         };
         if quick {
             Protocol {
@@ -110,6 +120,10 @@ impl Protocol {
                 truncated_steps: 5,
                 truncated_last: 2,
                 ablation_tasks: 2,
+                checkpoint: Some(CheckpointSpec {
+                    every: 1,
+                    validation_tasks: 2,
+                }),
                 ..full
             }
         } else {
@@ -144,6 +158,7 @@ impl Protocol {
             baseline_meta_lr: Some(3e-4),
             truncated_steps: 500,
             truncated_last: 100,
+            checkpoint: None,
             ..Self::new(false)
         }
     }
@@ -312,6 +327,8 @@ pub struct SpikingResults {
     pub comparisons: Vec<(String, Comparison)>,
     /// Each meta-learned method against its matched baseline, paired over seeds: one family.
     pub gains: Vec<MatchedGain>,
+    /// (method, seed, meta-step) each meta-learned run deployed, where validation tasks chose it.
+    pub deployed: Vec<(String, u64, usize)>,
 }
 
 /// A meta-learned method against its matched baseline: the untrained initialisation of each seed
@@ -340,6 +357,8 @@ const PLOT: u64 = 33;
 /// The validation tasks and the initialisation the choice is made at.
 const VALIDATION: u64 = 34;
 const VALIDATION_INIT: u64 = 35;
+/// Stream word of a seed's own validation tasks (its checkpoint choice).
+const CHECKPOINT_TASKS: u64 = 36;
 
 /// The halves of the symmetric estimate need to agree (cosine at least this) for the rule to
 /// estimate the meta-gradient (docs/SPIKING.md §5).
@@ -568,6 +587,12 @@ struct MethodSeedRun {
     test: Vec<TestScore>,
     /// The halves during CML symmetric's meta-training (mean cosine in `value`).
     halves: Vec<AtStep>,
+    /// Each checkpoint's mean validation MSE after the method's own adaptation, and the deployed
+    /// meta-step (none without a checkpoint choice or meta-learning).
+    #[serde(default)]
+    checkpoints: Vec<AtStep>,
+    #[serde(default)]
+    deployed_step: Option<usize>,
     /// The ablation and the activity of the CML-learned network (CML symmetric, first seed).
     activity: Option<Activity>,
 }
@@ -717,6 +742,19 @@ fn run_method_seed(
     if cml_symmetric {
         probe(0, &theta0)?;
     }
+    // The checkpoints a meta-learned run keeps (its initialisation among them), scored after
+    // meta-training on validation tasks of the seed's own stream.
+    let checkpoint = p.checkpoint.as_ref().filter(|_| method.estimator.is_some());
+    let kept = std::sync::Mutex::new(vec![(0, theta0.clone())]);
+    let observe = |step: usize, theta: &Vector| -> Result<()> {
+        if cml_symmetric {
+            probe(step, theta)?;
+        }
+        if checkpoint.is_some_and(|c| c.keeps(step, steps)) {
+            kept.lock().expect("not poisoned").push((step, theta.clone()));
+        }
+        Ok(())
+    };
     let mut run = MethodSeedRun {
         choice: uses_choice.then_some((choice.beta, choice.nudged_lr)),
         curve: Vec::new(),
@@ -724,6 +762,8 @@ fn run_method_seed(
         stopped: None,
         test: Vec::new(),
         halves: Vec::new(),
+        checkpoints: Vec::new(),
+        deployed_step: None,
         activity: None,
     };
     let theta = match &method.estimator {
@@ -736,7 +776,7 @@ fn run_method_seed(
                 seed,
                 sample: &|rng| SpikingTask::sample(rng, p.shots, spec),
                 problem: &build,
-                observe: if cml_symmetric { Some(&probe) } else { None },
+                observe: Some(&observe),
             }
             .run(theta0.clone())?;
             run.stopped = trained.stopped.clone();
@@ -750,7 +790,36 @@ fn run_method_seed(
                 })
                 .collect();
             run.seconds_per_step = trained.log.last().map(|last| last.seconds / last.step as f64);
-            trained.theta
+            match checkpoint {
+                Some(c) => {
+                    let mut rng = stream(seed, CHECKPOINT_TASKS);
+                    let validation: Vec<SpikingTask> = (0..c.validation_tasks)
+                        .map(|_| SpikingTask::sample(&mut rng, p.shots, spec))
+                        .collect::<Result<_>>()?;
+                    let chosen = super::choice::choose_checkpoint(
+                        kept.into_inner().expect("not poisoned"),
+                        trained.log.last().map(|l| (l.step, &trained.theta)),
+                        |theta| {
+                            Ok(score(p, &method, &validation, theta)?
+                                .iter()
+                                .map(|t| t.after)
+                                .collect())
+                        },
+                    )?;
+                    run.checkpoints = chosen
+                        .scores
+                        .iter()
+                        .map(|&(step, value)| AtStep {
+                            step,
+                            value,
+                            ratio: 0.0,
+                        })
+                        .collect();
+                    run.deployed_step = Some(chosen.step);
+                    chosen.theta
+                }
+                None => trained.theta,
+            }
         }
         None => theta0.clone(),
     };
@@ -834,6 +903,7 @@ fn report(
     let mut stopped = Vec::new();
     let mut untrained = Vec::new();
     let mut halves = Vec::new();
+    let (mut checkpoint_rows, mut deployed) = (Vec::new(), Vec::new());
     let mut activity_rows = None;
     let mut curves = Panel::new(
         "spiking network: meta-training (mean over seeds)",
@@ -884,6 +954,16 @@ fn report(
             }
             per_seed.push(run.test.iter().map(|t| t.after).sum::<f64>() / n);
             halves.extend(run.halves.iter().map(|h| (*seed, h.step, h.value, h.ratio)));
+            for c in &run.checkpoints {
+                let chosen = run.deployed_step == Some(c.step);
+                checkpoint_rows.push(format!(
+                    "{},{seed},{},{:e},{chosen}",
+                    method.name, c.step, c.value
+                ));
+            }
+            if let Some(step) = run.deployed_step {
+                deployed.push((method.name.to_string(), *seed, step));
+            }
             if let Some(a) = run.activity {
                 activity_rows = Some(a);
             }
@@ -946,6 +1026,14 @@ fn report(
         &choice_rows,
         files,
     )?;
+    if p.checkpoint.is_some() {
+        write_csv(
+            &settings.out.join("spiking_checkpoints.csv"),
+            "method,seed,meta_step,validation_mse,deployed",
+            &checkpoint_rows,
+            files,
+        )?;
+    }
     let halves_rows: Vec<String> = halves
         .iter()
         .map(|(seed, step, cos, ratio)| format!("{seed},{step},{cos:e},{ratio:e}"))
@@ -1007,6 +1095,7 @@ fn report(
         halves,
         comparisons,
         gains,
+        deployed,
     };
     write_table(settings, "spiking.md", &table(&results), files)?;
     Ok(results)
@@ -1544,6 +1633,12 @@ pub fn table(r: &SpikingResults) -> String {
         ));
     }
     t.push_str(&format!("\n{}\n", regime_sentence(r)));
+    t.push_str(&super::choice::deployed_section(
+        r.protocol.checkpoint.as_ref(),
+        &r.deployed,
+        "the query MSE after the method's own inner loop",
+        "spiking_checkpoints.csv",
+    ));
     t
 }
 

@@ -799,6 +799,28 @@ pub(crate) mod any_float {
     }
 }
 
+/// [`any_float`] for `(step, value)` pairs: each stored as `[step, value]`.
+pub(crate) mod any_float_pairs {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    struct Pair(usize, #[serde(with = "super::any_float")] f64);
+
+    pub fn serialize<S: Serializer>(v: &[(usize, f64)], s: S) -> Result<S::Ok, S::Error> {
+        v.iter()
+            .map(|&(k, x)| Pair(k, x))
+            .collect::<Vec<_>>()
+            .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(usize, f64)>, D::Error> {
+        Ok(Vec::<Pair>::deserialize(d)?
+            .into_iter()
+            .map(|p| (p.0, p.1))
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod any_float_tests {
     #[derive(serde::Serialize, serde::Deserialize)]
@@ -818,6 +840,25 @@ mod any_float_tests {
         // A null (what serde_json writes for a bare non-finite f64) is refused, not guessed.
         assert!(serde_json::from_str::<Row>("{\"x\":null}").is_err());
         assert!(serde_json::from_str::<Row>("{\"x\":\"big\"}").is_err());
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Pairs {
+        #[serde(with = "super::any_float_pairs")]
+        v: Vec<(usize, f64)>,
+    }
+
+    #[test]
+    fn pairs_read_back_and_read_plain_numbers() {
+        let v = vec![(0, 1.5), (10, f64::INFINITY)];
+        let text = serde_json::to_string(&Pairs { v: v.clone() }).unwrap();
+        assert_eq!(text, "{\"v\":[[0,1.5],[10,\"inf\"]]}");
+        assert_eq!(serde_json::from_str::<Pairs>(&text).unwrap().v, v);
+        // Pairs written as plain `(usize, f64)` tuples read the same.
+        assert_eq!(
+            serde_json::from_str::<Pairs>("{\"v\":[[0,2.0]]}").unwrap().v,
+            vec![(0, 2.0)]
+        );
     }
 }
 
