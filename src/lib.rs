@@ -33,8 +33,9 @@
 //! ```
 
 // The floors, each importing only the ones below it (`tests/architecture.rs`): the numerical
-// core, running it (registry, sweeps, meta-training, statistics), reporting (plots, the
-// write-up's template), the experiments (the figure jobs and the write-up), the command line.
+// core, running it (registry, sweeps, meta-training, statistics, experiments as units and their
+// validation searches), reporting (plots, the write-up's template), the experiments (the figure
+// jobs and the write-up), the command line.
 #[cfg(feature = "cli")]
 pub mod cli;
 pub mod core;
@@ -49,7 +50,7 @@ pub use crate::core::{
     adam, autodiff, bandit, bound, digits, engine, error, estimator, ground_truth, implicit_function, inner,
     io, linalg, linear_solve, mlp, optimizer, oracle, parallel, problem, rng, smoothness, spiking,
 };
-pub use crate::run::{executor, fit, meta_training, registry, stats, sweep};
+pub use crate::run::{choice, executor, fit, meta_training, registry, stats, sweep, units};
 
 pub use error::{CmlError, Result};
 

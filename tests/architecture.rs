@@ -1,6 +1,6 @@
 //! The crate's layering, read from its sources. The sources sit on five floors, one folder each:
 //! `core` (problems, solvers, estimators, references, engine), `run` (registry, sweeps,
-//! meta-training, statistics), `report` (plots, the write-up's template), `experiments` (the
+//! meta-training, statistics, experiments as units and their validation searches), `report` (plots, the write-up's template), `experiments` (the
 //! figure jobs and the write-up) and `cli`. No module imports one on a floor above its own, and
 //! no module imports a module that (directly or through others) imports it back.
 

@@ -1,8 +1,7 @@
 //! `cml figures`: regenerate every figure, table and the write-up, on one machine or as units
 //! spread over a cluster and merged.
 
-use crate::experiments::units::{self, Scale, Selection};
-use crate::experiments::{Settings, run};
+use crate::experiments::{self, Scale, Selection, Settings, run};
 use crate::sweep::parse_shard;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -101,10 +100,10 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
         _ => None,
     };
     let results = if let Some(dir) = &args.report {
-        units::report(&settings, &selection, dir)?
+        experiments::report(&settings, &selection, dir)?
     } else if let Some(dir) = &args.results {
         let slice = slice.unwrap_or((0, 1));
-        let summary = units::run_slice(&settings, &selection, slice, dir, &log)?;
+        let summary = experiments::run_slice(&settings, &selection, slice, dir, &log)?;
         println!(
             "slice {}/{}: ran {} units, {} already stored, in {}",
             slice.0,
@@ -131,7 +130,7 @@ fn print_plan(
     previous: Option<&std::path::Path>,
 ) -> crate::Result<()> {
     let threads = crate::parallel::available_threads();
-    let rows = units::plan(settings, selection, previous)?;
+    let rows = experiments::plan(settings, selection, previous)?;
     println!(
         "plan for scale {} (seconds: wall time of the units on this machine, {threads} cores each; core-hours = seconds x {threads} / 3600)",
         settings.scale.name()

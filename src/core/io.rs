@@ -2,7 +2,7 @@
 
 use crate::error::{CmlError, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Writes `bytes` to a temporary file in the target's folder (created as needed), then renames
 /// it over `path`: readers see the old file or the new one, never half of one.
@@ -43,5 +43,27 @@ pub fn write_atomically_with(
         let _ = std::fs::remove_file(&tmp);
         return Err(io_err("cannot write", e));
     }
+    Ok(())
+}
+
+/// Writes a CSV (header plus rows) whole or not at all, and records it.
+pub fn write_csv(path: &Path, header: &str, rows: &[String], files: &mut Vec<PathBuf>) -> Result<()> {
+    // Fields are not quoted: a row whose field count differs from the header's (a name with a
+    // comma) would shift its columns, so it is an error before anything is written.
+    let columns = header.split(',').count();
+    if let Some(bad) = rows.iter().find(|r| r.split(',').count() != columns) {
+        return Err(CmlError::invalid(
+            format!("a row of {}", path.display()),
+            bad,
+            format!("{columns} comma-separated fields, as in the header {header}"),
+        ));
+    }
+    let mut text = format!("{header}\n");
+    for r in rows {
+        text.push_str(r);
+        text.push('\n');
+    }
+    write_atomically(path, text.as_bytes())?;
+    files.push(path.to_path_buf());
     Ok(())
 }

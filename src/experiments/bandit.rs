@@ -796,7 +796,7 @@ impl Bandit {
     }
 }
 
-impl super::units::Job for Bandit {
+impl super::units::Job<super::Section> for Bandit {
     fn name(&self) -> &'static str {
         "bandit"
     }
@@ -1560,7 +1560,7 @@ pub fn table(r: &BanditResults) -> String {
         ));
         comparison_rows(&mut t, &r.matched);
     }
-    t.push_str(&super::choice::deployed_section(
+    t.push_str(&super::searches::deployed_section(
         r.protocol.checkpoint.as_ref(),
         &r.deployed,
         "the query loss after the agent's own adaptation",
@@ -1611,7 +1611,7 @@ fn meta_lr_section(r: &BanditResults) -> String {
         p.maml_steps,
         beta.validation_tasks,
         search.extensions,
-        super::choice::table(&r.rate_searches, "agent")
+        super::searches::table(&r.rate_searches, "agent")
     )
 }
 
@@ -1634,7 +1634,7 @@ fn beta_section(r: &BanditResults) -> String {
         search.meta_steps,
         search.validation_tasks,
         search.extensions,
-        super::choice::table(&r.searches, "agent")
+        super::searches::table(&r.searches, "agent")
     )
 }
 

@@ -501,7 +501,7 @@ fn uniform_theta(n: usize, decay: f64) -> Vector {
     Vector::from_element(n, decay.max(f64::MIN_POSITIVE).ln())
 }
 
-impl super::units::Job for DigitsDecay {
+impl super::units::Job<super::Section> for DigitsDecay {
     fn name(&self) -> &'static str {
         "digits-decay"
     }

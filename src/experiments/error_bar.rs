@@ -514,7 +514,7 @@ struct InstanceRows {
 
 pub(crate) struct ErrorBarJob;
 
-impl super::units::Job for ErrorBarJob {
+impl super::units::Job<super::Section> for ErrorBarJob {
     fn name(&self) -> &'static str {
         "error-bar"
     }

@@ -401,7 +401,7 @@ struct SeedRun {
     seconds: f64,
 }
 
-impl Job for FewShot {
+impl Job<super::Section> for FewShot {
     fn name(&self) -> &'static str {
         "few-shot"
     }
@@ -1232,7 +1232,7 @@ fn beta_section(r: &FewShotResults) -> String {
          edge by the grid's ratio, at most {} times (`few_shot_beta_choice.csv`).\n\n",
         search.meta_steps, search.validation_tasks, search.extensions
     );
-    t.push_str(&super::choice::table(&r.searches, "setting"));
+    t.push_str(&super::searches::table(&r.searches, "setting"));
     t.push('\n');
     t
 }
@@ -1259,7 +1259,7 @@ fn meta_lr_section(r: &FewShotResults) -> String {
          edge by the grid's ratio, at most {} times (`few_shot_meta_lr_choice.csv`).\n\n",
         r.protocol.meta_steps, r.protocol.validation_episodes, search.extensions
     );
-    t.push_str(&super::choice::table(&r.rate_searches, "run"));
+    t.push_str(&super::searches::table(&r.rate_searches, "run"));
     t.push('\n');
     t
 }

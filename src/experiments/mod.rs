@@ -5,7 +5,6 @@
 
 mod bandit;
 pub mod bandit_meta;
-mod choice;
 mod compute;
 mod digits_decay;
 mod error_bar;
@@ -13,39 +12,28 @@ mod few_shot;
 
 mod spiking;
 
+mod searches;
 mod theory;
 mod training;
-pub mod units;
 mod weight_decay;
 mod writeup;
 
 pub use training::figure_training_config;
 
-use crate::error::{CmlError, Result};
+use crate::error::Result;
 use crate::io::write_atomically;
+pub(crate) use crate::io::write_csv;
 use crate::report::{plot, template};
+pub(crate) use crate::{choice, units};
 use std::path::{Path, PathBuf};
 use units::{Job, PaperBudgets, Whole};
-pub use units::{Scale, Selection};
+pub use units::{PlanRow, Scale, Selection, Settings, SliceSummary};
 
-/// Where and how much.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub out: PathBuf,
-    pub paper: PathBuf,
-    pub scale: Scale,
-    pub seed: u64,
-}
-
-impl Settings {
-    /// Smaller grids, fewer seeds and steps; the same code paths.
-    pub fn quick(&self) -> bool {
-        self.scale == Scale::Quick
-    }
-}
+/// What a job hands the write-up: its section's values.
+pub(crate) type Section = template::Context;
 
 /// The one registry of the write-up's jobs, in the order they run and report.
-pub(crate) fn registry() -> Vec<&'static dyn Job> {
+pub(crate) fn registry() -> Vec<&'static dyn Job<Section>> {
     vec![
         &THEORY,
         &COMPUTE,
@@ -69,7 +57,7 @@ fn no_protocol(_: &Settings) -> Result<serde_json::Value> {
     Ok(serde_json::Value::Null)
 }
 
-static THEORY: Whole = Whole {
+static THEORY: Whole<Section> = Whole {
     name: "theory",
     about: "error vs beta (quadratic, complex synapse), best beta and error vs delta, slopes table",
     protocol: no_protocol,
@@ -77,7 +65,7 @@ static THEORY: Whole = Whole {
     at_report: None,
     paper: PaperBudgets::Default("the paper states no budgets for its bound; these grids are this testbed's"),
 };
-static COMPUTE: Whole = Whole {
+static COMPUTE: Whole<Section> = Whole {
     name: "compute",
     about: "error vs compute for every estimator on a complex-synapse problem, cheapest-setting table",
     protocol: no_protocol,
@@ -85,7 +73,7 @@ static COMPUTE: Whole = Whole {
     at_report: None,
     paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
 };
-static COST: Whole = Whole {
+static COST: Whole<Section> = Whole {
     name: "cost",
     about: "time and floats kept per meta-gradient vs K, cost table",
     protocol: no_protocol,
@@ -94,7 +82,7 @@ static COST: Whole = Whole {
     at_report: Some(writeup::with_measured_memory),
     paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
 };
-static WEIGHT_DECAY: Whole = Whole {
+static WEIGHT_DECAY: Whole<Section> = Whole {
     name: "weight-decay",
     about: "per-parameter weight decay learned on the diabetes data set, test-loss table",
     protocol: no_protocol,
@@ -119,10 +107,45 @@ pub struct Results {
 /// folder, removed once the report is written; `--results` keeps them (see [`units`]).
 pub fn run(settings: &Settings, selection: &Selection, log: &(dyn Fn(&str) + Sync)) -> Result<Results> {
     let results = std::env::temp_dir().join(format!("cml-figures-{}", std::process::id()));
-    let outcome = units::run_slice(settings, selection, (0, 1), &results, log)
-        .and_then(|_| units::report(settings, selection, &results));
+    let outcome = run_slice(settings, selection, (0, 1), &results, log)
+        .and_then(|_| report(settings, selection, &results));
     let _ = std::fs::remove_dir_all(&results);
     outcome
+}
+
+/// Runs slice `slice` of the selected jobs' units into `results` ([`units::run_slice`]).
+pub fn run_slice(
+    settings: &Settings,
+    selection: &Selection,
+    slice: (usize, usize),
+    results: &Path,
+    log: &(dyn Fn(&str) + Sync),
+) -> Result<SliceSummary> {
+    plot::register_font()?;
+    units::run_slice(&registry(), settings, selection, slice, results, log)
+}
+
+/// Every figure, table and (when everything is selected) the write-up, from the units stored
+/// under `results` ([`units::report`]).
+pub fn report(settings: &Settings, selection: &Selection, results: &Path) -> Result<Results> {
+    plot::register_font()?;
+    let reported = units::report(&registry(), settings, selection, results)?;
+    let mut out = Results {
+        sections: reported.sections,
+        files: reported.files,
+        unit_seconds: Some(reported.unit_seconds),
+    };
+    if selection.everything() {
+        let path = settings.paper.join("README.md");
+        write_atomically(&path, writeup::render(settings, &out)?.as_bytes())?;
+        out.files.push(path);
+    }
+    Ok(out)
+}
+
+/// Every selected job's units and an estimate of their cost ([`units::plan`]).
+pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>) -> Result<Vec<PlanRow>> {
+    units::plan(&registry(), settings, selection, previous)
 }
 
 /// The full protocol of each job that has one, as shipped in `configs/<job>.toml` (a test checks
@@ -146,28 +169,6 @@ pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
 /// The arithmetic mean, summed in order.
 pub(crate) fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
-}
-
-/// Writes a CSV (header plus rows) whole or not at all, and records it.
-pub(crate) fn write_csv(path: &Path, header: &str, rows: &[String], files: &mut Vec<PathBuf>) -> Result<()> {
-    // Fields are not quoted: a row whose field count differs from the header's (a name with a
-    // comma) would shift its columns, so it is an error before anything is written.
-    let columns = header.split(',').count();
-    if let Some(bad) = rows.iter().find(|r| r.split(',').count() != columns) {
-        return Err(CmlError::invalid(
-            format!("a row of {}", path.display()),
-            bad,
-            format!("{columns} comma-separated fields, as in the header {header}"),
-        ));
-    }
-    let mut text = format!("{header}\n");
-    for r in rows {
-        text.push_str(r);
-        text.push('\n');
-    }
-    write_atomically(path, text.as_bytes())?;
-    files.push(path.to_path_buf());
-    Ok(())
 }
 
 /// Writes a Markdown table under `paper/` and records it.
@@ -258,5 +259,80 @@ mod tests {
         assert!(!path.exists() && files.is_empty());
         write_csv(&path, "agent,value", &rows[..1], &mut files).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "agent,value\na,1\n");
+    }
+}
+
+#[cfg(test)]
+mod paper_scale_tests {
+    use super::*;
+    use crate::units::{Stored, check_scale, fingerprint};
+    use serde_json::Value;
+
+    fn settings(scale: Scale) -> Settings {
+        Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn a_job_whose_paper_scale_is_its_default_shares_the_default_units() {
+        let (paper, default) = (settings(Scale::Paper), settings(Scale::Default));
+        for job in registry() {
+            let (p, d) = (
+                fingerprint(job, &paper).unwrap(),
+                fingerprint(job, &default).unwrap(),
+            );
+            match job.paper_budgets() {
+                // The same units: a default run's stored units count at the paper scale.
+                PaperBudgets::Default(_) => assert_eq!(p, d, "{}", job.name()),
+                // Its own budgets: a default unit is refused at the paper scale.
+                PaperBudgets::Own => assert_ne!(p, d, "{}", job.name()),
+                PaperBudgets::NotYet => {}
+            }
+        }
+    }
+
+    /// A job without paper budgets (every registered job has them now).
+    struct Unscaled;
+
+    impl Job<Section> for Unscaled {
+        fn name(&self) -> &'static str {
+            "unscaled"
+        }
+        fn about(&self) -> &'static str {
+            "a job without paper budgets"
+        }
+        fn protocol(&self, _: &Settings) -> Result<Value> {
+            Ok(Value::Null)
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(vec!["all".into()])
+        }
+        fn run_unit(&self, _: &Settings, _: &str, _: &Path) -> Result<Value> {
+            Ok(Value::Null)
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<Section> {
+            Ok(Section::default())
+        }
+    }
+
+    #[test]
+    fn the_paper_scale_of_a_job_without_budgets_is_refused_by_name() {
+        static UNSCALED: Unscaled = Unscaled;
+        let jobs = registry();
+        assert!(jobs.iter().all(|j| j.paper_budgets() != PaperBudgets::NotYet));
+        let err = check_scale(&jobs, &[&UNSCALED], &settings(Scale::Paper))
+            .unwrap_err()
+            .to_string();
+        // The error names the job and the jobs that have paper budgets.
+        assert!(
+            err.contains("paper for unscaled") && err.contains("few-shot"),
+            "{err}"
+        );
+        assert!(check_scale(&jobs, &[&UNSCALED], &settings(Scale::Default)).is_ok());
+        assert!(check_scale(&jobs, &jobs, &settings(Scale::Paper)).is_ok());
     }
 }

@@ -622,7 +622,7 @@ fn fit_grid() -> Vec<f64> {
     (0..41).map(|k| -5.0 + 0.25 * k as f64).collect()
 }
 
-impl super::units::Job for Spiking {
+impl super::units::Job<super::Section> for Spiking {
     fn name(&self) -> &'static str {
         "spiking"
     }
@@ -1633,7 +1633,7 @@ pub fn table(r: &SpikingResults) -> String {
         ));
     }
     t.push_str(&format!("\n{}\n", regime_sentence(r)));
-    t.push_str(&super::choice::deployed_section(
+    t.push_str(&super::searches::deployed_section(
         r.protocol.checkpoint.as_ref(),
         &r.deployed,
         "the query MSE after the method's own inner loop",

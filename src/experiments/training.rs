@@ -102,8 +102,8 @@ pub fn choices_sentence(t: &TrainingResults) -> String {
         "Chosen on validation tasks of search streams of their own ([final_loss.md](final_loss.md) gives every score): \
          the contrastive rule's beta per model ({}, one stream), and the outer Adam step size per model and estimator \
          ({}, {META_LR_SEARCH_STREAMS} streams).",
-        super::choice::chosen_values(&t.beta_searches),
-        super::choice::chosen_values(&t.meta_lr_searches)
+        super::searches::chosen_values(&t.beta_searches),
+        super::searches::chosen_values(&t.meta_lr_searches)
     )
 }
 
@@ -420,7 +420,7 @@ struct SeedRun {
     examples: Option<(Vec<Panel>, Vec<String>)>,
 }
 
-impl Job for Training {
+impl Job<super::Section> for Training {
     fn name(&self) -> &'static str {
         "training"
     }
@@ -1100,7 +1100,7 @@ fn beta_section(settings: &Settings, searches: &[Search]) -> String {
             .map(|(v, _)| v.len())
             .unwrap_or(0)
     );
-    t.push_str(&super::choice::table(searches, "model"));
+    t.push_str(&super::searches::table(searches, "model"));
     t.push('\n');
     t
 }
@@ -1125,7 +1125,7 @@ fn meta_lr_section(settings: &Settings, searches: &[Search], meta_steps: usize) 
             .map(|(v, _)| v.len())
             .unwrap_or(0)
     );
-    t.push_str(&super::choice::table(searches, "run"));
+    t.push_str(&super::searches::table(searches, "run"));
     t.push('\n');
     t
 }

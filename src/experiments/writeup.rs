@@ -557,7 +557,7 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             "beta",
             match b.searches.as_slice() {
                 [] => "the paper's code's, not searched".to_string(),
-                s => super::choice::chosen_values(s),
+                s => super::searches::chosen_values(s),
             },
         )
         .text(
@@ -565,7 +565,7 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             match b.rate_searches.as_slice() {
                 [] if p.per_learner.is_some() => "each agent's own, the paper's code's, not searched".into(),
                 [] => format!("{} for every agent, not searched", p.meta_lr),
-                s => super::choice::chosen_values(s),
+                s => super::searches::chosen_values(s),
             },
         )
         .list(
@@ -739,14 +739,14 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
             "beta",
             match f.searches.as_slice() {
                 [] => format!("beta = {}, the paper's code's", p.beta),
-                s => super::choice::chosen_values(s),
+                s => super::searches::chosen_values(s),
             },
         )
         .text(
             "meta_lr",
             match f.rate_searches.as_slice() {
                 [] => format!("Adam at {}, not searched", p.meta_lr),
-                s => super::choice::chosen_values(s),
+                s => super::searches::chosen_values(s),
             },
         )
         .list("methods", methods)

@@ -7,7 +7,7 @@ use crate::error::{CmlError, Result};
 use crate::estimator::{Contrastive, EstimatorSpec};
 
 /// The contrastive rule of `spec` at `beta` (any other estimator unchanged).
-pub(super) fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
+pub(crate) fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
     match spec {
         EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive { beta, ..*c }),
         other => *other,
@@ -54,7 +54,7 @@ impl CheckpointSpec {
 }
 
 /// A run's checkpoint as validation tasks chose it.
-pub(super) struct Chosen<T> {
+pub(crate) struct Chosen<T> {
     /// (meta-step, mean validation loss) of every checkpoint, in order.
     pub scores: Vec<(usize, f64)>,
     /// The deployed meta-step, its meta-parameters and its per-task validation losses.
@@ -66,7 +66,7 @@ pub(super) struct Chosen<T> {
 /// Scores the checkpoints `kept` (meta-step, meta-parameters; the initialisation first) of a run
 /// whose last completed meta-step is `last` (a checkpoint too where the run stopped between
 /// them) by `score`'s per-task validation losses, and deploys the least mean ([`least_loss`]).
-pub(super) fn choose_checkpoint<T: Clone>(
+pub(crate) fn choose_checkpoint<T: Clone>(
     mut kept: Vec<(usize, T)>,
     last: Option<(usize, &T)>,
     mut score: impl FnMut(&T) -> Result<Vec<f64>>,
@@ -78,7 +78,7 @@ pub(super) fn choose_checkpoint<T: Clone>(
     let mut losses = Vec::new();
     for (step, theta) in &kept {
         let l = score(theta)?;
-        scores.push((*step, super::mean(&l)));
+        scores.push((*step, l.iter().sum::<f64>() / l.len() as f64));
         losses.push(l);
     }
     let means: Vec<f64> = scores.iter().map(|c| c.1).collect();
@@ -95,44 +95,9 @@ pub(super) fn choose_checkpoint<T: Clone>(
 
 /// The index of the least of `losses` (a non-finite loss counts as infinite; ties to the later:
 /// the longer-trained checkpoint); `None` for no losses.
-pub(super) fn least_loss(losses: &[f64]) -> Option<usize> {
+pub(crate) fn least_loss(losses: &[f64]) -> Option<usize> {
     let finite = |x: f64| if x.is_finite() { x } else { f64::INFINITY };
     (0..losses.len()).min_by(|&a, &b| finite(losses[a]).total_cmp(&finite(losses[b])).then(b.cmp(&a)))
-}
-
-/// The table's section on what each meta-learned run deployed: the checkpoints chosen on
-/// validation tasks (`deployed`: name, seed, meta-step; `scored_by` says how a checkpoint is
-/// scored, `csv` where the scores are), or the last meta-step without a choice.
-pub(super) fn deployed_section<S: std::fmt::Display>(
-    spec: Option<&CheckpointSpec>,
-    deployed: &[(String, S, usize)],
-    scored_by: &str,
-    csv: &str,
-) -> String {
-    let Some(spec) = spec else {
-        return "\n## The deployed meta-parameters\n\nThe last meta-step's (no checkpoint choice at this scale).\n".into();
-    };
-    let mut per_name: Vec<(&str, Vec<String>)> = Vec::new();
-    for (name, seed, step) in deployed {
-        let entry = format!("{step} (seed {seed})");
-        match per_name.iter_mut().find(|(n, _)| n == name) {
-            Some((_, steps)) => steps.push(entry),
-            None => per_name.push((name, vec![entry])),
-        }
-    }
-    let lines: Vec<String> = per_name
-        .iter()
-        .map(|(name, steps)| format!("- {name}: {}", steps.join(", ")))
-        .collect();
-    format!(
-        "\n## The deployed meta-parameters, chosen on validation tasks\n\n\
-         Each meta-learned run's checkpoints are its initialisation, every multiple of {} meta-steps and its last \
-         completed meta-step; each is scored by {scored_by} on {} validation tasks of that seed's own stream, and the \
-         least mean is deployed (ties to the later; `{csv}`). Deployed meta-steps:\n\n{}\n",
-        spec.every,
-        spec.validation_tasks,
-        lines.join("\n")
-    )
 }
 
 /// One value of the search's setting, the validation loss it reached (the job's: query loss
@@ -189,7 +154,7 @@ pub enum Ties {
 /// the validation tasks cannot tell apart are ties, and a tie goes to the larger `beta`, whose
 /// estimate is less sensitive to unconverged phases (the bound's `delta / beta` term). Fills in
 /// each score's difference and standard error; returns the chosen index.
-pub(super) fn one_standard_error(grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
+pub(crate) fn one_standard_error(grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
     let best = (0..grid.len())
         .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
         .expect("a grid");
@@ -222,7 +187,7 @@ fn choose(ties: Ties, grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
 }
 
 /// Searches `grid` (increasing) of `beta` for `subject`, ties to the larger (see [`search`]).
-pub(super) fn search_beta(
+pub(crate) fn search_beta(
     subject: &str,
     grid: &[f64],
     extensions: usize,
@@ -236,7 +201,7 @@ pub(super) fn search_beta(
 /// are then infinite). The choice follows `ties`; while it lies at an edge, the grid is extended
 /// past that edge by the ratio of its two outermost values there, at most `extensions` times. An
 /// error if every value failed.
-pub(super) fn search(
+pub(crate) fn search(
     subject: &str,
     setting: &str,
     ties: Ties,
@@ -305,7 +270,7 @@ pub(super) fn search(
 
 /// The searches stored under `names` (a unit of a scale without a search stores none); units not
 /// given are skipped (a report of part of a job).
-pub(super) fn stored(
+pub(crate) fn stored(
     units: &[super::units::Stored],
     names: impl IntoIterator<Item = String>,
 ) -> Result<Vec<Search>> {
@@ -321,21 +286,21 @@ pub(super) fn stored(
 /// The value the search unit `unit` of `job` chose: its stored rows where they are beside
 /// `staging` (the unit's folder), else `search()` run here (units have no order); `None` where the
 /// scale has no search.
-pub(super) fn chosen_value(
-    job: &dyn super::units::Job,
-    settings: &super::Settings,
+pub(crate) fn chosen_value<S>(
+    job: &dyn super::units::Job<S>,
+    settings: &super::units::Settings,
     staging: &std::path::Path,
     unit: &str,
     search: impl FnOnce() -> Result<Option<Search>>,
 ) -> Result<Option<f64>> {
     Ok(
-        super::units::stored_beside_or::<Option<Search>>(job, settings, staging, unit, search)?
+        super::units::stored_beside_or::<Option<Search>, S>(job, settings, staging, unit, search)?
             .map(|s| s.chosen),
     )
 }
 
 /// An error unless the value a unit ran with is its search's choice (units from one run).
-pub(super) fn check_agrees(search: Option<&Search>, unit: &str, value: Option<f64>) -> Result<()> {
+pub(crate) fn check_agrees(search: Option<&Search>, unit: &str, value: Option<f64>) -> Result<()> {
     match (search, value) {
         (Some(search), Some(b)) if b != search.chosen => Err(CmlError::invalid(
             unit.to_string(),
@@ -352,7 +317,7 @@ pub(super) fn check_agrees(search: Option<&Search>, unit: &str, value: Option<f6
 /// The searches (of one setting) as CSV rows under
 /// `column,<setting>,validation_loss,difference_to_least,standard_error,chosen`; no file where there
 /// are none (a scale without a search, a report of part of a job).
-pub(super) fn write(
+pub(crate) fn write(
     path: &std::path::Path,
     column: &str,
     searches: &[Search],
@@ -377,7 +342,7 @@ pub(super) fn write(
             })
         })
         .collect();
-    super::write_csv(
+    crate::io::write_csv(
         path,
         &format!(
             "{column},{},validation_loss,difference_to_least,standard_error,chosen",
@@ -386,69 +351,6 @@ pub(super) fn write(
         &rows,
         files,
     )
-}
-
-/// The choices of `searches` in one line for the write-up: `subject: setting value` each, an edge
-/// choice flagged.
-pub(super) fn chosen_values(searches: &[Search]) -> String {
-    searches
-        .iter()
-        .map(|x| {
-            format!(
-                "{}: {} {}{}",
-                x.model,
-                x.setting,
-                x.chosen,
-                if x.at_edge {
-                    " (at an edge of the extended grid)"
-                } else {
-                    ""
-                }
-            )
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The searches (of one setting) as a Markdown table (first column `column`), then a sentence per
-/// subject that says whether its choice lies inside the grid.
-pub(super) fn table(searches: &[Search], column: &str) -> String {
-    let setting = searches.first().map_or("beta", |x| x.setting.as_str());
-    let mut t = format!(
-        "| {column} | {setting} | validation loss | minus the least (paired) | standard error | chosen |\n|---|---|---|---|---|---|\n"
-    );
-    for x in searches {
-        for g in &x.grid {
-            let chosen = if g.value == x.chosen { "yes" } else { "" };
-            t.push_str(&match &g.failed {
-                Some(why) => format!(
-                    "| {} | {} | failed: {why} | - | - | {chosen} |\n",
-                    x.model, g.value
-                ),
-                None => format!(
-                    "| {} | {} | {} | {:.3e} | {:.3e} | {chosen} |\n",
-                    x.model,
-                    g.value,
-                    super::num(g.validation_loss),
-                    g.difference,
-                    g.standard_error
-                ),
-            });
-        }
-    }
-    for x in searches {
-        t.push_str(&format!(
-            "\n{} {column}: {setting} = {}{}.",
-            x.model,
-            x.chosen,
-            if x.at_edge {
-                " (at an edge of the extended grid: the optimum may lie beyond it)"
-            } else {
-                ", inside the grid"
-            }
-        ));
-    }
-    t
 }
 
 #[cfg(test)]

@@ -4,16 +4,32 @@
 //! `RESULTS/<job>/<unit>/`. The report draws every figure, table and the write-up from those
 //! files alone. So a run can be split into slices (a Slurm job array), resumed (a unit whose
 //! file exists is not run again), and merged in any order: the outputs do not depend on where
-//! or in which order the units ran.
+//! or in which order the units ran. The jobs themselves live on the experiments floor: every
+//! function here takes their registry, and `S` is what a job's report hands the write-up.
 
-use super::{Settings, write_atomically};
 use crate::error::{CmlError, Result};
-use crate::report::template::Context;
+use crate::io::write_atomically;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
+
+/// Where a run writes and how much it runs.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub out: PathBuf,
+    pub paper: PathBuf,
+    pub scale: Scale,
+    pub seed: u64,
+}
+
+impl Settings {
+    /// Smaller grids, fewer seeds and steps; the same code paths.
+    pub fn quick(&self) -> bool {
+        self.scale == Scale::Quick
+    }
+}
 
 /// How much of each experiment to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +79,7 @@ pub enum PaperBudgets {
 
 impl PaperBudgets {
     /// The scale whose budgets `job` runs at `scale`.
-    pub(crate) fn effective(job: &dyn Job, scale: Scale) -> Scale {
+    pub(crate) fn effective<S>(job: &dyn Job<S>, scale: Scale) -> Scale {
         match (scale, job.paper_budgets()) {
             (Scale::Paper, PaperBudgets::Default(_)) => Scale::Default,
             _ => scale,
@@ -71,8 +87,8 @@ impl PaperBudgets {
     }
 }
 
-/// One experiment of the write-up.
-pub(crate) trait Job: Sync {
+/// One experiment of the write-up; `S` is what its report hands the write-up (its section).
+pub trait Job<S>: Sync {
     /// The name `--only` takes.
     fn name(&self) -> &'static str;
     /// What it draws, for `--help` and `--plan`.
@@ -89,7 +105,7 @@ pub(crate) trait Job: Sync {
     /// Runs one unit. Files the unit writes whole go under `staging`.
     fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<Value>;
     /// Figures, tables and the job's section of the write-up, from its units' stored rows.
-    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context>;
+    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<S>;
     /// Estimated seconds of each of `units` on one core, from a short timed run of each kind;
     /// `None` where the job has no calibration (see [`plan`]).
     fn calibrate(&self, _settings: &Settings, _units: &[String]) -> Result<Option<Vec<f64>>> {
@@ -99,8 +115,8 @@ pub(crate) trait Job: Sync {
 
 /// The item of `items` (in unit order) whose unit name `name_of` gives is `unit`, or an error
 /// naming the job's units.
-pub(crate) fn lookup<T>(
-    job: &dyn Job,
+pub(crate) fn lookup<T, S>(
+    job: &dyn Job<S>,
     settings: &Settings,
     unit: &str,
     items: Vec<T>,
@@ -118,7 +134,7 @@ pub(crate) fn lookup<T>(
 
 /// A unit as stored.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub(crate) struct Stored {
+pub struct Stored {
     pub job: String,
     pub unit: String,
     /// The job's protocol, scale, seed and crate version the unit ran under.
@@ -131,7 +147,7 @@ pub(crate) struct Stored {
     pub staging: PathBuf,
 }
 
-fn fingerprint(job: &dyn Job, settings: &Settings) -> Result<Value> {
+pub(crate) fn fingerprint<S>(job: &dyn Job<S>, settings: &Settings) -> Result<Value> {
     Ok(serde_json::json!({
         "job": job.name(),
         "scale": PaperBudgets::effective(job, settings.scale).name(),
@@ -206,8 +222,8 @@ fn wait_while_running(file: &Path) {
 /// results folder), if it is there and of this configuration: a unit may reuse a result another
 /// unit computes, provided it would compute the same itself when it is absent. Where this
 /// process is running that unit now, it waits for it to end first.
-pub(crate) fn stored_beside(
-    job: &dyn Job,
+pub(crate) fn stored_beside<S>(
+    job: &dyn Job<S>,
     settings: &Settings,
     staging: &Path,
     unit: &str,
@@ -221,8 +237,8 @@ pub(crate) fn stored_beside(
 
 /// The rows another unit of `job` stores beside this one ([`stored_beside`]), decoded, or, where
 /// it is not there, `compute()`: what that unit would have stored.
-pub(crate) fn stored_beside_or<T: serde::de::DeserializeOwned>(
-    job: &dyn Job,
+pub(crate) fn stored_beside_or<T: serde::de::DeserializeOwned, S>(
+    job: &dyn Job<S>,
     settings: &Settings,
     staging: &Path,
     unit: &str,
@@ -244,7 +260,7 @@ fn staging(results: &Path, job: &str, unit: &str) -> PathBuf {
 
 /// Reads a stored unit: `Ok(None)` when absent, an error when unreadable or computed under
 /// another fingerprint.
-fn load(results: &Path, job: &dyn Job, unit: &str, expected: &Value) -> Result<Option<Stored>> {
+fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Result<Option<Stored>> {
     let path = unit_file(results, job.name(), unit);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -309,7 +325,7 @@ impl Selection {
     }
 
     /// The selected units of `job`.
-    fn of(&self, job: &dyn Job, settings: &Settings) -> Result<Vec<String>> {
+    fn of<S>(&self, job: &dyn Job<S>, settings: &Settings) -> Result<Vec<String>> {
         let all = job.units(settings)?;
         if self.units.is_empty() {
             return Ok(all);
@@ -321,8 +337,12 @@ impl Selection {
     }
 
     /// The selected jobs, with an error for an unknown job or a `--unit` that names no unit.
-    fn jobs(&self, settings: &Settings) -> Result<Vec<&'static dyn Job>> {
-        let jobs = selected(self.only.as_deref())?;
+    fn jobs<S>(
+        &self,
+        registry: &[&'static dyn Job<S>],
+        settings: &Settings,
+    ) -> Result<Vec<&'static dyn Job<S>>> {
+        let jobs = selected(registry, self.only.as_deref())?;
         for wanted in &self.units {
             let mut found = false;
             for job in &jobs {
@@ -357,8 +377,11 @@ impl Selection {
 }
 
 /// The jobs `only` selects (all when `None`), or an error naming the allowed jobs.
-pub(crate) fn selected(only: Option<&str>) -> Result<Vec<&'static dyn Job>> {
-    let jobs = super::registry();
+pub(crate) fn selected<S>(
+    registry: &[&'static dyn Job<S>],
+    only: Option<&str>,
+) -> Result<Vec<&'static dyn Job<S>>> {
+    let jobs = registry.to_vec();
     if let Some(name) = only
         && !jobs.iter().any(|j| j.name() == name)
     {
@@ -376,7 +399,11 @@ pub(crate) fn selected(only: Option<&str>) -> Result<Vec<&'static dyn Job>> {
 
 /// Refuses the paper scale for a job without one (rather than running its default budgets
 /// under the paper's name).
-fn check_scale(jobs: &[&'static dyn Job], settings: &Settings) -> Result<()> {
+pub(crate) fn check_scale<S>(
+    registry: &[&'static dyn Job<S>],
+    jobs: &[&'static dyn Job<S>],
+    settings: &Settings,
+) -> Result<()> {
     if settings.scale != Scale::Paper {
         return Ok(());
     }
@@ -388,8 +415,8 @@ fn check_scale(jobs: &[&'static dyn Job], settings: &Settings) -> Result<()> {
     if without.is_empty() {
         return Ok(());
     }
-    let with: Vec<&str> = super::registry()
-        .into_iter()
+    let with: Vec<&str> = registry
+        .iter()
         .filter(|j| j.paper_budgets() != PaperBudgets::NotYet)
         .map(|j| j.name())
         .collect();
@@ -404,11 +431,11 @@ fn check_scale(jobs: &[&'static dyn Job], settings: &Settings) -> Result<()> {
 }
 
 /// Every selected unit, in registry order: `(job, unit)`.
-fn all_units(
-    jobs: &[&'static dyn Job],
+fn all_units<S>(
+    jobs: &[&'static dyn Job<S>],
     selection: &Selection,
     settings: &Settings,
-) -> Result<Vec<(&'static dyn Job, String)>> {
+) -> Result<Vec<(&'static dyn Job<S>, String)>> {
     let mut out = Vec::new();
     for &job in jobs {
         for unit in selection.of(job, settings)? {
@@ -429,7 +456,8 @@ pub struct SliceSummary {
 /// `k mod n`, which spreads each job's units over the slices), skipping units already stored
 /// under `results`. Units run in parallel over the cores, each stored as it finishes, so an
 /// interrupted slice resumes where it stopped.
-pub fn run_slice(
+pub fn run_slice<S>(
+    registry: &[&'static dyn Job<S>],
     settings: &Settings,
     selection: &Selection,
     slice: (usize, usize),
@@ -437,9 +465,8 @@ pub fn run_slice(
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<SliceSummary> {
     crate::autodiff::ensure_second_order()?;
-    crate::report::plot::register_font()?;
-    let jobs = selection.jobs(settings)?;
-    check_scale(&jobs, settings)?;
+    let jobs = selection.jobs(registry, settings)?;
+    check_scale(registry, &jobs, settings)?;
     let units = all_units(&jobs, selection, settings)?;
     let threads = crate::parallel::available_threads();
     run_listed(settings, units, slice, results, log, threads)
@@ -447,9 +474,9 @@ pub fn run_slice(
 
 /// Runs slice `slice` of `units` on up to `threads` workers, each taking the next unit in order;
 /// a unit that needs another one's rows while that one runs waits for it ([`stored_beside`]).
-fn run_listed(
+fn run_listed<S>(
     settings: &Settings,
-    units: Vec<(&'static dyn Job, String)>,
+    units: Vec<(&'static dyn Job<S>, String)>,
     slice: (usize, usize),
     results: &Path,
     log: &(dyn Fn(&str) + Sync),
@@ -510,7 +537,13 @@ fn run_listed(
     Ok(summary)
 }
 
-fn run_one(settings: &Settings, results: &Path, job: &dyn Job, unit: &str, expected: &Value) -> Result<f64> {
+fn run_one<S>(
+    settings: &Settings,
+    results: &Path,
+    job: &dyn Job<S>,
+    unit: &str,
+    expected: &Value,
+) -> Result<f64> {
     let dir = staging(results, job.name(), unit);
     // A unit interrupted mid-run left no unit file; its partial files go.
     if dir.exists() {
@@ -540,14 +573,31 @@ fn run_one(settings: &Settings, results: &Path, job: &dyn Job, unit: &str, expec
     Ok(stored.seconds)
 }
 
-/// Every figure, table and (when everything is selected) the write-up, from the units stored
-/// under `results`. A missing unit, or one stored under another configuration, is an error
-/// that names it. With `--unit`, a job reports from the units selected.
-pub fn report(settings: &Settings, selection: &Selection, results: &Path) -> Result<super::Results> {
-    crate::report::plot::register_font()?;
-    let jobs = selection.jobs(settings)?;
-    check_scale(&jobs, settings)?;
-    let mut out = super::Results::default();
+/// What the selected jobs' reports gave: each job's section, the files written, and the wall
+/// seconds of the units, summed (units may have run in parallel or on other machines).
+#[derive(Debug)]
+pub struct Reported<S> {
+    pub sections: Vec<(&'static str, S)>,
+    pub files: Vec<PathBuf>,
+    pub unit_seconds: f64,
+}
+
+/// Every selected job's figures, tables and section, from the units stored under `results`. A
+/// missing unit, or one stored under another configuration, is an error that names it. With
+/// `--unit`, a job reports from the units selected.
+pub fn report<S>(
+    registry: &[&'static dyn Job<S>],
+    settings: &Settings,
+    selection: &Selection,
+    results: &Path,
+) -> Result<Reported<S>> {
+    let jobs = selection.jobs(registry, settings)?;
+    check_scale(registry, &jobs, settings)?;
+    let mut out = Reported {
+        sections: Vec::new(),
+        files: Vec::new(),
+        unit_seconds: 0.0,
+    };
     let mut seconds = 0.0;
     for job in &jobs {
         let expected = fingerprint(*job, settings)?;
@@ -576,12 +626,7 @@ pub fn report(settings: &Settings, selection: &Selection, results: &Path) -> Res
         let section = job.report(settings, &stored, &mut out.files)?;
         out.sections.push((job.name(), section));
     }
-    out.unit_seconds = Some(seconds);
-    if selection.everything() {
-        let path = settings.paper.join("README.md");
-        write_atomically(&path, super::writeup::render(settings, &out)?.as_bytes())?;
-        out.files.push(path);
-    }
+    out.unit_seconds = seconds;
     Ok(out)
 }
 
@@ -599,9 +644,14 @@ pub struct PlanRow {
 /// `previous` (a results folder of the same configuration) where every one of them is there, else
 /// a short timed calibration where the job has one, else unknown. At the paper scale, a job
 /// without paper budgets is a row that says so.
-pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>) -> Result<Vec<PlanRow>> {
+pub fn plan<S>(
+    registry: &[&'static dyn Job<S>],
+    settings: &Settings,
+    selection: &Selection,
+    previous: Option<&Path>,
+) -> Result<Vec<PlanRow>> {
     crate::autodiff::ensure_second_order()?;
-    let jobs = selection.jobs(settings)?;
+    let jobs = selection.jobs(registry, settings)?;
     let mut rows = Vec::new();
     for job in jobs {
         if settings.scale == Scale::Paper && job.paper_budgets() == PaperBudgets::NotYet {
@@ -660,24 +710,25 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
 
 /// A job run as one unit: the code of a job not (yet) split, whose files are written whole in
 /// the unit's folder and copied out at report time.
-pub(crate) struct Whole {
+pub(crate) struct Whole<S> {
     pub name: &'static str,
     pub about: &'static str,
     pub protocol: fn(&Settings) -> Result<Value>,
-    pub run: fn(&Settings, &mut Vec<PathBuf>) -> Result<Context>,
+    pub run: fn(&Settings, &mut Vec<PathBuf>) -> Result<S>,
     /// Adds what the section reads from the real output folder at report time.
-    pub at_report: Option<fn(&Settings, Context) -> Context>,
+    pub at_report: Option<fn(&Settings, S) -> S>,
     pub paper: PaperBudgets,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
-struct WholeRows {
-    section: Context,
+#[serde(bound = "S: serde::Serialize + serde::de::DeserializeOwned")]
+struct WholeRows<S> {
+    section: S,
     /// Files in the order written: `(folder, name)` with folder "figures" or "paper".
     files: Vec<(String, String)>,
 }
 
-impl Job for Whole {
+impl<S: serde::Serialize + serde::de::DeserializeOwned> Job<S> for Whole<S> {
     fn name(&self) -> &'static str {
         self.name
     }
@@ -722,9 +773,9 @@ impl Job for Whole {
         encode(&WholeRows { section, files })
     }
 
-    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
+    fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<S> {
         let stored = &units[0];
-        let rows: WholeRows = decode(stored)?;
+        let rows: WholeRows<S> = decode(stored)?;
         for (folder, name) in &rows.files {
             let from = stored.staging.join(folder).join(name);
             let to = if folder == "paper" {
@@ -863,79 +914,6 @@ mod any_float_tests {
 }
 
 #[cfg(test)]
-mod paper_scale_tests {
-    use super::*;
-
-    fn settings(scale: Scale) -> Settings {
-        Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale,
-            seed: 0,
-        }
-    }
-
-    #[test]
-    fn a_job_whose_paper_scale_is_its_default_shares_the_default_units() {
-        let (paper, default) = (settings(Scale::Paper), settings(Scale::Default));
-        for job in super::super::registry() {
-            let (p, d) = (
-                fingerprint(job, &paper).unwrap(),
-                fingerprint(job, &default).unwrap(),
-            );
-            match job.paper_budgets() {
-                // The same units: a default run's stored units count at the paper scale.
-                PaperBudgets::Default(_) => assert_eq!(p, d, "{}", job.name()),
-                // Its own budgets: a default unit is refused at the paper scale.
-                PaperBudgets::Own => assert_ne!(p, d, "{}", job.name()),
-                PaperBudgets::NotYet => {}
-            }
-        }
-    }
-
-    /// A job without paper budgets (every registered job has them now).
-    struct Unscaled;
-
-    impl Job for Unscaled {
-        fn name(&self) -> &'static str {
-            "unscaled"
-        }
-        fn about(&self) -> &'static str {
-            "a job without paper budgets"
-        }
-        fn protocol(&self, _: &Settings) -> Result<Value> {
-            Ok(Value::Null)
-        }
-        fn units(&self, _: &Settings) -> Result<Vec<String>> {
-            Ok(vec!["all".into()])
-        }
-        fn run_unit(&self, _: &Settings, _: &str, _: &Path) -> Result<Value> {
-            Ok(Value::Null)
-        }
-        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<Context> {
-            Ok(Context::default())
-        }
-    }
-
-    #[test]
-    fn the_paper_scale_of_a_job_without_budgets_is_refused_by_name() {
-        static UNSCALED: Unscaled = Unscaled;
-        let jobs = super::super::registry();
-        assert!(jobs.iter().all(|j| j.paper_budgets() != PaperBudgets::NotYet));
-        let err = check_scale(&[&UNSCALED], &settings(Scale::Paper))
-            .unwrap_err()
-            .to_string();
-        // The error names the job and the jobs that have paper budgets.
-        assert!(
-            err.contains("paper for unscaled") && err.contains("few-shot"),
-            "{err}"
-        );
-        assert!(check_scale(&[&UNSCALED], &settings(Scale::Default)).is_ok());
-        assert!(check_scale(&jobs, &settings(Scale::Paper)).is_ok());
-    }
-}
-
-#[cfg(test)]
 mod waiting_tests {
     use super::*;
 
@@ -943,7 +921,7 @@ mod waiting_tests {
     /// found the search stored or had to compute it itself.
     struct SearchAndRuns;
 
-    impl Job for SearchAndRuns {
+    impl Job<()> for SearchAndRuns {
         fn name(&self) -> &'static str {
             "search-and-runs"
         }
@@ -962,18 +940,13 @@ mod waiting_tests {
                 std::thread::sleep(std::time::Duration::from_millis(1000));
                 return Ok(Value::from("searched"));
             }
-            let found =
-                stored_beside_or::<String>(
-                    self,
-                    settings,
-                    staging,
-                    "search",
-                    || Ok("computed again".into()),
-                )?;
+            let found = stored_beside_or::<String, ()>(self, settings, staging, "search", || {
+                Ok("computed again".into())
+            })?;
             Ok(Value::from(found))
         }
-        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<Context> {
-            Ok(Context::default())
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
+            Ok(())
         }
     }
 
@@ -991,7 +964,7 @@ mod waiting_tests {
             .units(&settings)
             .unwrap()
             .into_iter()
-            .map(|u| (&JOB as &'static dyn Job, u))
+            .map(|u| (&JOB as &'static dyn Job<()>, u))
             .collect();
         // Two workers: one takes the search, the other run-1 at once, while the search runs.
         let summary = run_listed(&settings, units, (0, 1), dir.path(), &|_| {}, 2).unwrap();

@@ -1,0 +1,102 @@
+//! The write-up's view of the validation searches and checkpoint choices (`crate::choice`): their
+//! choices in a line, their grids as a Markdown table, the deployed checkpoints as a section.
+
+use crate::choice::{CheckpointSpec, Search};
+
+/// The choices of `searches` in one line for the write-up: `subject: setting value` each, an edge
+/// choice flagged.
+pub(super) fn chosen_values(searches: &[Search]) -> String {
+    searches
+        .iter()
+        .map(|x| {
+            format!(
+                "{}: {} {}{}",
+                x.model,
+                x.setting,
+                x.chosen,
+                if x.at_edge {
+                    " (at an edge of the extended grid)"
+                } else {
+                    ""
+                }
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The searches (of one setting) as a Markdown table (first column `column`), then a sentence per
+/// subject that says whether its choice lies inside the grid.
+pub(super) fn table(searches: &[Search], column: &str) -> String {
+    let setting = searches.first().map_or("beta", |x| x.setting.as_str());
+    let mut t = format!(
+        "| {column} | {setting} | validation loss | minus the least (paired) | standard error | chosen |\n|---|---|---|---|---|---|\n"
+    );
+    for x in searches {
+        for g in &x.grid {
+            let chosen = if g.value == x.chosen { "yes" } else { "" };
+            t.push_str(&match &g.failed {
+                Some(why) => format!(
+                    "| {} | {} | failed: {why} | - | - | {chosen} |\n",
+                    x.model, g.value
+                ),
+                None => format!(
+                    "| {} | {} | {} | {:.3e} | {:.3e} | {chosen} |\n",
+                    x.model,
+                    g.value,
+                    super::num(g.validation_loss),
+                    g.difference,
+                    g.standard_error
+                ),
+            });
+        }
+    }
+    for x in searches {
+        t.push_str(&format!(
+            "\n{} {column}: {setting} = {}{}.",
+            x.model,
+            x.chosen,
+            if x.at_edge {
+                " (at an edge of the extended grid: the optimum may lie beyond it)"
+            } else {
+                ", inside the grid"
+            }
+        ));
+    }
+    t
+}
+
+/// The table's section on what each meta-learned run deployed: the checkpoints chosen on
+/// validation tasks (`deployed`: name, seed, meta-step; `scored_by` says how a checkpoint is
+/// scored, `csv` where the scores are), or the last meta-step without a choice.
+pub(super) fn deployed_section<S: std::fmt::Display>(
+    spec: Option<&CheckpointSpec>,
+    deployed: &[(String, S, usize)],
+    scored_by: &str,
+    csv: &str,
+) -> String {
+    let Some(spec) = spec else {
+        return "\n## The deployed meta-parameters\n\nThe last meta-step's (no checkpoint choice at this scale).\n".into();
+    };
+    let mut per_name: Vec<(&str, Vec<String>)> = Vec::new();
+    for (name, seed, step) in deployed {
+        let entry = format!("{step} (seed {seed})");
+        match per_name.iter_mut().find(|(n, _)| n == name) {
+            Some((_, steps)) => steps.push(entry),
+            None => per_name.push((name, vec![entry])),
+        }
+    }
+    let lines: Vec<String> = per_name
+        .iter()
+        .map(|(name, steps)| format!("- {name}: {}", steps.join(", ")))
+        .collect();
+    format!(
+        "\n## The deployed meta-parameters, chosen on validation tasks\n\n\
+         Each meta-learned run's checkpoints are its initialisation, every multiple of {} meta-steps and its last \
+         completed meta-step; each is scored by {scored_by} on {} validation tasks of that seed's own stream, and the \
+         least mean is deployed (ties to the later; `{csv}`). Deployed meta-steps:\n\n{}\n",
+        spec.every,
+        spec.validation_tasks,
+        lines.join("\n")
+    )
+}
