@@ -652,7 +652,7 @@ fn choose_meta_lr(
             seed,
         };
         match train_checkpointed(p, &config, &validation) {
-            Ok(c) if c.run.stopped.is_none() => Ok((c.validation, None)),
+            Ok(c) if c.run.stopped.is_none() => Ok((c.chosen.losses, None)),
             Ok(c) => Ok((vec![f64::INFINITY; validation.len()], c.run.stopped)),
             Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
         }
@@ -668,16 +668,11 @@ fn choose_meta_lr(
     .map(Some)
 }
 
-/// A meta-training run and the meta-parameters it deploys.
+/// A meta-training run and the meta-parameters it deploys (without a checkpoint choice: the
+/// last completed meta-step, and no checkpoint scores).
 struct Checkpointed {
     run: crate::meta_training::TaskMetaRun,
-    /// (meta-step, mean validation loss) of every checkpoint; empty without a checkpoint choice.
-    checkpoints: Vec<(usize, f64)>,
-    /// The deployed meta-step and meta-parameters: the validation tasks' choice, else the last.
-    deployed_step: usize,
-    theta: Vector,
-    /// Each validation task's loss after adaptation from the deployed meta-parameters.
-    validation: Vec<f64>,
+    chosen: super::choice::Chosen<Vector>,
 }
 
 /// Meta-trains as `config` says and deploys the checkpoint ([`CheckpointSpec`]) with the least
@@ -693,13 +688,13 @@ fn train_checkpointed(
     let Some(spec) = &p.checkpoint else {
         let run = meta_train(config, None)?;
         let validation = validation_losses(&config.model, &adapt, &run.theta, validation)?;
-        return Ok(Checkpointed {
-            checkpoints: Vec::new(),
-            deployed_step: run.log.last().map_or(0, |s| s.step),
+        let chosen = super::choice::Chosen {
+            scores: Vec::new(),
+            step: run.log.last().map_or(0, |s| s.step),
             theta: run.theta.clone(),
-            validation,
-            run,
-        });
+            losses: validation,
+        };
+        return Ok(Checkpointed { run, chosen });
     };
     let kept = std::sync::Mutex::new(vec![(0, initial_theta(&config.model, config.seed)?)]);
     let keep = |step: usize, theta: &Vector| -> Result<()> {
@@ -716,13 +711,7 @@ fn train_checkpointed(
         super::choice::choose_checkpoint(kept, run.log.last().map(|l| (l.step, &run.theta)), |theta| {
             validation_losses(&config.model, &adapt, theta, validation)
         })?;
-    Ok(Checkpointed {
-        run,
-        checkpoints: chosen.scores,
-        deployed_step: chosen.step,
-        theta: chosen.theta,
-        validation: chosen.losses,
-    })
+    Ok(Checkpointed { run, chosen })
 }
 
 /// One agent's runs in one unit.
@@ -1066,9 +1055,9 @@ fn run_unit(
             .map(|r| format!("{name} (seed {m}) stopped at {r}"));
         meta_seconds = run.log.last().map_or(0.0, |s| s.seconds);
         meta_log = run.log.iter().map(|s| (s.step, s.query_loss)).collect();
-        checkpoints = trained.checkpoints;
-        deployed_step = Some(trained.deployed_step);
-        let theta = trained.theta;
+        checkpoints = trained.chosen.scores;
+        deployed_step = Some(trained.chosen.step);
+        let theta = trained.chosen.theta;
         let deployments = p.deployments(name)?;
         Box::new(move |_| {
             deployments
