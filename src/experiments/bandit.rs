@@ -3,7 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::choice::{BetaSearchSpec, CheckpointSpec, RateSearchSpec, Search, Ties, at_beta};
+use super::choice::{BetaSearchSpec, CheckpointSpec, RateSearchSpec, Search, at_beta};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -604,7 +604,7 @@ fn adaptation(spec: &EstimatorSpec) -> GdParams {
 }
 
 /// Chooses the meta-learned agent `name`'s outer Adam step size on validation tasks
-/// ([`RateSearchSpec`], [`Ties::None`]): from an initialisation and task stream of the search's
+/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and task stream of the search's
 /// own (the same for every agent, none a reported seed's), a whole meta-training at each value
 /// (the contrastive agents at `beta`, their search's choice), scored by each validation task's
 /// query loss after the agent's own adaptation from the checkpoint those tasks choose
@@ -657,15 +657,7 @@ fn choose_meta_lr(
             Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
         }
     };
-    super::choice::search(
-        name,
-        "meta_lr",
-        Ties::None,
-        &search.grid,
-        search.extensions,
-        score,
-    )
-    .map(Some)
+    super::choice::search_meta_lr(name, &search.grid, search.extensions, score).map(Some)
 }
 
 /// A meta-training run and the meta-parameters it deploys (without a checkpoint choice: the

@@ -4,7 +4,7 @@
 //! of a grid; final test accuracy after retraining on training + validation with the learned
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
-use super::choice::{Search, Ties, at_beta};
+use super::choice::{Search, at_beta};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
@@ -401,14 +401,8 @@ fn searched_run(
             None => (run.validation.clone(), None),
         })
     };
-    let rate = super::choice::search(
-        subject,
-        "meta_lr",
-        Ties::None,
-        &search.meta_lr,
-        search.extensions,
-        |lr| score(lr, *spec),
-    )?;
+    let rate =
+        super::choice::search_meta_lr(subject, &search.meta_lr, search.extensions, |lr| score(lr, *spec))?;
     let mut searches = vec![rate];
     let meta_lr = searches[0].chosen;
     if beta_of(spec).is_some() {

@@ -8,7 +8,7 @@
 //! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
 //! same episodes (docs/PROTOCOL.md).
 
-use super::choice::{BetaSearchSpec, RateSearchSpec, Search, Ties, at_beta};
+use super::choice::{BetaSearchSpec, RateSearchSpec, Search, at_beta};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, mean, running_mean, save, write_csv, write_table};
@@ -725,7 +725,7 @@ fn train_checkpointed(
 /// episode stream of the search's own (no reported seed's; the same for every method), a whole
 /// meta-training at each step size, its checkpoint chosen on the search's validation episodes as
 /// a reported run's is, scored by each episode's error rate there; the least mean wins
-/// ([`Ties::None`]). `None` where the protocol has no search.
+/// (`choice::search_meta_lr`). `None` where the protocol has no search.
 fn choose_meta_lr(
     settings: &Settings,
     p: &Protocol,
@@ -749,10 +749,8 @@ fn choose_meta_lr(
         let run = train_checkpointed(&at_rate, &split, shots, method, seed, &theta0, &validation)?;
         Ok((run.validation.iter().map(|a| 1.0 - a).collect(), None))
     };
-    super::choice::search(
+    super::choice::search_meta_lr(
         &rate_subject(shots, method.key),
-        "meta_lr",
-        Ties::None,
         &search.grid,
         search.extensions,
         score_at,

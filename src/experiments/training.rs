@@ -1,7 +1,7 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
-use super::choice::{Search, Ties};
+use super::choice::Search;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -285,7 +285,7 @@ fn meta_lr_search_seed(settings: &Settings, s: u64) -> u64 {
 /// search streams (an initialisation and task stream of the search's own, no reported seed's), a
 /// whole meta-training at each step size, its checkpoint chosen on that stream's validation tasks
 /// as a reported run's is, then each validation task's loss after adaptation from that checkpoint;
-/// the least mean over every stream's tasks wins ([`Ties::None`]: no direction of a step size is
+/// the least mean over every stream's tasks wins (`choice::search_meta_lr`: no direction of a step size is
 /// the safer). A run that stops early keeps its checkpoint from before, as a reported run does.
 /// `None` at the paper scale, which takes [`META_LR`].
 fn choose_meta_lr(
@@ -320,10 +320,8 @@ fn choose_meta_lr(
         }
         Ok((losses, None))
     };
-    super::choice::search(
+    super::choice::search_meta_lr(
         &meta_lr_subject(model, name),
-        "meta_lr",
-        Ties::None,
         &META_LR_GRID,
         META_LR_EXTENSIONS,
         score,

@@ -196,6 +196,17 @@ pub(crate) fn search_beta(
     search(subject, "beta", Ties::ToTheLarger, grid, extensions, score)
 }
 
+/// Searches `grid` (increasing) of the outer (meta-learning) step size for `subject`: the least
+/// mean validation loss wins (see [`search`]).
+pub(crate) fn search_meta_lr(
+    subject: &str,
+    grid: &[f64],
+    extensions: usize,
+    score: impl FnMut(f64) -> Result<(Vec<f64>, Option<String>)>,
+) -> Result<Search> {
+    search(subject, "meta_lr", Ties::None, grid, extensions, score)
+}
+
 /// Searches `grid` (increasing) of `setting` for `subject`: `score(value)` gives the per-task
 /// validation losses (the same tasks for every value) and, where the value failed, why (its losses
 /// are then infinite). The choice follows `ties`; while it lies at an edge, the grid is extended
