@@ -8,7 +8,7 @@ use super::choice::{Search, at_beta};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
-use super::weight_decay::{BaselineSteps, decay_estimators};
+use super::weight_decay::{BaselineSteps, DecayComparison, decay_estimators};
 use super::{Settings, mean, save, write_csv, write_table};
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
@@ -22,7 +22,7 @@ use crate::oracle::Oracle;
 use crate::problem::{BilevelProblem, ProblemInstance};
 use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::rng::{hash_words, stream};
-use crate::stats::{self, Comparison};
+use crate::stats;
 use std::path::PathBuf;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
@@ -825,14 +825,6 @@ const BEST_SINGLE: &str = "best single decay (grid search on validation)";
 /// percentage point (fixed before any run; docs/PROTOCOL.md).
 pub const EQUIVALENCE_MARGIN: f64 = 0.01;
 
-/// One comparison of the table's family, on test accuracy paired over seeds.
-#[derive(Debug, Clone)]
-pub struct DecayComparison {
-    pub first: String,
-    pub second: String,
-    pub comparison: Comparison,
-}
-
 /// The table's family: each meta-learning method against the best single decay, and the
 /// contrastive rule against each other meta-learning method.
 fn compare(methods: &[MethodResult]) -> Vec<DecayComparison> {
@@ -956,10 +948,7 @@ fn choices_section(r: &DigitsDecayResults) -> String {
              the chosen run is the one deployed. ",
             search.meta_lr,
             search.beta,
-            match search.extensions {
-                1 => "once".to_string(),
-                n => format!("{n} times"),
-            }
+super::searches::times(search.extensions)
         )),
         None => t.push_str(&format!(
             "No search at this scale: meta-learning rate {} and beta {} as the paper's code sets them. ",

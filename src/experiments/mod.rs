@@ -84,8 +84,8 @@ static COST: Whole<Section> = Whole {
 };
 static WEIGHT_DECAY: Whole<Section> = Whole {
     name: "weight-decay",
-    about: "per-parameter weight decay learned on the diabetes data set, test-loss table",
-    protocol: no_protocol,
+    about: "per-parameter weight decay learned on the diabetes data set over seeds, test-loss table",
+    protocol: weight_decay::protocol,
     run: |s, f| Ok(writeup::weight_decay_section(&weight_decay::run(s, f)?)),
     at_report: None,
     paper: PaperBudgets::Default(
@@ -152,7 +152,7 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
 /// that the files match what the jobs run).
 pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
     /// The jobs whose protocol ships as `configs/<job>.toml` (dashes as underscores).
-    const SHIPPED: [&str; 4] = ["bandit", "few-shot", "digits-decay", "spiking"];
+    const SHIPPED: [&str; 5] = ["bandit", "few-shot", "digits-decay", "spiking", "weight-decay"];
     let settings = Settings {
         out: PathBuf::new(),
         paper: PathBuf::new(),

@@ -100,3 +100,11 @@ pub(super) fn deployed_section<S: std::fmt::Display>(
         lines.join("\n")
     )
 }
+
+/// How many times a grid may be extended, in words ("once", "3 times").
+pub(super) fn times(n: usize) -> String {
+    match n {
+        1 => "once".to_string(),
+        n => format!("{n} times"),
+    }
+}

@@ -1,7 +1,10 @@
 //! The paper's §5.2 in miniature: one weight-decay strength per parameter of a 10-16-1 network,
 //! meta-learned on the validation loss of the diabetes data set, by the contrastive rule and the
-//! reference estimators, against fixed weight decay.
+//! reference estimators, against fixed weight decay and the best single decay; over independent
+//! seeds (each a new split of the patients and new initial weights), compared as
+//! docs/PROTOCOL.md says.
 
+use super::training::{ALPHA, p_value, seed_mean_ci};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
@@ -12,6 +15,7 @@ use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
 use crate::problem::{BilevelProblem, RegularisedMlp};
 use crate::report::plot::{Figure, Panel, Series, Style};
+use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
 /// Validation and test loss (1/2 MSE, standardised targets) after adaptation.
@@ -21,26 +25,124 @@ pub struct Losses {
     pub test: f64,
 }
 
-#[derive(Debug, Clone)]
-pub struct WeightDecayResults {
-    /// Per estimator: the losses at the last meta-step.
-    pub finals: Vec<(String, Losses)>,
-    /// Every strength at its initial value for the whole run.
-    pub fixed: Losses,
-    /// The best single strength for all parameters on a grid, chosen on validation.
-    pub best_scalar: (f64, Losses),
+/// The job's budgets and settings (full or `--quick`); the full one is shipped as
+/// `configs/weight_decay.toml`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Protocol {
+    /// Independent runs: seed `s` draws its own split of the patients and initial weights.
+    pub seeds: usize,
+    /// The strength every parameter starts from (and the fixed-decay baseline's).
+    pub initial_decay: f64,
+    /// Gradient descent from the fixed initial weights: the free phase and every adaptation.
+    pub step_size: f64,
+    pub free_steps: usize,
+    pub nudged_steps: usize,
+    /// The symmetric contrastive rule's nudging strength.
+    pub beta: f64,
+    /// Adam on the log-strengths, minimising the validation loss after adaptation.
     pub meta_steps: usize,
+    pub meta_lr: f64,
+    /// The validation loss is evaluated every `eval_every` meta-steps (and at the last); each
+    /// run deploys the evaluated meta-step with the least (ties to the later).
+    pub eval_every: usize,
+    /// The single strengths searched on each seed's validation split.
+    pub grid: Vec<f64>,
+    pub baseline_steps: BaselineSteps,
+    /// Neumann's step.
+    pub neumann_alpha: f64,
 }
 
-const INITIAL_DECAY: f64 = 1e-2;
-
-fn phase(steps: usize) -> GdParams {
-    GdParams {
-        step_size: Some(0.1),
-        max_steps: steps,
-        tolerance: 0.0,
-        ..GdParams::default()
+impl Protocol {
+    pub fn new(quick: bool) -> Self {
+        let full = Protocol {
+            seeds: 5,
+            initial_decay: 1e-2,
+            step_size: 0.1,
+            free_steps: 300,
+            nudged_steps: 100,
+            beta: 0.5,
+            meta_steps: 60,
+            meta_lr: 0.05,
+            eval_every: 5,
+            grid: vec![1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+            baseline_steps: BaselineSteps {
+                cg: 10,
+                neumann: 10,
+                truncation: 20,
+            },
+            neumann_alpha: 0.1,
+        };
+        if quick {
+            Protocol {
+                seeds: 2,
+                free_steps: 60,
+                nudged_steps: 20,
+                meta_steps: 4,
+                eval_every: 2,
+                grid: vec![1e-3, 1e-2, 1e-1],
+                ..full
+            }
+        } else {
+            full
+        }
     }
+
+    fn phase(&self, steps: usize) -> GdParams {
+        GdParams {
+            step_size: Some(self.step_size),
+            max_steps: steps,
+            tolerance: 0.0,
+            ..GdParams::default()
+        }
+    }
+}
+
+/// The protocol of the scale, as the fingerprint of the job's unit records it.
+pub(super) fn protocol(settings: &Settings) -> Result<serde_json::Value> {
+    super::units::encode(&Protocol::new(settings.quick()))
+}
+
+/// Two methods' test losses are equivalent within this fraction of their mean (fixed before any
+/// run; the same relative margin as the other tables of losses; docs/PROTOCOL.md).
+pub const EQUIVALENCE_MARGIN: f64 = 0.1;
+
+/// The fixed-decay and best-single-decay rows' names.
+const FIXED: &str = "fixed decay";
+const BEST_SINGLE: &str = "best single decay (grid search on validation)";
+
+/// One method's deployed losses per seed, and its deployed meta-step (0 for the baselines) and
+/// chosen strength (the best single decay's; NaN otherwise) per seed.
+#[derive(Debug, Clone)]
+pub struct MethodResult {
+    pub method: String,
+    pub per_seed: Vec<Losses>,
+    pub deployed: Vec<usize>,
+    pub decay: Vec<f64>,
+}
+
+impl MethodResult {
+    /// Mean and 95% t-interval half-width over seeds of one loss.
+    pub fn stat(&self, of: impl Fn(&Losses) -> f64) -> (f64, f64) {
+        seed_mean_ci(&self.per_seed.iter().map(of).collect::<Vec<_>>())
+    }
+}
+
+/// Two methods' test losses, paired over seeds (first minus second).
+#[derive(Debug, Clone)]
+pub struct DecayComparison {
+    pub first: String,
+    pub second: String,
+    pub comparison: Comparison,
+}
+
+#[derive(Debug, Clone)]
+pub struct WeightDecayResults {
+    pub protocol: Protocol,
+    /// The fixed decay, the best single decay, then each estimator.
+    pub methods: Vec<MethodResult>,
+    /// Each estimator against the best single decay, and the contrastive rule against each
+    /// other estimator: one family.
+    pub comparisons: Vec<DecayComparison>,
 }
 
 /// Adapt from the initial weights with strengths `theta`, then measure.
@@ -111,128 +213,215 @@ pub(super) fn decay_estimators(
     ]
 }
 
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
-    let p = RegularisedMlp::diabetes(INITIAL_DECAY, settings.seed)?;
-    let (free_steps, nudged_steps, meta_steps, eval_every) = if settings.quick() {
-        (60, 20, 4, 2)
-    } else {
-        (300, 100, 60, 5)
-    };
-    let free = phase(free_steps);
+/// One seed's runs: each estimator's evaluated meta-steps, the fixed decay, the single-decay grid.
+struct SeedRuns {
+    curves: Vec<Vec<(usize, Losses)>>,
+    fixed: Losses,
+    grid: Vec<(f64, Losses)>,
+}
+
+/// Meta-trains every estimator from the initial decay on seed `seed`'s split and initial weights,
+/// and scores the fixed decay and every single decay of the grid.
+fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
+    let problem = RegularisedMlp::diabetes(p.initial_decay, seed)?;
+    let free = p.phase(p.free_steps);
     let estimators = decay_estimators(
         Contrastive {
             variant: Variant::Symmetric,
-            beta: 0.5,
+            beta: p.beta,
             free,
-            nudged: phase(nudged_steps),
+            nudged: p.phase(p.nudged_steps),
         },
-        BaselineSteps {
-            cg: 10,
-            neumann: 10,
-            truncation: 20,
-        },
-        0.1,
+        p.baseline_steps,
+        p.neumann_alpha,
     );
-    let theta0 = Vector::from_element(p.dims().theta, INITIAL_DECAY.ln());
-    let fixed = losses(&p, &theta0, free)?;
-    let runs = map_in_order(&estimators, |(name, spec)| {
+    let theta0 = Vector::from_element(problem.dims().theta, p.initial_decay.ln());
+    let fixed = losses(&problem, &theta0, free)?;
+    let curves = map_in_order(&estimators, |(_, spec)| {
         let mut curve = vec![(0usize, fixed)];
-        MetaExecutor::new(theta0.clone(), 0.05).run(
-            meta_steps,
+        MetaExecutor::new(theta0.clone(), p.meta_lr).run(
+            p.meta_steps,
             OnFailure::Error,
-            |_, theta| Ok((spec.estimator().estimate(&p, &to_tensor(theta)?)?.gradient, ())),
+            |_, theta| {
+                Ok((
+                    spec.estimator().estimate(&problem, &to_tensor(theta)?)?.gradient,
+                    (),
+                ))
+            },
             |run, ()| {
-                if run.step % eval_every == 0 || run.step == meta_steps {
-                    curve.push((run.step, losses(&p, &run.theta, free)?));
+                if run.step % p.eval_every == 0 || run.step == p.meta_steps {
+                    curve.push((run.step, losses(&problem, &run.theta, free)?));
                 }
                 Ok(Flow::Continue)
             },
         )?;
-        Ok((name.to_string(), curve))
+        Ok(curve)
     })?;
-    let grid: &[f64] = if settings.quick() {
-        &[1e-3, 1e-2, 1e-1]
-    } else {
-        &[1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0]
-    };
-    let scalar = map_in_order(grid, |&d| {
+    let grid = map_in_order(&p.grid, |&d| {
         Ok((
             d,
-            losses(&p, &Vector::from_element(p.dims().theta, d.ln()), free)?,
+            losses(
+                &problem,
+                &Vector::from_element(problem.dims().theta, d.ln()),
+                free,
+            )?,
         ))
     })?;
-    let best_scalar = scalar
-        .iter()
-        .copied()
-        .min_by(|a, b| a.1.validation.total_cmp(&b.1.validation))
-        .expect("a grid");
+    Ok(SeedRuns { curves, fixed, grid })
+}
 
-    let mut rows = Vec::new();
-    let mut validation = Panel::new(
-        "per-parameter weight decay, diabetes: validation",
-        "meta-step",
-        "1/2 MSE (standardised)",
-        false,
-        false,
-    );
-    let mut test = Panel::new(
-        "per-parameter weight decay, diabetes: test",
-        "meta-step",
-        "1/2 MSE (standardised)",
-        false,
-        false,
-    );
-    for (i, (name, curve)) in runs.iter().enumerate() {
-        for (step, l) in curve {
-            rows.push(format!("{name},{step},{:e},{:e}", l.validation, l.test));
+pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
+    let p = Protocol::new(settings.quick());
+    let names: Vec<&str> = decay_estimators(
+        Contrastive {
+            variant: Variant::Symmetric,
+            beta: p.beta,
+            free: p.phase(p.free_steps),
+            nudged: p.phase(p.nudged_steps),
+        },
+        p.baseline_steps,
+        p.neumann_alpha,
+    )
+    .iter()
+    .map(|e| e.0)
+    .collect();
+    let seeds: Vec<u64> = (0..p.seeds as u64).map(|s| settings.seed + s).collect();
+    let runs: Vec<SeedRuns> = seeds
+        .iter()
+        .map(|&seed| run_seed(&p, seed))
+        .collect::<Result<_>>()?;
+
+    let method = |name: &str| MethodResult {
+        method: name.to_string(),
+        per_seed: Vec::new(),
+        deployed: Vec::new(),
+        decay: Vec::new(),
+    };
+    let mut methods = vec![method(FIXED), method(BEST_SINGLE)];
+    methods.extend(names.iter().map(|n| method(n)));
+    let (mut rows, mut per_seed_rows) = (Vec::new(), Vec::new());
+    for (seed, r) in seeds.iter().zip(&runs) {
+        methods[0].per_seed.push(r.fixed);
+        methods[0].deployed.push(0);
+        methods[0].decay.push(p.initial_decay);
+        // The single decay with the least validation loss (ties to the first, the smallest).
+        let best = r
+            .grid
+            .iter()
+            .min_by(|a, b| a.1.validation.total_cmp(&b.1.validation))
+            .expect("a grid");
+        methods[1].per_seed.push(best.1);
+        methods[1].deployed.push(0);
+        methods[1].decay.push(best.0);
+        for (k, curve) in r.curves.iter().enumerate() {
+            for (step, l) in curve {
+                rows.push(format!(
+                    "{},{seed},{step},{:e},{:e}",
+                    names[k], l.validation, l.test
+                ));
+            }
+            // The evaluated meta-step with the least validation loss is deployed.
+            let validation: Vec<f64> = curve.iter().map(|c| c.1.validation).collect();
+            let chosen = curve[super::choice::least_loss(&validation).expect("step 0 is evaluated")];
+            let m = &mut methods[2 + k];
+            m.per_seed.push(chosen.1);
+            m.deployed.push(chosen.0);
+            m.decay.push(f64::NAN);
         }
-        validation.series.push(Series::new(
-            name.clone(),
-            curve.iter().map(|(s, l)| (*s as f64, l.validation)).collect(),
-            i,
-            Style::LinePoints,
-        ));
-        test.series.push(Series::new(
-            name.clone(),
-            curve.iter().map(|(s, l)| (*s as f64, l.test)).collect(),
-            i,
-            Style::LinePoints,
-        ));
+        for (d, l) in &r.grid {
+            rows.push(format!(
+                "single decay {d},{seed},0,{:e},{:e}",
+                l.validation, l.test
+            ));
+        }
     }
-    let flat = |v: f64| vec![(0.0, v), (meta_steps as f64, v)];
-    validation.series.push(Series::new(
-        format!("fixed decay {INITIAL_DECAY}"),
-        flat(fixed.validation),
-        6,
-        Style::Dashed,
-    ));
-    test.series.push(Series::new(
-        format!("fixed decay {INITIAL_DECAY}"),
-        flat(fixed.test),
-        6,
-        Style::Dashed,
-    ));
-    validation.series.push(Series::new(
-        format!("best single decay {}", best_scalar.0),
-        flat(best_scalar.1.validation),
-        5,
-        Style::Dashed,
-    ));
-    test.series.push(Series::new(
-        format!("best single decay {}", best_scalar.0),
-        flat(best_scalar.1.test),
-        5,
-        Style::Dashed,
-    ));
-    for (d, l) in &scalar {
-        rows.push(format!("single decay {d},0,{:e},{:e}", l.validation, l.test));
+    for m in &methods {
+        for (s, seed) in seeds.iter().enumerate() {
+            let l = m.per_seed[s];
+            // The decay column is empty for the meta-learned strengths.
+            let decay = Some(m.decay[s])
+                .filter(|d| !d.is_nan())
+                .map_or(String::new(), |d| format!("{d:e}"));
+            per_seed_rows.push(format!(
+                "{},{seed},{},{decay},{:e},{:e}",
+                m.method, m.deployed[s], l.validation, l.test
+            ));
+        }
     }
     write_csv(
         &settings.out.join("weight_decay.csv"),
-        "estimator,step,validation_loss,test_loss",
+        "estimator,seed,step,validation_loss,test_loss",
         &rows,
         files,
     )?;
+    write_csv(
+        &settings.out.join("weight_decay_per_seed.csv"),
+        "method,seed,deployed_step,decay,validation_loss,test_loss",
+        &per_seed_rows,
+        files,
+    )?;
+    figure(settings, &p, &names, &runs, &methods, files)?;
+    let results = WeightDecayResults {
+        comparisons: compare(&methods),
+        protocol: p,
+        methods,
+    };
+    write_table(settings, "weight_decay.md", &table(&results), files)?;
+    Ok(results)
+}
+
+/// The validation and test curves, mean over seeds, with the fixed and best single decays' means
+/// dashed.
+fn figure(
+    settings: &Settings,
+    p: &Protocol,
+    names: &[&str],
+    runs: &[SeedRuns],
+    methods: &[MethodResult],
+    files: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let panel = |what: &str| {
+        Panel::new(
+            format!("per-parameter weight decay, diabetes: {what} (mean over seeds)"),
+            "meta-step",
+            "1/2 MSE (standardised)",
+            false,
+            false,
+        )
+    };
+    let (mut validation, mut test) = (panel("validation"), panel("test"));
+    let n = runs.len() as f64;
+    for (k, name) in names.iter().enumerate() {
+        // Every seed evaluates the same meta-steps.
+        let mean = |of: &dyn Fn(&Losses) -> f64| -> Vec<(f64, f64)> {
+            (0..runs[0].curves[k].len())
+                .map(|i| {
+                    let step = runs[0].curves[k][i].0 as f64;
+                    (step, runs.iter().map(|r| of(&r.curves[k][i].1)).sum::<f64>() / n)
+                })
+                .collect()
+        };
+        validation
+            .series
+            .push(Series::new(*name, mean(&|l| l.validation), k, Style::LinePoints));
+        test.series
+            .push(Series::new(*name, mean(&|l| l.test), k, Style::LinePoints));
+    }
+    let flat = |v: f64| vec![(0.0, v), (p.meta_steps as f64, v)];
+    for (m, colour) in methods[..2].iter().zip([6, 5]) {
+        validation.series.push(Series::new(
+            m.method.as_str(),
+            flat(m.stat(|l| l.validation).0),
+            colour,
+            Style::Dashed,
+        ));
+        test.series.push(Series::new(
+            m.method.as_str(),
+            flat(m.stat(|l| l.test).0),
+            colour,
+            Style::Dashed,
+        ));
+    }
     save(
         settings,
         "weight_decay",
@@ -241,33 +430,87 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
             columns: 2,
         },
         files,
-    )?;
+    )
+}
 
-    let finals: Vec<(String, Losses)> = runs
+/// The table's family: each estimator against the best single decay, and the contrastive rule
+/// against each other estimator; test losses paired over seeds, margin ± [`EQUIVALENCE_MARGIN`]
+/// of the mean of the two.
+fn compare(methods: &[MethodResult]) -> Vec<DecayComparison> {
+    let test = |m: &MethodResult| m.per_seed.iter().map(|l| l.test).collect::<Vec<_>>();
+    let (best, estimators) = (&methods[1], &methods[2..]);
+    let mut pairs: Vec<(&MethodResult, &MethodResult)> = estimators.iter().map(|m| (m, best)).collect();
+    pairs.extend(estimators[1..].iter().map(|m| (&estimators[0], m)));
+    let diffs: Vec<Vec<f64>> = pairs
         .iter()
-        .map(|(n, c)| (n.clone(), c.last().expect("evaluated").1))
+        .map(|(a, b)| test(a).iter().zip(test(b)).map(|(x, y)| x - y).collect())
         .collect();
-    let mut table = format!(
+    let margins: Vec<f64> = pairs
+        .iter()
+        .map(|(a, b)| EQUIVALENCE_MARGIN * 0.5 * (a.stat(|l| l.test).0 + b.stat(|l| l.test).0))
+        .collect();
+    pairs
+        .iter()
+        .zip(stats::compare_family(&diffs, &margins, ALPHA))
+        .map(|((a, b), comparison)| DecayComparison {
+            first: a.method.clone(),
+            second: b.method.clone(),
+            comparison,
+        })
+        .collect()
+}
+
+/// Losses per method (mean +- 95% t-interval over seeds), then the family of comparisons.
+pub fn table(r: &WeightDecayResults) -> String {
+    let p = &r.protocol;
+    let mut t = format!(
         "# Per-parameter weight decay on the diabetes data set\n\n\
-         Generated by `cml figures`: 10-16-1 tanh network (193 parameters, one strength each), 147 / 147 / 147\n\
-         train / validation / test patients, standardised; {meta_steps} meta-steps of Adam (lr 0.05) on the\n\
-         validation loss; adaptation: {free_steps} gradient steps of size 0.1 from fixed initial weights.\n\n\
-         | method | validation 1/2 MSE | test 1/2 MSE |\n|---|---|---|\n\
-         | fixed decay {INITIAL_DECAY} | {} | {} |\n| best single decay ({}, chosen on validation) | {} | {} |\n",
-        num(fixed.validation),
-        num(fixed.test),
-        best_scalar.0,
-        num(best_scalar.1.validation),
-        num(best_scalar.1.test)
+         Generated by `cml figures`: 10-16-1 tanh network (193 parameters, one strength each), 147 / 147 / 147 \
+         train / validation / test patients, standardised, {} seeds (each its own split of the patients and its own \
+         initial weights); {} meta-steps of Adam (step size {}) on the validation loss from decay {} everywhere; \
+         adaptation: {} gradient steps of size {} from the fixed initial weights. Each meta-learning run deploys the \
+         evaluated meta-step (every {}) with the least validation loss; the single decay is the grid's value with the \
+         least validation loss ({:?}). Mean over seeds +- half-width of the 95% t-interval.\n\n\
+         | method | validation 1/2 MSE | test 1/2 MSE | deployed meta-steps or decays |\n|---|---|---|---|\n",
+        p.seeds, p.meta_steps, p.meta_lr, p.initial_decay, p.free_steps, p.step_size, p.eval_every, p.grid
     );
-    for (n, l) in &finals {
-        table.push_str(&format!("| {n} | {} | {} |\n", num(l.validation), num(l.test)));
+    for m in &r.methods {
+        let (v, vh) = m.stat(|l| l.validation);
+        let (e, eh) = m.stat(|l| l.test);
+        let chosen = if m.method == BEST_SINGLE {
+            format!("{:?}", m.decay)
+        } else {
+            format!("{:?}", m.deployed)
+        };
+        t.push_str(&format!(
+            "| {} | {} +- {} | {} +- {} | {chosen} |\n",
+            m.method,
+            num(v),
+            num(vh),
+            num(e),
+            num(eh)
+        ));
     }
-    write_table(settings, "weight_decay.md", &table, files)?;
-    Ok(WeightDecayResults {
-        finals,
-        fixed,
-        best_scalar,
-        meta_steps,
-    })
+    t.push_str(&format!(
+        "\n## Comparisons\n\nTest loss, first minus second, paired over seeds; one family of {}, paired t-tests and \
+         equivalence tests (TOST, margin ± {}x the mean of the two test losses), each Holm-adjusted; verdict at {ALPHA} \
+         (docs/PROTOCOL.md). Per-seed values: `weight_decay_per_seed.csv`.\n\n\
+         | first | second | difference | 95% interval | p (Holm) | equivalence p (Holm) | verdict |\n|---|---|---|---|---|---|---|\n",
+        r.comparisons.len(),
+        EQUIVALENCE_MARGIN
+    ));
+    for c in &r.comparisons {
+        let k = &c.comparison;
+        t.push_str(&format!(
+            "| {} | {} | {} | ± {} | {} | {} | {} |\n",
+            c.first,
+            c.second,
+            num(k.mean),
+            num(k.ci95),
+            p_value(k.holm),
+            p_value(k.equivalence_holm),
+            k.verdict.describe()
+        ));
+    }
+    t
 }

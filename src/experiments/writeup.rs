@@ -6,7 +6,7 @@ use super::{Results, Settings, num};
 use crate::error::{CmlError, Result};
 use crate::fit::VariantFit;
 use crate::report::template::{self, Context};
-use crate::stats::Verdict;
+use crate::stats::{Comparison, Verdict};
 
 const TEMPLATE: &str = include_str!("writeup.md");
 
@@ -100,16 +100,6 @@ fn claim_verdict(verdict: Verdict, mean: f64, lower_is_better: bool) -> &'static
         Verdict::Differs => "underperforms",
         Verdict::Inconclusive => "inconclusive",
     }
-}
-
-/// The ledger row of a benchmark whose comparison does not yet follow docs/PROTOCOL.md.
-pub(super) fn outside_protocol(benchmark: &str, evidence: &str, why: &str) -> Context {
-    ledger_row(
-        format!("{benchmark}: the rule matches or outperforms the references"),
-        evidence,
-        "none yet",
-        format!("not evaluated under the protocol ({why}; docs/PROTOCOL.md)"),
-    )
 }
 
 pub(super) fn theory_section(t: &super::theory::TheoryResults) -> Context {
@@ -368,45 +358,44 @@ pub(super) fn with_measured_memory(settings: &Settings, section: Context) -> Con
 }
 
 pub(super) fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) -> Context {
-    let finals = w
-        .finals
+    let losses: Vec<String> = w
+        .methods
         .iter()
-        .map(|(name, l)| {
-            Context::new()
-                .text("name", name)
-                .text("test", num(l.test))
-                .text("validation", num(l.validation))
+        .map(|m| {
+            let (e, h) = m.stat(|l| l.test);
+            format!("{} {} +- {}", m.method, num(e), num(h))
         })
         .collect();
-    // One split and one seed: no interval to test against, so a difference counts only beyond
-    // a stated margin of the fixed decay's test loss.
-    let margin = DECAY_MARGIN * w.fixed.test.abs();
-    let names = |keep: &dyn Fn(f64) -> bool| {
-        let v: Vec<&str> = w
-            .finals
-            .iter()
-            .filter(|(_, l)| keep(l.test))
-            .map(|(n, _)| n.as_str())
-            .collect();
-        super::joined_or_none(&v, ", ")
-    };
-    Context::new()
-        .list(
-            "ledger",
-            vec![outside_protocol(
-                "Diabetes weight decay",
-                "weight_decay.md",
-                "one meta-training run per method, no seeds",
-            )],
+    let verdicts: Vec<String> = w
+        .comparisons
+        .iter()
+        .map(|c| {
+            let k = &c.comparison;
+            format!(
+                "{} vs {} {} ± {} ({})",
+                c.first,
+                c.second,
+                num(k.mean),
+                num(k.ci95),
+                k.verdict.describe()
+            )
+        })
+        .collect();
+    let ledger = rule_rows(&w.comparisons, "Diabetes weight decay", "weight_decay.md", |k| {
+        format!(
+            "{} (test loss difference {} ± {}, margin ± {})",
+            claim_verdict(k.verdict, k.mean, true),
+            num(k.mean),
+            num(k.ci95),
+            num(k.margin)
         )
-        .text("meta_steps", w.meta_steps)
-        .text("fixed", num(w.fixed.test))
-        .text("best_decay", w.best_scalar.0)
-        .text("best_test", num(w.best_scalar.1.test))
-        .list("finals", finals)
-        .text("margin", format!("{:.0}", DECAY_MARGIN * 100.0))
-        .text("lower", names(&|t| t < w.fixed.test - margin))
-        .text("higher", names(&|t| t > w.fixed.test + margin))
+    });
+    Context::new()
+        .list("ledger", ledger)
+        .text("meta_steps", w.protocol.meta_steps)
+        .text("seeds", w.protocol.seeds)
+        .text("losses", losses.join("; "))
+        .text("verdicts", verdicts.join("; "))
 }
 
 /// The error bar's calibration (docs/ERROR_BAR.md), with the targets as verdicts.
@@ -604,6 +593,29 @@ fn verdicts_by_pair(family: &[super::bandit::BanditComparison]) -> Vec<(&str, &s
     pairs
 }
 
+/// The ledger rows of a weight-decay family: the rule's comparisons (those whose first method is
+/// the family's first, the contrastive rule), each with `verdict` of its comparison.
+fn rule_rows(
+    comparisons: &[super::weight_decay::DecayComparison],
+    benchmark: &str,
+    evidence: &str,
+    verdict: impl Fn(&Comparison) -> String,
+) -> Vec<Context> {
+    let rule = comparisons.first().map(|c| c.first.as_str());
+    comparisons
+        .iter()
+        .filter(|c| Some(c.first.as_str()) == rule)
+        .map(|c| {
+            ledger_row(
+                format!("{benchmark}: the rule matches or outperforms {}", c.second),
+                evidence,
+                "paired t-test and TOST over seeds, Holm-corrected",
+                verdict(&c.comparison),
+            )
+        })
+        .collect()
+}
+
 /// Per-parameter weight decay of the digit classifier (docs/DIGITS.md §4).
 pub(super) fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) -> Context {
     let accuracies: Vec<String> = d
@@ -630,27 +642,15 @@ pub(super) fn digits_decay_section(d: &super::digits_decay::DigitsDecayResults) 
             )
         })
         .collect();
-    let rule = d.methods.get(2).map(|m| m.method.clone()).unwrap_or_default();
-    let ledger: Vec<Context> = d
-        .comparisons
-        .iter()
-        .filter(|c| c.first == rule)
-        .map(|c| {
-            let k = &c.comparison;
-            ledger_row(
-                format!("Digit weight decay: the rule matches or outperforms {}", c.second),
-                "digits_decay.md",
-                "paired t-test and TOST over seeds, Holm-corrected",
-                format!(
-                    "{} (test accuracy difference {:+.2} ± {:.2} points, margin ± {:.1})",
-                    claim_verdict(k.verdict, k.mean, false),
-                    100.0 * k.mean,
-                    100.0 * k.ci95,
-                    100.0 * k.margin
-                ),
-            )
-        })
-        .collect();
+    let ledger = rule_rows(&d.comparisons, "Digit weight decay", "digits_decay.md", |k| {
+        format!(
+            "{} (test accuracy difference {:+.2} ± {:.2} points, margin ± {:.1})",
+            claim_verdict(k.verdict, k.mean, false),
+            100.0 * k.mean,
+            100.0 * k.ci95,
+            100.0 * k.margin
+        )
+    });
     Context::new()
         .list("ledger", ledger)
         .text("seeds", d.protocol.seeds)
@@ -788,9 +788,6 @@ pub(super) fn spiking_section(r: &super::spiking::SpikingResults) -> Context {
     }
     Context::new().list("ledger", ledger).text("table", body)
 }
-
-/// The relative margin, of the fixed decay's test loss, that a single-split difference must exceed.
-const DECAY_MARGIN: f64 = 0.01;
 
 /// How a quantity grows from `k0` to `k1` steps, judged by its log-log slope with a margin of 0.1:
 /// flat (|slope| <= 0.1), linear (|slope - 1| <= 0.1), or the slope itself.
