@@ -51,7 +51,8 @@ fn figures_quick(dir: &Path) {
 ///   2 tasks x 41 grid points; spiking_rates: 100 neurons; spiking_beta_choice: 3 betas x 2
 ///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2; spiking_checkpoints: 5
 ///   meta-learned methods x 2 seeds x 3 checkpoints;
-///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks;
+///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks; spiking_meta_lr_choice: 5
+///   meta-learned methods x the grid of 2 step sizes, extended once (both values are edges);
 /// - training_beta_choice: 2 models x the grid of 5 betas, extended 3 times at its lower edge (2
 ///   meta-steps barely move the loss, and the smallest beta wins by a hair);
 /// - training_meta_lr_choice: 2 models x 6 estimators x the grid of 3 step sizes, extended three
@@ -97,6 +98,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("beta_auto", 11, 10),
     ("spiking_meta_training", 4, 20),
     ("spiking_beta_choice", 5, 6),
+    ("spiking_meta_lr_choice", 6, 15),
     ("spiking_halves", 4, 6),
     ("spiking_test", 5, 48),
     ("spiking_ablation", 3, 2),
@@ -475,7 +477,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
     // Every outer step-size search (digit decay per run, sinusoid per model and estimator, few-shot
-    // per setting and method, bandit per agent) takes the least validation loss (exact ties to the
+    // per setting and method, bandit per agent, spiking per method) takes the least validation loss (exact ties to the
     // first, the smallest); the digit-decay beta search the one-standard-error rule.
     for (file, column, setting, ties_to_the_larger, runs) in [
         ("digits_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
@@ -483,6 +485,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         ("training_meta_lr_choice.csv", "run", "meta_lr", false, 12),
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
+        ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
         let mut subjects: Vec<String> = search.iter().map(|r| r[column].clone()).collect();
@@ -1059,8 +1062,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // calibration say how to get an estimate.
     // Their units: one for a job run
     // whole; bandit 2 seeds x (3 models + baselines), 2 beta searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds and
-    // the setting's beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 6 methods x 2 seeds
-    // and a matched-baseline unit per seed.
+    // the setting's beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 5 step-size searches,
+    // 6 methods x 2 seeds and a matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[2], "38", "{row}");
@@ -1068,7 +1071,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
         ("theory", 1),
-        ("spiking", 15),
+        ("spiking", 20),
         ("bandit", 13),
         ("few-shot", 16),
         ("digits-decay", 12),

@@ -3,14 +3,14 @@
 //! BPTT-trained learning, BPTT through e-prop learning, truncated BPTT through e-prop and no
 //! meta-learning; and the reference code's "symmetric" defect as an ablation.
 
-use super::choice::CheckpointSpec;
+use super::choice::{CheckpointSpec, Chosen, RateSearchSpec, Search};
 use super::training::{ALPHA, seed_mean_ci, t975};
 use super::{Scale, Settings, num, running_mean, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
 use crate::estimator::{Contrastive, EstimatorSpec, MetaGradientEstimator, Unrolled, Variant};
 use crate::inner::{Divergence, GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, cosine, to_dvector};
-use crate::meta_training::TaskMetaTraining;
+use crate::meta_training::{MetaObserver, TaskMetaRun, TaskMetaTraining};
 use crate::optimizer::Optimizer;
 use crate::oracle::Oracle;
 use crate::parallel::map_in_order;
@@ -30,7 +30,13 @@ pub struct Protocol {
     pub shots: usize,
     pub seeds: usize,
     pub test_tasks: usize,
+    /// The outer Adam step size where no search chooses it (the paper scale: the paper's).
     pub meta_lr: f64,
+    /// Each meta-learned method's outer Adam step size, chosen on validation tasks of the
+    /// search's own stream: a whole meta-training at each value, scored at the checkpoint those
+    /// tasks choose; the least mean MSE wins, an edge choice extends the grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_lr_search: Option<RateSearchSpec>,
     /// The pull `lambda/2 ||phi - omega||^2` (the paper's code: `1e-3 sum`).
     pub strength: f64,
     /// The contrastive rule: meta-steps, meta-batch, nudging strength, and e-prop phases with
@@ -78,6 +84,11 @@ impl Protocol {
             seeds: 5,
             test_tasks: 100,
             meta_lr: 3e-3,
+            // The paper's 3e-3 in the middle, a factor of about 3 to each side.
+            meta_lr_search: Some(RateSearchSpec {
+                grid: vec![1e-3, 3e-3, 1e-2],
+                extensions: 1,
+            }),
             strength: PULL_STRENGTH,
             meta_steps: 50,
             meta_batch: 10,
@@ -124,6 +135,11 @@ impl Protocol {
                     every: 1,
                     validation_tasks: 2,
                 }),
+                // Two values, so that the quick run reaches an edge and extends the grid.
+                meta_lr_search: Some(RateSearchSpec {
+                    grid: vec![3e-3, 1e-2],
+                    extensions: 1,
+                }),
                 ..full
             }
         } else {
@@ -150,6 +166,8 @@ impl Protocol {
             nudged_steps: 100,
             inner_lr: 1e-3,
             meta_lr: 3e-3,
+            // The paper's step sizes, not searched (a search is a whole paper-scale run per value).
+            meta_lr_search: None,
             beta_grid: vec![1.0, 3.0, 10.0],
             nudged_lr_grid: vec![1e-3, 3e-3],
             halves_every: 100,
@@ -334,6 +352,8 @@ pub struct SpikingResults {
     pub gains: Vec<MatchedGain>,
     /// (method, seed, meta-step) each meta-learned run deployed, where validation tasks chose it.
     pub deployed: Vec<(String, u64, usize)>,
+    /// Each meta-learned method's outer step-size search (none at a scale without one).
+    pub rate_searches: Vec<Search>,
 }
 
 /// A meta-learned method against its matched baseline: the untrained initialisation of each seed
@@ -364,6 +384,9 @@ const VALIDATION: u64 = 34;
 const VALIDATION_INIT: u64 = 35;
 /// Stream word of a seed's own validation tasks (its checkpoint choice).
 const CHECKPOINT_TASKS: u64 = 36;
+/// The seed word of the outer step-size searches (their initialisation, task stream and
+/// validation tasks).
+const RATE_CHOICE: u64 = 37;
 
 /// The halves of the symmetric estimate need to agree (cosine at least this) for the rule to
 /// estimate the meta-gradient (docs/SPIKING.md §5).
@@ -584,6 +607,9 @@ struct AtStep {
 struct MethodSeedRun {
     /// The contrastive rule's (beta, nudged step size), as this unit chose it.
     choice: Option<(f64, f64)>,
+    /// The outer step size its search chose (none without a search).
+    #[serde(default)]
+    meta_lr: Option<f64>,
     /// (meta-step, meta-batch query MSE) of meta-training.
     curve: Vec<AtStep>,
     /// Wall seconds per meta-step (not reproducible; the table only).
@@ -646,7 +672,10 @@ impl super::units::Job<super::Section> for Spiking {
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         let p = Protocol::at(settings.scale);
+        // The searches first (beta before the step sizes, which take it), so that the runs find
+        // them stored.
         Ok(std::iter::once(CHOICE_UNIT.to_string())
+            .chain(rate_choice_units(&p).into_iter().map(|r| r.1))
             .chain(method_runs(&p, settings).into_iter().map(|r| r.2))
             .chain(matched_runs(&p, settings).into_iter().map(|r| r.1))
             .collect())
@@ -667,14 +696,20 @@ impl super::units::Job<super::Section> for Spiking {
                 super::units::lookup(self, settings, unit, matched_runs(&p, settings), |r| r.1.clone())?;
             return super::units::encode(&run_matched_seed(&p, seed)?);
         }
+        if let Some((index, _)) = rate_choice_units(&p).into_iter().find(|r| r.1 == unit) {
+            let choice = self.beta_choice(&p, settings, staging, index)?;
+            return super::units::encode(&choose_meta_lr(&p, settings, index, &choice)?);
+        }
         let (index, seed, _) =
             super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
-        // The contrastive rule takes the stored choice unit's setting where there is one, else
-        // runs the choice here (units have no order); the report checks they agree.
-        let stored = super::units::stored_beside(self, settings, staging, CHOICE_UNIT)?
-            .map(|u| super::units::decode::<ChoiceRows>(&u).map(|c| BetaChoice::from(&c)))
-            .transpose()?;
-        super::units::encode(&run_method_seed(&p, settings, index, seed, stored)?)
+        let choice = self.beta_choice(&p, settings, staging, index)?;
+        let meta_lr = match rate_choice_units(&p).into_iter().find(|r| r.0 == index) {
+            Some((_, search)) => super::choice::chosen_value(self, settings, staging, &search, || {
+                choose_meta_lr(&p, settings, index, &choice)
+            })?,
+            None => None,
+        };
+        super::units::encode(&run_method_seed(&p, settings, index, seed, &choice, meta_lr)?)
     }
 
     fn report(
@@ -691,39 +726,60 @@ impl super::units::Job<super::Section> for Spiking {
     }
 }
 
+impl Spiking {
+    /// The validation choice of `beta` and the nudged step size where method `index` is the
+    /// contrastive rule: the stored choice unit's where there is one, else made here (units have
+    /// no order; the report checks they agree); unchosen for the other methods.
+    fn beta_choice(
+        &self,
+        p: &Protocol,
+        settings: &Settings,
+        staging: &std::path::Path,
+        index: usize,
+    ) -> Result<BetaChoice> {
+        let uses_choice = p.methods(&BetaChoice::unchosen())[index]
+            .estimator
+            .is_some_and(|e| e.contrastive_rule().is_some());
+        if !uses_choice {
+            return Ok(BetaChoice::unchosen());
+        }
+        match super::units::stored_beside(self, settings, staging, CHOICE_UNIT)? {
+            Some(u) => Ok(BetaChoice::from(&super::units::decode::<ChoiceRows>(&u)?)),
+            None => choose(p, settings),
+        }
+    }
+}
+
+/// The outer step-size searches' units, one per meta-learned method (none without a search):
+/// (method index, unit name).
+fn rate_choice_units(p: &Protocol) -> Vec<(usize, String)> {
+    if p.meta_lr_search.is_none() {
+        return Vec::new();
+    }
+    p.methods(&BetaChoice::unchosen())
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.estimator.is_some())
+        .map(|(index, m)| (index, format!("choice-meta-lr-{}", m.key)))
+        .collect()
+}
+
 /// Meta-trains method `index` from `seed` and scores it on the seed's test tasks; the contrastive
-/// rule runs the validation choice `stored` (the choice unit's), or makes it here.
+/// rule runs at the validation `choice`, a meta-learned method at its searched outer step size
+/// `meta_lr` (`None`: the protocol's).
 fn run_method_seed(
     p: &Protocol,
     settings: &Settings,
     index: usize,
     seed: u64,
-    stored: Option<BetaChoice>,
+    choice: &BetaChoice,
+    meta_lr: Option<f64>,
 ) -> Result<MethodSeedRun> {
-    let spec = &p.network;
     let cml_symmetric = index == 0;
-    let uses_choice = p.methods(&BetaChoice::unchosen())[index]
-        .estimator
-        .is_some_and(|e| e.contrastive_rule().is_some());
-    // Only the contrastive rule needs the validation choice.
-    let choice = match (uses_choice, stored) {
-        (true, Some(stored)) => stored,
-        (true, None) => choose(p, settings)?,
-        (false, _) => BetaChoice::unchosen(),
-    };
-    let method = p.methods(&choice).swap_remove(index);
+    let method = p.methods(choice).swap_remove(index);
+    let uses_choice = method.estimator.is_some_and(|e| e.contrastive_rule().is_some());
     let tests = test_tasks(p, seed)?;
-    let (steps, batch) = p.budget_of(&method);
-    let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
-        Ok(Box::new(SpikingSynapse::new(
-            spec,
-            t,
-            p.strength,
-            method.surrogate,
-            theta,
-        )?))
-    };
-    let theta0 = spec.initial_weights(&mut stream(seed, INIT));
+    let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
     // Only CML symmetric probes the halves, on validation tasks.
     let validation_tasks = if cml_symmetric {
         validation(p, settings)?.0
@@ -747,21 +803,9 @@ fn run_method_seed(
     if cml_symmetric {
         probe(0, &theta0)?;
     }
-    // The checkpoints a meta-learned run keeps (its initialisation among them), scored after
-    // meta-training on validation tasks of the seed's own stream.
-    let checkpoint = p.checkpoint.as_ref().filter(|_| method.estimator.is_some());
-    let kept = std::sync::Mutex::new(vec![(0, theta0.clone())]);
-    let observe = |step: usize, theta: &Vector| -> Result<()> {
-        if cml_symmetric {
-            probe(step, theta)?;
-        }
-        if checkpoint.is_some_and(|c| c.keeps(step, steps)) {
-            kept.lock().expect("not poisoned").push((step, theta.clone()));
-        }
-        Ok(())
-    };
     let mut run = MethodSeedRun {
         choice: uses_choice.then_some((choice.beta, choice.nudged_lr)),
+        meta_lr,
         curve: Vec::new(),
         seconds_per_step: None,
         stopped: None,
@@ -773,17 +817,9 @@ fn run_method_seed(
     };
     let theta = match &method.estimator {
         Some(estimator) => {
-            let trained = TaskMetaTraining {
-                estimator,
-                meta_steps: steps,
-                meta_batch: batch,
-                meta_lr: p.meta_lr_of(&method),
-                seed,
-                sample: &|rng| SpikingTask::sample(rng, p.shots, spec),
-                problem: &build,
-                observe: Some(&observe),
-            }
-            .run(theta0.clone())?;
+            let meta_lr = meta_lr.unwrap_or(p.meta_lr_of(&method));
+            let probe: Option<&MetaObserver> = if cml_symmetric { Some(&probe) } else { None };
+            let (trained, chosen) = train_checkpointed(p, &method, estimator, &theta0, seed, meta_lr, probe)?;
             run.stopped = trained.stopped.clone();
             run.curve = trained
                 .log
@@ -795,22 +831,8 @@ fn run_method_seed(
                 })
                 .collect();
             run.seconds_per_step = trained.log.last().map(|last| last.seconds / last.step as f64);
-            match checkpoint {
-                Some(c) => {
-                    let mut rng = stream(seed, CHECKPOINT_TASKS);
-                    let validation: Vec<SpikingTask> = (0..c.validation_tasks)
-                        .map(|_| SpikingTask::sample(&mut rng, p.shots, spec))
-                        .collect::<Result<_>>()?;
-                    let chosen = super::choice::choose_checkpoint(
-                        kept.into_inner().expect("not poisoned"),
-                        trained.log.last().map(|l| (l.step, &trained.theta)),
-                        |theta| {
-                            Ok(score(p, &method, &validation, theta)?
-                                .iter()
-                                .map(|t| t.after)
-                                .collect())
-                        },
-                    )?;
+            match chosen {
+                Some(chosen) => {
                     run.checkpoints = chosen
                         .scores
                         .iter()
@@ -832,11 +854,129 @@ fn run_method_seed(
     run.halves = halves_log.into_inner().expect("not poisoned");
     if cml_symmetric && seed == settings.seed {
         run.activity = Some(Activity {
-            ablation: ablation(p, &choice, &theta, settings.seed)?,
+            ablation: ablation(p, choice, &theta, settings.seed)?,
             ..activity(p, &theta, &tests, settings.seed)?
         });
     }
     Ok(run)
+}
+
+/// Meta-trains the meta-learned `method` (by `estimator`) from `theta0` on the task stream of
+/// `seed` at outer step size `meta_lr`, `probe` seeing every meta-step; with a checkpoint choice
+/// in `p`, the checkpoint with the least mean MSE on the seed's checkpoint tasks
+/// ([`checkpoint_tasks`]) after the method's own inner loop is chosen, else none is.
+fn train_checkpointed(
+    p: &Protocol,
+    method: &Method,
+    estimator: &EstimatorSpec,
+    theta0: &Vector,
+    seed: u64,
+    meta_lr: f64,
+    probe: Option<&MetaObserver>,
+) -> Result<(TaskMetaRun, Option<Chosen<Vector>>)> {
+    let (steps, batch) = p.budget_of(method);
+    let build = |t: &SpikingTask, theta: &Vector| -> Result<Box<dyn ProblemInstance>> {
+        Ok(Box::new(SpikingSynapse::new(
+            &p.network,
+            t,
+            p.strength,
+            method.surrogate,
+            theta,
+        )?))
+    };
+    // The checkpoints the run keeps (its initialisation among them), scored after meta-training.
+    let kept = std::sync::Mutex::new(vec![(0, theta0.clone())]);
+    let observe = |step: usize, theta: &Vector| -> Result<()> {
+        if let Some(probe) = probe {
+            probe(step, theta)?;
+        }
+        if p.checkpoint.as_ref().is_some_and(|c| c.keeps(step, steps)) {
+            kept.lock().expect("not poisoned").push((step, theta.clone()));
+        }
+        Ok(())
+    };
+    let trained = TaskMetaTraining {
+        estimator,
+        meta_steps: steps,
+        meta_batch: batch,
+        meta_lr,
+        seed,
+        sample: &|rng| SpikingTask::sample(rng, p.shots, &p.network),
+        problem: &build,
+        observe: Some(&observe),
+    }
+    .run(theta0.clone())?;
+    let chosen = match &p.checkpoint {
+        Some(_) => {
+            let validation = checkpoint_tasks(p, seed)?;
+            Some(super::choice::choose_checkpoint(
+                kept.into_inner().expect("not poisoned"),
+                trained.log.last().map(|l| (l.step, &trained.theta)),
+                |theta| {
+                    Ok(score(p, method, &validation, theta)?
+                        .iter()
+                        .map(|t| t.after)
+                        .collect())
+                },
+            )?)
+        }
+        None => None,
+    };
+    Ok((trained, chosen))
+}
+
+/// The validation tasks of `seed`'s own stream that choose its checkpoint (as many as the
+/// checkpoint choice scores; without one, as many as the beta choice).
+fn checkpoint_tasks(p: &Protocol, seed: u64) -> Result<Vec<SpikingTask>> {
+    let n = p
+        .checkpoint
+        .as_ref()
+        .map_or(p.validation_tasks, |c| c.validation_tasks);
+    let mut rng = stream(seed, CHECKPOINT_TASKS);
+    (0..n)
+        .map(|_| SpikingTask::sample(&mut rng, p.shots, &p.network))
+        .collect()
+}
+
+/// Chooses the outer Adam step size of meta-learned method `index` on validation tasks
+/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and a task stream of the search's
+/// own (the same for every method, none a reported seed's), a whole meta-training at each value
+/// (the contrastive rule at the validation `choice`), scored by the query MSE of each of the
+/// search's checkpoint tasks after the method's own inner loop, at the checkpoint those tasks
+/// choose as a reported run's are chosen. A run that stops early fails its value. `None` without
+/// a search.
+fn choose_meta_lr(
+    p: &Protocol,
+    settings: &Settings,
+    index: usize,
+    choice: &BetaChoice,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.meta_lr_search else {
+        return Ok(None);
+    };
+    let method = p.methods(choice).swap_remove(index);
+    let estimator = method
+        .estimator
+        .ok_or_else(|| CmlError::invalid("spiking step-size search", method.name, "a meta-learned method"))?;
+    let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE]);
+    let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
+    let tasks = checkpoint_tasks(p, seed)?.len();
+    let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let failed = |why: String| (vec![f64::INFINITY; tasks], Some(why));
+        match train_checkpointed(p, &method, &estimator, &theta0, seed, meta_lr, None) {
+            Ok((trained, _)) if trained.stopped.is_some() => Ok(failed(trained.stopped.unwrap_or_default())),
+            Ok((_, Some(chosen))) => Ok((chosen.losses, None)),
+            Ok((trained, None)) => Ok((
+                score(p, &method, &checkpoint_tasks(p, seed)?, &trained.theta)?
+                    .iter()
+                    .map(|t| t.after)
+                    .collect(),
+                None,
+            )),
+            Err(e) => Ok(failed(e.to_string())),
+        }
+    };
+    super::choice::search_meta_lr(method.name, &search.grid, search.extensions, score).map(Some)
 }
 
 /// A seed's meta-test tasks (every method of the seed meets the same ones).
@@ -902,6 +1042,7 @@ fn report(
             .ok_or_else(|| CmlError::invalid("spiking unit", name, "every unit of the job"))
     };
     let choice = BetaChoice::from(&super::units::decode::<ChoiceRows>(find(CHOICE_UNIT)?)?);
+    let rate_searches = super::choice::stored(units, rate_choice_units(&p).into_iter().map(|r| r.1))?;
     let mut curve_rows = Vec::new();
     let mut test_rows = Vec::new();
     let mut methods = Vec::new();
@@ -940,6 +1081,11 @@ fn report(
                     ),
                 ));
             }
+            super::choice::check_agrees(
+                rate_searches.iter().find(|x| x.model == method.name),
+                &format!("spiking unit {name}"),
+                run.meta_lr,
+            )?;
             if let Some(reason) = &run.stopped {
                 stopped.push(format!("{} (seed {seed}) stopped at {reason}", method.name));
             }
@@ -1031,6 +1177,12 @@ fn report(
         &choice_rows,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("spiking_meta_lr_choice.csv"),
+        "method",
+        &rate_searches,
+        files,
+    )?;
     if p.checkpoint.is_some() {
         write_csv(
             &settings.out.join("spiking_checkpoints.csv"),
@@ -1101,6 +1253,7 @@ fn report(
         comparisons,
         gains,
         deployed,
+        rate_searches,
     };
     write_table(settings, "spiking.md", &table(&results), files)?;
     Ok(results)
@@ -1644,6 +1797,7 @@ pub fn table(r: &SpikingResults) -> String {
         ));
     }
     t.push_str(&format!("\n{}\n", regime_sentence(r)));
+    t.push_str(&meta_lr_section(r));
     t.push_str(&super::searches::deployed_section(
         r.protocol.checkpoint.as_ref(),
         &r.deployed,
@@ -1651,6 +1805,37 @@ pub fn table(r: &SpikingResults) -> String {
         "spiking_checkpoints.csv",
     ));
     t
+}
+
+/// The meta-learned methods' outer step size: each method's search, or the protocol's values.
+fn meta_lr_section(r: &SpikingResults) -> String {
+    let p = &r.protocol;
+    let Some(search) = &p.meta_lr_search else {
+        let baselines = p.baseline_meta_lr.unwrap_or(p.meta_lr);
+        return format!(
+            "\n## The outer step size\n\nThe paper's: Adam's step size {} for the contrastive rule, {baselines} for the BPTT \
+             baselines (no search at this scale).\n",
+            p.meta_lr
+        );
+    };
+    if r.rate_searches.is_empty() {
+        return String::new();
+    }
+    let tasks = p
+        .checkpoint
+        .as_ref()
+        .map_or(p.validation_tasks, |c| c.validation_tasks);
+    format!(
+        "\n## The outer step size, chosen on validation tasks\n\n\
+         Per meta-learned method (the contrastive rule at the setting chosen above), from an initialisation and a task \
+         stream of the search's own (the same for every method, no reported seed's): a whole meta-training at each step \
+         size of Adam, then the query MSE after the method's own inner loop on {tasks} validation tasks of the search's \
+         own stream, mean over the tasks, at the checkpoint those tasks choose as a reported run's are chosen (below); \
+         the least wins. A meta-training that stops early fails its value. A choice at an edge of the grid extends it \
+         past that edge by the grid's ratio there, at most {} (`spiking_meta_lr_choice.csv`).\n\n{}\n",
+        super::searches::times(search.extensions),
+        super::searches::table(&r.rate_searches, "method")
+    )
 }
 
 /// A gain's verdict in words: which way a difference in MSE goes.
