@@ -1952,3 +1952,49 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod nudged_budget {
+    use super::*;
+
+    /// An analysis, not run by default (about 40 s): would longer nudged phases bring the halves
+    /// of the symmetric estimate into agreement? At the default protocol's validation tasks and
+    /// initialisation, beta 0.3 and 3, nudged Adam step sizes 1e-3 and 1e-4, nudged phases of 50,
+    /// 200 and 800 steps: it prints each setting's mean cosine and norm ratio (minus over plus)
+    /// and checks what docs/SPIKING.md reports from it: at step size 1e-3 a longer phase lowers
+    /// the cosine and raises the ratio (the `-beta` phase, which pushes the outer loss up, drifts
+    /// the longer it runs), and no setting reaches the regime's cosine.
+    #[test]
+    #[ignore = "an analysis: cargo test --release --lib nudged_budget -- --ignored --nocapture"]
+    fn longer_nudged_phases_do_not_bring_the_halves_into_agreement() {
+        let settings = Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale: Scale::Default,
+            seed: 0,
+        };
+        let mut at = std::collections::BTreeMap::new();
+        for lr in [1e-3, 1e-4] {
+            for steps in [50, 200, 800] {
+                for beta in [0.3, 3.0] {
+                    let p = Protocol {
+                        nudged_steps: steps,
+                        ..Protocol::new(false)
+                    };
+                    let (tasks, theta) = validation(&p, &settings).unwrap();
+                    let (cos, ratio) = halves(&p, &theta, &tasks, beta, lr).unwrap();
+                    println!(
+                        "nudged step size {lr}, {steps} steps, beta {beta}: cosine {cos:.3}, ratio {ratio:.3}"
+                    );
+                    assert!(cos < REGIME_COSINE, "{lr} {steps} {beta}: {cos}");
+                    at.insert((steps, beta.to_string(), lr.to_string()), (cos, ratio));
+                }
+            }
+        }
+        for beta in ["0.3", "3"] {
+            let g = |steps: usize| at[&(steps, beta.to_string(), "0.001".to_string())];
+            assert!(g(200).0 < g(50).0 && g(800).0 < g(50).0, "beta {beta}");
+            assert!(g(50).1 < g(200).1 && g(200).1 < g(800).1, "beta {beta}");
+        }
+    }
+}
