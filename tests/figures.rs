@@ -1139,8 +1139,8 @@ fn an_unknown_figure_job_is_a_clear_error() {
 #[test]
 fn the_shipped_experiment_configs_are_what_the_jobs_run() {
     // configs/<job>.toml documents the full protocol of the bandit, few-shot, digit
-    // weight-decay and spiking jobs: comment lines, then the protocol as TOML, which must be what
-    // the job runs.
+    // weight-decay, spiking, diabetes weight-decay and error-bar jobs: comment lines, then the
+    // protocol as TOML, which must be what the job runs.
     let root = env!("CARGO_MANIFEST_DIR");
     for (job, protocol) in cml::experiments::protocols().unwrap() {
         let path = format!("{root}/configs/{job}.toml");

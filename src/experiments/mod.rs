@@ -152,7 +152,14 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
 /// that the files match what the jobs run).
 pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
     /// The jobs whose protocol ships as `configs/<job>.toml` (dashes as underscores).
-    const SHIPPED: [&str; 5] = ["bandit", "few-shot", "digits-decay", "spiking", "weight-decay"];
+    const SHIPPED: [&str; 6] = [
+        "bandit",
+        "few-shot",
+        "digits-decay",
+        "spiking",
+        "weight-decay",
+        "error-bar",
+    ];
     let settings = Settings {
         out: PathBuf::new(),
         paper: PathBuf::new(),
