@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Runs `cml figures` as a Slurm job array: one array task per slice of the units, then a report
-# job that starts when every slice has finished and draws the figures, tables and write-up.
+# Runs `cml figures` as two Slurm job arrays and a report: the first array runs the choices (the
+# validation searches, `--stage choices`), the second the other units (`--stage runs`) once every
+# choice is stored, so that no slice recomputes a search another slice holds; the report job
+# starts when every slice has finished and draws the figures, tables and write-up.
 #
 #   scripts/slurm_figures.sh SLICES RESULTS_DIR OUT_DIR [cml figures flags...]
 #   scripts/slurm_figures.sh 40 runs/paper runs/paper/out --scale paper --only training
@@ -28,10 +30,12 @@ mkdir -p "$results"
 
 # Quoted for the shell that runs each job (flags may hold spaces).
 flags=$(printf ' %q' "$@")
-array=$(sbatch --parsable ${SBATCH_FLAGS:-} --job-name=cml-figures --cpus-per-task=2 \
-  --array="0-$((slices - 1))" \
-  --wrap="$(printf '%q' "$cml") figures --results $(printf '%q' "$results")$flags")
+run="$(printf '%q' "$cml") figures --results $(printf '%q' "$results")$flags"
+choices=$(sbatch --parsable ${SBATCH_FLAGS:-} --job-name=cml-figures-choices --cpus-per-task=2 \
+  --array="0-$((slices - 1))" --wrap="$run --stage choices")
+runs=$(sbatch --parsable ${SBATCH_FLAGS:-} --job-name=cml-figures-runs --cpus-per-task=2 \
+  --array="0-$((slices - 1))" --dependency="afterok:$choices" --wrap="$run --stage runs")
 sbatch ${SBATCH_FLAGS:-} --job-name=cml-figures-report --cpus-per-task=1 \
-  --dependency="afterok:$array" \
+  --dependency="afterok:$runs" \
   --wrap="$(printf '%q' "$cml") figures --report $(printf '%q' "$results") --out $(printf '%q' "$out")$flags"
-echo "submitted array job $array ($slices slices) and its report"
+echo "submitted array jobs $choices (choices) and $runs (runs), $slices slices each, and the report"

@@ -1,7 +1,7 @@
 //! `cml figures`: regenerate every figure, table and the write-up, on one machine or as units
 //! spread over a cluster and merged.
 
-use crate::experiments::{self, Scale, Selection, Settings, run};
+use crate::experiments::{self, Scale, Selection, Settings, Stage, run};
 use crate::sweep::parse_shard;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -40,6 +40,12 @@ pub struct FiguresArgs {
     /// SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT.
     #[arg(long, requires = "results")]
     units: Option<String>,
+    /// Only one stage of the units: `choices` (the validation searches other units read) or
+    /// `runs` (the rest). A cluster runs the choices as one job array and the runs as a second
+    /// that waits for it, so that no unit recomputes a choice another slice holds
+    /// (scripts/slurm_figures.sh).
+    #[arg(long, requires = "results", conflicts_with = "report")]
+    stage: Option<String>,
     /// Folder of stored units: written by --units, read by --report and --plan.
     #[arg(long)]
     results: Option<PathBuf>,
@@ -82,6 +88,7 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
     let selection = Selection {
         only: args.only.clone(),
         units: args.unit.clone(),
+        stage: args.stage.as_deref().map(Stage::parse).transpose()?,
     };
     let clock = Instant::now();
     let log = |msg: &str| eprintln!("[{:6.1} s] {msg}", clock.elapsed().as_secs_f64());

@@ -27,7 +27,7 @@ use crate::report::{plot, template};
 pub(crate) use crate::{choice, units};
 use std::path::{Path, PathBuf};
 use units::{Job, PaperBudgets, Whole};
-pub use units::{PlanRow, Scale, Selection, Settings, SliceSummary};
+pub use units::{PlanRow, Scale, Selection, Settings, SliceSummary, Stage};
 
 /// What a job hands the write-up: its section's values.
 pub(crate) type Section = template::Context;

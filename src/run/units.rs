@@ -111,6 +111,34 @@ pub trait Job<S>: Sync {
     fn calibrate(&self, _settings: &Settings, _units: &[String]) -> Result<Option<Vec<f64>>> {
         Ok(None)
     }
+    /// Whether `unit` is a choice other units read (a validation search): `--stage choices` runs
+    /// these, `--stage runs` the rest. Every job names them `choice` or `choice-...`.
+    fn is_choice(&self, unit: &str) -> bool {
+        unit == "choice" || unit.starts_with("choice-")
+    }
+}
+
+/// Which units a run takes (`--stage`): the choices other units read, or the rest. A cluster
+/// runs the choices as one job array and the rest as a second that starts when the first has
+/// finished, so that no unit recomputes a choice another slice holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Choices,
+    Runs,
+}
+
+impl Stage {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "choices" => Ok(Stage::Choices),
+            "runs" => Ok(Stage::Runs),
+            _ => Err(CmlError::UnknownName {
+                kind: "stage".into(),
+                name: s.into(),
+                allowed: "choices, runs".into(),
+            }),
+        }
+    }
 }
 
 /// The item of `items` (in unit order) whose unit name `name_of` gives is `unit`, or an error
@@ -316,23 +344,27 @@ pub struct Selection {
     pub only: Option<String>,
     /// Units named `job/unit` (`--unit`), or every unit of the jobs.
     pub units: Vec<String>,
+    /// One stage of the units (`--stage`), or both.
+    pub stage: Option<Stage>,
 }
 
 impl Selection {
     /// Every unit of every job: only then is the write-up drawn.
     pub fn everything(&self) -> bool {
-        self.only.is_none() && self.units.is_empty()
+        self.only.is_none() && self.units.is_empty() && self.stage.is_none()
     }
 
     /// The selected units of `job`.
     fn of<S>(&self, job: &dyn Job<S>, settings: &Settings) -> Result<Vec<String>> {
-        let all = job.units(settings)?;
-        if self.units.is_empty() {
-            return Ok(all);
-        }
-        Ok(all
+        Ok(job
+            .units(settings)?
             .into_iter()
-            .filter(|u| self.units.contains(&format!("{}/{u}", job.name())))
+            .filter(|u| self.units.is_empty() || self.units.contains(&format!("{}/{u}", job.name())))
+            .filter(|u| match self.stage {
+                None => true,
+                Some(Stage::Choices) => job.is_choice(u),
+                Some(Stage::Runs) => !job.is_choice(u),
+            })
             .collect())
     }
 
@@ -917,8 +949,8 @@ mod any_float_tests {
 mod waiting_tests {
     use super::*;
 
-    /// A search that takes a second and two runs that need its rows: each run reports whether it
-    /// found the search stored or had to compute it itself.
+    /// A search (a choice unit) that takes a second and two runs that need its rows: each run
+    /// reports whether it found the search stored or had to compute it itself.
     struct SearchAndRuns;
 
     impl Job<()> for SearchAndRuns {
@@ -932,15 +964,15 @@ mod waiting_tests {
             Ok(Value::Null)
         }
         fn units(&self, _: &Settings) -> Result<Vec<String>> {
-            Ok(vec!["search".into(), "run-1".into(), "run-2".into()])
+            Ok(vec!["choice".into(), "run-1".into(), "run-2".into()])
         }
         fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<Value> {
-            if unit == "search" {
+            if unit == "choice" {
                 // Long enough that the second worker starts a run while it is still going.
                 std::thread::sleep(std::time::Duration::from_millis(1000));
                 return Ok(Value::from("searched"));
             }
-            let found = stored_beside_or::<String, ()>(self, settings, staging, "search", || {
+            let found = stored_beside_or::<String, ()>(self, settings, staging, "choice", || {
                 Ok("computed again".into())
             })?;
             Ok(Value::from(found))
@@ -978,6 +1010,52 @@ mod waiting_tests {
             // Its own wall time leaves out the wait (up to the search's 1 s): reading a stored
             // unit takes milliseconds.
             assert!(stored.seconds < 0.5, "{run}: {} s", stored.seconds);
+        }
+    }
+
+    #[test]
+    fn with_stages_no_slice_recomputes_a_choice_another_slice_holds() {
+        static JOB: SearchAndRuns = SearchAndRuns;
+        let settings = Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale: Scale::Default,
+            seed: 0,
+        };
+        let jobs: Vec<&'static dyn Job<()>> = vec![&JOB];
+        let units = |stage| {
+            let selection = Selection {
+                only: None,
+                units: Vec::new(),
+                stage,
+            };
+            all_units(&jobs, &selection, &settings).unwrap()
+        };
+        let rows = |dir: &Path, unit: &str| {
+            load(dir, &JOB, unit, &fingerprint(&JOB, &settings).unwrap())
+                .unwrap()
+                .unwrap()
+                .rows
+        };
+        // The stages split the units: the choice, then the runs.
+        let names = |stage| units(stage).into_iter().map(|u| u.1).collect::<Vec<_>>();
+        assert_eq!(names(Some(Stage::Choices)), ["choice"]);
+        assert_eq!(names(Some(Stage::Runs)), ["run-1", "run-2"]);
+        // Two slices without stages: slice 1 holds run-1 (unit 1 of 3), the choice is slice 0's;
+        // run first, slice 1 computes the choice again.
+        let dir = tempfile::tempdir().unwrap();
+        run_listed(&settings, units(None), (1, 2), dir.path(), &|_| {}, 1).unwrap();
+        assert_eq!(rows(dir.path(), "run-1"), Value::from("computed again"));
+        // With stages: both slices of the choices, then both slices of the runs, each run
+        // reads the stored choice.
+        let dir = tempfile::tempdir().unwrap();
+        for stage in [Stage::Choices, Stage::Runs] {
+            for k in [1, 0] {
+                run_listed(&settings, units(Some(stage)), (k, 2), dir.path(), &|_| {}, 1).unwrap();
+            }
+        }
+        for run in ["run-1", "run-2"] {
+            assert_eq!(rows(dir.path(), run), Value::from("searched"), "{run}");
         }
     }
 }
