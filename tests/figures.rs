@@ -1060,10 +1060,11 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model and a
     // step-size search per model and estimator, timed by its calibration; the jobs without a
     // calibration say how to get an estimate.
-    // Their units: one for a job run
-    // whole; bandit 2 seeds x (3 models + baselines), 2 beta searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds and
-    // the setting's beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines); spiking the choice, 5 step-size searches,
-    // 6 methods x 2 seeds and a matched-baseline unit per seed.
+    // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
+    // searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds, the setting's
+    // beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines);
+    // spiking the choice, 5 step-size searches, 6 methods x 2 seeds and a matched-baseline unit
+    // per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
     assert_eq!(cells[2], "38", "{row}");

@@ -604,8 +604,8 @@ fn adaptation(spec: &EstimatorSpec) -> GdParams {
 }
 
 /// Chooses the meta-learned agent `name`'s outer Adam step size on validation tasks
-/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and task stream of the search's
-/// own (the same for every agent, none a reported seed's), a whole meta-training at each value
+/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and task stream of
+/// the search's own (the same for every agent, none a reported seed's), a whole meta-training at each value
 /// (the contrastive agents at `beta`, their search's choice), scored by each validation task's
 /// query loss after the agent's own adaptation from the checkpoint those tasks choose
 /// ([`train_checkpointed`]). A run that stops early fails its value.

@@ -939,8 +939,8 @@ fn checkpoint_tasks(p: &Protocol, seed: u64) -> Result<Vec<SpikingTask>> {
 }
 
 /// Chooses the outer Adam step size of meta-learned method `index` on validation tasks
-/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and a task stream of the search's
-/// own (the same for every method, none a reported seed's), a whole meta-training at each value
+/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and a task stream of
+/// the search's own (the same for every method, none a reported seed's), a whole meta-training at each value
 /// (the contrastive rule at the validation `choice`), scored by the query MSE of each of the
 /// search's checkpoint tasks after the method's own inner loop, at the checkpoint those tasks
 /// choose as a reported run's are chosen. A run that stops early fails its value. `None` without

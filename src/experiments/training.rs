@@ -285,8 +285,8 @@ fn meta_lr_search_seed(settings: &Settings, s: u64) -> u64 {
 /// search streams (an initialisation and task stream of the search's own, no reported seed's), a
 /// whole meta-training at each step size, its checkpoint chosen on that stream's validation tasks
 /// as a reported run's is, then each validation task's loss after adaptation from that checkpoint;
-/// the least mean over every stream's tasks wins (`choice::search_meta_lr`: no direction of a step size is
-/// the safer). A run that stops early keeps its checkpoint from before, as a reported run does.
+/// the least mean over every stream's tasks wins (`choice::search_meta_lr`: no direction of a
+/// step size is the safer). A run that stops early keeps its checkpoint from before, as a reported run does.
 /// `None` at the paper scale, which takes [`META_LR`].
 fn choose_meta_lr(
     settings: &Settings,

@@ -95,6 +95,20 @@ impl Protocol {
             ..GdParams::default()
         }
     }
+    /// The estimators compared, named as in the tables: the symmetric contrastive rule and the
+    /// references, all after the same free phase.
+    fn estimators(&self) -> Vec<(&'static str, EstimatorSpec)> {
+        decay_estimators(
+            Contrastive {
+                variant: Variant::Symmetric,
+                beta: self.beta,
+                free: self.phase(self.free_steps),
+                nudged: self.phase(self.nudged_steps),
+            },
+            self.baseline_steps,
+            self.neumann_alpha,
+        )
+    }
 }
 
 /// The protocol of the scale, as the fingerprint of the job's unit records it.
@@ -111,13 +125,13 @@ const FIXED: &str = "fixed decay";
 const BEST_SINGLE: &str = "best single decay (grid search on validation)";
 
 /// One method's deployed losses per seed, and its deployed meta-step (0 for the baselines) and
-/// chosen strength (the best single decay's; NaN otherwise) per seed.
+/// single strength (the baselines'; none for the meta-learned strengths) per seed.
 #[derive(Debug, Clone)]
 pub struct MethodResult {
     pub method: String,
     pub per_seed: Vec<Losses>,
     pub deployed: Vec<usize>,
-    pub decay: Vec<f64>,
+    pub decay: Vec<Option<f64>>,
 }
 
 impl MethodResult {
@@ -225,16 +239,7 @@ struct SeedRuns {
 fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
     let problem = RegularisedMlp::diabetes(p.initial_decay, seed)?;
     let free = p.phase(p.free_steps);
-    let estimators = decay_estimators(
-        Contrastive {
-            variant: Variant::Symmetric,
-            beta: p.beta,
-            free,
-            nudged: p.phase(p.nudged_steps),
-        },
-        p.baseline_steps,
-        p.neumann_alpha,
-    );
+    let estimators = p.estimators();
     let theta0 = Vector::from_element(problem.dims().theta, p.initial_decay.ln());
     let fixed = losses(&problem, &theta0, free)?;
     let curves = map_in_order(&estimators, |(_, spec)| {
@@ -270,21 +275,10 @@ fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
     Ok(SeedRuns { curves, fixed, grid })
 }
 
+/// Runs every seed, then writes the curves, the per-seed CSV, the figure and the table.
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
     let p = Protocol::new(settings.quick());
-    let names: Vec<&str> = decay_estimators(
-        Contrastive {
-            variant: Variant::Symmetric,
-            beta: p.beta,
-            free: p.phase(p.free_steps),
-            nudged: p.phase(p.nudged_steps),
-        },
-        p.baseline_steps,
-        p.neumann_alpha,
-    )
-    .iter()
-    .map(|e| e.0)
-    .collect();
+    let names: Vec<&str> = p.estimators().iter().map(|e| e.0).collect();
     let seeds: Vec<u64> = (0..p.seeds as u64).map(|s| settings.seed + s).collect();
     let runs: Vec<SeedRuns> = seeds
         .iter()
@@ -303,7 +297,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
     for (seed, r) in seeds.iter().zip(&runs) {
         methods[0].per_seed.push(r.fixed);
         methods[0].deployed.push(0);
-        methods[0].decay.push(p.initial_decay);
+        methods[0].decay.push(Some(p.initial_decay));
         // The single decay with the least validation loss (ties to the first, the smallest).
         let best = r
             .grid
@@ -312,7 +306,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
             .expect("a grid");
         methods[1].per_seed.push(best.1);
         methods[1].deployed.push(0);
-        methods[1].decay.push(best.0);
+        methods[1].decay.push(Some(best.0));
         for (k, curve) in r.curves.iter().enumerate() {
             for (step, l) in curve {
                 rows.push(format!(
@@ -326,7 +320,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
             let m = &mut methods[2 + k];
             m.per_seed.push(chosen.1);
             m.deployed.push(chosen.0);
-            m.decay.push(f64::NAN);
+            m.decay.push(None);
         }
         for (d, l) in &r.grid {
             rows.push(format!(
@@ -339,9 +333,7 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         for (s, seed) in seeds.iter().enumerate() {
             let l = m.per_seed[s];
             // The decay column is empty for the meta-learned strengths.
-            let decay = Some(m.decay[s])
-                .filter(|d| !d.is_nan())
-                .map_or(String::new(), |d| format!("{d:e}"));
+            let decay = m.decay[s].map_or(String::new(), |d| format!("{d:e}"));
             per_seed_rows.push(format!(
                 "{},{seed},{},{decay},{:e},{:e}",
                 m.method, m.deployed[s], l.validation, l.test
@@ -478,7 +470,7 @@ pub fn table(r: &WeightDecayResults) -> String {
         let (v, vh) = m.stat(|l| l.validation);
         let (e, eh) = m.stat(|l| l.test);
         let chosen = if m.method == BEST_SINGLE {
-            format!("{:?}", m.decay)
+            format!("{:?}", m.decay.iter().flatten().collect::<Vec<_>>())
         } else {
             format!("{:?}", m.deployed)
         };
