@@ -33,6 +33,8 @@ fn figures_quick(dir: &Path) {
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
 ///   rates (quick grid, no extension); digits_decay_beta_choice: 2 contrastive runs x 2 betas;
+///   digits_decay_step_size_choice: 2 seeds x the grid of 2 inner step sizes, extended once (both
+///   are edges);
 /// - bandit_regret: 11 agents (4 baselines, 3 matched baselines, 4 meta-learned deployments) x 2
 ///   deltas x 2 seeds x 1 run; bandit_meta_training: 3 models x 2 seeds x 2 meta-steps;
 ///   bandit_regret_vs_time: 11 agents x 100 points (200 steps, stride 2); bandit_checkpoints: 3
@@ -83,6 +85,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("digits_decay_checkpoints", 3, 10),
     ("digits_decay_meta_lr_choice", 6, 20),
     ("digits_decay_beta_choice", 6, 4),
+    ("digits_decay_step_size_choice", 6, 6),
     ("bandit_regret", 6, 44),
     ("bandit_meta_training", 4, 12),
     ("bandit_checkpoints", 5, 18),
@@ -476,12 +479,13 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
-    // Every outer step-size search (digit decay per run, sinusoid per model and estimator, few-shot
+    // Every outer step-size search (digit decay per run, and its inner step size per seed, sinusoid per model and estimator, few-shot
     // per setting and method, bandit per agent, spiking per method) takes the least validation loss (exact ties to the
     // first, the smallest); the digit-decay beta search the one-standard-error rule.
     for (file, column, setting, ties_to_the_larger, runs) in [
         ("digits_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
         ("digits_decay_beta_choice.csv", "run", "beta", true, 2),
+        ("digits_decay_step_size_choice.csv", "seed", "step_size", false, 2),
         ("training_meta_lr_choice.csv", "run", "meta_lr", false, 12),
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),

@@ -4,7 +4,7 @@
 //! of a grid; final test accuracy after retraining on training + validation with the learned
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
-use super::choice::{Search, at_beta};
+use super::choice::{RateSearchSpec, Search, Ties, at_beta};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
@@ -12,7 +12,7 @@ use super::weight_decay::{BaselineSteps, DecayComparison, decay_estimators};
 use super::{Settings, mean, save, write_csv, write_table};
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
-use crate::error::Result;
+use crate::error::{CmlError, Result};
 use crate::estimator::{Contrastive, EstimatorSpec, Variant};
 use crate::executor::{Ending, Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
@@ -37,7 +37,14 @@ pub struct Protocol {
     pub meta_lr: f64,
     pub free_steps: usize,
     pub nudged_steps: usize,
+    /// Gradient descent's step size in every inner loop: this value where no search chooses it.
     pub step_size: f64,
+    /// The inner step size chosen per seed on its validation images (every inner loop of the
+    /// seed, baselines included, then runs at it): the free phase at the initial decay from the
+    /// seed's initial weights at each value, scored by the per-image validation cross-entropy;
+    /// the least mean wins, an edge choice extends the grid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_size_search: Option<RateSearchSpec>,
     pub initial_decay: f64,
     pub beta: f64,
     pub grid: Vec<f64>,
@@ -81,6 +88,10 @@ impl Protocol {
                 free_steps: 30,
                 nudged_steps: 10,
                 step_size: 0.2,
+                step_size_search: Some(RateSearchSpec {
+                    grid: vec![0.2, 0.4],
+                    extensions: 1,
+                }),
                 initial_decay: 1e-3,
                 beta: 0.5,
                 grid: vec![0.0, 1e-4, 1e-2],
@@ -103,6 +114,11 @@ impl Protocol {
                 free_steps: 200,
                 nudged_steps: 50,
                 step_size: 0.2,
+                // The hand-set 0.2 in the middle, by factors of 2.
+                step_size_search: Some(RateSearchSpec {
+                    grid: vec![0.05, 0.1, 0.2, 0.4, 0.8],
+                    extensions: 1,
+                }),
                 initial_decay: 1e-3,
                 beta: 0.5,
                 // From no decay at all to a decay that dominates the data loss, so that the
@@ -215,6 +231,8 @@ pub struct DigitsDecayResults {
     pub methods: Vec<MethodResult>,
     /// The single decay chosen on validation, per seed.
     pub chosen_single: Vec<f64>,
+    /// Each seed's inner step-size search (none at a scale without one).
+    pub step_size_searches: Vec<Search>,
     /// Each meta-learning method's choices on validation, per seed.
     pub choices: Vec<MethodChoices>,
     pub comparisons: Vec<DecayComparison>,
@@ -437,6 +455,50 @@ fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
     })
 }
 
+/// Chooses seed `s`'s inner step size on its validation images ([`Protocol::step_size_search`],
+/// [`Ties::None`]): each value must train every inner problem of the seed's baselines, the free
+/// phase from the seed's initial weights at every decay of the single-decay grid (where it
+/// diverges or a validation loss is not finite, the value fails: a step size the baselines
+/// cannot use would not match them); it is scored by each validation image's cross-entropy after
+/// the free phase at the initial decay, where meta-training starts. `None` without a search.
+fn choose_step_size(protocol: &Protocol, d: &SeedData, s: usize) -> Result<Option<Search>> {
+    let Some(search) = &protocol.step_size_search else {
+        return Ok(None);
+    };
+    let n = protocol.net.param_count();
+    let failed = |why: String| (vec![f64::INFINITY; protocol.validation], Some(why));
+    let score = |step_size: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let q = Protocol {
+            step_size,
+            ..protocol.clone()
+        };
+        // The initial decay first: its losses are the score.
+        let mut at_start = None;
+        for decay in std::iter::once(protocol.initial_decay).chain(protocol.grid.iter().copied()) {
+            match evaluate(&q, d, &uniform_theta(n, decay)) {
+                Ok((validation, _)) if validation.iter().all(|v| v.is_finite()) => {
+                    at_start.get_or_insert(validation);
+                }
+                Ok(_) => return Ok(failed(format!("a non-finite validation loss at decay {decay}"))),
+                Err(CmlError::Diverged { .. }) => {
+                    return Ok(failed(format!("the free phase diverged at decay {decay}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((at_start.expect("the initial decay is evaluated first"), None))
+    };
+    super::choice::search(
+        &format!("seed {s}"),
+        "step_size",
+        Ties::None,
+        &search.grid,
+        search.extensions,
+        score,
+    )
+    .map(Some)
+}
+
 /// The job: one unit per meta-learning method and seed, and one per seed for the two baselines
 /// (the fixed decay, and the single decay a grid search on validation chooses).
 pub(super) struct DigitsDecay;
@@ -473,6 +535,9 @@ fn data_seed(settings: &Settings, s: usize) -> u64 {
 /// deployed strengths' final metrics.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct MethodRun {
+    /// The inner step size this unit ran at (its seed's search's choice; none without a search).
+    #[serde(default)]
+    step_size: Option<f64>,
     searches: Vec<Search>,
     curve: Vec<(usize, (f64, f64))>,
     checkpoint: usize,
@@ -483,6 +548,9 @@ struct MethodRun {
 /// and the chosen decay's metrics.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct BaselineRun {
+    /// The seed's inner step-size search (none without one).
+    #[serde(default)]
+    step_size_search: Option<Search>,
     fixed: Final,
     grid: Vec<(f64, f64)>,
     chosen: f64,
@@ -525,6 +593,12 @@ impl super::units::Job<super::Section> for DigitsDecay {
             unit_name(k, *s)
         })?;
         let d = seed_data(&protocol, &load_digits()?, data_seed(settings, s))?;
+        // Every unit of the seed makes the same (deterministic, cheap) choice; the report checks.
+        let step_size_search = choose_step_size(&protocol, &d, s)?;
+        let protocol = Protocol {
+            step_size: step_size_search.as_ref().map_or(protocol.step_size, |x| x.chosen),
+            ..protocol
+        };
         let n = protocol.net.param_count();
         let theta0 = uniform_theta(n, protocol.initial_decay);
         if method == BASELINES {
@@ -535,6 +609,7 @@ impl super::units::Job<super::Section> for DigitsDecay {
                 .collect::<Result<Vec<_>>>()?;
             let chosen = grid.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a grid").0;
             return super::units::encode(&BaselineRun {
+                step_size_search,
                 fixed: finish(&protocol, &d, &theta0)?,
                 grid,
                 chosen,
@@ -548,6 +623,7 @@ impl super::units::Job<super::Section> for DigitsDecay {
             .expect("a method of the unit list");
         let (searches, run) = searched_run(&protocol, &d, unit, spec)?;
         super::units::encode(&MethodRun {
+            step_size: step_size_search.map(|x| x.chosen),
             searches,
             curve: run.curve,
             checkpoint: run.checkpoint,
@@ -615,6 +691,12 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     // the rows), and an estimate per meta-step; the baselines' unit: the grid's fits and two
     // finishes.
     let points = (p.meta_steps / p.eval_every + 1) as f64;
+    // Every unit first chooses its seed's step size: a fit per value, extensions included (an
+    // upper bound).
+    let step_size_fits = p
+        .step_size_search
+        .as_ref()
+        .map_or(0.0, |x| (x.grid.len() + x.extensions) as f64);
     let problem = DecayClassifier::new(
         p.net.clone(),
         d.train.clone(),
@@ -631,9 +713,12 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
                 .estimate(&problem, problem.theta())
                 .map(|_| ())
         })?;
-        per_method.push((key(name), (points + 3.0) * fit + p.meta_steps as f64 * estimate));
+        per_method.push((
+            key(name),
+            (points + 3.0 + step_size_fits) * fit + p.meta_steps as f64 * estimate,
+        ));
     }
-    let baselines = (p.grid.len() as f64 + 6.0) * fit;
+    let baselines = (p.grid.len() as f64 + 6.0 + step_size_fits) * fit;
     units
         .iter()
         .map(|unit| {
@@ -657,18 +742,20 @@ fn report(
 ) -> Result<DigitsDecayResults> {
     let protocol = Protocol::at(settings.scale)?;
     let find = |k: &str, s: usize| units.iter().find(|u| u.unit == unit_name(k, s));
-    let baselines: Vec<BaselineRun> = (0..protocol.seeds)
-        .filter_map(|s| find(BASELINES, s))
-        .map(super::units::decode)
+    // (seed index, its baselines unit).
+    let seeded: Vec<(usize, BaselineRun)> = (0..protocol.seeds)
+        .filter_map(|s| find(BASELINES, s).map(|u| (s, u)))
+        .map(|(s, u)| Ok((s, super::units::decode(u)?)))
         .collect::<Result<_>>()?;
+    let baselines = &seeded;
     let mut methods = vec![
         MethodResult {
             method: format!("fixed decay {}", protocol.initial_decay),
-            per_seed: baselines.iter().map(|b| b.fixed).collect(),
+            per_seed: baselines.iter().map(|b| b.1.fixed).collect(),
         },
         MethodResult {
             method: BEST_SINGLE.into(),
-            per_seed: baselines.iter().map(|b| b.best).collect(),
+            per_seed: baselines.iter().map(|b| b.1.best).collect(),
         },
     ];
     let mut curve_rows = Vec::new();
@@ -684,10 +771,19 @@ fn report(
     let (mut validation, mut test) = (panel("validation"), panel("test"));
     let mut choices = Vec::new();
     for (e, (name, _)) in protocol.estimators().iter().enumerate() {
-        let runs: Vec<MethodRun> = (0..protocol.seeds)
-            .filter_map(|s| find(&key(name), s))
-            .map(super::units::decode)
-            .collect::<Result<_>>()?;
+        let mut runs: Vec<MethodRun> = Vec::new();
+        for s in 0..protocol.seeds {
+            if let Some(u) = find(&key(name), s) {
+                let run: MethodRun = super::units::decode(u)?;
+                // The seed's step size as its baselines unit chose it (units from one run).
+                let search = baselines
+                    .iter()
+                    .find(|b| b.0 == s)
+                    .and_then(|b| b.1.step_size_search.as_ref());
+                super::choice::check_agrees(search, &format!("digits-decay unit {}", u.unit), run.step_size)?;
+                runs.push(run);
+            }
+        }
         if runs.is_empty() {
             continue;
         }
@@ -756,7 +852,7 @@ fn report(
     // The grid search, recorded: every decay's validation score per seed, and the choice.
     let grid_rows: Vec<String> = baselines
         .iter()
-        .enumerate()
+        .map(|(s, b)| (*s, b))
         .flat_map(|(s, b)| {
             b.grid
                 .iter()
@@ -769,7 +865,18 @@ fn report(
         &grid_rows,
         files,
     )?;
-    // Every run's searches (subjects are the units, `<method>-seed<s>`) and deployed checkpoint.
+    // Each seed's inner step-size search, then every run's searches (subjects are the units,
+    // `<method>-seed<s>`) and deployed checkpoint.
+    let step_size_searches: Vec<Search> = baselines
+        .iter()
+        .filter_map(|b| b.1.step_size_search.clone())
+        .collect();
+    super::choice::write(
+        &settings.out.join("digits_decay_step_size_choice.csv"),
+        "seed",
+        &step_size_searches,
+        files,
+    )?;
     for setting in ["meta_lr", "beta"] {
         let searches: Vec<Search> = choices
             .iter()
@@ -810,7 +917,8 @@ fn report(
     let results = DigitsDecayResults {
         protocol,
         methods,
-        chosen_single: baselines.iter().map(|b| b.chosen).collect(),
+        chosen_single: baselines.iter().map(|b| b.1.chosen).collect(),
+        step_size_searches,
         choices,
         comparisons,
     };
@@ -888,7 +996,13 @@ pub fn table(r: &DigitsDecayResults) -> String {
             None => p.meta_lr.to_string(),
         },
         p.free_steps,
-        p.step_size,
+        match r.step_size_searches.as_slice() {
+            [] => p.step_size.to_string(),
+            searches => format!(
+                "{:?} (chosen per seed on validation, below)",
+                searches.iter().map(|x| x.chosen).collect::<Vec<_>>()
+            ),
+        },
         p.grid,
         r.chosen_single,
         grid_edge_flag(&p.grid, &r.chosen_single)
@@ -954,6 +1068,22 @@ super::searches::times(search.extensions)
             "No search at this scale: meta-learning rate {} and beta {} as the paper's code sets them. ",
             p.meta_lr, p.beta
         )),
+    }
+    match &p.step_size_search {
+        Some(search) if !r.step_size_searches.is_empty() => t.push_str(&format!(
+            "Each seed's inner step size (every inner loop of the seed, baselines included, runs at it) was chosen on its\n\
+             validation images before anything else: gradient descent for the free phase's {} steps at the initial decay\n\
+             {} from the seed's initial weights at each step size, scored by the mean validation cross-entropy; a\n\
+             step size fails where the free phase diverges at any decay of the single-decay grid (the baselines must\n\
+             train at it too). The least wins, a choice at an edge extends the grid (at most {};\n\
+             `digits_decay_step_size_choice.csv`).\n\n{}\n\n",
+            p.free_steps,
+            p.initial_decay,
+            super::searches::times(search.extensions),
+            super::searches::table(&r.step_size_searches, "seed")
+        )),
+        Some(_) => {}
+        None => t.push_str(&format!("The inner step size {} is fixed (no search at this scale). ", p.step_size)),
     }
     t.push_str(
         "Every run deploys its checkpoint with the least validation cross-entropy (ties to the later; 0 is the\n\
@@ -1058,7 +1188,7 @@ pub fn grid_edge_flag(grid: &[f64], chosen: &[f64]) -> String {
             "{at_low} of {} seeds chose the grid's lower edge ({low}){}",
             chosen.len(),
             if low == 0.0 {
-                ", no decay: the search finds no benefit from a single decay"
+                ", no decay: there the search finds no benefit from a single decay"
             } else {
                 ", **at the edge: the grid must be extended**"
             }
