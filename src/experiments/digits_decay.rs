@@ -40,9 +40,10 @@ pub struct Protocol {
     /// Gradient descent's step size in every inner loop: this value where no search chooses it.
     pub step_size: f64,
     /// The inner step size chosen per seed on its validation images (every inner loop of the
-    /// seed, baselines included, then runs at it): the free phase at the initial decay from the
-    /// seed's initial weights at each value, scored by the per-image validation cross-entropy;
-    /// the least mean wins, an edge choice extends the grid.
+    /// seed, baselines included, then runs at it): among the values whose free phase trains at
+    /// every decay of the single-decay grid, the least mean validation cross-entropy per image
+    /// after the free phase at the initial decay; an edge choice extends the grid
+    /// ([`choose_step_size`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_size_search: Option<RateSearchSpec>,
     pub initial_decay: f64,
@@ -691,12 +692,11 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     // the rows), and an estimate per meta-step; the baselines' unit: the grid's fits and two
     // finishes.
     let points = (p.meta_steps / p.eval_every + 1) as f64;
-    // Every unit first chooses its seed's step size: a fit per value, extensions included (an
-    // upper bound).
-    let step_size_fits = p
-        .step_size_search
-        .as_ref()
-        .map_or(0.0, |x| (x.grid.len() + x.extensions) as f64);
+    // Every unit first chooses its seed's step size: per value, extensions included (an upper
+    // bound), a fit at the initial decay and at every decay of the single-decay grid.
+    let step_size_fits = p.step_size_search.as_ref().map_or(0.0, |x| {
+        ((x.grid.len() + x.extensions) * (1 + p.grid.len())) as f64
+    });
     let problem = DecayClassifier::new(
         p.net.clone(),
         d.train.clone(),
