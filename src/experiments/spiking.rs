@@ -195,6 +195,14 @@ impl Protocol {
         }
     }
 
+    /// How many validation tasks choose a run's checkpoint (without a checkpoint choice, as many
+    /// as the beta choice scores).
+    fn checkpoint_task_count(&self) -> usize {
+        self.checkpoint
+            .as_ref()
+            .map_or(self.validation_tasks, |c| c.validation_tasks)
+    }
+
     /// The meta learning rate of `method`.
     fn meta_lr_of(&self, method: &Method) -> f64 {
         match (method.baseline, self.baseline_meta_lr) {
@@ -925,15 +933,11 @@ fn train_checkpointed(
     Ok((trained, chosen))
 }
 
-/// The validation tasks of `seed`'s own stream that choose its checkpoint (as many as the
-/// checkpoint choice scores; without one, as many as the beta choice).
+/// The validation tasks of `seed`'s own stream that choose its checkpoint
+/// ([`Protocol::checkpoint_task_count`] of them).
 fn checkpoint_tasks(p: &Protocol, seed: u64) -> Result<Vec<SpikingTask>> {
-    let n = p
-        .checkpoint
-        .as_ref()
-        .map_or(p.validation_tasks, |c| c.validation_tasks);
     let mut rng = stream(seed, CHECKPOINT_TASKS);
-    (0..n)
+    (0..p.checkpoint_task_count())
         .map(|_| SpikingTask::sample(&mut rng, p.shots, &p.network))
         .collect()
 }
@@ -960,7 +964,7 @@ fn choose_meta_lr(
         .ok_or_else(|| CmlError::invalid("spiking step-size search", method.name, "a meta-learned method"))?;
     let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE]);
     let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
-    let tasks = checkpoint_tasks(p, seed)?.len();
+    let tasks = p.checkpoint_task_count();
     let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
         let failed = |why: String| (vec![f64::INFINITY; tasks], Some(why));
         match train_checkpointed(p, &method, &estimator, &theta0, seed, meta_lr, None) {
@@ -1821,10 +1825,7 @@ fn meta_lr_section(r: &SpikingResults) -> String {
     if r.rate_searches.is_empty() {
         return String::new();
     }
-    let tasks = p
-        .checkpoint
-        .as_ref()
-        .map_or(p.validation_tasks, |c| c.validation_tasks);
+    let tasks = p.checkpoint_task_count();
     format!(
         "\n## The outer step size, chosen on validation tasks\n\n\
          Per meta-learned method (the contrastive rule at the setting chosen above), from an initialisation and a task \
