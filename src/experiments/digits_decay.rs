@@ -4,7 +4,7 @@
 //! of a grid; final test accuracy after retraining on training + validation with the learned
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
-use super::choice::{RateSearchSpec, Search, Ties, at_beta};
+use super::choice::{RateSearchSpec, RunSearch, Search, at_beta};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
@@ -12,7 +12,7 @@ use super::weight_decay::{BaselineSteps, DecayComparison, decay_estimators};
 use super::{Settings, mean, save, write_csv, write_table};
 use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
-use crate::error::{CmlError, Result};
+use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Variant};
 use crate::executor::{Ending, Flow, MetaExecutor, OnFailure};
 use crate::inner::{GdParams, InnerSolver, Phase};
@@ -57,19 +57,6 @@ pub struct Protocol {
     /// [`SOLVER_STEPS`] (the paper's: 100 CG iterations, 200 Neumann terms and 200 steps).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub baseline_steps: Option<BaselineSteps>,
-}
-
-/// The validation searches of one meta-learning run (docs/PROTOCOL.md), on its seed's training and
-/// validation images (never the test images): every method's meta-learning rate over `meta_lr`
-/// (the least validation cross-entropy), then the contrastive rule's `beta` over `beta` at the
-/// chosen rate (the one-standard-error rule, ties to the larger); each value is a whole
-/// meta-training, scored per validation image at its best checkpoint, and the chosen run is the
-/// one deployed. A choice at an edge extends its grid at most `extensions` times.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RunSearch {
-    pub meta_lr: Vec<f64>,
-    pub beta: Vec<f64>,
-    pub extensions: usize,
 }
 
 /// CG and Neumann iterations and truncated BPTT's steps at the quick and default scales.
@@ -389,8 +376,8 @@ fn meta_train(
 }
 
 /// The run of `spec` the protocol deploys, and the searches that chose it (none without a
-/// search): every value is a whole run, each scored by its per-image validation losses at its
-/// checkpoint (infinite where it failed), and every run is made once.
+/// search; [`super::choice::searched_run`]): every value is a whole run, scored by its per-image
+/// validation losses at its checkpoint.
 fn searched_run(
     protocol: &Protocol,
     d: &SeedData,
@@ -403,42 +390,23 @@ fn searched_run(
             meta_train(protocol, d, spec, protocol.meta_lr, OnFailure::Error)?,
         ));
     };
-    let beta_of = |s: &EstimatorSpec| match s {
+    let beta = match spec {
         EstimatorSpec::Contrastive(c) => Some(c.beta),
         _ => None,
     };
-    let mut runs: Vec<((f64, Option<f64>), Trained)> = Vec::new();
-    let mut score = |meta_lr: f64, spec: EstimatorSpec| -> Result<(Vec<f64>, Option<String>)> {
-        let key = (meta_lr, beta_of(&spec));
-        if !runs.iter().any(|(k, _)| *k == key) {
-            let run = meta_train(protocol, d, &spec, meta_lr, OnFailure::Stop)?;
-            runs.push((key, run));
-        }
-        let (_, run) = runs.iter().find(|(k, _)| *k == key).expect("a run just made");
-        Ok(match &run.failed {
-            Some(why) => (vec![f64::INFINITY; run.validation.len()], Some(why.clone())),
-            None => (run.validation.clone(), None),
-        })
-    };
-    let rate =
-        super::choice::search_meta_lr(subject, &search.meta_lr, search.extensions, |lr| score(lr, *spec))?;
-    let mut searches = vec![rate];
-    let meta_lr = searches[0].chosen;
-    if beta_of(spec).is_some() {
-        searches.push(super::choice::search_beta(
-            subject,
-            &search.beta,
-            search.extensions,
-            |beta| score(meta_lr, at_beta(spec, beta)),
-        )?);
+    super::choice::searched_run(subject, search, beta, |meta_lr, beta| {
+        let spec = beta.map_or(*spec, |b| at_beta(spec, b));
+        meta_train(protocol, d, &spec, meta_lr, OnFailure::Stop)
+    })
+}
+
+impl super::choice::ScoredRun for Trained {
+    fn validation(&self) -> &[f64] {
+        &self.validation
     }
-    let key = (meta_lr, searches.get(1).map(|b| b.chosen));
-    let chosen = runs
-        .into_iter()
-        .find(|(k, _)| *k == key)
-        .map(|(_, run)| run)
-        .expect("the chosen value's run");
-    Ok((searches, chosen))
+    fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
 }
 
 /// The final protocol: retrain on training + validation with `theta`, measure on test.
@@ -467,36 +435,18 @@ fn choose_step_size(protocol: &Protocol, d: &SeedData, s: usize) -> Result<Optio
         return Ok(None);
     };
     let n = protocol.net.param_count();
-    let failed = |why: String| (vec![f64::INFINITY; protocol.validation], Some(why));
-    let score = |step_size: f64| -> Result<(Vec<f64>, Option<String>)> {
+    // The initial decay first: its losses are the score.
+    let decays: Vec<f64> = std::iter::once(protocol.initial_decay)
+        .chain(protocol.grid.iter().copied())
+        .collect();
+    let problems: Vec<String> = decays.iter().map(|d| format!("decay {d}")).collect();
+    super::choice::search_stable_step_size(&format!("seed {s}"), search, &problems, |step_size, k| {
         let q = Protocol {
             step_size,
             ..protocol.clone()
         };
-        // The initial decay first: its losses are the score.
-        let mut at_start = None;
-        for decay in std::iter::once(protocol.initial_decay).chain(protocol.grid.iter().copied()) {
-            match evaluate(&q, d, &uniform_theta(n, decay)) {
-                Ok((validation, _)) if validation.iter().all(|v| v.is_finite()) => {
-                    at_start.get_or_insert(validation);
-                }
-                Ok(_) => return Ok(failed(format!("a non-finite validation loss at decay {decay}"))),
-                Err(CmlError::Diverged { .. }) => {
-                    return Ok(failed(format!("the free phase diverged at decay {decay}")));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        Ok((at_start.expect("the initial decay is evaluated first"), None))
-    };
-    super::choice::search(
-        &format!("seed {s}"),
-        "step_size",
-        Ties::None,
-        &search.grid,
-        search.extensions,
-        score,
-    )
+        Ok(evaluate(&q, d, &uniform_theta(n, decays[k]))?.0)
+    })
     .map(Some)
 }
 

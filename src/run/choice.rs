@@ -36,6 +36,112 @@ pub struct RateSearchSpec {
     pub extensions: usize,
 }
 
+/// The validation searches of one meta-learning run (docs/PROTOCOL.md): its meta-learning rate
+/// over `meta_lr` (the least validation loss), then, for the contrastive rule, `beta` over `beta`
+/// at the chosen rate (the one-standard-error rule, ties to the larger); each value is a whole
+/// meta-training scored at its deployed checkpoint, and the chosen run is the one deployed. A
+/// choice at an edge extends its grid at most `extensions` times.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RunSearch {
+    pub meta_lr: Vec<f64>,
+    pub beta: Vec<f64>,
+    pub extensions: usize,
+}
+
+/// A meta-training run as a search scores it: its per-task validation losses at the deployed
+/// checkpoint, and why it failed, if it did (its losses then count as infinite).
+pub(crate) trait ScoredRun {
+    fn validation(&self) -> &[f64];
+    fn failed(&self) -> Option<&str>;
+}
+
+/// The run [`RunSearch`] deploys for `subject`, and its searches: `train(meta_lr, beta)` makes one
+/// whole run (`beta` is `None` for an estimator without one, where `beta` is `None` here too);
+/// every (rate, `beta`) pair is trained once, whichever search asks for it.
+pub(crate) fn searched_run<T: ScoredRun>(
+    subject: &str,
+    search: &RunSearch,
+    beta: Option<f64>,
+    mut train: impl FnMut(f64, Option<f64>) -> Result<T>,
+) -> Result<(Vec<Search>, T)> {
+    let mut runs: Vec<((f64, Option<f64>), T)> = Vec::new();
+    let mut score = |key: (f64, Option<f64>)| -> Result<(Vec<f64>, Option<String>)> {
+        let k = match runs.iter().position(|(k, _)| *k == key) {
+            Some(k) => k,
+            None => {
+                runs.push((key, train(key.0, key.1)?));
+                runs.len() - 1
+            }
+        };
+        let run = &runs[k].1;
+        Ok(match run.failed() {
+            Some(why) => (vec![f64::INFINITY; run.validation().len()], Some(why.to_string())),
+            None => (run.validation().to_vec(), None),
+        })
+    };
+    let rate = search_meta_lr(subject, &search.meta_lr, search.extensions, |lr| {
+        score((lr, beta))
+    })?;
+    let meta_lr = rate.chosen;
+    let mut searches = vec![rate];
+    if beta.is_some() {
+        searches.push(search_beta(subject, &search.beta, search.extensions, |b| {
+            score((meta_lr, Some(b)))
+        })?);
+    }
+    let key = (meta_lr, searches.get(1).map_or(beta, |b| Some(b.chosen)));
+    let chosen = runs
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map(|(_, run)| run)
+        .expect("the chosen value's run");
+    Ok((searches, chosen))
+}
+
+/// An inner step size chosen on validation data: `evaluate(step_size, k)` trains inner problem
+/// `k` of `problems` (in the job's order) at `step_size` and gives its per-task validation losses;
+/// a value fails where any problem's inner loop diverges or gives a non-finite validation loss (a
+/// step size some baseline cannot use would not keep the methods matched), and is otherwise
+/// scored by the losses of problem 0 (where meta-training starts). The least mean loss wins
+/// ([`Ties::None`]); an edge choice extends the grid.
+pub(crate) fn search_stable_step_size(
+    subject: &str,
+    spec: &RateSearchSpec,
+    problems: &[String],
+    mut evaluate: impl FnMut(f64, usize) -> Result<Vec<f64>>,
+) -> Result<Search> {
+    let score = |step_size: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let mut scored = None;
+        for (k, problem) in problems.iter().enumerate() {
+            let failed = |why: String| {
+                (
+                    vec![f64::INFINITY; scored.as_ref().map_or(1, Vec::len)],
+                    Some(why),
+                )
+            };
+            match evaluate(step_size, k) {
+                Ok(validation) if validation.iter().all(|v| v.is_finite()) => {
+                    scored.get_or_insert(validation);
+                }
+                Ok(_) => return Ok(failed(format!("a non-finite validation loss at {problem}"))),
+                Err(CmlError::Diverged { .. }) => {
+                    return Ok(failed(format!("the free phase diverged at {problem}")));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((scored.expect("at least one problem"), None))
+    };
+    search(
+        subject,
+        "step_size",
+        Ties::None,
+        &spec.grid,
+        spec.extensions,
+        score,
+    )
+}
+
 /// Which meta-step a run deploys, chosen on validation tasks: its initialisation, every `every`
 /// meta-steps and its last completed meta-step are checkpoints, each scored by its validation
 /// tasks' mean loss after the method's own adaptation ([`least_loss`] picks).
@@ -412,6 +518,43 @@ mod tests {
         let rising = |beta: f64| Ok((vec![beta; 3], None));
         let s = search_beta("s", &[0.03, 0.1, 0.3], 1, rising).unwrap();
         assert_eq!((s.chosen, s.grid[0].value, s.at_edge), (0.009, 0.009, true));
+    }
+
+    #[test]
+    fn a_step_size_that_diverges_on_any_problem_fails_and_ends_the_extension() {
+        // Problem 0's loss falls as 1 / step size on 2 tasks, so the upper edge 0.4 wins and the
+        // grid extends to 0.4 x 2 = 0.8, whose loop diverges on problem 1 (of curvature 3: a step
+        // beyond 2 / 3): 0.8 fails with the problem named, and 0.4 stays chosen, no longer at an
+        // edge. A step size that fails on problem 0 gives an infinite score too.
+        let problems = ["decay 0".to_string(), "decay 1".to_string()];
+        let spec = RateSearchSpec {
+            grid: vec![0.1, 0.2, 0.4],
+            extensions: 1,
+        };
+        let evaluate = |step: f64, k: usize| -> Result<Vec<f64>> {
+            if step * [1.0, 3.0][k] > 2.0 {
+                return Err(CmlError::Diverged {
+                    phase: "free".into(),
+                    step: 1,
+                    reason: "a non-finite loss".into(),
+                });
+            }
+            Ok(vec![1.0 / step; 2])
+        };
+        let s = search_stable_step_size("seed 0", &spec, &problems, evaluate).unwrap();
+        let values: Vec<f64> = s.grid.iter().map(|g| g.value).collect();
+        assert_eq!(values, vec![0.1, 0.2, 0.4, 0.8]);
+        assert_eq!((s.chosen, s.at_edge), (0.4, false));
+        assert_eq!(
+            s.grid[3].failed.as_deref(),
+            Some("the free phase diverged at decay 1")
+        );
+        assert_eq!(s.grid[3].validation_loss, f64::INFINITY);
+        // Any other error is the caller's to see, not a failed value.
+        let err = search_stable_step_size("seed 0", &spec, &problems, |_, _| {
+            Err(CmlError::invalid("x", "y", "z"))
+        });
+        assert!(err.is_err());
     }
 
     #[test]
