@@ -14,7 +14,7 @@ use crate::digits::decay_classifier::Part;
 use crate::digits::{DecayClassifier, Labelled, Standardiser, load_digits, split};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Variant};
-use crate::executor::{Ending, Flow, MetaExecutor, OnFailure};
+use crate::executor::{Evaluated, OnFailure, run_evaluated};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::mlp::Mlp;
@@ -318,13 +318,13 @@ fn meta_train(
     on_failure: OnFailure,
 ) -> Result<Trained> {
     let theta0 = uniform_theta(protocol.net.param_count(), protocol.initial_decay);
-    let mut points = vec![(0, evaluate(protocol, d, &theta0)?, theta0.clone())];
-    let mut evaluation_failed = None;
-    let mut run = MetaExecutor::new(theta0, meta_lr);
-    let ending = run.run(
+    let Evaluated { mut points, failed } = run_evaluated(
+        theta0,
+        meta_lr,
         protocol.meta_steps,
+        protocol.eval_every,
         on_failure,
-        |_, theta| {
+        |theta| {
             let p = DecayClassifier::new(
                 protocol.net.clone(),
                 d.train.clone(),
@@ -332,35 +332,14 @@ fn meta_train(
                 &d.phi_init,
                 theta,
             )?;
-            Ok((spec.estimator().estimate(&p, p.theta())?.gradient, ()))
+            Ok(spec.estimator().estimate(&p, p.theta())?.gradient)
         },
-        |run, ()| {
-            if run.step % protocol.eval_every == 0 || run.step == protocol.meta_steps {
-                // Strengths that make the training loop diverge fail the run like an estimate
-                // that fails, under the same policy.
-                match evaluate(protocol, d, &run.theta) {
-                    Ok(e) => points.push((run.step, e, run.theta.clone())),
-                    Err(e) if on_failure == OnFailure::Stop => {
-                        evaluation_failed = Some(format!("meta-step {}: {e}", run.step));
-                        return Ok(Flow::Stop);
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(Flow::Continue)
-        },
+        // Strengths that make the training loop diverge fail the run like an estimate that
+        // fails, under the same policy.
+        |theta| evaluate(protocol, d, theta),
     )?;
-    let failed = match ending {
-        Ending::Failed { step, reason } => Some(format!("meta-step {step}: {reason}")),
-        _ => evaluation_failed,
-    };
-    // Ties to the later checkpoint: `<=` keeps the last of equal scores.
-    let mut best = 0;
-    for (k, (_, (validation, _), _)) in points.iter().enumerate() {
-        if mean(validation) <= mean(&points[best].1.0) {
-            best = k;
-        }
-    }
+    let means: Vec<f64> = points.iter().map(|(_, (v, _), _)| mean(v)).collect();
+    let best = super::choice::least_loss(&means).expect("the initialisation is evaluated");
     let curve = points
         .iter()
         .map(|(step, (v, t), _)| (*step, (mean(v), *t)))
@@ -821,24 +800,14 @@ fn report(
         .iter()
         .filter_map(|b| b.1.step_size_search.clone())
         .collect();
-    super::choice::write(
-        &settings.out.join("digits_decay_step_size_choice.csv"),
-        "seed",
+    let run_searches: Vec<Search> = choices.iter().flat_map(|c| c.searches.clone()).collect();
+    super::choice::write_decay_searches(
+        &settings.out,
+        "digits_decay",
         &step_size_searches,
+        &run_searches,
         files,
     )?;
-    for setting in ["meta_lr", "beta"] {
-        let searches: Vec<Search> = choices
-            .iter()
-            .flat_map(|c| c.searches.iter().filter(|x| x.setting == setting).cloned())
-            .collect();
-        super::choice::write(
-            &settings.out.join(format!("digits_decay_{setting}_choice.csv")),
-            "run",
-            &searches,
-            files,
-        )?;
-    }
     let checkpoint_rows: Vec<String> = choices
         .iter()
         .flat_map(|c| {

@@ -470,6 +470,34 @@ pub(crate) fn write(
     )
 }
 
+/// A decay job's searches as CSVs in `out`: each seed's inner step size as
+/// `<job>_step_size_choice.csv` (subjects `seed <s>`), then the meta-learning runs' searches as
+/// `<job>_meta_lr_choice.csv` and `<job>_beta_choice.csv` (subjects the runs).
+pub(crate) fn write_decay_searches(
+    out: &std::path::Path,
+    job: &str,
+    step_sizes: &[Search],
+    runs: &[Search],
+    files: &mut Vec<std::path::PathBuf>,
+) -> Result<()> {
+    write(
+        &out.join(format!("{job}_step_size_choice.csv")),
+        "seed",
+        step_sizes,
+        files,
+    )?;
+    for setting in ["meta_lr", "beta"] {
+        let of: Vec<Search> = runs.iter().filter(|x| x.setting == setting).cloned().collect();
+        write(
+            &out.join(format!("{job}_{setting}_choice.csv")),
+            "run",
+            &of,
+            files,
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -109,6 +109,57 @@ impl MetaExecutor {
     }
 }
 
+/// A meta-training run evaluated at its checkpoints ([`run_evaluated`]).
+#[derive(Debug, Clone)]
+pub struct Evaluated<E> {
+    /// (meta-step, evaluation, theta) at meta-step 0 (the initialisation), every `every`
+    /// meta-steps and the last, in order.
+    pub points: Vec<(usize, E, Vector)>,
+    /// Why the run ended early, naming the meta-step (only with [`OnFailure::Stop`]).
+    pub failed: Option<String>,
+}
+
+/// A fresh run of `meta_steps` from `theta0` with Adam at `meta_lr`, `gradient(theta)` giving each
+/// meta-step's estimate, evaluated by `evaluate(theta)` at its initialisation, every `every`
+/// meta-steps and the last. Under [`OnFailure::Stop`] an evaluation that fails after a meta-step
+/// (strengths whose training loop diverges) ends the run as failed, like an estimate that fails;
+/// the initialisation's evaluation must succeed.
+pub fn run_evaluated<E>(
+    theta0: Vector,
+    meta_lr: f64,
+    meta_steps: usize,
+    every: usize,
+    on_failure: OnFailure,
+    mut gradient: impl FnMut(&Vector) -> Result<Vector>,
+    mut evaluate: impl FnMut(&Vector) -> Result<E>,
+) -> Result<Evaluated<E>> {
+    let mut points = vec![(0, evaluate(&theta0)?, theta0.clone())];
+    let mut evaluation_failed = None;
+    let ending = MetaExecutor::new(theta0, meta_lr).run(
+        meta_steps,
+        on_failure,
+        |_, theta| Ok((gradient(theta)?, ())),
+        |run, ()| {
+            if run.step.is_multiple_of(every) || run.step == meta_steps {
+                match evaluate(&run.theta) {
+                    Ok(e) => points.push((run.step, e, run.theta.clone())),
+                    Err(e) if on_failure == OnFailure::Stop => {
+                        evaluation_failed = Some(format!("meta-step {}: {e}", run.step));
+                        return Ok(Flow::Stop);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(Flow::Continue)
+        },
+    )?;
+    let failed = match ending {
+        Ending::Failed { step, reason } => Some(format!("meta-step {step}: {reason}")),
+        _ => evaluation_failed,
+    };
+    Ok(Evaluated { points, failed })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
