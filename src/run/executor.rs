@@ -247,4 +247,69 @@ mod tests {
         assert!(err.contains("meta-step 3") && err.contains("non-finite"), "{err}");
         assert_eq!(error, two);
     }
+
+    #[test]
+    fn an_evaluated_run_keeps_its_checkpoints_and_a_failed_evaluation_ends_it_under_stop() {
+        // 5 meta-steps evaluated every 2: the initialisation, 2, 4 and the last, 5; each point's
+        // theta is the executor's after that step (compared with a plain run of as many steps).
+        let theta0 = Vector::from_vec(vec![3.0]);
+        let run = run_evaluated(
+            theta0.clone(),
+            0.1,
+            5,
+            2,
+            OnFailure::Error,
+            |t| Ok(t.map(|x| x - 1.0)),
+            |t| Ok(t[0]),
+        )
+        .unwrap();
+        let steps: Vec<usize> = run.points.iter().map(|p| p.0).collect();
+        assert_eq!(steps, vec![0, 2, 4, 5]);
+        assert!(run.failed.is_none());
+        for (step, value, theta) in &run.points {
+            let mut plain = MetaExecutor::new(theta0.clone(), 0.1);
+            plain
+                .run(*step, OnFailure::Error, pull(1.0), |_, ()| Ok(Flow::Continue))
+                .unwrap();
+            assert_eq!((theta, *value), (&plain.theta, plain.theta[0]));
+        }
+        // An evaluation that fails at meta-step 4 ends the run there under Stop, named, with the
+        // earlier checkpoints kept; under Error it is the caller's error.
+        let failing = |t: &Vector| {
+            if t[0] < 2.65 {
+                Err(CmlError::invalid("evaluation", "diverged", "a finite loss"))
+            } else {
+                Ok(t[0])
+            }
+        };
+        // Adam moves theta by about 0.1 a step: 2.8 after 2 steps, 2.6 after 4.
+        let stopped = run_evaluated(
+            theta0.clone(),
+            0.1,
+            5,
+            2,
+            OnFailure::Stop,
+            |t| Ok(t.map(|x| x - 1.0)),
+            failing,
+        )
+        .unwrap();
+        assert_eq!(stopped.points.iter().map(|p| p.0).collect::<Vec<_>>(), vec![0, 2]);
+        let why = stopped.failed.unwrap();
+        assert!(
+            why.starts_with("meta-step 4: ") && why.contains("diverged"),
+            "{why}"
+        );
+        assert!(
+            run_evaluated(
+                theta0,
+                0.1,
+                5,
+                2,
+                OnFailure::Error,
+                |t| Ok(t.map(|x| x - 1.0)),
+                failing
+            )
+            .is_err()
+        );
+    }
 }
