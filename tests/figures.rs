@@ -43,7 +43,9 @@ fn figures_quick(dir: &Path) {
 /// - cost_vs_k(_seconds): 3 K x 3 estimators;
 /// - weight_decay: 2 seeds x (5 estimators x 3 evaluations (steps 0, 2, 4) + 3 single-decay
 ///   baselines); weight_decay_per_seed: 7 methods (fixed, best single decay, 5 estimators) x 2
-///   seeds;
+///   seeds; weight_decay_step_size_choice: 2 seeds x the grid of 2 inner step sizes, extended once
+///   (both are edges); weight_decay_meta_lr_choice: 10 runs x 2 rates (no extension at the quick
+///   scale); weight_decay_beta_choice: 2 contrastive runs x 2 betas;
 /// - reference_code_ablation: 3 variants x 7 betas;
 /// - error_bar_calibration: 5 problems x 1 seed x 2 variants x 3 betas x 3 tolerances (none of
 ///   the quick cases diverges); error_bar_fresh: the same for 1 fresh seed per problem;
@@ -96,6 +98,9 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("cost_vs_k_seconds", 3, 9),
     ("weight_decay", 5, 36),
     ("weight_decay_per_seed", 6, 14),
+    ("weight_decay_step_size_choice", 6, 6),
+    ("weight_decay_meta_lr_choice", 6, 20),
+    ("weight_decay_beta_choice", 6, 4),
     ("error_bar_calibration", 13, 90),
     ("error_bar_fresh", 13, 90),
     ("beta_auto", 11, 10),
@@ -289,6 +294,35 @@ fn protocol_of_the_weight_decay_table(dir: &Path) {
             assert_eq!(r["deployed_step"], own[best]["step"], "{r:?}");
         }
     }
+    // The deployed runs are the searches' choices: each seed's fixed decay is the free phase at the
+    // initial decay, the very run its step-size search scored, at the chosen step size; each
+    // estimator's deployed validation loss is its chosen rate's score (the contrastive rule's, its
+    // chosen beta's at that rate). The searches average per-patient losses, the table the candle
+    // mean: equal up to rounding.
+    let chosen_score = |file: &str, subject: &str| -> f64 {
+        let rows = csv_rows(&dir.join("figures").join(file));
+        let chosen: Vec<_> = rows
+            .iter()
+            .filter(|c| {
+                c[if file.contains("step_size") { "seed" } else { "run" }] == subject && c["chosen"] == "true"
+            })
+            .collect();
+        assert_eq!(chosen.len(), 1, "{file} {subject}");
+        f(chosen[0], "validation_loss")
+    };
+    for r in &per_seed {
+        let (method, seed) = (r["method"].as_str(), &r["seed"]);
+        let score = match method {
+            "fixed decay" => chosen_score("weight_decay_step_size_choice.csv", &format!("seed {seed}")),
+            m if m == best_single => continue,
+            "contrastive" => chosen_score("weight_decay_beta_choice.csv", &format!("{method} seed {seed}")),
+            _ => chosen_score(
+                "weight_decay_meta_lr_choice.csv",
+                &format!("{method} seed {seed}"),
+            ),
+        };
+        approx::assert_relative_eq!(f(r, "validation_loss"), score, max_relative = 1e-12);
+    }
     let test = |m: &str| -> Vec<f64> {
         per_seed
             .iter()
@@ -479,13 +513,17 @@ fn protocol_of_the_other_tables(dir: &Path) {
         }
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
-    // Every outer step-size search (digit decay per run, and its inner step size per seed, sinusoid per model and estimator, few-shot
-    // per setting and method, bandit per agent, spiking per method) takes the least validation loss (exact ties to the
-    // first, the smallest); the digit-decay beta search the one-standard-error rule.
+    // Every outer step-size search (digit and diabetes decay per run, and their inner step sizes per seed, sinusoid per
+    // model and estimator, few-shot per setting and method, bandit per agent, spiking per method) takes the least
+    // validation loss (exact ties to the first, the smallest); the decay jobs' beta searches the one-standard-error
+    // rule.
     for (file, column, setting, ties_to_the_larger, runs) in [
         ("digits_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
         ("digits_decay_beta_choice.csv", "run", "beta", true, 2),
         ("digits_decay_step_size_choice.csv", "seed", "step_size", false, 2),
+        ("weight_decay_step_size_choice.csv", "seed", "step_size", false, 2),
+        ("weight_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
+        ("weight_decay_beta_choice.csv", "run", "beta", true, 2),
         ("training_meta_lr_choice.csv", "run", "meta_lr", false, 12),
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),

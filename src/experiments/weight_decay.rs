@@ -4,11 +4,12 @@
 //! seeds (each a new split of the patients and new initial weights), compared as
 //! docs/PROTOCOL.md says.
 
+use super::choice::{RateSearchSpec, RunSearch, Search, at_beta};
 use super::training::{ALPHA, p_value, seed_mean_ci};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
-use crate::executor::{Flow, MetaExecutor, OnFailure};
+use crate::executor::{OnFailure, run_evaluated};
 use crate::inner::{GdParams, InnerSolver, Phase};
 use crate::linalg::{Vector, to_tensor};
 use crate::oracle::Oracle;
@@ -34,14 +35,10 @@ pub struct Protocol {
     /// The strength every parameter starts from (and the fixed-decay baseline's).
     pub initial_decay: f64,
     /// Gradient descent from the fixed initial weights: the free phase and every adaptation.
-    pub step_size: f64,
     pub free_steps: usize,
     pub nudged_steps: usize,
-    /// The symmetric contrastive rule's nudging strength.
-    pub beta: f64,
     /// Adam on the log-strengths, minimising the validation loss after adaptation.
     pub meta_steps: usize,
-    pub meta_lr: f64,
     /// The validation loss is evaluated every `eval_every` meta-steps (and at the last); each
     /// run deploys the evaluated meta-step with the least (ties to the later).
     pub eval_every: usize,
@@ -50,6 +47,14 @@ pub struct Protocol {
     pub baseline_steps: BaselineSteps,
     /// Neumann's step.
     pub neumann_alpha: f64,
+    /// Each seed's inner step size, chosen first on its validation patients (every inner loop of
+    /// the seed then runs at it): among the values whose free phase trains at the initial decay
+    /// and every decay of `grid` without diverging, the least validation loss after the free phase
+    /// at the initial decay ([`super::choice::search_stable_step_size`]).
+    pub step_size_search: RateSearchSpec,
+    /// Each meta-learning run's Adam step size, then the symmetric contrastive rule's nudging
+    /// strength at it, on the seed's validation patients ([`super::choice::searched_run`]).
+    pub search: RunSearch,
 }
 
 impl Protocol {
@@ -57,12 +62,9 @@ impl Protocol {
         let full = Protocol {
             seeds: 5,
             initial_decay: 1e-2,
-            step_size: 0.1,
             free_steps: 300,
             nudged_steps: 100,
-            beta: 0.5,
             meta_steps: 60,
-            meta_lr: 0.05,
             eval_every: 5,
             grid: vec![1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
             baseline_steps: BaselineSteps {
@@ -71,6 +73,19 @@ impl Protocol {
                 truncation: 20,
             },
             neumann_alpha: 0.1,
+            // The values set by hand before these searches (inner step size 0.1, meta-learning
+            // rate 0.05, beta 0.5) in the middle, by factors of 2, 2.5 and 5. An edge choice
+            // extends its grid: up to 3 times for the step size (a first run chose the lower edge
+            // after one extension on 2 of 5 seeds), twice for the others (the job takes seconds).
+            step_size_search: RateSearchSpec {
+                grid: vec![0.025, 0.05, 0.1, 0.2, 0.4],
+                extensions: 3,
+            },
+            search: RunSearch {
+                meta_lr: vec![0.02, 0.05, 0.125],
+                beta: vec![0.1, 0.5, 2.5],
+                extensions: 2,
+            },
         };
         if quick {
             Protocol {
@@ -80,6 +95,15 @@ impl Protocol {
                 meta_steps: 4,
                 eval_every: 2,
                 grid: vec![1e-3, 1e-2, 1e-1],
+                step_size_search: RateSearchSpec {
+                    grid: vec![0.1, 0.2],
+                    extensions: 1,
+                },
+                search: RunSearch {
+                    meta_lr: vec![0.05, 0.1],
+                    beta: vec![0.5, 1.0],
+                    extensions: 0,
+                },
                 ..full
             }
         } else {
@@ -87,23 +111,24 @@ impl Protocol {
         }
     }
 
-    fn phase(&self, steps: usize) -> GdParams {
+    fn phase(&self, steps: usize, step_size: f64) -> GdParams {
         GdParams {
-            step_size: Some(self.step_size),
+            step_size: Some(step_size),
             max_steps: steps,
             tolerance: 0.0,
             ..GdParams::default()
         }
     }
-    /// The estimators compared, named as in the tables: the symmetric contrastive rule and the
-    /// references, all after the same free phase.
-    fn estimators(&self) -> Vec<(&'static str, EstimatorSpec)> {
+    /// The estimators compared at inner step size `step_size`, named as in the tables: the
+    /// symmetric contrastive rule (at the first `beta` of the search's grid; the search sets its
+    /// own) and the references, all after the same free phase.
+    fn estimators(&self, step_size: f64) -> Vec<(&'static str, EstimatorSpec)> {
         decay_estimators(
             Contrastive {
                 variant: Variant::Symmetric,
-                beta: self.beta,
-                free: self.phase(self.free_steps),
-                nudged: self.phase(self.nudged_steps),
+                beta: self.search.beta[0],
+                free: self.phase(self.free_steps, step_size),
+                nudged: self.phase(self.nudged_steps, step_size),
             },
             self.baseline_steps,
             self.neumann_alpha,
@@ -157,10 +182,16 @@ pub struct WeightDecayResults {
     /// Each estimator against the best single decay, and the contrastive rule against each
     /// other estimator: one family.
     pub comparisons: Vec<DecayComparison>,
+    /// Each seed's inner step-size search.
+    pub step_sizes: Vec<Search>,
+    /// Each meta-learning run's searches (meta-learning rate; `beta` for the contrastive rule),
+    /// seed by seed, estimator by estimator.
+    pub searches: Vec<Search>,
 }
 
-/// Adapt from the initial weights with strengths `theta`, then measure.
-fn losses(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<Losses> {
+/// Adapt from the initial weights with strengths `theta`, then measure; with each validation
+/// patient's loss, the searches' score.
+fn adapt(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<(Losses, Vec<f64>)> {
     let theta = to_tensor(theta)?;
     let phi = free
         .solve(
@@ -168,10 +199,11 @@ fn losses(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<Losses> 
             &Phase::new(&p.initial_phi(&theta)?, &theta, 0.0, "adaptation"),
         )?
         .phi;
-    Ok(Losses {
+    let losses = Losses {
         validation: p.outer_loss(&phi, &theta)?.to_scalar::<f64>()?,
         test: p.test_loss(&phi)?,
-    })
+    };
+    Ok((losses, p.validation.half_squared_errors(&p.net, &phi)?))
 }
 
 /// The estimators a weight-decay job compares, named as in its tables: the contrastive rule,
@@ -227,58 +259,108 @@ pub(super) fn decay_estimators(
     ]
 }
 
-/// One seed's runs: each estimator's evaluated meta-steps, the fixed decay, the single-decay grid.
+/// One meta-learning run: its evaluated meta-steps, the index of the one deployed (the least
+/// validation loss, ties to the later), that one's per-patient validation losses, and why the run
+/// failed, if it did.
+struct DecayRun {
+    curve: Vec<(usize, Losses)>,
+    deployed: usize,
+    validation: Vec<f64>,
+    failed: Option<String>,
+}
+
+impl super::choice::ScoredRun for DecayRun {
+    fn validation(&self) -> &[f64] {
+        &self.validation
+    }
+    fn failed(&self) -> Option<&str> {
+        self.failed.as_deref()
+    }
+}
+
+/// Meta-trains `spec`'s strengths from the initial decay with Adam at `meta_lr`, every adaptation
+/// by `free`.
+fn meta_train(
+    p: &Protocol,
+    problem: &RegularisedMlp,
+    spec: &EstimatorSpec,
+    free: GdParams,
+    meta_lr: f64,
+) -> Result<DecayRun> {
+    let theta0 = Vector::from_element(problem.dims().theta, p.initial_decay.ln());
+    let run = run_evaluated(
+        theta0,
+        meta_lr,
+        p.meta_steps,
+        p.eval_every,
+        // A value of a search that fails scores infinite instead of ending the job.
+        OnFailure::Stop,
+        |theta| Ok(spec.estimator().estimate(problem, &to_tensor(theta)?)?.gradient),
+        |theta| adapt(problem, theta, free),
+    )?;
+    let validation: Vec<f64> = run.points.iter().map(|(_, (l, _), _)| l.validation).collect();
+    let deployed = super::choice::least_loss(&validation).expect("the initialisation is evaluated");
+    Ok(DecayRun {
+        curve: run.points.iter().map(|(step, (l, _), _)| (*step, *l)).collect(),
+        deployed,
+        validation: run.points[deployed].1.1.clone(),
+        failed: run.failed,
+    })
+}
+
+/// One seed's runs: its step-size search, each estimator's searches and deployed run, the fixed
+/// decay, the single-decay grid.
 struct SeedRuns {
-    curves: Vec<Vec<(usize, Losses)>>,
+    step_size: Search,
+    searches: Vec<Vec<Search>>,
+    runs: Vec<DecayRun>,
     fixed: Losses,
     grid: Vec<(f64, Losses)>,
 }
 
-/// Meta-trains every estimator from the initial decay on seed `seed`'s split and initial weights,
-/// and scores the fixed decay and every single decay of the grid.
+/// On seed `seed`'s split and initial weights: chooses the inner step size, then meta-trains every
+/// estimator from the initial decay under its searches, and scores the fixed decay and every
+/// single decay of the grid, every inner loop at the chosen step size.
 fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
     let problem = RegularisedMlp::diabetes(p.initial_decay, seed)?;
-    let free = p.phase(p.free_steps);
-    let estimators = p.estimators();
-    let theta0 = Vector::from_element(problem.dims().theta, p.initial_decay.ln());
-    let fixed = losses(&problem, &theta0, free)?;
-    let curves = map_in_order(&estimators, |(_, spec)| {
-        let mut curve = vec![(0usize, fixed)];
-        MetaExecutor::new(theta0.clone(), p.meta_lr).run(
-            p.meta_steps,
-            OnFailure::Error,
-            |_, theta| {
-                Ok((
-                    spec.estimator().estimate(&problem, &to_tensor(theta)?)?.gradient,
-                    (),
-                ))
-            },
-            |run, ()| {
-                if run.step % p.eval_every == 0 || run.step == p.meta_steps {
-                    curve.push((run.step, losses(&problem, &run.theta, free)?));
-                }
-                Ok(Flow::Continue)
-            },
-        )?;
-        Ok(curve)
+    let uniform = |decay: f64| Vector::from_element(problem.dims().theta, decay.ln());
+    // The initial decay first: its losses are the score.
+    let decays: Vec<f64> = std::iter::once(p.initial_decay)
+        .chain(p.grid.iter().copied())
+        .collect();
+    let problems: Vec<String> = decays.iter().map(|d| format!("decay {d}")).collect();
+    let step_size = super::choice::search_stable_step_size(
+        &format!("seed {seed}"),
+        &p.step_size_search,
+        &problems,
+        |step_size, k| Ok(adapt(&problem, &uniform(decays[k]), p.phase(p.free_steps, step_size))?.1),
+    )?;
+    let free = p.phase(p.free_steps, step_size.chosen);
+    let fixed = adapt(&problem, &uniform(p.initial_decay), free)?.0;
+    let searched = map_in_order(&p.estimators(step_size.chosen), |(name, spec)| {
+        let beta = match spec {
+            EstimatorSpec::Contrastive(c) => Some(c.beta),
+            _ => None,
+        };
+        super::choice::searched_run(&format!("{name} seed {seed}"), &p.search, beta, |lr, b| {
+            meta_train(p, &problem, &b.map_or(*spec, |b| at_beta(spec, b)), free, lr)
+        })
     })?;
-    let grid = map_in_order(&p.grid, |&d| {
-        Ok((
-            d,
-            losses(
-                &problem,
-                &Vector::from_element(problem.dims().theta, d.ln()),
-                free,
-            )?,
-        ))
-    })?;
-    Ok(SeedRuns { curves, fixed, grid })
+    let grid = map_in_order(&p.grid, |&d| Ok((d, adapt(&problem, &uniform(d), free)?.0)))?;
+    let (searches, runs) = searched.into_iter().unzip();
+    Ok(SeedRuns {
+        step_size,
+        searches,
+        runs,
+        fixed,
+        grid,
+    })
 }
 
 /// Runs every seed, then writes the curves, the per-seed CSV, the figure and the table.
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
     let p = Protocol::new(settings.quick());
-    let names: Vec<&str> = p.estimators().iter().map(|e| e.0).collect();
+    let names: Vec<&str> = p.estimators(1.0).iter().map(|e| e.0).collect();
     let seeds: Vec<u64> = (0..p.seeds as u64).map(|s| settings.seed + s).collect();
     let runs: Vec<SeedRuns> = seeds
         .iter()
@@ -307,16 +389,14 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         methods[1].per_seed.push(best.1);
         methods[1].deployed.push(0);
         methods[1].decay.push(Some(best.0));
-        for (k, curve) in r.curves.iter().enumerate() {
-            for (step, l) in curve {
+        for (k, run) in r.runs.iter().enumerate() {
+            for (step, l) in &run.curve {
                 rows.push(format!(
                     "{},{seed},{step},{:e},{:e}",
                     names[k], l.validation, l.test
                 ));
             }
-            // The evaluated meta-step with the least validation loss is deployed.
-            let validation: Vec<f64> = curve.iter().map(|c| c.1.validation).collect();
-            let chosen = curve[super::choice::least_loss(&validation).expect("step 0 is evaluated")];
+            let chosen = run.curve[run.deployed];
             let m = &mut methods[2 + k];
             m.per_seed.push(chosen.1);
             m.deployed.push(chosen.0);
@@ -353,10 +433,15 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         files,
     )?;
     figure(settings, &p, &names, &runs, &methods, files)?;
+    let step_sizes: Vec<Search> = runs.iter().map(|r| r.step_size.clone()).collect();
+    let searches: Vec<Search> = runs.iter().flat_map(|r| r.searches.concat()).collect();
+    super::choice::write_decay_searches(&settings.out, "weight_decay", &step_sizes, &searches, files)?;
     let results = WeightDecayResults {
         comparisons: compare(&methods),
         protocol: p,
         methods,
+        step_sizes,
+        searches,
     };
     write_table(settings, "weight_decay.md", &table(&results), files)?;
     Ok(results)
@@ -386,10 +471,13 @@ fn figure(
     for (k, name) in names.iter().enumerate() {
         // Every seed evaluates the same meta-steps.
         let mean = |of: &dyn Fn(&Losses) -> f64| -> Vec<(f64, f64)> {
-            (0..runs[0].curves[k].len())
+            (0..runs[0].runs[k].curve.len())
                 .map(|i| {
-                    let step = runs[0].curves[k][i].0 as f64;
-                    (step, runs.iter().map(|r| of(&r.curves[k][i].1)).sum::<f64>() / n)
+                    let step = runs[0].runs[k].curve[i].0 as f64;
+                    (
+                        step,
+                        runs.iter().map(|r| of(&r.runs[k].curve[i].1)).sum::<f64>() / n,
+                    )
                 })
                 .collect()
         };
@@ -459,12 +547,13 @@ pub fn table(r: &WeightDecayResults) -> String {
         "# Per-parameter weight decay on the diabetes data set\n\n\
          Generated by `cml figures`: 10-16-1 tanh network (193 parameters, one strength each), 147 / 147 / 147 \
          train / validation / test patients, standardised, {} seeds (each its own split of the patients and its own \
-         initial weights); {} meta-steps of Adam (step size {}) on the validation loss from decay {} everywhere; \
-         adaptation: {} gradient steps of size {} from the fixed initial weights. Each meta-learning run deploys the \
+         initial weights); {} meta-steps of Adam on the validation loss from decay {} everywhere, at each run's \
+         meta-learning rate searched on validation; adaptation: {} gradient steps from the fixed initial weights at \
+         each seed's inner step size searched on validation (both below). Each meta-learning run deploys the \
          evaluated meta-step (every {}) with the least validation loss; the single decay is the grid's value with the \
          least validation loss ({:?}). Mean over seeds +- half-width of the 95% t-interval.\n\n\
          | method | validation 1/2 MSE | test 1/2 MSE | deployed meta-steps or decays |\n|---|---|---|---|\n",
-        p.seeds, p.meta_steps, p.meta_lr, p.initial_decay, p.free_steps, p.step_size, p.eval_every, p.grid
+        p.seeds, p.meta_steps, p.initial_decay, p.free_steps, p.eval_every, p.grid
     );
     for m in &r.methods {
         let (v, vh) = m.stat(|l| l.validation);
@@ -504,5 +593,69 @@ pub fn table(r: &WeightDecayResults) -> String {
             k.verdict.describe()
         ));
     }
+    t.push_str(&choices_section(r));
+    t
+}
+
+/// Every choice made on validation: each seed's inner step size (its search in full), then each
+/// meta-learning run's rate and `beta` (the CSVs hold every score), and every edge choice.
+fn choices_section(r: &WeightDecayResults) -> String {
+    let p = &r.protocol;
+    let mut t = format!(
+        "\n## Choices on validation\n\n\
+         Every choice is made on the seed's training and validation patients, never the test patients. First each \
+         seed's inner step size (every inner loop of the seed, baselines included, runs at it): {} gradient steps \
+         from the seed's initial weights at the initial decay {} at each step size, scored by the validation loss; a \
+         step size fails where the free phase diverges at any decay of the single-decay grid (the baselines must \
+         train at it too). The least wins; a choice at an edge extends the grid (at most {}; \
+         `weight_decay_step_size_choice.csv`).\n\n{}\n\n\
+         Then each meta-learning run's Adam step size over {:?} (the least validation loss at the deployed \
+         meta-step), and for the contrastive rule beta over {:?} at that rate (the one-standard-error rule, paired \
+         over the validation patients, ties to the larger); each value is a whole meta-training, a choice at an edge \
+         extends its grid (at most {}), and the chosen run is the one deployed. Every score: \
+         `weight_decay_meta_lr_choice.csv`, `weight_decay_beta_choice.csv`.\n\n\
+         | method | meta-learning rate per seed | beta per seed |\n|---|---|---|\n",
+        p.free_steps,
+        p.initial_decay,
+        super::searches::times(p.step_size_search.extensions),
+        super::searches::table(&r.step_sizes, "seed"),
+        p.search.meta_lr,
+        p.search.beta,
+        super::searches::times(p.search.extensions),
+    );
+    for m in &r.methods[2..] {
+        let per_seed = |setting: &str| -> String {
+            let v: Vec<String> = r
+                .searches
+                .iter()
+                .filter(|x| x.setting == setting && x.model.starts_with(&format!("{} seed ", m.method)))
+                .map(|x| x.chosen.to_string())
+                .collect();
+            if v.is_empty() { "-".into() } else { v.join(", ") }
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} |\n",
+            m.method,
+            per_seed("meta_lr"),
+            per_seed("beta")
+        ));
+    }
+    let edges: Vec<String> = r
+        .searches
+        .iter()
+        .chain(&r.step_sizes)
+        .filter(|x| x.at_edge)
+        .map(|x| format!("{} {} {}", x.model, x.setting, x.chosen))
+        .collect();
+    t.push_str(&format!(
+        "\n{} of {} searches chose at an edge of the extended grid{}\n",
+        edges.len(),
+        r.searches.len() + r.step_sizes.len(),
+        if edges.is_empty() {
+            ".".to_string()
+        } else {
+            format!(" (the optimum may lie beyond it): {}.", edges.join("; "))
+        }
+    ));
     t
 }

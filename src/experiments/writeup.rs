@@ -390,8 +390,42 @@ pub(super) fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) 
             num(k.margin)
         )
     });
+    // Searches are named "<method> seed <s>" (the step-size searches "seed <s>").
+    let chosen = |setting: &str, prefix: &str| -> Vec<f64> {
+        w.searches
+            .iter()
+            .chain(&w.step_sizes)
+            .filter(|x| x.setting == setting && x.model.starts_with(prefix))
+            .map(|x| x.chosen)
+            .collect()
+    };
+    let rates: Vec<String> = w.methods[2..]
+        .iter()
+        .map(|m| {
+            format!(
+                "{} {:?}",
+                m.method,
+                chosen("meta_lr", &format!("{} seed ", m.method))
+            )
+        })
+        .collect();
+    let edges = w
+        .searches
+        .iter()
+        .chain(&w.step_sizes)
+        .filter(|x| x.at_edge)
+        .count();
+    let choices = format!(
+        "inner step size per seed {:?}; meta-learning rate per seed: {}; the contrastive rule's beta per seed \
+         {:?}; {edges} of {} searches at an edge of the extended grid",
+        chosen("step_size", "seed "),
+        rates.join(", "),
+        chosen("beta", ""),
+        w.searches.len() + w.step_sizes.len()
+    );
     Context::new()
         .list("ledger", ledger)
+        .text("choices", choices)
         .text("meta_steps", w.protocol.meta_steps)
         .text("seeds", w.protocol.seeds)
         .text("losses", losses.join("; "))

@@ -47,6 +47,14 @@ impl Split {
     pub fn half_mse(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Tensor> {
         (net.forward(phi, &self.tx)? - &self.ty)?.sqr()?.mean_all()? * 0.5
     }
+
+    /// Each row's `1/2 (f(x) - y)^2` in row order (their mean is [`Split::half_mse`]): the
+    /// per-patient scores of a validation search.
+    pub fn half_squared_errors(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Vec<f64>> {
+        ((net.forward(phi, &self.tx)? - &self.ty)?.sqr()? * 0.5)?
+            .flatten_all()?
+            .to_vec1::<f64>()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -366,5 +374,42 @@ impl SecondOrderPhase for RegularisedMlp {
         out: &mut [f64],
     ) {
         decay_mixed_transpose_product(workspace, phi, u, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_row_losses_are_half_squared_targets_at_zero_weights_and_average_to_the_half_mse() {
+        // With every weight and bias 0 the tanh network outputs 0, so row i's loss is y_i^2 / 2
+        // with y the split's standardised targets, and the rows' mean is `half_mse`.
+        let x = DMatrix::from_fn(12, 3, |i, j| ((i * 3 + j) as f64).sin());
+        let y = Vector::from_fn(12, |i, _| (i as f64).cos() * 5.0 + 2.0);
+        let p = RegularisedMlp::from_data(&x, &y, (4, 5, 3), 4, 0.1, 7).unwrap();
+        let zero = to_tensor(&Vector::zeros(p.net.param_count())).unwrap();
+        let rows = p.validation.half_squared_errors(&p.net, &zero).unwrap();
+        assert_eq!(rows.len(), 5);
+        for (r, t) in rows.iter().zip(p.validation.y.iter()) {
+            approx::assert_relative_eq!(*r, 0.5 * t * t, max_relative = 1e-15);
+        }
+        // At other weights, the per-row losses still average to the half MSE.
+        let phi = to_tensor(&Vector::from_fn(p.net.param_count(), |i, _| {
+            0.1 * (i as f64).sin()
+        }))
+        .unwrap();
+        let rows = p.validation.half_squared_errors(&p.net, &phi).unwrap();
+        let mse = p
+            .validation
+            .half_mse(&p.net, &phi)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        approx::assert_relative_eq!(rows.iter().sum::<f64>() / 5.0, mse, max_relative = 1e-14);
+        assert!(
+            rows.iter().any(|r| (r - rows[0]).abs() > 1e-6),
+            "rows differ: {rows:?}"
+        );
     }
 }
