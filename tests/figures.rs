@@ -1104,7 +1104,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // calibration say how to get an estimate.
     // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
     // searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds, the setting's
-    // beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines);
+    // beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines) and
+    // each seed's inner step-size search;
     // spiking the choice, 5 step-size searches, 6 methods x 2 seeds and a matched-baseline unit
     // per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
@@ -1117,7 +1118,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         ("spiking", 20),
         ("bandit", 13),
         ("few-shot", 16),
-        ("digits-decay", 12),
+        ("digits-decay", 14),
     ] {
         let row = out
             .lines()
@@ -1232,6 +1233,7 @@ fn the_committed_units_are_what_the_current_code_computes() {
         "cost/all",
         "weight-decay/all",
         "error-bar/ridge-seed61",
+        "digits-decay/choice-step-size-seed2",
         "digits-decay/baselines-seed2",
         "few-shot/1shot-reptile-seed4",
         // Not a meta-learned agent's: in an empty folder it would run its step-size search first

@@ -440,10 +440,16 @@ fn key(name: &str) -> String {
 }
 
 const BASELINES: &str = "baselines";
+/// Each seed's inner step-size search, a unit of its own that the seed's other units read.
+const STEP_SIZE_CHOICE: &str = "choice-step-size";
 
-/// Every unit: (method key, seed index), the methods first, then the baselines.
+/// Every unit: (method key, seed index), each seed's step-size search first (where the scale has
+/// one), then the methods, then the baselines.
 fn unit_list(protocol: &Protocol) -> Vec<(String, usize)> {
     let mut out = Vec::new();
+    if protocol.step_size_search.is_some() {
+        out.extend((0..protocol.seeds).map(|s| (STEP_SIZE_CHOICE.to_string(), s)));
+    }
     for (name, _) in protocol.estimators() {
         out.extend((0..protocol.seeds).map(|s| (key(name), s)));
     }
@@ -478,9 +484,9 @@ struct MethodRun {
 /// and the chosen decay's metrics.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct BaselineRun {
-    /// The seed's inner step-size search (none without one).
+    /// The inner step size this unit ran at (its seed's search's choice; none without a search).
     #[serde(default)]
-    step_size_search: Option<Search>,
+    step_size: Option<f64>,
     fixed: Final,
     grid: Vec<(f64, f64)>,
     chosen: f64,
@@ -517,16 +523,27 @@ impl super::units::Job<super::Section> for DigitsDecay {
             .collect())
     }
 
-    fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
+    fn run_unit(
+        &self,
+        settings: &Settings,
+        unit: &str,
+        staging: &std::path::Path,
+    ) -> Result<serde_json::Value> {
         let protocol = Protocol::at(settings.scale)?;
         let (method, s) = super::units::lookup(self, settings, unit, unit_list(&protocol), |(k, s)| {
             unit_name(k, *s)
         })?;
         let d = seed_data(&protocol, &load_digits()?, data_seed(settings, s))?;
-        // Every unit of the seed makes the same (deterministic, cheap) choice; the report checks.
-        let step_size_search = choose_step_size(&protocol, &d, s)?;
+        if method == STEP_SIZE_CHOICE {
+            return super::units::encode(&choose_step_size(&protocol, &d, s)?);
+        }
+        // The seed's choice unit's step size (computed here where it is not stored beside).
+        let step_size =
+            super::choice::chosen_value(self, settings, staging, &unit_name(STEP_SIZE_CHOICE, s), || {
+                choose_step_size(&protocol, &d, s)
+            })?;
         let protocol = Protocol {
-            step_size: step_size_search.as_ref().map_or(protocol.step_size, |x| x.chosen),
+            step_size: step_size.unwrap_or(protocol.step_size),
             ..protocol
         };
         let n = protocol.net.param_count();
@@ -539,7 +556,7 @@ impl super::units::Job<super::Section> for DigitsDecay {
                 .collect::<Result<Vec<_>>>()?;
             let chosen = grid.iter().min_by(|a, b| a.1.total_cmp(&b.1)).expect("a grid").0;
             return super::units::encode(&BaselineRun {
-                step_size_search,
+                step_size,
                 fixed: finish(&protocol, &d, &theta0)?,
                 grid,
                 chosen,
@@ -553,7 +570,7 @@ impl super::units::Job<super::Section> for DigitsDecay {
             .expect("a method of the unit list");
         let (searches, run) = searched_run(&protocol, &d, unit, spec)?;
         super::units::encode(&MethodRun {
-            step_size: step_size_search.map(|x| x.chosen),
+            step_size,
             searches,
             curve: run.curve,
             checkpoint: run.checkpoint,
@@ -621,8 +638,8 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     // the rows), and an estimate per meta-step; the baselines' unit: the grid's fits and two
     // finishes.
     let points = (p.meta_steps / p.eval_every + 1) as f64;
-    // Every unit first chooses its seed's step size: per value, extensions included (an upper
-    // bound), a fit at the initial decay and at every decay of the single-decay grid.
+    // A seed's step-size choice unit: per value, extensions included (an upper bound), a fit at
+    // the initial decay and at every decay of the single-decay grid.
     let step_size_fits = p.step_size_search.as_ref().map_or(0.0, |x| {
         ((x.grid.len() + x.extensions) * (1 + p.grid.len())) as f64
     });
@@ -642,12 +659,9 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
                 .estimate(&problem, problem.theta())
                 .map(|_| ())
         })?;
-        per_method.push((
-            key(name),
-            (points + 3.0 + step_size_fits) * fit + p.meta_steps as f64 * estimate,
-        ));
+        per_method.push((key(name), (points + 3.0) * fit + p.meta_steps as f64 * estimate));
     }
-    let baselines = (p.grid.len() as f64 + 6.0 + step_size_fits) * fit;
+    let baselines = (p.grid.len() as f64 + 6.0) * fit;
     units
         .iter()
         .map(|unit| {
@@ -655,10 +669,14 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
                 super::units::lookup(&DIGITS_DECAY, settings, unit, unit_list(&p), |(k, s)| {
                     unit_name(k, *s)
                 })?;
-            Ok(per_method
-                .iter()
-                .find(|(k, _)| *k == method)
-                .map_or(baselines, |(_, s)| *s))
+            Ok(if method == STEP_SIZE_CHOICE {
+                step_size_fits * fit
+            } else {
+                per_method
+                    .iter()
+                    .find(|(k, _)| *k == method)
+                    .map_or(baselines, |(_, s)| *s)
+            })
         })
         .collect::<Result<Vec<f64>>>()
         .map(Some)
@@ -677,6 +695,17 @@ fn report(
         .map(|(s, u)| Ok((s, super::units::decode(u)?)))
         .collect::<Result<_>>()?;
     let baselines = &seeded;
+    // Each seed's inner step-size search, from its choice unit.
+    let step_size_searches =
+        super::choice::stored(units, (0..protocol.seeds).map(|s| unit_name(STEP_SIZE_CHOICE, s)))?;
+    let step_size_search = |s: usize| step_size_searches.iter().find(|x| x.model == format!("seed {s}"));
+    for (s, b) in baselines {
+        super::choice::check_agrees(
+            step_size_search(*s),
+            &format!("digits-decay unit {}", unit_name(BASELINES, *s)),
+            b.step_size,
+        )?;
+    }
     let mut methods = vec![
         MethodResult {
             method: format!("fixed decay {}", protocol.initial_decay),
@@ -704,12 +733,12 @@ fn report(
         for s in 0..protocol.seeds {
             if let Some(u) = find(&key(name), s) {
                 let run: MethodRun = super::units::decode(u)?;
-                // The seed's step size as its baselines unit chose it (units from one run).
-                let search = baselines
-                    .iter()
-                    .find(|b| b.0 == s)
-                    .and_then(|b| b.1.step_size_search.as_ref());
-                super::choice::check_agrees(search, &format!("digits-decay unit {}", u.unit), run.step_size)?;
+                // The seed's step size as its choice unit chose it (units from one run).
+                super::choice::check_agrees(
+                    step_size_search(s),
+                    &format!("digits-decay unit {}", u.unit),
+                    run.step_size,
+                )?;
                 runs.push(run);
             }
         }
@@ -796,10 +825,6 @@ fn report(
     )?;
     // Each seed's inner step-size search, then every run's searches (subjects are the units,
     // `<method>-seed<s>`) and deployed checkpoint.
-    let step_size_searches: Vec<Search> = baselines
-        .iter()
-        .filter_map(|b| b.1.step_size_search.clone())
-        .collect();
     let run_searches: Vec<Search> = choices.iter().flat_map(|c| c.searches.clone()).collect();
     super::choice::write_decay_searches(
         &settings.out,
