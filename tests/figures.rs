@@ -1379,3 +1379,104 @@ fn the_error_bars_scaled_truncation_tables_are_what_the_calibration_and_fresh_cs
         assert_eq!(cells[4], format!("{kept} of {n}"), "{line}");
     }
 }
+
+#[test]
+fn a_changed_protocol_runs_as_given_and_bad_changes_are_clear_errors_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let cml = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cml"))
+            .args(["figures", "--quick", "--only", "weight-decay"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        format!("weight-decay={}", path.display())
+    };
+    // Three seeds instead of the quick scale's two, and one extension of the run searches' grids
+    // instead of none: the per-seed CSV holds seeds 0, 1, 2 for each of the 7 methods.
+    let three = file("three.toml", "seeds = 3\n[search]\nextensions = 1\n");
+    let out = dir.path().join("three");
+    let results = dir.path().join("units");
+    let o = cml(&[
+        "--protocol",
+        &three,
+        "--units",
+        "0/1",
+        "--results",
+        results.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cml(&[
+        "--protocol",
+        &three,
+        "--report",
+        results.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let per_seed = csv_rows(&out.join("weight_decay_per_seed.csv"));
+    assert_eq!(per_seed.len(), 7 * 3);
+    let seeds: std::collections::BTreeSet<&str> = per_seed.iter().map(|r| r["seed"].as_str()).collect();
+    assert_eq!(seeds.into_iter().collect::<Vec<_>>(), ["0", "1", "2"]);
+    // The units are the changed protocol's: without the change the report refuses them.
+    let o = cml(&[
+        "--report",
+        results.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("another configuration"), "{err}");
+    // Bad changes: named, with what is allowed, and nothing written.
+    for (text, says) in [
+        ("seeds = 1\n", "seeds = 1: at least 2"),
+        (
+            "seed = 3\n",
+            "unknown key of the weight-decay protocol 'seed': allowed are baseline_steps",
+        ),
+        (
+            "[search]\nmeta_lr = [0.1, 0.05]\n",
+            "search.meta_lr = [0.1, 0.05]: at least 2 finite values, above 0, strictly increasing",
+        ),
+        (
+            "free_steps = 2.5\n",
+            "free_steps = 2.5: a whole number, not negative",
+        ),
+        ("seeds = \n", "not valid TOML"),
+    ] {
+        let bad = dir.path().join("bad");
+        let o = cml(&[
+            "--protocol",
+            &file("bad.toml", text),
+            "--out",
+            bad.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{text}: {err}");
+        assert!(err.contains(says), "{text}: {err}");
+        assert!(!bad.exists(), "{text}: something was written");
+    }
+    // Only the jobs that take changes, each once.
+    let theory = three.replace("weight-decay=", "theory=");
+    for (args, says) in [
+        (
+            vec!["--protocol", theory.as_str()],
+            "unknown job for --protocol 'theory': allowed are weight-decay, digits-decay, few-shot, spiking",
+        ),
+        (vec!["--protocol", "weight-decay"], "JOB=FILE"),
+        (
+            vec!["--protocol", &three, "--protocol", &three],
+            "one file per job",
+        ),
+    ] {
+        let o = cml(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -58,6 +58,45 @@ pub struct FiguresArgs {
     /// run nothing.
     #[arg(long)]
     plan: bool,
+    /// Change a job's protocol: the TOML file's keys replace the same keys of the scale's protocol
+    /// (a shipped `configs/<job>.toml` shows them all; give only the keys that change). For
+    /// weight-decay, digits-decay, few-shot and spiking; repeat for more jobs. Outputs go to
+    /// figures-protocol/ unless --out says otherwise, so that the committed ones stay.
+    #[arg(long = "protocol", value_name = "JOB=FILE")]
+    protocol: Vec<String>,
+}
+
+/// The `--protocol JOB=FILE` changes: each job once, each file a TOML table.
+fn protocol_changes(given: &[String]) -> crate::Result<Vec<(String, serde_json::Value)>> {
+    let mut out: Vec<(String, serde_json::Value)> = Vec::new();
+    for g in given {
+        let Some((job, file)) = g.split_once('=') else {
+            return Err(crate::CmlError::invalid(
+                "--protocol",
+                g,
+                "JOB=FILE, e.g. few-shot=my_few_shot.toml",
+            ));
+        };
+        if out.iter().any(|(j, _)| j == job) {
+            return Err(crate::CmlError::invalid("--protocol", g, "one file per job"));
+        }
+        let path = std::path::Path::new(file);
+        let text = std::fs::read_to_string(path).map_err(|source| crate::CmlError::Io {
+            action: "cannot read protocol file",
+            path: path.into(),
+            source,
+        })?;
+        let table: toml::Table = text.parse().map_err(|e| crate::CmlError::Instance {
+            source_name: format!("protocol file {file}"),
+            reason: format!("not valid TOML: {e}"),
+        })?;
+        let value = serde_json::to_value(table).map_err(|e| crate::CmlError::Instance {
+            source_name: format!("protocol file {file}"),
+            reason: e.to_string(),
+        })?;
+        out.push((job.to_string(), value));
+    }
+    Ok(out)
 }
 
 pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
@@ -68,8 +107,13 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
     };
     // The repository's own figures/ and paper/ only for a default-scale run with neither folder
     // given.
+    let protocols = protocol_changes(&args.protocol)?;
     let (out, paper) = match (args.out, scale) {
         (Some(out), _) => (out.clone(), args.paper.unwrap_or_else(|| out.join("paper"))),
+        (None, _) if !protocols.is_empty() => {
+            let out = PathBuf::from("figures-protocol");
+            (out.clone(), args.paper.unwrap_or_else(|| out.join("paper")))
+        }
         (None, Scale::Default) => (
             PathBuf::from("figures"),
             args.paper.unwrap_or_else(|| PathBuf::from("paper")),
@@ -84,6 +128,7 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
         paper,
         scale,
         seed: args.seed,
+        protocols,
     };
     let selection = Selection {
         only: args.only.clone(),

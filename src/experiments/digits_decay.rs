@@ -26,7 +26,7 @@ use crate::stats;
 use std::path::PathBuf;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Protocol {
     pub net: Mlp,
     pub train: usize,
@@ -155,6 +155,11 @@ impl Protocol {
         })
     }
 
+    /// The protocol of `settings`' scale with the user's changes (`--protocol digits-decay=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        crate::protocol::configured("digits-decay", Self::at(settings.scale)?, settings)
+    }
+
     fn phase(&self, steps: usize) -> GdParams {
         GdParams {
             step_size: Some(self.step_size),
@@ -178,6 +183,51 @@ impl Protocol {
             }),
             self.step_size,
         )
+    }
+}
+
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        let mut c = crate::protocol::Checks::new("digits-decay");
+        c.sizes("net.sizes", &self.net.sizes)
+            .that(
+                self.net.sizes.first() == Some(&64),
+                "net.sizes",
+                format!("{:?}", self.net.sizes),
+                "64 inputs first (8 x 8 images)",
+            )
+            .that(
+                self.net.sizes.last() == Some(&10),
+                "net.sizes",
+                format!("{:?}", self.net.sizes),
+                "10 outputs last (the digits)",
+            )
+            .count("train", self.train)
+            .count("validation", self.validation)
+            // Intervals over seeds need two.
+            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .count("meta_steps", self.meta_steps)
+            .count("eval_every", self.eval_every)
+            .positive("meta_lr", self.meta_lr)
+            .count("free_steps", self.free_steps)
+            .count("nudged_steps", self.nudged_steps)
+            .positive("step_size", self.step_size)
+            .positive("initial_decay", self.initial_decay)
+            .positive("beta", self.beta)
+            .grid("grid", &self.grid, 1, true);
+        if let Some(r) = &self.step_size_search {
+            c.grid("step_size_search.grid", &r.grid, 2, false);
+        }
+        if let Some(r) = &self.search {
+            c.grid("search.meta_lr", &r.meta_lr, 2, false)
+                .grid("search.beta", &r.beta, 2, false);
+        }
+        if let Some(b) = &self.baseline_steps {
+            c.count("baseline_steps.cg", b.cg)
+                .count("baseline_steps.neumann", b.neumann)
+                .count("baseline_steps.truncation", b.truncation);
+        }
+        c.done()
     }
 }
 
@@ -513,11 +563,15 @@ impl super::units::Job<super::Section> for DigitsDecay {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::at(settings.scale)?)
+        super::units::encode(&Protocol::of(settings)?)
+    }
+
+    fn configurable(&self) -> bool {
+        true
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(unit_list(&Protocol::at(settings.scale)?)
+        Ok(unit_list(&Protocol::of(settings)?)
             .iter()
             .map(|(k, s)| unit_name(k, *s))
             .collect())
@@ -529,7 +583,7 @@ impl super::units::Job<super::Section> for DigitsDecay {
         unit: &str,
         staging: &std::path::Path,
     ) -> Result<serde_json::Value> {
-        let protocol = Protocol::at(settings.scale)?;
+        let protocol = Protocol::of(settings)?;
         let (method, s) = super::units::lookup(self, settings, unit, unit_list(&protocol), |(k, s)| {
             unit_name(k, *s)
         })?;
@@ -606,7 +660,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     if settings.scale != Scale::Paper {
         return Ok(None);
     }
-    let p = Protocol::at(settings.scale)?;
+    let p = Protocol::of(settings)?;
     let steps = p.baseline_steps.expect("the paper's baseline steps");
     let shrunk = |k: usize| {
         let by = |n: usize| (n / k).max(1);
@@ -687,7 +741,7 @@ fn report(
     units: &[super::units::Stored],
     files: &mut Vec<PathBuf>,
 ) -> Result<DigitsDecayResults> {
-    let protocol = Protocol::at(settings.scale)?;
+    let protocol = Protocol::of(settings)?;
     let find = |k: &str, s: usize| units.iter().find(|u| u.unit == unit_name(k, s));
     // (seed index, its baselines unit).
     let seeded: Vec<(usize, BaselineRun)> = (0..protocol.seeds)

@@ -36,7 +36,7 @@ pub const WAYS: usize = 5;
 pub const QUERIES: usize = 15;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Protocol {
     pub hidden: Vec<usize>,
     pub shots: Vec<usize>,
@@ -146,6 +146,11 @@ impl Protocol {
     /// The budgets of the scale: quick, default, or the paper's.
     pub fn at(scale: Scale) -> Self {
         super::units::by_scale(scale, Self::new, Self::paper)
+    }
+
+    /// The protocol of `settings`' scale with the user's changes (`--protocol few-shot=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        crate::protocol::configured("few-shot", Self::at(settings.scale), settings)
     }
 
     /// The paper's Omniglot budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The
@@ -348,7 +353,7 @@ fn rate_subject(shots: usize, key: &str) -> String {
 
 /// The step-size searches' units, in order (none without a search): (shots, method, unit).
 fn rate_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let p = Protocol::at(settings.scale);
+    let p = Protocol::of(settings)?;
     if p.meta_lr_search.is_none() {
         return Ok(Vec::new());
     }
@@ -364,7 +369,7 @@ fn rate_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
 
 /// Every unit of the job, in order: shots, method, seed.
 fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
-    let p = Protocol::at(settings.scale);
+    let p = Protocol::of(settings)?;
     let mut out = Vec::new();
     for &shots in &p.shots {
         for method in p.methods(shots)? {
@@ -415,13 +420,17 @@ impl Job<super::Section> for FewShot {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::at(settings.scale))
+        super::units::encode(&Protocol::of(settings)?)
+    }
+
+    fn configurable(&self) -> bool {
+        true
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         // The searches first (beta before the step sizes, which take it), so that the runs find
         // them stored.
-        Ok(searched_settings(settings)
+        Ok(searched_settings(settings)?
             .into_iter()
             .map(choice_unit)
             .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
@@ -434,8 +443,8 @@ impl Job<super::Section> for FewShot {
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<serde_json::Value> {
-        let p = Protocol::at(settings.scale);
-        if let Some(&shots) = searched_settings(settings)
+        let p = Protocol::of(settings)?;
+        if let Some(&shots) = searched_settings(settings)?
             .iter()
             .find(|&&s| choice_unit(s) == unit)
         {
@@ -483,7 +492,7 @@ impl Job<super::Section> for FewShot {
         if settings.scale != Scale::Paper {
             return Ok(None);
         }
-        let p = Protocol::at(settings.scale);
+        let p = Protocol::of(settings)?;
         let short = Protocol {
             meta_steps: 2,
             test_episodes: 4,
@@ -519,14 +528,55 @@ impl Job<super::Section> for FewShot {
     }
 }
 
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        let mut c = crate::protocol::Checks::new("few-shot");
+        let sizes: Vec<usize> = std::iter::once(1)
+            .chain(self.hidden.iter().copied())
+            .chain([1])
+            .collect();
+        c.sizes("hidden", &sizes)
+            .that(
+                !self.shots.is_empty() && !self.shots.contains(&0),
+                "shots",
+                format!("{:?}", self.shots),
+                "at least one setting, each at least 1 shot",
+            )
+            .count("meta_steps", self.meta_steps)
+            .count("meta_batch", self.meta_batch)
+            .positive("meta_lr", self.meta_lr)
+            .count("test_episodes", self.test_episodes)
+            .positive("strength", self.strength)
+            .positive("one_shot_strength", self.one_shot_strength.unwrap_or(1.0))
+            .positive("beta", self.beta)
+            .count("free_steps", self.free_steps)
+            .count("nudged_steps", self.nudged_steps)
+            .count("maml_steps", self.maml_steps)
+            .positive("maml_step_size", self.maml_step_size)
+            // Intervals over seeds need two.
+            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .count("validation_episodes", self.validation_episodes)
+            .count("validate_every", self.validate_every);
+        if let Some(b) = &self.beta_search {
+            c.grid("beta_search.grid", &b.grid, 2, false)
+                .count("beta_search.meta_steps", b.meta_steps)
+                .count("beta_search.validation_tasks", b.validation_tasks);
+        }
+        if let Some(r) = &self.meta_lr_search {
+            c.grid("meta_lr_search.grid", &r.grid, 2, false);
+        }
+        c.done()
+    }
+}
+
 /// The settings whose contrastive `beta` is searched (all of them, unless the scale has no search).
-fn searched_settings(settings: &Settings) -> Vec<usize> {
-    let p = Protocol::at(settings.scale);
-    if p.beta_search.is_some() {
+fn searched_settings(settings: &Settings) -> Result<Vec<usize>> {
+    let p = Protocol::of(settings)?;
+    Ok(if p.beta_search.is_some() {
         p.shots
     } else {
         Vec::new()
-    }
+    })
 }
 
 /// `n` episodes of the `shots` setting from `pool`, drawn by `rng`.
@@ -855,7 +905,7 @@ pub struct FewShotResults {
 }
 
 fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<FewShotResults> {
-    let protocol = Protocol::at(settings.scale);
+    let protocol = Protocol::of(settings)?;
     let mut rows = Vec::new();
     let mut gain_p = Vec::new();
     let mut stopped = Vec::new();

@@ -64,6 +64,7 @@ static THEORY: Whole<Section> = Whole {
     run: |s, f| Ok(writeup::theory_section(&theory::run(s, f)?)),
     at_report: None,
     paper: PaperBudgets::Default("the paper states no budgets for its bound; these grids are this testbed's"),
+    configurable: false,
 };
 static COMPUTE: Whole<Section> = Whole {
     name: "compute",
@@ -72,6 +73,7 @@ static COMPUTE: Whole<Section> = Whole {
     run: |s, f| Ok(writeup::compute_section(&compute::run_compute(s, f)?)),
     at_report: None,
     paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
+    configurable: false,
 };
 static COST: Whole<Section> = Whole {
     name: "cost",
@@ -81,6 +83,7 @@ static COST: Whole<Section> = Whole {
     // The allocator bench's file sits in the real output folder, not the unit's.
     at_report: Some(writeup::with_measured_memory),
     paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
+    configurable: false,
 };
 static WEIGHT_DECAY: Whole<Section> = Whole {
     name: "weight-decay",
@@ -91,6 +94,7 @@ static WEIGHT_DECAY: Whole<Section> = Whole {
     paper: PaperBudgets::Default(
         "this testbed's small problem; the paper's weight-decay experiment is digits-decay",
     ),
+    configurable: true,
 };
 
 /// What a run wrote, with each job's section of the write-up.
@@ -165,6 +169,7 @@ pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
         paper: PathBuf::new(),
         scale: Scale::Default,
         seed: 0,
+        protocols: Vec::new(),
     };
     registry()
         .into_iter()
@@ -267,6 +272,51 @@ mod tests {
         write_csv(&path, "agent,value", &rows[..1], &mut files).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "agent,value\na,1\n");
     }
+    #[test]
+    fn every_configurable_protocol_passes_its_checks_and_survives_an_empty_change_at_every_scale() {
+        // An empty change merges nothing and checks the protocol: the built-in protocols must
+        // pass their own checks, and deserialising them back must give the same protocol.
+        let configurable: Vec<&str> = registry()
+            .iter()
+            .filter(|j| j.configurable())
+            .map(|j| j.name())
+            .collect();
+        assert_eq!(
+            configurable,
+            ["weight-decay", "digits-decay", "few-shot", "spiking"]
+        );
+        for scale in [Scale::Quick, Scale::Default, Scale::Paper] {
+            let plain = Settings {
+                out: PathBuf::new(),
+                paper: PathBuf::new(),
+                scale,
+                seed: 0,
+                protocols: Vec::new(),
+            };
+            for job in registry().into_iter().filter(|j| j.configurable()) {
+                let changed = Settings {
+                    protocols: vec![(job.name().to_string(), serde_json::json!({}))],
+                    ..plain.clone()
+                };
+                assert_eq!(
+                    job.protocol(&changed).unwrap(),
+                    job.protocol(&plain).unwrap(),
+                    "{} at {scale:?}",
+                    job.name()
+                );
+            }
+        }
+        // A change is checked: two seeds at least, for an interval over seeds.
+        let one_seed = Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale: Scale::Quick,
+            seed: 0,
+            protocols: vec![("few-shot".into(), serde_json::json!({"seeds": 1}))],
+        };
+        let err = few_shot::FEW_SHOT.protocol(&one_seed).unwrap_err().to_string();
+        assert!(err.contains("few-shot protocol: seeds = 1: at least 2"), "{err}");
+    }
 }
 
 #[cfg(test)]
@@ -281,6 +331,7 @@ mod paper_scale_tests {
             paper: PathBuf::new(),
             scale,
             seed: 0,
+            protocols: Vec::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as `configs/spiking.toml`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Protocol {
     pub network: NetworkSpec,
     pub shots: usize,
@@ -150,6 +150,11 @@ impl Protocol {
     /// The budgets of the scale: quick, default, or the paper's.
     pub fn at(scale: Scale) -> Self {
         super::units::by_scale(scale, Self::new, Self::paper)
+    }
+
+    /// The protocol of `settings`' scale with the user's changes (`--protocol spiking=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        crate::protocol::configured("spiking", Self::at(settings.scale), settings)
     }
 
     /// The paper's budgets, as the authors' code runs the spiking experiment (docs/EXPERIMENTS.md,
@@ -304,6 +309,51 @@ impl Protocol {
                 baseline: false,
             },
         ]
+    }
+}
+
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        self.network.validate()?;
+        let mut c = crate::protocol::Checks::new("spiking");
+        c.count("shots", self.shots)
+            // Intervals over seeds need two.
+            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .count("test_tasks", self.test_tasks)
+            .positive("meta_lr", self.meta_lr)
+            .positive("strength", self.strength)
+            .count("meta_steps", self.meta_steps)
+            .count("meta_batch", self.meta_batch)
+            .count("free_steps", self.free_steps)
+            .count("nudged_steps", self.nudged_steps)
+            .positive("inner_lr", self.inner_lr)
+            .grid("beta_grid", &self.beta_grid, 1, false)
+            .grid("nudged_lr_grid", &self.nudged_lr_grid, 1, false)
+            .count("validation_tasks", self.validation_tasks)
+            .count("halves_tasks", self.halves_tasks)
+            .count("halves_every", self.halves_every)
+            .count("baseline_meta_steps", self.baseline_meta_steps)
+            .count("baseline_meta_batch", self.baseline_meta_batch)
+            .positive("baseline_meta_lr", self.baseline_meta_lr.unwrap_or(1.0))
+            .count("unrolled_steps", self.unrolled_steps)
+            .positive("unrolled_lr", self.unrolled_lr)
+            .count("truncated_steps", self.truncated_steps)
+            .count("truncated_last", self.truncated_last)
+            .that(
+                self.truncated_last <= self.truncated_steps,
+                "truncated_last",
+                self.truncated_last,
+                "at most truncated_steps",
+            )
+            .count("ablation_tasks", self.ablation_tasks);
+        if let Some(r) = &self.meta_lr_search {
+            c.grid("meta_lr_search.grid", &r.grid, 2, false);
+        }
+        if let Some(k) = &self.checkpoint {
+            c.count("checkpoint.every", k.every)
+                .count("checkpoint.validation_tasks", k.validation_tasks);
+        }
+        c.done()
     }
 }
 
@@ -675,11 +725,15 @@ impl super::units::Job<super::Section> for Spiking {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::at(settings.scale))
+        super::units::encode(&Protocol::of(settings)?)
+    }
+
+    fn configurable(&self) -> bool {
+        true
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        let p = Protocol::at(settings.scale);
+        let p = Protocol::of(settings)?;
         // The searches first (beta before the step sizes, which take it), so that the runs find
         // them stored.
         Ok(std::iter::once(CHOICE_UNIT.to_string())
@@ -695,7 +749,7 @@ impl super::units::Job<super::Section> for Spiking {
         unit: &str,
         staging: &std::path::Path,
     ) -> Result<serde_json::Value> {
-        let p = Protocol::at(settings.scale);
+        let p = Protocol::of(settings)?;
         if unit == CHOICE_UNIT {
             return super::units::encode(&ChoiceRows::from(&choose(&p, settings)?));
         }
@@ -1038,7 +1092,7 @@ fn report(
     units: &[super::units::Stored],
     files: &mut Vec<PathBuf>,
 ) -> Result<SpikingResults> {
-    let p = Protocol::at(settings.scale);
+    let p = Protocol::of(settings)?;
     let find = |name: &str| -> Result<&super::units::Stored> {
         units
             .iter()
@@ -1394,7 +1448,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     if settings.scale != Scale::Paper {
         return Ok(None);
     }
-    let p = Protocol::at(settings.scale);
+    let p = Protocol::of(settings)?;
     let (tasks, theta) = validation(&p, settings)?;
     use super::units::timed;
     // The paper's own setting stands in for the validation choice.
@@ -1921,6 +1975,7 @@ mod tests {
             paper: dir.path().join("paper"),
             scale: Scale::Quick,
             seed: 0,
+            protocols: Vec::new(),
         };
         let mut stored: Vec<Stored> = SPIKING
             .units(&settings)
@@ -1973,6 +2028,7 @@ mod nudged_budget {
             paper: PathBuf::new(),
             scale: Scale::Default,
             seed: 0,
+            protocols: Vec::new(),
         };
         let mut at = std::collections::BTreeMap::new();
         for lr in [1e-3, 1e-4] {

@@ -371,6 +371,7 @@ pub fn figure_training_config(
         paper: PathBuf::new(),
         scale,
         seed,
+        protocols: Vec::new(),
     };
     let model = models(&net(&settings)?)
         .into_iter()

@@ -28,7 +28,7 @@ pub struct Losses {
 
 /// The job's budgets and settings (full or `--quick`); the full one is shipped as
 /// `configs/weight_decay.toml`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Protocol {
     /// Independent runs: seed `s` draws its own split of the patients and initial weights.
     pub seeds: usize,
@@ -111,6 +111,11 @@ impl Protocol {
         }
     }
 
+    /// The protocol of `settings`' scale with the user's changes (`--protocol weight-decay=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        crate::protocol::configured("weight-decay", Self::new(settings.quick()), settings)
+    }
+
     fn phase(&self, steps: usize, step_size: f64) -> GdParams {
         GdParams {
             step_size: Some(step_size),
@@ -136,9 +141,31 @@ impl Protocol {
     }
 }
 
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        crate::protocol::Checks::new("weight-decay")
+            // Intervals over seeds need two.
+            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .positive("initial_decay", self.initial_decay)
+            .count("free_steps", self.free_steps)
+            .count("nudged_steps", self.nudged_steps)
+            .count("meta_steps", self.meta_steps)
+            .count("eval_every", self.eval_every)
+            .grid("grid", &self.grid, 1, false)
+            .count("baseline_steps.cg", self.baseline_steps.cg)
+            .count("baseline_steps.neumann", self.baseline_steps.neumann)
+            .count("baseline_steps.truncation", self.baseline_steps.truncation)
+            .positive("neumann_alpha", self.neumann_alpha)
+            .grid("step_size_search.grid", &self.step_size_search.grid, 2, false)
+            .grid("search.meta_lr", &self.search.meta_lr, 2, false)
+            .grid("search.beta", &self.search.beta, 2, false)
+            .done()
+    }
+}
+
 /// The protocol of the scale, as the fingerprint of the job's unit records it.
 pub(super) fn protocol(settings: &Settings) -> Result<serde_json::Value> {
-    super::units::encode(&Protocol::new(settings.quick()))
+    super::units::encode(&Protocol::of(settings)?)
 }
 
 /// Two methods' test losses are equivalent within this fraction of their mean (fixed before any
@@ -210,7 +237,7 @@ fn adapt(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<(Losses, 
 /// CG and Neumann with `solver_steps` (Neumann at step `neumann_alpha`), T1-T2 and truncated
 /// BPTT through the last 20 steps, all after the contrastive rule's free phase.
 /// The iterations of the baselines' linear solves (CG, Neumann) and truncated BPTT's walk back.
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct BaselineSteps {
     pub cg: usize,
     pub neumann: usize,
@@ -359,7 +386,7 @@ fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
 
 /// Runs every seed, then writes the curves, the per-seed CSV, the figure and the table.
 pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
-    let p = Protocol::new(settings.quick());
+    let p = Protocol::of(settings)?;
     let names: Vec<&str> = p.estimators(1.0).iter().map(|e| e.0).collect();
     let seeds: Vec<u64> = (0..p.seeds as u64).map(|s| settings.seed + s).collect();
     let runs: Vec<SeedRuns> = seeds

@@ -18,7 +18,7 @@ pub(crate) fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
 /// `grid` from an initialisation and task stream of the search's own, then the query loss after
 /// adaptation on validation tasks of its own; a choice at an edge extends the grid at most
 /// `extensions` times.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BetaSearchSpec {
     pub grid: Vec<f64>,
     pub extensions: usize,
@@ -30,7 +30,7 @@ pub struct BetaSearchSpec {
 /// scored by a whole meta-training (the job says from what and on which validation data); the
 /// least mean validation loss wins ([`Ties::None`]), and a choice at an edge extends the grid at
 /// most `extensions` times.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RateSearchSpec {
     pub grid: Vec<f64>,
     pub extensions: usize,
@@ -41,7 +41,7 @@ pub struct RateSearchSpec {
 /// at the chosen rate (the one-standard-error rule, ties to the larger); each value is a whole
 /// meta-training scored at its deployed checkpoint, and the chosen run is the one deployed. A
 /// choice at an edge extends its grid at most `extensions` times.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct RunSearch {
     pub meta_lr: Vec<f64>,
     pub beta: Vec<f64>,
@@ -145,7 +145,7 @@ pub(crate) fn search_stable_step_size(
 /// Which meta-step a run deploys, chosen on validation tasks: its initialisation, every `every`
 /// meta-steps and its last completed meta-step are checkpoints, each scored by its validation
 /// tasks' mean loss after the method's own adaptation ([`least_loss`] picks).
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct CheckpointSpec {
     pub every: usize,
     pub validation_tasks: usize,

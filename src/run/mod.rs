@@ -6,6 +6,7 @@ pub mod choice;
 pub mod executor;
 pub mod fit;
 pub mod meta_training;
+pub mod protocol;
 pub mod registry;
 pub mod stats;
 pub mod sweep;

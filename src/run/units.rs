@@ -22,6 +22,9 @@ pub struct Settings {
     pub paper: PathBuf,
     pub scale: Scale,
     pub seed: u64,
+    /// Changes to jobs' protocols (`--protocol JOB=FILE`): job name, the file's table
+    /// ([`super::protocol::configured`]).
+    pub protocols: Vec<(String, Value)>,
 }
 
 impl Settings {
@@ -116,6 +119,35 @@ pub trait Job<S>: Sync {
     fn is_choice(&self, unit: &str) -> bool {
         unit == "choice" || unit.starts_with("choice-")
     }
+    /// Whether `--protocol JOB=FILE` may change its protocol ([`super::protocol`]).
+    fn configurable(&self) -> bool {
+        false
+    }
+}
+
+/// An error unless every job whose protocol `settings` changes is a job of `registry` that takes
+/// changes, and its changed protocol is valid (checked here, before any unit runs).
+pub(crate) fn check_protocol_changes<S>(registry: &[&'static dyn Job<S>], settings: &Settings) -> Result<()> {
+    for (name, _) in &settings.protocols {
+        match registry.iter().find(|j| j.name() == name) {
+            Some(job) if job.configurable() => {
+                job.protocol(settings)?;
+            }
+            _ => {
+                let allowed: Vec<&str> = registry
+                    .iter()
+                    .filter(|j| j.configurable())
+                    .map(|j| j.name())
+                    .collect();
+                return Err(CmlError::UnknownName {
+                    kind: "job for --protocol".into(),
+                    name: name.clone(),
+                    allowed: allowed.join(", "),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which units a run takes (`--stage`): the choices other units read, or the rest. A cluster
@@ -499,6 +531,7 @@ pub fn run_slice<S>(
     crate::autodiff::ensure_second_order()?;
     let jobs = selection.jobs(registry, settings)?;
     check_scale(registry, &jobs, settings)?;
+    check_protocol_changes(registry, settings)?;
     let units = all_units(&jobs, selection, settings)?;
     let threads = crate::parallel::available_threads();
     run_listed(settings, units, slice, results, log, threads)
@@ -625,6 +658,7 @@ pub fn report<S>(
 ) -> Result<Reported<S>> {
     let jobs = selection.jobs(registry, settings)?;
     check_scale(registry, &jobs, settings)?;
+    check_protocol_changes(registry, settings)?;
     let mut out = Reported {
         sections: Vec::new(),
         files: Vec::new(),
@@ -684,6 +718,7 @@ pub fn plan<S>(
 ) -> Result<Vec<PlanRow>> {
     crate::autodiff::ensure_second_order()?;
     let jobs = selection.jobs(registry, settings)?;
+    check_protocol_changes(registry, settings)?;
     let mut rows = Vec::new();
     for job in jobs {
         if settings.scale == Scale::Paper && job.paper_budgets() == PaperBudgets::NotYet {
@@ -750,6 +785,8 @@ pub(crate) struct Whole<S> {
     /// Adds what the section reads from the real output folder at report time.
     pub at_report: Option<fn(&Settings, S) -> S>,
     pub paper: PaperBudgets,
+    /// Whether `--protocol` may change `protocol` (which then applies the changes).
+    pub configurable: bool,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -775,6 +812,10 @@ impl<S: serde::Serialize + serde::de::DeserializeOwned> Job<S> for Whole<S> {
 
     fn protocol(&self, settings: &Settings) -> Result<Value> {
         (self.protocol)(settings)
+    }
+
+    fn configurable(&self) -> bool {
+        self.configurable
     }
 
     fn units(&self, _: &Settings) -> Result<Vec<String>> {
@@ -991,6 +1032,7 @@ mod waiting_tests {
             paper: PathBuf::new(),
             scale: Scale::Default,
             seed: 0,
+            protocols: Vec::new(),
         };
         let units = JOB
             .units(&settings)
@@ -1021,6 +1063,7 @@ mod waiting_tests {
             paper: PathBuf::new(),
             scale: Scale::Default,
             seed: 0,
+            protocols: Vec::new(),
         };
         let jobs: Vec<&'static dyn Job<()>> = vec![&JOB];
         let units = |stage| {
