@@ -27,7 +27,7 @@ use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
 /// The budget of the job (full or `--quick`); the full one is shipped as a config in `configs/`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Protocol {
     pub net: Mlp,
     pub meta_steps: usize,
@@ -77,11 +77,79 @@ pub struct Protocol {
     pub checkpoint: Option<CheckpointSpec>,
 }
 
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        let mut c = crate::protocol::Checks::new("bandit");
+        c.sizes("net.sizes", &self.net.sizes)
+            .count("meta_steps", self.meta_steps)
+            .count("meta_batch", self.meta_batch)
+            .positive("meta_lr", self.meta_lr)
+            .count("support", self.support)
+            .count("query", self.query)
+            .count("free_steps", self.free_steps)
+            .count("nudged_steps", self.nudged_steps)
+            .positive("phase_step_size", self.phase_step_size)
+            .positive("synapse_beta", self.synapse_beta)
+            .positive("modulation_beta", self.modulation_beta)
+            .positive("modulation_strength", self.modulation_strength)
+            .count("maml_steps", self.maml_steps)
+            .positive("maml_step_size", self.maml_step_size)
+            .that(
+                !self.deltas.is_empty() && self.deltas.iter().all(|d| (0.0..1.0).contains(d)),
+                "deltas",
+                format!("{:?}", self.deltas),
+                "at least one, each in [0, 1)",
+            )
+            // Intervals over seeds need two.
+            .that(self.meta_seeds >= 2, "meta_seeds", self.meta_seeds, "at least 2")
+            .count("runs_per_seed", self.runs_per_seed)
+            .count("run.steps", self.run.steps)
+            .count("online.every", self.online.every)
+            .count("online.updates", self.online.updates)
+            .count("online.batch", self.online.batch)
+            .positive("online.step_size", self.online.step_size)
+            .count("neural_linear_every", self.neural_linear_every);
+        if let Some(b) = &self.beta_search {
+            c.grid("beta_search.grid", &b.grid, 2, false)
+                .count("beta_search.meta_steps", b.meta_steps)
+                .count("beta_search.validation_tasks", b.validation_tasks);
+        }
+        if let Some(r) = &self.meta_lr_search {
+            c.grid("meta_lr_search.grid", &r.grid, 2, false);
+        }
+        if let Some(k) = &self.checkpoint {
+            c.count("checkpoint.every", k.every)
+                .count("checkpoint.validation_tasks", k.validation_tasks);
+        }
+        const AGENTS: [&str; 3] = ["CML complex synapse", "CML gain modulation", "MAML"];
+        for (k, b) in self.per_learner.iter().flatten().enumerate() {
+            let contrastive = b.name.starts_with("CML");
+            c.that(
+                AGENTS.contains(&b.name.as_str()),
+                &format!("per_learner[{k}].name"),
+                &b.name,
+                &format!("one of {}", AGENTS.join(", ")),
+            )
+            .that(
+                !contrastive || (b.free.is_some() && b.nudged.is_some()),
+                &format!("per_learner[{k}] ({})", b.name),
+                "no free or nudged phase",
+                "a contrastive agent's free and nudged phases",
+            )
+            .count(&format!("per_learner[{k}].meta_steps"), b.meta_steps)
+            .count(&format!("per_learner[{k}].meta_batch"), b.meta_batch)
+            .positive(&format!("per_learner[{k}].meta_lr"), b.meta_lr)
+            .positive(&format!("per_learner[{k}].online.step_size"), b.online.step_size);
+        }
+        c.done()
+    }
+}
+
 /// One meta-learned agent's budgets: its meta-training, its contrastive phases (none for MAML)
 /// and its online loop.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct LearnerBudget {
-    pub name: &'static str,
+    pub name: String,
     pub meta_steps: usize,
     pub meta_batch: usize,
     pub meta_lr: f64,
@@ -184,6 +252,11 @@ impl Protocol {
         super::units::by_scale(scale, Self::new, Self::paper)
     }
 
+    /// The protocol of `settings`' scale with the user's changes (`--protocol bandit=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        crate::protocol::configured("bandit", Self::at(settings.scale)?, settings)
+    }
+
     /// The paper's budgets, as the authors' code runs the wheel bandit (docs/EXPERIMENTS.md, "The
     /// bandit job at the paper's budgets"): [100, 100] networks, 512 support and 50 query pulls, one
     /// pass over 64 training tasks repeated 100 times (6400 tasks: 800 meta-steps of 8 for the
@@ -230,7 +303,7 @@ impl Protocol {
             },
             per_learner: Some(vec![
                 LearnerBudget {
-                    name: "CML complex synapse",
+                    name: "CML complex synapse".into(),
                     meta_steps: 800,
                     meta_batch: 8,
                     meta_lr: 0.03,
@@ -240,7 +313,7 @@ impl Protocol {
                     online: online(50, 250, 1e-4, adam),
                 },
                 LearnerBudget {
-                    name: "CML gain modulation",
+                    name: "CML gain modulation".into(),
                     meta_steps: 400,
                     meta_batch: 16,
                     meta_lr: 0.03,
@@ -250,7 +323,7 @@ impl Protocol {
                     online: online(100, 500, 1e-4, Optimizer::from_name("nesterov", 0.9)?),
                 },
                 LearnerBudget {
-                    name: "MAML",
+                    name: "MAML".into(),
                     meta_steps: 200,
                     meta_batch: 32,
                     meta_lr: 0.1,
@@ -274,7 +347,7 @@ impl Protocol {
             return Ok(b.clone());
         }
         Ok(LearnerBudget {
-            name: "shared",
+            name: "shared".into(),
             meta_steps: self.meta_steps,
             meta_batch: self.meta_batch,
             meta_lr: self.meta_lr,
@@ -787,11 +860,15 @@ impl super::units::Job<super::Section> for Bandit {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&Protocol::at(settings.scale)?)
+        super::units::encode(&Protocol::of(settings)?)
+    }
+
+    fn configurable(&self) -> bool {
+        true
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        let p = Protocol::at(settings.scale)?;
+        let p = Protocol::of(settings)?;
         // The searches first, so that the agents' units find them stored.
         Ok(choice_units(&p)?
             .into_iter()
@@ -807,7 +884,7 @@ impl super::units::Job<super::Section> for Bandit {
         unit: &str,
         staging: &std::path::Path,
     ) -> Result<serde_json::Value> {
-        let p = Protocol::at(settings.scale)?;
+        let p = Protocol::of(settings)?;
         if let Some((name, _)) = choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
             return super::units::encode(&choose_beta(settings, &p, name)?);
         }
@@ -862,7 +939,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
     if settings.scale != Scale::Paper {
         return Ok(None);
     }
-    let p = Protocol::at(settings.scale)?;
+    let p = Protocol::of(settings)?;
     let mut rng = crate::rng::stream(settings.seed, CALIBRATION);
     let task = BanditTask::sample(&mut rng, p.support, p.query)?;
     let minibatch = BanditTask::sample(&mut rng, p.online.batch, 1)?;
@@ -1134,7 +1211,7 @@ fn report(
     units: &[super::units::Stored],
     files: &mut Vec<PathBuf>,
 ) -> Result<BanditResults> {
-    let protocol = Protocol::at(settings.scale)?;
+    let protocol = Protocol::of(settings)?;
     let p = &protocol;
     let learners = p.meta_learners()?;
     // The beta searches, where their units were given.

@@ -283,7 +283,7 @@ mod tests {
             .collect();
         assert_eq!(
             configurable,
-            ["weight-decay", "digits-decay", "few-shot", "spiking"]
+            ["weight-decay", "digits-decay", "few-shot", "bandit", "spiking"]
         );
         for scale in [Scale::Quick, Scale::Default, Scale::Paper] {
             let plain = Settings {

@@ -31,7 +31,8 @@ pub fn configured<P: Checked>(job: &str, base: P, settings: &super::units::Setti
 
 /// `base` with `changes` merged in: each key of `changes` must be a key of `base` (at that
 /// depth), holding a value of the same kind (a table merges key by key; a whole number stays
-/// whole and not negative; an array's items take the kind of the base's first item).
+/// whole and not negative; an array replaces the base's, its items of the kind of the base's
+/// first item, and an array of tables merges item by item).
 pub fn merge(path: &str, mut base: Value, changes: &Value) -> Result<Value> {
     let Value::Object(changes) = changes else {
         return Err(CmlError::invalid(path, kind(changes), "a table of keys"));
@@ -63,10 +64,17 @@ fn merged_value(at: &str, old: &Value, change: &Value) -> Result<Value> {
             let Value::Array(new) = change else {
                 return Err(CmlError::invalid(at, kind(change), "an array"));
             };
-            match items.first() {
-                Some(first) => new.iter().map(|v| merged_value(at, first, v)).collect(),
-                None => Ok(change.clone()),
-            }
+            // Tables merge item by item (an item past the base's is taken whole); other items
+            // take the kind of the base's first.
+            new.iter()
+                .enumerate()
+                .map(|(k, v)| match (items.get(k), items.first()) {
+                    (Some(old @ Value::Object(_)), _) => merged_value(&format!("{at}[{k}]"), old, v),
+                    (None, Some(Value::Object(_))) => Ok(v.clone()),
+                    (_, Some(first)) => merged_value(at, first, v),
+                    (_, None) => Ok(v.clone()),
+                })
+                .collect()
         }
         _ if same_kind(old, change) => Ok(change.clone()),
         _ => Err(CmlError::invalid(at, change, kind(old))),
@@ -229,6 +237,25 @@ mod tests {
         let err = merge("p", base, &json!({"seed": 1})).unwrap_err().to_string();
         assert!(
             err.contains("'seed'") && err.contains("grid, lr, search, seeds"),
+            "{err}"
+        );
+        // An array of tables merges item by item; an item past the base's is taken whole.
+        let base = json!({"runs": [{"name": "a", "steps": 1}, {"name": "b", "steps": 2}]});
+        let merged = merge(
+            "p",
+            base.clone(),
+            &json!({"runs": [{}, {"steps": 5}, {"name": "c"}]}),
+        )
+        .unwrap();
+        assert_eq!(
+            merged,
+            json!({"runs": [{"name": "a", "steps": 1}, {"name": "b", "steps": 5}, {"name": "c"}]})
+        );
+        let err = merge("p", base, &json!({"runs": [{"step": 5}]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("key of p: runs[0]") && err.contains("'step'"),
             "{err}"
         );
     }

@@ -91,7 +91,7 @@ pub enum OnlineModel {
 
 /// How a network keeps learning: every `every` pulls, `updates` optimiser steps (a fresh
 /// optimiser each time) on one minibatch of up to `batch` pulls drawn from the replay buffer.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct OnlineParams {
     pub every: usize,
     pub updates: usize,

@@ -13,7 +13,7 @@ const REWARDS: u64 = 11;
 const AGENT: u64 = 12;
 
 /// The length of a run and its opening.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunParams {
     /// Contexts (steps) per run.
     pub steps: usize,

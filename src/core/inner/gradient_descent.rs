@@ -13,7 +13,7 @@ use crate::smoothness;
 use candle_core::{Device, Tensor};
 
 /// Gradient-descent settings of one phase; as an [`InnerSolver`], gradient descent itself.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GdParams {
     /// Step size; `None` takes `1 / L_beta` from the problem's known smoothness, or, where it is
     /// unknown, `1 / (2 L_hat)` with `L_hat` from power iteration at the phase's start
@@ -28,12 +28,12 @@ pub struct GdParams {
     /// The update rule (gradient descent by default); a fresh state for every phase.
     pub optimizer: Optimizer,
     /// When the phase counts as diverged (left out of serialised settings at its default).
-    #[serde(skip_serializing_if = "Divergence::is_default")]
+    #[serde(skip_serializing_if = "Divergence::is_default", default)]
     pub divergence: Divergence,
 }
 
 /// When a phase counts as diverged (docs/STEP_SIZE.md).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Divergence {
     /// A non-finite loss or gradient, or a loss [`DIVERGENCE_MARGIN`] of its scale above its
