@@ -52,9 +52,14 @@ pub(super) fn table(searches: &[Search], column: &str) -> String {
         }
     }
     for x in searches {
+        // A subject that already says what it is ("seed 0") is not followed by the column's name.
+        let subject = if x.model.starts_with(&format!("{column} ")) {
+            x.model.clone()
+        } else {
+            format!("{} {column}", x.model)
+        };
         t.push_str(&format!(
-            "\n{} {column}: {setting} = {}{}.",
-            x.model,
+            "\n{subject}: {setting} = {}{}.",
             x.chosen,
             if x.at_edge {
                 " (at an edge of the extended grid: the optimum may lie beyond it)"
