@@ -156,7 +156,8 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
 /// that the files match what the jobs run).
 pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
     /// The jobs whose protocol ships as `configs/<job>.toml` (dashes as underscores).
-    const SHIPPED: [&str; 6] = [
+    const SHIPPED: [&str; 7] = [
+        "training",
         "bandit",
         "few-shot",
         "digits-decay",
@@ -283,7 +284,14 @@ mod tests {
             .collect();
         assert_eq!(
             configurable,
-            ["weight-decay", "digits-decay", "few-shot", "bandit", "spiking"]
+            [
+                "training",
+                "weight-decay",
+                "digits-decay",
+                "few-shot",
+                "bandit",
+                "spiking"
+            ]
         );
         for scale in [Scale::Quick, Scale::Default, Scale::Paper] {
             let plain = Settings {

@@ -89,29 +89,33 @@ pub struct TrainingResults {
     /// model and estimator (none at the paper scale).
     pub beta_searches: Vec<Search>,
     pub meta_lr_searches: Vec<Search>,
+    /// The protocol the runs followed.
+    pub protocol: Protocol,
 }
 
 /// The write-up's sentence on the choices the validation searches made.
 pub fn choices_sentence(t: &TrainingResults) -> String {
     if t.beta_searches.is_empty() && t.meta_lr_searches.is_empty() {
         return format!(
-            "The contrastive rule's beta ({PAPER_BETA}) and the outer step size ({META_LR}) are the paper scale's, not searched."
+            "The contrastive rule's beta ({}) and the outer step size ({}) are the paper scale's, not searched.",
+            t.protocol.beta, t.protocol.meta_lr
         );
     }
     format!(
         "Chosen on validation tasks of search streams of their own ([final_loss.md](final_loss.md) gives every score): \
          the contrastive rule's beta per model ({}, one stream), and the outer Adam step size per model and estimator \
-         ({}, {META_LR_SEARCH_STREAMS} streams).",
+         ({}, {} streams).",
         super::searches::chosen_values(&t.beta_searches),
-        super::searches::chosen_values(&t.meta_lr_searches)
+        super::searches::chosen_values(&t.meta_lr_searches),
+        t.protocol.meta_lr_search.as_ref().map_or(0, |r| r.streams)
     )
 }
 
-/// Both meta-training models of the registry, at strength 2 (one strength per synapse).
-fn models(net: &Mlp) -> Vec<ModelSpec> {
+/// Both meta-training models of the registry, at the protocol's strength (one per synapse).
+fn models(p: &Protocol) -> Vec<ModelSpec> {
     let options = crate::registry::ModelOptions {
-        net: net.clone(),
-        strength: 2.0,
+        net: p.net.clone(),
+        strength: p.strength,
         per_synapse: true,
     };
     crate::registry::MODELS
@@ -126,10 +130,182 @@ pub const PAPER_BETA: f64 = 0.05;
 /// The outer Adam's step size of the paper scale, and where the search starts.
 pub const META_LR: f64 = 2e-3;
 
+/// The job's protocol at one scale (`--protocol training=FILE` changes it; the default's is
+/// shipped as `configs/training.toml`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Protocol {
+    /// The network of both models, and their fixed pull strength (one per synapse).
+    pub net: Mlp,
+    pub strength: f64,
+    /// Independent meta-training seeds (a new initialisation, task stream and held-out tasks).
+    pub seeds: usize,
+    /// Support points of a task.
+    pub shots: usize,
+    pub meta_steps: usize,
+    pub meta_batch: usize,
+    /// The contrastive phases and every other estimator's inner loop: Nesterov (momentum 0.9)
+    /// at `step_size`. Nesterov is stable for curvature below about 1.36 / step size, and
+    /// meta-training sharpens the networks: 0.003 (curvature up to 450) diverged in a nudged
+    /// phase at meta-step 104 of the synapse run; 0.001 allows 1360.
+    pub free_steps: usize,
+    pub nudged_steps: usize,
+    pub step_size: f64,
+    /// MAML-style BPTT: a short loop of plain gradient steps, backpropagated through, which is
+    /// also how it adapts at test time. MAML's usual 0.01 diverged at meta-step 72 of the
+    /// synapse run (curvature above 200); 0.003 allows 667 and lasted to meta-step 203.
+    pub bptt_steps: usize,
+    pub bptt_step_size: f64,
+    /// CG and Neumann iterations, and truncated BPTT's steps walked back.
+    pub solver_steps: usize,
+    pub truncation: usize,
+    /// Held-out tasks of the training loop's curves, evaluated every `eval_every` meta-steps.
+    pub eval_tasks: usize,
+    pub eval_every: usize,
+    /// Tasks that choose each run's checkpoint, and tasks that measure it (streams of their own).
+    pub validation_tasks: usize,
+    pub test_tasks: usize,
+    /// The contrastive rule's `beta` and the outer Adam's step size where no search sets them
+    /// (the paper scale), and where the searches start.
+    pub beta: f64,
+    pub meta_lr: f64,
+    /// The searches on validation tasks (none at the paper scale).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub beta_search: Option<TrainingBetaSearch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub meta_lr_search: Option<TrainingRateSearch>,
+}
+
+/// The contrastive rule's `beta` search: a short meta-training of `meta_steps` at each value of
+/// `grid`; a choice at an edge extends the grid at most `extensions` times.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainingBetaSearch {
+    pub grid: Vec<f64>,
+    pub extensions: usize,
+    pub meta_steps: usize,
+}
+
+/// The outer step size's search: a whole meta-training at each value of `grid` on each of
+/// `streams` search streams; a choice at an edge extends the grid at most `extensions` times.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainingRateSearch {
+    pub grid: Vec<f64>,
+    pub extensions: usize,
+    pub streams: u64,
+}
+
+impl Protocol {
+    /// The budgets of the scale. Full run: the largest that fits one 2-core workstation (the
+    /// paper: 200 free and 100-200 nudged steps at lr 0.01, meta-batch 32, thousands of
+    /// meta-steps). Paper: the budgets of its code (docs/EXPERIMENTS.md), 200 free and 100 nudged
+    /// steps, 2000 meta-steps of 25 tasks; the step sizes stay the default's (its lr 0.01
+    /// diverges here).
+    pub fn at(scale: Scale) -> Result<Self> {
+        let quick = scale == Scale::Quick;
+        let (free_steps, nudged_steps, meta_steps, meta_batch) = match scale {
+            Scale::Quick => (30, 8, 4, 2),
+            Scale::Default => (300, 60, 300, 10),
+            Scale::Paper => (200, 100, 2000, 25),
+        };
+        let searched = scale != Scale::Paper;
+        Ok(Protocol {
+            net: Mlp::parse(if quick { "1-8-8-1" } else { "1-40-40-1" })?,
+            strength: 2.0,
+            seeds: if quick { 2 } else { 5 },
+            shots: 10,
+            meta_steps,
+            meta_batch,
+            free_steps,
+            nudged_steps,
+            step_size: 0.001,
+            bptt_steps: if quick { 5 } else { 10 },
+            bptt_step_size: 0.003,
+            solver_steps: 10,
+            truncation: 10,
+            eval_tasks: if quick { 4 } else { 20 },
+            eval_every: match scale {
+                Scale::Quick => 2,
+                Scale::Default => 30,
+                Scale::Paper => 100,
+            },
+            validation_tasks: if quick { 4 } else { 50 },
+            test_tasks: if quick { 6 } else { 200 },
+            beta: PAPER_BETA,
+            meta_lr: META_LR,
+            beta_search: searched.then(|| TrainingBetaSearch {
+                grid: BETA_GRID.to_vec(),
+                extensions: GRID_EXTENSIONS,
+                meta_steps: if quick { 2 } else { 30 },
+            }),
+            meta_lr_search: searched.then(|| TrainingRateSearch {
+                grid: META_LR_GRID.to_vec(),
+                extensions: META_LR_EXTENSIONS,
+                streams: META_LR_SEARCH_STREAMS,
+            }),
+        })
+    }
+
+    /// The protocol of `settings`' scale with the user's changes (`--protocol training=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        crate::protocol::configured("training", Self::at(settings.scale)?, settings)
+    }
+}
+
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        let mut c = crate::protocol::Checks::new("training");
+        c.sizes("net.sizes", &self.net.sizes)
+            .that(
+                self.net.sizes.first() == Some(&1) && self.net.sizes.last() == Some(&1),
+                "net.sizes",
+                format!("{:?}", self.net.sizes),
+                "1 input and 1 output (a sinusoid)",
+            )
+            .positive("strength", self.strength)
+            // Intervals over seeds need two.
+            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .count("shots", self.shots)
+            .count("meta_steps", self.meta_steps)
+            .count("meta_batch", self.meta_batch)
+            .count("free_steps", self.free_steps)
+            .count("nudged_steps", self.nudged_steps)
+            .positive("step_size", self.step_size)
+            .count("bptt_steps", self.bptt_steps)
+            .positive("bptt_step_size", self.bptt_step_size)
+            .count("solver_steps", self.solver_steps)
+            .count("truncation", self.truncation)
+            .count("eval_tasks", self.eval_tasks)
+            .count("eval_every", self.eval_every)
+            // The one-standard-error rule pairs over at least two tasks.
+            .that(
+                self.validation_tasks >= 2,
+                "validation_tasks",
+                self.validation_tasks,
+                "at least 2",
+            )
+            .count("test_tasks", self.test_tasks)
+            .positive("beta", self.beta)
+            .positive("meta_lr", self.meta_lr);
+        if let Some(b) = &self.beta_search {
+            c.grid("beta_search.grid", &b.grid, 2, false)
+                .count("beta_search.meta_steps", b.meta_steps);
+        }
+        if let Some(r) = &self.meta_lr_search {
+            c.grid("meta_lr_search.grid", &r.grid, 2, false).that(
+                r.streams >= 1,
+                "meta_lr_search.streams",
+                r.streams,
+                "at least 1",
+            );
+        }
+        c.done()
+    }
+}
+
 /// The run's configuration with the contrastive rule at [`PAPER_BETA`] and Adam at [`META_LR`]
 /// (the paper scale; at the other scales a unit takes the validation searches' values instead).
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
-    config_at(settings, model, estimator, seed, PAPER_BETA, META_LR)
+    let p = Protocol::of(settings)?;
+    config_at(settings, model, estimator, seed, p.beta, p.meta_lr)
 }
 
 fn config_at(
@@ -140,33 +316,18 @@ fn config_at(
     beta: f64,
     meta_lr: f64,
 ) -> Result<TrainConfig> {
-    // Full run: the largest scale that fits the 30-minute budget of `cml figures` on 2 cores
-    // (paper: 200 free and 100-200 nudged SGD-Nesterov steps, lr 0.01, meta-batch 32, thousands of
-    // meta-steps; the write-up gives the differences and what the paper's budget would cost).
-    // Paper: the budgets of its code (docs/EXPERIMENTS.md): 200 free and 100 nudged steps,
-    // 2000 meta-steps of 25 tasks; the step sizes stay this job's (its lr 0.01 diverges here).
-    let (free_steps, nudged_steps, meta_steps, batch) = match settings.scale {
-        Scale::Quick => (30, 8, 4, 2),
-        Scale::Default => (300, 60, 300, 10),
-        Scale::Paper => (200, 100, 2000, 25),
-    };
-    // Nesterov momentum 0.9 is stable for curvature below about 1.36 / lr. Meta-training sharpens
-    // the networks: lr 0.003 (curvature up to 450) diverged in a nudged phase at meta-step 104 of
-    // the synapse run; lr 0.001 allows 1360. A fresh optimiser for every phase.
+    let p = Protocol::of(settings)?;
+    // A fresh optimiser for every phase (the protocol's doc says why these step sizes).
     let phase = GdParams {
-        step_size: Some(0.001),
-        max_steps: free_steps,
+        step_size: Some(p.step_size),
+        max_steps: p.free_steps,
         tolerance: 0.0,
         optimizer: Optimizer::Nesterov { momentum: 0.9 },
         ..GdParams::default()
     };
-    // MAML-style BPTT: a short loop of plain SGD steps, backpropagated through, which is also
-    // how it adapts at test time. MAML's usual lr 0.01 diverged at meta-step 72 of the synapse
-    // run (curvature above 2 / 0.01 = 200); 0.003 allows 667 and lasted to meta-step 203: BPTT
-    // through few steps learns to sharpen the loss, and such a run stops where it diverges.
     let short = GdParams {
-        step_size: Some(0.003),
-        max_steps: if settings.quick() { 5 } else { 10 },
+        step_size: Some(p.bptt_step_size),
+        max_steps: p.bptt_steps,
         tolerance: 0.0,
         ..GdParams::default()
     };
@@ -175,26 +336,22 @@ fn config_at(
         beta,
         free: if estimator == "bptt" { short } else { phase },
         nudged: GdParams {
-            max_steps: nudged_steps,
+            max_steps: p.nudged_steps,
             ..phase
         },
-        solver_steps: 10,
+        solver_steps: p.solver_steps,
         neumann_alpha: None,
-        truncation: 10,
+        truncation: p.truncation,
     };
     Ok(TrainConfig {
         model,
-        shots: 10,
+        shots: p.shots,
         estimator: crate::registry::estimator(estimator, &params)?,
-        meta_steps,
-        meta_batch: batch,
+        meta_steps: p.meta_steps,
+        meta_batch: p.meta_batch,
         meta_lr,
-        eval_tasks: if settings.quick() { 4 } else { 20 },
-        eval_every: match settings.scale {
-            Scale::Quick => 2,
-            Scale::Default => 30,
-            Scale::Paper => 100,
-        },
+        eval_tasks: p.eval_tasks,
+        eval_every: p.eval_every,
         seed,
     })
 }
@@ -205,10 +362,11 @@ fn validation_and_test_tasks(
     settings: &Settings,
     seed: u64,
 ) -> Result<(Vec<SinusoidTask>, Vec<SinusoidTask>)> {
-    let (n_val, n_test) = if settings.quick() { (4, 6) } else { (50, 200) };
+    let p = Protocol::of(settings)?;
+    let (n_val, n_test) = (p.validation_tasks, p.test_tasks);
     let draw = |purpose: u64, n: usize| -> Result<Vec<SinusoidTask>> {
         let mut rng = crate::rng::stream(seed, purpose);
-        (0..n).map(|_| SinusoidTask::sample(&mut rng, 10)).collect()
+        (0..n).map(|_| SinusoidTask::sample(&mut rng, p.shots)).collect()
     };
     Ok((draw(VALIDATION_TASKS, n_val)?, draw(TEST_TASKS, n_test)?))
 }
@@ -221,27 +379,23 @@ const GRID_EXTENSIONS: usize = 3;
 /// Stream word of the search's own seed (its initialisation, task stream and validation tasks).
 const CHOICE: u64 = 71;
 
-/// Meta-steps of each short run of the search.
-fn search_meta_steps(settings: &Settings) -> usize {
-    if settings.quick() { 2 } else { 30 }
-}
-
 /// Chooses the contrastive rule's `beta` for `model` on validation tasks: from an initialisation
 /// and task stream of the search's own (no reported seed's), a short meta-training at each `beta`,
 /// then the validation loss after adaptation, chosen by the one-standard-error rule
 /// ([`super::choice::search_beta`]). `None` at the paper scale, which takes the paper's `beta`.
 fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>> {
-    if settings.scale == Scale::Paper {
+    let p = Protocol::of(settings)?;
+    let Some(search) = &p.beta_search else {
         return Ok(None);
-    }
+    };
     let seed = crate::rng::hash_words(&[settings.seed, CHOICE]);
     let (validation, _) = validation_and_test_tasks(settings, seed)?;
     let score = |beta: f64| -> Result<(Vec<f64>, Option<String>)> {
         let c = TrainConfig {
-            meta_steps: search_meta_steps(settings),
-            eval_every: search_meta_steps(settings),
+            meta_steps: search.meta_steps,
+            eval_every: search.meta_steps,
             eval_tasks: 1,
-            ..config_at(settings, model.clone(), "contrastive", seed, beta, META_LR)?
+            ..config_at(settings, model.clone(), "contrastive", seed, beta, p.meta_lr)?
         };
         Ok(match crate::meta_training::train(&c, &mut |_| {}) {
             Ok(r) => (
@@ -255,7 +409,7 @@ fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>>
             Err(e) => (vec![f64::INFINITY; validation.len()], Some(e.to_string())),
         })
     };
-    super::choice::search_beta(model.name(), &BETA_GRID, GRID_EXTENSIONS, score).map(Some)
+    super::choice::search_beta(model.name(), &search.grid, search.extensions, score).map(Some)
 }
 
 /// The outer Adam's step size is chosen per model and estimator on validation tasks, at the quick
@@ -294,10 +448,11 @@ fn choose_meta_lr(
     name: &str,
     beta: Option<f64>,
 ) -> Result<Option<Search>> {
-    if settings.scale == Scale::Paper {
+    let p = Protocol::of(settings)?;
+    let Some(search) = &p.meta_lr_search else {
         return Ok(None);
-    }
-    let streams = (0..META_LR_SEARCH_STREAMS)
+    };
+    let streams = (0..search.streams)
         .map(|s| {
             let seed = meta_lr_search_seed(settings, s);
             let (validation, _) = validation_and_test_tasks(settings, seed)?;
@@ -313,7 +468,7 @@ fn choose_meta_lr(
                 model.clone(),
                 name,
                 *seed,
-                beta.unwrap_or(PAPER_BETA),
+                beta.unwrap_or(p.beta),
                 meta_lr,
             )?;
             losses.extend(train_checkpointed(&c, theta0, validation, &mut |_| {})?.validation);
@@ -322,8 +477,8 @@ fn choose_meta_lr(
     };
     super::choice::search_meta_lr(
         &meta_lr_subject(model, name),
-        &META_LR_GRID,
-        META_LR_EXTENSIONS,
+        &search.grid,
+        search.extensions,
         score,
     )
     .map(Some)
@@ -373,7 +528,7 @@ pub fn figure_training_config(
         seed,
         protocols: Vec::new(),
     };
-    let model = models(&net(&settings)?)
+    let model = models(&Protocol::of(&settings)?)
         .into_iter()
         .find(|m| m.name() == model)
         .ok_or_else(|| crate::CmlError::UnknownName {
@@ -384,13 +539,10 @@ pub fn figure_training_config(
     config_at(&settings, model, estimator, seed, beta, meta_lr)
 }
 
-fn net(settings: &Settings) -> Result<Mlp> {
-    Mlp::parse(if settings.quick() { "1-8-8-1" } else { "1-40-40-1" })
-}
-
-fn seeds(settings: &Settings) -> Vec<u64> {
-    let n = if settings.quick() { 2 } else { 5 };
-    (0..n).map(|i| settings.seed + i).collect()
+/// The seeds of the runs: the protocol's count from `settings`' seed on.
+fn seeds(settings: &Settings) -> Result<Vec<u64>> {
+    let n = Protocol::of(settings)?.seeds as u64;
+    Ok((0..n).map(|i| settings.seed + i).collect())
 }
 
 /// The job: one unit per model, estimator and seed.
@@ -433,30 +585,11 @@ impl Job<super::Section> for Training {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        // Every run's configuration at the first seed (the others differ by seed only), the
-        // contrastive rule's at the paper's beta; at the other scales the search replaces it.
-        let mut runs = Vec::new();
-        for model in models(&net(settings)?) {
-            for (name, _) in ESTIMATORS {
-                runs.push(config(settings, model.clone(), name, settings.seed)?);
-            }
-        }
-        if settings.scale == Scale::Paper {
-            return super::units::encode(&runs);
-        }
-        Ok(serde_json::json!({
-            "runs": super::units::encode(&runs)?,
-            "beta_search": {
-                "grid": BETA_GRID,
-                "extensions": GRID_EXTENSIONS,
-                "meta_steps": search_meta_steps(settings),
-            },
-            "meta_lr_search": {
-                "grid": META_LR_GRID,
-                "extensions": META_LR_EXTENSIONS,
-                "streams": META_LR_SEARCH_STREAMS,
-            },
-        }))
+        super::units::encode(&Protocol::of(settings)?)
+    }
+
+    fn configurable(&self) -> bool {
+        true
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
@@ -531,7 +664,10 @@ impl Job<super::Section> for Training {
                 Unit::Run => run,
                 Unit::BetaSearch => search,
                 Unit::StepSizeSearch => {
-                    (META_LR_GRID.len() + META_LR_EXTENSIONS) as f64 * META_LR_SEARCH_STREAMS as f64 * run
+                    let r = Protocol::of(settings)?
+                        .meta_lr_search
+                        .expect("a step-size unit where the protocol has a search");
+                    (r.grid.len() + r.extensions) as f64 * r.streams as f64 * run
                 }
             });
         }
@@ -591,10 +727,11 @@ impl Training {
 
 /// The search's units, one per model (none at the paper scale): (model, unit name).
 fn choice_units(settings: &Settings) -> Result<Vec<(ModelSpec, String)>> {
-    if settings.scale == Scale::Paper {
+    let p = Protocol::of(settings)?;
+    if p.beta_search.is_none() {
         return Ok(Vec::new());
     }
-    Ok(models(&net(settings)?)
+    Ok(models(&p)
         .into_iter()
         .map(|m| {
             let unit = format!("choice-{}", m.name());
@@ -606,11 +743,12 @@ fn choice_units(settings: &Settings) -> Result<Vec<(ModelSpec, String)>> {
 /// The step-size search's units, one per model and estimator (none at the paper scale): (model,
 /// estimator, unit name).
 fn meta_lr_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
-    if settings.scale == Scale::Paper {
+    let p = Protocol::of(settings)?;
+    if p.meta_lr_search.is_none() {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
-    for model in models(&net(settings)?) {
+    for model in models(&p) {
         for (name, _) in ESTIMATORS {
             let unit = format!("choice-meta-lr-{}", meta_lr_subject(&model, name));
             out.push((model.clone(), name, unit));
@@ -622,9 +760,9 @@ fn meta_lr_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, St
 /// Every run of the job, in unit order: model, estimator, seed.
 fn runs(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, u64)>> {
     let mut out = Vec::new();
-    for model in models(&net(settings)?) {
+    for model in models(&Protocol::of(settings)?) {
         for (name, _) in ESTIMATORS {
-            for seed in seeds(settings) {
+            for seed in seeds(settings)? {
                 out.push((model.clone(), name, seed));
             }
         }
@@ -659,11 +797,12 @@ fn calibrate_run(settings: &Settings, model: ModelSpec, name: &str) -> Result<(f
     let per_task = clock.elapsed().as_secs_f64() / validation.len() as f64;
     let evaluations = (full.meta_steps / full.eval_every + 1) as f64;
     let tasks = evaluations * (validation.len() + full.eval_tasks) as f64 + 2.0 * test.len() as f64;
-    let search = if name == "contrastive" && settings.scale != Scale::Paper {
-        let per_setting = per_step * search_meta_steps(settings) as f64 + per_task * validation.len() as f64;
-        BETA_GRID.len() as f64 * per_setting
-    } else {
-        0.0
+    let search = match (name, Protocol::of(settings)?.beta_search) {
+        ("contrastive", Some(b)) => {
+            let per_setting = per_step * b.meta_steps as f64 + per_task * validation.len() as f64;
+            b.grid.len() as f64 * per_setting
+        }
+        _ => 0.0,
     };
     Ok((per_step * full.meta_steps as f64 + per_task * tasks, search))
 }
@@ -741,13 +880,14 @@ fn run_seed(
     beta: Option<f64>,
     meta_lr: Option<f64>,
 ) -> Result<SeedRun> {
+    let p = Protocol::of(settings)?;
     let c = config_at(
         settings,
         model.clone(),
         name,
         seed,
-        beta.unwrap_or(PAPER_BETA),
-        meta_lr.unwrap_or(META_LR),
+        beta.unwrap_or(p.beta),
+        meta_lr.unwrap_or(p.meta_lr),
     )?;
     let (validation, test) = validation_and_test_tasks(settings, seed)?;
     let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
@@ -804,8 +944,9 @@ fn run_seed(
 
 /// The curves, examples, final-loss table and paired differences, from the stored runs.
 fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<TrainingResults> {
-    let net = net(settings)?;
-    let seeds = seeds(settings);
+    let protocol = Protocol::of(settings)?;
+    let net = protocol.net.clone();
+    let seeds = seeds(settings)?;
     // The units given (all of them, or those `--unit` selected): absent runs are left out.
     let run_of = |model: &str, name: &str, seed: u64| -> Result<Option<SeedRun>> {
         let unit = unit_name(model, name, seed);
@@ -822,12 +963,17 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut example_panels = Vec::new();
     let mut example_rows = Vec::new();
     let mut seed_rows = Vec::new();
-    let probe = config(settings, models(&net).remove(0), "contrastive", settings.seed)?;
+    let probe = config(
+        settings,
+        models(&protocol).remove(0),
+        "contrastive",
+        settings.seed,
+    )?;
     // The beta searches, where their units were given.
     let searches = super::choice::stored(units, choice_units(settings)?.into_iter().map(|(_, u)| u))?;
     let rate_searches =
         super::choice::stored(units, meta_lr_units(settings)?.into_iter().map(|(_, _, u)| u))?;
-    for model in models(&net) {
+    for model in models(&protocol) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
             "meta-step",
@@ -998,8 +1144,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     };
     let mut table = format!(
         "# Final meta-test loss after adaptation\n\n\
-         Generated by `cml figures`: network {net_name}, 10 shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
-         SGD-Nesterov (momentum 0.9, lr 0.001), {free_steps} free and {nudged_steps} nudged steps (BPTT: 10 plain SGD steps, lr 0.003).\n\
+         Generated by `cml figures`: network {net_name}, {} shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
+         SGD-Nesterov (momentum 0.9, lr {}), {free_steps} free and {nudged_steps} nudged steps (BPTT: {} plain SGD steps, lr {}).\n\
          Per seed: query MSE after adaptation, mean over {n_test} test tasks, at the checkpoint with the lowest loss on\n\
          {n_val} validation tasks (evaluated every {} meta-steps). Mean over seeds with a 95% t-interval. \"Untrained\" is each\n\
          method's matched baseline: the untrained initialisation adapted by that method's own inner loop. The improvement\n\
@@ -1008,8 +1154,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
          (from before the divergence), and the last column names it. A validation or test task whose adaptation\n\
          diverges scores its loss before adaptation (leaving it out would flatter the method); the last column counts them.\n\n\
          | model | estimator | untrained | after meta-training | 95% interval | improvement (paired) | p (Holm) | per seed | chosen meta-steps | s / meta-step | stopped early |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        protocol.shots,
         probe.meta_batch,
         seed_count,
+        protocol.step_size,
+        protocol.bptt_steps,
+        protocol.bptt_step_size,
         probe.eval_every,
         finals.len()
     );
@@ -1060,8 +1210,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             d.verdict.describe()
         ));
     }
-    table.push_str(&beta_section(settings, &searches));
-    table.push_str(&meta_lr_section(settings, &rate_searches, meta_steps));
+    table.push_str(&beta_section(&protocol, &searches));
+    table.push_str(&meta_lr_section(&protocol, &rate_searches, meta_steps));
     write_table(settings, "final_loss.md", &table, files)?;
     Ok(TrainingResults {
         finals,
@@ -1076,28 +1226,27 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         net: net_name,
         beta_searches: searches,
         meta_lr_searches: rate_searches,
+        protocol,
     })
 }
 
 /// The contrastive rule's `beta`: the search's settings and scores, or the paper's value.
-fn beta_section(settings: &Settings, searches: &[Search]) -> String {
-    if searches.is_empty() {
+fn beta_section(p: &Protocol, searches: &[Search]) -> String {
+    let Some(search) = p.beta_search.as_ref().filter(|_| !searches.is_empty()) else {
         return format!(
-            "\n## The contrastive rule's nudging strength\n\nbeta = {PAPER_BETA}, the paper's code's (no search at this scale).\n"
+            "\n## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
+            p.beta
         );
-    }
+    };
     let mut t = format!(
         "\n## The contrastive rule's nudging strength, chosen on validation tasks\n\n\
          Per model, from an initialisation and a task stream of the search's own (no reported seed's): {} meta-steps \
          at each beta, then the query MSE after adaptation, mean over {} validation tasks of the search's own stream; \
          chosen by the one-standard-error rule: the largest beta whose loss exceeds the least by at most one standard error \
          of the paired difference over the tasks (settings the validation tasks cannot tell apart go to the larger beta, \
-         whose estimate is less sensitive to unconverged phases). A choice at an edge of the grid extends it by a factor 2 \
-         past that edge, at most {GRID_EXTENSIONS} times (`training_beta_choice.csv`).\n\n",
-        search_meta_steps(settings),
-        validation_and_test_tasks(settings, settings.seed)
-            .map(|(v, _)| v.len())
-            .unwrap_or(0)
+         whose estimate is less sensitive to unconverged phases). A choice at an edge of the grid extends it by the ratio \
+         of its two outermost values there, at most {} times (`training_beta_choice.csv`).\n\n",
+        search.meta_steps, p.validation_tasks, search.extensions
     );
     t.push_str(&super::searches::table(searches, "model"));
     t.push('\n');
@@ -1105,24 +1254,22 @@ fn beta_section(settings: &Settings, searches: &[Search]) -> String {
 }
 
 /// The table's section on the outer Adam's step sizes: the searches, or the paper scale's value.
-fn meta_lr_section(settings: &Settings, searches: &[Search], meta_steps: usize) -> String {
-    if searches.is_empty() {
+fn meta_lr_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> String {
+    let Some(search) = p.meta_lr_search.as_ref().filter(|_| !searches.is_empty()) else {
         return format!(
-            "\n## The outer step size\n\nAdam at {META_LR} for every estimator (no search at this scale).\n"
+            "\n## The outer step size\n\nAdam at {} for every estimator (no search at this scale).\n",
+            p.meta_lr
         );
-    }
+    };
     let mut t = format!(
         "\n## The outer step size, chosen on validation tasks\n\n\
-         Per model and estimator (the contrastive rule at its chosen beta), on each of {META_LR_SEARCH_STREAMS} search \
+         Per model and estimator (the contrastive rule at its chosen beta), on each of {} search \
          streams of the search's own (an initialisation and a task stream, the same for every estimator, no reported \
          seed's): a whole meta-training ({} meta-steps) at each step size of Adam, its checkpoint chosen on that stream's \
          {} validation tasks as a reported run's is, then the query MSE after adaptation from that checkpoint; the least \
-         mean over every stream's tasks wins. A choice at an edge of the grid extends it by a factor 2 past that edge, \
-         at most {META_LR_EXTENSIONS} times (`training_meta_lr_choice.csv`).\n\n",
-        meta_steps,
-        validation_and_test_tasks(settings, settings.seed)
-            .map(|(v, _)| v.len())
-            .unwrap_or(0)
+         mean over every stream's tasks wins. A choice at an edge of the grid extends it by the ratio of its two outermost \
+         values there, at most {} times (`training_meta_lr_choice.csv`).\n\n",
+        search.streams, meta_steps, p.validation_tasks, search.extensions
     );
     t.push_str(&super::searches::table(searches, "run"));
     t.push('\n');

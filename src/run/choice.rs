@@ -56,8 +56,9 @@ pub(crate) trait ScoredRun {
 }
 
 /// The run [`RunSearch`] deploys for `subject`, and its searches: `train(meta_lr, beta)` makes one
-/// whole run (`beta` is `None` for an estimator without one, where `beta` is `None` here too);
-/// every (rate, `beta`) pair is trained once, whichever search asks for it.
+/// whole run. `beta` is the contrastive rule's starting value (the rate search runs at it), `None`
+/// for an estimator without one, which gets no `beta` search. Every (rate, `beta`) pair is trained
+/// once, whichever search asks for it.
 pub(crate) fn searched_run<T: ScoredRun>(
     subject: &str,
     search: &RunSearch,
