@@ -1480,3 +1480,72 @@ fn a_changed_protocol_runs_as_given_and_bad_changes_are_clear_errors_before_anyt
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run() {
+    // The quick digit-decay job has 2 seeds, 7 units each (the step-size search, 5 methods, the
+    // baselines). A third seed through --protocol keeps the 14 stored units (`seeds` only says how
+    // many units there are) and runs 7; the report equals a run of 3 seeds from scratch, CSV for
+    // CSV. A change of any other key still refuses the stored units.
+    let dir = tempfile::tempdir().unwrap();
+    let cml = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cml"))
+            .args(["figures", "--quick", "--only", "digits-decay"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let change = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        format!("digits-decay={}", path.display())
+    };
+    let three = change("three.toml", "seeds = 3\n");
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    let (grown, fresh) = (path("grown"), path("fresh"));
+    let o = cml(&["--units", "0/1", "--results", &grown]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = cml(&["--protocol", &three, "--units", "0/1", "--results", &grown]);
+    let log = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{log}");
+    assert!(log.contains("ran 7 units, 14 already stored"), "{log}");
+    let o = cml(&["--protocol", &three, "--units", "0/1", "--results", &fresh]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (results, out) in [(&grown, path("grown-out")), (&fresh, path("fresh-out"))] {
+        let o = cml(&["--protocol", &three, "--report", results, "--out", &out]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let mut compared = 0;
+    for entry in std::fs::read_dir(path("fresh-out")).unwrap() {
+        let file = entry.unwrap().path();
+        if file.extension().is_some_and(|e| e == "csv") {
+            let name = file.file_name().unwrap();
+            assert_eq!(
+                std::fs::read(&file).unwrap(),
+                std::fs::read(Path::new(&path("grown-out")).join(name)).unwrap(),
+                "{name:?}"
+            );
+            compared += 1;
+        }
+    }
+    // digits_decay, its curves, grid, checkpoints and the three searches.
+    assert_eq!(compared, 7);
+    let per_seed = csv_rows(&Path::new(&path("grown-out")).join("digits_decay.csv"));
+    assert_eq!(per_seed.len(), 7 * 3);
+    // Two more meta-steps are not a count of units: the stored units are refused.
+    let longer = change("longer.toml", "seeds = 3\nmeta_steps = 4\n");
+    let o = cml(&[
+        "--protocol",
+        &longer,
+        "--report",
+        &grown,
+        "--out",
+        &path("refused"),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("computed under another configuration (protocol differ)"),
+        "{err}"
+    );
+}

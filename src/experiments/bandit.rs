@@ -867,6 +867,11 @@ impl super::units::Job<super::Section> for Bandit {
         true
     }
 
+    fn extent_keys(&self) -> &'static [&'static str] {
+        // Each seed's units draw from that seed alone.
+        &["meta_seeds"]
+    }
+
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         let p = Protocol::of(settings)?;
         // The searches first, so that the agents' units find them stored.

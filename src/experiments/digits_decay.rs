@@ -570,6 +570,11 @@ impl super::units::Job<super::Section> for DigitsDecay {
         true
     }
 
+    fn extent_keys(&self) -> &'static [&'static str] {
+        // Each seed's units draw from that seed alone.
+        &["seeds"]
+    }
+
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         Ok(unit_list(&Protocol::of(settings)?)
             .iter()

@@ -314,6 +314,25 @@ mod tests {
                 );
             }
         }
+        // The keys that only count units are keys of the protocol (a misspelt one would make
+        // a run that adds seeds recompute the stored ones).
+        for job in registry() {
+            let default = Settings {
+                out: PathBuf::new(),
+                paper: PathBuf::new(),
+                scale: Scale::Default,
+                seed: 0,
+                protocols: Vec::new(),
+            };
+            let protocol = job.protocol(&default).unwrap();
+            for key in job.extent_keys() {
+                assert!(
+                    protocol.get(*key).is_some_and(|v| v.is_u64()),
+                    "{} {key}",
+                    job.name()
+                );
+            }
+        }
         // A change is checked: two seeds at least, for an interval over seeds.
         let one_seed = Settings {
             out: PathBuf::new(),

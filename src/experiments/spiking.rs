@@ -732,6 +732,11 @@ impl super::units::Job<super::Section> for Spiking {
         true
     }
 
+    fn extent_keys(&self) -> &'static [&'static str] {
+        // Each seed's units draw from that seed alone.
+        &["seeds"]
+    }
+
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         let p = Protocol::of(settings)?;
         // The searches first (beta before the step sizes, which take it), so that the runs find

@@ -592,6 +592,11 @@ impl Job<super::Section> for Training {
         true
     }
 
+    fn extent_keys(&self) -> &'static [&'static str] {
+        // Each seed's units draw from that seed alone.
+        &["seeds"]
+    }
+
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         // The searches first (beta before the step sizes, which take it), so that the runs find
         // them stored.

@@ -123,6 +123,26 @@ pub trait Job<S>: Sync {
     fn configurable(&self) -> bool {
         false
     }
+    /// Keys of its protocol that only say how many units it has (how many seeds), on which no
+    /// unit's rows depend: a stored unit whose protocol differs only in them is this run's, so a
+    /// run that adds seeds computes only the new seeds' units.
+    fn extent_keys(&self) -> &'static [&'static str] {
+        &[]
+    }
+}
+
+/// Whether a stored unit's fingerprint is `expected`, its protocol's `extent` keys aside.
+fn same_fingerprint(stored: &Value, expected: &Value, extent: &[&str]) -> bool {
+    let without = |fingerprint: &Value| {
+        let mut f = fingerprint.clone();
+        if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
+            for k in extent {
+                protocol.remove(*k);
+            }
+        }
+        f
+    };
+    stored == expected || without(stored) == without(expected)
 }
 
 /// An error unless every job whose protocol `settings` changes is a job of `registry` that takes
@@ -340,7 +360,7 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
             format!("a unit written by `cml figures --units` ({e})"),
         )
     })?;
-    if &stored.fingerprint != expected {
+    if !same_fingerprint(&stored.fingerprint, expected, job.extent_keys()) {
         let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
             .iter()
             .filter(|k| stored.fingerprint.get(**k) != expected.get(**k))
