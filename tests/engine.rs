@@ -3,6 +3,8 @@
 //! data, `theta`, `phi` and `beta` of either sign; whole estimates through both engines; the
 //! vectorised tanh against `f64::tanh`; and the meta-batch's independence of the thread count.
 
+mod common;
+
 use cml::autodiff::{gradients, hvp_and_mixed, mixed_transpose_product};
 use cml::bandit::{ARMS, BanditTask};
 use cml::digits::{DecayClassifier, Episode, Labelled};
@@ -198,7 +200,7 @@ fn beta() -> impl Strategy<Value = f64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(common::property_config(64))]
 
     #[test]
     fn synapse_fast_path_equals_candle_autodiff(

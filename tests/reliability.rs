@@ -326,7 +326,7 @@ fn args_strategy() -> impl Strategy<Value = Vec<String>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(common::property_config(256))]
 
     #[test]
     fn the_command_line_parser_never_panics(words in args_strategy()) {

@@ -4,6 +4,8 @@
 //! where e-prop must equal it), and the contrastive estimate against finite differences of a
 //! meta-objective that has a derivative.
 
+mod common;
+
 use approx::assert_relative_eq;
 use cml::autodiff::gradients;
 use cml::engine::FirstOrderPhase;
@@ -493,7 +495,7 @@ fn a_spiking_instance_file_rebuilds_the_same_problem_and_refuses_a_bad_spike() {
 }
 
 proptest::proptest! {
-    #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+    #![proptest_config(common::property_config(48))]
 
     /// The event-driven e-prop (a backward filter of the learning signal added at each spike)
     /// sums the same products as the dense path (traces at every step, dense products) in

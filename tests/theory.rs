@@ -35,9 +35,8 @@ fn spec() -> impl Strategy<Value = QuadraticSpec> {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 64,
         failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
-        ..ProptestConfig::default()
+        ..common::property_config(64)
     }
 }
 

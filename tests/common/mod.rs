@@ -55,3 +55,20 @@ pub fn assert_error(o: &Output, code: i32, needles: &[&str]) {
         assert!(err.contains(n), "stderr lacks {n:?}: {err}");
     }
 }
+
+/// A property test's configuration: `cases` cases drawn from a fixed seed, so that every run of
+/// `cargo test` (CI's included) checks the same cases and a failure reproduces; set
+/// `PROPTEST_RNG_SEED` to draw other cases.
+pub fn property_config(cases: u32) -> proptest::test_runner::Config {
+    let default = proptest::test_runner::Config::default();
+    let rng_seed = if std::env::var_os("PROPTEST_RNG_SEED").is_some() {
+        default.rng_seed
+    } else {
+        proptest::test_runner::RngSeed::Fixed(20_261_206)
+    };
+    proptest::test_runner::Config {
+        cases,
+        rng_seed,
+        ..default
+    }
+}
