@@ -536,32 +536,33 @@ impl Job<super::Section> for FewShot {
 impl crate::protocol::Checked for Protocol {
     fn check(&self) -> Result<()> {
         let mut c = crate::protocol::Checks::new("few-shot");
-        let sizes: Vec<usize> = std::iter::once(1)
-            .chain(self.hidden.iter().copied())
-            .chain([1])
-            .collect();
-        c.sizes("hidden", &sizes)
-            .that(
-                !self.shots.is_empty() && !self.shots.contains(&0),
-                "shots",
-                format!("{:?}", self.shots),
-                "at least one setting, each at least 1 shot",
-            )
-            .count("meta_steps", self.meta_steps)
-            .count("meta_batch", self.meta_batch)
-            .positive("meta_lr", self.meta_lr)
-            .count("test_episodes", self.test_episodes)
-            .positive("strength", self.strength)
-            .positive("one_shot_strength", self.one_shot_strength.unwrap_or(1.0))
-            .positive("beta", self.beta)
-            .count("free_steps", self.free_steps)
-            .count("nudged_steps", self.nudged_steps)
-            .count("maml_steps", self.maml_steps)
-            .positive("maml_step_size", self.maml_step_size)
-            // Intervals over seeds need two.
-            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
-            .count("validation_episodes", self.validation_episodes)
-            .count("validate_every", self.validate_every);
+        c.that(
+            !self.hidden.is_empty() && !self.hidden.contains(&0),
+            "hidden",
+            format!("{:?}", self.hidden),
+            "at least one hidden layer, each at least 1 unit",
+        )
+        .that(
+            !self.shots.is_empty() && !self.shots.contains(&0),
+            "shots",
+            format!("{:?}", self.shots),
+            "at least one setting, each at least 1 shot",
+        )
+        .count("meta_steps", self.meta_steps)
+        .count("meta_batch", self.meta_batch)
+        .positive("meta_lr", self.meta_lr)
+        .count("test_episodes", self.test_episodes)
+        .positive("strength", self.strength)
+        .positive("one_shot_strength", self.one_shot_strength.unwrap_or(1.0))
+        .positive("beta", self.beta)
+        .count("free_steps", self.free_steps)
+        .count("nudged_steps", self.nudged_steps)
+        .count("maml_steps", self.maml_steps)
+        .positive("maml_step_size", self.maml_step_size)
+        // Intervals over seeds need two.
+        .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+        .count("validation_episodes", self.validation_episodes)
+        .count("validate_every", self.validate_every);
         if let Some(b) = &self.beta_search {
             c.grid("beta_search.grid", &b.grid, 2, false)
                 .count("beta_search.meta_steps", b.meta_steps)
