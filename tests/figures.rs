@@ -1466,7 +1466,7 @@ fn a_changed_protocol_runs_as_given_and_bad_changes_are_clear_errors_before_anyt
     for (args, says) in [
         (
             vec!["--protocol", theory.as_str()],
-            "unknown job for --protocol 'theory': allowed are training, weight-decay, digits-decay, few-shot, bandit, spiking",
+            "unknown job for --protocol 'theory': allowed are training, weight-decay, error-bar, digits-decay, few-shot, bandit, spiking",
         ),
         (vec!["--protocol", "weight-decay"], "JOB=FILE"),
         (

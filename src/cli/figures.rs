@@ -60,7 +60,8 @@ pub struct FiguresArgs {
     plan: bool,
     /// Change a job's protocol: the TOML file's keys replace the same keys of the scale's protocol
     /// (a shipped `configs/<job>.toml` shows them all; give only the keys that change). For
-    /// training, weight-decay, digits-decay, few-shot, bandit and spiking; repeat for more jobs. Outputs go to
+    /// training, weight-decay, digits-decay, few-shot, bandit and spiking, and the instance counts of
+    /// error-bar; repeat for more jobs. Outputs go to
     /// figures-protocol/ unless --out says otherwise, so that the committed ones stay.
     #[arg(long = "protocol", value_name = "JOB=FILE")]
     protocol: Vec<String>,

@@ -341,7 +341,16 @@ fn chosen_factor(calibration: &[Case]) -> f64 {
 }
 
 /// The held-out test: the bar as computed and with the chosen factor, on the fresh instances.
-fn fresh_section(calibration: &[Case], fresh: &[Case], factor: f64) -> String {
+fn fresh_section(calibration: &[Case], fresh: &[Case], factor: f64, drawn: &FreshInstances) -> String {
+    let (per_problem, seeds_from) = (
+        drawn
+            .per_problem
+            .iter()
+            .map(|(p, n)| format!("{p} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        drawn.seeds_from,
+    );
     let all_covered = {
         let s = Scaled::of(calibration, factor);
         s.instances_covered == s.instances
@@ -350,7 +359,7 @@ fn fresh_section(calibration: &[Case], fresh: &[Case], factor: f64) -> String {
         "\n## The safety factor on fresh instances\n\n\
          The factor is chosen on the calibration instances above, by a rule fixed before the fresh instances were \
          scored: the least factor of the table that covers every calibration instance ({}). The fresh instances are \
-         drawn as the calibration instances are, as many per problem, from seeds {FRESH} on (none is a calibration \
+         drawn as the calibration instances are ({per_problem}), from seeds {seeds_from} on (none is a calibration \
          instance; `error_bar_fresh.csv`). A case is covered when its true error is at most the bar, an instance when \
          all its cases are; the interval is Clopper-Pearson's at 95%.\n\n\
          | bar | misses | cases | instances covered | 95% interval (instances) | network instances covered | median bar / error | 90th percentile |\n\
@@ -482,19 +491,141 @@ fn instances(quick: bool) -> Vec<(&'static str, u64)> {
 /// Where the fresh instances' seeds start (past the run's seed): none is a calibration instance.
 const FRESH: u64 = 1000;
 
+/// The job's protocol (`configs/error_bar.toml`). `--protocol error-bar=FILE` may change how many
+/// instances are drawn per problem, for the calibration and for the fresh test, and where the
+/// fresh instances' seeds start; the other fields record what the code does and take no other
+/// values.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Protocol {
+    /// Calibration instances per problem, in table order.
+    pub instances: Vec<(String, u64)>,
+    pub fresh_instances: FreshInstances,
+    pub factor_rule: String,
+    pub variants: Vec<Variant>,
+    pub betas: Vec<f64>,
+    pub tolerances: Vec<f64>,
+    pub auto_tolerance: f64,
+    pub auto_grid: Vec<f64>,
+    pub max_steps: usize,
+    pub order_check: String,
+    pub reference: String,
+}
+
+/// The fresh instances that test the safety factor: per problem, and the seed they start from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FreshInstances {
+    pub per_problem: Vec<(String, u64)>,
+    pub seeds_from: u64,
+}
+
+impl Protocol {
+    pub fn new(quick: bool) -> Self {
+        let counts: Vec<(String, u64)> = instances(quick)
+            .into_iter()
+            .map(|(p, n)| (p.to_string(), n))
+            .collect();
+        Protocol {
+            instances: counts.clone(),
+            fresh_instances: FreshInstances {
+                per_problem: counts,
+                seeds_from: FRESH,
+            },
+            factor_rule: "the least factor of the scaled-truncation table that covers every calibration instance, tested on the fresh instances".into(),
+            variants: VARIANTS.to_vec(),
+            betas: BETAS.to_vec(),
+            tolerances: TOLERANCES.to_vec(),
+            auto_tolerance: AUTO_TOLERANCE,
+            auto_grid: grid(),
+            max_steps: phase(AUTO_TOLERANCE, quick).max_steps,
+            order_check: "estimates at 2 beta and 4 beta".into(),
+            reference: "Newton from the initial phi where the inner loss has a curvature bound, else from a free phase's end point at the tightest tolerance".into(),
+        }
+    }
+
+    /// The protocol of `settings`' scale with the user's changes (`--protocol error-bar=FILE`).
+    pub fn of(settings: &Settings) -> Result<Self> {
+        let built_in = Self::new(settings.quick());
+        let p = crate::protocol::configured("error-bar", built_in.clone(), settings)?;
+        // Only the instances may change; the rest records what the code does.
+        let records = |q: &Protocol| Protocol {
+            instances: Vec::new(),
+            fresh_instances: FreshInstances {
+                per_problem: Vec::new(),
+                seeds_from: 0,
+            },
+            ..q.clone()
+        };
+        if records(&p) != records(&built_in) {
+            let (changed, built) = (super::units::encode(&p)?, super::units::encode(&built_in)?);
+            let keys: Vec<&String> = changed
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(k, v)| !k.contains("instances") && built.get(*k) != Some(*v))
+                .map(|(k, _)| k)
+                .collect();
+            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+            return Err(crate::CmlError::invalid(
+                format!("the error-bar protocol: {}", keys.join(", ")),
+                "a changed value",
+                "the code's own: only instances and fresh_instances may change (the rest records what the job does)",
+            ));
+        }
+        Ok(p)
+    }
+
+    /// Every instance, calibration then fresh: (problem, index, fresh).
+    fn units(&self) -> Vec<(&'static str, u64, bool)> {
+        let named = |list: &[(String, u64)], fresh: bool| -> Vec<(&'static str, u64, bool)> {
+            list.iter()
+                .flat_map(|(p, n)| {
+                    let p = *PROBLEMS.iter().find(|q| *q == p).expect("a checked problem name");
+                    (0..*n).map(move |s| (p, s, fresh))
+                })
+                .collect()
+        };
+        let mut out = named(&self.instances, false);
+        out.extend(named(&self.fresh_instances.per_problem, true));
+        out
+    }
+}
+
+impl crate::protocol::Checked for Protocol {
+    fn check(&self) -> Result<()> {
+        let names = |list: &[(String, u64)]| list.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+        let all: Vec<String> = PROBLEMS.iter().map(|p| p.to_string()).collect();
+        let most = self.instances.iter().map(|(_, n)| *n).max().unwrap_or(0);
+        let mut c = crate::protocol::Checks::new("error-bar");
+        c.that(
+            names(&self.instances) == all && self.instances.iter().all(|(_, n)| *n >= 1),
+            "instances",
+            format!("{:?}", self.instances),
+            &format!("at least 1 instance of each of {}, in that order", all.join(", ")),
+        )
+        .that(
+            names(&self.fresh_instances.per_problem) == all
+                && self.fresh_instances.per_problem.iter().all(|(_, n)| *n >= 1),
+            "fresh_instances.per_problem",
+            format!("{:?}", self.fresh_instances.per_problem),
+            &format!("at least 1 instance of each of {}, in that order", all.join(", ")),
+        )
+        // A fresh instance must not be a calibration instance.
+        .that(
+            self.fresh_instances.seeds_from >= most,
+            "fresh_instances.seeds_from",
+            self.fresh_instances.seeds_from,
+            &format!("at least the most calibration instances of a problem, {most}"),
+        );
+        c.done()
+    }
+}
+
 /// The units: one per calibration instance, `{problem}-seed{s}` (the instance is drawn from the
 /// run's seed plus `s`), then one per fresh instance, `{problem}-fresh{s}` (drawn from the run's
-/// seed plus [`FRESH`] plus `s`), as many per problem: they test the safety factor the
+/// seed plus the protocol's `fresh_instances.seeds_from` plus `s`): they test the safety factor the
 /// calibration instances choose.
-fn unit_list(quick: bool) -> Vec<(&'static str, u64, bool)> {
-    [false, true]
-        .into_iter()
-        .flat_map(|fresh| {
-            instances(quick)
-                .into_iter()
-                .flat_map(move |(p, n)| (0..n).map(move |s| (p, s, fresh)))
-        })
-        .collect()
+fn unit_list(settings: &Settings) -> Result<Vec<(&'static str, u64, bool)>> {
+    Ok(Protocol::of(settings)?.units())
 }
 
 fn unit_name(problem: &str, s: u64, fresh: bool) -> String {
@@ -528,23 +659,15 @@ impl super::units::Job<super::Section> for ErrorBarJob {
     }
 
     fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
-        super::units::encode(&serde_json::json!({
-            "instances": instances(settings.quick()),
-            "fresh_instances": {"per_problem": instances(settings.quick()), "seeds_from": FRESH},
-            "factor_rule": "the least factor of the scaled-truncation table that covers every calibration instance, tested on the fresh instances",
-            "variants": VARIANTS,
-            "betas": BETAS,
-            "tolerances": TOLERANCES,
-            "auto_tolerance": AUTO_TOLERANCE,
-            "auto_grid": grid(),
-            "max_steps": phase(AUTO_TOLERANCE, settings.quick()).max_steps,
-            "order_check": "estimates at 2 beta and 4 beta",
-            "reference": "Newton from the initial phi where the inner loss has a curvature bound, else from a free phase's end point at the tightest tolerance",
-        }))
+        super::units::encode(&Protocol::of(settings)?)
+    }
+
+    fn configurable(&self) -> bool {
+        true
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        Ok(unit_list(settings.quick())
+        Ok(unit_list(settings)?
             .iter()
             .map(|(p, s, fresh)| unit_name(p, *s, *fresh))
             .collect())
@@ -552,10 +675,11 @@ impl super::units::Job<super::Section> for ErrorBarJob {
 
     fn run_unit(&self, settings: &Settings, unit: &str, _: &std::path::Path) -> Result<serde_json::Value> {
         let (problem, s, fresh) =
-            super::units::lookup(self, settings, unit, unit_list(settings.quick()), |(p, s, f)| {
+            super::units::lookup(self, settings, unit, unit_list(settings)?, |(p, s, f)| {
                 unit_name(p, *s, *f)
             })?;
-        let seed = settings.seed + if fresh { FRESH + s } else { s };
+        let from = Protocol::of(settings)?.fresh_instances.seeds_from;
+        let seed = settings.seed + if fresh { from + s } else { s };
         let (cases, autos) = calibrate(problem, seed, settings.quick())?;
         super::units::encode(&InstanceRows { cases, autos })
     }
@@ -591,7 +715,9 @@ fn report(
     fresh: &[Case],
     files: &mut Vec<PathBuf>,
 ) -> Result<CalibrationResults> {
-    let instances_per_problem = instances(settings.quick())
+    let protocol = Protocol::of(settings)?;
+    let instances_per_problem = protocol
+        .instances
         .iter()
         .map(|(p, n)| format!("{p} {n}"))
         .collect::<Vec<_>>()
@@ -769,7 +895,12 @@ fn report(
     }
     let chosen_factor = chosen_factor(cases);
     if !fresh.is_empty() {
-        table.push_str(&fresh_section(cases, fresh, chosen_factor));
+        table.push_str(&fresh_section(
+            cases,
+            fresh,
+            chosen_factor,
+            &protocol.fresh_instances,
+        ));
     }
     write_table(settings, "error_bar.md", &table, files)?;
 

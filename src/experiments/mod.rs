@@ -287,6 +287,7 @@ mod tests {
             [
                 "training",
                 "weight-decay",
+                "error-bar",
                 "digits-decay",
                 "few-shot",
                 "bandit",
@@ -341,6 +342,22 @@ mod tests {
             seed: 0,
             protocols: vec![("few-shot".into(), serde_json::json!({"seeds": 1}))],
         };
+        // The error bar takes new instance counts, and refuses a change to what records the code.
+        let eb = |change: serde_json::Value| Settings {
+            protocols: vec![("error-bar".into(), change)],
+            ..one_seed.clone()
+        };
+        let counts = serde_json::json!({"instances": [["quadratic", 3], ["ridge", 1], ["logistic", 1], ["synapse", 1], ["modulation", 1]]});
+        // 7 calibration instances and the quick scale's 5 fresh ones.
+        assert_eq!(error_bar::ErrorBarJob.units(&eb(counts)).unwrap().len(), 12);
+        let err = error_bar::ErrorBarJob
+            .protocol(&eb(serde_json::json!({"betas": [0.1]})))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("error-bar protocol: betas = a changed value"),
+            "{err}"
+        );
         let err = few_shot::FEW_SHOT.protocol(&one_seed).unwrap_err().to_string();
         assert!(err.contains("few-shot protocol: seeds = 1: at least 2"), "{err}");
     }

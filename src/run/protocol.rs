@@ -31,8 +31,8 @@ pub fn configured<P: Checked>(job: &str, base: P, settings: &super::units::Setti
 
 /// `base` with `changes` merged in: each key of `changes` must be a key of `base` (at that
 /// depth), holding a value of the same kind (a table merges key by key; a whole number stays
-/// whole and not negative; an array replaces the base's, its items of the kind of the base's
-/// first item, and an array of tables merges item by item).
+/// whole and not negative; an array replaces the base's item by item, each item of the kind of
+/// the base's item at its place, or of its first past its end; tables in an array merge).
 pub fn merge(path: &str, mut base: Value, changes: &Value) -> Result<Value> {
     let Value::Object(changes) = changes else {
         return Err(CmlError::invalid(path, kind(changes), "a table of keys"));
@@ -64,15 +64,14 @@ fn merged_value(at: &str, old: &Value, change: &Value) -> Result<Value> {
             let Value::Array(new) = change else {
                 return Err(CmlError::invalid(at, kind(change), "an array"));
             };
-            // Tables merge item by item (an item past the base's is taken whole); other items
-            // take the kind of the base's first.
+            // Item by item (a tuple's items differ in kind); an item past the base's takes the
+            // kind of the base's first, or is taken whole where that is a table.
             new.iter()
                 .enumerate()
                 .map(|(k, v)| match (items.get(k), items.first()) {
-                    (Some(old @ Value::Object(_)), _) => merged_value(&format!("{at}[{k}]"), old, v),
-                    (None, Some(Value::Object(_))) => Ok(v.clone()),
-                    (_, Some(first)) => merged_value(at, first, v),
-                    (_, None) => Ok(v.clone()),
+                    (Some(old), _) => merged_value(&format!("{at}[{k}]"), old, v),
+                    (None, Some(Value::Object(_))) | (None, None) => Ok(v.clone()),
+                    (None, Some(first)) => merged_value(&format!("{at}[{k}]"), first, v),
                 })
                 .collect()
         }
@@ -237,6 +236,22 @@ mod tests {
         let err = merge("p", base, &json!({"seed": 1})).unwrap_err().to_string();
         assert!(
             err.contains("'seed'") && err.contains("grid, lr, search, seeds"),
+            "{err}"
+        );
+        // A tuple keeps each item's kind: a count after a name.
+        let base = json!({"instances": [["quadratic", 100], ["ridge", 100]]});
+        let merged = merge(
+            "p",
+            base.clone(),
+            &json!({"instances": [["quadratic", 3], ["ridge", 4]]}),
+        )
+        .unwrap();
+        assert_eq!(merged, json!({"instances": [["quadratic", 3], ["ridge", 4]]}));
+        let err = merge("p", base, &json!({"instances": [["quadratic", "3"]]}))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("p: instances[0][1]") && err.contains("whole number"),
             "{err}"
         );
         // An array of tables merges item by item; an item past the base's is taken whole.
