@@ -100,8 +100,7 @@ impl crate::protocol::Checked for Protocol {
                 format!("{:?}", self.deltas),
                 "at least one, each in [0, 1)",
             )
-            // Intervals over seeds need two.
-            .that(self.meta_seeds >= 2, "meta_seeds", self.meta_seeds, "at least 2")
+            .seeds("meta_seeds", self.meta_seeds)
             .count("runs_per_seed", self.runs_per_seed)
             .count("run.steps", self.run.steps)
             .count("online.every", self.online.every)
@@ -109,18 +108,9 @@ impl crate::protocol::Checked for Protocol {
             .count("online.batch", self.online.batch)
             .positive("online.step_size", self.online.step_size)
             .count("neural_linear_every", self.neural_linear_every);
-        if let Some(b) = &self.beta_search {
-            c.grid("beta_search.grid", &b.grid, 2, false)
-                .count("beta_search.meta_steps", b.meta_steps)
-                .count("beta_search.validation_tasks", b.validation_tasks);
-        }
-        if let Some(r) = &self.meta_lr_search {
-            c.grid("meta_lr_search.grid", &r.grid, 2, false);
-        }
-        if let Some(k) = &self.checkpoint {
-            c.count("checkpoint.every", k.every)
-                .count("checkpoint.validation_tasks", k.validation_tasks);
-        }
+        c.beta_search("beta_search", self.beta_search.as_ref())
+            .rate_search("meta_lr_search", self.meta_lr_search.as_ref());
+        c.checkpoint("checkpoint", self.checkpoint.as_ref());
         const AGENTS: [&str; 3] = ["CML complex synapse", "CML gain modulation", "MAML"];
         for (k, b) in self.per_learner.iter().flatten().enumerate() {
             let contrastive = b.name.starts_with("CML");

@@ -204,8 +204,7 @@ impl crate::protocol::Checked for Protocol {
             )
             .count("train", self.train)
             .count("validation", self.validation)
-            // Intervals over seeds need two.
-            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .seeds("seeds", self.seeds)
             .count("meta_steps", self.meta_steps)
             .count("eval_every", self.eval_every)
             .positive("meta_lr", self.meta_lr)
@@ -215,13 +214,8 @@ impl crate::protocol::Checked for Protocol {
             .positive("initial_decay", self.initial_decay)
             .positive("beta", self.beta)
             .grid("grid", &self.grid, 1, true);
-        if let Some(r) = &self.step_size_search {
-            c.grid("step_size_search.grid", &r.grid, 2, false);
-        }
-        if let Some(r) = &self.search {
-            c.grid("search.meta_lr", &r.meta_lr, 2, false)
-                .grid("search.beta", &r.beta, 2, false);
-        }
+        c.rate_search("step_size_search", self.step_size_search.as_ref())
+            .run_search("search", self.search.as_ref());
         if let Some(b) = &self.baseline_steps {
             c.count("baseline_steps.cg", b.cg)
                 .count("baseline_steps.neumann", b.neumann)

@@ -559,18 +559,11 @@ impl crate::protocol::Checked for Protocol {
         .count("nudged_steps", self.nudged_steps)
         .count("maml_steps", self.maml_steps)
         .positive("maml_step_size", self.maml_step_size)
-        // Intervals over seeds need two.
-        .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+        .seeds("seeds", self.seeds)
         .count("validation_episodes", self.validation_episodes)
         .count("validate_every", self.validate_every);
-        if let Some(b) = &self.beta_search {
-            c.grid("beta_search.grid", &b.grid, 2, false)
-                .count("beta_search.meta_steps", b.meta_steps)
-                .count("beta_search.validation_tasks", b.validation_tasks);
-        }
-        if let Some(r) = &self.meta_lr_search {
-            c.grid("meta_lr_search.grid", &r.grid, 2, false);
-        }
+        c.beta_search("beta_search", self.beta_search.as_ref())
+            .rate_search("meta_lr_search", self.meta_lr_search.as_ref());
         c.done()
     }
 }

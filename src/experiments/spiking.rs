@@ -317,8 +317,7 @@ impl crate::protocol::Checked for Protocol {
         self.network.validate()?;
         let mut c = crate::protocol::Checks::new("spiking");
         c.count("shots", self.shots)
-            // Intervals over seeds need two.
-            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .seeds("seeds", self.seeds)
             .count("test_tasks", self.test_tasks)
             .positive("meta_lr", self.meta_lr)
             .positive("strength", self.strength)
@@ -346,13 +345,8 @@ impl crate::protocol::Checked for Protocol {
                 "at most truncated_steps",
             )
             .count("ablation_tasks", self.ablation_tasks);
-        if let Some(r) = &self.meta_lr_search {
-            c.grid("meta_lr_search.grid", &r.grid, 2, false);
-        }
-        if let Some(k) = &self.checkpoint {
-            c.count("checkpoint.every", k.every)
-                .count("checkpoint.validation_tasks", k.validation_tasks);
-        }
+        c.rate_search("meta_lr_search", self.meta_lr_search.as_ref());
+        c.checkpoint("checkpoint", self.checkpoint.as_ref());
         c.done()
     }
 }

@@ -261,8 +261,7 @@ impl crate::protocol::Checked for Protocol {
                 "1 input and 1 output (a sinusoid)",
             )
             .positive("strength", self.strength)
-            // Intervals over seeds need two.
-            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .seeds("seeds", self.seeds)
             .count("shots", self.shots)
             .count("meta_steps", self.meta_steps)
             .count("meta_batch", self.meta_batch)

@@ -144,8 +144,7 @@ impl Protocol {
 impl crate::protocol::Checked for Protocol {
     fn check(&self) -> Result<()> {
         crate::protocol::Checks::new("weight-decay")
-            // Intervals over seeds need two.
-            .that(self.seeds >= 2, "seeds", self.seeds, "at least 2")
+            .seeds("seeds", self.seeds)
             .positive("initial_decay", self.initial_decay)
             .count("free_steps", self.free_steps)
             .count("nudged_steps", self.nudged_steps)
@@ -156,9 +155,8 @@ impl crate::protocol::Checked for Protocol {
             .count("baseline_steps.neumann", self.baseline_steps.neumann)
             .count("baseline_steps.truncation", self.baseline_steps.truncation)
             .positive("neumann_alpha", self.neumann_alpha)
-            .grid("step_size_search.grid", &self.step_size_search.grid, 2, false)
-            .grid("search.meta_lr", &self.search.meta_lr, 2, false)
-            .grid("search.beta", &self.search.beta, 2, false)
+            .rate_search("step_size_search", Some(&self.step_size_search))
+            .run_search("search", Some(&self.search))
             .done()
     }
 }

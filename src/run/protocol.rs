@@ -177,6 +177,52 @@ impl Checks {
         self
     }
 
+    /// Independent seeds: at least 2, for an interval over them.
+    pub fn seeds(&mut self, name: &str, n: usize) -> &mut Self {
+        self.that(n >= 2, name, n, "at least 2")
+    }
+
+    /// A `beta` search named `name` where there is one: its grid, short runs and validation tasks.
+    pub fn beta_search(&mut self, name: &str, search: Option<&super::choice::BetaSearchSpec>) -> &mut Self {
+        if let Some(b) = search {
+            self.grid(&format!("{name}.grid"), &b.grid, 2, false)
+                .count(&format!("{name}.meta_steps"), b.meta_steps)
+                .count(&format!("{name}.validation_tasks"), b.validation_tasks);
+        }
+        self
+    }
+
+    /// A step-size search named `name` where there is one: its grid.
+    pub fn rate_search(&mut self, name: &str, search: Option<&super::choice::RateSearchSpec>) -> &mut Self {
+        match search {
+            Some(r) => self.grid(&format!("{name}.grid"), &r.grid, 2, false),
+            None => self,
+        }
+    }
+
+    /// A meta-learning run's searches named `name`: the rate's grid and `beta`'s.
+    pub fn run_search(&mut self, name: &str, search: Option<&super::choice::RunSearch>) -> &mut Self {
+        match search {
+            Some(r) => self.grid(&format!("{name}.meta_lr"), &r.meta_lr, 2, false).grid(
+                &format!("{name}.beta"),
+                &r.beta,
+                2,
+                false,
+            ),
+            None => self,
+        }
+    }
+
+    /// A checkpoint choice named `name` where there is one: its spacing and validation tasks.
+    pub fn checkpoint(&mut self, name: &str, spec: Option<&super::choice::CheckpointSpec>) -> &mut Self {
+        match spec {
+            Some(k) => self
+                .count(&format!("{name}.every"), k.every)
+                .count(&format!("{name}.validation_tasks"), k.validation_tasks),
+            None => self,
+        }
+    }
+
     /// Any other condition, stated as what is allowed.
     pub fn that(&mut self, ok: bool, name: &str, value: impl ToString, allowed: &str) -> &mut Self {
         if !ok {
