@@ -342,15 +342,7 @@ fn chosen_factor(calibration: &[Case]) -> f64 {
 
 /// The held-out test: the bar as computed and with the chosen factor, on the fresh instances.
 fn fresh_section(calibration: &[Case], fresh: &[Case], factor: f64, drawn: &FreshInstances) -> String {
-    let (per_problem, seeds_from) = (
-        drawn
-            .per_problem
-            .iter()
-            .map(|(p, n)| format!("{p} {n}"))
-            .collect::<Vec<_>>()
-            .join(", "),
-        drawn.seeds_from,
-    );
+    let (per_problem, seeds_from) = (counts_text(&drawn.per_problem), drawn.seeds_from);
     let all_covered = {
         let s = Scaled::of(calibration, factor);
         s.instances_covered == s.instances
@@ -509,6 +501,15 @@ pub struct Protocol {
     pub max_steps: usize,
     pub order_check: String,
     pub reference: String,
+}
+
+/// Instance counts as the tables say them: "quadratic 100, ridge 100, ...".
+fn counts_text(counts: &[(String, u64)]) -> String {
+    counts
+        .iter()
+        .map(|(p, n)| format!("{p} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The fresh instances that test the safety factor: per problem, and the seed they start from.
@@ -716,12 +717,7 @@ fn report(
     files: &mut Vec<PathBuf>,
 ) -> Result<CalibrationResults> {
     let protocol = Protocol::of(settings)?;
-    let instances_per_problem = protocol
-        .instances
-        .iter()
-        .map(|(p, n)| format!("{p} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let instances_per_problem = counts_text(&protocol.instances);
     let case_rows = |cases: &[Case]| -> Vec<String> {
         cases
             .iter()
