@@ -152,19 +152,10 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
     units::plan(&registry(), settings, selection, previous)
 }
 
-/// The full protocol of each job that has one, as shipped in `configs/<job>.toml` (a test checks
-/// that the files match what the jobs run).
+/// The full protocol of each job that has one (the configurable jobs), as shipped in
+/// `configs/<job>.toml`, dashes as underscores (a test checks that the files match what the jobs
+/// run).
 pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
-    /// The jobs whose protocol ships as `configs/<job>.toml` (dashes as underscores).
-    const SHIPPED: [&str; 7] = [
-        "training",
-        "bandit",
-        "few-shot",
-        "digits-decay",
-        "spiking",
-        "weight-decay",
-        "error-bar",
-    ];
     let settings = Settings {
         out: PathBuf::new(),
         paper: PathBuf::new(),
@@ -174,7 +165,7 @@ pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
     };
     registry()
         .into_iter()
-        .filter(|j| SHIPPED.contains(&j.name()))
+        .filter(|j| j.configurable())
         .map(|j| Ok((j.name().replace('-', "_"), j.protocol(&settings)?)))
         .collect()
 }
