@@ -1185,14 +1185,7 @@ fn the_shipped_experiment_configs_are_what_the_jobs_run() {
     // configs/<job>.toml documents the full protocol of every configurable job (all 7 with a
     // protocol): comment lines, then the protocol as TOML, which must be what the job runs.
     let root = env!("CARGO_MANIFEST_DIR");
-    let protocols = cml::experiments::protocols().unwrap();
-    assert_eq!(
-        protocols.len(),
-        7,
-        "{:?}",
-        protocols.iter().map(|p| &p.0).collect::<Vec<_>>()
-    );
-    for (job, protocol) in protocols {
+    for (job, protocol) in cml::experiments::protocols().unwrap() {
         let path = format!("{root}/configs/{job}.toml");
         let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let body: String = text
