@@ -61,6 +61,8 @@ fn figures_quick(dir: &Path) {
 ///   meta-steps barely move the loss, and the smallest beta wins by a hair);
 /// - training_meta_lr_choice: 2 models x 6 estimators x the grid of 3 step sizes, extended three
 ///   times at its upper edge (in 4 meta-steps the largest step size goes furthest);
+/// - training_step_size_choice: 2 models x 6 estimators x the grid of 3 inner step sizes, extended
+///   at an edge twice for 10 of them and once for 2 (whose second value falls inside): 58 rows;
 /// - bandit_beta_choice: 2 contrastive agents x the grid of 5 betas (both choices inside it);
 ///   bandit_meta_lr_choice: 3 agents x the grid of 3 step sizes, extended twice at its upper edge
 ///   (in 2 meta-steps the largest step size goes furthest);
@@ -115,6 +117,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("spiking_matched_baselines", 5, 24),
     ("training_beta_choice", 6, 16),
     ("training_meta_lr_choice", 6, 72),
+    ("training_step_size_choice", 6, 58),
     ("bandit_beta_choice", 6, 10),
     ("bandit_meta_lr_choice", 6, 15),
 ];
@@ -514,7 +517,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         assert_eq!(own[best]["meta_step"], row["deployed_meta_step"], "{row:?}");
     }
     // Every outer step-size search (digit and diabetes decay per run, and their inner step sizes per seed, sinusoid per
-    // model and estimator, few-shot per setting and method, bandit per agent, spiking per method) takes the least
+    // model and estimator, and its inner step sizes, few-shot per setting and method, bandit per agent, spiking per method) takes the least
     // validation loss (exact ties to the first, the smallest); the decay jobs' beta searches the one-standard-error
     // rule.
     for (file, column, setting, ties_to_the_larger, runs) in [
@@ -525,6 +528,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         ("weight_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
         ("weight_decay_beta_choice.csv", "run", "beta", true, 2),
         ("training_meta_lr_choice.csv", "run", "meta_lr", false, 12),
+        ("training_step_size_choice.csv", "run", "step_size", false, 12),
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
         ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
@@ -1547,4 +1551,57 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
         err.contains("computed under another configuration (protocol differ)"),
         "{err}"
     );
+}
+
+#[test]
+fn an_inner_step_size_at_which_meta_training_stops_fails_its_search() {
+    // The sinusoid job's inner step-size search with the grid [0.001, 1]: Nesterov at step size 1
+    // diverges in the first inner phase (the loss of the quick network grows from about 11 to
+    // about 45 in one step), so every run at it stops at meta-step 0. That value must fail, with
+    // the reason in the table, and 0.001 be chosen for every estimator of the Nesterov phases
+    // (BPTT keeps its own grid).
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.toml");
+    std::fs::write(&file, "[step_size_search]\ngrid = [0.001, 1.0]\nextensions = 0\n").unwrap();
+    let (out, paper) = (dir.path().join("figures"), dir.path().join("paper"));
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", "training", "--protocol"])
+        .arg(format!("training={}", file.display()))
+        .arg("--out")
+        .arg(&out)
+        .arg("--paper")
+        .arg(&paper)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows = csv_rows(&out.join("training_step_size_choice.csv"));
+    let table = std::fs::read_to_string(paper.join("final_loss.md")).unwrap();
+    let subjects: Vec<&str> = rows
+        .iter()
+        .map(|r| r["run"].as_str())
+        .filter(|r| !r.ends_with("-bptt"))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(subjects.len(), 10, "{subjects:?}");
+    for subject in subjects {
+        let own: Vec<_> = rows.iter().filter(|r| r["run"] == subject).collect();
+        assert_eq!(own.len(), 2, "{own:?}");
+        assert_eq!(
+            (own[0]["step_size"].as_str(), own[0]["chosen"].as_str()),
+            ("1e-3", "true")
+        );
+        assert!(own[0]["validation_loss"].parse::<f64>().unwrap().is_finite());
+        assert_eq!(
+            (own[1]["step_size"].as_str(), own[1]["chosen"].as_str()),
+            ("1e0", "false")
+        );
+        assert_eq!(own[1]["validation_loss"], "inf");
+        assert!(
+            table.contains(&format!(
+                "| {subject} | 1 | failed: stream 0 stopped after meta-step 0: "
+            )),
+            "{subject}"
+        );
+    }
 }

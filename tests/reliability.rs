@@ -355,8 +355,8 @@ proptest! {
 fn the_shipped_training_configs_are_the_figures_runs() {
     // Each configs/train_MODEL_ESTIMATOR.toml must give the same effective config as the figure
     // job's run with seed 0 (checked with one meta-step overridden on the command line), the
-    // contrastive rule at the beta and each estimator at the outer step size the committed run's
-    // validation searches chose.
+    // contrastive rule at the beta and each estimator at the outer and inner step sizes the
+    // committed run's validation searches chose.
     let dir = tempfile::tempdir().unwrap();
     // The chosen value of `subject` in a committed search CSV (subject, value, ..., chosen).
     let chosen = |file: &str, subject: &str| -> f64 {
@@ -374,6 +374,7 @@ fn the_shipped_training_configs_are_the_figures_runs() {
         let beta = chosen("training_beta_choice.csv", model);
         for estimator in ["contrastive", "cg", "bptt", "fomaml", "reptile", "t1t2"] {
             let meta_lr = chosen("training_meta_lr_choice.csv", &format!("{model}-{estimator}"));
+            let step_size = chosen("training_step_size_choice.csv", &format!("{model}-{estimator}"));
             let file = format!(
                 "{}/configs/train_{model}_{estimator}.toml",
                 env!("CARGO_MANIFEST_DIR")
@@ -403,6 +404,7 @@ fn the_shipped_training_configs_are_the_figures_runs() {
                     estimator,
                     beta,
                     meta_lr,
+                    step_size,
                 )
                 .unwrap(),
             )

@@ -89,25 +89,31 @@ pub struct TrainingResults {
     /// model and estimator (none at the paper scale).
     pub beta_searches: Vec<Search>,
     pub meta_lr_searches: Vec<Search>,
+    /// The inner step size per model and estimator (none at the paper scale).
+    pub step_size_searches: Vec<Search>,
     /// The protocol the runs followed.
     pub protocol: Protocol,
 }
 
 /// The write-up's sentence on the choices the validation searches made.
 pub fn choices_sentence(t: &TrainingResults) -> String {
-    if t.beta_searches.is_empty() && t.meta_lr_searches.is_empty() {
+    if t.beta_searches.is_empty() && t.meta_lr_searches.is_empty() && t.step_size_searches.is_empty() {
         return format!(
-            "The contrastive rule's beta ({}) and the outer step size ({}) are the paper scale's, not searched.",
-            t.protocol.beta, t.protocol.meta_lr
+            "The contrastive rule's beta ({}), the outer step size ({}) and the inner step sizes ({}, BPTT's {}) are \
+             the paper scale's, not searched.",
+            t.protocol.beta, t.protocol.meta_lr, t.protocol.step_size, t.protocol.bptt_step_size
         );
     }
     format!(
         "Chosen on validation tasks of search streams of their own ([final_loss.md](final_loss.md) gives every score): \
          the contrastive rule's beta per model ({}, one stream), and the outer Adam step size per model and estimator \
-         ({}, {} streams).",
+         ({}, {} streams), then the inner step size per model and estimator ({}, {} streams, a value at which a run \
+         stopped early failing).",
         super::searches::chosen_values(&t.beta_searches),
         super::searches::chosen_values(&t.meta_lr_searches),
-        t.protocol.meta_lr_search.as_ref().map_or(0, |r| r.streams)
+        t.protocol.meta_lr_search.as_ref().map_or(0, |r| r.streams),
+        super::searches::chosen_values(&t.step_size_searches),
+        t.protocol.step_size_search.as_ref().map_or(0, |r| r.streams)
     )
 }
 
@@ -144,15 +150,17 @@ pub struct Protocol {
     pub meta_steps: usize,
     pub meta_batch: usize,
     /// The contrastive phases and every other estimator's inner loop: Nesterov (momentum 0.9)
-    /// at `step_size`. Nesterov is stable for curvature below about 1.36 / step size, and
-    /// meta-training sharpens the networks: 0.003 (curvature up to 450) diverged in a nudged
-    /// phase at meta-step 104 of the synapse run; 0.001 allows 1360.
+    /// at `step_size` (at the paper scale; the other scales search it per estimator, around this
+    /// value). Nesterov is stable for curvature below about 1.36 / step size, and meta-training
+    /// sharpens the networks: 0.003 (curvature up to 450) diverged in a nudged phase at
+    /// meta-step 104 of the synapse run; 0.001 allows 1360.
     pub free_steps: usize,
     pub nudged_steps: usize,
     pub step_size: f64,
     /// MAML-style BPTT: a short loop of plain gradient steps, backpropagated through, which is
-    /// also how it adapts at test time. MAML's usual 0.01 diverged at meta-step 72 of the
-    /// synapse run (curvature above 200); 0.003 allows 667 and lasted to meta-step 203.
+    /// also how it adapts at test time (its step size searched as `step_size` is). MAML's usual
+    /// 0.01 diverged at meta-step 72 of the synapse run (curvature above 200); 0.003 allows 667
+    /// and lasted to meta-step 203.
     pub bptt_steps: usize,
     pub bptt_step_size: f64,
     /// CG and Neumann iterations, and truncated BPTT's steps walked back.
@@ -168,11 +176,13 @@ pub struct Protocol {
     /// (the paper scale), and where the searches start.
     pub beta: f64,
     pub meta_lr: f64,
-    /// The searches on validation tasks (none at the paper scale).
+    /// The searches on validation tasks (none at the paper scale), in the order they run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub beta_search: Option<TrainingBetaSearch>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta_lr_search: Option<TrainingRateSearch>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step_size_search: Option<TrainingStepSizeSearch>,
 }
 
 /// The contrastive rule's `beta` search: a short meta-training of `meta_steps` at each value of
@@ -189,6 +199,21 @@ pub struct TrainingBetaSearch {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct TrainingRateSearch {
     pub grid: Vec<f64>,
+    pub extensions: usize,
+    pub streams: u64,
+}
+
+/// The inner step sizes' search, per model and estimator, after the outer step size's (at the
+/// chosen `beta` and outer step size): a whole meta-training at each value on each of `streams`
+/// search streams of its own. A value fails where a run stops early on any stream (a phase
+/// diverged), so that the reported runs can complete their budget; otherwise the least mean
+/// validation loss wins. `grid` is the Nesterov phases' (every estimator but BPTT), `bptt_grid`
+/// BPTT's short loop of plain steps; a choice at an edge extends its grid at most `extensions`
+/// times.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TrainingStepSizeSearch {
+    pub grid: Vec<f64>,
+    pub bptt_grid: Vec<f64>,
     pub extensions: usize,
     pub streams: u64,
 }
@@ -239,6 +264,12 @@ impl Protocol {
             meta_lr_search: searched.then(|| TrainingRateSearch {
                 grid: META_LR_GRID.to_vec(),
                 extensions: META_LR_EXTENSIONS,
+                streams: META_LR_SEARCH_STREAMS,
+            }),
+            step_size_search: searched.then(|| TrainingStepSizeSearch {
+                grid: STEP_SIZE_GRID.to_vec(),
+                bptt_grid: BPTT_STEP_SIZE_GRID.to_vec(),
+                extensions: STEP_SIZE_EXTENSIONS,
                 streams: META_LR_SEARCH_STREAMS,
             }),
         })
@@ -296,15 +327,37 @@ impl crate::protocol::Checked for Protocol {
                 "at least 1",
             );
         }
+        if let Some(s) = &self.step_size_search {
+            c.grid("step_size_search.grid", &s.grid, 2, false)
+                .grid("step_size_search.bptt_grid", &s.bptt_grid, 2, false)
+                .that(
+                    s.streams >= 1,
+                    "step_size_search.streams",
+                    s.streams,
+                    "at least 1",
+                );
+        }
         c.done()
     }
 }
 
-/// The run's configuration with the contrastive rule at [`PAPER_BETA`] and Adam at [`META_LR`]
-/// (the paper scale; at the other scales a unit takes the validation searches' values instead).
+/// The values the validation searches chose for one run; `None` takes the protocol's (the paper
+/// scale, which has no search, or a setting the estimator does not have).
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Chosen {
+    /// The contrastive rule's nudging strength.
+    pub beta: Option<f64>,
+    /// The outer Adam's step size.
+    pub meta_lr: Option<f64>,
+    /// The inner loop's step size: the Nesterov phases', or BPTT's short loop's.
+    pub step_size: Option<f64>,
+}
+
+/// The run's configuration at the protocol's values ([`PAPER_BETA`], [`META_LR`] and the inner
+/// step sizes: the paper scale; at the other scales a unit takes the validation searches' values
+/// instead).
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
-    let p = Protocol::of(settings)?;
-    config_at(settings, model, estimator, seed, p.beta, p.meta_lr)
+    config_at(settings, model, estimator, seed, Chosen::default())
 }
 
 fn config_at(
@@ -312,20 +365,20 @@ fn config_at(
     model: ModelSpec,
     estimator: &str,
     seed: u64,
-    beta: f64,
-    meta_lr: f64,
+    chosen: Chosen,
 ) -> Result<TrainConfig> {
     let p = Protocol::of(settings)?;
+    let (beta, meta_lr) = (chosen.beta.unwrap_or(p.beta), chosen.meta_lr.unwrap_or(p.meta_lr));
     // A fresh optimiser for every phase (the protocol's doc says why these step sizes).
     let phase = GdParams {
-        step_size: Some(p.step_size),
+        step_size: Some(chosen.step_size.unwrap_or(p.step_size)),
         max_steps: p.free_steps,
         tolerance: 0.0,
         optimizer: Optimizer::Nesterov { momentum: 0.9 },
         ..GdParams::default()
     };
     let short = GdParams {
-        step_size: Some(p.bptt_step_size),
+        step_size: Some(chosen.step_size.unwrap_or(p.bptt_step_size)),
         max_steps: p.bptt_steps,
         tolerance: 0.0,
         ..GdParams::default()
@@ -394,7 +447,16 @@ fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>>
             meta_steps: search.meta_steps,
             eval_every: search.meta_steps,
             eval_tasks: 1,
-            ..config_at(settings, model.clone(), "contrastive", seed, beta, p.meta_lr)?
+            ..config_at(
+                settings,
+                model.clone(),
+                "contrastive",
+                seed,
+                Chosen {
+                    beta: Some(beta),
+                    ..Chosen::default()
+                },
+            )?
         };
         Ok(match crate::meta_training::train(&c, &mut |_| {}) {
             Ok(r) => (
@@ -451,40 +513,119 @@ fn choose_meta_lr(
     let Some(search) = &p.meta_lr_search else {
         return Ok(None);
     };
-    let streams = (0..search.streams)
-        .map(|s| {
-            let seed = meta_lr_search_seed(settings, s);
-            let (validation, _) = validation_and_test_tasks(settings, seed)?;
-            let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
-            Ok((seed, validation, theta0))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
-        let mut losses = Vec::new();
-        for (seed, validation, theta0) in &streams {
-            let c = config_at(
-                settings,
-                model.clone(),
-                name,
-                *seed,
-                beta.unwrap_or(p.beta),
-                meta_lr,
-            )?;
-            losses.extend(train_checkpointed(&c, theta0, validation, &mut |_| {})?.validation);
-        }
-        Ok((losses, None))
+    let seeds = (0..search.streams).map(|s| meta_lr_search_seed(settings, s));
+    let streams = search_streams(settings, model, seeds)?;
+    let score = |meta_lr: f64| {
+        let chosen = Chosen {
+            beta,
+            meta_lr: Some(meta_lr),
+            step_size: None,
+        };
+        scored_on_streams(settings, model, name, &streams, chosen, false)
     };
-    super::choice::search_meta_lr(
-        &meta_lr_subject(model, name),
-        &search.grid,
+    super::choice::search_meta_lr(&run_subject(model, name), &search.grid, search.extensions, score).map(Some)
+}
+
+/// The inner step sizes are chosen per model and estimator on validation tasks, at the quick and
+/// default scales, from these grids around the hand-set values (docs/PROTOCOL.md): the Nesterov
+/// phases' around 0.001, BPTT's plain steps around 0.003.
+pub const STEP_SIZE_GRID: [f64; 3] = [5e-4, 1e-3, 2e-3];
+pub const BPTT_STEP_SIZE_GRID: [f64; 3] = [1.5e-3, 3e-3, 6e-3];
+/// A choice at an edge of those grids extends it past that edge, at most this often.
+const STEP_SIZE_EXTENSIONS: usize = 2;
+/// Stream word of the inner step-size search's own seeds.
+const STEP_SIZE_CHOICE: u64 = 73;
+
+/// Chooses the inner step size of `model` and estimator `name` (at `beta` and the outer step size
+/// `meta_lr`, their searches' choices) on validation tasks, as [`choose_meta_lr`] chooses the
+/// outer one but on search streams of its own and with one more rule: a value at which a run stops
+/// early on any stream (an inner phase diverged as meta-training sharpened the network) fails, so
+/// that the reported runs can meta-train for their whole budget (docs/PROTOCOL.md, rule 4).
+/// `None` at the paper scale, which takes the protocol's step sizes.
+fn choose_step_size(
+    settings: &Settings,
+    model: &ModelSpec,
+    name: &str,
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+) -> Result<Option<Search>> {
+    let p = Protocol::of(settings)?;
+    let Some(search) = &p.step_size_search else {
+        return Ok(None);
+    };
+    let seeds = (0..search.streams).map(|s| crate::rng::hash_words(&[settings.seed, STEP_SIZE_CHOICE, s]));
+    let streams = search_streams(settings, model, seeds)?;
+    let score = |step_size: f64| {
+        let chosen = Chosen {
+            beta,
+            meta_lr,
+            step_size: Some(step_size),
+        };
+        scored_on_streams(settings, model, name, &streams, chosen, true)
+    };
+    let grid = if name == "bptt" {
+        &search.bptt_grid
+    } else {
+        &search.grid
+    };
+    super::choice::search(
+        &run_subject(model, name),
+        "step_size",
+        super::choice::Ties::None,
+        grid,
         search.extensions,
         score,
     )
     .map(Some)
 }
 
-/// The step-size search's subject: model and estimator, as in unit names.
-fn meta_lr_subject(model: &ModelSpec, name: &str) -> String {
+/// A search stream of a per-run search: its seed, validation tasks and initialisation.
+type SearchStream = (u64, Vec<SinusoidTask>, Vector);
+
+/// The search streams of `seeds` (each an initialisation and task stream of the search's own).
+fn search_streams(
+    settings: &Settings,
+    model: &ModelSpec,
+    seeds: impl Iterator<Item = u64>,
+) -> Result<Vec<SearchStream>> {
+    seeds
+        .map(|seed| {
+            let (validation, _) = validation_and_test_tasks(settings, seed)?;
+            let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
+            Ok((seed, validation, theta0))
+        })
+        .collect()
+}
+
+/// A search value's score: on each stream, a whole meta-training of `name` at `chosen`, its
+/// checkpoint chosen on the stream's validation tasks, then each task's loss after adaptation from
+/// it (all streams' in one list). With `stop_fails`, a run that stops early fails the value
+/// (infinite losses, and why); without, it keeps its checkpoint from before, as a reported run does.
+fn scored_on_streams(
+    settings: &Settings,
+    model: &ModelSpec,
+    name: &str,
+    streams: &[SearchStream],
+    chosen: Chosen,
+    stop_fails: bool,
+) -> Result<(Vec<f64>, Option<String>)> {
+    let mut losses = Vec::new();
+    for (s, (seed, validation, theta0)) in streams.iter().enumerate() {
+        let c = config_at(settings, model.clone(), name, *seed, chosen)?;
+        let run = train_checkpointed(&c, theta0, validation, &mut |_| {})?;
+        match run.stopped {
+            Some(e) if stop_fails => {
+                let why = format!("stream {s} stopped after meta-step {}: {e}", run.last.0);
+                return Ok((vec![f64::INFINITY; validation.len() * streams.len()], Some(why)));
+            }
+            _ => losses.extend(run.validation),
+        }
+    }
+    Ok((losses, None))
+}
+
+/// A step-size search's subject: model and estimator, as in unit names.
+fn run_subject(model: &ModelSpec, name: &str) -> String {
     format!("{}-{name}", model.name())
 }
 
@@ -519,6 +660,7 @@ pub fn figure_training_config(
     estimator: &str,
     beta: f64,
     meta_lr: f64,
+    step_size: f64,
 ) -> Result<TrainConfig> {
     let settings = Settings {
         out: PathBuf::new(),
@@ -535,7 +677,12 @@ pub fn figure_training_config(
             name: model.into(),
             allowed: crate::registry::model_names(),
         })?;
-    config_at(&settings, model, estimator, seed, beta, meta_lr)
+    let chosen = Chosen {
+        beta: Some(beta),
+        meta_lr: Some(meta_lr),
+        step_size: Some(step_size),
+    };
+    config_at(&settings, model, estimator, seed, chosen)
 }
 
 /// The seeds of the runs: the protocol's count from `settings`' seed on.
@@ -555,9 +702,8 @@ fn unit_name(model: &str, estimator: &str, seed: u64) -> String {
 /// What one meta-training run (one model, estimator and seed) leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
-    /// The contrastive rule's beta and the outer Adam's step size, as the searches chose them.
-    beta: Option<f64>,
-    meta_lr: Option<f64>,
+    /// The contrastive rule's beta and the outer and inner step sizes, as the searches chose them.
+    chosen: Chosen,
     /// Rows of `meta_training.csv`, and the curve they draw: (meta-step, held-out loss after).
     curve_rows: Vec<String>,
     curve: Vec<(f64, f64)>,
@@ -597,12 +743,13 @@ impl Job<super::Section> for Training {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first (beta before the step sizes, which take it), so that the runs find
-        // them stored.
+        // The searches first (beta, then the outer step sizes, then the inner ones, each taking
+        // the choices before it), so that the runs find them stored.
         Ok(choice_units(settings)?
             .into_iter()
             .map(|(_, unit)| unit)
             .chain(meta_lr_units(settings)?.into_iter().map(|(_, _, unit)| unit))
+            .chain(step_size_units(settings)?.into_iter().map(|(_, _, unit)| unit))
             .chain(
                 runs(settings)?
                     .iter()
@@ -619,10 +766,14 @@ impl Job<super::Section> for Training {
             let beta = self.beta(settings, staging, model, name)?;
             return super::units::encode(&choose_meta_lr(settings, model, name, beta)?);
         }
+        if let Some((model, name, _)) = step_size_units(settings)?.iter().find(|(_, _, u)| u == unit) {
+            let beta = self.beta(settings, staging, model, name)?;
+            let meta_lr = self.meta_lr(settings, staging, model, name, beta)?;
+            return super::units::encode(&choose_step_size(settings, model, name, beta, meta_lr)?);
+        }
         let (model, name, seed) = self.parse_unit(settings, unit)?;
-        let beta = self.beta(settings, staging, &model, name)?;
-        let meta_lr = self.meta_lr(settings, staging, &model, name, beta)?;
-        super::units::encode(&run_seed(settings, model, name, seed, beta, meta_lr)?)
+        let chosen = self.chosen(settings, staging, &model, name)?;
+        super::units::encode(&run_seed(settings, model, name, seed, chosen)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -638,18 +789,22 @@ impl Job<super::Section> for Training {
         enum Unit {
             Run,
             BetaSearch,
+            MetaLrSearch,
             StepSizeSearch,
         }
         let mut per_kind: Vec<(String, (f64, f64))> = Vec::new();
         let mut out = Vec::new();
         let (choices, rates) = (choice_units(settings)?, meta_lr_units(settings)?);
+        let steps = step_size_units(settings)?;
         for unit in units {
             let (model, name, kind_of_unit) = match (
                 choices.iter().find(|(_, u)| u == unit),
                 rates.iter().find(|(_, _, u)| u == unit),
+                steps.iter().find(|(_, _, u)| u == unit),
             ) {
-                (Some((model, _)), _) => (model.clone(), "contrastive", Unit::BetaSearch),
-                (_, Some((model, name, _))) => (model.clone(), *name, Unit::StepSizeSearch),
+                (Some((model, _)), _, _) => (model.clone(), "contrastive", Unit::BetaSearch),
+                (_, Some((model, name, _)), _) => (model.clone(), *name, Unit::MetaLrSearch),
+                (_, _, Some((model, name, _))) => (model.clone(), *name, Unit::StepSizeSearch),
                 _ => {
                     let (model, name, _) = self.parse_unit(settings, unit)?;
                     (model, name, Unit::Run)
@@ -667,11 +822,18 @@ impl Job<super::Section> for Training {
             out.push(match kind_of_unit {
                 Unit::Run => run,
                 Unit::BetaSearch => search,
-                Unit::StepSizeSearch => {
+                Unit::MetaLrSearch => {
                     let r = Protocol::of(settings)?
                         .meta_lr_search
                         .expect("a step-size unit where the protocol has a search");
                     (r.grid.len() + r.extensions) as f64 * r.streams as f64 * run
+                }
+                Unit::StepSizeSearch => {
+                    let r = Protocol::of(settings)?
+                        .step_size_search
+                        .expect("a step-size unit where the protocol has a search");
+                    let grid = if name == "bptt" { &r.bptt_grid } else { &r.grid };
+                    (grid.len() + r.extensions) as f64 * r.streams as f64 * run
                 }
             });
         }
@@ -710,15 +872,61 @@ impl Training {
         name: &str,
         beta: Option<f64>,
     ) -> Result<Option<f64>> {
-        let units = meta_lr_units(settings)?;
+        self.per_run_choice(settings, staging, &meta_lr_units(settings)?, model, name, || {
+            choose_meta_lr(settings, model, name, beta)
+        })
+    }
+
+    /// The inner step size for `model` and `name` (at the searched `beta` and outer step size):
+    /// its search's, stored or run here, as [`Self::beta`]. `None` at the paper scale.
+    fn step_size(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        model: &ModelSpec,
+        name: &str,
+        beta: Option<f64>,
+        meta_lr: Option<f64>,
+    ) -> Result<Option<f64>> {
+        self.per_run_choice(
+            settings,
+            staging,
+            &step_size_units(settings)?,
+            model,
+            name,
+            || choose_step_size(settings, model, name, beta, meta_lr),
+        )
+    }
+
+    /// The choice of the search unit among `units` (one per model and estimator) that belongs to
+    /// `model` and `name`: stored, or `search` run here. `None` where the scale has no such unit.
+    fn per_run_choice(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        units: &[(ModelSpec, &'static str, String)],
+        model: &ModelSpec,
+        name: &str,
+        search: impl FnOnce() -> Result<Option<Search>>,
+    ) -> Result<Option<f64>> {
         let Some((_, _, unit)) = units
             .iter()
             .find(|(m, n, _)| m.name() == model.name() && *n == name)
         else {
             return Ok(None);
         };
-        super::choice::chosen_value(self, settings, staging, unit, || {
-            choose_meta_lr(settings, model, name, beta)
+        super::choice::chosen_value(self, settings, staging, unit, search)
+    }
+
+    /// Every value the searches chose for a run of `model` and `name`, in the searches' order.
+    fn chosen(&self, settings: &Settings, staging: &Path, model: &ModelSpec, name: &str) -> Result<Chosen> {
+        let beta = self.beta(settings, staging, model, name)?;
+        let meta_lr = self.meta_lr(settings, staging, model, name, beta)?;
+        let step_size = self.step_size(settings, staging, model, name, beta, meta_lr)?;
+        Ok(Chosen {
+            beta,
+            meta_lr,
+            step_size,
         })
     }
 
@@ -744,18 +952,36 @@ fn choice_units(settings: &Settings) -> Result<Vec<(ModelSpec, String)>> {
         .collect())
 }
 
-/// The step-size search's units, one per model and estimator (none at the paper scale): (model,
-/// estimator, unit name).
+/// The outer step-size search's units, one per model and estimator (none at the paper scale):
+/// (model, estimator, unit name).
 fn meta_lr_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
+    search_units(settings, "choice-meta-lr", |p| p.meta_lr_search.is_some())
+}
+
+/// The inner step-size search's units, as [`meta_lr_units`].
+fn step_size_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
+    search_units(settings, "choice-step-size", |p| p.step_size_search.is_some())
+}
+
+/// Units `<prefix>-<model>-<estimator>`, one per model and estimator, where `searched` says the
+/// protocol has that search.
+fn search_units(
+    settings: &Settings,
+    prefix: &str,
+    searched: impl Fn(&Protocol) -> bool,
+) -> Result<Vec<(ModelSpec, &'static str, String)>> {
     let p = Protocol::of(settings)?;
-    if p.meta_lr_search.is_none() {
+    if !searched(&p) {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
     for model in models(&p) {
         for (name, _) in ESTIMATORS {
-            let unit = format!("choice-meta-lr-{}", meta_lr_subject(&model, name));
-            out.push((model.clone(), name, unit));
+            out.push((
+                model.clone(),
+                name,
+                format!("{prefix}-{}", run_subject(&model, name)),
+            ));
         }
     }
     Ok(out)
@@ -874,25 +1100,9 @@ fn train_checkpointed(
 }
 
 /// One meta-training run: the curve, the validation-chosen checkpoint and its test loss.
-/// `beta`, `meta_lr`: the contrastive rule's and the outer Adam's, as the searches chose them
-/// (`None`: the paper scale's).
-fn run_seed(
-    settings: &Settings,
-    model: ModelSpec,
-    name: &str,
-    seed: u64,
-    beta: Option<f64>,
-    meta_lr: Option<f64>,
-) -> Result<SeedRun> {
-    let p = Protocol::of(settings)?;
-    let c = config_at(
-        settings,
-        model.clone(),
-        name,
-        seed,
-        beta.unwrap_or(p.beta),
-        meta_lr.unwrap_or(p.meta_lr),
-    )?;
+/// `chosen`: the values the searches chose.
+fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64, chosen: Chosen) -> Result<SeedRun> {
+    let c = config_at(settings, model.clone(), name, seed, chosen)?;
     let (validation, test) = validation_and_test_tasks(settings, seed)?;
     let theta0 = model.initial_theta(&mut crate::rng::stream(seed, 0))?;
     // The curve is collected as it is made, so that a run that diverges keeps it.
@@ -933,8 +1143,7 @@ fn run_seed(
         None
     };
     Ok(SeedRun {
-        beta,
-        meta_lr,
+        chosen,
         curve_rows,
         curve,
         final_loss,
@@ -977,6 +1186,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let searches = super::choice::stored(units, choice_units(settings)?.into_iter().map(|(_, u)| u))?;
     let rate_searches =
         super::choice::stored(units, meta_lr_units(settings)?.into_iter().map(|(_, _, u)| u))?;
+    let step_searches =
+        super::choice::stored(units, step_size_units(settings)?.into_iter().map(|(_, _, u)| u))?;
     for model in models(&protocol) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -998,14 +1209,21 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 super::choice::check_agrees(
                     searches.iter().find(|x| x.model == model.name()),
                     &unit,
-                    run.beta,
+                    run.chosen.beta,
                 )?;
                 super::choice::check_agrees(
                     rate_searches
                         .iter()
-                        .find(|x| x.model == meta_lr_subject(&model, name)),
+                        .find(|x| x.model == run_subject(&model, name)),
                     &unit,
-                    run.meta_lr,
+                    run.chosen.meta_lr,
+                )?;
+                super::choice::check_agrees(
+                    step_searches
+                        .iter()
+                        .find(|x| x.model == run_subject(&model, name)),
+                    &unit,
+                    run.chosen.step_size,
                 )?;
                 seed_rows.push(format!(
                     "{},{name},{seed},{},{},{}",
@@ -1110,6 +1328,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &rate_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("training_step_size_choice.csv"),
+        "run",
+        &step_searches,
+        files,
+    )?;
     let columns = panels.len().clamp(1, 2);
     save(settings, "meta_training", &Figure { panels, columns }, files)?;
     // The examples come from the first seed's contrastive runs, which a report of part of the
@@ -1146,6 +1370,14 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         let (v, t) = validation_and_test_tasks(settings, settings.seed)?;
         (v.len(), t.len())
     };
+    // Each inner loop's step size: the protocol's, or its search's choice (the section below).
+    let inner_lr = |lr: f64| {
+        if step_searches.is_empty() {
+            lr.to_string()
+        } else {
+            "chosen on validation per model and estimator".to_string()
+        }
+    };
     let mut table = format!(
         "# Final meta-test loss after adaptation\n\n\
          Generated by `cml figures`: network {net_name}, {} shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
@@ -1161,9 +1393,9 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         protocol.shots,
         probe.meta_batch,
         seed_count,
-        protocol.step_size,
+        inner_lr(protocol.step_size),
         protocol.bptt_steps,
-        protocol.bptt_step_size,
+        inner_lr(protocol.bptt_step_size),
         probe.eval_every,
         finals.len()
     );
@@ -1216,6 +1448,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     }
     table.push_str(&beta_section(&protocol, &searches));
     table.push_str(&meta_lr_section(&protocol, &rate_searches, meta_steps));
+    table.push_str(&step_size_section(&protocol, &step_searches, meta_steps));
     write_table(settings, "final_loss.md", &table, files)?;
     Ok(TrainingResults {
         finals,
@@ -1230,6 +1463,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         net: net_name,
         beta_searches: searches,
         meta_lr_searches: rate_searches,
+        step_size_searches: step_searches,
         protocol,
     })
 }
@@ -1273,6 +1507,31 @@ fn meta_lr_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> Stri
          {} validation tasks as a reported run's is, then the query MSE after adaptation from that checkpoint; the least \
          mean over every stream's tasks wins. A choice at an edge of the grid extends it by the ratio of its two outermost \
          values there, at most {} times (`training_meta_lr_choice.csv`).\n\n",
+        search.streams, meta_steps, p.validation_tasks, search.extensions
+    );
+    t.push_str(&super::searches::table(searches, "run"));
+    t.push('\n');
+    t
+}
+
+/// The table's section on the inner step sizes: the searches, or the protocol's values.
+fn step_size_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> String {
+    let Some(search) = p.step_size_search.as_ref().filter(|_| !searches.is_empty()) else {
+        return format!(
+            "\n## The inner step sizes\n\nNesterov phases at {}, BPTT's plain steps at {} (no search at this scale).\n",
+            p.step_size, p.bptt_step_size
+        );
+    };
+    let mut t = format!(
+        "\n## The inner step sizes, chosen on validation tasks\n\n\
+         Per model and estimator, after the outer step size's search and at its choice (the contrastive rule at its \
+         chosen beta), on each of {} search streams of the search's own: a whole meta-training ({} meta-steps) at each \
+         inner step size (the Nesterov phases' for every estimator but BPTT, whose matched baseline adapts with the same \
+         loop; BPTT's plain steps for BPTT), its checkpoint chosen on that stream's {} validation tasks, then the query \
+         MSE after adaptation from that checkpoint. A value fails where a run on any stream stops early (an inner phase \
+         diverged as meta-training sharpened the network), so that the reported runs can meta-train for their whole \
+         budget; otherwise the least mean over every stream's tasks wins. A choice at an edge of the grid extends it by \
+         the ratio of its two outermost values there, at most {} times (`training_step_size_choice.csv`).\n\n",
         search.streams, meta_steps, p.validation_tasks, search.extensions
     );
     t.push_str(&super::searches::table(searches, "run"));
