@@ -129,14 +129,21 @@ pub trait Job<S>: Sync {
     fn extent_keys(&self) -> &'static [&'static str] {
         &[]
     }
+    /// Keys of its protocol that `unit`'s rows do not depend on, directly or through a choice the
+    /// unit takes (a search only other units read): a stored unit whose protocol differs from
+    /// this run's only in them (and in the extent keys) is this run's, so a run that adds such a
+    /// search computes only the units that read it. Name a key here only where that holds.
+    fn keys_unit_ignores(&self, _unit: &str) -> &'static [&'static str] {
+        &[]
+    }
 }
 
-/// Whether a stored unit's fingerprint is `expected`, its protocol's `extent` keys aside.
-fn same_fingerprint(stored: &Value, expected: &Value, extent: &[&str]) -> bool {
+/// Whether a stored unit's fingerprint is `expected`, its protocol's `ignored` keys aside.
+fn same_fingerprint(stored: &Value, expected: &Value, ignored: &[&str]) -> bool {
     let without = |fingerprint: &Value| {
         let mut f = fingerprint.clone();
         if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
-            for k in extent {
+            for k in ignored {
                 protocol.remove(*k);
             }
         }
@@ -360,7 +367,8 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
             format!("a unit written by `cml figures --units` ({e})"),
         )
     })?;
-    if !same_fingerprint(&stored.fingerprint, expected, job.extent_keys()) {
+    let ignored = [job.extent_keys(), job.keys_unit_ignores(unit)].concat();
+    if !same_fingerprint(&stored.fingerprint, expected, &ignored) {
         let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
             .iter()
             .filter(|k| stored.fingerprint.get(**k) != expected.get(**k))
@@ -1003,6 +1011,87 @@ mod any_float_tests {
             serde_json::from_str::<Pairs>("{\"v\":[[0,2.0]]}").unwrap().v,
             vec![(0, 2.0)]
         );
+    }
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    /// Two runs; `plain` does not read the protocol's `search` (absent unless given), `searched`
+    /// does.
+    struct PlainAndSearched;
+
+    impl Job<()> for PlainAndSearched {
+        fn name(&self) -> &'static str {
+            "plain-and-searched"
+        }
+        fn about(&self) -> &'static str {
+            "a unit that reads a search and one that does not"
+        }
+        fn protocol(&self, settings: &Settings) -> Result<Value> {
+            let mut p = serde_json::json!({"steps": 3});
+            if let Some((_, search)) = settings.protocols.first() {
+                p["search"] = search.clone();
+            }
+            Ok(p)
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(vec!["plain".into(), "searched".into()])
+        }
+        fn run_unit(&self, _: &Settings, unit: &str, _: &Path) -> Result<Value> {
+            Ok(Value::from(unit))
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
+            Ok(())
+        }
+        fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+            if unit == "plain" { &["search"] } else { &[] }
+        }
+    }
+
+    #[test]
+    fn adding_a_search_recomputes_only_the_units_that_read_it() {
+        static JOB: PlainAndSearched = PlainAndSearched;
+        let dir = tempfile::tempdir().unwrap();
+        let without = Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale: Scale::Default,
+            seed: 0,
+            protocols: Vec::new(),
+        };
+        let with = Settings {
+            protocols: vec![(JOB.name().into(), serde_json::json!([0.1, 0.3]))],
+            ..without.clone()
+        };
+        let listed = |settings: &Settings| -> Vec<(&'static dyn Job<()>, String)> {
+            let units = JOB.units(settings).unwrap();
+            units
+                .into_iter()
+                .map(|u| (&JOB as &'static dyn Job<()>, u))
+                .collect()
+        };
+        let ran = run_listed(&without, listed(&without), (0, 1), dir.path(), &|_| {}, 1).unwrap();
+        assert_eq!(ran.ran.len(), 2);
+        // With the search: the plain unit is this run's, the searched one is refused, and a run
+        // computes it alone.
+        let expected = fingerprint(&JOB, &with).unwrap();
+        assert!(load(dir.path(), &JOB, "plain", &expected).unwrap().is_some());
+        let err = load(dir.path(), &JOB, "searched", &expected)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("computed under another configuration (protocol differ)"),
+            "{err}"
+        );
+        std::fs::remove_file(unit_file(dir.path(), JOB.name(), "searched")).unwrap();
+        let ran = run_listed(&with, listed(&with), (0, 1), dir.path(), &|_| {}, 1).unwrap();
+        assert_eq!(ran.ran, ["plain-and-searched/searched"]);
+        // Another change to the plain unit's own keys is still refused.
+        let mut changed = fingerprint(&JOB, &with).unwrap();
+        changed["protocol"]["steps"] = Value::from(4);
+        assert!(load(dir.path(), &JOB, "plain", &changed).is_err());
     }
 }
 
