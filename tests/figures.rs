@@ -28,7 +28,8 @@ fn figures_quick(dir: &Path) {
 ///   few_shot_meta_training: 10 runs x 2 meta-steps; few_shot_checkpoints: 10 runs x checkpoints
 ///   0, 1, 2; few_shot_beta_choice: the grid of 3 betas, extended once (one meta-step barely moves
 ///   the validation error, so every setting ties and the largest wins); few_shot_meta_lr_choice: 5
-///   methods x the grid of 2 step sizes (no extension at the quick scale);
+///   methods x the grid of 2 step sizes (no extension at the quick scale); few_shot_strength_choice:
+///   CML and iMAML x the grid of 2 strengths (no extension);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
@@ -81,6 +82,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("few_shot_checkpoints", 6, 30),
     ("few_shot_beta_choice", 6, 4),
     ("few_shot_meta_lr_choice", 6, 10),
+    ("few_shot_strength_choice", 6, 4),
     ("few_shot_accuracy", 8, 5),
     ("few_shot_meta_training", 5, 20),
     ("digits_decay", 5, 14),
@@ -530,6 +532,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         ("training_meta_lr_choice.csv", "run", "meta_lr", false, 12),
         ("training_step_size_choice.csv", "run", "step_size", false, 12),
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
+        ("few_shot_strength_choice.csv", "run", "strength", false, 2),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
         ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
     ] {

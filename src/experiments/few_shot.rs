@@ -74,6 +74,14 @@ pub struct Protocol {
     /// run's is, scored by each of those episodes' error rate there.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta_lr_search: Option<RateSearchSpec>,
+    /// The complex synapse's pull strength's search on the validation classes, per setting and
+    /// method with a pull (CML and iMAML), after the outer step size's and at its choice; none at
+    /// the paper scale, which takes the paper's strengths. Each value is a whole meta-training as
+    /// in the step size's search, the least validation error wins (`grid` increasing, a choice at
+    /// an edge extends it at most `extensions` times). Its matched baseline adapts at the same
+    /// strength.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub strength_search: Option<RateSearchSpec>,
 }
 
 impl Protocol {
@@ -104,6 +112,10 @@ impl Protocol {
                 }),
                 meta_lr_search: Some(RateSearchSpec {
                     grid: vec![3e-3, 1e-2],
+                    extensions: 0,
+                }),
+                strength_search: Some(RateSearchSpec {
+                    grid: vec![0.25, 0.5],
                     extensions: 0,
                 }),
             }
@@ -137,6 +149,11 @@ impl Protocol {
                 // the paper's 0.01.
                 meta_lr_search: Some(RateSearchSpec {
                     grid: vec![3e-4, 1e-3, 3e-3],
+                    extensions: 2,
+                }),
+                // From the hand-set 0.1 up past the paper's 0.5 (at 1 shot), by factors of about 3.
+                strength_search: Some(RateSearchSpec {
+                    grid: vec![0.1, 0.3, 1.0],
                     extensions: 2,
                 }),
             }
@@ -173,6 +190,7 @@ impl Protocol {
             validate_every: 375,
             beta_search: None,
             meta_lr_search: None,
+            strength_search: None,
             ..Self::new(false)
         }
     }
@@ -321,6 +339,7 @@ const VALIDATION: u64 = 24;
 /// seed's).
 const CHOICE: u64 = 23;
 const RATE_CHOICE: u64 = 25;
+const STRENGTH_CHOICE: u64 = 26;
 
 /// Two methods' meta-test accuracies are equivalent when their difference lies within this many
 /// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
@@ -354,14 +373,40 @@ fn rate_subject(shots: usize, key: &str) -> String {
 /// The step-size searches' units, in order (none without a search): (shots, method, unit).
 fn rate_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let p = Protocol::of(settings)?;
-    if p.meta_lr_search.is_none() {
-        return Ok(Vec::new());
-    }
+    per_method_units(&p, p.meta_lr_search.is_some(), rate_choice_unit, |_| true)
+}
+
+/// The methods whose complex synapse pulls toward `omega` (a strength above 0), by key.
+const PULLED: [&str; 2] = ["cml", "imaml"];
+
+/// The pull strength's search unit of a setting and method.
+fn strength_choice_unit(shots: usize, key: &str) -> String {
+    format!("choice-strength-{}", rate_subject(shots, key))
+}
+
+/// The strength searches' units, in order, for the methods with a pull (none without a search).
+fn strength_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
+    let p = Protocol::of(settings)?;
+    per_method_units(&p, p.strength_search.is_some(), strength_choice_unit, |m| {
+        PULLED.contains(&m.key)
+    })
+}
+
+/// `unit(shots, key)` for each setting and each method `which` takes, where `searched`.
+fn per_method_units(
+    p: &Protocol,
+    searched: bool,
+    unit: fn(usize, &str) -> String,
+    which: impl Fn(&Method) -> bool,
+) -> Result<Vec<(usize, Method, String)>> {
     let mut out = Vec::new();
+    if !searched {
+        return Ok(out);
+    }
     for &shots in &p.shots {
-        for method in p.methods(shots)? {
-            let unit = rate_choice_unit(shots, method.key);
-            out.push((shots, method, unit));
+        for method in p.methods(shots)?.into_iter().filter(|m| which(m)) {
+            let name = unit(shots, method.key);
+            out.push((shots, method, name));
         }
     }
     Ok(out)
@@ -384,9 +429,12 @@ fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
 /// What one meta-training run leaves for the report.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
-    /// The contrastive rule's `beta` and the outer step size, as their searches chose them.
+    /// The contrastive rule's `beta`, the outer step size and the pull strength, as their
+    /// searches chose them (units stored before the strength was searched have none).
     beta: Option<f64>,
     meta_lr: Option<f64>,
+    #[serde(default)]
+    strength: Option<f64>,
     /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
     /// deployed: the best, ties to the later.
     checkpoints: Vec<(usize, f64)>,
@@ -433,12 +481,13 @@ impl Job<super::Section> for FewShot {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first (beta before the step sizes, which take it), so that the runs find
-        // them stored.
+        // The searches first (beta, then the step sizes, then the strengths, each taking the
+        // choices before it), so that the runs find them stored.
         Ok(searched_settings(settings)?
             .into_iter()
             .map(choice_unit)
             .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
+            .chain(strength_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(
                 runs(settings)?
                     .iter()
@@ -459,31 +508,46 @@ impl Job<super::Section> for FewShot {
             let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
             return super::units::encode(&choose_meta_lr(settings, &p, shots, &method)?);
         }
+        if let Some((shots, method, _)) = strength_choices(settings)?
+            .into_iter()
+            .find(|(_, _, u)| u == unit)
+        {
+            let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
+            let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
+            return super::units::encode(&choose_strength(settings, &at_rate, shots, &method)?);
+        }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
             })?;
         let (method, beta) = self.at_searched_beta(settings, staging, &p, shots, method)?;
-        // The outer step size: its search's, stored or run here, as beta's; at the paper scale
-        // the protocol's.
-        let meta_lr = match &p.meta_lr_search {
-            Some(_) => Some(
-                super::choice::chosen_value(
-                    self,
-                    settings,
-                    staging,
-                    &rate_choice_unit(shots, method.key),
-                    || choose_meta_lr(settings, &p, shots, &method),
-                )?
-                .expect("a search where the protocol has one"),
-            ),
+        let (at_rate, meta_lr) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
+        // The pull strength: its search's, stored or run here, as beta's, for a method with a
+        // pull; otherwise the protocol's.
+        let strength = match strength_choices(settings)?
+            .into_iter()
+            .find(|(s, m, _)| *s == shots && m.key == method.key)
+        {
+            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
+                choose_strength(settings, &at_rate, shots, &method)
+            })?,
             None => None,
         };
-        let at_rate = Protocol {
-            meta_lr: meta_lr.unwrap_or(p.meta_lr),
-            ..p.clone()
+        let method = Method {
+            strength: strength.unwrap_or(method.strength),
+            ..method
         };
-        super::units::encode(&run_seed(&at_rate, shots, &method, seed, beta, meta_lr)?)
+        let chosen = (beta, meta_lr, strength);
+        super::units::encode(&run_seed(&at_rate, shots, &method, seed, chosen)?)
+    }
+
+    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+        // Only the strength searches and the runs of the methods with a pull read it.
+        let reads_strength = unit.starts_with("choice-strength-")
+            || PULLED
+                .iter()
+                .any(|k| unit.contains(&format!("shot-{k}-seed")) && !unit.starts_with("choice-"));
+        if reads_strength { &[] } else { &["strength_search"] }
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -519,7 +583,7 @@ impl Job<super::Section> for FewShot {
                 Some((_, s)) => *s,
                 None => {
                     let clock = std::time::Instant::now();
-                    let run = run_seed(&short, shots, &method, settings.seed, None, None)?;
+                    let run = run_seed(&short, shots, &method, settings.seed, (None, None, None))?;
                     let testing = clock.elapsed().as_secs_f64() - run.seconds;
                     let s = run.seconds / short.meta_steps as f64 * p.meta_steps as f64
                         + testing / adaptations(&short) * adaptations(&p);
@@ -563,7 +627,8 @@ impl crate::protocol::Checked for Protocol {
         .count("validation_episodes", self.validation_episodes)
         .count("validate_every", self.validate_every);
         c.beta_search("beta_search", self.beta_search.as_ref())
-            .rate_search("meta_lr_search", self.meta_lr_search.as_ref());
+            .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
+            .rate_search("strength_search", self.strength_search.as_ref());
         c.done()
     }
 }
@@ -640,6 +705,36 @@ impl FewShot {
             ..method
         };
         Ok((method, beta))
+    }
+
+    /// `p` at `method`'s searched outer step size (its search's, stored or run here, as beta's; at
+    /// the paper scale the protocol's), and that step size.
+    fn at_searched_rate(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        p: &Protocol,
+        shots: usize,
+        method: &Method,
+    ) -> Result<(Protocol, Option<f64>)> {
+        let meta_lr = match &p.meta_lr_search {
+            Some(_) => Some(
+                super::choice::chosen_value(
+                    self,
+                    settings,
+                    staging,
+                    &rate_choice_unit(shots, method.key),
+                    || choose_meta_lr(settings, p, shots, method),
+                )?
+                .expect("a search where the protocol has one"),
+            ),
+            None => None,
+        };
+        let at_rate = Protocol {
+            meta_lr: meta_lr.unwrap_or(p.meta_lr),
+            ..p.clone()
+        };
+        Ok((at_rate, meta_lr))
     }
 }
 
@@ -770,11 +865,8 @@ fn train_checkpointed(
 }
 
 /// Chooses the outer Adam step size of `method` (the contrastive rule at its searched `beta`) in
-/// the `shots` setting on the validation classes ([`RateSearchSpec`]): from an initialisation and
-/// episode stream of the search's own (no reported seed's; the same for every method), a whole
-/// meta-training at each step size, its checkpoint chosen on the search's validation episodes as
-/// a reported run's is, scored by each episode's error rate there; the least mean wins
-/// (`choice::search_meta_lr`). `None` where the protocol has no search.
+/// the `shots` setting on the validation classes ([`RateSearchSpec`], [`whole_run_search`]; the
+/// same search stream for every method). `None` where the protocol has no search.
 fn choose_meta_lr(
     settings: &Settings,
     p: &Protocol,
@@ -784,7 +876,68 @@ fn choose_meta_lr(
     let Some(search) = &p.meta_lr_search else {
         return Ok(None);
     };
-    let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE, shots as u64]);
+    let at = |meta_lr: f64| (Protocol { meta_lr, ..p.clone() }, method.clone());
+    whole_run_search(
+        settings,
+        p,
+        shots,
+        (RATE_CHOICE, "meta_lr"),
+        search,
+        method.key,
+        at,
+    )
+    .map(Some)
+}
+
+/// Chooses the pull strength of `method` (at its searched `beta`; `p` at its searched outer step
+/// size) in the `shots` setting on the validation classes, as [`choose_meta_lr`] chooses the step
+/// size but on a search stream of its own. `None` where the protocol has no search.
+fn choose_strength(
+    settings: &Settings,
+    p: &Protocol,
+    shots: usize,
+    method: &Method,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.strength_search else {
+        return Ok(None);
+    };
+    let at = |strength: f64| {
+        (
+            p.clone(),
+            Method {
+                strength,
+                ..method.clone()
+            },
+        )
+    };
+    whole_run_search(
+        settings,
+        p,
+        shots,
+        (STRENGTH_CHOICE, "strength"),
+        search,
+        method.key,
+        at,
+    )
+    .map(Some)
+}
+
+/// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
+/// setting: from an initialisation and episode stream of the search's own (seeded by `word.0`, no
+/// reported seed's), a whole meta-training at each value as `at(value)` gives it (the protocol
+/// and method it runs), its checkpoint chosen on `p.validation_episodes` validation episodes of
+/// the search's own stream as a reported run's is, scored by each episode's error rate there; the
+/// least mean wins, a choice at an edge extends the grid.
+fn whole_run_search(
+    settings: &Settings,
+    p: &Protocol,
+    shots: usize,
+    word: (u64, &str),
+    search: &RateSearchSpec,
+    key: &str,
+    at: impl Fn(f64) -> (Protocol, Method),
+) -> Result<Search> {
+    let seed = crate::rng::hash_words(&[settings.seed, word.0, shots as u64]);
     let split = FewShotSplit::new(&load_digits()?)?;
     let validation = episodes(
         &split.validation,
@@ -793,32 +946,33 @@ fn choose_meta_lr(
         stream(seed, VALIDATION),
     )?;
     let theta0 = p.net()?.init(&mut stream(seed, INIT));
-    let score_at = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
-        let at_rate = Protocol { meta_lr, ..p.clone() };
-        let run = train_checkpointed(&at_rate, &split, shots, method, seed, &theta0, &validation)?;
+    let score_at = |value: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let (p, method) = at(value);
+        let run = train_checkpointed(&p, &split, shots, &method, seed, &theta0, &validation)?;
         Ok((run.validation.iter().map(|a| 1.0 - a).collect(), None))
     };
-    super::choice::search_meta_lr(
-        &rate_subject(shots, method.key),
+    super::choice::search(
+        &rate_subject(shots, key),
+        word.1,
+        super::choice::Ties::None,
         &search.grid,
         search.extensions,
         score_at,
     )
-    .map(Some)
 }
 
-/// Meta-trains `method` (the contrastive rule at `beta`, if it is the rule; Adam at `meta_lr`,
-/// its search's choice, else the protocol's) from `seed`, scores its checkpoints on the seed's
-/// validation episodes, and scores the best checkpoint, and the matched baseline, on the seed's
-/// meta-test episodes.
+/// Meta-trains `method` (as its searches set it: `chosen` records their `beta`, outer step size,
+/// which `p` carries, and pull strength, which `method` carries) from `seed`, scores its
+/// checkpoints on the seed's validation episodes, and scores the best checkpoint, and the matched
+/// baseline, on the seed's meta-test episodes.
 fn run_seed(
     p: &Protocol,
     shots: usize,
     method: &Method,
     seed: u64,
-    beta: Option<f64>,
-    meta_lr: Option<f64>,
+    chosen: (Option<f64>, Option<f64>, Option<f64>),
 ) -> Result<SeedRun> {
+    let (beta, meta_lr, strength) = chosen;
     let split = FewShotSplit::new(&load_digits()?)?;
     let theta0 = p.net()?.init(&mut stream(seed, INIT));
     let test = episodes(
@@ -839,6 +993,7 @@ fn run_seed(
     Ok(SeedRun {
         beta,
         meta_lr,
+        strength,
         checkpoints: run.checkpoints,
         chosen_step: run.chosen_step,
         accuracy,
@@ -898,6 +1053,9 @@ pub struct FewShotResults {
     pub searches: Vec<Search>,
     /// The outer step size's searches, one per setting and method (none at the paper scale).
     pub rate_searches: Vec<Search>,
+    /// The pull strength's searches, one per setting and method with a pull (none at the paper
+    /// scale).
+    pub strength_searches: Vec<Search>,
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,
@@ -915,6 +1073,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let split = FewShotSplit::new(&load_digits()?)?;
     let searches = super::choice::stored(units, protocol.shots.iter().map(|&s| choice_unit(s)))?;
     let rate_searches = super::choice::stored(units, rate_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
+    let strength_searches =
+        super::choice::stored(units, strength_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -959,6 +1119,13 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                         .find(|x| x.model == rate_subject(shots, method.key)),
                     &format!("few-shot unit {name}"),
                     run.meta_lr,
+                )?;
+                super::choice::check_agrees(
+                    strength_searches
+                        .iter()
+                        .find(|x| x.model == rate_subject(shots, method.key)),
+                    &format!("few-shot unit {name}"),
+                    run.strength,
                 )?;
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
                 for (step, validation) in &run.checkpoints {
@@ -1094,6 +1261,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &rate_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("few_shot_strength_choice.csv"),
+        "run",
+        &strength_searches,
+        files,
+    )?;
     let acc_rows: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -1118,6 +1291,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         stopped,
         searches,
         rate_searches,
+        strength_searches,
         meta_train_classes: split.meta_train.classes,
         validation_classes: split.validation.classes,
     };
@@ -1226,6 +1400,7 @@ pub fn table(r: &FewShotResults) -> String {
     }
     t.push_str(&beta_section(r));
     t.push_str(&meta_lr_section(r));
+    t.push_str(&strength_section(r));
     t
 }
 
@@ -1307,6 +1482,35 @@ fn meta_lr_section(r: &FewShotResults) -> String {
         r.protocol.meta_steps, r.protocol.validation_episodes, search.extensions
     );
     t.push_str(&super::searches::table(&r.rate_searches, "run"));
+    t.push('\n');
+    t
+}
+
+/// The pull strength: each setting and method's search, or the protocol's values.
+fn strength_section(r: &FewShotResults) -> String {
+    let p = &r.protocol;
+    let Some(search) = p
+        .strength_search
+        .as_ref()
+        .filter(|_| !r.strength_searches.is_empty())
+    else {
+        return format!(
+            "\n## The pull strength\n\nCML and iMAML pull toward omega at strength {} (1-shot: {}; no search at this scale).\n",
+            p.strength,
+            p.strength_at(1)
+        );
+    };
+    let mut t = format!(
+        "\n## The pull strength, chosen on the validation classes\n\n\
+         Per setting, for each method whose inner loss pulls toward omega (CML, iMAML; their matched baselines adapt at the\n\
+         same strength), after the outer step size's search and at its choice, from an initialisation and an episode\n\
+         stream of the search's own: a whole meta-training ({} meta-steps) at each strength, its checkpoint chosen on {}\n\
+         validation episodes of the search's own stream as a reported run's is, then the error rate there, mean over\n\
+         those episodes; the least wins. A choice at an edge of the grid extends it past that edge by the grid's ratio,\n\
+         at most {} times (`few_shot_strength_choice.csv`).\n\n",
+        p.meta_steps, p.validation_episodes, search.extensions
+    );
+    t.push_str(&super::searches::table(&r.strength_searches, "run"));
     t.push('\n');
     t
 }
@@ -1496,5 +1700,45 @@ mod tests {
         assert!(default.get("one_shot_strength").is_none());
         assert_eq!(Protocol::at(Scale::Default).methods(1).unwrap()[0].strength, 0.1);
         assert_eq!(Protocol::at(Scale::Quick).meta_steps, 2);
+    }
+
+    #[test]
+    fn only_the_units_that_read_the_pull_strength_keep_its_search_in_their_fingerprint() {
+        // The methods with a pull are those whose synapse has a strength above 0, and the units
+        // that read the strength search are its own and those methods' runs: each default unit
+        // is checked against the list of units that take the search's choice.
+        let settings = Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale: Scale::Default,
+            seed: 0,
+            protocols: Vec::new(),
+        };
+        let p = Protocol::of(&settings).unwrap();
+        for shots in [1, 5] {
+            for m in p.methods(shots).unwrap() {
+                assert_eq!(m.strength > 0.0, PULLED.contains(&m.key), "{}", m.key);
+            }
+        }
+        let mut readers: Vec<String> = strength_choices(&settings)
+            .unwrap()
+            .into_iter()
+            .map(|(_, _, u)| u)
+            .collect();
+        readers.extend(
+            runs(&settings)
+                .unwrap()
+                .iter()
+                .filter(|(_, m, _)| m.strength > 0.0)
+                .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
+        );
+        // 2 settings x 2 methods of searches, and their 5 seeds each.
+        assert_eq!(readers.len(), 4 + 20);
+        let units = FEW_SHOT.units(&settings).unwrap();
+        for unit in &units {
+            let ignores = FEW_SHOT.keys_unit_ignores(unit);
+            assert_eq!(ignores.is_empty(), readers.contains(unit), "{unit}");
+            assert!(ignores.iter().all(|k| *k == "strength_search"), "{unit}");
+        }
     }
 }

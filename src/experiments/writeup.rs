@@ -783,6 +783,13 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                 s => super::searches::chosen_values(s),
             },
         )
+        .text(
+            "strength",
+            match f.strength_searches.as_slice() {
+                [] => format!("{} (1-shot: {}), not searched", p.strength, p.strength_at(1)),
+                s => super::searches::chosen_values(s),
+            },
+        )
         .list("methods", methods)
         .section("stopped", stopped(&f.stopped))
 }
