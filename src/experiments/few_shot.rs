@@ -433,7 +433,7 @@ struct SeedRun {
     /// searches chose them (units stored before the strength was searched have none).
     beta: Option<f64>,
     meta_lr: Option<f64>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     strength: Option<f64>,
     /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
     /// deployed: the best, ties to the later.
