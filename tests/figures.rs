@@ -1106,25 +1106,25 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model and a
-    // step-size search per model and estimator, timed by its calibration; the jobs without a
-    // calibration say how to get an estimate.
+    // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model and an
+    // outer and an inner step-size search per model and estimator, timed by its calibration; the
+    // jobs without a calibration say how to get an estimate.
     // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
     // searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds, the setting's
-    // beta search and 5 step-size searches; digits-decay 2 seeds x (5 estimators + baselines) and
+    // beta search, 5 step-size searches and 2 strength searches (CML, iMAML); digits-decay 2 seeds x (5 estimators + baselines) and
     // each seed's inner step-size search;
     // spiking the choice, 5 step-size searches, 6 methods x 2 seeds and a matched-baseline unit
     // per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells[2], "38", "{row}");
+    assert_eq!(cells[2], "50", "{row}");
     assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
         ("theory", 1),
         ("spiking", 20),
         ("bandit", 13),
-        ("few-shot", 16),
+        ("few-shot", 18),
         ("digits-decay", 14),
     ] {
         let row = out
