@@ -369,16 +369,20 @@ fn config_at(
 ) -> Result<TrainConfig> {
     let p = Protocol::of(settings)?;
     let (beta, meta_lr) = (chosen.beta.unwrap_or(p.beta), chosen.meta_lr.unwrap_or(p.meta_lr));
+    // The chosen inner step size is that of the loop the estimator runs: BPTT's short loop, or
+    // the Nesterov phases of every other.
+    let bptt = estimator == "bptt";
+    let step_size = |own: bool, protocol: f64| Some(chosen.step_size.filter(|_| own).unwrap_or(protocol));
     // A fresh optimiser for every phase (the protocol's doc says why these step sizes).
     let phase = GdParams {
-        step_size: Some(chosen.step_size.unwrap_or(p.step_size)),
+        step_size: step_size(!bptt, p.step_size),
         max_steps: p.free_steps,
         tolerance: 0.0,
         optimizer: Optimizer::Nesterov { momentum: 0.9 },
         ..GdParams::default()
     };
     let short = GdParams {
-        step_size: Some(chosen.step_size.unwrap_or(p.bptt_step_size)),
+        step_size: step_size(bptt, p.bptt_step_size),
         max_steps: p.bptt_steps,
         tolerance: 0.0,
         ..GdParams::default()
@@ -386,7 +390,7 @@ fn config_at(
     let params = EstimatorParams {
         variant: Variant::Symmetric,
         beta,
-        free: if estimator == "bptt" { short } else { phase },
+        free: if bptt { short } else { phase },
         nudged: GdParams {
             max_steps: p.nudged_steps,
             ..phase
