@@ -1487,38 +1487,47 @@ fn a_changed_protocol_runs_as_given_and_bad_changes_are_clear_errors_before_anyt
     }
 }
 
-#[test]
-fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run() {
-    // The quick digit-decay job has 2 seeds, 7 units each (the step-size search, 5 methods, the
-    // baselines). A third seed through --protocol keeps the 14 stored units (`seeds` only says how
-    // many units there are) and runs 7; the report equals a run of 3 seeds from scratch, CSV for
-    // CSV. A change of any other key still refuses the stored units.
+/// Runs the quick `job` into a results folder, keeps the stored units `keep` names (and removes the
+/// others), then runs again with `--protocol job=FILE` (`change`) into the same folder: the second
+/// run's log must say `ran` (which units it computed and kept), and its report must equal a run of
+/// the changed protocol from scratch, CSV for CSV (`csvs` of them). Returns the folder (the
+/// reports in `grown-out`, the change in `change.toml`).
+fn a_changed_run_keeps_units(
+    job: &str,
+    change: &str,
+    keep: impl Fn(&str) -> bool,
+    ran: &str,
+    csvs: usize,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let cml = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_cml"))
-            .args(["figures", "--quick", "--only", "digits-decay"])
+            .args(["figures", "--quick", "--only", job])
             .args(args)
             .output()
             .unwrap()
     };
-    let change = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        format!("digits-decay={}", path.display())
-    };
-    let three = change("three.toml", "seeds = 3\n");
+    std::fs::write(dir.path().join("change.toml"), change).unwrap();
+    let changed = format!("{job}={}", dir.path().join("change.toml").display());
     let path = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
     let (grown, fresh) = (path("grown"), path("fresh"));
     let o = cml(&["--units", "0/1", "--results", &grown]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let o = cml(&["--protocol", &three, "--units", "0/1", "--results", &grown]);
+    for entry in std::fs::read_dir(Path::new(&grown).join(job)).unwrap() {
+        let file = entry.unwrap().path();
+        let unit = file.file_stem().unwrap().to_str().unwrap().to_string();
+        if file.extension().is_some_and(|e| e == "json") && !keep(&unit) {
+            std::fs::remove_file(&file).unwrap();
+        }
+    }
+    let o = cml(&["--protocol", &changed, "--units", "0/1", "--results", &grown]);
     let log = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{log}");
-    assert!(log.contains("ran 7 units, 14 already stored"), "{log}");
-    let o = cml(&["--protocol", &three, "--units", "0/1", "--results", &fresh]);
+    assert!(log.contains(ran), "{log}");
+    let o = cml(&["--protocol", &changed, "--units", "0/1", "--results", &fresh]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (results, out) in [(&grown, path("grown-out")), (&fresh, path("fresh-out"))] {
-        let o = cml(&["--protocol", &three, "--report", results, "--out", &out]);
+        let o = cml(&["--protocol", &changed, "--report", results, "--out", &out]);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     }
     let mut compared = 0;
@@ -1534,25 +1543,60 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
             compared += 1;
         }
     }
-    // digits_decay, its curves, grid, checkpoints and the three searches.
-    assert_eq!(compared, 7);
-    let per_seed = csv_rows(&Path::new(&path("grown-out")).join("digits_decay.csv"));
+    assert_eq!(compared, csvs);
+    dir
+}
+
+#[test]
+fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run() {
+    // The quick digit-decay job has 2 seeds, 7 units each (the step-size search, 5 methods, the
+    // baselines). A third seed through --protocol keeps the 14 stored units (`seeds` only says how
+    // many units there are) and runs 7; the report equals a run of 3 seeds from scratch, CSV for
+    // CSV: digits_decay, its curves, grid, checkpoints and the three searches. A change of any
+    // other key still refuses the stored units.
+    let dir = a_changed_run_keeps_units(
+        "digits-decay",
+        "seeds = 3\n",
+        |_| true,
+        "ran 7 units, 14 already stored",
+        7,
+    );
+    let per_seed = csv_rows(&dir.path().join("grown-out/digits_decay.csv"));
     assert_eq!(per_seed.len(), 7 * 3);
     // Two more meta-steps are not a count of units: the stored units are refused.
-    let longer = change("longer.toml", "seeds = 3\nmeta_steps = 4\n");
-    let o = cml(&[
-        "--protocol",
-        &longer,
-        "--report",
-        &grown,
-        "--out",
-        &path("refused"),
-    ]);
+    let longer = dir.path().join("longer.toml");
+    std::fs::write(&longer, "seeds = 3\nmeta_steps = 4\n").unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", "digits-decay", "--protocol"])
+        .arg(format!("digits-decay={}", longer.display()))
+        .arg("--report")
+        .arg(dir.path().join("grown"))
+        .arg("--out")
+        .arg(dir.path().join("refused"))
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
         err.contains("computed under another configuration (protocol differ)"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_changed_search_recomputes_only_the_units_that_read_it_and_reports_as_a_fresh_run() {
+    // The quick sinusoid job: 2 beta searches, 12 outer and 12 inner step-size searches, 24 runs.
+    // Another inner step-size grid is read by the inner searches and the runs only. Units computed
+    // under another protocol are refused, not recomputed, so those are removed; the stored beta
+    // and outer step-size searches (14) are this run's, the other 36 units run again, and the
+    // report equals a run of the changed protocol from scratch in its 6 CSVs (the curves, the
+    // per-seed losses, the examples and the three searches).
+    a_changed_run_keeps_units(
+        "training",
+        "[step_size_search]\ngrid = [0.001, 0.004]\n",
+        |unit| unit.starts_with("choice-") && !unit.starts_with("choice-step-size-"),
+        "ran 36 units, 14 already stored",
+        6,
     );
 }
 

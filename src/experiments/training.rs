@@ -746,6 +746,20 @@ impl Job<super::Section> for Training {
         &["seeds"]
     }
 
+    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+        // The searches run in order, each reading the choices before it and none after it (the
+        // runs read them all).
+        if unit.starts_with("choice-step-size-") {
+            &[]
+        } else if unit.starts_with("choice-meta-lr-") {
+            &["step_size_search"]
+        } else if unit.starts_with("choice-") {
+            &["meta_lr_search", "step_size_search"]
+        } else {
+            &[]
+        }
+    }
+
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         // The searches first (beta, then the outer step sizes, then the inner ones, each taking
         // the choices before it), so that the runs find them stored.
