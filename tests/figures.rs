@@ -29,7 +29,8 @@ fn figures_quick(dir: &Path) {
 ///   0, 1, 2; few_shot_beta_choice: the grid of 3 betas, extended once (one meta-step barely moves
 ///   the validation error, so every setting ties and the largest wins); few_shot_meta_lr_choice: 5
 ///   methods x the grid of 2 step sizes (no extension at the quick scale); few_shot_strength_choice:
-///   CML and iMAML x the grid of 2 strengths (no extension);
+///   CML and iMAML x the grid of 2 strengths (no extension); few_shot_step_size_choice: MAML,
+///   first-order MAML and Reptile x the grid of 2 SGD step sizes (no extension);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
@@ -83,6 +84,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("few_shot_beta_choice", 6, 4),
     ("few_shot_meta_lr_choice", 6, 10),
     ("few_shot_strength_choice", 6, 4),
+    ("few_shot_step_size_choice", 6, 6),
     ("few_shot_accuracy", 8, 5),
     ("few_shot_meta_training", 5, 20),
     ("digits_decay", 5, 14),
@@ -533,6 +535,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         ("training_step_size_choice.csv", "run", "step_size", false, 12),
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
         ("few_shot_strength_choice.csv", "run", "strength", false, 2),
+        ("few_shot_step_size_choice.csv", "run", "step_size", false, 3),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
         ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
     ] {
@@ -1050,9 +1053,9 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        // The job's 38 units (24 runs, 2 beta searches and 12 step-size searches), every third
-        // from the second (1, 4, ..., 37): 13.
-        stdout.contains("slice 1/3: ran 0 units, 13 already stored"),
+        // The job's 50 units (24 runs, 2 beta searches, 12 outer and 12 inner step-size
+        // searches), every third from the second (1, 4, ..., 49): 17.
+        stdout.contains("slice 1/3: ran 0 units, 17 already stored"),
         "{stdout}"
     );
 
@@ -1111,7 +1114,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // jobs without a calibration say how to get an estimate.
     // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
     // searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds, the setting's
-    // beta search, 5 step-size searches and 2 strength searches (CML, iMAML); digits-decay 2 seeds x (5 estimators + baselines) and
+    // beta search, 5 step-size searches, 2 strength searches (CML, iMAML) and 3 SGD step-size
+    // searches (MAML, first-order MAML, Reptile); digits-decay 2 seeds x (5 estimators + baselines) and
     // each seed's inner step-size search;
     // spiking the choice, 5 step-size searches, 6 methods x 2 seeds and a matched-baseline unit
     // per seed.
@@ -1124,7 +1128,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         ("theory", 1),
         ("spiking", 20),
         ("bandit", 13),
-        ("few-shot", 18),
+        ("few-shot", 21),
         ("digits-decay", 14),
     ] {
         let row = out

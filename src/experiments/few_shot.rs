@@ -82,6 +82,12 @@ pub struct Protocol {
     /// strength.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub strength_search: Option<RateSearchSpec>,
+    /// The plain SGD step size of MAML, first-order MAML and Reptile (`maml_step_size`), searched
+    /// per setting and method on the validation classes after the outer step size and at its
+    /// choice, as the strength is; none at the paper scale. Meta-training and meta-test (and so
+    /// the matched baseline) run at the choice.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub maml_step_size_search: Option<RateSearchSpec>,
 }
 
 impl Protocol {
@@ -115,6 +121,10 @@ impl Protocol {
                     extensions: 0,
                 }),
                 strength_search: Some(RateSearchSpec {
+                    grid: vec![0.25, 0.5],
+                    extensions: 0,
+                }),
+                maml_step_size_search: Some(RateSearchSpec {
                     grid: vec![0.25, 0.5],
                     extensions: 0,
                 }),
@@ -156,6 +166,11 @@ impl Protocol {
                     grid: vec![0.1, 0.3, 1.0],
                     extensions: 2,
                 }),
+                // Around the hand-set 0.05 by factors of 2.
+                maml_step_size_search: Some(RateSearchSpec {
+                    grid: vec![0.025, 0.05, 0.1],
+                    extensions: 3,
+                }),
             }
         }
     }
@@ -191,6 +206,7 @@ impl Protocol {
             beta_search: None,
             meta_lr_search: None,
             strength_search: None,
+            maml_step_size_search: None,
             ..Self::new(false)
         }
     }
@@ -340,6 +356,7 @@ const VALIDATION: u64 = 24;
 const CHOICE: u64 = 23;
 const RATE_CHOICE: u64 = 25;
 const STRENGTH_CHOICE: u64 = 26;
+const SGD_STEP_CHOICE: u64 = 27;
 
 /// Two methods' meta-test accuracies are equivalent when their difference lies within this many
 /// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
@@ -392,6 +409,39 @@ fn strength_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>>
     })
 }
 
+/// The plain SGD step size's search unit of a setting and method.
+fn sgd_step_choice_unit(shots: usize, key: &str) -> String {
+    format!("choice-step-size-{}", rate_subject(shots, key))
+}
+
+/// The plain SGD step size's searches' units, in order, for the methods without a pull (none
+/// without a search).
+fn sgd_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
+    let p = Protocol::of(settings)?;
+    per_method_units(&p, p.maml_step_size_search.is_some(), sgd_step_choice_unit, |m| {
+        !PULLED.contains(&m.key)
+    })
+}
+
+/// `method` (MAML, first-order MAML or Reptile) with its plain SGD loop at `step_size`, in
+/// meta-training and at meta-test alike; a method without that loop unchanged.
+fn at_sgd_step(method: &Method, step_size: f64) -> Method {
+    let sgd = GdParams {
+        step_size: Some(step_size),
+        ..method.adaptation
+    };
+    let estimator = match method.estimator {
+        EstimatorSpec::Unrolled(u) => EstimatorSpec::Unrolled(Unrolled { inner: sgd, ..u }),
+        EstimatorSpec::FirstOrder(f) => EstimatorSpec::FirstOrder(FirstOrder { free: sgd, ..f }),
+        _ => return method.clone(),
+    };
+    Method {
+        estimator,
+        adaptation: sgd,
+        ..method.clone()
+    }
+}
+
 /// `unit(shots, key)` for each setting and each method `which` takes, where `searched`.
 fn per_method_units(
     p: &Protocol,
@@ -435,6 +485,9 @@ struct SeedRun {
     meta_lr: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     strength: Option<f64>,
+    /// The plain SGD step size (MAML, first-order MAML, Reptile), as its search chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sgd_step: Option<f64>,
     /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
     /// deployed: the best, ties to the later.
     checkpoints: Vec<(usize, f64)>,
@@ -481,13 +534,14 @@ impl Job<super::Section> for FewShot {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first (beta, then the step sizes, then the strengths, each taking the
-        // choices before it), so that the runs find them stored.
+        // The searches first (beta, then the outer step sizes, then the strengths and the plain
+        // SGD step sizes, each taking the choices before it), so that the runs find them stored.
         Ok(searched_settings(settings)?
             .into_iter()
             .map(choice_unit)
             .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(strength_choices(settings)?.into_iter().map(|(_, _, u)| u))
+            .chain(sgd_step_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(
                 runs(settings)?
                     .iter()
@@ -516,6 +570,13 @@ impl Job<super::Section> for FewShot {
             let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
             return super::units::encode(&choose_strength(settings, &at_rate, shots, &method)?);
         }
+        if let Some((shots, method, _)) = sgd_step_choices(settings)?
+            .into_iter()
+            .find(|(_, _, u)| u == unit)
+        {
+            let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
+            return super::units::encode(&choose_sgd_step(settings, &at_rate, shots, &method)?);
+        }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
@@ -537,17 +598,42 @@ impl Job<super::Section> for FewShot {
             strength: strength.unwrap_or(method.strength),
             ..method
         };
-        let chosen = (beta, meta_lr, strength);
+        // The plain SGD step size of a method without a pull: likewise.
+        let sgd_step = match sgd_step_choices(settings)?
+            .into_iter()
+            .find(|(s, m, _)| *s == shots && m.key == method.key)
+        {
+            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
+                choose_sgd_step(settings, &at_rate, shots, &method)
+            })?,
+            None => None,
+        };
+        let method = sgd_step.map_or(method.clone(), |s| at_sgd_step(&method, s));
+        let chosen = Chosen {
+            beta,
+            meta_lr,
+            strength,
+            sgd_step,
+        };
         super::units::encode(&run_seed(&at_rate, shots, &method, seed, chosen)?)
     }
 
     fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
-        // Only the strength searches and the runs of the methods with a pull read it.
-        let reads_strength = unit.starts_with("choice-strength-")
-            || PULLED
-                .iter()
-                .any(|k| unit.contains(&format!("shot-{k}-seed")) && !unit.starts_with("choice-"));
-        if reads_strength { &[] } else { &["strength_search"] }
+        // The strength is read by its searches and the runs of the methods with a pull, the plain
+        // SGD step size by its searches and the runs of the others; the earlier searches read
+        // neither.
+        const BOTH: &[&str] = &["strength_search", "maml_step_size_search"];
+        if unit.starts_with("choice-strength-") {
+            &BOTH[1..]
+        } else if unit.starts_with("choice-step-size-") {
+            &BOTH[..1]
+        } else if unit.starts_with("choice-") {
+            BOTH
+        } else if PULLED.iter().any(|k| unit.contains(&format!("shot-{k}-seed"))) {
+            &BOTH[1..]
+        } else {
+            &BOTH[..1]
+        }
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -583,7 +669,7 @@ impl Job<super::Section> for FewShot {
                 Some((_, s)) => *s,
                 None => {
                     let clock = std::time::Instant::now();
-                    let run = run_seed(&short, shots, &method, settings.seed, (None, None, None))?;
+                    let run = run_seed(&short, shots, &method, settings.seed, Chosen::default())?;
                     let testing = clock.elapsed().as_secs_f64() - run.seconds;
                     let s = run.seconds / short.meta_steps as f64 * p.meta_steps as f64
                         + testing / adaptations(&short) * adaptations(&p);
@@ -628,7 +714,8 @@ impl crate::protocol::Checked for Protocol {
         .count("validate_every", self.validate_every);
         c.beta_search("beta_search", self.beta_search.as_ref())
             .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
-            .rate_search("strength_search", self.strength_search.as_ref());
+            .rate_search("strength_search", self.strength_search.as_ref())
+            .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref());
         c.done()
     }
 }
@@ -922,6 +1009,31 @@ fn choose_strength(
     .map(Some)
 }
 
+/// Chooses the plain SGD step size of `method` (MAML, first-order MAML or Reptile; `p` at its
+/// searched outer step size) in the `shots` setting on the validation classes, as
+/// [`choose_strength`] chooses the strength. `None` where the protocol has no search.
+fn choose_sgd_step(
+    settings: &Settings,
+    p: &Protocol,
+    shots: usize,
+    method: &Method,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.maml_step_size_search else {
+        return Ok(None);
+    };
+    let at = |step_size: f64| (p.clone(), at_sgd_step(method, step_size));
+    whole_run_search(
+        settings,
+        p,
+        shots,
+        (SGD_STEP_CHOICE, "step_size"),
+        search,
+        method.key,
+        at,
+    )
+    .map(Some)
+}
+
 /// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
 /// setting: from an initialisation and episode stream of the search's own (seeded by `word.0`, no
 /// reported seed's), a whole meta-training at each value as `at(value)` gives it (the protocol
@@ -961,18 +1073,26 @@ fn whole_run_search(
     )
 }
 
+/// The values a run's searches chose (`None` where it has no such search).
+#[derive(Debug, Clone, Copy, Default)]
+struct Chosen {
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+    strength: Option<f64>,
+    sgd_step: Option<f64>,
+}
+
 /// Meta-trains `method` (as its searches set it: `chosen` records their `beta`, outer step size,
-/// which `p` carries, and pull strength, which `method` carries) from `seed`, scores its
+/// which `p` carries, pull strength and plain SGD step size, which `method` carries) from `seed`, scores its
 /// checkpoints on the seed's validation episodes, and scores the best checkpoint, and the matched
 /// baseline, on the seed's meta-test episodes.
-fn run_seed(
-    p: &Protocol,
-    shots: usize,
-    method: &Method,
-    seed: u64,
-    chosen: (Option<f64>, Option<f64>, Option<f64>),
-) -> Result<SeedRun> {
-    let (beta, meta_lr, strength) = chosen;
+fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, chosen: Chosen) -> Result<SeedRun> {
+    let Chosen {
+        beta,
+        meta_lr,
+        strength,
+        sgd_step,
+    } = chosen;
     let split = FewShotSplit::new(&load_digits()?)?;
     let theta0 = p.net()?.init(&mut stream(seed, INIT));
     let test = episodes(
@@ -994,6 +1114,7 @@ fn run_seed(
         beta,
         meta_lr,
         strength,
+        sgd_step,
         checkpoints: run.checkpoints,
         chosen_step: run.chosen_step,
         accuracy,
@@ -1056,6 +1177,9 @@ pub struct FewShotResults {
     /// The pull strength's searches, one per setting and method with a pull (none at the paper
     /// scale).
     pub strength_searches: Vec<Search>,
+    /// The plain SGD step size's searches, one per setting and method without a pull (none at the
+    /// paper scale).
+    pub sgd_step_searches: Vec<Search>,
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,
@@ -1075,6 +1199,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let rate_searches = super::choice::stored(units, rate_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
     let strength_searches =
         super::choice::stored(units, strength_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
+    let sgd_step_searches =
+        super::choice::stored(units, sgd_step_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -1126,6 +1252,13 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                         .find(|x| x.model == rate_subject(shots, method.key)),
                     &format!("few-shot unit {name}"),
                     run.strength,
+                )?;
+                super::choice::check_agrees(
+                    sgd_step_searches
+                        .iter()
+                        .find(|x| x.model == rate_subject(shots, method.key)),
+                    &format!("few-shot unit {name}"),
+                    run.sgd_step,
                 )?;
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
                 for (step, validation) in &run.checkpoints {
@@ -1267,6 +1400,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &strength_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("few_shot_step_size_choice.csv"),
+        "run",
+        &sgd_step_searches,
+        files,
+    )?;
     let acc_rows: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -1292,6 +1431,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         searches,
         rate_searches,
         strength_searches,
+        sgd_step_searches,
         meta_train_classes: split.meta_train.classes,
         validation_classes: split.validation.classes,
     };
@@ -1401,6 +1541,7 @@ pub fn table(r: &FewShotResults) -> String {
     t.push_str(&beta_section(r));
     t.push_str(&meta_lr_section(r));
     t.push_str(&strength_section(r));
+    t.push_str(&sgd_step_section(r));
     t
 }
 
@@ -1461,58 +1602,98 @@ fn beta_section(r: &FewShotResults) -> String {
 
 /// The outer step size: each setting and method's search, or the protocol's value.
 fn meta_lr_section(r: &FewShotResults) -> String {
-    let Some(search) = r
-        .protocol
-        .meta_lr_search
-        .as_ref()
-        .filter(|_| !r.rate_searches.is_empty())
-    else {
-        return format!(
-            "\n## The outer step size\n\nAdam at {} for every method (no search at this scale).\n",
-            r.protocol.meta_lr
-        );
-    };
-    let mut t = format!(
-        "\n## The outer step size, chosen on the validation classes\n\n\
-         Per setting and method (the contrastive rule at its chosen beta), from an initialisation and an episode stream of\n\
-         the search's own (the same for every method): a whole meta-training ({} meta-steps) at each step size of Adam,\n\
-         its checkpoint chosen on {} validation episodes of the search's own stream as a reported run's is, then the\n\
-         error rate there, mean over those episodes; the least wins. A choice at an edge of the grid extends it past that\n\
-         edge by the grid's ratio, at most {} times (`few_shot_meta_lr_choice.csv`).\n\n",
-        r.protocol.meta_steps, r.protocol.validation_episodes, search.extensions
+    let none = format!(
+        "\n## The outer step size\n\nAdam at {} for every method (no search at this scale).\n",
+        r.protocol.meta_lr
     );
-    t.push_str(&super::searches::table(&r.rate_searches, "run"));
-    t.push('\n');
-    t
+    searched_section(
+        &r.rate_searches,
+        r.protocol.meta_lr_search.as_ref(),
+        none,
+        "The outer step size",
+        |search| {
+            format!(
+                "Per setting and method (the contrastive rule at its chosen beta), from an initialisation and an episode stream of\n\
+             the search's own (the same for every method): a whole meta-training ({} meta-steps) at each step size of Adam,\n\
+             its checkpoint chosen on {} validation episodes of the search's own stream as a reported run's is, then the\n\
+             error rate there, mean over those episodes; the least wins. A choice at an edge of the grid extends it past that\n\
+             edge by the grid's ratio, at most {} times (`few_shot_meta_lr_choice.csv`).",
+                r.protocol.meta_steps, r.protocol.validation_episodes, search.extensions
+            )
+        },
+    )
 }
 
 /// The pull strength: each setting and method's search, or the protocol's values.
 fn strength_section(r: &FewShotResults) -> String {
     let p = &r.protocol;
-    let Some(search) = p
-        .strength_search
-        .as_ref()
-        .filter(|_| !r.strength_searches.is_empty())
-    else {
-        return format!(
-            "\n## The pull strength\n\nCML and iMAML pull toward omega at strength {} (1-shot: {}; no search at this scale).\n",
-            p.strength,
-            p.strength_at(1)
-        );
-    };
-    let mut t = format!(
-        "\n## The pull strength, chosen on the validation classes\n\n\
-         Per setting, for each method whose inner loss pulls toward omega (CML, iMAML; their matched baselines adapt at the\n\
-         same strength), after the outer step size's search and at its choice, from an initialisation and an episode\n\
-         stream of the search's own: a whole meta-training ({} meta-steps) at each strength, its checkpoint chosen on {}\n\
-         validation episodes of the search's own stream as a reported run's is, then the error rate there, mean over\n\
-         those episodes; the least wins. A choice at an edge of the grid extends it past that edge by the grid's ratio,\n\
-         at most {} times (`few_shot_strength_choice.csv`).\n\n",
-        p.meta_steps, p.validation_episodes, search.extensions
+    let none = format!(
+        "\n## The pull strength\n\nCML and iMAML pull toward omega at strength {} (1-shot: {}; no search at this scale).\n",
+        p.strength,
+        p.strength_at(1)
     );
-    t.push_str(&super::searches::table(&r.strength_searches, "run"));
-    t.push('\n');
-    t
+    searched_section(
+        &r.strength_searches,
+        p.strength_search.as_ref(),
+        none,
+        "The pull strength",
+        |search| {
+            format!(
+                "Per setting, for each method whose inner loss pulls toward omega (CML, iMAML; their matched baselines adapt at the\n\
+             same strength), after the outer step size's search and at its choice, from an initialisation and an episode\n\
+             stream of the search's own: a whole meta-training ({} meta-steps) at each strength, its checkpoint chosen on {}\n\
+             validation episodes of the search's own stream as a reported run's is, then the error rate there, mean over\n\
+             those episodes; the least wins. A choice at an edge of the grid extends it past that edge by the grid's ratio,\n\
+             at most {} times (`few_shot_strength_choice.csv`).",
+                p.meta_steps, p.validation_episodes, search.extensions
+            )
+        },
+    )
+}
+
+/// The plain SGD step size of MAML, first-order MAML and Reptile: each search, or the protocol's.
+fn sgd_step_section(r: &FewShotResults) -> String {
+    let p = &r.protocol;
+    let none = format!(
+        "\n## The plain SGD step size\n\nMAML, first-order MAML and Reptile adapt with {} SGD steps of {} (no search at this scale).\n",
+        p.maml_steps, p.maml_step_size
+    );
+    searched_section(
+        &r.sgd_step_searches,
+        p.maml_step_size_search.as_ref(),
+        none,
+        "The plain SGD step size",
+        |search| {
+            format!(
+                "Per setting, for MAML, first-order MAML and Reptile ({} SGD steps in meta-training and at meta-test; their matched\n\
+             baselines adapt with the same loop), after the outer step size's search and at its choice, from an initialisation\n\
+             and an episode stream of the search's own: a whole meta-training at each step size, its checkpoint chosen on {}\n\
+             validation episodes of the search's own stream, then the error rate there; the least wins. A choice at an edge\n\
+             of the grid extends it past that edge by the grid's ratio, at most {} times (`few_shot_step_size_choice.csv`).",
+                p.maml_steps, p.validation_episodes, search.extensions
+            )
+        },
+    )
+}
+
+/// A section on one whole-run search: `title`, chosen on the validation classes, what `how` says
+/// of the search, and every score; `none` where the scale has no such search (or no unit of it
+/// was given).
+fn searched_section(
+    searches: &[Search],
+    spec: Option<&RateSearchSpec>,
+    none: String,
+    title: &str,
+    how: impl FnOnce(&RateSearchSpec) -> String,
+) -> String {
+    let Some(spec) = spec.filter(|_| !searches.is_empty()) else {
+        return none;
+    };
+    format!(
+        "\n## {title}, chosen on the validation classes\n\n{}\n\n{}\n",
+        how(spec),
+        super::searches::table(searches, "run")
+    )
 }
 
 #[cfg(test)]
@@ -1703,10 +1884,11 @@ mod tests {
     }
 
     #[test]
-    fn only_the_units_that_read_the_pull_strength_keep_its_search_in_their_fingerprint() {
-        // The methods with a pull are those whose synapse has a strength above 0, and the units
-        // that read the strength search are its own and those methods' runs: each default unit
-        // is checked against the list of units that take the search's choice.
+    fn only_the_units_that_read_a_search_keep_it_in_their_fingerprint() {
+        // The methods with a pull are those whose synapse has a strength above 0. The pull
+        // strength's search is read by its own units and those methods' runs, the plain SGD step
+        // size's by its own units and the other methods' runs: each default unit's ignored keys are
+        // checked against the lists of units that take each search's choice.
         let settings = Settings {
             out: PathBuf::new(),
             paper: PathBuf::new(),
@@ -1720,25 +1902,34 @@ mod tests {
                 assert_eq!(m.strength > 0.0, PULLED.contains(&m.key), "{}", m.key);
             }
         }
-        let mut readers: Vec<String> = strength_choices(&settings)
-            .unwrap()
-            .into_iter()
-            .map(|(_, _, u)| u)
-            .collect();
-        readers.extend(
-            runs(&settings)
-                .unwrap()
-                .iter()
-                .filter(|(_, m, _)| m.strength > 0.0)
-                .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
-        );
-        // 2 settings x 2 methods of searches, and their 5 seeds each.
-        assert_eq!(readers.len(), 4 + 20);
-        let units = FEW_SHOT.units(&settings).unwrap();
-        for unit in &units {
-            let ignores = FEW_SHOT.keys_unit_ignores(unit);
-            assert_eq!(ignores.is_empty(), readers.contains(unit), "{unit}");
-            assert!(ignores.iter().all(|k| *k == "strength_search"), "{unit}");
+        let readers = |searches: Vec<(usize, Method, String)>, pulled: bool| -> Vec<String> {
+            let mut out: Vec<String> = searches.into_iter().map(|(_, _, u)| u).collect();
+            out.extend(
+                runs(&settings)
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, m, _)| (m.strength > 0.0) == pulled)
+                    .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
+            );
+            out
+        };
+        let strength = readers(strength_choices(&settings).unwrap(), true);
+        let sgd_step = readers(sgd_step_choices(&settings).unwrap(), false);
+        // 2 settings x 2 methods of searches and their 5 seeds each; 2 x 3 and theirs.
+        assert_eq!((strength.len(), sgd_step.len()), (4 + 20, 6 + 30));
+        for unit in FEW_SHOT.units(&settings).unwrap() {
+            let ignores = FEW_SHOT.keys_unit_ignores(&unit);
+            assert_eq!(
+                !ignores.contains(&"strength_search"),
+                strength.contains(&unit),
+                "{unit}"
+            );
+            assert_eq!(
+                !ignores.contains(&"maml_step_size_search"),
+                sgd_step.contains(&unit),
+                "{unit}"
+            );
+            assert!(ignores.len() <= 2, "{unit}");
         }
     }
 }

@@ -790,6 +790,13 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                 s => super::searches::chosen_values(s),
             },
         )
+        .text(
+            "sgd_step",
+            match f.sgd_step_searches.as_slice() {
+                [] => format!("{}, not searched", p.maml_step_size),
+                s => super::searches::chosen_values(s),
+            },
+        )
         .list("methods", methods)
         .section("stopped", stopped(&f.stopped))
 }
