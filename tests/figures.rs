@@ -1096,7 +1096,7 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("1 of the 38 units of job training missing: synapse-cg-seed1"),
+        err.contains("1 of the 50 units of job training missing: synapse-cg-seed1"),
         "{err}"
     );
 }
