@@ -608,7 +608,10 @@ impl Job<super::Section> for FewShot {
             })?,
             None => None,
         };
-        let method = sgd_step.map_or(method.clone(), |s| at_sgd_step(&method, s));
+        let method = match sgd_step {
+            Some(s) => at_sgd_step(&method, s),
+            None => method,
+        };
         let chosen = Chosen {
             beta,
             meta_lr,

@@ -628,7 +628,8 @@ fn scored_on_streams(
     Ok((losses, None))
 }
 
-/// A step-size search's subject: model and estimator, as in unit names.
+/// A per-run search's subject (the outer and inner step sizes'): model and estimator, as in unit
+/// names.
 fn run_subject(model: &ModelSpec, name: &str) -> String {
     format!("{}-{name}", model.name())
 }
@@ -843,13 +844,13 @@ impl Job<super::Section> for Training {
                 Unit::MetaLrSearch => {
                     let r = Protocol::of(settings)?
                         .meta_lr_search
-                        .expect("a step-size unit where the protocol has a search");
+                        .expect("an outer step-size unit where the protocol has that search");
                     (r.grid.len() + r.extensions) as f64 * r.streams as f64 * run
                 }
                 Unit::StepSizeSearch => {
                     let r = Protocol::of(settings)?
                         .step_size_search
-                        .expect("a step-size unit where the protocol has a search");
+                        .expect("an inner step-size unit where the protocol has that search");
                     let grid = if name == "bptt" { &r.bptt_grid } else { &r.grid };
                     (grid.len() + r.extensions) as f64 * r.streams as f64 * run
                 }
