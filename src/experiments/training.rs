@@ -536,7 +536,7 @@ fn choose_meta_lr(
 pub const STEP_SIZE_GRID: [f64; 3] = [5e-4, 1e-3, 2e-3];
 pub const BPTT_STEP_SIZE_GRID: [f64; 3] = [1.5e-3, 3e-3, 6e-3];
 /// A choice at an edge of those grids extends it past that edge, at most this often.
-const STEP_SIZE_EXTENSIONS: usize = 2;
+const STEP_SIZE_EXTENSIONS: usize = 3;
 /// Stream word of the inner step-size search's own seeds.
 const STEP_SIZE_CHOICE: u64 = 73;
 
