@@ -269,7 +269,9 @@ impl Protocol {
             step_size_search: searched.then(|| TrainingStepSizeSearch {
                 grid: STEP_SIZE_GRID.to_vec(),
                 bptt_grid: BPTT_STEP_SIZE_GRID.to_vec(),
-                extensions: STEP_SIZE_EXTENSIONS,
+                // The quick scale's 4 meta-steps favour the largest step sizes, and a third
+                // extension there reaches ones that stop its reported runs at meta-step 0.
+                extensions: if quick { 2 } else { STEP_SIZE_EXTENSIONS },
                 streams: META_LR_SEARCH_STREAMS,
             }),
         })
