@@ -1582,7 +1582,7 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("computed under another configuration (protocol differ)"),
+        err.contains("computed under another configuration (protocol differ) in the protocol's meta_steps:"),
         "{err}"
     );
 }

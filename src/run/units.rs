@@ -374,11 +374,19 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
             .filter(|k| stored.fingerprint.get(**k) != expected.get(**k))
             .map(|k| k.to_string())
             .collect();
+        // Which of the protocol's keys differ (the unit's own ignored ones aside), so that a
+        // user who changed a search knows which stored units read it.
+        let keys = protocol_keys_that_differ(&stored.fingerprint, expected, &ignored);
         return Err(CmlError::invalid(
             format!("unit file {}", path.display()),
             format!(
-                "computed under another configuration ({} differ)",
-                differing.join(", ")
+                "computed under another configuration ({} differ){}",
+                differing.join(", "),
+                if keys.is_empty() {
+                    String::new()
+                } else {
+                    format!(" in the protocol's {}", keys.join(", "))
+                }
             ),
             format!(
                 "units of this run (scale {}, seed {}); remove the file or use another --results folder",
@@ -389,6 +397,20 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
     }
     stored.staging = staging(results, job.name(), unit);
     Ok(Some(stored))
+}
+
+/// The top-level protocol keys whose values differ between two fingerprints (`ignored` aside), in
+/// order.
+fn protocol_keys_that_differ(stored: &Value, expected: &Value, ignored: &[&str]) -> Vec<String> {
+    let (Some(Value::Object(a)), Some(Value::Object(b))) = (stored.get("protocol"), expected.get("protocol"))
+    else {
+        return Vec::new();
+    };
+    let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !ignored.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
 }
 
 fn settings_word(fingerprint: &Value, key: &str) -> String {
@@ -1082,7 +1104,7 @@ mod fingerprint_tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("computed under another configuration (protocol differ)"),
+            err.contains("computed under another configuration (protocol differ) in the protocol's search:"),
             "{err}"
         );
         std::fs::remove_file(unit_file(dir.path(), JOB.name(), "searched")).unwrap();
@@ -1091,7 +1113,12 @@ mod fingerprint_tests {
         // Another change to the plain unit's own keys is still refused.
         let mut changed = fingerprint(&JOB, &with).unwrap();
         changed["protocol"]["steps"] = Value::from(4);
-        assert!(load(dir.path(), &JOB, "plain", &changed).is_err());
+        let err = load(dir.path(), &JOB, "plain", &changed).unwrap_err().to_string();
+        // The plain unit ignores the search, so only the steps are named.
+        assert!(
+            err.contains("(protocol differ) in the protocol's steps:"),
+            "{err}"
+        );
     }
 }
 
