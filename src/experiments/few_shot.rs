@@ -1237,32 +1237,20 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     continue;
                 };
                 let run: SeedRun = super::units::decode(stored)?;
-                super::choice::check_agrees(
-                    searches.iter().find(|x| x.model == setting_name(shots)),
-                    &format!("few-shot unit {name}"),
-                    run.beta,
-                )?;
-                super::choice::check_agrees(
-                    rate_searches
-                        .iter()
-                        .find(|x| x.model == rate_subject(shots, method.key)),
-                    &format!("few-shot unit {name}"),
-                    run.meta_lr,
-                )?;
-                super::choice::check_agrees(
-                    strength_searches
-                        .iter()
-                        .find(|x| x.model == rate_subject(shots, method.key)),
-                    &format!("few-shot unit {name}"),
-                    run.strength,
-                )?;
-                super::choice::check_agrees(
-                    sgd_step_searches
-                        .iter()
-                        .find(|x| x.model == rate_subject(shots, method.key)),
-                    &format!("few-shot unit {name}"),
-                    run.sgd_step,
-                )?;
+                // Each value the run took is its search's choice.
+                let subject = rate_subject(shots, method.key);
+                let per_run = |s: &[Search]| s.iter().find(|x| x.model == subject).cloned();
+                for (search, value) in [
+                    (
+                        searches.iter().find(|x| x.model == setting_name(shots)).cloned(),
+                        run.beta,
+                    ),
+                    (per_run(&rate_searches), run.meta_lr),
+                    (per_run(&strength_searches), run.strength),
+                    (per_run(&sgd_step_searches), run.sgd_step),
+                ] {
+                    super::choice::check_agrees(search.as_ref(), &format!("few-shot unit {name}"), value)?;
+                }
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
                 for (step, validation) in &run.checkpoints {
                     checkpoint_rows.push(format!(
@@ -1583,24 +1571,27 @@ pub(super) fn classes(classes: &[(usize, usize)]) -> String {
 
 /// The contrastive rule's `beta`: each setting's search, or the protocol's value.
 fn beta_section(r: &FewShotResults) -> String {
-    let Some(search) = r.protocol.beta_search.as_ref().filter(|_| !r.searches.is_empty()) else {
-        return format!(
-            "\n## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
-            r.protocol.beta
-        );
-    };
-    let mut t = format!(
-        "\n## The contrastive rule's nudging strength, chosen on the validation classes\n\n\
-         Per setting, from an initialisation and an episode stream of the search's own (no reported seed's): {} meta-steps\n\
+    let none = format!(
+        "\n## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
+        r.protocol.beta
+    );
+    super::searches::section(
+        &r.searches,
+        r.protocol.beta_search.as_ref(),
+        none,
+        "The contrastive rule's nudging strength, chosen on the validation classes",
+        "setting",
+        |search| {
+            format!(
+                "Per setting, from an initialisation and an episode stream of the search's own (no reported seed's): {} meta-steps\n\
          at each beta, then the error rate after the rule's free phase on {} validation episodes of the search's own\n\
          stream; chosen by the one-standard-error rule (the largest beta whose error exceeds the least by at most one\n\
          standard error of the paired difference over the episodes). A choice at an edge of the grid extends it past that\n\
-         edge by the grid's ratio, at most {} times (`few_shot_beta_choice.csv`).\n\n",
-        search.meta_steps, search.validation_tasks, search.extensions
-    );
-    t.push_str(&super::searches::table(&r.searches, "setting"));
-    t.push('\n');
-    t
+         edge by the grid's ratio, at most {} times (`few_shot_beta_choice.csv`).",
+                search.meta_steps, search.validation_tasks, search.extensions
+            )
+        },
+    )
 }
 
 /// The outer step size: each setting and method's search, or the protocol's value.
@@ -1609,11 +1600,12 @@ fn meta_lr_section(r: &FewShotResults) -> String {
         "\n## The outer step size\n\nAdam at {} for every method (no search at this scale).\n",
         r.protocol.meta_lr
     );
-    searched_section(
+    super::searches::section(
         &r.rate_searches,
         r.protocol.meta_lr_search.as_ref(),
         none,
-        "The outer step size",
+        "The outer step size, chosen on the validation classes",
+        "run",
         |search| {
             format!(
                 "Per setting and method (the contrastive rule at its chosen beta), from an initialisation and an episode stream of\n\
@@ -1635,11 +1627,12 @@ fn strength_section(r: &FewShotResults) -> String {
         p.strength,
         p.strength_at(1)
     );
-    searched_section(
+    super::searches::section(
         &r.strength_searches,
         p.strength_search.as_ref(),
         none,
-        "The pull strength",
+        "The pull strength, chosen on the validation classes",
+        "run",
         |search| {
             format!(
                 "Per setting, for each method whose inner loss pulls toward omega (CML, iMAML; their matched baselines adapt at the\n\
@@ -1661,11 +1654,12 @@ fn sgd_step_section(r: &FewShotResults) -> String {
         "\n## The plain SGD step size\n\nMAML, first-order MAML and Reptile adapt with {} SGD steps of {} (no search at this scale).\n",
         p.maml_steps, p.maml_step_size
     );
-    searched_section(
+    super::searches::section(
         &r.sgd_step_searches,
         p.maml_step_size_search.as_ref(),
         none,
-        "The plain SGD step size",
+        "The plain SGD step size, chosen on the validation classes",
+        "run",
         |search| {
             format!(
                 "Per setting, for MAML, first-order MAML and Reptile ({} SGD steps in meta-training and at meta-test; their matched\n\
@@ -1676,26 +1670,6 @@ fn sgd_step_section(r: &FewShotResults) -> String {
                 p.maml_steps, p.validation_episodes, search.extensions
             )
         },
-    )
-}
-
-/// A section on one whole-run search: `title`, chosen on the validation classes, what `how` says
-/// of the search, and every score; `none` where the scale has no such search (or no unit of it
-/// was given).
-fn searched_section(
-    searches: &[Search],
-    spec: Option<&RateSearchSpec>,
-    none: String,
-    title: &str,
-    how: impl FnOnce(&RateSearchSpec) -> String,
-) -> String {
-    let Some(spec) = spec.filter(|_| !searches.is_empty()) else {
-        return none;
-    };
-    format!(
-        "\n## {title}, chosen on the validation classes\n\n{}\n\n{}\n",
-        how(spec),
-        super::searches::table(searches, "run")
     )
 }
 

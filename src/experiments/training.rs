@@ -1491,73 +1491,82 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
 
 /// The contrastive rule's `beta`: the search's settings and scores, or the paper's value.
 fn beta_section(p: &Protocol, searches: &[Search]) -> String {
-    let Some(search) = p.beta_search.as_ref().filter(|_| !searches.is_empty()) else {
-        return format!(
-            "\n## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
-            p.beta
-        );
-    };
-    let mut t = format!(
-        "\n## The contrastive rule's nudging strength, chosen on validation tasks\n\n\
-         Per model, from an initialisation and a task stream of the search's own (no reported seed's): {} meta-steps \
+    let none = format!(
+        "\n## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
+        p.beta
+    );
+    super::searches::section(
+        searches,
+        p.beta_search.as_ref(),
+        none,
+        "The contrastive rule's nudging strength, chosen on validation tasks",
+        "model",
+        |search| {
+            format!(
+                "Per model, from an initialisation and a task stream of the search's own (no reported seed's): {} meta-steps \
          at each beta, then the query MSE after adaptation, mean over {} validation tasks of the search's own stream; \
          chosen by the one-standard-error rule: the largest beta whose loss exceeds the least by at most one standard error \
          of the paired difference over the tasks (settings the validation tasks cannot tell apart go to the larger beta, \
          whose estimate is less sensitive to unconverged phases). A choice at an edge of the grid extends it by the ratio \
-         of its two outermost values there, at most {} times (`training_beta_choice.csv`).\n\n",
-        search.meta_steps, p.validation_tasks, search.extensions
-    );
-    t.push_str(&super::searches::table(searches, "model"));
-    t.push('\n');
-    t
+         of its two outermost values there, at most {} times (`training_beta_choice.csv`).",
+                search.meta_steps, p.validation_tasks, search.extensions
+            )
+        },
+    )
 }
 
 /// The table's section on the outer Adam's step sizes: the searches, or the paper scale's value.
 fn meta_lr_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> String {
-    let Some(search) = p.meta_lr_search.as_ref().filter(|_| !searches.is_empty()) else {
-        return format!(
-            "\n## The outer step size\n\nAdam at {} for every estimator (no search at this scale).\n",
-            p.meta_lr
-        );
-    };
-    let mut t = format!(
-        "\n## The outer step size, chosen on validation tasks\n\n\
-         Per model and estimator (the contrastive rule at its chosen beta), on each of {} search \
+    let none = format!(
+        "\n## The outer step size\n\nAdam at {} for every estimator (no search at this scale).\n",
+        p.meta_lr
+    );
+    super::searches::section(
+        searches,
+        p.meta_lr_search.as_ref(),
+        none,
+        "The outer step size, chosen on validation tasks",
+        "run",
+        |search| {
+            format!(
+                "Per model and estimator (the contrastive rule at its chosen beta), on each of {} search \
          streams of the search's own (an initialisation and a task stream, the same for every estimator, no reported \
          seed's): a whole meta-training ({} meta-steps) at each step size of Adam, its checkpoint chosen on that stream's \
          {} validation tasks as a reported run's is, then the query MSE after adaptation from that checkpoint; the least \
          mean over every stream's tasks wins. A choice at an edge of the grid extends it by the ratio of its two outermost \
-         values there, at most {} times (`training_meta_lr_choice.csv`).\n\n",
-        search.streams, meta_steps, p.validation_tasks, search.extensions
-    );
-    t.push_str(&super::searches::table(searches, "run"));
-    t.push('\n');
-    t
+         values there, at most {} times (`training_meta_lr_choice.csv`).",
+                search.streams, meta_steps, p.validation_tasks, search.extensions
+            )
+        },
+    )
 }
 
 /// The table's section on the inner step sizes: the searches, or the protocol's values.
 fn step_size_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> String {
-    let Some(search) = p.step_size_search.as_ref().filter(|_| !searches.is_empty()) else {
-        return format!(
-            "\n## The inner step sizes\n\nNesterov phases at {}, BPTT's plain steps at {} (no search at this scale).\n",
-            p.step_size, p.bptt_step_size
-        );
-    };
-    let mut t = format!(
-        "\n## The inner step sizes, chosen on validation tasks\n\n\
-         Per model and estimator, after the outer step size's search and at its choice (the contrastive rule at its \
+    let none = format!(
+        "\n## The inner step sizes\n\nNesterov phases at {}, BPTT's plain steps at {} (no search at this scale).\n",
+        p.step_size, p.bptt_step_size
+    );
+    super::searches::section(
+        searches,
+        p.step_size_search.as_ref(),
+        none,
+        "The inner step sizes, chosen on validation tasks",
+        "run",
+        |search| {
+            format!(
+                "Per model and estimator, after the outer step size's search and at its choice (the contrastive rule at its \
          chosen beta), on each of {} search streams of the search's own: a whole meta-training ({} meta-steps) at each \
          inner step size (the Nesterov phases' for every estimator but BPTT, whose matched baseline adapts with the same \
          loop; BPTT's plain steps for BPTT), its checkpoint chosen on that stream's {} validation tasks, then the query \
          MSE after adaptation from that checkpoint. A value fails where a run on any stream stops early (an inner phase \
          diverged as meta-training sharpened the network), so that the reported runs can meta-train for their whole \
          budget; otherwise the least mean over every stream's tasks wins. A choice at an edge of the grid extends it by \
-         the ratio of its two outermost values there, at most {} times (`training_step_size_choice.csv`).\n\n",
-        search.streams, meta_steps, p.validation_tasks, search.extensions
-    );
-    t.push_str(&super::searches::table(searches, "run"));
-    t.push('\n');
-    t
+         the ratio of its two outermost values there, at most {} times (`training_step_size_choice.csv`).",
+                search.streams, meta_steps, p.validation_tasks, search.extensions
+            )
+        },
+    )
 }
 
 /// Every pair of estimators of a model, paired over seeds, as one Holm-corrected family of
