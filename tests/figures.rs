@@ -31,6 +31,7 @@ fn figures_quick(dir: &Path) {
 ///   methods x the grid of 2 step sizes (no extension at the quick scale); few_shot_strength_choice:
 ///   CML and iMAML x the grid of 2 strengths (no extension); few_shot_step_size_choice: MAML,
 ///   first-order MAML and Reptile x the grid of 2 SGD step sizes (no extension);
+///   few_shot_phase_step_size_choice: CML and iMAML x the grid of 2 phase step sizes (no extension);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
@@ -67,7 +68,9 @@ fn figures_quick(dir: &Path) {
 ///   at an edge twice for 10 of them and once for 2 (whose second value falls inside): 58 rows;
 /// - bandit_beta_choice: 2 contrastive agents x the grid of 5 betas (both choices inside it);
 ///   bandit_meta_lr_choice: 3 agents x the grid of 3 step sizes, extended twice at its upper edge
-///   (in 2 meta-steps the largest step size goes furthest);
+///   (in 2 meta-steps the largest step size goes furthest); bandit_step_size_choice: 3 agents x
+///   the grid of 3 inner step sizes, extended twice at its upper edge (for MAML the second
+///   extension falls inside);
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -85,6 +88,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("few_shot_meta_lr_choice", 6, 10),
     ("few_shot_strength_choice", 6, 4),
     ("few_shot_step_size_choice", 6, 6),
+    ("few_shot_phase_step_size_choice", 6, 4),
     ("few_shot_accuracy", 8, 5),
     ("few_shot_meta_training", 5, 20),
     ("digits_decay", 5, 14),
@@ -124,6 +128,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("training_step_size_choice", 6, 58),
     ("bandit_beta_choice", 6, 10),
     ("bandit_meta_lr_choice", 6, 15),
+    ("bandit_step_size_choice", 6, 15),
 ];
 
 const PNGS: &[&str] = &[
@@ -536,7 +541,15 @@ fn protocol_of_the_other_tables(dir: &Path) {
         ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
         ("few_shot_strength_choice.csv", "run", "strength", false, 2),
         ("few_shot_step_size_choice.csv", "run", "step_size", false, 3),
+        (
+            "few_shot_phase_step_size_choice.csv",
+            "run",
+            "step_size",
+            false,
+            2,
+        ),
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
+        ("bandit_step_size_choice.csv", "agent", "step_size", false, 3),
         ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
@@ -1113,9 +1126,10 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // outer and an inner step-size search per model and estimator, timed by its calibration; the
     // jobs without a calibration say how to get an estimate.
     // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
-    // searches and 3 step-size searches; few-shot 1 setting x 5 methods x 2 seeds, the setting's
-    // beta search, 5 step-size searches, 2 strength searches (CML, iMAML) and 3 SGD step-size
-    // searches (MAML, first-order MAML, Reptile); digits-decay 2 seeds x (5 estimators + baselines) and
+    // searches, 3 outer and 3 inner step-size searches; few-shot 1 setting x 5 methods x 2 seeds,
+    // the setting's beta search, 5 step-size searches, 2 strength searches (CML, iMAML), 3 SGD
+    // step-size searches (MAML, first-order MAML, Reptile) and 2 phase step-size searches (CML,
+    // iMAML); digits-decay 2 seeds x (5 estimators + baselines) and
     // each seed's inner step-size search;
     // spiking the choice, 5 step-size searches, 6 methods x 2 seeds and a matched-baseline unit
     // per seed.
@@ -1127,8 +1141,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     for (job, units) in [
         ("theory", 1),
         ("spiking", 20),
-        ("bandit", 13),
-        ("few-shot", 21),
+        ("bandit", 16),
+        ("few-shot", 23),
         ("digits-decay", 14),
     ] {
         let row = out
@@ -1246,11 +1260,23 @@ fn the_committed_units_are_what_the_current_code_computes() {
         "digits-decay/choice-step-size-seed2",
         "digits-decay/baselines-seed2",
         "few-shot/1shot-reptile-seed4",
-        // Not a meta-learned agent's: in an empty folder it would run its step-size search first
-        // (about 100 s of whole meta-trainings).
+        // Not a meta-learned agent's, but it reads MAML's inner step size (its twin of MAML's own
+        // deployment adapts at it): the searches it reads are copied beside it (below).
         "bandit/baselines-seed3",
         "spiking/no-meta-learning-seed1",
     ] {
+        // The searches a unit reads, copied beside it from runs/default as a run that stored them
+        // first finds them, so that it does not run them (for the bandit baselines about 200 s of
+        // whole meta-trainings); its rows must still be what the current code computes from them.
+        let searches: &[&str] = match unit {
+            "bandit/baselines-seed3" => &["bandit/choice-meta-lr-maml", "bandit/choice-step-size-maml"],
+            _ => &[],
+        };
+        for search in searches {
+            let to = dir.path().join(format!("{search}.json"));
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::copy(root.join(format!("runs/default/{search}.json")), &to).unwrap();
+        }
         let o = Command::new(env!("CARGO_BIN_EXE_cml"))
             .args(["figures", "--units", "0/1", "--unit", unit, "--results"])
             .arg(dir.path())
@@ -1601,6 +1627,75 @@ fn a_changed_search_recomputes_only_the_units_that_read_it_and_reports_as_a_fres
         |unit| unit.starts_with("choice-") && !unit.starts_with("choice-step-size-"),
         "ran 36 units, 14 already stored",
         6,
+    );
+}
+
+#[test]
+fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_loops() {
+    // The quick bandit job: 8 searches (2 beta, 3 outer, 3 inner step sizes), then 2 seeds of the
+    // 3 agents and of the baselines. MAML's inner step-size grid is read by its search, its runs
+    // and the baselines (whose twin of MAML's own deployment adapts at MAML's step size), so those
+    // 5 units run again and the other 11 are kept; the report equals a fresh run in its 7 CSVs.
+    let dir = a_changed_run_keeps_units(
+        "bandit",
+        "[maml_step_size_search]\ngrid = [0.001, 0.002]\nextensions = 0\n",
+        |unit| {
+            unit != "choice-step-size-maml" && !unit.starts_with("maml-") && !unit.starts_with("baselines-")
+        },
+        "ran 5 units, 11 already stored",
+        7,
+    );
+    let step = csv_rows(&dir.path().join("grown-out/bandit_step_size_choice.csv"));
+    let maml: Vec<_> = step.iter().filter(|r| r["agent"] == "MAML").collect();
+    assert_eq!(maml.len(), 2, "{maml:?}");
+    // Against the shipped quick grid (whose MAML choice is 0.04, at least 20 times larger), only
+    // MAML's two deployments and the twin of its own one move; every other agent's regret is the
+    // same bits.
+    let shipped = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", "bandit", "--out"])
+        .arg(shipped.path().join("figures"))
+        .arg("--paper")
+        .arg(shipped.path().join("paper"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shipped_step = csv_rows(&shipped.path().join("figures/bandit_step_size_choice.csv"));
+    let chosen = |rows: &[std::collections::BTreeMap<String, String>]| -> f64 {
+        rows.iter()
+            .find(|r| r["agent"] == "MAML" && r["chosen"] == "true")
+            .unwrap()["step_size"]
+            .parse()
+            .unwrap()
+    };
+    assert!(chosen(&shipped_step) >= 20.0 * chosen(&step), "{shipped_step:?}");
+    let regret = |d: &Path| {
+        let mut per_agent = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for r in csv_rows(&d.join("bandit_regret.csv")) {
+            per_agent
+                .entry(r["agent"].clone())
+                .or_default()
+                .push(r["cumulative_regret"].clone());
+        }
+        per_agent
+    };
+    let (changed, before) = (
+        regret(&dir.path().join("grown-out")),
+        regret(&shipped.path().join("figures")),
+    );
+    assert_eq!(changed.len(), 11);
+    let moved: Vec<&str> = changed
+        .iter()
+        .filter(|(agent, r)| before[*agent] != **r)
+        .map(|(agent, _)| agent.as_str())
+        .collect();
+    assert_eq!(
+        moved,
+        [
+            "MAML",
+            "MAML (common online loop)",
+            "network without meta-learning (MAML's loop)"
+        ]
     );
 }
 

@@ -71,6 +71,15 @@ pub struct Protocol {
     /// own adaptation.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub meta_lr_search: Option<RateSearchSpec>,
+    /// The contrastive agents' phase step size (`phase_step_size`, both phases), chosen on
+    /// validation tasks after the outer step size's search and at its choice, as that search
+    /// chooses (quick and default scales; the paper scale takes each agent's own phases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_step_size_search: Option<RateSearchSpec>,
+    /// MAML's inner step size (`maml_step_size`: meta-training, its own deployment and that
+    /// deployment's matched baseline), chosen as `phase_step_size_search` chooses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maml_step_size_search: Option<RateSearchSpec>,
     /// Which meta-step a meta-learned agent deploys, chosen on validation tasks (quick and
     /// default scales; the paper's code deploys the last, and so does the paper scale).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -109,7 +118,16 @@ impl crate::protocol::Checked for Protocol {
             .positive("online.step_size", self.online.step_size)
             .count("neural_linear_every", self.neural_linear_every);
         c.beta_search("beta_search", self.beta_search.as_ref())
-            .rate_search("meta_lr_search", self.meta_lr_search.as_ref());
+            .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
+            .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref())
+            .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref())
+            // The search sets the shared phases; budgets of the agents' own set theirs.
+            .that(
+                self.phase_step_size_search.is_none() || self.per_learner.is_none(),
+                "phase_step_size_search",
+                "a search beside per_learner budgets (whose phases it would not set)",
+                "no phase_step_size_search where per_learner sets the phases",
+            );
         c.checkpoint("checkpoint", self.checkpoint.as_ref());
         const AGENTS: [&str; 3] = ["CML complex synapse", "CML gain modulation", "MAML"];
         for (k, b) in self.per_learner.iter().flatten().enumerate() {
@@ -189,9 +207,19 @@ impl Protocol {
                 meta_steps: 15,
                 validation_tasks: 20,
             }),
-            // The hand-set 3e-3 in the middle, a factor of about 3 to each side.
+            // The hand-set 3e-3 in the middle, a factor of about 3 to each side; a third extension
+            // since the complex synapse's choice lay at the edge after two (0.111, 2026-12-06).
             meta_lr_search: Some(RateSearchSpec {
                 grid: vec![1e-3, 3e-3, 1e-2],
+                extensions: 3,
+            }),
+            // Each hand-set inner step size in the middle, a factor of 2 to each side.
+            phase_step_size_search: Some(RateSearchSpec {
+                grid: vec![5e-4, 1e-3, 2e-3],
+                extensions: 2,
+            }),
+            maml_step_size_search: Some(RateSearchSpec {
+                grid: vec![5e-3, 1e-2, 2e-2],
                 extensions: 2,
             }),
             // 16 checkpoints of 150 meta-steps, as many validation tasks as the searches score.
@@ -225,6 +253,10 @@ impl Protocol {
                     meta_steps: 2,
                     validation_tasks: 4,
                     ..full.beta_search.clone().expect("the default's search")
+                }),
+                meta_lr_search: Some(RateSearchSpec {
+                    grid: vec![1e-3, 3e-3, 1e-2],
+                    extensions: 2,
                 }),
                 checkpoint: Some(CheckpointSpec {
                     every: 1,
@@ -325,6 +357,8 @@ impl Protocol {
             ]),
             beta_search: None,
             meta_lr_search: None,
+            phase_step_size_search: None,
+            maml_step_size_search: None,
             checkpoint: None,
             ..base
         })
@@ -409,6 +443,31 @@ impl Protocol {
         ])
     }
 
+    /// This protocol with the inner step size of the meta-learned agent `name` at `step_size`: the
+    /// shared phases' for a contrastive agent, MAML's loop's for MAML.
+    fn at_step_size(&self, name: &str, step_size: f64) -> Self {
+        if name == MAML_OWN {
+            Protocol {
+                maml_step_size: step_size,
+                ..self.clone()
+            }
+        } else {
+            Protocol {
+                phase_step_size: step_size,
+                ..self.clone()
+            }
+        }
+    }
+
+    /// The inner step-size search of the meta-learned agent `name`, if the protocol has one.
+    fn step_size_search_of(&self, name: &str) -> Option<&RateSearchSpec> {
+        if name == MAML_OWN {
+            self.maml_step_size_search.as_ref()
+        } else {
+            self.phase_step_size_search.as_ref()
+        }
+    }
+
     /// How the meta-learned agent `name` is deployed, each deployment labelled: with its budget's
     /// online loop; MAML also with the inner loop it was meta-trained through, under its own name.
     fn deployments(&self, name: &str) -> Result<Vec<(String, OnlineParams)>> {
@@ -485,8 +544,10 @@ pub struct BanditResults {
     pub stopped: Vec<String>,
     /// The contrastive agents' beta searches (none at the paper scale).
     pub searches: Vec<Search>,
-    /// The meta-learned agents' step-size searches (none at the paper scale).
+    /// The meta-learned agents' outer step-size searches (none at the paper scale).
     pub rate_searches: Vec<Search>,
+    /// The meta-learned agents' inner step-size searches (none at the paper scale).
+    pub step_size_searches: Vec<Search>,
     /// (model, seed, meta-step) each meta-training run deployed, where validation tasks chose it.
     pub deployed: Vec<(String, usize, usize)>,
 }
@@ -579,9 +640,23 @@ fn rate_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
         .collect())
 }
 
+/// The units of the inner step-size searches, one per meta-learned agent whose search the
+/// protocol has: (agent name, unit name).
+fn step_size_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
+    Ok(p.meta_learners()?
+        .into_iter()
+        .filter(|l| p.step_size_search_of(l.0).is_some())
+        .map(|l| (l.0, format!("{STEP_SIZE_UNIT}{}", key(l.0))))
+        .collect())
+}
+
+/// The prefix of an inner step-size search's unit name.
+const STEP_SIZE_UNIT: &str = "choice-step-size-";
+
 /// Stream words of the searches' own seeds (initialisation, task stream, validation tasks).
 const CHOICE: u64 = 4000;
 const RATE_CHOICE: u64 = 5000;
+const STEP_SIZE_CHOICE: u64 = 7000;
 /// Stream word of each meta-training seed's validation tasks (the checkpoint choice).
 const CHECKPOINT: u64 = 6000;
 
@@ -667,11 +742,8 @@ fn adaptation(spec: &EstimatorSpec) -> GdParams {
 }
 
 /// Chooses the meta-learned agent `name`'s outer Adam step size on validation tasks
-/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and task stream of
-/// the search's own (the same for every agent, none a reported seed's), a whole meta-training at each value
-/// (the contrastive agents at `beta`, their search's choice), scored by each validation task's
-/// query loss after the agent's own adaptation from the checkpoint those tasks choose
-/// ([`train_checkpointed`]). A run that stops early fails its value.
+/// ([`RateSearchSpec`], [`whole_run_search`]; the contrastive agents at `beta`, their search's
+/// choice; the same search stream for every agent). `None` where the protocol has no search.
 fn choose_meta_lr(
     settings: &Settings,
     p: &Protocol,
@@ -681,13 +753,62 @@ fn choose_meta_lr(
     let Some(search) = &p.meta_lr_search else {
         return Ok(None);
     };
-    let (_, model, spec) = p
-        .meta_learners()?
-        .into_iter()
-        .find(|l| l.0 == name)
-        .expect("a meta-learned agent");
-    let spec = beta.map_or(spec, |b| at_beta(&spec, b));
-    let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE]);
+    whole_run_search(
+        settings,
+        p,
+        name,
+        beta,
+        (RATE_CHOICE, "meta_lr"),
+        search,
+        |meta_lr| (p.clone(), meta_lr),
+    )
+    .map(Some)
+}
+
+/// Chooses the meta-learned agent `name`'s inner step size on validation tasks (the contrastive
+/// agents' phases', MAML's loop's; [`whole_run_search`] on a search stream of its own), at `beta`
+/// and at the outer step size `meta_lr`, both their searches' choices. `None` where the protocol
+/// has no such search.
+fn choose_step_size(
+    settings: &Settings,
+    p: &Protocol,
+    name: &str,
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+) -> Result<Option<Search>> {
+    let Some(search) = p.step_size_search_of(name) else {
+        return Ok(None);
+    };
+    let meta_lr = meta_lr.map_or_else(|| p.budget_of(name).map(|b| b.meta_lr), Ok)?;
+    whole_run_search(
+        settings,
+        p,
+        name,
+        beta,
+        (STEP_SIZE_CHOICE, "step_size"),
+        search,
+        |step_size| (p.at_step_size(name, step_size), meta_lr),
+    )
+    .map(Some)
+}
+
+/// A search of one setting (`search`, named `word.1`) of the meta-learned agent `name` (the
+/// contrastive agents at `beta`): from an initialisation and task stream of the search's own
+/// (seeded by `word.0`, no reported seed's), a whole meta-training at each value, with the
+/// protocol and outer step size `at(value)` gives, scored by each validation task's query loss
+/// (of the search's own stream) after the agent's own adaptation, from the checkpoint those tasks
+/// choose ([`train_checkpointed`]). A run that stops early fails its value; the least mean loss
+/// wins, and a choice at an edge extends the grid.
+fn whole_run_search(
+    settings: &Settings,
+    p: &Protocol,
+    name: &str,
+    beta: Option<f64>,
+    word: (u64, &str),
+    search: &RateSearchSpec,
+    at: impl Fn(f64) -> (Protocol, f64),
+) -> Result<Search> {
+    let seed = crate::rng::hash_words(&[settings.seed, word.0]);
     // As many validation tasks as the beta search scores (both run at the same scales).
     let tasks = p
         .beta_search
@@ -696,17 +817,22 @@ fn choose_meta_lr(
         .ok_or_else(|| {
             crate::CmlError::invalid(
                 "bandit protocol",
-                "a step-size search without a beta search",
+                format!("a {} search without a beta search", word.1),
                 "both or neither",
             )
         })?;
     let validation = validation_tasks(p, seed, tasks)?;
-    let budget = p.budget_of(name)?;
-    // Each value's run deploys its checkpoint as a reported run does, on these same tasks.
-    let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
+    let score = |value: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let (p, meta_lr) = at(value);
+        let (_, model, spec) = p
+            .meta_learners()?
+            .into_iter()
+            .find(|l| l.0 == name)
+            .expect("a meta-learned agent");
+        let budget = p.budget_of(name)?;
         let config = MetaConfig {
-            model: model.clone(),
-            estimator: spec,
+            model,
+            estimator: beta.map_or(spec, |b| at_beta(&spec, b)),
             meta_steps: budget.meta_steps,
             meta_batch: budget.meta_batch,
             meta_lr,
@@ -714,13 +840,21 @@ fn choose_meta_lr(
             query: p.query,
             seed,
         };
-        match train_checkpointed(p, &config, &validation) {
+        // Each value's run deploys its checkpoint as a reported run does, on these same tasks.
+        match train_checkpointed(&p, &config, &validation) {
             Ok(c) if c.run.stopped.is_none() => Ok((c.chosen.losses, None)),
             Ok(c) => Ok((vec![f64::INFINITY; validation.len()], c.run.stopped)),
             Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
         }
     };
-    super::choice::search_meta_lr(name, &search.grid, search.extensions, score).map(Some)
+    super::choice::search(
+        name,
+        word.1,
+        super::choice::Ties::None,
+        &search.grid,
+        search.extensions,
+        score,
+    )
 }
 
 /// A meta-training run and the meta-parameters it deploys (without a checkpoint choice: the
@@ -789,6 +923,10 @@ struct UnitRows {
     /// The agent's outer step size, as its search chose it (none without a search).
     #[serde(default)]
     meta_lr: Option<f64>,
+    /// The agent's inner step size, as its search chose it; for the baselines, MAML's (its matched
+    /// twin adapts with it). None without a search.
+    #[serde(default)]
+    step_size: Option<f64>,
     agents: Vec<AgentRuns>,
     /// (meta-step, query loss) of meta-training (empty for the baselines).
     meta_log: Vec<(usize, f64)>,
@@ -821,9 +959,27 @@ impl Protocol {
 }
 
 impl Bandit {
-    /// The `beta` the contrastive agent keyed `k` runs at: its search's choice, the stored choice
-    /// unit's where there is one (the report checks they agree), else the search run here (units
-    /// have no order); `None` for an agent without a search.
+    /// The value the search among `units` (agent name, unit name) of the agent keyed `k` chose:
+    /// the stored choice unit's where there is one (the report checks that the agent's units
+    /// agree), else `search(name)` run here (units have no order); `None` for an agent without
+    /// such a search.
+    fn searched(
+        &self,
+        settings: &Settings,
+        staging: &std::path::Path,
+        units: Vec<(&'static str, String)>,
+        k: &str,
+        search: impl FnOnce(&'static str) -> Result<Option<Search>>,
+    ) -> Result<Option<f64>> {
+        match units.into_iter().find(|(n, _)| key(n) == k) {
+            Some((name, unit)) => {
+                super::choice::chosen_value(self, settings, staging, &unit, || search(name))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The `beta` the contrastive agent keyed `k` runs at (see [`Bandit::searched`]).
     fn searched_beta(
         &self,
         settings: &Settings,
@@ -831,12 +987,39 @@ impl Bandit {
         p: &Protocol,
         k: &str,
     ) -> Result<Option<f64>> {
-        match choice_units(p)?.into_iter().find(|(n, _)| key(n) == k) {
-            Some((name, choice)) => super::choice::chosen_value(self, settings, staging, &choice, || {
-                choose_beta(settings, p, name).map(Some)
-            }),
-            None => Ok(None),
-        }
+        self.searched(settings, staging, choice_units(p)?, k, |name| {
+            choose_beta(settings, p, name).map(Some)
+        })
+    }
+
+    /// The outer step size the agent keyed `k` meta-trains at (its search at `beta`).
+    fn searched_meta_lr(
+        &self,
+        settings: &Settings,
+        staging: &std::path::Path,
+        p: &Protocol,
+        k: &str,
+        beta: Option<f64>,
+    ) -> Result<Option<f64>> {
+        self.searched(settings, staging, rate_choice_units(p)?, k, |name| {
+            choose_meta_lr(settings, p, name, beta)
+        })
+    }
+
+    /// The inner step size of the agent keyed `k` (its search at the agent's searched `beta` and
+    /// outer step size).
+    fn searched_step_size(
+        &self,
+        settings: &Settings,
+        staging: &std::path::Path,
+        p: &Protocol,
+        k: &str,
+    ) -> Result<Option<f64>> {
+        self.searched(settings, staging, step_size_choice_units(p)?, k, |name| {
+            let beta = self.searched_beta(settings, staging, p, k)?;
+            let meta_lr = self.searched_meta_lr(settings, staging, p, k, beta)?;
+            choose_step_size(settings, p, name, beta, meta_lr)
+        })
     }
 }
 
@@ -868,6 +1051,7 @@ impl super::units::Job<super::Section> for Bandit {
         Ok(choice_units(&p)?
             .into_iter()
             .chain(rate_choice_units(&p)?)
+            .chain(step_size_choice_units(&p)?)
             .map(|(_, u)| u)
             .chain(unit_list(&p)?.iter().map(|(k, m)| unit_name(k, *m)))
             .collect())
@@ -887,16 +1071,62 @@ impl super::units::Job<super::Section> for Bandit {
             let beta = self.searched_beta(settings, staging, &p, &key(name))?;
             return super::units::encode(&choose_meta_lr(settings, &p, name, beta)?);
         }
+        if let Some((name, _)) = step_size_choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
+            let beta = self.searched_beta(settings, staging, &p, &key(name))?;
+            let meta_lr = self.searched_meta_lr(settings, staging, &p, &key(name), beta)?;
+            return super::units::encode(&choose_step_size(settings, &p, name, beta, meta_lr)?);
+        }
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
+        if k == BASELINES {
+            // The matched baseline of MAML's own deployment adapts at MAML's chosen step size.
+            let step_size = self.searched_step_size(settings, staging, &p, &key(MAML_OWN))?;
+            let at = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(MAML_OWN, s));
+            return super::units::encode(&UnitRows {
+                step_size,
+                ..run_unit(settings, &at, &k, m, None, None)?
+            });
+        }
         let beta = self.searched_beta(settings, staging, &p, &k)?;
-        // The outer step size: its search's, stored or run here, as beta's.
-        let meta_lr = match rate_choice_units(&p)?.into_iter().find(|(n, _)| key(n) == k) {
-            Some((name, choice)) => super::choice::chosen_value(self, settings, staging, &choice, || {
-                choose_meta_lr(settings, &p, name, beta)
-            })?,
-            None => None,
-        };
-        super::units::encode(&run_unit(settings, &p, &k, m, beta, meta_lr)?)
+        let meta_lr = self.searched_meta_lr(settings, staging, &p, &k, beta)?;
+        let step_size = self.searched_step_size(settings, staging, &p, &k)?;
+        let name = p
+            .meta_learners()?
+            .into_iter()
+            .find(|l| key(l.0) == k)
+            .expect("a model of the unit list")
+            .0;
+        let at = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(name, s));
+        super::units::encode(&UnitRows {
+            step_size,
+            ..run_unit(settings, &at, &k, m, beta, meta_lr)?
+        })
+    }
+
+    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+        // The phase step size is read by its searches and the contrastive agents' runs, MAML's by
+        // its search, MAML's runs and the baselines (MAML's matched twin); the outer step-size
+        // searches read neither, and the beta searches (which run before them, at the protocol's
+        // meta_lr) none of the three.
+        const KEYS: &[&str] = &[
+            "maml_step_size_search",
+            "phase_step_size_search",
+            "meta_lr_search",
+        ];
+        let maml = key(MAML_OWN);
+        if unit == format!("{STEP_SIZE_UNIT}{maml}") {
+            &KEYS[1..2]
+        } else if unit.starts_with(STEP_SIZE_UNIT) {
+            &KEYS[..1]
+        } else if unit.starts_with("choice-meta-lr-") {
+            &KEYS[..2]
+        } else if unit.starts_with("choice-") {
+            KEYS
+        } else if unit.starts_with(&format!("{maml}-seed")) || unit.starts_with(&format!("{BASELINES}-seed"))
+        {
+            &KEYS[1..2]
+        } else {
+            &KEYS[..1]
+        }
     }
 
     fn report(
@@ -1191,6 +1421,7 @@ fn run_unit(
     Ok(UnitRows {
         beta,
         meta_lr,
+        step_size: None,
         agents,
         meta_log,
         checkpoints,
@@ -1212,6 +1443,8 @@ fn report(
     // The beta searches, where their units were given.
     let searches = super::choice::stored(units, choice_units(p)?.into_iter().map(|(_, u)| u))?;
     let rate_searches = super::choice::stored(units, rate_choice_units(p)?.into_iter().map(|(_, u)| u))?;
+    let step_size_searches =
+        super::choice::stored(units, step_size_choice_units(p)?.into_iter().map(|(_, u)| u))?;
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
@@ -1223,6 +1456,13 @@ fn report(
                 rate_searches.iter().find(|x| key(&x.model) == k),
                 &unit,
                 rows.meta_lr,
+            )?;
+            // The baselines' step size is MAML's (its matched twin's).
+            let stepped = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
+            super::choice::check_agrees(
+                step_size_searches.iter().find(|x| key(&x.model) == stepped),
+                &unit,
+                rows.step_size,
             )?;
             stored.push((k, m, rows));
         }
@@ -1237,6 +1477,12 @@ fn report(
         &settings.out.join("bandit_meta_lr_choice.csv"),
         "agent",
         &rate_searches,
+        files,
+    )?;
+    super::choice::write(
+        &settings.out.join("bandit_step_size_choice.csv"),
+        "agent",
+        &step_size_searches,
         files,
     )?;
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
@@ -1455,6 +1701,7 @@ fn report(
         stopped,
         searches,
         rate_searches,
+        step_size_searches,
         deployed,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
@@ -1514,6 +1761,7 @@ pub const NEURAL_LINEAR_PRIOR: Prior = Prior {
 /// meta-learned agents against the references.
 pub fn table(r: &BanditResults) -> String {
     let p = &r.protocol;
+    let maml_step = r.step_size_searches.iter().find(|x| x.model == MAML_OWN);
     let mut t = format!(
         "# Wheel bandit: cumulative regret relative to the uniform policy\n\n\
          Generated by `cml figures`: {} contexts per run; {} meta-training seeds, each with {} evaluation runs per delta\n\
@@ -1522,7 +1770,7 @@ pub fn table(r: &BanditResults) -> String {
          seeds with a 95% t-interval. The baselines are not meta-learned; their seeds group the same evaluation runs (and,\n\
          for the matched baselines, the initialisation that seed's meta-training starts from).\n\
          Networks {} (tanh); meta-training: {} meta-steps of {} tasks ({} support, {} query pulls, delta ~ U(0, 1)).\n\
-         MAML is deployed with its meta-training inner loop ({} gradient steps of {} per retraining) and, labelled, with\n\
+         MAML is deployed with its meta-training inner loop ({} gradient steps of {} per retraining{}) and, labelled, with\n\
          the online loop of the other networks.\n\n| agent |",
         p.run.steps,
         p.meta_seeds,
@@ -1538,7 +1786,12 @@ pub fn table(r: &BanditResults) -> String {
         p.support,
         p.query,
         p.maml_steps,
-        p.maml_step_size
+        maml_step.map_or(p.maml_step_size, |x| x.chosen),
+        if maml_step.is_some() {
+            ", chosen on validation tasks"
+        } else {
+            ""
+        }
     );
     // Where agents have budgets of their own (the paper scale), they replace the shared ones.
     if let Some(own) = &p.per_learner {
@@ -1621,7 +1874,47 @@ pub fn table(r: &BanditResults) -> String {
     ));
     t.push_str(&beta_section(r));
     t.push_str(&meta_lr_section(r));
+    t.push_str(&step_size_section(r));
     t
+}
+
+/// The meta-learned agents' inner step sizes: each agent's search, or the protocol's values.
+fn step_size_section(r: &BanditResults) -> String {
+    let p = &r.protocol;
+    let none = format!(
+        "\n## The inner step sizes\n\nThe contrastive phases' Adam at {}, MAML's {} gradient steps of {} (no search at this scale).\n",
+        p.phase_step_size, p.maml_steps, p.maml_step_size
+    );
+    let grids = |s: Option<&RateSearchSpec>| {
+        s.map_or("none: no search".into(), |s| {
+            format!(
+                "{:?}, extended at most {}",
+                s.grid,
+                super::searches::times(s.extensions)
+            )
+        })
+    };
+    super::searches::section(
+        &r.step_size_searches,
+        p.phase_step_size_search
+            .as_ref()
+            .or(p.maml_step_size_search.as_ref()),
+        none,
+        "The inner step sizes, chosen on validation tasks",
+        "agent",
+        |_| {
+            format!(
+                "Per meta-learned agent, after the outer step size's search and at its choice (the contrastive agents at their \
+                 chosen beta), from an initialisation and a task stream of the search's own: a whole meta-training at each \
+                 inner step size (the contrastive agents' Adam step in both phases, grid {}; MAML's gradient step in \
+                 meta-training, in its own deployment and in that deployment's matched baseline, grid {}), scored as the \
+                 outer step size is (above); the least wins. A meta-training that stops early fails its value. A choice at an \
+                 edge of the grid extends it past that edge by the grid's ratio there (`bandit_step_size_choice.csv`).",
+                grids(p.phase_step_size_search.as_ref()),
+                grids(p.maml_step_size_search.as_ref()),
+            )
+        },
+    )
 }
 
 /// One table row per comparison.
@@ -1694,6 +1987,51 @@ fn beta_section(r: &BanditResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_phase_step_size_search_beside_budgets_of_the_agents_own_is_refused() {
+        use crate::protocol::Checked;
+        // The paper scale's agents bring their own phases, which the search (of the shared
+        // phase_step_size) would not set: refused, naming the key. MAML's search sets the shared
+        // maml_step_size, which MAML runs at every scale, so it stays allowed there.
+        let default = Protocol::new(false).unwrap();
+        let refused = Protocol {
+            phase_step_size_search: default.phase_step_size_search.clone(),
+            ..Protocol::paper().unwrap()
+        };
+        let err = refused.check().unwrap_err().to_string();
+        assert!(err.contains("phase_step_size_search"), "{err}");
+        let allowed = Protocol {
+            maml_step_size_search: default.maml_step_size_search.clone(),
+            ..Protocol::paper().unwrap()
+        };
+        allowed.check().unwrap();
+        default.check().unwrap();
+    }
+
+    #[test]
+    fn each_unit_reads_the_inner_step_size_searches_its_runs_use() {
+        use super::super::units::Job;
+        // Written out from what each unit runs: the phases' step size enters the contrastive
+        // agents' searches and runs; MAML's enters its search, its runs and the baselines (the
+        // twin of MAML's own deployment); the beta and outer step-size searches precede both. The
+        // outer step size's search enters every unit but the beta searches, which precede it.
+        let settings = Settings::at(Scale::Default);
+        let units = BANDIT.units(&settings).unwrap();
+        assert_eq!(units.len(), 8 + 4 * 5);
+        for unit in units {
+            let reads = |k: &str| !BANDIT.keys_unit_ignores(&unit).contains(&k);
+            let phases = unit.starts_with("choice-step-size-cml-")
+                || (unit.starts_with("cml-") && unit.contains("-seed"));
+            let maml = unit == "choice-step-size-maml"
+                || unit.starts_with("maml-seed")
+                || unit.starts_with("baselines-seed");
+            assert_eq!(reads("phase_step_size_search"), phases, "{unit}");
+            assert_eq!(reads("maml_step_size_search"), maml, "{unit}");
+            let beta_search = unit.starts_with("choice-cml-");
+            assert_eq!(reads("meta_lr_search"), !beta_search, "{unit}");
+        }
+    }
 
     #[test]
     fn the_paper_scale_takes_the_authors_settings() {

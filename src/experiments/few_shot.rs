@@ -32,6 +32,8 @@ use crate::stats::{self, Comparison};
 use std::path::{Path, PathBuf};
 
 pub const WAYS: usize = 5;
+/// The step size of CML's and iMAML's SGD-Nesterov phases where no search sets it: the paper's.
+pub const PHASE_STEP_SIZE: f64 = 0.01;
 /// Query images per class, as in the Omniglot protocol.
 pub const QUERIES: usize = 15;
 
@@ -88,6 +90,12 @@ pub struct Protocol {
     /// the matched baseline) run at the choice.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub maml_step_size_search: Option<RateSearchSpec>,
+    /// The step size of the SGD-Nesterov phases of CML and iMAML (the paper's 0.01 where not
+    /// searched), searched per setting and method on the validation classes after the pull
+    /// strength and at its choice, as the strength is; none at the paper scale. Meta-training and
+    /// meta-test (and so the matched baseline) run at the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase_step_size_search: Option<RateSearchSpec>,
 }
 
 impl Protocol {
@@ -126,6 +134,10 @@ impl Protocol {
                 }),
                 maml_step_size_search: Some(RateSearchSpec {
                     grid: vec![0.25, 0.5],
+                    extensions: 0,
+                }),
+                phase_step_size_search: Some(RateSearchSpec {
+                    grid: vec![0.005, 0.01],
                     extensions: 0,
                 }),
             }
@@ -171,6 +183,11 @@ impl Protocol {
                     grid: vec![0.025, 0.05, 0.1],
                     extensions: 3,
                 }),
+                // Around the paper's 0.01 by factors of 2.
+                phase_step_size_search: Some(RateSearchSpec {
+                    grid: vec![0.005, 0.01, 0.02],
+                    extensions: 2,
+                }),
             }
         }
     }
@@ -207,6 +224,7 @@ impl Protocol {
             meta_lr_search: None,
             strength_search: None,
             maml_step_size_search: None,
+            phase_step_size_search: None,
             ..Self::new(false)
         }
     }
@@ -244,11 +262,12 @@ impl Protocol {
         })
     }
 
-    /// The contrastive phases: SGD with Nesterov momentum 0.9, step 0.01 (the paper's; a fresh
-    /// optimiser per phase). Only a non-finite loss ends a phase, as in the paper's code.
+    /// The contrastive phases: SGD with Nesterov momentum 0.9, step [`PHASE_STEP_SIZE`] (a fresh
+    /// optimiser per phase; its search sets the step where the scale has one). Only a non-finite
+    /// loss ends a phase, as in the paper's code.
     fn phase(&self, steps: usize) -> Result<GdParams> {
         Ok(GdParams {
-            step_size: Some(0.01),
+            step_size: Some(PHASE_STEP_SIZE),
             max_steps: steps,
             optimizer: Optimizer::from_name("nesterov", 0.9)?,
             divergence: Divergence::NonFinite,
@@ -357,6 +376,7 @@ const CHOICE: u64 = 23;
 const RATE_CHOICE: u64 = 25;
 const STRENGTH_CHOICE: u64 = 26;
 const SGD_STEP_CHOICE: u64 = 27;
+const PHASE_STEP_CHOICE: u64 = 28;
 
 /// Two methods' meta-test accuracies are equivalent when their difference lies within this many
 /// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
@@ -423,23 +443,63 @@ fn sgd_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>>
     })
 }
 
-/// `method` (MAML, first-order MAML or Reptile) with its plain SGD loop at `step_size`, in
-/// meta-training and at meta-test alike; a method without that loop unchanged.
-fn at_sgd_step(method: &Method, step_size: f64) -> Method {
-    let sgd = GdParams {
+/// `method` with every inner loop at `step_size`, in meta-training and at meta-test alike: the
+/// plain SGD loop of MAML, first-order MAML and Reptile, the phases of CML (free and nudged) and
+/// iMAML's free phase.
+fn at_inner_step(method: &Method, step_size: f64) -> Method {
+    let at = |g: GdParams| GdParams {
         step_size: Some(step_size),
-        ..method.adaptation
+        ..g
     };
     let estimator = match method.estimator {
-        EstimatorSpec::Unrolled(u) => EstimatorSpec::Unrolled(Unrolled { inner: sgd, ..u }),
-        EstimatorSpec::FirstOrder(f) => EstimatorSpec::FirstOrder(FirstOrder { free: sgd, ..f }),
-        _ => return method.clone(),
+        EstimatorSpec::Unrolled(u) => EstimatorSpec::Unrolled(Unrolled {
+            inner: at(u.inner),
+            ..u
+        }),
+        EstimatorSpec::FirstOrder(f) => EstimatorSpec::FirstOrder(FirstOrder {
+            free: at(f.free),
+            ..f
+        }),
+        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive {
+            free: at(c.free),
+            nudged: at(c.nudged),
+            ..c
+        }),
+        EstimatorSpec::Implicit(i) => EstimatorSpec::Implicit(Implicit {
+            free: at(i.free),
+            ..i
+        }),
+        other => unreachable!("no few-shot method is meta-learned by {other:?}"),
     };
     Method {
         estimator,
-        adaptation: sgd,
+        adaptation: at(method.adaptation),
         ..method.clone()
     }
+}
+
+/// The phase step size's search unit of a setting and method.
+fn phase_step_choice_unit(shots: usize, key: &str) -> String {
+    format!("choice-phase-step-size-{}", rate_subject(shots, key))
+}
+
+/// The phase step size's searches' units, in order, for the methods with phases (CML and iMAML,
+/// the methods with a pull; none without a search).
+fn phase_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
+    let p = Protocol::of(settings)?;
+    per_method_units(
+        &p,
+        p.phase_step_size_search.is_some(),
+        phase_step_choice_unit,
+        |m| PULLED.contains(&m.key),
+    )
+}
+
+/// The inner step size's searches' units, in order: the plain SGD step's, then the phases'.
+fn inner_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
+    let mut choices = sgd_step_choices(settings)?;
+    choices.extend(phase_step_choices(settings)?);
+    Ok(choices)
 }
 
 /// `unit(shots, key)` for each setting and each method `which` takes, where `searched`.
@@ -488,6 +548,9 @@ struct SeedRun {
     /// The plain SGD step size (MAML, first-order MAML, Reptile), as its search chose it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sgd_step: Option<f64>,
+    /// The phases' step size (CML, iMAML), as its search chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    phase_step: Option<f64>,
     /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
     /// deployed: the best, ties to the later.
     checkpoints: Vec<(usize, f64)>,
@@ -535,13 +598,14 @@ impl Job<super::Section> for FewShot {
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         // The searches first (beta, then the outer step sizes, then the strengths and the plain
-        // SGD step sizes, each taking the choices before it), so that the runs find them stored.
+        // SGD step sizes, then the phase step sizes, each taking the choices before it), so that
+        // the runs find them stored.
         Ok(searched_settings(settings)?
             .into_iter()
             .map(choice_unit)
             .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(strength_choices(settings)?.into_iter().map(|(_, _, u)| u))
-            .chain(sgd_step_choices(settings)?.into_iter().map(|(_, _, u)| u))
+            .chain(inner_step_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(
                 runs(settings)?
                     .iter()
@@ -570,12 +634,14 @@ impl Job<super::Section> for FewShot {
             let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
             return super::units::encode(&choose_strength(settings, &at_rate, shots, &method)?);
         }
-        if let Some((shots, method, _)) = sgd_step_choices(settings)?
+        if let Some((shots, method, _)) = inner_step_choices(settings)?
             .into_iter()
             .find(|(_, _, u)| u == unit)
         {
+            let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
             let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
-            return super::units::encode(&choose_sgd_step(settings, &at_rate, shots, &method)?);
+            let (method, _) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
+            return super::units::encode(&choose_inner_step(settings, &at_rate, shots, &method)?);
         }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
@@ -583,59 +649,55 @@ impl Job<super::Section> for FewShot {
             })?;
         let (method, beta) = self.at_searched_beta(settings, staging, &p, shots, method)?;
         let (at_rate, meta_lr) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
-        // The pull strength: its search's, stored or run here, as beta's, for a method with a
-        // pull; otherwise the protocol's.
-        let strength = match strength_choices(settings)?
+        let (method, strength) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
+        // The plain SGD step size of a method without a pull, the phases' of one with: its
+        // search's, stored or run here, as beta's.
+        let step = match inner_step_choices(settings)?
             .into_iter()
             .find(|(s, m, _)| *s == shots && m.key == method.key)
         {
             Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_strength(settings, &at_rate, shots, &method)
+                choose_inner_step(settings, &at_rate, shots, &method)
             })?,
             None => None,
         };
-        let method = Method {
-            strength: strength.unwrap_or(method.strength),
-            ..method
-        };
-        // The plain SGD step size of a method without a pull: likewise.
-        let sgd_step = match sgd_step_choices(settings)?
-            .into_iter()
-            .find(|(s, m, _)| *s == shots && m.key == method.key)
-        {
-            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_sgd_step(settings, &at_rate, shots, &method)
-            })?,
-            None => None,
-        };
-        let method = match sgd_step {
-            Some(s) => at_sgd_step(&method, s),
+        let method = match step {
+            Some(s) => at_inner_step(&method, s),
             None => method,
         };
+        let pulled = PULLED.contains(&method.key);
+        let (sgd_step, phase_step) = (step.filter(|_| !pulled), step.filter(|_| pulled));
         let chosen = Chosen {
             beta,
             meta_lr,
             strength,
             sgd_step,
+            phase_step,
         };
         super::units::encode(&run_seed(&at_rate, shots, &method, seed, chosen)?)
     }
 
     fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
-        // The strength is read by its searches and the runs of the methods with a pull, the plain
-        // SGD step size by its searches and the runs of the others; the earlier searches read
-        // neither.
-        const BOTH: &[&str] = &["strength_search", "maml_step_size_search"];
+        // The strength and the phase step size are read by their searches and the runs of the
+        // methods with a pull (the phase step's search after the strength's), the plain SGD step
+        // size by its searches and the runs of the others; the earlier searches read none.
+        const KEYS: &[&str] = &[
+            "strength_search",
+            "phase_step_size_search",
+            "maml_step_size_search",
+        ];
         if unit.starts_with("choice-strength-") {
-            &BOTH[1..]
+            &KEYS[1..]
+        } else if unit.starts_with("choice-phase-step-size-") {
+            &KEYS[2..]
         } else if unit.starts_with("choice-step-size-") {
-            &BOTH[..1]
+            &KEYS[..2]
         } else if unit.starts_with("choice-") {
-            BOTH
+            KEYS
         } else if PULLED.iter().any(|k| unit.contains(&format!("shot-{k}-seed"))) {
-            &BOTH[1..]
+            &KEYS[2..]
         } else {
-            &BOTH[..1]
+            &KEYS[..2]
         }
     }
 
@@ -718,7 +780,8 @@ impl crate::protocol::Checked for Protocol {
         c.beta_search("beta_search", self.beta_search.as_ref())
             .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
             .rate_search("strength_search", self.strength_search.as_ref())
-            .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref());
+            .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref())
+            .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref());
         c.done()
     }
 }
@@ -795,6 +858,33 @@ impl FewShot {
             ..method
         };
         Ok((method, beta))
+    }
+
+    /// `method` at its searched pull strength if it has a pull (its search's, stored or run here,
+    /// as beta's, with `p` at its searched outer step size; at the paper scale the protocol's),
+    /// and that strength.
+    fn at_searched_strength(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        p: &Protocol,
+        shots: usize,
+        method: Method,
+    ) -> Result<(Method, Option<f64>)> {
+        let strength = match strength_choices(settings)?
+            .into_iter()
+            .find(|(s, m, _)| *s == shots && m.key == method.key)
+        {
+            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
+                choose_strength(settings, p, shots, &method)
+            })?,
+            None => None,
+        };
+        let method = Method {
+            strength: strength.unwrap_or(method.strength),
+            ..method
+        };
+        Ok((method, strength))
     }
 
     /// `p` at `method`'s searched outer step size (its search's, stored or run here, as beta's; at
@@ -1012,29 +1102,27 @@ fn choose_strength(
     .map(Some)
 }
 
-/// Chooses the plain SGD step size of `method` (MAML, first-order MAML or Reptile; `p` at its
-/// searched outer step size) in the `shots` setting on the validation classes, as
-/// [`choose_strength`] chooses the strength. `None` where the protocol has no search.
-fn choose_sgd_step(
+/// Chooses the inner step size of `method` (`p` at its searched outer step size, `method` at its
+/// searched `beta` and strength) in the `shots` setting on the validation classes, as
+/// [`choose_strength`] chooses the strength, on a search stream of its own: the plain SGD step of
+/// MAML, first-order MAML and Reptile (`maml_step_size_search`), the phases' of CML and iMAML
+/// (`phase_step_size_search`). `None` where the protocol has no such search.
+fn choose_inner_step(
     settings: &Settings,
     p: &Protocol,
     shots: usize,
     method: &Method,
 ) -> Result<Option<Search>> {
-    let Some(search) = &p.maml_step_size_search else {
+    let (search, word) = if PULLED.contains(&method.key) {
+        (&p.phase_step_size_search, PHASE_STEP_CHOICE)
+    } else {
+        (&p.maml_step_size_search, SGD_STEP_CHOICE)
+    };
+    let Some(search) = search else {
         return Ok(None);
     };
-    let at = |step_size: f64| (p.clone(), at_sgd_step(method, step_size));
-    whole_run_search(
-        settings,
-        p,
-        shots,
-        (SGD_STEP_CHOICE, "step_size"),
-        search,
-        method.key,
-        at,
-    )
-    .map(Some)
+    let at = |step_size: f64| (p.clone(), at_inner_step(method, step_size));
+    whole_run_search(settings, p, shots, (word, "step_size"), search, method.key, at).map(Some)
 }
 
 /// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
@@ -1083,6 +1171,7 @@ struct Chosen {
     meta_lr: Option<f64>,
     strength: Option<f64>,
     sgd_step: Option<f64>,
+    phase_step: Option<f64>,
 }
 
 /// Meta-trains `method` (as its searches set it: `chosen` records their `beta`, outer step size,
@@ -1095,6 +1184,7 @@ fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, chosen: Chos
         meta_lr,
         strength,
         sgd_step,
+        phase_step,
     } = chosen;
     let split = FewShotSplit::new(&load_digits()?)?;
     let theta0 = p.net()?.init(&mut stream(seed, INIT));
@@ -1118,6 +1208,7 @@ fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, chosen: Chos
         meta_lr,
         strength,
         sgd_step,
+        phase_step,
         checkpoints: run.checkpoints,
         chosen_step: run.chosen_step,
         accuracy,
@@ -1183,6 +1274,9 @@ pub struct FewShotResults {
     /// The plain SGD step size's searches, one per setting and method without a pull (none at the
     /// paper scale).
     pub sgd_step_searches: Vec<Search>,
+    /// The phase step size's searches, one per setting and method with phases (none at the paper
+    /// scale).
+    pub phase_step_searches: Vec<Search>,
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,
@@ -1204,6 +1298,10 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         super::choice::stored(units, strength_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
     let sgd_step_searches =
         super::choice::stored(units, sgd_step_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
+    let phase_step_searches = super::choice::stored(
+        units,
+        phase_step_choices(settings)?.into_iter().map(|(_, _, u)| u),
+    )?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -1248,6 +1346,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     (per_run(&rate_searches), run.meta_lr),
                     (per_run(&strength_searches), run.strength),
                     (per_run(&sgd_step_searches), run.sgd_step),
+                    (per_run(&phase_step_searches), run.phase_step),
                 ] {
                     super::choice::check_agrees(search.as_ref(), &format!("few-shot unit {name}"), value)?;
                 }
@@ -1397,6 +1496,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &sgd_step_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("few_shot_phase_step_size_choice.csv"),
+        "run",
+        &phase_step_searches,
+        files,
+    )?;
     let acc_rows: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -1423,6 +1528,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         rate_searches,
         strength_searches,
         sgd_step_searches,
+        phase_step_searches,
         meta_train_classes: split.meta_train.classes,
         validation_classes: split.validation.classes,
     };
@@ -1533,6 +1639,7 @@ pub fn table(r: &FewShotResults) -> String {
     t.push_str(&meta_lr_section(r));
     t.push_str(&strength_section(r));
     t.push_str(&sgd_step_section(r));
+    t.push_str(&phase_step_section(r));
     t
 }
 
@@ -1668,6 +1775,33 @@ fn sgd_step_section(r: &FewShotResults) -> String {
              validation episodes of the search's own stream, then the error rate there; the least wins. A choice at an edge\n\
              of the grid extends it past that edge by the grid's ratio, at most {} times (`few_shot_step_size_choice.csv`).",
                 p.maml_steps, p.validation_episodes, search.extensions
+            )
+        },
+    )
+}
+
+/// The phase step size of CML and iMAML: each search, or the paper's.
+fn phase_step_section(r: &FewShotResults) -> String {
+    let p = &r.protocol;
+    let none = format!(
+        "\n## The phase step size\n\nCML's and iMAML's phases run SGD-Nesterov steps of {PHASE_STEP_SIZE}, the paper's (no search at this scale).\n"
+    );
+    super::searches::section(
+        &r.phase_step_searches,
+        p.phase_step_size_search.as_ref(),
+        none,
+        "The phase step size, chosen on the validation classes",
+        "run",
+        |search| {
+            format!(
+                "Per setting, for CML and iMAML (the SGD-Nesterov step of the free and nudged phases in meta-training and of the\n\
+             free phase at meta-test; their matched baselines adapt with the same loop), after the pull strength's search and\n\
+             at its choice, from an initialisation and an episode stream of the search's own: a whole meta-training at each\n\
+             step size, its checkpoint chosen on {} validation episodes of the search's own stream, then the error rate\n\
+             there; the least wins. A choice at an edge of the grid extends it past that edge by the grid's ratio, at most {}\n\
+             (`few_shot_phase_step_size_choice.csv`).",
+                p.validation_episodes,
+                super::searches::times(search.extensions)
             )
         },
     )
@@ -1866,13 +2000,7 @@ mod tests {
         // strength's search is read by its own units and those methods' runs, the plain SGD step
         // size's by its own units and the other methods' runs: each default unit's ignored keys are
         // checked against the lists of units that take each search's choice.
-        let settings = Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale: Scale::Default,
-            seed: 0,
-            protocols: Vec::new(),
-        };
+        let settings = Settings::at(Scale::Default);
         let p = Protocol::of(&settings).unwrap();
         for shots in [1, 5] {
             for m in p.methods(shots).unwrap() {
@@ -1890,12 +2018,23 @@ mod tests {
             );
             out
         };
-        let strength = readers(strength_choices(&settings).unwrap(), true);
+        let phase_step = readers(phase_step_choices(&settings).unwrap(), true);
+        // The phase step's searches run at the strength's choice.
+        let mut strength = readers(strength_choices(&settings).unwrap(), true);
+        strength.extend(phase_step_choices(&settings).unwrap().into_iter().map(|c| c.2));
         let sgd_step = readers(sgd_step_choices(&settings).unwrap(), false);
-        // 2 settings x 2 methods of searches and their 5 seeds each; 2 x 3 and theirs.
-        assert_eq!((strength.len(), sgd_step.len()), (4 + 20, 6 + 30));
+        // 2 settings x 2 methods of searches (twice) and their 5 seeds each; 2 x 3 and theirs.
+        assert_eq!(
+            (strength.len(), phase_step.len(), sgd_step.len()),
+            (8 + 20, 4 + 20, 6 + 30)
+        );
         for unit in FEW_SHOT.units(&settings).unwrap() {
             let ignores = FEW_SHOT.keys_unit_ignores(&unit);
+            assert_eq!(
+                !ignores.contains(&"phase_step_size_search"),
+                phase_step.contains(&unit),
+                "{unit}"
+            );
             assert_eq!(
                 !ignores.contains(&"strength_search"),
                 strength.contains(&unit),
@@ -1906,7 +2045,7 @@ mod tests {
                 sgd_step.contains(&unit),
                 "{unit}"
             );
-            assert!(ignores.len() <= 2, "{unit}");
+            assert!(ignores.len() <= 3, "{unit}");
         }
     }
 }

@@ -156,13 +156,7 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
 /// `configs/<job>.toml`, dashes as underscores (a test checks that the files match what the jobs
 /// run).
 pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
-    let settings = Settings {
-        out: PathBuf::new(),
-        paper: PathBuf::new(),
-        scale: Scale::Default,
-        seed: 0,
-        protocols: Vec::new(),
-    };
+    let settings = Settings::at(Scale::Default);
     registry()
         .into_iter()
         .filter(|j| j.configurable())
@@ -286,13 +280,7 @@ mod tests {
             ]
         );
         for scale in [Scale::Quick, Scale::Default, Scale::Paper] {
-            let plain = Settings {
-                out: PathBuf::new(),
-                paper: PathBuf::new(),
-                scale,
-                seed: 0,
-                protocols: Vec::new(),
-            };
+            let plain = Settings::at(scale);
             for job in registry().into_iter().filter(|j| j.configurable()) {
                 let changed = Settings {
                     protocols: vec![(job.name().to_string(), serde_json::json!({}))],
@@ -309,13 +297,7 @@ mod tests {
         // The keys that only count units are keys of the protocol (a misspelt one would make
         // a run that adds seeds recompute the stored ones).
         for job in registry() {
-            let default = Settings {
-                out: PathBuf::new(),
-                paper: PathBuf::new(),
-                scale: Scale::Default,
-                seed: 0,
-                protocols: Vec::new(),
-            };
+            let default = Settings::at(Scale::Default);
             let protocol = job.protocol(&default).unwrap();
             for key in job.extent_keys() {
                 assert!(
@@ -361,13 +343,7 @@ mod paper_scale_tests {
     use serde_json::Value;
 
     fn settings(scale: Scale) -> Settings {
-        Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale,
-            seed: 0,
-            protocols: Vec::new(),
-        }
+        Settings::at(scale)
     }
 
     #[test]

@@ -2022,13 +2022,7 @@ mod nudged_budget {
     #[test]
     #[ignore = "an analysis: cargo test --release --lib nudged_budget -- --ignored --nocapture"]
     fn longer_nudged_phases_do_not_bring_the_halves_into_agreement() {
-        let settings = Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale: Scale::Default,
-            seed: 0,
-            protocols: Vec::new(),
-        };
+        let settings = Settings::at(Scale::Default);
         let mut at = std::collections::BTreeMap::new();
         for lr in [1e-3, 1e-4] {
             for steps in [50, 200, 800] {

@@ -797,6 +797,13 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                 s => super::searches::chosen_values(s),
             },
         )
+        .text(
+            "phase_step",
+            match f.phase_step_searches.as_slice() {
+                [] => format!("{}, the paper's, not searched", super::few_shot::PHASE_STEP_SIZE),
+                s => super::searches::chosen_values(s),
+            },
+        )
         .list("methods", methods)
         .section("stopped", stopped(&f.stopped))
 }

@@ -28,6 +28,18 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The shipped protocols at `scale`, seed 0, writing nowhere: for what needs no output (unit
+    /// lists, protocols, plans).
+    pub fn at(scale: Scale) -> Self {
+        Settings {
+            out: PathBuf::new(),
+            paper: PathBuf::new(),
+            scale,
+            seed: 0,
+            protocols: Vec::new(),
+        }
+    }
+
     /// Smaller grids, fewer seeds and steps; the same code paths.
     pub fn quick(&self) -> bool {
         self.scale == Scale::Quick
@@ -1076,13 +1088,7 @@ mod fingerprint_tests {
     fn adding_a_search_recomputes_only_the_units_that_read_it() {
         static JOB: PlainAndSearched = PlainAndSearched;
         let dir = tempfile::tempdir().unwrap();
-        let without = Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale: Scale::Default,
-            seed: 0,
-            protocols: Vec::new(),
-        };
+        let without = Settings::at(Scale::Default);
         let with = Settings {
             protocols: vec![(JOB.name().into(), serde_json::json!([0.1, 0.3]))],
             ..without.clone()
@@ -1163,13 +1169,7 @@ mod waiting_tests {
     fn a_unit_that_needs_a_running_unit_waits_for_its_rows() {
         static JOB: SearchAndRuns = SearchAndRuns;
         let dir = tempfile::tempdir().unwrap();
-        let settings = Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale: Scale::Default,
-            seed: 0,
-            protocols: Vec::new(),
-        };
+        let settings = Settings::at(Scale::Default);
         let units = JOB
             .units(&settings)
             .unwrap()
@@ -1194,13 +1194,7 @@ mod waiting_tests {
     #[test]
     fn with_stages_no_slice_recomputes_a_choice_another_slice_holds() {
         static JOB: SearchAndRuns = SearchAndRuns;
-        let settings = Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale: Scale::Default,
-            seed: 0,
-            protocols: Vec::new(),
-        };
+        let settings = Settings::at(Scale::Default);
         let jobs: Vec<&'static dyn Job<()>> = vec![&JOB];
         let units = |stage| {
             let selection = Selection {
