@@ -1700,6 +1700,55 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
 }
 
 #[test]
+fn a_changed_phase_step_size_search_reruns_only_the_units_with_phases() {
+    // The quick few-shot job: 1 setting, a beta search, 5 outer step-size searches, 2 strength
+    // searches, 3 SGD and 2 phase step-size searches, 5 methods x 2 seeds. Another phase grid is
+    // read by the phase searches and CML's and iMAML's runs only: those 6 units run again, the
+    // other 17 are kept, and the report equals a fresh run in its 9 CSVs. The grid [0.0025, 0.005]
+    // leaves out the shipped choice (0.01), so both methods' runs must move; the others' must not.
+    let dir = a_changed_run_keeps_units(
+        "few-shot",
+        "[phase_step_size_search]\ngrid = [0.0025, 0.005]\n",
+        |unit| {
+            !unit.starts_with("choice-phase-step-size-")
+                && !unit.contains("-cml-")
+                && !unit.contains("-imaml-")
+        },
+        "ran 6 units, 17 already stored",
+        9,
+    );
+    let shipped = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", "few-shot", "--out"])
+        .arg(shipped.path().join("figures"))
+        .arg("--paper")
+        .arg(shipped.path().join("paper"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let per_method = |d: &Path| {
+        let mut rows = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for r in csv_rows(&d.join("few_shot_per_seed.csv")) {
+            rows.entry(r["method"].clone())
+                .or_default()
+                .push(format!("{} {}", r["accuracy"], r["matched_baseline_accuracy"]));
+        }
+        rows
+    };
+    let (changed, before) = (
+        per_method(&dir.path().join("grown-out")),
+        per_method(&shipped.path().join("figures")),
+    );
+    assert_eq!(changed.len(), 5);
+    let moved: Vec<&str> = changed
+        .iter()
+        .filter(|(m, r)| before[*m] != **r)
+        .map(|(m, _)| m.as_str())
+        .collect();
+    assert_eq!(moved, ["cml", "imaml"]);
+}
+
+#[test]
 fn an_inner_step_size_at_which_meta_training_stops_fails_its_search() {
     // The sinusoid job's inner step-size search with the grid [0.001, 1]: Nesterov at step size 1
     // diverges in the first inner phase (the loss of the quick network grows from about 11 to
