@@ -3,6 +3,9 @@
 //! (per episode, per image), chosen by the one-standard-error rule with paired differences (for
 //! `beta`) or as the least loss; a choice at an edge of the grid extends it past that edge.
 
+// The crate-internal helpers here serve the experiments, which only the `figures` feature builds.
+#![cfg_attr(not(feature = "figures"), allow(dead_code))]
+
 use crate::error::{CmlError, Result};
 use crate::estimator::{Contrastive, EstimatorSpec};
 

@@ -7,6 +7,9 @@
 //! or in which order the units ran. The jobs themselves live on the experiments floor: every
 //! function here takes their registry, and `S` is what a job's report hands the write-up.
 
+// The crate-internal helpers here serve the experiments, which only the `figures` feature builds.
+#![cfg_attr(not(feature = "figures"), allow(dead_code))]
+
 use crate::error::{CmlError, Result};
 use crate::io::write_atomically;
 use serde_json::Value;
