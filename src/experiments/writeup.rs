@@ -575,7 +575,17 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
         .text("meta_batch", p.meta_batch)
         .text("contexts", p.run.steps)
         .text("maml_steps", p.maml_steps)
-        .text("maml_step_size", p.maml_step_size)
+        .text("maml_step_size", b.maml_step_size())
+        .text(
+            "step_size",
+            match b.step_size_searches.as_slice() {
+                [] => format!(
+                    "the contrastive phases' {}, MAML's {}, not searched",
+                    p.phase_step_size, p.maml_step_size
+                ),
+                s => super::searches::chosen_values(s),
+            },
+        )
         .text(
             "beta",
             match b.searches.as_slice() {
