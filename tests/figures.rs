@@ -1518,14 +1518,18 @@ fn a_changed_protocol_runs_as_given_and_bad_changes_are_clear_errors_before_anyt
 }
 
 /// Runs the quick `job` into a results folder, keeps the stored units `keep` names (and removes the
-/// others), then runs again with `--protocol job=FILE` (`change`) into the same folder: the second
-/// run's log must say `ran` (which units it computed and kept), and its report must equal a run of
-/// the changed protocol from scratch, CSV for CSV (`csvs` of them). Returns the folder (the
-/// reports in `grown-out`, the change in `change.toml`).
+/// others, or, with `replace_stale`, leaves them for `--replace-stale` to set aside), then runs
+/// again with `--protocol job=FILE` (`change`) into the same folder: the second run's log must say
+/// `ran` (which units it computed and kept), and its report must equal a run of the changed
+/// protocol from scratch, CSV for CSV (`csvs` of them). With `replace_stale`, a run without the
+/// flag must first refuse the folder, and the units set aside in `<job>/stale/` must be exactly
+/// the ones `keep` does not name. Returns the folder (the reports in `grown-out`, the change in
+/// `change.toml`).
 fn a_changed_run_keeps_units(
     job: &str,
     change: &str,
     keep: impl Fn(&str) -> bool,
+    replace_stale: bool,
     ran: &str,
     csvs: usize,
 ) -> tempfile::TempDir {
@@ -1543,17 +1547,44 @@ fn a_changed_run_keeps_units(
     let (grown, fresh) = (path("grown"), path("fresh"));
     let o = cml(&["--units", "0/1", "--results", &grown]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut stale = Vec::new();
     for entry in std::fs::read_dir(Path::new(&grown).join(job)).unwrap() {
         let file = entry.unwrap().path();
         let unit = file.file_stem().unwrap().to_str().unwrap().to_string();
         if file.extension().is_some_and(|e| e == "json") && !keep(&unit) {
-            std::fs::remove_file(&file).unwrap();
+            if replace_stale {
+                stale.push(format!("{unit}.json"));
+            } else {
+                std::fs::remove_file(&file).unwrap();
+            }
         }
     }
-    let o = cml(&["--protocol", &changed, "--units", "0/1", "--results", &grown]);
+    let mut again = vec!["--protocol", &changed, "--units", "0/1", "--results", &grown];
+    if replace_stale {
+        let o = cml(&again);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("computed under another configuration") && err.contains("--replace-stale"),
+            "{err}"
+        );
+        again.push("--replace-stale");
+    }
+    let o = cml(&again);
     let log = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{log}");
     assert!(log.contains(ran), "{log}");
+    if replace_stale {
+        assert!(log.contains(&format!("replaced {} units", stale.len())), "{log}");
+        let mut aside: Vec<String> = std::fs::read_dir(Path::new(&grown).join(job).join("stale"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_str().unwrap().to_string())
+            .filter(|f| f.ends_with(".json"))
+            .collect();
+        aside.sort();
+        stale.sort();
+        assert_eq!(aside, stale);
+    }
     let o = cml(&["--protocol", &changed, "--units", "0/1", "--results", &fresh]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     for (results, out) in [(&grown, path("grown-out")), (&fresh, path("fresh-out"))] {
@@ -1588,6 +1619,7 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
         "digits-decay",
         "seeds = 3\n",
         |_| true,
+        false,
         "ran 7 units, 14 already stored",
         7,
     );
@@ -1625,6 +1657,7 @@ fn a_changed_search_recomputes_only_the_units_that_read_it_and_reports_as_a_fres
         "training",
         "[step_size_search]\ngrid = [0.001, 0.004]\n",
         |unit| unit.starts_with("choice-") && !unit.starts_with("choice-step-size-"),
+        false,
         "ran 36 units, 14 already stored",
         6,
     );
@@ -1636,12 +1669,14 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
     // 3 agents and of the baselines. MAML's inner step-size grid is read by its search, its runs
     // and the baselines (whose twin of MAML's own deployment adapts at MAML's step size), so those
     // 5 units run again and the other 11 are kept; the report equals a fresh run in its 7 CSVs.
+    // The 5 stale units are not removed by hand: --replace-stale sets them aside.
     let dir = a_changed_run_keeps_units(
         "bandit",
         "[maml_step_size_search]\ngrid = [0.001, 0.002]\nextensions = 0\n",
         |unit| {
             unit != "choice-step-size-maml" && !unit.starts_with("maml-") && !unit.starts_with("baselines-")
         },
+        true,
         "ran 5 units, 11 already stored",
         7,
     );
@@ -1714,6 +1749,7 @@ fn a_changed_phase_step_size_search_reruns_only_the_units_with_phases() {
                 && !unit.contains("-cml-")
                 && !unit.contains("-imaml-")
         },
+        false,
         "ran 6 units, 17 already stored",
         9,
     );

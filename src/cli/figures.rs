@@ -46,6 +46,11 @@ pub struct FiguresArgs {
     /// (scripts/slurm_figures.sh).
     #[arg(long, requires = "results", conflicts_with = "report")]
     stage: Option<String>,
+    /// With --units: a unit stored under another configuration (after a change of --protocol,
+    /// --seed or the code's version) is computed again, its old file moved to
+    /// RESULTS/<job>/stale/, rather than refused.
+    #[arg(long, requires = "results", conflicts_with = "report")]
+    replace_stale: bool,
     /// Folder of stored units: written by --units, read by --report and --plan.
     #[arg(long)]
     results: Option<PathBuf>,
@@ -130,6 +135,7 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
         scale,
         seed: args.seed,
         protocols,
+        replace_stale: args.replace_stale,
     };
     let selection = Selection {
         only: args.only.clone(),
@@ -157,6 +163,13 @@ pub fn run_cli(args: FiguresArgs) -> crate::Result<()> {
     } else if let Some(dir) = &args.results {
         let slice = slice.unwrap_or((0, 1));
         let summary = experiments::run_slice(&settings, &selection, slice, dir, &log)?;
+        if !summary.replaced.is_empty() {
+            println!(
+                "replaced {} units stored under another configuration (the old files are in <job>/stale/): {}",
+                summary.replaced.len(),
+                summary.replaced.join(", ")
+            );
+        }
         println!(
             "slice {}/{}: ran {} units, {} already stored, in {}",
             slice.0,

@@ -309,11 +309,8 @@ mod tests {
         }
         // A change is checked: two seeds at least, for an interval over seeds.
         let one_seed = Settings {
-            out: PathBuf::new(),
-            paper: PathBuf::new(),
-            scale: Scale::Quick,
-            seed: 0,
             protocols: vec![("few-shot".into(), serde_json::json!({"seeds": 1}))],
+            ..Settings::at(Scale::Quick)
         };
         // The error bar takes new instance counts, and refuses a change to what records the code.
         let eb = |change: serde_json::Value| Settings {

@@ -1975,6 +1975,7 @@ mod tests {
             scale: Scale::Quick,
             seed: 0,
             protocols: Vec::new(),
+            replace_stale: false,
         };
         let mut stored: Vec<Stored> = SPIKING
             .units(&settings)

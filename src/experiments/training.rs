@@ -675,6 +675,7 @@ pub fn figure_training_config(
         scale,
         seed,
         protocols: Vec::new(),
+        replace_stale: false,
     };
     let model = models(&Protocol::of(&settings)?)
         .into_iter()

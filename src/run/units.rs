@@ -28,6 +28,9 @@ pub struct Settings {
     /// Changes to jobs' protocols (`--protocol JOB=FILE`): job name, the file's table
     /// ([`super::protocol::configured`]).
     pub protocols: Vec<(String, Value)>,
+    /// A unit stored under another configuration is computed again, its old file kept under
+    /// `<job>/stale/` (`--replace-stale`), rather than refused.
+    pub replace_stale: bool,
 }
 
 impl Settings {
@@ -40,6 +43,7 @@ impl Settings {
             scale,
             seed: 0,
             protocols: Vec::new(),
+            replace_stale: false,
         }
     }
 
@@ -334,7 +338,14 @@ pub(crate) fn stored_beside<S>(
         return Ok(None);
     };
     wait_while_running(&unit_file(results, job.name(), unit));
-    load(results, job, unit, &fingerprint(job, settings)?)
+    match find(results, job, unit, &fingerprint(job, settings)?)? {
+        Found::Stored(stored) => Ok(Some(stored)),
+        Found::Absent => Ok(None),
+        // A stale unit another slice replaces: this unit computes what it needs itself, as where
+        // it is absent.
+        Found::Stale(_) if settings.replace_stale => Ok(None),
+        Found::Stale(refused) => Err(refused),
+    }
 }
 
 /// The rows another unit of `job` stores beside this one ([`stored_beside`]), decoded, or, where
@@ -363,10 +374,27 @@ fn staging(results: &Path, job: &str, unit: &str) -> PathBuf {
 /// Reads a stored unit: `Ok(None)` when absent, an error when unreadable or computed under
 /// another fingerprint.
 fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Result<Option<Stored>> {
+    match find(results, job, unit, expected)? {
+        Found::Stored(stored) => Ok(Some(stored)),
+        Found::Absent => Ok(None),
+        Found::Stale(refused) => Err(refused),
+    }
+}
+
+/// A unit's file as [`find`] finds it.
+enum Found {
+    Absent,
+    Stored(Stored),
+    /// Computed under another configuration: the error that refuses it.
+    Stale(CmlError),
+}
+
+/// Looks for a stored unit; an error when its file is unreadable.
+fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Result<Found> {
     let path = unit_file(results, job.name(), unit);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Absent),
         Err(source) => {
             return Err(CmlError::Io {
                 action: "cannot read",
@@ -392,7 +420,7 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
         // Which of the protocol's keys differ (the unit's own ignored ones aside), so that a
         // user who changed a search knows which stored units read it.
         let keys = protocol_keys_that_differ(&stored.fingerprint, expected, &ignored);
-        return Err(CmlError::invalid(
+        return Ok(Found::Stale(CmlError::invalid(
             format!("unit file {}", path.display()),
             format!(
                 "computed under another configuration ({} differ){}",
@@ -404,14 +432,47 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
                 }
             ),
             format!(
-                "units of this run (scale {}, seed {}); remove the file or use another --results folder",
+                "units of this run (scale {}, seed {}); remove the file, use another --results folder, or run \
+                 with --replace-stale",
                 settings_word(expected, "scale"),
                 settings_word(expected, "seed")
             ),
-        ));
+        )));
     }
     stored.staging = staging(results, job.name(), unit);
-    Ok(Some(stored))
+    Ok(Found::Stored(stored))
+}
+
+/// Moves the stale unit file of `unit` (and its folder of files, if any) to `<job>/stale/`, so
+/// that it is computed again as an absent one and the old rows are kept.
+fn set_aside<S>(results: &Path, job: &dyn Job<S>, unit: &str) -> Result<()> {
+    let aside = results.join(job.name()).join("stale");
+    std::fs::create_dir_all(&aside).map_err(|source| CmlError::Io {
+        action: "cannot create",
+        path: aside.clone(),
+        source,
+    })?;
+    let moves = [
+        (
+            unit_file(results, job.name(), unit),
+            aside.join(format!("{unit}.json")),
+        ),
+        (staging(results, job.name(), unit), aside.join(unit)),
+    ];
+    for (from, to) in moves {
+        if !from.exists() {
+            continue;
+        }
+        if to.is_dir() {
+            let _ = std::fs::remove_dir_all(&to);
+        }
+        std::fs::rename(&from, &to).map_err(|source| CmlError::Io {
+            action: "cannot move aside",
+            path: from.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The top-level protocol keys whose values differ between two fingerprints (`ignored` aside), in
@@ -579,6 +640,8 @@ fn all_units<S>(
 pub struct SliceSummary {
     pub ran: Vec<String>,
     pub skipped: Vec<String>,
+    /// Units found stored under another configuration and computed again (`--replace-stale`).
+    pub replaced: Vec<String>,
 }
 
 /// Runs slice `i` of `n` of the selected jobs' units (unit `k` of the list belongs to slice
@@ -620,10 +683,16 @@ fn run_listed<S>(
         }
         let print = format!("{}/{unit}", job.name());
         let expected = fingerprint(job, settings)?;
-        if load(results, job, &unit, &expected)?.is_some() {
-            summary.skipped.push(print);
-        } else {
-            todo.push((job, unit, expected, print));
+        match find(results, job, &unit, &expected)? {
+            Found::Stored(_) => summary.skipped.push(print),
+            Found::Absent => todo.push((job, unit, expected, print)),
+            // Set aside before any unit runs, so that no unit of this slice reads it.
+            Found::Stale(_) if settings.replace_stale => {
+                set_aside(results, job, &unit)?;
+                summary.replaced.push(print.clone());
+                todo.push((job, unit, expected, print));
+            }
+            Found::Stale(refused) => return Err(refused),
         }
     }
     let next = AtomicUsize::new(0);
@@ -1085,6 +1154,44 @@ mod fingerprint_tests {
         fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
             if unit == "plain" { &["search"] } else { &[] }
         }
+    }
+
+    #[test]
+    fn a_stale_unit_another_unit_reads_is_refused_unless_it_is_being_replaced() {
+        static JOB: PlainAndSearched = PlainAndSearched;
+        let dir = tempfile::tempdir().unwrap();
+        let without = Settings::at(Scale::Default);
+        let units = vec![(&JOB as &'static dyn Job<()>, "searched".to_string())];
+        run_listed(&without, units, (0, 1), dir.path(), &|_| {}, 1).unwrap();
+        // A unit of the changed run that reads `searched` from beside it (as a run unit reads a
+        // search another slice holds): refused by default; with --replace-stale that slice sets it
+        // aside and computes it again, so the reader computes what it needs itself, as where it is
+        // absent.
+        let with = Settings {
+            protocols: vec![(JOB.name().into(), serde_json::json!([0.1, 0.3]))],
+            ..without.clone()
+        };
+        let beside = dir.path().join(JOB.name()).join("plain");
+        let err = stored_beside(&JOB, &with, &beside, "searched")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--replace-stale"), "{err}");
+        let replacing = Settings {
+            replace_stale: true,
+            ..with.clone()
+        };
+        assert!(
+            stored_beside(&JOB, &replacing, &beside, "searched")
+                .unwrap()
+                .is_none()
+        );
+        // The slice that holds it sets it aside and runs it again; the old file is kept.
+        let units = vec![(&JOB as &'static dyn Job<()>, "searched".to_string())];
+        let summary = run_listed(&replacing, units, (0, 1), dir.path(), &|_| {}, 1).unwrap();
+        assert_eq!(summary.replaced, ["plain-and-searched/searched"]);
+        assert_eq!(summary.ran, ["plain-and-searched/searched"]);
+        assert!(dir.path().join(JOB.name()).join("stale/searched.json").exists());
+        assert!(stored_beside(&JOB, &with, &beside, "searched").unwrap().is_some());
     }
 
     #[test]
