@@ -1663,6 +1663,45 @@ fn a_changed_search_recomputes_only_the_units_that_read_it_and_reports_as_a_fres
     );
 }
 
+/// Runs the shipped quick `job` into a folder of its own (`figures/`, `paper/`).
+fn shipped_quick_run(job: &str) -> tempfile::TempDir {
+    let shipped = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", job, "--out"])
+        .arg(shipped.path().join("figures"))
+        .arg("--paper")
+        .arg(shipped.path().join("paper"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    shipped
+}
+
+/// The rows of `csv` in the folders `changed` and `before`, grouped by the column `key` (each row
+/// as `value` gives it): how many groups `changed` has, and the groups whose rows differ.
+fn groups_that_moved(
+    changed: &Path,
+    before: &Path,
+    csv: &str,
+    key: &str,
+    value: impl Fn(&std::collections::BTreeMap<String, String>) -> String,
+) -> (usize, Vec<String>) {
+    let grouped = |d: &Path| {
+        let mut groups = std::collections::BTreeMap::<String, Vec<String>>::new();
+        for r in csv_rows(&d.join(csv)) {
+            groups.entry(r[key].clone()).or_default().push(value(&r));
+        }
+        groups
+    };
+    let (changed, before) = (grouped(changed), grouped(before));
+    let moved = changed
+        .iter()
+        .filter(|(k, rows)| before[*k] != **rows)
+        .map(|(k, _)| k.clone())
+        .collect();
+    (changed.len(), moved)
+}
+
 #[test]
 fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_loops() {
     // The quick bandit job: 8 searches (2 beta, 3 outer, 3 inner step sizes), then 2 seeds of the
@@ -1686,15 +1725,7 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
     // Against the shipped quick grid (whose MAML choice is 0.04, at least 20 times larger), only
     // MAML's two deployments and the twin of its own one move; every other agent's regret is the
     // same bits.
-    let shipped = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
-        .args(["figures", "--quick", "--only", "bandit", "--out"])
-        .arg(shipped.path().join("figures"))
-        .arg("--paper")
-        .arg(shipped.path().join("paper"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let shipped = shipped_quick_run("bandit");
     let shipped_step = csv_rows(&shipped.path().join("figures/bandit_step_size_choice.csv"));
     let chosen = |rows: &[std::collections::BTreeMap<String, String>]| -> f64 {
         rows.iter()
@@ -1704,26 +1735,14 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
             .unwrap()
     };
     assert!(chosen(&shipped_step) >= 20.0 * chosen(&step), "{shipped_step:?}");
-    let regret = |d: &Path| {
-        let mut per_agent = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for r in csv_rows(&d.join("bandit_regret.csv")) {
-            per_agent
-                .entry(r["agent"].clone())
-                .or_default()
-                .push(r["cumulative_regret"].clone());
-        }
-        per_agent
-    };
-    let (changed, before) = (
-        regret(&dir.path().join("grown-out")),
-        regret(&shipped.path().join("figures")),
+    let (agents, moved) = groups_that_moved(
+        &dir.path().join("grown-out"),
+        &shipped.path().join("figures"),
+        "bandit_regret.csv",
+        "agent",
+        |r| r["cumulative_regret"].clone(),
     );
-    assert_eq!(changed.len(), 11);
-    let moved: Vec<&str> = changed
-        .iter()
-        .filter(|(agent, r)| before[*agent] != **r)
-        .map(|(agent, _)| agent.as_str())
-        .collect();
+    assert_eq!(agents, 11);
     assert_eq!(
         moved,
         [
@@ -1753,34 +1772,15 @@ fn a_changed_phase_step_size_search_reruns_only_the_units_with_phases() {
         "ran 6 units, 17 already stored",
         9,
     );
-    let shipped = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
-        .args(["figures", "--quick", "--only", "few-shot", "--out"])
-        .arg(shipped.path().join("figures"))
-        .arg("--paper")
-        .arg(shipped.path().join("paper"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let per_method = |d: &Path| {
-        let mut rows = std::collections::BTreeMap::<String, Vec<String>>::new();
-        for r in csv_rows(&d.join("few_shot_per_seed.csv")) {
-            rows.entry(r["method"].clone())
-                .or_default()
-                .push(format!("{} {}", r["accuracy"], r["matched_baseline_accuracy"]));
-        }
-        rows
-    };
-    let (changed, before) = (
-        per_method(&dir.path().join("grown-out")),
-        per_method(&shipped.path().join("figures")),
+    let shipped = shipped_quick_run("few-shot");
+    let (methods, moved) = groups_that_moved(
+        &dir.path().join("grown-out"),
+        &shipped.path().join("figures"),
+        "few_shot_per_seed.csv",
+        "method",
+        |r| format!("{} {}", r["accuracy"], r["matched_baseline_accuracy"]),
     );
-    assert_eq!(changed.len(), 5);
-    let moved: Vec<&str> = changed
-        .iter()
-        .filter(|(m, r)| before[*m] != **r)
-        .map(|(m, _)| m.as_str())
-        .collect();
+    assert_eq!(methods, 5);
     assert_eq!(moved, ["cml", "imaml"]);
 }
 
