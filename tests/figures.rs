@@ -58,8 +58,11 @@ fn figures_quick(dir: &Path) {
 ///   2 tasks x 41 grid points; spiking_rates: 100 neurons; spiking_beta_choice: 3 betas x 2
 ///   nudged step sizes; spiking_halves: 2 seeds x meta-steps 0, 1, 2; spiking_checkpoints: 5
 ///   meta-learned methods x 2 seeds x 3 checkpoints;
-///   spiking_matched_baselines: 3 BPTT loops x 2 seeds x 4 tasks; spiking_meta_lr_choice: 5
+///   spiking_matched_baselines: 4 loops (the 3 BPTT ones, and the reference code's variant, whose
+///   inner step size differs from CML symmetric's) x 2 seeds x 4 tasks; spiking_meta_lr_choice: 5
 ///   meta-learned methods x the grid of 2 step sizes, extended once (both values are edges);
+///   spiking_step_size_choice: 5 meta-learned methods x the grid of 2 inner step sizes, extended
+///   once (every choice lands at an edge first);
 /// - training_beta_choice: 2 models x the grid of 5 betas, extended 3 times at its lower edge (2
 ///   meta-steps barely move the loss, and the smallest beta wins by a hair);
 /// - training_meta_lr_choice: 2 models x 6 estimators x the grid of 3 step sizes, extended three
@@ -122,7 +125,8 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("spiking_ablation", 3, 2),
     ("spiking_examples", 4, 82),
     ("spiking_rates", 2, 100),
-    ("spiking_matched_baselines", 5, 24),
+    ("spiking_matched_baselines", 5, 32),
+    ("spiking_step_size_choice", 6, 15),
     ("training_beta_choice", 6, 16),
     ("training_meta_lr_choice", 6, 72),
     ("training_step_size_choice", 6, 58),
@@ -551,6 +555,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
         ("bandit_step_size_choice.csv", "agent", "step_size", false, 3),
         ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
+        ("spiking_step_size_choice.csv", "method", "step_size", false, 5),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
         let mut subjects: Vec<String> = search.iter().map(|r| r[column].clone()).collect();
@@ -1270,6 +1275,8 @@ fn the_committed_units_are_what_the_current_code_computes() {
         // whole meta-trainings); its rows must still be what the current code computes from them.
         let searches: &[&str] = match unit {
             "bandit/baselines-seed3" => &["bandit/choice-meta-lr-maml", "bandit/choice-step-size-maml"],
+            // It adapts at CML symmetric's inner step size.
+            "spiking/no-meta-learning-seed1" => &["spiking/choice-step-size-cml-symmetric"],
             _ => &[],
         };
         for search in searches {
@@ -1782,6 +1789,48 @@ fn a_changed_phase_step_size_search_reruns_only_the_units_with_phases() {
     );
     assert_eq!(methods, 5);
     assert_eq!(moved, ["cml", "imaml"]);
+}
+
+#[test]
+fn a_changed_baseline_step_size_search_reruns_only_the_bptt_units_and_moves_only_their_loops() {
+    // The quick spiking job: the beta choice, 5 outer and 5 inner step-size searches, 6 methods x
+    // 2 seeds and 2 matched units. The BPTT baselines' inner grid is read by their 3 searches,
+    // their 6 runs and the 2 matched units: those 11 run again, the other 14 are kept, and the
+    // report equals a fresh run in its 12 CSVs. The grid [0.001, 0.002] leaves out each of the
+    // shipped quick choices (9e-4 and 3e-3), so exactly the three BPTT methods and their matched
+    // baselines move; the contrastive rows are the same bits.
+    let dir = a_changed_run_keeps_units(
+        "spiking",
+        "[unrolled_lr_search]\ngrid = [0.001, 0.002]\nextensions = 0\n",
+        |unit| {
+            !unit.starts_with("matched-") && (!unit.contains("bptt-") || unit.starts_with("choice-meta-lr-"))
+        },
+        false,
+        "ran 11 units, 14 already stored",
+        12,
+    );
+    let shipped = shipped_quick_run("spiking");
+    let bptt = [
+        "BPTT through BPTT learning",
+        "BPTT through e-prop learning",
+        "truncated BPTT through e-prop",
+    ];
+    for (csv, key, value) in [
+        ("spiking_test.csv", "method", "query_mse_after"),
+        ("spiking_matched_baselines.csv", "adapted_as", "query_mse_after"),
+    ] {
+        let (groups, moved) = groups_that_moved(
+            &dir.path().join("grown-out"),
+            &shipped.path().join("figures"),
+            csv,
+            key,
+            |r| r[value].clone(),
+        );
+        assert_eq!(groups, if key == "method" { 6 } else { 4 }, "{csv}");
+        let mut moved = moved;
+        moved.sort();
+        assert_eq!(moved, bptt, "{csv}");
+    }
 }
 
 #[test]

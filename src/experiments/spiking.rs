@@ -3,7 +3,7 @@
 //! BPTT-trained learning, BPTT through e-prop learning, truncated BPTT through e-prop and no
 //! meta-learning; and the reference code's "symmetric" defect as an ablation.
 
-use super::choice::{CheckpointSpec, Chosen, RateSearchSpec, Search};
+use super::choice::{CheckpointSpec, Chosen, RateSearchSpec, Search, Ties};
 use super::training::{ALPHA, seed_mean_ci, t975};
 use super::{Scale, Settings, num, running_mean, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
@@ -65,6 +65,16 @@ pub struct Protocol {
     pub baseline_meta_lr: Option<f64>,
     pub unrolled_steps: usize,
     pub unrolled_lr: f64,
+    /// Each meta-learned method's inner step size, chosen on validation tasks of a search stream
+    /// of its own after its outer step size and at it: the contrastive rule's free phase and
+    /// meta-test loop over `inner_lr_search` (the nudged phases keep the step the halves chose,
+    /// the no-meta-learning row adapts at CML symmetric's), the BPTT baselines' gradient step
+    /// over `unrolled_lr_search`. Each value is a whole meta-training scored as the outer search
+    /// scores; `inner_lr` and `unrolled_lr` where no search runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inner_lr_search: Option<RateSearchSpec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unrolled_lr_search: Option<RateSearchSpec>,
     /// Truncated BPTT: e-prop gradient steps, of which the last `truncated_last` are walked back.
     pub truncated_steps: usize,
     pub truncated_last: usize,
@@ -105,6 +115,16 @@ impl Protocol {
             baseline_meta_lr: None,
             unrolled_steps: 10,
             unrolled_lr: 0.003,
+            // The hand-set step sizes in the middle, a factor of about 3 to each side (the
+            // baselines' 0.01 diverged on some tasks in a pilot: a run that stops early fails).
+            inner_lr_search: Some(RateSearchSpec {
+                grid: vec![3e-4, 1e-3, 3e-3],
+                extensions: 1,
+            }),
+            unrolled_lr_search: Some(RateSearchSpec {
+                grid: vec![1e-3, 3e-3, 1e-2],
+                extensions: 1,
+            }),
             truncated_steps: 100,
             truncated_last: 10,
             ablation_tasks: 10,
@@ -137,6 +157,14 @@ impl Protocol {
                 }),
                 // Two values, so that the quick run reaches an edge and extends the grid.
                 meta_lr_search: Some(RateSearchSpec {
+                    grid: vec![3e-3, 1e-2],
+                    extensions: 1,
+                }),
+                inner_lr_search: Some(RateSearchSpec {
+                    grid: vec![1e-3, 3e-3],
+                    extensions: 1,
+                }),
+                unrolled_lr_search: Some(RateSearchSpec {
                     grid: vec![3e-3, 1e-2],
                     extensions: 1,
                 }),
@@ -173,6 +201,8 @@ impl Protocol {
             meta_lr: 3e-3,
             // The paper's step sizes, not searched (a search is a whole paper-scale run per value).
             meta_lr_search: None,
+            inner_lr_search: None,
+            unrolled_lr_search: None,
             beta_grid: vec![1.0, 3.0, 10.0],
             nudged_lr_grid: vec![1e-3, 3e-3],
             halves_every: 100,
@@ -206,6 +236,34 @@ impl Protocol {
         self.checkpoint
             .as_ref()
             .map_or(self.validation_tasks, |c| c.validation_tasks)
+    }
+
+    /// The search of `method`'s inner step size, if the scale has one: the BPTT baselines' gradient
+    /// step, or the e-prop Adam step of the contrastive rule's free phase (and of the
+    /// no-meta-learning row, which adapts as CML does).
+    fn inner_lr_search_of(&self, method: &Method) -> Option<&RateSearchSpec> {
+        if method.baseline {
+            self.unrolled_lr_search.as_ref()
+        } else {
+            self.inner_lr_search.as_ref()
+        }
+    }
+
+    /// The protocol with `method`'s inner step size at `lr` (that of its kind: see
+    /// [`Protocol::inner_lr_search_of`]); every phase, probe and meta-test loop of the method
+    /// built from it runs at that step size.
+    fn at_inner_lr(&self, method: &Method, lr: f64) -> Protocol {
+        if method.baseline {
+            Protocol {
+                unrolled_lr: lr,
+                ..self.clone()
+            }
+        } else {
+            Protocol {
+                inner_lr: lr,
+                ..self.clone()
+            }
+        }
     }
 
     /// The meta learning rate of `method`.
@@ -346,6 +404,8 @@ impl crate::protocol::Checked for Protocol {
             )
             .count("ablation_tasks", self.ablation_tasks);
         c.rate_search("meta_lr_search", self.meta_lr_search.as_ref());
+        c.rate_search("inner_lr_search", self.inner_lr_search.as_ref());
+        c.rate_search("unrolled_lr_search", self.unrolled_lr_search.as_ref());
         c.checkpoint("checkpoint", self.checkpoint.as_ref());
         c.done()
     }
@@ -406,6 +466,8 @@ pub struct SpikingResults {
     pub deployed: Vec<(String, u64, usize)>,
     /// Each meta-learned method's outer step-size search (none at a scale without one).
     pub rate_searches: Vec<Search>,
+    /// Each meta-learned method's inner step-size search (none at a scale without one).
+    pub step_searches: Vec<Search>,
 }
 
 /// A meta-learned method against its matched baseline: the untrained initialisation of each seed
@@ -439,6 +501,8 @@ const CHECKPOINT_TASKS: u64 = 36;
 /// The seed word of the outer step-size searches (their initialisation, task stream and
 /// validation tasks).
 const RATE_CHOICE: u64 = 37;
+/// The seed word of the inner step-size searches.
+const STEP_CHOICE: u64 = 38;
 
 /// The halves of the symmetric estimate need to agree (cosine at least this) for the rule to
 /// estimate the meta-gradient (docs/SPIKING.md §5).
@@ -662,6 +726,10 @@ struct MethodSeedRun {
     /// The outer step size its search chose (none without a search).
     #[serde(default)]
     meta_lr: Option<f64>,
+    /// The inner step size its search chose (CML symmetric's for the no-meta-learning row; none
+    /// without a search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    step_size: Option<f64>,
     /// (meta-step, meta-batch query MSE) of meta-training.
     curve: Vec<AtStep>,
     /// Wall seconds per meta-step (not reproducible; the table only).
@@ -733,10 +801,11 @@ impl super::units::Job<super::Section> for Spiking {
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         let p = Protocol::of(settings)?;
-        // The searches first (beta before the step sizes, which take it), so that the runs find
-        // them stored.
+        // The searches first (beta, then the outer step sizes, then the inner ones, each taking the
+        // choices before it), so that the runs find them stored.
         Ok(std::iter::once(CHOICE_UNIT.to_string())
             .chain(rate_choice_units(&p).into_iter().map(|r| r.1))
+            .chain(step_size_choice_units(&p).into_iter().map(|r| r.1))
             .chain(method_runs(&p, settings).into_iter().map(|r| r.2))
             .chain(matched_runs(&p, settings).into_iter().map(|r| r.1))
             .collect())
@@ -755,22 +824,55 @@ impl super::units::Job<super::Section> for Spiking {
         if unit.starts_with(MATCHED_UNIT) {
             let (seed, _) =
                 super::units::lookup(self, settings, unit, matched_runs(&p, settings), |r| r.1.clone())?;
-            return super::units::encode(&run_matched_seed(&p, seed)?);
+            let inner_lrs = (0..p.methods(&BetaChoice::unchosen()).len())
+                .map(|index| self.searched_inner_lr(&p, settings, staging, index))
+                .collect::<Result<Vec<_>>>()?;
+            return super::units::encode(&run_matched_seed(&p, seed, &inner_lrs)?);
         }
         if let Some((index, _)) = rate_choice_units(&p).into_iter().find(|r| r.1 == unit) {
             let choice = self.beta_choice(&p, settings, staging, index)?;
             return super::units::encode(&choose_meta_lr(&p, settings, index, &choice)?);
         }
+        if let Some((index, _)) = step_size_choice_units(&p).into_iter().find(|r| r.1 == unit) {
+            let choice = self.beta_choice(&p, settings, staging, index)?;
+            let meta_lr = self.searched_meta_lr(&p, settings, staging, index, &choice)?;
+            return super::units::encode(&choose_inner_lr(&p, settings, index, &choice, meta_lr)?);
+        }
         let (index, seed, _) =
             super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
         let choice = self.beta_choice(&p, settings, staging, index)?;
-        let meta_lr = match rate_choice_units(&p).into_iter().find(|r| r.0 == index) {
-            Some((_, search)) => super::choice::chosen_value(self, settings, staging, &search, || {
-                choose_meta_lr(&p, settings, index, &choice)
-            })?,
-            None => None,
-        };
-        super::units::encode(&run_method_seed(&p, settings, index, seed, &choice, meta_lr)?)
+        let meta_lr = self.searched_meta_lr(&p, settings, staging, index, &choice)?;
+        let inner_lr = self.searched_inner_lr(&p, settings, staging, index)?;
+        super::units::encode(&run_method_seed(
+            &p, settings, index, seed, &choice, meta_lr, inner_lr,
+        )?)
+    }
+
+    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+        // The beta choice and the outer step-size searches run before the inner ones and read
+        // neither; a contrastive method (and the no-meta-learning row, which adapts as CML
+        // symmetric does) reads only the contrastive rule's inner search, a BPTT baseline only the
+        // baselines' one, and the matched units both.
+        const KEYS: &[&str] = &["unrolled_lr_search", "inner_lr_search"];
+        let p = Protocol::new(false);
+        let baseline_keys: Vec<&str> = p
+            .methods(&BetaChoice::unchosen())
+            .into_iter()
+            .filter(|m| m.baseline)
+            .map(|m| m.key)
+            .collect();
+        let key = unit
+            .strip_prefix(STEP_SIZE_UNIT)
+            .or_else(|| unit.split_once("-seed").map(|(k, _)| k));
+        if unit == CHOICE_UNIT || unit.starts_with("choice-meta-lr-") {
+            KEYS
+        } else if unit.starts_with(MATCHED_UNIT) {
+            &[]
+        } else if key.is_some_and(|k| baseline_keys.contains(&k)) {
+            &KEYS[1..]
+        } else {
+            &KEYS[..1]
+        }
     }
 
     fn report(
@@ -809,6 +911,64 @@ impl Spiking {
             None => choose(p, settings),
         }
     }
+
+    /// The outer step size method `index` meta-trains at: its search unit's choice (stored, or
+    /// made here at `choice`); `None` without a search.
+    fn searched_meta_lr(
+        &self,
+        p: &Protocol,
+        settings: &Settings,
+        staging: &std::path::Path,
+        index: usize,
+        choice: &BetaChoice,
+    ) -> Result<Option<f64>> {
+        match rate_choice_units(p).into_iter().find(|r| r.0 == index) {
+            Some((_, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
+                choose_meta_lr(p, settings, index, choice)
+            }),
+            None => Ok(None),
+        }
+    }
+
+    /// The inner step size method `index` runs at: its search unit's choice (stored, or made here
+    /// after the searches before it), CML symmetric's for the no-meta-learning row (its matched
+    /// baseline); `None` without a search.
+    fn searched_inner_lr(
+        &self,
+        p: &Protocol,
+        settings: &Settings,
+        staging: &std::path::Path,
+        index: usize,
+    ) -> Result<Option<f64>> {
+        let methods = p.methods(&BetaChoice::unchosen());
+        let from = if methods[index].estimator.is_none() {
+            0
+        } else {
+            index
+        };
+        match step_size_choice_units(p).into_iter().find(|r| r.0 == from) {
+            Some((_, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
+                let choice = self.beta_choice(p, settings, staging, from)?;
+                let meta_lr = self.searched_meta_lr(p, settings, staging, from, &choice)?;
+                choose_inner_lr(p, settings, from, &choice, meta_lr)
+            }),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Units `choice-step-size-<key>`: a meta-learned method's inner step-size search.
+const STEP_SIZE_UNIT: &str = "choice-step-size-";
+
+/// The inner step-size searches' units, one per meta-learned method whose kind of inner loop has
+/// a search ([`Protocol::inner_lr_search_of`]): (method index, unit name).
+fn step_size_choice_units(p: &Protocol) -> Vec<(usize, String)> {
+    p.methods(&BetaChoice::unchosen())
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.estimator.is_some() && p.inner_lr_search_of(m).is_some())
+        .map(|(index, m)| (index, format!("{STEP_SIZE_UNIT}{}", m.key)))
+        .collect()
 }
 
 /// The outer step-size searches' units, one per meta-learned method (none without a search):
@@ -827,7 +987,8 @@ fn rate_choice_units(p: &Protocol) -> Vec<(usize, String)> {
 
 /// Meta-trains method `index` from `seed` and scores it on the seed's test tasks; the contrastive
 /// rule runs at the validation `choice`, a meta-learned method at its searched outer step size
-/// `meta_lr` (`None`: the protocol's).
+/// `meta_lr`, and every method at its searched inner step size `inner_lr` (`None`: the
+/// protocol's).
 fn run_method_seed(
     p: &Protocol,
     settings: &Settings,
@@ -835,8 +996,10 @@ fn run_method_seed(
     seed: u64,
     choice: &BetaChoice,
     meta_lr: Option<f64>,
+    inner_lr: Option<f64>,
 ) -> Result<MethodSeedRun> {
     let cml_symmetric = index == 0;
+    let p = &at_searched_inner_lr(p, index, inner_lr);
     let method = p.methods(choice).swap_remove(index);
     let uses_choice = method.estimator.is_some_and(|e| e.contrastive_rule().is_some());
     let tests = test_tasks(p, seed)?;
@@ -867,6 +1030,7 @@ fn run_method_seed(
     let mut run = MethodSeedRun {
         choice: uses_choice.then_some((choice.beta, choice.nudged_lr)),
         meta_lr,
+        step_size: inner_lr,
         curve: Vec::new(),
         seconds_per_step: None,
         stopped: None,
@@ -995,13 +1159,61 @@ fn checkpoint_tasks(p: &Protocol, seed: u64) -> Result<Vec<SpikingTask>> {
         .collect()
 }
 
+/// `p` with method `index`'s inner step size at `inner_lr` where a search chose one.
+fn at_searched_inner_lr(p: &Protocol, index: usize, inner_lr: Option<f64>) -> Protocol {
+    match inner_lr {
+        Some(lr) => p.at_inner_lr(&p.methods(&BetaChoice::unchosen())[index], lr),
+        None => p.clone(),
+    }
+}
+
+/// A search of one setting of meta-learned method `index` on validation tasks (`spec`): from an
+/// initialisation and a task stream of the search's own (seed word `word`, the same for every
+/// method, none a reported seed's), a whole meta-training at each value, by the protocol and at
+/// the outer step size `at(value)` gives (the contrastive rule at the validation `choice`), scored
+/// by the query MSE of each of the search's checkpoint tasks after the method's own inner loop, at
+/// the checkpoint those tasks choose as a reported run's are chosen. A run that stops early fails
+/// its value; the least mean wins, and an edge choice extends the grid.
+#[allow(clippy::too_many_arguments)]
+fn whole_run_search(
+    p: &Protocol,
+    settings: &Settings,
+    index: usize,
+    choice: &BetaChoice,
+    (word, setting): (u64, &str),
+    spec: &RateSearchSpec,
+    at: impl Fn(f64) -> (Protocol, f64),
+) -> Result<Search> {
+    let name = p.methods(choice)[index].name;
+    let seed = crate::rng::hash_words(&[settings.seed, word]);
+    let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
+    let tasks = p.checkpoint_task_count();
+    let score = |value: f64| -> Result<(Vec<f64>, Option<String>)> {
+        let (p, meta_lr) = at(value);
+        let method = p.methods(choice).swap_remove(index);
+        let estimator = method
+            .estimator
+            .ok_or_else(|| CmlError::invalid("spiking search", method.name, "a meta-learned method"))?;
+        let failed = |why: String| (vec![f64::INFINITY; tasks], Some(why));
+        match train_checkpointed(&p, &method, &estimator, &theta0, seed, meta_lr, None) {
+            Ok((trained, _)) if trained.stopped.is_some() => Ok(failed(trained.stopped.unwrap_or_default())),
+            Ok((_, Some(chosen))) => Ok((chosen.losses, None)),
+            Ok((trained, None)) => Ok((
+                score(&p, &method, &checkpoint_tasks(&p, seed)?, &trained.theta)?
+                    .iter()
+                    .map(|t| t.after)
+                    .collect(),
+                None,
+            )),
+            Err(e) => Ok(failed(e.to_string())),
+        }
+    };
+    super::choice::search(name, setting, Ties::None, &spec.grid, spec.extensions, score)
+}
+
 /// Chooses the outer Adam step size of meta-learned method `index` on validation tasks
-/// ([`RateSearchSpec`], `choice::search_meta_lr`): from an initialisation and a task stream of
-/// the search's own (the same for every method, none a reported seed's), a whole meta-training at each value
-/// (the contrastive rule at the validation `choice`), scored by the query MSE of each of the
-/// search's checkpoint tasks after the method's own inner loop, at the checkpoint those tasks
-/// choose as a reported run's are chosen. A run that stops early fails its value. `None` without
-/// a search.
+/// ([`whole_run_search`] on the stream of [`RATE_CHOICE`], at the protocol's inner step sizes);
+/// `None` without a search.
 fn choose_meta_lr(
     p: &Protocol,
     settings: &Settings,
@@ -1011,29 +1223,43 @@ fn choose_meta_lr(
     let Some(search) = &p.meta_lr_search else {
         return Ok(None);
     };
+    whole_run_search(
+        p,
+        settings,
+        index,
+        choice,
+        (RATE_CHOICE, "meta_lr"),
+        search,
+        |lr| (p.clone(), lr),
+    )
+    .map(Some)
+}
+
+/// Chooses the inner step size of meta-learned method `index` on validation tasks
+/// ([`whole_run_search`] on the stream of [`STEP_CHOICE`]), at its chosen outer step size
+/// `meta_lr` (`None`: the protocol's); `None` without a search of its kind.
+fn choose_inner_lr(
+    p: &Protocol,
+    settings: &Settings,
+    index: usize,
+    choice: &BetaChoice,
+    meta_lr: Option<f64>,
+) -> Result<Option<Search>> {
     let method = p.methods(choice).swap_remove(index);
-    let estimator = method
-        .estimator
-        .ok_or_else(|| CmlError::invalid("spiking step-size search", method.name, "a meta-learned method"))?;
-    let seed = crate::rng::hash_words(&[settings.seed, RATE_CHOICE]);
-    let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
-    let tasks = p.checkpoint_task_count();
-    let score = |meta_lr: f64| -> Result<(Vec<f64>, Option<String>)> {
-        let failed = |why: String| (vec![f64::INFINITY; tasks], Some(why));
-        match train_checkpointed(p, &method, &estimator, &theta0, seed, meta_lr, None) {
-            Ok((trained, _)) if trained.stopped.is_some() => Ok(failed(trained.stopped.unwrap_or_default())),
-            Ok((_, Some(chosen))) => Ok((chosen.losses, None)),
-            Ok((trained, None)) => Ok((
-                score(p, &method, &checkpoint_tasks(p, seed)?, &trained.theta)?
-                    .iter()
-                    .map(|t| t.after)
-                    .collect(),
-                None,
-            )),
-            Err(e) => Ok(failed(e.to_string())),
-        }
+    let Some(search) = p.inner_lr_search_of(&method) else {
+        return Ok(None);
     };
-    super::choice::search_meta_lr(method.name, &search.grid, search.extensions, score).map(Some)
+    let meta_lr = meta_lr.unwrap_or(p.meta_lr_of(&method));
+    whole_run_search(
+        p,
+        settings,
+        index,
+        choice,
+        (STEP_CHOICE, "step_size"),
+        search,
+        |lr| (p.at_inner_lr(&method, lr), meta_lr),
+    )
+    .map(Some)
 }
 
 /// A seed's meta-test tasks (every method of the seed meets the same ones).
@@ -1062,27 +1288,55 @@ fn score(p: &Protocol, method: &Method, tests: &[SpikingTask], theta: &Vector) -
 /// A baseline's untrained initialisation scored by its own inner loop.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct MatchedScores {
-    /// The baseline's key (`bptt-bptt`, ...).
+    /// The method's key (`bptt-bptt`, ...).
     key: String,
+    /// Its inner loop in words ([`inner_loop`]), as the unit ran it.
+    inner_loop: String,
     test: Vec<TestScore>,
 }
 
 /// The seed's untrained initialisation (the one every method of the seed starts meta-training
-/// from) adapted on the seed's test tasks by each BPTT baseline's own inner loop: the matched
-/// baselines the no-meta-learning row (CML's e-prop Adam loop) is not.
-fn run_matched_seed(p: &Protocol, seed: u64) -> Result<Vec<MatchedScores>> {
+/// from) adapted on the seed's test tasks by each meta-learned method's own inner loop, at its
+/// searched inner step size (`inner_lrs`, by method index), where that loop is not the
+/// no-meta-learning row's: the matched baselines that row is not. Those are the BPTT baselines',
+/// and the contrastive rule's where its search chose another step size than CML symmetric's.
+fn run_matched_seed(p: &Protocol, seed: u64, inner_lrs: &[Option<f64>]) -> Result<Vec<MatchedScores>> {
     let tests = test_tasks(p, seed)?;
     let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
-    p.methods(&BetaChoice::unchosen())
+    let specs = methods_at(p, &BetaChoice::unchosen(), inner_lrs);
+    let untrained = untrained_row(&specs);
+    specs
         .iter()
-        .filter(|m| m.baseline)
+        .filter(|m| m.estimator.is_some() && inner_loop(m) != inner_loop(untrained))
         .map(|m| {
             Ok(MatchedScores {
                 key: m.key.to_string(),
+                inner_loop: inner_loop(m),
                 test: score(p, m, &tests, &theta0)?,
             })
         })
         .collect()
+}
+
+/// The methods at `choice`, each at its searched inner step size (`inner_lrs`, by index).
+fn methods_at(p: &Protocol, choice: &BetaChoice, inner_lrs: &[Option<f64>]) -> Vec<Method> {
+    inner_lrs
+        .iter()
+        .enumerate()
+        .map(|(index, &lr)| {
+            at_searched_inner_lr(p, index, lr)
+                .methods(choice)
+                .swap_remove(index)
+        })
+        .collect()
+}
+
+/// The no-meta-learning row among `specs`.
+fn untrained_row(specs: &[Method]) -> &Method {
+    specs
+        .iter()
+        .find(|m| m.estimator.is_none())
+        .expect("a no-meta-learning row")
 }
 
 /// Figures, tables and the write-up's numbers from the stored units.
@@ -1100,6 +1354,7 @@ fn report(
     };
     let choice = BetaChoice::from(&super::units::decode::<ChoiceRows>(find(CHOICE_UNIT)?)?);
     let rate_searches = super::choice::stored(units, rate_choice_units(&p).into_iter().map(|r| r.1))?;
+    let step_searches = super::choice::stored(units, step_size_choice_units(&p).into_iter().map(|r| r.1))?;
     let mut curve_rows = Vec::new();
     let mut test_rows = Vec::new();
     let mut methods = Vec::new();
@@ -1116,7 +1371,20 @@ fn report(
         false,
     );
     let runs = method_runs(&p, settings);
-    let specs = p.methods(&choice);
+    // Each method at its searched inner step size (CML symmetric's for the no-meta-learning row).
+    let unchosen = p.methods(&choice);
+    let inner_search = |index: usize| {
+        let from = if unchosen[index].estimator.is_none() {
+            0
+        } else {
+            index
+        };
+        step_searches.iter().find(|x| x.model == unchosen[from].name)
+    };
+    let inner_lrs: Vec<Option<f64>> = (0..unchosen.len())
+        .map(|index| inner_search(index).map(|x| x.chosen))
+        .collect();
+    let specs = methods_at(&p, &choice, &inner_lrs);
     for (index, method) in specs.iter().enumerate() {
         let (steps, batch) = p.budget_of(method);
         let mut per_seed = Vec::new();
@@ -1142,6 +1410,11 @@ fn report(
                 rate_searches.iter().find(|x| x.model == method.name),
                 &format!("spiking unit {name}"),
                 run.meta_lr,
+            )?;
+            super::choice::check_agrees(
+                inner_search(index),
+                &format!("spiking unit {name}"),
+                run.step_size,
             )?;
             if let Some(reason) = &run.stopped {
                 stopped.push(format!("{} (seed {seed}) stopped at {reason}", method.name));
@@ -1240,6 +1513,12 @@ fn report(
         &rate_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("spiking_step_size_choice.csv"),
+        "method",
+        &step_searches,
+        files,
+    )?;
     if p.checkpoint.is_some() {
         write_csv(
             &settings.out.join("spiking_checkpoints.csv"),
@@ -1311,6 +1590,7 @@ fn report(
         gains,
         deployed,
         rate_searches,
+        step_searches,
     };
     write_table(settings, "spiking.md", &table(&results), files)?;
     Ok(results)
@@ -1358,9 +1638,19 @@ fn matched_gains<'a>(
                 CmlError::invalid(
                     format!("spiking unit {unit}"),
                     &scores.key,
-                    "a BPTT baseline's key",
+                    "a meta-learned method's key",
                 )
             })?;
+            if scores.inner_loop != inner_loop(method) {
+                return Err(CmlError::invalid(
+                    format!("spiking unit {unit}"),
+                    format!("{} adapted by {}", scores.key, scores.inner_loop),
+                    format!(
+                        "the method's inner loop at its chosen step size, {} (units from one run)",
+                        inner_loop(method)
+                    ),
+                ));
+            }
             for (k, t) in scores.test.iter().enumerate() {
                 rows.push(format!("{},{seed},{k},{:e},{:e}", method.name, t.before, t.after));
             }
@@ -1385,26 +1675,18 @@ fn matched_gains<'a>(
     let mut diffs = Vec::new();
     let mut margins = Vec::new();
     for (spec, result) in specs.iter().zip(methods).filter(|(m, _)| m.estimator.is_some()) {
-        let (baseline, diverged) = if spec.baseline {
+        // The no-meta-learning row where the method adapts as it does, else the matched units'.
+        let (baseline, diverged) = if inner_loop(spec) == inner_loop(&specs[untrained]) {
+            (methods[untrained].per_seed.clone(), methods[untrained].diverged)
+        } else {
             let m = matched.iter().find(|m| m.0 == spec.key).ok_or_else(|| {
                 CmlError::invalid(
                     "spiking job",
-                    format!("no matched baseline for {}", spec.key),
+                    format!("no matched baseline for {} ({})", spec.key, inner_loop(spec)),
                     "its matched units",
                 )
             })?;
             (m.1.clone(), m.2)
-        } else if inner_loop(spec) == inner_loop(&specs[untrained]) {
-            (methods[untrained].per_seed.clone(), methods[untrained].diverged)
-        } else {
-            return Err(CmlError::invalid(
-                format!("the inner loop of {}", spec.name),
-                inner_loop(spec),
-                format!(
-                    "the no-meta-learning row's ({}), its matched baseline",
-                    inner_loop(&specs[untrained])
-                ),
-            ));
         };
         if baseline.len() != result.per_seed.len() {
             return Err(CmlError::invalid(
@@ -1813,7 +2095,8 @@ pub fn table(r: &SpikingResults) -> String {
     t.push_str(&format!(
         "\n## Each method against its matched baseline\n\n\
          The matched baseline is the seed's untrained initialisation adapted by the method's own inner loop on the same \
-         test tasks (for both CML rows, the no-meta-learning row; for the BPTT baselines, `spiking_matched_baselines.csv`). \
+         test tasks: the no-meta-learning row where the method adapts as that row does, else \
+         `spiking_matched_baselines.csv`. \
          Method minus matched baseline, paired over seeds (negative: meta-learning lowered the MSE); one family of {}, \
          paired t-tests and TOST (margin ± {}x the mean of the two MSEs), each Holm-adjusted, verdict at {ALPHA}.\n\n\
          | method | inner loop (both) | matched baseline MSE | method minus baseline (paired) | p (Holm) | equivalence p (Holm) | verdict | diverged (baseline) |\n\
@@ -1855,6 +2138,7 @@ pub fn table(r: &SpikingResults) -> String {
     }
     t.push_str(&format!("\n{}\n", regime_sentence(r)));
     t.push_str(&meta_lr_section(r));
+    t.push_str(&step_size_section(r));
     t.push_str(&super::searches::deployed_section(
         r.protocol.checkpoint.as_ref(),
         &r.deployed,
@@ -1889,6 +2173,54 @@ fn meta_lr_section(r: &SpikingResults) -> String {
          past that edge by the grid's ratio there, at most {} (`spiking_meta_lr_choice.csv`).\n\n{}\n",
         super::searches::times(search.extensions),
         super::searches::table(&r.rate_searches, "method")
+    )
+}
+
+/// The meta-learned methods' inner step size: each method's search, or the protocol's values.
+fn step_size_section(r: &SpikingResults) -> String {
+    let p = &r.protocol;
+    let spec = p.inner_lr_search.as_ref().or(p.unrolled_lr_search.as_ref());
+    // A report of part of the job (no search unit given) says nothing of the searches.
+    let none = if spec.is_some() {
+        String::new()
+    } else {
+        format!(
+            "\n## The inner step size\n\nSet by hand: Adam's step size {} in the contrastive rule's free phase and at meta-test, \
+         gradient steps of {} for the BPTT baselines (no search at this scale).\n",
+            p.inner_lr, p.unrolled_lr
+        )
+    };
+    let extensions: Vec<String> = [&p.inner_lr_search, &p.unrolled_lr_search]
+        .into_iter()
+        .flatten()
+        .map(|s| super::searches::times(s.extensions))
+        .collect();
+    super::searches::section(
+        &r.step_searches,
+        spec,
+        none,
+        "The inner step size, chosen on validation tasks",
+        "method",
+        |_| {
+            format!(
+                "Per meta-learned method, at its chosen outer step size (and the contrastive rule at the setting chosen above), \
+                 from an initialisation and a task stream of the search's own (the same for every method, no reported seed's, \
+                 not the outer search's): a whole meta-training at each inner step size, scored as the outer search scores \
+                 (the method's own inner loop runs at the value being scored); the least wins, and a meta-training that stops \
+                 early fails its value. For the contrastive rule the step is Adam's in the free phase and at meta-test (the \
+                 nudged phases keep the step chosen above; the no-meta-learning row adapts at CML symmetric's); for the BPTT \
+                 baselines it is the gradient step of the loop they meta-learn through and adapt with. An edge choice extends \
+                 the grid past that edge by its ratio there, at most {} (`spiking_step_size_choice.csv`).",
+                if extensions.len() == 2 && extensions[0] != extensions[1] {
+                    format!(
+                        "{} for the contrastive rule and {} for the baselines",
+                        extensions[0], extensions[1]
+                    )
+                } else {
+                    extensions[0].clone()
+                }
+            )
+        },
     )
 }
 
