@@ -2299,39 +2299,31 @@ mod tests {
 
     #[test]
     fn units_whose_choice_differs_from_the_choice_unit_are_refused() {
-        use super::super::units::{Job, Stored};
+        use super::super::units::{self, Job, Selection};
         let dir = tempfile::tempdir().unwrap();
         let settings = Settings {
             out: dir.path().join("figures"),
             paper: dir.path().join("paper"),
-            scale: Scale::Quick,
-            seed: 0,
-            protocols: Vec::new(),
-            replace_stale: false,
+            ..Settings::at(Scale::Quick)
         };
-        let mut stored: Vec<Stored> = SPIKING
-            .units(&settings)
-            .unwrap()
-            .into_iter()
-            .map(|unit| Stored {
-                job: "spiking".into(),
-                rows: SPIKING.run_unit(&settings, &unit, dir.path()).unwrap(),
-                unit,
-                fingerprint: serde_json::Value::Null,
-                seconds: 0.0,
-                staging: PathBuf::new(),
-            })
-            .collect();
-        // Every CML unit recomputed the choice unit's choice: the report draws.
-        let mut files = Vec::new();
-        report(&settings, &stored, &mut files).unwrap();
+        // The quick job's units, run and stored as `cml figures --units 0/1` runs them (each run
+        // reads the searches stored before it).
+        let registry: [&'static dyn Job<super::super::Section>; 1] = [&SPIKING];
+        let results = dir.path().join("results");
+        let selection = Selection::default();
+        units::run_slice(&registry, &settings, &selection, (0, 1), &results, &|_| {}).unwrap();
+        // Every unit took the stored choices: the report draws.
+        units::report(&registry, &settings, &selection, &results).unwrap();
         // A unit that ran with another beta (from another run) is refused by name.
-        let unit = stored
-            .iter_mut()
-            .find(|u| u.unit == "cml-reference-code-seed1")
-            .unwrap();
-        unit.rows["choice"][0] = serde_json::json!(123.0);
-        let err = report(&settings, &stored, &mut files).unwrap_err().to_string();
+        let file = results.join("spiking/cml-reference-code-seed1.json");
+        let mut unit: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        unit["rows"]["choice"][0] = serde_json::json!(123.0);
+        std::fs::write(&file, unit.to_string()).unwrap();
+        let err = units::report(&registry, &settings, &selection, &results)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("cml-reference-code-seed1")
                 && err.contains("beta 123")
