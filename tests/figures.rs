@@ -69,6 +69,8 @@ fn figures_quick(dir: &Path) {
 ///   times at its upper edge (in 4 meta-steps the largest step size goes furthest);
 /// - training_step_size_choice: 2 models x 6 estimators x the grid of 3 inner step sizes, extended
 ///   at an edge twice for 10 of them and once for 2 (whose second value falls inside): 58 rows;
+/// - training_nudged_steps_choice: 2 models x the grid of 3 nudged budgets, extended once (the
+///   synapse model's choice at the upper edge, the modulation model's at the lower);
 /// - bandit_beta_choice: 2 contrastive agents x the grid of 5 betas (both choices inside it);
 ///   bandit_meta_lr_choice: 3 agents x the grid of 3 step sizes, extended twice at its upper edge
 ///   (in 2 meta-steps the largest step size goes furthest); bandit_step_size_choice: 3 agents x
@@ -130,6 +132,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("training_beta_choice", 6, 16),
     ("training_meta_lr_choice", 6, 72),
     ("training_step_size_choice", 6, 58),
+    ("training_nudged_steps_choice", 6, 8),
     ("bandit_beta_choice", 6, 10),
     ("bandit_meta_lr_choice", 6, 15),
     ("bandit_step_size_choice", 6, 15),
@@ -390,11 +393,22 @@ fn protocol_of_the_weight_decay_table(dir: &Path) {
 /// `difference_to_least`, `standard_error`, `chosen`) and returns the chosen row's index: exactly
 /// one row chosen; the least loss has difference 0; the choice is the least loss, or, with ties to
 /// the larger, the largest value whose difference is within one standard error.
+/// How a search chooses among values its validation tasks cannot tell apart (`choice::Ties`).
+#[derive(Clone, Copy)]
+enum Rule {
+    /// The least loss.
+    Least,
+    /// The largest value within one standard error of the least loss (`beta`).
+    Larger,
+    /// The smallest value within one standard error of the least loss (a budget).
+    Smaller,
+}
+
 fn checked_choice(
     subject: &str,
     own: &[&std::collections::BTreeMap<String, String>],
     setting: &str,
-    ties_to_the_larger: bool,
+    rule: Rule,
 ) -> usize {
     let f = |r: &std::collections::BTreeMap<String, String>, k: &str| -> f64 { r[k].parse().unwrap() };
     let chosen: Vec<usize> = (0..own.len()).filter(|&k| own[k]["chosen"] == "true").collect();
@@ -404,15 +418,17 @@ fn checked_choice(
         .min_by(|a, b| f(a, "validation_loss").total_cmp(&f(b, "validation_loss")))
         .unwrap();
     assert_eq!(f(least, "difference_to_least"), 0.0, "{subject}");
-    let rule = if ties_to_the_larger {
+    let ties = || {
         own.iter()
             .filter(|r| f(r, "difference_to_least") <= f(r, "standard_error"))
             .map(|r| f(r, setting))
-            .fold(f64::NEG_INFINITY, f64::max)
-    } else {
-        f(least, setting)
     };
-    assert_eq!(f(own[chosen[0]], setting), rule, "{subject}");
+    let expected = match rule {
+        Rule::Least => f(least, setting),
+        Rule::Larger => ties().fold(f64::NEG_INFINITY, f64::max),
+        Rule::Smaller => ties().fold(f64::INFINITY, f64::min),
+    };
+    assert_eq!(f(own[chosen[0]], setting), expected, "{subject}");
     let values: Vec<f64> = own.iter().map(|r| f(r, setting)).collect();
     assert!(
         values.windows(2).all(|w| w[0] < w[1]),
@@ -533,29 +549,84 @@ fn protocol_of_the_other_tables(dir: &Path) {
     // model and estimator, and its inner step sizes, few-shot per setting and method, bandit per agent, spiking per method) takes the least
     // validation loss (exact ties to the first, the smallest); the decay jobs' beta searches the one-standard-error
     // rule.
-    for (file, column, setting, ties_to_the_larger, runs) in [
-        ("digits_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
-        ("digits_decay_beta_choice.csv", "run", "beta", true, 2),
-        ("digits_decay_step_size_choice.csv", "seed", "step_size", false, 2),
-        ("weight_decay_step_size_choice.csv", "seed", "step_size", false, 2),
-        ("weight_decay_meta_lr_choice.csv", "run", "meta_lr", false, 10),
-        ("weight_decay_beta_choice.csv", "run", "beta", true, 2),
-        ("training_meta_lr_choice.csv", "run", "meta_lr", false, 12),
-        ("training_step_size_choice.csv", "run", "step_size", false, 12),
-        ("few_shot_meta_lr_choice.csv", "run", "meta_lr", false, 5),
-        ("few_shot_strength_choice.csv", "run", "strength", false, 2),
-        ("few_shot_step_size_choice.csv", "run", "step_size", false, 3),
+    for (file, column, setting, rule, runs) in [
+        (
+            "digits_decay_meta_lr_choice.csv",
+            "run",
+            "meta_lr",
+            Rule::Least,
+            10,
+        ),
+        ("digits_decay_beta_choice.csv", "run", "beta", Rule::Larger, 2),
+        (
+            "digits_decay_step_size_choice.csv",
+            "seed",
+            "step_size",
+            Rule::Least,
+            2,
+        ),
+        (
+            "weight_decay_step_size_choice.csv",
+            "seed",
+            "step_size",
+            Rule::Least,
+            2,
+        ),
+        (
+            "weight_decay_meta_lr_choice.csv",
+            "run",
+            "meta_lr",
+            Rule::Least,
+            10,
+        ),
+        ("weight_decay_beta_choice.csv", "run", "beta", Rule::Larger, 2),
+        ("training_meta_lr_choice.csv", "run", "meta_lr", Rule::Least, 12),
+        (
+            "training_step_size_choice.csv",
+            "run",
+            "step_size",
+            Rule::Least,
+            12,
+        ),
+        ("few_shot_meta_lr_choice.csv", "run", "meta_lr", Rule::Least, 5),
+        ("few_shot_strength_choice.csv", "run", "strength", Rule::Least, 2),
+        (
+            "few_shot_step_size_choice.csv",
+            "run",
+            "step_size",
+            Rule::Least,
+            3,
+        ),
         (
             "few_shot_phase_step_size_choice.csv",
             "run",
             "step_size",
-            false,
+            Rule::Least,
             2,
         ),
-        ("bandit_meta_lr_choice.csv", "agent", "meta_lr", false, 3),
-        ("bandit_step_size_choice.csv", "agent", "step_size", false, 3),
-        ("spiking_meta_lr_choice.csv", "method", "meta_lr", false, 5),
-        ("spiking_step_size_choice.csv", "method", "step_size", false, 5),
+        ("bandit_meta_lr_choice.csv", "agent", "meta_lr", Rule::Least, 3),
+        (
+            "bandit_step_size_choice.csv",
+            "agent",
+            "step_size",
+            Rule::Least,
+            3,
+        ),
+        ("spiking_meta_lr_choice.csv", "method", "meta_lr", Rule::Least, 5),
+        (
+            "spiking_step_size_choice.csv",
+            "method",
+            "step_size",
+            Rule::Least,
+            5,
+        ),
+        (
+            "training_nudged_steps_choice.csv",
+            "run",
+            "nudged_steps",
+            Rule::Smaller,
+            2,
+        ),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
         let mut subjects: Vec<String> = search.iter().map(|r| r[column].clone()).collect();
@@ -563,7 +634,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         assert!(subjects.len() >= runs, "{setting}: {subjects:?}");
         for subject in &subjects {
             let own: Vec<_> = search.iter().filter(|r| &r[column] == subject).collect();
-            checked_choice(subject, &own, setting, ties_to_the_larger);
+            checked_choice(subject, &own, setting, rule);
         }
     }
 
@@ -612,7 +683,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
         for subject in &subjects {
             let own: Vec<_> = search.iter().filter(|r| &r[column] == subject).collect();
             assert!(own.len() >= least_grid, "{subject}: {own:?}");
-            let chosen = checked_choice(subject, &own, "beta", true);
+            let chosen = checked_choice(subject, &own, "beta", Rule::Larger);
             let edge = chosen == 0 || chosen == own.len() - 1;
             let line = table
                 .lines()
@@ -1654,20 +1725,65 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
 
 #[test]
 fn a_changed_search_recomputes_only_the_units_that_read_it_and_reports_as_a_fresh_run() {
-    // The quick sinusoid job: 2 beta searches, 12 outer and 12 inner step-size searches, 24 runs.
-    // Another inner step-size grid is read by the inner searches and the runs only. Units computed
+    // The quick sinusoid job: 2 beta searches, 12 outer and 12 inner step-size searches, 2 nudged
+    // budget searches, 24 runs. Another inner step-size grid is read by the inner searches, the
+    // nudged budget searches (which run at the inner choice) and the runs only. Units computed
     // under another protocol are refused, not recomputed, so those are removed; the stored beta
-    // and outer step-size searches (14) are this run's, the other 36 units run again, and the
-    // report equals a run of the changed protocol from scratch in its 6 CSVs (the curves, the
-    // per-seed losses, the examples and the three searches).
+    // and outer step-size searches (14) are this run's, the other 38 units run again, and the
+    // report equals a run of the changed protocol from scratch in its 7 CSVs (the curves, the
+    // per-seed losses, the examples and the four searches).
     a_changed_run_keeps_units(
         "training",
         "[step_size_search]\ngrid = [0.001, 0.004]\n",
-        |unit| unit.starts_with("choice-") && !unit.starts_with("choice-step-size-"),
+        |unit| {
+            unit.starts_with("choice-")
+                && !unit.starts_with("choice-step-size-")
+                && !unit.starts_with("choice-nudged-steps-")
+        },
         false,
-        "ran 36 units, 14 already stored",
-        6,
+        "ran 38 units, 14 already stored",
+        7,
     );
+}
+
+#[test]
+fn a_changed_nudged_budget_search_reruns_only_the_contrastive_rules_units() {
+    // The quick sinusoid job (above). The nudged budget's grid is read by its 2 searches and the
+    // contrastive rule's 4 runs only (no other estimator has a nudged phase): those 6 run again,
+    // the other 46 are kept, and the report equals a fresh run in its 7 CSVs. The grid [5, 6]
+    // leaves out both shipped quick choices (32 for the synapse model, 2 for the modulation
+    // model), so the contrastive rule's losses move for both models and no other estimator's do.
+    let dir = a_changed_run_keeps_units(
+        "training",
+        "[nudged_steps_search]\ngrid = [5.0, 6.0]\nextensions = 0\n",
+        |unit| !unit.starts_with("choice-nudged-steps-") && !unit.contains("-contrastive-seed"),
+        false,
+        "ran 6 units, 46 already stored",
+        7,
+    );
+    let shipped = shipped_quick_run("training");
+    for model in ["synapse", "modulation"] {
+        let chosen = |d: &Path| -> String {
+            csv_rows(&d.join("training_nudged_steps_choice.csv"))
+                .into_iter()
+                .find(|r| r["run"] == format!("{model}-contrastive") && r["chosen"] == "true")
+                .unwrap()["nudged_steps"]
+                .clone()
+        };
+        assert_ne!(
+            chosen(&dir.path().join("grown-out")),
+            chosen(&shipped.path().join("figures"))
+        );
+    }
+    let (estimators, moved) = groups_that_moved(
+        &dir.path().join("grown-out"),
+        &shipped.path().join("figures"),
+        "final_loss_per_seed.csv",
+        "estimator",
+        |r| format!("{} {}", r["model"], r["final_loss"]),
+    );
+    assert_eq!(estimators, 6);
+    assert_eq!(moved, ["contrastive"]);
 }
 
 /// Runs the shipped quick `job` into a folder of its own (`figures/`, `paper/`).

@@ -355,8 +355,8 @@ proptest! {
 fn the_shipped_training_configs_are_the_figures_runs() {
     // Each configs/train_MODEL_ESTIMATOR.toml must give the same effective config as the figure
     // job's run with seed 0 (checked with one meta-step overridden on the command line), the
-    // contrastive rule at the beta and each estimator at the outer and inner step sizes the
-    // committed run's validation searches chose.
+    // contrastive rule at the beta and nudged budget and each estimator at the outer and inner
+    // step sizes the committed run's validation searches chose.
     let dir = tempfile::tempdir().unwrap();
     // The chosen value of `subject` in a committed search CSV (subject, value, ..., chosen).
     let chosen = |file: &str, subject: &str| -> f64 {
@@ -373,8 +373,15 @@ fn the_shipped_training_configs_are_the_figures_runs() {
     for model in ["synapse", "modulation"] {
         let beta = chosen("training_beta_choice.csv", model);
         for estimator in ["contrastive", "cg", "bptt", "fomaml", "reptile", "t1t2"] {
-            let meta_lr = chosen("training_meta_lr_choice.csv", &format!("{model}-{estimator}"));
-            let step_size = chosen("training_step_size_choice.csv", &format!("{model}-{estimator}"));
+            let run = format!("{model}-{estimator}");
+            let searched = cml::experiments::Chosen {
+                beta: Some(beta),
+                meta_lr: Some(chosen("training_meta_lr_choice.csv", &run)),
+                step_size: Some(chosen("training_step_size_choice.csv", &run)),
+                // Only the contrastive rule has a nudged phase (and a search of its budget).
+                nudged_steps: (estimator == "contrastive")
+                    .then(|| chosen("training_nudged_steps_choice.csv", &run) as usize),
+            };
             let file = format!(
                 "{}/configs/train_{model}_{estimator}.toml",
                 env!("CARGO_MANIFEST_DIR")
@@ -402,9 +409,7 @@ fn the_shipped_training_configs_are_the_figures_runs() {
                     0,
                     model,
                     estimator,
-                    beta,
-                    meta_lr,
-                    step_size,
+                    searched,
                 )
                 .unwrap(),
             )

@@ -18,7 +18,7 @@ mod training;
 mod weight_decay;
 mod writeup;
 
-pub use training::figure_training_config;
+pub use training::{Chosen, figure_training_config};
 
 use crate::error::Result;
 use crate::io::write_atomically;

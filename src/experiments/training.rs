@@ -91,6 +91,8 @@ pub struct TrainingResults {
     pub meta_lr_searches: Vec<Search>,
     /// The inner step size per model and estimator (none at the paper scale).
     pub step_size_searches: Vec<Search>,
+    /// The contrastive rule's nudged budget per model (none at the paper scale).
+    pub nudged_steps_searches: Vec<Search>,
     /// The protocol the runs followed.
     pub protocol: Protocol,
 }
@@ -108,12 +110,15 @@ pub fn choices_sentence(t: &TrainingResults) -> String {
         "Chosen on validation tasks of search streams of their own ([final_loss.md](final_loss.md) gives every score): \
          the contrastive rule's beta per model ({}, one stream), and the outer Adam step size per model and estimator \
          ({}, {} streams), then the inner step size per model and estimator ({}, {} streams, a value at which a run \
-         stopped early failing).",
+         stopped early failing), then the contrastive rule's nudged budget per model ({}, {} streams, the smallest \
+         budget within one standard error of the least loss).",
         super::searches::chosen_values(&t.beta_searches),
         super::searches::chosen_values(&t.meta_lr_searches),
         t.protocol.meta_lr_search.as_ref().map_or(0, |r| r.streams),
         super::searches::chosen_values(&t.step_size_searches),
-        t.protocol.step_size_search.as_ref().map_or(0, |r| r.streams)
+        t.protocol.step_size_search.as_ref().map_or(0, |r| r.streams),
+        super::searches::chosen_values(&t.nudged_steps_searches),
+        t.protocol.nudged_steps_search.as_ref().map_or(0, |r| r.streams)
     )
 }
 
@@ -183,6 +188,14 @@ pub struct Protocol {
     pub meta_lr_search: Option<TrainingRateSearch>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub step_size_search: Option<TrainingStepSizeSearch>,
+    /// Last, the contrastive rule's nudged budget per model (at the chosen `beta`, outer and inner
+    /// step sizes): a whole meta-training at each number of nudged steps of `grid` on each of
+    /// `streams` search streams of its own; a value at which a run stops early fails, and the
+    /// smallest budget within one standard error of the least validation loss wins (a larger one
+    /// costs more, and the tasks cannot tell them apart). A budget an extension makes fractional
+    /// is rounded to whole steps.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nudged_steps_search: Option<TrainingRateSearch>,
 }
 
 /// The contrastive rule's `beta` search: a short meta-training of `meta_steps` at each value of
@@ -274,6 +287,16 @@ impl Protocol {
                 extensions: if quick { 2 } else { STEP_SIZE_EXTENSIONS },
                 streams: META_LR_SEARCH_STREAMS,
             }),
+            // The hand-set budget in the middle, halved and doubled.
+            nudged_steps_search: searched.then(|| TrainingRateSearch {
+                grid: vec![
+                    nudged_steps as f64 / 2.0,
+                    nudged_steps as f64,
+                    2.0 * nudged_steps as f64,
+                ],
+                extensions: 1,
+                streams: META_LR_SEARCH_STREAMS,
+            }),
         })
     }
 
@@ -329,6 +352,21 @@ impl crate::protocol::Checked for Protocol {
                 "at least 1",
             );
         }
+        if let Some(n) = &self.nudged_steps_search {
+            c.grid("nudged_steps_search.grid", &n.grid, 2, false)
+                .that(
+                    n.grid.iter().all(|v| v.fract() == 0.0),
+                    "nudged_steps_search.grid",
+                    format!("{:?}", n.grid),
+                    "whole numbers of steps",
+                )
+                .that(
+                    n.streams >= 1,
+                    "nudged_steps_search.streams",
+                    n.streams,
+                    "at least 1",
+                );
+        }
         if let Some(s) = &self.step_size_search {
             c.grid("step_size_search.grid", &s.grid, 2, false)
                 .grid("step_size_search.bptt_grid", &s.bptt_grid, 2, false)
@@ -353,6 +391,9 @@ pub struct Chosen {
     pub meta_lr: Option<f64>,
     /// The inner loop's step size: the Nesterov phases', or BPTT's short loop's.
     pub step_size: Option<f64>,
+    /// The contrastive rule's nudged steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudged_steps: Option<usize>,
 }
 
 /// The run's configuration at the protocol's values ([`PAPER_BETA`], [`META_LR`] and the inner
@@ -394,7 +435,7 @@ fn config_at(
         beta,
         free: if bptt { short } else { phase },
         nudged: GdParams {
-            max_steps: p.nudged_steps,
+            max_steps: chosen.nudged_steps.unwrap_or(p.nudged_steps),
             ..phase
         },
         solver_steps: p.solver_steps,
@@ -525,7 +566,7 @@ fn choose_meta_lr(
         let chosen = Chosen {
             beta,
             meta_lr: Some(meta_lr),
-            step_size: None,
+            ..Chosen::default()
         };
         scored_on_streams(settings, model, name, &streams, chosen, false)
     };
@@ -566,6 +607,7 @@ fn choose_step_size(
             beta,
             meta_lr,
             step_size: Some(step_size),
+            nudged_steps: None,
         };
         scored_on_streams(settings, model, name, &streams, chosen, true)
     };
@@ -579,6 +621,44 @@ fn choose_step_size(
         "step_size",
         super::choice::Ties::None,
         grid,
+        search.extensions,
+        score,
+    )
+    .map(Some)
+}
+
+/// Stream word of the nudged budget search's own seeds.
+const NUDGED_STEPS_CHOICE: u64 = 74;
+
+/// The whole nudged steps a searched budget `value` stands for (an extension may make it
+/// fractional).
+fn whole_steps(value: f64) -> usize {
+    value.round().max(1.0) as usize
+}
+
+/// Chooses the contrastive rule's nudged budget for `model` (at the searched `beta`, outer and
+/// inner step sizes) on validation tasks, as [`choose_step_size`] chooses the step size (on search
+/// streams of its own, a value at which a run stops early failing) but with ties to the smaller
+/// budget ([`Protocol::nudged_steps_search`]). `None` at the paper scale.
+fn choose_nudged_steps(settings: &Settings, model: &ModelSpec, chosen: Chosen) -> Result<Option<Search>> {
+    let p = Protocol::of(settings)?;
+    let Some(search) = &p.nudged_steps_search else {
+        return Ok(None);
+    };
+    let seeds = (0..search.streams).map(|s| crate::rng::hash_words(&[settings.seed, NUDGED_STEPS_CHOICE, s]));
+    let streams = search_streams(settings, model, seeds)?;
+    let score = |steps: f64| {
+        let chosen = Chosen {
+            nudged_steps: Some(whole_steps(steps)),
+            ..chosen
+        };
+        scored_on_streams(settings, model, "contrastive", &streams, chosen, true)
+    };
+    super::choice::search(
+        &run_subject(model, "contrastive"),
+        "nudged_steps",
+        super::choice::Ties::ToTheSmaller,
+        &search.grid,
         search.extensions,
         score,
     )
@@ -656,18 +736,17 @@ pub const EQUIVALENCE_MARGIN: f64 = 0.1;
 /// The family-wise error rate of each table's family of tests (Holm-corrected).
 pub const ALPHA: f64 = 0.05;
 
-/// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`),
-/// with the contrastive rule at `beta` and Adam at `meta_lr`: the values the job's searches chose
-/// (`training_beta_choice.csv`, `training_meta_lr_choice.csv`; the searches themselves are minutes
-/// of meta-training), or [`PAPER_BETA`] and [`META_LR`] at the paper scale.
+/// The configuration of one meta-training run of the figures (shipped as `configs/train_*.toml`)
+/// at the values the job's searches chose (`chosen`: from `training_beta_choice.csv`,
+/// `training_meta_lr_choice.csv`, `training_step_size_choice.csv` and
+/// `training_nudged_steps_choice.csv`; the searches themselves are minutes of meta-training), or,
+/// where `chosen` has none, the protocol's (the paper scale's).
 pub fn figure_training_config(
     scale: Scale,
     seed: u64,
     model: &str,
     estimator: &str,
-    beta: f64,
-    meta_lr: f64,
-    step_size: f64,
+    chosen: Chosen,
 ) -> Result<TrainConfig> {
     let settings = Settings {
         out: PathBuf::new(),
@@ -685,11 +764,6 @@ pub fn figure_training_config(
             name: model.into(),
             allowed: crate::registry::model_names(),
         })?;
-    let chosen = Chosen {
-        beta: Some(beta),
-        meta_lr: Some(meta_lr),
-        step_size: Some(step_size),
-    };
     config_at(&settings, model, estimator, seed, chosen)
 }
 
@@ -752,26 +826,30 @@ impl Job<super::Section> for Training {
 
     fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
         // The searches run in order, each reading the choices before it and none after it (the
-        // runs read them all).
-        if unit.starts_with("choice-step-size-") {
+        // runs read them all, but only the contrastive rule's read its nudged budget).
+        const LATER: [&str; 3] = ["meta_lr_search", "step_size_search", "nudged_steps_search"];
+        if unit.starts_with("choice-nudged-steps-") || unit.contains("-contrastive-seed") {
             &[]
+        } else if unit.starts_with("choice-step-size-") {
+            &LATER[2..]
         } else if unit.starts_with("choice-meta-lr-") {
-            &["step_size_search"]
+            &LATER[1..]
         } else if unit.starts_with("choice-") {
-            &["meta_lr_search", "step_size_search"]
+            &LATER
         } else {
-            &[]
+            &LATER[2..]
         }
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first (beta, then the outer step sizes, then the inner ones, each taking
-        // the choices before it), so that the runs find them stored.
+        // The searches first (beta, then the outer step sizes, then the inner ones, then the
+        // nudged budgets, each taking the choices before it), so that the runs find them stored.
         Ok(choice_units(settings)?
             .into_iter()
             .map(|(_, unit)| unit)
             .chain(meta_lr_units(settings)?.into_iter().map(|(_, _, unit)| unit))
             .chain(step_size_units(settings)?.into_iter().map(|(_, _, unit)| unit))
+            .chain(nudged_steps_units(settings)?.into_iter().map(|(_, _, unit)| unit))
             .chain(
                 runs(settings)?
                     .iter()
@@ -793,6 +871,10 @@ impl Job<super::Section> for Training {
             let meta_lr = self.meta_lr(settings, staging, model, name, beta)?;
             return super::units::encode(&choose_step_size(settings, model, name, beta, meta_lr)?);
         }
+        if let Some((model, _, _)) = nudged_steps_units(settings)?.iter().find(|(_, _, u)| u == unit) {
+            let before = self.chosen_before_nudged(settings, staging, model, "contrastive")?;
+            return super::units::encode(&choose_nudged_steps(settings, model, before)?);
+        }
         let (model, name, seed) = self.parse_unit(settings, unit)?;
         let chosen = self.chosen(settings, staging, &model, name)?;
         super::units::encode(&run_seed(settings, model, name, seed, chosen)?)
@@ -813,20 +895,23 @@ impl Job<super::Section> for Training {
             BetaSearch,
             MetaLrSearch,
             StepSizeSearch,
+            NudgedStepsSearch,
         }
         let mut per_kind: Vec<(String, (f64, f64))> = Vec::new();
         let mut out = Vec::new();
         let (choices, rates) = (choice_units(settings)?, meta_lr_units(settings)?);
-        let steps = step_size_units(settings)?;
+        let (steps, nudged) = (step_size_units(settings)?, nudged_steps_units(settings)?);
         for unit in units {
             let (model, name, kind_of_unit) = match (
                 choices.iter().find(|(_, u)| u == unit),
                 rates.iter().find(|(_, _, u)| u == unit),
                 steps.iter().find(|(_, _, u)| u == unit),
+                nudged.iter().find(|(_, _, u)| u == unit),
             ) {
-                (Some((model, _)), _, _) => (model.clone(), "contrastive", Unit::BetaSearch),
-                (_, Some((model, name, _)), _) => (model.clone(), *name, Unit::MetaLrSearch),
-                (_, _, Some((model, name, _))) => (model.clone(), *name, Unit::StepSizeSearch),
+                (Some((model, _)), _, _, _) => (model.clone(), "contrastive", Unit::BetaSearch),
+                (_, Some((model, name, _)), _, _) => (model.clone(), *name, Unit::MetaLrSearch),
+                (_, _, Some((model, name, _)), _) => (model.clone(), *name, Unit::StepSizeSearch),
+                (_, _, _, Some((model, name, _))) => (model.clone(), *name, Unit::NudgedStepsSearch),
                 _ => {
                     let (model, name, _) = self.parse_unit(settings, unit)?;
                     (model, name, Unit::Run)
@@ -856,6 +941,13 @@ impl Job<super::Section> for Training {
                         .expect("an inner step-size unit where the protocol has that search");
                     let grid = if name == "bptt" { &r.bptt_grid } else { &r.grid };
                     (grid.len() + r.extensions) as f64 * r.streams as f64 * run
+                }
+                // A run's cost at the protocol's budget stands for every budget's.
+                Unit::NudgedStepsSearch => {
+                    let r = Protocol::of(settings)?
+                        .nudged_steps_search
+                        .expect("a nudged budget unit where the protocol has that search");
+                    (r.grid.len() + r.extensions) as f64 * r.streams as f64 * run
                 }
             });
         }
@@ -940,8 +1032,14 @@ impl Training {
         super::choice::chosen_value(self, settings, staging, unit, search)
     }
 
-    /// Every value the searches chose for a run of `model` and `name`, in the searches' order.
-    fn chosen(&self, settings: &Settings, staging: &Path, model: &ModelSpec, name: &str) -> Result<Chosen> {
+    /// The values the searches before the nudged budget's chose for a run of `model` and `name`.
+    fn chosen_before_nudged(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        model: &ModelSpec,
+        name: &str,
+    ) -> Result<Chosen> {
         let beta = self.beta(settings, staging, model, name)?;
         let meta_lr = self.meta_lr(settings, staging, model, name, beta)?;
         let step_size = self.step_size(settings, staging, model, name, beta, meta_lr)?;
@@ -949,6 +1047,24 @@ impl Training {
             beta,
             meta_lr,
             step_size,
+            nudged_steps: None,
+        })
+    }
+
+    /// Every value the searches chose for a run of `model` and `name`, in the searches' order.
+    fn chosen(&self, settings: &Settings, staging: &Path, model: &ModelSpec, name: &str) -> Result<Chosen> {
+        let before = self.chosen_before_nudged(settings, staging, model, name)?;
+        let nudged_steps = self.per_run_choice(
+            settings,
+            staging,
+            &nudged_steps_units(settings)?,
+            model,
+            name,
+            || choose_nudged_steps(settings, model, before),
+        )?;
+        Ok(Chosen {
+            nudged_steps: nudged_steps.map(whole_steps),
+            ..before
         })
     }
 
@@ -983,6 +1099,16 @@ fn meta_lr_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, St
 /// The inner step-size search's units, as [`meta_lr_units`].
 fn step_size_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
     search_units(settings, "choice-step-size", |p| p.step_size_search.is_some())
+}
+
+/// The nudged budget search's units, one per model, for the contrastive rule.
+fn nudged_steps_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
+    Ok(search_units(settings, "choice-nudged-steps", |p| {
+        p.nudged_steps_search.is_some()
+    })?
+    .into_iter()
+    .filter(|(_, name, _)| *name == "contrastive")
+    .collect())
 }
 
 /// Units `<prefix>-<model>-<estimator>`, one per model and estimator, where `searched` says the
@@ -1210,6 +1336,10 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         super::choice::stored(units, meta_lr_units(settings)?.into_iter().map(|(_, _, u)| u))?;
     let step_searches =
         super::choice::stored(units, step_size_units(settings)?.into_iter().map(|(_, _, u)| u))?;
+    let nudged_searches = super::choice::stored(
+        units,
+        nudged_steps_units(settings)?.into_iter().map(|(_, _, u)| u),
+    )?;
     for model in models(&protocol) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -1246,6 +1376,19 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                         .find(|x| x.model == run_subject(&model, name)),
                     &unit,
                     run.chosen.step_size,
+                )?;
+                // The run takes the chosen budget in whole steps.
+                let nudged = nudged_searches
+                    .iter()
+                    .find(|x| x.model == run_subject(&model, name))
+                    .map(|x| Search {
+                        chosen: whole_steps(x.chosen) as f64,
+                        ..x.clone()
+                    });
+                super::choice::check_agrees(
+                    nudged.as_ref(),
+                    &unit,
+                    run.chosen.nudged_steps.map(|n| n as f64),
                 )?;
                 seed_rows.push(format!(
                     "{},{name},{seed},{},{},{}",
@@ -1356,6 +1499,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &step_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("training_nudged_steps_choice.csv"),
+        "run",
+        &nudged_searches,
+        files,
+    )?;
     let columns = panels.len().clamp(1, 2);
     save(settings, "meta_training", &Figure { panels, columns }, files)?;
     // The examples come from the first seed's contrastive runs, which a report of part of the
@@ -1400,10 +1549,15 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
             "chosen on validation per model and estimator".to_string()
         }
     };
+    let nudged_budget = if nudged_searches.is_empty() {
+        nudged_steps.to_string()
+    } else {
+        "(the contrastive rule's) chosen on validation per model".to_string()
+    };
     let mut table = format!(
         "# Final meta-test loss after adaptation\n\n\
          Generated by `cml figures`: network {net_name}, {} shots, {meta_steps} meta-steps of {} tasks, {} seeds; inner phases\n\
-         SGD-Nesterov (momentum 0.9, lr {}), {free_steps} free and {nudged_steps} nudged steps (BPTT: {} plain SGD steps, lr {}).\n\
+         SGD-Nesterov (momentum 0.9, lr {}), {free_steps} free and {nudged_budget} nudged steps (BPTT: {} plain SGD steps, lr {}).\n\
          Per seed: query MSE after adaptation, mean over {n_test} test tasks, at the checkpoint with the lowest loss on\n\
          {n_val} validation tasks (evaluated every {} meta-steps). Mean over seeds with a 95% t-interval. \"Untrained\" is each\n\
          method's matched baseline: the untrained initialisation adapted by that method's own inner loop. The improvement\n\
@@ -1471,6 +1625,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     table.push_str(&beta_section(&protocol, &searches));
     table.push_str(&meta_lr_section(&protocol, &rate_searches, meta_steps));
     table.push_str(&step_size_section(&protocol, &step_searches, meta_steps));
+    table.push_str(&nudged_steps_section(&protocol, &nudged_searches, meta_steps));
     write_table(settings, "final_loss.md", &table, files)?;
     Ok(TrainingResults {
         finals,
@@ -1486,6 +1641,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         beta_searches: searches,
         meta_lr_searches: rate_searches,
         step_size_searches: step_searches,
+        nudged_steps_searches: nudged_searches,
         protocol,
     })
 }
@@ -1565,6 +1721,35 @@ fn step_size_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> St
          budget; otherwise the least mean over every stream's tasks wins. A choice at an edge of the grid extends it by \
          the ratio of its two outermost values there, at most {} times (`training_step_size_choice.csv`).",
                 search.streams, meta_steps, p.validation_tasks, search.extensions
+            )
+        },
+    )
+}
+
+/// The table's section on the contrastive rule's nudged budget: its search per model, or the
+/// protocol's budget.
+fn nudged_steps_section(p: &Protocol, searches: &[Search], meta_steps: usize) -> String {
+    let none = format!(
+        "\n## The nudged budget\n\n{} nudged steps per phase (no search at this scale).\n",
+        p.nudged_steps
+    );
+    super::searches::section(
+        searches,
+        p.nudged_steps_search.as_ref(),
+        none,
+        "The contrastive rule's nudged budget, chosen on validation tasks",
+        "run",
+        |search| {
+            format!(
+                "Per model, last (at the chosen beta, outer and inner step sizes), on each of {} search streams of the \
+                 search's own: a whole meta-training ({} meta-steps) at each number of steps of each nudged phase, scored as \
+                 the inner step size's search scores (a run that stops early on any stream fails its value). A larger budget \
+                 costs more, so the smallest budget whose validation loss exceeds the least by at most one standard error of \
+                 the paired difference wins. A choice at an edge of the grid extends it by the ratio of its two outermost \
+                 values there, at most {} (`training_nudged_steps_choice.csv`).",
+                search.streams,
+                meta_steps,
+                super::searches::times(search.extensions)
             )
         },
     )

@@ -257,6 +257,9 @@ pub enum Ties {
     /// The least mean loss, ties or not: for a step size, where no direction is safer. Values with
     /// exactly equal losses (runs that all deploy their untrained checkpoint) go to the smallest.
     None,
+    /// The smallest value within one standard error of the least loss (paired over the tasks): for
+    /// a budget, where the smaller costs less and the validation tasks cannot tell them apart.
+    ToTheSmaller,
 }
 
 /// The one-standard-error rule with paired differences: the largest `beta` whose mean validation
@@ -288,11 +291,17 @@ pub(crate) fn one_standard_error(grid: &mut [Score], per_task: &[Vec<f64>]) -> u
 /// The chosen index under `ties`; fills in each score's paired difference and standard error.
 fn choose(ties: Ties, grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
     let larger = one_standard_error(grid, per_task);
+    let least = (0..grid.len())
+        .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
+        .expect("a grid");
     match ties {
         Ties::ToTheLarger => larger,
-        Ties::None => (0..grid.len())
-            .min_by(|&a, &b| grid[a].validation_loss.total_cmp(&grid[b].validation_loss))
-            .expect("a grid"),
+        Ties::None => least,
+        // The differences and standard errors `one_standard_error` filled in, read the other way.
+        Ties::ToTheSmaller => (0..grid.len())
+            .filter(|&k| grid[k].failed.is_none() && grid[k].difference <= grid[k].standard_error)
+            .min_by(|&a, &b| grid[a].value.total_cmp(&grid[b].value))
+            .unwrap_or(least),
     }
 }
 
@@ -612,6 +621,30 @@ mod tests {
         })
         .unwrap();
         assert_eq!((s.chosen, s.at_edge), (4.0, true));
+    }
+
+    #[test]
+    fn ties_to_the_smaller_take_the_least_budget_the_tasks_cannot_tell_from_the_best() {
+        // Budgets 1, 2, 4. Budget 2 is least (mean 1); budget 1 differs from it by
+        // (0.11, -0.09, 0.11, -0.09): mean 0.01, sample sd sqrt(4 x 0.1^2 / 3) = 0.11547, standard
+        // error 0.11547 / 2 = 0.05774 (= 0.2 / sqrt(12)), so within one: a tie, which goes
+        // to the smaller, 1 (an edge). Budget 4 is worse by 1 on every task. Without ties, or with
+        // ties to the larger, 2 is chosen.
+        let losses = |v: f64| -> Vec<f64> {
+            match v {
+                1.0 => vec![1.11, 0.91, 1.11, 0.91],
+                2.0 => vec![1.0; 4],
+                _ => vec![2.0; 4],
+            }
+        };
+        let grid = [1.0, 2.0, 4.0];
+        let run = |ties| search("s", "nudged_steps", ties, &grid, 0, |v| Ok((losses(v), None))).unwrap();
+        let s = run(Ties::ToTheSmaller);
+        assert_eq!((s.chosen, s.at_edge), (1.0, true));
+        approx::assert_relative_eq!(s.grid[0].difference, 0.01, epsilon = 1e-12);
+        approx::assert_relative_eq!(s.grid[0].standard_error, 0.2 / 12f64.sqrt(), epsilon = 1e-12);
+        assert_eq!(run(Ties::None).chosen, 2.0);
+        assert_eq!(run(Ties::ToTheLarger).chosen, 2.0);
     }
 
     #[test]
