@@ -768,8 +768,10 @@ fn protocol_of_the_other_tables(dir: &Path) {
     }
 
     // Spiking, matched baselines: every meta-learned method has one on every seed, adapted by its
-    // own inner loop; the CML rows share the e-prop Adam loop of the no-meta-learning row, the BPTT
-    // baselines' are in their own CSV. One Holm family over the meta-learned methods.
+    // own inner loop at its chosen step size; a CML row whose loop is the no-meta-learning row's
+    // (at CML symmetric's step size) has that row, every other loop (the BPTT baselines', and a
+    // CML row whose search chose another step size) is in its own CSV. One Holm family over the
+    // meta-learned methods.
     let untrained = methods
         .iter()
         .find(|m| m.0.starts_with("no meta-learning"))
@@ -779,13 +781,10 @@ fn protocol_of_the_other_tables(dir: &Path) {
     let mut diffs = Vec::new();
     let mut margins = Vec::new();
     for m in &learned {
-        let baseline = if m.0.starts_with("CML") {
-            untrained
-        } else {
-            matched
-                .iter()
-                .find(|b| b.0 == m.0)
-                .unwrap_or_else(|| panic!("no matched baseline for {}", m.0))
+        let baseline = match matched.iter().find(|b| b.0 == m.0) {
+            Some(b) => b,
+            None if m.0.starts_with("CML symmetric") || m.0.starts_with("CML with") => untrained,
+            None => panic!("no matched baseline for {}", m.0),
         };
         let (own, base) = (per_seed(m), per_seed(baseline));
         assert_eq!(
@@ -1142,8 +1141,8 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(
-        // The job's 50 units (24 runs, 2 beta searches, 12 outer and 12 inner step-size
-        // searches), every third from the second (1, 4, ..., 49): 17.
+        // The job's 52 units (24 runs, 2 beta searches, 12 outer and 12 inner step-size
+        // searches, 2 nudged budget searches), every third from the second (1, 4, ..., 49): 17.
         stdout.contains("slice 1/3: ran 0 units, 17 already stored"),
         "{stdout}"
     );
@@ -1185,7 +1184,7 @@ fn quick_figures_write_every_file_and_merged_slices_of_units_give_the_same_csvs(
     let err = String::from_utf8_lossy(&o.stderr);
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("1 of the 50 units of job training missing: synapse-cg-seed1"),
+        err.contains("1 of the 52 units of job training missing: synapse-cg-seed1"),
         "{err}"
     );
 }
@@ -1198,8 +1197,9 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model and an
-    // outer and an inner step-size search per model and estimator, timed by its calibration; the
+    // The quick training job: 2 models x 6 estimators x 2 seeds, a beta search per model, an outer
+    // and an inner step-size search per model and estimator and a nudged budget search per model,
+    // timed by its calibration; the
     // jobs without a calibration say how to get an estimate.
     // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
     // searches, 3 outer and 3 inner step-size searches; few-shot 1 setting x 5 methods x 2 seeds,
@@ -1207,16 +1207,16 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // step-size searches (MAML, first-order MAML, Reptile) and 2 phase step-size searches (CML,
     // iMAML); digits-decay 2 seeds x (5 estimators + baselines) and
     // each seed's inner step-size search;
-    // spiking the choice, 5 step-size searches, 6 methods x 2 seeds and a matched-baseline unit
-    // per seed.
+    // spiking the choice, 5 outer and 5 inner step-size searches, 6 methods x 2 seeds and a
+    // matched-baseline unit per seed.
     let row = out.lines().find(|l| l.starts_with("| training |")).unwrap();
     let cells: Vec<&str> = row.split('|').map(str::trim).collect();
-    assert_eq!(cells[2], "50", "{row}");
+    assert_eq!(cells[2], "52", "{row}");
     assert!(cells[3].parse::<f64>().unwrap() > 0.0, "{row}");
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
         ("theory", 1),
-        ("spiking", 20),
+        ("spiking", 25),
         ("bandit", 16),
         ("few-shot", 23),
         ("digits-decay", 14),
