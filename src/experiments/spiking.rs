@@ -1174,7 +1174,6 @@ fn at_searched_inner_lr(p: &Protocol, index: usize, inner_lr: Option<f64>) -> Pr
 /// by the query MSE of each of the search's checkpoint tasks after the method's own inner loop, at
 /// the checkpoint those tasks choose as a reported run's are chosen. A run that stops early fails
 /// its value; the least mean wins, and an edge choice extends the grid.
-#[allow(clippy::too_many_arguments)]
 fn whole_run_search(
     p: &Protocol,
     settings: &Settings,
