@@ -32,6 +32,7 @@ fn figures_quick(dir: &Path) {
 ///   CML and iMAML x the grid of 2 strengths (no extension); few_shot_step_size_choice: MAML,
 ///   first-order MAML and Reptile x the grid of 2 SGD step sizes (no extension);
 ///   few_shot_phase_step_size_choice: CML and iMAML x the grid of 2 phase step sizes (no extension);
+///   few_shot_nudged_steps_choice: CML x the grid of 2 nudged budgets (no extension);
 /// - digits_decay: 7 methods x 2 seeds; digits_decay_curves: 5 estimators x 2 seeds x 3
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
@@ -94,6 +95,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("few_shot_strength_choice", 6, 4),
     ("few_shot_step_size_choice", 6, 6),
     ("few_shot_phase_step_size_choice", 6, 4),
+    ("few_shot_nudged_steps_choice", 6, 2),
     ("few_shot_accuracy", 8, 5),
     ("few_shot_meta_training", 5, 20),
     ("digits_decay", 5, 14),
@@ -626,6 +628,13 @@ fn protocol_of_the_other_tables(dir: &Path) {
             "nudged_steps",
             Rule::Smaller,
             2,
+        ),
+        (
+            "few_shot_nudged_steps_choice.csv",
+            "run",
+            "nudged_steps",
+            Rule::Smaller,
+            1,
         ),
     ] {
         let search = csv_rows(&dir.join("figures").join(file));
@@ -1204,8 +1213,8 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
     // searches, 3 outer and 3 inner step-size searches; few-shot 1 setting x 5 methods x 2 seeds,
     // the setting's beta search, 5 step-size searches, 2 strength searches (CML, iMAML), 3 SGD
-    // step-size searches (MAML, first-order MAML, Reptile) and 2 phase step-size searches (CML,
-    // iMAML); digits-decay 2 seeds x (5 estimators + baselines) and
+    // step-size searches (MAML, first-order MAML, Reptile), 2 phase step-size searches (CML,
+    // iMAML) and CML's nudged budget search; digits-decay 2 seeds x (5 estimators + baselines) and
     // each seed's inner step-size search;
     // spiking the choice, 5 outer and 5 inner step-size searches, 6 methods x 2 seeds and a
     // matched-baseline unit per seed.
@@ -1218,7 +1227,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         ("theory", 1),
         ("spiking", 25),
         ("bandit", 16),
-        ("few-shot", 23),
+        ("few-shot", 24),
         ("digits-decay", 14),
     ] {
         let row = out
@@ -1879,21 +1888,24 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
 #[test]
 fn a_changed_phase_step_size_search_reruns_only_the_units_with_phases() {
     // The quick few-shot job: 1 setting, a beta search, 5 outer step-size searches, 2 strength
-    // searches, 3 SGD and 2 phase step-size searches, 5 methods x 2 seeds. Another phase grid is
-    // read by the phase searches and CML's and iMAML's runs only: those 6 units run again, the
-    // other 17 are kept, and the report equals a fresh run in its 9 CSVs. The grid [0.0025, 0.005]
-    // leaves out the shipped choice (0.01), so both methods' runs must move; the others' must not.
+    // searches, 3 SGD and 2 phase step-size searches, CML's nudged budget search, 5 methods x 2
+    // seeds. Another phase grid is read by the phase searches, the nudged budget search (which
+    // runs at the phase step's choice) and CML's and iMAML's runs only: those 7 units run again,
+    // the other 17 are kept, and the report equals a fresh run in its 10 CSVs. The grid [0.0025,
+    // 0.005] leaves out the shipped choice (0.01), so both methods' runs must move; the others'
+    // must not.
     let dir = a_changed_run_keeps_units(
         "few-shot",
         "[phase_step_size_search]\ngrid = [0.0025, 0.005]\n",
         |unit| {
             !unit.starts_with("choice-phase-step-size-")
+                && !unit.starts_with("choice-nudged-steps-")
                 && !unit.contains("-cml-")
                 && !unit.contains("-imaml-")
         },
         false,
-        "ran 6 units, 17 already stored",
-        9,
+        "ran 7 units, 17 already stored",
+        10,
     );
     let shipped = shipped_quick_run("few-shot");
     let (methods, moved) = groups_that_moved(

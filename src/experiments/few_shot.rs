@@ -8,7 +8,7 @@
 //! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
 //! same episodes (docs/PROTOCOL.md).
 
-use super::choice::{BetaSearchSpec, RateSearchSpec, Search, at_beta};
+use super::choice::{BetaSearchSpec, RateSearchSpec, Search, Ties, at_beta, whole_steps};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
 use super::{Settings, mean, running_mean, save, write_csv, write_table};
@@ -96,6 +96,13 @@ pub struct Protocol {
     /// meta-test (and so the matched baseline) run at the choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase_step_size_search: Option<RateSearchSpec>,
+    /// Last, the contrastive rule's nudged budget (`nudged_steps` where not searched), per
+    /// setting on the validation classes at every choice before it, as the strength is searched
+    /// but with ties to the smaller budget: the smallest whose validation error exceeds the least
+    /// by at most one standard error of the paired difference wins (a larger budget costs more).
+    /// A budget an extension makes fractional is rounded to whole steps; none at the paper scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudged_steps_search: Option<RateSearchSpec>,
 }
 
 impl Protocol {
@@ -138,6 +145,10 @@ impl Protocol {
                 }),
                 phase_step_size_search: Some(RateSearchSpec {
                     grid: vec![0.005, 0.01],
+                    extensions: 0,
+                }),
+                nudged_steps_search: Some(RateSearchSpec {
+                    grid: vec![5.0, 10.0],
                     extensions: 0,
                 }),
             }
@@ -188,6 +199,11 @@ impl Protocol {
                     grid: vec![0.005, 0.01, 0.02],
                     extensions: 2,
                 }),
+                // The hand-set 100 halved and doubled.
+                nudged_steps_search: Some(RateSearchSpec {
+                    grid: vec![50.0, 100.0, 200.0],
+                    extensions: 1,
+                }),
             }
         }
     }
@@ -225,6 +241,7 @@ impl Protocol {
             strength_search: None,
             maml_step_size_search: None,
             phase_step_size_search: None,
+            nudged_steps_search: None,
             ..Self::new(false)
         }
     }
@@ -377,6 +394,7 @@ const RATE_CHOICE: u64 = 25;
 const STRENGTH_CHOICE: u64 = 26;
 const SGD_STEP_CHOICE: u64 = 27;
 const PHASE_STEP_CHOICE: u64 = 28;
+const NUDGED_STEPS_CHOICE: u64 = 29;
 
 /// Two methods' meta-test accuracies are equivalent when their difference lies within this many
 /// (fractional) points, 2 percentage points (fixed before any run; docs/PROTOCOL.md).
@@ -495,6 +513,43 @@ fn phase_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)
     )
 }
 
+/// The nudged budget's search unit of a setting (the contrastive rule's).
+fn nudged_steps_choice_unit(shots: usize, key: &str) -> String {
+    format!("choice-nudged-steps-{}", rate_subject(shots, key))
+}
+
+/// The nudged budget's searches' units, in order, for the contrastive rule (none without a search).
+fn nudged_steps_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
+    let p = Protocol::of(settings)?;
+    per_method_units(
+        &p,
+        p.nudged_steps_search.is_some(),
+        nudged_steps_choice_unit,
+        |m| m.key == CML,
+    )
+}
+
+/// The contrastive rule's key.
+const CML: &str = "cml";
+
+/// `method` (the contrastive rule) with `steps` in each nudged phase.
+fn at_nudged_steps(method: &Method, steps: usize) -> Method {
+    let estimator = match method.estimator {
+        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive {
+            nudged: GdParams {
+                max_steps: steps,
+                ..c.nudged
+            },
+            ..c
+        }),
+        other => unreachable!("only the contrastive rule has a nudged phase, not {other:?}"),
+    };
+    Method {
+        estimator,
+        ..method.clone()
+    }
+}
+
 /// The inner step size's searches' units, in order: the plain SGD step's, then the phases'.
 fn inner_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let mut choices = sgd_step_choices(settings)?;
@@ -551,6 +606,9 @@ struct SeedRun {
     /// The phases' step size (CML, iMAML), as its search chose it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     phase_step: Option<f64>,
+    /// The contrastive rule's nudged steps, as its search chose them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nudged_steps: Option<usize>,
     /// Mean validation accuracy at each checkpoint `(meta-step, accuracy)`, and the meta-step
     /// deployed: the best, ties to the later.
     checkpoints: Vec<(usize, f64)>,
@@ -598,14 +656,15 @@ impl Job<super::Section> for FewShot {
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         // The searches first (beta, then the outer step sizes, then the strengths and the plain
-        // SGD step sizes, then the phase step sizes, each taking the choices before it), so that
-        // the runs find them stored.
+        // SGD step sizes, then the phase step sizes, then the nudged budgets, each taking the
+        // choices before it), so that the runs find them stored.
         Ok(searched_settings(settings)?
             .into_iter()
             .map(choice_unit)
             .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(strength_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(inner_step_choices(settings)?.into_iter().map(|(_, _, u)| u))
+            .chain(nudged_steps_choices(settings)?.into_iter().map(|(_, _, u)| u))
             .chain(
                 runs(settings)?
                     .iter()
@@ -643,36 +702,36 @@ impl Job<super::Section> for FewShot {
             let (method, _) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
             return super::units::encode(&choose_inner_step(settings, &at_rate, shots, &method)?);
         }
+        if let Some((shots, method, _)) = nudged_steps_choices(settings)?
+            .into_iter()
+            .find(|(_, _, u)| u == unit)
+        {
+            let (at_rate, method, _) = self.before_nudged(settings, staging, &p, shots, method)?;
+            return super::units::encode(&choose_nudged_steps(settings, &at_rate, shots, &method)?);
+        }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
             })?;
-        let (method, beta) = self.at_searched_beta(settings, staging, &p, shots, method)?;
-        let (at_rate, meta_lr) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
-        let (method, strength) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
-        // The plain SGD step size of a method without a pull, the phases' of one with: its
-        // search's, stored or run here, as beta's.
-        let step = match inner_step_choices(settings)?
+        let (at_rate, method, before) = self.before_nudged(settings, staging, &p, shots, method)?;
+        // The contrastive rule's nudged budget: its search's, stored or run here, as beta's.
+        let nudged_steps = match nudged_steps_choices(settings)?
             .into_iter()
             .find(|(s, m, _)| *s == shots && m.key == method.key)
         {
             Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_inner_step(settings, &at_rate, shots, &method)
-            })?,
+                choose_nudged_steps(settings, &at_rate, shots, &method)
+            })?
+            .map(whole_steps),
             None => None,
         };
-        let method = match step {
-            Some(s) => at_inner_step(&method, s),
+        let method = match nudged_steps {
+            Some(n) => at_nudged_steps(&method, n),
             None => method,
         };
-        let pulled = PULLED.contains(&method.key);
-        let (sgd_step, phase_step) = (step.filter(|_| !pulled), step.filter(|_| pulled));
         let chosen = Chosen {
-            beta,
-            meta_lr,
-            strength,
-            sgd_step,
-            phase_step,
+            nudged_steps,
+            ..before
         };
         super::units::encode(&run_seed(&at_rate, shots, &method, seed, chosen)?)
     }
@@ -680,24 +739,26 @@ impl Job<super::Section> for FewShot {
     fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
         // The strength and the phase step size are read by their searches and the runs of the
         // methods with a pull (the phase step's search after the strength's), the plain SGD step
-        // size by its searches and the runs of the others; the earlier searches read none.
-        const KEYS: &[&str] = &[
-            "strength_search",
-            "phase_step_size_search",
-            "maml_step_size_search",
-        ];
-        if unit.starts_with("choice-strength-") {
-            &KEYS[1..]
+        // size by its searches and the runs of the others, the nudged budget by its searches and
+        // the contrastive rule's runs (after every other search); the earlier searches read none.
+        const STRENGTH: &str = "strength_search";
+        const PHASE: &str = "phase_step_size_search";
+        const SGD: &str = "maml_step_size_search";
+        const NUDGED: &str = "nudged_steps_search";
+        if unit.starts_with("choice-nudged-steps-") || unit.contains(&format!("shot-{CML}-seed")) {
+            &[SGD]
+        } else if unit.starts_with("choice-strength-") {
+            &[PHASE, SGD, NUDGED]
         } else if unit.starts_with("choice-phase-step-size-") {
-            &KEYS[2..]
+            &[SGD, NUDGED]
         } else if unit.starts_with("choice-step-size-") {
-            &KEYS[..2]
+            &[STRENGTH, PHASE, NUDGED]
         } else if unit.starts_with("choice-") {
-            KEYS
+            &[STRENGTH, PHASE, SGD, NUDGED]
         } else if PULLED.iter().any(|k| unit.contains(&format!("shot-{k}-seed"))) {
-            &KEYS[2..]
+            &[SGD, NUDGED]
         } else {
-            &KEYS[..2]
+            &[STRENGTH, PHASE, NUDGED]
         }
     }
 
@@ -781,7 +842,16 @@ impl crate::protocol::Checked for Protocol {
             .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
             .rate_search("strength_search", self.strength_search.as_ref())
             .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref())
-            .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref());
+            .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref())
+            .rate_search("nudged_steps_search", self.nudged_steps_search.as_ref());
+        if let Some(n) = &self.nudged_steps_search {
+            c.that(
+                n.grid.iter().all(|v| v.fract() == 0.0),
+                "nudged_steps_search.grid",
+                format!("{:?}", n.grid),
+                "whole numbers of steps",
+            );
+        }
         c.done()
     }
 }
@@ -915,6 +985,46 @@ impl FewShot {
             ..p.clone()
         };
         Ok((at_rate, meta_lr))
+    }
+
+    /// `p` and `method` as every search before the nudged budget's set them (`beta`, the outer
+    /// step size, the pull strength, then the plain SGD step size of a method without a pull or
+    /// the phases' of one with; each its search's, stored or run here, as beta's), and what they
+    /// chose.
+    fn before_nudged(
+        &self,
+        settings: &Settings,
+        staging: &Path,
+        p: &Protocol,
+        shots: usize,
+        method: Method,
+    ) -> Result<(Protocol, Method, Chosen)> {
+        let (method, beta) = self.at_searched_beta(settings, staging, p, shots, method)?;
+        let (at_rate, meta_lr) = self.at_searched_rate(settings, staging, p, shots, &method)?;
+        let (method, strength) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
+        let step = match inner_step_choices(settings)?
+            .into_iter()
+            .find(|(s, m, _)| *s == shots && m.key == method.key)
+        {
+            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
+                choose_inner_step(settings, &at_rate, shots, &method)
+            })?,
+            None => None,
+        };
+        let method = match step {
+            Some(s) => at_inner_step(&method, s),
+            None => method,
+        };
+        let pulled = PULLED.contains(&method.key);
+        let chosen = Chosen {
+            beta,
+            meta_lr,
+            strength,
+            sgd_step: step.filter(|_| !pulled),
+            phase_step: step.filter(|_| pulled),
+            nudged_steps: None,
+        };
+        Ok((at_rate, method, chosen))
     }
 }
 
@@ -1061,7 +1171,7 @@ fn choose_meta_lr(
         settings,
         p,
         shots,
-        (RATE_CHOICE, "meta_lr"),
+        (RATE_CHOICE, "meta_lr", Ties::None),
         search,
         method.key,
         at,
@@ -1094,7 +1204,7 @@ fn choose_strength(
         settings,
         p,
         shots,
-        (STRENGTH_CHOICE, "strength"),
+        (STRENGTH_CHOICE, "strength", Ties::None),
         search,
         method.key,
         at,
@@ -1122,7 +1232,42 @@ fn choose_inner_step(
         return Ok(None);
     };
     let at = |step_size: f64| (p.clone(), at_inner_step(method, step_size));
-    whole_run_search(settings, p, shots, (word, "step_size"), search, method.key, at).map(Some)
+    whole_run_search(
+        settings,
+        p,
+        shots,
+        (word, "step_size", Ties::None),
+        search,
+        method.key,
+        at,
+    )
+    .map(Some)
+}
+
+/// Chooses the contrastive rule's nudged budget (`p` and `method` as every earlier search set
+/// them) in the `shots` setting on the validation classes, as [`choose_inner_step`] chooses the
+/// step size, on a search stream of its own, but with ties to the smaller budget. `None` where
+/// the protocol has no such search.
+fn choose_nudged_steps(
+    settings: &Settings,
+    p: &Protocol,
+    shots: usize,
+    method: &Method,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.nudged_steps_search else {
+        return Ok(None);
+    };
+    let at = |steps: f64| (p.clone(), at_nudged_steps(method, whole_steps(steps)));
+    whole_run_search(
+        settings,
+        p,
+        shots,
+        (NUDGED_STEPS_CHOICE, "nudged_steps", Ties::ToTheSmaller),
+        search,
+        method.key,
+        at,
+    )
+    .map(Some)
 }
 
 /// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
@@ -1130,12 +1275,13 @@ fn choose_inner_step(
 /// reported seed's), a whole meta-training at each value as `at(value)` gives it (the protocol
 /// and method it runs), its checkpoint chosen on `p.validation_episodes` validation episodes of
 /// the search's own stream as a reported run's is, scored by each episode's error rate there; the
-/// least mean wins, a choice at an edge extends the grid.
+/// choice follows `word.2` (the least mean, or for a budget the smallest within one standard
+/// error of it), a choice at an edge extends the grid.
 fn whole_run_search(
     settings: &Settings,
     p: &Protocol,
     shots: usize,
-    word: (u64, &str),
+    word: (u64, &str, Ties),
     search: &RateSearchSpec,
     key: &str,
     at: impl Fn(f64) -> (Protocol, Method),
@@ -1157,7 +1303,7 @@ fn whole_run_search(
     super::choice::search(
         &rate_subject(shots, key),
         word.1,
-        super::choice::Ties::None,
+        word.2,
         &search.grid,
         search.extensions,
         score_at,
@@ -1172,6 +1318,7 @@ struct Chosen {
     strength: Option<f64>,
     sgd_step: Option<f64>,
     phase_step: Option<f64>,
+    nudged_steps: Option<usize>,
 }
 
 /// Meta-trains `method` (as its searches set it: `chosen` records their `beta`, outer step size,
@@ -1185,6 +1332,7 @@ fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, chosen: Chos
         strength,
         sgd_step,
         phase_step,
+        nudged_steps,
     } = chosen;
     let split = FewShotSplit::new(&load_digits()?)?;
     let theta0 = p.net()?.init(&mut stream(seed, INIT));
@@ -1209,6 +1357,7 @@ fn run_seed(p: &Protocol, shots: usize, method: &Method, seed: u64, chosen: Chos
         strength,
         sgd_step,
         phase_step,
+        nudged_steps,
         checkpoints: run.checkpoints,
         chosen_step: run.chosen_step,
         accuracy,
@@ -1277,6 +1426,8 @@ pub struct FewShotResults {
     /// The phase step size's searches, one per setting and method with phases (none at the paper
     /// scale).
     pub phase_step_searches: Vec<Search>,
+    /// The contrastive rule's nudged budget's searches, one per setting (none at the paper scale).
+    pub nudged_steps_searches: Vec<Search>,
     /// The `(digit, quarter turns)` classes of meta-training and of validation.
     pub meta_train_classes: Vec<(usize, usize)>,
     pub validation_classes: Vec<(usize, usize)>,
@@ -1301,6 +1452,10 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let phase_step_searches = super::choice::stored(
         units,
         phase_step_choices(settings)?.into_iter().map(|(_, _, u)| u),
+    )?;
+    let nudged_steps_searches = super::choice::stored(
+        units,
+        nudged_steps_choices(settings)?.into_iter().map(|(_, _, u)| u),
     )?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
@@ -1347,8 +1502,19 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     (per_run(&strength_searches), run.strength),
                     (per_run(&sgd_step_searches), run.sgd_step),
                     (per_run(&phase_step_searches), run.phase_step),
+                    // The run takes the chosen budget in whole steps.
+                    (
+                        per_run(&nudged_steps_searches).map(|x| Search {
+                            chosen: whole_steps(x.chosen) as f64,
+                            ..x
+                        }),
+                        run.nudged_steps.map(|n| n as f64),
+                    ),
                 ] {
                     super::choice::check_agrees(search.as_ref(), &format!("few-shot unit {name}"), value)?;
+                }
+                if let Some(n) = run.nudged_steps {
+                    result.budget = inner_budget(&at_nudged_steps(method, n).estimator);
                 }
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
                 for (step, validation) in &run.checkpoints {
@@ -1502,6 +1668,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &phase_step_searches,
         files,
     )?;
+    super::choice::write(
+        &settings.out.join("few_shot_nudged_steps_choice.csv"),
+        "run",
+        &nudged_steps_searches,
+        files,
+    )?;
     let acc_rows: Vec<String> = rows
         .iter()
         .map(|r| {
@@ -1529,6 +1701,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         strength_searches,
         sgd_step_searches,
         phase_step_searches,
+        nudged_steps_searches,
         meta_train_classes: split.meta_train.classes,
         validation_classes: split.validation.classes,
     };
@@ -1640,6 +1813,7 @@ pub fn table(r: &FewShotResults) -> String {
     t.push_str(&strength_section(r));
     t.push_str(&sgd_step_section(r));
     t.push_str(&phase_step_section(r));
+    t.push_str(&nudged_steps_section(r));
     t
 }
 
@@ -1800,6 +1974,35 @@ fn phase_step_section(r: &FewShotResults) -> String {
              step size, its checkpoint chosen on {} validation episodes of the search's own stream, then the error rate\n\
              there; the least wins. A choice at an edge of the grid extends it past that edge by the grid's ratio, at most {}\n\
              (`few_shot_phase_step_size_choice.csv`).",
+                p.validation_episodes,
+                super::searches::times(search.extensions)
+            )
+        },
+    )
+}
+
+/// The table's section on the contrastive rule's nudged budget: its search per setting, or the
+/// protocol's budget.
+fn nudged_steps_section(r: &FewShotResults) -> String {
+    let p = &r.protocol;
+    let none = format!(
+        "\n## The nudged budget\n\nCML's nudged phases run {} steps each (no search at this scale).\n",
+        p.nudged_steps
+    );
+    super::searches::section(
+        &r.nudged_steps_searches,
+        p.nudged_steps_search.as_ref(),
+        none,
+        "CML's nudged budget, chosen on the validation classes",
+        "run",
+        |search| {
+            format!(
+                "Per setting, for CML, last (at every choice above), from an initialisation and an episode stream of the \
+                 search's own: a whole meta-training at each number of steps of each nudged phase, its checkpoint chosen on {} \
+                 validation episodes of the search's own stream, then the error rate there. A larger budget costs more, so the \
+                 smallest budget whose error exceeds the least by at most one standard error of the paired difference wins. A \
+                 choice at an edge of the grid extends it past that edge by the grid's ratio, at most {} \
+                 (`few_shot_nudged_steps_choice.csv`).",
                 p.validation_episodes,
                 super::searches::times(search.extensions)
             )
@@ -1998,8 +2201,9 @@ mod tests {
     fn only_the_units_that_read_a_search_keep_it_in_their_fingerprint() {
         // The methods with a pull are those whose synapse has a strength above 0. The pull
         // strength's search is read by its own units and those methods' runs, the plain SGD step
-        // size's by its own units and the other methods' runs: each default unit's ignored keys are
-        // checked against the lists of units that take each search's choice.
+        // size's by its own units and the other methods' runs, the nudged budget's by its own units
+        // and the contrastive rule's runs: each default unit's ignored keys are checked against the
+        // lists of units that take each search's choice.
         let settings = Settings::at(Scale::Default);
         let p = Protocol::of(&settings).unwrap();
         for shots in [1, 5] {
@@ -2018,15 +2222,31 @@ mod tests {
             );
             out
         };
-        let phase_step = readers(phase_step_choices(&settings).unwrap(), true);
+        // The nudged budget's searches run last, at every other choice.
+        let nudged: Vec<String> = nudged_steps_choices(&settings)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.2)
+            .chain(
+                runs(&settings)
+                    .unwrap()
+                    .iter()
+                    .filter(|(_, m, _)| m.key == CML)
+                    .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
+            )
+            .collect();
+        let mut phase_step = readers(phase_step_choices(&settings).unwrap(), true);
+        phase_step.extend(nudged_steps_choices(&settings).unwrap().into_iter().map(|c| c.2));
         // The phase step's searches run at the strength's choice.
         let mut strength = readers(strength_choices(&settings).unwrap(), true);
         strength.extend(phase_step_choices(&settings).unwrap().into_iter().map(|c| c.2));
+        strength.extend(nudged_steps_choices(&settings).unwrap().into_iter().map(|c| c.2));
         let sgd_step = readers(sgd_step_choices(&settings).unwrap(), false);
-        // 2 settings x 2 methods of searches (twice) and their 5 seeds each; 2 x 3 and theirs.
+        // 2 settings x 2 methods of searches (3 times) and their 5 seeds each (the nudged
+        // budget's searches read both); 2 x 3 and theirs; 2 settings x CML and its 5 seeds.
         assert_eq!(
-            (strength.len(), phase_step.len(), sgd_step.len()),
-            (8 + 20, 4 + 20, 6 + 30)
+            (strength.len(), phase_step.len(), sgd_step.len(), nudged.len()),
+            (8 + 2 + 20, 4 + 2 + 20, 6 + 30, 2 + 10)
         );
         for unit in FEW_SHOT.units(&settings).unwrap() {
             let ignores = FEW_SHOT.keys_unit_ignores(&unit);
@@ -2045,7 +2265,12 @@ mod tests {
                 sgd_step.contains(&unit),
                 "{unit}"
             );
-            assert!(ignores.len() <= 3, "{unit}");
+            assert_eq!(
+                !ignores.contains(&"nudged_steps_search"),
+                nudged.contains(&unit),
+                "{unit}"
+            );
+            assert!(ignores.len() <= 4, "{unit}");
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
-use super::choice::Search;
+use super::choice::{Search, whole_steps};
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -629,12 +629,6 @@ fn choose_step_size(
 
 /// Stream word of the nudged budget search's own seeds.
 const NUDGED_STEPS_CHOICE: u64 = 74;
-
-/// The whole nudged steps a searched budget `value` stands for (an extension may make it
-/// fractional).
-fn whole_steps(value: f64) -> usize {
-    value.round().max(1.0) as usize
-}
 
 /// Chooses the contrastive rule's nudged budget for `model` (at the searched `beta`, outer and
 /// inner step sizes) on validation tasks, as [`choose_step_size`] chooses the step size (on search

@@ -814,6 +814,13 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
                 s => super::searches::chosen_values(s),
             },
         )
+        .text(
+            "nudged_steps",
+            match f.nudged_steps_searches.as_slice() {
+                [] => format!("{} steps, not searched", p.nudged_steps),
+                s => super::searches::chosen_values(s),
+            },
+        )
         .list("methods", methods)
         .section("stopped", stopped(&f.stopped))
 }

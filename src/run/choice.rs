@@ -305,6 +305,12 @@ fn choose(ties: Ties, grid: &mut [Score], per_task: &[Vec<f64>]) -> usize {
     }
 }
 
+/// The whole steps a searched budget `value` stands for (an extension of a grid of whole numbers
+/// may make it fractional), at least 1.
+pub(crate) fn whole_steps(value: f64) -> usize {
+    value.round().max(1.0) as usize
+}
+
 /// Searches `grid` (increasing) of `beta` for `subject`, ties to the larger (see [`search`]).
 pub(crate) fn search_beta(
     subject: &str,
