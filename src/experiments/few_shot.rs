@@ -416,10 +416,10 @@ fn setting_name(shots: usize) -> String {
     format!("{shots}-shot")
 }
 
-/// The step-size search's unit of a setting and method; its subject in the tables is the same
-/// without the prefix.
-fn rate_choice_unit(shots: usize, key: &str) -> String {
-    format!("choice-meta-lr-{}", rate_subject(shots, key))
+/// The unit of the search `setting` (`meta-lr`, `strength`, ...) of a setting and method; its
+/// subject in the tables is the same without the prefix.
+fn search_unit(setting: &str, shots: usize, key: &str) -> String {
+    format!("choice-{setting}-{}", rate_subject(shots, key))
 }
 fn rate_subject(shots: usize, key: &str) -> String {
     format!("{shots}shot-{key}")
@@ -428,35 +428,25 @@ fn rate_subject(shots: usize, key: &str) -> String {
 /// The step-size searches' units, in order (none without a search): (shots, method, unit).
 fn rate_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let p = Protocol::of(settings)?;
-    per_method_units(&p, p.meta_lr_search.is_some(), rate_choice_unit, |_| true)
+    per_method_units(&p, p.meta_lr_search.is_some(), "meta-lr", |_| true)
 }
 
 /// The methods whose complex synapse pulls toward `omega` (a strength above 0), by key.
 const PULLED: [&str; 2] = ["cml", "imaml"];
 
-/// The pull strength's search unit of a setting and method.
-fn strength_choice_unit(shots: usize, key: &str) -> String {
-    format!("choice-strength-{}", rate_subject(shots, key))
-}
-
 /// The strength searches' units, in order, for the methods with a pull (none without a search).
 fn strength_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let p = Protocol::of(settings)?;
-    per_method_units(&p, p.strength_search.is_some(), strength_choice_unit, |m| {
+    per_method_units(&p, p.strength_search.is_some(), "strength", |m| {
         PULLED.contains(&m.key)
     })
-}
-
-/// The plain SGD step size's search unit of a setting and method.
-fn sgd_step_choice_unit(shots: usize, key: &str) -> String {
-    format!("choice-step-size-{}", rate_subject(shots, key))
 }
 
 /// The plain SGD step size's searches' units, in order, for the methods without a pull (none
 /// without a search).
 fn sgd_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let p = Protocol::of(settings)?;
-    per_method_units(&p, p.maml_step_size_search.is_some(), sgd_step_choice_unit, |m| {
+    per_method_units(&p, p.maml_step_size_search.is_some(), "step-size", |m| {
         !PULLED.contains(&m.key)
     })
 }
@@ -496,37 +486,21 @@ fn at_inner_step(method: &Method, step_size: f64) -> Method {
     }
 }
 
-/// The phase step size's search unit of a setting and method.
-fn phase_step_choice_unit(shots: usize, key: &str) -> String {
-    format!("choice-phase-step-size-{}", rate_subject(shots, key))
-}
-
 /// The phase step size's searches' units, in order, for the methods with phases (CML and iMAML,
 /// the methods with a pull; none without a search).
 fn phase_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let p = Protocol::of(settings)?;
-    per_method_units(
-        &p,
-        p.phase_step_size_search.is_some(),
-        phase_step_choice_unit,
-        |m| PULLED.contains(&m.key),
-    )
-}
-
-/// The nudged budget's search unit of a setting (the contrastive rule's).
-fn nudged_steps_choice_unit(shots: usize, key: &str) -> String {
-    format!("choice-nudged-steps-{}", rate_subject(shots, key))
+    per_method_units(&p, p.phase_step_size_search.is_some(), "phase-step-size", |m| {
+        PULLED.contains(&m.key)
+    })
 }
 
 /// The nudged budget's searches' units, in order, for the contrastive rule (none without a search).
 fn nudged_steps_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
     let p = Protocol::of(settings)?;
-    per_method_units(
-        &p,
-        p.nudged_steps_search.is_some(),
-        nudged_steps_choice_unit,
-        |m| m.key == CML,
-    )
+    per_method_units(&p, p.nudged_steps_search.is_some(), "nudged-steps", |m| {
+        m.key == CML
+    })
 }
 
 /// The contrastive rule's key.
@@ -557,11 +531,12 @@ fn inner_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)
     Ok(choices)
 }
 
-/// `unit(shots, key)` for each setting and each method `which` takes, where `searched`.
+/// The units of the search `setting` ([`search_unit`]) for each setting and each method `which`
+/// takes, where `searched`.
 fn per_method_units(
     p: &Protocol,
     searched: bool,
-    unit: fn(usize, &str) -> String,
+    setting: &str,
     which: impl Fn(&Method) -> bool,
 ) -> Result<Vec<(usize, Method, String)>> {
     let mut out = Vec::new();
@@ -570,7 +545,7 @@ fn per_method_units(
     }
     for &shots in &p.shots {
         for method in p.methods(shots)?.into_iter().filter(|m| which(m)) {
-            let name = unit(shots, method.key);
+            let name = search_unit(setting, shots, method.key);
             out.push((shots, method, name));
         }
     }
@@ -973,7 +948,7 @@ impl FewShot {
                     self,
                     settings,
                     staging,
-                    &rate_choice_unit(shots, method.key),
+                    &search_unit("meta-lr", shots, method.key),
                     || choose_meta_lr(settings, p, shots, method),
                 )?
                 .expect("a search where the protocol has one"),
