@@ -37,6 +37,7 @@ fn figures_quick(dir: &Path) {
 ///   evaluations (meta-steps 0, 1, 2); digits_decay_grid: 2 seeds x 3 decays;
 ///   digits_decay_checkpoints: 5 estimators x 2 seeds; digits_decay_meta_lr_choice: 10 runs x 2
 ///   rates (quick grid, no extension); digits_decay_beta_choice: 2 contrastive runs x 2 betas;
+///   digits_decay_nudged_steps_choice: 2 contrastive runs x 2 nudged budgets (no extension);
 ///   digits_decay_step_size_choice: 2 seeds x the grid of 2 inner step sizes, extended once (both
 ///   are edges);
 /// - bandit_regret: 11 agents (4 baselines, 3 matched baselines, 4 meta-learned deployments) x 2
@@ -49,7 +50,8 @@ fn figures_quick(dir: &Path) {
 ///   baselines); weight_decay_per_seed: 7 methods (fixed, best single decay, 5 estimators) x 2
 ///   seeds; weight_decay_step_size_choice: 2 seeds x the grid of 2 inner step sizes, extended once
 ///   (both are edges); weight_decay_meta_lr_choice: 10 runs x 2 rates (no extension at the quick
-///   scale); weight_decay_beta_choice: 2 contrastive runs x 2 betas;
+///   scale); weight_decay_beta_choice: 2 contrastive runs x 2 betas; weight_decay_nudged_steps_choice:
+///   2 contrastive runs x 2 nudged budgets;
 /// - reference_code_ablation: 3 variants x 7 betas;
 /// - error_bar_calibration: 5 problems x 1 seed x 2 variants x 3 betas x 3 tolerances (none of
 ///   the quick cases diverges); error_bar_fresh: the same for 1 fresh seed per problem;
@@ -104,6 +106,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("digits_decay_checkpoints", 3, 10),
     ("digits_decay_meta_lr_choice", 6, 20),
     ("digits_decay_beta_choice", 6, 4),
+    ("digits_decay_nudged_steps_choice", 6, 4),
     ("digits_decay_step_size_choice", 6, 6),
     ("bandit_regret", 6, 44),
     ("bandit_meta_training", 4, 12),
@@ -118,6 +121,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("weight_decay_step_size_choice", 6, 6),
     ("weight_decay_meta_lr_choice", 6, 20),
     ("weight_decay_beta_choice", 6, 4),
+    ("weight_decay_nudged_steps_choice", 6, 4),
     ("error_bar_calibration", 13, 90),
     ("error_bar_fresh", 13, 90),
     ("beta_auto", 11, 10),
@@ -336,7 +340,11 @@ fn protocol_of_the_weight_decay_table(dir: &Path) {
         let score = match method {
             "fixed decay" => chosen_score("weight_decay_step_size_choice.csv", &format!("seed {seed}")),
             m if m == best_single => continue,
-            "contrastive" => chosen_score("weight_decay_beta_choice.csv", &format!("{method} seed {seed}")),
+            // Its nudged budget is searched last, at the chosen rate and beta.
+            "contrastive" => chosen_score(
+                "weight_decay_nudged_steps_choice.csv",
+                &format!("{method} seed {seed}"),
+            ),
             _ => chosen_score(
                 "weight_decay_meta_lr_choice.csv",
                 &format!("{method} seed {seed}"),
@@ -550,7 +558,7 @@ fn protocol_of_the_other_tables(dir: &Path) {
     // Every outer step-size search (digit and diabetes decay per run, and their inner step sizes per seed, sinusoid per
     // model and estimator, and its inner step sizes, few-shot per setting and method, bandit per agent, spiking per method) takes the least
     // validation loss (exact ties to the first, the smallest); the decay jobs' beta searches the one-standard-error
-    // rule.
+    // rule, ties to the larger, and every nudged-budget search the same rule, ties to the smaller.
     for (file, column, setting, rule, runs) in [
         (
             "digits_decay_meta_lr_choice.csv",
@@ -582,6 +590,20 @@ fn protocol_of_the_other_tables(dir: &Path) {
             10,
         ),
         ("weight_decay_beta_choice.csv", "run", "beta", Rule::Larger, 2),
+        (
+            "weight_decay_nudged_steps_choice.csv",
+            "run",
+            "nudged_steps",
+            Rule::Smaller,
+            2,
+        ),
+        (
+            "digits_decay_nudged_steps_choice.csv",
+            "run",
+            "nudged_steps",
+            Rule::Smaller,
+            2,
+        ),
         ("training_meta_lr_choice.csv", "run", "meta_lr", Rule::Least, 12),
         (
             "training_step_size_choice.csv",
@@ -1700,7 +1722,7 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
     // The quick digit-decay job has 2 seeds, 7 units each (the step-size search, 5 methods, the
     // baselines). A third seed through --protocol keeps the 14 stored units (`seeds` only says how
     // many units there are) and runs 7; the report equals a run of 3 seeds from scratch, CSV for
-    // CSV: digits_decay, its curves, grid, checkpoints and the three searches. A change of any
+    // CSV: digits_decay, its curves, grid, checkpoints and the four searches. A change of any
     // other key still refuses the stored units.
     let dir = a_changed_run_keeps_units(
         "digits-decay",
@@ -1708,7 +1730,7 @@ fn a_run_that_adds_seeds_computes_only_the_new_seeds_and_reports_as_a_fresh_run(
         |_| true,
         false,
         "ran 7 units, 14 already stored",
-        7,
+        8,
     );
     let per_seed = csv_rows(&dir.path().join("grown-out/digits_decay.csv"));
     assert_eq!(per_seed.len(), 7 * 3);
@@ -1753,6 +1775,29 @@ fn a_changed_search_recomputes_only_the_units_that_read_it_and_reports_as_a_fres
         "ran 38 units, 14 already stored",
         7,
     );
+}
+
+#[test]
+fn a_changed_nudged_budget_search_reruns_only_the_digit_decay_contrastive_units() {
+    // The quick digit-decay job (above): only the contrastive rule has a nudged phase, so another
+    // nudged-budget grid is read by its 2 units only, which run again; the other 12 are kept, and
+    // the report equals a fresh run in its 8 CSVs. The grid [3, 4] holds neither quick value (5,
+    // 10), so every contrastive run's budget is one of its values.
+    let dir = a_changed_run_keeps_units(
+        "digits-decay",
+        "[nudged_steps_search]\ngrid = [3.0, 4.0]\nextensions = 0\n",
+        |unit| !unit.starts_with("contrastive-seed"),
+        false,
+        "ran 2 units, 12 already stored",
+        8,
+    );
+    let chosen: Vec<String> = csv_rows(&dir.path().join("grown-out/digits_decay_nudged_steps_choice.csv"))
+        .into_iter()
+        .filter(|r| r["chosen"] == "true")
+        .map(|r| r["nudged_steps"].clone())
+        .collect();
+    assert_eq!(chosen.len(), 2, "{chosen:?}");
+    assert!(chosen.iter().all(|v| v == "3e0" || v == "4e0"), "{chosen:?}");
 }
 
 #[test]

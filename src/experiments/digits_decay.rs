@@ -4,7 +4,7 @@
 //! of a grid; final test accuracy after retraining on training + validation with the learned
 //! strengths, over several seeds (docs/DIGITS.md §4).
 
-use super::choice::{RateSearchSpec, RunSearch, Search, at_beta};
+use super::choice::{RateSearchSpec, RunSearch, Search};
 use super::training::ALPHA;
 use super::training::seed_mean_ci;
 use super::units::Scale;
@@ -53,6 +53,10 @@ pub struct Protocol {
     /// authors' meta-learning rate and `beta`): `meta_lr` and `beta` above are where they start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<RunSearch>,
+    /// The contrastive rule's nudged budget, searched last in each of its runs at the chosen rate
+    /// and `beta` (the smallest within one standard error of the least validation loss, since a
+    /// larger budget costs more; none at the paper scale); `nudged_steps` is where it starts.
+    pub nudged_steps_search: Option<RateSearchSpec>,
     /// The CG and Neumann iterations and truncated BPTT's walked-back steps where they are not
     /// [`SOLVER_STEPS`] (the paper's: 100 CG iterations, 200 Neumann terms and 200 steps).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,10 @@ impl Protocol {
                     beta: vec![0.5, 1.0],
                     extensions: 0,
                 }),
+                nudged_steps_search: Some(RateSearchSpec {
+                    grid: vec![5.0, 10.0],
+                    extensions: 0,
+                }),
                 baseline_steps: None,
             }
         } else {
@@ -119,6 +127,11 @@ impl Protocol {
                     beta: vec![0.1, 0.5, 2.5],
                     extensions: 1,
                 }),
+                // The hand-set 50 in the middle, by factors of 2, extended once.
+                nudged_steps_search: Some(RateSearchSpec {
+                    grid: vec![25.0, 50.0, 100.0],
+                    extensions: 1,
+                }),
                 baseline_steps: None,
             }
         })
@@ -146,6 +159,7 @@ impl Protocol {
             initial_decay: 1e-5,
             beta: 3.0,
             search: None,
+            nudged_steps_search: None,
             baseline_steps: Some(BaselineSteps {
                 cg: 100,
                 neumann: 200,
@@ -215,7 +229,8 @@ impl crate::protocol::Checked for Protocol {
             .positive("beta", self.beta)
             .grid("grid", &self.grid, 1, true);
         c.rate_search("step_size_search", self.step_size_search.as_ref())
-            .run_search("search", self.search.as_ref());
+            .run_search("search", self.search.as_ref())
+            .rate_search("nudged_steps_search", self.nudged_steps_search.as_ref());
         if let Some(b) = &self.baseline_steps {
             c.count("baseline_steps.cg", b.cg)
                 .count("baseline_steps.neumann", b.neumann)
@@ -413,14 +428,13 @@ fn searched_run(
             meta_train(protocol, d, spec, protocol.meta_lr, OnFailure::Error)?,
         ));
     };
-    let beta = match spec {
-        EstimatorSpec::Contrastive(c) => Some(c.beta),
-        _ => None,
-    };
-    super::choice::searched_run(subject, search, beta, |meta_lr, beta| {
-        let spec = beta.map_or(*spec, |b| at_beta(spec, b));
-        meta_train(protocol, d, &spec, meta_lr, OnFailure::Stop)
-    })
+    super::choice::searched_run(
+        subject,
+        search,
+        protocol.nudged_steps_search.as_ref(),
+        spec,
+        |meta_lr, spec| meta_train(protocol, d, spec, meta_lr, OnFailure::Stop),
+    )
 }
 
 impl super::choice::ScoredRun for Trained {
@@ -567,6 +581,15 @@ impl super::units::Job<super::Section> for DigitsDecay {
     fn extent_keys(&self) -> &'static [&'static str] {
         // Each seed's units draw from that seed alone.
         &["seeds"]
+    }
+
+    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+        // Only the contrastive rule has a nudged phase, so only its runs read that search.
+        if unit.starts_with(&format!("{}-seed", key(super::weight_decay::CONTRASTIVE))) {
+            &[]
+        } else {
+            &["nudged_steps_search"]
+        }
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
@@ -1056,10 +1079,20 @@ fn choices_section(r: &DigitsDecayResults) -> String {
              meta-learning rate over {:?} (the least validation cross-entropy), then, for the contrastive rule, beta\n\
              over {:?} at that rate (one-standard-error rule, ties to the larger); each value is a whole meta-training\n\
              scored per validation image at its best checkpoint, a choice at an edge extends its grid (at most {}), and\n\
-             the chosen run is the one deployed. ",
+             the chosen run is the one deployed. {}",
             search.meta_lr,
             search.beta,
-super::searches::times(search.extensions)
+            super::searches::times(search.extensions),
+            match &p.nudged_steps_search {
+                Some(n) => format!(
+                    "Last, the contrastive rule's nudged budget over {:?} steps per nudged phase at the chosen rate and\n\
+                     beta: a larger budget costs more, so the smallest within one standard error of the least validation\n\
+                     cross-entropy (paired) wins, and an edge choice extends the grid (at most {}). ",
+                    n.grid,
+                    super::searches::times(n.extensions)
+                ),
+                None => format!("The nudged phases run {} steps (no search). ", p.nudged_steps),
+            }
         )),
         None => t.push_str(&format!(
             "No search at this scale: meta-learning rate {} and beta {} as the paper's code sets them. ",
@@ -1085,8 +1118,8 @@ super::searches::times(search.extensions)
     t.push_str(
         "Every run deploys its checkpoint with the least validation cross-entropy (ties to the later; 0 is the\n\
          untrained strengths). Every score: `digits_decay_meta_lr_choice.csv`, `digits_decay_beta_choice.csv`,\n\
-         `digits_decay_checkpoints.csv`.\n\n\
-         | method | meta-learning rate per seed | beta per seed | deployed meta-step per seed |\n|---|---|---|---|\n",
+         `digits_decay_nudged_steps_choice.csv`, `digits_decay_checkpoints.csv`.\n\n\
+         | method | meta-learning rate per seed | beta per seed | nudged steps per seed | deployed meta-step per seed |\n|---|---|---|---|---|\n",
     );
     let per_seed = |c: &MethodChoices, setting: &str| -> String {
         let v: Vec<String> = c
@@ -1100,10 +1133,11 @@ super::searches::times(search.extensions)
     for c in &r.choices {
         let steps: Vec<String> = c.checkpoints.iter().map(usize::to_string).collect();
         t.push_str(&format!(
-            "| {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} |\n",
             c.method,
             per_seed(c, "meta_lr"),
             per_seed(c, "beta"),
+            per_seed(c, "nudged_steps"),
             steps.join(", ")
         ));
     }
@@ -1135,11 +1169,15 @@ pub fn choices_summary(r: &DigitsDecayResults) -> String {
     let p = &r.protocol;
     let mut out = match &p.search {
         Some(search) => format!(
-            "each run's meta-learning rate from {:?} and the contrastive rule's beta from {:?} (whole \
+            "each run's meta-learning rate from {:?} and the contrastive rule's beta from {:?}{} (whole \
              meta-trainings scored per validation image; {} of the searches chose at an edge of the \
              extended grid), and each run's checkpoint (least validation cross-entropy).",
             search.meta_lr,
             search.beta,
+            p.nudged_steps_search.as_ref().map_or(String::new(), |n| format!(
+                " then its nudged steps from {:?}",
+                n.grid
+            )),
             r.choices
                 .iter()
                 .flat_map(|c| &c.searches)
@@ -1160,13 +1198,16 @@ pub fn choices_summary(r: &DigitsDecayResults) -> String {
                 .map(|x| x.chosen)
                 .collect()
         };
-        let (rates, betas) = (values("meta_lr"), values("beta"));
         out.push_str(&format!(" {}:", c.method));
-        if !rates.is_empty() {
-            out.push_str(&format!(" rate {rates:?},"));
-        }
-        if !betas.is_empty() {
-            out.push_str(&format!(" beta {betas:?},"));
+        for (setting, label) in [
+            ("meta_lr", "rate"),
+            ("beta", "beta"),
+            ("nudged_steps", "nudged steps"),
+        ] {
+            let chosen = values(setting);
+            if !chosen.is_empty() {
+                out.push_str(&format!(" {label} {chosen:?},"));
+            }
         }
         out.push_str(&format!(" deployed meta-steps {:?}.", c.checkpoints));
     }

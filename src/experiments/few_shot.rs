@@ -508,18 +508,8 @@ const CML: &str = "cml";
 
 /// `method` (the contrastive rule) with `steps` in each nudged phase.
 fn at_nudged_steps(method: &Method, steps: usize) -> Method {
-    let estimator = match method.estimator {
-        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive {
-            nudged: GdParams {
-                max_steps: steps,
-                ..c.nudged
-            },
-            ..c
-        }),
-        other => unreachable!("only the contrastive rule has a nudged phase, not {other:?}"),
-    };
     Method {
-        estimator,
+        estimator: super::choice::at_nudged_steps(&method.estimator, steps),
         ..method.clone()
     }
 }

@@ -4,7 +4,7 @@
 //! seeds (each a new split of the patients and new initial weights), compared as
 //! docs/PROTOCOL.md says.
 
-use super::choice::{RateSearchSpec, RunSearch, Search, at_beta};
+use super::choice::{RateSearchSpec, RunSearch, Search};
 use super::training::{ALPHA, p_value, seed_mean_ci};
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::Result;
@@ -55,6 +55,10 @@ pub struct Protocol {
     /// Each meta-learning run's Adam step size, then the symmetric contrastive rule's nudging
     /// strength at it, on the seed's validation patients ([`super::choice::searched_run`]).
     pub search: RunSearch,
+    /// The contrastive rule's nudged budget, searched last at its run's chosen rate and `beta`
+    /// (the smallest within one standard error of the least validation loss, since a larger
+    /// budget costs more); `nudged_steps` is where it starts.
+    pub nudged_steps_search: RateSearchSpec,
 }
 
 impl Protocol {
@@ -86,6 +90,11 @@ impl Protocol {
                 beta: vec![0.1, 0.5, 2.5],
                 extensions: 2,
             },
+            // The hand-set 100 in the middle, by factors of 2.
+            nudged_steps_search: RateSearchSpec {
+                grid: vec![50.0, 100.0, 200.0],
+                extensions: 1,
+            },
         };
         if quick {
             Protocol {
@@ -102,6 +111,10 @@ impl Protocol {
                 search: RunSearch {
                     meta_lr: vec![0.05, 0.1],
                     beta: vec![0.5, 1.0],
+                    extensions: 0,
+                },
+                nudged_steps_search: RateSearchSpec {
+                    grid: vec![10.0, 20.0],
                     extensions: 0,
                 },
                 ..full
@@ -157,6 +170,7 @@ impl crate::protocol::Checked for Protocol {
             .positive("neumann_alpha", self.neumann_alpha)
             .rate_search("step_size_search", Some(&self.step_size_search))
             .run_search("search", Some(&self.search))
+            .rate_search("nudged_steps_search", Some(&self.nudged_steps_search))
             .done()
     }
 }
@@ -242,6 +256,9 @@ pub struct BaselineSteps {
     pub truncation: usize,
 }
 
+/// The contrastive rule's name in the decay jobs' tables (the only method with a nudged phase).
+pub(super) const CONTRASTIVE: &str = "contrastive";
+
 pub(super) fn decay_estimators(
     contrastive: Contrastive,
     steps: BaselineSteps,
@@ -249,7 +266,7 @@ pub(super) fn decay_estimators(
 ) -> Vec<(&'static str, EstimatorSpec)> {
     let free = contrastive.free;
     vec![
-        ("contrastive", EstimatorSpec::Contrastive(contrastive)),
+        (CONTRASTIVE, EstimatorSpec::Contrastive(contrastive)),
         (
             "implicit CG",
             EstimatorSpec::Implicit(Implicit {
@@ -363,13 +380,13 @@ fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
     let free = p.phase(p.free_steps, step_size.chosen);
     let fixed = adapt(&problem, &uniform(p.initial_decay), free)?.0;
     let searched = map_in_order(&p.estimators(step_size.chosen), |(name, spec)| {
-        let beta = match spec {
-            EstimatorSpec::Contrastive(c) => Some(c.beta),
-            _ => None,
-        };
-        super::choice::searched_run(&format!("{name} seed {seed}"), &p.search, beta, |lr, b| {
-            meta_train(p, &problem, &b.map_or(*spec, |b| at_beta(spec, b)), free, lr)
-        })
+        super::choice::searched_run(
+            &format!("{name} seed {seed}"),
+            &p.search,
+            Some(&p.nudged_steps_search),
+            spec,
+            |lr, spec| meta_train(p, &problem, spec, free, lr),
+        )
     })?;
     let grid = map_in_order(&p.grid, |&d| Ok((d, adapt(&problem, &uniform(d), free)?.0)))?;
     let (searches, runs) = searched.into_iter().unzip();
@@ -623,7 +640,8 @@ pub fn table(r: &WeightDecayResults) -> String {
 }
 
 /// Every choice made on validation: each seed's inner step size (its search in full), then each
-/// meta-learning run's rate and `beta` (the CSVs hold every score), and every edge choice.
+/// meta-learning run's rate, `beta` and nudged budget (the CSVs hold every score), and every edge
+/// choice.
 fn choices_section(r: &WeightDecayResults) -> String {
     let p = &r.protocol;
     let mut t = format!(
@@ -637,9 +655,12 @@ fn choices_section(r: &WeightDecayResults) -> String {
          Then each meta-learning run's Adam step size over {:?} (the least validation loss at the deployed \
          meta-step), and for the contrastive rule beta over {:?} at that rate (the one-standard-error rule, paired \
          over the validation patients, ties to the larger); each value is a whole meta-training, a choice at an edge \
-         extends its grid (at most {}), and the chosen run is the one deployed. Every score: \
-         `weight_decay_meta_lr_choice.csv`, `weight_decay_beta_choice.csv`.\n\n\
-         | method | meta-learning rate per seed | beta per seed |\n|---|---|---|\n",
+         extends its grid (at most {}), and the chosen run is the one deployed. Last, the contrastive rule's nudged \
+         budget over {:?} steps per nudged phase at the chosen rate and beta: a larger budget costs more, so the \
+         smallest within one standard error of the least validation loss (paired) wins, and an edge choice extends \
+         the grid (at most {}). Every score: `weight_decay_meta_lr_choice.csv`, `weight_decay_beta_choice.csv`, \
+         `weight_decay_nudged_steps_choice.csv`.\n\n\
+         | method | meta-learning rate per seed | beta per seed | nudged steps per seed |\n|---|---|---|---|\n",
         p.free_steps,
         p.initial_decay,
         super::searches::times(p.step_size_search.extensions),
@@ -647,6 +668,8 @@ fn choices_section(r: &WeightDecayResults) -> String {
         p.search.meta_lr,
         p.search.beta,
         super::searches::times(p.search.extensions),
+        p.nudged_steps_search.grid,
+        super::searches::times(p.nudged_steps_search.extensions),
     );
     for m in &r.methods[2..] {
         let per_seed = |setting: &str| -> String {
@@ -659,10 +682,11 @@ fn choices_section(r: &WeightDecayResults) -> String {
             if v.is_empty() { "-".into() } else { v.join(", ") }
         };
         t.push_str(&format!(
-            "| {} | {} | {} |\n",
+            "| {} | {} | {} | {} |\n",
             m.method,
             per_seed("meta_lr"),
-            per_seed("beta")
+            per_seed("beta"),
+            per_seed("nudged_steps")
         ));
     }
     let edges: Vec<String> = r

@@ -417,10 +417,11 @@ pub(super) fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) 
         .count();
     let choices = format!(
         "inner step size per seed {:?}; meta-learning rate per seed: {}; the contrastive rule's beta per seed \
-         {:?}; {edges} of {} searches at an edge of the extended grid",
+         {:?} and nudged steps per seed {:?}; {edges} of {} searches at an edge of the extended grid",
         chosen("step_size", "seed "),
         rates.join(", "),
         chosen("beta", ""),
+        chosen("nudged_steps", ""),
         w.searches.len() + w.step_sizes.len()
     );
     Context::new()

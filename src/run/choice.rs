@@ -17,6 +17,21 @@ pub(crate) fn at_beta(spec: &EstimatorSpec, beta: f64) -> EstimatorSpec {
     }
 }
 
+/// The contrastive rule of `spec` with `steps` in each nudged phase (any other estimator unchanged:
+/// only the rule has a nudged phase).
+pub(crate) fn at_nudged_steps(spec: &EstimatorSpec, steps: usize) -> EstimatorSpec {
+    match spec {
+        EstimatorSpec::Contrastive(c) => EstimatorSpec::Contrastive(Contrastive {
+            nudged: crate::inner::GdParams {
+                max_steps: steps,
+                ..c.nudged
+            },
+            ..*c
+        }),
+        other => *other,
+    }
+}
+
 /// A validation search of `beta` (docs/PROTOCOL.md): a short meta-training at each setting of
 /// `grid` from an initialisation and task stream of the search's own, then the query loss after
 /// adaptation on validation tasks of its own; a choice at an edge extends the grid at most
@@ -58,22 +73,35 @@ pub(crate) trait ScoredRun {
     fn failed(&self) -> Option<&str>;
 }
 
-/// The run [`RunSearch`] deploys for `subject`, and its searches: `train(meta_lr, beta)` makes one
-/// whole run. `beta` is the contrastive rule's starting value (the rate search runs at it), `None`
-/// for an estimator without one, which gets no `beta` search. Every (rate, `beta`) pair is trained
-/// once, whichever search asks for it.
+/// The run the searches of `grids` deploy for `spec` under `subject`, and those searches: `train(meta_lr,
+/// spec)` makes one whole run. The rate search runs at `spec`; for the contrastive rule, `beta`'s
+/// search then runs at the chosen rate, and last, where `nudged_steps` is given, the nudged
+/// budget's at the chosen rate and `beta` ([`Ties::ToTheSmaller`]: a larger budget costs more).
+/// Any other estimator gets the rate search alone. Every setting is trained once, whichever
+/// search asks for it.
 pub(crate) fn searched_run<T: ScoredRun>(
     subject: &str,
-    search: &RunSearch,
-    beta: Option<f64>,
-    mut train: impl FnMut(f64, Option<f64>) -> Result<T>,
+    grids: &RunSearch,
+    nudged_steps: Option<&RateSearchSpec>,
+    spec: &EstimatorSpec,
+    mut train: impl FnMut(f64, &EstimatorSpec) -> Result<T>,
 ) -> Result<(Vec<Search>, T)> {
-    let mut runs: Vec<((f64, Option<f64>), T)> = Vec::new();
-    let mut score = |key: (f64, Option<f64>)| -> Result<(Vec<f64>, Option<String>)> {
+    // A run's key: its rate, and the rule's beta and nudged budget.
+    type Key = (f64, Option<(f64, usize)>);
+    let key_of = |meta_lr: f64, spec: &EstimatorSpec| -> Key {
+        let rule = match spec {
+            EstimatorSpec::Contrastive(c) => Some((c.beta, c.nudged.max_steps)),
+            _ => None,
+        };
+        (meta_lr, rule)
+    };
+    let mut runs: Vec<(Key, T)> = Vec::new();
+    let mut score = |meta_lr: f64, spec: &EstimatorSpec| -> Result<(Vec<f64>, Option<String>)> {
+        let key = key_of(meta_lr, spec);
         let k = match runs.iter().position(|(k, _)| *k == key) {
             Some(k) => k,
             None => {
-                runs.push((key, train(key.0, key.1)?));
+                runs.push((key, train(meta_lr, spec)?));
                 runs.len() - 1
             }
         };
@@ -83,23 +111,37 @@ pub(crate) fn searched_run<T: ScoredRun>(
             None => (run.validation().to_vec(), None),
         })
     };
-    let rate = search_meta_lr(subject, &search.meta_lr, search.extensions, |lr| {
-        score((lr, beta))
-    })?;
+    let rate = search_meta_lr(subject, &grids.meta_lr, grids.extensions, |lr| score(lr, spec))?;
     let meta_lr = rate.chosen;
     let mut searches = vec![rate];
-    if beta.is_some() {
-        searches.push(search_beta(subject, &search.beta, search.extensions, |b| {
-            score((meta_lr, Some(b)))
-        })?);
+    let mut chosen = *spec;
+    if matches!(spec, EstimatorSpec::Contrastive(_)) {
+        let beta = search_beta(subject, &grids.beta, grids.extensions, |b| {
+            score(meta_lr, &at_beta(spec, b))
+        })?;
+        chosen = at_beta(spec, beta.chosen);
+        searches.push(beta);
+        if let Some(n) = nudged_steps {
+            let at_beta = chosen;
+            let budget = search(
+                subject,
+                "nudged_steps",
+                Ties::ToTheSmaller,
+                &n.grid,
+                n.extensions,
+                |steps| score(meta_lr, &at_nudged_steps(&at_beta, whole_steps(steps))),
+            )?;
+            chosen = at_nudged_steps(&at_beta, whole_steps(budget.chosen));
+            searches.push(budget);
+        }
     }
-    let key = (meta_lr, searches.get(1).map_or(beta, |b| Some(b.chosen)));
-    let chosen = runs
+    let key = key_of(meta_lr, &chosen);
+    let run = runs
         .into_iter()
         .find(|(k, _)| *k == key)
         .map(|(_, run)| run)
         .expect("the chosen value's run");
-    Ok((searches, chosen))
+    Ok((searches, run))
 }
 
 /// An inner step size chosen on validation data: `evaluate(step_size, k)` trains inner problem
@@ -491,7 +533,8 @@ pub(crate) fn write(
 
 /// A decay job's searches as CSVs in `out`: each seed's inner step size as
 /// `<job>_step_size_choice.csv` (subjects `seed <s>`), then the meta-learning runs' searches as
-/// `<job>_meta_lr_choice.csv` and `<job>_beta_choice.csv` (subjects the runs).
+/// `<job>_meta_lr_choice.csv`, `<job>_beta_choice.csv` and `<job>_nudged_steps_choice.csv`
+/// (subjects the runs).
 pub(crate) fn write_decay_searches(
     out: &std::path::Path,
     job: &str,
@@ -505,7 +548,7 @@ pub(crate) fn write_decay_searches(
         step_sizes,
         files,
     )?;
-    for setting in ["meta_lr", "beta"] {
+    for setting in ["meta_lr", "beta", "nudged_steps"] {
         let of: Vec<Search> = runs.iter().filter(|x| x.setting == setting).cloned().collect();
         write(
             &out.join(format!("{job}_{setting}_choice.csv")),
