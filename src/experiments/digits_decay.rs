@@ -264,12 +264,17 @@ impl MethodResult {
 }
 
 /// A meta-learning method's choices on validation over its seeds: each run's searches (meta-learning
-/// rate, and `beta` for the contrastive rule; none without a search) and deployed meta-step.
+/// rate, and `beta` and the nudged budget for the contrastive rule; none without a search) and
+/// deployed meta-step; and what its runs cost.
 #[derive(Debug, Clone)]
 pub struct MethodChoices {
     pub method: String,
     pub searches: Vec<Search>,
     pub checkpoints: Vec<usize>,
+    /// Each deployed run's inner work per meta-step ([`EstimatorSpec::inner_work`]).
+    pub inner_work: Vec<String>,
+    /// Each seed's unit wall seconds, its searches' runs included.
+    pub seconds: Vec<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -804,10 +809,11 @@ fn report(
     };
     let (mut validation, mut test) = (panel("validation"), panel("test"));
     let mut choices = Vec::new();
-    for (e, (name, _)) in protocol.estimators().iter().enumerate() {
-        let mut runs: Vec<MethodRun> = Vec::new();
+    for (e, (name, spec)) in protocol.estimators().iter().enumerate() {
+        let (mut runs, mut seconds): (Vec<MethodRun>, Vec<f64>) = (Vec::new(), Vec::new());
         for s in 0..protocol.seeds {
             if let Some(u) = find(&key(name), s) {
+                seconds.push(u.seconds);
                 let run: MethodRun = super::units::decode(u)?;
                 // The seed's step size as its choice unit chose it (units from one run).
                 super::choice::check_agrees(
@@ -825,10 +831,23 @@ fn report(
             method: name.to_string(),
             per_seed: runs.iter().map(|r| r.deployed).collect(),
         });
+        // Each run at its chosen nudged budget (the rule's searched last; the protocol's without it).
+        let inner_work = runs
+            .iter()
+            .map(
+                |r| match r.searches.iter().find(|x| x.setting == "nudged_steps") {
+                    Some(n) => super::choice::at_nudged_steps(spec, super::choice::whole_steps(n.chosen)),
+                    None => *spec,
+                },
+            )
+            .map(|spec| spec.inner_work())
+            .collect();
         choices.push(MethodChoices {
             method: name.to_string(),
             searches: runs.iter().flat_map(|r| r.searches.clone()).collect(),
             checkpoints: runs.iter().map(|r| r.checkpoint).collect(),
+            inner_work,
+            seconds,
         });
         let (mut v_points, mut t_points) = (Vec::new(), Vec::new());
         for (k, &(step, _)) in runs[0].curve.iter().enumerate() {
@@ -1042,6 +1061,7 @@ pub fn table(r: &DigitsDecayResults) -> String {
             vc
         ));
     }
+    t.push_str(&budgets_section(r));
     t.push_str(&choices_section(r));
     t.push_str(&format!(
         "\n## Comparisons of test accuracy, paired over seeds\n\n\
@@ -1063,6 +1083,37 @@ pub fn table(r: &DigitsDecayResults) -> String {
             super::training::p_value(k.holm),
             super::training::p_value(k.equivalence_holm),
             k.verdict.describe()
+        ));
+    }
+    t
+}
+
+/// What each meta-learning method spends: the same meta-steps on the same images, its own inner
+/// work per meta-step, and its units' wall time.
+fn budgets_section(r: &DigitsDecayResults) -> String {
+    let p = &r.protocol;
+    let mut t = format!(
+        "\n## Budgets\n\n\
+         Every meta-learning method takes {} meta-steps of Adam per run on the same {} training and {} validation images\n\
+         of each seed, one estimate per meta-step, each from the seed's fixed initial weights; the inner work of an\n\
+         estimate is the method's own (gradient-descent steps, and what its estimator adds). Wall time: the mean over\n\
+         seeds of the method's units, each holding every whole meta-training its searches ran.\n\n\
+         | method | inner work per meta-step (per seed) | unit wall s (mean over seeds) |\n|---|---|---|\n",
+        p.meta_steps, p.train, p.validation,
+    );
+    for c in &r.choices {
+        // Each distinct inner work once, in seed order.
+        let mut work: Vec<&str> = Vec::new();
+        for w in &c.inner_work {
+            if !work.contains(&w.as_str()) {
+                work.push(w);
+            }
+        }
+        t.push_str(&format!(
+            "| {} | {} | {:.0} |\n",
+            c.method,
+            work.join("; "),
+            mean(&c.seconds)
         ));
     }
     t
@@ -1249,6 +1300,27 @@ pub fn grid_edge_flag(grid: &[f64], chosen: &[f64]) -> String {
 mod tests {
     use super::*;
     use crate::estimator::{Implicit, LinearSolver, Unrolled};
+
+    #[test]
+    fn the_budget_table_counts_each_methods_inner_work() {
+        // The default protocol: 200 free steps; the standard rule's one nudged phase of 50 steps
+        // (100 where its search chose 100), 20 CG iterations and 20 Neumann terms, T1-T2's one
+        // mixed product in place of a solve, truncated BPTT walking back the last 20 steps.
+        let p = Protocol::new(false).unwrap();
+        let work: Vec<String> = p.estimators().iter().map(|(_, e)| e.inner_work()).collect();
+        assert_eq!(
+            work,
+            vec![
+                "200 steps + 1 x 50 nudged",
+                "200 steps + 20 CG products",
+                "200 steps + 20 Neumann products",
+                "200 steps + 1 mixed product",
+                "200 steps + 20 back",
+            ]
+        );
+        let rule = super::super::choice::at_nudged_steps(&p.estimators()[0].1, 100);
+        assert_eq!(rule.inner_work(), "200 steps + 1 x 100 nudged");
+    }
 
     #[test]
     fn the_paper_scale_takes_the_authors_settings() {

@@ -1359,7 +1359,7 @@ pub struct MethodResult {
     pub seconds: f64,
     /// Per seed: the meta-step deployed (the checkpoint with the best validation accuracy).
     pub chosen_steps: Vec<usize>,
-    /// The inner work of one meta-training episode ([`inner_budget`]).
+    /// The inner work of one meta-training episode ([`EstimatorSpec::inner_work`]).
     pub budget: String,
 }
 
@@ -1446,7 +1446,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 baseline_diverged: 0,
                 seconds: 0.0,
                 chosen_steps: Vec::new(),
-                budget: inner_budget(&method.estimator),
+                budget: method.estimator.inner_work(),
             };
             let mut curves: Vec<Vec<(usize, f64)>> = Vec::new();
             for seed in (0..protocol.seeds as u64).map(|s| settings.seed + s) {
@@ -1479,7 +1479,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     super::choice::check_agrees(search.as_ref(), &format!("few-shot unit {name}"), value)?;
                 }
                 if let Some(n) = run.nudged_steps {
-                    result.budget = inner_budget(&at_nudged_steps(method, n).estimator);
+                    result.budget = at_nudged_steps(method, n).estimator.inner_work();
                 }
                 let (acc, base) = (mean(&run.accuracy), mean(&run.baseline));
                 for (step, validation) in &run.checkpoints {
@@ -1780,30 +1780,6 @@ pub fn table(r: &FewShotResults) -> String {
     t.push_str(&phase_step_section(r));
     t.push_str(&nudged_steps_section(r));
     t
-}
-
-/// The inner work of one meta-training episode, stage by stage, at the most steps each runs (only a
-/// non-finite loss ends a phase early), e.g. `200 steps + 2 x 100 nudged`.
-fn inner_budget(spec: &EstimatorSpec) -> String {
-    use crate::estimator::Stage;
-    let free = spec.free_phase().max_steps;
-    let stages = spec.estimator().stages();
-    let mut parts = vec![format!("{free} steps")];
-    let nudged = stages
-        .iter()
-        .filter(|s| matches!(s, Stage::Phase { beta } if *beta != 0.0))
-        .count();
-    if let (true, Some(c)) = (nudged > 0, spec.contrastive_rule()) {
-        parts.push(format!("{nudged} x {} nudged", c.nudged.max_steps));
-    }
-    for stage in &stages {
-        match stage {
-            Stage::LinearSolve(_) => parts.push(format!("{} CG products", spec.solver_steps().unwrap_or(0))),
-            Stage::Backward { steps } => parts.push(format!("{} back", steps.unwrap_or(free))),
-            _ => {}
-        }
-    }
-    parts.join(" + ")
 }
 
 /// `(digit, quarter turns)` classes as `digit@degrees`.
@@ -2121,7 +2097,7 @@ mod tests {
             .methods(1)
             .unwrap()
             .iter()
-            .map(|m| inner_budget(&m.estimator))
+            .map(|m| m.estimator.inner_work())
             .collect();
         assert_eq!(
             budgets,

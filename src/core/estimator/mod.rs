@@ -269,6 +269,38 @@ impl EstimatorSpec {
         }
     }
 
+    /// The inner work of one estimate, for a budget table, stage by stage at the most steps each
+    /// runs: the free phase's steps, then what the estimator adds (nudged phases, the linear
+    /// solve's products, steps walked back), e.g. `200 steps + 2 x 100 nudged`.
+    pub fn inner_work(&self) -> String {
+        let free = self.free_phase().max_steps;
+        let stages = self.estimator().stages();
+        let mut parts = vec![format!("{free} steps")];
+        let nudged = stages
+            .iter()
+            .filter(|s| matches!(s, Stage::Phase { beta } if *beta != 0.0))
+            .count();
+        if let (true, Some(c)) = (nudged > 0, self.contrastive_rule()) {
+            parts.push(format!("{nudged} x {} nudged", c.nudged.max_steps));
+        }
+        for stage in &stages {
+            match stage {
+                Stage::LinearSolve(LinearSolver::ConjugateGradient { steps }) => {
+                    parts.push(format!("{steps} CG products"))
+                }
+                Stage::LinearSolve(LinearSolver::Neumann { steps, .. }) => {
+                    parts.push(format!("{steps} Neumann products"))
+                }
+                // T1-T2: the mixed product alone.
+                Stage::LinearSolve(LinearSolver::Identity) => parts.push("1 mixed product".into()),
+                Stage::LinearSolve(LinearSolver::Dense) => parts.push("a dense solve".into()),
+                Stage::Backward { steps } => parts.push(format!("{} back", steps.unwrap_or(free))),
+                _ => {}
+            }
+        }
+        parts.join(" + ")
+    }
+
     /// The free phase's parameters (the inner loop of the unrolled estimators).
     pub fn free_phase(&self) -> GdParams {
         match self {
