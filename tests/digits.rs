@@ -94,6 +94,7 @@ fn the_shipped_digits_have_the_documented_shape() {
     // The UCI set as documented: 1797 images of 64 pixels 0-16, about 180 per digit.
     let d = load_digits().unwrap();
     assert_eq!((d.len(), d.features), (1797, 64));
+    assert_eq!(d.len(), cml::digits::IMAGES);
     assert!(d.x.iter().all(|&v| (0.0..=16.0).contains(&v) && v.fract() == 0.0));
     for digit in 0..10 {
         let n = d.labels.iter().filter(|&&l| l == digit).count();

@@ -30,7 +30,13 @@ use std::path::PathBuf;
 pub struct Protocol {
     pub net: Mlp,
     pub train: usize,
+    /// Images per seed of the outer loss (the meta-objective).
     pub validation: usize,
+    /// Images per seed that score every choice of a meta-learning run (its searches and its
+    /// checkpoint), held out from the inner loss (the training images) and the outer loss (the
+    /// validation images): scored on the validation images, which meta-training fits, a setting
+    /// would win its search by fitting them harder, whether or not its strengths generalise.
+    pub selection: usize,
     pub seeds: usize,
     pub meta_steps: usize,
     pub eval_every: usize,
@@ -56,6 +62,7 @@ pub struct Protocol {
     /// The contrastive rule's nudged budget, searched last in each of its runs at the chosen rate
     /// and `beta` (the smallest within one standard error of the least validation loss, since a
     /// larger budget costs more; none at the paper scale); `nudged_steps` is where it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub nudged_steps_search: Option<RateSearchSpec>,
     /// The CG and Neumann iterations and truncated BPTT's walked-back steps where they are not
     /// [`SOLVER_STEPS`] (the paper's: 100 CG iterations, 200 Neumann terms and 200 steps).
@@ -73,6 +80,7 @@ impl Protocol {
                 net: Mlp::parse("64-8-10")?,
                 train: 200,
                 validation: 200,
+                selection: 100,
                 seeds: 2,
                 meta_steps: 2,
                 eval_every: 1,
@@ -102,7 +110,10 @@ impl Protocol {
             Protocol {
                 net: Mlp::parse("64-32-10")?,
                 train: 600,
-                validation: 600,
+                // The outer loss's 400 and the choices' 200 of the 600 images the paper's 50/50
+                // split of the non-test images gives it (docs/DIGITS.md §4).
+                validation: 400,
+                selection: 200,
                 seeds: 5,
                 meta_steps: 100,
                 eval_every: 10,
@@ -218,6 +229,19 @@ impl crate::protocol::Checked for Protocol {
             )
             .count("train", self.train)
             .count("validation", self.validation)
+            .count("selection", self.selection)
+            .that(
+                self.train + self.validation + self.selection < crate::digits::IMAGES,
+                "selection",
+                format!(
+                    "{} (with {} training and {} validation images)",
+                    self.selection, self.train, self.validation
+                ),
+                &format!(
+                    "training + validation + selection images below the {} shipped, so that test images remain",
+                    crate::digits::IMAGES
+                ),
+            )
             .seeds("seeds", self.seeds)
             .count("meta_steps", self.meta_steps)
             .count("eval_every", self.eval_every)
@@ -240,11 +264,13 @@ impl crate::protocol::Checked for Protocol {
     }
 }
 
-/// Validation cross-entropy during meta-training, and the final test metrics after retraining
-/// on training + validation.
+/// The deployed strengths' validation and selection cross-entropy after training on the training
+/// images (what meta-training fits, and what chose it), and the final test metrics after
+/// retraining on training + validation.
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Final {
     pub validation_ce: f64,
+    pub selection_ce: f64,
     pub test_ce: f64,
     pub test_accuracy: f64,
 }
@@ -294,16 +320,26 @@ pub struct DigitsDecayResults {
 struct SeedData {
     train: Labelled,
     validation: Labelled,
+    selection: Labelled,
     test: Labelled,
     phi_init: Vector,
 }
 
 fn seed_data(protocol: &Protocol, all: &Labelled, seed: u64) -> Result<SeedData> {
-    let s = split(all, protocol.train, protocol.validation, seed)?;
+    // The held-out rows after the training rows: the validation rows, then the selection rows.
+    let s = split(
+        all,
+        protocol.train,
+        protocol.validation + protocol.selection,
+        seed,
+    )?;
+    let held_out = |rows: std::ops::Range<usize>| s.validation.select(&rows.collect::<Vec<_>>());
+    let total = protocol.validation + protocol.selection;
     let st = Standardiser::fit(&s.train)?;
     Ok(SeedData {
         train: st.apply(&s.train),
-        validation: st.apply(&s.validation),
+        validation: st.apply(&held_out(0..protocol.validation)),
+        selection: st.apply(&held_out(protocol.validation..total)),
         test: st.apply(&s.test),
         phi_init: protocol.net.init(&mut stream(seed, 1)),
     })
@@ -335,21 +371,34 @@ fn fit(
     Ok((p, phi))
 }
 
-/// After training on the training rows with `theta`: each validation image's cross-entropy, and
-/// the test cross-entropy.
-fn evaluate(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(Vec<f64>, f64)> {
-    let (p, phi) = fit(protocol, d, &d.train, theta)?;
-    let test = Part::new(d.test.clone(), classes(protocol))?;
-    Ok((
-        p.validation.cross_entropies(&p.net, &phi)?,
-        test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
-    ))
+/// The cross-entropies after training on the training rows with some strengths.
+struct Evaluation {
+    /// Each validation image's.
+    validation: Vec<f64>,
+    /// Each selection image's.
+    selection: Vec<f64>,
+    /// The test images' mean.
+    test: f64,
 }
 
-/// Validation and test cross-entropy after training on the training rows with `theta`.
-fn curve_point(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<(f64, f64)> {
-    let (validation, test) = evaluate(protocol, d, theta)?;
-    Ok((mean(&validation), test))
+/// A curve's point: the mean validation, selection and test cross-entropy.
+type CurvePoint = (f64, f64, f64);
+
+impl Evaluation {
+    fn point(&self) -> CurvePoint {
+        (mean(&self.validation), mean(&self.selection), self.test)
+    }
+}
+
+/// Trains on the training rows with `theta`, then measures every held-out part.
+fn evaluate(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Evaluation> {
+    let (p, phi) = fit(protocol, d, &d.train, theta)?;
+    let part = |rows: &Labelled| Part::new(rows.clone(), classes(protocol));
+    Ok(Evaluation {
+        validation: p.validation.cross_entropies(&p.net, &phi)?,
+        selection: part(&d.selection)?.cross_entropies(&p.net, &phi)?,
+        test: part(&d.test)?.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
+    })
 }
 
 fn classes(protocol: &Protocol) -> usize {
@@ -358,18 +407,18 @@ fn classes(protocol: &Protocol) -> usize {
 
 /// Validation cross-entropy after training on the training rows with `theta`.
 fn validation_ce(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<f64> {
-    Ok(curve_point(protocol, d, theta)?.0)
+    Ok(evaluate(protocol, d, theta)?.point().0)
 }
 
-/// One meta-training run: its curve (meta-step, validation and test cross-entropy, every
-/// `eval_every` meta-steps and at the last), the checkpoint deployed (the least validation
+/// One meta-training run: its curve (meta-step, validation, selection and test cross-entropy,
+/// every `eval_every` meta-steps and at the last), the checkpoint deployed (the least selection
 /// cross-entropy, ties to the later; meta-step 0 is the untrained strengths), that checkpoint's
-/// strengths and per-image validation losses, and why the run failed, if it did.
+/// strengths and per-image selection losses (a search's score), and why the run failed, if it did.
 struct Trained {
-    curve: Vec<(usize, (f64, f64))>,
+    curve: Vec<(usize, CurvePoint)>,
     checkpoint: usize,
     theta: Vector,
-    validation: Vec<f64>,
+    selection: Vec<f64>,
     failed: Option<String>,
 }
 
@@ -402,18 +451,15 @@ fn meta_train(
         // fails, under the same policy.
         |theta| evaluate(protocol, d, theta),
     )?;
-    let means: Vec<f64> = points.iter().map(|(_, (v, _), _)| mean(v)).collect();
+    let curve: Vec<(usize, CurvePoint)> = points.iter().map(|(step, e, _)| (*step, e.point())).collect();
+    let means: Vec<f64> = curve.iter().map(|(_, (_, s, _))| *s).collect();
     let best = super::choice::least_loss(&means).expect("the initialisation is evaluated");
-    let curve = points
-        .iter()
-        .map(|(step, (v, t), _)| (*step, (mean(v), *t)))
-        .collect();
-    let (checkpoint, (validation, _), theta) = points.swap_remove(best);
+    let (checkpoint, evaluation, theta) = points.swap_remove(best);
     Ok(Trained {
         curve,
         checkpoint,
         theta,
-        validation,
+        selection: evaluation.selection,
         failed,
     })
 }
@@ -443,8 +489,9 @@ fn searched_run(
 }
 
 impl super::choice::ScoredRun for Trained {
+    /// The selection images' losses: a search's score.
     fn validation(&self) -> &[f64] {
-        &self.validation
+        &self.selection
     }
     fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -453,7 +500,7 @@ impl super::choice::ScoredRun for Trained {
 
 /// The final protocol: retrain on training + validation with `theta`, measure on test.
 fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
-    let validation_ce = validation_ce(protocol, d, theta)?;
+    let (validation_ce, selection_ce, _) = evaluate(protocol, d, theta)?.point();
     let (p, phi) = fit(protocol, d, &d.train.concat(&d.validation), theta)?;
     let test = crate::digits::decay_classifier::Part::new(
         d.test.clone(),
@@ -461,6 +508,7 @@ fn finish(protocol: &Protocol, d: &SeedData, theta: &Vector) -> Result<Final> {
     )?;
     Ok(Final {
         validation_ce,
+        selection_ce,
         test_ce: test.cross_entropy(&p.net, &phi)?.to_scalar::<f64>()?,
         test_accuracy: test.accuracy(&p.net, &phi)?,
     })
@@ -487,7 +535,7 @@ fn choose_step_size(protocol: &Protocol, d: &SeedData, s: usize) -> Result<Optio
             step_size,
             ..protocol.clone()
         };
-        Ok(evaluate(&q, d, &uniform_theta(n, decays[k]))?.0)
+        Ok(evaluate(&q, d, &uniform_theta(n, decays[k]))?.validation)
     })
     .map(Some)
 }
@@ -530,15 +578,15 @@ fn data_seed(settings: &Settings, s: usize) -> u64 {
 }
 
 /// What a method's unit leaves: the searches that chose its run (none without a search), the
-/// run's curve (meta-step, validation and test cross-entropy), the checkpoint it deployed, and the
-/// deployed strengths' final metrics.
+/// run's curve (meta-step, validation, selection and test cross-entropy), the checkpoint it
+/// deployed, and the deployed strengths' final metrics.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct MethodRun {
     /// The inner step size this unit ran at (its seed's search's choice; none without a search).
     #[serde(default)]
     step_size: Option<f64>,
     searches: Vec<Search>,
-    curve: Vec<(usize, (f64, f64))>,
+    curve: Vec<(usize, CurvePoint)>,
     checkpoint: usize,
     deployed: Final,
 }
@@ -714,7 +762,7 @@ fn calibrate(settings: &Settings, units: &[String]) -> Result<Option<Vec<f64>>> 
         let per_s = 2.0 * (t[0] - t[1]).max(0.0);
         Ok(t[0] + (CALIBRATION_SHRINK as f64 - 1.0) * per_s)
     };
-    let fit = timed(&|q| curve_point(q, &d, &theta0).map(|_| ()))?;
+    let fit = timed(&|q| evaluate(q, &d, &theta0).map(|_| ()))?;
     // A method's unit: its curve's points, `finish` (a validation fit and a retraining on twice
     // the rows), and an estimate per meta-step; the baselines' unit: the grid's fits and two
     // finishes.
@@ -807,7 +855,7 @@ fn report(
             false,
         )
     };
-    let (mut validation, mut test) = (panel("validation"), panel("test"));
+    let (mut validation, mut selection, mut test) = (panel("validation"), panel("selection"), panel("test"));
     let mut choices = Vec::new();
     for (e, (name, spec)) in protocol.estimators().iter().enumerate() {
         let (mut runs, mut seconds): (Vec<MethodRun>, Vec<f64>) = (Vec::new(), Vec::new());
@@ -849,19 +897,26 @@ fn report(
             inner_work,
             seconds,
         });
-        let (mut v_points, mut t_points) = (Vec::new(), Vec::new());
+        let (mut v_points, mut s_points, mut t_points) = (Vec::new(), Vec::new(), Vec::new());
         for (k, &(step, _)) in runs[0].curve.iter().enumerate() {
-            let values: Vec<(f64, f64)> = runs.iter().map(|r| r.curve[k].1).collect();
-            for (s, (v, t)) in values.iter().enumerate() {
-                curve_rows.push(format!("{name},{s},{step},{v:e},{t:e}"));
+            let values: Vec<CurvePoint> = runs.iter().map(|r| r.curve[k].1).collect();
+            for (s, (v, sel, t)) in values.iter().enumerate() {
+                curve_rows.push(format!("{name},{s},{step},{v:e},{sel:e},{t:e}"));
             }
-            let n = values.len() as f64;
-            v_points.push((step as f64, values.iter().map(|x| x.0).sum::<f64>() / n));
-            t_points.push((step as f64, values.iter().map(|x| x.1).sum::<f64>() / n));
+            let at = |part: fn(&CurvePoint) -> f64| {
+                let parts: Vec<f64> = values.iter().map(part).collect();
+                (step as f64, mean(&parts))
+            };
+            v_points.push(at(|x| x.0));
+            s_points.push(at(|x| x.1));
+            t_points.push(at(|x| x.2));
         }
         validation
             .series
             .push(Series::new(*name, v_points, e, Style::LinePoints));
+        selection
+            .series
+            .push(Series::new(*name, s_points, e, Style::LinePoints));
         test.series
             .push(Series::new(*name, t_points, e, Style::LinePoints));
     }
@@ -879,11 +934,17 @@ fn report(
                 5 + i,
                 Style::Dashed,
             ));
+            selection.series.push(Series::new(
+                label,
+                flat(m.stat(|f| f.selection_ce).0),
+                5 + i,
+                Style::Dashed,
+            ));
         }
     }
     write_csv(
         &settings.out.join("digits_decay_curves.csv"),
-        "estimator,seed,meta_step,validation_cross_entropy,test_cross_entropy",
+        "estimator,seed,meta_step,validation_cross_entropy,selection_cross_entropy,test_cross_entropy",
         &curve_rows,
         files,
     )?;
@@ -891,14 +952,14 @@ fn report(
     for m in &methods {
         for (s, f) in m.per_seed.iter().enumerate() {
             final_rows.push(format!(
-                "{},{s},{:e},{:e},{:e}",
-                m.method, f.validation_ce, f.test_ce, f.test_accuracy
+                "{},{s},{:e},{:e},{:e},{:e}",
+                m.method, f.validation_ce, f.selection_ce, f.test_ce, f.test_accuracy
             ));
         }
     }
     write_csv(
         &settings.out.join("digits_decay.csv"),
-        "method,seed,validation_cross_entropy,test_cross_entropy,test_accuracy",
+        "method,seed,validation_cross_entropy,selection_cross_entropy,test_cross_entropy,test_accuracy",
         &final_rows,
         files,
     )?;
@@ -947,8 +1008,8 @@ fn report(
         settings,
         "digits_decay",
         &Figure {
-            panels: vec![validation, test],
-            columns: 2,
+            panels: vec![validation, selection, test],
+            columns: 3,
         },
         files,
     )?;
@@ -1012,12 +1073,13 @@ pub fn table(r: &DigitsDecayResults) -> String {
     let mut t = format!(
         "# Per-parameter weight decay of a digit classifier\n\n\
          Generated by `cml figures`: network {} (tanh, softmax cross-entropy, {} parameters, one decay strength each),\n\
-         {} training / {} validation / {} test images per seed (standardised on the training images), {} seeds.\n\
+         {} training / {} validation / {} selection / {} test images per seed (standardised on the training images), {} seeds.\n\
          {} meta-steps of Adam (lr {}) on the validation cross-entropy after {} gradient steps of size {}; then every\n\
          method retrains on training + validation with its deployed strengths and is tested. Mean +- 95% t-interval over\n\
-         seeds. Best single decay chosen per seed on validation, from the grid {:?}: {:?}{} (every score:\n\
+         seeds. Selection images score every choice of a meta-learning run (below); neither loss sees them. Best single\n\
+         decay chosen per seed on validation, from the grid {:?}: {:?}{} (every score:\n\
          `digits_decay_grid.csv`).\n\n\
-         | method | test accuracy | test cross-entropy | validation cross-entropy |\n|---|---|---|---|\n",
+         | method | test accuracy | test cross-entropy | validation cross-entropy | selection cross-entropy |\n|---|---|---|---|---|\n",
         p.net
             .sizes
             .iter()
@@ -1027,7 +1089,8 @@ pub fn table(r: &DigitsDecayResults) -> String {
         p.net.param_count(),
         p.train,
         p.validation,
-        1797 - p.train - p.validation,
+        p.selection,
+        crate::digits::IMAGES - p.train - p.validation - p.selection,
         p.seeds,
         p.meta_steps,
         match &p.search {
@@ -1050,15 +1113,18 @@ pub fn table(r: &DigitsDecayResults) -> String {
         let (a, ac) = m.stat(|f| f.test_accuracy);
         let (c, cc) = m.stat(|f| f.test_ce);
         let (v, vc) = m.stat(|f| f.validation_ce);
+        let (sel, sc) = m.stat(|f| f.selection_ce);
         t.push_str(&format!(
-            "| {} | {:.2}% +- {:.2}% | {:.4} +- {:.4} | {:.4} +- {:.4} |\n",
+            "| {} | {:.2}% +- {:.2}% | {:.4} +- {:.4} | {:.4} +- {:.4} | {:.4} +- {:.4} |\n",
             m.method,
             100.0 * a,
             100.0 * ac,
             c,
             cc,
             v,
-            vc
+            vc,
+            sel,
+            sc
         ));
     }
     t.push_str(&budgets_section(r));
@@ -1126,10 +1192,11 @@ fn choices_section(r: &DigitsDecayResults) -> String {
     let mut t = String::from("\n## Choices on validation\n\n");
     match &p.search {
         Some(search) => t.push_str(&format!(
-            "Each meta-learning run chose on its seed's training and validation images, never the test images: its\n\
-             meta-learning rate over {:?} (the least validation cross-entropy), then, for the contrastive rule, beta\n\
+            "Each meta-learning run chose on its seed's selection images, which neither its inner loss (the training\n\
+             images) nor its outer loss (the validation images) sees, never the test images: its\n\
+             meta-learning rate over {:?} (the least selection cross-entropy), then, for the contrastive rule, beta\n\
              over {:?} at that rate (one-standard-error rule, ties to the larger); each value is a whole meta-training\n\
-             scored per validation image at its best checkpoint, a choice at an edge extends its grid (at most {}), and\n\
+             scored per selection image at its best checkpoint, a choice at an edge extends its grid (at most {}), and\n\
              the chosen run is the one deployed. {}",
             search.meta_lr,
             search.beta,
@@ -1137,7 +1204,7 @@ fn choices_section(r: &DigitsDecayResults) -> String {
             match &p.nudged_steps_search {
                 Some(n) => format!(
                     "Last, the contrastive rule's nudged budget over {:?} steps per nudged phase at the chosen rate and\n\
-                     beta: a larger budget costs more, so the smallest within one standard error of the least validation\n\
+                     beta: a larger budget costs more, so the smallest within one standard error of the least selection\n\
                      cross-entropy (paired) wins, and an edge choice extends the grid (at most {}). ",
                     n.grid,
                     super::searches::times(n.extensions)
@@ -1167,7 +1234,7 @@ fn choices_section(r: &DigitsDecayResults) -> String {
         None => t.push_str(&format!("The inner step size {} is fixed (no search at this scale). ", p.step_size)),
     }
     t.push_str(
-        "Every run deploys its checkpoint with the least validation cross-entropy (ties to the later; 0 is the\n\
+        "Every run deploys its checkpoint with the least selection cross-entropy (ties to the later; 0 is the\n\
          untrained strengths). Every score: `digits_decay_meta_lr_choice.csv`, `digits_decay_beta_choice.csv`,\n\
          `digits_decay_nudged_steps_choice.csv`, `digits_decay_checkpoints.csv`.\n\n\
          | method | meta-learning rate per seed | beta per seed | nudged steps per seed | deployed meta-step per seed |\n|---|---|---|---|---|\n",
@@ -1221,8 +1288,8 @@ pub fn choices_summary(r: &DigitsDecayResults) -> String {
     let mut out = match &p.search {
         Some(search) => format!(
             "each run's meta-learning rate from {:?} and the contrastive rule's beta from {:?}{} (whole \
-             meta-trainings scored per validation image; {} of the searches chose at an edge of the \
-             extended grid), and each run's checkpoint (least validation cross-entropy).",
+             meta-trainings scored per selection image; {} of the searches chose at an edge of the \
+             extended grid), and each run's checkpoint (least selection cross-entropy).",
             search.meta_lr,
             search.beta,
             p.nudged_steps_search.as_ref().map_or(String::new(), |n| format!(
@@ -1237,7 +1304,7 @@ pub fn choices_summary(r: &DigitsDecayResults) -> String {
         ),
         None => format!(
             "meta-learning rate {} and beta {} as the paper's code sets them, and each run's checkpoint \
-             (least validation cross-entropy).",
+             (least selection cross-entropy).",
             p.meta_lr, p.beta
         ),
     };

@@ -115,6 +115,9 @@ impl Labelled {
     }
 }
 
+/// How many images [`load_digits`] gives (a test checks it against the data).
+pub const IMAGES: usize = 1797;
+
 /// The digits as shipped: 64 pixel values 0-16 per image, labels 0-9.
 #[cfg(feature = "datasets")]
 pub fn load_digits() -> Result<Labelled> {

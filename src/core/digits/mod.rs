@@ -7,7 +7,7 @@ pub mod data;
 pub mod decay_classifier;
 pub mod episode;
 
-pub use data::{Labelled, Split, Standardiser, load_digits, rotate, split};
+pub use data::{IMAGES, Labelled, Split, Standardiser, load_digits, rotate, split};
 pub use decay_classifier::DecayClassifier;
 pub use episode::{
     ClassPool, Episode, FewShotSplit, META_TEST_DIGITS, META_TRAIN_DIGITS, VALIDATION_CLASSES, accuracy,
