@@ -19,10 +19,11 @@ use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
-/// Validation and test loss (1/2 MSE, standardised targets) after adaptation.
+/// Validation, selection and test loss (1/2 MSE, standardised targets) after adaptation.
 #[derive(Debug, Clone, Copy)]
 pub struct Losses {
     pub validation: f64,
+    pub selection: f64,
     pub test: f64,
 }
 
@@ -32,6 +33,11 @@ pub struct Losses {
 pub struct Protocol {
     /// Independent runs: seed `s` draws its own split of the patients and initial weights.
     pub seeds: usize,
+    /// Patients per seed held out of the validation split (the last of its rows) to score every
+    /// choice of a meta-learning run (its searches and its deployed meta-step): neither the inner
+    /// loss (training patients) nor the outer loss (the other validation patients) sees them, so
+    /// that a setting cannot win a search by fitting the outer loss's patients harder.
+    pub selection: usize,
     /// The strength every parameter starts from (and the fixed-decay baseline's).
     pub initial_decay: f64,
     /// Gradient descent from the fixed initial weights: the free phase and every adaptation.
@@ -65,6 +71,8 @@ impl Protocol {
     pub fn new(quick: bool) -> Self {
         let full = Protocol {
             seeds: 5,
+            // A third of the 147 validation patients.
+            selection: 49,
             initial_decay: 1e-2,
             free_steps: 300,
             nudged_steps: 100,
@@ -158,6 +166,15 @@ impl crate::protocol::Checked for Protocol {
     fn check(&self) -> Result<()> {
         crate::protocol::Checks::new("weight-decay")
             .seeds("seeds", self.seeds)
+            .that(
+                (1..VALIDATION_PATIENTS).contains(&self.selection),
+                "selection",
+                self.selection,
+                &format!(
+                    "1 to {} (of the {VALIDATION_PATIENTS} validation patients)",
+                    VALIDATION_PATIENTS - 1
+                ),
+            )
             .positive("initial_decay", self.initial_decay)
             .count("free_steps", self.free_steps)
             .count("nudged_steps", self.nudged_steps)
@@ -230,7 +247,33 @@ pub struct WeightDecayResults {
 
 /// Adapt from the initial weights with strengths `theta`, then measure; with each validation
 /// patient's loss, the searches' score.
-fn adapt(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<(Losses, Vec<f64>)> {
+/// The validation patients of [`RegularisedMlp::diabetes`], of which the selection ones are held out.
+const VALIDATION_PATIENTS: usize = 147;
+
+/// One seed's problem (the outer loss on its validation patients) and its selection patients.
+struct SeedProblem {
+    problem: RegularisedMlp,
+    selection: crate::problem::regularised_mlp::Split,
+}
+
+impl SeedProblem {
+    fn new(p: &Protocol, seed: u64) -> Result<Self> {
+        let (problem, selection) =
+            RegularisedMlp::diabetes(p.initial_decay, seed)?.hold_out_of_validation(p.selection)?;
+        Ok(SeedProblem { problem, selection })
+    }
+}
+
+/// Per-patient losses after an adaptation: the validation patients' (the outer loss's) and the
+/// selection patients' (which score a meta-learning run's choices).
+struct PerPatient {
+    validation: Vec<f64>,
+    selection: Vec<f64>,
+}
+
+/// Adapts from the initial weights at `theta` by `free`; the losses after it.
+fn adapt(s: &SeedProblem, theta: &Vector, free: GdParams) -> Result<(Losses, PerPatient)> {
+    let p = &s.problem;
     let theta = to_tensor(theta)?;
     let phi = free
         .solve(
@@ -240,9 +283,14 @@ fn adapt(p: &RegularisedMlp, theta: &Vector, free: GdParams) -> Result<(Losses, 
         .phi;
     let losses = Losses {
         validation: p.outer_loss(&phi, &theta)?.to_scalar::<f64>()?,
+        selection: s.selection.half_mse(&p.net, &phi)?.to_scalar::<f64>()?,
         test: p.test_loss(&phi)?,
     };
-    Ok((losses, p.validation.half_squared_errors(&p.net, &phi)?))
+    let per_patient = PerPatient {
+        validation: p.validation.half_squared_errors(&p.net, &phi)?,
+        selection: s.selection.half_squared_errors(&p.net, &phi)?,
+    };
+    Ok((losses, per_patient))
 }
 
 /// The estimators a weight-decay job compares, named as in its tables: the contrastive rule,
@@ -302,18 +350,19 @@ pub(super) fn decay_estimators(
 }
 
 /// One meta-learning run: its evaluated meta-steps, the index of the one deployed (the least
-/// validation loss, ties to the later), that one's per-patient validation losses, and why the run
+/// selection loss, ties to the later), that one's per-patient selection losses, and why the run
 /// failed, if it did.
 struct DecayRun {
     curve: Vec<(usize, Losses)>,
     deployed: usize,
-    validation: Vec<f64>,
+    selection: Vec<f64>,
     failed: Option<String>,
 }
 
 impl super::choice::ScoredRun for DecayRun {
+    /// The selection patients' losses: a search's score.
     fn validation(&self) -> &[f64] {
-        &self.validation
+        &self.selection
     }
     fn failed(&self) -> Option<&str> {
         self.failed.as_deref()
@@ -324,11 +373,12 @@ impl super::choice::ScoredRun for DecayRun {
 /// by `free`.
 fn meta_train(
     p: &Protocol,
-    problem: &RegularisedMlp,
+    seed: &SeedProblem,
     spec: &EstimatorSpec,
     free: GdParams,
     meta_lr: f64,
 ) -> Result<DecayRun> {
+    let problem = &seed.problem;
     let theta0 = Vector::from_element(problem.dims().theta, p.initial_decay.ln());
     let run = run_evaluated(
         theta0,
@@ -338,14 +388,14 @@ fn meta_train(
         // A value of a search that fails scores infinite instead of ending the job.
         OnFailure::Stop,
         |theta| Ok(spec.estimator().estimate(problem, &to_tensor(theta)?)?.gradient),
-        |theta| adapt(problem, theta, free),
+        |theta| adapt(seed, theta, free),
     )?;
-    let validation: Vec<f64> = run.points.iter().map(|(_, (l, _), _)| l.validation).collect();
-    let deployed = super::choice::least_loss(&validation).expect("the initialisation is evaluated");
+    let selection: Vec<f64> = run.points.iter().map(|(_, (l, _), _)| l.selection).collect();
+    let deployed = super::choice::least_loss(&selection).expect("the initialisation is evaluated");
     Ok(DecayRun {
         curve: run.points.iter().map(|(step, (l, _), _)| (*step, *l)).collect(),
         deployed,
-        validation: run.points[deployed].1.1.clone(),
+        selection: run.points[deployed].1.1.selection.clone(),
         failed: run.failed,
     })
 }
@@ -360,12 +410,13 @@ struct SeedRuns {
     grid: Vec<(f64, Losses)>,
 }
 
-/// On seed `seed`'s split and initial weights: chooses the inner step size, then meta-trains every
-/// estimator from the initial decay under its searches, and scores the fixed decay and every
-/// single decay of the grid, every inner loop at the chosen step size.
+/// On seed `seed`'s split and initial weights: chooses the inner step size (on the validation
+/// patients), then meta-trains every estimator from the initial decay under its searches (on the
+/// selection patients), and scores the fixed decay and every single decay of the grid (chosen on
+/// the validation patients), every inner loop at the chosen step size.
 fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
-    let problem = RegularisedMlp::diabetes(p.initial_decay, seed)?;
-    let uniform = |decay: f64| Vector::from_element(problem.dims().theta, decay.ln());
+    let problem = SeedProblem::new(p, seed)?;
+    let uniform = |decay: f64| Vector::from_element(problem.problem.dims().theta, decay.ln());
     // The initial decay first: its losses are the score.
     let decays: Vec<f64> = std::iter::once(p.initial_decay)
         .chain(p.grid.iter().copied())
@@ -375,7 +426,12 @@ fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
         &format!("seed {seed}"),
         &p.step_size_search,
         &problems,
-        |step_size, k| Ok(adapt(&problem, &uniform(decays[k]), p.phase(p.free_steps, step_size))?.1),
+        // Scored on the validation patients: no meta-training fits them here, and every method
+        // shares the choice.
+        |step_size, k| {
+            let (_, per_patient) = adapt(&problem, &uniform(decays[k]), p.phase(p.free_steps, step_size))?;
+            Ok(per_patient.validation)
+        },
     )?;
     let free = p.phase(p.free_steps, step_size.chosen);
     let fixed = adapt(&problem, &uniform(p.initial_decay), free)?.0;
@@ -434,8 +490,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         for (k, run) in r.runs.iter().enumerate() {
             for (step, l) in &run.curve {
                 rows.push(format!(
-                    "{},{seed},{step},{:e},{:e}",
-                    names[k], l.validation, l.test
+                    "{},{seed},{step},{:e},{:e},{:e}",
+                    names[k], l.validation, l.selection, l.test
                 ));
             }
             let chosen = run.curve[run.deployed];
@@ -446,8 +502,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         }
         for (d, l) in &r.grid {
             rows.push(format!(
-                "single decay {d},{seed},0,{:e},{:e}",
-                l.validation, l.test
+                "single decay {d},{seed},0,{:e},{:e},{:e}",
+                l.validation, l.selection, l.test
             ));
         }
     }
@@ -457,20 +513,20 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
             // The decay column is empty for the meta-learned strengths.
             let decay = m.decay[s].map_or(String::new(), |d| format!("{d:e}"));
             per_seed_rows.push(format!(
-                "{},{seed},{},{decay},{:e},{:e}",
-                m.method, m.deployed[s], l.validation, l.test
+                "{},{seed},{},{decay},{:e},{:e},{:e}",
+                m.method, m.deployed[s], l.validation, l.selection, l.test
             ));
         }
     }
     write_csv(
         &settings.out.join("weight_decay.csv"),
-        "estimator,seed,step,validation_loss,test_loss",
+        "estimator,seed,step,validation_loss,selection_loss,test_loss",
         &rows,
         files,
     )?;
     write_csv(
         &settings.out.join("weight_decay_per_seed.csv"),
-        "method,seed,deployed_step,decay,validation_loss,test_loss",
+        "method,seed,deployed_step,decay,validation_loss,selection_loss,test_loss",
         &per_seed_rows,
         files,
     )?;
@@ -587,18 +643,27 @@ pub fn table(r: &WeightDecayResults) -> String {
     let p = &r.protocol;
     let mut t = format!(
         "# Per-parameter weight decay on the diabetes data set\n\n\
-         Generated by `cml figures`: 10-16-1 tanh network (193 parameters, one strength each), 147 / 147 / 147 \
-         train / validation / test patients, standardised, {} seeds (each its own split of the patients and its own \
-         initial weights); {} meta-steps of Adam on the validation loss from decay {} everywhere, at each run's \
-         meta-learning rate searched on validation; adaptation: {} gradient steps from the fixed initial weights at \
-         each seed's inner step size searched on validation (both below). Each meta-learning run deploys the \
-         evaluated meta-step (every {}) with the least validation loss; the single decay is the grid's value with the \
-         least validation loss ({:?}). Mean over seeds +- half-width of the 95% t-interval.\n\n\
-         | method | validation 1/2 MSE | test 1/2 MSE | deployed meta-steps or decays |\n|---|---|---|---|\n",
-        p.seeds, p.meta_steps, p.initial_decay, p.free_steps, p.eval_every, p.grid
+         Generated by `cml figures`: 10-16-1 tanh network (193 parameters, one strength each), 147 / {} / {} / 147 \
+         train / validation / selection / test patients, standardised, {} seeds (each its own split of the patients and \
+         its own initial weights); {} meta-steps of Adam on the validation loss from decay {} everywhere, at each run's \
+         meta-learning rate searched on the selection patients, which neither loss sees; adaptation: {} gradient steps \
+         from the fixed initial weights at each seed's inner step size searched on validation (both below). Each \
+         meta-learning run deploys the evaluated meta-step (every {}) with the least selection loss; the single decay is \
+         the grid's value with the least validation loss ({:?}). Mean over seeds +- half-width of the 95% \
+         t-interval.\n\n\
+         | method | validation 1/2 MSE | selection 1/2 MSE | test 1/2 MSE | deployed meta-steps or decays |\n|---|---|---|---|---|\n",
+        VALIDATION_PATIENTS - p.selection,
+        p.selection,
+        p.seeds,
+        p.meta_steps,
+        p.initial_decay,
+        p.free_steps,
+        p.eval_every,
+        p.grid
     );
     for m in &r.methods {
         let (v, vh) = m.stat(|l| l.validation);
+        let (sel, sh) = m.stat(|l| l.selection);
         let (e, eh) = m.stat(|l| l.test);
         let chosen = if m.method == BEST_SINGLE {
             format!("{:?}", m.decay.iter().flatten().collect::<Vec<_>>())
@@ -606,10 +671,12 @@ pub fn table(r: &WeightDecayResults) -> String {
             format!("{:?}", m.deployed)
         };
         t.push_str(&format!(
-            "| {} | {} +- {} | {} +- {} | {chosen} |\n",
+            "| {} | {} +- {} | {} +- {} | {} +- {} | {chosen} |\n",
             m.method,
             num(v),
             num(vh),
+            num(sel),
+            num(sh),
             num(e),
             num(eh)
         ));
@@ -646,18 +713,19 @@ fn choices_section(r: &WeightDecayResults) -> String {
     let p = &r.protocol;
     let mut t = format!(
         "\n## Choices on validation\n\n\
-         Every choice is made on the seed's training and validation patients, never the test patients. First each \
+         Every choice is made on the seed's training, validation and selection patients, never the test patients. First each \
          seed's inner step size (every inner loop of the seed, baselines included, runs at it): {} gradient steps \
          from the seed's initial weights at the initial decay {} at each step size, scored by the validation loss; a \
          step size fails where the free phase diverges at any decay of the single-decay grid (the baselines must \
          train at it too). The least wins; a choice at an edge extends the grid (at most {}; \
          `weight_decay_step_size_choice.csv`).\n\n{}\n\n\
-         Then each meta-learning run's Adam step size over {:?} (the least validation loss at the deployed \
-         meta-step), and for the contrastive rule beta over {:?} at that rate (the one-standard-error rule, paired \
-         over the validation patients, ties to the larger); each value is a whole meta-training, a choice at an edge \
+         Then each meta-learning run's Adam step size over {:?} (the least selection loss at the deployed \
+         meta-step; the selection patients are held out of the validation split, and neither loss sees them), and \
+         for the contrastive rule beta over {:?} at that rate (the one-standard-error rule, paired over the selection \
+         patients, ties to the larger); each value is a whole meta-training, a choice at an edge \
          extends its grid (at most {}), and the chosen run is the one deployed. Last, the contrastive rule's nudged \
          budget over {:?} steps per nudged phase at the chosen rate and beta: a larger budget costs more, so the \
-         smallest within one standard error of the least validation loss (paired) wins, and an edge choice extends \
+         smallest within one standard error of the least selection loss (paired) wins, and an edge choice extends \
          the grid (at most {}). Every score: `weight_decay_meta_lr_choice.csv`, `weight_decay_beta_choice.csv`, \
          `weight_decay_nudged_steps_choice.csv`.\n\n\
          | method | meta-learning rate per seed | beta per seed | nudged steps per seed |\n|---|---|---|---|\n",

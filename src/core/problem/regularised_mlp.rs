@@ -43,6 +43,17 @@ impl Split {
         Ok(Split { x, y, tx, ty })
     }
 
+    /// The first `at` rows, and the rest.
+    fn cut(&self, at: usize) -> Result<(Split, Split)> {
+        let rows = |from: usize, n: usize| {
+            Split::new(
+                self.x.rows(from, n).into_owned(),
+                self.y.rows(from, n).into_owned(),
+            )
+        };
+        Ok((rows(0, at)?, rows(at, self.y.len() - at)?))
+    }
+
     /// `1/2 MSE` of the network with parameters `phi`.
     pub fn half_mse(&self, net: &Mlp, phi: &Tensor) -> candle_core::Result<Tensor> {
         (net.forward(phi, &self.tx)? - &self.ty)?.sqr()?.mean_all()? * 0.5
@@ -174,6 +185,27 @@ impl RegularisedMlp {
     /// `1/2 MSE` on the test split at `phi`.
     pub fn test_loss(&self, phi: &Tensor) -> Result<f64> {
         Ok(self.test.half_mse(&self.net, phi)?.to_scalar::<f64>()?)
+    }
+
+    /// The problem with the last `n` rows of its validation split held out, and those rows: the
+    /// outer loss then averages over the other validation rows, and the held-out rows, which
+    /// neither loss sees, can score choices made about the problem (a selection split).
+    pub fn hold_out_of_validation(mut self, n: usize) -> Result<(Self, Split)> {
+        let rows = self.validation.y.len();
+        if n == 0 || n >= rows {
+            return Err(CmlError::invalid(
+                "held-out validation rows",
+                n,
+                format!(
+                    "1 to {} (the validation split has {rows} rows)",
+                    rows.saturating_sub(1)
+                ),
+            ));
+        }
+        let (kept, held) = self.validation.cut(rows - n)?;
+        self.kernel = half_mse_kernel(&self.net, &self.train, &kept);
+        self.validation = kept;
+        Ok((self, held))
     }
 }
 
@@ -380,6 +412,48 @@ impl SecondOrderPhase for RegularisedMlp {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holding_out_validation_rows_moves_them_out_of_the_outer_loss_on_both_paths() {
+        // Validation rows 0-4; holding out 2 leaves rows 0-2 in the outer loss (its value the
+        // mean of their per-row losses, computed on the whole split before) and rows 3-4 apart;
+        // the fast kernel's outer loss must move with it.
+        let x = DMatrix::from_fn(12, 3, |i, j| ((i * 3 + j) as f64).sin());
+        let y = Vector::from_fn(12, |i, _| (i as f64).cos() * 5.0 + 2.0);
+        let p = RegularisedMlp::from_data(&x, &y, (4, 5, 3), 4, 0.1, 7).unwrap();
+        let phi = to_tensor(&Vector::from_fn(p.net.param_count(), |i, _| {
+            0.1 * (i as f64).sin()
+        }))
+        .unwrap();
+        let whole = p.validation.half_squared_errors(&p.net, &phi).unwrap();
+        let theta = p.theta().clone();
+        let (kept, held) = p.clone().hold_out_of_validation(2).unwrap();
+        let outer = kept.outer_loss(&phi, &theta).unwrap().to_scalar::<f64>().unwrap();
+        approx::assert_relative_eq!(outer, whole[..3].iter().sum::<f64>() / 3.0, max_relative = 1e-14);
+        let apart = held.half_squared_errors(&p.net, &phi).unwrap();
+        assert_eq!(apart.len(), 2);
+        for (a, b) in apart.iter().zip(&whole[3..]) {
+            approx::assert_relative_eq!(*a, *b, max_relative = 1e-14);
+        }
+        assert_eq!(kept.train.y, p.train.y);
+        assert_eq!(kept.test.y, p.test.y);
+        // The fast path: the phase loss at beta 1 minus that at beta 0 is the kernel's outer
+        // loss, which must be the same mean.
+        let fast = kept.first_order().expect("a fast path");
+        let phi_v: Vec<f64> = (0..p.net.param_count()).map(|i| 0.1 * (i as f64).sin()).collect();
+        let mut ws = fast
+            .workspace(crate::linalg::to_dvector(&theta).unwrap().as_slice())
+            .unwrap();
+        let mut g = vec![0.0; phi_v.len()];
+        let nudged = fast.phase_gradient(&mut ws, &phi_v, 1.0, &mut g, None);
+        let free = fast.phase_gradient(&mut ws, &phi_v, 0.0, &mut g, None);
+        approx::assert_relative_eq!(nudged - free, outer, max_relative = 1e-10);
+        // Nothing, or every row, is not a hold-out.
+        for n in [0, 5] {
+            let e = p.clone().hold_out_of_validation(n).unwrap_err().to_string();
+            assert!(e.contains("1 to 4"), "{e}");
+        }
+    }
 
     #[test]
     fn per_row_losses_are_half_squared_targets_at_zero_weights_and_average_to_the_half_mse() {
