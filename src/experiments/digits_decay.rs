@@ -55,12 +55,12 @@ pub struct Protocol {
     pub initial_decay: f64,
     pub beta: f64,
     pub grid: Vec<f64>,
-    /// The searches on each seed's validation images (none at the paper scale, which runs the
+    /// The searches on each seed's selection images (none at the paper scale, which runs the
     /// authors' meta-learning rate and `beta`): `meta_lr` and `beta` above are where they start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub search: Option<RunSearch>,
     /// The contrastive rule's nudged budget, searched last in each of its runs at the chosen rate
-    /// and `beta` (the smallest within one standard error of the least validation loss, since a
+    /// and `beta` (the smallest within one standard error of the least selection loss, since a
     /// larger budget costs more; none at the paper scale); `nudged_steps` is where it starts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nudged_steps_search: Option<RateSearchSpec>,
@@ -327,14 +327,9 @@ struct SeedData {
 
 fn seed_data(protocol: &Protocol, all: &Labelled, seed: u64) -> Result<SeedData> {
     // The held-out rows after the training rows: the validation rows, then the selection rows.
-    let s = split(
-        all,
-        protocol.train,
-        protocol.validation + protocol.selection,
-        seed,
-    )?;
-    let held_out = |rows: std::ops::Range<usize>| s.validation.select(&rows.collect::<Vec<_>>());
     let total = protocol.validation + protocol.selection;
+    let s = split(all, protocol.train, total, seed)?;
+    let held_out = |rows: std::ops::Range<usize>| s.validation.select(&rows.collect::<Vec<_>>());
     let st = Standardiser::fit(&s.train)?;
     Ok(SeedData {
         train: st.apply(&s.train),
@@ -1094,7 +1089,7 @@ pub fn table(r: &DigitsDecayResults) -> String {
         p.seeds,
         p.meta_steps,
         match &p.search {
-            Some(_) => "searched per run on validation, below".to_string(),
+            Some(_) => "searched per run on the selection images, below".to_string(),
             None => p.meta_lr.to_string(),
         },
         p.free_steps,

@@ -59,10 +59,10 @@ pub struct Protocol {
     /// at the initial decay ([`super::choice::search_stable_step_size`]).
     pub step_size_search: RateSearchSpec,
     /// Each meta-learning run's Adam step size, then the symmetric contrastive rule's nudging
-    /// strength at it, on the seed's validation patients ([`super::choice::searched_run`]).
+    /// strength at it, on the seed's selection patients ([`super::choice::searched_run`]).
     pub search: RunSearch,
     /// The contrastive rule's nudged budget, searched last at its run's chosen rate and `beta`
-    /// (the smallest within one standard error of the least validation loss, since a larger
+    /// (the smallest within one standard error of the least selection loss, since a larger
     /// budget costs more); `nudged_steps` is where it starts.
     pub nudged_steps_search: RateSearchSpec,
 }

@@ -73,11 +73,11 @@ pub(crate) trait ScoredRun {
     fn failed(&self) -> Option<&str>;
 }
 
-/// The run the searches of `grids` deploy for `spec` under `subject`, and those searches: `train(meta_lr,
-/// spec)` makes one whole run. The rate search runs at `spec`; for the contrastive rule, `beta`'s
-/// search then runs at the chosen rate, and last, where `nudged_steps` is given, the nudged
-/// budget's at the chosen rate and `beta` ([`Ties::ToTheSmaller`]: a larger budget costs more).
-/// Any other estimator gets the rate search alone. Every setting is trained once, whichever
+/// The run the searches of `grids` deploy for `spec` under `subject`, and those searches:
+/// `train(meta_lr, spec)` makes one whole run. The rate search runs at `spec`; for the contrastive
+/// rule, `beta`'s search then runs at the chosen rate, and last, where `nudged_steps` is given, the
+/// nudged budget's at the chosen rate and `beta` ([`Ties::ToTheSmaller`]: a larger budget costs
+/// more). Any other estimator gets the rate search alone. Every setting is trained once, whichever
 /// search asks for it.
 pub(crate) fn searched_run<T: ScoredRun>(
     subject: &str,
