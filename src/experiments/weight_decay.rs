@@ -248,7 +248,7 @@ pub struct WeightDecayResults {
 /// Adapt from the initial weights with strengths `theta`, then measure; with each validation
 /// patient's loss, the searches' score.
 /// The validation patients of [`RegularisedMlp::diabetes`], of which the selection ones are held out.
-const VALIDATION_PATIENTS: usize = 147;
+const VALIDATION_PATIENTS: usize = crate::problem::regularised_mlp::DIABETES_SPLIT.1;
 
 /// One seed's problem (the outer loss on its validation patients) and its selection patients.
 struct SeedProblem {

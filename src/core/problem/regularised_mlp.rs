@@ -80,6 +80,9 @@ pub struct RegularisedMlp {
     kernel: MlpKernel,
 }
 
+/// The training, validation and test rows of [`RegularisedMlp::diabetes`].
+pub const DIABETES_SPLIT: (usize, usize, usize) = (147, 147, 147);
+
 impl RegularisedMlp {
     /// Standardises features and targets (statistics of the whole set), shuffles the rows with
     /// `seed`, splits them into train / validation / test of the given sizes (the rest is
@@ -147,7 +150,7 @@ impl RegularisedMlp {
         let (n, p) = (d.records.nrows(), d.records.ncols());
         let x = DMatrix::from_row_iterator(n, p, d.records.iter().copied());
         let y = Vector::from_iterator(n, d.targets.iter().copied());
-        Self::from_data(&x, &y, (147, 147, 147), 16, decay, seed)
+        Self::from_data(&x, &y, DIABETES_SPLIT, 16, decay, seed)
     }
 
     /// Reads back what [`ToInstanceFile::to_instance`] wrote: the network sizes, the three
