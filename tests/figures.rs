@@ -393,6 +393,27 @@ fn protocol_of_the_weight_decay_table(dir: &Path) {
         .iter()
         .map(|(a, b)| 0.1 * 0.5 * (mean(&test(a)) + mean(&test(b))))
         .collect();
+    // The budget table's contrastive row: each seed's chosen nudged budget (distinct, in seed
+    // order) twice per estimate, the symmetric rule's two nudged phases, as the nudged search's
+    // CSV has the choices.
+    let budgets = table_rows(&dir.join("paper/weight_decay.md"), "## Budgets", "| method");
+    let rule = budgets.iter().find(|r| r[1] == "contrastive").unwrap();
+    let mut nudged: Vec<String> = Vec::new();
+    for c in csv_rows(&dir.join("figures/weight_decay_nudged_steps_choice.csv")) {
+        let n = format!("2 x {} nudged", f(&c, "nudged_steps"));
+        if c["chosen"] == "true" && !nudged.contains(&n) {
+            nudged.push(n);
+        }
+    }
+    assert!(!nudged.is_empty());
+    assert_eq!(
+        rule[2].matches("nudged").count(),
+        nudged.len(),
+        "{rule:?} {nudged:?}"
+    );
+    for n in &nudged {
+        assert!(rule[2].contains(n.as_str()), "{rule:?} lacks {n}");
+    }
     let (p, e) = holm_family(&diffs, &margins);
     let rows = table_rows(&dir.join("paper/weight_decay.md"), "## Comparisons", "| first");
     assert_eq!(rows.len(), pairs.len(), "one row per comparison");
@@ -1276,7 +1297,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // and an inner step-size search per model and estimator and a nudged budget search per model,
     // timed by its calibration; the
     // jobs without a calibration say how to get an estimate.
-    // Their units: one for a job run whole; bandit 2 seeds x (3 models + baselines), 2 beta
+    // Their units: one for a job run whole; weight-decay one per seed (2); bandit 2 seeds x (3 models + baselines), 2 beta
     // searches, 3 outer and 3 inner step-size searches; few-shot 1 setting x 5 methods x 2 seeds,
     // the setting's beta search, 5 step-size searches, 2 strength searches (CML, iMAML), 3 SGD
     // step-size searches (MAML, first-order MAML, Reptile), 2 phase step-size searches (CML,
@@ -1291,6 +1312,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     assert_eq!(cells[5], "calibrated now", "{row}");
     for (job, units) in [
         ("theory", 1),
+        ("weight-decay", 2),
         ("spiking", 25),
         ("bandit", 16),
         ("few-shot", 24),
@@ -1398,7 +1420,8 @@ fn the_committed_units_are_what_the_current_code_computes() {
     // predated the ledger and dropped four of its rows). So a cheap committed unit of every job is
     // recomputed by the current code in an empty folder, and must give the stored rows exactly
     // (the few-shot Reptile unit runs its step-size search there too, as a unit that finds its
-    // search unstored does); 152 s in all on 2026-12-06, 49 s of it the weight-decay job.
+    // search unstored does); 152 s in all on 2026-12-06, 49 s of it the weight-decay job, then run
+    // whole (one seed's unit since 2026-12-07: seed 4 ran 9.2 s beside another seed).
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
     for unit in [
@@ -1406,21 +1429,21 @@ fn the_committed_units_are_what_the_current_code_computes() {
         "compute/all",
         "training/choice-meta-lr-synapse-bptt",
         "cost/all",
-        "weight-decay/all",
+        "weight-decay/seed4",
         "error-bar/ridge-seed61",
         "digits-decay/choice-step-size-seed2",
         "digits-decay/baselines-seed2",
         "few-shot/1shot-reptile-seed4",
-        // Not a meta-learned agent's, but it reads MAML's inner step size (its twin of MAML's own
-        // deployment adapts at it): the searches it reads are copied beside it (below).
-        "bandit/baselines-seed3",
+        // A meta-learned agent's run (22 s, where the matched baselines of a seed take 41 s): the
+        // searches it reads are copied beside it (below).
+        "bandit/maml-seed4",
         "spiking/no-meta-learning-seed1",
     ] {
         // The searches a unit reads, copied beside it from runs/default as a run that stored them
-        // first finds them, so that it does not run them (for the bandit baselines about 200 s of
+        // first finds them, so that it does not run them (for the bandit agent about 200 s of
         // whole meta-trainings); its rows must still be what the current code computes from them.
         let searches: &[&str] = match unit {
-            "bandit/baselines-seed3" => &["bandit/choice-meta-lr-maml", "bandit/choice-step-size-maml"],
+            "bandit/maml-seed4" => &["bandit/choice-meta-lr-maml", "bandit/choice-step-size-maml"],
             // It adapts at CML symmetric's inner step size.
             "spiking/no-meta-learning-seed1" => &["spiking/choice-step-size-cml-symmetric"],
             _ => &[],

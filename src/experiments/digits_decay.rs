@@ -1163,17 +1163,10 @@ fn budgets_section(r: &DigitsDecayResults) -> String {
         p.meta_steps, p.train, p.validation,
     );
     for c in &r.choices {
-        // Each distinct inner work once, in seed order.
-        let mut work: Vec<&str> = Vec::new();
-        for w in &c.inner_work {
-            if !work.contains(&w.as_str()) {
-                work.push(w);
-            }
-        }
         t.push_str(&format!(
             "| {} | {} | {:.0} |\n",
             c.method,
-            work.join("; "),
+            super::distinct_joined(&c.inner_work),
             mean(&c.seconds)
         ));
     }

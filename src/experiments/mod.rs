@@ -39,7 +39,7 @@ pub(crate) fn registry() -> Vec<&'static dyn Job<Section>> {
         &COMPUTE,
         &training::TRAINING,
         &COST,
-        &WEIGHT_DECAY,
+        &weight_decay::WEIGHT_DECAY,
         &error_bar::ErrorBarJob,
         &digits_decay::DIGITS_DECAY,
         &few_shot::FEW_SHOT,
@@ -84,17 +84,6 @@ static COST: Whole<Section> = Whole {
     at_report: Some(writeup::with_measured_memory),
     paper: PaperBudgets::Default("a measurement of this testbed, not an experiment of the paper"),
     configurable: false,
-};
-static WEIGHT_DECAY: Whole<Section> = Whole {
-    name: "weight-decay",
-    about: "per-parameter weight decay learned on the diabetes data set over seeds, test-loss table",
-    protocol: weight_decay::protocol,
-    run: |s, f| Ok(writeup::weight_decay_section(&weight_decay::run(s, f)?)),
-    at_report: None,
-    paper: PaperBudgets::Default(
-        "this testbed's small problem; the paper's weight-decay experiment is digits-decay",
-    ),
-    configurable: true,
 };
 
 /// What a run wrote, with each job's section of the write-up.
@@ -167,6 +156,18 @@ pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
 /// The arithmetic mean, summed in order.
 pub(crate) fn mean(values: &[f64]) -> f64 {
     values.iter().sum::<f64>() / values.len() as f64
+}
+
+/// Each distinct value once, in first-seen order, joined by "; " (a budget table's per-seed inner
+/// work, the same on most seeds).
+pub(crate) fn distinct_joined(values: &[String]) -> String {
+    let mut distinct: Vec<&str> = Vec::new();
+    for v in values {
+        if !distinct.contains(&v.as_str()) {
+            distinct.push(v);
+        }
+    }
+    distinct.join("; ")
 }
 
 /// Writes a Markdown table under `paper/` and records it.

@@ -20,7 +20,7 @@ use crate::stats::{self, Comparison};
 use std::path::PathBuf;
 
 /// Validation, selection and test loss (1/2 MSE, standardised targets) after adaptation.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
 pub struct Losses {
     pub validation: f64,
     pub selection: f64,
@@ -243,6 +243,11 @@ pub struct WeightDecayResults {
     /// Each meta-learning run's searches (meta-learning rate; `beta` for the contrastive rule),
     /// seed by seed, estimator by estimator.
     pub searches: Vec<Search>,
+    /// Per estimator (in table order), each seed's deployed run's inner work per meta-step
+    /// ([`EstimatorSpec::inner_work`]).
+    pub inner_work: Vec<Vec<String>>,
+    /// Wall seconds of each seed's unit (every method's searches and runs on that seed).
+    pub unit_seconds: Vec<f64>,
 }
 
 /// Adapt from the initial weights with strengths `theta`, then measure; with each validation
@@ -352,6 +357,7 @@ pub(super) fn decay_estimators(
 /// One meta-learning run: its evaluated meta-steps, the index of the one deployed (the least
 /// selection loss, ties to the later), that one's per-patient selection losses, and why the run
 /// failed, if it did.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct DecayRun {
     curve: Vec<(usize, Losses)>,
     deployed: usize,
@@ -400,8 +406,9 @@ fn meta_train(
     })
 }
 
-/// One seed's runs: its step-size search, each estimator's searches and deployed run, the fixed
-/// decay, the single-decay grid.
+/// One seed's runs, a unit's rows: its step-size search, each estimator's searches and deployed
+/// run, the fixed decay, the single-decay grid.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRuns {
     step_size: Search,
     searches: Vec<Vec<Search>>,
@@ -455,15 +462,111 @@ fn run_seed(p: &Protocol, seed: u64) -> Result<SeedRuns> {
     })
 }
 
-/// Runs every seed, then writes the curves, the per-seed CSV, the figure and the table.
-pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayResults> {
+/// The job: one unit per seed, `seed{s}` (seed index `s` runs on the run's seed plus `s`), each
+/// every method's runs on that seed's split; the report draws the curves, the per-seed CSV, the
+/// figure and the table from them.
+pub(super) struct WeightDecayJob;
+
+pub(super) static WEIGHT_DECAY: WeightDecayJob = WeightDecayJob;
+
+fn unit_name(s: usize) -> String {
+    format!("seed{s}")
+}
+
+impl super::units::Job<super::Section> for WeightDecayJob {
+    fn name(&self) -> &'static str {
+        "weight-decay"
+    }
+
+    fn about(&self) -> &'static str {
+        "per-parameter weight decay learned on the diabetes data set over seeds, test-loss table"
+    }
+
+    fn paper_budgets(&self) -> super::units::PaperBudgets {
+        super::units::PaperBudgets::Default(
+            "this testbed's small problem; the paper's weight-decay experiment is digits-decay",
+        )
+    }
+
+    fn protocol(&self, settings: &Settings) -> Result<serde_json::Value> {
+        protocol(settings)
+    }
+
+    fn configurable(&self) -> bool {
+        true
+    }
+
+    fn extent_keys(&self) -> &'static [&'static str] {
+        // Each seed's unit draws from that seed alone.
+        &["seeds"]
+    }
+
+    fn units(&self, settings: &Settings) -> Result<Vec<String>> {
+        Ok((0..Protocol::of(settings)?.seeds).map(unit_name).collect())
+    }
+
+    fn run_unit(
+        &self,
+        settings: &Settings,
+        unit: &str,
+        _staging: &std::path::Path,
+    ) -> Result<serde_json::Value> {
+        let p = Protocol::of(settings)?;
+        let s = super::units::lookup(self, settings, unit, (0..p.seeds).collect(), |s| unit_name(*s))?;
+        super::units::encode(&run_seed(&p, settings.seed + s as u64)?)
+    }
+
+    fn report(
+        &self,
+        settings: &Settings,
+        units: &[super::units::Stored],
+        files: &mut Vec<PathBuf>,
+    ) -> Result<super::Section> {
+        Ok(super::writeup::weight_decay_section(&report(
+            settings, units, files,
+        )?))
+    }
+}
+
+/// From every seed's unit: the curves, the per-seed CSV, the figure and the table.
+fn report(
+    settings: &Settings,
+    units: &[super::units::Stored],
+    files: &mut Vec<PathBuf>,
+) -> Result<WeightDecayResults> {
     let p = Protocol::of(settings)?;
     let names: Vec<&str> = p.estimators(1.0).iter().map(|e| e.0).collect();
     let seeds: Vec<u64> = (0..p.seeds as u64).map(|s| settings.seed + s).collect();
-    let runs: Vec<SeedRuns> = seeds
-        .iter()
-        .map(|&seed| run_seed(&p, seed))
+    let stored: Vec<&super::units::Stored> = (0..p.seeds)
+        .map(|s| {
+            let name = unit_name(s);
+            units.iter().find(|u| u.unit == name).ok_or_else(|| {
+                crate::CmlError::invalid("weight-decay unit", &name, "a stored unit of the run")
+            })
+        })
         .collect::<Result<_>>()?;
+    let runs: Vec<SeedRuns> = stored
+        .iter()
+        .map(|u| super::units::decode(u))
+        .collect::<Result<_>>()?;
+    // Each deployed run at its chosen nudged budget (the rule's searched last; the protocol's for
+    // the others); the inner step size does not change the work.
+    let inner_work: Vec<Vec<String>> = p
+        .estimators(1.0)
+        .iter()
+        .enumerate()
+        .map(|(k, (_, spec))| {
+            runs.iter()
+                .map(
+                    |r| match r.searches[k].iter().find(|x| x.setting == "nudged_steps") {
+                        Some(n) => super::choice::at_nudged_steps(spec, super::choice::whole_steps(n.chosen)),
+                        None => *spec,
+                    },
+                )
+                .map(|spec| spec.inner_work())
+                .collect()
+        })
+        .collect();
 
     let method = |name: &str| MethodResult {
         method: name.to_string(),
@@ -540,6 +643,8 @@ pub fn run(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<WeightDecayR
         methods,
         step_sizes,
         searches,
+        inner_work,
+        unit_seconds: stored.iter().map(|u| u.seconds).collect(),
     };
     write_table(settings, "weight_decay.md", &table(&results), files)?;
     Ok(results)
@@ -702,7 +807,35 @@ pub fn table(r: &WeightDecayResults) -> String {
             k.verdict.describe()
         ));
     }
+    t.push_str(&budgets_section(r));
     t.push_str(&choices_section(r));
+    t
+}
+
+/// What each method spends: meta-steps, patients, inner work per meta-step, and the seeds' units'
+/// wall time.
+fn budgets_section(r: &WeightDecayResults) -> String {
+    let p = &r.protocol;
+    let (train, _, _) = crate::problem::regularised_mlp::DIABETES_SPLIT;
+    let mut t = format!(
+        "\n## Budgets\n\n\
+         Every meta-learning method takes {} meta-steps of Adam per run on the same {} training and {} validation \
+         patients of each seed, one estimate per meta-step, each from the seed's fixed initial weights; the inner work \
+         of an estimate is the method's own (gradient-descent steps, and what its estimator adds; the contrastive \
+         rule's nudged budget is each run's choice). A seed's unit holds every method's searches and runs on that seed: \
+         {:.1} s of wall time on average over the {} seeds ({:.1} s to {:.1} s).\n\n\
+         | method | inner work per meta-step (per seed) |\n|---|---|\n",
+        p.meta_steps,
+        train,
+        VALIDATION_PATIENTS - p.selection,
+        super::mean(&r.unit_seconds),
+        r.unit_seconds.len(),
+        r.unit_seconds.iter().copied().fold(f64::INFINITY, f64::min),
+        r.unit_seconds.iter().copied().fold(0.0, f64::max),
+    );
+    for (m, work) in r.methods[2..].iter().zip(&r.inner_work) {
+        t.push_str(&format!("| {} | {} |\n", m.method, super::distinct_joined(work)));
+    }
     t
 }
 
@@ -775,4 +908,31 @@ fn choices_section(r: &WeightDecayResults) -> String {
         }
     ));
     t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_budget_table_counts_each_methods_inner_work() {
+        // The default protocol: 300 free steps; the symmetric rule's two nudged phases of 100
+        // steps (25 where its search chose 25), 10 CG iterations and 10 Neumann terms, T1-T2's one
+        // mixed product in place of a solve, truncated BPTT walking back the last 20 steps.
+        let p = Protocol::new(false);
+        let estimators = p.estimators(0.1);
+        let work: Vec<String> = estimators.iter().map(|(_, e)| e.inner_work()).collect();
+        assert_eq!(
+            work,
+            vec![
+                "300 steps + 2 x 100 nudged",
+                "300 steps + 10 CG products",
+                "300 steps + 10 Neumann products",
+                "300 steps + 1 mixed product",
+                "300 steps + 20 back",
+            ]
+        );
+        let rule = super::super::choice::at_nudged_steps(&estimators[0].1, 25);
+        assert_eq!(rule.inner_work(), "300 steps + 2 x 25 nudged");
+    }
 }
