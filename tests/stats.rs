@@ -151,8 +151,10 @@ fn tost_has_the_closed_form_at_two_degrees_of_freedom_and_agrees_with_the_interv
 fn a_verdict_needs_a_corrected_difference_or_a_corrected_equivalence() {
     assert_eq!(Verdict::of(0.01, 0.9, 0.05), Verdict::Differs);
     assert_eq!(Verdict::of(0.2, 0.01, 0.05), Verdict::Equivalent);
-    // Significant but inside the margin: a match, not a win.
-    assert_eq!(Verdict::of(0.01, 0.01, 0.05), Verdict::Equivalent);
+    // Significant but inside the margin: a match, not a win, that says the difference is there.
+    assert_eq!(Verdict::of(0.01, 0.01, 0.05), Verdict::EquivalentYetDiffers);
+    assert!(Verdict::EquivalentYetDiffers.is_equivalent() && Verdict::Equivalent.is_equivalent());
+    assert!(!Verdict::Differs.is_equivalent() && !Verdict::Inconclusive.is_equivalent());
     assert_eq!(Verdict::of(0.2, 0.2, 0.05), Verdict::Inconclusive);
     assert_eq!(Verdict::of(f64::NAN, f64::NAN, 0.05), Verdict::Inconclusive);
 }

@@ -1596,8 +1596,9 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
          Mean of (first - second) final loss over seeds with its 95% t-interval. Every pair of the table is one family:\n\
          the paired t-test's p-value of \"no difference\" and the equivalence test's (TOST: the difference lies inside\n\
          ± the margin, {}x the mean of the two methods' untrained losses) are Holm-adjusted over the {} pairs. Verdict at\n\
-         {ALPHA}: \"equivalent within the margin\" where the adjusted equivalence p-value is below it, else \"differs\" where\n\
-         the adjusted difference p-value is, \"inconclusive\" otherwise.\n\n\
+         {ALPHA}: \"equivalent within the margin\" where the adjusted equivalence p-value is below it (\"..., yet differs inside\n\
+         it\" where the adjusted difference p-value is too), else \"differs\" where the adjusted difference p-value is,\n\
+         \"inconclusive\" otherwise.\n\n\
          | model | first | second | difference | 95% interval | p (Holm) | margin | equivalence p (Holm) | verdict |\n|---|---|---|---|---|---|---|---|---|\n",
         EQUIVALENCE_MARGIN,
         differences.len()

@@ -91,11 +91,16 @@ fn ledger_row(claim: String, evidence: &str, test: &str, verdict: String) -> Con
 }
 
 /// A comparison of the rule (first) with a reference (second) as a claim's verdict: *matches*
-/// where the equivalence test holds, *outperforms* or *underperforms* by the sign of a difference
+/// where the equivalence test holds (saying which way a significant difference inside the margin
+/// goes), *outperforms* or *underperforms* by the sign of a difference
 /// (`lower_is_better` for losses and regrets), *inconclusive* otherwise.
 fn claim_verdict(verdict: Verdict, mean: f64, lower_is_better: bool) -> &'static str {
     match verdict {
         Verdict::Equivalent => "matches",
+        Verdict::EquivalentYetDiffers if (mean < 0.0) == lower_is_better => {
+            "matches, significantly better inside the margin"
+        }
+        Verdict::EquivalentYetDiffers => "matches, significantly worse inside the margin",
         Verdict::Differs if (mean < 0.0) == lower_is_better => "outperforms",
         Verdict::Differs => "underperforms",
         Verdict::Inconclusive => "inconclusive",
@@ -227,10 +232,10 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
                 .text("stopped", stopped)
         })
         .collect();
-    let listed = |verdict: Verdict| -> Vec<String> {
+    let listed = |wanted: fn(Verdict) -> bool| -> Vec<String> {
         t.differences
             .iter()
-            .filter(|d| d.verdict == verdict)
+            .filter(|d| wanted(d.verdict))
             .map(|d| {
                 format!(
                     "{}: {} vs {} ({} ± {}, margin ± {})",
@@ -244,8 +249,8 @@ pub(super) fn training_section(t: &super::training::TrainingResults) -> Context 
             })
             .collect()
     };
-    let differing = listed(Verdict::Differs);
-    let equivalent = listed(Verdict::Equivalent);
+    let differing = listed(|v| v == Verdict::Differs);
+    let equivalent = listed(Verdict::is_equivalent);
     // The rule against each reference, per model: lower final loss is better.
     let rule = super::training::ESTIMATORS[0].1;
     let ledger: Vec<Context> = t
@@ -564,7 +569,12 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             .text("count", b.matched.len())
             .text("gains", gains.join("; "))
     });
-    let counts = |v: Verdict| b.comparisons.iter().filter(|c| c.comparison.verdict == v).count();
+    let counts = |wanted: fn(Verdict) -> bool| {
+        b.comparisons
+            .iter()
+            .filter(|c| wanted(c.comparison.verdict))
+            .count()
+    };
     let runs = p.deltas.len() * p.meta_seeds * p.runs_per_seed;
     let paper_ratio = (80_000.0 * 50.0) / (p.run.steps * p.meta_seeds * p.runs_per_seed) as f64;
     Context::new()
@@ -610,9 +620,9 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
         .section("stopped", stopped(&b.stopped))
         .section("matched", matched)
         .text("comparisons", b.comparisons.len())
-        .text("differs", counts(Verdict::Differs))
-        .text("matches", counts(Verdict::Equivalent))
-        .text("inconclusive", counts(Verdict::Inconclusive))
+        .text("differs", counts(|v| v == Verdict::Differs))
+        .text("matches", counts(Verdict::is_equivalent))
+        .text("inconclusive", counts(|v| v == Verdict::Inconclusive))
         .text("meta_seconds", meta.join(", "))
         .text("runs", runs)
         .text("agent_count", b.agents.len())
@@ -980,6 +990,24 @@ fn ablation(ablation: &[(crate::estimator::Variant, f64)]) -> Option<Context> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_claims_verdict_says_which_way_a_difference_inside_the_margin_goes() {
+        // The digit job's rule against truncated BPTT: accuracy (higher is better) 0.34 points
+        // lower, significant and inside the margin: worse. The sinusoid rule against Reptile:
+        // final loss (lower is better) 0.245 lower: better.
+        assert_eq!(
+            claim_verdict(Verdict::EquivalentYetDiffers, -0.34, false),
+            "matches, significantly worse inside the margin"
+        );
+        assert_eq!(
+            claim_verdict(Verdict::EquivalentYetDiffers, -0.245, true),
+            "matches, significantly better inside the margin"
+        );
+        assert_eq!(claim_verdict(Verdict::Equivalent, -0.245, true), "matches");
+        assert_eq!(claim_verdict(Verdict::Differs, -0.245, true), "outperforms");
+        assert_eq!(claim_verdict(Verdict::Differs, -0.34, false), "underperforms");
+    }
 
     /// The registry and the template name the same jobs: a job without a section would render
     /// nothing, and a section without a job would never render.

@@ -209,17 +209,22 @@ pub fn equivalence_p_value(differences: &[f64], margin: f64) -> f64 {
 /// The verdict of one comparison in a family, from its Holm-adjusted p-values at level `alpha`:
 /// an equivalence within the stated margin, a difference, or neither. Equivalence comes first:
 /// a difference that is significant but shown to lie inside the margin is negligible by the
-/// margin stated before the run, so it is reported as a match, not as a win or a loss.
+/// margin stated before the run, so it is reported as a match, not as a win or a loss; but it is
+/// a verdict of its own, so that a table says the difference is there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Differs,
     Equivalent,
+    /// Both tests hold: a real difference, smaller than the margin.
+    EquivalentYetDiffers,
     Inconclusive,
 }
 
 impl Verdict {
     pub fn of(adjusted_difference_p: f64, adjusted_equivalence_p: f64, alpha: f64) -> Self {
-        if adjusted_equivalence_p < alpha {
+        if adjusted_equivalence_p < alpha && adjusted_difference_p < alpha {
+            Verdict::EquivalentYetDiffers
+        } else if adjusted_equivalence_p < alpha {
             Verdict::Equivalent
         } else if adjusted_difference_p < alpha {
             Verdict::Differs
@@ -232,8 +237,15 @@ impl Verdict {
         match self {
             Verdict::Differs => "differs",
             Verdict::Equivalent => "equivalent within the margin",
+            Verdict::EquivalentYetDiffers => "equivalent within the margin, yet differs inside it",
             Verdict::Inconclusive => "inconclusive",
         }
+    }
+
+    /// Whether the equivalence test holds (a match, whether or not a difference inside the margin
+    /// is significant too).
+    pub fn is_equivalent(self) -> bool {
+        matches!(self, Verdict::Equivalent | Verdict::EquivalentYetDiffers)
     }
 }
 
