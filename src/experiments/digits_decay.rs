@@ -877,13 +877,7 @@ fn report(
         // Each run at its chosen nudged budget (the rule's searched last; the protocol's without it).
         let inner_work = runs
             .iter()
-            .map(
-                |r| match r.searches.iter().find(|x| x.setting == "nudged_steps") {
-                    Some(n) => super::choice::at_nudged_steps(spec, super::choice::whole_steps(n.chosen)),
-                    None => *spec,
-                },
-            )
-            .map(|spec| spec.inner_work())
+            .map(|r| super::choice::at_chosen_nudged_steps(spec, &r.searches).inner_work())
             .collect();
         choices.push(MethodChoices {
             method: name.to_string(),

@@ -250,8 +250,6 @@ pub struct WeightDecayResults {
     pub unit_seconds: Vec<f64>,
 }
 
-/// Adapt from the initial weights with strengths `theta`, then measure; with each validation
-/// patient's loss, the searches' score.
 /// The validation patients of [`RegularisedMlp::diabetes`], of which the selection ones are held out.
 const VALIDATION_PATIENTS: usize = crate::problem::regularised_mlp::DIABETES_SPLIT.1;
 
@@ -557,13 +555,7 @@ fn report(
         .enumerate()
         .map(|(k, (_, spec))| {
             runs.iter()
-                .map(
-                    |r| match r.searches[k].iter().find(|x| x.setting == "nudged_steps") {
-                        Some(n) => super::choice::at_nudged_steps(spec, super::choice::whole_steps(n.chosen)),
-                        None => *spec,
-                    },
-                )
-                .map(|spec| spec.inner_work())
+                .map(|r| super::choice::at_chosen_nudged_steps(spec, &r.searches[k]).inner_work())
                 .collect()
         })
         .collect();

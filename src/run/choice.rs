@@ -73,6 +73,16 @@ pub(crate) trait ScoredRun {
     fn failed(&self) -> Option<&str>;
 }
 
+/// `spec` at the nudged budget that `searches` (a [`searched_run`]'s) chose, where they searched
+/// one; `spec` itself otherwise. Only the budget: the inner work of the deployed run, whatever its
+/// rate and `beta`.
+pub(crate) fn at_chosen_nudged_steps(spec: &EstimatorSpec, searches: &[Search]) -> EstimatorSpec {
+    match searches.iter().find(|x| x.setting == "nudged_steps") {
+        Some(n) => at_nudged_steps(spec, whole_steps(n.chosen)),
+        None => *spec,
+    }
+}
+
 /// The run the searches of `grids` deploy for `spec` under `subject`, and those searches:
 /// `train(meta_lr, spec)` makes one whole run. The rate search runs at `spec`; for the contrastive
 /// rule, `beta`'s search then runs at the chosen rate, and last, where `nudged_steps` is given, the
