@@ -395,12 +395,13 @@ fn protocol_of_the_weight_decay_table(dir: &Path) {
         .collect();
     // The budget table's contrastive row: each seed's chosen nudged budget (distinct, in seed
     // order) twice per estimate, the symmetric rule's two nudged phases, as the nudged search's
-    // CSV has the choices.
+    // CSV has the choices; an extended grid's fractional budget runs as whole steps, rounded
+    // (3.125 runs 3, 12.5 runs 13).
     let budgets = table_rows(&dir.join("paper/weight_decay.md"), "## Budgets", "| method");
     let rule = budgets.iter().find(|r| r[1] == "contrastive").unwrap();
     let mut nudged: Vec<String> = Vec::new();
     for c in csv_rows(&dir.join("figures/weight_decay_nudged_steps_choice.csv")) {
-        let n = format!("2 x {} nudged", f(&c, "nudged_steps"));
+        let n = format!("2 x {} nudged", f(&c, "nudged_steps").round().max(1.0));
         if c["chosen"] == "true" && !nudged.contains(&n) {
             nudged.push(n);
         }

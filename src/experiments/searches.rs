@@ -31,8 +31,10 @@ pub(super) fn chosen_values(searches: &[Search]) -> String {
                 x.model,
                 x.setting,
                 x.chosen,
-                if x.at_edge {
+                if x.open_edge() {
                     " (at an edge of the extended grid)"
+                } else if x.flat() {
+                    " (every value scored alike)"
                 } else {
                     ""
                 }
@@ -78,8 +80,10 @@ pub(super) fn table(searches: &[Search], column: &str) -> String {
         t.push_str(&format!(
             "\n{subject}: {setting} = {}{}.",
             x.chosen,
-            if x.at_edge {
+            if x.open_edge() {
                 " (at an edge of the extended grid: the optimum may lie beyond it)"
+            } else if x.flat() {
+                ": every value scored alike, so the choice is the tie-break's and marks no optimum"
             } else {
                 ", inside the grid"
             }
@@ -121,6 +125,39 @@ pub(super) fn deployed_section<S: std::fmt::Display>(
         spec.validation_tasks,
         lines.join("\n")
     )
+}
+
+/// A table's closing sentence on its `searches`: how many chose at an edge of the extended grid,
+/// and how many scored every value alike (each named with `subject setting value`).
+pub(super) fn edges_sentence<'a>(searches: impl IntoIterator<Item = &'a Search>) -> String {
+    let searches: Vec<&Search> = searches.into_iter().collect();
+    let named = |keep: fn(&Search) -> bool| -> Vec<String> {
+        searches
+            .iter()
+            .filter(|x| keep(x))
+            .map(|x| format!("{} {} {}", x.model, x.setting, x.chosen))
+            .collect()
+    };
+    let (edges, flat) = (named(Search::open_edge), named(Search::flat));
+    let mut out = format!(
+        "\n{} of {} searches chose at an edge of the extended grid{}",
+        edges.len(),
+        searches.len(),
+        if edges.is_empty() {
+            ".".to_string()
+        } else {
+            format!(" (the optimum may lie beyond it): {}.", edges.join("; "))
+        }
+    );
+    if !flat.is_empty() {
+        out.push_str(&format!(
+            " {} scored every value alike (the selection data could not tell them apart, so the \
+             choice is the tie-break's, marks no optimum, and the grid was not extended): {}.",
+            flat.len(),
+            flat.join("; ")
+        ));
+    }
+    out + "\n"
 }
 
 /// How many times a grid may be extended, in words ("once", "3 times").

@@ -271,12 +271,20 @@ impl Protocol {
             meta_lr: META_LR,
             beta_search: searched.then(|| TrainingBetaSearch {
                 grid: BETA_GRID.to_vec(),
-                extensions: GRID_EXTENSIONS,
+                extensions: if quick {
+                    GRID_EXTENSIONS
+                } else {
+                    DEFAULT_GRID_EXTENSIONS
+                },
                 meta_steps: if quick { 2 } else { 30 },
             }),
             meta_lr_search: searched.then(|| TrainingRateSearch {
                 grid: META_LR_GRID.to_vec(),
-                extensions: META_LR_EXTENSIONS,
+                extensions: if quick {
+                    META_LR_EXTENSIONS
+                } else {
+                    DEFAULT_META_LR_EXTENSIONS
+                },
                 streams: META_LR_SEARCH_STREAMS,
             }),
             step_size_search: searched.then(|| TrainingStepSizeSearch {
@@ -287,14 +295,15 @@ impl Protocol {
                 extensions: if quick { 2 } else { STEP_SIZE_EXTENSIONS },
                 streams: META_LR_SEARCH_STREAMS,
             }),
-            // The hand-set budget in the middle, halved and doubled.
+            // The hand-set budget in the middle, halved and doubled; at the default scale extended
+            // up to twice (with once, the synapse chose the upper edge, 240).
             nudged_steps_search: searched.then(|| TrainingRateSearch {
                 grid: vec![
                     nudged_steps as f64 / 2.0,
                     nudged_steps as f64,
                     2.0 * nudged_steps as f64,
                 ],
-                extensions: 1,
+                extensions: if quick { 1 } else { 2 },
                 streams: META_LR_SEARCH_STREAMS,
             }),
         })
@@ -473,8 +482,11 @@ fn validation_and_test_tasks(
 /// The contrastive rule's nudging strength is chosen per model on validation tasks, at the quick
 /// and default scales, starting from this grid (docs/PROTOCOL.md).
 pub const BETA_GRID: [f64; 5] = [0.01, 0.02, 0.05, 0.1, 0.2];
-/// A choice at an edge of the grid extends it past that edge, at most this often.
+/// A choice at an edge of the grid extends it past that edge, at most this often (the quick
+/// scale).
 const GRID_EXTENSIONS: usize = 3;
+/// The default scale's: with 3, both models chose the extended lower edge, 0.00125.
+const DEFAULT_GRID_EXTENSIONS: usize = 5;
 /// Stream word of the search's own seed (its initialisation, task stream and validation tasks).
 const CHOICE: u64 = 71;
 
@@ -527,6 +539,8 @@ pub const META_LR_GRID: [f64; 3] = [1e-3, 2e-3, 4e-3];
 /// (the hand-set 2e-3 proved far too small on most estimators: the first default run's searches
 /// ended at the edge of one extension, 8e-3).
 const META_LR_EXTENSIONS: usize = 3;
+/// The default scale's: with 3, the synapse's first-order MAML chose the extended upper edge, 0.032.
+const DEFAULT_META_LR_EXTENSIONS: usize = 4;
 /// Stream word of the step-size search's own seeds.
 const META_LR_CHOICE: u64 = 72;
 /// Independent search streams (initialisation, task stream, validation tasks) each step size is

@@ -418,7 +418,7 @@ pub(super) fn weight_decay_section(w: &super::weight_decay::WeightDecayResults) 
         .searches
         .iter()
         .chain(&w.step_sizes)
-        .filter(|x| x.at_edge)
+        .filter(|x| x.open_edge())
         .count();
     let choices = format!(
         "inner step size per seed {:?}; meta-learning rate per seed: {}; the contrastive rule's beta per seed \

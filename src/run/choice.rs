@@ -299,6 +299,34 @@ fn beta_setting() -> String {
     "beta".to_string()
 }
 
+impl Search {
+    /// Every value that trained scored the same mean loss, bit for bit: the search could not tell
+    /// its values apart (every run deployed its untrained checkpoint, say), so its choice is the
+    /// tie-break's, marks no optimum, and its grid is not extended.
+    pub fn flat(&self) -> bool {
+        flat(&self.grid)
+    }
+
+    /// The choice lies at an edge of the extended grid and the grid's scores are not flat: the
+    /// optimum may lie beyond the edge. (Searches stored before [`Search::flat`] existed may carry
+    /// `at_edge` on a flat grid.)
+    pub fn open_edge(&self) -> bool {
+        self.at_edge && !self.flat()
+    }
+}
+
+fn flat(grid: &[Score]) -> bool {
+    let mut trained = grid.iter().filter(|g| g.failed.is_none());
+    match trained.next() {
+        Some(first) => {
+            let mut others = trained.peekable();
+            others.peek().is_some()
+                && others.all(|g| g.validation_loss.to_bits() == first.validation_loss.to_bits())
+        }
+        None => false,
+    }
+}
+
 /// How the search chooses among values the validation tasks cannot tell apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ties {
@@ -387,7 +415,8 @@ pub(crate) fn search_meta_lr(
 /// Searches `grid` (increasing) of `setting` for `subject`: `score(value)` gives the per-task
 /// validation losses (the same tasks for every value) and, where the value failed, why (its losses
 /// are then infinite). The choice follows `ties`; while it lies at an edge, the grid is extended
-/// past that edge by the ratio of its two outermost values there, at most `extensions` times. An
+/// past that edge by the ratio of its two outermost values there, at most `extensions` times,
+/// unless the scores are flat ([`Search::flat`]: no value beyond would be told apart either). An
 /// error if every value failed.
 pub(crate) fn search(
     subject: &str,
@@ -420,6 +449,9 @@ pub(crate) fn search(
     let mut chosen = choose(ties, &mut scores, &per_task);
     for _ in 0..extensions {
         let n = scores.len();
+        if flat(&scores) {
+            break;
+        }
         let (value, at) = if chosen == 0 {
             (scores[0].value / (scores[1].value / scores[0].value), 0)
         } else if chosen == n - 1 {
@@ -451,7 +483,7 @@ pub(crate) fn search(
         model: subject.to_string(),
         setting: setting.to_string(),
         chosen: scores[chosen].value,
-        at_edge: chosen == 0 || chosen == scores.len() - 1,
+        at_edge: (chosen == 0 || chosen == scores.len() - 1) && !flat(&scores),
         grid: scores,
     })
 }
@@ -618,6 +650,47 @@ mod tests {
         let rising = |beta: f64| Ok((vec![beta; 3], None));
         let s = search_beta("s", &[0.03, 0.1, 0.3], 1, rising).unwrap();
         assert_eq!((s.chosen, s.grid[0].value, s.at_edge), (0.009, 0.009, true));
+    }
+
+    #[test]
+    fn flat_scores_stop_the_extension_and_mark_no_edge() {
+        // Every value scores 0.5 on every task (as when each run deploys its initialisation): the
+        // least-loss choice is the tie-break's, the smallest value 0.1, an edge, yet no value
+        // beyond could be told apart, so the grid stays [0.1, 0.2, 0.4] despite 2 extensions
+        // allowed, and the search is flat, not at an edge. A value that fails does not break the
+        // flatness of the others; one that scores 0.5 + 1e-12 on one task does (mean differs), and
+        // the grid then extends below 0.1, to 0.05, which ties with 0.1 and, the first of the
+        // least, is chosen at the edge.
+        let flat = |_: f64| Ok((vec![0.5; 3], None));
+        let s = search("s", "meta_lr", Ties::None, &[0.1, 0.2, 0.4], 2, flat).unwrap();
+        let values: Vec<f64> = s.grid.iter().map(|g| g.value).collect();
+        assert_eq!(values, vec![0.1, 0.2, 0.4]);
+        assert_eq!(
+            (s.chosen, s.at_edge, s.flat(), s.open_edge()),
+            (0.1, false, true, false)
+        );
+        let failing_top = |v: f64| {
+            Ok(if v > 0.3 {
+                (vec![f64::INFINITY; 3], Some("diverged".to_string()))
+            } else {
+                (vec![0.5; 3], None)
+            })
+        };
+        let s = search("s", "meta_lr", Ties::None, &[0.1, 0.2, 0.4], 2, failing_top).unwrap();
+        assert_eq!((s.grid.len(), s.flat(), s.at_edge), (3, true, false));
+        let almost = |v: f64| Ok((vec![0.5, 0.5, if v < 0.15 { 0.5 } else { 0.5 + 1e-12 }], None));
+        let s = search("s", "meta_lr", Ties::None, &[0.1, 0.2, 0.4], 1, almost).unwrap();
+        assert_eq!(
+            (s.grid[0].value, s.chosen, s.flat(), s.at_edge),
+            (0.05, 0.05, false, true)
+        );
+        // A search stored with `at_edge` on a flat grid (before flatness was checked) has no open
+        // edge.
+        let stored = Search {
+            at_edge: true,
+            ..search("s", "meta_lr", Ties::None, &[0.1, 0.2, 0.4], 0, flat).unwrap()
+        };
+        assert!(!stored.open_edge());
     }
 
     #[test]
