@@ -151,8 +151,8 @@ pub(super) fn edges_sentence<'a>(searches: impl IntoIterator<Item = &'a Search>)
     );
     if !flat.is_empty() {
         out.push_str(&format!(
-            " {} scored every value alike (the selection data could not tell them apart, so the \
-             choice is the tie-break's, marks no optimum, and the grid was not extended): {}.",
+            " {} scored every value alike (the data that scored them could not tell them apart, so \
+             the choice is the tie-break's, marks no optimum, and the grid was not extended): {}.",
             flat.len(),
             flat.join("; ")
         ));
