@@ -184,10 +184,11 @@ impl Protocol {
                     grid: vec![3e-4, 1e-3, 3e-3],
                     extensions: 2,
                 }),
-                // From the hand-set 0.1 up past the paper's 0.5 (at 1 shot), by factors of about 3.
+                // From the hand-set 0.1 up past the paper's 0.5 (at 1 shot), by factors of about 3;
+                // extended up to 4 times (with 2, all four searches chose the lower edge, 0.0111).
                 strength_search: Some(RateSearchSpec {
                     grid: vec![0.1, 0.3, 1.0],
-                    extensions: 2,
+                    extensions: 4,
                 }),
                 // Around the hand-set 0.05 by factors of 2.
                 maml_step_size_search: Some(RateSearchSpec {
@@ -199,10 +200,11 @@ impl Protocol {
                     grid: vec![0.005, 0.01, 0.02],
                     extensions: 2,
                 }),
-                // The hand-set 100 halved and doubled.
+                // The hand-set 100 halved and doubled; extended up to 3 times (with once, both
+                // settings chose the lower edge, 25).
                 nudged_steps_search: Some(RateSearchSpec {
                     grid: vec![50.0, 100.0, 200.0],
-                    extensions: 1,
+                    extensions: 3,
                 }),
             }
         }
