@@ -121,9 +121,10 @@ impl Protocol {
                 grid: vec![3e-4, 1e-3, 3e-3],
                 extensions: 1,
             }),
+            // Extended up to 3 times: with once, truncated BPTT chose the lower edge, 3.3e-4.
             unrolled_lr_search: Some(RateSearchSpec {
                 grid: vec![1e-3, 3e-3, 1e-2],
-                extensions: 1,
+                extensions: 3,
             }),
             truncated_steps: 100,
             truncated_last: 10,
