@@ -1391,25 +1391,63 @@ fn an_unknown_figure_job_is_a_clear_error() {
 }
 
 #[test]
-fn the_shipped_experiment_configs_are_what_the_jobs_run() {
-    // configs/<job>.toml documents the full protocol of every configurable job (all 7 with a
-    // protocol): comment lines, then the protocol as TOML, which must be what the job runs.
-    let root = env!("CARGO_MANIFEST_DIR");
-    for (job, protocol) in cml::experiments::protocols().unwrap() {
-        let path = format!("{root}/configs/{job}.toml");
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        let body: String = text
-            .lines()
-            .filter(|l| !l.starts_with('#'))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        let expected = toml::to_string(&protocol).unwrap();
-        assert_eq!(
-            body.trim(),
-            expected.trim(),
-            "{path} differs from the job's protocol:\n{expected}"
-        );
+fn the_shipped_experiment_configs_hold_every_key_of_the_jobs_protocols() {
+    // The jobs read their protocols from configs/ (compiled in): configs/<job>.toml at the default
+    // scale, configs/quick/ and configs/paper/ where a job ships its own. Each file is comment
+    // lines, then the protocol in canonical TOML: every key the job reads and no other, so that a
+    // misspelt key (which serde would skip) or a missing one fails here. A null (a key the protocol
+    // leaves unset) is what TOML cannot write, so the file leaves it out.
+    fn without_nulls(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.retain(|_, x| !x.is_null());
+                map.values_mut().for_each(without_nulls);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(without_nulls),
+            _ => {}
+        }
     }
+    use cml::experiments::Scale;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut checked = 0;
+    for (scale, folder) in [
+        (Scale::Default, ""),
+        (Scale::Quick, "quick/"),
+        (Scale::Paper, "paper/"),
+    ] {
+        let protocols = cml::experiments::protocols(scale).unwrap();
+        if !folder.is_empty() {
+            // Every file of the scale's folder is a configurable job's.
+            for entry in std::fs::read_dir(format!("{root}/configs/{folder}")).unwrap() {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                let job = name.strip_suffix(".toml").unwrap_or(&name);
+                assert!(protocols.iter().any(|(j, _)| j == job), "configs/{folder}{name}");
+            }
+        }
+        for (job, mut protocol) in protocols {
+            let path = format!("{root}/configs/{folder}{job}.toml");
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                assert!(!folder.is_empty(), "{path} is missing");
+                continue;
+            };
+            let body: String = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            without_nulls(&mut protocol);
+            let expected = toml::to_string(&protocol).unwrap();
+            assert_eq!(
+                body.trim(),
+                expected.trim(),
+                "{path} differs from the job's protocol:\n{expected}"
+            );
+            checked += 1;
+        }
+    }
+    // 7 configurable jobs; 6 ship a quick file and 5 a paper one (the error bar's protocol records
+    // its code, and the diabetes job has no paper budgets).
+    assert_eq!(checked, 7 + 6 + 5);
 }
 
 /// Removes every field whose name holds "seconds" (wall time, which no run reproduces), at any

@@ -168,202 +168,15 @@ pub struct LearnerBudget {
 }
 
 impl Protocol {
-    pub fn new(quick: bool) -> Result<Self> {
-        let adam = Optimizer::from_name("adam", 0.0)?;
-        let full = Protocol {
-            net: Mlp::parse("2-50-50-5")?,
-            meta_steps: 150,
-            meta_batch: 8,
-            meta_lr: 3e-3,
-            support: 512,
-            query: 50,
-            free_steps: 200,
-            nudged_steps: 100,
-            phase_step_size: 1e-3,
-            synapse_beta: 0.3,
-            modulation_beta: 1.0,
-            modulation_strength: 1.0,
-            maml_steps: 10,
-            maml_step_size: 0.01,
-            deltas: vec![0.5, 0.7, 0.9, 0.95, 0.99],
-            // 10, not 5: at 5 seeds the matched-baseline verdicts sat at the Holm threshold
-            // (2026-12-06, docs/BANDIT.md §5).
-            meta_seeds: 10,
-            runs_per_seed: 2,
-            run: RunParams {
-                steps: 4000,
-                initial_pulls: 2,
-            },
-            online: OnlineParams {
-                every: 50,
-                updates: 50,
-                batch: 256,
-                step_size: 1e-3,
-                optimizer: adam,
-            },
-            neural_linear_every: 20,
-            per_learner: None,
-            beta_search: Some(BetaSearchSpec {
-                grid: vec![0.1, 0.3, 1.0, 3.0, 10.0],
-                extensions: 3,
-                meta_steps: 15,
-                validation_tasks: 20,
-            }),
-            // The hand-set 3e-3 in the middle, a factor of about 3 to each side; a third extension
-            // since the complex synapse's choice lay at the edge after two (0.111, 2026-12-06).
-            meta_lr_search: Some(RateSearchSpec {
-                grid: vec![1e-3, 3e-3, 1e-2],
-                extensions: 3,
-            }),
-            // Each hand-set inner step size in the middle, a factor of 2 to each side.
-            phase_step_size_search: Some(RateSearchSpec {
-                grid: vec![5e-4, 1e-3, 2e-3],
-                extensions: 2,
-            }),
-            maml_step_size_search: Some(RateSearchSpec {
-                grid: vec![5e-3, 1e-2, 2e-2],
-                extensions: 2,
-            }),
-            // 16 checkpoints of 150 meta-steps, as many validation tasks as the searches score.
-            checkpoint: Some(CheckpointSpec {
-                every: 10,
-                validation_tasks: 20,
-            }),
-        };
-        Ok(if quick {
-            Protocol {
-                net: Mlp::parse("2-8-8-5")?,
-                meta_steps: 2,
-                meta_batch: 2,
-                support: 64,
-                query: 16,
-                free_steps: 20,
-                nudged_steps: 10,
-                deltas: vec![0.5, 0.95],
-                meta_seeds: 2,
-                runs_per_seed: 1,
-                run: RunParams {
-                    steps: 200,
-                    ..full.run
-                },
-                online: OnlineParams {
-                    updates: 10,
-                    batch: 64,
-                    ..full.online
-                },
-                beta_search: Some(BetaSearchSpec {
-                    meta_steps: 2,
-                    validation_tasks: 4,
-                    ..full.beta_search.clone().expect("the default's search")
-                }),
-                meta_lr_search: Some(RateSearchSpec {
-                    grid: vec![1e-3, 3e-3, 1e-2],
-                    extensions: 2,
-                }),
-                checkpoint: Some(CheckpointSpec {
-                    every: 1,
-                    validation_tasks: 4,
-                }),
-                ..full
-            }
-        } else {
-            full
-        })
-    }
-
-    /// The budgets of the scale: quick, default, or the paper's.
+    /// The budgets of the scale, as shipped: `configs/quick/bandit.toml`, `configs/bandit.toml` or
+    /// the paper's `configs/paper/bandit.toml`.
     pub fn at(scale: Scale) -> Result<Self> {
-        super::units::by_scale(scale, Self::new, Self::paper)
+        shipped_protocol!(scale, "bandit")
     }
 
     /// The protocol of `settings`' scale with the user's changes (`--protocol bandit=FILE`).
     pub fn of(settings: &Settings) -> Result<Self> {
         crate::protocol::configured("bandit", Self::at(settings.scale)?, settings)
-    }
-
-    /// The paper's budgets, as the authors' code runs the wheel bandit (docs/EXPERIMENTS.md, "The
-    /// bandit job at the paper's budgets"): [100, 100] networks, 512 support and 50 query pulls, one
-    /// pass over 64 training tasks repeated 100 times (6400 tasks: 800 meta-steps of 8 for the
-    /// complex synapse, 400 of 16 for the gain modulation, 200 of 32 for MAML), each agent's own
-    /// phases and online loop, 80,000 contexts per delta, 50 seeds.
-    pub fn paper() -> Result<Self> {
-        let adam = Optimizer::from_name("adam", 0.0)?;
-        let sgd = Optimizer::GradientDescent;
-        let phase = |steps, step_size, optimizer| GdParams {
-            step_size: Some(step_size),
-            max_steps: steps,
-            optimizer,
-            ..GdParams::default()
-        };
-        let online = |every, updates, step_size, optimizer| OnlineParams {
-            every,
-            updates,
-            batch: 512,
-            step_size,
-            optimizer,
-        };
-        let base = Self::new(false)?;
-        Ok(Protocol {
-            net: Mlp::parse("2-100-100-5")?,
-            meta_steps: 800,
-            meta_batch: 8,
-            meta_lr: 0.03,
-            free_steps: 250,
-            nudged_steps: 100,
-            phase_step_size: 1e-4,
-            synapse_beta: 0.3,
-            modulation_beta: 10.0,
-            maml_steps: 10,
-            maml_step_size: 0.01,
-            meta_seeds: 50,
-            runs_per_seed: 1,
-            run: RunParams {
-                steps: 80_000,
-                initial_pulls: 2,
-            },
-            online: OnlineParams {
-                batch: 512,
-                ..base.online
-            },
-            per_learner: Some(vec![
-                LearnerBudget {
-                    name: "CML complex synapse".into(),
-                    meta_steps: 800,
-                    meta_batch: 8,
-                    meta_lr: 0.03,
-                    beta: Some(0.3),
-                    free: Some(phase(250, 1e-4, adam)),
-                    nudged: Some(phase(100, 0.03, adam)),
-                    online: online(50, 250, 1e-4, adam),
-                },
-                LearnerBudget {
-                    name: "CML gain modulation".into(),
-                    meta_steps: 400,
-                    meta_batch: 16,
-                    meta_lr: 0.03,
-                    beta: Some(10.0),
-                    free: Some(phase(1000, 3e-4, sgd)),
-                    nudged: Some(phase(100, 1e-4, sgd)),
-                    online: online(100, 500, 1e-4, Optimizer::from_name("nesterov", 0.9)?),
-                },
-                LearnerBudget {
-                    name: "MAML".into(),
-                    meta_steps: 200,
-                    meta_batch: 32,
-                    meta_lr: 0.1,
-                    beta: None,
-                    free: None,
-                    nudged: None,
-                    online: online(100, 100, 1e-3, sgd),
-                },
-            ]),
-            beta_search: None,
-            meta_lr_search: None,
-            phase_step_size_search: None,
-            maml_step_size_search: None,
-            checkpoint: None,
-            ..base
-        })
     }
 
     /// The budgets of the meta-learned agent `name`: its own where the protocol sets them, else
@@ -2008,16 +1821,16 @@ mod tests {
         // The paper scale's agents bring their own phases, which the search (of the shared
         // phase_step_size) would not set: refused, naming the key. MAML's search sets the shared
         // maml_step_size, which MAML runs at every scale, so it stays allowed there.
-        let default = Protocol::new(false).unwrap();
+        let default = Protocol::at(Scale::Default).unwrap();
         let refused = Protocol {
             phase_step_size_search: default.phase_step_size_search.clone(),
-            ..Protocol::paper().unwrap()
+            ..Protocol::at(Scale::Paper).unwrap()
         };
         let err = refused.check().unwrap_err().to_string();
         assert!(err.contains("phase_step_size_search"), "{err}");
         let allowed = Protocol {
             maml_step_size_search: default.maml_step_size_search.clone(),
-            ..Protocol::paper().unwrap()
+            ..Protocol::at(Scale::Paper).unwrap()
         };
         allowed.check().unwrap();
         default.check().unwrap();
@@ -2057,7 +1870,7 @@ mod tests {
         // 1e-4, online Nesterov 1e-4, 500 updates every 100; MAML 32 per step (200), outer Adam
         // 0.1, 10 SGD steps of 0.01, online SGD 1e-3, 100 updates every 100; batches of 512,
         // 80,000 contexts, 50 seeds.
-        let p = Protocol::paper().unwrap();
+        let p = Protocol::at(Scale::Paper).unwrap();
         assert_eq!(p.net.sizes, vec![2, 100, 100, 5]);
         assert_eq!(
             (p.run.steps, p.meta_seeds, p.support, p.query),
@@ -2132,7 +1945,7 @@ mod tests {
             (100, 100, 1e-3)
         );
         // The default protocol is unchanged by the paper's field: its units stay valid.
-        let default = serde_json::to_value(Protocol::new(false).unwrap()).unwrap();
+        let default = serde_json::to_value(Protocol::at(Scale::Default).unwrap()).unwrap();
         assert!(default.get("per_learner").is_none());
         assert_eq!(
             Protocol::at(Scale::Default)

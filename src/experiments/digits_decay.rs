@@ -74,111 +74,10 @@ pub struct Protocol {
 pub const SOLVER_STEPS: usize = 20;
 
 impl Protocol {
-    pub fn new(quick: bool) -> Result<Self> {
-        Ok(if quick {
-            Protocol {
-                net: Mlp::parse("64-8-10")?,
-                train: 200,
-                validation: 200,
-                selection: 100,
-                seeds: 2,
-                meta_steps: 2,
-                eval_every: 1,
-                meta_lr: 0.05,
-                free_steps: 30,
-                nudged_steps: 10,
-                step_size: 0.2,
-                step_size_search: Some(RateSearchSpec {
-                    grid: vec![0.2, 0.4],
-                    extensions: 1,
-                }),
-                initial_decay: 1e-3,
-                beta: 0.5,
-                grid: vec![0.0, 1e-4, 1e-2],
-                search: Some(RunSearch {
-                    meta_lr: vec![0.05, 0.1],
-                    beta: vec![0.5, 1.0],
-                    extensions: 0,
-                }),
-                nudged_steps_search: Some(RateSearchSpec {
-                    grid: vec![5.0, 10.0],
-                    extensions: 0,
-                }),
-                baseline_steps: None,
-            }
-        } else {
-            Protocol {
-                net: Mlp::parse("64-32-10")?,
-                train: 600,
-                // The outer loss's 400 and the choices' 200 of the 600 images the paper's 50/50
-                // split of the non-test images gives it (docs/DIGITS.md §4).
-                validation: 400,
-                selection: 200,
-                seeds: 5,
-                meta_steps: 100,
-                eval_every: 10,
-                meta_lr: 0.05,
-                free_steps: 200,
-                nudged_steps: 50,
-                step_size: 0.2,
-                // The hand-set 0.2 in the middle, by factors of 2.
-                step_size_search: Some(RateSearchSpec {
-                    grid: vec![0.05, 0.1, 0.2, 0.4, 0.8],
-                    extensions: 1,
-                }),
-                initial_decay: 1e-3,
-                beta: 0.5,
-                // From no decay at all to a decay that dominates the data loss, so that the
-                // search brackets its optimum or ends at "no decay".
-                grid: vec![0.0, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0],
-                // Around the hand-set 0.05 and 0.5 by factors of 2.5 and 5, extended once if the
-                // choice is at an edge.
-                search: Some(RunSearch {
-                    meta_lr: vec![0.02, 0.05, 0.125],
-                    beta: vec![0.1, 0.5, 2.5],
-                    extensions: 1,
-                }),
-                // The hand-set 50 in the middle, by factors of 2, extended up to 3 times (with once,
-                // 4 of 5 seeds chose its lower edge, 12.5).
-                nudged_steps_search: Some(RateSearchSpec {
-                    grid: vec![25.0, 50.0, 100.0],
-                    extensions: 3,
-                }),
-                baseline_steps: None,
-            }
-        })
-    }
-
-    /// The budgets of the scale: quick, default, or the paper's.
+    /// The budgets of the scale, as shipped: `configs/quick/digits_decay.toml`,
+    /// `configs/digits_decay.toml` or the paper's `configs/paper/digits_decay.toml`.
     pub fn at(scale: Scale) -> Result<Self> {
-        super::units::by_scale(scale, Self::new, Self::paper)
-    }
-
-    /// The paper's MNIST budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The
-    /// digit weight-decay job at the paper's budgets"): the MLP's five hidden layers of 256, 100
-    /// outer steps of Adam at 1e-4 from decay 1e-5, free phases of 2000 steps and nudged phases of
-    /// 200 at beta 3, CG with 100 iterations, Neumann with 200 terms, truncated BPTT through the
-    /// last 200 steps. The data stay the shipped 8 x 8 digits and their split, and every inner
-    /// loop stays gradient descent of the default's step size (the unrolled baseline walks back
-    /// gradient-descent steps only, and one inner loop keeps the methods matched).
-    pub fn paper() -> Result<Self> {
-        Ok(Protocol {
-            net: Mlp::parse("64-256-256-256-256-256-10")?,
-            meta_steps: 100,
-            meta_lr: 1e-4,
-            free_steps: 2000,
-            nudged_steps: 200,
-            initial_decay: 1e-5,
-            beta: 3.0,
-            search: None,
-            nudged_steps_search: None,
-            baseline_steps: Some(BaselineSteps {
-                cg: 100,
-                neumann: 200,
-                truncation: 200,
-            }),
-            ..Self::new(false)?
-        })
+        shipped_protocol!(scale, "digits_decay")
     }
 
     /// The protocol of `settings`' scale with the user's changes (`--protocol digits-decay=FILE`).
@@ -1342,7 +1241,7 @@ mod tests {
         // The default protocol: 200 free steps; the standard rule's one nudged phase of 50 steps
         // (100 where its search chose 100), 20 CG iterations and 20 Neumann terms, T1-T2's one
         // mixed product in place of a solve, truncated BPTT walking back the last 20 steps.
-        let p = Protocol::new(false).unwrap();
+        let p = Protocol::at(Scale::Default).unwrap();
         let work: Vec<String> = p.estimators().iter().map(|(_, e)| e.inner_work()).collect();
         assert_eq!(
             work,
@@ -1364,7 +1263,7 @@ mod tests {
         // paper's budgets"): an MLP with five hidden layers of 256, 100 outer steps of Adam 1e-4
         // from decay 1e-5, free 2000 and nudged 200 steps at beta 3 (standard variant), CG with
         // 100 iterations, Neumann with 200 terms, truncated BPTT through the last 200 steps.
-        let p = Protocol::paper().unwrap();
+        let p = Protocol::at(Scale::Paper).unwrap();
         assert_eq!(p.net.sizes, vec![64, 256, 256, 256, 256, 256, 10]);
         assert_eq!((p.meta_steps, p.meta_lr, p.initial_decay), (100, 1e-4, 1e-5));
         let estimators = p.estimators();
@@ -1396,7 +1295,7 @@ mod tests {
             panic!("truncated BPTT through 200 steps")
         };
         // The default protocol is unchanged by the paper's field, and keeps 20 solver steps.
-        let default = Protocol::new(false).unwrap();
+        let default = Protocol::at(Scale::Default).unwrap();
         assert!(
             serde_json::to_value(&default)
                 .unwrap()

@@ -106,146 +106,15 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    pub fn new(quick: bool) -> Self {
-        if quick {
-            Protocol {
-                hidden: vec![16],
-                shots: vec![1],
-                meta_steps: 2,
-                meta_batch: 2,
-                meta_lr: 3e-3,
-                test_episodes: 10,
-                strength: 0.5,
-                one_shot_strength: None,
-                beta: 0.1,
-                free_steps: 20,
-                nudged_steps: 10,
-                maml_steps: 3,
-                maml_step_size: 0.5,
-                seeds: 2,
-                validation_episodes: 4,
-                validate_every: 1,
-                beta_search: Some(BetaSearchSpec {
-                    grid: vec![0.05, 0.1, 0.2],
-                    extensions: 1,
-                    meta_steps: 1,
-                    validation_tasks: 4,
-                }),
-                meta_lr_search: Some(RateSearchSpec {
-                    grid: vec![3e-3, 1e-2],
-                    extensions: 0,
-                }),
-                strength_search: Some(RateSearchSpec {
-                    grid: vec![0.25, 0.5],
-                    extensions: 0,
-                }),
-                maml_step_size_search: Some(RateSearchSpec {
-                    grid: vec![0.25, 0.5],
-                    extensions: 0,
-                }),
-                phase_step_size_search: Some(RateSearchSpec {
-                    grid: vec![0.005, 0.01],
-                    extensions: 0,
-                }),
-                nudged_steps_search: Some(RateSearchSpec {
-                    grid: vec![5.0, 10.0],
-                    extensions: 0,
-                }),
-            }
-        } else {
-            Protocol {
-                hidden: vec![64, 64],
-                shots: vec![1, 5],
-                meta_steps: 200,
-                meta_batch: 16,
-                meta_lr: 1e-3,
-                test_episodes: 600,
-                strength: 0.1,
-                one_shot_strength: None,
-                beta: 0.1,
-                free_steps: 200,
-                nudged_steps: 100,
-                maml_steps: 10,
-                maml_step_size: 0.05,
-                seeds: 5,
-                validation_episodes: 100,
-                validate_every: 50,
-                // From the paper's Omniglot range (0.03 to 0.1) up by two decades; a quarter of
-                // the meta-steps.
-                beta_search: Some(BetaSearchSpec {
-                    grid: vec![0.03, 0.1, 0.3, 1.0, 3.0],
-                    extensions: 2,
-                    meta_steps: 50,
-                    validation_tasks: 100,
-                }),
-                // Around the hand-set 1e-3 by factors of about 3; one extension reaches 9e-3, near
-                // the paper's 0.01.
-                meta_lr_search: Some(RateSearchSpec {
-                    grid: vec![3e-4, 1e-3, 3e-3],
-                    extensions: 2,
-                }),
-                // From the hand-set 0.1 up past the paper's 0.5 (at 1 shot), by factors of about 3;
-                // extended up to 4 times (with 2, all four searches chose the lower edge, 0.0111).
-                strength_search: Some(RateSearchSpec {
-                    grid: vec![0.1, 0.3, 1.0],
-                    extensions: 4,
-                }),
-                // Around the hand-set 0.05 by factors of 2.
-                maml_step_size_search: Some(RateSearchSpec {
-                    grid: vec![0.025, 0.05, 0.1],
-                    extensions: 3,
-                }),
-                // Around the paper's 0.01 by factors of 2.
-                phase_step_size_search: Some(RateSearchSpec {
-                    grid: vec![0.005, 0.01, 0.02],
-                    extensions: 2,
-                }),
-                // The hand-set 100 halved and doubled; extended up to 3 times (with once, both
-                // settings chose the lower edge, 25).
-                nudged_steps_search: Some(RateSearchSpec {
-                    grid: vec![50.0, 100.0, 200.0],
-                    extensions: 3,
-                }),
-            }
-        }
-    }
-
-    /// The budgets of the scale: quick, default, or the paper's.
-    pub fn at(scale: Scale) -> Self {
-        super::units::by_scale(scale, Self::new, Self::paper)
+    /// The budgets of the scale, as shipped: `configs/quick/few_shot.toml`, `configs/few_shot.toml`
+    /// or the paper's `configs/paper/few_shot.toml`.
+    pub fn at(scale: Scale) -> Result<Self> {
+        shipped_protocol!(scale, "few_shot")
     }
 
     /// The protocol of `settings`' scale with the user's changes (`--protocol few-shot=FILE`).
     pub fn of(settings: &Settings) -> Result<Self> {
-        crate::protocol::configured("few-shot", Self::at(settings.scale), settings)
-    }
-
-    /// The paper's Omniglot budgets, as the authors' code runs them (docs/EXPERIMENTS.md, "The
-    /// few-shot job at the paper's budgets"): 30 epochs of 125 meta-batches of 32 episodes (3750
-    /// meta-steps), outer Adam step 0.01, free phases of 200 SGD-Nesterov steps and nudged phases
-    /// of 100, beta 0.1, pull strength 0.5 at 1 shot and 0.1 at 5, 300 meta-test episodes. The
-    /// network and the data stay the default's (the shipped 8 x 8 digits, not Omniglot's
-    /// convolution network), as do MAML's loop and the 5 seeds.
-    pub fn paper() -> Self {
-        Protocol {
-            meta_steps: 3750,
-            meta_batch: 32,
-            meta_lr: 0.01,
-            test_episodes: 300,
-            strength: 0.1,
-            one_shot_strength: Some(0.5),
-            beta: 0.1,
-            free_steps: 200,
-            nudged_steps: 100,
-            validate_every: 375,
-            beta_search: None,
-            meta_lr_search: None,
-            strength_search: None,
-            maml_step_size_search: None,
-            phase_step_size_search: None,
-            nudged_steps_search: None,
-            ..Self::new(false)
-        }
+        crate::protocol::configured("few-shot", Self::at(settings.scale)?, settings)
     }
 
     /// The meta-steps at which a run is scored on validation: the initialisation, every
@@ -1975,7 +1844,7 @@ mod tests {
         // The committed default run's choices (few_shot_beta_choice.csv,
         // few_shot_meta_lr_choice.csv): beta and the rule's outer step size per setting.
         for (shots, searched, meta_lr) in [(1, 3.0, 3e-4), (5, 1.0, 9e-5)] {
-            let p = Protocol::new(false);
+            let p = Protocol::at(Scale::Default).unwrap();
             let theta0 = p.net().unwrap().init(&mut stream(7, INIT));
             println!("{shots}-shot, at the untrained initialisation:");
             let untrained = the_estimate_at_each_beta(shots, &theta0);
@@ -2014,7 +1883,7 @@ mod tests {
     /// Prints the mean cosine and relative error, against the reference, of the estimate at each
     /// of [`BETAS`] from `theta`, and returns the cosines.
     fn the_estimate_at_each_beta(shots: usize, theta: &Vector) -> Vec<f64> {
-        let p = Protocol::new(false);
+        let p = Protocol::at(Scale::Default).unwrap();
         let split = FewShotSplit::new(&load_digits().unwrap()).unwrap();
         let tasks = episodes(&split.validation, 10, shots, stream(7, VALIDATION)).unwrap();
         let spec = p.synapse(p.strength_at(shots)).unwrap();
@@ -2095,7 +1964,8 @@ mod tests {
     fn the_inner_budget_counts_each_stage_of_each_method() {
         // The default protocol: phases of 200 free and 100 nudged steps (two nudged phases for the
         // symmetric stencil at +-beta), 10 CG iterations, MAML's 10 SGD steps walked back in full.
-        let budgets: Vec<String> = Protocol::new(false)
+        let budgets: Vec<String> = Protocol::at(Scale::Default)
+            .unwrap()
             .methods(1)
             .unwrap()
             .iter()
@@ -2119,7 +1989,7 @@ mod tests {
         // paper's budgets"): 30 epochs x 125 meta-batches = 3750 meta-steps of 32 episodes, outer
         // Adam 0.01, free 200 and nudged 100 SGD-Nesterov steps of 0.01, beta 0.1, pull strength
         // 0.5 at 1 shot and 0.1 at 5, 300 evaluation episodes.
-        let p = Protocol::paper();
+        let p = Protocol::at(Scale::Paper).unwrap();
         assert_eq!((p.meta_steps, p.meta_batch, p.test_episodes), (3750, 32, 300));
         assert_eq!((p.meta_lr, p.beta), (0.01, 0.1));
         assert_eq!((p.free_steps, p.nudged_steps), (200, 100));
@@ -2134,10 +2004,13 @@ mod tests {
             assert_eq!(c.free.optimizer, Optimizer::Nesterov { momentum: 0.9 });
         }
         // The default protocol is unchanged by the paper's field: its units stay valid.
-        let default = serde_json::to_value(Protocol::new(false)).unwrap();
+        let default = serde_json::to_value(Protocol::at(Scale::Default).unwrap()).unwrap();
         assert!(default.get("one_shot_strength").is_none());
-        assert_eq!(Protocol::at(Scale::Default).methods(1).unwrap()[0].strength, 0.1);
-        assert_eq!(Protocol::at(Scale::Quick).meta_steps, 2);
+        assert_eq!(
+            Protocol::at(Scale::Default).unwrap().methods(1).unwrap()[0].strength,
+            0.1
+        );
+        assert_eq!(Protocol::at(Scale::Quick).unwrap().meta_steps, 2);
     }
 
     #[test]

@@ -3,6 +3,36 @@
 //! table as Markdown under `paper/`; the write-up `paper/README.md` is generated from the same
 //! numbers, so none of its numbers can go stale.
 
+/// A job's protocol at a scale (a [`Scale`]), as shipped in `configs/` and compiled in:
+/// `configs/<file>.toml` at the default scale, `configs/quick/<file>.toml` and
+/// `configs/paper/<file>.toml` at the others; with `default_at_paper`, the default's at the paper
+/// scale (a job the paper gives no budgets for).
+macro_rules! shipped_protocol {
+    ($scale:expr, $file:literal) => {
+        shipped_protocol!(@at $scale, $file, [concat!("paper/", $file)])
+    };
+    ($scale:expr, $file:literal, default_at_paper) => {
+        shipped_protocol!(@at $scale, $file, [$file])
+    };
+    (@at $scale:expr, $file:literal, [$($paper:tt)+]) => {{
+        let (path, text) = match $scale {
+            $crate::run::units::Scale::Quick => (
+                concat!("configs/quick/", $file, ".toml"),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/quick/", $file, ".toml")),
+            ),
+            $crate::run::units::Scale::Default => (
+                concat!("configs/", $file, ".toml"),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/", $file, ".toml")),
+            ),
+            $crate::run::units::Scale::Paper => (
+                concat!("configs/", $($paper)+, ".toml"),
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/configs/", $($paper)+, ".toml")),
+            ),
+        };
+        $crate::protocol::shipped(path, text)
+    }};
+}
+
 mod bandit;
 pub mod bandit_meta;
 mod compute;
@@ -141,11 +171,11 @@ pub fn plan(settings: &Settings, selection: &Selection, previous: Option<&Path>)
     units::plan(&registry(), settings, selection, previous)
 }
 
-/// The full protocol of each job that has one (the configurable jobs), as shipped in
-/// `configs/<job>.toml`, dashes as underscores (a test checks that the files match what the jobs
-/// run).
-pub fn protocols() -> Result<Vec<(String, serde_json::Value)>> {
-    let settings = Settings::at(Scale::Default);
+/// The full protocol at `scale` of each job that has one (the configurable jobs), dashes in the
+/// name as underscores: the file name in `configs/` (`configs/quick/`, `configs/paper/` at those
+/// scales, where the job ships one).
+pub fn protocols(scale: Scale) -> Result<Vec<(String, serde_json::Value)>> {
+    let settings = Settings::at(scale);
     registry()
         .into_iter()
         .filter(|j| j.configurable())

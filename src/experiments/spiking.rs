@@ -18,7 +18,7 @@ use crate::problem::{ProblemInstance, SinusoidTask};
 use crate::report::plot::{Figure, Panel, Series, Style};
 use crate::rng::stream;
 use crate::spiking::{
-    INPUT_RANGE, NetworkSpec, PULL_STRENGTH, Samples, SpikingKernel, SpikingSynapse, SpikingTask, Surrogate,
+    INPUT_RANGE, NetworkSpec, Samples, SpikingKernel, SpikingSynapse, SpikingTask, Surrogate,
 };
 use crate::stats::{self, Comparison};
 use std::path::PathBuf;
@@ -87,139 +87,15 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    pub fn new(quick: bool) -> Self {
-        let full = Protocol {
-            network: NetworkSpec::default(),
-            shots: 10,
-            seeds: 5,
-            test_tasks: 100,
-            meta_lr: 3e-3,
-            // The paper's 3e-3 in the middle, a factor of about 3 to each side.
-            meta_lr_search: Some(RateSearchSpec {
-                grid: vec![1e-3, 3e-3, 1e-2],
-                extensions: 1,
-            }),
-            strength: PULL_STRENGTH,
-            meta_steps: 50,
-            meta_batch: 10,
-            free_steps: 100,
-            nudged_steps: 50,
-            inner_lr: 1e-3,
-            beta_grid: vec![0.3, 1.0, 3.0],
-            nudged_lr_grid: vec![1e-4, 1e-3],
-            validation_tasks: 10,
-            halves_tasks: 5,
-            halves_every: 10,
-            baseline_meta_steps: 50,
-            baseline_meta_batch: 10,
-            baseline_meta_lr: None,
-            unrolled_steps: 10,
-            unrolled_lr: 0.003,
-            // The hand-set step sizes in the middle, a factor of about 3 to each side (the
-            // baselines' 0.01 diverged on some tasks in a pilot: a run that stops early fails).
-            inner_lr_search: Some(RateSearchSpec {
-                grid: vec![3e-4, 1e-3, 3e-3],
-                extensions: 1,
-            }),
-            // Extended up to 3 times: with once, truncated BPTT chose the lower edge, 3.3e-4.
-            unrolled_lr_search: Some(RateSearchSpec {
-                grid: vec![1e-3, 3e-3, 1e-2],
-                extensions: 3,
-            }),
-            truncated_steps: 100,
-            truncated_last: 10,
-            ablation_tasks: 10,
-            // 6 checkpoints of 50 meta-steps, as many validation tasks as the choice scores.
-            checkpoint: Some(CheckpointSpec {
-                every: 10,
-                validation_tasks: 10,
-            }),
-        };
-        if quick {
-            Protocol {
-                seeds: 2,
-                test_tasks: 4,
-                meta_steps: 2,
-                meta_batch: 2,
-                free_steps: 10,
-                nudged_steps: 5,
-                baseline_meta_steps: 2,
-                baseline_meta_batch: 2,
-                validation_tasks: 2,
-                halves_tasks: 1,
-                halves_every: 1,
-                unrolled_steps: 2,
-                truncated_steps: 5,
-                truncated_last: 2,
-                ablation_tasks: 2,
-                checkpoint: Some(CheckpointSpec {
-                    every: 1,
-                    validation_tasks: 2,
-                }),
-                // Two values, so that the quick run reaches an edge and extends the grid.
-                meta_lr_search: Some(RateSearchSpec {
-                    grid: vec![3e-3, 1e-2],
-                    extensions: 1,
-                }),
-                inner_lr_search: Some(RateSearchSpec {
-                    grid: vec![1e-3, 3e-3],
-                    extensions: 1,
-                }),
-                unrolled_lr_search: Some(RateSearchSpec {
-                    grid: vec![3e-3, 1e-2],
-                    extensions: 1,
-                }),
-                ..full
-            }
-        } else {
-            full
-        }
-    }
-
-    /// The budgets of the scale: quick, default, or the paper's.
-    pub fn at(scale: Scale) -> Self {
-        super::units::by_scale(scale, Self::new, Self::paper)
+    /// The budgets of the scale, as shipped: `configs/quick/spiking.toml`, `configs/spiking.toml`
+    /// or the paper's `configs/paper/spiking.toml`.
+    pub fn at(scale: Scale) -> Result<Self> {
+        shipped_protocol!(scale, "spiking")
     }
 
     /// The protocol of `settings`' scale with the user's changes (`--protocol spiking=FILE`).
     pub fn of(settings: &Settings) -> Result<Self> {
-        crate::protocol::configured("spiking", Self::at(settings.scale), settings)
-    }
-
-    /// The paper's budgets, as the authors' code runs the spiking experiment (docs/EXPERIMENTS.md,
-    /// "Paper scale"): CML with 1000 meta-steps of 25 tasks, free phases of 500 Adam steps of
-    /// 1e-3 and nudged phases of 100, meta learning rate 3e-3; the baselines with meta-batch 10
-    /// and meta learning rate 3e-4, truncated BPTT through the last 100 of 500 e-prop steps.
-    /// The grids bracket the paper's setting (beta 3, nudged step 3e-3), which the validation
-    /// search may or may not choose; the other sizes stay the default's.
-    pub fn paper() -> Self {
-        Protocol {
-            meta_steps: 1000,
-            meta_batch: 25,
-            free_steps: 500,
-            nudged_steps: 100,
-            inner_lr: 1e-3,
-            meta_lr: 3e-3,
-            // The paper's step sizes, not searched (a search is a whole paper-scale run per value).
-            meta_lr_search: None,
-            inner_lr_search: None,
-            unrolled_lr_search: None,
-            beta_grid: vec![1.0, 3.0, 10.0],
-            nudged_lr_grid: vec![1e-3, 3e-3],
-            halves_every: 100,
-            baseline_meta_steps: 1000,
-            baseline_meta_batch: 10,
-            baseline_meta_lr: Some(3e-4),
-            truncated_steps: 500,
-            truncated_last: 100,
-            // The authors' code validates after every meta-step; every 10th of 1000 bounds the cost
-            // (101 checkpoints of 10 tasks, a few percent of the unit).
-            checkpoint: Some(CheckpointSpec {
-                every: 10,
-                validation_tasks: 10,
-            }),
-            ..Self::new(false)
-        }
+        crate::protocol::configured("spiking", Self::at(settings.scale)?, settings)
     }
 
     /// The meta-steps and meta-batch of `method` (the baselines have their own).
@@ -855,7 +731,7 @@ impl super::units::Job<super::Section> for Spiking {
         // symmetric does) reads only the contrastive rule's inner search, a BPTT baseline only the
         // baselines' one, and the matched units both.
         const KEYS: &[&str] = &["unrolled_lr_search", "inner_lr_search"];
-        let p = Protocol::new(false);
+        let p = Protocol::at(Scale::Default).unwrap();
         let baseline_keys: Vec<&str> = p
             .methods(&BetaChoice::unchosen())
             .into_iter()
@@ -2272,7 +2148,7 @@ mod tests {
         // the paper scale"): 1000 meta-steps of 25 tasks, free 500 Adam steps of 1e-3, nudged
         // 100 of 3e-3 at beta 3, meta Adam 3e-3; baselines at meta-batch 10 and meta lr 3e-4,
         // BPTT through 10 inner steps, truncated BPTT through the last 100 of 500.
-        let p = Protocol::paper();
+        let p = Protocol::at(Scale::Paper).unwrap();
         assert_eq!(
             (p.meta_steps, p.meta_batch, p.free_steps, p.nudged_steps),
             (1000, 25, 500, 100)
@@ -2291,10 +2167,21 @@ mod tests {
             assert_eq!(p.meta_lr_of(&method), expected, "{}", method.name);
         }
         // The default protocol is unchanged by the paper's field: its units stay valid.
-        let default = serde_json::to_value(Protocol::new(false)).unwrap();
+        let default = serde_json::to_value(Protocol::at(Scale::Default).unwrap()).unwrap();
         assert!(default.get("baseline_meta_lr").is_none());
-        assert_eq!(Protocol::at(Scale::Default).meta_steps, 50);
-        assert_eq!(Protocol::at(Scale::Quick).meta_steps, 2);
+        assert_eq!(Protocol::at(Scale::Default).unwrap().meta_steps, 50);
+        assert_eq!(Protocol::at(Scale::Quick).unwrap().meta_steps, 2);
+        // The shipped configs pull as hard as the core spiking problem (`cml grad`) at every scale,
+        // and describe its network.
+        for scale in Scale::ALL {
+            let p = Protocol::at(scale).unwrap();
+            assert_eq!(p.strength, crate::spiking::PULL_STRENGTH, "{scale:?}");
+            assert_eq!(
+                serde_json::to_value(&p.network).unwrap(),
+                serde_json::to_value(NetworkSpec::default()).unwrap(),
+                "{scale:?}"
+            );
+        }
     }
 
     #[test]
@@ -2354,7 +2241,7 @@ mod nudged_budget {
                 for beta in [0.3, 3.0] {
                     let p = Protocol {
                         nudged_steps: steps,
-                        ..Protocol::new(false)
+                        ..Protocol::at(Scale::Default).unwrap()
                     };
                     let (tasks, theta) = validation(&p, &settings).unwrap();
                     let (cos, ratio) = halves(&p, &theta, &tasks, beta, lr).unwrap();

@@ -135,12 +135,6 @@ fn models(p: &Protocol) -> Vec<ModelSpec> {
         .collect()
 }
 
-/// The nudging strength of the paper scale (the paper's code), and where the search starts.
-pub const PAPER_BETA: f64 = 0.05;
-
-/// The outer Adam's step size of the paper scale, and where the search starts.
-pub const META_LR: f64 = 2e-3;
-
 /// The job's protocol at one scale (`--protocol training=FILE` changes it; the default's is
 /// shipped as `configs/training.toml`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -232,81 +226,10 @@ pub struct TrainingStepSizeSearch {
 }
 
 impl Protocol {
-    /// The budgets of the scale. Full run: the largest that fits one 2-core workstation (the
-    /// paper: 200 free and 100-200 nudged steps at lr 0.01, meta-batch 32, thousands of
-    /// meta-steps). Paper: the budgets of its code (docs/EXPERIMENTS.md), 200 free and 100 nudged
-    /// steps, 2000 meta-steps of 25 tasks; the step sizes stay the default's (its lr 0.01
-    /// diverges here).
+    /// The budgets of the scale, as shipped: `configs/quick/training.toml`, `configs/training.toml`
+    /// or the paper's `configs/paper/training.toml`.
     pub fn at(scale: Scale) -> Result<Self> {
-        let quick = scale == Scale::Quick;
-        let (free_steps, nudged_steps, meta_steps, meta_batch) = match scale {
-            Scale::Quick => (30, 8, 4, 2),
-            Scale::Default => (300, 60, 300, 10),
-            Scale::Paper => (200, 100, 2000, 25),
-        };
-        let searched = scale != Scale::Paper;
-        Ok(Protocol {
-            net: Mlp::parse(if quick { "1-8-8-1" } else { "1-40-40-1" })?,
-            strength: 2.0,
-            seeds: if quick { 2 } else { 5 },
-            shots: 10,
-            meta_steps,
-            meta_batch,
-            free_steps,
-            nudged_steps,
-            step_size: 0.001,
-            bptt_steps: if quick { 5 } else { 10 },
-            bptt_step_size: 0.003,
-            solver_steps: 10,
-            truncation: 10,
-            eval_tasks: if quick { 4 } else { 20 },
-            eval_every: match scale {
-                Scale::Quick => 2,
-                Scale::Default => 30,
-                Scale::Paper => 100,
-            },
-            validation_tasks: if quick { 4 } else { 50 },
-            test_tasks: if quick { 6 } else { 200 },
-            beta: PAPER_BETA,
-            meta_lr: META_LR,
-            beta_search: searched.then(|| TrainingBetaSearch {
-                grid: BETA_GRID.to_vec(),
-                extensions: if quick {
-                    GRID_EXTENSIONS
-                } else {
-                    DEFAULT_GRID_EXTENSIONS
-                },
-                meta_steps: if quick { 2 } else { 30 },
-            }),
-            meta_lr_search: searched.then(|| TrainingRateSearch {
-                grid: META_LR_GRID.to_vec(),
-                extensions: if quick {
-                    META_LR_EXTENSIONS
-                } else {
-                    DEFAULT_META_LR_EXTENSIONS
-                },
-                streams: META_LR_SEARCH_STREAMS,
-            }),
-            step_size_search: searched.then(|| TrainingStepSizeSearch {
-                grid: STEP_SIZE_GRID.to_vec(),
-                bptt_grid: BPTT_STEP_SIZE_GRID.to_vec(),
-                // The quick scale's 4 meta-steps favour the largest step sizes, and a third
-                // extension there reaches ones that stop its reported runs at meta-step 0.
-                extensions: if quick { 2 } else { STEP_SIZE_EXTENSIONS },
-                streams: META_LR_SEARCH_STREAMS,
-            }),
-            // The hand-set budget in the middle, halved and doubled; at the default scale extended
-            // up to twice (with once, the synapse chose the upper edge, 240).
-            nudged_steps_search: searched.then(|| TrainingRateSearch {
-                grid: vec![
-                    nudged_steps as f64 / 2.0,
-                    nudged_steps as f64,
-                    2.0 * nudged_steps as f64,
-                ],
-                extensions: if quick { 1 } else { 2 },
-                streams: META_LR_SEARCH_STREAMS,
-            }),
-        })
+        shipped_protocol!(scale, "training")
     }
 
     /// The protocol of `settings`' scale with the user's changes (`--protocol training=FILE`).
@@ -405,8 +328,8 @@ pub struct Chosen {
     pub nudged_steps: Option<usize>,
 }
 
-/// The run's configuration at the protocol's values ([`PAPER_BETA`], [`META_LR`] and the inner
-/// step sizes: the paper scale; at the other scales a unit takes the validation searches' values
+/// The run's configuration at the protocol's values (`beta`, `meta_lr` and the inner step
+/// sizes: the paper scale; at the other scales a unit takes the validation searches' values
 /// instead).
 fn config(settings: &Settings, model: ModelSpec, estimator: &str, seed: u64) -> Result<TrainConfig> {
     config_at(settings, model, estimator, seed, Chosen::default())
@@ -479,14 +402,6 @@ fn validation_and_test_tasks(
     Ok((draw(VALIDATION_TASKS, n_val)?, draw(TEST_TASKS, n_test)?))
 }
 
-/// The contrastive rule's nudging strength is chosen per model on validation tasks, at the quick
-/// and default scales, starting from this grid (docs/PROTOCOL.md).
-pub const BETA_GRID: [f64; 5] = [0.01, 0.02, 0.05, 0.1, 0.2];
-/// A choice at an edge of the grid extends it past that edge, at most this often (the quick
-/// scale).
-const GRID_EXTENSIONS: usize = 3;
-/// The default scale's: with 3, both models chose the extended lower edge, 0.00125.
-const DEFAULT_GRID_EXTENSIONS: usize = 5;
 /// Stream word of the search's own seed (its initialisation, task stream and validation tasks).
 const CHOICE: u64 = 71;
 
@@ -532,22 +447,8 @@ fn choose_beta(settings: &Settings, model: &ModelSpec) -> Result<Option<Search>>
     super::choice::search_beta(model.name(), &search.grid, search.extensions, score).map(Some)
 }
 
-/// The outer Adam's step size is chosen per model and estimator on validation tasks, at the quick
-/// and default scales, from this grid around [`META_LR`] (docs/PROTOCOL.md).
-pub const META_LR_GRID: [f64; 3] = [1e-3, 2e-3, 4e-3];
-/// A choice at an edge of that grid extends it by a factor 2 past that edge, at most this often
-/// (the hand-set 2e-3 proved far too small on most estimators: the first default run's searches
-/// ended at the edge of one extension, 8e-3).
-const META_LR_EXTENSIONS: usize = 3;
-/// The default scale's: with 3, the synapse's first-order MAML chose the extended upper edge, 0.032.
-const DEFAULT_META_LR_EXTENSIONS: usize = 4;
 /// Stream word of the step-size search's own seeds.
 const META_LR_CHOICE: u64 = 72;
-/// Independent search streams (initialisation, task stream, validation tasks) each step size is
-/// scored on: one stream chose 1e-3 for the synapse's Reptile, at which the reported seeds' test
-/// loss rose (0.556 -> 0.760), so a choice rests on several.
-const META_LR_SEARCH_STREAMS: u64 = 3;
-
 /// The seed of search stream `s` (the first is the seed the one-stream search used).
 fn meta_lr_search_seed(settings: &Settings, s: u64) -> u64 {
     match s {
@@ -557,13 +458,13 @@ fn meta_lr_search_seed(settings: &Settings, s: u64) -> u64 {
 }
 
 /// Chooses the outer Adam's step size for `model` and estimator `name` (the contrastive rule at
-/// `beta`, its own search's choice) on validation tasks: on each of [`META_LR_SEARCH_STREAMS`]
+/// `beta`, its own search's choice) on validation tasks: on each of the protocol's `streams`
 /// search streams (an initialisation and task stream of the search's own, no reported seed's), a
 /// whole meta-training at each step size, its checkpoint chosen on that stream's validation tasks
 /// as a reported run's is, then each validation task's loss after adaptation from that checkpoint;
 /// the least mean over every stream's tasks wins (`choice::search_meta_lr`: no direction of a
 /// step size is the safer). A run that stops early keeps its checkpoint from before, as a reported run does.
-/// `None` at the paper scale, which takes [`META_LR`].
+/// `None` at the paper scale, which takes the protocol's `meta_lr`.
 fn choose_meta_lr(
     settings: &Settings,
     model: &ModelSpec,
@@ -587,13 +488,6 @@ fn choose_meta_lr(
     super::choice::search_meta_lr(&run_subject(model, name), &search.grid, search.extensions, score).map(Some)
 }
 
-/// The inner step sizes are chosen per model and estimator on validation tasks, at the quick and
-/// default scales, from these grids around the hand-set values (docs/PROTOCOL.md): the Nesterov
-/// phases' around 0.001, BPTT's plain steps around 0.003.
-pub const STEP_SIZE_GRID: [f64; 3] = [5e-4, 1e-3, 2e-3];
-pub const BPTT_STEP_SIZE_GRID: [f64; 3] = [1.5e-3, 3e-3, 6e-3];
-/// A choice at an edge of those grids extends it past that edge, at most this often.
-const STEP_SIZE_EXTENSIONS: usize = 3;
 /// Stream word of the inner step-size search's own seeds.
 const STEP_SIZE_CHOICE: u64 = 73;
 

@@ -6,7 +6,7 @@
 
 use super::choice::{RateSearchSpec, RunSearch, Search};
 use super::training::{ALPHA, p_value, seed_mean_ci};
-use super::{Settings, num, save, write_csv, write_table};
+use super::{Scale, Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
 use crate::executor::{OnFailure, run_evaluated};
@@ -68,75 +68,15 @@ pub struct Protocol {
 }
 
 impl Protocol {
-    pub fn new(quick: bool) -> Self {
-        let full = Protocol {
-            seeds: 5,
-            // A third of the 147 validation patients.
-            selection: 49,
-            initial_decay: 1e-2,
-            free_steps: 300,
-            nudged_steps: 100,
-            meta_steps: 60,
-            eval_every: 5,
-            grid: vec![1e-4, 1e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
-            baseline_steps: BaselineSteps {
-                cg: 10,
-                neumann: 10,
-                truncation: 20,
-            },
-            neumann_alpha: 0.1,
-            // The values set by hand before these searches (inner step size 0.1, meta-learning
-            // rate 0.05, beta 0.5) in the middle, by factors of 2, 2.5 and 5. An edge choice
-            // extends its grid: up to 3 times for the step size (a first run chose the lower edge
-            // after one extension on 2 of 5 seeds), 4 times for the others (the job takes seconds;
-            // with 2, beta and one rate still chose an edge on 2 of 5 seeds).
-            step_size_search: RateSearchSpec {
-                grid: vec![0.025, 0.05, 0.1, 0.2, 0.4],
-                extensions: 3,
-            },
-            search: RunSearch {
-                meta_lr: vec![0.02, 0.05, 0.125],
-                beta: vec![0.1, 0.5, 2.5],
-                extensions: 4,
-            },
-            // The hand-set 100 in the middle, by factors of 2; extended up to 4 times (with once,
-            // 4 of 5 seeds chose its lower edge, 25).
-            nudged_steps_search: RateSearchSpec {
-                grid: vec![50.0, 100.0, 200.0],
-                extensions: 4,
-            },
-        };
-        if quick {
-            Protocol {
-                seeds: 2,
-                free_steps: 60,
-                nudged_steps: 20,
-                meta_steps: 4,
-                eval_every: 2,
-                grid: vec![1e-3, 1e-2, 1e-1],
-                step_size_search: RateSearchSpec {
-                    grid: vec![0.1, 0.2],
-                    extensions: 1,
-                },
-                search: RunSearch {
-                    meta_lr: vec![0.05, 0.1],
-                    beta: vec![0.5, 1.0],
-                    extensions: 0,
-                },
-                nudged_steps_search: RateSearchSpec {
-                    grid: vec![10.0, 20.0],
-                    extensions: 0,
-                },
-                ..full
-            }
-        } else {
-            full
-        }
+    /// The budgets of the scale, as shipped: `configs/quick/weight_decay.toml`, else
+    /// `configs/weight_decay.toml` (the paper gives no budgets for this job).
+    pub fn at(scale: Scale) -> Result<Self> {
+        shipped_protocol!(scale, "weight_decay", default_at_paper)
     }
 
     /// The protocol of `settings`' scale with the user's changes (`--protocol weight-decay=FILE`).
     pub fn of(settings: &Settings) -> Result<Self> {
-        crate::protocol::configured("weight-decay", Self::new(settings.quick()), settings)
+        crate::protocol::configured("weight-decay", Self::at(settings.scale)?, settings)
     }
 
     fn phase(&self, steps: usize, step_size: f64) -> GdParams {
@@ -899,7 +839,7 @@ mod tests {
         // The default protocol: 300 free steps; the symmetric rule's two nudged phases of 100
         // steps (25 where its search chose 25), 10 CG iterations and 10 Neumann terms, T1-T2's one
         // mixed product in place of a solve, truncated BPTT walking back the last 20 steps.
-        let p = Protocol::new(false);
+        let p = Protocol::at(Scale::Default).unwrap();
         let estimators = p.estimators(0.1);
         let work: Vec<String> = estimators.iter().map(|(_, e)| e.inner_work()).collect();
         assert_eq!(

@@ -12,6 +12,16 @@ pub trait Checked: serde::Serialize + serde::de::DeserializeOwned {
     fn check(&self) -> Result<()>;
 }
 
+/// A job's protocol as shipped in `configs/` and compiled in: `text`, the file at `path`, parsed
+/// and checked. That file is the only place its values are written; `tests/figures.rs` checks that
+/// each shipped file holds every key of its protocol and no other, in canonical form.
+pub fn shipped<P: Checked>(path: &str, text: &str) -> Result<P> {
+    let p: P =
+        toml::from_str(text).map_err(|e| CmlError::invalid(path, "the shipped protocol", e.to_string()))?;
+    p.check()?;
+    Ok(p)
+}
+
 /// `base` (the scale's protocol of `job`) with `settings`' changes for `job` merged in and
 /// checked; `base` unchanged where there are none.
 pub fn configured<P: Checked>(job: &str, base: P, settings: &super::units::Settings) -> Result<P> {

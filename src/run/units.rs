@@ -263,15 +263,6 @@ pub(crate) fn fingerprint<S>(job: &dyn Job<S>, settings: &Settings) -> Result<Va
     }))
 }
 
-/// A protocol's budgets at `scale`: `budgets(quick)` at the quick and default scales, `paper()` at
-/// the paper's.
-pub(crate) fn by_scale<T>(scale: Scale, budgets: impl FnOnce(bool) -> T, paper: impl FnOnce() -> T) -> T {
-    match scale {
-        Scale::Paper => paper(),
-        _ => budgets(scale == Scale::Quick),
-    }
-}
-
 /// Wall seconds of `work` (for the calibrations of `--plan`).
 pub(crate) fn timed(work: impl FnOnce() -> Result<()>) -> Result<f64> {
     let clock = std::time::Instant::now();
