@@ -15,6 +15,7 @@ pub trait Checked: serde::Serialize + serde::de::DeserializeOwned {
 /// A job's protocol as shipped in `configs/` and compiled in: `text`, the file at `path`, parsed
 /// and checked. That file is the only place its values are written; `tests/figures.rs` checks that
 /// each shipped file holds every key of its protocol and no other, in canonical form.
+#[cfg(feature = "figures")]
 pub fn shipped<P: Checked>(path: &str, text: &str) -> Result<P> {
     let p: P =
         toml::from_str(text).map_err(|e| CmlError::invalid(path, "the shipped protocol", e.to_string()))?;
