@@ -338,7 +338,9 @@ pub enum Ties {
     /// exactly equal losses (runs that all deploy their untrained checkpoint) go to the smallest.
     None,
     /// The smallest value within one standard error of the least loss (paired over the tasks): for
-    /// a budget, where the smaller costs less and the validation tasks cannot tell them apart.
+    /// a budget, where the smaller costs less and the validation tasks cannot tell them apart. A
+    /// budget runs whole steps, at least one ([`whole_steps`]), so its lower edge closes at one
+    /// step: no smaller budget exists to extend to, and a choice there is not at an edge.
     ToTheSmaller,
 }
 
@@ -416,8 +418,9 @@ pub(crate) fn search_meta_lr(
 /// validation losses (the same tasks for every value) and, where the value failed, why (its losses
 /// are then infinite). The choice follows `ties`; while it lies at an edge, the grid is extended
 /// past that edge by the ratio of its two outermost values there, at most `extensions` times,
-/// unless the scores are flat ([`Search::flat`]: no value beyond would be told apart either). An
-/// error if every value failed.
+/// unless the scores are flat ([`Search::flat`]: no value beyond would be told apart either) or
+/// the edge is closed (a budget of one step, [`Ties::ToTheSmaller`]). An error if every value
+/// failed.
 pub(crate) fn search(
     subject: &str,
     setting: &str,
@@ -446,13 +449,15 @@ pub(crate) fn search(
         .collect::<Result<Vec<_>>>()?
         .into_iter()
         .unzip();
+    // A budget of one step has no smaller budget beyond it.
+    let closed_below = |value: f64| ties == Ties::ToTheSmaller && whole_steps(value) == 1;
     let mut chosen = choose(ties, &mut scores, &per_task);
     for _ in 0..extensions {
         let n = scores.len();
         if flat(&scores) {
             break;
         }
-        let (value, at) = if chosen == 0 {
+        let (value, at) = if chosen == 0 && !closed_below(scores[0].value) {
             (scores[0].value / (scores[1].value / scores[0].value), 0)
         } else if chosen == n - 1 {
             (
@@ -483,7 +488,8 @@ pub(crate) fn search(
         model: subject.to_string(),
         setting: setting.to_string(),
         chosen: scores[chosen].value,
-        at_edge: (chosen == 0 || chosen == scores.len() - 1) && !flat(&scores),
+        at_edge: ((chosen == 0 && !closed_below(scores[0].value)) || chosen == scores.len() - 1)
+            && !flat(&scores),
         grid: scores,
     })
 }
@@ -760,8 +766,9 @@ mod tests {
         // Budgets 1, 2, 4. Budget 2 is least (mean 1); budget 1 differs from it by
         // (0.11, -0.09, 0.11, -0.09): mean 0.01, sample sd sqrt(4 x 0.1^2 / 3) = 0.11547, standard
         // error 0.11547 / 2 = 0.05774 (= 0.2 / sqrt(12)), so within one: a tie, which goes
-        // to the smaller, 1 (an edge). Budget 4 is worse by 1 on every task. Without ties, or with
-        // ties to the larger, 2 is chosen.
+        // to the smaller, 1 (an edge of the grid, but a closed one: no budget is smaller than one
+        // step). Budget 4 is worse by 1 on every task. Without ties, or with ties to the larger, 2
+        // is chosen.
         let losses = |v: f64| -> Vec<f64> {
             match v {
                 1.0 => vec![1.11, 0.91, 1.11, 0.91],
@@ -772,11 +779,30 @@ mod tests {
         let grid = [1.0, 2.0, 4.0];
         let run = |ties| search("s", "nudged_steps", ties, &grid, 0, |v| Ok((losses(v), None))).unwrap();
         let s = run(Ties::ToTheSmaller);
-        assert_eq!((s.chosen, s.at_edge), (1.0, true));
+        assert_eq!((s.chosen, s.at_edge), (1.0, false));
         approx::assert_relative_eq!(s.grid[0].difference, 0.01, epsilon = 1e-12);
         approx::assert_relative_eq!(s.grid[0].standard_error, 0.2 / 12f64.sqrt(), epsilon = 1e-12);
         assert_eq!(run(Ties::None).chosen, 2.0);
         assert_eq!(run(Ties::ToTheLarger).chosen, 2.0);
+    }
+
+    #[test]
+    fn a_budget_search_extends_down_to_one_step_and_no_further() {
+        // The loss falls with the budget on every task (loss = budget), so each search chooses
+        // its smallest value. From [3.125, 6.25, 12.5] with 5 extensions allowed, a budget search
+        // extends to 1.5625 (2 steps), then 0.78125 (1 step), and stops there: a third would add
+        // 0.390625, one step again. A step-size search (no ties) extends all 5 times.
+        let grid = [3.125, 6.25, 12.5];
+        let score = |v: f64| Ok((vec![whole_steps(v) as f64, whole_steps(v) as f64 + 0.5], None));
+        let budget = search("s", "nudged_steps", Ties::ToTheSmaller, &grid, 5, score).unwrap();
+        let values: Vec<f64> = budget.grid.iter().map(|g| g.value).collect();
+        assert_eq!(values, [0.78125, 1.5625, 3.125, 6.25, 12.5]);
+        assert_eq!(
+            (budget.chosen, budget.at_edge, budget.open_edge()),
+            (0.78125, false, false)
+        );
+        let rate = search("s", "meta_lr", Ties::None, &grid, 5, score).unwrap();
+        assert_eq!((rate.grid.len(), rate.at_edge), (8, true));
     }
 
     #[test]
