@@ -66,6 +66,57 @@ fn grad_prints_estimate_exact_error_and_costs_as_json() {
 }
 
 #[test]
+fn grad_scales_the_error_bars_truncation_part_on_request() {
+    // The same estimate twice, as computed and with --error-bar-scale 2.5 (the runs are
+    // deterministic). The second bar must be 2.5 x the first's truncation part plus the first's
+    // phase-precision part, which the scale leaves alone; the estimate itself is the same.
+    let run = |extra: &[&str]| -> serde_json::Value {
+        let mut args = vec![
+            "grad",
+            "--problem",
+            "quadratic",
+            "--beta",
+            "0.001",
+            "--no-exact",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let o = cml(&args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let (plain, scaled) = (run(&[]), run(&["--error-bar-scale", "2.5"]));
+    let part = |v: &serde_json::Value, key: &str| v["error_bar"][key].as_f64().unwrap();
+    let (truncation, precision) = (part(&plain, "truncation"), part(&plain, "phase_precision"));
+    assert!(truncation > 0.0 && precision > 0.0, "{truncation} {precision}");
+    approx::assert_relative_eq!(part(&plain, "bar"), truncation + precision, max_relative = 1e-12);
+    approx::assert_relative_eq!(
+        part(&scaled, "truncation"),
+        2.5 * truncation,
+        max_relative = 1e-12
+    );
+    approx::assert_relative_eq!(part(&scaled, "phase_precision"), precision, max_relative = 1e-12);
+    approx::assert_relative_eq!(
+        part(&scaled, "bar"),
+        2.5 * truncation + precision,
+        max_relative = 1e-12
+    );
+    assert_eq!(
+        (
+            part(&plain, "truncation_scale"),
+            part(&scaled, "truncation_scale")
+        ),
+        (1.0, 2.5)
+    );
+    assert_eq!(plain["estimate"], scaled["estimate"]);
+    // A scale that would shrink the bar, or none at all, is a clear error before any work.
+    for bad in ["0.5", "NaN"] {
+        let o = cml(&["grad", "--problem", "quadratic", "--error-bar-scale", bad]);
+        assert_clean_error(&o, &["error-bar truncation scale", bad, "at least 1"]);
+    }
+}
+
+#[test]
 fn second_order_mode_off_is_an_error_not_a_number() {
     let o = Command::new(env!("CARGO_BIN_EXE_cml"))
         .args(["grad", "--problem", "quadratic"])

@@ -6,7 +6,7 @@
 use super::{Settings, num, save, write_csv, write_table};
 use crate::error::{CmlError, Result};
 use crate::estimator::contrastive::PhaseRuns;
-use crate::estimator::error_bar::{AutoBeta, DistanceSource, RICHARDSON_SAFETY, error_bar_at};
+use crate::estimator::error_bar::{AutoBeta, DistanceSource, RICHARDSON_SAFETY, error_bar_at, scaled_bar};
 use crate::estimator::{Contrastive, MetaGradientEstimator, Variant};
 use crate::ground_truth::exact_meta_gradient_at_phase_minimum;
 use crate::inner::GdParams;
@@ -297,7 +297,7 @@ struct Scaled {
 
 impl Scaled {
     fn of(cases: &[Case], factor: f64) -> Self {
-        let bar = |c: &Case| c.phase_precision + factor * c.truncation;
+        let bar = |c: &Case| scaled_bar(c.truncation, c.phase_precision, factor);
         let covered = |c: &Case| c.error <= bar(c);
         let mut instances: Vec<(&str, u64, bool)> = Vec::new();
         for c in cases {

@@ -65,8 +65,11 @@ pub struct ErrorBar {
     /// `truncation + phase_precision`: the estimated bound on `||estimate - dJ/dtheta||`
     /// (infinite when a phase's distance is unbounded).
     pub bar: f64,
-    /// `RICHARDSON_SAFETY * richardson_gap / (2^p - 1)`.
+    /// `truncation_scale * RICHARDSON_SAFETY * richardson_gap / (2^p - 1)`.
     pub truncation: f64,
+    /// The factor the truncation part was scaled by beyond Richardson's safety factor: 1 as
+    /// computed, more after [`ErrorBar::with_truncation_scaled`].
+    pub truncation_scale: f64,
     /// `||est(2 beta) - est(beta)||`.
     pub richardson_gap: f64,
     /// `p`: the truncation error's order in `beta`.
@@ -85,6 +88,22 @@ pub struct ErrorBar {
 }
 
 impl ErrorBar {
+    /// The bar with its truncation part scaled by `scale` (at least 1): `truncation` and `bar`
+    /// grow, the phase-precision part stays. The error-bar job measures how often each scale
+    /// covers the true error (docs/ERROR_BAR.md §5: the bar as computed covered 334 of 340 fresh
+    /// instances, its truncation part scaled by 2.5 all 340). An error for a scale below 1 or not
+    /// finite: that would shrink the bar below what the derivation supports.
+    pub fn with_truncation_scaled(self, scale: f64) -> Result<Self> {
+        check_truncation_scale(scale)?;
+        let truncation = scale * self.truncation;
+        Ok(ErrorBar {
+            bar: scaled_bar(self.truncation, self.phase_precision, scale),
+            truncation,
+            truncation_scale: scale * self.truncation_scale,
+            ..self
+        })
+    }
+
     /// One line: the bar, its parts and where the distances came from.
     pub fn describe(&self) -> String {
         let sources: Vec<&str> = self
@@ -102,13 +121,34 @@ impl ErrorBar {
             "unbounded".into()
         };
         format!(
-            "{bar} = truncation {:.3e} (Richardson, beta vs 2 beta, x{RICHARDSON_SAFETY}) + phase precision {:.3e} \
+            "{bar} = truncation {:.3e} (Richardson, beta vs 2 beta, x{}) + phase precision {:.3e} \
              (distances: {})",
             self.truncation,
+            RICHARDSON_SAFETY * self.truncation_scale,
             self.phase_precision,
             sources.join(", ")
         )
     }
+}
+
+/// A bar whose truncation part is scaled by `scale`: `scale * truncation + phase_precision` (the
+/// error-bar job's coverage table and [`ErrorBar::with_truncation_scaled`] both use it).
+pub fn scaled_bar(truncation: f64, phase_precision: f64, scale: f64) -> f64 {
+    scale * truncation + phase_precision
+}
+
+/// An error unless `scale` is a finite factor of at least 1 (see
+/// [`ErrorBar::with_truncation_scaled`]).
+pub fn check_truncation_scale(scale: f64) -> Result<()> {
+    if scale.is_finite() && scale >= 1.0 {
+        return Ok(());
+    }
+    Err(CmlError::invalid(
+        "error-bar truncation scale",
+        scale,
+        "a finite factor of at least 1 (1: the bar as computed; the error-bar job's fresh instances tested 2.5, \
+         docs/ERROR_BAR.md section 5)",
+    ))
 }
 
 fn cost_since(now: Cost, before: Cost) -> Cost {
@@ -149,6 +189,7 @@ pub fn error_bar_at(runs: &mut PhaseRuns, beta: f64, estimate: &Vector) -> Resul
         beta,
         bar: truncation + phase_precision,
         truncation,
+        truncation_scale: 1.0,
         richardson_gap,
         order,
         phase_precision,
