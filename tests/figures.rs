@@ -796,8 +796,39 @@ fn protocol_of_the_other_tables(dir: &Path) {
                 .lines()
                 .find(|l| l.starts_with(&format!("{subject} {column}: beta = ")))
                 .unwrap_or_else(|| panic!("{subject}: no beta sentence"));
-            assert_eq!(line.contains("at an edge"), edge && !flat, "{line}");
+            assert_eq!(
+                line.contains("edge of the extended grid"),
+                edge && !flat,
+                "{line}"
+            );
             assert_eq!(line.contains("every value scored alike"), flat, "{line}");
+            // At the lower edge, where the loss rises away from it by increments that grow by one
+            // ratio (the two ratios of the three increments between the four smallest values agree
+            // within 10%, on a geometric grid), the sentence gives the power the loss falls with,
+            // ln(r^p) / ln r with r^p the ratios' geometric mean, and what every smaller value would
+            // gain by it, the first increment over r^p - 1: recomputed here from the CSV.
+            let trend = if chosen == 0 && edge && !flat && own.len() >= 4 {
+                let at = |k: usize, key: &str| own[k][key].parse::<f64>().unwrap();
+                let r = at(1, "beta") / at(0, "beta");
+                let geometric = (2..4).all(|k| ((at(k, "beta") / at(k - 1, "beta")) / r - 1.0).abs() <= 1e-6);
+                let step: Vec<f64> = (1..4)
+                    .map(|k| at(k, "validation_loss") - at(k - 1, "validation_loss"))
+                    .collect();
+                let (q1, q2) = (step[1] / step[0], step[2] / step[1]);
+                let rp = (q1 * q2).sqrt();
+                (geometric && step[0] > 0.0 && q1 > 1.0 && (q2 / q1 - 1.0).abs() <= 0.1)
+                    .then(|| (rp.ln() / r.ln(), step[0] / (rp - 1.0)))
+            } else {
+                None
+            };
+            match trend {
+                Some((order, gain)) => assert!(
+                    line.contains(&format!("falls as beta^{order:.1} "))
+                        && line.contains(&format!("would gain {gain:.1e} ")),
+                    "{line}"
+                ),
+                None => assert!(!line.contains("falls as"), "{line}"),
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! The write-up's view of the validation searches and checkpoint choices (`crate::choice`): their
 //! choices in a line, their grids as a Markdown table, the deployed checkpoints as a section.
 
-use crate::choice::{CheckpointSpec, Search};
+use crate::choice::{CheckpointSpec, EdgeTrend, Search};
 
 /// A table's section on one validation search: under `heading`, what `how` says of the search
 /// (its `spec`) and every score (first column `column`); `none` where the scale has no such
@@ -31,12 +31,17 @@ pub(super) fn chosen_values(searches: &[Search]) -> String {
                 x.model,
                 x.setting,
                 x.chosen,
-                if x.open_edge() {
-                    " (at an edge of the extended grid)"
+                if let Some(t) = x.lower_edge_trend() {
+                    format!(
+                        " (at the lower edge of the extended grid, toward which the loss falls as {}^{:.1}: a limit at 0)",
+                        x.setting, t.order
+                    )
+                } else if x.open_edge() {
+                    " (at an edge of the extended grid)".into()
                 } else if x.flat() {
-                    " (every value scored alike)"
+                    " (every value scored alike)".into()
                 } else {
-                    ""
+                    String::new()
                 }
             )
         })
@@ -80,12 +85,18 @@ pub(super) fn table(searches: &[Search], column: &str) -> String {
         t.push_str(&format!(
             "\n{subject}: {setting} = {}{}.",
             x.chosen,
-            if x.open_edge() {
-                " (at an edge of the extended grid: the optimum may lie beyond it)"
+            if let Some(trend) = x.lower_edge_trend() {
+                format!(
+                    " (at the lower edge of the extended grid; {}: the limit {setting} -> 0, not an optimum a \
+                     longer grid would bracket)",
+                    trend_words(&trend, setting)
+                )
+            } else if x.open_edge() {
+                " (at an edge of the extended grid: the optimum may lie beyond it)".into()
             } else if x.flat() {
-                ": every value scored alike, so the choice is the tie-break's and marks no optimum"
+                ": every value scored alike, so the choice is the tie-break's and marks no optimum".into()
             } else {
-                ", inside the grid"
+                ", inside the grid".into()
             }
         ));
     }
@@ -127,28 +138,51 @@ pub(super) fn deployed_section<S: std::fmt::Display>(
     )
 }
 
-/// A table's closing sentence on its `searches`: how many chose at an edge of the extended grid,
-/// and how many scored every value alike (each named with `subject setting value`).
+/// A table's closing sentence on its `searches`: how many chose at an open edge of the extended
+/// grid, those whose loss falls toward a lower edge as a power of the value apart (a limit at 0,
+/// [`Search::lower_edge_trend`]), and how many scored every value alike (each named with `subject
+/// setting value`).
 pub(super) fn edges_sentence<'a>(searches: impl IntoIterator<Item = &'a Search>) -> String {
     let searches: Vec<&Search> = searches.into_iter().collect();
-    let named = |keep: fn(&Search) -> bool| -> Vec<String> {
+    let named = |keep: &dyn Fn(&Search) -> bool| -> Vec<String> {
         searches
             .iter()
             .filter(|x| keep(x))
-            .map(|x| format!("{} {} {}", x.model, x.setting, x.chosen))
+            .map(|x| match x.lower_edge_trend() {
+                Some(t) => format!(
+                    "{} {} {} ({})",
+                    x.model,
+                    x.setting,
+                    x.chosen,
+                    trend_words(&t, &x.setting)
+                ),
+                None => format!("{} {} {}", x.model, x.setting, x.chosen),
+            })
             .collect()
     };
-    let (edges, flat) = (named(Search::open_edge), named(Search::flat));
+    let edges = named(&|x| x.open_edge() && x.lower_edge_trend().is_none());
+    let limits = named(&|x| x.lower_edge_trend().is_some());
+    let flat = named(&Search::flat);
     let mut out = format!(
         "\n{} of {} searches chose at an edge of the extended grid{}",
-        edges.len(),
+        edges.len() + limits.len(),
         searches.len(),
         if edges.is_empty() {
-            ".".to_string()
+            String::new()
         } else {
-            format!(" (the optimum may lie beyond it): {}.", edges.join("; "))
+            format!(" (the optimum may lie beyond it): {}", edges.join("; "))
         }
     );
+    if !limits.is_empty() {
+        out.push_str(&format!(
+            "{}{} at a lower edge toward which the loss falls as a power of the value, a limit at 0 rather than an \
+             optimum a longer grid would bracket: {}",
+            if edges.is_empty() { ", " } else { "; " },
+            limits.len(),
+            limits.join("; ")
+        ));
+    }
+    out.push('.');
     if !flat.is_empty() {
         out.push_str(&format!(
             " {} scored every value alike (the data that scored them could not tell them apart, so \
@@ -158,6 +192,16 @@ pub(super) fn edges_sentence<'a>(searches: impl IntoIterator<Item = &'a Search>)
         ));
     }
     out + "\n"
+}
+
+/// A [`EdgeTrend`] in words: the order the loss falls with toward the edge, and what every smaller
+/// value would gain by it.
+fn trend_words(t: &EdgeTrend, setting: &str) -> String {
+    format!(
+        "toward it the loss falls as {setting}^{:.1} (fitted on the four values nearest it), so every smaller \
+         value together would gain {:.1e} by that trend",
+        t.order, t.remaining
+    )
 }
 
 /// How many times a grid may be extended, in words ("once", "3 times").

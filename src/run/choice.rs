@@ -313,6 +313,50 @@ impl Search {
     pub fn open_edge(&self) -> bool {
         self.at_edge && !self.flat()
     }
+
+    /// How the loss falls toward an open lower edge, where it falls like a power of the value.
+    /// If `loss(v) = loss(0) + c v^p` on a geometric grid `v_k = v_0 r^k`, the loss rises away
+    /// from the edge by increments `c v_0^p r^((k-1) p) (r^p - 1)`, each `r^p` times the one
+    /// before; so from the four values nearest the edge (three increments), `r^p` is the
+    /// geometric mean of the two increment ratios, `p = ln(r^p) / ln r`, and what every smaller
+    /// value together could still gain, `c v_0^p`, is the first increment over `r^p - 1`.
+    /// `None` unless the choice is the grid's smallest value at an open edge, the four values
+    /// trained on a geometric grid, the increments grow, and their two ratios agree within 10%.
+    pub fn lower_edge_trend(&self) -> Option<EdgeTrend> {
+        let near: Vec<&Score> = self.grid.iter().take(4).collect();
+        if !self.open_edge() || near.len() < 4 || near[0].value != self.chosen {
+            return None;
+        }
+        if near
+            .iter()
+            .any(|g| g.failed.is_some() || !g.validation_loss.is_finite())
+        {
+            return None;
+        }
+        let r = near[1].value / near[0].value;
+        let geometric = (2..4).all(|k| ((near[k].value / near[k - 1].value) / r - 1.0).abs() <= 1e-6);
+        let step: Vec<f64> = (1..4)
+            .map(|k| near[k].validation_loss - near[k - 1].validation_loss)
+            .collect();
+        let (q1, q2) = (step[1] / step[0], step[2] / step[1]);
+        if !(r > 1.0 && geometric && step[0] > 0.0 && q1 > 1.0 && (q2 / q1 - 1.0).abs() <= 0.1) {
+            return None;
+        }
+        let rp = (q1 * q2).sqrt();
+        Some(EdgeTrend {
+            order: rp.ln() / r.ln(),
+            remaining: step[0] / (rp - 1.0),
+        })
+    }
+}
+
+/// How the loss falls toward a search's open lower edge ([`Search::lower_edge_trend`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EdgeTrend {
+    /// `p` in `loss(v) = loss(0) + c v^p` near the edge.
+    pub order: f64,
+    /// `c v_0^p`: what every value below the edge together could still gain, if the trend holds.
+    pub remaining: f64,
 }
 
 fn flat(grid: &[Score]) -> bool {
@@ -784,6 +828,35 @@ mod tests {
         approx::assert_relative_eq!(s.grid[0].standard_error, 0.2 / 12f64.sqrt(), epsilon = 1e-12);
         assert_eq!(run(Ties::None).chosen, 2.0);
         assert_eq!(run(Ties::ToTheLarger).chosen, 2.0);
+    }
+
+    #[test]
+    fn a_loss_that_falls_as_a_power_toward_the_lower_edge_gives_its_order_and_what_is_left() {
+        // loss(v) = 1 + 3 v^2 on every task, grid 0.001 x 2^k: the least is the smallest value,
+        // an open edge (no extension allowed). The increments 3 (0.002^2 - 0.001^2) = 9e-6, then
+        // 3.6e-5, 1.44e-4 grow by 4 = 2^2, so the order is 2, and every smaller value together
+        // could gain 3 x 0.001^2 = 3e-6 (the first increment over 4 - 1).
+        let grid = [0.001, 0.002, 0.004, 0.008, 0.016];
+        let power = |v: f64| Ok((vec![1.0 + 3.0 * v * v; 2], None));
+        let s = search("s", "beta", Ties::None, &grid, 0, power).unwrap();
+        let t = s.lower_edge_trend().unwrap();
+        approx::assert_relative_eq!(t.order, 2.0, max_relative = 1e-6);
+        approx::assert_relative_eq!(t.remaining, 3e-6, max_relative = 1e-6);
+        // Increments that do not grow by one ratio (a kink at the third value) give none.
+        let kinked = |v: f64| Ok((vec![if v < 0.003 { 1.0 + v } else { 1.0 + 10.0 * v }; 2], None));
+        let s = search("s", "beta", Ties::None, &grid, 0, kinked).unwrap();
+        assert!(s.open_edge() && s.lower_edge_trend().is_none());
+        // Nor does a choice inside the grid, or at its upper edge.
+        let inside = |v: f64| Ok((vec![(v - 0.004).powi(2); 2], None));
+        assert!(
+            search("s", "beta", Ties::None, &grid, 0, inside)
+                .unwrap()
+                .lower_edge_trend()
+                .is_none()
+        );
+        let rising = |v: f64| Ok((vec![-v; 2], None));
+        let s = search("s", "beta", Ties::None, &grid, 0, rising).unwrap();
+        assert!(s.open_edge() && s.lower_edge_trend().is_none());
     }
 
     #[test]
