@@ -1428,16 +1428,6 @@ fn the_shipped_experiment_configs_hold_every_key_of_the_jobs_protocols() {
     // lines, then the protocol in canonical TOML: every key the job reads and no other, so that a
     // misspelt key (which serde would skip) or a missing one fails here. A null (a key the protocol
     // leaves unset) is what TOML cannot write, so the file leaves it out.
-    fn without_nulls(v: &mut serde_json::Value) {
-        match v {
-            serde_json::Value::Object(map) => {
-                map.retain(|_, x| !x.is_null());
-                map.values_mut().for_each(without_nulls);
-            }
-            serde_json::Value::Array(items) => items.iter_mut().for_each(without_nulls),
-            _ => {}
-        }
-    }
     use cml::experiments::Scale;
     let root = env!("CARGO_MANIFEST_DIR");
     let mut checked = 0;
@@ -1466,7 +1456,7 @@ fn the_shipped_experiment_configs_hold_every_key_of_the_jobs_protocols() {
                 .filter(|l| !l.starts_with('#'))
                 .map(|l| format!("{l}\n"))
                 .collect();
-            without_nulls(&mut protocol);
+            remove_fields(&mut protocol, &|_, x| x.is_null());
             let expected = toml::to_string(&protocol).unwrap();
             assert_eq!(
                 body.trim(),
@@ -1481,17 +1471,22 @@ fn the_shipped_experiment_configs_hold_every_key_of_the_jobs_protocols() {
     assert_eq!(checked, 7 + 6 + 5);
 }
 
+/// Removes every field, at any depth, that `drop(name, value)` selects.
+fn remove_fields(v: &mut serde_json::Value, drop: &dyn Fn(&str, &serde_json::Value) -> bool) {
+    match v {
+        serde_json::Value::Object(map) => {
+            map.retain(|k, x| !drop(k, x));
+            map.values_mut().for_each(|x| remove_fields(x, drop));
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(|x| remove_fields(x, drop)),
+        _ => {}
+    }
+}
+
 /// Removes every field whose name holds "seconds" (wall time, which no run reproduces), at any
 /// depth.
 fn without_wall_time(v: &mut serde_json::Value) {
-    match v {
-        serde_json::Value::Object(map) => {
-            map.retain(|k, _| !k.contains("seconds"));
-            map.values_mut().for_each(without_wall_time);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(without_wall_time),
-        _ => {}
-    }
+    remove_fields(v, &|k, _| k.contains("seconds"));
 }
 
 #[test]
