@@ -152,6 +152,7 @@ fn run() -> cml::Result<()> {
         step_size: None,
         max_steps: 100_000,
         error_bars: true,
+        error_bar_scale: 1.0,
     };
     let rows = run_on(
         &config,

@@ -113,6 +113,19 @@ fn grad_scales_the_error_bars_truncation_part_on_request() {
     for bad in ["0.5", "NaN"] {
         let o = cml(&["grad", "--problem", "quadratic", "--error-bar-scale", bad]);
         assert_clean_error(&o, &["error-bar truncation scale", bad, "at least 1"]);
+        // `cml sweep` takes the same flag (tests/sweep.rs checks what it does to the rows).
+        let out = std::env::temp_dir().join(format!("cml-sweep-bad-scale-{bad}.csv"));
+        let o = cml(&[
+            "sweep",
+            "--problem",
+            "quadratic",
+            "--error-bar-scale",
+            bad,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert_clean_error(&o, &["error-bar truncation scale", bad, "at least 1"]);
+        assert!(!out.exists(), "no rows for a refused sweep");
     }
 }
 

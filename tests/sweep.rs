@@ -35,6 +35,7 @@ fn config(
         step_size: None,
         max_steps: 100_000,
         error_bars: false,
+        error_bar_scale: 1.0,
     }
 }
 
@@ -229,6 +230,7 @@ fn the_grid_runs_in_a_fixed_order_whatever_builds_it() {
         step_size: None,
         max_steps: 100_000,
         error_bars: false,
+        error_bar_scale: 1.0,
     };
     let rows = sweep(&c);
     let got: Vec<String> = rows
@@ -417,4 +419,71 @@ fn the_slurm_script_shards_merge_into_the_unsharded_sweep_byte_for_byte() {
     ]);
     let err = String::from_utf8_lossy(&o.stderr).to_string();
     assert!(!o.status.success() && err.contains("same sweep config"), "{err}");
+}
+
+#[test]
+fn the_error_bar_scale_scales_the_bars_truncation_part_only() {
+    // A sweep of one contrastive point with its error bar, as computed and with the truncation
+    // part scaled by 2.5. The parts come from the bar computed directly at the same grid point
+    // (the estimate with its bar, not the sweep): the plain row's bar must be
+    // truncation + phase precision, the scaled one's 2.5 x truncation + phase precision, and every
+    // other column the same. Both parts are nonzero, so scaling the whole bar would fail.
+    let grid = EstimatorGrid {
+        names: vec!["contrastive".into()],
+        variants: vec![Variant::Standard],
+        betas: vec![1e-3],
+        solver_steps: vec![10],
+        neumann_alpha: None,
+    };
+    let plain = SweepConfig {
+        problem: ProblemSource::parse("quadratic").unwrap(),
+        seeds: vec![0],
+        estimators: grid.specs().unwrap(),
+        budgets: vec![Budget::Steps(60)],
+        step_size: None,
+        max_steps: 100_000,
+        error_bars: true,
+        error_bar_scale: 1.0,
+    };
+    let scaled = SweepConfig {
+        error_bar_scale: 2.5,
+        ..plain.clone()
+    };
+    let (a, b) = (sweep(&plain), sweep(&scaled));
+    let point = &plain.grid()[0];
+    let cml::estimator::EstimatorSpec::Contrastive(rule) = &point.spec else {
+        panic!("a contrastive point")
+    };
+    let p = plain.problem.build(0).unwrap();
+    let bar = cml::estimator::error_bar::estimate_with_error_bar(rule, p.as_ref(), p.theta())
+        .unwrap()
+        .error_bar
+        .unwrap();
+    let (truncation, precision) = (bar.truncation, bar.phase_precision);
+    assert!(truncation > 0.0 && precision > 0.0, "{truncation} {precision}");
+    approx::assert_relative_eq!(
+        a[0].error_bar.unwrap(),
+        truncation + precision,
+        max_relative = 1e-12
+    );
+    approx::assert_relative_eq!(
+        b[0].error_bar.unwrap(),
+        2.5 * truncation + precision,
+        max_relative = 1e-12
+    );
+    let without_bar = |r: &SweepRow| SweepRow {
+        error_bar: None,
+        ..r.clone()
+    };
+    assert_eq!(without_bar(&a[0]).csv(), without_bar(&b[0]).csv());
+    // A scale that would shrink the bar is refused before any work, naming the value.
+    let shrink = SweepConfig {
+        error_bar_scale: 0.5,
+        ..plain
+    };
+    let message = run(&shrink, (0, 1), &|| {}).unwrap_err().to_string();
+    assert!(
+        message.contains("error-bar truncation scale") && message.contains("0.5"),
+        "{message}"
+    );
 }

@@ -1,9 +1,7 @@
 //! `cml grad`: one meta-gradient estimate beside the exact one.
 
 use super::estimator_args::EstimatorArgs;
-use crate::estimator::error_bar::{
-    ErrorBar, check_truncation_scale, estimate_with_error_bar_if_any, no_error_bar,
-};
+use crate::estimator::error_bar::{ErrorBar, estimate_with_error_bar_if_any, no_error_bar};
 use crate::estimator::{Contrastive, Estimate, EstimatorSpec};
 use crate::ground_truth::{exact_meta_gradient_at_phase_minimum, reference_free_phase};
 use crate::inner::PhaseInfo;
@@ -76,7 +74,6 @@ struct Comparison {
 pub fn run(args: GradArgs) -> crate::Result<()> {
     // The exact reference needs second derivatives: fail before any work if they are off.
     crate::autodiff::ensure_second_order()?;
-    check_truncation_scale(args.error_bar_scale)?;
     let spec = args.estimator.spec()?;
     let estimator = spec.estimator();
     // An instance file carries the seed it was drawn with (or none); the flag is ignored then.
@@ -85,11 +82,13 @@ pub fn run(args: GradArgs) -> crate::Result<()> {
 
     let inapplicable = spec.check_applicable(p.as_ref(), &theta, args.estimator.allow_inapplicable)?;
     let clock = Instant::now();
-    let mut estimate = estimate_with_error_bar_if_any(&spec, p.as_ref(), &theta, !args.no_error_bar)?;
-    estimate.error_bar = estimate
-        .error_bar
-        .map(|b| b.with_truncation_scaled(args.error_bar_scale))
-        .transpose()?;
+    let mut estimate = estimate_with_error_bar_if_any(
+        &spec,
+        p.as_ref(),
+        &theta,
+        !args.no_error_bar,
+        args.error_bar_scale,
+    )?;
     if !args.no_error_bar {
         estimate.warnings.extend(no_error_bar(&spec, p.as_ref()));
     }

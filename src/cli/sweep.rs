@@ -62,6 +62,10 @@ pub struct SweepArgs {
     /// dozen second-order products per phase; docs/ERROR_BAR.md).
     #[arg(long)]
     no_error_bar: bool,
+    /// Scale each error bar's truncation part (Richardson's estimate) by this factor, at least 1,
+    /// as `cml grad --error-bar-scale` does (docs/ERROR_BAR.md section 5).
+    #[arg(long, default_value_t = 1.0)]
+    error_bar_scale: f64,
     /// Run only part i/n of the grid (contiguous blocks: shards concatenate to the full sweep).
     #[arg(long, default_value = "0/1")]
     shard: String,
@@ -131,6 +135,7 @@ impl SweepArgs {
             step_size: self.step_size,
             max_steps: self.max_steps,
             error_bars: !self.no_error_bar,
+            error_bar_scale: self.error_bar_scale,
         })
     }
 }

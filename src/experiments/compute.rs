@@ -80,6 +80,7 @@ pub fn run_compute(settings: &Settings, files: &mut Vec<PathBuf>) -> Result<Comp
         step_size: Some(step),
         max_steps: 100_000,
         error_bars: false,
+        error_bar_scale: 1.0,
     };
     let rows = sweep::run_on(&config, (0, 1), &|seed| synapse.build(seed), &|| {})?;
     write_csv(

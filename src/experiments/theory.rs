@@ -68,6 +68,7 @@ fn config(
         step_size,
         max_steps: 100_000,
         error_bars: false,
+        error_bar_scale: 1.0,
     })
 }
 

@@ -48,6 +48,15 @@ pub struct SweepConfig {
     /// Give every contrastive row learnt by phases its error bar (docs/ERROR_BAR.md); the bar's
     /// own cost goes to its columns, not to the estimate's.
     pub error_bars: bool,
+    /// The factor the bars' truncation part is scaled by, at least 1 (1: as computed;
+    /// [`crate::estimator::error_bar::ErrorBar::with_truncation_scaled`]). Left out of the
+    /// effective config at 1, so that configs written before the scale existed read the same.
+    #[serde(skip_serializing_if = "is_one")]
+    pub error_bar_scale: f64,
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 /// Estimators named as on the command line, expanded into [`EstimatorSpec`] values in a fixed
@@ -321,6 +330,7 @@ impl SweepConfig {
         nonempty("seeds", self.seeds.len())?;
         nonempty("estimators", self.estimators.len())?;
         nonempty("budgets", self.budgets.len())?;
+        crate::estimator::error_bar::check_truncation_scale(self.error_bar_scale)?;
         for budget in &self.budgets {
             match *budget {
                 Budget::Steps(0) => return Err(CmlError::invalid("steps", 0, "a step budget must be >= 1")),
@@ -469,8 +479,13 @@ fn run_point(
         return run_perturbed(point, delta, p, reference);
     }
     let theta = p.theta();
-    let estimate =
-        crate::estimator::error_bar::estimate_with_error_bar_if_any(&spec, p, theta, config.error_bars)?;
+    let estimate = crate::estimator::error_bar::estimate_with_error_bar_if_any(
+        &spec,
+        p,
+        theta,
+        config.error_bars,
+        config.error_bar_scale,
+    )?;
     // The estimate's own phases: with an error bar, the free phase and the stencil at the
     // estimate's beta (not the bar's phases at 2 beta, nor the pilots of beta auto, which may
     // run where the phase loss is not convex).

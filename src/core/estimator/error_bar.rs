@@ -298,19 +298,28 @@ pub fn no_error_bar(spec: &EstimatorSpec, problem: &dyn BilevelProblem) -> Optio
 }
 
 /// The estimate of `spec`, with its error bar when `with_bar` asks for one and [`no_error_bar`]
-/// gives no reason against it.
+/// gives no reason against it, the bar's truncation part scaled by `truncation_scale` (1: as
+/// computed; [`ErrorBar::with_truncation_scaled`]). `cml grad` and `cml sweep` both estimate here,
+/// so that their `--error-bar-scale` means the same.
 pub fn estimate_with_error_bar_if_any(
     spec: &EstimatorSpec,
     problem: &dyn BilevelProblem,
     theta: &Tensor,
     with_bar: bool,
+    truncation_scale: f64,
 ) -> Result<Estimate> {
-    match spec {
+    check_truncation_scale(truncation_scale)?;
+    let mut estimate = match spec {
         EstimatorSpec::Contrastive(c) if with_bar && no_error_bar(spec, problem).is_none() => {
-            estimate_with_error_bar(c, problem, theta)
+            estimate_with_error_bar(c, problem, theta)?
         }
-        _ => spec.estimator().estimate(problem, theta),
-    }
+        _ => spec.estimator().estimate(problem, theta)?,
+    };
+    estimate.error_bar = estimate
+        .error_bar
+        .map(|b| b.with_truncation_scaled(truncation_scale))
+        .transpose()?;
+    Ok(estimate)
 }
 
 /// The contrastive estimate of `rule` at its `beta`, with its error bar in
