@@ -79,7 +79,9 @@ fn figures_quick(dir: &Path) {
 ///   bandit_meta_lr_choice: 3 agents x the grid of 3 step sizes, extended twice at its upper edge
 ///   (in 2 meta-steps the largest step size goes furthest); bandit_step_size_choice: 3 agents x
 ///   the grid of 3 inner step sizes, extended twice at its upper edge (for MAML the second
-///   extension falls inside);
+///   extension falls inside); bandit_nudged_steps_choice: 2 contrastive agents x the grid of 3
+///   nudged budgets, extended twice (the complex synapse's at the upper edge, the gain
+///   modulation's at the lower), both choices inside;
 ///
 /// Sweep rows have 21 columns (the reference's Newton gradient norm, then the error bar and its
 /// two costs).
@@ -143,6 +145,7 @@ const CSVS: &[(&str, usize, usize)] = &[
     ("bandit_beta_choice", 6, 10),
     ("bandit_meta_lr_choice", 6, 15),
     ("bandit_step_size_choice", 6, 15),
+    ("bandit_nudged_steps_choice", 6, 10),
 ];
 
 const PNGS: &[&str] = &[
@@ -714,6 +717,13 @@ fn protocol_of_the_other_tables(dir: &Path) {
         (
             "training_nudged_steps_choice.csv",
             "run",
+            "nudged_steps",
+            Rule::Smaller,
+            2,
+        ),
+        (
+            "bandit_nudged_steps_choice.csv",
+            "agent",
             "nudged_steps",
             Rule::Smaller,
             2,
@@ -1341,7 +1351,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
     // timed by its calibration; the
     // jobs without a calibration say how to get an estimate.
     // Their units: one for a job run whole; weight-decay one per seed (2); bandit 2 seeds x (3 models + baselines), 2 beta
-    // searches, 3 outer and 3 inner step-size searches; few-shot 1 setting x 5 methods x 2 seeds,
+    // searches, 3 outer and 3 inner step-size searches, 2 nudged budget searches; few-shot 1 setting x 5 methods x 2 seeds,
     // the setting's beta search, 5 step-size searches, 2 strength searches (CML, iMAML), 3 SGD
     // step-size searches (MAML, first-order MAML, Reptile), 2 phase step-size searches (CML,
     // iMAML) and CML's nudged budget search; digits-decay 2 seeds x (5 estimators + baselines) and
@@ -1357,7 +1367,7 @@ fn the_plan_lists_every_job_with_its_units_and_a_calibrated_cost() {
         ("theory", 1),
         ("weight-decay", 2),
         ("spiking", 25),
-        ("bandit", 16),
+        ("bandit", 18),
         ("few-shot", 24),
         ("digits-decay", 14),
     ] {
@@ -2024,10 +2034,11 @@ fn groups_that_moved(
 
 #[test]
 fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_loops() {
-    // The quick bandit job: 8 searches (2 beta, 3 outer, 3 inner step sizes), then 2 seeds of the
-    // 3 agents and of the baselines. MAML's inner step-size grid is read by its search, its runs
-    // and the baselines (whose twin of MAML's own deployment adapts at MAML's step size), so those
-    // 5 units run again and the other 11 are kept; the report equals a fresh run in its 7 CSVs.
+    // The quick bandit job: 10 searches (2 beta, 3 outer, 3 inner step sizes, 2 nudged budgets),
+    // then 2 seeds of the 3 agents and of the baselines. MAML's inner step-size grid is read by its
+    // search, its runs and the baselines (whose twin of MAML's own deployment adapts at MAML's step
+    // size), so those 5 units run again and the other 13 are kept; the report equals a fresh run
+    // in its 8 CSVs.
     // The 5 stale units are not removed by hand: --replace-stale sets them aside.
     let dir = a_changed_run_keeps_units(
         "bandit",
@@ -2036,8 +2047,8 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
             unit != "choice-step-size-maml" && !unit.starts_with("maml-") && !unit.starts_with("baselines-")
         },
         true,
-        "ran 5 units, 11 already stored",
-        7,
+        "ran 5 units, 13 already stored",
+        8,
     );
     let step = csv_rows(&dir.path().join("grown-out/bandit_step_size_choice.csv"));
     let maml: Vec<_> = step.iter().filter(|r| r["agent"] == "MAML").collect();

@@ -3,7 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
-use super::choice::{BetaSearchSpec, CheckpointSpec, RateSearchSpec, Search, at_beta};
+use super::choice::{BetaSearchSpec, CheckpointSpec, RateSearchSpec, Search, Ties, at_beta, whole_steps};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
 use super::{Settings, num, running_mean, save, write_csv, write_table};
@@ -80,6 +80,11 @@ pub struct Protocol {
     /// deployment's matched baseline), chosen as `phase_step_size_search` chooses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maml_step_size_search: Option<RateSearchSpec>,
+    /// The contrastive agents' nudged budget (`nudged_steps`), chosen on validation tasks last, at
+    /// every earlier choice, as `phase_step_size_search` chooses but with ties to the smaller
+    /// budget (the smallest within one standard error of the least loss: a larger one costs more).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nudged_steps_search: Option<RateSearchSpec>,
     /// Which meta-step a meta-learned agent deploys, chosen on validation tasks (quick and
     /// default scales; the paper's code deploys the last, and so does the paper scale).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -121,13 +126,19 @@ impl crate::protocol::Checked for Protocol {
             .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
             .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref())
             .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref())
-            // The search sets the shared phases; budgets of the agents' own set theirs.
-            .that(
-                self.phase_step_size_search.is_none() || self.per_learner.is_none(),
-                "phase_step_size_search",
+            .rate_search("nudged_steps_search", self.nudged_steps_search.as_ref());
+        // The searches set the shared phases; budgets of the agents' own set theirs.
+        for (key, search) in [
+            ("phase_step_size_search", self.phase_step_size_search.is_some()),
+            ("nudged_steps_search", self.nudged_steps_search.is_some()),
+        ] {
+            c.that(
+                !search || self.per_learner.is_none(),
+                key,
                 "a search beside per_learner budgets (whose phases it would not set)",
-                "no phase_step_size_search where per_learner sets the phases",
+                &format!("no {key} where per_learner sets the phases"),
             );
+        }
         c.checkpoint("checkpoint", self.checkpoint.as_ref());
         const AGENTS: [&str; 3] = ["CML complex synapse", "CML gain modulation", "MAML"];
         for (k, b) in self.per_learner.iter().flatten().enumerate() {
@@ -274,6 +285,14 @@ impl Protocol {
         }
     }
 
+    /// This protocol with the contrastive agents' shared nudged phases at `steps` steps.
+    fn at_nudged_steps(&self, steps: usize) -> Self {
+        Protocol {
+            nudged_steps: steps,
+            ..self.clone()
+        }
+    }
+
     /// The inner step-size search of the meta-learned agent `name`, if the protocol has one.
     fn step_size_search_of(&self, name: &str) -> Option<&RateSearchSpec> {
         if name == MAML_OWN {
@@ -363,6 +382,8 @@ pub struct BanditResults {
     pub rate_searches: Vec<Search>,
     /// The meta-learned agents' inner step-size searches (none at the paper scale).
     pub step_size_searches: Vec<Search>,
+    /// The contrastive agents' nudged budget searches (none at the paper scale).
+    pub nudged_steps_searches: Vec<Search>,
     /// (model, seed, meta-step) each meta-training run deployed, where validation tasks chose it.
     pub deployed: Vec<(String, usize, usize)>,
 }
@@ -481,10 +502,27 @@ fn step_size_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
 /// The prefix of an inner step-size search's unit name.
 const STEP_SIZE_UNIT: &str = "choice-step-size-";
 
+/// The units of the nudged budget searches, one per contrastive agent (none without a search):
+/// (agent name, unit name).
+fn nudged_steps_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
+    if p.nudged_steps_search.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(p.meta_learners()?
+        .into_iter()
+        .filter(|l| matches!(l.2, EstimatorSpec::Contrastive(_)))
+        .map(|l| (l.0, format!("{NUDGED_STEPS_UNIT}{}", key(l.0))))
+        .collect())
+}
+
+/// The prefix of a nudged budget search's unit name.
+const NUDGED_STEPS_UNIT: &str = "choice-nudged-steps-";
+
 /// Stream words of the searches' own seeds (initialisation, task stream, validation tasks).
 const CHOICE: u64 = 4000;
 const RATE_CHOICE: u64 = 5000;
 const STEP_SIZE_CHOICE: u64 = 7000;
+const NUDGED_STEPS_CHOICE: u64 = 8000;
 /// Stream word of each meta-training seed's validation tasks (the checkpoint choice).
 const CHECKPOINT: u64 = 6000;
 
@@ -586,7 +624,7 @@ fn choose_meta_lr(
         p,
         name,
         beta,
-        (RATE_CHOICE, "meta_lr"),
+        (RATE_CHOICE, "meta_lr", Ties::None),
         search,
         |meta_lr| (p.clone(), meta_lr),
     )
@@ -613,9 +651,38 @@ fn choose_step_size(
         p,
         name,
         beta,
-        (STEP_SIZE_CHOICE, "step_size"),
+        (STEP_SIZE_CHOICE, "step_size", Ties::None),
         search,
         |step_size| (p.at_step_size(name, step_size), meta_lr),
+    )
+    .map(Some)
+}
+
+/// Chooses the contrastive agent `name`'s nudged budget on validation tasks ([`whole_run_search`]
+/// on a search stream of its own, ties to the smaller budget), at `beta`, at the outer step size
+/// `meta_lr` and at the phases' step size `step_size`, all their searches' choices. `None` where
+/// the protocol has no such search.
+fn choose_nudged_steps(
+    settings: &Settings,
+    p: &Protocol,
+    name: &str,
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+    step_size: Option<f64>,
+) -> Result<Option<Search>> {
+    let Some(search) = &p.nudged_steps_search else {
+        return Ok(None);
+    };
+    let meta_lr = meta_lr.map_or_else(|| p.budget_of(name).map(|b| b.meta_lr), Ok)?;
+    let at_step = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(name, s));
+    whole_run_search(
+        settings,
+        p,
+        name,
+        beta,
+        (NUDGED_STEPS_CHOICE, "nudged_steps", Ties::ToTheSmaller),
+        search,
+        |steps| (at_step.at_nudged_steps(whole_steps(steps)), meta_lr),
     )
     .map(Some)
 }
@@ -625,14 +692,15 @@ fn choose_step_size(
 /// (seeded by `word.0`, no reported seed's), a whole meta-training at each value, with the
 /// protocol and outer step size `at(value)` gives, scored by each validation task's query loss
 /// (of the search's own stream) after the agent's own adaptation, from the checkpoint those tasks
-/// choose ([`train_checkpointed`]). A run that stops early fails its value; the least mean loss
-/// wins, and a choice at an edge extends the grid.
+/// choose ([`train_checkpointed`]). A run that stops early fails its value; the choice follows
+/// `word.2` (the least mean loss, or for a budget the smallest within one standard error of it),
+/// and a choice at an edge extends the grid.
 fn whole_run_search(
     settings: &Settings,
     p: &Protocol,
     name: &str,
     beta: Option<f64>,
-    word: (u64, &str),
+    word: (u64, &str, Ties),
     search: &RateSearchSpec,
     at: impl Fn(f64) -> (Protocol, f64),
 ) -> Result<Search> {
@@ -675,14 +743,7 @@ fn whole_run_search(
             Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
         }
     };
-    super::choice::search(
-        name,
-        word.1,
-        super::choice::Ties::None,
-        &search.grid,
-        search.extensions,
-        score,
-    )
+    super::choice::search(name, word.1, word.2, &search.grid, search.extensions, score)
 }
 
 /// A meta-training run and the meta-parameters it deploys (without a checkpoint choice: the
@@ -755,6 +816,9 @@ struct UnitRows {
     /// twin adapts with it). None without a search.
     #[serde(default)]
     step_size: Option<f64>,
+    /// The contrastive agent's nudged budget, as its search chose it (none without a search).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    nudged_steps: Option<usize>,
     agents: Vec<AgentRuns>,
     /// (meta-step, query loss) of meta-training (empty for the baselines).
     meta_log: Vec<(usize, f64)>,
@@ -849,6 +913,24 @@ impl Bandit {
             choose_step_size(settings, p, name, beta, meta_lr)
         })
     }
+
+    /// The nudged budget of the contrastive agent keyed `k` (its search at the agent's searched
+    /// `beta`, outer and inner step sizes).
+    fn searched_nudged_steps(
+        &self,
+        settings: &Settings,
+        staging: &std::path::Path,
+        p: &Protocol,
+        k: &str,
+    ) -> Result<Option<usize>> {
+        let steps = self.searched(settings, staging, nudged_steps_choice_units(p)?, k, |name| {
+            let beta = self.searched_beta(settings, staging, p, k)?;
+            let meta_lr = self.searched_meta_lr(settings, staging, p, k, beta)?;
+            let step_size = self.searched_step_size(settings, staging, p, k)?;
+            choose_nudged_steps(settings, p, name, beta, meta_lr, step_size)
+        })?;
+        Ok(steps.map(whole_steps))
+    }
 }
 
 impl super::units::Job<super::Section> for Bandit {
@@ -880,6 +962,7 @@ impl super::units::Job<super::Section> for Bandit {
             .into_iter()
             .chain(rate_choice_units(&p)?)
             .chain(step_size_choice_units(&p)?)
+            .chain(nudged_steps_choice_units(&p)?)
             .map(|(_, u)| u)
             .chain(unit_list(&p)?.iter().map(|(k, m)| unit_name(k, *m)))
             .collect())
@@ -904,6 +987,18 @@ impl super::units::Job<super::Section> for Bandit {
             let meta_lr = self.searched_meta_lr(settings, staging, &p, &key(name), beta)?;
             return super::units::encode(&choose_step_size(settings, &p, name, beta, meta_lr)?);
         }
+        if let Some((name, _)) = nudged_steps_choice_units(&p)?
+            .into_iter()
+            .find(|(_, u)| u == unit)
+        {
+            let k = key(name);
+            let beta = self.searched_beta(settings, staging, &p, &k)?;
+            let meta_lr = self.searched_meta_lr(settings, staging, &p, &k, beta)?;
+            let step_size = self.searched_step_size(settings, staging, &p, &k)?;
+            return super::units::encode(&choose_nudged_steps(
+                settings, &p, name, beta, meta_lr, step_size,
+            )?);
+        }
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
         if k == BASELINES {
             // The matched baseline of MAML's own deployment adapts at MAML's chosen step size.
@@ -917,6 +1012,7 @@ impl super::units::Job<super::Section> for Bandit {
         let beta = self.searched_beta(settings, staging, &p, &k)?;
         let meta_lr = self.searched_meta_lr(settings, staging, &p, &k, beta)?;
         let step_size = self.searched_step_size(settings, staging, &p, &k)?;
+        let nudged_steps = self.searched_nudged_steps(settings, staging, &p, &k)?;
         let name = p
             .meta_learners()?
             .into_iter()
@@ -924,36 +1020,40 @@ impl super::units::Job<super::Section> for Bandit {
             .expect("a model of the unit list")
             .0;
         let at = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(name, s));
+        let at = nudged_steps.map_or(at.clone(), |n| at.at_nudged_steps(n));
         super::units::encode(&UnitRows {
             step_size,
+            nudged_steps,
             ..run_unit(settings, &at, &k, m, beta, meta_lr)?
         })
     }
 
     fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
-        // The phase step size is read by its searches and the contrastive agents' runs, MAML's by
-        // its search, MAML's runs and the baselines (MAML's matched twin); the outer step-size
-        // searches read neither, and the beta searches (which run before them, at the protocol's
-        // meta_lr) none of the three.
-        const KEYS: &[&str] = &[
-            "maml_step_size_search",
-            "phase_step_size_search",
-            "meta_lr_search",
-        ];
+        // The phase step size is read by its searches, the nudged budget searches and the
+        // contrastive agents' runs, MAML's by its search, MAML's runs and the baselines (MAML's
+        // matched twin); the nudged budget only by its searches and the contrastive agents' runs;
+        // the outer step-size searches read none of these three, and the beta searches (which run
+        // before them, at the protocol's meta_lr) none of the four.
+        const MAML: &str = "maml_step_size_search";
+        const PHASES: &str = "phase_step_size_search";
+        const NUDGED: &str = "nudged_steps_search";
+        const OUTER: &str = "meta_lr_search";
         let maml = key(MAML_OWN);
-        if unit == format!("{STEP_SIZE_UNIT}{maml}") {
-            &KEYS[1..2]
+        if unit.starts_with(NUDGED_STEPS_UNIT) {
+            &[MAML]
+        } else if unit == format!("{STEP_SIZE_UNIT}{maml}") {
+            &[PHASES, NUDGED]
         } else if unit.starts_with(STEP_SIZE_UNIT) {
-            &KEYS[..1]
+            &[MAML, NUDGED]
         } else if unit.starts_with("choice-meta-lr-") {
-            &KEYS[..2]
+            &[MAML, PHASES, NUDGED]
         } else if unit.starts_with("choice-") {
-            KEYS
+            &[MAML, PHASES, NUDGED, OUTER]
         } else if unit.starts_with(&format!("{maml}-seed")) || unit.starts_with(&format!("{BASELINES}-seed"))
         {
-            &KEYS[1..2]
+            &[PHASES, NUDGED]
         } else {
-            &KEYS[..1]
+            &[MAML]
         }
     }
 
@@ -1250,6 +1350,7 @@ fn run_unit(
         beta,
         meta_lr,
         step_size: None,
+        nudged_steps: None,
         agents,
         meta_log,
         checkpoints,
@@ -1273,6 +1374,8 @@ fn report(
     let rate_searches = super::choice::stored(units, rate_choice_units(p)?.into_iter().map(|(_, u)| u))?;
     let step_size_searches =
         super::choice::stored(units, step_size_choice_units(p)?.into_iter().map(|(_, u)| u))?;
+    let nudged_steps_searches =
+        super::choice::stored(units, nudged_steps_choice_units(p)?.into_iter().map(|(_, u)| u))?;
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
@@ -1291,6 +1394,17 @@ fn report(
                 step_size_searches.iter().find(|x| key(&x.model) == stepped),
                 &unit,
                 rows.step_size,
+            )?;
+            let nudged = nudged_steps_searches.iter().find(|x| key(&x.model) == k);
+            super::choice::check_agrees(
+                nudged
+                    .map(|x| Search {
+                        chosen: whole_steps(x.chosen) as f64,
+                        ..x.clone()
+                    })
+                    .as_ref(),
+                &unit,
+                rows.nudged_steps.map(|n| n as f64),
             )?;
             stored.push((k, m, rows));
         }
@@ -1311,6 +1425,12 @@ fn report(
         &settings.out.join("bandit_step_size_choice.csv"),
         "agent",
         &step_size_searches,
+        files,
+    )?;
+    super::choice::write(
+        &settings.out.join("bandit_nudged_steps_choice.csv"),
+        "agent",
+        &nudged_steps_searches,
         files,
     )?;
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
@@ -1530,6 +1650,7 @@ fn report(
         searches,
         rate_searches,
         step_size_searches,
+        nudged_steps_searches,
         deployed,
     };
     write_table(settings, "bandit.md", &table(&results), files)?;
@@ -1702,7 +1823,35 @@ pub fn table(r: &BanditResults) -> String {
     t.push_str(&beta_section(r));
     t.push_str(&meta_lr_section(r));
     t.push_str(&step_size_section(r));
+    t.push_str(&nudged_steps_section(r));
     t
+}
+
+/// The contrastive agents' nudged budget: each agent's search, or the protocol's value.
+fn nudged_steps_section(r: &BanditResults) -> String {
+    let p = &r.protocol;
+    let none = format!(
+        "\n## The nudged budget\n\nThe contrastive agents' nudged phases run {} Adam steps each (no search at this scale).\n",
+        p.nudged_steps
+    );
+    super::searches::section(
+        &r.nudged_steps_searches,
+        p.nudged_steps_search.as_ref(),
+        none,
+        "The contrastive agents' nudged budget, chosen on validation tasks",
+        "agent",
+        |search| {
+            format!(
+                "Per contrastive agent, last (at every choice above), from an initialisation and a task stream of the \
+                 search's own: a whole meta-training at each number of Adam steps of the nudged phase, scored as the outer \
+                 step size is (above). A larger budget costs more, so the smallest budget whose loss exceeds the least by at \
+                 most one standard error of the paired difference over the tasks wins. A meta-training that stops early fails \
+                 its value. A choice at an edge of the grid extends it past that edge by the grid's ratio there, at most {}, \
+                 and not below one step (`bandit_nudged_steps_choice.csv`).",
+                super::searches::times(search.extensions)
+            )
+        },
+    )
 }
 
 /// The meta-learned agents' inner step sizes: each agent's search, or the protocol's values.
@@ -1816,7 +1965,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_phase_step_size_search_beside_budgets_of_the_agents_own_is_refused() {
+    fn a_phase_step_size_or_nudged_budget_search_beside_budgets_of_the_agents_own_is_refused() {
         use crate::protocol::Checked;
         // The paper scale's agents bring their own phases, which the search (of the shared
         // phase_step_size) would not set: refused, naming the key. MAML's search sets the shared
@@ -1828,6 +1977,13 @@ mod tests {
         };
         let err = refused.check().unwrap_err().to_string();
         assert!(err.contains("phase_step_size_search"), "{err}");
+        // So is the nudged budget's search, which sets the shared nudged_steps.
+        let refused = Protocol {
+            nudged_steps_search: default.nudged_steps_search.clone(),
+            ..Protocol::at(Scale::Paper).unwrap()
+        };
+        let err = refused.check().unwrap_err().to_string();
+        assert!(err.contains("nudged_steps_search"), "{err}");
         let allowed = Protocol {
             maml_step_size_search: default.maml_step_size_search.clone(),
             ..Protocol::at(Scale::Paper).unwrap()
@@ -1842,14 +1998,19 @@ mod tests {
         // Written out from what each unit runs: the phases' step size enters the contrastive
         // agents' searches and runs; MAML's enters its search, its runs and the baselines (the
         // twin of MAML's own deployment); the beta and outer step-size searches precede both. The
-        // outer step size's search enters every unit but the beta searches, which precede it.
+        // outer step size's search enters every unit but the beta searches, which precede it. The
+        // nudged budget searches run last, at the phases' chosen step size, and the nudged budget
+        // enters only them and the contrastive agents' runs.
         let settings = Settings::at(Scale::Default);
         let units = BANDIT.units(&settings).unwrap();
-        assert_eq!(units.len(), 8 + 4 * 10);
+        // 2 beta, 3 outer and 3 inner step-size, 2 nudged budget searches; 4 x 10 seeds.
+        assert_eq!(units.len(), 10 + 4 * 10);
         for unit in units {
             let reads = |k: &str| !BANDIT.keys_unit_ignores(&unit).contains(&k);
-            let phases = unit.starts_with("choice-step-size-cml-")
-                || (unit.starts_with("cml-") && unit.contains("-seed"));
+            let contrastive_run = unit.starts_with("cml-") && unit.contains("-seed");
+            let nudged = unit.starts_with("choice-nudged-steps-cml-") || contrastive_run;
+            assert_eq!(reads("nudged_steps_search"), nudged, "{unit}");
+            let phases = unit.starts_with("choice-step-size-cml-") || nudged;
             let maml = unit == "choice-step-size-maml"
                 || unit.starts_with("maml-seed")
                 || unit.starts_with("baselines-seed");
