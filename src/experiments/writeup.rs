@@ -598,6 +598,14 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             },
         )
         .text(
+            "nudged_steps",
+            match b.nudged_steps_searches.as_slice() {
+                [] if p.per_learner.is_some() => "each agent's own, the paper's code's, not searched".into(),
+                [] => format!("{} Adam steps, not searched", p.nudged_steps),
+                s => super::searches::chosen_values(s),
+            },
+        )
+        .text(
             "beta",
             match b.searches.as_slice() {
                 [] => "the paper's code's, not searched".to_string(),
