@@ -213,6 +213,18 @@ pub(crate) fn write_table(
     Ok(())
 }
 
+/// A job's table page rendered from its template (`src/experiments/tables/<name>`, where the
+/// prose lives) with the values of `context`.
+pub(crate) fn render_table(template: &str, name: &str, context: &template::Context) -> Result<String> {
+    template::render(template, context).map_err(|reason| {
+        crate::CmlError::invalid(
+            format!("the table template (src/experiments/tables/{name})"),
+            "a tag",
+            reason,
+        )
+    })
+}
+
 /// Saves a figure as PNG and SVG and records both.
 pub(crate) fn save(
     settings: &Settings,
