@@ -844,9 +844,9 @@ pub(super) fn few_shot_section(f: &super::few_shot::FewShotResults) -> Context {
         .section("stopped", stopped(&f.stopped))
 }
 
-pub(super) fn spiking_section(r: &super::spiking::SpikingResults) -> Context {
+pub(super) fn spiking_section(r: &super::spiking::SpikingResults) -> Result<Context> {
     // The job's table without its title, so the numbers are written once.
-    let table = super::spiking::table(r);
+    let table = super::spiking::table(r)?;
     let body = table.split_once("\n\n").map_or(table.as_str(), |(_, rest)| rest);
     let cos = r.choice.cosine();
     let mut ledger = vec![ledger_row(
@@ -877,7 +877,7 @@ pub(super) fn spiking_section(r: &super::spiking::SpikingResults) -> Context {
             ),
         ));
     }
-    Context::new().list("ledger", ledger).text("table", body)
+    Ok(Context::new().list("ledger", ledger).text("table", body))
 }
 
 /// How a quantity grows from `k0` to `k1` steps, judged by its log-log slope with a margin of 0.1:
