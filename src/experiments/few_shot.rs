@@ -1559,7 +1559,7 @@ pub fn table(r: &FewShotResults) -> Result<String> {
         .iter()
         .map(|m| {
             Context::new()
-                .text("method", &m.method)
+                .text("method", m.method)
                 .text("shots", m.shots)
                 .text("mean", points(m.mean))
                 .text("ci95", points(m.ci95))
@@ -1589,7 +1589,7 @@ pub fn table(r: &FewShotResults) -> Result<String> {
             let k = &c.comparison;
             Context::new()
                 .text("shots", c.shots)
-                .text("reference", &c.reference)
+                .text("reference", c.reference)
                 .text("difference", points(k.mean))
                 .text("ci95", points(k.ci95))
                 .text("p", super::training::p_value(k.holm))
