@@ -3,23 +3,6 @@
 
 use crate::choice::{CheckpointSpec, EdgeTrend, Search};
 
-/// A table's section on one validation search: under `heading`, what `how` says of the search
-/// (its `spec`) and every score (first column `column`); `none` where the scale has no such
-/// search, or no unit of it was given.
-pub(super) fn section<T>(
-    searches: &[Search],
-    spec: Option<&T>,
-    none: String,
-    heading: &str,
-    column: &str,
-    how: impl FnOnce(&T) -> String,
-) -> String {
-    let Some(spec) = spec.filter(|_| !searches.is_empty()) else {
-        return none;
-    };
-    format!("\n## {heading}\n\n{}\n\n{}\n", how(spec), table(searches, column))
-}
-
 /// The choices of `searches` in one line for the write-up: `subject: setting value` each, an edge
 /// choice flagged.
 pub(super) fn chosen_values(searches: &[Search]) -> String {
