@@ -13,6 +13,7 @@ use crate::inner::GdParams;
 use crate::linalg::Vector;
 use crate::oracle::Oracle;
 use crate::report::plot::{Figure, Panel, Series, Style};
+use crate::report::template::Context;
 use std::path::PathBuf;
 
 /// The problems calibrated, in table order.
@@ -340,44 +341,131 @@ fn chosen_factor(calibration: &[Case]) -> f64 {
         .unwrap_or(TRUNCATION_FACTORS[TRUNCATION_FACTORS.len() - 1])
 }
 
-/// The held-out test: the bar as computed and with the chosen factor, on the fresh instances.
-fn fresh_section(calibration: &[Case], fresh: &[Case], factor: f64, drawn: &FreshInstances) -> String {
-    let (per_problem, seeds_from) = (counts_text(&drawn.per_problem), drawn.seeds_from);
-    let all_covered = {
-        let s = Scaled::of(calibration, factor);
-        s.instances_covered == s.instances
+/// The job's table page: coverage and sharpness per problem (`rows`, then the total), the order
+/// check, the truncation part scaled by each factor, and the chosen factor on the `fresh` cases.
+fn table<'a>(
+    cases: &[Case],
+    fresh: &[Case],
+    rows: impl Iterator<Item = &'a CalibrationRow>,
+    instances_per_problem: &str,
+    chosen_factor: f64,
+    drawn: &FreshInstances,
+) -> Result<String> {
+    let rows = rows
+        .map(|r| {
+            Context::new()
+                .text("problem", &r.problem)
+                .text("cases", r.cases)
+                .text("coverage", num(r.coverage))
+                .text("covered", r.instances_covered)
+                .text("instances", r.instances)
+                .text("low", format!("{:.3}", r.instance_interval.0))
+                .text("high", format!("{:.3}", r.instance_interval.1))
+                .text("median", num(r.median_ratio))
+                .text("unbounded", r.unbounded)
+                .text("auto_runs", r.auto_runs)
+                .text("auto_median", num(r.auto_median_ratio))
+                .text("auto_within_3x", num(r.auto_within_3x))
+                .text("auto_cost", num(r.auto_cost_ratio))
+        })
+        .collect();
+    let problems = || PROBLEMS.iter().copied().chain(std::iter::once("all"));
+    let of = |name: &str| -> Vec<&Case> {
+        cases
+            .iter()
+            .filter(|c| name == "all" || c.problem == name)
+            .collect()
     };
-    let mut t = format!(
-        "\n## The safety factor on fresh instances\n\n\
-         The factor is chosen on the calibration instances above, by a rule fixed before the fresh instances were \
-         scored: the least factor of the table that covers every calibration instance ({}). The fresh instances are \
-         drawn as the calibration instances are ({per_problem}), from seeds {seeds_from} on (none is a calibration \
-         instance; `error_bar_fresh.csv`). A case is covered when its true error is at most the bar, an instance when \
-         all its cases are; the interval is Clopper-Pearson's at 95%.\n\n\
-         | bar | misses | cases | instances covered | 95% interval (instances) | network instances covered | median bar / error | 90th percentile |\n\
-         |---|---|---|---|---|---|---|---|\n",
-        if all_covered {
-            format!("{factor}")
-        } else {
-            format!("{factor}, the largest: no factor of the table covers them all")
-        }
-    );
-    for (label, f) in [("as computed", 1.0), ("truncation part scaled", factor)] {
-        let s = Scaled::of(fresh, f);
-        let (lo, hi) = crate::stats::clopper_pearson(s.instances_covered, s.instances, 0.95);
-        t.push_str(&format!(
-            "| {label} ({f}x) | {} | {} | {} of {} | [{lo:.3}, {hi:.3}] | {} of {} | {} | {} |\n",
-            s.misses,
-            s.cases,
-            s.instances_covered,
-            s.instances,
-            s.networks_covered,
-            s.networks,
-            num(s.median_ratio),
-            num(s.p90_ratio)
-        ));
-    }
-    t
+    // Sharpness at each phase precision: how far above the true error the bar sits.
+    let sharpness = problems()
+        .flat_map(|name| {
+            let own = of(name);
+            TOLERANCES.map(|tolerance| {
+                let ratios: Vec<f64> = own
+                    .iter()
+                    .filter(|c| c.tolerance == tolerance && c.bar.is_finite() && c.error > 0.0)
+                    .map(|c| c.bar / c.error)
+                    .collect();
+                Context::new()
+                    .text("problem", name)
+                    .text("tolerance", format!("{tolerance:e}"))
+                    .text("cases", ratios.len())
+                    .text("median", num(quantile(ratios.clone(), 0.5)))
+                    .text("p90", num(quantile(ratios, 0.9)))
+            })
+        })
+        .collect();
+    // The order check (docs/ERROR_BAR.md §5.1), measured, not applied: how many misses it would
+    // flag, and how many covered cases it would flag as well (false alarms).
+    let order_check = problems()
+        .map(|name| {
+            let (missed, covered): (Vec<&Case>, Vec<&Case>) =
+                of(name).into_iter().partition(|c| c.error > c.bar);
+            let flagged = |v: &[&Case]| v.iter().filter(|c| c.order_flagged()).count();
+            Context::new()
+                .text("problem", name)
+                .text("misses", missed.len())
+                .text("misses_flagged", flagged(&missed))
+                .text("covered", covered.len())
+                .text("covered_flagged", flagged(&covered))
+        })
+        .collect();
+    // The bar with its truncation part scaled by `factor`, on `cases`.
+    let scaled = |cases: &[Case], factor: f64| {
+        let s = Scaled::of(cases, factor);
+        let (low, high) = crate::stats::clopper_pearson(s.instances_covered, s.instances, 0.95);
+        Context::new()
+            .text("factor", factor)
+            .text("misses", s.misses)
+            .text("cases", s.cases)
+            .text("covered", s.instances_covered)
+            .text("instances", s.instances)
+            .text("low", format!("{low:.3}"))
+            .text("high", format!("{high:.3}"))
+            .text("networks_covered", s.networks_covered)
+            .text("networks", s.networks)
+            .text("median", num(s.median_ratio))
+            .text("p90", num(s.p90_ratio))
+    };
+    // What a larger Richardson safety factor would have covered, measured on these cases
+    // themselves: a factor read off this table is fitted to them; the fresh instances test the one
+    // the rule chooses.
+    let factors = TRUNCATION_FACTORS.iter().map(|&f| scaled(cases, f)).collect();
+    let fresh_section = (!fresh.is_empty()).then(|| {
+        let all_covered = {
+            let s = Scaled::of(cases, chosen_factor);
+            s.instances_covered == s.instances
+        };
+        Context::new()
+            .text(
+                "chosen",
+                if all_covered {
+                    format!("{chosen_factor}")
+                } else {
+                    format!("{chosen_factor}, the largest: no factor of the table covers them all")
+                },
+            )
+            .text("per_problem", counts_text(&drawn.per_problem))
+            .text("seeds_from", drawn.seeds_from)
+            .list(
+                "bars",
+                [("as computed", 1.0), ("truncation part scaled", chosen_factor)]
+                    .map(|(label, f)| scaled(fresh, f).text("label", label))
+                    .to_vec(),
+            )
+    });
+    let context = Context::new()
+        .text("instances_per_problem", instances_per_problem)
+        .text("betas", format!("{BETAS:?}"))
+        .text("tolerances", format!("{TOLERANCES:?}"))
+        .text("auto_tolerance", format!("{AUTO_TOLERANCE:e}"))
+        .list("rows", rows)
+        .list("sharpness", sharpness)
+        .list("order_check", order_check)
+        .text("safety", RICHARDSON_SAFETY)
+        .list("factors", factors)
+        .section("fresh", fresh_section);
+    super::render_table(include_str!("tables/error_bar.md"), "error_bar.md", &context)
 }
 
 fn median(v: Vec<f64>) -> f64 {
@@ -793,111 +881,15 @@ fn report(
         &cases.iter().collect::<Vec<_>>(),
         &autos.iter().collect::<Vec<_>>(),
     );
-    let mut table = format!(
-        "Error bar of the contrastive estimate against the true error (`cml figures --only error-bar`; instances per problem: {instances_per_problem}, \
-         variants standard and symmetric, beta in {BETAS:?}, phase tolerances {TOLERANCES:?}; `--beta auto` at tolerance \
-         {AUTO_TOLERANCE:e} against the best of 13 strengths from 1e-6 to 1). The true error is against the exact \
-         meta-gradient (Newton and a dense solve) at the minimum the phases reach: from the initial phi where the inner \
-         loss has a curvature bound, from a free phase's end point at tolerance 1e-8 on the networks (docs/ERROR_BAR.md §5.1).\n\n\
-         Coverage per case counts correlated cases (the settings of one instance); coverage per instance counts \
-         an instance as covered when every one of its cases is, with a Clopper-Pearson 95% interval.\n\n\
-         | problem | cases | coverage (cases) | instances covered | 95% interval (instances) | median bar / error | unbounded | auto runs | auto error / grid best (median) | auto within 3x | auto cost / one estimate |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n"
-    );
-    for r in rows.iter().chain(std::iter::once(&total)) {
-        table.push_str(&format!(
-            "| {} | {} | {} | {} of {} | [{:.3}, {:.3}] | {} | {} | {} | {} | {} | {} |\n",
-            r.problem,
-            r.cases,
-            num(r.coverage),
-            r.instances_covered,
-            r.instances,
-            r.instance_interval.0,
-            r.instance_interval.1,
-            num(r.median_ratio),
-            r.unbounded,
-            r.auto_runs,
-            num(r.auto_median_ratio),
-            num(r.auto_within_3x),
-            num(r.auto_cost_ratio)
-        ));
-    }
-    // Sharpness at each phase precision: how far above the true error the bar sits.
-    table.push_str(
-        "\nSharpness of the bar at each phase tolerance: bar / true error over the cases with a finite bar.\n\n\
-         | problem | tolerance | cases | median | 90th percentile |\n|---|---|---|---|---|\n",
-    );
-    for name in PROBLEMS.iter().copied().chain(std::iter::once("all")) {
-        for tolerance in TOLERANCES {
-            let ratios: Vec<f64> = cases
-                .iter()
-                .filter(|c| (name == "all" || c.problem == name) && c.tolerance == tolerance)
-                .filter(|c| c.bar.is_finite() && c.error > 0.0)
-                .map(|c| c.bar / c.error)
-                .collect();
-            table.push_str(&format!(
-                "| {name} | {tolerance:e} | {} | {} | {} |\n",
-                ratios.len(),
-                num(quantile(ratios.clone(), 0.5)),
-                num(quantile(ratios, 0.9))
-            ));
-        }
-    }
-    // The order check (docs/ERROR_BAR.md §5.1), measured, not applied: how many misses it would
-    // flag, and how many covered cases it would flag as well (false alarms).
-    table.push_str(
-        "\nThe order check, measured but not applied (docs/ERROR_BAR.md §5.1): a case is flagged when the observed ratio \
-         `||est(4 beta) - est(2 beta)|| / ||est(2 beta) - est(beta)||` lies outside `[2^p / 2, 2 * 2^p]` (or a phase at \
-         `2 beta` or `4 beta` diverged).\n\n\
-         | problem | misses | misses flagged | covered cases | covered cases flagged |\n|---|---|---|---|---|\n",
-    );
-    for name in PROBLEMS.iter().copied().chain(std::iter::once("all")) {
-        let own: Vec<&Case> = cases
-            .iter()
-            .filter(|c| name == "all" || c.problem == name)
-            .collect();
-        let (missed, covered): (Vec<&Case>, Vec<&Case>) = own.iter().partition(|c| c.error > c.bar);
-        let flagged = |v: &[&Case]| v.iter().filter(|c| c.order_flagged()).count();
-        table.push_str(&format!(
-            "| {name} | {} | {} | {} | {} |\n",
-            missed.len(),
-            flagged(&missed),
-            covered.len(),
-            flagged(&covered)
-        ));
-    }
-    // What a larger Richardson safety factor would have covered: the truncation part scaled by
-    // each factor, recomputed from the cases. Measured on these cases themselves, so a factor read
-    // off this table is fitted to them; the fresh instances test the one the rule chooses.
-    table.push_str(&format!(
-        "\nThe truncation part scaled by a factor (the Richardson safety factor {RICHARDSON_SAFETY} times it), measured on \
-         these same cases (post hoc: a factor chosen from this table is fitted to them; the next section tests the one \
-         a fixed rule chooses here on fresh instances).\n\n\
-         | factor | misses | instances covered | network instances covered | median bar / error | 90th percentile |\n\
-         |---|---|---|---|---|---|\n"
-    ));
-    for factor in TRUNCATION_FACTORS {
-        let s = Scaled::of(cases, factor);
-        table.push_str(&format!(
-            "| {factor} | {} | {} of {} | {} of {} | {} | {} |\n",
-            s.misses,
-            s.instances_covered,
-            s.instances,
-            s.networks_covered,
-            s.networks,
-            num(s.median_ratio),
-            num(s.p90_ratio)
-        ));
-    }
     let chosen_factor = chosen_factor(cases);
-    if !fresh.is_empty() {
-        table.push_str(&fresh_section(
-            cases,
-            fresh,
-            chosen_factor,
-            &protocol.fresh_instances,
-        ));
-    }
+    let table = table(
+        cases,
+        fresh,
+        rows.iter().chain(std::iter::once(&total)),
+        &instances_per_problem,
+        chosen_factor,
+        &protocol.fresh_instances,
+    )?;
     write_table(settings, "error_bar.md", &table, files)?;
 
     let scatter = comparison_panel(
