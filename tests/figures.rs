@@ -2212,3 +2212,54 @@ fn an_inner_step_size_at_which_meta_training_stops_fails_its_search() {
         );
     }
 }
+
+#[test]
+fn the_paper_scale_slice_reports_the_sections_of_a_scale_without_searches() {
+    // The committed paper-scale slice (runs/paper-scale: the sinusoid job's synapse model, CML and
+    // implicit CG) reports at the paper scale, which runs no validation search: the table template's
+    // sections for a scale without searches must render, each with the value the paper scale's
+    // config sets. Those values are read here from configs/paper/training.toml itself.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--scale", "paper", "--only", "training", "--report"])
+        .arg(root.join("runs/paper-scale"))
+        .arg("--out")
+        .arg(dir.path().join("figures"))
+        .arg("--paper")
+        .arg(dir.path().join("paper"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let config = std::fs::read_to_string(root.join("configs/paper/training.toml")).unwrap();
+    let value = |key: &str| -> String {
+        config
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key} = ")))
+            .unwrap_or_else(|| panic!("{key} in the paper config"))
+            .to_string()
+    };
+    let table = std::fs::read_to_string(dir.path().join("paper/final_loss.md")).unwrap();
+    for sentence in [
+        format!(
+            "## The contrastive rule's nudging strength\n\nbeta = {}, the paper's code's (no search at this scale).\n",
+            value("beta")
+        ),
+        format!(
+            "## The outer step size\n\nAdam at {} for every estimator (no search at this scale).\n",
+            value("meta_lr")
+        ),
+        format!(
+            "## The inner step sizes\n\nNesterov phases at {}, BPTT's plain steps at {} (no search at this scale).\n",
+            value("step_size"),
+            value("bptt_step_size")
+        ),
+        format!(
+            "## The nudged budget\n\n{} nudged steps per phase (no search at this scale).\n",
+            value("nudged_steps")
+        ),
+    ] {
+        assert!(table.contains(&sentence), "{sentence:?} not in\n{table}");
+    }
+    assert!(!table.contains("chosen on validation"), "{table}");
+}

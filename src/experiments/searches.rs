@@ -16,8 +16,9 @@ pub(super) fn chosen_values(searches: &[Search]) -> String {
                 x.chosen,
                 if let Some(t) = x.lower_edge_trend() {
                     format!(
-                        " (at the lower edge of the extended grid, toward which the loss falls as {}^{:.1}: a limit at 0)",
-                        x.setting, t.order
+                        " (at the lower edge of the extended grid, toward which the loss falls as {}^{:.1}, every smaller \
+                         value together gaining {:.1e} by that trend: a limit at 0)",
+                        x.setting, t.order, t.remaining
                     )
                 } else if x.open_edge() {
                     " (at an edge of the extended grid)".into()
