@@ -2216,21 +2216,38 @@ fn an_inner_step_size_at_which_meta_training_stops_fails_its_search() {
 #[test]
 fn the_paper_scale_slice_reports_the_sections_of_a_scale_without_searches() {
     // The committed paper-scale slice (runs/paper-scale: the sinusoid job's synapse model, CML and
-    // implicit CG) reports at the paper scale, which runs no validation search: the table template's
-    // sections for a scale without searches must render, each with the value the paper scale's
-    // config sets. Those values are read here from configs/paper/training.toml itself.
+    // implicit CG, docs/EXPERIMENTS.md) reports at the paper scale, which runs no validation
+    // search, as docs/EXPERIMENTS.md says to: its rows must still read (they were written before
+    // the inner searches existed), its CSVs and table must be the committed ones in
+    // figures/paper-scale/, and the table template's sections for a scale without searches must
+    // render, each with the value the paper scale's config sets. Those values are read here from
+    // configs/paper/training.toml itself.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let o = Command::new(env!("CARGO_BIN_EXE_cml"))
-        .args(["figures", "--scale", "paper", "--only", "training", "--report"])
+    let mut cml = Command::new(env!("CARGO_BIN_EXE_cml"));
+    cml.args(["figures", "--scale", "paper", "--only", "training", "--report"])
         .arg(root.join("runs/paper-scale"))
         .arg("--out")
-        .arg(dir.path().join("figures"))
-        .arg("--paper")
-        .arg(dir.path().join("paper"))
-        .output()
-        .unwrap();
+        .arg(dir.path());
+    for method in ["contrastive", "cg"] {
+        for seed in 0..5 {
+            cml.args(["--unit", &format!("training/synapse-{method}-seed{seed}")]);
+        }
+    }
+    let o = cml.output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for file in [
+        "paper/final_loss.md",
+        "final_loss_per_seed.csv",
+        "meta_training.csv",
+        "sinusoid_examples.csv",
+    ] {
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(file)).unwrap(),
+            std::fs::read_to_string(root.join("figures/paper-scale").join(file)).unwrap(),
+            "{file}: the committed paper-scale report is stale (docs/EXPERIMENTS.md has the command)"
+        );
+    }
     let config = std::fs::read_to_string(root.join("configs/paper/training.toml")).unwrap();
     let value = |key: &str| -> String {
         config

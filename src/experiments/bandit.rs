@@ -1021,7 +1021,10 @@ impl super::units::Job<super::Section> for Bandit {
             .expect("a model of the unit list")
             .0;
         let at = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(name, s));
-        let at = nudged_steps.map_or(at.clone(), |n| at.at_nudged_steps(n));
+        let at = match nudged_steps {
+            Some(n) => at.at_nudged_steps(n),
+            None => at,
+        };
         super::units::encode(&UnitRows {
             step_size,
             nudged_steps,

@@ -1,7 +1,7 @@
 //! The write-up's view of the validation searches and checkpoint choices (`crate::choice`): their
 //! choices in a line, their grids as a Markdown table, the deployed checkpoints as a section.
 
-use crate::choice::{CheckpointSpec, EdgeTrend, Search};
+use crate::choice::{CheckpointSpec, EdgeTrend, Search, whole_steps};
 
 /// The choices of `searches` in one line for the write-up: `subject: setting value` each, an edge
 /// choice flagged.
@@ -10,10 +10,11 @@ pub(super) fn chosen_values(searches: &[Search]) -> String {
         .iter()
         .map(|x| {
             format!(
-                "{}: {} {}{}",
+                "{}: {} {}{}{}",
                 x.model,
                 x.setting,
                 x.chosen,
+                whole_steps_note(x),
                 if let Some(t) = x.lower_edge_trend() {
                     format!(
                         " (at the lower edge of the extended grid, toward which the loss falls as {}^{:.1}, every smaller \
@@ -31,6 +32,21 @@ pub(super) fn chosen_values(searches: &[Search]) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The whole steps a budget search's choice runs (`None` for a search of another setting).
+fn budget_steps(x: &Search) -> Option<usize> {
+    (x.setting == "nudged_steps").then(|| whole_steps(x.chosen))
+}
+
+/// A budget runs whole steps: what an extension's fractional choice runs, in words (empty for a
+/// whole number or another setting).
+fn whole_steps_note(x: &Search) -> String {
+    match budget_steps(x) {
+        Some(1) if x.chosen != 1.0 => " (1 whole step)".to_string(),
+        Some(n) if n as f64 != x.chosen => format!(" ({n} whole steps)"),
+        _ => String::new(),
+    }
 }
 
 /// The searches (of one setting) as a Markdown table (first column `column`), then a sentence per
@@ -66,9 +82,11 @@ pub(super) fn table(searches: &[Search], column: &str) -> String {
         } else {
             format!("{} {column}", x.model)
         };
+        let budget = budget_steps(x);
         t.push_str(&format!(
-            "\n{subject}: {setting} = {}{}.",
+            "\n{subject}: {setting} = {}{}{}.",
             x.chosen,
+            whole_steps_note(x),
             if let Some(trend) = x.lower_edge_trend() {
                 format!(
                     " (at the lower edge of the extended grid; {}: the limit {setting} -> 0, not an optimum a \
@@ -79,6 +97,8 @@ pub(super) fn table(searches: &[Search], column: &str) -> String {
                 " (at an edge of the extended grid: the optimum may lie beyond it)".into()
             } else if x.flat() {
                 ": every value scored alike, so the choice is the tie-break's and marks no optimum".into()
+            } else if budget == Some(1) && x.grid.first().is_some_and(|g| g.value == x.chosen) {
+                ", the grid's lower end: one step is the smallest budget there is".into()
             } else {
                 ", inside the grid".into()
             }

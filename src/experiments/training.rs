@@ -687,7 +687,14 @@ fn unit_name(model: &str, estimator: &str, seed: u64) -> String {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SeedRun {
     /// The contrastive rule's beta and the outer and inner step sizes, as the searches chose them.
+    /// Rows written before the inner searches existed (the committed paper-scale slice) carry
+    /// `beta` and `meta_lr` at the top instead: [`SeedRun::with_legacy_choices`] moves them here.
+    #[serde(default)]
     chosen: Chosen,
+    #[serde(default, skip_serializing)]
+    beta: Option<f64>,
+    #[serde(default, skip_serializing)]
+    meta_lr: Option<f64>,
     /// Rows of `meta_training.csv`, and the curve they draw: (meta-step, held-out loss after).
     curve_rows: Vec<String>,
     curve: Vec<(f64, f64)>,
@@ -698,6 +705,23 @@ struct SeedRun {
     diverged: Vec<String>,
     /// Panels and rows of the example tasks (the contrastive run of the first seed only).
     examples: Option<(Vec<Panel>, Vec<String>)>,
+}
+
+impl SeedRun {
+    /// The run with the choices of rows in the earlier layout (top-level `beta`, `meta_lr`) in
+    /// `chosen`, where they are.
+    fn with_legacy_choices(self) -> Self {
+        Self {
+            chosen: Chosen {
+                beta: self.chosen.beta.or(self.beta),
+                meta_lr: self.chosen.meta_lr.or(self.meta_lr),
+                ..self.chosen
+            },
+            beta: None,
+            meta_lr: None,
+            ..self
+        }
+    }
 }
 
 impl Job<super::Section> for Training {
@@ -1194,6 +1218,8 @@ fn run_seed(settings: &Settings, model: ModelSpec, name: &str, seed: u64, chosen
     };
     Ok(SeedRun {
         chosen,
+        beta: None,
+        meta_lr: None,
         curve_rows,
         curve,
         final_loss,
@@ -1216,7 +1242,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         units
             .iter()
             .find(|s| s.unit == unit)
-            .map(super::units::decode)
+            .map(|s| super::units::decode::<SeedRun>(s).map(SeedRun::with_legacy_choices))
             .transpose()
     };
     let mut curve_rows = Vec::new();
