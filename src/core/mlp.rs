@@ -16,6 +16,14 @@ pub struct Mlp {
     pub sizes: Vec<usize>,
 }
 
+/// The layer sizes as the tables write them: `1-40-40-1`.
+impl std::fmt::Display for Mlp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sizes: Vec<String> = self.sizes.iter().map(usize::to_string).collect();
+        f.write_str(&sizes.join("-"))
+    }
+}
+
 /// Where one layer's parameters sit in the flat vector.
 #[derive(Debug, Clone, Copy)]
 pub struct Layer {

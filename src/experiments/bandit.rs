@@ -1740,18 +1740,6 @@ pub fn table(r: &BanditResults) -> Result<String> {
             .collect();
         Context::new().text("budgets", own.join("; "))
     });
-    let agents = r
-        .agents
-        .iter()
-        .zip(&r.cells)
-        .map(|(name, cells)| {
-            let cells = cells
-                .iter()
-                .map(|c| Context::new().text("mean", num(c.mean)).text("ci95", num(c.ci95)))
-                .collect();
-            Context::new().text("name", name).list("cells", cells)
-        })
-        .collect();
     let matched = (!r.matched.is_empty()).then(|| {
         Context::new()
             .text("count", r.matched.len())
@@ -1771,15 +1759,7 @@ pub fn table(r: &BanditResults) -> Result<String> {
         .text("contexts", p.run.steps)
         .text("seeds", p.meta_seeds)
         .text("runs_per_seed", p.runs_per_seed)
-        .text(
-            "net",
-            p.net
-                .sizes
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join("-"),
-        )
+        .text("net", &p.net)
         .text("meta_steps", p.meta_steps)
         .text("meta_batch", p.meta_batch)
         .text("support", p.support)
@@ -1792,7 +1772,7 @@ pub fn table(r: &BanditResults) -> Result<String> {
             "deltas",
             p.deltas.iter().map(|d| Context::new().text("delta", d)).collect(),
         )
-        .list("agents", agents)
+        .list("agents", agent_rows(r))
         .text("runs", p.deltas.len() * p.meta_seeds * p.runs_per_seed)
         .text("retrainings", r.retrainings_per_run)
         .text("neural_linear_retrainings", p.run.steps / p.neural_linear_every)
@@ -1816,16 +1796,7 @@ pub fn table(r: &BanditResults) -> Result<String> {
         .flag("no_beta_search", p.beta_search.is_none())
         .section(
             "beta_search",
-            p.beta_search
-                .as_ref()
-                .filter(|_| !r.searches.is_empty())
-                .map(|s| {
-                    Context::new()
-                        .text("meta_steps", s.meta_steps)
-                        .text("validation_tasks", s.validation_tasks)
-                        .text("extensions", s.extensions)
-                        .text("table", super::searches::table(&r.searches, "agent"))
-                }),
+            super::searches::beta_search_context(p.beta_search.as_ref(), &r.searches, "agent"),
         )
         .flag(
             "no_meta_lr_search",
@@ -1873,21 +1844,31 @@ pub fn table(r: &BanditResults) -> Result<String> {
     super::render_table(include_str!("tables/bandit.md"), "bandit.md", &context)
 }
 
+/// The regret table's rows: each agent's `name` and its `cells`, one per delta (`mean`, `ci95`);
+/// the table page and the write-up show the same rows.
+pub(super) fn agent_rows(r: &BanditResults) -> Vec<Context> {
+    r.agents
+        .iter()
+        .zip(&r.cells)
+        .map(|(name, cells)| {
+            let cells = cells
+                .iter()
+                .map(|c| Context::new().text("mean", num(c.mean)).text("ci95", num(c.ci95)))
+                .collect();
+            Context::new().text("name", name).list("cells", cells)
+        })
+        .collect()
+}
+
 /// The table rows of one family of comparisons.
 fn comparison_rows(comparisons: &[BanditComparison]) -> Vec<Context> {
     comparisons
         .iter()
         .map(|c| {
-            let k = &c.comparison;
-            Context::new()
+            super::comparison_context(&c.comparison, num)
                 .text("delta", c.delta)
                 .text("agent", &c.agent)
                 .text("reference", &c.reference)
-                .text("difference", num(k.mean))
-                .text("ci95", num(k.ci95))
-                .text("p", super::training::p_value(k.holm))
-                .text("equivalence_p", super::training::p_value(k.equivalence_holm))
-                .text("verdict", k.verdict.describe())
         })
         .collect()
 }

@@ -1022,15 +1022,9 @@ pub fn table(r: &DigitsDecayResults) -> Result<String> {
         .comparisons
         .iter()
         .map(|c| {
-            let k = &c.comparison;
-            Context::new()
+            super::comparison_context(&c.comparison, |x| format!("{:.2}", 100.0 * x))
                 .text("first", &c.first)
                 .text("second", &c.second)
-                .text("difference", format!("{:.2}", 100.0 * k.mean))
-                .text("ci95", format!("{:.2}", 100.0 * k.ci95))
-                .text("p", super::training::p_value(k.holm))
-                .text("equivalence_p", super::training::p_value(k.equivalence_holm))
-                .text("verdict", k.verdict.describe())
         })
         .collect();
     let search = p.search.as_ref().map(|search| {
@@ -1058,15 +1052,7 @@ pub fn table(r: &DigitsDecayResults) -> Result<String> {
         });
     let any_search = r.choices.iter().any(|c| !c.searches.is_empty());
     let context = Context::new()
-        .text(
-            "net",
-            p.net
-                .sizes
-                .iter()
-                .map(usize::to_string)
-                .collect::<Vec<_>>()
-                .join("-"),
-        )
+        .text("net", &p.net)
         .text("parameters", p.net.param_count())
         .text("train", p.train)
         .text("validation", p.validation)

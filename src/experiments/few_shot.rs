@@ -1586,15 +1586,9 @@ pub fn table(r: &FewShotResults) -> Result<String> {
         .comparisons
         .iter()
         .map(|c| {
-            let k = &c.comparison;
-            Context::new()
+            super::comparison_context(&c.comparison, points)
                 .text("shots", c.shots)
                 .text("reference", c.reference)
-                .text("difference", points(k.mean))
-                .text("ci95", points(k.ci95))
-                .text("p", super::training::p_value(k.holm))
-                .text("equivalence_p", super::training::p_value(k.equivalence_holm))
-                .text("verdict", k.verdict.describe())
         })
         .collect();
     // A search's section where the scale has the search and its units were given.
@@ -1613,12 +1607,7 @@ pub fn table(r: &FewShotResults) -> Result<String> {
         .text("meta_test_digits", format!("{META_TEST_DIGITS:?}"))
         .text("ways", WAYS)
         .text("queries", QUERIES)
-        .text(
-            "net",
-            p.net()
-                .map(|n| n.sizes.iter().map(usize::to_string).collect::<Vec<_>>().join("-"))
-                .unwrap_or_default(),
-        )
+        .text("net", p.net().map(|n| n.to_string()).unwrap_or_default())
         .text("meta_steps", p.meta_steps)
         .text("meta_batch", p.meta_batch)
         .text(
@@ -1648,16 +1637,7 @@ pub fn table(r: &FewShotResults) -> Result<String> {
         .text("beta", p.beta)
         .section(
             "beta_search",
-            p.beta_search
-                .as_ref()
-                .filter(|_| !r.searches.is_empty())
-                .map(|s| {
-                    Context::new()
-                        .text("search_meta_steps", s.meta_steps)
-                        .text("validation_tasks", s.validation_tasks)
-                        .text("extensions", s.extensions)
-                        .text("table", super::searches::table(&r.searches, "setting"))
-                }),
+            super::searches::beta_search_context(p.beta_search.as_ref(), &r.searches, "setting"),
         )
         .text("protocol_meta_lr", p.meta_lr)
         .section(

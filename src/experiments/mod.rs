@@ -225,6 +225,20 @@ pub(crate) fn render_table(template: &str, name: &str, context: &template::Conte
     })
 }
 
+/// What a table row of one paired comparison shows: `difference` and `ci95` (as `number` writes
+/// them), the Holm-adjusted `p` and `equivalence_p`, and the `verdict`.
+pub(crate) fn comparison_context(
+    k: &crate::stats::Comparison,
+    number: impl Fn(f64) -> String,
+) -> template::Context {
+    template::Context::new()
+        .text("difference", number(k.mean))
+        .text("ci95", number(k.ci95))
+        .text("p", training::p_value(k.holm))
+        .text("equivalence_p", training::p_value(k.equivalence_holm))
+        .text("verdict", k.verdict.describe())
+}
+
 /// Saves a figure as PNG and SVG and records both.
 pub(crate) fn save(
     settings: &Settings,

@@ -34,6 +34,23 @@ pub(super) fn chosen_values(searches: &[Search]) -> String {
         .join(", ")
 }
 
+/// A table's section on `beta` searches (`searches`, first column `column`) as `spec` ran them:
+/// `meta_steps`, `validation_tasks`, `extensions` and the scores' `table`; `None` where the scale
+/// has no such search or no unit of it was given.
+pub(super) fn beta_search_context(
+    spec: Option<&crate::choice::BetaSearchSpec>,
+    searches: &[Search],
+    column: &str,
+) -> Option<crate::report::template::Context> {
+    spec.filter(|_| !searches.is_empty()).map(|s| {
+        crate::report::template::Context::new()
+            .text("meta_steps", s.meta_steps)
+            .text("validation_tasks", s.validation_tasks)
+            .text("extensions", s.extensions)
+            .text("table", table(searches, column))
+    })
+}
+
 /// The whole steps a budget search's choice runs (`None` for a search of another setting).
 fn budget_steps(x: &Search) -> Option<usize> {
     (x.setting == "nudged_steps").then(|| whole_steps(x.chosen))

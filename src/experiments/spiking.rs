@@ -1890,13 +1890,6 @@ fn activity_panels(
 pub fn table(r: &SpikingResults) -> Result<String> {
     let p = &r.protocol;
     let s = &p.network;
-    let versus = |k: &Comparison| {
-        Context::new()
-            .text("difference", num(k.mean))
-            .text("difference_ci95", num(k.ci95))
-            .text("p", super::training::p_value(k.holm))
-            .text("equivalence_p", super::training::p_value(k.equivalence_holm))
-    };
     let methods = r
         .methods
         .iter()
@@ -1915,7 +1908,7 @@ pub fn table(r: &SpikingResults) -> Result<String> {
                 .comparisons
                 .iter()
                 .find(|c| c.0 == m.name)
-                .map(|(_, k)| versus(k).text("verdict", k.verdict.describe()));
+                .map(|(_, k)| super::comparison_context(k, num));
             Context::new()
                 .text("name", &m.name)
                 .text("budget", budget)
@@ -1930,7 +1923,8 @@ pub fn table(r: &SpikingResults) -> Result<String> {
         .iter()
         .map(|g| {
             let (b, bh) = seed_mean_ci(&g.baseline_per_seed);
-            versus(&g.comparison)
+            // The gain's verdict (below) says which way the MSE moved.
+            super::comparison_context(&g.comparison, num)
                 .text("name", &g.name)
                 .text("inner_loop", &g.inner_loop)
                 .text("baseline", num(b))

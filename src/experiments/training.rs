@@ -1455,12 +1455,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         )?;
     }
 
-    let net_name = net
-        .sizes
-        .iter()
-        .map(|s| s.to_string())
-        .collect::<Vec<_>>()
-        .join("-");
+    let net_name = net.to_string();
     let (free_steps, nudged_steps) = match &probe.estimator {
         EstimatorSpec::Contrastive(c) => (c.free.max_steps, c.nudged.max_steps),
         _ => (0, 0),

@@ -5,7 +5,7 @@
 //! docs/PROTOCOL.md says.
 
 use super::choice::{RateSearchSpec, RunSearch, Search};
-use super::training::{ALPHA, p_value, seed_mean_ci};
+use super::training::{ALPHA, seed_mean_ci};
 use super::{Scale, Settings, num, save, write_csv, write_table};
 use crate::error::Result;
 use crate::estimator::{Contrastive, EstimatorSpec, Implicit, LinearSolver, Unrolled, Variant};
@@ -708,15 +708,9 @@ pub fn table(r: &WeightDecayResults) -> Result<String> {
         .comparisons
         .iter()
         .map(|c| {
-            let k = &c.comparison;
-            Context::new()
+            super::comparison_context(&c.comparison, num)
                 .text("first", &c.first)
                 .text("second", &c.second)
-                .text("difference", num(k.mean))
-                .text("ci95", num(k.ci95))
-                .text("p", p_value(k.holm))
-                .text("equivalence_p", p_value(k.equivalence_holm))
-                .text("verdict", k.verdict.describe())
         })
         .collect();
     let budgets = r.methods[2..]

@@ -532,18 +532,6 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
         .iter()
         .map(|(n, t)| format!("{n} {t:.0} s"))
         .collect();
-    let agents = b
-        .agents
-        .iter()
-        .zip(&b.cells)
-        .map(|(name, cells)| {
-            let cells = cells
-                .iter()
-                .map(|c| Context::new().text("mean", num(c.mean)).text("ci95", num(c.ci95)))
-                .collect();
-            Context::new().text("name", name).list("cells", cells)
-        })
-        .collect();
     // One ledger row per meta-learned agent and reference, the verdict at every delta; then one
     // per deployment against its matched baseline.
     let mut ledger = Vec::new();
@@ -624,7 +612,7 @@ pub(super) fn bandit_section(b: &super::bandit::BanditResults) -> Context {
             "deltas",
             p.deltas.iter().map(|d| Context::new().text("delta", d)).collect(),
         )
-        .list("agents", agents)
+        .list("agents", super::bandit::agent_rows(b))
         .section("stopped", stopped(&b.stopped))
         .section("matched", matched)
         .text("comparisons", b.comparisons.len())
