@@ -1878,6 +1878,51 @@ mod tests {
     use super::*;
 
     #[test]
+    fn at_the_paper_scale_the_table_says_each_setting_is_the_agents_own() {
+        // The paper scale runs no search (each agent has the budgets of the paper's code): each
+        // search section of the table's template takes its text for a scale without one, with the
+        // protocol's values (a misnamed tag would be an error here; the quick and default runs
+        // never render these sections).
+        let p = Protocol::at(Scale::Paper).unwrap();
+        let r = BanditResults {
+            protocol: p.clone(),
+            agents: Vec::new(),
+            cells: Vec::new(),
+            comparisons: Vec::new(),
+            matched: Vec::new(),
+            meta_seconds: Vec::new(),
+            eval_seconds: 0.0,
+            curve_delta: p.curve_delta(),
+            rejected: Vec::new(),
+            retrainings_per_run: 1,
+            stopped: Vec::new(),
+            searches: Vec::new(),
+            rate_searches: Vec::new(),
+            step_size_searches: Vec::new(),
+            nudged_steps_searches: Vec::new(),
+            deployed: Vec::new(),
+        };
+        let t = table(&r).unwrap();
+        for sentence in [
+            "## The contrastive agents' nudging strength\n\nThe paper's code's".to_string(),
+            "## The outer step size\n\nEach agent's own, the paper's code's (no search at this scale)."
+                .into(),
+            format!(
+                "The contrastive phases' Adam at {}, MAML's {} gradient steps of {} (no search at this scale).",
+                p.phase_step_size, p.maml_steps, p.maml_step_size
+            ),
+            format!(
+                "The contrastive agents' nudged phases run {} Adam steps each (no search at this scale).",
+                p.nudged_steps
+            ),
+            " Each agent's own budgets: CML complex synapse: ".into(),
+        ] {
+            assert!(t.contains(&sentence), "{sentence}\n{t}");
+        }
+        assert!(!t.contains("chosen on validation tasks"), "{t}");
+    }
+
+    #[test]
     fn a_phase_step_size_or_nudged_budget_search_beside_budgets_of_the_agents_own_is_refused() {
         use crate::protocol::Checked;
         // The paper scale's agents bring their own phases, which the search (of the shared

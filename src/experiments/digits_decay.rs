@@ -1206,6 +1206,29 @@ mod tests {
     use crate::estimator::{Implicit, LinearSolver, Unrolled};
 
     #[test]
+    fn at_the_paper_scale_the_table_says_the_rate_and_beta_are_the_protocols() {
+        // The paper scale searches neither the meta-learning rate nor beta: the choices section
+        // of the table's template takes its text for a scale without them, with the protocol's
+        // values (a misnamed tag would be an error here; the quick and default runs never render it).
+        let p = Protocol::at(Scale::Paper).unwrap();
+        assert!(p.search.is_none());
+        let r = DigitsDecayResults {
+            protocol: p.clone(),
+            methods: Vec::new(),
+            chosen_single: Vec::new(),
+            step_size_searches: Vec::new(),
+            choices: Vec::new(),
+            comparisons: Vec::new(),
+        };
+        let t = table(&r).unwrap();
+        let sentence = format!(
+            "No search at this scale: meta-learning rate {} and beta {} as the paper's code sets them.",
+            p.meta_lr, p.beta
+        );
+        assert!(t.contains(&sentence), "{t}");
+    }
+
+    #[test]
     fn the_budget_table_counts_each_methods_inner_work() {
         // The default protocol: 200 free steps; the standard rule's one nudged phase of 50 steps
         // (100 where its search chose 100), 20 CG iterations and 20 Neumann terms, T1-T2's one

@@ -1683,6 +1683,53 @@ mod tests {
     use super::*;
     use crate::estimator::EstimatorSpec;
 
+    #[test]
+    fn at_the_paper_scale_the_table_says_each_setting_is_the_protocols() {
+        // The paper scale runs no search: each search section of the table's template takes its
+        // text for a scale without one, with the protocol's value (a tag the template misnames
+        // would be an error here, where the quick and default runs never render these sections).
+        let p = Protocol::at(Scale::Paper).unwrap();
+        let r = FewShotResults {
+            protocol: p.clone(),
+            rows: Vec::new(),
+            comparisons: Vec::new(),
+            stopped: Vec::new(),
+            searches: Vec::new(),
+            rate_searches: Vec::new(),
+            strength_searches: Vec::new(),
+            sgd_step_searches: Vec::new(),
+            phase_step_searches: Vec::new(),
+            nudged_steps_searches: Vec::new(),
+            meta_train_classes: vec![(0, 0)],
+            validation_classes: vec![(0, 1)],
+        };
+        let t = table(&r).unwrap();
+        for sentence in [
+            format!("beta = {}, the paper's code's (no search at this scale).", p.beta),
+            format!(
+                "Adam at {} for every method (no search at this scale).",
+                p.meta_lr
+            ),
+            format!(
+                "CML and iMAML pull toward omega at strength {} (1-shot: {}; no search at this scale).",
+                p.strength,
+                p.strength_at(1)
+            ),
+            format!(
+                "adapt with {} SGD steps of {} (no search at this scale).",
+                p.maml_steps, p.maml_step_size
+            ),
+            format!("SGD-Nesterov steps of {PHASE_STEP_SIZE}, the paper's (no search at this scale)."),
+            format!(
+                "CML's nudged phases run {} steps each (no search at this scale).",
+                p.nudged_steps
+            ),
+        ] {
+            assert!(t.contains(&sentence), "{sentence}\n{t}");
+        }
+        assert!(!t.contains("chosen on the validation classes"), "{t}");
+    }
+
     /// What the large `beta` the search prefers (3 at 1 shot, 1 at 5 shots; docs/DIGITS.md §3)
     /// estimates. On 10 validation episodes of each setting at an untrained initialisation, the
     /// protocol's contrastive estimate at each `beta` of the search's grid is compared with the

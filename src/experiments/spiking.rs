@@ -2083,6 +2083,49 @@ mod tests {
     use super::*;
 
     #[test]
+    fn at_the_paper_scale_the_table_says_the_step_sizes_are_the_protocols() {
+        // The paper scale keeps the paper's step sizes: the step-size sections of the table's
+        // template take their text for a scale without a search, with the protocol's values (a
+        // misnamed tag would be an error here; the quick and default runs never render them).
+        let p = Protocol::at(Scale::Paper).unwrap();
+        assert!(p.meta_lr_search.is_none() && p.inner_lr_search.is_none() && p.unrolled_lr_search.is_none());
+        let r = SpikingResults {
+            protocol: p.clone(),
+            methods: Vec::new(),
+            untrained: vec![1.0, 2.0],
+            ablation: vec![(0.5, 1.0)],
+            firing_rate: 0.1,
+            stopped: Vec::new(),
+            choice: BetaChoice {
+                beta: 3.0,
+                nudged_lr: 1e-4,
+                grid: vec![(3.0, 1e-4, 0.95, 1.0)],
+            },
+            halves: Vec::new(),
+            comparisons: Vec::new(),
+            gains: Vec::new(),
+            deployed: Vec::new(),
+            rate_searches: Vec::new(),
+            step_searches: Vec::new(),
+        };
+        let t = table(&r).unwrap();
+        for sentence in [
+            format!(
+                "The paper's: Adam's step size {} for the contrastive rule, {} for the BPTT baselines (no search at this scale).",
+                p.meta_lr,
+                p.baseline_meta_lr.unwrap_or(p.meta_lr)
+            ),
+            format!(
+                "Set by hand: Adam's step size {} in the contrastive rule's free phase and at meta-test, gradient steps of {} for the BPTT baselines (no search at this scale).",
+                p.inner_lr, p.unrolled_lr
+            ),
+        ] {
+            assert!(t.contains(&sentence), "{sentence}\n{t}");
+        }
+        assert!(!t.contains("step size, chosen on validation tasks"), "{t}");
+    }
+
+    #[test]
     fn the_paper_scale_takes_the_authors_settings() {
         // The authors' code for the spiking experiment (docs/EXPERIMENTS.md, "The spiking job at
         // the paper scale"): 1000 meta-steps of 25 tasks, free 500 Adam steps of 1e-3, nudged
