@@ -990,14 +990,8 @@ pub fn table(r: &DigitsDecayResults) -> Result<String> {
                 .text("seconds", format!("{:.0}", mean(&c.seconds)))
         })
         .collect();
-    let per_seed = |c: &MethodChoices, setting: &str| -> String {
-        let v: Vec<String> = c
-            .searches
-            .iter()
-            .filter(|x| x.setting == setting)
-            .map(|x| x.chosen.to_string())
-            .collect();
-        if v.is_empty() { "-".into() } else { v.join(", ") }
+    let per_seed = |c: &MethodChoices, setting: &str| {
+        super::searches::chosen_cell(c.searches.iter().filter(|x| x.setting == setting))
     };
     let choices = r
         .choices

@@ -66,6 +66,20 @@ fn whole_steps_note(x: &Search) -> String {
     }
 }
 
+/// The choices of `searches` in order for a table cell ("-" for none); a budget's fractional
+/// choice names the whole steps it runs.
+pub(super) fn chosen_cell<'a>(searches: impl IntoIterator<Item = &'a Search>) -> String {
+    let chosen: Vec<String> = searches
+        .into_iter()
+        .map(|x| format!("{}{}", x.chosen, whole_steps_note(x)))
+        .collect();
+    if chosen.is_empty() {
+        "-".into()
+    } else {
+        chosen.join(", ")
+    }
+}
+
 /// The searches (of one setting) as a Markdown table (first column `column`), then a sentence per
 /// subject that says whether its choice lies inside the grid.
 pub(super) fn table(searches: &[Search], column: &str) -> String {

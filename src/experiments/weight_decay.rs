@@ -725,15 +725,12 @@ pub fn table(r: &WeightDecayResults) -> Result<String> {
     let choices = r.methods[2..]
         .iter()
         .map(|m| {
-            let per_seed = |setting: &str| -> String {
-                let v: Vec<String> = r
-                    .searches
-                    .iter()
-                    .filter(|x| x.setting == setting && x.model.starts_with(&format!("{} seed ", m.method)))
-                    .map(|x| x.chosen.to_string())
-                    .collect();
-                if v.is_empty() { "-".into() } else { v.join(", ") }
-            };
+            let per_seed =
+                |setting: &str| {
+                    super::searches::chosen_cell(r.searches.iter().filter(|x| {
+                        x.setting == setting && x.model.starts_with(&format!("{} seed ", m.method))
+                    }))
+                };
             Context::new()
                 .text("method", &m.method)
                 .text("meta_lr", per_seed("meta_lr"))
