@@ -1549,10 +1549,9 @@ pub fn table(r: &TrainingResults, eval_every: usize) -> Result<String> {
         })
         .collect();
     // A search's section where the scale has the search and its units were given.
-    let searched = |streams: Option<u64>, extensions: String, searches: &[Search], column: &str| {
+    let searched = |extensions: String, searches: &[Search], column: &str| {
         (!searches.is_empty()).then(|| {
             Context::new()
-                .text("streams", streams.unwrap_or_default())
                 .text("extensions", extensions)
                 .text("table", super::searches::table(searches, column))
         })
@@ -1589,20 +1588,16 @@ pub fn table(r: &TrainingResults, eval_every: usize) -> Result<String> {
         .section(
             "beta_search",
             p.beta_search.as_ref().and_then(|s| {
-                searched(None, s.extensions.to_string(), &r.beta_searches, "model")
-                    .map(|c| c.text("search_meta_steps", s.meta_steps))
+                searched(s.extensions.to_string(), &r.beta_searches, "model")
+                    .map(|c| c.text("meta_steps", s.meta_steps))
             }),
         )
         .text("meta_lr", p.meta_lr)
         .section(
             "meta_lr_search",
             p.meta_lr_search.as_ref().and_then(|s| {
-                searched(
-                    Some(s.streams),
-                    s.extensions.to_string(),
-                    &r.meta_lr_searches,
-                    "run",
-                )
+                searched(s.extensions.to_string(), &r.meta_lr_searches, "run")
+                    .map(|c| c.text("streams", s.streams))
             }),
         )
         .text("protocol_step_size", p.step_size)
@@ -1610,12 +1605,8 @@ pub fn table(r: &TrainingResults, eval_every: usize) -> Result<String> {
         .section(
             "step_size_search",
             p.step_size_search.as_ref().and_then(|s| {
-                searched(
-                    Some(s.streams),
-                    s.extensions.to_string(),
-                    &r.step_size_searches,
-                    "run",
-                )
+                searched(s.extensions.to_string(), &r.step_size_searches, "run")
+                    .map(|c| c.text("streams", s.streams))
             }),
         )
         .text("protocol_nudged_steps", p.nudged_steps)
@@ -1623,11 +1614,11 @@ pub fn table(r: &TrainingResults, eval_every: usize) -> Result<String> {
             "nudged_steps_search",
             p.nudged_steps_search.as_ref().and_then(|s| {
                 searched(
-                    Some(s.streams),
                     super::searches::times(s.extensions),
                     &r.nudged_steps_searches,
                     "run",
                 )
+                .map(|c| c.text("streams", s.streams))
             }),
         );
     super::render_table(include_str!("tables/final_loss.md"), "final_loss.md", &context)
