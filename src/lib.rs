@@ -50,7 +50,7 @@ pub use crate::core::{
     adam, autodiff, bandit, bound, digits, engine, error, estimator, ground_truth, implicit_function, inner,
     io, linalg, linear_solve, mlp, optimizer, oracle, parallel, problem, rng, smoothness, spiking,
 };
-pub use crate::run::{choice, executor, fit, meta_training, protocol, registry, stats, sweep, units};
+pub use crate::run::{chain, choice, executor, fit, meta_training, protocol, registry, stats, sweep, units};
 
 pub use error::{CmlError, Result};
 

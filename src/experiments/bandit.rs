@@ -1032,7 +1032,7 @@ impl super::units::Job<super::Section> for Bandit {
         })
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
         // The phase step size is read by its searches, the nudged budget searches and the
         // contrastive agents' runs, MAML's by its search, MAML's runs and the baselines (MAML's
         // matched twin); the nudged budget only by its searches and the contrastive agents' runs;
@@ -1043,7 +1043,7 @@ impl super::units::Job<super::Section> for Bandit {
         const NUDGED: &str = "nudged_steps_search";
         const OUTER: &str = "meta_lr_search";
         let maml = key(MAML_OWN);
-        if unit.starts_with(NUDGED_STEPS_UNIT) {
+        let keys: &[&str] = if unit.starts_with(NUDGED_STEPS_UNIT) {
             &[MAML]
         } else if unit == format!("{STEP_SIZE_UNIT}{maml}") {
             &[PHASES, NUDGED]
@@ -1058,7 +1058,8 @@ impl super::units::Job<super::Section> for Bandit {
             &[PHASES, NUDGED]
         } else {
             &[MAML]
-        }
+        };
+        keys.to_vec()
     }
 
     fn report(

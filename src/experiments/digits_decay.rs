@@ -532,13 +532,14 @@ impl super::units::Job<super::Section> for DigitsDecay {
         &["seeds"]
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
         // Only the contrastive rule has a nudged phase, so only its runs read that search.
-        if unit.starts_with(&format!("{}-seed", key(super::weight_decay::CONTRASTIVE))) {
+        let keys: &[&str] = if unit.starts_with(&format!("{}-seed", key(super::weight_decay::CONTRASTIVE))) {
             &[]
         } else {
             &["nudged_steps_search"]
-        }
+        };
+        keys.to_vec()
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {

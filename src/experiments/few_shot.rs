@@ -8,6 +8,7 @@
 //! matched baseline (the untrained initialisation adapted by the method's own inner loop) on the
 //! same episodes (docs/PROTOCOL.md).
 
+use super::chain::Chain;
 use super::choice::{BetaSearchSpec, RateSearchSpec, Search, Ties, at_beta, whole_steps};
 use super::training::ALPHA;
 use super::units::{Job, Scale, Stored};
@@ -296,31 +297,8 @@ fn rate_subject(shots: usize, key: &str) -> String {
     format!("{shots}shot-{key}")
 }
 
-/// The step-size searches' units, in order (none without a search): (shots, method, unit).
-fn rate_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let p = Protocol::of(settings)?;
-    per_method_units(&p, p.meta_lr_search.is_some(), "meta-lr", |_| true)
-}
-
 /// The methods whose complex synapse pulls toward `omega` (a strength above 0), by key.
 const PULLED: [&str; 2] = ["cml", "imaml"];
-
-/// The strength searches' units, in order, for the methods with a pull (none without a search).
-fn strength_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let p = Protocol::of(settings)?;
-    per_method_units(&p, p.strength_search.is_some(), "strength", |m| {
-        PULLED.contains(&m.key)
-    })
-}
-
-/// The plain SGD step size's searches' units, in order, for the methods without a pull (none
-/// without a search).
-fn sgd_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let p = Protocol::of(settings)?;
-    per_method_units(&p, p.maml_step_size_search.is_some(), "step-size", |m| {
-        !PULLED.contains(&m.key)
-    })
-}
 
 /// `method` with every inner loop at `step_size`, in meta-training and at meta-test alike: the
 /// plain SGD loop of MAML, first-order MAML and Reptile, the phases of CML (free and nudged) and
@@ -357,23 +335,6 @@ fn at_inner_step(method: &Method, step_size: f64) -> Method {
     }
 }
 
-/// The phase step size's searches' units, in order, for the methods with phases (CML and iMAML,
-/// the methods with a pull; none without a search).
-fn phase_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let p = Protocol::of(settings)?;
-    per_method_units(&p, p.phase_step_size_search.is_some(), "phase-step-size", |m| {
-        PULLED.contains(&m.key)
-    })
-}
-
-/// The nudged budget's searches' units, in order, for the contrastive rule (none without a search).
-fn nudged_steps_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let p = Protocol::of(settings)?;
-    per_method_units(&p, p.nudged_steps_search.is_some(), "nudged-steps", |m| {
-        m.key == CML
-    })
-}
-
 /// The contrastive rule's key.
 const CML: &str = "cml";
 
@@ -385,32 +346,186 @@ fn at_nudged_steps(method: &Method, steps: usize) -> Method {
     }
 }
 
-/// The inner step size's searches' units, in order: the plain SGD step's, then the phases'.
-fn inner_step_choices(settings: &Settings) -> Result<Vec<(usize, Method, String)>> {
-    let mut choices = sgd_step_choices(settings)?;
-    choices.extend(phase_step_choices(settings)?);
-    Ok(choices)
+/// The job's validation searches, in the order they run (docs/PROTOCOL.md): the contrastive rule's
+/// `beta` (one unit per setting), then per setting and method the outer step size, the pull
+/// strength (the methods with a pull), the plain SGD step size (the others), the phases' step size
+/// (the methods with a pull) and the contrastive rule's nudged budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Choice {
+    Beta,
+    MetaLr,
+    Strength,
+    SgdStep,
+    PhaseStep,
+    NudgedSteps,
 }
 
-/// The units of the search `setting` ([`search_unit`]) for each setting and each method `which`
-/// takes, where `searched`.
-fn per_method_units(
-    p: &Protocol,
-    searched: bool,
-    setting: &str,
-    which: impl Fn(&Method) -> bool,
-) -> Result<Vec<(usize, Method, String)>> {
-    let mut out = Vec::new();
-    if !searched {
-        return Ok(out);
+/// A method in one setting, with the protocol it runs, as the searches so far set them.
+#[derive(Debug, Clone)]
+struct Subject {
+    p: Protocol,
+    shots: usize,
+    method: Method,
+}
+
+/// The job's chain of searches ([`super::chain`]).
+struct Searches;
+
+/// What a whole-run search of a [`Choice`] is: its grid in the protocol, its unit's prefix, the
+/// setting its table names, its stream word and how it breaks ties.
+struct ChoiceSpec<'a> {
+    search: Option<&'a RateSearchSpec>,
+    unit: &'static str,
+    setting: &'static str,
+    word: u64,
+    ties: Ties,
+}
+
+impl Choice {
+    /// The choice's search in `p` (`beta`'s is of its own kind: [`choose_beta`]).
+    fn spec(self, p: &Protocol) -> ChoiceSpec<'_> {
+        let (search, unit, setting, word) = match self {
+            Choice::Beta => (&None, "", "beta", CHOICE),
+            Choice::MetaLr => (&p.meta_lr_search, "meta-lr", "meta_lr", RATE_CHOICE),
+            Choice::Strength => (&p.strength_search, "strength", "strength", STRENGTH_CHOICE),
+            Choice::SgdStep => (
+                &p.maml_step_size_search,
+                "step-size",
+                "step_size",
+                SGD_STEP_CHOICE,
+            ),
+            Choice::PhaseStep => (
+                &p.phase_step_size_search,
+                "phase-step-size",
+                "step_size",
+                PHASE_STEP_CHOICE,
+            ),
+            Choice::NudgedSteps => (
+                &p.nudged_steps_search,
+                "nudged-steps",
+                "nudged_steps",
+                NUDGED_STEPS_CHOICE,
+            ),
+        };
+        ChoiceSpec {
+            search: search.as_ref(),
+            unit,
+            setting,
+            word,
+            // A larger budget costs more: the smallest within one standard error of the least.
+            ties: if self == Choice::NudgedSteps {
+                Ties::ToTheSmaller
+            } else {
+                Ties::None
+            },
+        }
     }
+}
+
+impl super::chain::Chain for Searches {
+    type Choice = Choice;
+    type Subject = Subject;
+
+    fn choices(&self) -> &'static [Choice] {
+        &[
+            Choice::Beta,
+            Choice::MetaLr,
+            Choice::Strength,
+            Choice::SgdStep,
+            Choice::PhaseStep,
+            Choice::NudgedSteps,
+        ]
+    }
+
+    fn key(&self, choice: Choice) -> &'static str {
+        match choice {
+            Choice::Beta => "beta_search",
+            Choice::MetaLr => "meta_lr_search",
+            Choice::Strength => "strength_search",
+            Choice::SgdStep => "maml_step_size_search",
+            Choice::PhaseStep => "phase_step_size_search",
+            Choice::NudgedSteps => "nudged_steps_search",
+        }
+    }
+
+    fn unit(&self, choice: Choice, s: &Subject) -> Option<String> {
+        let pulled = PULLED.contains(&s.method.key);
+        let takes = match choice {
+            Choice::Beta => {
+                let contrastive = matches!(s.method.estimator, EstimatorSpec::Contrastive(_));
+                return (contrastive && s.p.beta_search.is_some()).then(|| choice_unit(s.shots));
+            }
+            Choice::MetaLr => true,
+            Choice::Strength | Choice::PhaseStep => pulled,
+            Choice::SgdStep => !pulled,
+            Choice::NudgedSteps => s.method.key == CML,
+        };
+        let spec = choice.spec(&s.p);
+        (takes && spec.search.is_some()).then(|| search_unit(spec.unit, s.shots, s.method.key))
+    }
+
+    fn search(&self, settings: &Settings, choice: Choice, s: &Subject) -> Result<Option<Search>> {
+        let spec = choice.spec(&s.p);
+        match (choice, spec.search) {
+            (Choice::Beta, _) => choose_beta(settings, &s.p, s.shots),
+            (_, None) => Ok(None),
+            (_, Some(search)) => {
+                // Each value is a whole run of the subject at that value.
+                let at = |value: f64| {
+                    let at = self.apply(choice, s.clone(), value);
+                    (at.p, at.method)
+                };
+                let word = (spec.word, spec.setting, spec.ties);
+                whole_run_search(settings, &s.p, s.shots, word, search, s.method.key, at).map(Some)
+            }
+        }
+    }
+
+    fn apply(&self, choice: Choice, s: Subject, value: f64) -> Subject {
+        let Subject { p, shots, method } = s;
+        let method = match choice {
+            Choice::Beta => Method {
+                estimator: at_beta(&method.estimator, value),
+                ..method
+            },
+            Choice::MetaLr => {
+                let p = Protocol { meta_lr: value, ..p };
+                return Subject { p, shots, method };
+            }
+            Choice::Strength => Method {
+                strength: value,
+                ..method
+            },
+            Choice::SgdStep | Choice::PhaseStep => at_inner_step(&method, value),
+            Choice::NudgedSteps => at_nudged_steps(&method, whole_steps(value)),
+        };
+        Subject { p, shots, method }
+    }
+}
+
+/// Every method of every setting, unsearched.
+fn subjects(settings: &Settings) -> Result<Vec<Subject>> {
+    let p = Protocol::of(settings)?;
+    let mut out = Vec::new();
     for &shots in &p.shots {
-        for method in p.methods(shots)?.into_iter().filter(|m| which(m)) {
-            let name = search_unit(setting, shots, method.key);
-            out.push((shots, method, name));
+        for method in p.methods(shots)? {
+            out.push(Subject {
+                p: p.clone(),
+                shots,
+                method,
+            });
         }
     }
     Ok(out)
+}
+
+/// The units of one search of the chain, in order.
+fn choice_units(settings: &Settings, choice: Choice) -> Result<Vec<String>> {
+    Ok(super::chain::choice_units(
+        &Searches,
+        &subjects(settings)?,
+        choice,
+    ))
 }
 
 /// Every unit of the job, in order: shots, method, seed.
@@ -491,16 +606,10 @@ impl Job<super::Section> for FewShot {
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first (beta, then the outer step sizes, then the strengths and the plain
-        // SGD step sizes, then the phase step sizes, then the nudged budgets, each taking the
-        // choices before it), so that the runs find them stored.
-        Ok(searched_settings(settings)?
+        // The searches first, in the order they run, so that the runs find them stored.
+        Ok(super::chain::search_units(&Searches, &subjects(settings)?)
             .into_iter()
-            .map(choice_unit)
-            .chain(rate_choices(settings)?.into_iter().map(|(_, _, u)| u))
-            .chain(strength_choices(settings)?.into_iter().map(|(_, _, u)| u))
-            .chain(inner_step_choices(settings)?.into_iter().map(|(_, _, u)| u))
-            .chain(nudged_steps_choices(settings)?.into_iter().map(|(_, _, u)| u))
+            .map(|(_, _, unit)| unit)
             .chain(
                 runs(settings)?
                     .iter()
@@ -510,92 +619,47 @@ impl Job<super::Section> for FewShot {
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<serde_json::Value> {
-        let p = Protocol::of(settings)?;
-        if let Some(&shots) = searched_settings(settings)?
-            .iter()
-            .find(|&&s| choice_unit(s) == unit)
+        let subjects = subjects(settings)?;
+        if let Some(rows) =
+            super::chain::run_search_unit(&Searches, self, settings, staging, unit, &subjects)?
         {
-            return super::units::encode(&choose_beta(settings, &p, shots)?);
-        }
-        if let Some((shots, method, _)) = rate_choices(settings)?.into_iter().find(|(_, _, u)| u == unit) {
-            let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
-            return super::units::encode(&choose_meta_lr(settings, &p, shots, &method)?);
-        }
-        if let Some((shots, method, _)) = strength_choices(settings)?
-            .into_iter()
-            .find(|(_, _, u)| u == unit)
-        {
-            let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
-            let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
-            return super::units::encode(&choose_strength(settings, &at_rate, shots, &method)?);
-        }
-        if let Some((shots, method, _)) = inner_step_choices(settings)?
-            .into_iter()
-            .find(|(_, _, u)| u == unit)
-        {
-            let (method, _) = self.at_searched_beta(settings, staging, &p, shots, method)?;
-            let (at_rate, _) = self.at_searched_rate(settings, staging, &p, shots, &method)?;
-            let (method, _) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
-            return super::units::encode(&choose_inner_step(settings, &at_rate, shots, &method)?);
-        }
-        if let Some((shots, method, _)) = nudged_steps_choices(settings)?
-            .into_iter()
-            .find(|(_, _, u)| u == unit)
-        {
-            let (at_rate, method, _) = self.before_nudged(settings, staging, &p, shots, method)?;
-            return super::units::encode(&choose_nudged_steps(settings, &at_rate, shots, &method)?);
+            return Ok(rows);
         }
         let (shots, method, seed) =
             super::units::lookup(self, settings, unit, runs(settings)?, |(shots, m, seed)| {
                 unit_name(*shots, m.key, *seed)
             })?;
-        let (at_rate, method, before) = self.before_nudged(settings, staging, &p, shots, method)?;
-        // The contrastive rule's nudged budget: its search's, stored or run here, as beta's.
-        let nudged_steps = match nudged_steps_choices(settings)?
-            .into_iter()
-            .find(|(s, m, _)| *s == shots && m.key == method.key)
-        {
-            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_nudged_steps(settings, &at_rate, shots, &method)
-            })?
-            .map(whole_steps),
-            None => None,
+        let subject = Subject {
+            p: Protocol::of(settings)?,
+            shots,
+            method,
         };
-        let method = match nudged_steps {
-            Some(n) => at_nudged_steps(&method, n),
-            None => method,
-        };
-        let chosen = Chosen {
-            nudged_steps,
-            ..before
-        };
-        super::units::encode(&run_seed(&at_rate, shots, &method, seed, chosen)?)
+        let choices = Searches.choices().len();
+        let (s, chosen) = super::chain::settle(&Searches, self, settings, staging, choices, subject)?;
+        super::units::encode(&run_seed(
+            &s.p,
+            shots,
+            &s.method,
+            seed,
+            Chosen::of(&s.method, &chosen),
+        )?)
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
-        // The strength and the phase step size are read by their searches and the runs of the
-        // methods with a pull (the phase step's search after the strength's), the plain SGD step
-        // size by its searches and the runs of the others, the nudged budget by its searches and
-        // the contrastive rule's runs (after every other search); the earlier searches read none.
-        const STRENGTH: &str = "strength_search";
-        const PHASE: &str = "phase_step_size_search";
-        const SGD: &str = "maml_step_size_search";
-        const NUDGED: &str = "nudged_steps_search";
-        if unit.starts_with("choice-nudged-steps-") || unit.contains(&format!("shot-{CML}-seed")) {
-            &[SGD]
-        } else if unit.starts_with("choice-strength-") {
-            &[PHASE, SGD, NUDGED]
-        } else if unit.starts_with("choice-phase-step-size-") {
-            &[SGD, NUDGED]
-        } else if unit.starts_with("choice-step-size-") {
-            &[STRENGTH, PHASE, NUDGED]
-        } else if unit.starts_with("choice-") {
-            &[STRENGTH, PHASE, SGD, NUDGED]
-        } else if PULLED.iter().any(|k| unit.contains(&format!("shot-{k}-seed"))) {
-            &[SGD, NUDGED]
-        } else {
-            &[STRENGTH, PHASE, NUDGED]
-        }
+    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+        // Of the searches' keys, a unit reads those of the searches it (or its search) runs after.
+        let settings = Settings::at(Scale::Default);
+        let (Ok(subjects), Ok(runs)) = (subjects(&settings), runs(&settings)) else {
+            return Vec::new();
+        };
+        let run = runs
+            .iter()
+            .find(|(shots, m, seed)| unit_name(*shots, m.key, *seed) == unit)
+            .and_then(|(shots, m, _)| {
+                subjects
+                    .iter()
+                    .find(|s| s.shots == *shots && s.method.key == m.key)
+            });
+        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -692,16 +756,6 @@ impl crate::protocol::Checked for Protocol {
     }
 }
 
-/// The settings whose contrastive `beta` is searched (all of them, unless the scale has no search).
-fn searched_settings(settings: &Settings) -> Result<Vec<usize>> {
-    let p = Protocol::of(settings)?;
-    Ok(if p.beta_search.is_some() {
-        p.shots
-    } else {
-        Vec::new()
-    })
-}
-
 /// `n` episodes of the `shots` setting from `pool`, drawn by `rng`.
 fn episodes(pool: &ClassPool, n: usize, shots: usize, mut rng: crate::rng::Rng) -> Result<Vec<Episode>> {
     (0..n)
@@ -735,133 +789,6 @@ fn meta_train(
         observe,
     }
     .run(theta0)
-}
-
-impl FewShot {
-    /// `method` with its setting's searched `beta` if it is the contrastive rule: the stored
-    /// choice unit's where there is one, else the search run here (units have no order); at the
-    /// paper scale, where there is no search, the protocol's `beta` stands. Also that `beta`.
-    fn at_searched_beta(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        p: &Protocol,
-        shots: usize,
-        method: Method,
-    ) -> Result<(Method, Option<f64>)> {
-        let beta = match (&method.estimator, &p.beta_search) {
-            (EstimatorSpec::Contrastive(_), Some(_)) => Some(
-                super::choice::chosen_value(self, settings, staging, &choice_unit(shots), || {
-                    choose_beta(settings, p, shots)
-                })?
-                .expect("a search where the protocol has one"),
-            ),
-            (EstimatorSpec::Contrastive(c), None) => Some(c.beta),
-            _ => None,
-        };
-        let method = Method {
-            estimator: beta.map_or(method.estimator, |b| at_beta(&method.estimator, b)),
-            ..method
-        };
-        Ok((method, beta))
-    }
-
-    /// `method` at its searched pull strength if it has a pull (its search's, stored or run here,
-    /// as beta's, with `p` at its searched outer step size; at the paper scale the protocol's),
-    /// and that strength.
-    fn at_searched_strength(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        p: &Protocol,
-        shots: usize,
-        method: Method,
-    ) -> Result<(Method, Option<f64>)> {
-        let strength = match strength_choices(settings)?
-            .into_iter()
-            .find(|(s, m, _)| *s == shots && m.key == method.key)
-        {
-            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_strength(settings, p, shots, &method)
-            })?,
-            None => None,
-        };
-        let method = Method {
-            strength: strength.unwrap_or(method.strength),
-            ..method
-        };
-        Ok((method, strength))
-    }
-
-    /// `p` at `method`'s searched outer step size (its search's, stored or run here, as beta's; at
-    /// the paper scale the protocol's), and that step size.
-    fn at_searched_rate(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        p: &Protocol,
-        shots: usize,
-        method: &Method,
-    ) -> Result<(Protocol, Option<f64>)> {
-        let meta_lr = match &p.meta_lr_search {
-            Some(_) => Some(
-                super::choice::chosen_value(
-                    self,
-                    settings,
-                    staging,
-                    &search_unit("meta-lr", shots, method.key),
-                    || choose_meta_lr(settings, p, shots, method),
-                )?
-                .expect("a search where the protocol has one"),
-            ),
-            None => None,
-        };
-        let at_rate = Protocol {
-            meta_lr: meta_lr.unwrap_or(p.meta_lr),
-            ..p.clone()
-        };
-        Ok((at_rate, meta_lr))
-    }
-
-    /// `p` and `method` as every search before the nudged budget's set them (`beta`, the outer
-    /// step size, the pull strength, then the plain SGD step size of a method without a pull or
-    /// the phases' of one with; each its search's, stored or run here, as beta's), and what they
-    /// chose.
-    fn before_nudged(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        p: &Protocol,
-        shots: usize,
-        method: Method,
-    ) -> Result<(Protocol, Method, Chosen)> {
-        let (method, beta) = self.at_searched_beta(settings, staging, p, shots, method)?;
-        let (at_rate, meta_lr) = self.at_searched_rate(settings, staging, p, shots, &method)?;
-        let (method, strength) = self.at_searched_strength(settings, staging, &at_rate, shots, method)?;
-        let step = match inner_step_choices(settings)?
-            .into_iter()
-            .find(|(s, m, _)| *s == shots && m.key == method.key)
-        {
-            Some((_, _, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_inner_step(settings, &at_rate, shots, &method)
-            })?,
-            None => None,
-        };
-        let method = match step {
-            Some(s) => at_inner_step(&method, s),
-            None => method,
-        };
-        let pulled = PULLED.contains(&method.key);
-        let chosen = Chosen {
-            beta,
-            meta_lr,
-            strength,
-            sgd_step: step.filter(|_| !pulled),
-            phase_step: step.filter(|_| pulled),
-            nudged_steps: None,
-        };
-        Ok((at_rate, method, chosen))
-    }
 }
 
 /// Each episode's query accuracy after `method`'s own inner loop from `theta`, and how many
@@ -990,122 +917,6 @@ fn train_checkpointed(
     })
 }
 
-/// Chooses the outer Adam step size of `method` (the contrastive rule at its searched `beta`) in
-/// the `shots` setting on the validation classes ([`RateSearchSpec`], [`whole_run_search`]; the
-/// same search stream for every method). `None` where the protocol has no search.
-fn choose_meta_lr(
-    settings: &Settings,
-    p: &Protocol,
-    shots: usize,
-    method: &Method,
-) -> Result<Option<Search>> {
-    let Some(search) = &p.meta_lr_search else {
-        return Ok(None);
-    };
-    let at = |meta_lr: f64| (Protocol { meta_lr, ..p.clone() }, method.clone());
-    whole_run_search(
-        settings,
-        p,
-        shots,
-        (RATE_CHOICE, "meta_lr", Ties::None),
-        search,
-        method.key,
-        at,
-    )
-    .map(Some)
-}
-
-/// Chooses the pull strength of `method` (at its searched `beta`; `p` at its searched outer step
-/// size) in the `shots` setting on the validation classes, as [`choose_meta_lr`] chooses the step
-/// size but on a search stream of its own. `None` where the protocol has no search.
-fn choose_strength(
-    settings: &Settings,
-    p: &Protocol,
-    shots: usize,
-    method: &Method,
-) -> Result<Option<Search>> {
-    let Some(search) = &p.strength_search else {
-        return Ok(None);
-    };
-    let at = |strength: f64| {
-        (
-            p.clone(),
-            Method {
-                strength,
-                ..method.clone()
-            },
-        )
-    };
-    whole_run_search(
-        settings,
-        p,
-        shots,
-        (STRENGTH_CHOICE, "strength", Ties::None),
-        search,
-        method.key,
-        at,
-    )
-    .map(Some)
-}
-
-/// Chooses the inner step size of `method` (`p` at its searched outer step size, `method` at its
-/// searched `beta` and strength) in the `shots` setting on the validation classes, as
-/// [`choose_strength`] chooses the strength, on a search stream of its own: the plain SGD step of
-/// MAML, first-order MAML and Reptile (`maml_step_size_search`), the phases' of CML and iMAML
-/// (`phase_step_size_search`). `None` where the protocol has no such search.
-fn choose_inner_step(
-    settings: &Settings,
-    p: &Protocol,
-    shots: usize,
-    method: &Method,
-) -> Result<Option<Search>> {
-    let (search, word) = if PULLED.contains(&method.key) {
-        (&p.phase_step_size_search, PHASE_STEP_CHOICE)
-    } else {
-        (&p.maml_step_size_search, SGD_STEP_CHOICE)
-    };
-    let Some(search) = search else {
-        return Ok(None);
-    };
-    let at = |step_size: f64| (p.clone(), at_inner_step(method, step_size));
-    whole_run_search(
-        settings,
-        p,
-        shots,
-        (word, "step_size", Ties::None),
-        search,
-        method.key,
-        at,
-    )
-    .map(Some)
-}
-
-/// Chooses the contrastive rule's nudged budget (`p` and `method` as every earlier search set
-/// them) in the `shots` setting on the validation classes, as [`choose_inner_step`] chooses the
-/// step size, on a search stream of its own, but with ties to the smaller budget. `None` where
-/// the protocol has no such search.
-fn choose_nudged_steps(
-    settings: &Settings,
-    p: &Protocol,
-    shots: usize,
-    method: &Method,
-) -> Result<Option<Search>> {
-    let Some(search) = &p.nudged_steps_search else {
-        return Ok(None);
-    };
-    let at = |steps: f64| (p.clone(), at_nudged_steps(method, whole_steps(steps)));
-    whole_run_search(
-        settings,
-        p,
-        shots,
-        (NUDGED_STEPS_CHOICE, "nudged_steps", Ties::ToTheSmaller),
-        search,
-        method.key,
-        at,
-    )
-    .map(Some)
-}
-
 /// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
 /// setting: from an initialisation and episode stream of the search's own (seeded by `word.0`, no
 /// reported seed's), a whole meta-training at each value as `at(value)` gives it (the protocol
@@ -1155,6 +966,32 @@ struct Chosen {
     sgd_step: Option<f64>,
     phase_step: Option<f64>,
     nudged_steps: Option<usize>,
+}
+
+impl Chosen {
+    /// What the [`Searches`] chose for a run of `method` (as they set it), by choice; the
+    /// contrastive rule's `beta` is the one it runs, searched or (at the paper scale) the
+    /// protocol's.
+    fn of(method: &Method, chosen: &[Option<f64>]) -> Chosen {
+        let at = |choice: Choice| {
+            chosen[Searches
+                .choices()
+                .iter()
+                .position(|s| *s == choice)
+                .expect("a choice")]
+        };
+        Chosen {
+            beta: match method.estimator {
+                EstimatorSpec::Contrastive(c) => Some(c.beta),
+                _ => None,
+            },
+            meta_lr: at(Choice::MetaLr),
+            strength: at(Choice::Strength),
+            sgd_step: at(Choice::SgdStep),
+            phase_step: at(Choice::PhaseStep),
+            nudged_steps: at(Choice::NudgedSteps).map(whole_steps),
+        }
+    }
 }
 
 /// Meta-trains `method` (as its searches set it: `chosen` records their `beta`, outer step size,
@@ -1279,20 +1116,13 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut panels = Vec::new();
     let mut checkpoint_rows = Vec::new();
     let split = FewShotSplit::new(&load_digits()?)?;
-    let searches = super::choice::stored(units, protocol.shots.iter().map(|&s| choice_unit(s)))?;
-    let rate_searches = super::choice::stored(units, rate_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
-    let strength_searches =
-        super::choice::stored(units, strength_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
-    let sgd_step_searches =
-        super::choice::stored(units, sgd_step_choices(settings)?.into_iter().map(|(_, _, u)| u))?;
-    let phase_step_searches = super::choice::stored(
-        units,
-        phase_step_choices(settings)?.into_iter().map(|(_, _, u)| u),
-    )?;
-    let nudged_steps_searches = super::choice::stored(
-        units,
-        nudged_steps_choices(settings)?.into_iter().map(|(_, _, u)| u),
-    )?;
+    let stored = |choice: Choice| super::choice::stored(units, choice_units(settings, choice)?);
+    let searches = stored(Choice::Beta)?;
+    let rate_searches = stored(Choice::MetaLr)?;
+    let strength_searches = stored(Choice::Strength)?;
+    let sgd_step_searches = stored(Choice::SgdStep)?;
+    let phase_step_searches = stored(Choice::PhaseStep)?;
+    let nudged_steps_searches = stored(Choice::NudgedSteps)?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -1918,78 +1748,70 @@ mod tests {
 
     #[test]
     fn only_the_units_that_read_a_search_keep_it_in_their_fingerprint() {
-        // The methods with a pull are those whose synapse has a strength above 0. The pull
-        // strength's search is read by its own units and those methods' runs, the plain SGD step
-        // size's by its own units and the other methods' runs, the nudged budget's by its own units
-        // and the contrastive rule's runs: each default unit's ignored keys are checked against the
-        // lists of units that take each search's choice.
+        // The searches run in this order, each at the choices before it: beta (the contrastive
+        // rule), the outer step size (every method), the pull strength (the methods with a pull,
+        // those whose synapse has a strength above 0), the plain SGD step size (the others), the
+        // phases' step size (those with a pull) and the nudged budget (the contrastive rule). A
+        // unit reads a search's key where the search takes its method and runs no later than the
+        // unit's own search (a run comes after them all). Read from the unit names alone.
         let settings = Settings::at(Scale::Default);
         let p = Protocol::of(&settings).unwrap();
-        for shots in [1, 5] {
-            for m in p.methods(shots).unwrap() {
-                assert_eq!(m.strength > 0.0, PULLED.contains(&m.key), "{}", m.key);
+        let pulled = |key: &str| {
+            p.methods(1)
+                .unwrap()
+                .iter()
+                .any(|m| m.key == key && m.strength > 0.0)
+        };
+        const KEYS: [&str; 6] = [
+            "beta_search",
+            "meta_lr_search",
+            "strength_search",
+            "maml_step_size_search",
+            "phase_step_size_search",
+            "nudged_steps_search",
+        ];
+        const PREFIXES: [&str; 5] = [
+            "meta-lr-",
+            "strength-",
+            "step-size-",
+            "phase-step-size-",
+            "nudged-steps-",
+        ];
+        // (the unit's place in the order, its method's key)
+        let place = |unit: &str| -> (usize, String) {
+            let Some(rest) = unit.strip_prefix("choice-") else {
+                let key = unit.split('-').nth(1).unwrap();
+                return (KEYS.len(), key.to_string());
+            };
+            match PREFIXES.iter().position(|p| rest.starts_with(p)) {
+                Some(k) => (
+                    k + 1,
+                    rest[PREFIXES[k].len()..].split('-').nth(1).unwrap().to_string(),
+                ),
+                None => (0, CML.to_string()),
+            }
+        };
+        let takes = |k: usize, key: &str| match k {
+            0 | 5 => key == "cml",
+            1 => true,
+            2 | 4 => pulled(key),
+            _ => !pulled(key),
+        };
+        let units = FEW_SHOT.units(&settings).unwrap();
+        assert_eq!(units.len(), 78);
+        let mut readers = [0; 6];
+        for unit in &units {
+            let (at, key) = place(unit);
+            let ignores = FEW_SHOT.keys_unit_ignores(unit);
+            for (k, search) in KEYS.iter().enumerate() {
+                let reads = k <= at && takes(k, &key);
+                readers[k] += usize::from(reads);
+                assert_eq!(!ignores.contains(search), reads, "{unit} {search}");
             }
         }
-        let readers = |searches: Vec<(usize, Method, String)>, pulled: bool| -> Vec<String> {
-            let mut out: Vec<String> = searches.into_iter().map(|(_, _, u)| u).collect();
-            out.extend(
-                runs(&settings)
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, m, _)| (m.strength > 0.0) == pulled)
-                    .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
-            );
-            out
-        };
-        // The nudged budget's searches run last, at every other choice.
-        let nudged: Vec<String> = nudged_steps_choices(&settings)
-            .unwrap()
-            .into_iter()
-            .map(|c| c.2)
-            .chain(
-                runs(&settings)
-                    .unwrap()
-                    .iter()
-                    .filter(|(_, m, _)| m.key == CML)
-                    .map(|(shots, m, seed)| unit_name(*shots, m.key, *seed)),
-            )
-            .collect();
-        let mut phase_step = readers(phase_step_choices(&settings).unwrap(), true);
-        phase_step.extend(nudged_steps_choices(&settings).unwrap().into_iter().map(|c| c.2));
-        // The phase step's searches run at the strength's choice.
-        let mut strength = readers(strength_choices(&settings).unwrap(), true);
-        strength.extend(phase_step_choices(&settings).unwrap().into_iter().map(|c| c.2));
-        strength.extend(nudged_steps_choices(&settings).unwrap().into_iter().map(|c| c.2));
-        let sgd_step = readers(sgd_step_choices(&settings).unwrap(), false);
-        // 2 settings x 2 methods of searches (3 times) and their 5 seeds each (the nudged
-        // budget's searches read both); 2 x 3 and theirs; 2 settings x CML and its 5 seeds.
-        assert_eq!(
-            (strength.len(), phase_step.len(), sgd_step.len(), nudged.len()),
-            (8 + 2 + 20, 4 + 2 + 20, 6 + 30, 2 + 10)
-        );
-        for unit in FEW_SHOT.units(&settings).unwrap() {
-            let ignores = FEW_SHOT.keys_unit_ignores(&unit);
-            assert_eq!(
-                !ignores.contains(&"phase_step_size_search"),
-                phase_step.contains(&unit),
-                "{unit}"
-            );
-            assert_eq!(
-                !ignores.contains(&"strength_search"),
-                strength.contains(&unit),
-                "{unit}"
-            );
-            assert_eq!(
-                !ignores.contains(&"maml_step_size_search"),
-                sgd_step.contains(&unit),
-                "{unit}"
-            );
-            assert_eq!(
-                !ignores.contains(&"nudged_steps_search"),
-                nudged.contains(&unit),
-                "{unit}"
-            );
-            assert!(ignores.len() <= 4, "{unit}");
-        }
+        // Beta: 2 searches, 2 x 4 later CML searches, 10 CML runs; the outer step size: all but
+        // the 2 beta searches; the strength: 4 + 4 phase + 2 nudged searches, 20 runs; the SGD
+        // step: 6 searches, 30 runs; the phases: 4 + 2 searches, 20 runs; the nudged budget: 2, 10.
+        assert_eq!(readers, [20, 76, 30, 36, 26, 12]);
     }
 }

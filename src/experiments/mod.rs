@@ -54,7 +54,7 @@ use crate::error::Result;
 use crate::io::write_atomically;
 pub(crate) use crate::io::write_csv;
 use crate::report::{plot, template};
-pub(crate) use crate::{choice, units};
+pub(crate) use crate::{chain, choice, units};
 use std::path::{Path, PathBuf};
 use units::{Job, PaperBudgets, Whole};
 pub use units::{PlanRow, Scale, Selection, Settings, SliceSummary, Stage};

@@ -726,7 +726,7 @@ impl super::units::Job<super::Section> for Spiking {
         )?)
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
         // The beta choice and the outer step-size searches run before the inner ones and read
         // neither; a contrastive method (and the no-meta-learning row, which adapts as CML
         // symmetric does) reads only the contrastive rule's inner search, a BPTT baseline only the
@@ -742,7 +742,7 @@ impl super::units::Job<super::Section> for Spiking {
         let key = unit
             .strip_prefix(STEP_SIZE_UNIT)
             .or_else(|| unit.split_once("-seed").map(|(k, _)| k));
-        if unit == CHOICE_UNIT || unit.starts_with("choice-meta-lr-") {
+        let keys: &[&str] = if unit == CHOICE_UNIT || unit.starts_with("choice-meta-lr-") {
             KEYS
         } else if unit.starts_with(MATCHED_UNIT) {
             &[]
@@ -750,7 +750,8 @@ impl super::units::Job<super::Section> for Spiking {
             &KEYS[1..]
         } else {
             &KEYS[..1]
-        }
+        };
+        keys.to_vec()
     }
 
     fn report(

@@ -750,11 +750,12 @@ impl Job<super::Section> for Training {
         &["seeds"]
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
+    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
         // The searches run in order, each reading the choices before it and none after it (the
         // runs read them all, but only the contrastive rule's read its nudged budget).
         const LATER: [&str; 3] = ["meta_lr_search", "step_size_search", "nudged_steps_search"];
-        if unit.starts_with("choice-nudged-steps-") || unit.contains("-contrastive-seed") {
+        let keys: &[&str] = if unit.starts_with("choice-nudged-steps-") || unit.contains("-contrastive-seed")
+        {
             &[]
         } else if unit.starts_with("choice-step-size-") {
             &LATER[2..]
@@ -764,7 +765,8 @@ impl Job<super::Section> for Training {
             &LATER
         } else {
             &LATER[2..]
-        }
+        };
+        keys.to_vec()
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {

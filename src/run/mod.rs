@@ -2,6 +2,7 @@
 //! and its drivers, the statistics over seeds, experiments as independent units and the
 //! validation searches they make their choices by. It imports only the core.
 
+pub mod chain;
 pub mod choice;
 pub mod executor;
 pub mod fit;

@@ -152,8 +152,8 @@ pub trait Job<S>: Sync {
     /// unit takes (a search only other units read): a stored unit whose protocol differs from
     /// this run's only in them (and in the extent keys) is this run's, so a run that adds such a
     /// search computes only the units that read it. Name a key here only where that holds.
-    fn keys_unit_ignores(&self, _unit: &str) -> &'static [&'static str] {
-        &[]
+    fn keys_unit_ignores(&self, _unit: &str) -> Vec<&'static str> {
+        Vec::new()
     }
 }
 
@@ -401,7 +401,7 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
             format!("a unit written by `cml figures --units` ({e})"),
         )
     })?;
-    let ignored = [job.extent_keys(), job.keys_unit_ignores(unit)].concat();
+    let ignored = [job.extent_keys(), &job.keys_unit_ignores(unit)].concat();
     if !same_fingerprint(&stored.fingerprint, expected, &ignored) {
         let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
             .iter()
@@ -1142,8 +1142,12 @@ mod fingerprint_tests {
         fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
             Ok(())
         }
-        fn keys_unit_ignores(&self, unit: &str) -> &'static [&'static str] {
-            if unit == "plain" { &["search"] } else { &[] }
+        fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+            if unit == "plain" {
+                vec!["search"]
+            } else {
+                Vec::new()
+            }
         }
     }
 

@@ -1,0 +1,136 @@
+//! A job's chain of validation searches (docs/PROTOCOL.md). Each search chooses one setting of a
+//! subject (a method in one setting of the job, with the protocol it runs) on validation data, in
+//! order, at the choices of the searches before it; the subject's runs take every choice. Each
+//! search of each subject is a unit of its own ([`crate::units`]), so that a cluster runs them
+//! apart, and a unit that finds another's stored beside it reads its choice instead of searching
+//! again. A job says what its searches are ([`Chain`]); the bookkeeping lives here once.
+
+// The crate-internal helpers here serve the experiments, which only the `figures` feature builds.
+#![cfg_attr(not(feature = "figures"), allow(dead_code))]
+
+use crate::choice::Search;
+use crate::error::Result;
+use crate::units::{Job, Settings};
+
+/// A job's searches, in the order they run.
+pub(crate) trait Chain {
+    /// What one search of the chain chooses (`beta`, the outer step size, ...).
+    type Choice: Copy + PartialEq + 'static;
+    /// What a search or a run starts from; each search's choice changes it ([`Chain::apply`]).
+    type Subject: Clone;
+    /// The choices, in the order their searches run.
+    fn choices(&self) -> &'static [Self::Choice];
+    /// The protocol key of the choice's search: of a subject's units, only those that take the
+    /// choice read it.
+    fn key(&self, choice: Self::Choice) -> &'static str;
+    /// The unit of the choice's search for `subject`, where there is one (the protocol has the search and
+    /// the subject takes the setting). Several subjects may share one unit.
+    fn unit(&self, choice: Self::Choice, subject: &Self::Subject) -> Option<String>;
+    /// Runs the choice's search for `subject`, as the choices before it set it.
+    fn search(
+        &self,
+        settings: &Settings,
+        choice: Self::Choice,
+        subject: &Self::Subject,
+    ) -> Result<Option<Search>>;
+    /// `subject` at `value` of the choice.
+    fn apply(&self, choice: Self::Choice, subject: Self::Subject, value: f64) -> Self::Subject;
+}
+
+/// Every search unit of `subjects`, in the order they run (choice by choice, then subject by
+/// subject), each once: (the choice's index, the first subject that has it, unit).
+pub(crate) fn search_units<C: Chain>(c: &C, subjects: &[C::Subject]) -> Vec<(usize, C::Subject, String)> {
+    let mut out: Vec<(usize, C::Subject, String)> = Vec::new();
+    for (k, &choice) in c.choices().iter().enumerate() {
+        for s in subjects {
+            if let Some(unit) = c.unit(choice, s).filter(|u| !out.iter().any(|o| o.2 == *u)) {
+                out.push((k, s.clone(), unit));
+            }
+        }
+    }
+    out
+}
+
+/// The units of one choice's searches ([`search_units`]), in order.
+pub(crate) fn choice_units<C: Chain>(c: &C, subjects: &[C::Subject], choice: C::Choice) -> Vec<String> {
+    search_units(c, subjects)
+        .into_iter()
+        .filter(|u| c.choices()[u.0] == choice)
+        .map(|u| u.2)
+        .collect()
+}
+
+/// `subject` as the first `upto` choices set it, and the value each of them chose (`None` where it
+/// does not search for the subject): each choice is its unit's, stored beside `staging`, or,
+/// where that unit is not there (units have no order), its search run here.
+pub(crate) fn settle<C: Chain, S>(
+    c: &C,
+    job: &dyn Job<S>,
+    settings: &Settings,
+    staging: &std::path::Path,
+    upto: usize,
+    mut subject: C::Subject,
+) -> Result<(C::Subject, Vec<Option<f64>>)> {
+    let mut chosen = Vec::new();
+    for &choice in &c.choices()[..upto] {
+        let value = match c.unit(choice, &subject) {
+            Some(unit) => crate::choice::chosen_value(job, settings, staging, &unit, || {
+                c.search(settings, choice, &subject)
+            })?,
+            None => None,
+        };
+        if let Some(v) = value {
+            subject = c.apply(choice, subject, v);
+        }
+        chosen.push(value);
+    }
+    Ok((subject, chosen))
+}
+
+/// The rows of the search unit `unit`, where it is one of `subjects`' ([`search_units`]): its
+/// subject as the choices before it set it ([`settle`]), searched.
+pub(crate) fn run_search_unit<C: Chain, S>(
+    c: &C,
+    job: &dyn Job<S>,
+    settings: &Settings,
+    staging: &std::path::Path,
+    unit: &str,
+    subjects: &[C::Subject],
+) -> Result<Option<serde_json::Value>> {
+    let Some((k, subject, _)) = search_units(c, subjects).into_iter().find(|u| u.2 == unit) else {
+        return Ok(None);
+    };
+    let (subject, _) = settle(c, job, settings, staging, k, subject)?;
+    crate::units::encode(&c.search(settings, c.choices()[k], &subject)?).map(Some)
+}
+
+/// The searches' keys a unit does not read: a search unit reads the keys of its own search and of
+/// the earlier ones that search for its subject, a run unit of `run_subject` those of every search
+/// that does; a unit of neither kind reads them all.
+pub(crate) fn keys_unit_ignores<C: Chain>(
+    c: &C,
+    unit: &str,
+    subjects: &[C::Subject],
+    run_subject: Option<&C::Subject>,
+) -> Vec<&'static str> {
+    let (upto, subject) = match search_units(c, subjects).into_iter().find(|u| u.2 == unit) {
+        Some((k, s, _)) => (k + 1, s),
+        None => match run_subject {
+            Some(s) => (c.choices().len(), s.clone()),
+            None => return Vec::new(),
+        },
+    };
+    let read: Vec<&str> = c.choices()[..upto]
+        .iter()
+        .filter(|&&choice| c.unit(choice, &subject).is_some())
+        .map(|&choice| c.key(choice))
+        .collect();
+    let mut ignored: Vec<&'static str> = Vec::new();
+    for &choice in c.choices() {
+        let key = c.key(choice);
+        if !read.contains(&key) && !ignored.contains(&key) {
+            ignored.push(key);
+        }
+    }
+    ignored
+}
