@@ -1,6 +1,7 @@
 //! Meta-training on few-shot sinusoid regression with every estimator, both models, several
 //! seeds: the curves, example tasks, and the final meta-test loss.
 
+use super::chain::Chain;
 use super::choice::{Search, whole_steps};
 use super::units::{Job, Scale, Stored};
 use super::{Settings, num, save, write_csv, write_table};
@@ -751,33 +752,27 @@ impl Job<super::Section> for Training {
     }
 
     fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
-        // The searches run in order, each reading the choices before it and none after it (the
-        // runs read them all, but only the contrastive rule's read its nudged budget).
-        const LATER: [&str; 3] = ["meta_lr_search", "step_size_search", "nudged_steps_search"];
-        let keys: &[&str] = if unit.starts_with("choice-nudged-steps-") || unit.contains("-contrastive-seed")
-        {
-            &[]
-        } else if unit.starts_with("choice-step-size-") {
-            &LATER[2..]
-        } else if unit.starts_with("choice-meta-lr-") {
-            &LATER[1..]
-        } else if unit.starts_with("choice-") {
-            &LATER
-        } else {
-            &LATER[2..]
+        // Of the searches' keys, a unit reads those of the searches it (or its search) runs after.
+        let settings = Settings::at(Scale::Default);
+        let (Ok(subjects), Ok(runs)) = (subjects(&settings), runs(&settings)) else {
+            return Vec::new();
         };
-        keys.to_vec()
+        let run = runs
+            .iter()
+            .find(|(model, name, seed)| unit_name(model.name(), name, *seed) == unit)
+            .and_then(|(model, name, _)| {
+                subjects
+                    .iter()
+                    .find(|s| s.model.name() == model.name() && s.name == *name)
+            });
+        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
-        // The searches first (beta, then the outer step sizes, then the inner ones, then the
-        // nudged budgets, each taking the choices before it), so that the runs find them stored.
-        Ok(choice_units(settings)?
+        // The searches first, in the order they run, so that the runs find them stored.
+        Ok(super::chain::search_units(&Searches, &subjects(settings)?)
             .into_iter()
-            .map(|(_, unit)| unit)
-            .chain(meta_lr_units(settings)?.into_iter().map(|(_, _, unit)| unit))
-            .chain(step_size_units(settings)?.into_iter().map(|(_, _, unit)| unit))
-            .chain(nudged_steps_units(settings)?.into_iter().map(|(_, _, unit)| unit))
+            .map(|(_, _, unit)| unit)
             .chain(
                 runs(settings)?
                     .iter()
@@ -787,25 +782,22 @@ impl Job<super::Section> for Training {
     }
 
     fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<serde_json::Value> {
-        if let Some((model, _)) = choice_units(settings)?.iter().find(|(_, u)| u == unit) {
-            return super::units::encode(&choose_beta(settings, model)?);
-        }
-        if let Some((model, name, _)) = meta_lr_units(settings)?.iter().find(|(_, _, u)| u == unit) {
-            let beta = self.beta(settings, staging, model, name)?;
-            return super::units::encode(&choose_meta_lr(settings, model, name, beta)?);
-        }
-        if let Some((model, name, _)) = step_size_units(settings)?.iter().find(|(_, _, u)| u == unit) {
-            let beta = self.beta(settings, staging, model, name)?;
-            let meta_lr = self.meta_lr(settings, staging, model, name, beta)?;
-            return super::units::encode(&choose_step_size(settings, model, name, beta, meta_lr)?);
-        }
-        if let Some((model, _, _)) = nudged_steps_units(settings)?.iter().find(|(_, _, u)| u == unit) {
-            let before = self.chosen_before_nudged(settings, staging, model, "contrastive")?;
-            return super::units::encode(&choose_nudged_steps(settings, model, before)?);
+        let subjects = subjects(settings)?;
+        if let Some(rows) =
+            super::chain::run_search_unit(&Searches, self, settings, staging, unit, &subjects)?
+        {
+            return Ok(rows);
         }
         let (model, name, seed) = self.parse_unit(settings, unit)?;
-        let chosen = self.chosen(settings, staging, &model, name)?;
-        super::units::encode(&run_seed(settings, model, name, seed, chosen)?)
+        let subject = Subject {
+            p: Protocol::of(settings)?,
+            model,
+            name,
+            chosen: Chosen::default(),
+        };
+        let all = Searches.choices().len();
+        let (s, _) = super::chain::settle(&Searches, self, settings, staging, all, subject)?;
+        super::units::encode(&run_seed(settings, s.model, name, seed, s.chosen)?)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -827,20 +819,20 @@ impl Job<super::Section> for Training {
         }
         let mut per_kind: Vec<(String, (f64, f64))> = Vec::new();
         let mut out = Vec::new();
-        let (choices, rates) = (choice_units(settings)?, meta_lr_units(settings)?);
-        let (steps, nudged) = (step_size_units(settings)?, nudged_steps_units(settings)?);
+        let searches = super::chain::search_units(&Searches, &subjects(settings)?);
         for unit in units {
-            let (model, name, kind_of_unit) = match (
-                choices.iter().find(|(_, u)| u == unit),
-                rates.iter().find(|(_, _, u)| u == unit),
-                steps.iter().find(|(_, _, u)| u == unit),
-                nudged.iter().find(|(_, _, u)| u == unit),
-            ) {
-                (Some((model, _)), _, _, _) => (model.clone(), "contrastive", Unit::BetaSearch),
-                (_, Some((model, name, _)), _, _) => (model.clone(), *name, Unit::MetaLrSearch),
-                (_, _, Some((model, name, _)), _) => (model.clone(), *name, Unit::StepSizeSearch),
-                (_, _, _, Some((model, name, _))) => (model.clone(), *name, Unit::NudgedStepsSearch),
-                _ => {
+            let (model, name, kind_of_unit) = match searches.iter().find(|(_, _, u)| u == unit) {
+                Some((k, s, _)) => (
+                    s.model.clone(),
+                    s.name,
+                    match Searches.choices()[*k] {
+                        Choice::Beta => Unit::BetaSearch,
+                        Choice::MetaLr => Unit::MetaLrSearch,
+                        Choice::StepSize => Unit::StepSizeSearch,
+                        Choice::NudgedSteps => Unit::NudgedStepsSearch,
+                    },
+                ),
+                None => {
                     let (model, name, _) = self.parse_unit(settings, unit)?;
                     (model, name, Unit::Run)
                 }
@@ -884,118 +876,6 @@ impl Job<super::Section> for Training {
 }
 
 impl Training {
-    /// The contrastive rule's `beta` for `model`: its search's, from the stored choice unit where
-    /// there is one (the report checks they agree), else the search run here (units have no
-    /// order). `None` for the other estimators and at the paper scale.
-    fn beta(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        model: &ModelSpec,
-        name: &str,
-    ) -> Result<Option<f64>> {
-        let choices = choice_units(settings)?;
-        let Some((_, unit)) = choices.iter().find(|(m, _)| m.name() == model.name()) else {
-            return Ok(None);
-        };
-        if name != "contrastive" {
-            return Ok(None);
-        }
-        super::choice::chosen_value(self, settings, staging, unit, || choose_beta(settings, model))
-    }
-
-    /// The outer Adam's step size for `model` and `name`: its search's, stored or run here, as
-    /// [`Self::beta`]. `None` at the paper scale.
-    fn meta_lr(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        model: &ModelSpec,
-        name: &str,
-        beta: Option<f64>,
-    ) -> Result<Option<f64>> {
-        self.per_run_choice(settings, staging, &meta_lr_units(settings)?, model, name, || {
-            choose_meta_lr(settings, model, name, beta)
-        })
-    }
-
-    /// The inner step size for `model` and `name` (at the searched `beta` and outer step size):
-    /// its search's, stored or run here, as [`Self::beta`]. `None` at the paper scale.
-    fn step_size(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        model: &ModelSpec,
-        name: &str,
-        beta: Option<f64>,
-        meta_lr: Option<f64>,
-    ) -> Result<Option<f64>> {
-        self.per_run_choice(
-            settings,
-            staging,
-            &step_size_units(settings)?,
-            model,
-            name,
-            || choose_step_size(settings, model, name, beta, meta_lr),
-        )
-    }
-
-    /// The choice of the search unit among `units` (one per model and estimator) that belongs to
-    /// `model` and `name`: stored, or `search` run here. `None` where the scale has no such unit.
-    fn per_run_choice(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        units: &[(ModelSpec, &'static str, String)],
-        model: &ModelSpec,
-        name: &str,
-        search: impl FnOnce() -> Result<Option<Search>>,
-    ) -> Result<Option<f64>> {
-        let Some((_, _, unit)) = units
-            .iter()
-            .find(|(m, n, _)| m.name() == model.name() && *n == name)
-        else {
-            return Ok(None);
-        };
-        super::choice::chosen_value(self, settings, staging, unit, search)
-    }
-
-    /// The values the searches before the nudged budget's chose for a run of `model` and `name`.
-    fn chosen_before_nudged(
-        &self,
-        settings: &Settings,
-        staging: &Path,
-        model: &ModelSpec,
-        name: &str,
-    ) -> Result<Chosen> {
-        let beta = self.beta(settings, staging, model, name)?;
-        let meta_lr = self.meta_lr(settings, staging, model, name, beta)?;
-        let step_size = self.step_size(settings, staging, model, name, beta, meta_lr)?;
-        Ok(Chosen {
-            beta,
-            meta_lr,
-            step_size,
-            nudged_steps: None,
-        })
-    }
-
-    /// Every value the searches chose for a run of `model` and `name`, in the searches' order.
-    fn chosen(&self, settings: &Settings, staging: &Path, model: &ModelSpec, name: &str) -> Result<Chosen> {
-        let before = self.chosen_before_nudged(settings, staging, model, name)?;
-        let nudged_steps = self.per_run_choice(
-            settings,
-            staging,
-            &nudged_steps_units(settings)?,
-            model,
-            name,
-            || choose_nudged_steps(settings, model, before),
-        )?;
-        Ok(Chosen {
-            nudged_steps: nudged_steps.map(whole_steps),
-            ..before
-        })
-    }
-
     fn parse_unit(&self, settings: &Settings, unit: &str) -> Result<(ModelSpec, &'static str, u64)> {
         super::units::lookup(self, settings, unit, runs(settings)?, |(model, name, seed)| {
             unit_name(model.name(), name, *seed)
@@ -1003,64 +883,129 @@ impl Training {
     }
 }
 
-/// The search's units, one per model (none at the paper scale): (model, unit name).
-fn choice_units(settings: &Settings) -> Result<Vec<(ModelSpec, String)>> {
-    let p = Protocol::of(settings)?;
-    if p.beta_search.is_none() {
-        return Ok(Vec::new());
+/// The job's validation searches, in the order they run (docs/PROTOCOL.md): the contrastive rule's
+/// `beta` (one unit per model), then per model and estimator the outer step size and the inner
+/// one, then the contrastive rule's nudged budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Choice {
+    Beta,
+    MetaLr,
+    StepSize,
+    NudgedSteps,
+}
+
+/// A run's model and estimator, with the protocol it runs and what the searches so far chose for it.
+#[derive(Debug, Clone)]
+struct Subject {
+    p: Protocol,
+    model: ModelSpec,
+    name: &'static str,
+    chosen: Chosen,
+}
+
+/// The job's chain of searches ([`super::chain`]).
+struct Searches;
+
+impl Chain for Searches {
+    type Choice = Choice;
+    type Subject = Subject;
+
+    fn choices(&self) -> &'static [Choice] {
+        &[
+            Choice::Beta,
+            Choice::MetaLr,
+            Choice::StepSize,
+            Choice::NudgedSteps,
+        ]
     }
-    Ok(models(&p)
-        .into_iter()
-        .map(|m| {
-            let unit = format!("choice-{}", m.name());
-            (m, unit)
-        })
-        .collect())
-}
 
-/// The outer step-size search's units, one per model and estimator (none at the paper scale):
-/// (model, estimator, unit name).
-fn meta_lr_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
-    search_units(settings, "choice-meta-lr", |p| p.meta_lr_search.is_some())
-}
-
-/// The inner step-size search's units, as [`meta_lr_units`].
-fn step_size_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
-    search_units(settings, "choice-step-size", |p| p.step_size_search.is_some())
-}
-
-/// The nudged budget search's units, one per model, for the contrastive rule.
-fn nudged_steps_units(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, String)>> {
-    Ok(search_units(settings, "choice-nudged-steps", |p| {
-        p.nudged_steps_search.is_some()
-    })?
-    .into_iter()
-    .filter(|(_, name, _)| *name == "contrastive")
-    .collect())
-}
-
-/// Units `<prefix>-<model>-<estimator>`, one per model and estimator, where `searched` says the
-/// protocol has that search.
-fn search_units(
-    settings: &Settings,
-    prefix: &str,
-    searched: impl Fn(&Protocol) -> bool,
-) -> Result<Vec<(ModelSpec, &'static str, String)>> {
-    let p = Protocol::of(settings)?;
-    if !searched(&p) {
-        return Ok(Vec::new());
+    fn key(&self, choice: Choice) -> &'static str {
+        match choice {
+            Choice::Beta => "beta_search",
+            Choice::MetaLr => "meta_lr_search",
+            Choice::StepSize => "step_size_search",
+            Choice::NudgedSteps => "nudged_steps_search",
+        }
     }
+
+    fn unit(&self, choice: Choice, s: &Subject) -> Option<String> {
+        let p = &s.p;
+        let contrastive = s.name == "contrastive";
+        let (searched, takes, prefix) = match choice {
+            Choice::Beta => (p.beta_search.is_some(), contrastive, "choice"),
+            Choice::MetaLr => (p.meta_lr_search.is_some(), true, "choice-meta-lr"),
+            Choice::StepSize => (p.step_size_search.is_some(), true, "choice-step-size"),
+            Choice::NudgedSteps => (
+                p.nudged_steps_search.is_some(),
+                contrastive,
+                "choice-nudged-steps",
+            ),
+        };
+        let subject = match choice {
+            Choice::Beta => s.model.name().to_string(),
+            _ => run_subject(&s.model, s.name),
+        };
+        (searched && takes).then(|| format!("{prefix}-{subject}"))
+    }
+
+    fn search(&self, settings: &Settings, choice: Choice, s: &Subject) -> Result<Option<Search>> {
+        let Chosen { beta, meta_lr, .. } = s.chosen;
+        match choice {
+            Choice::Beta => choose_beta(settings, &s.model),
+            Choice::MetaLr => choose_meta_lr(settings, &s.model, s.name, beta),
+            Choice::StepSize => choose_step_size(settings, &s.model, s.name, beta, meta_lr),
+            Choice::NudgedSteps => choose_nudged_steps(settings, &s.model, s.chosen),
+        }
+    }
+
+    fn apply(&self, choice: Choice, s: Subject, value: f64) -> Subject {
+        let c = s.chosen;
+        let chosen = match choice {
+            Choice::Beta => Chosen {
+                beta: Some(value),
+                ..c
+            },
+            Choice::MetaLr => Chosen {
+                meta_lr: Some(value),
+                ..c
+            },
+            Choice::StepSize => Chosen {
+                step_size: Some(value),
+                ..c
+            },
+            Choice::NudgedSteps => Chosen {
+                nudged_steps: Some(whole_steps(value)),
+                ..c
+            },
+        };
+        Subject { chosen, ..s }
+    }
+}
+
+/// Every model and estimator, unsearched.
+fn subjects(settings: &Settings) -> Result<Vec<Subject>> {
+    let p = Protocol::of(settings)?;
     let mut out = Vec::new();
     for model in models(&p) {
         for (name, _) in ESTIMATORS {
-            out.push((
-                model.clone(),
+            out.push(Subject {
+                p: p.clone(),
+                model: model.clone(),
                 name,
-                format!("{prefix}-{}", run_subject(&model, name)),
-            ));
+                chosen: Chosen::default(),
+            });
         }
     }
     Ok(out)
+}
+
+/// The units of one search of the chain, in order.
+fn choice_units(settings: &Settings, choice: Choice) -> Result<Vec<String>> {
+    Ok(super::chain::choice_units(
+        &Searches,
+        &subjects(settings)?,
+        choice,
+    ))
 }
 
 /// Every run of the job, in unit order: model, estimator, seed.
@@ -1260,16 +1205,12 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         "contrastive",
         settings.seed,
     )?;
-    // The beta searches, where their units were given.
-    let searches = super::choice::stored(units, choice_units(settings)?.into_iter().map(|(_, u)| u))?;
-    let rate_searches =
-        super::choice::stored(units, meta_lr_units(settings)?.into_iter().map(|(_, _, u)| u))?;
-    let step_searches =
-        super::choice::stored(units, step_size_units(settings)?.into_iter().map(|(_, _, u)| u))?;
-    let nudged_searches = super::choice::stored(
-        units,
-        nudged_steps_units(settings)?.into_iter().map(|(_, _, u)| u),
-    )?;
+    // The searches, where their units were given.
+    let stored = |choice: Choice| super::choice::stored(units, choice_units(settings, choice)?);
+    let searches = stored(Choice::Beta)?;
+    let rate_searches = stored(Choice::MetaLr)?;
+    let step_searches = stored(Choice::StepSize)?;
+    let nudged_searches = stored(Choice::NudgedSteps)?;
     for model in models(&protocol) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -1789,4 +1730,46 @@ fn losses_after_adaptation(
 /// Says on stderr which run stopped and why (the table records that it did).
 fn log_divergence(model: &str, estimator: &str, seed: u64, e: &crate::CmlError) {
     eprintln!("note: {model} / {estimator} / seed {seed} stopped: {e}");
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_units_that_read_a_search_keep_it_in_their_fingerprint() {
+        // The searches run in this order, each at the choices before it: beta (the contrastive
+        // rule, one per model), the outer and the inner step size (every estimator), the nudged
+        // budget (the contrastive rule). A unit reads a search's key where the search takes its
+        // estimator and runs no later than the unit's own search (a run comes after them all).
+        // Read from the unit names alone.
+        let settings = Settings::at(Scale::Default);
+        const KEYS: [&str; 4] = [
+            "beta_search",
+            "meta_lr_search",
+            "step_size_search",
+            "nudged_steps_search",
+        ];
+        const PREFIXES: [&str; 3] = ["choice-meta-lr-", "choice-step-size-", "choice-nudged-steps-"];
+        let units = TRAINING.units(&settings).unwrap();
+        assert_eq!(units.len(), 88);
+        let mut readers = [0; 4];
+        for unit in &units {
+            let at = match PREFIXES.iter().position(|p| unit.starts_with(p)) {
+                Some(k) => k + 1,
+                None if unit.starts_with("choice-") => 0,
+                None => KEYS.len(),
+            };
+            let contrastive = at == 0 || unit.contains("-contrastive");
+            let ignores = TRAINING.keys_unit_ignores(unit);
+            for (k, key) in KEYS.iter().enumerate() {
+                let reads = k <= at && (contrastive || k == 1 || k == 2);
+                readers[k] += usize::from(reads);
+                assert_eq!(!ignores.contains(key), reads, "{unit} {key}");
+            }
+        }
+        // 2 models: beta by its 2 searches, the contrastive rule's 3 later searches each and its
+        // 10 runs; the outer step size by all but the 2 beta searches; the inner one by 12
+        // searches, 2 nudged searches and 60 runs; the nudged budget by 2 searches and 10 runs.
+        assert_eq!(readers, [2 + 6 + 10, 86, 12 + 2 + 60, 2 + 10]);
+    }
 }
