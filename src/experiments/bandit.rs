@@ -3,6 +3,7 @@
 //! modulation, and MAML), then run online against the non-meta-learned agents; cumulative regret
 //! relative to the uniform policy (docs/BANDIT.md).
 
+use super::chain::Chain;
 use super::choice::{BetaSearchSpec, CheckpointSpec, RateSearchSpec, Search, Ties, at_beta, whole_steps};
 use super::training::{ALPHA, t975};
 use super::units::Scale;
@@ -465,56 +466,133 @@ fn unit_list(p: &Protocol) -> Result<Vec<(String, usize)>> {
         .collect())
 }
 
-/// The units of the `beta` searches, one per contrastive agent (none without a search):
-/// (agent name, unit name).
-fn choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
-    if p.beta_search.is_none() {
-        return Ok(Vec::new());
+/// The job's validation searches, in the order they run (docs/PROTOCOL.md): the contrastive
+/// agents' `beta`, every meta-learned agent's outer step size, the inner step sizes (the
+/// contrastive agents' phases', MAML's loop's: one unit name, two protocol keys) and the
+/// contrastive agents' nudged budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Choice {
+    Beta,
+    MetaLr,
+    PhaseStep,
+    MamlStep,
+    NudgedSteps,
+}
+
+/// A meta-learned agent, with the protocol and what the searches so far chose for it.
+#[derive(Debug, Clone)]
+struct Subject {
+    p: Protocol,
+    name: &'static str,
+    contrastive: bool,
+    beta: Option<f64>,
+    meta_lr: Option<f64>,
+    step_size: Option<f64>,
+    nudged_steps: Option<usize>,
+}
+
+/// The job's chain of searches ([`super::chain`]).
+struct Searches;
+
+impl Chain for Searches {
+    type Choice = Choice;
+    type Subject = Subject;
+
+    fn choices(&self) -> &'static [Choice] {
+        &[
+            Choice::Beta,
+            Choice::MetaLr,
+            Choice::PhaseStep,
+            Choice::MamlStep,
+            Choice::NudgedSteps,
+        ]
     }
+
+    fn key(&self, choice: Choice) -> &'static str {
+        match choice {
+            Choice::Beta => "beta_search",
+            Choice::MetaLr => "meta_lr_search",
+            Choice::PhaseStep => "phase_step_size_search",
+            Choice::MamlStep => "maml_step_size_search",
+            Choice::NudgedSteps => "nudged_steps_search",
+        }
+    }
+
+    fn unit(&self, choice: Choice, s: &Subject) -> Option<String> {
+        let p = &s.p;
+        let (searched, takes, prefix) = match choice {
+            Choice::Beta => (p.beta_search.is_some(), s.contrastive, "choice-"),
+            Choice::MetaLr => (p.meta_lr_search.is_some(), true, "choice-meta-lr-"),
+            Choice::PhaseStep => (
+                p.step_size_search_of(s.name).is_some(),
+                s.contrastive,
+                STEP_SIZE_UNIT,
+            ),
+            Choice::MamlStep => (
+                p.step_size_search_of(s.name).is_some(),
+                !s.contrastive,
+                STEP_SIZE_UNIT,
+            ),
+            Choice::NudgedSteps => (p.nudged_steps_search.is_some(), s.contrastive, NUDGED_STEPS_UNIT),
+        };
+        (searched && takes).then(|| format!("{prefix}{}", key(s.name)))
+    }
+
+    fn search(&self, settings: &Settings, choice: Choice, s: &Subject) -> Result<Option<Search>> {
+        let (p, name) = (&s.p, s.name);
+        match choice {
+            Choice::Beta => choose_beta(settings, p, name).map(Some),
+            Choice::MetaLr => choose_meta_lr(settings, p, name, s.beta),
+            Choice::PhaseStep | Choice::MamlStep => choose_step_size(settings, p, name, s.beta, s.meta_lr),
+            Choice::NudgedSteps => choose_nudged_steps(settings, p, name, s.beta, s.meta_lr, s.step_size),
+        }
+    }
+
+    fn apply(&self, choice: Choice, s: Subject, value: f64) -> Subject {
+        match choice {
+            Choice::Beta => Subject {
+                beta: Some(value),
+                ..s
+            },
+            Choice::MetaLr => Subject {
+                meta_lr: Some(value),
+                ..s
+            },
+            Choice::PhaseStep | Choice::MamlStep => Subject {
+                step_size: Some(value),
+                ..s
+            },
+            Choice::NudgedSteps => Subject {
+                nudged_steps: Some(whole_steps(value)),
+                ..s
+            },
+        }
+    }
+}
+
+/// Every meta-learned agent, unsearched.
+fn subjects(p: &Protocol) -> Result<Vec<Subject>> {
     Ok(p.meta_learners()?
         .into_iter()
-        .filter(|l| matches!(l.2, EstimatorSpec::Contrastive(_)))
-        .map(|l| (l.0, format!("choice-{}", key(l.0))))
+        .map(|(name, _, spec)| Subject {
+            p: p.clone(),
+            name,
+            contrastive: matches!(spec, EstimatorSpec::Contrastive(_)),
+            beta: None,
+            meta_lr: None,
+            step_size: None,
+            nudged_steps: None,
+        })
         .collect())
 }
 
-/// The units of the step-size searches, one per meta-learned agent (none without a search):
-/// (agent name, unit name).
-fn rate_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
-    if p.meta_lr_search.is_none() {
-        return Ok(Vec::new());
-    }
-    Ok(p.meta_learners()?
-        .into_iter()
-        .map(|l| (l.0, format!("choice-meta-lr-{}", key(l.0))))
-        .collect())
-}
-
-/// The units of the inner step-size searches, one per meta-learned agent whose search the
-/// protocol has: (agent name, unit name).
-fn step_size_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
-    Ok(p.meta_learners()?
-        .into_iter()
-        .filter(|l| p.step_size_search_of(l.0).is_some())
-        .map(|l| (l.0, format!("{STEP_SIZE_UNIT}{}", key(l.0))))
-        .collect())
+/// The units of one search of the chain, in order.
+fn choice_units(p: &Protocol, choice: Choice) -> Result<Vec<String>> {
+    Ok(super::chain::choice_units(&Searches, &subjects(p)?, choice))
 }
 
 /// The prefix of an inner step-size search's unit name.
 const STEP_SIZE_UNIT: &str = "choice-step-size-";
-
-/// The units of the nudged budget searches, one per contrastive agent (none without a search):
-/// (agent name, unit name).
-fn nudged_steps_choice_units(p: &Protocol) -> Result<Vec<(&'static str, String)>> {
-    if p.nudged_steps_search.is_none() {
-        return Ok(Vec::new());
-    }
-    Ok(p.meta_learners()?
-        .into_iter()
-        .filter(|l| matches!(l.2, EstimatorSpec::Contrastive(_)))
-        .map(|l| (l.0, format!("{NUDGED_STEPS_UNIT}{}", key(l.0))))
-        .collect())
-}
 
 /// The prefix of a nudged budget search's unit name.
 const NUDGED_STEPS_UNIT: &str = "choice-nudged-steps-";
@@ -851,89 +929,6 @@ impl Protocol {
     }
 }
 
-impl Bandit {
-    /// The value the search among `units` (agent name, unit name) of the agent keyed `k` chose:
-    /// the stored choice unit's where there is one (the report checks that the agent's units
-    /// agree), else `search(name)` run here (units have no order); `None` for an agent without
-    /// such a search.
-    fn searched(
-        &self,
-        settings: &Settings,
-        staging: &std::path::Path,
-        units: Vec<(&'static str, String)>,
-        k: &str,
-        search: impl FnOnce(&'static str) -> Result<Option<Search>>,
-    ) -> Result<Option<f64>> {
-        match units.into_iter().find(|(n, _)| key(n) == k) {
-            Some((name, unit)) => {
-                super::choice::chosen_value(self, settings, staging, &unit, || search(name))
-            }
-            None => Ok(None),
-        }
-    }
-
-    /// The `beta` the contrastive agent keyed `k` runs at (see [`Bandit::searched`]).
-    fn searched_beta(
-        &self,
-        settings: &Settings,
-        staging: &std::path::Path,
-        p: &Protocol,
-        k: &str,
-    ) -> Result<Option<f64>> {
-        self.searched(settings, staging, choice_units(p)?, k, |name| {
-            choose_beta(settings, p, name).map(Some)
-        })
-    }
-
-    /// The outer step size the agent keyed `k` meta-trains at (its search at `beta`).
-    fn searched_meta_lr(
-        &self,
-        settings: &Settings,
-        staging: &std::path::Path,
-        p: &Protocol,
-        k: &str,
-        beta: Option<f64>,
-    ) -> Result<Option<f64>> {
-        self.searched(settings, staging, rate_choice_units(p)?, k, |name| {
-            choose_meta_lr(settings, p, name, beta)
-        })
-    }
-
-    /// The inner step size of the agent keyed `k` (its search at the agent's searched `beta` and
-    /// outer step size).
-    fn searched_step_size(
-        &self,
-        settings: &Settings,
-        staging: &std::path::Path,
-        p: &Protocol,
-        k: &str,
-    ) -> Result<Option<f64>> {
-        self.searched(settings, staging, step_size_choice_units(p)?, k, |name| {
-            let beta = self.searched_beta(settings, staging, p, k)?;
-            let meta_lr = self.searched_meta_lr(settings, staging, p, k, beta)?;
-            choose_step_size(settings, p, name, beta, meta_lr)
-        })
-    }
-
-    /// The nudged budget of the contrastive agent keyed `k` (its search at the agent's searched
-    /// `beta`, outer and inner step sizes).
-    fn searched_nudged_steps(
-        &self,
-        settings: &Settings,
-        staging: &std::path::Path,
-        p: &Protocol,
-        k: &str,
-    ) -> Result<Option<usize>> {
-        let steps = self.searched(settings, staging, nudged_steps_choice_units(p)?, k, |name| {
-            let beta = self.searched_beta(settings, staging, p, k)?;
-            let meta_lr = self.searched_meta_lr(settings, staging, p, k, beta)?;
-            let step_size = self.searched_step_size(settings, staging, p, k)?;
-            choose_nudged_steps(settings, p, name, beta, meta_lr, step_size)
-        })?;
-        Ok(steps.map(whole_steps))
-    }
-}
-
 impl super::units::Job<super::Section> for Bandit {
     fn name(&self) -> &'static str {
         "bandit"
@@ -958,13 +953,10 @@ impl super::units::Job<super::Section> for Bandit {
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         let p = Protocol::of(settings)?;
-        // The searches first, so that the agents' units find them stored.
-        Ok(choice_units(&p)?
+        // The searches first, in the order they run, so that the agents' units find them stored.
+        Ok(super::chain::search_units(&Searches, &subjects(&p)?)
             .into_iter()
-            .chain(rate_choice_units(&p)?)
-            .chain(step_size_choice_units(&p)?)
-            .chain(nudged_steps_choice_units(&p)?)
-            .map(|(_, u)| u)
+            .map(|(_, _, u)| u)
             .chain(unit_list(&p)?.iter().map(|(k, m)| unit_name(k, *m)))
             .collect())
     }
@@ -976,90 +968,59 @@ impl super::units::Job<super::Section> for Bandit {
         staging: &std::path::Path,
     ) -> Result<serde_json::Value> {
         let p = Protocol::of(settings)?;
-        if let Some((name, _)) = choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
-            return super::units::encode(&choose_beta(settings, &p, name)?);
-        }
-        if let Some((name, _)) = rate_choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
-            let beta = self.searched_beta(settings, staging, &p, &key(name))?;
-            return super::units::encode(&choose_meta_lr(settings, &p, name, beta)?);
-        }
-        if let Some((name, _)) = step_size_choice_units(&p)?.into_iter().find(|(_, u)| u == unit) {
-            let beta = self.searched_beta(settings, staging, &p, &key(name))?;
-            let meta_lr = self.searched_meta_lr(settings, staging, &p, &key(name), beta)?;
-            return super::units::encode(&choose_step_size(settings, &p, name, beta, meta_lr)?);
-        }
-        if let Some((name, _)) = nudged_steps_choice_units(&p)?
-            .into_iter()
-            .find(|(_, u)| u == unit)
+        let subjects = subjects(&p)?;
+        if let Some(rows) =
+            super::chain::run_search_unit(&Searches, self, settings, staging, unit, &subjects)?
         {
-            let k = key(name);
-            let beta = self.searched_beta(settings, staging, &p, &k)?;
-            let meta_lr = self.searched_meta_lr(settings, staging, &p, &k, beta)?;
-            let step_size = self.searched_step_size(settings, staging, &p, &k)?;
-            return super::units::encode(&choose_nudged_steps(
-                settings, &p, name, beta, meta_lr, step_size,
-            )?);
+            return Ok(rows);
         }
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
+        // The baselines' unit settles MAML's choices: the matched baseline of MAML's own deployment
+        // adapts at MAML's chosen step size.
+        let agent = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
+        let subject = subjects
+            .into_iter()
+            .find(|s| key(s.name) == agent)
+            .expect("a model of the unit list");
+        let all = Searches.choices().len();
+        let (s, _) = super::chain::settle(&Searches, self, settings, staging, all, subject)?;
+        let at = s
+            .step_size
+            .map_or_else(|| p.clone(), |size| p.at_step_size(s.name, size));
         if k == BASELINES {
-            // The matched baseline of MAML's own deployment adapts at MAML's chosen step size.
-            let step_size = self.searched_step_size(settings, staging, &p, &key(MAML_OWN))?;
-            let at = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(MAML_OWN, s));
             return super::units::encode(&UnitRows {
-                step_size,
+                step_size: s.step_size,
                 ..run_unit(settings, &at, &k, m, None, None)?
             });
         }
-        let beta = self.searched_beta(settings, staging, &p, &k)?;
-        let meta_lr = self.searched_meta_lr(settings, staging, &p, &k, beta)?;
-        let step_size = self.searched_step_size(settings, staging, &p, &k)?;
-        let nudged_steps = self.searched_nudged_steps(settings, staging, &p, &k)?;
-        let name = p
-            .meta_learners()?
-            .into_iter()
-            .find(|l| key(l.0) == k)
-            .expect("a model of the unit list")
-            .0;
-        let at = step_size.map_or_else(|| p.clone(), |s| p.at_step_size(name, s));
-        let at = match nudged_steps {
+        let at = match s.nudged_steps {
             Some(n) => at.at_nudged_steps(n),
             None => at,
         };
         super::units::encode(&UnitRows {
-            step_size,
-            nudged_steps,
-            ..run_unit(settings, &at, &k, m, beta, meta_lr)?
+            step_size: s.step_size,
+            nudged_steps: s.nudged_steps,
+            ..run_unit(settings, &at, &k, m, s.beta, s.meta_lr)?
         })
     }
 
     fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
-        // The phase step size is read by its searches, the nudged budget searches and the
-        // contrastive agents' runs, MAML's by its search, MAML's runs and the baselines (MAML's
-        // matched twin); the nudged budget only by its searches and the contrastive agents' runs;
-        // the outer step-size searches read none of these three, and the beta searches (which run
-        // before them, at the protocol's meta_lr) none of the four.
-        const MAML: &str = "maml_step_size_search";
-        const PHASES: &str = "phase_step_size_search";
-        const NUDGED: &str = "nudged_steps_search";
-        const OUTER: &str = "meta_lr_search";
-        let maml = key(MAML_OWN);
-        let keys: &[&str] = if unit.starts_with(NUDGED_STEPS_UNIT) {
-            &[MAML]
-        } else if unit == format!("{STEP_SIZE_UNIT}{maml}") {
-            &[PHASES, NUDGED]
-        } else if unit.starts_with(STEP_SIZE_UNIT) {
-            &[MAML, NUDGED]
-        } else if unit.starts_with("choice-meta-lr-") {
-            &[MAML, PHASES, NUDGED]
-        } else if unit.starts_with("choice-") {
-            &[MAML, PHASES, NUDGED, OUTER]
-        } else if unit.starts_with(&format!("{maml}-seed")) || unit.starts_with(&format!("{BASELINES}-seed"))
-        {
-            &[PHASES, NUDGED]
-        } else {
-            &[MAML]
+        // Of the searches' keys, a unit reads those of the searches it (or its search) runs after;
+        // the baselines' unit reads MAML's (MAML's matched twin adapts at its chosen step size).
+        let Ok(p) = Protocol::at(Scale::Default) else {
+            return Vec::new();
         };
-        keys.to_vec()
+        let Ok(subjects) = subjects(&p) else {
+            return Vec::new();
+        };
+        let agent = unit.split_once("-seed").map(|(k, _)| k);
+        let agent = if agent == Some(BASELINES) {
+            Some(key(MAML_OWN))
+        } else {
+            agent.map(String::from)
+        };
+        let run = subjects.iter().find(|s| Some(key(s.name)) == agent);
+        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
     }
 
     fn report(
@@ -1374,13 +1335,18 @@ fn report(
     let protocol = Protocol::of(settings)?;
     let p = &protocol;
     let learners = p.meta_learners()?;
-    // The beta searches, where their units were given.
-    let searches = super::choice::stored(units, choice_units(p)?.into_iter().map(|(_, u)| u))?;
-    let rate_searches = super::choice::stored(units, rate_choice_units(p)?.into_iter().map(|(_, u)| u))?;
-    let step_size_searches =
-        super::choice::stored(units, step_size_choice_units(p)?.into_iter().map(|(_, u)| u))?;
-    let nudged_steps_searches =
-        super::choice::stored(units, nudged_steps_choice_units(p)?.into_iter().map(|(_, u)| u))?;
+    // The searches, where their units were given.
+    let stored = |choices: &[Choice]| -> Result<Vec<Search>> {
+        let names = choices
+            .iter()
+            .map(|&c| choice_units(p, c))
+            .collect::<Result<Vec<_>>>()?;
+        super::choice::stored(units, names.concat())
+    };
+    let searches = stored(&[Choice::Beta])?;
+    let rate_searches = stored(&[Choice::MetaLr])?;
+    let step_size_searches = stored(&[Choice::PhaseStep, Choice::MamlStep])?;
+    let nudged_steps_searches = stored(&[Choice::NudgedSteps])?;
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
@@ -1977,6 +1943,8 @@ mod tests {
             assert_eq!(reads("maml_step_size_search"), maml, "{unit}");
             let beta_search = unit.starts_with("choice-cml-");
             assert_eq!(reads("meta_lr_search"), !beta_search, "{unit}");
+            // The contrastive agents' units, and only theirs, run at their searched beta.
+            assert_eq!(reads("beta_search"), unit.contains("cml-"), "{unit}");
         }
     }
 
