@@ -134,3 +134,148 @@ pub(crate) fn keys_unit_ignores<C: Chain>(
     }
     ignored
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::choice::Search;
+    use crate::units::{Scale, Stored};
+    use std::path::{Path, PathBuf};
+
+    /// A toy chain: subjects `x` and `y` each with a running value; search `A` per subject, `B`
+    /// one unit for both, `C` for `x` only. Each search chooses the subject's value plus its own
+    /// weight (1, 10, 100), and a choice sets the value: so a choice shows which earlier choices
+    /// its search saw.
+    struct Toy;
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Subject {
+        name: &'static str,
+        value: f64,
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Choice {
+        A,
+        B,
+        C,
+    }
+
+    impl Chain for Toy {
+        type Choice = Choice;
+        type Subject = Subject;
+        fn choices(&self) -> &'static [Choice] {
+            &[Choice::A, Choice::B, Choice::C]
+        }
+        fn key(&self, choice: Choice) -> &'static str {
+            match choice {
+                Choice::A => "a_search",
+                Choice::B => "b_search",
+                Choice::C => "c_search",
+            }
+        }
+        fn unit(&self, choice: Choice, s: &Subject) -> Option<String> {
+            match choice {
+                Choice::A => Some(format!("a-{}", s.name)),
+                Choice::B => Some("b".into()),
+                Choice::C => (s.name == "x").then(|| "c-x".into()),
+            }
+        }
+        fn search(&self, _: &Settings, choice: Choice, s: &Subject) -> Result<Option<Search>> {
+            let weight = [1.0, 10.0, 100.0][self.choices().iter().position(|c| *c == choice).unwrap()];
+            Ok(Some(Search {
+                model: s.name.into(),
+                setting: self.key(choice).into(),
+                chosen: s.value + weight,
+                grid: Vec::new(),
+                at_edge: false,
+            }))
+        }
+        fn apply(&self, _: Choice, s: Subject, value: f64) -> Subject {
+            Subject { value, ..s }
+        }
+    }
+
+    /// A job with no stored units, so that every choice is searched where it is needed.
+    struct Empty;
+
+    impl Job<()> for Empty {
+        fn name(&self) -> &'static str {
+            "toy"
+        }
+        fn about(&self) -> &'static str {
+            "a toy chain"
+        }
+        fn protocol(&self, _: &Settings) -> Result<serde_json::Value> {
+            Ok(serde_json::Value::Null)
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+        fn run_unit(&self, _: &Settings, _: &str, _: &Path) -> Result<serde_json::Value> {
+            Ok(serde_json::Value::Null)
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn subjects() -> Vec<Subject> {
+        ["x", "y"].map(|name| Subject { name, value: 0.0 }).to_vec()
+    }
+
+    #[test]
+    fn the_searches_run_choice_by_choice_each_at_the_choices_before_it() {
+        let units: Vec<(usize, String)> = search_units(&Toy, &subjects())
+            .into_iter()
+            .map(|(k, _, u)| (k, u))
+            .collect();
+        // A for each subject, then B once (its first subject's), then C for x alone.
+        assert_eq!(
+            units,
+            [(0, "a-x"), (0, "a-y"), (1, "b"), (2, "c-x")].map(|(k, u)| (k, u.to_string()))
+        );
+        assert_eq!(choice_units(&Toy, &subjects(), Choice::B), ["b"]);
+
+        let staging = std::env::temp_dir()
+            .join(format!("cml-chain-{}", std::process::id()))
+            .join("toy/run");
+        let settings = Settings::at(Scale::Quick);
+        // y: A sees 0 and chooses 1; B sees A's 1 and chooses 11; C does not search for y.
+        let (y, chosen) = settle(&Toy, &Empty, &settings, &staging, 3, subjects()[1].clone()).unwrap();
+        assert_eq!((y.value, chosen), (11.0, vec![Some(1.0), Some(11.0), None]));
+        // x: C sees B's 11 and chooses 111; settling only the first choice stops after A.
+        let (x, chosen) = settle(&Toy, &Empty, &settings, &staging, 3, subjects()[0].clone()).unwrap();
+        assert_eq!(
+            (x.value, chosen),
+            (111.0, vec![Some(1.0), Some(11.0), Some(111.0)])
+        );
+        let (x, chosen) = settle(&Toy, &Empty, &settings, &staging, 1, subjects()[0].clone()).unwrap();
+        assert_eq!((x.value, chosen), (1.0, vec![Some(1.0)]));
+
+        // A search unit's rows: its search at the choices before it (C for x: 111).
+        let rows = run_search_unit(&Toy, &Empty, &settings, &staging, "c-x", &subjects())
+            .unwrap()
+            .unwrap();
+        assert_eq!(rows["chosen"], 111.0);
+        assert!(
+            run_search_unit(&Toy, &Empty, &settings, &staging, "x-seed0", &subjects())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn a_unit_ignores_the_keys_of_the_searches_it_does_not_run_after() {
+        let s = subjects();
+        // A search reads its own key and those of the earlier searches of its subject.
+        assert_eq!(keys_unit_ignores(&Toy, "a-y", &s, None), ["b_search", "c_search"]);
+        assert_eq!(keys_unit_ignores(&Toy, "b", &s, None), ["c_search"]);
+        assert!(keys_unit_ignores(&Toy, "c-x", &s, None).is_empty());
+        // A run reads every search of its subject (C is x's alone).
+        assert_eq!(keys_unit_ignores(&Toy, "y-seed0", &s, Some(&s[1])), ["c_search"]);
+        assert!(keys_unit_ignores(&Toy, "x-seed0", &s, Some(&s[0])).is_empty());
+        // A unit of neither kind ignores nothing.
+        assert!(keys_unit_ignores(&Toy, "other", &s, None).is_empty());
+    }
+}
