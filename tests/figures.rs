@@ -1,7 +1,7 @@
 //! `cml figures --quick`: every expected file, readable, with the expected shape; and the same
 //! seed gives the same CSVs, whether run whole or as slices of units merged by the report.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn figures_quick(dir: &Path) {
@@ -2279,4 +2279,100 @@ fn the_paper_scale_slice_reports_the_sections_of_a_scale_without_searches() {
         assert!(table.contains(&sentence), "{sentence:?} not in\n{table}");
     }
     assert!(!table.contains("chosen on validation"), "{table}");
+}
+
+#[test]
+fn a_search_on_two_streams_runs_from_a_protocol_change_and_bad_stream_counts_are_clear_errors() {
+    // The few-shot outer step-size search scored on two search streams instead of one: its scores
+    // pool the second stream's episodes, so they change; the beta search, which does not read the
+    // key, is the one-stream run's to the byte; the stored units record the two streams.
+    let dir = tempfile::tempdir().unwrap();
+    let cml = |job: &str, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cml"))
+            .args(["figures", "--quick", "--only", job])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    // The units into `<name>-units`, then the report from them into `<name>`.
+    let run = |name: &str, change: Option<&str>| -> PathBuf {
+        let (out, results) = (dir.path().join(name), dir.path().join(format!("{name}-units")));
+        let mut protocol = Vec::new();
+        if let Some(text) = change {
+            protocol = vec![
+                "--protocol".to_string(),
+                format!("few-shot={}", file("two.toml", text)),
+            ];
+        }
+        for step in [
+            vec![
+                "--units".to_string(),
+                "0/1".into(),
+                "--results".into(),
+                results.display().to_string(),
+            ],
+            vec![
+                "--report".to_string(),
+                results.display().to_string(),
+                "--out".into(),
+                out.display().to_string(),
+                "--paper".into(),
+                dir.path().join(format!("{name}-paper")).display().to_string(),
+            ],
+        ] {
+            let args: Vec<&str> = protocol.iter().chain(&step).map(String::as_str).collect();
+            let o = cml("few-shot", &args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        out
+    };
+    let one = run("one", None);
+    let two = run("two", Some("[meta_lr_search]\nstreams = 2\n"));
+    let read = |dir: &PathBuf, f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    assert_eq!(
+        read(&one, "few_shot_beta_choice.csv"),
+        read(&two, "few_shot_beta_choice.csv")
+    );
+    let (a, b) = (
+        csv_rows(&one.join("few_shot_meta_lr_choice.csv")),
+        csv_rows(&two.join("few_shot_meta_lr_choice.csv")),
+    );
+    assert_eq!(a.len(), b.len());
+    assert!(
+        a.iter()
+            .zip(&b)
+            .any(|(x, y)| x["validation_loss"] != y["validation_loss"]),
+        "the second stream's episodes change no score"
+    );
+    let unit = read(
+        &dir.path().join("two-units/few-shot"),
+        "choice-meta-lr-1shot-cml.json",
+    );
+    assert!(unit.contains("\"streams\":2"), "{unit}");
+    // No stream, or streams for a search that scores on one, are named errors.
+    for (job, text, says) in [
+        (
+            "few-shot",
+            "[meta_lr_search]\nstreams = 0\n",
+            "meta_lr_search.streams = 0: at least 1",
+        ),
+        (
+            "weight-decay",
+            "[step_size_search]\nstreams = 2\n",
+            "unknown key of the weight-decay protocol: step_size_search 'streams'",
+        ),
+    ] {
+        let bad = dir.path().join("bad");
+        let change = format!("{job}={}", file("bad.toml", text));
+        let o = cml(job, &["--protocol", &change, "--out", bad.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{text}: {err}");
+        assert!(err.contains(says), "{text}: {err}");
+        assert!(!bad.exists(), "{text}: something was written");
+    }
 }

@@ -94,6 +94,15 @@ pub struct Protocol {
 }
 
 impl crate::protocol::Checked for Protocol {
+    fn left_out_at_default() -> Vec<(String, serde_json::Value)> {
+        super::choice::streams_left_out(&[
+            "meta_lr_search",
+            "phase_step_size_search",
+            "maml_step_size_search",
+            "nudged_steps_search",
+        ])
+    }
+
     fn check(&self) -> Result<()> {
         let mut c = crate::protocol::Checks::new("bandit");
         c.sizes("net.sizes", &self.net.sizes)
@@ -125,10 +134,10 @@ impl crate::protocol::Checked for Protocol {
             .positive("online.step_size", self.online.step_size)
             .count("neural_linear_every", self.neural_linear_every);
         c.beta_search("beta_search", self.beta_search.as_ref())
-            .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
-            .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref())
-            .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref())
-            .rate_search("nudged_steps_search", self.nudged_steps_search.as_ref());
+            .pooled_search("meta_lr_search", self.meta_lr_search.as_ref())
+            .pooled_search("phase_step_size_search", self.phase_step_size_search.as_ref())
+            .pooled_search("maml_step_size_search", self.maml_step_size_search.as_ref())
+            .pooled_search("nudged_steps_search", self.nudged_steps_search.as_ref());
         // The searches set the shared phases; budgets of the agents' own set theirs.
         for (key, search) in [
             ("phase_step_size_search", self.phase_step_size_search.is_some()),
@@ -767,8 +776,9 @@ fn choose_nudged_steps(
 }
 
 /// A search of one setting (`search`, named `word.1`) of the meta-learned agent `name` (the
-/// contrastive agents at `beta`): from an initialisation and task stream of the search's own
-/// (seeded by `word.0`, no reported seed's), a whole meta-training at each value, with the
+/// contrastive agents at `beta`): on each search stream (an initialisation and task stream of the
+/// search's own, seeded by `word.0`, no reported seed's; their tasks pooled), a whole
+/// meta-training at each value, with the
 /// protocol and outer step size `at(value)` gives, scored by each validation task's query loss
 /// (of the search's own stream) after the agent's own adaptation, from the checkpoint those tasks
 /// choose ([`train_checkpointed`]). A run that stops early fails its value; the choice follows
@@ -783,7 +793,6 @@ fn whole_run_search(
     search: &RateSearchSpec,
     at: impl Fn(f64) -> (Protocol, f64),
 ) -> Result<Search> {
-    let seed = crate::rng::hash_words(&[settings.seed, word.0]);
     // As many validation tasks as the beta search scores (both run at the same scales).
     let tasks = p
         .beta_search
@@ -796,7 +805,12 @@ fn whole_run_search(
                 "both or neither",
             )
         })?;
-    let validation = validation_tasks(p, seed, tasks)?;
+    // Each search stream: its seed and validation tasks.
+    let streams = search
+        .stream_seeds(&[settings.seed, word.0])
+        .into_iter()
+        .map(|seed| Ok((seed, validation_tasks(p, seed, tasks)?)))
+        .collect::<Result<Vec<_>>>()?;
     let score = |value: f64| -> Result<(Vec<f64>, Option<String>)> {
         let (p, meta_lr) = at(value);
         let (_, model, spec) = p
@@ -805,22 +819,24 @@ fn whole_run_search(
             .find(|l| l.0 == name)
             .expect("a meta-learned agent");
         let budget = p.budget_of(name)?;
-        let config = MetaConfig {
-            model,
-            estimator: beta.map_or(spec, |b| at_beta(&spec, b)),
-            meta_steps: budget.meta_steps,
-            meta_batch: budget.meta_batch,
-            meta_lr,
-            support: p.support,
-            query: p.query,
-            seed,
-        };
-        // Each value's run deploys its checkpoint as a reported run does, on these same tasks.
-        match train_checkpointed(&p, &config, &validation) {
-            Ok(c) if c.run.stopped.is_none() => Ok((c.chosen.losses, None)),
-            Ok(c) => Ok((vec![f64::INFINITY; validation.len()], c.run.stopped)),
-            Err(e) => Ok((vec![f64::INFINITY; validation.len()], Some(e.to_string()))),
-        }
+        super::choice::pooled(&streams, tasks, |(seed, validation)| {
+            let config = MetaConfig {
+                model: model.clone(),
+                estimator: beta.map_or(spec, |b| at_beta(&spec, b)),
+                meta_steps: budget.meta_steps,
+                meta_batch: budget.meta_batch,
+                meta_lr,
+                support: p.support,
+                query: p.query,
+                seed: *seed,
+            };
+            // Each value's run deploys its checkpoint as a reported run does, on these same tasks.
+            match train_checkpointed(&p, &config, validation) {
+                Ok(c) if c.run.stopped.is_none() => Ok((c.chosen.losses, None)),
+                Ok(c) => Ok((vec![f64::INFINITY; tasks], c.run.stopped)),
+                Err(e) => Ok((vec![f64::INFINITY; tasks], Some(e.to_string()))),
+            }
+        })
     };
     super::choice::search(name, word.1, word.2, &search.grid, search.extensions, score)
 }

@@ -710,6 +710,16 @@ impl Job<super::Section> for FewShot {
 }
 
 impl crate::protocol::Checked for Protocol {
+    fn left_out_at_default() -> Vec<(String, serde_json::Value)> {
+        super::choice::streams_left_out(&[
+            "meta_lr_search",
+            "strength_search",
+            "maml_step_size_search",
+            "phase_step_size_search",
+            "nudged_steps_search",
+        ])
+    }
+
     fn check(&self) -> Result<()> {
         let mut c = crate::protocol::Checks::new("few-shot");
         c.that(
@@ -739,11 +749,11 @@ impl crate::protocol::Checked for Protocol {
         .count("validation_episodes", self.validation_episodes)
         .count("validate_every", self.validate_every);
         c.beta_search("beta_search", self.beta_search.as_ref())
-            .rate_search("meta_lr_search", self.meta_lr_search.as_ref())
-            .rate_search("strength_search", self.strength_search.as_ref())
-            .rate_search("maml_step_size_search", self.maml_step_size_search.as_ref())
-            .rate_search("phase_step_size_search", self.phase_step_size_search.as_ref())
-            .rate_search("nudged_steps_search", self.nudged_steps_search.as_ref());
+            .pooled_search("meta_lr_search", self.meta_lr_search.as_ref())
+            .pooled_search("strength_search", self.strength_search.as_ref())
+            .pooled_search("maml_step_size_search", self.maml_step_size_search.as_ref())
+            .pooled_search("phase_step_size_search", self.phase_step_size_search.as_ref())
+            .pooled_search("nudged_steps_search", self.nudged_steps_search.as_ref());
         if let Some(n) = &self.nudged_steps_search {
             c.that(
                 n.grid.iter().all(|v| v.fract() == 0.0),
@@ -918,8 +928,8 @@ fn train_checkpointed(
 }
 
 /// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
-/// setting: from an initialisation and episode stream of the search's own (seeded by `word.0`, no
-/// reported seed's), a whole meta-training at each value as `at(value)` gives it (the protocol
+/// setting: on each search stream (an initialisation and episode stream of the search's own,
+/// seeded by `word.0`, no reported seed's; their episodes pooled), a whole meta-training at each value as `at(value)` gives it (the protocol
 /// and method it runs), its checkpoint chosen on `p.validation_episodes` validation episodes of
 /// the search's own stream as a reported run's is, scored by each episode's error rate there; the
 /// choice follows `word.2` (the least mean, or for a budget the smallest within one standard
@@ -933,19 +943,27 @@ fn whole_run_search(
     key: &str,
     at: impl Fn(f64) -> (Protocol, Method),
 ) -> Result<Search> {
-    let seed = crate::rng::hash_words(&[settings.seed, word.0, shots as u64]);
     let split = FewShotSplit::new(&load_digits()?)?;
-    let validation = episodes(
-        &split.validation,
-        p.validation_episodes,
-        shots,
-        stream(seed, VALIDATION),
-    )?;
-    let theta0 = p.net()?.init(&mut stream(seed, INIT));
+    // Each search stream: its seed, validation episodes and initialisation.
+    let streams = search
+        .stream_seeds(&[settings.seed, word.0, shots as u64])
+        .into_iter()
+        .map(|seed| {
+            let validation = episodes(
+                &split.validation,
+                p.validation_episodes,
+                shots,
+                stream(seed, VALIDATION),
+            )?;
+            Ok((seed, validation, p.net()?.init(&mut stream(seed, INIT))))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let score_at = |value: f64| -> Result<(Vec<f64>, Option<String>)> {
         let (p, method) = at(value);
-        let run = train_checkpointed(&p, &split, shots, &method, seed, &theta0, &validation)?;
-        Ok((run.validation.iter().map(|a| 1.0 - a).collect(), None))
+        super::choice::pooled(&streams, p.validation_episodes, |(seed, validation, theta0)| {
+            let run = train_checkpointed(&p, &split, shots, &method, *seed, theta0, validation)?;
+            Ok((run.validation.iter().map(|a| 1.0 - a).collect(), None))
+        })
     };
     super::choice::search(
         &rate_subject(shots, key),

@@ -249,6 +249,10 @@ impl Protocol {
 }
 
 impl crate::protocol::Checked for Protocol {
+    fn left_out_at_default() -> Vec<(String, serde_json::Value)> {
+        super::choice::streams_left_out(&["meta_lr_search", "inner_lr_search", "unrolled_lr_search"])
+    }
+
     fn check(&self) -> Result<()> {
         self.network.validate()?;
         let mut c = crate::protocol::Checks::new("spiking");
@@ -281,9 +285,9 @@ impl crate::protocol::Checked for Protocol {
                 "at most truncated_steps",
             )
             .count("ablation_tasks", self.ablation_tasks);
-        c.rate_search("meta_lr_search", self.meta_lr_search.as_ref());
-        c.rate_search("inner_lr_search", self.inner_lr_search.as_ref());
-        c.rate_search("unrolled_lr_search", self.unrolled_lr_search.as_ref());
+        c.pooled_search("meta_lr_search", self.meta_lr_search.as_ref());
+        c.pooled_search("inner_lr_search", self.inner_lr_search.as_ref());
+        c.pooled_search("unrolled_lr_search", self.unrolled_lr_search.as_ref());
         c.checkpoint("checkpoint", self.checkpoint.as_ref());
         c.done()
     }
@@ -1046,9 +1050,10 @@ fn at_searched_inner_lr(p: &Protocol, index: usize, inner_lr: Option<f64>) -> Pr
     }
 }
 
-/// A search of one setting of meta-learned method `index` on validation tasks (`spec`): from an
-/// initialisation and a task stream of the search's own (seed word `word`, the same for every
-/// method, none a reported seed's), a whole meta-training at each value, by the protocol and at
+/// A search of one setting of meta-learned method `index` on validation tasks (`spec`): on each
+/// search stream (an initialisation and a task stream of the search's own, seed word `word`, the
+/// same for every method, none a reported seed's; their tasks pooled), a whole meta-training at
+/// each value, by the protocol and at
 /// the outer step size `at(value)` gives (the contrastive rule at the validation `choice`), scored
 /// by the query MSE of each of the search's checkpoint tasks after the method's own inner loop, at
 /// the checkpoint those tasks choose as a reported run's are chosen. A run that stops early fails
@@ -1063,8 +1068,12 @@ fn whole_run_search(
     at: impl Fn(f64) -> (Protocol, f64),
 ) -> Result<Search> {
     let name = p.methods(choice)[index].name;
-    let seed = crate::rng::hash_words(&[settings.seed, word]);
-    let theta0 = p.network.initial_weights(&mut stream(seed, INIT));
+    // Each search stream: its seed and initialisation (its tasks are the seed's).
+    let streams: Vec<(u64, Vector)> = spec
+        .stream_seeds(&[settings.seed, word])
+        .into_iter()
+        .map(|seed| (seed, p.network.initial_weights(&mut stream(seed, INIT))))
+        .collect();
     let tasks = p.checkpoint_task_count();
     let score = |value: f64| -> Result<(Vec<f64>, Option<String>)> {
         let (p, meta_lr) = at(value);
@@ -1073,18 +1082,22 @@ fn whole_run_search(
             .estimator
             .ok_or_else(|| CmlError::invalid("spiking search", method.name, "a meta-learned method"))?;
         let failed = |why: String| (vec![f64::INFINITY; tasks], Some(why));
-        match train_checkpointed(&p, &method, &estimator, &theta0, seed, meta_lr, None) {
-            Ok((trained, _)) if trained.stopped.is_some() => Ok(failed(trained.stopped.unwrap_or_default())),
-            Ok((_, Some(chosen))) => Ok((chosen.losses, None)),
-            Ok((trained, None)) => Ok((
-                score(&p, &method, &checkpoint_tasks(&p, seed)?, &trained.theta)?
-                    .iter()
-                    .map(|t| t.after)
-                    .collect(),
-                None,
-            )),
-            Err(e) => Ok(failed(e.to_string())),
-        }
+        super::choice::pooled(&streams, tasks, |(seed, theta0)| {
+            match train_checkpointed(&p, &method, &estimator, theta0, *seed, meta_lr, None) {
+                Ok((trained, _)) if trained.stopped.is_some() => {
+                    Ok(failed(trained.stopped.unwrap_or_default()))
+                }
+                Ok((_, Some(chosen))) => Ok((chosen.losses, None)),
+                Ok((trained, None)) => Ok((
+                    score(&p, &method, &checkpoint_tasks(&p, *seed)?, &trained.theta)?
+                        .iter()
+                        .map(|t| t.after)
+                        .collect(),
+                    None,
+                )),
+                Err(e) => Ok(failed(e.to_string())),
+            }
+        })
     };
     super::choice::search(name, setting, Ties::None, &spec.grid, spec.extensions, score)
 }

@@ -52,6 +52,66 @@ pub struct BetaSearchSpec {
 pub struct RateSearchSpec {
     pub grid: Vec<f64>,
     pub extensions: usize,
+    /// The search streams each value is scored on (an initialisation, a task stream and
+    /// validation tasks of the search's own each), their tasks' losses pooled ([`pooled`]), so
+    /// that a choice does not rest on one draw. One, the default, is left out of the protocol, so
+    /// that units stored before the field existed read as they were.
+    #[serde(default = "one_stream", skip_serializing_if = "is_one_stream")]
+    pub streams: u64,
+}
+
+fn one_stream() -> u64 {
+    1
+}
+
+/// The `streams` of each of the searches `keys` of a protocol, left out at one
+/// ([`crate::protocol::Checked::left_out_at_default`]).
+pub(crate) fn streams_left_out(keys: &[&str]) -> Vec<(String, serde_json::Value)> {
+    keys.iter()
+        .map(|k| (format!("{k}.streams"), serde_json::Value::from(one_stream())))
+        .collect()
+}
+
+fn is_one_stream(streams: &u64) -> bool {
+    *streams == 1
+}
+
+impl RateSearchSpec {
+    /// The seeds of the search's streams: the first is `words` hashed (the seed of a one-stream
+    /// search), stream `s` after it hashes `s` as well.
+    pub(crate) fn stream_seeds(&self, words: &[u64]) -> Vec<u64> {
+        (0..self.streams)
+            .map(|s| match s {
+                0 => crate::rng::hash_words(words),
+                s => crate::rng::hash_words(&[words, &[s]].concat()),
+            })
+            .collect()
+    }
+}
+
+/// A value's score on every search stream (each `tasks` validation tasks): the per-task losses in
+/// stream order. Where a stream fails, the value fails on all (every task infinite); with several
+/// streams, its reason names the stream.
+pub(crate) fn pooled<T>(
+    streams: &[T],
+    tasks: usize,
+    score: impl Fn(&T) -> Result<(Vec<f64>, Option<String>)>,
+) -> Result<(Vec<f64>, Option<String>)> {
+    let mut losses = Vec::with_capacity(tasks * streams.len());
+    for (s, stream) in streams.iter().enumerate() {
+        match score(stream)? {
+            (_, Some(why)) => {
+                let why = if streams.len() > 1 {
+                    format!("stream {s}: {why}")
+                } else {
+                    why
+                };
+                return Ok((vec![f64::INFINITY; tasks * streams.len()], Some(why)));
+            }
+            (l, None) => losses.extend(l),
+        }
+    }
+    Ok((losses, None))
 }
 
 /// The validation searches of one meta-learning run (docs/PROTOCOL.md): its meta-learning rate
@@ -657,6 +717,53 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_search_on_several_streams_pools_their_tasks_and_fails_where_any_stream_fails() {
+        let spec = |streams| RateSearchSpec {
+            grid: vec![1.0, 2.0],
+            extensions: 0,
+            streams,
+        };
+        // The first stream is the one-stream search's; the others are new, and distinct.
+        let words = [7, 8000];
+        let seeds = spec(3).stream_seeds(&words);
+        assert_eq!(seeds[0], crate::rng::hash_words(&words));
+        assert_eq!(spec(1).stream_seeds(&words), seeds[..1]);
+        assert!(seeds[1] != seeds[0] && seeds[2] != seeds[1] && seeds[2] != seeds[0]);
+        // Two tasks per stream: the losses in stream order.
+        let ok = |s: &u64| Ok((vec![*s as f64, 10.0 * *s as f64], None));
+        assert_eq!(
+            pooled(&[1, 2, 3], 2, ok).unwrap(),
+            (vec![1.0, 10.0, 2.0, 20.0, 3.0, 30.0], None)
+        );
+        // A failure on stream 1 of 3 fails all six tasks and names the stream; on one stream the
+        // reason is the stream's own.
+        let fails_on_2 = |s: &u64| {
+            Ok(match s {
+                2 => (vec![f64::INFINITY; 2], Some("diverged".to_string())),
+                s => (vec![*s as f64; 2], None),
+            })
+        };
+        let (losses, why) = pooled(&[1, 2, 3], 2, fails_on_2).unwrap();
+        assert_eq!((losses.len(), why.as_deref()), (6, Some("stream 1: diverged")));
+        assert!(losses.iter().all(|l| l.is_infinite()));
+        assert_eq!(
+            pooled(&[2], 2, fails_on_2).unwrap().1.as_deref(),
+            Some("diverged")
+        );
+        // An error is the caller's, not a failed value.
+        assert!(pooled(&[1], 2, |_| Err(CmlError::invalid("x", "y", "z"))).is_err());
+        // One stream is left out of a stored protocol (units stored before the field read the
+        // same); more are kept, and read back.
+        let one = serde_json::to_value(spec(1)).unwrap();
+        assert!(one.get("streams").is_none());
+        let three: RateSearchSpec = serde_json::from_value(serde_json::to_value(spec(3)).unwrap()).unwrap();
+        assert_eq!(three.streams, 3);
+        let old: RateSearchSpec =
+            serde_json::from_value(serde_json::json!({"grid": [1.0], "extensions": 0})).unwrap();
+        assert_eq!(old.streams, 1);
+    }
+
+    #[test]
     fn the_least_loss_ties_to_the_later_and_ranks_non_finite_last() {
         // 2.0 at 1 and 3: the later; NaN and inf lose to any finite loss.
         assert_eq!(least_loss(&[3.0, 2.0, f64::NAN, 2.0, f64::INFINITY]), Some(3));
@@ -753,6 +860,7 @@ mod tests {
         let spec = RateSearchSpec {
             grid: vec![0.1, 0.2, 0.4],
             extensions: 1,
+            streams: 1,
         };
         let evaluate = |step: f64, k: usize| -> Result<Vec<f64>> {
             if step * [1.0, 3.0][k] > 2.0 {

@@ -10,6 +10,11 @@ use serde_json::Value;
 /// A protocol that can say whether its values make sense.
 pub trait Checked: serde::Serialize + serde::de::DeserializeOwned {
     fn check(&self) -> Result<()>;
+    /// Keys the protocol leaves out where they hold their default, so that units stored before
+    /// the key existed read the same (`table.key`, and that default): a change may still set them.
+    fn left_out_at_default() -> Vec<(String, Value)> {
+        Vec::new()
+    }
 }
 
 /// A job's protocol as shipped in `configs/` and compiled in: `text`, the file at `path`, parsed
@@ -29,11 +34,19 @@ pub fn configured<P: Checked>(job: &str, base: P, settings: &super::units::Setti
     let Some((_, changes)) = settings.protocols.iter().find(|(j, _)| j == job) else {
         return Ok(base);
     };
-    let merged = merge(
-        &format!("the {job} protocol"),
-        super::units::encode(&base)?,
-        changes,
-    )?;
+    let mut full = super::units::encode(&base)?;
+    for (path, default) in P::left_out_at_default() {
+        let (table, key) = path.split_once('.').unwrap_or(("", &path));
+        let at = if table.is_empty() {
+            Some(&mut full)
+        } else {
+            full.get_mut(table)
+        };
+        if let Some(Value::Object(map)) = at {
+            map.entry(key.to_string()).or_insert(default);
+        }
+    }
+    let merged = merge(&format!("the {job} protocol"), full, changes)?;
     let p: P = serde_json::from_value(merged)
         .map_err(|e| CmlError::invalid(format!("the {job} protocol"), "the changed values", e.to_string()))?;
     p.check()?;
@@ -203,12 +216,37 @@ impl Checks {
         self
     }
 
-    /// A step-size search named `name` where there is one: its grid.
+    /// A search named `name` where there is one, scored on one search stream: its grid.
     pub fn rate_search(&mut self, name: &str, search: Option<&super::choice::RateSearchSpec>) -> &mut Self {
-        match search {
-            Some(r) => self.grid(&format!("{name}.grid"), &r.grid, 2, false),
-            None => self,
-        }
+        self.streamed_search(name, search, 1)
+    }
+
+    /// A search named `name` where there is one, whose values score on `streams` search streams
+    /// ([`super::choice::pooled`]): its grid, and at least one stream.
+    pub fn pooled_search(&mut self, name: &str, search: Option<&super::choice::RateSearchSpec>) -> &mut Self {
+        self.streamed_search(name, search, u64::MAX)
+    }
+
+    fn streamed_search(
+        &mut self,
+        name: &str,
+        search: Option<&super::choice::RateSearchSpec>,
+        most: u64,
+    ) -> &mut Self {
+        let Some(r) = search else {
+            return self;
+        };
+        let allowed = if most == 1 {
+            "1 (this search scores on one stream)"
+        } else {
+            "at least 1"
+        };
+        self.grid(&format!("{name}.grid"), &r.grid, 2, false).that(
+            (1..=most).contains(&r.streams),
+            &format!("{name}.streams"),
+            r.streams,
+            allowed,
+        )
     }
 
     /// A meta-learning run's searches named `name`: the rate's grid and `beta`'s.
