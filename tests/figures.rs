@@ -1678,21 +1678,27 @@ fn the_error_bars_scaled_truncation_tables_are_what_the_calibration_and_fresh_cs
     }
 }
 
+/// `cml figures --quick --only job` with `args`.
+fn quick_job(job: &str, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cml"))
+        .args(["figures", "--quick", "--only", job])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// `text` written to `dir/name`; its path.
+fn written(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
 #[test]
 fn a_changed_protocol_runs_as_given_and_bad_changes_are_clear_errors_before_anything_is_written() {
     let dir = tempfile::tempdir().unwrap();
-    let cml = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cml"))
-            .args(["figures", "--quick", "--only", "weight-decay"])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        format!("weight-decay={}", path.display())
-    };
+    let cml = |args: &[&str]| quick_job("weight-decay", args);
+    let file = |name: &str, text: &str| format!("weight-decay={}", written(dir.path(), name, text));
     // Three seeds instead of the quick scale's two, and one extension of the run searches' grids
     // instead of none: the per-seed CSV holds seeds 0, 1, 2 for each of the 7 methods.
     let three = file("three.toml", "seeds = 3\n[search]\nextensions = 1\n");
@@ -2287,18 +2293,8 @@ fn a_search_on_two_streams_runs_from_a_protocol_change_and_bad_stream_counts_are
     // pool the second stream's episodes, so they change; the beta search, which does not read the
     // key, is the one-stream run's to the byte; the stored units record the two streams.
     let dir = tempfile::tempdir().unwrap();
-    let cml = |job: &str, args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_cml"))
-            .args(["figures", "--quick", "--only", job])
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let file = |name: &str, text: &str| {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path.display().to_string()
-    };
+    let cml = quick_job;
+    let file = |name: &str, text: &str| written(dir.path(), name, text);
     // The units into `<name>-units`, then the report from them into `<name>`.
     let run = |name: &str, change: Option<&str>| -> PathBuf {
         let (out, results) = (dir.path().join(name), dir.path().join(format!("{name}-units")));
