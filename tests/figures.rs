@@ -2350,6 +2350,10 @@ fn a_search_on_two_streams_runs_from_a_protocol_change_and_bad_stream_counts_are
         "choice-meta-lr-1shot-cml.json",
     );
     assert!(unit.contains("\"streams\":2"), "{unit}");
+    // The table says which search pools streams; the one-stream table says nothing of streams.
+    let table = |name: &str| read(&dir.path().join(format!("{name}-paper")), "few_shot.md");
+    assert!(table("two").contains("Search streams: `meta_lr_search` on 2 streams."));
+    assert!(!table("one").contains("Search streams"));
     // No stream, or streams for a search that scores on one, are named errors.
     for (job, text, says) in [
         (

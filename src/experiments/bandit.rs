@@ -1781,6 +1781,15 @@ pub fn table(r: &BanditResults) -> Result<String> {
             "beta_search",
             super::searches::beta_search_context(p.beta_search.as_ref(), &r.searches, "agent"),
         )
+        .section(
+            "pooled",
+            super::searches::pooled_context(&[
+                ("meta_lr_search", p.meta_lr_search.as_ref()),
+                ("phase_step_size_search", p.phase_step_size_search.as_ref()),
+                ("maml_step_size_search", p.maml_step_size_search.as_ref()),
+                ("nudged_steps_search", p.nudged_steps_search.as_ref()),
+            ]),
+        )
         .flag(
             "no_meta_lr_search",
             p.meta_lr_search.is_none() || p.beta_search.is_none(),

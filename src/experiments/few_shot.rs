@@ -1487,6 +1487,16 @@ pub fn table(r: &FewShotResults) -> Result<String> {
             "beta_search",
             super::searches::beta_search_context(p.beta_search.as_ref(), &r.searches, "setting"),
         )
+        .section(
+            "pooled",
+            super::searches::pooled_context(&[
+                ("meta_lr_search", p.meta_lr_search.as_ref()),
+                ("strength_search", p.strength_search.as_ref()),
+                ("maml_step_size_search", p.maml_step_size_search.as_ref()),
+                ("phase_step_size_search", p.phase_step_size_search.as_ref()),
+                ("nudged_steps_search", p.nudged_steps_search.as_ref()),
+            ]),
+        )
         .text("protocol_meta_lr", p.meta_lr)
         .section(
             "meta_lr_search",

@@ -51,6 +51,21 @@ pub(super) fn beta_search_context(
     })
 }
 
+/// A table's note on the searches that score each value on several search streams (`(key, spec)`
+/// of each whole-run search of the job); `None` where every one scores on one.
+pub(super) fn pooled_context(
+    searches: &[(&str, Option<&crate::choice::RateSearchSpec>)],
+) -> Option<crate::report::template::Context> {
+    let which: Vec<String> = searches
+        .iter()
+        .filter_map(|(key, spec)| {
+            spec.filter(|s| s.streams > 1)
+                .map(|s| format!("`{key}` on {} streams", s.streams))
+        })
+        .collect();
+    (!which.is_empty()).then(|| crate::report::template::Context::new().text("which", which.join(", ")))
+}
+
 /// The whole steps a budget search's choice runs (`None` for a search of another setting).
 fn budget_steps(x: &Search) -> Option<usize> {
     (x.setting == "nudged_steps").then(|| whole_steps(x.chosen))

@@ -2022,6 +2022,14 @@ pub fn table(r: &SpikingResults) -> Result<String> {
         .text("validation_tasks", p.validation_tasks)
         .list("regime_grid", regime_grid)
         .text("regime", regime_sentence(r))
+        .section(
+            "pooled",
+            super::searches::pooled_context(&[
+                ("meta_lr_search", p.meta_lr_search.as_ref()),
+                ("inner_lr_search", p.inner_lr_search.as_ref()),
+                ("unrolled_lr_search", p.unrolled_lr_search.as_ref()),
+            ]),
+        )
         .flag("no_meta_lr_search", p.meta_lr_search.is_none())
         .text("meta_lr", p.meta_lr)
         .text("baseline_meta_lr", p.baseline_meta_lr.unwrap_or(p.meta_lr))
