@@ -93,14 +93,17 @@ pub struct Protocol {
     pub checkpoint: Option<CheckpointSpec>,
 }
 
+/// The whole-run searches of the protocol, which may score on several search streams.
+const POOLED: [&str; 4] = [
+    "meta_lr_search",
+    "phase_step_size_search",
+    "maml_step_size_search",
+    "nudged_steps_search",
+];
+
 impl crate::protocol::Checked for Protocol {
     fn left_out_at_default() -> Vec<(String, serde_json::Value)> {
-        super::choice::streams_left_out(&[
-            "meta_lr_search",
-            "phase_step_size_search",
-            "maml_step_size_search",
-            "nudged_steps_search",
-        ])
+        super::choice::streams_left_out(&POOLED)
     }
 
     fn check(&self) -> Result<()> {
@@ -1781,15 +1784,7 @@ pub fn table(r: &BanditResults) -> Result<String> {
             "beta_search",
             super::searches::beta_search_context(p.beta_search.as_ref(), &r.searches, "agent"),
         )
-        .section(
-            "pooled",
-            super::searches::pooled_context(&[
-                ("meta_lr_search", p.meta_lr_search.as_ref()),
-                ("phase_step_size_search", p.phase_step_size_search.as_ref()),
-                ("maml_step_size_search", p.maml_step_size_search.as_ref()),
-                ("nudged_steps_search", p.nudged_steps_search.as_ref()),
-            ]),
-        )
+        .section("pooled", super::searches::pooled_context(p, &POOLED))
         .flag(
             "no_meta_lr_search",
             p.meta_lr_search.is_none() || p.beta_search.is_none(),

@@ -709,15 +709,18 @@ impl Job<super::Section> for FewShot {
     }
 }
 
+/// The whole-run searches of the protocol, which may score on several search streams.
+const POOLED: [&str; 5] = [
+    "meta_lr_search",
+    "strength_search",
+    "maml_step_size_search",
+    "phase_step_size_search",
+    "nudged_steps_search",
+];
+
 impl crate::protocol::Checked for Protocol {
     fn left_out_at_default() -> Vec<(String, serde_json::Value)> {
-        super::choice::streams_left_out(&[
-            "meta_lr_search",
-            "strength_search",
-            "maml_step_size_search",
-            "phase_step_size_search",
-            "nudged_steps_search",
-        ])
+        super::choice::streams_left_out(&POOLED)
     }
 
     fn check(&self) -> Result<()> {
@@ -1487,16 +1490,7 @@ pub fn table(r: &FewShotResults) -> Result<String> {
             "beta_search",
             super::searches::beta_search_context(p.beta_search.as_ref(), &r.searches, "setting"),
         )
-        .section(
-            "pooled",
-            super::searches::pooled_context(&[
-                ("meta_lr_search", p.meta_lr_search.as_ref()),
-                ("strength_search", p.strength_search.as_ref()),
-                ("maml_step_size_search", p.maml_step_size_search.as_ref()),
-                ("phase_step_size_search", p.phase_step_size_search.as_ref()),
-                ("nudged_steps_search", p.nudged_steps_search.as_ref()),
-            ]),
-        )
+        .section("pooled", super::searches::pooled_context(p, &POOLED))
         .text("protocol_meta_lr", p.meta_lr)
         .section(
             "meta_lr_search",

@@ -51,16 +51,19 @@ pub(super) fn beta_search_context(
     })
 }
 
-/// A table's note on the searches that score each value on several search streams (`(key, spec)`
-/// of each whole-run search of the job); `None` where every one scores on one.
+/// A table's note on the searches that score each value on several search streams, of the
+/// whole-run searches `keys` of `protocol` (their `streams`, one where left out); `None` where
+/// every one scores on one.
 pub(super) fn pooled_context(
-    searches: &[(&str, Option<&crate::choice::RateSearchSpec>)],
+    protocol: &impl serde::Serialize,
+    keys: &[&str],
 ) -> Option<crate::report::template::Context> {
-    let which: Vec<String> = searches
+    let protocol = serde_json::to_value(protocol).ok()?;
+    let which: Vec<String> = keys
         .iter()
-        .filter_map(|(key, spec)| {
-            spec.filter(|s| s.streams > 1)
-                .map(|s| format!("`{key}` on {} streams", s.streams))
+        .filter_map(|key| {
+            let streams = protocol.get(key)?.get("streams")?.as_u64()?;
+            (streams > 1).then(|| format!("`{key}` on {streams} streams"))
         })
         .collect();
     (!which.is_empty()).then(|| crate::report::template::Context::new().text("which", which.join(", ")))

@@ -248,9 +248,12 @@ impl Protocol {
     }
 }
 
+/// The whole-run searches of the protocol, which may score on several search streams.
+const POOLED: [&str; 3] = ["meta_lr_search", "inner_lr_search", "unrolled_lr_search"];
+
 impl crate::protocol::Checked for Protocol {
     fn left_out_at_default() -> Vec<(String, serde_json::Value)> {
-        super::choice::streams_left_out(&["meta_lr_search", "inner_lr_search", "unrolled_lr_search"])
+        super::choice::streams_left_out(&POOLED)
     }
 
     fn check(&self) -> Result<()> {
@@ -2022,14 +2025,7 @@ pub fn table(r: &SpikingResults) -> Result<String> {
         .text("validation_tasks", p.validation_tasks)
         .list("regime_grid", regime_grid)
         .text("regime", regime_sentence(r))
-        .section(
-            "pooled",
-            super::searches::pooled_context(&[
-                ("meta_lr_search", p.meta_lr_search.as_ref()),
-                ("inner_lr_search", p.inner_lr_search.as_ref()),
-                ("unrolled_lr_search", p.unrolled_lr_search.as_ref()),
-            ]),
-        )
+        .section("pooled", super::searches::pooled_context(p, &POOLED))
         .flag("no_meta_lr_search", p.meta_lr_search.is_none())
         .text("meta_lr", p.meta_lr)
         .text("baseline_meta_lr", p.baseline_meta_lr.unwrap_or(p.meta_lr))
