@@ -3,6 +3,7 @@
 //! BPTT-trained learning, BPTT through e-prop learning, truncated BPTT through e-prop and no
 //! meta-learning; and the reference code's "symmetric" defect as an ablation.
 
+use super::chain::Chain;
 use super::choice::{CheckpointSpec, Chosen, RateSearchSpec, Search, Ties};
 use super::training::{ALPHA, seed_mean_ci, t975};
 use super::{Scale, Settings, num, running_mean, save, write_csv, write_table};
@@ -686,11 +687,14 @@ impl super::units::Job<super::Section> for Spiking {
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
         let p = Protocol::of(settings)?;
-        // The searches first (beta, then the outer step sizes, then the inner ones, each taking the
-        // choices before it), so that the runs find them stored.
+        // The searches first (beta, then the chain's, in the order they run), so that the runs
+        // find them stored.
         Ok(std::iter::once(CHOICE_UNIT.to_string())
-            .chain(rate_choice_units(&p).into_iter().map(|r| r.1))
-            .chain(step_size_choice_units(&p).into_iter().map(|r| r.1))
+            .chain(
+                super::chain::search_units(&Searches, &subjects(&p))
+                    .into_iter()
+                    .map(|u| u.2),
+            )
             .chain(method_runs(&p, settings).into_iter().map(|r| r.2))
             .chain(matched_runs(&p, settings).into_iter().map(|r| r.1))
             .collect())
@@ -706,59 +710,53 @@ impl super::units::Job<super::Section> for Spiking {
         if unit == CHOICE_UNIT {
             return super::units::encode(&ChoiceRows::from(&choose(&p, settings)?));
         }
+        let subjects = subjects(&p);
+        if let Some(rows) =
+            super::chain::run_search_unit(&Searches, self, settings, staging, unit, &subjects)?
+        {
+            return Ok(rows);
+        }
         if unit.starts_with(MATCHED_UNIT) {
             let (seed, _) =
                 super::units::lookup(self, settings, unit, matched_runs(&p, settings), |r| r.1.clone())?;
-            let inner_lrs = (0..p.methods(&BetaChoice::unchosen()).len())
-                .map(|index| self.searched_inner_lr(&p, settings, staging, index))
+            let inner_lrs = (0..subjects.len())
+                .map(|index| Ok(self.settled(settings, staging, &subjects, index)?.inner_lr))
                 .collect::<Result<Vec<_>>>()?;
             return super::units::encode(&run_matched_seed(&p, seed, &inner_lrs)?);
         }
-        if let Some((index, _)) = rate_choice_units(&p).into_iter().find(|r| r.1 == unit) {
-            let choice = self.beta_choice(&p, settings, staging, index)?;
-            return super::units::encode(&choose_meta_lr(&p, settings, index, &choice)?);
-        }
-        if let Some((index, _)) = step_size_choice_units(&p).into_iter().find(|r| r.1 == unit) {
-            let choice = self.beta_choice(&p, settings, staging, index)?;
-            let meta_lr = self.searched_meta_lr(&p, settings, staging, index, &choice)?;
-            return super::units::encode(&choose_inner_lr(&p, settings, index, &choice, meta_lr)?);
-        }
         let (index, seed, _) =
             super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
-        let choice = self.beta_choice(&p, settings, staging, index)?;
-        let meta_lr = self.searched_meta_lr(&p, settings, staging, index, &choice)?;
-        let inner_lr = self.searched_inner_lr(&p, settings, staging, index)?;
+        let s = self.settled(settings, staging, &subjects, index)?;
+        // The no-meta-learning row takes only CML symmetric's inner step size.
+        let (choice, meta_lr) = match s.index == index {
+            true => (s.choice, s.meta_lr),
+            false => (BetaChoice::unchosen(), None),
+        };
         super::units::encode(&run_method_seed(
-            &p, settings, index, seed, &choice, meta_lr, inner_lr,
+            &p, settings, index, seed, &choice, meta_lr, s.inner_lr,
         )?)
     }
 
     fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
-        // The beta choice and the outer step-size searches run before the inner ones and read
-        // neither; a contrastive method (and the no-meta-learning row, which adapts as CML
-        // symmetric does) reads only the contrastive rule's inner search, a BPTT baseline only the
-        // baselines' one, and the matched units both.
-        const KEYS: &[&str] = &["unrolled_lr_search", "inner_lr_search"];
-        let p = Protocol::at(Scale::Default).unwrap();
-        let baseline_keys: Vec<&str> = p
-            .methods(&BetaChoice::unchosen())
-            .into_iter()
-            .filter(|m| m.baseline)
-            .map(|m| m.key)
-            .collect();
-        let key = unit
-            .strip_prefix(STEP_SIZE_UNIT)
-            .or_else(|| unit.split_once("-seed").map(|(k, _)| k));
-        let keys: &[&str] = if unit == CHOICE_UNIT || unit.starts_with("choice-meta-lr-") {
-            KEYS
-        } else if unit.starts_with(MATCHED_UNIT) {
-            &[]
-        } else if key.is_some_and(|k| baseline_keys.contains(&k)) {
-            &KEYS[1..]
-        } else {
-            &KEYS[..1]
+        // The beta choice runs before every search and reads none of them; of the searches' keys,
+        // another unit reads those of the searches it (or its search) runs after (the
+        // no-meta-learning row's runs CML symmetric's; the matched units every one).
+        if unit == CHOICE_UNIT {
+            return super::chain::all_keys(&Searches);
+        }
+        let Ok(p) = Protocol::at(Scale::Default) else {
+            return Vec::new();
         };
-        keys.to_vec()
+        let subjects = subjects(&p);
+        let key = unit.split_once("-seed").map(|(k, _)| k);
+        let run = subjects.iter().find(|s| Some(s.method().key) == key).map(|s| {
+            if s.method().estimator.is_none() {
+                &subjects[0]
+            } else {
+                s
+            }
+        });
+        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
     }
 
     fn report(
@@ -798,76 +796,126 @@ impl Spiking {
         }
     }
 
-    /// The outer step size method `index` meta-trains at: its search unit's choice (stored, or
-    /// made here at `choice`); `None` without a search.
-    fn searched_meta_lr(
+    /// Method `index` as every choice of its own sets it (the no-meta-learning row: CML
+    /// symmetric, whose inner step size it adapts at, as its matched baseline).
+    fn settled(
         &self,
-        p: &Protocol,
         settings: &Settings,
         staging: &std::path::Path,
+        subjects: &[Subject],
         index: usize,
-        choice: &BetaChoice,
-    ) -> Result<Option<f64>> {
-        match rate_choice_units(p).into_iter().find(|r| r.0 == index) {
-            Some((_, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                choose_meta_lr(p, settings, index, choice)
-            }),
-            None => Ok(None),
-        }
-    }
-
-    /// The inner step size method `index` runs at: its search unit's choice (stored, or made here
-    /// after the searches before it), CML symmetric's for the no-meta-learning row (its matched
-    /// baseline); `None` without a search.
-    fn searched_inner_lr(
-        &self,
-        p: &Protocol,
-        settings: &Settings,
-        staging: &std::path::Path,
-        index: usize,
-    ) -> Result<Option<f64>> {
-        let methods = p.methods(&BetaChoice::unchosen());
-        let from = if methods[index].estimator.is_none() {
+    ) -> Result<Subject> {
+        let from = if subjects[index].method().estimator.is_none() {
             0
         } else {
             index
         };
-        match step_size_choice_units(p).into_iter().find(|r| r.0 == from) {
-            Some((_, unit)) => super::choice::chosen_value(self, settings, staging, &unit, || {
-                let choice = self.beta_choice(p, settings, staging, from)?;
-                let meta_lr = self.searched_meta_lr(p, settings, staging, from, &choice)?;
-                choose_inner_lr(p, settings, from, &choice, meta_lr)
-            }),
-            None => Ok(None),
+        let all = Searches.choices().len();
+        Ok(super::chain::settle(&Searches, self, settings, staging, all, subjects[from].clone())?.0)
+    }
+}
+
+/// The job's validation searches after the beta choice, in the order they run
+/// (docs/PROTOCOL.md): each meta-learned method's outer step size, then its inner one (the
+/// contrastive rule's e-prop Adam step, the BPTT baselines' gradient step: two protocol keys).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Choice {
+    MetaLr,
+    RuleStep,
+    BaselineStep,
+}
+
+/// A method (by index), with the protocol and what the choices so far made for it.
+#[derive(Debug, Clone)]
+struct Subject {
+    p: Protocol,
+    index: usize,
+    choice: BetaChoice,
+    meta_lr: Option<f64>,
+    inner_lr: Option<f64>,
+}
+
+impl Subject {
+    /// The method, unchosen.
+    fn method(&self) -> Method {
+        self.p.methods(&BetaChoice::unchosen()).swap_remove(self.index)
+    }
+}
+
+/// The job's chain of searches ([`super::chain`]).
+struct Searches;
+
+impl Chain for Searches {
+    type Choice = Choice;
+    type Subject = Subject;
+
+    fn choices(&self) -> &'static [Choice] {
+        &[Choice::MetaLr, Choice::RuleStep, Choice::BaselineStep]
+    }
+
+    fn key(&self, choice: Choice) -> &'static str {
+        match choice {
+            Choice::MetaLr => "meta_lr_search",
+            Choice::RuleStep => "inner_lr_search",
+            Choice::BaselineStep => "unrolled_lr_search",
         }
     }
-}
 
-/// Units `choice-step-size-<key>`: a meta-learned method's inner step-size search.
-const STEP_SIZE_UNIT: &str = "choice-step-size-";
-
-/// The inner step-size searches' units, one per meta-learned method whose kind of inner loop has
-/// a search ([`Protocol::inner_lr_search_of`]): (method index, unit name).
-fn step_size_choice_units(p: &Protocol) -> Vec<(usize, String)> {
-    p.methods(&BetaChoice::unchosen())
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.estimator.is_some() && p.inner_lr_search_of(m).is_some())
-        .map(|(index, m)| (index, format!("{STEP_SIZE_UNIT}{}", m.key)))
-        .collect()
-}
-
-/// The outer step-size searches' units, one per meta-learned method (none without a search):
-/// (method index, unit name).
-fn rate_choice_units(p: &Protocol) -> Vec<(usize, String)> {
-    if p.meta_lr_search.is_none() {
-        return Vec::new();
+    fn unit(&self, choice: Choice, s: &Subject) -> Option<String> {
+        let (p, method) = (&s.p, s.method());
+        let (searched, prefix) = match choice {
+            Choice::MetaLr => (p.meta_lr_search.is_some(), "choice-meta-lr-"),
+            Choice::RuleStep => (
+                !method.baseline && p.inner_lr_search.is_some(),
+                "choice-step-size-",
+            ),
+            Choice::BaselineStep => (
+                method.baseline && p.unrolled_lr_search.is_some(),
+                "choice-step-size-",
+            ),
+        };
+        (searched && method.estimator.is_some()).then(|| format!("{prefix}{}", method.key))
     }
-    p.methods(&BetaChoice::unchosen())
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| m.estimator.is_some())
-        .map(|(index, m)| (index, format!("choice-meta-lr-{}", m.key)))
+
+    fn search(&self, settings: &Settings, choice: Choice, s: &Subject) -> Result<Option<Search>> {
+        match choice {
+            Choice::MetaLr => choose_meta_lr(&s.p, settings, s.index, &s.choice),
+            Choice::RuleStep | Choice::BaselineStep => {
+                choose_inner_lr(&s.p, settings, s.index, &s.choice, s.meta_lr)
+            }
+        }
+    }
+
+    fn apply(&self, choice: Choice, s: Subject, value: f64) -> Subject {
+        match choice {
+            Choice::MetaLr => Subject {
+                meta_lr: Some(value),
+                ..s
+            },
+            Choice::RuleStep | Choice::BaselineStep => Subject {
+                inner_lr: Some(value),
+                ..s
+            },
+        }
+    }
+
+    /// The contrastive rule's searches run at the beta choice (its own unit's).
+    fn prepared(&self, settings: &Settings, staging: &std::path::Path, s: Subject) -> Result<Subject> {
+        let choice = SPIKING.beta_choice(&s.p, settings, staging, s.index)?;
+        Ok(Subject { choice, ..s })
+    }
+}
+
+/// Every method, unchosen, by index.
+fn subjects(p: &Protocol) -> Vec<Subject> {
+    (0..p.methods(&BetaChoice::unchosen()).len())
+        .map(|index| Subject {
+            p: p.clone(),
+            index,
+            choice: BetaChoice::unchosen(),
+            meta_lr: None,
+            inner_lr: None,
+        })
         .collect()
 }
 
@@ -1247,8 +1295,14 @@ fn report(
             .ok_or_else(|| CmlError::invalid("spiking unit", name, "every unit of the job"))
     };
     let choice = BetaChoice::from(&super::units::decode::<ChoiceRows>(find(CHOICE_UNIT)?)?);
-    let rate_searches = super::choice::stored(units, rate_choice_units(&p).into_iter().map(|r| r.1))?;
-    let step_searches = super::choice::stored(units, step_size_choice_units(&p).into_iter().map(|r| r.1))?;
+    let of = |choices: &[Choice]| {
+        let names = choices
+            .iter()
+            .map(|&c| super::chain::choice_units(&Searches, &subjects(&p), c));
+        super::choice::stored(units, names.collect::<Vec<_>>().concat())
+    };
+    let rate_searches = of(&[Choice::MetaLr])?;
+    let step_searches = of(&[Choice::RuleStep, Choice::BaselineStep])?;
     let mut curve_rows = Vec::new();
     let mut test_rows = Vec::new();
     let mut methods = Vec::new();
@@ -2099,6 +2153,44 @@ pub fn regime_sentence(r: &SpikingResults) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_unit_reads_the_searches_its_runs_use() {
+        use crate::units::Job;
+        // Written out from what each unit runs: the beta choice precedes every search; an outer
+        // step-size search reads its own key; an inner one also the inner key of its method's kind
+        // (the contrastive rule's e-prop step, the BPTT baselines' gradient step), as do the runs;
+        // the no-meta-learning row adapts at CML symmetric's step; a matched unit reads them all.
+        let settings = Settings::at(Scale::Default);
+        let baselines: Vec<&str> = Protocol::of(&settings)
+            .unwrap()
+            .methods(&BetaChoice::unchosen())
+            .into_iter()
+            .filter(|m| m.baseline)
+            .map(|m| m.key)
+            .collect();
+        let units = SPIKING.units(&settings).unwrap();
+        // 1 beta choice, 5 outer and 5 inner step-size searches, 6 methods x 5 seeds, 5 matched.
+        assert_eq!(units.len(), 1 + 5 + 5 + 30 + 5);
+        for unit in units {
+            let ignores = SPIKING.keys_unit_ignores(&unit);
+            let reads = |k: &str| !ignores.contains(&k);
+            let key = unit
+                .strip_prefix("choice-step-size-")
+                .or_else(|| unit.split_once("-seed").map(|(k, _)| k))
+                .unwrap_or("");
+            let baseline = baselines.contains(&key);
+            let (outer, rule, baseline_step) = match unit.as_str() {
+                "choice" => (false, false, false),
+                u if u.starts_with("choice-meta-lr-") => (true, false, false),
+                u if u.starts_with("matched-") => (true, true, true),
+                _ => (true, !baseline, baseline),
+            };
+            assert_eq!(reads("meta_lr_search"), outer, "{unit}");
+            assert_eq!(reads("inner_lr_search"), rule, "{unit}");
+            assert_eq!(reads("unrolled_lr_search"), baseline_step, "{unit}");
+        }
+    }
 
     #[test]
     fn at_the_paper_scale_the_table_says_the_step_sizes_are_the_protocols() {

@@ -35,6 +35,16 @@ pub(crate) trait Chain {
     ) -> Result<Option<Search>>;
     /// `subject` at `value` of the choice.
     fn apply(&self, choice: Self::Choice, subject: Self::Subject, value: f64) -> Self::Subject;
+    /// `subject` with what its searches take from outside the chain (a choice of another kind,
+    /// which a unit of its own stores), read beside `staging` or made here; by default, as it is.
+    fn prepared(
+        &self,
+        _settings: &Settings,
+        _staging: &std::path::Path,
+        subject: Self::Subject,
+    ) -> Result<Self::Subject> {
+        Ok(subject)
+    }
 }
 
 /// Every search unit of `subjects`, in the order they run (choice by choice, then subject by
@@ -69,8 +79,9 @@ pub(crate) fn settle<C: Chain, S>(
     settings: &Settings,
     staging: &std::path::Path,
     upto: usize,
-    mut subject: C::Subject,
+    subject: C::Subject,
 ) -> Result<(C::Subject, Vec<Option<f64>>)> {
+    let mut subject = c.prepared(settings, staging, subject)?;
     let mut chosen = Vec::new();
     for &choice in &c.choices()[..upto] {
         let value = match c.unit(choice, &subject) {
@@ -125,14 +136,18 @@ pub(crate) fn keys_unit_ignores<C: Chain>(
         .filter(|&&choice| c.unit(choice, &subject).is_some())
         .map(|&choice| c.key(choice))
         .collect();
-    let mut ignored: Vec<&'static str> = Vec::new();
+    all_keys(c).into_iter().filter(|k| !read.contains(k)).collect()
+}
+
+/// The keys of every search of the chain, each once, in order.
+pub(crate) fn all_keys<C: Chain>(c: &C) -> Vec<&'static str> {
+    let mut keys: Vec<&'static str> = Vec::new();
     for &choice in c.choices() {
-        let key = c.key(choice);
-        if !read.contains(&key) && !ignored.contains(&key) {
-            ignored.push(key);
+        if !keys.contains(&c.key(choice)) {
+            keys.push(c.key(choice));
         }
     }
-    ignored
+    keys
 }
 
 #[cfg(test)]
