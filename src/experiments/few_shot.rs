@@ -932,10 +932,10 @@ fn train_checkpointed(
 
 /// A search of one setting (`search`, named `word.1`) of the run of method `key` in the `shots`
 /// setting: on each search stream (an initialisation and episode stream of the search's own,
-/// seeded by `word.0`, no reported seed's; their episodes pooled), a whole meta-training at each value as `at(value)` gives it (the protocol
-/// and method it runs), its checkpoint chosen on `p.validation_episodes` validation episodes of
-/// the search's own stream as a reported run's is, scored by each episode's error rate there; the
-/// choice follows `word.2` (the least mean, or for a budget the smallest within one standard
+/// seeded by `word.0`, no reported seed's; their episodes pooled), a whole meta-training at each
+/// value as `at(value)` gives it (the protocol and method it runs), its checkpoint chosen on
+/// `p.validation_episodes` validation episodes of that stream as a reported run's is, scored by
+/// each episode's error rate there; the choice follows `word.2` (the least mean, or for a budget the smallest within one standard
 /// error of it), a choice at an edge extends the grid.
 fn whole_run_search(
     settings: &Settings,

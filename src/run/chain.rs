@@ -23,8 +23,9 @@ pub(crate) trait Chain {
     /// The protocol key of the choice's search: of a subject's units, only those that take the
     /// choice read it.
     fn key(&self, choice: Self::Choice) -> &'static str;
-    /// The unit of the choice's search for `subject`, where there is one (the protocol has the search and
-    /// the subject takes the setting). Several subjects may share one unit.
+    /// The unit of the choice's search for `subject`, where there is one (the protocol has the
+    /// search and the subject takes the setting). Several subjects may share one unit; its
+    /// first subject's earlier choices are the ones it reads.
     fn unit(&self, choice: Self::Choice, subject: &Self::Subject) -> Option<String>;
     /// Runs the choice's search for `subject`, as the choices before it set it.
     fn search(
