@@ -1372,30 +1372,13 @@ fn report(
         if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
             let rows: UnitRows = super::units::decode(u)?;
             let unit = format!("bandit unit {}", unit_name(&k, m));
-            super::choice::check_agrees(searches.iter().find(|x| key(&x.model) == k), &unit, rows.beta)?;
-            super::choice::check_agrees(
-                rate_searches.iter().find(|x| key(&x.model) == k),
-                &unit,
-                rows.meta_lr,
-            )?;
-            // The baselines' step size is MAML's (its matched twin's).
-            let stepped = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
-            super::choice::check_agrees(
-                step_size_searches.iter().find(|x| key(&x.model) == stepped),
-                &unit,
-                rows.step_size,
-            )?;
-            let nudged = nudged_steps_searches.iter().find(|x| key(&x.model) == k);
-            super::choice::check_agrees(
-                nudged
-                    .map(|x| Search {
-                        chosen: whole_steps(x.chosen) as f64,
-                        ..x.clone()
-                    })
-                    .as_ref(),
-                &unit,
-                rows.nudged_steps.map(|n| n as f64),
-            )?;
+            // The baselines' unit takes MAML's choices (its matched twin's step size).
+            let agent = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
+            if let Some(subject) = subjects(p)?.into_iter().find(|s| key(s.name) == agent) {
+                let (step, nudged) = (rows.step_size, rows.nudged_steps.map(|n| n as f64));
+                let taken = [rows.beta, rows.meta_lr, step, step, nudged];
+                super::chain::check_taken(&Searches, units, &subject, &taken, &unit)?;
+            }
             stored.push((k, m, rows));
         }
     }

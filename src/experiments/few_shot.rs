@@ -1178,28 +1178,26 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                 };
                 let run: SeedRun = super::units::decode(stored)?;
                 // Each value the run took is its search's choice.
-                let subject = rate_subject(shots, method.key);
-                let per_run = |s: &[Search]| s.iter().find(|x| x.model == subject).cloned();
-                for (search, value) in [
-                    (
-                        searches.iter().find(|x| x.model == setting_name(shots)).cloned(),
-                        run.beta,
-                    ),
-                    (per_run(&rate_searches), run.meta_lr),
-                    (per_run(&strength_searches), run.strength),
-                    (per_run(&sgd_step_searches), run.sgd_step),
-                    (per_run(&phase_step_searches), run.phase_step),
-                    // The run takes the chosen budget in whole steps.
-                    (
-                        per_run(&nudged_steps_searches).map(|x| Search {
-                            chosen: whole_steps(x.chosen) as f64,
-                            ..x
-                        }),
-                        run.nudged_steps.map(|n| n as f64),
-                    ),
-                ] {
-                    super::choice::check_agrees(search.as_ref(), &format!("few-shot unit {name}"), value)?;
-                }
+                let taken = [
+                    run.beta,
+                    run.meta_lr,
+                    run.strength,
+                    run.sgd_step,
+                    run.phase_step,
+                    run.nudged_steps.map(|n| n as f64),
+                ];
+                let subject = Subject {
+                    p: protocol.clone(),
+                    shots,
+                    method: method.clone(),
+                };
+                super::chain::check_taken(
+                    &Searches,
+                    units,
+                    &subject,
+                    &taken,
+                    &format!("few-shot unit {name}"),
+                )?;
                 if let Some(n) = run.nudged_steps {
                     result.budget = at_nudged_steps(method, n).estimator.inner_work();
                 }

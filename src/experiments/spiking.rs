@@ -1354,16 +1354,11 @@ fn report(
                     ),
                 ));
             }
-            super::choice::check_agrees(
-                rate_searches.iter().find(|x| x.model == method.name),
-                &format!("spiking unit {name}"),
-                run.meta_lr,
-            )?;
-            super::choice::check_agrees(
-                inner_search(index),
-                &format!("spiking unit {name}"),
-                run.step_size,
-            )?;
+            // The no-meta-learning row takes CML symmetric's inner step size.
+            let from = if method.estimator.is_none() { 0 } else { index };
+            let taken = [run.meta_lr, run.step_size, run.step_size];
+            let unit = format!("spiking unit {name}");
+            super::chain::check_taken(&Searches, units, &subjects(&p)[from], &taken, &unit)?;
             if let Some(reason) = &run.stopped {
                 stopped.push(format!("{} (seed {seed}) stopped at {reason}", method.name));
             }

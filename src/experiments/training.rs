@@ -1229,38 +1229,15 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
                     continue;
                 };
                 let unit = format!("training unit {}", unit_name(model.name(), name, seed));
-                super::choice::check_agrees(
-                    searches.iter().find(|x| x.model == model.name()),
-                    &unit,
-                    run.chosen.beta,
-                )?;
-                super::choice::check_agrees(
-                    rate_searches
-                        .iter()
-                        .find(|x| x.model == run_subject(&model, name)),
-                    &unit,
-                    run.chosen.meta_lr,
-                )?;
-                super::choice::check_agrees(
-                    step_searches
-                        .iter()
-                        .find(|x| x.model == run_subject(&model, name)),
-                    &unit,
-                    run.chosen.step_size,
-                )?;
-                // The run takes the chosen budget in whole steps.
-                let nudged = nudged_searches
-                    .iter()
-                    .find(|x| x.model == run_subject(&model, name))
-                    .map(|x| Search {
-                        chosen: whole_steps(x.chosen) as f64,
-                        ..x.clone()
-                    });
-                super::choice::check_agrees(
-                    nudged.as_ref(),
-                    &unit,
-                    run.chosen.nudged_steps.map(|n| n as f64),
-                )?;
+                let c = run.chosen;
+                let taken = [c.beta, c.meta_lr, c.step_size, c.nudged_steps.map(|n| n as f64)];
+                let subject = Subject {
+                    p: protocol.clone(),
+                    model: model.clone(),
+                    name,
+                    chosen: Chosen::default(),
+                };
+                super::chain::check_taken(&Searches, units, &subject, &taken, &unit)?;
                 seed_rows.push(format!(
                     "{},{name},{seed},{},{},{}",
                     model.name(),

@@ -116,6 +116,24 @@ pub(crate) fn run_search_unit<C: Chain, S>(
     crate::units::encode(&c.search(settings, c.choices()[k], &subject)?).map(Some)
 }
 
+/// An error unless each value a run of `subject` took (`taken`, by choice) is its search's
+/// choice, where that search's unit is among `units` (a report of units from one run).
+pub(crate) fn check_taken<C: Chain>(
+    c: &C,
+    units: &[crate::units::Stored],
+    subject: &C::Subject,
+    taken: &[Option<f64>],
+    unit: &str,
+) -> Result<()> {
+    for (&choice, &value) in c.choices().iter().zip(taken) {
+        if let Some(name) = c.unit(choice, subject) {
+            let search = crate::choice::stored(units, [name])?.pop();
+            crate::choice::check_agrees(search.as_ref(), unit, value)?;
+        }
+    }
+    Ok(())
+}
+
 /// The searches' keys a unit does not read: a search unit reads the keys of its own search and of
 /// the earlier ones that search for its subject, a run unit of `run_subject` those of every search
 /// that does; a unit of neither kind reads them all.
@@ -279,6 +297,42 @@ mod tests {
                 .unwrap()
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_report_refuses_a_run_whose_value_is_not_its_searchs_choice() {
+        // Stored searches: A of x chose 1, C of x chose a budget of 12.5 (a run takes 13 whole
+        // steps); B's unit was not given.
+        let stored = |unit: &str, setting: &str, chosen: f64| Stored {
+            job: "toy".into(),
+            unit: unit.into(),
+            fingerprint: serde_json::Value::Null,
+            seconds: 0.0,
+            rows: serde_json::to_value(Some(Search {
+                model: "x".into(),
+                setting: setting.into(),
+                chosen,
+                grid: Vec::new(),
+                at_edge: false,
+            }))
+            .unwrap(),
+            staging: PathBuf::new(),
+        };
+        let units = [stored("a-x", "a", 1.0), stored("c-x", "nudged_steps", 12.5)];
+        let x = &subjects()[0];
+        let check = |taken: [Option<f64>; 3]| check_taken(&Toy, &units, x, &taken, "toy unit x-seed0");
+        check([Some(1.0), Some(5.0), Some(13.0)]).unwrap();
+        // A value a run did not take is not checked.
+        check([None, None, None]).unwrap();
+        let err = check([Some(2.0), None, None]).unwrap_err().to_string();
+        assert!(
+            err.contains("toy unit x-seed0") && err.contains("a 2") && err.contains("a 1"),
+            "{err}"
+        );
+        let err = check([None, None, Some(12.0)]).unwrap_err().to_string();
+        assert!(err.contains("nudged_steps 13"), "{err}");
+        // y has no C search, so its 12 steps are not C's to check.
+        check_taken(&Toy, &units, &subjects()[1], &[Some(1.0), None, Some(12.0)], "y").unwrap();
     }
 
     #[test]

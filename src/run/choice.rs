@@ -630,14 +630,22 @@ pub(crate) fn chosen_value<S>(
 }
 
 /// An error unless the value a unit ran with is its search's choice (units from one run).
+/// A budget's choice counts in the whole steps a unit runs ([`whole_steps`]).
 pub(crate) fn check_agrees(search: Option<&Search>, unit: &str, value: Option<f64>) -> Result<()> {
-    match (search, value) {
-        (Some(search), Some(b)) if b != search.chosen => Err(CmlError::invalid(
+    let Some(search) = search else {
+        return Ok(());
+    };
+    let chosen = match search.setting.as_str() {
+        "nudged_steps" => whole_steps(search.chosen) as f64,
+        _ => search.chosen,
+    };
+    match value {
+        Some(b) if b != chosen => Err(CmlError::invalid(
             unit.to_string(),
             format!("{} {b}", search.setting),
             format!(
-                "the choice unit's {} {} (units from one run)",
-                search.setting, search.chosen
+                "the choice unit's {} {chosen} (units from one run)",
+                search.setting
             ),
         )),
         _ => Ok(()),
