@@ -598,11 +598,6 @@ fn subjects(p: &Protocol) -> Result<Vec<Subject>> {
         .collect())
 }
 
-/// The units of one search of the chain, in order.
-fn choice_units(p: &Protocol, choice: Choice) -> Result<Vec<String>> {
-    Ok(super::chain::choice_units(&Searches, &subjects(p)?, choice))
-}
-
 /// The prefix of an inner step-size search's unit name.
 const STEP_SIZE_UNIT: &str = "choice-step-size-";
 
@@ -1355,13 +1350,8 @@ fn report(
     let p = &protocol;
     let learners = p.meta_learners()?;
     // The searches, where their units were given.
-    let stored = |choices: &[Choice]| -> Result<Vec<Search>> {
-        let names = choices
-            .iter()
-            .map(|&c| choice_units(p, c))
-            .collect::<Result<Vec<_>>>()?;
-        super::choice::stored(units, names.concat())
-    };
+    let subjects = subjects(p)?;
+    let stored = |choices: &[Choice]| super::chain::stored(&Searches, units, &subjects, choices);
     let searches = stored(&[Choice::Beta])?;
     let rate_searches = stored(&[Choice::MetaLr])?;
     let step_size_searches = stored(&[Choice::PhaseStep, Choice::MamlStep])?;
@@ -1374,10 +1364,10 @@ fn report(
             let unit = format!("bandit unit {}", unit_name(&k, m));
             // The baselines' unit takes MAML's choices (its matched twin's step size).
             let agent = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
-            if let Some(subject) = subjects(p)?.into_iter().find(|s| key(s.name) == agent) {
+            if let Some(subject) = subjects.iter().find(|s| key(s.name) == agent) {
                 let (step, nudged) = (rows.step_size, rows.nudged_steps.map(|n| n as f64));
                 let taken = [rows.beta, rows.meta_lr, step, step, nudged];
-                super::chain::check_taken(&Searches, units, &subject, &taken, &unit)?;
+                super::chain::check_taken(&Searches, units, subject, &taken, &unit)?;
             }
             stored.push((k, m, rows));
         }

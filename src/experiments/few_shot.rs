@@ -519,15 +519,6 @@ fn subjects(settings: &Settings) -> Result<Vec<Subject>> {
     Ok(out)
 }
 
-/// The units of one search of the chain, in order.
-fn choice_units(settings: &Settings, choice: Choice) -> Result<Vec<String>> {
-    Ok(super::chain::choice_units(
-        &Searches,
-        &subjects(settings)?,
-        choice,
-    ))
-}
-
 /// Every unit of the job, in order: shots, method, seed.
 fn runs(settings: &Settings) -> Result<Vec<(usize, Method, u64)>> {
     let p = Protocol::of(settings)?;
@@ -1137,7 +1128,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut panels = Vec::new();
     let mut checkpoint_rows = Vec::new();
     let split = FewShotSplit::new(&load_digits()?)?;
-    let stored = |choice: Choice| super::choice::stored(units, choice_units(settings, choice)?);
+    let subjects = subjects(settings)?;
+    let stored = |choice: Choice| super::chain::stored(&Searches, units, &subjects, &[choice]);
     let searches = stored(Choice::Beta)?;
     let rate_searches = stored(Choice::MetaLr)?;
     let strength_searches = stored(Choice::Strength)?;

@@ -1295,12 +1295,7 @@ fn report(
             .ok_or_else(|| CmlError::invalid("spiking unit", name, "every unit of the job"))
     };
     let choice = BetaChoice::from(&super::units::decode::<ChoiceRows>(find(CHOICE_UNIT)?)?);
-    let of = |choices: &[Choice]| {
-        let names = choices
-            .iter()
-            .map(|&c| super::chain::choice_units(&Searches, &subjects(&p), c));
-        super::choice::stored(units, names.collect::<Vec<_>>().concat())
-    };
+    let of = |choices: &[Choice]| super::chain::stored(&Searches, units, &subjects(&p), choices);
     let rate_searches = of(&[Choice::MetaLr])?;
     let step_searches = of(&[Choice::RuleStep, Choice::BaselineStep])?;
     let mut curve_rows = Vec::new();

@@ -999,15 +999,6 @@ fn subjects(settings: &Settings) -> Result<Vec<Subject>> {
     Ok(out)
 }
 
-/// The units of one search of the chain, in order.
-fn choice_units(settings: &Settings, choice: Choice) -> Result<Vec<String>> {
-    Ok(super::chain::choice_units(
-        &Searches,
-        &subjects(settings)?,
-        choice,
-    ))
-}
-
 /// Every run of the job, in unit order: model, estimator, seed.
 fn runs(settings: &Settings) -> Result<Vec<(ModelSpec, &'static str, u64)>> {
     let mut out = Vec::new();
@@ -1206,7 +1197,8 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         settings.seed,
     )?;
     // The searches, where their units were given.
-    let stored = |choice: Choice| super::choice::stored(units, choice_units(settings, choice)?);
+    let subjects = subjects(settings)?;
+    let stored = |choice: Choice| super::chain::stored(&Searches, units, &subjects, &[choice]);
     let searches = stored(Choice::Beta)?;
     let rate_searches = stored(Choice::MetaLr)?;
     let step_searches = stored(Choice::StepSize)?;

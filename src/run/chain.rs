@@ -62,13 +62,19 @@ pub(crate) fn search_units<C: Chain>(c: &C, subjects: &[C::Subject]) -> Vec<(usi
     out
 }
 
-/// The units of one choice's searches ([`search_units`]), in order.
-pub(crate) fn choice_units<C: Chain>(c: &C, subjects: &[C::Subject], choice: C::Choice) -> Vec<String> {
-    search_units(c, subjects)
+/// The searches of `choices` among the stored `units` (a report of part of a job has some), in
+/// unit order.
+pub(crate) fn stored<C: Chain>(
+    c: &C,
+    units: &[crate::units::Stored],
+    subjects: &[C::Subject],
+    choices: &[C::Choice],
+) -> Result<Vec<Search>> {
+    let names = search_units(c, subjects)
         .into_iter()
-        .filter(|u| c.choices()[u.0] == choice)
-        .map(|u| u.2)
-        .collect()
+        .filter(|u| choices.contains(&c.choices()[u.0]))
+        .map(|u| u.2);
+    crate::choice::stored(units, names)
 }
 
 /// `subject` as the first `upto` choices set it, and the value each of them chose (`None` where it
@@ -269,7 +275,6 @@ mod tests {
             units,
             [(0, "a-x"), (0, "a-y"), (1, "b"), (2, "c-x")].map(|(k, u)| (k, u.to_string()))
         );
-        assert_eq!(choice_units(&Toy, &subjects(), Choice::B), ["b"]);
 
         let staging = std::env::temp_dir()
             .join(format!("cml-chain-{}", std::process::id()))
