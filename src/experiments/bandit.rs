@@ -989,24 +989,25 @@ impl super::units::Job<super::Section> for Bandit {
             return Ok(rows);
         }
         let (k, m) = super::units::lookup(self, settings, unit, unit_list(&p)?, |(k, m)| unit_name(k, *m))?;
-        // The baselines' unit settles MAML's choices: the matched baseline of MAML's own deployment
-        // adapts at MAML's chosen step size.
         let agent = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
         let subject = subjects
             .into_iter()
             .find(|s| key(s.name) == agent)
             .expect("a model of the unit list");
+        if k == BASELINES {
+            // The matched baseline of MAML's own deployment adapts at MAML's chosen step size.
+            let chosen = super::chain::chosen(&Searches, self, settings, staging, subject, Choice::MamlStep)?;
+            let at = chosen.map_or_else(|| p.clone(), |size| p.at_step_size(MAML_OWN, size));
+            return super::units::encode(&UnitRows {
+                step_size: chosen,
+                ..run_unit(settings, &at, &k, m, None, None)?
+            });
+        }
         let all = Searches.choices().len();
         let (s, _) = super::chain::settle(&Searches, self, settings, staging, all, subject)?;
         let at = s
             .step_size
             .map_or_else(|| p.clone(), |size| p.at_step_size(s.name, size));
-        if k == BASELINES {
-            return super::units::encode(&UnitRows {
-                step_size: s.step_size,
-                ..run_unit(settings, &at, &k, m, None, None)?
-            });
-        }
         let at = match s.nudged_steps {
             Some(n) => at.at_nudged_steps(n),
             None => at,

@@ -720,20 +720,24 @@ impl super::units::Job<super::Section> for Spiking {
             let (seed, _) =
                 super::units::lookup(self, settings, unit, matched_runs(&p, settings), |r| r.1.clone())?;
             let inner_lrs = (0..subjects.len())
-                .map(|index| Ok(self.settled(settings, staging, &subjects, index)?.inner_lr))
+                .map(|index| self.inner_lr(settings, staging, &subjects, index))
                 .collect::<Result<Vec<_>>>()?;
             return super::units::encode(&run_matched_seed(&p, seed, &inner_lrs)?);
         }
         let (index, seed, _) =
             super::units::lookup(self, settings, unit, method_runs(&p, settings), |r| r.2.clone())?;
-        let s = self.settled(settings, staging, &subjects, index)?;
         // The no-meta-learning row takes only CML symmetric's inner step size.
-        let (choice, meta_lr) = match s.index == index {
-            true => (s.choice, s.meta_lr),
-            false => (BetaChoice::unchosen(), None),
+        let (choice, meta_lr, inner_lr) = if subjects[index].method().estimator.is_none() {
+            let lr = self.inner_lr(settings, staging, &subjects, index)?;
+            (BetaChoice::unchosen(), None, lr)
+        } else {
+            let all = Searches.choices().len();
+            let (s, _) =
+                super::chain::settle(&Searches, self, settings, staging, all, subjects[index].clone())?;
+            (s.choice, s.meta_lr, s.inner_lr)
         };
         super::units::encode(&run_method_seed(
-            &p, settings, index, seed, &choice, meta_lr, s.inner_lr,
+            &p, settings, index, seed, &choice, meta_lr, inner_lr,
         )?)
     }
 
@@ -796,22 +800,25 @@ impl Spiking {
         }
     }
 
-    /// Method `index` as every choice of its own sets it (the no-meta-learning row: CML
-    /// symmetric, whose inner step size it adapts at, as its matched baseline).
-    fn settled(
+    /// The inner step size method `index` runs at: its search's choice, stored or made here (the
+    /// no-meta-learning row's, CML symmetric's, whose loop it adapts with as its matched baseline).
+    fn inner_lr(
         &self,
         settings: &Settings,
         staging: &std::path::Path,
         subjects: &[Subject],
         index: usize,
-    ) -> Result<Subject> {
+    ) -> Result<Option<f64>> {
         let from = if subjects[index].method().estimator.is_none() {
             0
         } else {
             index
         };
-        let all = Searches.choices().len();
-        Ok(super::chain::settle(&Searches, self, settings, staging, all, subjects[from].clone())?.0)
+        let choice = match subjects[from].method().baseline {
+            true => Choice::BaselineStep,
+            false => Choice::RuleStep,
+        };
+        super::chain::chosen(&Searches, self, settings, staging, subjects[from].clone(), choice)
     }
 }
 

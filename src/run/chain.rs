@@ -105,6 +105,32 @@ pub(crate) fn settle<C: Chain, S>(
     Ok((subject, chosen))
 }
 
+/// The value one choice's search chose for `subject` (`None` where it has no such search): its
+/// stored unit's, else searched here at the choices before it ([`settle`]). Where the unit is
+/// stored, the earlier choices are not read: for a unit that takes one choice of another subject's
+/// (a matched baseline's step size) and none of its earlier ones.
+pub(crate) fn chosen<C: Chain, S>(
+    c: &C,
+    job: &dyn Job<S>,
+    settings: &Settings,
+    staging: &std::path::Path,
+    subject: C::Subject,
+    choice: C::Choice,
+) -> Result<Option<f64>> {
+    let Some(unit) = c.unit(choice, &subject) else {
+        return Ok(None);
+    };
+    let k = c
+        .choices()
+        .iter()
+        .position(|x| *x == choice)
+        .expect("a choice of the chain");
+    crate::choice::chosen_value(job, settings, staging, &unit, || {
+        let (subject, _) = settle(c, job, settings, staging, k, subject)?;
+        c.search(settings, choice, &subject)
+    })
+}
+
 /// The rows of the search unit `unit`, where it is one of `subjects`' ([`search_units`]): its
 /// subject as the choices before it set it ([`settle`]), searched.
 pub(crate) fn run_search_unit<C: Chain, S>(
@@ -292,6 +318,44 @@ mod tests {
         let (x, chosen) = settle(&Toy, &Empty, &settings, &staging, 1, subjects()[0].clone()).unwrap();
         assert_eq!((x.value, chosen), (1.0, vec![Some(1.0)]));
 
+        // One choice alone: searched at the choices before it where its unit is not stored; none
+        // where the subject has no such search.
+        assert_eq!(
+            super::chosen(
+                &Toy,
+                &Empty,
+                &settings,
+                &staging,
+                subjects()[0].clone(),
+                Choice::C
+            )
+            .unwrap(),
+            Some(111.0)
+        );
+        assert_eq!(
+            super::chosen(
+                &Toy,
+                &Empty,
+                &settings,
+                &staging,
+                subjects()[1].clone(),
+                Choice::B
+            )
+            .unwrap(),
+            Some(11.0)
+        );
+        assert_eq!(
+            super::chosen(
+                &Toy,
+                &Empty,
+                &settings,
+                &staging,
+                subjects()[1].clone(),
+                Choice::C
+            )
+            .unwrap(),
+            None
+        );
         // A search unit's rows: its search at the choices before it (C for x: 111).
         let rows = run_search_unit(&Toy, &Empty, &settings, &staging, "c-x", &subjects())
             .unwrap()
