@@ -320,42 +320,11 @@ mod tests {
 
         // One choice alone: searched at the choices before it where its unit is not stored; none
         // where the subject has no such search.
-        assert_eq!(
-            super::chosen(
-                &Toy,
-                &Empty,
-                &settings,
-                &staging,
-                subjects()[0].clone(),
-                Choice::C
-            )
-            .unwrap(),
-            Some(111.0)
-        );
-        assert_eq!(
-            super::chosen(
-                &Toy,
-                &Empty,
-                &settings,
-                &staging,
-                subjects()[1].clone(),
-                Choice::B
-            )
-            .unwrap(),
-            Some(11.0)
-        );
-        assert_eq!(
-            super::chosen(
-                &Toy,
-                &Empty,
-                &settings,
-                &staging,
-                subjects()[1].clone(),
-                Choice::C
-            )
-            .unwrap(),
-            None
-        );
+        let one =
+            |s: usize, c| super::chosen(&Toy, &Empty, &settings, &staging, subjects()[s].clone(), c).unwrap();
+        assert_eq!(one(0, Choice::C), Some(111.0));
+        assert_eq!(one(1, Choice::B), Some(11.0));
+        assert_eq!(one(1, Choice::C), None);
         // A search unit's rows: its search at the choices before it (C for x: 111).
         let rows = run_search_unit(&Toy, &Empty, &settings, &staging, "c-x", &subjects())
             .unwrap()
