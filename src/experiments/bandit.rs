@@ -1352,11 +1352,23 @@ fn report(
     let learners = p.meta_learners()?;
     // The searches, where their units were given.
     let subjects = subjects(p)?;
-    let stored = |choices: &[Choice]| super::chain::stored(&Searches, units, &subjects, choices);
-    let searches = stored(&[Choice::Beta])?;
-    let rate_searches = stored(&[Choice::MetaLr])?;
-    let step_size_searches = stored(&[Choice::PhaseStep, Choice::MamlStep])?;
-    let nudged_steps_searches = stored(&[Choice::NudgedSteps])?;
+    let [searches, rate_searches, step_size_searches, nudged_steps_searches] = super::chain::write_stored(
+        &Searches,
+        units,
+        &subjects,
+        &settings.out,
+        [
+            ("bandit_beta_choice.csv", "agent", &[Choice::Beta]),
+            ("bandit_meta_lr_choice.csv", "agent", &[Choice::MetaLr]),
+            (
+                "bandit_step_size_choice.csv",
+                "agent",
+                &[Choice::PhaseStep, Choice::MamlStep],
+            ),
+            ("bandit_nudged_steps_choice.csv", "agent", &[Choice::NudgedSteps]),
+        ],
+        files,
+    )?;
     // Every stored unit, in unit order, with its seed index.
     let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
     for (k, m) in unit_list(p)? {
@@ -1373,30 +1385,6 @@ fn report(
             stored.push((k, m, rows));
         }
     }
-    super::choice::write(
-        &settings.out.join("bandit_beta_choice.csv"),
-        "agent",
-        &searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("bandit_meta_lr_choice.csv"),
-        "agent",
-        &rate_searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("bandit_step_size_choice.csv"),
-        "agent",
-        &step_size_searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("bandit_nudged_steps_choice.csv"),
-        "agent",
-        &nudged_steps_searches,
-        files,
-    )?;
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
     agents.extend(
         TWINS

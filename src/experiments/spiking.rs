@@ -1302,9 +1302,21 @@ fn report(
             .ok_or_else(|| CmlError::invalid("spiking unit", name, "every unit of the job"))
     };
     let choice = BetaChoice::from(&super::units::decode::<ChoiceRows>(find(CHOICE_UNIT)?)?);
-    let of = |choices: &[Choice]| super::chain::stored(&Searches, units, &subjects(&p), choices);
-    let rate_searches = of(&[Choice::MetaLr])?;
-    let step_searches = of(&[Choice::RuleStep, Choice::BaselineStep])?;
+    let [rate_searches, step_searches] = super::chain::write_stored(
+        &Searches,
+        units,
+        &subjects(&p),
+        &settings.out,
+        [
+            ("spiking_meta_lr_choice.csv", "method", &[Choice::MetaLr]),
+            (
+                "spiking_step_size_choice.csv",
+                "method",
+                &[Choice::RuleStep, Choice::BaselineStep],
+            ),
+        ],
+        files,
+    )?;
     let mut curve_rows = Vec::new();
     let mut test_rows = Vec::new();
     let mut methods = Vec::new();
@@ -1450,18 +1462,6 @@ fn report(
         &settings.out.join("spiking_beta_choice.csv"),
         "beta,nudged_step_size,mean_cosine_of_halves,mean_norm_ratio,chosen",
         &choice_rows,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("spiking_meta_lr_choice.csv"),
-        "method",
-        &rate_searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("spiking_step_size_choice.csv"),
-        "method",
-        &step_searches,
         files,
     )?;
     if p.checkpoint.is_some() {

@@ -1198,11 +1198,19 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     )?;
     // The searches, where their units were given.
     let subjects = subjects(settings)?;
-    let stored = |choice: Choice| super::chain::stored(&Searches, units, &subjects, &[choice]);
-    let searches = stored(Choice::Beta)?;
-    let rate_searches = stored(Choice::MetaLr)?;
-    let step_searches = stored(Choice::StepSize)?;
-    let nudged_searches = stored(Choice::NudgedSteps)?;
+    let [searches, rate_searches, step_searches, nudged_searches] = super::chain::write_stored(
+        &Searches,
+        units,
+        &subjects,
+        &settings.out,
+        [
+            ("training_beta_choice.csv", "model", &[Choice::Beta]),
+            ("training_meta_lr_choice.csv", "run", &[Choice::MetaLr]),
+            ("training_step_size_choice.csv", "run", &[Choice::StepSize]),
+            ("training_nudged_steps_choice.csv", "run", &[Choice::NudgedSteps]),
+        ],
+        files,
+    )?;
     for model in models(&protocol) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -1319,30 +1327,6 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &settings.out.join("final_loss_per_seed.csv"),
         "model,estimator,seed,matched_baseline_loss,final_loss,chosen_meta_step",
         &seed_rows,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("training_beta_choice.csv"),
-        "model",
-        &searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("training_meta_lr_choice.csv"),
-        "run",
-        &rate_searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("training_step_size_choice.csv"),
-        "run",
-        &step_searches,
-        files,
-    )?;
-    super::choice::write(
-        &settings.out.join("training_nudged_steps_choice.csv"),
-        "run",
-        &nudged_searches,
         files,
     )?;
     let columns = panels.len().clamp(1, 2);

@@ -77,6 +77,28 @@ pub(crate) fn stored<C: Chain>(
     crate::choice::stored(units, names)
 }
 
+/// The stored searches of each group of choices (a report of part of a job has some), each group
+/// written as the CSV `(file, first column)` of `out` names ([`crate::choice::write`]; none where
+/// the group has no search): the groups' searches, in the groups' order.
+pub(crate) fn write_stored<C: Chain, const N: usize>(
+    c: &C,
+    units: &[crate::units::Stored],
+    subjects: &[C::Subject],
+    out: &std::path::Path,
+    groups: [(&str, &str, &[C::Choice]); N],
+    files: &mut Vec<std::path::PathBuf>,
+) -> Result<[Vec<Search>; N]> {
+    let mut written = Vec::new();
+    for (file, column, choices) in groups {
+        let searches = stored(c, units, subjects, choices)?;
+        crate::choice::write(&out.join(file), column, &searches, files)?;
+        written.push(searches);
+    }
+    Ok(written
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("one group each")))
+}
+
 /// `subject` as the first `upto` choices set it, and the value each of them chose (`None` where it
 /// does not search for the subject): each choice is its unit's, stored beside `staging`, or,
 /// where that unit is not there (units have no order), its search run here.
