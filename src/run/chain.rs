@@ -393,6 +393,27 @@ mod tests {
         assert!(err.contains("nudged_steps 13"), "{err}");
         // y has no C search, so its 12 steps are not C's to check.
         check_taken(&Toy, &units, &subjects()[1], &[Some(1.0), None, Some(12.0)], "y").unwrap();
+
+        // The report's CSVs: a group of A and C holds both stored searches, in unit order (a-x
+        // before c-x); B's group has none stored, so it is empty and writes no file.
+        let dir = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let [ac, b] = write_stored(
+            &Toy,
+            &units,
+            &subjects(),
+            dir.path(),
+            [
+                ("ac.csv", "run", &[Choice::C, Choice::A]),
+                ("b.csv", "run", &[Choice::B]),
+            ],
+            &mut files,
+        )
+        .unwrap();
+        let chosen: Vec<f64> = ac.iter().map(|x| x.chosen).collect();
+        assert_eq!((chosen, b.len()), (vec![1.0, 12.5], 0));
+        assert_eq!(files, [dir.path().join("ac.csv")]);
+        assert!(!dir.path().join("b.csv").exists());
     }
 
     #[test]
