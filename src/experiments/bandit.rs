@@ -1350,8 +1350,24 @@ fn report(
     let protocol = Protocol::of(settings)?;
     let p = &protocol;
     let learners = p.meta_learners()?;
-    // The searches, where their units were given.
     let subjects = subjects(p)?;
+    // Every stored unit, in unit order, with its seed index.
+    let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
+    for (k, m) in unit_list(p)? {
+        if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
+            let rows: UnitRows = super::units::decode(u)?;
+            let unit = format!("bandit unit {}", unit_name(&k, m));
+            // The baselines' unit takes MAML's choices (its matched twin's step size).
+            let agent = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
+            if let Some(subject) = subjects.iter().find(|s| key(s.name) == agent) {
+                let (step, nudged) = (rows.step_size, rows.nudged_steps.map(|n| n as f64));
+                let taken = [rows.beta, rows.meta_lr, step, step, nudged];
+                super::chain::check_taken(&Searches, units, subject, &taken, &unit)?;
+            }
+            stored.push((k, m, rows));
+        }
+    }
+    // The searches, where their units were given, written after the runs' checks.
     let [searches, rate_searches, step_size_searches, nudged_steps_searches] = super::chain::write_stored(
         &Searches,
         units,
@@ -1369,22 +1385,6 @@ fn report(
         ],
         files,
     )?;
-    // Every stored unit, in unit order, with its seed index.
-    let mut stored: Vec<(String, usize, UnitRows)> = Vec::new();
-    for (k, m) in unit_list(p)? {
-        if let Some(u) = units.iter().find(|u| u.unit == unit_name(&k, m)) {
-            let rows: UnitRows = super::units::decode(u)?;
-            let unit = format!("bandit unit {}", unit_name(&k, m));
-            // The baselines' unit takes MAML's choices (its matched twin's step size).
-            let agent = if k == BASELINES { key(MAML_OWN) } else { k.clone() };
-            if let Some(subject) = subjects.iter().find(|s| key(s.name) == agent) {
-                let (step, nudged) = (rows.step_size, rows.nudged_steps.map(|n| n as f64));
-                let taken = [rows.beta, rows.meta_lr, step, step, nudged];
-                super::chain::check_taken(&Searches, units, subject, &taken, &unit)?;
-            }
-            stored.push((k, m, rows));
-        }
-    }
     let mut agents: Vec<String> = BASELINE_AGENTS.map(String::from).to_vec();
     agents.extend(
         TWINS

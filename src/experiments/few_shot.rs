@@ -1129,28 +1129,6 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
     let mut checkpoint_rows = Vec::new();
     let split = FewShotSplit::new(&load_digits()?)?;
     let subjects = subjects(settings)?;
-    let [
-        searches,
-        rate_searches,
-        strength_searches,
-        sgd_step_searches,
-        phase_step_searches,
-        nudged_steps_searches,
-    ] = super::chain::write_stored(
-        &Searches,
-        units,
-        &subjects,
-        &settings.out,
-        [
-            ("few_shot_beta_choice.csv", "setting", &[Choice::Beta]),
-            ("few_shot_meta_lr_choice.csv", "run", &[Choice::MetaLr]),
-            ("few_shot_strength_choice.csv", "run", &[Choice::Strength]),
-            ("few_shot_step_size_choice.csv", "run", &[Choice::SgdStep]),
-            ("few_shot_phase_step_size_choice.csv", "run", &[Choice::PhaseStep]),
-            ("few_shot_nudged_steps_choice.csv", "run", &[Choice::NudgedSteps]),
-        ],
-        files,
-    )?;
     for &shots in &protocol.shots {
         let mut panel = Panel::new(
             format!("{WAYS}-way {shots}-shot digits: meta-training"),
@@ -1328,6 +1306,29 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &settings.out.join("few_shot_checkpoints.csv"),
         "method,shots,seed,meta_step,validation_accuracy,chosen",
         &checkpoint_rows,
+        files,
+    )?;
+    // The searches, where their units were given, written after the runs' checks.
+    let [
+        searches,
+        rate_searches,
+        strength_searches,
+        sgd_step_searches,
+        phase_step_searches,
+        nudged_steps_searches,
+    ] = super::chain::write_stored(
+        &Searches,
+        units,
+        &subjects,
+        &settings.out,
+        [
+            ("few_shot_beta_choice.csv", "setting", &[Choice::Beta]),
+            ("few_shot_meta_lr_choice.csv", "run", &[Choice::MetaLr]),
+            ("few_shot_strength_choice.csv", "run", &[Choice::Strength]),
+            ("few_shot_step_size_choice.csv", "run", &[Choice::SgdStep]),
+            ("few_shot_phase_step_size_choice.csv", "run", &[Choice::PhaseStep]),
+            ("few_shot_nudged_steps_choice.csv", "run", &[Choice::NudgedSteps]),
+        ],
         files,
     )?;
     let acc_rows: Vec<String> = rows

@@ -1196,21 +1196,7 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         "contrastive",
         settings.seed,
     )?;
-    // The searches, where their units were given.
     let subjects = subjects(settings)?;
-    let [searches, rate_searches, step_searches, nudged_searches] = super::chain::write_stored(
-        &Searches,
-        units,
-        &subjects,
-        &settings.out,
-        [
-            ("training_beta_choice.csv", "model", &[Choice::Beta]),
-            ("training_meta_lr_choice.csv", "run", &[Choice::MetaLr]),
-            ("training_step_size_choice.csv", "run", &[Choice::StepSize]),
-            ("training_nudged_steps_choice.csv", "run", &[Choice::NudgedSteps]),
-        ],
-        files,
-    )?;
     for model in models(&protocol) {
         let mut panel = Panel::new(
             format!("{} model: meta-test loss after adaptation", model.name()),
@@ -1327,6 +1313,20 @@ fn report(settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Re
         &settings.out.join("final_loss_per_seed.csv"),
         "model,estimator,seed,matched_baseline_loss,final_loss,chosen_meta_step",
         &seed_rows,
+        files,
+    )?;
+    // The searches, where their units were given, written after the runs' checks.
+    let [searches, rate_searches, step_searches, nudged_searches] = super::chain::write_stored(
+        &Searches,
+        units,
+        &subjects,
+        &settings.out,
+        [
+            ("training_beta_choice.csv", "model", &[Choice::Beta]),
+            ("training_meta_lr_choice.csv", "run", &[Choice::MetaLr]),
+            ("training_step_size_choice.csv", "run", &[Choice::StepSize]),
+            ("training_nudged_steps_choice.csv", "run", &[Choice::NudgedSteps]),
+        ],
         files,
     )?;
     let columns = panels.len().clamp(1, 2);
