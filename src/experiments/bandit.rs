@@ -1019,14 +1019,14 @@ impl super::units::Job<super::Section> for Bandit {
         })
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+    fn reads(&self, unit: &str) -> super::units::Reads {
         // Of the searches' keys, a unit reads those of the searches it (or its search) runs after;
         // the baselines' unit reads MAML's (MAML's matched twin adapts at its chosen step size).
         let Ok(p) = Protocol::at(Scale::Default) else {
-            return Vec::new();
+            return Default::default();
         };
         let Ok(subjects) = subjects(&p) else {
-            return Vec::new();
+            return Default::default();
         };
         let agent = unit.split_once("-seed").map(|(k, _)| k);
         let agent = if agent == Some(BASELINES) {
@@ -1035,7 +1035,7 @@ impl super::units::Job<super::Section> for Bandit {
             agent.map(String::from)
         };
         let run = subjects.iter().find(|s| Some(key(s.name)) == agent);
-        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
+        super::chain::reads(&Searches, unit, &subjects, run)
     }
 
     fn report(
@@ -1913,7 +1913,7 @@ mod tests {
         // 2 beta, 3 outer and 3 inner step-size, 2 nudged budget searches; 4 x 10 seeds.
         assert_eq!(units.len(), 10 + 4 * 10);
         for unit in units {
-            let reads = |k: &str| !BANDIT.keys_unit_ignores(&unit).contains(&k);
+            let reads = |k: &str| !BANDIT.reads(&unit).ignores.contains(&k);
             let contrastive_run = unit.starts_with("cml-") && unit.contains("-seed");
             let nudged = unit.starts_with("choice-nudged-steps-cml-") || contrastive_run;
             assert_eq!(reads("nudged_steps_search"), nudged, "{unit}");

@@ -532,14 +532,17 @@ impl super::units::Job<super::Section> for DigitsDecay {
         &["seeds"]
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+    fn reads(&self, unit: &str) -> super::units::Reads {
         // Only the contrastive rule has a nudged phase, so only its runs read that search.
         let keys: &[&str] = if unit.starts_with(&format!("{}-seed", key(super::weight_decay::CONTRASTIVE))) {
             &[]
         } else {
             &["nudged_steps_search"]
         };
-        keys.to_vec()
+        super::units::Reads {
+            ignores: keys.to_vec(),
+            searches: Vec::new(),
+        }
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {

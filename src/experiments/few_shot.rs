@@ -636,11 +636,11 @@ impl Job<super::Section> for FewShot {
         )?)
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+    fn reads(&self, unit: &str) -> super::units::Reads {
         // Of the searches' keys, a unit reads those of the searches it (or its search) runs after.
         let settings = Settings::at(Scale::Default);
         let (Ok(subjects), Ok(runs)) = (subjects(&settings), runs(&settings)) else {
-            return Vec::new();
+            return Default::default();
         };
         let run = runs
             .iter()
@@ -650,7 +650,7 @@ impl Job<super::Section> for FewShot {
                     .iter()
                     .find(|s| s.shots == *shots && s.method.key == m.key)
             });
-        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
+        super::chain::reads(&Searches, unit, &subjects, run)
     }
 
     fn report(&self, settings: &Settings, units: &[Stored], files: &mut Vec<PathBuf>) -> Result<Context> {
@@ -1794,7 +1794,7 @@ mod tests {
         let mut readers = [0; 6];
         for unit in &units {
             let (at, key) = place(unit);
-            let ignores = FEW_SHOT.keys_unit_ignores(unit);
+            let ignores = FEW_SHOT.reads(unit).ignores;
             for (k, search) in KEYS.iter().enumerate() {
                 let reads = k <= at && takes(k, &key);
                 readers[k] += usize::from(reads);

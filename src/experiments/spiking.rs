@@ -741,15 +741,18 @@ impl super::units::Job<super::Section> for Spiking {
         )?)
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+    fn reads(&self, unit: &str) -> super::units::Reads {
         // The beta choice runs before every search and reads none of them; of the searches' keys,
         // another unit reads those of the searches it (or its search) runs after (the
         // no-meta-learning row's runs CML symmetric's; the matched units every one).
         if unit == CHOICE_UNIT {
-            return super::chain::all_keys(&Searches);
+            return super::units::Reads {
+                ignores: super::chain::all_keys(&Searches),
+                searches: Vec::new(),
+            };
         }
         let Ok(p) = Protocol::at(Scale::Default) else {
-            return Vec::new();
+            return Default::default();
         };
         let subjects = subjects(&p);
         let key = unit.split_once("-seed").map(|(k, _)| k);
@@ -760,7 +763,7 @@ impl super::units::Job<super::Section> for Spiking {
                 s
             }
         });
-        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
+        super::chain::reads(&Searches, unit, &subjects, run)
     }
 
     fn report(
@@ -2170,7 +2173,7 @@ mod tests {
         // 1 beta choice, 5 outer and 5 inner step-size searches, 6 methods x 5 seeds, 5 matched.
         assert_eq!(units.len(), 1 + 5 + 5 + 30 + 5);
         for unit in units {
-            let ignores = SPIKING.keys_unit_ignores(&unit);
+            let ignores = SPIKING.reads(&unit).ignores;
             let reads = |k: &str| !ignores.contains(&k);
             let key = unit
                 .strip_prefix("choice-step-size-")

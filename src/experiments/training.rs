@@ -751,11 +751,11 @@ impl Job<super::Section> for Training {
         &["seeds"]
     }
 
-    fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
+    fn reads(&self, unit: &str) -> super::units::Reads {
         // Of the searches' keys, a unit reads those of the searches it (or its search) runs after.
         let settings = Settings::at(Scale::Default);
         let (Ok(subjects), Ok(runs)) = (subjects(&settings), runs(&settings)) else {
-            return Vec::new();
+            return Default::default();
         };
         let run = runs
             .iter()
@@ -765,7 +765,7 @@ impl Job<super::Section> for Training {
                     .iter()
                     .find(|s| s.model.name() == model.name() && s.name == *name)
             });
-        super::chain::keys_unit_ignores(&Searches, unit, &subjects, run)
+        super::chain::reads(&Searches, unit, &subjects, run)
     }
 
     fn units(&self, settings: &Settings) -> Result<Vec<String>> {
@@ -1713,7 +1713,7 @@ mod tests {
                 None => KEYS.len(),
             };
             let contrastive = at == 0 || unit.contains("-contrastive");
-            let ignores = TRAINING.keys_unit_ignores(unit);
+            let ignores = TRAINING.reads(unit).ignores;
             for (k, key) in KEYS.iter().enumerate() {
                 let reads = k <= at && (contrastive || k == 1 || k == 2);
                 readers[k] += usize::from(reads);

@@ -10,7 +10,7 @@
 
 use crate::choice::Search;
 use crate::error::Result;
-use crate::units::{Job, Settings};
+use crate::units::{Job, Reads, Settings};
 
 /// A job's searches, in the order they run.
 pub(crate) trait Chain {
@@ -188,28 +188,42 @@ pub(crate) fn check_taken<C: Chain>(
     Ok(())
 }
 
-/// The searches' keys a unit does not read: a search unit reads the keys of its own search and of
-/// the earlier ones that search for its subject, a run unit of `run_subject` those of every search
-/// that does; a unit of neither kind reads them all.
-pub(crate) fn keys_unit_ignores<C: Chain>(
+/// What a unit reads of the chain: a search unit the searches of its own subject up to its own, a
+/// run unit of `run_subject` every search of that subject; a unit of neither kind reads them all.
+/// The keys of the searches it does not read are the ones it ignores.
+pub(crate) fn reads<C: Chain>(
     c: &C,
     unit: &str,
     subjects: &[C::Subject],
     run_subject: Option<&C::Subject>,
-) -> Vec<&'static str> {
-    let (upto, subject) = match search_units(c, subjects).into_iter().find(|u| u.2 == unit) {
-        Some((k, s, _)) => (k + 1, s),
+) -> Reads {
+    let units = search_units(c, subjects);
+    let (upto, subject) = match units.iter().find(|u| u.2 == unit) {
+        Some((k, s, _)) => (k + 1, s.clone()),
         None => match run_subject {
             Some(s) => (c.choices().len(), s.clone()),
-            None => return Vec::new(),
+            None => {
+                return Reads {
+                    ignores: Vec::new(),
+                    searches: units
+                        .into_iter()
+                        .map(|(k, _, u)| (c.key(c.choices()[k]), u))
+                        .collect(),
+                };
+            }
         },
     };
-    let read: Vec<&str> = c.choices()[..upto]
+    let searches: Vec<(&'static str, String)> = c.choices()[..upto]
         .iter()
-        .filter(|&&choice| c.unit(choice, &subject).is_some())
-        .map(|&choice| c.key(choice))
+        .filter_map(|&choice| c.unit(choice, &subject).map(|u| (c.key(choice), u)))
         .collect();
-    all_keys(c).into_iter().filter(|k| !read.contains(k)).collect()
+    Reads {
+        ignores: all_keys(c)
+            .into_iter()
+            .filter(|k| !searches.iter().any(|(read, _)| read == k))
+            .collect(),
+        searches,
+    }
 }
 
 /// The keys of every search of the chain, each once, in order.
@@ -417,16 +431,50 @@ mod tests {
     }
 
     #[test]
-    fn a_unit_ignores_the_keys_of_the_searches_it_does_not_run_after() {
+    fn a_unit_reads_the_searches_it_runs_after_and_ignores_the_other_keys() {
         let s = subjects();
-        // A search reads its own key and those of the earlier searches of its subject.
-        assert_eq!(keys_unit_ignores(&Toy, "a-y", &s, None), ["b_search", "c_search"]);
-        assert_eq!(keys_unit_ignores(&Toy, "b", &s, None), ["c_search"]);
-        assert!(keys_unit_ignores(&Toy, "c-x", &s, None).is_empty());
+        let reads = |unit: &str, run: Option<&Subject>| {
+            let r = reads(&Toy, unit, &s, run);
+            let searches: Vec<String> = r.searches.iter().map(|(k, u)| format!("{k}:{u}")).collect();
+            (r.ignores, searches)
+        };
+        // A search reads its own and the earlier searches of its subject (B's unit is shared, its
+        // first subject, x, the one whose earlier choices it reads).
+        assert_eq!(
+            reads("a-y", None),
+            (vec!["b_search", "c_search"], vec!["a_search:a-y".to_string()])
+        );
+        assert_eq!(
+            reads("b", None),
+            (
+                vec!["c_search"],
+                vec!["a_search:a-x".to_string(), "b_search:b".into()]
+            )
+        );
+        assert_eq!(reads("c-x", None).0, Vec::<&str>::new());
+        assert_eq!(
+            reads("c-x", None).1,
+            ["a_search:a-x", "b_search:b", "c_search:c-x"]
+        );
         // A run reads every search of its subject (C is x's alone).
-        assert_eq!(keys_unit_ignores(&Toy, "y-seed0", &s, Some(&s[1])), ["c_search"]);
-        assert!(keys_unit_ignores(&Toy, "x-seed0", &s, Some(&s[0])).is_empty());
-        // A unit of neither kind ignores nothing.
-        assert!(keys_unit_ignores(&Toy, "other", &s, None).is_empty());
+        assert_eq!(
+            reads("y-seed0", Some(&s[1])),
+            (
+                vec!["c_search"],
+                vec!["a_search:a-y".to_string(), "b_search:b".into()]
+            )
+        );
+        assert!(reads("x-seed0", Some(&s[0])).0.is_empty());
+        // A unit of neither kind ignores nothing and reads every search.
+        assert_eq!(
+            reads("other", None),
+            (
+                vec![],
+                vec!["a_search:a-x", "a_search:a-y", "b_search:b", "c_search:c-x"]
+                    .into_iter()
+                    .map(String::from)
+                    .collect()
+            )
+        );
     }
 }

@@ -148,13 +148,25 @@ pub trait Job<S>: Sync {
     fn extent_keys(&self) -> &'static [&'static str] {
         &[]
     }
-    /// Keys of its protocol that `unit`'s rows do not depend on, directly or through a choice the
-    /// unit takes (a search only other units read): a stored unit whose protocol differs from
-    /// this run's only in them (and in the extent keys) is this run's, so a run that adds such a
-    /// search computes only the units that read it. Name a key here only where that holds.
-    fn keys_unit_ignores(&self, _unit: &str) -> Vec<&'static str> {
-        Vec::new()
+    /// What `unit` reads of the job's validation searches ([`Reads`]); by default every key.
+    fn reads(&self, _unit: &str) -> Reads {
+        Reads::default()
     }
+}
+
+/// What a unit's rows depend on among its job's validation searches.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reads {
+    /// Keys of the protocol that its rows do not depend on, directly or through a choice the unit
+    /// takes (a search only other units read): a stored unit whose protocol differs from this
+    /// run's only in them (and in the extent keys) is this run's, so a run that adds such a
+    /// search computes only the units that read it. Name a key here only where that holds.
+    pub ignores: Vec<&'static str>,
+    /// The search units whose choices it takes (its own, for a search unit), each with its
+    /// protocol key: where this run's protocol differs from the stored one's only in those
+    /// searches' `extensions`, the unit is this run's if each of them ends the same under both
+    /// ([`same_under_both`]).
+    pub searches: Vec<(&'static str, String)>,
 }
 
 /// Whether a stored unit's fingerprint is `expected`, its protocol's `ignored` keys aside.
@@ -401,8 +413,11 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
             format!("a unit written by `cml figures --units` ({e})"),
         )
     })?;
-    let ignored = [job.extent_keys(), &job.keys_unit_ignores(unit)].concat();
-    if !same_fingerprint(&stored.fingerprint, expected, &ignored) {
+    let reads = job.reads(unit);
+    let ignored = [job.extent_keys(), &reads.ignores].concat();
+    if !same_fingerprint(&stored.fingerprint, expected, &ignored)
+        && !same_searches(results, job, &stored, expected, &ignored, &reads.searches)?
+    {
         let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
             .iter()
             .filter(|k| stored.fingerprint.get(**k) != expected.get(**k))
@@ -432,6 +447,98 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
     }
     stored.staging = staging(results, job.name(), unit);
     Ok(Found::Stored(stored))
+}
+
+/// Whether `stored`, whose fingerprint differs from `expected` (the `ignored` keys aside) only in
+/// the `extensions` of searches it reads, holds what this run would compute: each search of such a
+/// key that it reads ends the same under both allowances, as [`same_under_both`] tells from that
+/// search's stored rows (this unit's own, for a search unit; an earlier search's unit file must
+/// itself be this run's). A search's extension count changes nothing unless the search used it up.
+fn same_searches<S>(
+    results: &Path,
+    job: &dyn Job<S>,
+    stored: &Stored,
+    expected: &Value,
+    ignored: &[&str],
+    searches: &[(&'static str, String)],
+) -> Result<bool> {
+    let Some(changed) = extension_changes(&stored.fingerprint, expected, ignored) else {
+        return Ok(false);
+    };
+    for (key, before, now) in changed {
+        let grid = expected["protocol"][key.as_str()]["grid"].as_array();
+        let read: Vec<&String> = searches
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, u)| u)
+            .collect();
+        let (Some(grid), false) = (grid, read.is_empty()) else {
+            return Ok(false);
+        };
+        let grid: Vec<f64> = grid.iter().filter_map(Value::as_f64).collect();
+        for name in read {
+            let search: Option<crate::choice::Search> = if *name == stored.unit {
+                decode(stored)?
+            } else {
+                match find(results, job, name, expected)? {
+                    Found::Stored(s) => decode(&s)?,
+                    Found::Absent | Found::Stale(_) => return Ok(false),
+                }
+            };
+            if let Some(search) = search
+                && !same_under_both(&search, &grid, before, now)
+            {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The searches whose `extensions` alone differ between two fingerprints, with the stored and the
+/// expected count, where nothing else differs (the `ignored` keys aside); `None` otherwise.
+fn extension_changes(stored: &Value, expected: &Value, ignored: &[&str]) -> Option<Vec<(String, u64, u64)>> {
+    let without = |fingerprint: &Value, changed: &[(String, u64, u64)]| {
+        let mut f = fingerprint.clone();
+        if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
+            for k in ignored {
+                protocol.remove(*k);
+            }
+            for (k, _, _) in changed {
+                if let Some(Value::Object(search)) = protocol.get_mut(k) {
+                    search.remove("extensions");
+                }
+            }
+        }
+        f
+    };
+    let (Value::Object(a), Value::Object(b)) = (&stored["protocol"], &expected["protocol"]) else {
+        return None;
+    };
+    let changed: Vec<(String, u64, u64)> = a
+        .iter()
+        .filter(|(k, _)| !ignored.contains(&k.as_str()))
+        .filter_map(|(k, v)| {
+            let (before, now) = (
+                v.get("extensions")?.as_u64()?,
+                b.get(k)?.get("extensions")?.as_u64()?,
+            );
+            (before != now).then(|| (k.clone(), before, now))
+        })
+        .collect();
+    (!changed.is_empty() && without(stored, &changed) == without(expected, &changed)).then_some(changed)
+}
+
+/// Whether a search, stored under either of two extension allowances, ends the same under both:
+/// it extends its grid while its choice lies at an open edge, so one that stopped inside its grid
+/// (or flat) after `u` extensions is the same search under any allowance of at least `u`; one that
+/// ended at an edge used up its allowance, and another allowance changes it. `grid` is the
+/// protocol's grid, from which the extensions used are counted (a stored grid that does not hold
+/// it is not judged: not the same).
+pub(crate) fn same_under_both(search: &crate::choice::Search, grid: &[f64], before: u64, now: u64) -> bool {
+    let holds_grid = grid.iter().all(|v| search.grid.iter().any(|g| g.value == *v));
+    let used = search.grid.len().saturating_sub(grid.len()) as u64;
+    before == now || (holds_grid && !search.at_edge && used <= before.min(now))
 }
 
 /// Moves the stale unit file of `unit` (and its folder of files, if any) to `<job>/stale/`, so
@@ -1142,13 +1249,110 @@ mod fingerprint_tests {
         fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
             Ok(())
         }
-        fn keys_unit_ignores(&self, unit: &str) -> Vec<&'static str> {
-            if unit == "plain" {
-                vec!["search"]
-            } else {
-                Vec::new()
+        fn reads(&self, unit: &str) -> Reads {
+            Reads {
+                ignores: if unit == "plain" {
+                    vec!["search"]
+                } else {
+                    Vec::new()
+                },
+                searches: Vec::new(),
             }
         }
+    }
+
+    /// A search over [1, 2, 4] of a loss `(v - target)^2` (its protocol's `[s_search]`: grid,
+    /// extensions, target) and a run that reads it.
+    struct SearchAndRun;
+
+    impl Job<()> for SearchAndRun {
+        fn name(&self) -> &'static str {
+            "search-and-run"
+        }
+        fn about(&self) -> &'static str {
+            "a search whose allowance of extensions changes, and a run that reads it"
+        }
+        fn protocol(&self, settings: &Settings) -> Result<Value> {
+            let (extensions, target) = settings.protocols.first().map_or((1, 5.0), |(_, p)| {
+                (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())
+            });
+            Ok(
+                serde_json::json!({"s_search": {"grid": [1.0, 2.0, 4.0], "extensions": extensions, "target": target}}),
+            )
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(vec!["choice-s".into(), "run".into()])
+        }
+        fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<Value> {
+            let p = &self.protocol(settings)?["s_search"];
+            let target = p["target"].as_f64().unwrap();
+            let grid: Vec<f64> = serde_json::from_value(p["grid"].clone()).unwrap();
+            let extensions = p["extensions"].as_u64().unwrap() as usize;
+            let search =
+                crate::choice::search("toy", "v", crate::choice::Ties::None, &grid, extensions, |v| {
+                    Ok((vec![(v - target).powi(2)], None))
+                })?;
+            Ok(if unit == "run" {
+                Value::from(search.chosen)
+            } else {
+                encode(&Some(search))?
+            })
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
+            Ok(())
+        }
+        fn reads(&self, _unit: &str) -> Reads {
+            Reads {
+                ignores: Vec::new(),
+                searches: vec![("s_search", "choice-s".into())],
+            }
+        }
+    }
+
+    #[test]
+    fn a_changed_allowance_of_extensions_restales_only_the_searches_it_changes() {
+        static JOB: SearchAndRun = SearchAndRun;
+        let at = |extensions: u64, target: f64| Settings {
+            protocols: vec![(JOB.name().into(), serde_json::json!([extensions, target]))],
+            ..Settings::at(Scale::Default)
+        };
+        let units = || {
+            JOB.units(&at(1, 5.0))
+                .unwrap()
+                .into_iter()
+                .map(|u| (&JOB as &'static dyn Job<()>, u))
+                .collect::<Vec<_>>()
+        };
+        let run = |settings: &Settings, dir: &Path| run_listed(settings, units(), (0, 1), dir, &|_| {}, 1);
+        // Target 5: the loss 16, 9, 1 at 1, 2, 4 puts the choice at the upper edge; one
+        // extension adds 8 (loss 9) and the choice, 4, lies inside: the search stops after 1
+        // extension under any allowance of at least 1.
+        let dir = tempfile::tempdir().unwrap();
+        run(&at(1, 5.0), dir.path()).unwrap();
+        for more in [2, 3] {
+            let summary = run(&at(more, 5.0), dir.path()).unwrap();
+            assert_eq!(summary.ran, Vec::<String>::new(), "allowance {more}");
+            assert_eq!(summary.skipped.len(), 2);
+        }
+        // Allowed none, it would stop at the edge, 4: both the search and its reader are stale.
+        let err = run(&at(0, 5.0), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("s_search") && err.contains("choice-s"), "{err}");
+        // Target 100: the loss falls up to every edge, so the search uses up its allowance (8 at
+        // 1, 16 at 2) and another allowance is another search; its reader goes with it.
+        let dir = tempfile::tempdir().unwrap();
+        run(&at(1, 100.0), dir.path()).unwrap();
+        let err = run(&at(2, 100.0), dir.path()).unwrap_err().to_string();
+        assert!(err.contains("choice-s"), "{err}");
+        let replacing = Settings {
+            replace_stale: true,
+            ..at(2, 100.0)
+        };
+        let summary = run(&replacing, dir.path()).unwrap();
+        assert_eq!(summary.replaced.len(), 2, "{summary:?}");
+        // Another difference besides the allowance is a stale unit, as before.
+        let dir = tempfile::tempdir().unwrap();
+        run(&at(1, 5.0), dir.path()).unwrap();
+        assert!(run(&at(2, 6.0), dir.path()).is_err());
     }
 
     #[test]
