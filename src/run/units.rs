@@ -171,16 +171,24 @@ pub struct Reads {
 
 /// Whether a stored unit's fingerprint is `expected`, its protocol's `ignored` keys aside.
 fn same_fingerprint(stored: &Value, expected: &Value, ignored: &[&str]) -> bool {
-    let without = |fingerprint: &Value| {
-        let mut f = fingerprint.clone();
-        if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
-            for k in ignored {
-                protocol.remove(*k);
+    stored == expected || without(stored, ignored, &[]) == without(expected, ignored, &[])
+}
+
+/// `fingerprint` without its protocol's `ignored` keys and without the `extensions` of the
+/// searches `extended` names.
+fn without(fingerprint: &Value, ignored: &[&str], extended: &[(String, u64, u64)]) -> Value {
+    let mut f = fingerprint.clone();
+    if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
+        for k in ignored {
+            protocol.remove(*k);
+        }
+        for (k, _, _) in extended {
+            if let Some(Value::Object(search)) = protocol.get_mut(k) {
+                search.remove("extensions");
             }
         }
-        f
-    };
-    stored == expected || without(stored) == without(expected)
+    }
+    f
 }
 
 /// An error unless every job whose protocol `settings` changes is a job of `registry` that takes
@@ -498,20 +506,6 @@ fn same_searches<S>(
 /// The searches whose `extensions` alone differ between two fingerprints, with the stored and the
 /// expected count, where nothing else differs (the `ignored` keys aside); `None` otherwise.
 fn extension_changes(stored: &Value, expected: &Value, ignored: &[&str]) -> Option<Vec<(String, u64, u64)>> {
-    let without = |fingerprint: &Value, changed: &[(String, u64, u64)]| {
-        let mut f = fingerprint.clone();
-        if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
-            for k in ignored {
-                protocol.remove(*k);
-            }
-            for (k, _, _) in changed {
-                if let Some(Value::Object(search)) = protocol.get_mut(k) {
-                    search.remove("extensions");
-                }
-            }
-        }
-        f
-    };
     let (Value::Object(a), Value::Object(b)) = (&stored["protocol"], &expected["protocol"]) else {
         return None;
     };
@@ -526,7 +520,8 @@ fn extension_changes(stored: &Value, expected: &Value, ignored: &[&str]) -> Opti
             (before != now).then(|| (k.clone(), before, now))
         })
         .collect();
-    (!changed.is_empty() && without(stored, &changed) == without(expected, &changed)).then_some(changed)
+    (!changed.is_empty() && without(stored, ignored, &changed) == without(expected, ignored, &changed))
+        .then_some(changed)
 }
 
 /// Whether a search, stored under either of two extension allowances, ends the same under both:
@@ -535,7 +530,7 @@ fn extension_changes(stored: &Value, expected: &Value, ignored: &[&str]) -> Opti
 /// ended at an edge used up its allowance, and another allowance changes it. `grid` is the
 /// protocol's grid, from which the extensions used are counted (a stored grid that does not hold
 /// it is not judged: not the same).
-pub(crate) fn same_under_both(search: &crate::choice::Search, grid: &[f64], before: u64, now: u64) -> bool {
+fn same_under_both(search: &crate::choice::Search, grid: &[f64], before: u64, now: u64) -> bool {
     let holds_grid = grid.iter().all(|v| search.grid.iter().any(|g| g.value == *v));
     let used = search.grid.len().saturating_sub(grid.len()) as u64;
     before == now || (holds_grid && !search.at_edge && used <= before.min(now))
