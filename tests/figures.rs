@@ -2091,6 +2091,34 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
 }
 
 #[test]
+fn a_search_that_chooses_again_what_it_chose_keeps_the_units_that_read_it() {
+    // The quick bandit job's MAML step-size search chooses 0.04 on its shipped grid, inside it
+    // after one extension (validation loss 263.7; 0.02: 302.3, 0.08: 264.5). On the grid
+    // [0.02, 0.04, 0.08] without extensions it scores the same values and chooses 0.04 again: the
+    // search runs again (--replace-stale sets the old one aside), and the 4 units that read it
+    // (MAML's runs and the baselines, 2 seeds each) took 0.04, so they are kept. The report of the
+    // kept units must equal a fresh run of the changed protocol in all 8 CSVs: what the rule
+    // keeps is what the changed protocol computes.
+    let dir = a_changed_run_keeps_units(
+        "bandit",
+        "[maml_step_size_search]\ngrid = [0.02, 0.04, 0.08]\nextensions = 0\n",
+        |unit| unit != "choice-step-size-maml",
+        true,
+        "ran 1 units, 17 already stored",
+        8,
+    );
+    let step = csv_rows(&dir.path().join("grown-out/bandit_step_size_choice.csv"));
+    let maml: Vec<_> = step.iter().filter(|r| r["agent"] == "MAML").collect();
+    let values: Vec<&str> = maml.iter().map(|r| r["step_size"].as_str()).collect();
+    assert_eq!(values, ["2e-2", "4e-2", "8e-2"], "{maml:?}");
+    assert!(
+        maml.iter()
+            .any(|r| r["step_size"] == "4e-2" && r["chosen"] == "true"),
+        "{maml:?}"
+    );
+}
+
+#[test]
 fn a_changed_phase_step_size_search_reruns_only_the_units_with_phases() {
     // The quick few-shot job: 1 setting, a beta search, 5 outer step-size searches, 2 strength
     // searches, 3 SGD and 2 phase step-size searches, CML's nudged budget search, 5 methods x 2

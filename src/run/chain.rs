@@ -390,6 +390,7 @@ mod tests {
                 at_edge: false,
             }))
             .unwrap(),
+            earlier: Vec::new(),
             staging: PathBuf::new(),
         };
         let units = [stored("a-x", "a", 1.0), stored("c-x", "nudged_steps", 12.5)];

@@ -268,9 +268,22 @@ pub struct Stored {
     /// Wall seconds of the unit (not reproducible; `--plan` and the write-up quote it).
     pub seconds: f64,
     pub rows: Value,
+    /// Of a search unit computed again in place of a stale one (`--replace-stale`): what it chose
+    /// under each earlier configuration, so that a unit computed under one of them that took the
+    /// same value is still this run's ([`same_choices`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub earlier: Vec<Earlier>,
     /// Where its files are (filled in when read, not stored).
     #[serde(skip)]
     pub staging: PathBuf,
+}
+
+/// A search unit's choice under an earlier configuration.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Earlier {
+    pub fingerprint: Value,
+    /// `None` where the protocol had no such search for its subject.
+    pub chosen: Option<f64>,
 }
 
 pub(crate) fn fingerprint<S>(job: &dyn Job<S>, settings: &Settings) -> Result<Value> {
@@ -425,6 +438,7 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
     let ignored = [job.extent_keys(), &reads.ignores].concat();
     if !same_fingerprint(&stored.fingerprint, expected, &ignored)
         && !same_searches(results, job, &stored, expected, &ignored, &reads.searches)?
+        && !same_choices(results, job, &stored, expected, &ignored, &reads.searches)?
     {
         let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
             .iter()
@@ -496,6 +510,75 @@ fn same_searches<S>(
             if let Some(search) = search
                 && !same_under_both(&search, &grid, before, now)
             {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+/// The fields of a search's protocol key that decide only how it scores and which values it
+/// tries: a unit that reads the search sees them through its choice alone.
+const SEARCH_ONLY_FIELDS: [&str; 3] = ["grid", "extensions", "streams"];
+
+/// Whether `stored`, whose fingerprint differs from `expected` (the `ignored` keys aside) only in
+/// the [`SEARCH_ONLY_FIELDS`] of searches it reads and does not run itself, holds what this run
+/// would compute: each such search, stored as this run's, chose the value it chose under the
+/// configuration `stored` was computed under ([`Earlier`]), so `stored` took what this run takes.
+fn same_choices<S>(
+    results: &Path,
+    job: &dyn Job<S>,
+    stored: &Stored,
+    expected: &Value,
+    ignored: &[&str],
+    searches: &[(&'static str, String)],
+) -> Result<bool> {
+    let outside = |f: &Value| {
+        let mut f = f.clone();
+        if let Some(o) = f.as_object_mut() {
+            o.remove("protocol");
+        }
+        f
+    };
+    let keys = protocol_keys_that_differ(&stored.fingerprint, expected, ignored);
+    if keys.is_empty() || outside(&stored.fingerprint) != outside(expected) {
+        return Ok(false);
+    }
+    for key in keys {
+        let fields = |f: &Value| {
+            let mut section = f["protocol"][key.as_str()].clone();
+            if let Some(o) = section.as_object_mut() {
+                o.retain(|k, _| !SEARCH_ONLY_FIELDS.contains(&k.as_str()));
+            }
+            section
+        };
+        let read: Vec<&String> = searches
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .map(|(_, u)| u)
+            .collect();
+        let both_searches = stored.fingerprint["protocol"][key.as_str()].is_object()
+            && expected["protocol"][key.as_str()].is_object();
+        if !both_searches
+            || fields(&stored.fingerprint) != fields(expected)
+            || read.is_empty()
+            || read.contains(&&stored.unit)
+        {
+            return Ok(false);
+        }
+        for name in read {
+            let Found::Stored(now) = find(results, job, name, expected)? else {
+                return Ok(false);
+            };
+            let chosen = decode::<Option<crate::choice::Search>>(&now)?.map(|s| s.chosen);
+            // The search as it stood under `stored`'s configuration (its own ignored keys aside).
+            let its = job.reads(name);
+            let its_ignored = [job.extent_keys(), &its.ignores].concat();
+            let then = now
+                .earlier
+                .iter()
+                .find(|e| same_fingerprint(&e.fingerprint, &stored.fingerprint, &its_ignored));
+            if then.map(|e| e.chosen) != Some(chosen) {
                 return Ok(false);
             }
         }
@@ -778,30 +861,47 @@ fn run_listed<S>(
         let expected = fingerprint(job, settings)?;
         match find(results, job, &unit, &expected)? {
             Found::Stored(_) => summary.skipped.push(print),
-            Found::Absent => todo.push((job, unit, expected, print)),
-            // Set aside before any unit runs, so that no unit of this slice reads it.
-            Found::Stale(_) if settings.replace_stale => {
-                set_aside(results, job, &unit)?;
-                summary.replaced.push(print.clone());
-                todo.push((job, unit, expected, print));
-            }
+            Found::Absent => todo.push((job, unit, expected, print, false)),
+            // Judged again when its turn comes: the searches it reads may by then have been
+            // computed again and have chosen what it took ([`same_choices`]).
+            Found::Stale(_) if settings.replace_stale => todo.push((job, unit, expected, print, true)),
             Found::Stale(refused) => return Err(refused),
         }
     }
     let next = AtomicUsize::new(0);
     let failures = Mutex::new(Vec::new());
     let ran = Mutex::new(Vec::new());
+    let kept = Mutex::new(Vec::new());
+    let replaced = Mutex::new(Vec::new());
     let threads = threads.clamp(1, todo.len().max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
                     let k = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((job, unit, expected, print)) = todo.get(k) else {
+                    let Some((job, unit, expected, print, stale)) = todo.get(k) else {
                         break;
                     };
+                    let earlier = if *stale {
+                        match replace(results, *job, unit, expected) {
+                            Ok(None) => {
+                                kept.lock().unwrap().push((k, print.clone()));
+                                continue;
+                            }
+                            Ok(Some(earlier)) => {
+                                replaced.lock().unwrap().push((k, print.clone()));
+                                earlier
+                            }
+                            Err(e) => {
+                                failures.lock().unwrap().push(format!("{print}: {e}"));
+                                continue;
+                            }
+                        }
+                    } else {
+                        Vec::new()
+                    };
                     log(&format!("{print}: running"));
-                    match run_one(settings, results, *job, unit, expected) {
+                    match run_one(settings, results, *job, unit, expected, earlier) {
                         Ok(seconds) => {
                             log(&format!("{print}: done in {seconds:.1} s"));
                             ran.lock().unwrap().push((k, print.clone()));
@@ -812,6 +912,13 @@ fn run_listed<S>(
             });
         }
     });
+    let in_order = |found: Mutex<Vec<(usize, String)>>| {
+        let mut found = found.into_inner().unwrap();
+        found.sort();
+        found.into_iter().map(|(_, p)| p).collect::<Vec<_>>()
+    };
+    summary.skipped.extend(in_order(kept));
+    summary.replaced = in_order(replaced);
     let failures = failures.into_inner().unwrap();
     if !failures.is_empty() {
         return Err(CmlError::invalid(
@@ -823,10 +930,46 @@ fn run_listed<S>(
             ),
         ));
     }
-    let mut ran = ran.into_inner().unwrap();
-    ran.sort();
-    summary.ran = ran.into_iter().map(|(_, p)| p).collect();
+    summary.ran = in_order(ran);
     Ok(summary)
+}
+
+/// A stale unit whose turn has come, under `--replace-stale`: `None` where it is this run's after
+/// all (the searches it reads, waited for, chose again what it took), else its file set aside and
+/// what it chose under its configuration and the earlier ones, for the unit computed in its place.
+fn replace<S>(
+    results: &Path,
+    job: &dyn Job<S>,
+    unit: &str,
+    expected: &Value,
+) -> Result<Option<Vec<Earlier>>> {
+    for (_, search) in job.reads(unit).searches.iter().filter(|(_, s)| s != unit) {
+        wait_while_running(&unit_file(results, job.name(), search));
+    }
+    let old = match find(results, job, unit, expected)? {
+        Found::Stored(_) => return Ok(None),
+        Found::Absent => return Ok(Some(Vec::new())),
+        Found::Stale(_) => std::fs::read_to_string(unit_file(results, job.name(), unit))
+            .ok()
+            .and_then(|text| serde_json::from_str::<Stored>(&text).ok()),
+    };
+    set_aside(results, job, unit)?;
+    // Only a search's choice is what its readers take.
+    let chosen = old
+        .as_ref()
+        .filter(|_| job.is_choice(unit))
+        .and_then(|o| serde_json::from_value::<Option<crate::choice::Search>>(o.rows.clone()).ok());
+    Ok(Some(match (old, chosen) {
+        (Some(old), Some(search)) => {
+            let mut earlier = old.earlier;
+            earlier.push(Earlier {
+                fingerprint: old.fingerprint,
+                chosen: search.map(|s| s.chosen),
+            });
+            earlier
+        }
+        _ => Vec::new(),
+    }))
 }
 
 fn run_one<S>(
@@ -835,6 +978,7 @@ fn run_one<S>(
     job: &dyn Job<S>,
     unit: &str,
     expected: &Value,
+    earlier: Vec<Earlier>,
 ) -> Result<f64> {
     let dir = staging(results, job.name(), unit);
     // A unit interrupted mid-run left no unit file; its partial files go.
@@ -856,6 +1000,7 @@ fn run_one<S>(
         // Its own work: the time spent waiting for another unit it needs is that unit's.
         seconds: clock.elapsed().as_secs_f64() - WAITED.with(|w| w.get()),
         rows,
+        earlier,
         staging: PathBuf::new(),
     };
     let text = encode(&stored)?.to_string();
@@ -1268,12 +1413,11 @@ mod fingerprint_tests {
             "a search whose allowance of extensions changes, and a run that reads it"
         }
         fn protocol(&self, settings: &Settings) -> Result<Value> {
-            let (extensions, target) = settings.protocols.first().map_or((1, 5.0), |(_, p)| {
-                (p[0].as_u64().unwrap(), p[1].as_f64().unwrap())
+            let (extensions, target, grid) = settings.protocols.first().map_or((1, 5.0, None), |(_, p)| {
+                (p[0].as_u64().unwrap(), p[1].as_f64().unwrap(), p.get(2).cloned())
             });
-            Ok(
-                serde_json::json!({"s_search": {"grid": [1.0, 2.0, 4.0], "extensions": extensions, "target": target}}),
-            )
+            let grid = grid.unwrap_or(serde_json::json!([1.0, 2.0, 4.0]));
+            Ok(serde_json::json!({"s_search": {"grid": grid, "extensions": extensions, "target": target}}))
         }
         fn units(&self, _: &Settings) -> Result<Vec<String>> {
             Ok(vec!["choice-s".into(), "run".into()])
@@ -1348,6 +1492,66 @@ mod fingerprint_tests {
         let dir = tempfile::tempdir().unwrap();
         run(&at(1, 5.0), dir.path()).unwrap();
         assert!(run(&at(2, 6.0), dir.path()).is_err());
+    }
+
+    #[test]
+    fn a_search_computed_again_restales_only_the_readers_whose_choice_it_changes() {
+        static JOB: SearchAndRun = SearchAndRun;
+        let at = |grid: [f64; 3]| Settings {
+            protocols: vec![(JOB.name().into(), serde_json::json!([1, 7.0, grid]))],
+            replace_stale: true,
+            ..Settings::at(Scale::Default)
+        };
+        let units = || {
+            ["choice-s", "run"]
+                .map(|u| (&JOB as &'static dyn Job<()>, u.to_string()))
+                .to_vec()
+        };
+        let run = |settings: &Settings, dir: &Path| run_listed(settings, units(), (0, 1), dir, &|_| {}, 1);
+        let took = |dir: &Path| {
+            let text = std::fs::read_to_string(dir.join("search-and-run/run.json")).unwrap();
+            serde_json::from_str::<Stored>(&text)
+                .unwrap()
+                .rows
+                .as_f64()
+                .unwrap()
+        };
+        // Target 7, loss (v - 7)^2: on [2, 4, 8] the losses 25, 9, 1 choose 8 at the upper edge;
+        // the one extension adds 16 (loss 81), and 8 lies inside.
+        let dir = tempfile::tempdir().unwrap();
+        run(&at([2.0, 4.0, 8.0]), dir.path()).unwrap();
+        assert_eq!(took(dir.path()), 8.0);
+        // On [4, 8, 16] (losses 9, 1, 81) the search chooses 8 inside, without extending: it is
+        // computed again, and the run, which took 8, is kept.
+        let summary = run(&at([4.0, 8.0, 16.0]), dir.path()).unwrap();
+        assert_eq!(summary.replaced, ["search-and-run/choice-s"]);
+        assert_eq!(summary.ran, ["search-and-run/choice-s"]);
+        assert_eq!(summary.skipped, ["search-and-run/run"]);
+        // And again on [8, 16, 32] (losses 1, 81, 625: 8 at the lower edge, the extension adds
+        // 4, loss 9): the run, computed two configurations back, is still kept.
+        let summary = run(&at([8.0, 16.0, 32.0]), dir.path()).unwrap();
+        assert_eq!(summary.skipped, ["search-and-run/run"]);
+        // On [0.5, 1, 2] (losses 42.25, 36, 25: 2 at the upper edge; the extension adds 4, loss 9,
+        // still at the edge) the search chooses 4: another choice, so the run is computed again
+        // and takes it.
+        let summary = run(&at([0.5, 1.0, 2.0]), dir.path()).unwrap();
+        assert_eq!(
+            summary.replaced,
+            ["search-and-run/choice-s", "search-and-run/run"]
+        );
+        assert_eq!(took(dir.path()), 4.0);
+        // A change of anything but the search's grid, allowance or streams (here the loss its
+        // reader would see too) restales the reader, though the search chooses 4 again.
+        let target = Settings {
+            protocols: vec![(JOB.name().into(), serde_json::json!([1, 6.9, [0.5, 1.0, 2.0]]))],
+            ..at([0.5, 1.0, 2.0])
+        };
+        let summary = run(&target, dir.path()).unwrap();
+        assert_eq!(
+            summary.replaced,
+            ["search-and-run/choice-s", "search-and-run/run"]
+        );
+        assert_eq!(took(dir.path()), 4.0);
     }
 
     #[test]
