@@ -48,7 +48,9 @@ pub struct FiguresArgs {
     stage: Option<String>,
     /// With --units: a unit stored under another configuration (after a change of --protocol,
     /// --seed or the code's version) is computed again, its old file moved to
-    /// RESULTS/<job>/stale/, rather than refused.
+    /// RESULTS/<job>/stale/, rather than refused. Each is judged again when its turn comes: one
+    /// that differs only in the grid, allowance or streams of searches it reads is kept when those
+    /// searches, computed again, chose what it took.
     #[arg(long, requires = "results", conflicts_with = "report")]
     replace_stale: bool,
     /// Folder of stored units: written by --units, read by --report and --plan.
