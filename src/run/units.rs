@@ -312,14 +312,19 @@ static ENDED: std::sync::Condvar = std::sync::Condvar::new();
 /// Marks the unit stored at `file` as running in this process until the guard drops.
 struct Running(PathBuf);
 
-impl Running {
-    fn start(file: PathBuf) -> Self {
-        RUNNING
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(file.clone());
-        Running(file)
-    }
+/// Takes the next of `todo` for a worker and marks its unit (`file_of` its unit file) running, in
+/// one step under the lock: a unit picked later sees every unit picked before it as running, so
+/// a stale reader waits for the search it reads instead of judging its old file.
+fn pick<'a, T>(
+    next: &AtomicUsize,
+    todo: &'a [T],
+    file_of: impl Fn(&T) -> PathBuf,
+) -> Option<(usize, &'a T, Running)> {
+    let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
+    let k = next.fetch_add(1, Ordering::SeqCst);
+    let item = todo.get(k)?;
+    running.push(file_of(item));
+    Some((k, item, Running(file_of(item))))
 }
 
 impl Drop for Running {
@@ -878,8 +883,9 @@ fn run_listed<S>(
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
-                    let k = next.fetch_add(1, Ordering::SeqCst);
-                    let Some((job, unit, expected, print, stale)) = todo.get(k) else {
+                    let Some((k, (job, unit, expected, print, stale), _running)) =
+                        pick(&next, &todo, |t| unit_file(results, t.0.name(), &t.1))
+                    else {
                         break;
                     };
                     let earlier = if *stale {
@@ -991,7 +997,6 @@ fn run_one<S>(
     }
     let clock = Instant::now();
     WAITED.with(|w| w.set(0.0));
-    let running = Running::start(unit_file(results, job.name(), unit));
     let rows = job.run_unit(settings, unit, &dir)?;
     let stored = Stored {
         job: job.name().into(),
@@ -1005,8 +1010,8 @@ fn run_one<S>(
     };
     let text = encode(&stored)?.to_string();
     // Written last and whole: a unit file exists only for a finished unit.
+    // Its worker marks it running until this returns (`pick`).
     write_atomically(&unit_file(results, job.name(), unit), text.as_bytes())?;
-    drop(running);
     Ok(stored.seconds)
 }
 
