@@ -2092,8 +2092,9 @@ fn a_changed_maml_step_size_search_reruns_only_mamls_units_and_moves_only_its_lo
 
 #[test]
 fn a_search_that_chooses_again_what_it_chose_keeps_the_units_that_read_it() {
-    // The quick bandit job's MAML step-size search chooses 0.04 on its shipped grid, inside it
-    // after one extension (validation loss 263.7; 0.02: 302.3, 0.08: 264.5). On the grid
+    // The quick bandit job's MAML step-size search chooses 0.04 on its shipped grid
+    // [0.005, 0.01, 0.02], inside it after two extensions (validation loss 263.7; 0.02: 302.3,
+    // 0.08: 264.5). On the grid
     // [0.02, 0.04, 0.08] without extensions it scores the same values and chooses 0.04 again: the
     // search runs again (--replace-stale sets the old one aside), and the 4 units that read it
     // (MAML's runs and the baselines, 2 seeds each) took 0.04, so they are kept. The report of the
