@@ -164,28 +164,21 @@ pub struct Reads {
     pub ignores: Vec<&'static str>,
     /// The search units whose choices it takes (its own, for a search unit), each with its
     /// protocol key: where this run's protocol differs from the stored one's only in those
-    /// searches' `extensions`, the unit is this run's if each of them ends the same under both
-    /// ([`same_under_both`]).
+    /// searches, the unit may still be this run's ([`same_reads`]).
     pub searches: Vec<(&'static str, String)>,
 }
 
 /// Whether a stored unit's fingerprint is `expected`, its protocol's `ignored` keys aside.
 fn same_fingerprint(stored: &Value, expected: &Value, ignored: &[&str]) -> bool {
-    stored == expected || without(stored, ignored, &[]) == without(expected, ignored, &[])
+    stored == expected || without(stored, ignored) == without(expected, ignored)
 }
 
-/// `fingerprint` without its protocol's `ignored` keys and without the `extensions` of the
-/// searches `extended` names.
-fn without(fingerprint: &Value, ignored: &[&str], extended: &[(String, u64, u64)]) -> Value {
+/// `fingerprint` without its protocol's `ignored` keys.
+fn without(fingerprint: &Value, ignored: &[&str]) -> Value {
     let mut f = fingerprint.clone();
     if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
         for k in ignored {
             protocol.remove(*k);
-        }
-        for (k, _, _) in extended {
-            if let Some(Value::Object(search)) = protocol.get_mut(k) {
-                search.remove("extensions");
-            }
         }
     }
     f
@@ -270,7 +263,7 @@ pub struct Stored {
     pub rows: Value,
     /// Of a search unit computed again in place of a stale one (`--replace-stale`): what it chose
     /// under each earlier configuration, so that a unit computed under one of them that took the
-    /// same value is still this run's ([`same_choices`]).
+    /// same value is still this run's ([`same_reads`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub earlier: Vec<Earlier>,
     /// Where its files are (filled in when read, not stored).
@@ -442,8 +435,7 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
     let reads = job.reads(unit);
     let ignored = [job.extent_keys(), &reads.ignores].concat();
     if !same_fingerprint(&stored.fingerprint, expected, &ignored)
-        && !same_searches(results, job, &stored, expected, &ignored, &reads.searches)?
-        && !same_choices(results, job, &stored, expected, &ignored, &reads.searches)?
+        && !same_reads(results, job, &stored, expected, &ignored, &reads.searches)?
     {
         let differing: Vec<String> = ["job", "scale", "seed", "version", "protocol"]
             .iter()
@@ -477,60 +469,13 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
 }
 
 /// Whether `stored`, whose fingerprint differs from `expected` (the `ignored` keys aside) only in
-/// the `extensions` of searches it reads, holds what this run would compute: each search of such a
-/// key that it reads ends the same under both allowances, as [`same_under_both`] tells from that
-/// search's stored rows (this unit's own, for a search unit; an earlier search's unit file must
-/// itself be this run's). A search's extension count changes nothing unless the search used it up.
-fn same_searches<S>(
-    results: &Path,
-    job: &dyn Job<S>,
-    stored: &Stored,
-    expected: &Value,
-    ignored: &[&str],
-    searches: &[(&'static str, String)],
-) -> Result<bool> {
-    let Some(changed) = extension_changes(&stored.fingerprint, expected, ignored) else {
-        return Ok(false);
-    };
-    for (key, before, now) in changed {
-        let grid = expected["protocol"][key.as_str()]["grid"].as_array();
-        let read: Vec<&String> = searches
-            .iter()
-            .filter(|(k, _)| *k == key)
-            .map(|(_, u)| u)
-            .collect();
-        let (Some(grid), false) = (grid, read.is_empty()) else {
-            return Ok(false);
-        };
-        let grid: Vec<f64> = grid.iter().filter_map(Value::as_f64).collect();
-        for name in read {
-            let search: Option<crate::choice::Search> = if *name == stored.unit {
-                decode(stored)?
-            } else {
-                match find(results, job, name, expected)? {
-                    Found::Stored(s) => decode(&s)?,
-                    Found::Absent | Found::Stale(_) => return Ok(false),
-                }
-            };
-            if let Some(search) = search
-                && !same_under_both(&search, &grid, before, now)
-            {
-                return Ok(false);
-            }
-        }
-    }
-    Ok(true)
-}
-
-/// The fields of a search's protocol key that decide only how it scores and which values it
-/// tries: a unit that reads the search sees them through its choice alone.
-const SEARCH_ONLY_FIELDS: [&str; 3] = ["grid", "extensions", "streams"];
-
-/// Whether `stored`, whose fingerprint differs from `expected` (the `ignored` keys aside) only in
-/// the [`SEARCH_ONLY_FIELDS`] of searches it reads and does not run itself, holds what this run
-/// would compute: each such search, stored as this run's, chose the value it chose under the
-/// configuration `stored` was computed under ([`Earlier`]), so `stored` took what this run takes.
-fn same_choices<S>(
+/// searches it reads, holds what this run would compute. Each protocol key that differs must be
+/// such a search, and pass one of two judgements (so a change of one search's allowance and
+/// another's streams keeps a reader of both where each passes its own):
+/// - [`same_end`]: only its `extensions` differ, and it ends the same under both allowances;
+/// - [`same_choice`]: only its [`SEARCH_ONLY_FIELDS`] differ, `stored` does not run it, and it
+///   chose under `stored`'s configuration the value it chooses now.
+fn same_reads<S>(
     results: &Path,
     job: &dyn Job<S>,
     stored: &Stored,
@@ -550,66 +495,118 @@ fn same_choices<S>(
         return Ok(false);
     }
     for key in keys {
-        let fields = |f: &Value| {
-            let mut section = f["protocol"][key.as_str()].clone();
-            if let Some(o) = section.as_object_mut() {
-                o.retain(|k, _| !SEARCH_ONLY_FIELDS.contains(&k.as_str()));
-            }
-            section
-        };
         let read: Vec<&String> = searches
             .iter()
             .filter(|(k, _)| *k == key)
             .map(|(_, u)| u)
             .collect();
-        let both_searches = stored.fingerprint["protocol"][key.as_str()].is_object()
-            && expected["protocol"][key.as_str()].is_object();
-        if !both_searches
-            || fields(&stored.fingerprint) != fields(expected)
-            || read.is_empty()
-            || read.contains(&&stored.unit)
-        {
+        let (then, now) = (
+            &stored.fingerprint["protocol"][key.as_str()],
+            &expected["protocol"][key.as_str()],
+        );
+        if read.is_empty() || !then.is_object() || !now.is_object() {
             return Ok(false);
         }
-        for name in read {
-            let Found::Stored(now) = find(results, job, name, expected)? else {
-                return Ok(false);
-            };
-            let chosen = decode::<Option<crate::choice::Search>>(&now)?.map(|s| s.chosen);
-            // The search as it stood under `stored`'s configuration (its own ignored keys aside).
-            let its = job.reads(name);
-            let its_ignored = [job.extent_keys(), &its.ignores].concat();
-            let then = now
-                .earlier
-                .iter()
-                .find(|e| same_fingerprint(&e.fingerprint, &stored.fingerprint, &its_ignored));
-            if then.map(|e| e.chosen) != Some(chosen) {
-                return Ok(false);
-            }
+        if !(same_end(results, job, stored, expected, then, now, &read)?
+            || same_choice(results, job, stored, expected, then, now, &read)?)
+        {
+            return Ok(false);
         }
     }
     Ok(true)
 }
 
-/// The searches whose `extensions` alone differ between two fingerprints, with the stored and the
-/// expected count, where nothing else differs (the `ignored` keys aside); `None` otherwise.
-fn extension_changes(stored: &Value, expected: &Value, ignored: &[&str]) -> Option<Vec<(String, u64, u64)>> {
-    let (Value::Object(a), Value::Object(b)) = (&stored["protocol"], &expected["protocol"]) else {
-        return None;
+/// `section`, a search's protocol key, without the fields `fields`.
+fn section_without(section: &Value, fields: &[&str]) -> Value {
+    let mut section = section.clone();
+    if let Some(o) = section.as_object_mut() {
+        o.retain(|k, _| !fields.contains(&k.as_str()));
+    }
+    section
+}
+
+/// One search key's judgement for [`same_reads`]: its sections `then` (under `stored`'s
+/// configuration) and `now` differ only in `extensions`, and each search `read` of it ends the
+/// same under both allowances, as [`same_under_both`] tells from its stored rows (`stored`'s own,
+/// for a search unit; another search's unit file must itself be this run's). A search's extension
+/// count changes nothing unless the search used it up.
+fn same_end<S>(
+    results: &Path,
+    job: &dyn Job<S>,
+    stored: &Stored,
+    expected: &Value,
+    then: &Value,
+    now: &Value,
+    read: &[&String],
+) -> Result<bool> {
+    let (Some(before), Some(after), Some(grid)) = (
+        then["extensions"].as_u64(),
+        now["extensions"].as_u64(),
+        now["grid"].as_array(),
+    ) else {
+        return Ok(false);
     };
-    let changed: Vec<(String, u64, u64)> = a
-        .iter()
-        .filter(|(k, _)| !ignored.contains(&k.as_str()))
-        .filter_map(|(k, v)| {
-            let (before, now) = (
-                v.get("extensions")?.as_u64()?,
-                b.get(k)?.get("extensions")?.as_u64()?,
-            );
-            (before != now).then(|| (k.clone(), before, now))
-        })
-        .collect();
-    (!changed.is_empty() && without(stored, ignored, &changed) == without(expected, ignored, &changed))
-        .then_some(changed)
+    if section_without(then, &["extensions"]) != section_without(now, &["extensions"]) {
+        return Ok(false);
+    }
+    let grid: Vec<f64> = grid.iter().filter_map(Value::as_f64).collect();
+    for name in read {
+        let search: Option<crate::choice::Search> = if **name == stored.unit {
+            decode(stored)?
+        } else {
+            match find(results, job, name, expected)? {
+                Found::Stored(s) => decode(&s)?,
+                Found::Absent | Found::Stale(_) => return Ok(false),
+            }
+        };
+        if let Some(search) = search
+            && !same_under_both(&search, &grid, before, after)
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// The fields of a search's protocol key that decide only how it scores and which values it
+/// tries: a unit that reads the search sees them through its choice alone.
+const SEARCH_ONLY_FIELDS: [&str; 3] = ["grid", "extensions", "streams"];
+
+/// One search key's judgement for [`same_reads`]: its sections `then` and `now` differ only in
+/// [`SEARCH_ONLY_FIELDS`], `stored` reads its searches without running one, and each of them,
+/// stored as this run's, chose under `stored`'s configuration ([`Earlier`]) the value it chooses
+/// now: so `stored` took what this run takes.
+fn same_choice<S>(
+    results: &Path,
+    job: &dyn Job<S>,
+    stored: &Stored,
+    expected: &Value,
+    then: &Value,
+    now: &Value,
+    read: &[&String],
+) -> Result<bool> {
+    if section_without(then, &SEARCH_ONLY_FIELDS) != section_without(now, &SEARCH_ONLY_FIELDS)
+        || read.contains(&&stored.unit)
+    {
+        return Ok(false);
+    }
+    for name in read {
+        let Found::Stored(current) = find(results, job, name, expected)? else {
+            return Ok(false);
+        };
+        let chosen = decode::<Option<crate::choice::Search>>(&current)?.map(|s| s.chosen);
+        // The search as it stood under `stored`'s configuration (its own ignored keys aside).
+        let its = job.reads(name);
+        let its_ignored = [job.extent_keys(), &its.ignores].concat();
+        let earlier = current
+            .earlier
+            .iter()
+            .find(|e| same_fingerprint(&e.fingerprint, &stored.fingerprint, &its_ignored));
+        if earlier.map(|e| e.chosen) != Some(chosen) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Whether a search, stored under either of two extension allowances, ends the same under both:
@@ -868,7 +865,7 @@ fn run_listed<S>(
             Found::Stored(_) => summary.skipped.push(print),
             Found::Absent => todo.push((job, unit, expected, print, false)),
             // Judged again when its turn comes: the searches it reads may by then have been
-            // computed again and have chosen what it took ([`same_choices`]).
+            // computed again and have chosen what it took ([`same_reads`]).
             Found::Stale(_) if settings.replace_stale => todo.push((job, unit, expected, print, true)),
             Found::Stale(refused) => return Err(refused),
         }
@@ -1428,14 +1425,7 @@ mod fingerprint_tests {
             Ok(vec!["choice-s".into(), "run".into()])
         }
         fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<Value> {
-            let p = &self.protocol(settings)?["s_search"];
-            let target = p["target"].as_f64().unwrap();
-            let grid: Vec<f64> = serde_json::from_value(p["grid"].clone()).unwrap();
-            let extensions = p["extensions"].as_u64().unwrap() as usize;
-            let search =
-                crate::choice::search("toy", "v", crate::choice::Ties::None, &grid, extensions, |v| {
-                    Ok((vec![(v - target).powi(2)], None))
-                })?;
+            let search = toy_search(&self.protocol(settings)?["s_search"])?;
             Ok(if unit == "run" {
                 Value::from(search.chosen)
             } else {
@@ -1451,6 +1441,126 @@ mod fingerprint_tests {
                 searches: vec![("s_search", "choice-s".into())],
             }
         }
+    }
+
+    /// The search of a section `{grid, extensions, target}`: the value of its grid (extended as
+    /// allowed) of least loss `(v - target)^2`.
+    fn toy_search(section: &Value) -> Result<crate::choice::Search> {
+        let target = section["target"].as_f64().unwrap();
+        let grid: Vec<f64> = serde_json::from_value(section["grid"].clone()).unwrap();
+        let extensions = section["extensions"].as_u64().unwrap() as usize;
+        crate::choice::search("toy", "v", crate::choice::Ties::None, &grid, extensions, |v| {
+            Ok((vec![(v - target).powi(2)], None))
+        })
+    }
+
+    /// Two searches (the protocol's `s_search` and `t_search`, as [`toy_search`] takes them, given
+    /// whole as the job's protocol change) and a run that reads both and takes their two choices.
+    struct TwoSearchesAndRun;
+
+    impl Job<()> for TwoSearchesAndRun {
+        fn name(&self) -> &'static str {
+            "two-searches-and-run"
+        }
+        fn about(&self) -> &'static str {
+            "two searches, each changed its own way, and a run that reads both"
+        }
+        fn protocol(&self, settings: &Settings) -> Result<Value> {
+            Ok(settings.protocols[0].1.clone())
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(["choice-s", "choice-t", "run"].map(String::from).to_vec())
+        }
+        fn run_unit(&self, settings: &Settings, unit: &str, _: &Path) -> Result<Value> {
+            let p = self.protocol(settings)?;
+            Ok(match unit {
+                "choice-s" => encode(&Some(toy_search(&p["s_search"])?))?,
+                "choice-t" => encode(&Some(toy_search(&p["t_search"])?))?,
+                _ => serde_json::json!([
+                    toy_search(&p["s_search"])?.chosen,
+                    toy_search(&p["t_search"])?.chosen
+                ]),
+            })
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
+            Ok(())
+        }
+        fn reads(&self, unit: &str) -> Reads {
+            let s = ("s_search", "choice-s".to_string());
+            let t = ("t_search", "choice-t".to_string());
+            match unit {
+                "choice-s" => Reads {
+                    ignores: vec!["t_search"],
+                    searches: vec![s],
+                },
+                "choice-t" => Reads {
+                    ignores: vec!["s_search"],
+                    searches: vec![t],
+                },
+                _ => Reads {
+                    ignores: Vec::new(),
+                    searches: vec![s, t],
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn a_reader_of_two_searches_each_changed_its_own_way_is_kept_where_both_judgements_hold() {
+        static JOB: TwoSearchesAndRun = TwoSearchesAndRun;
+        let at = |s: (u64, [f64; 3]), t: [f64; 3]| Settings {
+            protocols: vec![(
+                JOB.name().into(),
+                serde_json::json!({
+                    "s_search": {"grid": s.1, "extensions": s.0, "target": 5.0},
+                    "t_search": {"grid": t, "extensions": 1, "target": 7.0},
+                }),
+            )],
+            replace_stale: true,
+            ..Settings::at(Scale::Default)
+        };
+        let units = || {
+            ["choice-s", "choice-t", "run"]
+                .map(|u| (&JOB as &'static dyn Job<()>, u.to_string()))
+                .to_vec()
+        };
+        let run =
+            |settings: &Settings, dir: &Path| run_listed(settings, units(), (0, 1), dir, &|_| {}, 1).unwrap();
+        let took = |dir: &Path| {
+            let text = std::fs::read_to_string(dir.join("two-searches-and-run/run.json")).unwrap();
+            serde_json::from_str::<Stored>(&text).unwrap().rows
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // s: target 5 on [1, 2, 4] (losses 16, 9, 1) ends at the upper edge, its one extension adds
+        // 8 (loss 9) and it chooses 4 inside. t: target 7 on [2, 4, 8] (losses 25, 9, 1) ends at
+        // the upper edge, the extension adds 16 (loss 81), and it chooses 8 inside.
+        run(&at((1, [1.0, 2.0, 4.0]), [2.0, 4.0, 8.0]), dir.path());
+        assert_eq!(took(dir.path()), serde_json::json!([4.0, 8.0]));
+        // s allowed 2 extensions ends the same (it used 1); t on [4, 8, 16] (losses 9, 1, 81)
+        // chooses 8 inside, without extending: t is computed again, and the run, which differs in
+        // both keys, each through one judgement, is kept.
+        let summary = run(&at((2, [1.0, 2.0, 4.0]), [4.0, 8.0, 16.0]), dir.path());
+        assert_eq!(summary.ran, ["two-searches-and-run/choice-t"]);
+        assert_eq!(
+            summary.skipped,
+            ["two-searches-and-run/choice-s", "two-searches-and-run/run"]
+        );
+        // s allowed none stops at the edge, 4: another search (it is computed again), but the
+        // same choice, so the run is kept again.
+        let summary = run(&at((0, [1.0, 2.0, 4.0]), [4.0, 8.0, 16.0]), dir.path());
+        assert_eq!(summary.ran, ["two-searches-and-run/choice-s"]);
+        assert_eq!(
+            summary.skipped,
+            ["two-searches-and-run/choice-t", "two-searches-and-run/run"]
+        );
+        // t on [0.5, 1, 2] (losses 42.25, 36, 25 up to the edge, 2; the extension adds 4, loss 9,
+        // still at the edge) chooses 4: another choice, so the run is computed again and takes it.
+        let summary = run(&at((0, [1.0, 2.0, 4.0]), [0.5, 1.0, 2.0]), dir.path());
+        assert_eq!(
+            summary.ran,
+            ["two-searches-and-run/choice-t", "two-searches-and-run/run"]
+        );
+        assert_eq!(took(dir.path()), serde_json::json!([4.0, 4.0]));
     }
 
     #[test]
