@@ -365,8 +365,8 @@ pub(crate) fn stored_beside<S>(
         Found::Absent => Ok(None),
         // A stale unit another slice replaces: this unit computes what it needs itself, as where
         // it is absent.
-        Found::Stale(_) if settings.replace_stale => Ok(None),
-        Found::Stale(refused) => Err(refused),
+        Found::Stale(..) if settings.replace_stale => Ok(None),
+        Found::Stale(refused, _) => Err(refused),
     }
 }
 
@@ -399,7 +399,7 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
     match find(results, job, unit, expected)? {
         Found::Stored(stored) => Ok(Some(stored)),
         Found::Absent => Ok(None),
-        Found::Stale(refused) => Err(refused),
+        Found::Stale(refused, _) => Err(refused),
     }
 }
 
@@ -407,8 +407,8 @@ fn load<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
 enum Found {
     Absent,
     Stored(Stored),
-    /// Computed under another configuration: the error that refuses it.
-    Stale(CmlError),
+    /// Computed under another configuration: the error that refuses it, and the unit as stored.
+    Stale(CmlError, Box<Stored>),
 }
 
 /// Looks for a stored unit; an error when its file is unreadable.
@@ -445,24 +445,27 @@ fn find<S>(results: &Path, job: &dyn Job<S>, unit: &str, expected: &Value) -> Re
         // Which of the protocol's keys differ (the unit's own ignored ones aside), so that a
         // user who changed a search knows which stored units read it.
         let keys = protocol_keys_that_differ(&stored.fingerprint, expected, &ignored);
-        return Ok(Found::Stale(CmlError::invalid(
-            format!("unit file {}", path.display()),
-            format!(
-                "computed under another configuration ({} differ){}",
-                differing.join(", "),
-                if keys.is_empty() {
-                    String::new()
-                } else {
-                    format!(" in the protocol's {}", keys.join(", "))
-                }
-            ),
-            format!(
-                "units of this run (scale {}, seed {}); remove the file, use another --results folder, or run \
+        return Ok(Found::Stale(
+            CmlError::invalid(
+                format!("unit file {}", path.display()),
+                format!(
+                    "computed under another configuration ({} differ){}",
+                    differing.join(", "),
+                    if keys.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" in the protocol's {}", keys.join(", "))
+                    }
+                ),
+                format!(
+                    "units of this run (scale {}, seed {}); remove the file, use another --results folder, or run \
                  with --replace-stale",
-                settings_word(expected, "scale"),
-                settings_word(expected, "seed")
+                    settings_word(expected, "scale"),
+                    settings_word(expected, "seed")
+                ),
             ),
-        )));
+            Box::new(stored),
+        ));
     }
     stored.staging = staging(results, job.name(), unit);
     Ok(Found::Stored(stored))
@@ -556,7 +559,7 @@ fn same_end<S>(
         } else {
             match find(results, job, name, expected)? {
                 Found::Stored(s) => decode(&s)?,
-                Found::Absent | Found::Stale(_) => return Ok(false),
+                Found::Absent | Found::Stale(..) => return Ok(false),
             }
         };
         if let Some(search) = search
@@ -866,8 +869,8 @@ fn run_listed<S>(
             Found::Absent => todo.push((job, unit, expected, print, false)),
             // Judged again when its turn comes: the searches it reads may by then have been
             // computed again and have chosen what it took ([`same_reads`]).
-            Found::Stale(_) if settings.replace_stale => todo.push((job, unit, expected, print, true)),
-            Found::Stale(refused) => return Err(refused),
+            Found::Stale(..) if settings.replace_stale => todo.push((job, unit, expected, print, true)),
+            Found::Stale(refused, _) => return Err(refused),
         }
     }
     let next = AtomicUsize::new(0);
@@ -952,18 +955,16 @@ fn replace<S>(
     let old = match find(results, job, unit, expected)? {
         Found::Stored(_) => return Ok(None),
         Found::Absent => return Ok(Some(Vec::new())),
-        Found::Stale(_) => std::fs::read_to_string(unit_file(results, job.name(), unit))
-            .ok()
-            .and_then(|text| serde_json::from_str::<Stored>(&text).ok()),
+        Found::Stale(_, old) => *old,
     };
     set_aside(results, job, unit)?;
     // Only a search's choice is what its readers take.
-    let chosen = old
-        .as_ref()
-        .filter(|_| job.is_choice(unit))
-        .and_then(|o| serde_json::from_value::<Option<crate::choice::Search>>(o.rows.clone()).ok());
-    Ok(Some(match (old, chosen) {
-        (Some(old), Some(search)) => {
+    let chosen = job
+        .is_choice(unit)
+        .then(|| serde_json::from_value::<Option<crate::choice::Search>>(old.rows.clone()).ok())
+        .flatten();
+    Ok(Some(match chosen {
+        Some(search) => {
             let mut earlier = old.earlier;
             earlier.push(Earlier {
                 fingerprint: old.fingerprint,
@@ -971,7 +972,7 @@ fn replace<S>(
             });
             earlier
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     }))
 }
 
