@@ -15,7 +15,6 @@ use crate::io::write_atomically;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// Where a run writes and how much it runs.
@@ -305,19 +304,33 @@ static ENDED: std::sync::Condvar = std::sync::Condvar::new();
 /// Marks the unit stored at `file` as running in this process until the guard drops.
 struct Running(PathBuf);
 
-/// Takes the next of `todo` for a worker and marks its unit (`file_of` its unit file) running, in
-/// one step under the lock: a unit picked later sees every unit picked before it as running, so
-/// a stale reader waits for the search it reads instead of judging its old file.
+/// Takes a unit of `todo` for a worker and marks it running (`file_of` gives its unit file and
+/// the unit files it reads), in one step under the lock: a unit picked later sees every unit
+/// picked before it as running, so a stale reader waits for the search it reads instead of
+/// judging its old file. The first unit not yet taken whose reads are neither running nor waiting
+/// to be taken goes first, so that a worker does not idle on a reader while other units are
+/// ready; where every unit left waits for one, the first is taken, and waits.
 fn pick<'a, T>(
-    next: &AtomicUsize,
+    taken: &Mutex<Vec<bool>>,
     todo: &'a [T],
-    file_of: impl Fn(&T) -> PathBuf,
+    file_of: impl Fn(&T) -> (PathBuf, Vec<PathBuf>),
 ) -> Option<(usize, &'a T, Running)> {
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
-    let k = next.fetch_add(1, Ordering::SeqCst);
-    let item = todo.get(k)?;
-    running.push(file_of(item));
-    Some((k, item, Running(file_of(item))))
+    let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
+    let left: Vec<usize> = (0..todo.len()).filter(|&j| !taken[j]).collect();
+    let busy = |file: &PathBuf| running.contains(file) || left.iter().any(|&j| file_of(&todo[j]).0 == *file);
+    let k = left
+        .iter()
+        .copied()
+        .find(|&j| {
+            let (own, reads) = file_of(&todo[j]);
+            reads.iter().all(|f| *f == own || !busy(f))
+        })
+        .or(left.first().copied())?;
+    taken[k] = true;
+    let (file, _) = file_of(&todo[k]);
+    running.push(file.clone());
+    Some((k, &todo[k], Running(file)))
 }
 
 impl Drop for Running {
@@ -846,7 +859,7 @@ pub fn run_slice<S>(
     run_listed(settings, units, slice, results, log, threads)
 }
 
-/// Runs slice `slice` of `units` on up to `threads` workers, each taking the next unit in order;
+/// Runs slice `slice` of `units` on up to `threads` workers, each taking the next unit ready ([`pick`]);
 /// a unit that needs another one's rows while that one runs waits for it ([`stored_beside`]).
 fn run_listed<S>(
     settings: &Settings,
@@ -873,7 +886,7 @@ fn run_listed<S>(
             Found::Stale(refused, _) => return Err(refused),
         }
     }
-    let next = AtomicUsize::new(0);
+    let taken = Mutex::new(vec![false; todo.len()]);
     let failures = Mutex::new(Vec::new());
     let ran = Mutex::new(Vec::new());
     let kept = Mutex::new(Vec::new());
@@ -883,9 +896,16 @@ fn run_listed<S>(
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
-                    let Some((k, (job, unit, expected, print, stale), _running)) =
-                        pick(&next, &todo, |t| unit_file(results, t.0.name(), &t.1))
-                    else {
+                    let Some((k, (job, unit, expected, print, stale), _running)) = pick(&taken, &todo, |t| {
+                        let reads = t.0.reads(&t.1).searches;
+                        (
+                            unit_file(results, t.0.name(), &t.1),
+                            reads
+                                .iter()
+                                .map(|(_, s)| unit_file(results, t.0.name(), s))
+                                .collect(),
+                        )
+                    }) else {
                         break;
                     };
                     let earlier = if *stale {
@@ -1813,6 +1833,83 @@ mod waiting_tests {
             // unit takes milliseconds.
             assert!(stored.seconds < 0.5, "{run}: {} s", stored.seconds);
         }
+    }
+
+    /// A search that takes a second, a run that reads it (and says so, `Job::reads`), and
+    /// another unit listed after the run, which reports whether the search was still running
+    /// when it started.
+    struct SearchRunAndOther;
+
+    static SEARCH_ENDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+    impl Job<()> for SearchRunAndOther {
+        fn name(&self) -> &'static str {
+            "search-run-and-other"
+        }
+        fn about(&self) -> &'static str {
+            "a search, its reader, and a unit that reads nothing"
+        }
+        fn protocol(&self, _: &Settings) -> Result<Value> {
+            Ok(Value::Null)
+        }
+        fn units(&self, _: &Settings) -> Result<Vec<String>> {
+            Ok(["choice", "run", "other"].map(String::from).to_vec())
+        }
+        fn run_unit(&self, settings: &Settings, unit: &str, staging: &Path) -> Result<Value> {
+            use std::sync::atomic::Ordering::SeqCst;
+            Ok(match unit {
+                "choice" => {
+                    std::thread::sleep(std::time::Duration::from_millis(1000));
+                    SEARCH_ENDED.store(true, SeqCst);
+                    Value::from("searched")
+                }
+                "run" => Value::from(stored_beside_or::<String, ()>(
+                    self,
+                    settings,
+                    staging,
+                    "choice",
+                    || Ok("computed again".into()),
+                )?),
+                _ => Value::from(SEARCH_ENDED.load(SeqCst)),
+            })
+        }
+        fn report(&self, _: &Settings, _: &[Stored], _: &mut Vec<PathBuf>) -> Result<()> {
+            Ok(())
+        }
+        fn reads(&self, unit: &str) -> Reads {
+            Reads {
+                ignores: Vec::new(),
+                searches: if unit == "run" {
+                    vec![("search", "choice".into())]
+                } else {
+                    Vec::new()
+                },
+            }
+        }
+    }
+
+    #[test]
+    fn a_worker_takes_a_ready_unit_before_a_reader_of_a_running_search() {
+        static JOB: SearchRunAndOther = SearchRunAndOther;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings::at(Scale::Default);
+        let units = ["choice", "run", "other"]
+            .map(|u| (&JOB as &'static dyn Job<()>, u.to_string()))
+            .to_vec();
+        // Two workers: one takes the search; taking units in order, the other would take the run
+        // and idle until the search ends, and only then the third unit. Taking the ready unit
+        // first, the third runs while the search does.
+        let summary = run_listed(&settings, units, (0, 1), dir.path(), &|_| {}, 2).unwrap();
+        assert_eq!(summary.ran.len(), 3);
+        let rows = |unit| {
+            load(dir.path(), &JOB, unit, &fingerprint(&JOB, &settings).unwrap())
+                .unwrap()
+                .unwrap()
+                .rows
+        };
+        assert_eq!(rows("other"), Value::from(false));
+        // The run still reads the search's rows, not a second computation of them.
+        assert_eq!(rows("run"), Value::from("searched"));
     }
 
     #[test]
