@@ -304,33 +304,25 @@ static ENDED: std::sync::Condvar = std::sync::Condvar::new();
 /// Marks the unit stored at `file` as running in this process until the guard drops.
 struct Running(PathBuf);
 
-/// Takes a unit of `todo` for a worker and marks it running (`file_of` gives its unit file and
-/// the unit files it reads), in one step under the lock: a unit picked later sees every unit
-/// picked before it as running, so a stale reader waits for the search it reads instead of
-/// judging its old file. The first unit not yet taken whose reads are neither running nor waiting
-/// to be taken goes first, so that a worker does not idle on a reader while other units are
-/// ready; where every unit left waits for one, the first is taken, and waits.
-fn pick<'a, T>(
-    taken: &Mutex<Vec<bool>>,
-    todo: &'a [T],
-    file_of: impl Fn(&T) -> (PathBuf, Vec<PathBuf>),
-) -> Option<(usize, &'a T, Running)> {
+/// Takes a unit for a worker, of those `files` lists (each unit's file and the files of the
+/// searches it reads) and `taken` has not, and marks it running, in one step under the lock: a
+/// unit picked later sees every unit picked before it as running, so a stale reader waits for the
+/// search it reads instead of judging its old file. The first unit whose searches are neither
+/// running nor waiting to be taken goes first, so that a worker does not idle on a reader while
+/// other units are ready; where every unit left waits for one, the first is taken, and waits.
+fn pick(taken: &Mutex<Vec<bool>>, files: &[(PathBuf, Vec<PathBuf>)]) -> Option<(usize, Running)> {
     let mut running = RUNNING.lock().unwrap_or_else(|e| e.into_inner());
     let mut taken = taken.lock().unwrap_or_else(|e| e.into_inner());
-    let left: Vec<usize> = (0..todo.len()).filter(|&j| !taken[j]).collect();
-    let busy = |file: &PathBuf| running.contains(file) || left.iter().any(|&j| file_of(&todo[j]).0 == *file);
+    let left: Vec<usize> = (0..files.len()).filter(|&j| !taken[j]).collect();
+    let busy = |file: &PathBuf| running.contains(file) || left.iter().any(|&j| files[j].0 == *file);
     let k = left
         .iter()
         .copied()
-        .find(|&j| {
-            let (own, reads) = file_of(&todo[j]);
-            reads.iter().all(|f| *f == own || !busy(f))
-        })
+        .find(|&j| files[j].1.iter().all(|f| *f == files[j].0 || !busy(f)))
         .or(left.first().copied())?;
     taken[k] = true;
-    let (file, _) = file_of(&todo[k]);
-    running.push(file.clone());
-    Some((k, &todo[k], Running(file)))
+    running.push(files[k].0.clone());
+    Some((k, Running(files[k].0.clone())))
 }
 
 impl Drop for Running {
@@ -887,6 +879,14 @@ fn run_listed<S>(
         }
     }
     let taken = Mutex::new(vec![false; todo.len()]);
+    let files: Vec<(PathBuf, Vec<PathBuf>)> = todo
+        .iter()
+        .map(|(job, unit, ..)| {
+            let searches = job.reads(unit).searches;
+            let file = |u: &str| unit_file(results, job.name(), u);
+            (file(unit), searches.iter().map(|(_, s)| file(s)).collect())
+        })
+        .collect();
     let failures = Mutex::new(Vec::new());
     let ran = Mutex::new(Vec::new());
     let kept = Mutex::new(Vec::new());
@@ -896,18 +896,10 @@ fn run_listed<S>(
         for _ in 0..threads {
             s.spawn(|| {
                 loop {
-                    let Some((k, (job, unit, expected, print, stale), _running)) = pick(&taken, &todo, |t| {
-                        let reads = t.0.reads(&t.1).searches;
-                        (
-                            unit_file(results, t.0.name(), &t.1),
-                            reads
-                                .iter()
-                                .map(|(_, s)| unit_file(results, t.0.name(), s))
-                                .collect(),
-                        )
-                    }) else {
+                    let Some((k, _running)) = pick(&taken, &files) else {
                         break;
                     };
+                    let (job, unit, expected, print, stale) = &todo[k];
                     let earlier = if *stale {
                         match replace(results, *job, unit, expected) {
                             Ok(None) => {
