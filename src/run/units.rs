@@ -175,12 +175,20 @@ fn same_fingerprint(stored: &Value, expected: &Value, ignored: &[&str]) -> bool 
 /// `fingerprint` without its protocol's `ignored` keys.
 fn without(fingerprint: &Value, ignored: &[&str]) -> Value {
     let mut f = fingerprint.clone();
-    if let Some(Value::Object(protocol)) = f.get_mut("protocol") {
-        for k in ignored {
-            protocol.remove(*k);
-        }
+    if let Some(protocol) = f.get_mut("protocol") {
+        *protocol = without_keys(protocol, ignored);
     }
     f
+}
+
+/// `value` without the keys `keys`, where it is an object (a fingerprint, a protocol, a search's
+/// section of it).
+fn without_keys(value: &Value, keys: &[&str]) -> Value {
+    let mut value = value.clone();
+    if let Some(o) = value.as_object_mut() {
+        o.retain(|k, _| !keys.contains(&k.as_str()));
+    }
+    value
 }
 
 /// An error unless every job whose protocol `settings` changes is a job of `registry` that takes
@@ -491,15 +499,10 @@ fn same_reads<S>(
     ignored: &[&str],
     searches: &[(&'static str, String)],
 ) -> Result<bool> {
-    let outside = |f: &Value| {
-        let mut f = f.clone();
-        if let Some(o) = f.as_object_mut() {
-            o.remove("protocol");
-        }
-        f
-    };
     let keys = protocol_keys_that_differ(&stored.fingerprint, expected, ignored);
-    if keys.is_empty() || outside(&stored.fingerprint) != outside(expected) {
+    if keys.is_empty()
+        || without_keys(&stored.fingerprint, &["protocol"]) != without_keys(expected, &["protocol"])
+    {
         return Ok(false);
     }
     for key in keys {
@@ -524,15 +527,6 @@ fn same_reads<S>(
     Ok(true)
 }
 
-/// `section`, a search's protocol key, without the fields `fields`.
-fn section_without(section: &Value, fields: &[&str]) -> Value {
-    let mut section = section.clone();
-    if let Some(o) = section.as_object_mut() {
-        o.retain(|k, _| !fields.contains(&k.as_str()));
-    }
-    section
-}
-
 /// One search key's judgement for [`same_reads`]: its sections `then` (under `stored`'s
 /// configuration) and `now` differ only in `extensions`, and each search `read` of it ends the
 /// same under both allowances, as [`same_under_both`] tells from its stored rows (`stored`'s own,
@@ -554,7 +548,7 @@ fn same_end<S>(
     ) else {
         return Ok(false);
     };
-    if section_without(then, &["extensions"]) != section_without(now, &["extensions"]) {
+    if without_keys(then, &["extensions"]) != without_keys(now, &["extensions"]) {
         return Ok(false);
     }
     let grid: Vec<f64> = grid.iter().filter_map(Value::as_f64).collect();
@@ -593,7 +587,7 @@ fn same_choice<S>(
     now: &Value,
     read: &[&String],
 ) -> Result<bool> {
-    if section_without(then, &SEARCH_ONLY_FIELDS) != section_without(now, &SEARCH_ONLY_FIELDS)
+    if without_keys(then, &SEARCH_ONLY_FIELDS) != without_keys(now, &SEARCH_ONLY_FIELDS)
         || read.contains(&&stored.unit)
     {
         return Ok(false);
